@@ -1,0 +1,341 @@
+"""The `napari-cdal` command: segment, evaluate, train, finetune, info (thin wrappers over the engine)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+EXIT_BAD_INPUT = 1
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 1."""
+
+
+def _progress(total: int, desc: str, unit: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)
+
+
+def _setup_torch(args: argparse.Namespace) -> Any:
+    import torch
+
+    from .engine.device import resolve_device
+
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    return resolve_device(args.device)
+
+
+def _load_model(path: str | None, device: Any) -> Any:
+    from .engine.model import load_model
+
+    return load_model(path, device)
+
+
+def _write_tiff(path: Path, array: Any) -> None:
+    import tifffile
+
+    from .engine.checkpoint import atomic_write
+
+    atomic_write(path, lambda tmp: tifffile.imwrite(tmp, array, compression="zlib"))
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    """Segment each image and write <stem>_labels.tif (and the optional maps) into --out."""
+    from .engine.events import run_to_end
+    from .engine.instances import relabel_sequential_uint
+    from .engine.io import read_image
+    from .engine.segment import segment_image
+
+    images = [Path(p) for p in args.images]
+    for path in images:
+        if not path.exists():
+            raise CliError(f"image file not found: {path}")
+    device = _setup_torch(args)
+    model = _load_model(args.model, device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    want_maps = args.save_steps or args.save_attention
+    for path in images:
+        pixels = read_image(path)
+        steps = args.steps or model.config.num_steps
+        with _progress(0, path.name, "step") as bar:
+            def show(event: Any) -> None:
+                bar.total = event.total
+                bar.n = event.index
+                bar.refresh()
+
+            result = run_to_end(segment_image(
+                model, pixels, image_mpp=args.mpp, steps=steps, samples=args.samples, seed=args.seed,
+                threshold=args.threshold, keep_steps=want_maps, with_attention=args.save_attention,
+            ), show)
+        _write_tiff(out / f"{path.stem}_labels.tif", relabel_sequential_uint(result.labels))
+        if args.save_steps:
+            _write_tiff(out / f"{path.stem}_steps.tif", result.steps)
+        if args.save_attention:
+            _write_tiff(out / f"{path.stem}_attention.tif", result.attention)
+        if args.save_uncertainty:
+            _write_tiff(out / f"{path.stem}_uncertainty.tif", result.uncertainty)
+        print(f"{path.name}: {result.n_nuclei} nuclei, mean area {result.mean_area_px():.0f} px, "
+              f"{result.seconds:.1f} s -> {out / (path.stem + '_labels.tif')}")
+    return 0
+
+
+def _format_table(rows: list[dict[str, Any]], mean: dict[str, Any], seconds: float | None) -> str:
+    def cell(value: Any) -> str:
+        return "   -  " if value is None else f"{value:6.3f}"
+
+    width = max([len("image")] + [len(r["image"]) for r in rows])
+    lines = [f"{'image':<{width}}   dice    iou    aji     pq  nuclei  seconds"]
+    for r in rows:
+        lines.append(f"{r['image']:<{width}} " + " ".join(cell(r[k]) for k in ("dice", "iou", "aji", "pq"))
+                     + f"  {r['nuclei']:6d}  {r['seconds']:7.1f}")
+    lines.append(f"{'mean':<{width}} " + " ".join(cell(mean[k]) for k in ("dice", "iou", "aji", "pq"))
+                 + f"          {seconds or 0:7.1f}")
+    return "\n".join(lines)
+
+
+def _read_split(path: str | None) -> dict[str, list[str]]:
+    if path is None:
+        return {}
+    try:
+        split = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CliError(f"cannot read split file {path}: {exc}") from exc
+    if not isinstance(split, dict):
+        raise CliError(f"split file {path} must be a JSON object of name lists, e.g. {{\"train\": [...], \"validation\": [...]}}")
+    return {key: value for key, value in split.items() if isinstance(value, list)}
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score a model on a MoNuSeg-layout folder; print the table and write the JSON."""
+    from .engine.checkpoint import atomic_write
+    from .engine.data import list_tiles, load_folder
+    from .engine.evaluate import evaluate_tiles
+
+    split = _read_split(args.split)
+    names = split.get(args.subset) if split else None
+    if split and names is None:
+        raise CliError(f"split file {args.split} has no list named {args.subset!r}")
+    if names is None:
+        names = list_tiles(args.data_dir)
+    device = _setup_torch(args)
+    model = _load_model(args.model, device)
+    tiles = load_folder(args.data_dir, names)
+    summary = None
+    with _progress(len(tiles), "evaluate", "image") as bar:
+        for event in evaluate_tiles(model, tiles, image_mpp=args.mpp, steps=args.steps, samples=args.samples,
+                                    seed=args.seed, threshold=args.threshold):
+            if event.stage == "image":
+                bar.update(1)
+            else:
+                summary = event.payload
+    summary["model"] = str(model.source)
+    summary["settings"] = {"steps": args.steps or model.config.num_steps, "samples": args.samples,
+                           "seed": args.seed, "threshold": args.threshold, "mpp": args.mpp}
+    print(_format_table(summary["per_image"], summary["mean"], summary["seconds_per_image"]))
+    if args.json:
+        text = json.dumps(summary, indent=2)
+        atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
+    return 0
+
+
+def _train_config(args: argparse.Namespace, base: dict[str, Any] | None = None) -> Any:
+    from .engine.config import TrainConfig
+
+    values = dict(base or {})
+    for key in ("steps", "batch_size", "patch_size", "seed", "checkpoint_every", "validate_every"):
+        value = getattr(args, key, None)
+        if value is not None:
+            values[key] = value
+    return TrainConfig.from_dict(values)
+
+
+def _model_config(spec: str | None) -> Any:
+    from .engine.config import PRESETS, ModelConfig
+
+    if spec is None:
+        return ModelConfig(**PRESETS["medium"])
+    if spec in PRESETS:
+        return ModelConfig(**PRESETS[spec])
+    path = Path(spec)
+    if not path.exists():
+        raise CliError(f"--config must be one of {sorted(PRESETS)} or a JSON file; {spec} is neither")
+    try:
+        return ModelConfig.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise CliError(f"cannot read model config {path}: {exc}") from exc
+
+
+def state_path(out: Path) -> Path:
+    """Where `train` keeps its resumable state beside the model file."""
+    return out.with_name(out.stem + ".state.safetensors")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train cDAL on a MoNuSeg-layout folder; keep the best model (by validation) at --out."""
+    from .engine.data import list_tiles, load_folder
+    from .engine.model import CdalModel, save_model
+    from .engine.training import TrainState, training_loop
+    from .engine.trainer import make_patch_source, make_validation, prepare_tiles
+
+    out = Path(args.out)
+    device = _setup_torch(args)
+    split = _read_split(args.split)
+    train_names = split.get("train") or list_tiles(args.data_dir)
+    val_names = split.get("validation") or []
+    resume_from = state_path(out)
+    if args.resume:
+        if not resume_from.exists():
+            raise CliError(f"--resume given but no training state at {resume_from}")
+        state = TrainState.load(resume_from, device)
+        if args.steps is not None:
+            state = TrainState.load(resume_from, device, _train_config(args, state.train_config.to_dict()))
+    else:
+        config = _model_config(args.config)
+        cfg = _train_config(args)
+        model = CdalModel.initialise(config, cfg.seed).to(device)
+        state = TrainState.create(model, cfg)
+        state.record.update({"data": Path(args.data_dir).name, "train_tiles": train_names,
+                             "validation_tiles": val_names, "data_mpp": args.mpp,
+                             "device": str(device), "best": None})
+    config = state.model.config
+    train_tiles = prepare_tiles(load_folder(args.data_dir, train_names), args.mpp, config)
+    val_tiles = load_folder(args.data_dir, val_names) if val_names else []
+    sample_batch = make_patch_source(train_tiles, state, config)
+    on_validate = make_validation(val_tiles, args.mpp, out) if val_tiles else None
+
+    def on_checkpoint(s: TrainState) -> None:
+        s.save(resume_from)
+        if not val_tiles:
+            save_model(out, s.exported_model())
+
+    bar = _progress(state.train_config.steps, "train", "step")
+    bar.n = state.step
+    for event in training_loop(state, sample_batch, device, on_checkpoint, on_validate):
+        if event.stage == "train":
+            bar.n = event.index
+            bar.set_postfix({k: f"{v:.3f}" for k, v in event.payload.items() if k in ("mse", "dice", "d")})
+        elif event.stage == "validate_done":
+            bar.write(f"step {state.step}: validation " + ", ".join(
+                f"{k} {v:.3f}" for k, v in event.payload.items() if isinstance(v, float)))
+    bar.close()
+    print(f"trained {state.step} steps in {state.record['wall_seconds'] / 60:.1f} min; model: {out}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Print a checkpoint's config and training record."""
+    import torch
+
+    from .engine.checkpoint import read_metadata
+    from .engine.model import bundled_model_path
+
+    path = Path(args.model) if args.model else bundled_model_path()
+    meta = read_metadata(path)
+    record = meta.get("record", {})
+    print(f"model: {path}{' (bundled)' if not args.model else ''}")
+    print(f"kind: {meta.get('kind')}, written by napari-cdal {meta.get('package_version')}")
+    print("config:")
+    for key, value in meta.get("model_config", {}).items():
+        print(f"  {key}: {value}")
+    print("training record:")
+    for key in ("data", "steps", "wall_seconds", "device", "train_tiles", "validation_tiles", "best", "finetuned_from"):
+        if key in record:
+            print(f"  {key}: {record[key]}")
+    if record.get("validation"):
+        print("  validation: " + "; ".join(
+            f"step {v['step']}: dice {v.get('dice', 0):.3f} aji {v.get('aji') or 0:.3f}" for v in record["validation"]))
+    print(f"torch {torch.__version__}; CUDA available: {torch.cuda.is_available()}")
+    if args.json:
+        print(json.dumps(meta, indent=2))
+    return 0
+
+
+def _add_runtime(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="compute device (default: auto)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+
+
+def _add_sampling(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="checkpoint (.safetensors); default: the bundled model")
+    p.add_argument("--steps", type=int, default=None, help="reverse steps T (default: the model's)")
+    p.add_argument("--samples", type=int, default=1, help="latent samples K averaged per pixel (default: 1)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed repeats a run (default: 0)")
+    p.add_argument("--mpp", type=float, default=0.25, help="the image's µm per pixel (default: 0.25, a 40x tile)")
+    p.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold (default: 0.5)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="napari-cdal", description="Nuclei segmentation with cDAL.")
+    parser.add_argument("--version", action="version", version=f"napari-cdal {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("segment", help="segment images into nucleus instance labels")
+    p.add_argument("images", nargs="+", help="image files (TIFF, PNG, JPEG)")
+    p.add_argument("--out", required=True, help="output folder")
+    _add_sampling(p)
+    p.add_argument("--save-steps", action="store_true", help="also write <stem>_steps.tif (x̂0 per step)")
+    p.add_argument("--save-attention", action="store_true", help="also write <stem>_attention.tif")
+    p.add_argument("--save-uncertainty", action="store_true", help="also write <stem>_uncertainty.tif")
+    _add_runtime(p)
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("evaluate", help="score a model on a folder with ground truth")
+    p.add_argument("data_dir", help="folder with images/<id>.tif and masks/<id>.png (MoNuSeg layout)")
+    _add_sampling(p)
+    p.add_argument("--json", default=None, help="write the results as JSON here")
+    p.add_argument("--split", default=None, help="JSON file of tile-name lists; score only one of them")
+    p.add_argument("--subset", default="validation", help="which list of --split to score (default: validation)")
+    _add_runtime(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("train", help="train a model on a MoNuSeg-layout folder")
+    p.add_argument("data_dir", help="folder with images/ and masks/ (MoNuSeg layout)")
+    p.add_argument("--out", required=True, help="model file to write (.safetensors)")
+    p.add_argument("--steps", type=int, default=None, help="total training steps")
+    p.add_argument("--resume", action="store_true", help="go on from <out>.state.safetensors")
+    p.add_argument("--config", default=None, help="model preset (tiny, small, medium, large) or a JSON file")
+    p.add_argument("--split", default=None, help="JSON with 'train' and 'validation' tile-name lists")
+    p.add_argument("--mpp", type=float, default=0.25, help="µm per pixel of the data (default: 0.25)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--patch-size", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--checkpoint-every", type=int, default=None)
+    p.add_argument("--validate-every", type=int, default=None)
+    _add_runtime(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("info", help="print a model's config and training record")
+    p.add_argument("--model", default=None, help="checkpoint; default: the bundled model")
+    p.add_argument("--json", action="store_true", help="also print the whole metadata as JSON")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: parse, run, and turn known errors into one line on stderr and exit status 1."""
+    from .engine.checkpoint import CheckpointError
+    from .engine.io import ImageError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (CliError, CheckpointError, ImageError, FileNotFoundError, ValueError) as exc:
+        print(f"napari-cdal {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"napari-cdal {args.command}: interrupted; files already written are complete", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The cDAL engine: torch and numpy only, never napari or Qt."""

@@ -1,0 +1,129 @@
+"""Model and training configuration: plain dataclasses saved as JSON inside every checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+# Per-channel statistics of MoNuSeg H&E on the 0..255 scale (cDAL.md §5).
+HE_MEAN = (142.07, 98.48, 132.96)
+HE_STD = (65.78, 57.05, 57.78)
+
+LABEL_ENCODINGS = {
+    "foreground": ("foreground",),
+    "foreground_core": ("foreground", "core"),
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild the networks and to prepare an image for them."""
+
+    image_channels: int = 3
+    label_encoding: str = "foreground_core"
+    base_width: int = 32
+    channel_mults: tuple[int, ...] = (1, 2, 2, 4)
+    blocks_per_level: int = 1
+    encoder_blocks: int = 2
+    time_dim: int = 128
+    latent_dim: int = 100
+    latent_width: int = 256
+    latent_layers: int = 4
+    norm_groups: int = 8
+    disc_width: int = 16
+    disc_levels: int = 4
+    disc_attention_level: int = 3
+    num_steps: int = 4
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    model_mpp: float = 0.5
+    image_mean: tuple[float, ...] = HE_MEAN
+    image_std: tuple[float, ...] = HE_STD
+    attention_scaling: str = "minmax"
+
+    def __post_init__(self) -> None:
+        if self.image_channels not in (1, 3):
+            raise ValueError(f"image_channels must be 1 or 3, got {self.image_channels}")
+        if self.label_encoding not in LABEL_ENCODINGS:
+            raise ValueError(
+                f"label_encoding must be one of {sorted(LABEL_ENCODINGS)}, got {self.label_encoding!r}"
+            )
+        if len(self.image_mean) != self.image_channels or len(self.image_std) != self.image_channels:
+            raise ValueError("image_mean and image_std need one value per image channel")
+        if not 1 <= self.disc_attention_level <= self.disc_levels:
+            raise ValueError("disc_attention_level must lie in 1..disc_levels")
+        if self.attention_scaling not in ("none", "minmax"):
+            raise ValueError(f"attention_scaling must be 'none' or 'minmax', got {self.attention_scaling!r}")
+
+    @property
+    def label_channels(self) -> int:
+        """Number of label maps the generator denoises (one per class)."""
+        return len(LABEL_ENCODINGS[self.label_encoding])
+
+    @property
+    def size_multiple(self) -> int:
+        """Input height and width must be multiples of this (one halving per U-Net level)."""
+        return 2 ** max(len(self.channel_mults) - 1, self.disc_levels)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings shared by training from scratch and fine-tuning."""
+
+    steps: int = 4000
+    batch_size: int = 4
+    patch_size: int = 256
+    lr_g: float = 5e-4
+    lr_d: float = 2e-4
+    lr_min: float = 1e-5
+    warmup_steps: int = 100
+    adam_betas: tuple[float, float] = (0.5, 0.9)
+    mse_weight: float = 1.0
+    adversarial_weight: float = 0.05
+    dice_weight: float = 0.5
+    bce_weight: float = 0.5
+    r1_gamma: float = 1.0
+    r1_interval: int = 10
+    ema_decay: float = 0.998
+    augment: bool = True
+    seed: int = 0
+    checkpoint_every: int = 200
+    validate_every: int = 500
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        return _from_dict(cls, data)
+
+
+def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Build a config dataclass from JSON, naming unknown keys instead of failing obscurely."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys {unknown}; known keys: {sorted(names)}")
+    values = {}
+    for key, value in data.items():
+        default = names[key].default
+        values[key] = tuple(value) if isinstance(default, tuple) else value
+    return cls(**values)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(base_width=8, channel_mults=(1, 2), encoder_blocks=1, time_dim=32,
+                 latent_width=32, latent_layers=2, norm_groups=4, disc_width=8, disc_levels=2,
+                 disc_attention_level=1),
+    "small": dict(base_width=16, channel_mults=(1, 2, 2, 4)),
+    "medium": dict(base_width=16, channel_mults=(1, 2, 4, 8)),
+    "large": dict(base_width=32, channel_mults=(1, 2, 2, 4)),
+}

@@ -1,0 +1,53 @@
+"""Choosing the compute device once, and the autocast that goes with it."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA when present, else the CPU; asking for CUDA without one is an error."""
+    if name not in DEVICE_CHOICES and not name.startswith("cuda:"):
+        raise ValueError(f"device must be one of {DEVICE_CHOICES}, got {name!r}")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
+    return torch.device(name)
+
+
+def device_description(device: torch.device) -> str:
+    """A human-readable name: the GPU's name on CUDA, else 'CPU (N threads)'."""
+    if device.type == "cuda":
+        return f"CUDA: {torch.cuda.get_device_name(device)}"
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device) -> Iterator[None]:
+    """Mixed precision on CUDA only (bf16 where supported, else fp16); the CPU stays float32.
+
+    CPU autocast would change results and gains little on small convolutions, so tests on the
+    CPU see exactly the float32 path.
+    """
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        with torch.autocast("cuda", dtype=dtype):
+            yield
+    else:
+        yield
+
+
+def make_generator(seed: int | None) -> torch.Generator:
+    """A CPU random generator: noise is drawn on the CPU so a seed repeats on any device."""
+    gen = torch.Generator(device="cpu")
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(int(seed))
+    return gen

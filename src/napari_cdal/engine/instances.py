@@ -1,0 +1,228 @@
+"""Instance labels from probability maps: one id per nucleus, and the core targets used in training.
+
+A nucleus *core* is the set of its pixels whose Euclidean distance to the nucleus border is at
+least ``CORE_FRACTION`` times the largest such distance inside that nucleus. Cores of touching
+nuclei never touch (they are separated by both nuclei's border pixels), so connected components of
+a predicted core map are good watershed markers for splitting touching nuclei.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.segmentation import find_boundaries, watershed
+
+__all__ = [
+    "CORE_FRACTION",
+    "core_targets",
+    "instances_from_probability",
+    "relabel_sequential_uint",
+]
+
+CORE_FRACTION = 0.5
+"""Fraction of a nucleus's largest border distance that a pixel needs to belong to its core."""
+
+_SMOOTH_SIGMA = 1.0
+_CROSS = ndi.generate_binary_structure(2, 1)
+_SQUARE = ndi.generate_binary_structure(2, 2)
+
+
+def _check_2d(array: object, name: str) -> np.ndarray:
+    """Return ``array`` as an ndarray, raising ValueError unless it is a 2-D numeric image."""
+    arr = np.asarray(array)
+    if arr.ndim != 2:
+        raise ValueError(
+            f"{name} must be a 2-D (H, W) image, got shape {arr.shape}; "
+            "pass a single-channel 2-D tile (e.g. arr[..., 0] or arr.squeeze())"
+        )
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise ValueError(
+            f"{name} must be numeric, got dtype {arr.dtype}; convert it with .astype()"
+        )
+    return arr
+
+
+def _check_label_dtype(arr: np.ndarray, name: str) -> None:
+    """Raise ValueError unless ``arr`` is an integer label image with no negative ids."""
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(
+            f"{name} must be an integer label image (0 = background, one id per nucleus), "
+            f"got dtype {arr.dtype}; build one with skimage.measure.label(mask) or cast "
+            "integral values with .astype(np.int32)"
+        )
+    if arr.size and np.issubdtype(arr.dtype, np.signedinteger) and int(arr.min()) < 0:
+        raise ValueError(
+            f"{name} contains negative ids (min {int(arr.min())}); labels must be >= 0 "
+            "with 0 = background"
+        )
+
+
+def _check_probability(array: object, name: str) -> np.ndarray:
+    """Return ``array`` as a 2-D float map, raising ValueError unless its values lie in [0, 1]."""
+    arr = _check_2d(array, name)
+    if arr.size:
+        lo, hi = float(arr.min()), float(arr.max())
+        if not (lo >= 0.0 and hi <= 1.0):
+            raise ValueError(
+                f"{name} must hold probabilities in [0, 1], got values in [{lo}, {hi}]; "
+                "apply a sigmoid (or softmax) to the model output first and remove NaNs"
+            )
+    return arr
+
+
+def _sequential(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """Map ids to 1..N in increasing order of the original ids (0 stays 0); return (intp map, N)."""
+    flat = labels.ravel()
+    if flat.size == 0:
+        return np.zeros(labels.shape, dtype=np.intp), 0
+    top = int(flat.max())
+    if top <= max(1 << 20, 4 * flat.size):
+        present = np.bincount(flat.astype(np.intp, copy=False), minlength=top + 1) > 0
+        present[0] = False
+        lut = np.cumsum(present, dtype=np.intp)
+        lut[~present] = 0
+        return lut[labels], int(lut[-1]) if top > 0 else 0
+    ids, inverse = np.unique(flat, return_inverse=True)
+    if ids[0] != 0:
+        inverse = inverse + 1
+    n = int(ids.size - (ids[0] == 0))
+    return inverse.reshape(labels.shape).astype(np.intp, copy=False), n
+
+
+def relabel_sequential_uint(labels: np.ndarray) -> np.ndarray:
+    """Renumber ids to 1..N keeping their order, as uint16 when N < 65535 else uint32 (for TIFFs).
+
+    Any dimensionality is accepted; 0 stays background.
+    """
+    arr = np.asarray(labels)
+    _check_label_dtype(arr, "labels")
+    mapped, n = _sequential(arr)
+    return mapped.astype(np.uint16 if n < 65535 else np.uint32)
+
+
+def core_targets(instance_labels: np.ndarray) -> np.ndarray:
+    """Bool core mask of an instance label image: the second training target channel.
+
+    Core = pixels whose distance to their nucleus border is >= CORE_FRACTION x that nucleus's
+    largest one; nuclei too thin to have an interior (1-2 px) keep all their pixels as core.
+    """
+    labels = _check_2d(instance_labels, "instance_labels")
+    _check_label_dtype(labels, "instance_labels")
+    compact, n = _sequential(labels)
+    if n == 0:
+        return np.zeros(labels.shape, dtype=bool)
+    inside = compact > 0
+    interior = inside & ~find_boundaries(compact, connectivity=1, mode="inner")
+    distance = ndi.distance_transform_edt(interior)
+    largest = np.zeros(n + 1, dtype=np.float64)
+    largest[1:] = ndi.maximum(distance, labels=compact, index=np.arange(1, n + 1))
+    return inside & (distance >= CORE_FRACTION * largest[compact])
+
+
+def _fill_small_holes(mask: np.ndarray, max_hole_area: int) -> np.ndarray:
+    """Fill background regions of at most ``max_hole_area`` px that do not touch the image edge."""
+    if max_hole_area <= 0:
+        return mask
+    holes, n = ndi.label(~mask, structure=_CROSS)
+    if n == 0:
+        return mask
+    area = np.bincount(holes.ravel(), minlength=n + 1)
+    edge = np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]]))
+    fill = area <= max_hole_area
+    fill[0] = False
+    fill[edge] = False
+    return mask | fill[holes]
+
+
+def _drop_small(labels: np.ndarray, n: int, min_area: int) -> np.ndarray:
+    """Zero every object of ``labels`` (ids 1..n) smaller than ``min_area`` pixels."""
+    area = np.bincount(labels.ravel(), minlength=n + 1)
+    keep = area >= min_area
+    keep[0] = False
+    return np.where(keep[labels], labels, 0)
+
+
+def _distance_markers(smooth: np.ndarray, mask: np.ndarray, min_distance: int) -> np.ndarray:
+    """Markers at maxima of the smoothed distance map within a disc of radius ``min_distance``."""
+    yy, xx = np.mgrid[-min_distance : min_distance + 1, -min_distance : min_distance + 1]
+    footprint = yy * yy + xx * xx <= min_distance * min_distance
+    peaks = (smooth == ndi.maximum_filter(smooth, footprint=footprint)) & mask
+    markers, _ = ndi.label(peaks, structure=_SQUARE)
+    return markers
+
+
+def _flood(landscape: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Watershed from ``markers`` inside ``mask``; unreached mask components get their own ids."""
+    regions = watershed(landscape, markers, mask=mask, connectivity=1)
+    rest, n_rest = ndi.label(mask & (regions == 0), structure=_CROSS)
+    if n_rest:
+        offset = int(regions.max())
+        regions = np.where(rest > 0, rest + offset, regions)
+    return regions
+
+
+def instances_from_probability(
+    foreground: np.ndarray,
+    core: np.ndarray | None = None,
+    threshold: float = 0.5,
+    min_area: int = 8,
+    *,
+    min_distance: int = 4,
+    max_hole_area: int = 16,
+) -> np.ndarray:
+    """Turn nucleus (and optional core) probability maps into a uint32 label image, ids 1..N.
+
+    Markers are core components (or distance-map maxima at least ``min_distance`` px apart); a
+    watershed splits touching nuclei. Mask components under ``min_area`` px are dropped as noise,
+    smaller watershed fragments are merged into a neighbour, so no other mask pixel is lost.
+    """
+    fg = _check_probability(foreground, "foreground")
+    if core is not None:
+        core_map = _check_probability(core, "core")
+        if core_map.shape != fg.shape:
+            raise ValueError(
+                f"core must have the shape of foreground {fg.shape}, got {core_map.shape}; "
+                "pass the two channels predicted for the same tile"
+            )
+    if not 0.0 < float(threshold) < 1.0:
+        raise ValueError(
+            f"threshold must lie strictly between 0 and 1, got {threshold}; use e.g. 0.5"
+        )
+    if int(min_area) != min_area or min_area < 0:
+        raise ValueError(f"min_area must be an integer >= 0 (pixels), got {min_area}; use e.g. 8")
+    if int(min_distance) != min_distance or min_distance < 1:
+        raise ValueError(
+            f"min_distance must be an integer >= 1 (pixels), got {min_distance}; "
+            "use about the smallest nucleus radius, e.g. 4"
+        )
+    if int(max_hole_area) != max_hole_area or max_hole_area < 0:
+        raise ValueError(
+            f"max_hole_area must be an integer >= 0 (pixels), got {max_hole_area}; use e.g. 16"
+        )
+
+    mask = _fill_small_holes(fg > threshold, int(max_hole_area))
+    components, n_components = ndi.label(mask, structure=_CROSS)
+    if n_components == 0:
+        return np.zeros(fg.shape, dtype=np.uint32)
+    mask = _drop_small(components, n_components, int(min_area)) > 0
+    if not mask.any():
+        return np.zeros(fg.shape, dtype=np.uint32)
+
+    smooth = ndi.gaussian_filter(ndi.distance_transform_edt(mask), sigma=_SMOOTH_SIGMA)
+    if core is not None:
+        markers, _ = ndi.label((core_map > threshold) & mask, structure=_SQUARE)
+    else:
+        markers = _distance_markers(smooth, mask, int(min_distance))
+    landscape = -smooth
+    regions = _flood(landscape, markers, mask)
+
+    area = np.bincount(regions.ravel())
+    small = area < min_area
+    small[0] = False
+    n_markers = int(markers.max())
+    if small[1 : n_markers + 1].any():
+        markers = np.where(small[markers], 0, markers)
+        regions = _flood(landscape, markers, mask)
+
+    relabelled, _ = _sequential(regions)
+    return relabelled.astype(np.uint32)

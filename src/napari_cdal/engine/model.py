@@ -1,0 +1,88 @@
+"""A loaded cDAL model: config, generator (EMA weights), discriminator, schedule and record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, split_prefix, with_prefix
+from .config import ModelConfig
+from .networks import Discriminator, Generator
+from .schedule import VPSchedule
+
+BUNDLED_MODEL_NAME = "cdal_monuseg.safetensors"
+
+
+@dataclass
+class CdalModel:
+    """Everything inference needs, built from a checkpoint rather than unpickled."""
+
+    config: ModelConfig
+    generator: Generator
+    discriminator: Discriminator
+    record: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def schedule(self) -> VPSchedule:
+        return VPSchedule(self.config.num_steps, self.config.beta_min, self.config.beta_max)
+
+    @classmethod
+    def initialise(cls, config: ModelConfig, seed: int = 0) -> "CdalModel":
+        """A model with fresh, seeded random weights."""
+        torch.manual_seed(seed)
+        return cls(config, Generator(config), Discriminator(config))
+
+    def to(self, device: torch.device | str) -> "CdalModel":
+        self.generator.to(device)
+        self.discriminator.to(device)
+        return self
+
+    def eval(self) -> "CdalModel":
+        self.generator.eval()
+        self.discriminator.eval()
+        return self
+
+
+def bundled_model_path() -> Path:
+    """The model shipped inside the package."""
+    return Path(str(resources.files("napari_cdal") / "weights" / BUNDLED_MODEL_NAME))
+
+
+def save_model(path: str | Path, model: CdalModel, extra_tensors: dict[str, torch.Tensor] | None = None,
+               extra_metadata: dict[str, Any] | None = None) -> None:
+    """Write a model (and optionally training state) as one checkpoint, atomically."""
+    tensors = with_prefix(model.generator.state_dict(), "generator")
+    tensors.update(with_prefix(model.discriminator.state_dict(), "discriminator"))
+    tensors.update(extra_tensors or {})
+    metadata = {"kind": "model", "model_config": model.config.to_dict(), "record": model.record}
+    metadata.update(extra_metadata or {})
+    save_checkpoint(path, tensors, metadata)
+
+
+def model_from_checkpoint(tensors: dict[str, torch.Tensor], meta: dict[str, Any], source: str) -> CdalModel:
+    """Rebuild the networks from the metadata's config and load their weights strictly."""
+    try:
+        config = ModelConfig.from_dict(meta["model_config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{source} has no usable model config ({exc})") from exc
+    model = CdalModel(config, Generator(config), Discriminator(config), meta.get("record", {}), source)
+    for name, module in (("generator", model.generator), ("discriminator", model.discriminator)):
+        state = {k: v.float() for k, v in split_prefix(tensors, name).items()}
+        try:
+            module.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise CheckpointError(f"{source}: {name} weights do not match its config ({first})") from exc
+    return model.eval()
+
+
+def load_model(path: str | Path | None = None, device: torch.device | str = "cpu") -> CdalModel:
+    """Load a checkpoint (the bundled model when `path` is None) onto `device`, in eval mode."""
+    path = Path(path) if path is not None else bundled_model_path()
+    tensors, meta = load_checkpoint(path)
+    return model_from_checkpoint(tensors, meta, str(path)).to(device)

@@ -1,0 +1,127 @@
+"""Overlapping tiles with smooth (raised-cosine) blending, so any image size can be segmented."""
+
+from __future__ import annotations
+
+import numpy as np
+
+Box = tuple[int, int, int, int]
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _starts(length: int, tile: int, stride: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)
+    return starts
+
+
+def tile_boxes(height: int, width: int, tile: int, overlap: int) -> list[Box]:
+    """Boxes (y0, y1, x0, x1) of size tile x tile (or the full extent where the image is smaller).
+
+    Consecutive boxes start ``tile - overlap`` apart; the last one is shifted back to end at the
+    edge, so neighbours overlap by at least ``overlap`` pixels. Row-major order.
+    """
+    height = _check_int("tile_boxes: height", height, 1)
+    width = _check_int("tile_boxes: width", width, 1)
+    tile = _check_int("tile_boxes: tile", tile, 1)
+    overlap = _check_int("tile_boxes: overlap", overlap, 0)
+    if overlap >= tile:
+        raise ValueError(
+            f"tile_boxes: overlap ({overlap}) must be smaller than tile ({tile}); lower the overlap"
+        )
+    stride = tile - overlap
+    return [
+        (y0, min(y0 + tile, height), x0, min(x0 + tile, width))
+        for y0 in _starts(height, tile, stride)
+        for x0 in _starts(width, tile, stride)
+    ]
+
+
+def _ramp_1d(length: int, ramp: int) -> np.ndarray:
+    """1 in the middle, raised cosine down to a small positive value over ``ramp`` px per end."""
+    pos = np.arange(length, dtype=np.float64)
+    dist = np.minimum(pos, length - 1 - pos)
+    if ramp <= 0:
+        return np.ones(length, dtype=np.float64)
+    w = 0.5 - 0.5 * np.cos(np.pi * (np.minimum(dist, ramp - 1) + 0.5) / ramp)
+    w[dist >= ramp] = 1.0
+    return w
+
+
+def blend_window(height: int, width: int, overlap: int) -> np.ndarray:
+    """Float32 weights > 0: 1 in the centre, raised-cosine ramp over ``overlap // 2`` px per edge.
+
+    The corner weight is about ``(pi / (4 * ramp))**4``, never 0, so image borders covered by one
+    tile only are reproduced exactly. Sides shorter than ``2 * ramp`` peak below 1.
+    """
+    height = _check_int("blend_window: height", height, 1)
+    width = _check_int("blend_window: width", width, 1)
+    overlap = _check_int("blend_window: overlap", overlap, 0)
+    ramp = overlap // 2
+    return np.outer(_ramp_1d(height, ramp), _ramp_1d(width, ramp)).astype(np.float32)
+
+
+class TileBlender:
+    """Accumulate per-tile predictions (C, h, w) into a (C, H, W) weighted mean with blend windows.
+
+    Sums are kept in float64 so a constant field comes back exactly (memory: 8 * (C + 1) * H * W B).
+    """
+
+    def __init__(self, channels: int, height: int, width: int, overlap: int) -> None:
+        self.channels = _check_int("TileBlender: channels", channels, 1)
+        self.height = _check_int("TileBlender: height", height, 1)
+        self.width = _check_int("TileBlender: width", width, 1)
+        self.overlap = _check_int("TileBlender: overlap", overlap, 0)
+        self._sum = np.zeros((self.channels, self.height, self.width), dtype=np.float64)
+        self._weight = np.zeros((self.height, self.width), dtype=np.float64)
+        self._windows: dict[tuple[int, int], np.ndarray] = {}
+
+    def _window(self, h: int, w: int) -> np.ndarray:
+        key = (h, w)
+        if key not in self._windows:
+            self._windows[key] = blend_window(h, w, self.overlap).astype(np.float64)
+        return self._windows[key]
+
+    def add(self, box: Box, values: np.ndarray) -> None:
+        """Add the prediction ``values`` (C, y1-y0, x1-x0) of tile ``box`` = (y0, y1, x0, x1)."""
+        if len(box) != 4:
+            raise ValueError(f"TileBlender.add: box must be (y0, y1, x0, x1), got {box!r}")
+        y0, y1, x0, x1 = (int(v) for v in box)
+        if not (0 <= y0 < y1 <= self.height and 0 <= x0 < x1 <= self.width):
+            raise ValueError(
+                f"TileBlender.add: box {tuple(box)!r} is empty or outside the {self.height}x"
+                f"{self.width} image; use boxes from tile_boxes({self.height}, {self.width}, ...)"
+            )
+        values = np.asarray(values)
+        expected = (self.channels, y1 - y0, x1 - x0)
+        if values.shape != expected:
+            raise ValueError(
+                f"TileBlender.add: values for box {tuple(box)!r} have shape {values.shape}, "
+                f"expected {expected} (channels, box height, box width)"
+            )
+        win = self._window(y1 - y0, x1 - x0)
+        self._sum[:, y0:y1, x0:x1] += values * win
+        self._weight[y0:y1, x0:x1] += win
+
+    def partial(self) -> np.ndarray:
+        """Weighted mean of what has been added so far; pixels no tile covered yet are 0."""
+        covered = self._weight > 0
+        out = np.zeros(self._sum.shape, dtype=np.float32)
+        np.divide(self._sum, self._weight, out=out, where=covered[None], casting="unsafe")
+        return out
+
+    def result(self) -> np.ndarray:
+        """Final (C, H, W) float32 weighted mean; raises if some pixel was never covered."""
+        if not np.all(self._weight > 0):
+            missing = int(np.count_nonzero(self._weight <= 0))
+            raise ValueError(
+                f"TileBlender.result: {missing} pixels were covered by no tile; add every box of "
+                f"tile_boxes({self.height}, {self.width}, ...) or call partial()"
+            )
+        return (self._sum / self._weight).astype(np.float32)

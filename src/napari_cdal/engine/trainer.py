@@ -1,0 +1,59 @@
+"""The hooks that turn the training loop into `train`: tiles at model resolution, patches, validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Generator
+
+import numpy as np
+
+from .config import ModelConfig
+from .data import PatchSampler, Tile, resample_tile
+from .evaluate import evaluate_tiles
+from .events import Progress
+from .model import save_model
+from .training import TrainState, encode_targets
+
+
+def prepare_tiles(tiles: list[Tile], data_mpp: float, config: ModelConfig) -> list[Tile]:
+    """Resample training tiles once from the data's µm/px to the model's."""
+    factor = data_mpp / config.model_mpp
+    return [tile if abs(factor - 1.0) < 1e-9 else resample_tile(tile, factor) for tile in tiles]
+
+
+def make_patch_source(tiles: list[Tile], state: TrainState, config: ModelConfig,
+                      regions: list | None = None) -> Callable[[int], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Augmented patch batches drawn with the state's own RNG, so a resumed run repeats exactly."""
+    sampler = PatchSampler(tiles, state.train_config.patch_size, lambda inst: encode_targets(inst, config),
+                           state.np_rng, augment=state.train_config.augment, regions=regions)
+    return sampler.sample
+
+
+def validation_score(metrics: dict) -> float:
+    """One number to pick the best checkpoint: the mean of Dice and AJI (Dice alone where no AJI)."""
+    aji = metrics.get("aji")
+    return metrics["dice"] if aji is None else 0.5 * (metrics["dice"] + aji)
+
+
+def make_validation(tiles: list[Tile], data_mpp: float, out: str | Path
+                    ) -> Callable[[TrainState], Generator[Progress, None, None]]:
+    """A validation hook: score the EMA model on full-resolution tiles, keep the best at `out`."""
+
+    def on_validate(state: TrainState) -> Generator[Progress, None, None]:
+        model = state.exported_model()
+        summary = None
+        for event in evaluate_tiles(model, tiles, image_mpp=data_mpp):
+            if event.stage == "done":
+                summary = event.payload
+            else:
+                yield Progress("validate", event.index, event.total, event.payload)
+        metrics = {k: v for k, v in summary["mean"].items() if v is not None}
+        metrics["score"] = validation_score(summary["mean"])
+        state.record["validation"].append({"step": state.step, **metrics})
+        best = state.record.get("best")
+        if best is None or metrics["score"] > best["score"]:
+            state.record["best"] = {"step": state.step, **metrics}
+            save_model(out, state.exported_model())
+        yield Progress("validate_done", state.step, state.train_config.steps, metrics)
+
+    return on_validate

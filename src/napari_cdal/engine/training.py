@@ -1,0 +1,276 @@
+"""cDAL training: one step of D and G (cDAL.md §4) and the loop shared by train and fine-tune."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Generator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import load_checkpoint, split_prefix, with_prefix
+from .config import ModelConfig, TrainConfig
+from .device import autocast
+from .events import Progress
+from .instances import core_targets
+from .io import normalise
+from .model import CdalModel, model_from_checkpoint, save_model
+from .networks import Generator
+
+
+def encode_targets(instances: np.ndarray, config: ModelConfig) -> np.ndarray:
+    """Instance ids -> (C, H, W) float32 label maps in {-1, +1}: foreground, then nucleus cores."""
+    maps = [instances > 0]
+    if config.label_encoding == "foreground_core":
+        maps.append(core_targets(instances))
+    return np.where(np.stack(maps), 1.0, -1.0).astype(np.float32)
+
+
+class EMA:
+    """Exponential moving average of the generator's weights; the EMA copy is what gets shipped."""
+
+    def __init__(self, module: Generator, decay: float) -> None:
+        self.decay = decay
+        self.module = copy.deepcopy(module).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, source: torch.nn.Module) -> None:
+        for ema_p, p in zip(self.module.parameters(), source.parameters()):
+            ema_p.lerp_(p.detach(), 1.0 - self.decay)
+        for ema_b, b in zip(self.module.buffers(), source.buffers()):
+            ema_b.copy_(b)
+
+
+def learning_rate(step: int, base: float, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay from `base` to cfg.lr_min over cfg.steps."""
+    if step < cfg.warmup_steps:
+        return base * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    return cfg.lr_min + 0.5 * (base - cfg.lr_min) * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass
+class TrainState:
+    """Everything a run needs to go on bit for bit: networks, EMA, optimisers, step, RNGs, record."""
+
+    model: CdalModel
+    ema: EMA
+    optim_g: torch.optim.Optimizer
+    optim_d: torch.optim.Optimizer
+    train_config: TrainConfig
+    np_rng: np.random.Generator
+    torch_rng: torch.Generator
+    step: int = 0
+    record: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, model: CdalModel, cfg: TrainConfig) -> "TrainState":
+        """Fresh optimisers (Adam, cDAL.md §5) and seeded RNGs around a model."""
+        optim_g = torch.optim.Adam(model.generator.parameters(), lr=cfg.lr_g, betas=cfg.adam_betas)
+        optim_d = torch.optim.Adam(model.discriminator.parameters(), lr=cfg.lr_d, betas=cfg.adam_betas)
+        torch_rng = torch.Generator().manual_seed(cfg.seed)
+        record = {"history": [], "validation": [], "wall_seconds": 0.0}
+        return cls(model, EMA(model.generator, cfg.ema_decay), optim_g, optim_d, cfg,
+                   np.random.default_rng(cfg.seed), torch_rng, 0, record)
+
+    def exported_model(self) -> CdalModel:
+        """The model to ship: EMA generator weights, current discriminator, the training record."""
+        record = dict(self.model.record)
+        record.update(self.record)
+        record["steps"] = self.step
+        record["train_config"] = self.train_config.to_dict()
+        return CdalModel(self.model.config, copy.deepcopy(self.ema.module).eval(),
+                         copy.deepcopy(self.model.discriminator).eval(), record)
+
+    def save(self, path: str | Path) -> None:
+        """Write the whole training state (for --resume) as one checkpoint."""
+        extra = with_prefix(self.ema.module.state_dict(), "ema")
+        extra.update(_optimizer_tensors(self.optim_g, "optim_g"))
+        extra.update(_optimizer_tensors(self.optim_d, "optim_d"))
+        extra["rng.torch"] = self.torch_rng.get_state()
+        meta = {
+            "kind": "training_state",
+            "train_config": self.train_config.to_dict(),
+            "step": self.step,
+            "training_record": self.record,
+            "optim_g_groups": _optimizer_groups(self.optim_g),
+            "optim_d_groups": _optimizer_groups(self.optim_d),
+            "rng_numpy": self.np_rng.bit_generator.state,
+        }
+        save_model(path, self.model, extra, meta)
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device, train_config: TrainConfig | None = None) -> "TrainState":
+        """Rebuild a training state written by `save`; `train_config` may extend the step count."""
+        tensors, meta = load_checkpoint(path)
+        if meta.get("kind") != "training_state":
+            raise ValueError(f"{path} is a model, not a training state; it cannot be resumed")
+        model = model_from_checkpoint(tensors, meta, str(path)).to(device)
+        model.generator.train()
+        model.discriminator.train()
+        cfg = train_config or TrainConfig.from_dict(meta["train_config"])
+        state = cls.create(model, cfg)
+        state.ema.module.load_state_dict(split_prefix(tensors, "ema"))
+        state.ema.module.to(device)
+        _load_optimizer(state.optim_g, tensors, "optim_g", meta["optim_g_groups"])
+        _load_optimizer(state.optim_d, tensors, "optim_d", meta["optim_d_groups"])
+        state.torch_rng.set_state(tensors["rng.torch"])
+        state.np_rng.bit_generator.state = meta["rng_numpy"]
+        state.step = int(meta["step"])
+        state.record = meta["training_record"]
+        return state
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer, prefix: str) -> dict[str, torch.Tensor]:
+    out = {}
+    for index, values in opt.state_dict()["state"].items():
+        for name, value in values.items():
+            out[f"{prefix}.{index}.{name}"] = torch.as_tensor(value)
+    return out
+
+
+def _optimizer_groups(opt: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    groups = opt.state_dict()["param_groups"]
+    return [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in groups]
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], prefix: str,
+                    groups: list[dict[str, Any]]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in split_prefix(tensors, prefix).items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    for group in groups:
+        group["betas"] = tuple(group["betas"])
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    w = weights.expand_as(values)
+    return (values * w).sum() / w.sum().clamp_min(1.0)
+
+
+def soft_dice_loss(prob: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """1 - soft Dice per label channel over the batch, averaged over channels."""
+    w = weights.expand_as(prob)
+    dims = (0, 2, 3)
+    inter = (prob * target * w).sum(dims)
+    denom = (prob * w).sum(dims) + (target * w).sum(dims)
+    return (1.0 - (2.0 * inter + 1.0) / (denom + 1.0)).mean()
+
+
+def train_step(state: TrainState, images: torch.Tensor, x0: torch.Tensor, weights: torch.Tensor,
+               device: torch.device) -> dict[str, float]:
+    """One cDAL step: attention-modulated G update, then D update with lazy R1 (cDAL.md §4)."""
+    cfg, model = state.train_config, state.model
+    G, D, schedule = model.generator, model.discriminator, model.schedule
+    for opt, base in ((state.optim_g, cfg.lr_g), (state.optim_d, cfg.lr_d)):
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(state.step, base, cfg)
+    batch = x0.shape[0]
+    rng = state.torch_rng
+    t = torch.randint(0, schedule.num_steps, (batch,), generator=rng).to(device)
+    z = torch.randn(batch, model.config.latent_dim, generator=rng).to(device)
+
+    with torch.no_grad(), autocast(device):
+        x_t, x_next = schedule.training_pair(x0, t, rng)
+        attention = D.attention(x_t, x_next, t).float()
+    x0_att = attention * x0
+    _, x_next_att = schedule.training_pair(x0_att, t, rng)
+
+    with autocast(device):
+        x0_pred = G(x_next_att, t, G.encode_image(images), z).float()
+    mse = _weighted_mean((x0_pred - x0).pow(2), weights)
+    prob, target = (x0_pred + 1.0) / 2.0, (x0 + 1.0) / 2.0
+    loss_g = cfg.mse_weight * mse
+    losses = {"mse": mse.item()}
+    if cfg.dice_weight > 0:
+        dice = soft_dice_loss(prob, target, weights)
+        loss_g = loss_g + cfg.dice_weight * dice
+        losses["dice"] = dice.item()
+    if cfg.bce_weight > 0:
+        bce = _weighted_mean(F.binary_cross_entropy(prob.clamp(1e-5, 1 - 1e-5), target, reduction="none"), weights)
+        loss_g = loss_g + cfg.bce_weight * bce
+        losses["bce"] = bce.item()
+    if cfg.adversarial_weight > 0:
+        fake = schedule.posterior_sample(x0_pred, x_next_att, t, rng)
+        with autocast(device):
+            adv = F.softplus(-D(fake, x_next_att, t).float()).mean()
+        loss_g = loss_g + cfg.adversarial_weight * adv
+        losses["adv_g"] = adv.item()
+    state.optim_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    state.optim_g.step()
+
+    real = schedule.posterior_sample(x0, x_next_att, t, rng)
+    fake = schedule.posterior_sample(x0_pred.detach(), x_next_att, t, rng)
+    lazy_r1 = cfg.r1_gamma > 0 and state.step % cfg.r1_interval == 0
+    real.requires_grad_(lazy_r1)
+    with autocast(device):
+        d_real = D(real, x_next_att, t).float()
+        d_fake = D(fake, x_next_att, t).float()
+    loss_d = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+    if lazy_r1:
+        (grad,) = torch.autograd.grad(d_real.sum(), real, create_graph=True)
+        r1 = grad.pow(2).flatten(1).sum(1).mean()
+        loss_d = loss_d + cfg.r1_gamma / 2.0 * r1 * cfg.r1_interval
+        losses["r1"] = r1.item()
+    state.optim_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    state.optim_d.step()
+    state.ema.update(G)
+    losses["d"] = loss_d.item()
+    losses["g"] = loss_g.item()
+    return losses
+
+
+BatchSource = Callable[[int], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def training_loop(
+    state: TrainState,
+    sample_batch: BatchSource,
+    device: torch.device,
+    on_checkpoint: Callable[[TrainState], None] | None = None,
+    on_validate: Callable[[TrainState], Generator[Progress, None, None]] | None = None,
+) -> Generator[Progress, None, None]:
+    """Run steps until train_config.steps, yielding Progress('train', step, total, losses).
+
+    Hooks: `on_checkpoint` every checkpoint_every steps and at the end; `on_validate` (itself a
+    generator of events) every validate_every steps and at the end. Closing
+    the generator stops between steps; the caller decides what to keep.
+    """
+    cfg = state.train_config
+    config = state.model.config
+    state.model.generator.train()
+    state.model.discriminator.train()
+    while state.step < cfg.steps:
+        started = time.perf_counter()
+        images, targets, weights = sample_batch(cfg.batch_size)
+        losses = train_step(
+            state,
+            normalise(torch.from_numpy(images), config).to(device),
+            torch.from_numpy(targets).to(device),
+            torch.from_numpy(weights).to(device),
+            device,
+        )
+        state.step += 1
+        state.record["wall_seconds"] = state.record.get("wall_seconds", 0.0) + time.perf_counter() - started
+        if state.step % 50 == 0 or state.step == cfg.steps:
+            state.record["history"].append({"step": state.step, **{k: round(v, 5) for k, v in losses.items()}})
+        yield Progress("train", state.step, cfg.steps, losses)
+        last = state.step == cfg.steps
+        if on_validate is not None and (state.step % cfg.validate_every == 0 or last):
+            yield from on_validate(state)
+        if on_checkpoint is not None and (state.step % cfg.checkpoint_every == 0 or last):
+            on_checkpoint(state)
+    state.model.generator.eval()
+    state.model.discriminator.eval()
+    yield Progress("done", state.step, cfg.steps, state)
