@@ -1,4 +1,4 @@
-"""The `napari-cdal` command: segment, evaluate, train, finetune, info (thin wrappers over the engine)."""
+"""The `napari-cdal` command: segment, evaluate, train, info (thin wrappers over the engine)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 EXIT_BAD_INPUT = 1
+DEFAULT_DATA_MPP = 0.25
 
 
 class CliError(Exception):
@@ -42,38 +43,58 @@ def _write_tiff(path: Path, array: Any) -> None:
 
     from .engine.checkpoint import atomic_write
 
-    atomic_write(path, lambda tmp: tifffile.imwrite(tmp, array, compression="zlib"))
+    # minisblack: a 3- or 4-plane stack (steps, attention) is planes, not an RGB(A) picture
+    atomic_write(path, lambda tmp: tifffile.imwrite(tmp, array, compression="zlib", photometric="minisblack"))
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
     """Segment each image and write <stem>_labels.tif (and the optional maps) into --out."""
     from .engine.events import run_to_end
     from .engine.instances import relabel_sequential_uint
-    from .engine.io import read_image
+    from .engine.io import ImageError, read_image
     from .engine.segment import segment_image
 
     images = [Path(p) for p in args.images]
+    if args.sample:
+        from .sample_data import sample_tile_path
+
+        images.append(sample_tile_path())
+    if not images:
+        raise CliError("give at least one image file, or --sample for the bundled MoNuSeg tile")
+    stems: dict[str, Path] = {}
     for path in images:
         if not path.exists():
             raise CliError(f"image file not found: {path}")
+        if path.stem in stems:
+            raise CliError(f"{stems[path.stem]} and {path} would both write {path.stem}_labels.tif; rename one")
+        stems[path.stem] = path
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out} is a file; give a folder")
     device = _setup_torch(args)
     model = _load_model(args.model, device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     want_maps = args.save_steps or args.save_attention
     for path in images:
         pixels = read_image(path)
-        steps = args.steps or model.config.num_steps
-        with _progress(0, path.name, "step") as bar:
-            def show(event: Any) -> None:
-                bar.total = event.total
-                bar.n = event.index
-                bar.refresh()
+        steps = model.config.num_steps if args.steps is None else args.steps
+        bars: list[Any] = []  # opened at the first step, so a rejected image leaves only the error line
 
+        def show(event: Any, name: str = path.name) -> None:
+            if not bars:
+                bars.append(_progress(event.total, name, "step"))
+            bars[0].n = event.index
+            bars[0].refresh()
+
+        try:
             result = run_to_end(segment_image(
                 model, pixels, image_mpp=args.mpp, steps=steps, samples=args.samples, seed=args.seed,
                 threshold=args.threshold, keep_steps=want_maps, with_attention=args.save_attention,
             ), show)
+        except ImageError as exc:  # name the file: the engine only knows the pixels
+            raise ImageError(f"{path}: {exc}") from exc
+        finally:
+            for bar in bars:
+                bar.close()
         _write_tiff(out / f"{path.stem}_labels.tif", relabel_sequential_uint(result.labels))
         if args.save_steps:
             _write_tiff(out / f"{path.stem}_steps.tif", result.steps)
@@ -136,8 +157,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             else:
                 summary = event.payload
     summary["model"] = str(model.source)
-    summary["settings"] = {"steps": args.steps or model.config.num_steps, "samples": args.samples,
-                           "seed": args.seed, "threshold": args.threshold, "mpp": args.mpp}
+    summary["settings"] = {"steps": model.config.num_steps if args.steps is None else args.steps,
+                           "samples": args.samples, "seed": args.seed, "threshold": args.threshold, "mpp": args.mpp}
     print(_format_table(summary["per_image"], summary["mean"], summary["seconds_per_image"]))
     if args.json:
         text = json.dumps(summary, indent=2)
@@ -187,8 +208,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     device = _setup_torch(args)
     split = _read_split(args.split)
-    train_names = split.get("train") or list_tiles(args.data_dir)
-    val_names = split.get("validation") or []
     resume_from = state_path(out)
     if args.resume:
         if not resume_from.exists():
@@ -196,19 +215,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         state = TrainState.load(resume_from, device)
         if args.steps is not None:
             state = TrainState.load(resume_from, device, _train_config(args, state.train_config.to_dict()))
+        # go on with the recorded data settings unless told otherwise, so a resumed run repeats exactly
+        mpp = state.record.get("data_mpp", DEFAULT_DATA_MPP) if args.mpp is None else args.mpp
+        train_names = split.get("train") or state.record.get("train_tiles") or list_tiles(args.data_dir)
+        val_names = (split.get("validation") if split else state.record.get("validation_tiles")) or []
     else:
+        mpp = DEFAULT_DATA_MPP if args.mpp is None else args.mpp
+        train_names = split.get("train") or list_tiles(args.data_dir)
+        val_names = split.get("validation") or []
         config = _model_config(args.config)
         cfg = _train_config(args)
         model = CdalModel.initialise(config, cfg.seed).to(device)
         state = TrainState.create(model, cfg)
         state.record.update({"data": Path(args.data_dir).name, "train_tiles": train_names,
-                             "validation_tiles": val_names, "data_mpp": args.mpp,
+                             "validation_tiles": val_names, "data_mpp": mpp,
                              "device": str(device), "best": None})
     config = state.model.config
-    train_tiles = prepare_tiles(load_folder(args.data_dir, train_names), args.mpp, config)
+    train_tiles = prepare_tiles(load_folder(args.data_dir, train_names), mpp, config)
     val_tiles = load_folder(args.data_dir, val_names) if val_names else []
     sample_batch = make_patch_source(train_tiles, state, config)
-    on_validate = make_validation(val_tiles, args.mpp, out) if val_tiles else None
+    on_validate = make_validation(val_tiles, mpp, out) if val_tiles else None
 
     def on_checkpoint(s: TrainState) -> None:
         s.save(resume_from)
@@ -279,7 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("segment", help="segment images into nucleus instance labels")
-    p.add_argument("images", nargs="+", help="image files (TIFF, PNG, JPEG)")
+    p.add_argument("images", nargs="*", help="image files (TIFF, PNG, JPEG)")
+    p.add_argument("--sample", action="store_true", help="also segment the bundled MoNuSeg sample tile")
     p.add_argument("--out", required=True, help="output folder")
     _add_sampling(p)
     p.add_argument("--save-steps", action="store_true", help="also write <stem>_steps.tif (x̂0 per step)")
@@ -304,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="go on from <out>.state.safetensors")
     p.add_argument("--config", default=None, help="model preset (tiny, small, medium, large) or a JSON file")
     p.add_argument("--split", default=None, help="JSON with 'train' and 'validation' tile-name lists")
-    p.add_argument("--mpp", type=float, default=0.25, help="µm per pixel of the data (default: 0.25)")
+    p.add_argument("--mpp", type=float, default=None,
+                   help=f"µm per pixel of the data (default: {DEFAULT_DATA_MPP}; with --resume, the recorded one)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--patch-size", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)

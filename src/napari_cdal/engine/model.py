@@ -68,9 +68,12 @@ def model_from_checkpoint(tensors: dict[str, torch.Tensor], meta: dict[str, Any]
     """Rebuild the networks from the metadata's config and load their weights strictly."""
     try:
         config = ModelConfig.from_dict(meta["model_config"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{source} has no usable model config ({exc})") from exc
-    model = CdalModel(config, Generator(config), Discriminator(config), meta.get("record", {}), source)
+        generator, discriminator = Generator(config), Discriminator(config)
+    except (KeyError, TypeError, ValueError, ArithmeticError, RuntimeError) as exc:
+        # a config that parses but cannot build networks (e.g. base_width 0) is just as unusable
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise CheckpointError(f"{source} has no usable model config ({type(exc).__name__}: {first})") from exc
+    model = CdalModel(config, generator, discriminator, meta.get("record", {}), source)
     for name, module in (("generator", model.generator), ("discriminator", model.discriminator)):
         state = {k: v.float() for k, v in split_prefix(tensors, name).items()}
         try:

@@ -263,7 +263,7 @@ def training_loop(
         )
         state.step += 1
         state.record["wall_seconds"] = state.record.get("wall_seconds", 0.0) + time.perf_counter() - started
-        if state.step % 50 == 0 or state.step == cfg.steps:
+        if state.step == 1 or state.step % 50 == 0 or state.step == cfg.steps:
             state.record["history"].append({"step": state.step, **{k: round(v, 5) for k, v in losses.items()}})
         yield Progress("train", state.step, cfg.steps, losses)
         last = state.step == cfg.steps

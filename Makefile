@@ -1,0 +1,28 @@
+# Two entry points for a fresh machine: `make demo` (set up, segment the bundled sample tile with
+# the bundled model) and `make test` (set up, run the whole test suite under a virtual X server).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup system-deps demo test
+
+# napari needs a real GL context (Xvfb) and Qt's xcb libraries in headless tests and screenshots.
+system-deps:
+	@if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && ! command -v Xvfb >/dev/null; then \
+		apt-get update -qq && apt-get install -y -qq xvfb libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 \
+		libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xinerama0 libxkbcommon-x11-0 libgl1 \
+		libegl1 libdbus-1-3 >/dev/null; fi
+
+$(BIN)/napari-cdal: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[testing]'
+	touch $@
+
+setup: system-deps $(BIN)/napari-cdal
+
+demo: setup
+	$(BIN)/napari-cdal segment --sample --out out --save-steps --save-attention --save-uncertainty
+
+test: setup
+	$(BIN)/python -m pytest

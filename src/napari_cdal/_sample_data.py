@@ -1,0 +1,21 @@
+"""napari sample data: File > Open Sample > napari-cdal > MoNuSeg H&E tile."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def make_monuseg_sample() -> list[tuple[Any, dict[str, Any], str]]:
+    """The bundled MoNuSeg tile as an RGB image layer at its physical scale (µm)."""
+    from .engine.io import read_image
+    from .sample_data import LICENCE_LINE, SAMPLE_MPP, SAMPLE_NAME, sample_tile_path
+
+    image = read_image(sample_tile_path())
+    meta = {
+        "name": SAMPLE_NAME,
+        "rgb": True,
+        "scale": (SAMPLE_MPP, SAMPLE_MPP),
+        "units": ("µm", "µm"),
+        "metadata": {"licence": LICENCE_LINE, "mpp": SAMPLE_MPP},
+    }
+    return [(image, meta, "image")]

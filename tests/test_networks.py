@@ -1,0 +1,98 @@
+"""Generator and discriminator: shapes, dtypes, conditioning paths and the attention map."""
+
+import pytest
+import torch
+
+from napari_cdal.engine.config import PRESETS, ModelConfig
+from napari_cdal.engine.networks import AdaptiveGroupNorm, Discriminator, Generator, LatentMapping
+
+TINY = dict(PRESETS["tiny"])
+
+
+@pytest.mark.parametrize("image_channels,encoding", [(3, "foreground_core"), (1, "foreground"), (3, "foreground")])
+def test_generator_shapes_and_range(image_channels: int, encoding: str) -> None:
+    mean = (142.0, 98.0, 133.0)[:image_channels]
+    std = (65.0, 57.0, 58.0)[:image_channels]
+    cfg = ModelConfig(**TINY, image_channels=image_channels, label_encoding=encoding, image_mean=mean, image_std=std)
+    torch.manual_seed(0)
+    g = Generator(cfg)
+    image = torch.randn(1, image_channels, 32, 48)
+    x = torch.randn(3, cfg.label_channels, 32, 48)
+    out = g(x, torch.tensor([0, 1, 3]), g.encode_image(image), torch.randn(3, cfg.latent_dim))
+    assert out.shape == (3, cfg.label_channels, 32, 48)
+    assert out.dtype == torch.float32
+    assert out.abs().max() <= 1.0
+
+
+def test_adaptive_groupnorm_starts_as_plain_groupnorm() -> None:
+    # gamma = 1, beta = 0 at initialisation, whatever the latent: the norm is unchanged.
+    norm = AdaptiveGroupNorm(8, 4, 16)
+    x = torch.randn(2, 8, 5, 5)
+    expected = torch.nn.functional.group_norm(x, 4)
+    assert torch.allclose(norm(x, torch.randn(2, 16)), expected, atol=1e-6)
+
+
+def test_latent_mapping_normalises_z() -> None:
+    # z / rms(z): scaling z does not change the embedding.
+    mapping = LatentMapping(10, 16, 4)
+    z = torch.randn(3, 10)
+    assert torch.allclose(mapping(z), mapping(5.0 * z), atol=1e-5)
+    assert sum(isinstance(m, torch.nn.Linear) for m in mapping.modules()) == 4
+
+
+def test_latent_changes_the_output_once_styles_are_trained() -> None:
+    cfg = ModelConfig(**TINY)
+    torch.manual_seed(0)
+    g = Generator(cfg)
+    for module in g.modules():
+        if isinstance(module, AdaptiveGroupNorm):
+            torch.nn.init.normal_(module.style.weight, std=0.1)
+    image, x, t = torch.randn(1, 3, 16, 16), torch.randn(1, 2, 16, 16), torch.tensor([2])
+    feats = g.encode_image(image)
+    a = g(x, t, feats, torch.randn(1, cfg.latent_dim))
+    b = g(x, t, feats, torch.randn(1, cfg.latent_dim))
+    assert not torch.allclose(a, b)
+
+
+def test_time_changes_the_output() -> None:
+    cfg = ModelConfig(**TINY)
+    torch.manual_seed(0)
+    g = Generator(cfg)
+    image, x, z = torch.randn(1, 3, 16, 16), torch.randn(1, 2, 16, 16), torch.randn(1, cfg.latent_dim)
+    feats = g.encode_image(image)
+    assert not torch.allclose(g(x, torch.tensor([0]), feats, z), g(x, torch.tensor([3]), feats, z))
+
+
+def test_image_features_broadcast_over_samples() -> None:
+    # One encoded image serves K samples: same result as repeating the features.
+    cfg = ModelConfig(**TINY)
+    torch.manual_seed(0)
+    g = Generator(cfg)
+    feats = g.encode_image(torch.randn(1, 3, 16, 16))
+    x, z, t = torch.randn(4, 2, 16, 16), torch.randn(4, cfg.latent_dim), torch.tensor([1, 1, 1, 1])
+    assert torch.allclose(g(x, t, feats, z), g(x, t, feats.repeat(4, 1, 1, 1), z), atol=1e-6)
+
+
+def test_discriminator_score_and_attention() -> None:
+    cfg = ModelConfig(**PRESETS["small"])
+    torch.manual_seed(0)
+    d = Discriminator(cfg)
+    x_t, x_next, t = torch.randn(2, 2, 64, 64), torch.randn(2, 2, 64, 64), torch.tensor([0, 3])
+    assert d(x_t, x_next, t).shape == (2,)
+    _, tap = d.features(x_t, x_next, t)
+    assert tap.shape[-2:] == (8, 8)  # level 3 of a 64 input: 64 / 2**3
+    att = d.attention(x_t, x_next, t)
+    assert att.shape == (2, 1, 64, 64)
+    assert att.min() >= 0.0 and att.max() <= 1.0
+    assert torch.isclose(att.amax(dim=(1, 2, 3)), torch.ones(2)).all()
+
+
+def test_config_round_trip_and_errors() -> None:
+    cfg = ModelConfig(**PRESETS["medium"])
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown"):
+        ModelConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+    with pytest.raises(ValueError, match="image_channels"):
+        ModelConfig(image_channels=2)
+    with pytest.raises(ValueError, match="label_encoding"):
+        ModelConfig(label_encoding="three-class")
