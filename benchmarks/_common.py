@@ -1,0 +1,60 @@
+"""Helpers shared by the benchmark scripts: data location, the split, printing and JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SPLIT_FILE = ROOT / "benchmarks" / "monuseg_split.json"
+
+
+def default_data_dir() -> Path:
+    """MoNuSeg training folder: $NAPARI_CDAL_MONUSEG, else the project's shared data beside the repo."""
+    env = os.environ.get("NAPARI_CDAL_MONUSEG")
+    return Path(env) if env else ROOT.parent / "shared" / "data" / "monuseg" / "train"
+
+
+def split() -> dict[str, list[str]]:
+    data = json.loads(SPLIT_FILE.read_text())
+    return {"train": data["train"], "validation": data["validation"]}
+
+
+def machine() -> dict[str, Any]:
+    """Where a figure was measured."""
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def write_json(path: str | None, payload: dict[str, Any]) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(payload, indent=2))
+        print(f"wrote {path}")
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """A plain fixed-width table (markdown-compatible)."""
+    def fmt(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.3f}"
+        return str(value)
+
+    cells = [[fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |",
+             "| " + " | ".join("-" * w for w in widths) + " |"]
+    lines += ["| " + " | ".join(v.ljust(w) for v, w in zip(row, widths)) + " |" for row in cells]
+    return "\n".join(lines)
