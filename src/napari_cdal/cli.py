@@ -223,13 +223,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         mpp = DEFAULT_DATA_MPP if args.mpp is None else args.mpp
         train_names = split.get("train") or list_tiles(args.data_dir)
         val_names = split.get("validation") or []
-        config = _model_config(args.config)
         cfg = _train_config(args)
-        model = CdalModel.initialise(config, cfg.seed).to(device)
+        if args.init_from:
+            if args.config:
+                raise CliError("--init-from takes the model's own config; drop --config")
+            model = _load_model(args.init_from, device)
+        else:
+            model = CdalModel.initialise(_model_config(args.config), cfg.seed).to(device)
         state = TrainState.create(model, cfg)
         state.record.update({"data": Path(args.data_dir).name, "train_tiles": train_names,
                              "validation_tiles": val_names, "data_mpp": mpp,
                              "device": str(device), "best": None})
+        if args.init_from:
+            state.record["initialised_from"] = {"model": str(args.init_from), "steps": model.record.get("steps")}
     config = state.model.config
     train_tiles = prepare_tiles(load_folder(args.data_dir, train_names), mpp, config)
     val_tiles = load_folder(args.data_dir, val_names) if val_names else []
@@ -330,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="total training steps")
     p.add_argument("--resume", action="store_true", help="go on from <out>.state.safetensors")
     p.add_argument("--config", default=None, help="model preset (tiny, small, medium, large) or a JSON file")
+    p.add_argument("--init-from", default=None, help="start a new run from this model's weights (not its optimiser state)")
     p.add_argument("--split", default=None, help="JSON with 'train' and 'validation' tile-name lists")
     p.add_argument("--mpp", type=float, default=None,
                    help=f"µm per pixel of the data (default: {DEFAULT_DATA_MPP}; with --resume, the recorded one)")
