@@ -1,5 +1,6 @@
 # Two entry points for a fresh machine: `make demo` (set up, segment the bundled sample tile with
-# the bundled model) and `make test` (set up, run the whole test suite under a virtual X server).
+# the bundled model, then open it in napari with the Segment widget docked when there is a display)
+# and `make test` (set up, run the whole test suite under a virtual X server).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -23,6 +24,8 @@ setup: system-deps $(BIN)/napari-cdal
 
 demo: setup
 	$(BIN)/napari-cdal segment --sample --out out --save-steps --save-attention --save-uncertainty
+	@if [ -n "$$DISPLAY" ]; then $(BIN)/napari-cdal view --sample; \
+	else echo "no display (\$$DISPLAY unset): skipping 'napari-cdal view --sample'"; fi
 
 test: setup
 	$(BIN)/python -m pytest

@@ -1,0 +1,269 @@
+"""The Segment widget's layers: names, grids, edit detection, in-place updates and the live preview.
+
+Every layer the plugin makes carries ``metadata["napari_cdal"] = {"image": <image layer name>,
+"kind": <kind>}``; a mask also carries the fingerprint of the data it was given, so a mask the
+user has painted on since is recognised and never overwritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import napari
+    from napari.layers import Image, Labels, Layer
+
+    from ..engine.segment import SegmentationResult, StepUpdate
+
+TAG = "napari_cdal"
+MASK, STEPS, ATTENTION, UNCERTAINTY = "mask", "steps", "attention", "uncertainty"
+PREVIEW_SUFFIX = "(running)"
+DEFAULT_IMAGE_MPP = 0.25
+STEP_AXIS = "step"
+CONTOUR_WIDTH = 2
+
+STYLES: dict[str, dict[str, Any]] = {
+    STEPS: {"colormap": "gray", "opacity": 0.7, "visible": False},
+    ATTENTION: {"colormap": "inferno", "blending": "additive", "visible": False},
+    UNCERTAINTY: {"colormap": "magma", "blending": "additive", "visible": False},
+}
+
+
+def layer_name(image_name: str, kind: str) -> str:
+    """`<image> mask`, `<image> steps`, `<image> attention`, `<image> uncertainty`."""
+    return f"{image_name} {kind}"
+
+
+def fingerprint(data: Any) -> str:
+    """A hash of an array's shape, dtype and bytes."""
+    array = np.ascontiguousarray(np.asarray(data))
+    digest = hashlib.blake2b(f"{array.shape}{array.dtype.str}".encode(), digest_size=16)
+    digest.update(array.data)
+    return digest.hexdigest()
+
+
+def is_edited(layer: Labels) -> bool:
+    """True when a plugin-made mask's data no longer matches what the plugin wrote into it."""
+    return layer.metadata.get(TAG, {}).get("fingerprint") != fingerprint(layer.data)
+
+
+def normalise_planes(stack: np.ndarray) -> np.ndarray:
+    """Scale each plane of a (T, H, W) stack to [0, 1] on its own (flat planes become 0)."""
+    stack = np.asarray(stack, dtype=np.float32)
+    low = stack.min(axis=(-2, -1), keepdims=True)
+    span = stack.max(axis=(-2, -1), keepdims=True) - low
+    return np.where(span > 0, (stack - low) / np.where(span > 0, span, 1), 0).astype(np.float32)
+
+
+def image_mpp(layer: Layer) -> float:
+    """µm per pixel from a layer's scale (converted from its length unit), else 0.25 (a 40x tile).
+
+    A scale of (1, 1) means "not set"; a scale without a length unit is taken as µm.
+    """
+    scale_y, scale_x = (float(s) for s in layer.scale[-2:])
+    if np.isclose(scale_y, 1.0) and np.isclose(scale_x, 1.0):
+        return DEFAULT_IMAGE_MPP
+    value = float(np.sqrt(scale_y * scale_x))
+    units = getattr(layer, "units", None)
+    if units:
+        import pint
+
+        try:
+            return float((value * units[-1]).to("micrometer").magnitude)
+        except pint.DimensionalityError:
+            return value
+    return value
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Where an image layer's pixels sit: scale, translate, units and labels of its last two axes."""
+
+    scale: tuple[float, float]
+    translate: tuple[float, float]
+    units: tuple[Any, Any] | None
+    axis_labels: tuple[str, str] | None
+
+    @classmethod
+    def of(cls, layer: Layer) -> Grid:
+        units = getattr(layer, "units", None)
+        labels = getattr(layer, "axis_labels", None)
+        return cls(
+            tuple(layer.scale[-2:]),
+            tuple(layer.translate[-2:]),
+            tuple(units[-2:]) if units else None,
+            tuple(labels[-2:]) if labels else None,
+        )
+
+    def plane(self) -> dict[str, Any]:
+        """Layer keywords for an H x W layer on this grid."""
+        grid: dict[str, Any] = {"scale": self.scale, "translate": self.translate}
+        if self.units is not None:
+            grid["units"] = self.units
+        if self.axis_labels is not None:
+            grid["axis_labels"] = self.axis_labels
+        return grid
+
+    def stack(self) -> dict[str, Any]:
+        """Layer keywords for a T x H x W stack on this grid (the step axis has scale 1)."""
+        grid: dict[str, Any] = {"scale": (1.0, *self.scale), "translate": (0.0, *self.translate)}
+        if self.units is not None:
+            grid["units"] = ("pixel", *self.units)
+        if self.axis_labels is not None:
+            grid["axis_labels"] = (STEP_AXIS, *self.axis_labels)
+        return grid
+
+
+def find_result_layer(viewer: napari.Viewer, image_name: str, kind: str) -> Layer | None:
+    """The top-most layer this plugin made for (image, kind); masks the user has edited don't count."""
+    for layer in reversed(list(viewer.layers)):
+        tag = layer.metadata.get(TAG) or {}
+        if tag.get("image") == image_name and tag.get("kind") == kind:
+            if kind == MASK and is_edited(layer):
+                continue
+            return layer
+    return None
+
+
+def _put_image(
+    viewer: napari.Viewer,
+    image_name: str,
+    kind: str,
+    data: np.ndarray,
+    grid: dict[str, Any],
+    contrast_limits: tuple[float, float],
+) -> Image:
+    layer = find_result_layer(viewer, image_name, kind)
+    if layer is None:
+        return viewer.add_image(
+            data,
+            name=layer_name(image_name, kind),
+            contrast_limits=contrast_limits,
+            metadata={TAG: {"image": image_name, "kind": kind}},
+            **grid,
+            **STYLES[kind],
+        )
+    layer.data = data
+    for key, value in grid.items():
+        setattr(layer, key, value)
+    layer.contrast_limits = contrast_limits
+    return layer
+
+
+def _put_mask(
+    viewer: napari.Viewer, image_name: str, labels: np.ndarray, grid: dict[str, Any], contour: int
+) -> Labels:
+    layer = find_result_layer(viewer, image_name, MASK)
+    tag = {"image": image_name, "kind": MASK}
+    if layer is None:
+        layer = viewer.add_labels(
+            labels, name=layer_name(image_name, MASK), metadata={TAG: tag}, **grid
+        )
+    else:
+        layer.data = labels
+        for key, value in grid.items():
+            setattr(layer, key, value)
+    layer.contour = contour
+    layer.metadata[TAG] = dict(tag, fingerprint=fingerprint(layer.data))
+    return layer
+
+
+def show_result(
+    viewer: napari.Viewer, image: Image, result: SegmentationResult, contour: int
+) -> dict[str, Layer]:
+    """Put a result into the four layers named after `image` (updated in place where possible)."""
+    grid = Grid.of(image)
+    layers: dict[str, Layer] = {}
+    if result.steps is not None:
+        layers[STEPS] = _put_image(
+            viewer,
+            image.name,
+            STEPS,
+            np.asarray(result.steps, np.float32),
+            grid.stack(),
+            (0.0, 1.0),
+        )
+    if result.attention is not None:
+        layers[ATTENTION] = _put_image(
+            viewer,
+            image.name,
+            ATTENTION,
+            normalise_planes(result.attention),
+            grid.stack(),
+            (0.0, 1.0),
+        )
+    uncertainty = np.asarray(result.uncertainty, np.float32)
+    top = max(float(uncertainty.max()), 1e-6)
+    layers[UNCERTAINTY] = _put_image(
+        viewer, image.name, UNCERTAINTY, uncertainty, grid.plane(), (0.0, top)
+    )
+    labels = np.ascontiguousarray(result.labels, dtype=np.uint32)
+    layers[MASK] = _put_mask(viewer, image.name, labels, grid.plane(), contour)
+    return layers
+
+
+class LivePreview:
+    """x̂0 and attention stacks that fill in as steps arrive, in their own `(running)` layers.
+
+    The result layers are left alone during a run; `remove()` takes the preview away when the run
+    ends, whether it finished or was cancelled.
+    """
+
+    def __init__(self, viewer: napari.Viewer, image: Image, size: tuple[int, int]) -> None:
+        self._viewer = viewer
+        self._image_name = image.name
+        self._grid = Grid.of(image).stack()
+        self._size = size
+        self._removed = False
+        self.layers: dict[str, Image] = {}
+
+    def _layer(self, kind: str, n_steps: int) -> Image | None:
+        if kind not in self.layers:
+            style = (
+                {"colormap": "gray"}
+                if kind == STEPS
+                else {"colormap": "inferno", "blending": "additive"}
+            )
+            layer = self._viewer.add_image(
+                np.zeros((n_steps, *self._size), np.float32),
+                contrast_limits=(0.0, 1.0),
+                name=f"{layer_name(self._image_name, kind)} {PREVIEW_SUFFIX}",
+                metadata={TAG: {"image": self._image_name, "kind": f"{kind} preview"}},
+                **self._grid,
+                **style,
+            )
+            if (
+                self._removed
+            ):  # the run ended (napari processed events) while the layer was being added
+                self._viewer.layers.remove(layer)
+                return None
+            self.layers[kind] = layer
+        return self.layers[kind]
+
+    def update(self, step: StepUpdate) -> None:
+        """Write one tile's step into the preview and move the step slider there."""
+        if self._removed:
+            return
+        y0, y1, x0, x1 = step.box
+        planes = [(STEPS, step.foreground)]
+        if step.attention is not None:
+            planes.append((ATTENTION, normalise_planes(step.attention[None])[0]))
+        for kind, plane in planes:
+            layer = self._layer(kind, step.n_steps)
+            if layer is None:
+                return
+            layer.data[step.step, y0:y1, x0:x1] = plane
+            layer.refresh()
+        self._viewer.dims.set_point(self._viewer.dims.ndim - 3, step.step)
+
+    def remove(self) -> None:
+        """Take the preview layers out of the viewer (safe to call twice)."""
+        self._removed = True
+        for layer in self.layers.values():
+            if layer in self._viewer.layers:
+                self._viewer.layers.remove(layer)
+        self.layers.clear()

@@ -1,0 +1,438 @@
+"""The Segment dock widget: gathers settings, runs engine.segment_image in a napari thread_worker.
+
+During a run only the `(running)` preview layers change; the result layers are written when the
+run finishes, so Cancel (or an error) leaves them exactly as they were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    PushButton,
+    SpinBox,
+)
+from psygnal import Signal
+
+from ._layers import CONTOUR_WIDTH, MASK, TAG, LivePreview, image_mpp, show_result
+
+if TYPE_CHECKING:
+    import napari
+    from napari.layers import Image
+
+    from ..engine.events import Progress
+    from ..engine.model import CdalModel
+    from ..engine.segment import SegmentationResult
+
+OTHER_FILE = ""
+DEFAULT_STEPS = 4
+
+
+@dataclass(frozen=True)
+class SegmentSettings:
+    """What one click on Segment runs with."""
+
+    model_path: str
+    device: str
+    image_mpp: float
+    steps: int
+    samples: int
+    seed: int
+    threshold: float
+
+
+@dataclass(frozen=True)
+class RunFailure:
+    """A run stopped by bad input (image, model file); `message` says why and what to do."""
+
+    message: str
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_model(path: str, mtime_ns: int, device: str) -> CdalModel:
+    from ..engine.model import load_model
+
+    return load_model(path, device)
+
+
+def load_model_cached(path: str | Path, device: str) -> CdalModel:
+    """Load a model once per (file, modification time, device)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    return _cached_model(str(path.resolve()), path.stat().st_mtime_ns, device)
+
+
+def run_segmentation(
+    image: np.ndarray, settings: SegmentSettings
+) -> Generator[Progress, None, SegmentationResult | RunFailure]:
+    """Worker body: load the model, yield the engine's step events, return the result (or why not)."""
+    from ..engine.checkpoint import CheckpointError
+    from ..engine.device import resolve_device
+    from ..engine.io import ImageError
+    from ..engine.segment import segment_image
+
+    try:
+        device = str(resolve_device(settings.device))
+        model = load_model_cached(settings.model_path, device)
+        for event in segment_image(
+            model,
+            image,
+            image_mpp=settings.image_mpp,
+            steps=settings.steps,
+            samples=settings.samples,
+            seed=settings.seed,
+            threshold=settings.threshold,
+        ):
+            if event.stage == "done":
+                return event.payload
+            yield event
+    except (CheckpointError, ImageError, FileNotFoundError, ValueError) as exc:
+        return RunFailure(str(exc))
+    return RunFailure("the engine stopped without a result")
+
+
+def image_pixels(layer: Image) -> np.ndarray:
+    """The layer's pixels as one 2-D RGB or grayscale image; a clear ImageError otherwise."""
+    from ..engine.io import ImageError, to_rgb_float
+
+    data = layer.data[0] if layer.multiscale else layer.data
+    pixels = np.asarray(data)
+    plane_ndim = 3 if layer.rgb else 2
+    if pixels.ndim > plane_ndim:
+        raise ImageError(
+            f"layer {layer.name!r} is a stack of shape {pixels.shape}; the Segment widget "
+            "takes one 2-D image: add a single plane as its own layer (e.g. layer.data[0])"
+        )
+    to_rgb_float(pixels, name=f"layer {layer.name!r}")
+    return pixels
+
+
+def device_choices() -> list[tuple[str, str]]:
+    """auto (labelled with what it picks), cpu, and cuda (with the GPU's name) when there is one."""
+    import torch
+
+    if torch.cuda.is_available():
+        gpu = torch.cuda.get_device_name(0)
+        return [(f"auto (CUDA: {gpu})", "auto"), ("cpu", "cpu"), (f"cuda: {gpu}", "cuda")]
+    return [("auto (CPU)", "auto"), ("cpu", "cpu")]
+
+
+def model_steps(path: str) -> int | None:
+    """The number of reverse steps a model file was trained with (None when unreadable)."""
+    from ..engine.checkpoint import read_metadata
+
+    try:
+        return int(read_metadata(path)["model_config"].get("num_steps", DEFAULT_STEPS))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+class SegmentWidget(Container):
+    """Dock widget: image, model, device, T, K, seed, threshold, µm/px, and Segment / Cancel."""
+
+    run_finished = Signal(str)
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=True)
+        self._viewer = napari_viewer
+        self._worker: Any = None
+        self._progress: Any = None
+        self._preview: LivePreview | None = None
+        self._image_layer: Image | None = None
+        self._settings: SegmentSettings | None = None
+        self._clicked_at = 0.0
+        self._outcome = ""
+        self._depth = 0
+        self._finish_pending = False
+        self.last_result: SegmentationResult | None = None
+        self.last_seconds: float | None = None
+
+        self.image = ComboBox(label="image", choices=lambda _: self._image_choices())
+        self.model = ComboBox(label="model", choices=lambda _: self._model_choices())
+        self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors")
+        self.device = ComboBox(label="device", choices=device_choices())
+        self.steps = SpinBox(
+            label="steps T",
+            min=1,
+            max=DEFAULT_STEPS,
+            value=DEFAULT_STEPS,
+            tooltip="reverse diffusion steps (at most the model's T)",
+        )
+        self.samples = SpinBox(
+            label="samples K",
+            min=1,
+            max=64,
+            value=1,
+            tooltip="latent samples averaged per pixel; their spread is the uncertainty",
+        )
+        self.seed = SpinBox(
+            label="seed", min=0, max=2**31 - 1, value=0, tooltip="the same seed repeats a run"
+        )
+        self.threshold = FloatSpinBox(
+            label="threshold",
+            min=0.01,
+            max=0.99,
+            step=0.05,
+            value=0.5,
+            tooltip="foreground probability above which a pixel is nucleus",
+        )
+        self.mpp = FloatSpinBox(
+            label="µm/px",
+            min=0.01,
+            max=100.0,
+            step=0.01,
+            value=0.25,
+            tooltip="the image's µm per pixel: from the layer's scale, else 0.25 (40x)",
+        )
+        self.contours = CheckBox(text="show nuclei as contours", value=True)
+        self.segment_button = PushButton(text="Segment")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.status = Label(value="")
+        self.status.native.setWordWrap(True)
+        self.extend(
+            [
+                self.image,
+                self.model,
+                self.model_file,
+                self.device,
+                self.steps,
+                self.samples,
+                self.seed,
+                self.threshold,
+                self.mpp,
+                self.contours,
+                self.segment_button,
+                self.cancel_button,
+                self.status,
+            ]
+        )
+
+        self.image.changed.connect(self._on_image_changed)
+        self.model.changed.connect(self._on_model_changed)
+        self.model_file.changed.connect(self._on_model_changed)
+        self.contours.changed.connect(self._on_contours_changed)
+        self.segment_button.changed.connect(self.start)
+        self.cancel_button.changed.connect(self.cancel)
+        for event in (
+            napari_viewer.layers.events.inserted,
+            napari_viewer.layers.events.removed,
+            napari_viewer.layers.events.reordered,
+        ):
+            event.connect(self.reset_choices)
+        self.native.destroyed.connect(self._abandon_run)
+        self._on_image_changed(self.image.value)
+        self._on_model_changed()
+
+    def _image_choices(self) -> list[tuple[str, Any]]:
+        from napari.layers import Image
+
+        return [
+            (layer.name, layer)
+            for layer in self._viewer.layers
+            if isinstance(layer, Image) and TAG not in layer.metadata
+        ]
+
+    def _model_choices(self) -> list[tuple[str, str]]:
+        from ..models import list_models
+
+        return [(entry.label, str(entry.path)) for entry in list_models()] + [
+            ("other file…", OTHER_FILE)
+        ]
+
+    def selected_model_path(self) -> str | None:
+        """The chosen model file, or None when 'other file…' is chosen and no file is given."""
+        if self.model.value != OTHER_FILE:
+            return self.model.value
+        chosen = str(self.model_file.value)
+        return chosen if chosen not in ("", ".") else None
+
+    def _on_image_changed(self, layer: Image | None) -> None:
+        if layer is not None:
+            self.mpp.value = image_mpp(layer)
+
+    def _on_model_changed(self, *_: Any) -> None:
+        from ..models import bundled_model_file, model_dir
+
+        self.model_file.visible = self.model.value == OTHER_FILE
+        path = self.selected_model_path()
+        steps = model_steps(path) if path else None
+        if steps is not None:
+            self.steps.max = steps
+            self.steps.value = steps
+        if not bundled_model_file().is_file() and not self._worker:
+            self.status.value = (
+                "No bundled model in this installation: pick a model file, "
+                f"or put .safetensors models in {model_dir()}"
+            )
+
+    def _on_contours_changed(self, show: bool) -> None:
+        layer = self.image.value
+        for candidate in self._viewer.layers:
+            tag = candidate.metadata.get(TAG) or {}
+            if layer is not None and tag.get("kind") == MASK and tag.get("image") == layer.name:
+                candidate.contour = CONTOUR_WIDTH if show else 0
+
+    @property
+    def running(self) -> bool:
+        """True while a segmentation runs."""
+        return self._worker is not None
+
+    def start(self, *_: Any) -> None:
+        """Check the inputs and start segmenting in a worker thread (errors go to a notification)."""
+        from napari.qt.threading import create_worker
+        from napari.utils import progress
+        from napari.utils.notifications import show_error
+
+        from ..engine.io import ImageError
+
+        if self.running:
+            return
+        layer = self.image.value
+        model_path = self.selected_model_path()
+        if layer is None:
+            show_error(
+                "Segment: open an image first (File > Open, or File > Open Sample > napari-cdal)"
+            )
+            return
+        if model_path is None:
+            show_error(
+                "Segment: no model chosen; pick 'other file…' and choose a .safetensors model file"
+            )
+            return
+        if not Path(model_path).is_file():
+            show_error(f"Segment: model file not found: {model_path}")
+            return
+        try:
+            pixels = image_pixels(layer)
+        except ImageError as exc:
+            show_error(f"Segment: {exc}")
+            return
+        settings = SegmentSettings(
+            model_path,
+            self.device.value,
+            float(self.mpp.value),
+            int(self.steps.value),
+            int(self.samples.value),
+            int(self.seed.value),
+            float(self.threshold.value),
+        )
+        self._clicked_at = time.perf_counter()
+        self._outcome = ""
+        self._image_layer = layer
+        self._settings = settings
+        self._preview = LivePreview(self._viewer, layer, pixels.shape[:2])
+        self._progress = progress(total=0, desc=f"cDAL: segmenting {layer.name}")
+        self._worker = create_worker(run_segmentation, pixels, settings, _start_thread=False)
+        self._worker.yielded.connect(self._on_step)
+        self._worker.returned.connect(self._on_returned)
+        self._worker.errored.connect(self._on_errored)
+        self._worker.finished.connect(self._on_finished)
+        self.segment_button.enabled = False
+        self.cancel_button.enabled = True
+        self.status.value = f"Segmenting {layer.name}…"
+        self._worker.start()
+
+    def cancel(self, *_: Any) -> None:
+        """Stop the run at its next step; the result layers stay as they were."""
+        if self.running and not self._outcome:
+            self._outcome = "cancelled"
+            self._worker.quit()
+            self.cancel_button.enabled = False
+            self.status.value = "Cancelling at the next step…"
+
+    @contextlib.contextmanager
+    def _handling(self) -> Iterator[None]:
+        # napari's progress bar calls processEvents(), so the worker's queued signals can arrive
+        # inside another handler; the run is wrapped up only once no handler is on the stack
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0 and self._finish_pending:
+                self._finish()
+
+    def _on_step(self, event: Progress) -> None:
+        with self._handling():
+            if self._outcome or self._preview is None:
+                return
+            self._preview.update(event.payload)
+            if self._progress.total != event.total:
+                self._progress.total = event.total
+            self._progress.update(event.index - self._progress.n)
+
+    def _on_returned(self, result: SegmentationResult | RunFailure) -> None:
+        from napari.utils.notifications import show_error
+
+        with self._handling():
+            self._preview.remove()
+            if self._outcome == "cancelled":
+                return
+            if isinstance(result, RunFailure):
+                self._outcome = "failed"
+                self.status.value = "Failed: layers unchanged"
+                show_error(f"Segment: {result.message}")
+                return
+            self._outcome = "done"
+            show_result(
+                self._viewer, self._image_layer, result, CONTOUR_WIDTH if self.contours.value else 0
+            )
+            self.last_result = result
+            self.last_seconds = time.perf_counter() - self._clicked_at
+            area_px = result.mean_area_px()
+            area_um2 = area_px * self._settings.image_mpp**2
+            self.status.value = (
+                f"{result.n_nuclei} nuclei, mean area {area_um2:.1f} µm² ({area_px:.0f} px); "
+                f"{self.last_seconds:.1f} s from click to mask"
+            )
+
+    def _on_errored(self, exc: Exception) -> None:
+        self._outcome = "failed"
+        self.status.value = f"Failed ({type(exc).__name__}): layers unchanged"
+
+    def _on_finished(self) -> None:
+        self._finish_pending = True
+        if self._depth == 0:
+            self._finish()
+
+    def _finish(self) -> None:
+        self._finish_pending = False
+        self._preview.remove()
+        self._progress.close()
+        outcome = self._outcome or "cancelled"
+        if outcome == "cancelled":
+            self.status.value = "Cancelled: layers unchanged"
+        self._worker = self._preview = self._progress = self._image_layer = self._settings = None
+        self.segment_button.enabled = True
+        self.cancel_button.enabled = False
+        self.run_finished.emit(outcome)
+
+    def _abandon_run(self, *_: Any) -> None:
+        """The dock was closed mid-run: stop the worker and drop the preview; the widgets are gone."""
+        if self._worker is None:
+            return
+        for signal, slot in (
+            (self._worker.yielded, self._on_step),
+            (self._worker.returned, self._on_returned),
+            (self._worker.errored, self._on_errored),
+            (self._worker.finished, self._on_finished),
+        ):
+            signal.disconnect(slot)
+        self._worker.quit()
+        self._preview.remove()
+        self._progress.close()
+        self._worker = self._preview = self._progress = self._image_layer = self._settings = None

@@ -1,0 +1,77 @@
+"""Where models live: the bundled one and the user's model folder (no Qt, no napari)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+MODEL_DIR_ENV = "NAPARI_CDAL_MODEL_DIR"
+MODEL_SUFFIX = ".safetensors"
+TRAINING_STATE_SUFFIX = ".state.safetensors"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model a user can pick: its display name, its file and whether it ships with the package."""
+
+    name: str
+    path: Path
+    bundled: bool
+
+    @property
+    def label(self) -> str:
+        """What a dropdown shows."""
+        return f"{self.name} (bundled)" if self.bundled else self.name
+
+
+def _user_data_dir() -> Path:
+    try:
+        from platformdirs import user_data_path
+
+        return user_data_path("napari-cdal", appauthor=False)
+    except ImportError:
+        base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        return Path(base) / "napari-cdal"
+
+
+def model_dir() -> Path:
+    """The user's model folder: $NAPARI_CDAL_MODEL_DIR, else <per-user data dir>/napari-cdal/models.
+
+    The folder is not created here; whoever writes a model there creates it.
+    """
+    configured = os.environ.get(MODEL_DIR_ENV, "").strip()
+    if configured:
+        return Path(configured).expanduser()
+    return _user_data_dir() / "models"
+
+
+def bundled_model_file() -> Path:
+    """Where the package's own model file is (it may be absent in a development checkout)."""
+    from .engine.model import bundled_model_path
+
+    return bundled_model_path()
+
+
+def _is_model_file(path: Path) -> bool:
+    name = path.name
+    return (
+        path.is_file() and name.endswith(MODEL_SUFFIX) and not name.endswith(TRAINING_STATE_SUFFIX)
+    )
+
+
+def list_models(folder: str | Path | None = None) -> list[ModelEntry]:
+    """The bundled model when present, then the *.safetensors models in `folder`, newest first.
+
+    `folder` defaults to `model_dir()`; resumable training states (*.state.safetensors) are skipped.
+    """
+    entries: list[ModelEntry] = []
+    bundled = bundled_model_file()
+    if bundled.is_file():
+        entries.append(ModelEntry(bundled.stem, bundled, True))
+    root = Path(folder) if folder is not None else model_dir()
+    if root.is_dir():
+        found = [path for path in root.iterdir() if _is_model_file(path)]
+        found.sort(key=lambda path: (path.stat().st_mtime, path.name), reverse=True)
+        entries.extend(ModelEntry(path.name[: -len(MODEL_SUFFIX)], path, False) for path in found)
+    return entries

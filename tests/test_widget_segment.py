@@ -1,0 +1,462 @@
+"""The Segment widget, docked in a real napari viewer under Xvfb, with the tiny test model."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import blob_tile
+
+from napari_cdal._widgets._layers import CONTOUR_WIDTH, PREVIEW_SUFFIX, TAG, image_mpp
+from napari_cdal._widgets.segment import OTHER_FILE, SegmentWidget
+
+pytestmark = pytest.mark.gui
+
+PLUGIN = "napari-cdal"
+NAME = "blobs"
+KINDS = ("mask", "steps", "attention", "uncertainty")
+SCALE, TRANSLATE = (0.5, 0.5), (10.0, 20.0)
+TIMEOUT_MS = 120_000
+
+
+def dock(viewer) -> SegmentWidget:
+    """Dock the widget the way napari's Plugins menu does (through the manifest)."""
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    return widget
+
+
+def add_blobs(viewer, size: int = 128, name: str = NAME):
+    """A synthetic H&E-like tile at the tiny model's 0.5 µm/px, placed off the origin."""
+    return viewer.add_image(
+        blob_tile(3, size).image, name=name, scale=SCALE, translate=TRANSLATE, units=("µm", "µm")
+    )
+
+
+def use_model(widget: SegmentWidget, path: Path) -> None:
+    widget.model.value = OTHER_FILE
+    widget.model_file.value = path
+
+
+def click_segment(qtbot, widget: SegmentWidget, timeout: int = TIMEOUT_MS) -> str:
+    """Click Segment like a user and wait for the run to end; return its outcome."""
+    outcomes: list[str] = []
+    widget.run_finished.connect(outcomes.append)
+    widget.segment_button.native.click()
+    qtbot.waitUntil(lambda: bool(outcomes), timeout=timeout)
+    widget.run_finished.disconnect(outcomes.append)
+    return outcomes[0]
+
+
+def result_layers(viewer) -> list:
+    return [layer for layer in viewer.layers if TAG in layer.metadata]
+
+
+@pytest.fixture()
+def errors(monkeypatch) -> list[str]:
+    """Messages the widget sends to napari's error notifications."""
+    shown: list[str] = []
+    monkeypatch.setattr(
+        "napari.utils.notifications.show_error", lambda message: shown.append(str(message))
+    )
+    return shown
+
+
+@pytest.fixture()
+def viewer_widget(make_napari_viewer, tiny_model_file):
+    viewer = make_napari_viewer()
+    add_blobs(viewer)
+    widget = dock(viewer)
+    use_model(widget, tiny_model_file)
+    return viewer, widget
+
+
+# ----------------------------------------------------------------------------- one click, four layers
+
+
+def test_segment_gives_four_layers_on_the_image_grid(qtbot, viewer_widget) -> None:
+    viewer, widget = viewer_widget
+    assert widget.mpp.value == pytest.approx(0.5)
+    assert click_segment(qtbot, widget) == "done"
+    names = [layer.name for layer in viewer.layers]
+    assert names == [
+        NAME,
+        f"{NAME} steps",
+        f"{NAME} attention",
+        f"{NAME} uncertainty",
+        f"{NAME} mask",
+    ]
+    mask, steps, attention, uncertainty = (viewer.layers[f"{NAME} {kind}"] for kind in KINDS)
+    assert (
+        type(mask).__name__ == "Labels"
+        and mask.data.shape == (128, 128)
+        and mask.data.dtype == np.uint32
+    )
+    assert steps.data.shape == attention.data.shape == (4, 128, 128)
+    assert steps.data.dtype == attention.data.dtype == uncertainty.data.dtype == np.float32
+    assert uncertainty.data.shape == (128, 128)
+    for layer in (mask, uncertainty):
+        assert tuple(layer.scale) == SCALE and tuple(layer.translate) == TRANSLATE
+    for layer in (steps, attention):
+        assert tuple(layer.scale) == (1.0, *SCALE) and tuple(layer.translate) == (0.0, *TRANSLATE)
+    assert attention.colormap.name == "inferno" and attention.blending == "additive"
+    assert steps.axis_labels[0] == attention.axis_labels[0] == "step"
+    assert 0.0 <= attention.data.min() and attention.data.max() <= 1.0
+    assert 0.0 <= steps.data.min() and steps.data.max() <= 1.0
+    assert mask.contour == CONTOUR_WIDTH
+    n_nuclei = int(mask.data.max())
+    assert n_nuclei > 5 and np.array_equal(np.unique(mask.data), np.arange(n_nuclei + 1))
+    assert widget.status.value.startswith(f"{n_nuclei} nuclei, mean area ")
+    assert "µm²" in widget.status.value and widget.last_seconds > 0
+    assert widget.segment_button.enabled and not widget.cancel_button.enabled
+    assert widget.image.choices == (viewer.layers[NAME],), "result layers are not offered as inputs"
+
+
+def test_progress_moves_per_step_and_tile_while_the_ui_keeps_running(
+    qtbot, monkeypatch, make_napari_viewer, tiny_model_file
+) -> None:
+    from napari.utils import progress
+    from qtpy.QtCore import QTimer
+
+    viewer = make_napari_viewer()
+    add_blobs(viewer, size=600)  # 600 px at the model's 0.5 µm/px: 2 x 2 tiles of 512
+    widget = dock(viewer)
+    use_model(widget, tiny_model_file)
+    seen: list[tuple[int, int]] = []
+    original_update = progress.update
+
+    def spy(self, n: int = 1) -> None:
+        original_update(self, n)
+        seen.append((self.n, self.total))
+
+    monkeypatch.setattr(progress, "update", spy)
+    previews = []
+    viewer.layers.events.inserted.connect(
+        lambda event: previews.append(event.value) if PREVIEW_SUFFIX in event.value.name else None
+    )
+    ticks: list[bool] = []
+    timer = QTimer()
+    timer.setInterval(20)
+    timer.timeout.connect(lambda: ticks.append(widget.running))
+    timer.start()
+    assert click_segment(qtbot, widget) == "done"
+    timer.stop()
+    assert seen == [(i, 16) for i in range(1, 17)]  # 4 tiles x 4 steps
+    assert sum(ticks) >= 5, "the event loop must keep running while the worker computes"
+    assert {layer.name for layer in previews} == {
+        f"{NAME} steps {PREVIEW_SUFFIX}",
+        f"{NAME} attention {PREVIEW_SUFFIX}",
+    }
+    assert all(layer not in viewer.layers for layer in previews)
+    live_steps = next(layer for layer in previews if "steps" in layer.name).data
+    assert all(plane.any() for plane in live_steps), "every step was drawn live"
+
+
+# ----------------------------------------------------------------------------- re-runs and edits
+
+
+def test_rerun_updates_in_place_but_keeps_an_edited_mask(qtbot, viewer_widget) -> None:
+    viewer, widget = viewer_widget
+    assert click_segment(qtbot, widget) == "done"
+    first = {kind: viewer.layers[f"{NAME} {kind}"] for kind in KINDS}
+    first_labels = first["mask"].data.copy()
+    assert click_segment(qtbot, widget) == "done"
+    assert len(viewer.layers) == 5
+    assert all(viewer.layers[f"{NAME} {kind}"] is first[kind] for kind in KINDS)
+    assert np.array_equal(first["mask"].data, first_labels), "the same seed repeats the mask"
+
+    first["mask"].paint((5, 5), int(first_labels.max()) + 1)
+    edited = first["mask"].data.copy()
+    widget.seed.value = 1
+    assert click_segment(qtbot, widget) == "done"
+    assert [layer.name for layer in viewer.layers][-1] == f"{NAME} mask [1]"
+    assert np.array_equal(first["mask"].data, edited), "an edited mask is never overwritten"
+    assert all(
+        viewer.layers[f"{NAME} {kind}"] is first[kind]
+        for kind in ("steps", "attention", "uncertainty")
+    )
+    second_mask = viewer.layers[f"{NAME} mask [1]"]
+    assert tuple(second_mask.scale) == SCALE and second_mask.data.dtype == np.uint32
+
+    assert click_segment(qtbot, widget) == "done"
+    assert len(viewer.layers) == 6 and viewer.layers[-1] is second_mask
+
+
+def test_several_samples_give_a_nonzero_uncertainty(qtbot, viewer_widget) -> None:
+    viewer, widget = viewer_widget
+    widget.samples.value = 3
+    assert click_segment(qtbot, widget) == "done"
+    uncertainty = viewer.layers[f"{NAME} uncertainty"]
+    assert uncertainty.data.max() > 0 and uncertainty.contrast_limits[1] == uncertainty.data.max()
+
+
+def test_the_contour_checkbox_switches_the_mask_display(qtbot, viewer_widget) -> None:
+    viewer, widget = viewer_widget
+    widget.contours.value = False
+    assert click_segment(qtbot, widget) == "done"
+    mask = viewer.layers[f"{NAME} mask"]
+    assert mask.contour == 0
+    widget.contours.value = True
+    assert mask.contour == CONTOUR_WIDTH
+
+
+# ----------------------------------------------------------------------------- cancel
+
+
+@pytest.fixture()
+def paused_engine(monkeypatch) -> threading.Event:
+    """Hold the engine after its first step until the returned event is set (a deterministic 'mid-run')."""
+    import napari_cdal.engine.segment as engine_segment
+
+    resume = threading.Event()
+    real = engine_segment.segment_image
+
+    def paused(*args, **kwargs):
+        for index, event in enumerate(real(*args, **kwargs)):
+            yield event
+            if index == 0:
+                resume.wait(30)
+
+    monkeypatch.setattr(engine_segment, "segment_image", paused)
+    return resume
+
+
+def cancel_mid_run(qtbot, viewer, widget: SegmentWidget, resume: threading.Event) -> str:
+    outcomes: list[str] = []
+    widget.run_finished.connect(outcomes.append)
+    widget.segment_button.native.click()
+    qtbot.waitUntil(
+        lambda: any(PREVIEW_SUFFIX in layer.name for layer in viewer.layers), timeout=TIMEOUT_MS
+    )
+    assert widget.running and not widget.segment_button.enabled and widget.cancel_button.enabled
+    widget.cancel_button.native.click()
+    resume.set()
+    qtbot.waitUntil(lambda: bool(outcomes), timeout=TIMEOUT_MS)
+    return outcomes[0]
+
+
+def test_cancel_on_a_first_run_leaves_only_the_image(qtbot, viewer_widget, paused_engine) -> None:
+    viewer, widget = viewer_widget
+    assert cancel_mid_run(qtbot, viewer, widget, paused_engine) == "cancelled"
+    assert [layer.name for layer in viewer.layers] == [NAME]
+    assert widget.status.value.startswith("Cancelled")
+    assert widget.segment_button.enabled and not widget.cancel_button.enabled and not widget.running
+
+
+def test_cancel_leaves_the_previous_result_as_it_was(qtbot, viewer_widget, paused_engine) -> None:
+    viewer, widget = viewer_widget
+    paused_engine.set()
+    assert click_segment(qtbot, widget) == "done"
+    before = [(layer.name, layer, np.array(layer.data)) for layer in viewer.layers]
+    paused_engine.clear()
+    widget.seed.value = 7
+    assert cancel_mid_run(qtbot, viewer, widget, paused_engine) == "cancelled"
+    assert [layer.name for layer in viewer.layers] == [name for name, _, _ in before]
+    for name, layer, data in before:
+        assert viewer.layers[name] is layer and np.array_equal(layer.data, data), name
+
+
+def test_deleting_the_widget_mid_run_stops_the_worker_and_the_preview(
+    qtbot, make_napari_viewer, tiny_model_file, paused_engine
+) -> None:
+    viewer = make_napari_viewer()
+    add_blobs(viewer)
+    dock_widget, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    use_model(widget, tiny_model_file)
+    widget.segment_button.native.click()
+    qtbot.waitUntil(lambda: len(viewer.layers) > 1, timeout=TIMEOUT_MS)
+    worker = widget._worker
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT_MS):
+        viewer.window.remove_dock_widget(dock_widget)
+        widget.native.deleteLater()  # what closing the window does to its docked widgets
+        qtbot.waitUntil(lambda: len(viewer.layers) == 1, timeout=TIMEOUT_MS)
+        paused_engine.set()
+    assert [layer.name for layer in viewer.layers] == [NAME]
+
+
+# ----------------------------------------------------------------------------- inputs and errors
+
+
+def test_grayscale_image_with_an_unset_scale_uses_0_25_and_an_edited_mpp(
+    qtbot, make_napari_viewer, tiny_model_file
+) -> None:
+    viewer = make_napari_viewer()
+    viewer.add_image(blob_tile(4, 96).image.mean(axis=-1).astype(np.uint8), name="gray")
+    widget = dock(viewer)
+    use_model(widget, tiny_model_file)
+    assert widget.mpp.value == pytest.approx(0.25)
+    widget.mpp.value = 0.5
+    assert click_segment(qtbot, widget) == "done"
+    mask = viewer.layers["gray mask"]
+    assert mask.data.shape == (96, 96) and tuple(mask.scale) == (1.0, 1.0)
+    assert viewer.layers["gray steps"].data.shape == (4, 96, 96)
+
+
+def test_mpp_comes_from_the_layer_scale_in_its_unit(make_napari_viewer) -> None:
+    viewer = make_napari_viewer()
+    in_mm = viewer.add_image(np.zeros((8, 8), np.uint8), scale=(0.0005, 0.0005), units=("mm", "mm"))
+    bare = viewer.add_image(np.zeros((8, 8), np.uint8), scale=(0.4, 0.4))
+    unset = viewer.add_image(np.zeros((8, 8), np.uint8))
+    assert image_mpp(in_mm) == pytest.approx(0.5)
+    assert image_mpp(bare) == pytest.approx(0.4)
+    assert image_mpp(unset) == pytest.approx(0.25)
+    widget = dock(viewer)
+    widget.image.value = in_mm
+    assert widget.mpp.value == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("kind", ["rgba", "stack"])
+def test_bad_image_layers_are_refused_with_a_notification(
+    qtbot, make_napari_viewer, tiny_model_file, errors, kind
+) -> None:
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(0)
+    if kind == "rgba":
+        layer = viewer.add_image(
+            rng.integers(0, 255, (32, 32, 4), dtype=np.uint8), rgb=True, name="bad"
+        )
+        expected = "RGBA"
+    else:
+        layer = viewer.add_image(rng.integers(0, 255, (5, 32, 32), dtype=np.uint8), name="bad")
+        expected = "stack"
+    widget = dock(viewer)
+    use_model(widget, tiny_model_file)
+    widget.image.value = layer
+    widget.segment_button.native.click()
+    assert len(errors) == 1 and expected in errors[0] and "'bad'" in errors[0]
+    assert not widget.running and len(viewer.layers) == 1
+
+
+def test_missing_and_corrupt_model_files_are_reported(
+    qtbot, viewer_widget, errors, tmp_path
+) -> None:
+    viewer, widget = viewer_widget
+    widget.model_file.value = tmp_path / "nowhere.safetensors"
+    widget.segment_button.native.click()
+    assert "model file not found" in errors[-1] and not widget.running
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x00" * 64)
+    widget.model_file.value = corrupt
+    assert click_segment(qtbot, widget) == "failed"
+    assert "corrupt.safetensors" in errors[-1]
+    assert [layer.name for layer in viewer.layers] == [NAME]
+    assert widget.status.value.startswith("Failed")
+
+
+def test_without_a_bundled_model_the_widget_says_what_to_do(
+    make_napari_viewer, monkeypatch, tmp_path, errors
+) -> None:
+    from napari_cdal import models
+
+    monkeypatch.setattr(models, "bundled_model_file", lambda: tmp_path / "absent.safetensors")
+    monkeypatch.setenv("NAPARI_CDAL_MODEL_DIR", str(tmp_path / "empty"))
+    viewer = make_napari_viewer()
+    add_blobs(viewer)
+    widget = dock(viewer)
+    assert widget.model.choices == (OTHER_FILE,)
+    assert (
+        "No bundled model" in widget.status.value and str(tmp_path / "empty") in widget.status.value
+    )
+    widget.segment_button.native.click()
+    assert "no model chosen" in errors[-1] and len(viewer.layers) == 1
+
+
+def test_models_in_the_user_folder_are_offered(
+    qtbot, make_napari_viewer, monkeypatch, tmp_path, tiny_model_file
+) -> None:
+    shutil.copy(tiny_model_file, tmp_path / "my-finetuned.safetensors")
+    monkeypatch.setenv("NAPARI_CDAL_MODEL_DIR", str(tmp_path))
+    viewer = make_napari_viewer()
+    add_blobs(viewer)
+    widget = dock(viewer)
+    labels = [label for label, _ in widget.model._widget._mgui_get_choices()]
+    assert "my-finetuned" in labels and labels[-1] == "other file…"
+    widget.model.value = str(tmp_path / "my-finetuned.safetensors")
+    assert widget.steps.max == 4
+    assert click_segment(qtbot, widget) == "done"
+    assert f"{NAME} mask" in viewer.layers
+
+
+def test_device_choices_list_cuda_only_when_there_is_one(make_napari_viewer) -> None:
+    import torch
+
+    widget = dock(make_napari_viewer())
+    values = list(widget.device.choices)
+    assert values[:2] == ["auto", "cpu"]
+    assert ("cuda" in values) == torch.cuda.is_available()
+
+
+# ----------------------------------------------------------------------------- sample, reader, view
+
+
+def test_open_sample_gives_the_monuseg_tile_at_0_25_um(make_napari_viewer) -> None:
+    from napari_cdal.sample_data import LICENCE_LINE, SAMPLE_NAME
+
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "monuseg")
+    (layer,) = viewer.layers
+    assert layer.name == SAMPLE_NAME and layer.rgb and layer.data.shape == (1000, 1000, 3)
+    assert tuple(layer.scale) == (0.25, 0.25) and layer.metadata["licence"] == LICENCE_LINE
+    widget = dock(viewer)
+    assert widget.image.value is layer and widget.mpp.value == pytest.approx(0.25)
+
+
+def test_an_aperio_xml_opens_as_labels(make_napari_viewer, tmp_path) -> None:
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "tile.tif", np.zeros((40, 50, 3), np.uint8))
+    (tmp_path / "tile.xml").write_text(
+        '<Annotations MicronsPerPixel="0.25"><Annotation><Regions><Region Id="1"><Vertices>'
+        '<Vertex X="5" Y="5"/><Vertex X="15" Y="5"/><Vertex X="15" Y="15"/><Vertex X="5" Y="15"/>'
+        "</Vertices></Region></Regions></Annotation></Annotations>"
+    )
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(tmp_path / "tile.xml", plugin=PLUGIN)
+    assert (
+        type(layer).__name__ == "Labels" and layer.data.shape == (40, 50) and layer.data.max() == 1
+    )
+
+
+def test_view_command_opens_the_sample_with_the_widget_docked(
+    make_napari_viewer, monkeypatch
+) -> None:
+    import napari
+
+    from napari_cdal.cli import main
+
+    made = []
+    monkeypatch.setattr(napari, "Viewer", lambda: made.append(make_napari_viewer()) or made[-1])
+    monkeypatch.setattr(napari, "run", lambda: None)
+    assert main(["view", "--sample"]) == 0
+    (viewer,) = made
+    assert [layer.name for layer in viewer.layers] == ["TCGA-21-5784-01Z-00-DX1"]
+    assert any(isinstance(w, SegmentWidget) for w in viewer.window.dock_widgets.values())
+
+
+def test_view_command_reports_a_missing_image(capsys) -> None:
+    from napari_cdal.cli import main
+
+    assert main(["view", "no-such-tile.tif"]) == 1
+    assert "image file not found: no-such-tile.tif" in capsys.readouterr().err
+
+
+def test_view_command_without_a_display_says_so(capsys, monkeypatch) -> None:
+    from napari_cdal.cli import main
+
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert main(["view", "--sample"]) == 1
+    assert "no display" in capsys.readouterr().err
+
+
+def test_plugin_modules_import_without_torch() -> None:
+    code = (
+        "import sys, napari_cdal._widgets.segment, napari_cdal._reader, napari_cdal._writer, "
+        "napari_cdal.models; sys.exit('torch' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
