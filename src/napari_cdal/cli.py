@@ -1,4 +1,4 @@
-"""The `napari-cdal` command: segment, evaluate, train, info (thin wrappers over the engine)."""
+"""The `napari-cdal` command: segment, evaluate, train, finetune, info (thin wrappers over the engine)."""
 
 from __future__ import annotations
 
@@ -261,6 +261,56 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_mask(path: Path) -> Any:
+    """A label image from a file; a grey image saved as RGB(A) becomes its one channel."""
+    from .engine.io import read_image
+
+    mask = read_image(path)
+    if mask.ndim == 3 and all((mask[..., c] == mask[..., 0]).all() for c in range(1, min(mask.shape[-1], 3))):
+        mask = mask[..., 0]
+    return mask
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    """Fine-tune a model on images with corrected masks; write the new model at --out, never over a file."""
+    from .engine.finetune import FinetuneConfig, FinetunePair, finetune, save_finetuned, suggest_new_name
+    from .engine.io import read_image
+
+    images, masks = [Path(p) for p in args.images], [Path(p) for p in args.masks]
+    if len(images) != len(masks):
+        raise CliError(f"got {len(images)} images but {len(masks)} --masks; give one mask per image, in the same order")
+    out = Path(args.out)
+    if out.exists():
+        raise CliError(f"--out {out} already exists and fine-tuning never replaces a file; "
+                       f"choose a new name, e.g. {suggest_new_name(out)}")
+    pairs = [FinetunePair(read_image(image), _read_mask(mask), None, f"{image.name} with {mask.name}")
+             for image, mask in zip(images, masks)]
+    overrides = {key: getattr(args, key) for key in ("steps", "seed") if getattr(args, key) is not None}
+    if args.lr is not None:
+        overrides.update(lr_g=args.lr, lr_d=args.lr / 2)
+    settings = FinetuneConfig(**overrides)
+    device = _setup_torch(args)
+    model = _load_model(args.model, device)
+    bars: list[Any] = []  # opened at the first step, so rejected input leaves only the error line
+    result = None
+    try:
+        for event in finetune(model, pairs, settings, device, args.mpp):
+            if event.stage == "train":
+                if not bars:
+                    bars.append(_progress(event.total, "finetune", "step"))
+                bars[0].n = event.index
+                bars[0].set_postfix({k: f"{v:.3f}" for k, v in event.payload.items() if k in ("mse", "dice", "d")})
+            elif event.stage == "done":
+                result = event.payload
+    finally:
+        for bar in bars:
+            bar.close()
+    save_finetuned(result.model, out)
+    print(f"fine-tuned {result.record['steps']} steps on {len(pairs)} image(s) in "
+          f"{result.record['wall_seconds']:.0f} s; model: {out} (source {model.source} unchanged)")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     """Print a checkpoint's config and training record."""
     import torch
@@ -286,6 +336,37 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"torch {torch.__version__}; CUDA available: {torch.cuda.is_available()}")
     if args.json:
         print(json.dumps(meta, indent=2))
+    return 0
+
+
+def open_viewer(images: Sequence[str | Path], sample: bool) -> Any:
+    """A napari viewer with the images (and/or the sample tile) open and the Segment widget docked."""
+    import napari
+
+    missing = [str(p) for p in images if not Path(p).exists()]
+    if missing:
+        raise CliError(f"image file not found: {', '.join(missing)}")
+    viewer = napari.Viewer()
+    for path in images:
+        viewer.open(str(path))
+    if sample:
+        viewer.open_sample("napari-cdal", "monuseg")
+    viewer.window.add_plugin_dock_widget("napari-cdal", "Segment")
+    return viewer
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    """Open napari with the images (or the sample tile) and the Segment widget docked."""
+    import os
+
+    import napari
+
+    if sys.platform.startswith("linux") and not any(
+            os.environ.get(name) for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")):
+        raise CliError("no display to open napari on ($DISPLAY is not set): run it on a desktop, "
+                       "or under a virtual one with xvfb-run")
+    open_viewer(args.images, args.sample)
+    napari.run()
     return 0
 
 
@@ -348,10 +429,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime(p)
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("finetune", help="fine-tune a model on images with corrected masks")
+    p.add_argument("images", nargs="+", help="image files (TIFF, PNG, JPEG)")
+    p.add_argument("--masks", nargs="+", required=True,
+                   help="one corrected mask per image, same size: instance ids or binary (0 = background)")
+    p.add_argument("--model", default=None, help="model to start from (.safetensors); default: the bundled model")
+    p.add_argument("--out", required=True, help="new model file to write (.safetensors); never replaces a file")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: 150)")
+    p.add_argument("--mpp", type=float, default=0.25, help="the images' µm per pixel (default: 0.25, a 40x tile)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="generator learning rate; the discriminator gets half (default: 0.0001)")
+    p.add_argument("--seed", type=int, default=None, help="random seed; the same seed repeats a run (default: 0)")
+    _add_runtime(p)
+    p.set_defaults(func=cmd_finetune)
+
     p = sub.add_parser("info", help="print a model's config and training record")
     p.add_argument("--model", default=None, help="checkpoint; default: the bundled model")
     p.add_argument("--json", action="store_true", help="also print the whole metadata as JSON")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("view", help="open napari with the Segment widget docked")
+    p.add_argument("images", nargs="*", help="image files to open")
+    p.add_argument("--sample", action="store_true", help="also open the bundled MoNuSeg sample tile")
+    p.set_defaults(func=cmd_view)
     return parser
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
+import weakref
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
 
 OTHER_FILE = ""
 DEFAULT_STEPS = 4
+
+_LIVE_WIDGETS: weakref.WeakSet[SegmentWidget] = weakref.WeakSet()
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,14 @@ def device_choices() -> list[tuple[str, str]]:
     return [("auto (CPU)", "auto"), ("cpu", "cpu")]
 
 
+def docked_segment_widget(viewer: napari.viewer.Viewer) -> SegmentWidget | None:
+    """The Segment widget docked in `viewer` (the latest one when there are several), else None."""
+    # napari hands each plugin widget its own proxy of the viewer: compare what the proxies wrap
+    target = getattr(viewer, "__wrapped__", viewer)
+    docked = [w for w in _LIVE_WIDGETS if getattr(w._viewer, "__wrapped__", w._viewer) is target]
+    return max(docked, key=lambda widget: widget._created, default=None)
+
+
 def model_steps(path: str) -> int | None:
     """The number of reverse steps a model file was trained with (None when unreadable)."""
     from ..engine.checkpoint import read_metadata
@@ -160,6 +171,8 @@ class SegmentWidget(Container):
         self._finish_pending = False
         self.last_result: SegmentationResult | None = None
         self.last_seconds: float | None = None
+        self._created = time.monotonic_ns()
+        _LIVE_WIDGETS.add(self)
 
         self.image = ComboBox(label="image", choices=lambda _: self._image_choices())
         self.model = ComboBox(label="model", choices=lambda _: self._model_choices())
@@ -259,6 +272,17 @@ class SegmentWidget(Container):
             return self.model.value
         chosen = str(self.model_file.value)
         return chosen if chosen not in ("", ".") else None
+
+    def refresh_models(self, select: str | Path | None = None) -> None:
+        """Re-read the model folder, then select `select` (a file not in it via 'other file…')."""
+        self.model.reset_choices()
+        if select is None:
+            return
+        if str(select) in self.model.choices:
+            self.model.value = str(select)
+        else:
+            self.model.value = OTHER_FILE
+            self.model_file.value = Path(select)
 
     def _on_image_changed(self, layer: Image | None) -> None:
         if layer is not None:
@@ -422,7 +446,8 @@ class SegmentWidget(Container):
         self.run_finished.emit(outcome)
 
     def _abandon_run(self, *_: Any) -> None:
-        """The dock was closed mid-run: stop the worker and drop the preview; the widgets are gone."""
+        """The dock was closed (mid-run: stop the worker, drop the preview); the widgets are gone."""
+        _LIVE_WIDGETS.discard(self)
         if self._worker is None:
             return
         for signal, slot in (

@@ -35,9 +35,13 @@ def validation_score(metrics: dict) -> float:
     return metrics["dice"] if aji is None else 0.5 * (metrics["dice"] + aji)
 
 
-def make_validation(tiles: list[Tile], data_mpp: float, out: str | Path
+def make_validation(tiles: list[Tile], data_mpp: float, out: str | Path | None = None,
+                    on_best: Callable[[TrainState], None] | None = None
                     ) -> Callable[[TrainState], Generator[Progress, None, None]]:
-    """A validation hook: score the EMA model on full-resolution tiles, keep the best at `out`."""
+    """A validation hook: score the EMA model on full-resolution tiles, keep the best.
+
+    The best is written to `out` (train) and/or handed to `on_best` (fine-tune keeps it in memory).
+    """
 
     def on_validate(state: TrainState) -> Generator[Progress, None, None]:
         model = state.exported_model()
@@ -53,7 +57,10 @@ def make_validation(tiles: list[Tile], data_mpp: float, out: str | Path
         best = state.record.get("best")
         if best is None or metrics["score"] > best["score"]:
             state.record["best"] = {"step": state.step, **metrics}
-            save_model(out, state.exported_model())
+            if out is not None:
+                save_model(out, state.exported_model())
+            if on_best is not None:
+                on_best(state)
         yield Progress("validate_done", state.step, state.train_config.steps, metrics)
 
     return on_validate

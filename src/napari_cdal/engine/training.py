@@ -211,6 +211,8 @@ def train_step(state: TrainState, images: torch.Tensor, x0: torch.Tensor, weight
 
     real = schedule.posterior_sample(x0, x_next_att, t, rng)
     fake = schedule.posterior_sample(x0_pred.detach(), x_next_att, t, rng)
+    # labels where weights are 0 (padding, outside fine-tune corrections) are not truth: D sees them alike
+    real = torch.where(weights > 0, real, fake)
     lazy_r1 = cfg.r1_gamma > 0 and state.step % cfg.r1_interval == 0
     real.requires_grad_(lazy_r1)
     with autocast(device):

@@ -1,0 +1,150 @@
+"""Fine-tuning benchmark: does learning from corrections on part of an organ's tiles help on the rest?
+
+Protocol (MoNuSeg, tiles the model never trained on): take the validation tiles of one organ
+(benchmarks/monuseg_split.json 'validation' + the manifest's organ column; one or two per organ).
+Fine-tune on the left half of each (the corrected region, with a gap at the cut so no nucleus is
+seen on both sides), then score the right halves before and after: same slides and stain, unseen
+nuclei, which is what a pathologist who corrected part of a slide cares about. The validation tiles
+of the other organs are scored too, to see what the fine-tune forgot. Scores are engine.evaluate's
+(full resolution, Dice, AJI, PQ); the time is the fine-tune's wall clock on this machine.
+
+    python benchmarks/finetune.py --model runs/medium.safetensors --organ breast --threads 1 --json ft.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from napari_cdal.engine.data import Tile, load_folder
+from napari_cdal.engine.evaluate import evaluate_tiles
+from napari_cdal.engine.events import run_to_end
+from napari_cdal.engine.finetune import FinetuneConfig, FinetunePair, finetune
+from napari_cdal.engine.model import load_model
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "monuseg" / "train"
+DATA_MPP = 0.25
+CUT_GAP_PX = 32
+"""Pixels left out on the fine-tune side of the cut, so a nucleus on the cut is not half-seen."""
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "plain": dict(lr_g=5e-4, lr_d=2e-4, ema_decay=0.0, holdout_fraction=0.0),
+    "ema-small-lr": dict(lr_g=1e-4, lr_d=5e-5, ema_decay=0.95, holdout_fraction=0.0),
+    "ema-long": dict(lr_g=1e-4, lr_d=5e-5, ema_decay=0.99, holdout_fraction=0.0),
+    "held-back": dict(lr_g=1e-4, lr_d=5e-5, ema_decay=0.95, holdout_fraction=0.25, validate_every=25, patience=0),
+    "held-back-long": dict(lr_g=1e-4, lr_d=5e-5, ema_decay=0.99, holdout_fraction=0.25, validate_every=25,
+                           patience=0),
+}
+"""Anti-forgetting guards compared: the train learning rate with raw weights, a small learning rate
+with a short or longer EMA, and keeping the best weights on a held-back strip of the corrections."""
+
+
+def organ_tiles(data: Path, split: Path, organ: str) -> tuple[list[str], list[str]]:
+    """Validation tile names of `organ`, and those of every other organ."""
+    names = json.loads(split.read_text())["validation"]
+    with (data / "manifest.csv").open(newline="") as handle:
+        organs = {row["id"]: row["organ"] for row in csv.DictReader(handle)}
+    chosen = [n for n in names if organs.get(n) == organ]
+    if not chosen:
+        known = sorted({organs[n] for n in names if n in organs})
+        raise SystemExit(f"--organ {organ!r} has no validation tile in {split}; choose one of {known}")
+    return chosen, [n for n in names if n not in chosen]
+
+
+def halves(tile: Tile) -> tuple[FinetunePair, Tile]:
+    """The left half as a corrected region (minus the gap at the cut) and the right half as a scored crop."""
+    height, width = tile.instances.shape
+    cut = width // 2
+    pair = FinetunePair(tile.image, tile.instances, [(0, height, 0, cut - CUT_GAP_PX)], f"{tile.name} left")
+    right = replace(tile, name=f"{tile.name} right", image=tile.image[:, cut:], foreground=tile.foreground[:, cut:],
+                    instances=tile.instances[:, cut:])
+    return pair, right
+
+
+def score(model: Any, tiles: list[Tile]) -> dict[str, Any]:
+    return run_to_end(evaluate_tiles(model, tiles, image_mpp=DATA_MPP))
+
+
+def fmt(before: float | None, after: float | None) -> str:
+    if before is None or after is None:
+        return "      -       "
+    return f"{after:.3f} ({after - before:+.3f})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="MoNuSeg folder (default: shared data)")
+    parser.add_argument("--model", default=None, help="model to fine-tune (default: the bundled one)")
+    parser.add_argument("--split", type=Path, default=HERE / "monuseg_split.json")
+    parser.add_argument("--organ", default="breast", help="organ whose validation tiles are corrected (default: breast)")
+    parser.add_argument("--variants", default="default", help=f"comma-separated, of {sorted(VARIANTS)}")
+    parser.add_argument("--steps", type=int, default=None, help="fine-tune steps (default: FinetuneConfig's)")
+    parser.add_argument("--seed", type=int, default=None, help="fine-tune seed (default: FinetuneConfig's)")
+    parser.add_argument("--no-others", action="store_true", help="skip scoring the other organs (forgetting)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"--variants: unknown {unknown}; known: {sorted(VARIANTS)}")
+
+    model = load_model(args.model)
+    target_names, other_names = organ_tiles(args.data, args.split, args.organ)
+    pairs, targets = zip(*(halves(tile) for tile in load_folder(args.data, target_names)))
+    others = [] if args.no_others else load_folder(args.data, other_names)
+    print(f"model {model.source} (trained {model.record.get('steps', '?')} steps); organ {args.organ}: "
+          f"fine-tune on the left halves of {len(pairs)} tile(s), score their right halves; "
+          f"{len(others)} other-organ tiles for forgetting; torch threads {torch.get_num_threads()}", flush=True)
+
+    started = time.perf_counter()
+    baseline = {"target": score(model, list(targets)), "others": score(model, others) if others else None}
+    print(f"scored the starting model in {time.perf_counter() - started:.0f} s", flush=True)
+    runs = []
+    for name in args.variants.split(","):
+        settings = FinetuneConfig(**VARIANTS[name])
+        overrides = {key: getattr(args, key) for key in ("steps", "seed") if getattr(args, key) is not None}
+        settings = replace(settings, **overrides)
+        started = time.perf_counter()
+        result = run_to_end(finetune(model, list(pairs), settings, "cpu", DATA_MPP))
+        seconds = time.perf_counter() - started
+        after = {"target": score(result.model, list(targets)), "others": score(result.model, others) if others else None}
+        runs.append({"variant": name, "settings": settings.to_dict(), "finetune_seconds": round(seconds, 1),
+                     "steps_run": result.record["steps"], "best_step": result.best_step,
+                     "kept_start": result.kept_start, "validation": result.record["finetune"]["validation"],
+                     "history": result.record["finetune"]["history"], "scores": after})
+        print(f"{name}: {result.record['steps']} steps in {seconds:.0f} s (best step {result.best_step})", flush=True)
+
+    lines = [f"{'variant':<16} {'s':>5}  {'target Dice':>15} {'target AJI':>15} {'target PQ':>15}"
+             f"  {'others Dice':>15} {'others AJI':>15}"]
+    base_t, base_o = baseline["target"]["mean"], (baseline["others"] or {}).get("mean", {})
+    lines.append(f"{'start':<16} {'':>5}  {fmt(base_t['dice'], base_t['dice']):>15} {fmt(base_t['aji'], base_t['aji']):>15} "
+                 f"{fmt(base_t['pq'], base_t['pq']):>15}  {fmt(base_o.get('dice'), base_o.get('dice')):>15} "
+                 f"{fmt(base_o.get('aji'), base_o.get('aji')):>15}")
+    for run in runs:
+        t, o = run["scores"]["target"]["mean"], (run["scores"]["others"] or {}).get("mean", {})
+        lines.append(f"{run['variant']:<16} {run['finetune_seconds']:>5.0f}  {fmt(base_t['dice'], t['dice']):>15} "
+                     f"{fmt(base_t['aji'], t['aji']):>15} {fmt(base_t['pq'], t['pq']):>15}  "
+                     f"{fmt(base_o.get('dice'), o.get('dice')):>15} {fmt(base_o.get('aji'), o.get('aji')):>15}")
+    print("\n".join(lines))
+    if args.json:
+        report = {"model": str(model.source), "model_steps": model.record.get("steps"), "organ": args.organ,
+                  "finetune_tiles": list(target_names), "other_tiles": other_names, "cut_gap_px": CUT_GAP_PX,
+                  "torch_threads": torch.get_num_threads(), "baseline": baseline, "runs": runs}
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,383 @@
+"""The Fine-tune widget, docked next to Segment in a real napari viewer under Xvfb (tiny model)."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import blob_tile
+from skimage.draw import disk
+
+from napari_cdal._widgets._layers import TAG
+from napari_cdal._widgets.finetune import (
+    WHOLE_IMAGE,
+    FinetuneWidget,
+    default_model_name,
+    layer_boxes,
+    model_name_problem,
+)
+from napari_cdal._widgets.segment import OTHER_FILE, SegmentWidget
+
+pytestmark = pytest.mark.gui
+
+PLUGIN = "napari-cdal"
+NAME = "blobs"
+SCALE, TRANSLATE = (0.5, 0.5), (10.0, 20.0)
+TIMEOUT_MS = 120_000
+STEPS = 2
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def model_files(folder: Path) -> list[str]:
+    """Everything in the model folder, hidden temporary files included."""
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+@pytest.fixture()
+def model_folder(tmp_path, monkeypatch) -> Path:
+    folder = tmp_path / "models"
+    monkeypatch.setenv("NAPARI_CDAL_MODEL_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture()
+def errors(monkeypatch) -> list[str]:
+    """Messages the widgets send to napari's error notifications."""
+    shown: list[str] = []
+    monkeypatch.setattr(
+        "napari.utils.notifications.show_error", lambda message: shown.append(str(message))
+    )
+    return shown
+
+
+def add_image(viewer, name: str = NAME, size: int = 128):
+    """A synthetic H&E-like tile at the tiny model's 0.5 µm/px, placed off the origin."""
+    return viewer.add_image(
+        blob_tile(3, size).image, name=name, scale=SCALE, translate=TRANSLATE, units=("µm", "µm")
+    )
+
+
+def add_corrected_mask(viewer, image_name: str = NAME, size: int = 128):
+    """The tile's true nuclei as an edited `<image> mask`: one nucleus painted in with the brush."""
+    labels = viewer.add_labels(
+        blob_tile(3, size).instances.copy(),
+        name=f"{image_name} mask",
+        scale=SCALE,
+        translate=TRANSLATE,
+        metadata={TAG: {"image": image_name, "kind": "mask", "fingerprint": "before the edit"}},
+    )
+    labels.selected_label = int(labels.data.max()) + 1
+    labels.brush_size = 8
+    labels.paint((20, 100), labels.selected_label, refresh=True)
+    return labels
+
+
+def add_regions(viewer, boxes_px: list[tuple[int, int, int, int]]):
+    """A Shapes layer of rectangles given as (y0, y1, x0, x1) image pixels, drawn in world units."""
+    rectangles = []
+    for y0, y1, x0, x1 in boxes_px:
+        corners = np.array([[y0 - 0.5, x0 - 0.5], [y1 - 0.5, x1 - 0.5]])
+        rectangles.append(corners * SCALE + TRANSLATE)
+    return viewer.add_shapes(rectangles, shape_type="rectangle", name="checked")
+
+
+def dock(viewer, name: str):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    return widget
+
+
+def dock_both(viewer, model_file: Path) -> tuple[SegmentWidget, FinetuneWidget]:
+    segment = dock(viewer, "Segment")
+    segment.model.value = OTHER_FILE
+    segment.model_file.value = model_file
+    finetune = dock(viewer, "Fine-tune")
+    finetune.steps.value = STEPS
+    return segment, finetune
+
+
+def click_finetune(qtbot, widget: FinetuneWidget, timeout: int = TIMEOUT_MS) -> str:
+    """Click Fine-tune like a user and wait for the run to end; return its outcome."""
+    outcomes: list[str] = []
+    widget.run_finished.connect(outcomes.append)
+    widget.finetune_button.native.click()
+    qtbot.waitUntil(lambda: bool(outcomes), timeout=timeout)
+    widget.run_finished.disconnect(outcomes.append)
+    return outcomes[0]
+
+
+# ----------------------------------------------------------------------------- the whole round trip
+
+
+def test_finetune_writes_a_new_model_that_segment_selects_and_back_undoes(
+    qtbot, make_napari_viewer, tiny_model_file, model_folder
+) -> None:
+    from napari_cdal.engine.checkpoint import read_metadata
+
+    original_hash = sha256(tiny_model_file)
+    viewer = make_napari_viewer()
+    image = add_image(viewer)
+    labels = add_corrected_mask(viewer)
+    corrected = labels.data.copy()
+    add_regions(viewer, [(0, 64, 60, 128)])
+    segment, finetune = dock_both(viewer, tiny_model_file)
+    (row,) = finetune.pair_rows
+    assert row.image.value is image and row.labels.value is labels
+    row.regions.value = viewer.layers["checked"]
+    assert finetune.mpp.value == pytest.approx(0.5)
+    assert finetune.base_model_path() == str(tiny_model_file)
+    assert finetune.name.value.startswith(f"tiny-ft-{NAME}-")
+
+    name = finetune.name.value
+    assert click_finetune(qtbot, finetune) == "done"
+
+    new_model = model_folder / f"{name}.safetensors"
+    assert model_files(model_folder) == [new_model.name]
+    assert finetune.saved_model == new_model
+    meta = read_metadata(new_model)
+    assert meta["record"]["finetune"]["images"] == [NAME] and meta["record"]["steps"] == STEPS
+    assert meta["record"]["finetuned_from"]["model"] == tiny_model_file.name
+    assert segment.model.value == str(new_model), "Segment now uses the new model"
+    assert name in [label for label, _ in segment.model._widget._mgui_get_choices()]
+    assert str(new_model) in finetune.base_model.choices
+    assert sha256(tiny_model_file) == original_hash, "the base model file is untouched"
+    assert np.array_equal(labels.data, corrected), "the user's Labels layer is only read"
+    assert finetune.status.value.startswith(f"Saved {new_model.name}")
+    assert (
+        finetune.name.value != name
+        and not (model_folder / f"{finetune.name.value}.safetensors").exists()
+    )
+
+    assert finetune.back_button.enabled
+    finetune.back_button.native.click()
+    assert segment.selected_model_path() == str(tiny_model_file)
+    assert not finetune.back_button.enabled
+    assert finetune.finetune_button.enabled and not finetune.cancel_button.enabled
+
+
+def test_the_progress_bar_shows_the_loss(
+    qtbot, monkeypatch, make_napari_viewer, tiny_model_file, model_folder
+) -> None:
+    from napari.utils import progress
+
+    descriptions: list[str] = []
+    original = progress.set_description
+
+    def spy(self, desc: str) -> None:
+        original(self, desc)
+        descriptions.append(desc)
+
+    monkeypatch.setattr(progress, "set_description", spy)
+    viewer = make_napari_viewer()
+    add_image(viewer)
+    add_corrected_mask(viewer)
+    _, finetune = dock_both(viewer, tiny_model_file)
+    assert click_finetune(qtbot, finetune) == "done"
+    assert len([d for d in descriptions if d.startswith("cDAL: fine-tuning, loss ")]) == STEPS
+
+
+def test_two_pairs_without_segment_docked_use_the_model_dropdown(
+    qtbot, make_napari_viewer, tiny_model_file, model_folder
+) -> None:
+    import shutil
+
+    from napari_cdal.engine.checkpoint import read_metadata
+
+    model_folder.mkdir()
+    base = model_folder / "base.safetensors"
+    shutil.copy(tiny_model_file, base)
+    viewer = make_napari_viewer()
+    add_image(viewer)
+    add_corrected_mask(viewer)
+    second = add_image(viewer, "other", 96)
+    add_corrected_mask(viewer, "other", 96)
+    finetune = dock(viewer, "Fine-tune")
+    finetune.steps.value = STEPS
+    assert "<segment>" not in finetune.base_model.choices
+    finetune.base_model.value = str(base)
+    finetune.name.value = "mine"
+    row = finetune.add_pair()
+    row.image.value = second
+    assert row.labels.value is viewer.layers["other mask"] and row.regions.value is WHOLE_IMAGE
+    assert click_finetune(qtbot, finetune) == "done"
+    assert read_metadata(model_folder / "mine.safetensors")["record"]["finetune"]["images"] == [
+        NAME,
+        "other",
+    ]
+    assert finetune.status.value.endswith("dock Segment to use it")
+    assert not finetune.back_button.enabled
+
+
+def test_rectangles_become_boxes_in_the_image_pixel_grid(make_napari_viewer) -> None:
+    viewer = make_napari_viewer()
+    image = add_image(viewer)
+    regions = add_regions(viewer, [(10, 40, 5, 70), (64, 128, 0, 32)])
+    assert layer_boxes(regions, image) == [(10, 40, 5, 70), (64, 128, 0, 32)]
+
+
+def test_names_are_checked_and_suggested(tmp_path) -> None:
+    (tmp_path / "taken.safetensors").write_bytes(b"")
+    assert model_name_problem("fresh", tmp_path) is None
+    assert "already exists" in model_name_problem("taken", tmp_path)
+    assert "plain file name" in model_name_problem("../escape", tmp_path)
+    assert "plain file name" in model_name_problem("a\\b", tmp_path)
+    assert "name" in model_name_problem("", tmp_path)
+    stamp = time.strptime("2025-03-04 05:06", "%Y-%m-%d %H:%M")
+    assert (
+        default_model_name("cdal_monuseg", "my tile/1", stamp)
+        == "cdal_monuseg-ft-my_tile_1-20250304-0506"
+    )
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_a_name_that_exists_or_has_a_separator_is_refused(
+    make_napari_viewer, tiny_model_file, model_folder, errors
+) -> None:
+    model_folder.mkdir()
+    (model_folder / "taken.safetensors").write_bytes(b"keep me")
+    viewer = make_napari_viewer()
+    add_image(viewer)
+    add_corrected_mask(viewer)
+    _, finetune = dock_both(viewer, tiny_model_file)
+    finetune.name.value = "taken"
+    assert "already exists" in finetune.name.tooltip
+    finetune.finetune_button.native.click()
+    assert "already exists" in errors[-1] and not finetune.running
+    finetune.name.value = "sub/name"
+    finetune.finetune_button.native.click()
+    assert "plain file name" in errors[-1] and not finetune.running
+    assert model_files(model_folder) == ["taken.safetensors"]
+    assert (model_folder / "taken.safetensors").read_bytes() == b"keep me"
+
+
+@pytest.mark.parametrize("case", ["empty labels", "shape mismatch", "region without nuclei"])
+def test_bad_corrections_are_refused_with_the_engines_message(
+    qtbot, make_napari_viewer, tiny_model_file, model_folder, errors, case
+) -> None:
+    original_hash = sha256(tiny_model_file)
+    viewer = make_napari_viewer()
+    add_image(viewer)
+    if case == "empty labels":
+        viewer.add_labels(np.zeros((128, 128), np.uint32), name=f"{NAME} mask")
+        expected = "labels are empty"
+    elif case == "shape mismatch":
+        viewer.add_labels(blob_tile(3, 100).instances, name=f"{NAME} mask")
+        expected = "differs from the image's"
+    else:
+        corner = np.zeros((128, 128), np.uint32)
+        corner[disk((10, 10), 5)] = 1
+        viewer.add_labels(corner, name=f"{NAME} mask")
+        add_regions(viewer, [(80, 128, 80, 128)])
+        expected = "hold no nucleus"
+    segment, finetune = dock_both(viewer, tiny_model_file)
+    if case == "region without nuclei":
+        finetune.pair_rows[0].regions.value = viewer.layers["checked"]
+    assert click_finetune(qtbot, finetune) == "failed"
+    assert len(errors) == 1 and expected in errors[0] and errors[0].startswith("Fine-tune: ")
+    assert model_files(model_folder) == []
+    assert sha256(tiny_model_file) == original_hash
+    assert segment.selected_model_path() == str(tiny_model_file)
+    assert finetune.status.value.startswith("Failed") and finetune.finetune_button.enabled
+
+
+def test_a_shapes_layer_without_rectangles_is_refused(
+    make_napari_viewer, tiny_model_file, model_folder, errors
+) -> None:
+    viewer = make_napari_viewer()
+    add_image(viewer)
+    add_corrected_mask(viewer)
+    viewer.add_shapes(name="nothing drawn")
+    _, finetune = dock_both(viewer, tiny_model_file)
+    finetune.pair_rows[0].regions.value = viewer.layers["nothing drawn"]
+    finetune.finetune_button.native.click()
+    assert "has no rectangle" in errors[-1] and not finetune.running
+
+
+def test_a_full_disk_leaves_nothing_behind(
+    qtbot, monkeypatch, make_napari_viewer, tiny_model_file, model_folder, errors
+) -> None:
+    import safetensors.torch
+
+    def full_disk(tensors, filename, metadata=None) -> None:
+        Path(filename).write_bytes(b"half a model")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    original_hash = sha256(tiny_model_file)
+    viewer = make_napari_viewer()
+    add_image(viewer)
+    add_corrected_mask(viewer)
+    segment, finetune = dock_both(viewer, tiny_model_file)
+    assert click_finetune(qtbot, finetune) == "failed"
+    assert "No space left on device" in errors[-1] and "nothing was written" in errors[-1]
+    assert model_files(model_folder) == []
+    assert sha256(tiny_model_file) == original_hash
+    assert segment.selected_model_path() == str(tiny_model_file)
+
+
+@pytest.fixture()
+def paused_finetune(monkeypatch) -> threading.Event:
+    """Hold the engine after its first step until the returned event is set (a sure 'mid-run')."""
+    import napari_cdal.engine.finetune as engine_finetune
+
+    resume = threading.Event()
+    real = engine_finetune.finetune
+
+    def paused(*args, **kwargs):
+        for index, event in enumerate(real(*args, **kwargs)):
+            yield event
+            if index == 0:
+                resume.wait(30)
+
+    monkeypatch.setattr(engine_finetune, "finetune", paused)
+    return resume
+
+
+def test_cancel_stops_cleanly_and_writes_nothing(
+    qtbot, make_napari_viewer, tiny_model_file, model_folder, paused_finetune
+) -> None:
+    original_hash = sha256(tiny_model_file)
+    viewer = make_napari_viewer()
+    add_image(viewer)
+    add_corrected_mask(viewer)
+    segment, finetune = dock_both(viewer, tiny_model_file)
+    finetune.steps.value = 50
+    outcomes: list[str] = []
+    finetune.run_finished.connect(outcomes.append)
+    finetune.finetune_button.native.click()
+    qtbot.waitUntil(
+        lambda: finetune.status.value.startswith("Fine-tuning: step 1 "), timeout=TIMEOUT_MS
+    )
+    assert (
+        finetune.running and not finetune.finetune_button.enabled and finetune.cancel_button.enabled
+    )
+    finetune.cancel_button.native.click()
+    paused_finetune.set()
+    qtbot.waitUntil(lambda: bool(outcomes), timeout=TIMEOUT_MS)
+    assert outcomes == ["cancelled"]
+    assert finetune.status.value.startswith("Cancelled: no model written")
+    assert model_files(model_folder) == []
+    assert sha256(tiny_model_file) == original_hash
+    assert segment.selected_model_path() == str(tiny_model_file)
+    assert (
+        finetune.finetune_button.enabled
+        and not finetune.cancel_button.enabled
+        and not finetune.running
+    )
+
+
+def test_plugin_modules_import_without_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, napari_cdal._widgets.finetune; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
