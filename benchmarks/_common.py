@@ -36,6 +36,14 @@ def machine() -> dict[str, Any]:
     }
 
 
+def display_path(path: str | Path) -> str:
+    """A path relative to the project when it lies inside it, so results name no machine's folders."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return Path(path).name
+
+
 def write_json(path: str | None, payload: dict[str, Any]) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from _common import default_data_dir, machine, split, table, write_json
+from _common import display_path, default_data_dir, machine, split, table, write_json
 
 from napari_cdal.engine.data import load_folder
 from napari_cdal.engine.evaluate import evaluate_tiles
@@ -39,7 +39,7 @@ def main() -> None:
             print(f"T={steps} K={samples}: dice {row['dice']:.3f} aji {row['aji']:.3f} "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
     print(table(rows, ["T", "K", "dice", "iou", "aji", "pq", "s/tile"]))
-    write_json(args.json, {"model": str(model.source), "validation_tiles": [t.name for t in tiles],
+    write_json(args.json, {"model": display_path(model.source), "validation_tiles": [t.name for t in tiles],
                            "machine": machine(), "rows": rows})
 
 

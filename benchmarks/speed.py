@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 import torch
-from _common import machine, table, write_json
+from _common import display_path, machine, table, write_json
 
 from napari_cdal.engine.config import PRESETS, ModelConfig, TrainConfig
 from napari_cdal.engine.events import run_to_end
@@ -64,7 +64,7 @@ def main() -> None:
     model = load_model(args.model)
     rows = [{"T": t, "K": k, "s/tile": seconds_per_tile(model, image, t, k, args.repeats)}
             for t in args.steps for k in args.samples]
-    print(f"model {model.source} on a {image.shape[1]}x{image.shape[0]} tile, {torch.get_num_threads()} threads")
+    print(f"model {display_path(model.source)} on a {image.shape[1]}x{image.shape[0]} tile, {torch.get_num_threads()} threads")
     print(table(rows, ["T", "K", "s/tile"]))
     presets = []
     if args.presets:
@@ -78,7 +78,7 @@ def main() -> None:
                 "s/train step": seconds_per_train_step(config, args.repeats),
             })
         print(table(presets, ["preset", "base_width", "channel_mults", "G params (M)", "s/tile T4K1", "s/train step"]))
-    write_json(args.json, {"model": str(model.source), "machine": machine(), "rows": rows, "presets": presets})
+    write_json(args.json, {"model": display_path(model.source), "machine": machine(), "rows": rows, "presets": presets})
 
 
 if __name__ == "__main__":

@@ -109,3 +109,20 @@ def test_progress_events_count_tiles_and_steps(trained_tiny) -> None:
     update = steps[0].payload
     y0, y1, x0, x1 = update.box
     assert update.foreground.shape == (y1 - y0, x1 - x0)
+
+
+def test_default_steps_come_from_the_config(trained_tiny) -> None:
+    # sampling_steps = 2 on a T = 4 model: two reverse steps unless more are asked for.
+    import dataclasses
+
+    model, _ = trained_tiny
+    original = model.config
+    try:
+        model.config = dataclasses.replace(original, sampling_steps=2)
+        events = list(segment_image(model, blob_tile(16, size=64).image, image_mpp=0.5))
+        assert events[-1].payload.steps.shape[0] == 2
+        assert len(list(segment_image(model, blob_tile(16, size=64).image, image_mpp=0.5, steps=4))) == 5
+    finally:
+        model.config = original
+    with pytest.raises(ValueError, match="sampling_steps"):
+        dataclasses.replace(original, sampling_steps=5)

@@ -76,7 +76,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     want_maps = args.save_steps or args.save_attention
     for path in images:
         pixels = read_image(path)
-        steps = model.config.num_steps if args.steps is None else args.steps
+        steps = model.config.default_steps if args.steps is None else args.steps
         bars: list[Any] = []  # opened at the first step, so a rejected image leaves only the error line
 
         def show(event: Any, name: str = path.name) -> None:
@@ -157,7 +157,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             else:
                 summary = event.payload
     summary["model"] = str(model.source)
-    summary["settings"] = {"steps": model.config.num_steps if args.steps is None else args.steps,
+    summary["settings"] = {"steps": model.config.default_steps if args.steps is None else args.steps,
                            "samples": args.samples, "seed": args.seed, "threshold": args.threshold, "mpp": args.mpp}
     print(_format_table(summary["per_image"], summary["mean"], summary["seconds_per_image"]))
     if args.json:

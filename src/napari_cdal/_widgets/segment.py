@@ -142,12 +142,14 @@ def docked_segment_widget(viewer: napari.viewer.Viewer) -> SegmentWidget | None:
     return max(docked, key=lambda widget: widget._created, default=None)
 
 
-def model_steps(path: str) -> int | None:
-    """The number of reverse steps a model file was trained with (None when unreadable)."""
+def model_steps(path: str) -> tuple[int, int] | None:
+    """(steps the model was trained with, its default sampling steps); None when unreadable."""
     from ..engine.checkpoint import read_metadata
 
     try:
-        return int(read_metadata(path)["model_config"].get("num_steps", DEFAULT_STEPS))
+        config = read_metadata(path)["model_config"]
+        trained = int(config.get("num_steps", DEFAULT_STEPS))
+        return trained, int(config.get("sampling_steps", 0)) or trained
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
@@ -295,8 +297,7 @@ class SegmentWidget(Container):
         path = self.selected_model_path()
         steps = model_steps(path) if path else None
         if steps is not None:
-            self.steps.max = steps
-            self.steps.value = steps
+            self.steps.max, self.steps.value = steps
         if not bundled_model_file().is_file() and not self._worker:
             self.status.value = (
                 "No bundled model in this installation: pick a model file, "

@@ -35,6 +35,7 @@ class ModelConfig:
     disc_levels: int = 4
     disc_attention_level: int = 3
     num_steps: int = 4
+    sampling_steps: int = 0
     beta_min: float = 0.1
     beta_max: float = 20.0
     model_mpp: float = 0.5
@@ -53,6 +54,8 @@ class ModelConfig:
             raise ValueError("image_mean and image_std need one value per image channel")
         if not 1 <= self.disc_attention_level <= self.disc_levels:
             raise ValueError("disc_attention_level must lie in 1..disc_levels")
+        if not 0 <= self.sampling_steps <= self.num_steps:
+            raise ValueError(f"sampling_steps must lie in 0..num_steps ({self.num_steps}), got {self.sampling_steps}")
         if self.attention_scaling not in ("none", "minmax"):
             raise ValueError(f"attention_scaling must be 'none' or 'minmax', got {self.attention_scaling!r}")
 
@@ -60,6 +63,11 @@ class ModelConfig:
     def label_channels(self) -> int:
         """Number of label maps the generator denoises (one per class)."""
         return len(LABEL_ENCODINGS[self.label_encoding])
+
+    @property
+    def default_steps(self) -> int:
+        """Reverse steps used when none is asked for: the measured best (sampling_steps), else all T."""
+        return self.sampling_steps or self.num_steps
 
     @property
     def size_multiple(self) -> int:

@@ -61,7 +61,7 @@ def reverse_process(
         raise ValueError(f"samples must be at least 1, got {samples}")
     config = model.config
     schedule = model.schedule
-    steps = config.num_steps if steps is None else steps
+    steps = config.default_steps if steps is None else steps
     levels = schedule.sampling_levels(steps)
     device = next(model.generator.parameters()).device
     padded, (height, width) = pad_to_multiple(image.to(device), config.size_multiple)

@@ -109,7 +109,7 @@ def segment_image(
     mh, mw = model_size(height, width, image_mpp, config.model_mpp)
     pixels = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
     on_model_grid = normalise(resample(pixels, (mh, mw)), config)
-    n_steps = config.num_steps if steps is None else steps
+    n_steps = config.default_steps if steps is None else steps
     boxes = tile_boxes(mh, mw, tile_size, overlap)
     total = len(boxes) * n_steps
     rng = make_generator(seed)
