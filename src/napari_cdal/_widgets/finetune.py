@@ -7,10 +7,9 @@ at the end of the run, so a cancel or an error leaves no file and every existing
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +20,7 @@ from psygnal import Signal
 
 from ..models import MODEL_SUFFIX
 from ._layers import MASK, TAG, image_mpp, is_edited
+from ._run import WorkerRun
 from .segment import (
     RunFailure,
     device_choices,
@@ -186,8 +186,10 @@ class PairRow(Container):
         return candidates[0] if candidates else None
 
 
-class FinetuneWidget(Container):
+class FinetuneWidget(WorkerRun, Container):
     """Dock widget: corrected pairs, base model, settings, new name; Fine-tune, Cancel, Back."""
+
+    unchanged_note = "no model written"
 
     run_finished = Signal(str)
 
@@ -352,11 +354,6 @@ class FinetuneWidget(Container):
 
     # ------------------------------------------------------------------ the run
 
-    @property
-    def running(self) -> bool:
-        """True while a fine-tuning runs."""
-        return self._worker is not None
-
     def gather_pairs(self) -> list[FinetunePair]:
         """The rows as engine pairs (labels copied, regions in image pixels); ValueError if bad."""
         from ..engine.finetune import FinetunePair
@@ -436,34 +433,11 @@ class FinetuneWidget(Container):
         self._outcome = ""
         self._progress = progress(total=settings.steps, desc="cDAL: fine-tuning")
         self._worker = create_worker(run_finetune, pairs, settings, _start_thread=False)
-        self._worker.yielded.connect(self._on_step)
-        self._worker.returned.connect(self._on_returned)
-        self._worker.errored.connect(self._on_errored)
-        self._worker.finished.connect(self._on_finished)
+        self._connect_worker()
         self.finetune_button.enabled = False
         self.cancel_button.enabled = True
         self.status.value = f"Fine-tuning {Path(base).stem} on {len(pairs)} pair(s)…"
         self._worker.start()
-
-    def cancel(self, *_: Any) -> None:
-        """Stop the run at its next step; nothing is written."""
-        if self.running and not self._outcome:
-            self._outcome = "cancelled"
-            self._worker.quit()
-            self.cancel_button.enabled = False
-            self.status.value = "Cancelling at the next step…"
-
-    @contextlib.contextmanager
-    def _handling(self) -> Iterator[None]:
-        # napari's progress bar calls processEvents(), so the worker's queued signals can arrive
-        # inside another handler; the run is wrapped up only once no handler is on the stack
-        self._depth += 1
-        try:
-            yield
-        finally:
-            self._depth -= 1
-            if self._depth == 0 and self._finish_pending:
-                self._finish()
 
     def _on_step(self, event: Progress) -> None:
         with self._handling():
@@ -525,15 +499,6 @@ class FinetuneWidget(Container):
         self._previous_model = None
         self.back_button.enabled = False
 
-    def _on_errored(self, exc: Exception) -> None:
-        self._outcome = "failed"
-        self.status.value = f"Failed ({type(exc).__name__}): no model written"
-
-    def _on_finished(self) -> None:
-        self._finish_pending = True
-        if self._depth == 0:
-            self._finish()
-
     def _finish(self) -> None:
         self._finish_pending = False
         self._progress.close()
@@ -553,13 +518,6 @@ class FinetuneWidget(Container):
         """The dock was closed mid-run: stop the worker (nothing is written)."""
         if self._worker is None:
             return
-        for signal, slot in (
-            (self._worker.yielded, self._on_step),
-            (self._worker.returned, self._on_returned),
-            (self._worker.errored, self._on_errored),
-            (self._worker.finished, self._on_finished),
-        ):
-            signal.disconnect(slot)
-        self._worker.quit()
+        self._disconnect_worker()
         self._progress.close()
         self._worker = self._progress = None

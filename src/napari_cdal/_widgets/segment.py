@@ -6,11 +6,10 @@ run finishes, so Cancel (or an error) leaves them exactly as they were.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import time
 import weakref
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +28,7 @@ from magicgui.widgets import (
 from psygnal import Signal
 
 from ._layers import CONTOUR_WIDTH, MASK, TAG, LivePreview, image_mpp, show_result
+from ._run import WorkerRun
 
 if TYPE_CHECKING:
     import napari
@@ -154,8 +154,10 @@ def model_steps(path: str) -> tuple[int, int] | None:
         return None
 
 
-class SegmentWidget(Container):
+class SegmentWidget(WorkerRun, Container):
     """Dock widget: image, model, device, T, K, seed, threshold, µm/px, and Segment / Cancel."""
+
+    unchanged_note = "layers unchanged"
 
     run_finished = Signal(str)
 
@@ -311,11 +313,6 @@ class SegmentWidget(Container):
             if layer is not None and tag.get("kind") == MASK and tag.get("image") == layer.name:
                 candidate.contour = CONTOUR_WIDTH if show else 0
 
-    @property
-    def running(self) -> bool:
-        """True while a segmentation runs."""
-        return self._worker is not None
-
     def start(self, *_: Any) -> None:
         """Check the inputs and start segmenting in a worker thread (errors go to a notification)."""
         from napari.qt.threading import create_worker
@@ -362,34 +359,11 @@ class SegmentWidget(Container):
         self._preview = LivePreview(self._viewer, layer, pixels.shape[:2])
         self._progress = progress(total=0, desc=f"cDAL: segmenting {layer.name}")
         self._worker = create_worker(run_segmentation, pixels, settings, _start_thread=False)
-        self._worker.yielded.connect(self._on_step)
-        self._worker.returned.connect(self._on_returned)
-        self._worker.errored.connect(self._on_errored)
-        self._worker.finished.connect(self._on_finished)
+        self._connect_worker()
         self.segment_button.enabled = False
         self.cancel_button.enabled = True
         self.status.value = f"Segmenting {layer.name}…"
         self._worker.start()
-
-    def cancel(self, *_: Any) -> None:
-        """Stop the run at its next step; the result layers stay as they were."""
-        if self.running and not self._outcome:
-            self._outcome = "cancelled"
-            self._worker.quit()
-            self.cancel_button.enabled = False
-            self.status.value = "Cancelling at the next step…"
-
-    @contextlib.contextmanager
-    def _handling(self) -> Iterator[None]:
-        # napari's progress bar calls processEvents(), so the worker's queued signals can arrive
-        # inside another handler; the run is wrapped up only once no handler is on the stack
-        self._depth += 1
-        try:
-            yield
-        finally:
-            self._depth -= 1
-            if self._depth == 0 and self._finish_pending:
-                self._finish()
 
     def _on_step(self, event: Progress) -> None:
         with self._handling():
@@ -425,15 +399,6 @@ class SegmentWidget(Container):
                 f"{self.last_seconds:.1f} s from click to mask"
             )
 
-    def _on_errored(self, exc: Exception) -> None:
-        self._outcome = "failed"
-        self.status.value = f"Failed ({type(exc).__name__}): layers unchanged"
-
-    def _on_finished(self) -> None:
-        self._finish_pending = True
-        if self._depth == 0:
-            self._finish()
-
     def _finish(self) -> None:
         self._finish_pending = False
         self._preview.remove()
@@ -451,14 +416,7 @@ class SegmentWidget(Container):
         _LIVE_WIDGETS.discard(self)
         if self._worker is None:
             return
-        for signal, slot in (
-            (self._worker.yielded, self._on_step),
-            (self._worker.returned, self._on_returned),
-            (self._worker.errored, self._on_errored),
-            (self._worker.finished, self._on_finished),
-        ):
-            signal.disconnect(slot)
-        self._worker.quit()
+        self._disconnect_worker()
         self._preview.remove()
         self._progress.close()
         self._worker = self._preview = self._progress = self._image_layer = self._settings = None

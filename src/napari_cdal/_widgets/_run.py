@@ -1,0 +1,65 @@
+"""The worker plumbing both widgets share: start, cancel, and finishing safely under re-entrancy."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+
+class WorkerRun:
+    """Mixin for a widget that runs one engine generator at a time in a napari worker.
+
+    The widget provides `cancel_button`, `status`, `_on_step`, `_on_returned` and `_finish`, and
+    sets `_worker = None`, `_outcome = ""`, `_depth = 0`, `_finish_pending = False` in __init__.
+    """
+
+    unchanged_note = "nothing changed"
+
+    @property
+    def running(self) -> bool:
+        """True while a run is in progress."""
+        return self._worker is not None
+
+    def _connections(self) -> list[tuple[Any, Any]]:
+        worker = self._worker
+        return [(worker.yielded, self._on_step), (worker.returned, self._on_returned),
+                (worker.errored, self._on_errored), (worker.finished, self._on_finished)]
+
+    def _connect_worker(self) -> None:
+        for signal, slot in self._connections():
+            signal.connect(slot)
+
+    def _disconnect_worker(self) -> None:
+        """Detach the handlers and stop the worker (the dock is going away)."""
+        for signal, slot in self._connections():
+            signal.disconnect(slot)
+        self._worker.quit()
+
+    def cancel(self, *_: Any) -> None:
+        """Stop the run at its next step."""
+        if self.running and not self._outcome:
+            self._outcome = "cancelled"
+            self._worker.quit()
+            self.cancel_button.enabled = False
+            self.status.value = "Cancelling at the next step…"
+
+    @contextlib.contextmanager
+    def _handling(self) -> Iterator[None]:
+        # napari's progress bar calls processEvents(), so the worker's queued signals can arrive
+        # inside another handler; the run is wrapped up only once no handler is on the stack
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0 and self._finish_pending:
+                self._finish()
+
+    def _on_errored(self, exc: Exception) -> None:
+        self._outcome = "failed"
+        self.status.value = f"Failed ({type(exc).__name__}): {self.unchanged_note}"
+
+    def _on_finished(self) -> None:
+        self._finish_pending = True
+        if self._depth == 0:
+            self._finish()
