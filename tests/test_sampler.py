@@ -126,3 +126,13 @@ def test_default_steps_come_from_the_config(trained_tiny) -> None:
         model.config = original
     with pytest.raises(ValueError, match="sampling_steps"):
         dataclasses.replace(original, sampling_steps=5)
+
+
+def test_runs_without_step_maps_send_no_live_maps(trained_tiny) -> None:
+    # evaluate and the CLI keep no step maps: the step events still count, but carry no arrays.
+    model, _ = trained_tiny
+    events = list(segment_image(model, blob_tile(17, size=64).image, image_mpp=0.5, keep_steps=False))
+    steps = [e.payload for e in events if e.stage == "step"]
+    assert len(steps) == model.config.default_steps
+    assert all(u.foreground is None and u.attention is None for u in steps)
+    assert events[-1].payload.steps is None and events[-1].payload.attention is None

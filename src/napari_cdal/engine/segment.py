@@ -25,14 +25,17 @@ MAX_HOLE_AREA_UM2 = 4.0
 
 @dataclass
 class StepUpdate:
-    """A live view of one reverse step on one tile, on the input image's pixel grid."""
+    """A live view of one reverse step on one tile, on the input image's pixel grid.
+
+    The maps are None when the run keeps no step maps (keep_steps=False): nobody shows them then.
+    """
 
     tile: int
     n_tiles: int
     step: int
     n_steps: int
     box: tuple[int, int, int, int]
-    foreground: np.ndarray
+    foreground: np.ndarray | None
     attention: np.ndarray | None
 
 
@@ -120,6 +123,8 @@ def segment_image(
     for tile_index, box in enumerate(boxes):
         y0, y1, x0, x1 = box
         tile = on_model_grid[:, :, y0:y1, x0:x1].to(device)
+        image_box = _box_on_image(box, scale_y, scale_x, (height, width))
+        box_size = (image_box[1] - image_box[0], image_box[3] - image_box[2])
         step_maps, att_maps = [], []
         for event in reverse_process(model, tile, n_steps, samples, rng, with_attention):
             if event.stage == "done":
@@ -127,14 +132,14 @@ def segment_image(
                 blend_prob.add(box, torch.cat([out.probability, out.uncertainty[None]]).cpu().numpy())
                 continue
             step: StepOutput = event.payload
-            foreground = ((step.x0_mean[0] + 1.0) / 2.0).clamp(0, 1)
-            step_maps.append(foreground.cpu().numpy())
-            if step.attention is not None:
-                att_maps.append(step.attention.cpu().numpy())
-            image_box = _box_on_image(box, scale_y, scale_x, (height, width))
-            box_size = (image_box[1] - image_box[0], image_box[3] - image_box[2])
-            live_fg = _to_image_grid(foreground[None], box_size)[0]
-            live_att = None if step.attention is None else _to_image_grid(step.attention[None], box_size)[0]
+            live_fg = live_att = None
+            if keep_steps:
+                foreground = ((step.x0_mean[0] + 1.0) / 2.0).clamp(0, 1)
+                step_maps.append(foreground.cpu().numpy())
+                live_fg = _to_image_grid(foreground[None], box_size)[0]
+                if step.attention is not None:
+                    att_maps.append(step.attention.cpu().numpy())
+                    live_att = _to_image_grid(step.attention[None], box_size)[0]
             update = StepUpdate(tile_index, len(boxes), step.step, n_steps, image_box, live_fg, live_att)
             yield Progress("step", tile_index * n_steps + step.step + 1, total, update)
         if blend_steps is not None:
