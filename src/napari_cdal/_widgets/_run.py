@@ -9,11 +9,16 @@ from typing import Any, Iterator
 class WorkerRun:
     """Mixin for a widget that runs one engine generator at a time in a napari worker.
 
-    The widget provides `cancel_button`, `status`, `_on_step`, `_on_returned` and `_finish`, and
-    sets `_worker = None`, `_outcome = ""`, `_depth = 0`, `_finish_pending = False` in __init__.
+    The widget provides `cancel_button`, `status`, `_on_step`, `_on_returned` and `_finish`; the
+    run state below starts at these class defaults and is set per instance once a run starts.
     """
 
     unchanged_note = "nothing changed"
+    _worker: Any = None
+    _progress: Any = None
+    _outcome = ""
+    _depth = 0
+    _finish_pending = False
 
     @property
     def running(self) -> bool:

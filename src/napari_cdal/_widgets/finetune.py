@@ -198,11 +198,6 @@ class FinetuneWidget(WorkerRun, Container):
 
         super().__init__(labels=True)
         self._viewer = napari_viewer
-        self._worker: Any = None
-        self._progress: Any = None
-        self._outcome = ""
-        self._depth = 0
-        self._finish_pending = False
         self._auto_name = ""
         self._previous_model: str | None = None
         self.saved_model: Path | None = None

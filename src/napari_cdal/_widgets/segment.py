@@ -164,15 +164,10 @@ class SegmentWidget(WorkerRun, Container):
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
         self._viewer = napari_viewer
-        self._worker: Any = None
-        self._progress: Any = None
         self._preview: LivePreview | None = None
         self._image_layer: Image | None = None
         self._settings: SegmentSettings | None = None
         self._clicked_at = 0.0
-        self._outcome = ""
-        self._depth = 0
-        self._finish_pending = False
         self.last_result: SegmentationResult | None = None
         self.last_seconds: float | None = None
         self._created = time.monotonic_ns()
