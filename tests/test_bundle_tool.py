@@ -1,0 +1,43 @@
+"""tools/bundle_model.py: the bundled copy keeps the weights and record and gains the chosen default T."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from napari_cdal.engine.model import load_model
+
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "bundle_model.py"
+
+
+def run_tool(monkeypatch: pytest.MonkeyPatch, *args: str) -> None:
+    monkeypatch.setattr(sys, "argv", [str(TOOL), *args])
+    runpy.run_path(str(TOOL), run_name="__main__")
+
+
+def test_bundle_sets_default_steps_and_keeps_weights(tiny_model_file, tmp_path, monkeypatch):
+    out = tmp_path / "bundled.safetensors"
+    source = load_model(tiny_model_file)
+    steps = source.config.num_steps - 1
+
+    run_tool(monkeypatch, str(tiny_model_file), "--default-steps", str(steps), "--out", str(out))
+
+    bundled = load_model(out)
+    assert bundled.config.sampling_steps == steps
+    assert bundled.config.default_steps == steps
+    assert bundled.record["bundled"]["default_steps"] == steps
+    assert bundled.record["bundled"]["from_step"] == source.record.get("steps")
+    for name, tensor in source.generator.state_dict().items():
+        assert torch.equal(tensor, bundled.generator.state_dict()[name]), name
+
+
+def test_bundle_refuses_steps_beyond_the_models_t(tiny_model_file, tmp_path, monkeypatch):
+    out = tmp_path / "bundled.safetensors"
+    too_many = load_model(tiny_model_file).config.num_steps + 1
+    with pytest.raises(ValueError, match="sampling_steps"):
+        run_tool(monkeypatch, str(tiny_model_file), "--default-steps", str(too_many), "--out", str(out))
+    assert not out.exists()
