@@ -327,7 +327,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     for key, value in meta.get("model_config", {}).items():
         print(f"  {key}: {value}")
     print("training record:")
-    for key in ("data", "steps", "wall_seconds", "device", "train_tiles", "validation_tiles", "best", "finetuned_from"):
+    for key in ("data", "steps", "wall_seconds", "device", "train_config", "train_tiles",
+                "validation_tiles", "initialised_from", "best", "finetuned_from", "bundled"):
         if key in record:
             print(f"  {key}: {record[key]}")
     if record.get("validation"):
