@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from _common import display_path
+
 from napari_cdal.engine.data import Tile, load_folder
 from napari_cdal.engine.evaluate import evaluate_tiles
 from napari_cdal.engine.events import run_to_end
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{fmt(base_o.get('dice'), o.get('dice')):>15} {fmt(base_o.get('aji'), o.get('aji')):>15}")
     print("\n".join(lines))
     if args.json:
-        report = {"model": str(model.source), "model_steps": model.record.get("steps"), "organ": args.organ,
+        report = {"model": display_path(model.source), "model_steps": model.record.get("steps"), "organ": args.organ,
                   "finetune_tiles": list(target_names), "other_tiles": other_names, "cut_gap_px": CUT_GAP_PX,
                   "torch_threads": torch.get_num_threads(), "baseline": baseline, "runs": runs}
         args.json.write_text(json.dumps(report, indent=2))
