@@ -41,3 +41,13 @@ def test_bundle_refuses_steps_beyond_the_models_t(tiny_model_file, tmp_path, mon
     with pytest.raises(ValueError, match="sampling_steps"):
         run_tool(monkeypatch, str(tiny_model_file), "--default-steps", str(too_many), "--out", str(out))
     assert not out.exists()
+
+
+def test_bundle_refuses_weights_over_the_package_limit(tiny_model_file, tmp_path, monkeypatch):
+    out = tmp_path / "bundled.safetensors"
+    namespace = runpy.run_path(str(TOOL))
+    monkeypatch.setitem(namespace["main"].__globals__, "MAX_BYTES", 1)
+    monkeypatch.setattr(sys, "argv", [str(TOOL), str(tiny_model_file), "--default-steps", "1", "--out", str(out)])
+    with pytest.raises(SystemExit, match="over the 25 MB"):
+        namespace["main"]()
+    assert not out.exists()

@@ -1,6 +1,6 @@
 """Copy a trained model into the package as the bundled default, with its chosen reverse steps.
 
-    python tools/bundle_model.py RUN_MODEL.safetensors --default-steps 2
+    python tools/bundle_model.py RUN_MODEL.safetensors --default-steps 1
 
 The training record goes along unchanged, plus a `bundled` entry saying where the weights came
 from and why the default T was chosen, so `napari-cdal info` tells the whole story.
@@ -27,14 +27,18 @@ def main() -> None:
     args = parser.parse_args()
 
     model = load_model(args.model)
+    weight_bytes = sum(t.numel() * t.element_size() for module in (model.generator, model.discriminator)
+                       for t in module.state_dict().values())
+    if weight_bytes > MAX_BYTES:
+        raise SystemExit(f"{args.model} holds {weight_bytes / 2**20:.1f} MB of weights, over the 25 MB "
+                         "the package allows; nothing was written")
     model.config = dataclasses.replace(model.config, sampling_steps=args.default_steps)
     model.record["bundled"] = {"from_step": model.record.get("steps"), "default_steps": args.default_steps,
                                "default_steps_chosen_by": args.reason}
     save_model(args.out, model)
     size = Path(args.out).stat().st_size
-    if size > MAX_BYTES:
-        raise SystemExit(f"{args.out} is {size / 2**20:.1f} MB, over the 25 MB the package allows")
-    print(f"bundled step {model.record.get('steps')} as {args.out} ({size / 2**20:.1f} MB), default T = {args.default_steps}")
+    print(f"bundled step {model.record.get('steps')} as {args.out} ({size / 2**20:.1f} MB), "
+          f"default T = {args.default_steps}")
 
 
 if __name__ == "__main__":
