@@ -9,8 +9,9 @@ from typing import Any, Iterator
 class WorkerRun:
     """Mixin for a widget that runs one engine generator at a time in a napari worker.
 
-    The widget provides `cancel_button`, `status`, `_on_step`, `_on_returned` and `_finish`; the
-    run state below starts at these class defaults and is set per instance once a run starts.
+    The widget (a magicgui Container) provides `cancel_button`, `status`, `_on_step`,
+    `_on_returned`, `_finish` and `_abandon_run`; the run state below starts at these class
+    defaults and is set per instance once a run starts.
     """
 
     unchanged_note = "nothing changed"
@@ -19,6 +20,13 @@ class WorkerRun:
     _outcome = ""
     _depth = 0
     _finish_pending = False
+
+    def _follow_viewer(self, viewer: Any) -> None:
+        """Refresh the layer choices as the layer list changes; stop the run if the dock closes."""
+        layer_events = viewer.layers.events
+        for event in (layer_events.inserted, layer_events.removed, layer_events.reordered):
+            event.connect(self.reset_choices)
+        self.native.destroyed.connect(self._abandon_run)
 
     @property
     def running(self) -> bool:

@@ -27,6 +27,7 @@ from .segment import (
     docked_segment_widget,
     image_pixels,
     load_model_cached,
+    mpp_spin_box,
 )
 
 if TYPE_CHECKING:
@@ -207,13 +208,8 @@ class FinetuneWidget(WorkerRun, Container):
         self.remove_pair_button = PushButton(text="Remove the last pair", visible=False)
         self.base_model = ComboBox(label="base model", choices=lambda _: self._model_choices())
         self.device = ComboBox(label="device", choices=device_choices())
-        self.mpp = FloatSpinBox(
-            label="µm/px",
-            min=0.01,
-            max=100.0,
-            step=0.01,
-            value=0.25,
-            tooltip="the images' µm per pixel: from the first image's scale, else 0.25 (40x)",
+        self.mpp = mpp_spin_box(
+            "the images' µm per pixel: from the first image's scale, else 0.25 (40x)"
         )
         self.steps = SpinBox(
             label="steps",
@@ -263,13 +259,7 @@ class FinetuneWidget(WorkerRun, Container):
         self.finetune_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
         self.back_button.changed.connect(self.back_to_previous_model)
-        for event in (
-            napari_viewer.layers.events.inserted,
-            napari_viewer.layers.events.removed,
-            napari_viewer.layers.events.reordered,
-        ):
-            event.connect(self.reset_choices)
-        self.native.destroyed.connect(self._abandon_run)
+        self._follow_viewer(napari_viewer)
         self._suggest_name()
 
     # ------------------------------------------------------------------ choices

@@ -134,6 +134,11 @@ def device_choices() -> list[tuple[str, str]]:
     return [("auto (CPU)", "auto"), ("cpu", "cpu")]
 
 
+def mpp_spin_box(tooltip: str) -> FloatSpinBox:
+    """The µm/px field of both widgets: 0.25 (a 40x tile) until a layer's scale says otherwise."""
+    return FloatSpinBox(label="µm/px", min=0.01, max=100.0, step=0.01, value=0.25, tooltip=tooltip)
+
+
 def docked_segment_widget(viewer: napari.viewer.Viewer) -> SegmentWidget | None:
     """The Segment widget docked in `viewer` (the latest one when there are several), else None."""
     # napari hands each plugin widget its own proxy of the viewer: compare what the proxies wrap
@@ -202,14 +207,7 @@ class SegmentWidget(WorkerRun, Container):
             value=0.5,
             tooltip="foreground probability above which a pixel is nucleus",
         )
-        self.mpp = FloatSpinBox(
-            label="µm/px",
-            min=0.01,
-            max=100.0,
-            step=0.01,
-            value=0.25,
-            tooltip="the image's µm per pixel: from the layer's scale, else 0.25 (40x)",
-        )
+        self.mpp = mpp_spin_box("the image's µm per pixel: from the layer's scale, else 0.25 (40x)")
         self.contours = CheckBox(text="show nuclei as contours", value=True)
         self.segment_button = PushButton(text="Segment")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -239,13 +237,7 @@ class SegmentWidget(WorkerRun, Container):
         self.contours.changed.connect(self._on_contours_changed)
         self.segment_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
-        for event in (
-            napari_viewer.layers.events.inserted,
-            napari_viewer.layers.events.removed,
-            napari_viewer.layers.events.reordered,
-        ):
-            event.connect(self.reset_choices)
-        self.native.destroyed.connect(self._abandon_run)
+        self._follow_viewer(napari_viewer)
         self._on_image_changed(self.image.value)
         self._on_model_changed()
 
