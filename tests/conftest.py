@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -80,3 +82,23 @@ def blob_folder(tmp_path) -> Path:
         Image.fromarray(tile.foreground.astype(np.uint8)).save(tmp_path / "masks" / f"{name}.png")
         Image.fromarray(tile.instances.astype(np.uint16)).save(tmp_path / "masks_instance" / f"{name}.png")
     return tmp_path
+
+
+def pause_after_first_event(monkeypatch: pytest.MonkeyPatch, module: ModuleType,
+                            name: str) -> threading.Event:
+    """Make the engine generator `module.name` wait after its first event until the event is set.
+
+    The widgets look the engine function up at run time, so a run started now is surely mid-way
+    when the test acts (cancel, close the dock) and goes on once the event is set.
+    """
+    resume = threading.Event()
+    real = getattr(module, name)
+
+    def paused(*args, **kwargs):
+        for index, event in enumerate(real(*args, **kwargs)):
+            yield event
+            if index == 0:
+                resume.wait(30)
+
+    monkeypatch.setattr(module, name, paused)
+    return resume

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import blob_tile
+from conftest import blob_tile, pause_after_first_event
 from skimage.draw import disk
 
 from napari_cdal._widgets._layers import TAG
@@ -329,17 +329,7 @@ def paused_finetune(monkeypatch) -> threading.Event:
     """Hold the engine after its first step until the returned event is set (a sure 'mid-run')."""
     import napari_cdal.engine.finetune as engine_finetune
 
-    resume = threading.Event()
-    real = engine_finetune.finetune
-
-    def paused(*args, **kwargs):
-        for index, event in enumerate(real(*args, **kwargs)):
-            yield event
-            if index == 0:
-                resume.wait(30)
-
-    monkeypatch.setattr(engine_finetune, "finetune", paused)
-    return resume
+    return pause_after_first_event(monkeypatch, engine_finetune, "finetune")
 
 
 def test_cancel_stops_cleanly_and_writes_nothing(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import blob_tile
+from conftest import blob_tile, pause_after_first_event
 
 from napari_cdal._widgets._layers import CONTOUR_WIDTH, PREVIEW_SUFFIX, TAG, image_mpp
 from napari_cdal._widgets.segment import OTHER_FILE, SegmentWidget
@@ -212,17 +212,7 @@ def paused_engine(monkeypatch) -> threading.Event:
     """Hold the engine after its first step until the returned event is set (a deterministic 'mid-run')."""
     import napari_cdal.engine.segment as engine_segment
 
-    resume = threading.Event()
-    real = engine_segment.segment_image
-
-    def paused(*args, **kwargs):
-        for index, event in enumerate(real(*args, **kwargs)):
-            yield event
-            if index == 0:
-                resume.wait(30)
-
-    monkeypatch.setattr(engine_segment, "segment_image", paused)
-    return resume
+    return pause_after_first_event(monkeypatch, engine_segment, "segment_image")
 
 
 def cancel_mid_run(qtbot, viewer, widget: SegmentWidget, resume: threading.Event) -> str:
