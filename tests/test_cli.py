@@ -83,7 +83,7 @@ def test_segment_saves_steps_attention_uncertainty(capsys, tiny_model_file, blob
     tif, _, _ = blob_images
     out = tmp_path / "out"
     code, _, err = run(capsys, "segment", tif, "--model", tiny_model_file, "--mpp", "0.5", "--out", out,
-                       "--save-steps", "--save-attention", "--save-uncertainty")
+                       "--samples", "2", "--save-steps", "--save-attention", "--save-uncertainty")
     assert code == 0, err
     assert files_in(out) == ["tile_attention.tif", "tile_labels.tif", "tile_steps.tif", "tile_uncertainty.tif"]
     steps = tifffile.imread(out / "tile_steps.tif")
@@ -99,6 +99,16 @@ def test_segment_saves_steps_attention_uncertainty(capsys, tiny_model_file, blob
     # the last step's x̂0 is the foreground the labels came from
     labels = tifffile.imread(out / "tile_labels.tif")
     assert dice(steps[-1] > 0.5, labels > 0) > 0.9
+
+
+def test_uncertainty_of_one_sample_is_refused_before_any_work(capsys, tiny_model_file, blob_images, tmp_path):
+    tif, _, _ = blob_images
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "segment", tif, "--model", tiny_model_file, "--mpp", "0.5", "--out", out,
+                       "--samples", "1", "--save-uncertainty")
+    assert code == 1
+    assert "--save-uncertainty needs --samples 2 or more" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() or files_in(out) == []
 
 
 def test_segment_fewer_steps_more_samples(capsys, tiny_model_file, blob_images, tmp_path):

@@ -13,7 +13,7 @@ import pytest
 from conftest import blob_tile, pause_after_first_event
 
 from napari_cdal._widgets._layers import CONTOUR_WIDTH, PREVIEW_SUFFIX, TAG, image_mpp
-from napari_cdal._widgets.segment import OTHER_FILE, SegmentWidget
+from napari_cdal._widgets.segment import OTHER_FILE, SegmentWidget, viewer_camera
 
 pytestmark = pytest.mark.gui
 
@@ -72,6 +72,7 @@ def viewer_widget(make_napari_viewer, tiny_model_file):
     add_blobs(viewer)
     widget = dock(viewer)
     use_model(widget, tiny_model_file)
+    widget.samples.value = 2  # the tiny model's default is one sample, which has no uncertainty layer
     return viewer, widget
 
 
@@ -450,3 +451,58 @@ def test_plugin_modules_import_without_torch() -> None:
         "napari_cdal.models; sys.exit('torch' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+# ----------------------------------------------------------------------------- K = 1, features, review
+
+
+def test_one_sample_adds_no_uncertainty_layer_and_drops_a_stale_one(qtbot, viewer_widget) -> None:
+    viewer, widget = viewer_widget
+    assert click_segment(qtbot, widget) == "done"
+    assert f"{NAME} uncertainty" in [layer.name for layer in viewer.layers]
+    widget.samples.value = 1
+    assert click_segment(qtbot, widget) == "done"
+    names = [layer.name for layer in viewer.layers]
+    assert f"{NAME} uncertainty" not in names and f"{NAME} mask" in names
+    features = viewer.layers[f"{NAME} mask"].features
+    assert features["mean_uncertainty"].isna().all()
+
+
+def test_mask_carries_per_nucleus_features(qtbot, viewer_widget) -> None:
+    viewer, widget = viewer_widget
+    assert click_segment(qtbot, widget) == "done"
+    mask = viewer.layers[f"{NAME} mask"]
+    uncertainty = viewer.layers[f"{NAME} uncertainty"].data
+    features = mask.features
+    n = int(mask.data.max())
+    assert list(features["index"]) == list(range(1, n + 1))
+    for nucleus in (1, n):
+        row = features[features["index"] == nucleus].iloc[0]
+        inside = mask.data == nucleus
+        assert row["area_um2"] == pytest.approx(inside.sum() * 0.5 * 0.5)
+        assert row["mean_uncertainty"] == pytest.approx(float(uncertainty[inside].mean()), rel=1e-5)
+        assert 0.0 <= row["mean_attention"] <= 1.0
+
+
+def test_review_steps_through_the_least_certain_nuclei(qtbot, viewer_widget) -> None:
+    viewer, widget = viewer_widget
+    assert not widget.review_button.enabled, "nothing to review before a result"
+    assert click_segment(qtbot, widget) == "done"
+    mask = viewer.layers[f"{NAME} mask"]
+    features = mask.features
+    ranked = features.sort_values(["mean_uncertainty", "index"], ascending=[False, True])["index"].tolist()
+    widget.review_count.value = 3
+    assert widget.review_button.enabled
+    viewer.layers.selection.active = viewer.layers[NAME]
+    visited = []
+    for _ in range(4):
+        widget.review_button.native.click()
+        nucleus = mask.selected_label
+        visited.append(nucleus)
+        row = features[features["index"] == nucleus].iloc[0]
+        expected = np.array(TRANSLATE) + np.array(SCALE) * (row["centroid_y"], row["centroid_x"])
+        np.testing.assert_allclose(viewer_camera(viewer).center[-2:], expected, atol=1e-6)
+        assert viewer.layers.selection.active is mask
+        assert widget.status.value.startswith(f"Review {(len(visited) - 1) % 3 + 1} of 3: nucleus {nucleus}")
+    assert visited == ranked[:3] + ranked[:1], "the three least certain in order, then round again"
+    assert viewer_camera(viewer).zoom >= 3.0 / SCALE[0] - 1e-9

@@ -73,6 +73,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
         raise CliError(f"--out {out} is a file; give a folder")
     device = _setup_torch(args)
     model = _load_model(args.model, device)
+    samples = model.config.default_samples if args.samples is None else args.samples
+    if args.save_uncertainty and samples < 2:
+        raise CliError(f"--save-uncertainty needs --samples 2 or more (got {samples}): "
+                       "one sample has no spread to measure")
     want_maps = args.save_steps or args.save_attention
     for path in images:
         pixels = read_image(path)
@@ -87,7 +91,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
         try:
             result = run_to_end(segment_image(
-                model, pixels, image_mpp=args.mpp, steps=steps, samples=args.samples, seed=args.seed,
+                model, pixels, image_mpp=args.mpp, steps=steps, samples=samples, seed=args.seed,
                 threshold=args.threshold, keep_steps=want_maps, with_attention=args.save_attention,
             ), show)
         except ImageError as exc:  # name the file: the engine only knows the pixels
@@ -158,7 +162,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 summary = event.payload
     summary["model"] = str(model.source)
     summary["settings"] = {"steps": model.config.default_steps if args.steps is None else args.steps,
-                           "samples": args.samples, "seed": args.seed, "threshold": args.threshold, "mpp": args.mpp}
+                           "samples": model.config.default_samples if args.samples is None else args.samples, "seed": args.seed, "threshold": args.threshold, "mpp": args.mpp}
     print(_format_table(summary["per_image"], summary["mean"], summary["seconds_per_image"]))
     if args.json:
         text = json.dumps(summary, indent=2)
@@ -166,10 +170,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_json_object(path: str, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CliError(f"cannot read {what} {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CliError(f"{what} {path} must hold a JSON object of settings")
+    return data
+
+
 def _train_config(args: argparse.Namespace, base: dict[str, Any] | None = None) -> Any:
     from .engine.config import TrainConfig
 
     values = dict(base or {})
+    if getattr(args, "train_config", None):
+        values.update(_read_json_object(args.train_config, "--train-config"))
     for key in ("steps", "batch_size", "patch_size", "seed", "checkpoint_every", "validate_every"):
         value = getattr(args, key, None)
         if value is not None:
@@ -191,6 +207,18 @@ def _model_config(spec: str | None) -> Any:
         return ModelConfig.from_dict(json.loads(path.read_text()))
     except (json.JSONDecodeError, TypeError) as exc:
         raise CliError(f"cannot read model config {path}: {exc}") from exc
+
+
+def _adapted_model(model: Any, spec: str, seed: int) -> Any:
+    """--init-from with --config JSON: the model's config with those keys changed, weights carried over."""
+    from .engine.config import PRESETS, ModelConfig
+    from .engine.model import with_new_config
+
+    if spec in PRESETS:
+        raise CliError("with --init-from, --config must be a JSON file of the config keys to change, not a preset")
+    changes = _read_json_object(spec, "--config")
+    config = ModelConfig.from_dict({**model.config.to_dict(), **changes})
+    return with_new_config(model, config, seed)
 
 
 def state_path(out: Path) -> Path:
@@ -225,9 +253,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         val_names = split.get("validation") or []
         cfg = _train_config(args)
         if args.init_from:
-            if args.config:
-                raise CliError("--init-from takes the model's own config; drop --config")
             model = _load_model(args.init_from, device)
+            if args.config:
+                model = _adapted_model(model, args.config, cfg.seed).to(device)
         else:
             model = CdalModel.initialise(_model_config(args.config), cfg.seed).to(device)
         state = TrainState.create(model, cfg)
@@ -379,7 +407,8 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
 def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="checkpoint (.safetensors); default: the bundled model")
     p.add_argument("--steps", type=int, default=None, help="reverse steps T (default: the model's)")
-    p.add_argument("--samples", type=int, default=1, help="latent samples K averaged per pixel (default: 1)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="latent samples K averaged per pixel; 2 or more give an uncertainty (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed repeats a run (default: 0)")
     p.add_argument("--mpp", type=float, default=0.25, help="the image's µm per pixel (default: 0.25, a 40x tile)")
     p.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold (default: 0.5)")
@@ -417,7 +446,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="model file to write (.safetensors)")
     p.add_argument("--steps", type=int, default=None, help="total training steps")
     p.add_argument("--resume", action="store_true", help="go on from <out>.state.safetensors")
-    p.add_argument("--config", default=None, help="model preset (tiny, small, medium, large) or a JSON file")
+    p.add_argument("--config", default=None,
+                   help="model preset (tiny, small, medium, large) or a JSON file; with --init-from, a JSON "
+                        "file of the config keys to change (e.g. {\"self_condition\": true})")
+    p.add_argument("--train-config", default=None,
+                   help="JSON file of training settings to change (e.g. {\"adversarial_weight\": 0.3})")
     p.add_argument("--init-from", default=None, help="start a new run from this model's weights (not its optimiser state)")
     p.add_argument("--split", default=None, help="JSON with 'train' and 'validation' tile-name lists")
     p.add_argument("--mpp", type=float, default=None,

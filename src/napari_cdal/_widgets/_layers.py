@@ -155,7 +155,8 @@ def _put_image(
 
 
 def _put_mask(
-    viewer: napari.Viewer, image_name: str, labels: np.ndarray, grid: dict[str, Any], contour: int
+    viewer: napari.Viewer, image_name: str, labels: np.ndarray, grid: dict[str, Any], contour: int,
+    features: dict[str, np.ndarray] | None = None,
 ) -> Labels:
     layer = find_result_layer(viewer, image_name, MASK)
     tag = {"image": image_name, "kind": MASK}
@@ -167,15 +168,20 @@ def _put_mask(
         layer.data = labels
         for key, value in grid.items():
             setattr(layer, key, value)
+    if features is not None:
+        layer.features = features
     layer.contour = contour
     layer.metadata[TAG] = dict(tag, fingerprint=fingerprint(layer.data))
     return layer
 
 
 def show_result(
-    viewer: napari.Viewer, image: Image, result: SegmentationResult, contour: int
+    viewer: napari.Viewer, image: Image, result: SegmentationResult, contour: int, mpp: float | None = None
 ) -> dict[str, Layer]:
-    """Put a result into the four layers named after `image` (updated in place where possible)."""
+    """Put a result into the layers named after `image` (updated in place where possible).
+
+    `mpp` is the µm/px the run used (for the areas in the mask's features); default: the layer's.
+    """
     grid = Grid.of(image)
     layers: dict[str, Layer] = {}
     if result.steps is not None:
@@ -196,14 +202,30 @@ def show_result(
             grid.stack(),
             (0.0, 1.0),
         )
-    uncertainty = np.asarray(result.uncertainty, np.float32)
-    top = max(float(uncertainty.max()), 1e-6)
-    layers[UNCERTAINTY] = _put_image(
-        viewer, image.name, UNCERTAINTY, uncertainty, grid.plane(), (0.0, top)
-    )
+    if result.uncertainty is not None:
+        uncertainty = np.asarray(result.uncertainty, np.float32)
+        top = max(float(uncertainty.max()), 1e-6)
+        layers[UNCERTAINTY] = _put_image(
+            viewer, image.name, UNCERTAINTY, uncertainty, grid.plane(), (0.0, top)
+        )
+    else:  # one sample has no spread: an older uncertainty layer would not belong to this mask
+        stale = find_result_layer(viewer, image.name, UNCERTAINTY)
+        if stale is not None:
+            viewer.layers.remove(stale)
     labels = np.ascontiguousarray(result.labels, dtype=np.uint32)
-    layers[MASK] = _put_mask(viewer, image.name, labels, grid.plane(), contour)
+    layers[MASK] = _put_mask(viewer, image.name, labels, grid.plane(), contour, result_features(result, mpp or image_mpp(image)))
     return layers
+
+
+def result_features(result: SegmentationResult, mpp: float) -> dict[str, np.ndarray]:
+    """The mask layer's per-nucleus table: id, centroid, area µm², mean uncertainty and attention.
+
+    Attention is the last step's map, scaled to [0, 1] as the layer shows it.
+    """
+    from ..engine.measurements import nucleus_features
+
+    attention = None if result.attention is None else normalise_planes(result.attention[-1:])[0]
+    return nucleus_features(result.labels, mpp, result.uncertainty, attention)
 
 
 class LivePreview:

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 
 OTHER_FILE = ""
 DEFAULT_STEPS = 4
+REVIEW_SCREEN_PX_PER_PIXEL = 3.0
+"""Review zooms in at least this far: screen pixels per image pixel, so a nucleus fills the view."""
 
 _LIVE_WIDGETS: weakref.WeakSet[SegmentWidget] = weakref.WeakSet()
 
@@ -147,16 +149,82 @@ def docked_segment_widget(viewer: napari.viewer.Viewer) -> SegmentWidget | None:
     return max(docked, key=lambda widget: widget._created, default=None)
 
 
-def model_steps(path: str) -> tuple[int, int] | None:
-    """(steps the model was trained with, its default sampling steps); None when unreadable."""
+def model_steps(path: str) -> tuple[int, int, int] | None:
+    """(steps the model was trained with, its default sampling steps, its default samples K); None when unreadable."""
     from ..engine.checkpoint import read_metadata
 
     try:
         config = read_metadata(path)["model_config"]
         trained = int(config.get("num_steps", DEFAULT_STEPS))
-        return trained, int(config.get("sampling_steps", 0)) or trained
+        return trained, int(config.get("sampling_steps", 0)) or trained, int(config.get("default_samples", 1))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def viewer_camera(viewer: Any) -> Any:
+    """The viewer's camera: `viewer.scene.camera` from napari 0.9 on, `viewer.camera` before."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+
+
+class ReviewQueue:
+    """The least certain nuclei of one result, in order, and where the review has got to.
+
+    Nuclei are ranked by their mean uncertainty; with one sample (no uncertainty) by their mean
+    attention instead. The ranking is taken from the mask's features when the result arrives, so
+    the user's edits do not reshuffle it mid-review.
+    """
+
+    def __init__(self, mask: Any, image: Any) -> None:
+        from ..engine.measurements import review_order
+
+        features = {key: np.asarray(mask.features[key]) for key in mask.features.columns}
+        self.key = (
+            "mean_uncertainty"
+            if not np.all(np.isnan(features["mean_uncertainty"]))
+            else "mean_attention"
+        )
+        self._mask = mask
+        self._features = features
+        self._row = {int(i): r for r, i in enumerate(features["index"])}
+        self._ranked = [] if np.all(np.isnan(features[self.key])) else list(review_order(features, self.key))
+        self._scale = np.asarray(image.scale[-2:], float)
+        self._translate = np.asarray(image.translate[-2:], float)
+        self.ids: list[int] = []
+        self.position = -1
+
+    @property
+    def size(self) -> int:
+        return len(self.ids)
+
+    def restart(self, count: int) -> None:
+        """Review the `count` least certain nuclei from the first one again."""
+        self.ids = [int(i) for i in self._ranked[:count]]
+        self.position = -1
+
+    def step(self, viewer: Any) -> str:
+        """Centre the camera on the next nucleus, select it in the mask; the status line to show."""
+        if not self.ids:
+            return ""
+        self.position = (self.position + 1) % len(self.ids)
+        nucleus = self.ids[self.position]
+        row = self._row[nucleus]
+        centre = (
+            self._translate
+            + self._scale * np.array([self._features["centroid_y"][row], self._features["centroid_x"][row]])
+        )
+        camera = viewer_camera(viewer)
+        camera.center = tuple(float(c) for c in centre)
+        camera.zoom = max(camera.zoom, REVIEW_SCREEN_PX_PER_PIXEL / float(self._scale.min()))
+        if self._mask in viewer.layers:
+            self._mask.selected_label = nucleus
+            viewer.layers.selection.active = self._mask
+        what = "uncertainty" if self.key == "mean_uncertainty" else "attention"
+        return (
+            f"Review {self.position + 1} of {len(self.ids)}: nucleus {nucleus}, mean {what} "
+            f"{self._features[self.key][row]:.2f}, {self._features['area_um2'][row]:.0f} µm²; "
+            "it is selected in the mask, ready for the brush"
+        )
 
 
 class SegmentWidget(WorkerRun, Container):
@@ -194,7 +262,7 @@ class SegmentWidget(WorkerRun, Container):
             min=1,
             max=64,
             value=1,
-            tooltip="latent samples averaged per pixel; their spread is the uncertainty",
+            tooltip="latent samples averaged per pixel; their spread is the uncertainty (needs 2 or more)",
         )
         self.seed = SpinBox(
             label="seed", min=0, max=2**31 - 1, value=0, tooltip="the same seed repeats a run"
@@ -211,8 +279,22 @@ class SegmentWidget(WorkerRun, Container):
         self.contours = CheckBox(text="show nuclei as contours", value=True)
         self.segment_button = PushButton(text="Segment")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.review_count = SpinBox(
+            label="review",
+            min=1,
+            max=1000,
+            value=10,
+            tooltip="how many of the least certain nuclei 'Review next' steps through",
+        )
+        self.review_button = PushButton(
+            text="Review next least certain",
+            enabled=False,
+            tooltip="centre the view on the next nucleus the model doubts most, select it in the "
+            "mask and make the mask the active layer, ready for the brush",
+        )
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
+        self._review: ReviewQueue | None = None
         self.extend(
             [
                 self.image,
@@ -227,6 +309,8 @@ class SegmentWidget(WorkerRun, Container):
                 self.contours,
                 self.segment_button,
                 self.cancel_button,
+                self.review_count,
+                self.review_button,
                 self.status,
             ]
         )
@@ -237,6 +321,8 @@ class SegmentWidget(WorkerRun, Container):
         self.contours.changed.connect(self._on_contours_changed)
         self.segment_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
+        self.review_button.changed.connect(self.review_next)
+        self.review_count.changed.connect(self._on_review_count_changed)
         self._follow_viewer(napari_viewer)
         self._on_image_changed(self.image.value)
         self._on_model_changed()
@@ -286,7 +372,7 @@ class SegmentWidget(WorkerRun, Container):
         path = self.selected_model_path()
         steps = model_steps(path) if path else None
         if steps is not None:
-            self.steps.max, self.steps.value = steps
+            self.steps.max, self.steps.value, self.samples.value = steps
         if not bundled_model_file().is_file() and not self._worker:
             self.status.value = (
                 "No bundled model in this installation: pick a model file, "
@@ -374,9 +460,15 @@ class SegmentWidget(WorkerRun, Container):
                 show_error(f"Segment: {result.message}")
                 return
             self._outcome = "done"
-            show_result(
-                self._viewer, self._image_layer, result, CONTOUR_WIDTH if self.contours.value else 0
+            layers = show_result(
+                self._viewer,
+                self._image_layer,
+                result,
+                CONTOUR_WIDTH if self.contours.value else 0,
+                self._settings.image_mpp,
             )
+            self._review = ReviewQueue(layers[MASK], self._image_layer)
+            self._on_review_count_changed()
             self.last_result = result
             self.last_seconds = time.perf_counter() - self._clicked_at
             area_px = result.mean_area_px()
@@ -385,6 +477,19 @@ class SegmentWidget(WorkerRun, Container):
                 f"{result.n_nuclei} nuclei, mean area {area_um2:.1f} µm² ({area_px:.0f} px); "
                 f"{self.last_seconds:.1f} s from click to mask"
             )
+
+    def _on_review_count_changed(self, *_: Any) -> None:
+        if self._review is not None:
+            self._review.restart(int(self.review_count.value))
+        self.review_button.enabled = self._review is not None and self._review.size > 0
+
+    def review_next(self, *_: Any) -> None:
+        """Go to the next of the N least certain nuclei of the last result (round and round)."""
+        if self._review is None:
+            return
+        line = self._review.step(self._viewer)
+        if line:
+            self.status.value = line
 
     def _finish(self) -> None:
         self._finish_pending = False

@@ -10,6 +10,16 @@ from typing import Any
 HE_MEAN = (142.07, 98.48, 132.96)
 HE_STD = (65.78, 57.05, 57.78)
 
+ATTENTION_MAPS = ("channel_mean", "score_map", "score_gradient")
+"""What the attention layer can show: cDAL's channel mean of D's middle block; D's score per place
+(its linear head applied before the spatial mean); the size of the gradient of D's realism loss
+with respect to the mask (where D would change the mask)."""
+
+UNCERTAINTY_MEASURES = ("std", "entropy", "mutual_information")
+"""Per-pixel uncertainty from the K samples: the spread of their foreground probabilities, the
+binary entropy of their mean (total predictive uncertainty), or that entropy less the samples'
+mean entropy (their disagreement)."""
+
 LABEL_ENCODINGS = {
     "foreground": ("foreground",),
     "foreground_core": ("foreground", "core"),
@@ -42,6 +52,13 @@ class ModelConfig:
     image_mean: tuple[float, ...] = HE_MEAN
     image_std: tuple[float, ...] = HE_STD
     attention_scaling: str = "minmax"
+    self_condition: bool = False
+    disc_image: bool = False
+    attention_in_sampling: bool = False
+    sampling_noise: float = 1.0
+    attention_display: str = "channel_mean"
+    uncertainty_measure: str = "std"
+    default_samples: int = 1
 
     def __post_init__(self) -> None:
         if self.image_channels not in (1, 3):
@@ -58,6 +75,15 @@ class ModelConfig:
             raise ValueError(f"sampling_steps must lie in 0..num_steps ({self.num_steps}), got {self.sampling_steps}")
         if self.attention_scaling not in ("none", "minmax"):
             raise ValueError(f"attention_scaling must be 'none' or 'minmax', got {self.attention_scaling!r}")
+        if self.attention_display not in ATTENTION_MAPS:
+            raise ValueError(f"attention_display must be one of {ATTENTION_MAPS}, got {self.attention_display!r}")
+        if self.uncertainty_measure not in UNCERTAINTY_MEASURES:
+            raise ValueError(
+                f"uncertainty_measure must be one of {UNCERTAINTY_MEASURES}, got {self.uncertainty_measure!r}")
+        if not 0.0 <= self.sampling_noise <= 1.0:
+            raise ValueError(f"sampling_noise must lie in [0, 1], got {self.sampling_noise}")
+        if self.default_samples < 1:
+            raise ValueError(f"default_samples must be at least 1, got {self.default_samples}")
 
     @property
     def label_channels(self) -> int:
@@ -70,6 +96,11 @@ class ModelConfig:
         return self.sampling_steps or self.num_steps
 
     @property
+    def generator_input_channels(self) -> int:
+        """Label channels, doubled when the generator also sees its previous x̂_0 (self-conditioning)."""
+        return self.label_channels * (2 if self.self_condition else 1)
+
+    @property
     def size_multiple(self) -> int:
         """Input height and width must be multiples of this (one halving per U-Net level)."""
         return 2 ** max(len(self.channel_mults) - 1, self.disc_levels)
@@ -78,7 +109,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         return _from_dict(cls, data)
 
 
@@ -105,12 +136,13 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 200
     validate_every: int = 500
+    self_condition_rate: float = 0.5
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         return _from_dict(cls, data)
 
 

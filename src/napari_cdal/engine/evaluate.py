@@ -30,7 +30,7 @@ def evaluate_tiles(
     tiles: list[Tile],
     image_mpp: float = 0.25,
     steps: int | None = None,
-    samples: int = 1,
+    samples: int | None = None,
     seed: int = 0,
     threshold: float = 0.5,
 ) -> Generator[Progress, None, None]:

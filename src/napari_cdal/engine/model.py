@@ -32,20 +32,48 @@ class CdalModel:
         return VPSchedule(self.config.num_steps, self.config.beta_min, self.config.beta_max)
 
     @classmethod
-    def initialise(cls, config: ModelConfig, seed: int = 0) -> "CdalModel":
+    def initialise(cls, config: ModelConfig, seed: int = 0) -> CdalModel:
         """A model with fresh, seeded random weights."""
         torch.manual_seed(seed)
         return cls(config, Generator(config), Discriminator(config))
 
-    def to(self, device: torch.device | str) -> "CdalModel":
+    def to(self, device: torch.device | str) -> CdalModel:
         self.generator.to(device)
         self.discriminator.to(device)
         return self
 
-    def eval(self) -> "CdalModel":
+    def eval(self) -> CdalModel:
         self.generator.eval()
         self.discriminator.eval()
         return self
+
+
+def with_new_config(source: CdalModel, config: ModelConfig, seed: int = 0) -> CdalModel:
+    """A model of `config` that starts from `source`'s weights wherever they still fit.
+
+    Tensors of the same shape are copied. A convolution that gained input channels (a
+    self-conditioning or image input added) keeps its old weights for the old channels and starts
+    the new ones at zero, so the new model first computes exactly what the old one did. Anything
+    else keeps its fresh, seeded initialisation.
+    """
+    target = CdalModel.initialise(config, seed)
+    for name in ("generator", "discriminator"):
+        old = getattr(source, name).state_dict()
+        new = getattr(target, name).state_dict()
+        for key, value in new.items():
+            before = old.get(key)
+            if before is None:
+                continue
+            if before.shape == value.shape:
+                new[key] = before.clone()
+            elif (before.ndim == 4 and value.ndim == 4 and before.shape[0] == value.shape[0]
+                  and before.shape[2:] == value.shape[2:] and before.shape[1] < value.shape[1]):
+                grown = torch.zeros_like(value)
+                grown[:, :before.shape[1]] = before
+                new[key] = grown
+        getattr(target, name).load_state_dict(new)
+    target.record = {"adapted_from": {"model": source.source, "steps": source.record.get("steps")}}
+    return target
 
 
 def bundled_model_path() -> Path:

@@ -131,7 +131,7 @@ class Generator(nn.Module):
         self.encoder = ImageEncoder(c.image_channels, c.base_width, c.encoder_blocks, c.norm_groups)
         self.time = TimeEmbedding(c.time_dim)
         self.latent = LatentMapping(c.latent_dim, c.latent_width, c.latent_layers)
-        self.stem = nn.Conv2d(c.label_channels, c.base_width, 3, padding=1)
+        self.stem = nn.Conv2d(c.generator_input_channels, c.base_width, 3, padding=1)
 
         def block(cin: int, cout: int) -> ResBlock:
             return ResBlock(cin, cout, c.time_dim, c.latent_width, c.norm_groups)
@@ -173,12 +173,19 @@ class Generator(nn.Module):
         t: torch.Tensor,
         image_features: torch.Tensor,
         z: torch.Tensor,
+        previous_x0: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Predict x̂_0 in [-1, 1] from the noisy label x_{t+1}; features broadcast over the batch."""
+        """Predict x̂_0 in [-1, 1] from the noisy label x_{t+1}; features broadcast over the batch.
+
+        With self-conditioning, `previous_x0` is the last estimate of x̂_0 (zeros when there is none).
+        """
         t_emb = self.time(t)
         z_emb = self.latent(z)
         if image_features.shape[0] != x_next.shape[0]:
             image_features = image_features.expand(x_next.shape[0], -1, -1, -1)
+        if self.config.self_condition:
+            previous_x0 = torch.zeros_like(x_next) if previous_x0 is None else previous_x0
+            x_next = torch.cat([x_next, previous_x0], dim=1)
         h = self.stem(x_next) + image_features
         skips = []
         for level, blocks in enumerate(self.down):
@@ -213,14 +220,15 @@ class MinibatchStddev(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """D(x_t, x_{t+1}, t) -> score; its middle features give cDAL's spatial attention map."""
+    """D(x_t, x_{t+1}, t[, image]) -> score; its middle features give cDAL's spatial attention map."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         c = config
         self.config = config
         self.time = TimeEmbedding(c.time_dim)
-        self.stem = nn.Conv2d(2 * c.label_channels, c.disc_width, 3, padding=1)
+        inputs = 2 * c.label_channels + (c.image_channels if c.disc_image else 0)
+        self.stem = nn.Conv2d(inputs, c.disc_width, 3, padding=1)
         self.blocks = nn.ModuleList()
         self.time_proj = nn.ModuleList()
         cur = c.disc_width
@@ -236,12 +244,21 @@ class Discriminator(nn.Module):
         self.final = nn.Sequential(nn.Conv2d(cur + 1, cur, 3, padding=1), nn.LeakyReLU(0.2))
         self.head = nn.Linear(cur, 1)
 
+    def _inputs(self, x_t: torch.Tensor, x_next: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:
+        if not self.config.disc_image:
+            return torch.cat([x_t, x_next], dim=1)
+        if image is None:
+            raise ValueError("this discriminator judges a mask against its image; pass the image")
+        if image.shape[0] != x_t.shape[0]:
+            image = image.expand(x_t.shape[0], -1, -1, -1)
+        return torch.cat([x_t, x_next, image.to(x_t.dtype)], dim=1)
+
     def features(
-        self, x_t: torch.Tensor, x_next: torch.Tensor, t: torch.Tensor
+        self, x_t: torch.Tensor, x_next: torch.Tensor, t: torch.Tensor, image: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the convolutional trunk; return (last features, the attention tap)."""
         t_emb = self.time(t)
-        h = F.leaky_relu(self.stem(torch.cat([x_t, x_next], dim=1)), 0.2)
+        h = F.leaky_relu(self.stem(self._inputs(x_t, x_next, image)), 0.2)
         tap = h
         for level, (blk, proj) in enumerate(zip(self.blocks, self.time_proj)):
             h = blk(h + proj(t_emb)[:, :, None, None])
@@ -249,14 +266,24 @@ class Discriminator(nn.Module):
                 tap = h
         return h, tap
 
-    def forward(self, x_t: torch.Tensor, x_next: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        h, _ = self.features(x_t, x_next, t)
+    def score_map(
+        self, x_t: torch.Tensor, x_next: torch.Tensor, t: torch.Tensor, image: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """D's logit per place, (B, 1, h, w): its linear head before the spatial mean (their mean is D)."""
+        h, _ = self.features(x_t, x_next, t, image)
         h = self.final(self.stddev(h))
-        return self.head(h.mean(dim=(2, 3))).squeeze(1)
+        return F.conv2d(h, self.head.weight[:, :, None, None], self.head.bias)
 
-    def attention(self, x_t: torch.Tensor, x_next: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x_t: torch.Tensor, x_next: torch.Tensor, t: torch.Tensor, image: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.score_map(x_t, x_next, t, image).mean(dim=(1, 2, 3))
+
+    def attention(
+        self, x_t: torch.Tensor, x_next: torch.Tensor, t: torch.Tensor, image: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Spatial attention A: the tap's channel mean, upsampled bilinearly to the label size."""
-        _, tap = self.features(x_t, x_next, t)
+        _, tap = self.features(x_t, x_next, t, image)
         att = tap.mean(dim=1, keepdim=True)
         att = F.interpolate(att, size=x_t.shape[-2:], mode="bilinear", align_corners=False)
         if self.config.attention_scaling == "minmax":
@@ -264,6 +291,27 @@ class Discriminator(nn.Module):
             hi = att.amax(dim=(2, 3), keepdim=True)
             att = (att - lo) / (hi - lo).clamp_min(1e-6)
         return att
+
+    def suspicion(
+        self, kind: str, x_t: torch.Tensor, x_next: torch.Tensor, t: torch.Tensor, image: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """A map (B, 1, H, W) of where D finds the pair x_t, x_{t+1} made up, by `kind` (ATTENTION_MAPS).
+
+        channel_mean is cDAL's attention A; score_map is minus D's logit per place; score_gradient
+        is the size of the gradient of D's loss softplus(-D) with respect to x_t, per pixel.
+        """
+        if kind == "channel_mean":
+            return self.attention(x_t, x_next, t, image)
+        if kind == "score_map":
+            logits = self.score_map(x_t, x_next, t, image)
+            return F.interpolate(-logits, size=x_t.shape[-2:], mode="bilinear", align_corners=False)
+        if kind == "score_gradient":
+            with torch.enable_grad():
+                probe = x_t.detach().requires_grad_(True)
+                loss = F.softplus(-self(probe, x_next.detach(), t, image)).sum()
+                (grad,) = torch.autograd.grad(loss, probe)
+            return grad.abs().sum(dim=1, keepdim=True)
+        raise ValueError(f"unknown attention map {kind!r}")
 
 
 def count_parameters(module: nn.Module) -> int:

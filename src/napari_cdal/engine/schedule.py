@@ -88,19 +88,23 @@ class VPSchedule:
         x_t = self.q_sample(x0, t, noise_a)
         return x_t, self.forward_step(x_t, t, noise_b)
 
-    def jump_coefficients(self, k: int, s: int) -> tuple[float, float, float]:
-        """Coefficients (c1, c2, var) of q(x_s | x_k, x_0) for noise levels s < k.
+    def jump_coefficients(self, k: int, s: int, noise_scale: float = 1.0) -> tuple[float, float, float]:
+        """Coefficients (c1, c2, var) of a jump x_s = c1 x_0 + c2 x_k + sqrt(var) noise, for s < k.
 
-        With s = k - 1 these are cDAL.md §2's posterior; larger jumps let a T-step model be
-        sampled with fewer steps.
+        noise_scale 1 gives q(x_s | x_k, x_0), with s = k - 1 cDAL.md §2's posterior; 0 gives the
+        deterministic DDIM jump (Song et al. 2021), which keeps x_k's noise instead of drawing new.
+        In between, var = noise_scale^2 times the posterior variance and the mean keeps the
+        marginal q(x_s | x_0) (DDIM's eta).
         """
         if not 0 <= s < k <= self.num_steps:
             raise ValueError(f"need 0 <= s < k <= {self.num_steps}, got k={k}, s={s}")
+        if not 0.0 <= noise_scale <= 1.0:
+            raise ValueError(f"noise_scale must lie in [0, 1], got {noise_scale}")
         ac_s, ac_k = float(self.alphas_cumprod[s]), float(self.alphas_cumprod[k])
-        alpha = ac_k / ac_s
-        c1 = ac_s**0.5 * (1.0 - alpha) / (1.0 - ac_k)
-        c2 = alpha**0.5 * (1.0 - ac_s) / (1.0 - ac_k)
-        var = (1.0 - alpha) * (1.0 - ac_s) / (1.0 - ac_k)
+        posterior_var = (1.0 - ac_k / ac_s) * (1.0 - ac_s) / (1.0 - ac_k)
+        var = noise_scale**2 * posterior_var
+        c2 = max(0.0, 1.0 - ac_s - var) ** 0.5 / (1.0 - ac_k) ** 0.5
+        c1 = ac_s**0.5 - c2 * ac_k**0.5
         return c1, c2, var
 
     def posterior(self, x0: torch.Tensor, x_next: torch.Tensor, t: torch.Tensor) -> PosteriorStep:
@@ -129,12 +133,14 @@ class VPSchedule:
         k: int,
         s: int,
         generator: torch.Generator | None = None,
+        noise_scale: float = 1.0,
     ) -> torch.Tensor:
-        """Draw x_s ~ q(x_s | x_k, x_0) for one pair of levels; s == 0 returns x_0 itself."""
+        """Draw x_s for one pair of levels (see jump_coefficients); s == 0 returns x_0 itself."""
         if s == 0:
             return x0
-        c1, c2, var = self.jump_coefficients(k, s)
-        return c1 * x0 + c2 * x_k + var**0.5 * randn_like(x0, generator)
+        c1, c2, var = self.jump_coefficients(k, s, noise_scale)
+        noise = randn_like(x0, generator) if var > 0 else torch.zeros_like(x0)
+        return c1 * x0 + c2 * x_k + var**0.5 * noise
 
     def sampling_levels(self, steps: int) -> list[int]:
         """The noise levels visited when sampling with `steps` <= T generator calls, ending at 0.

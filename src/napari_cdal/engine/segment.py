@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Generator
+from collections.abc import Generator
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from .config import UNCERTAINTY_MEASURES
 from .device import make_generator
 from .events import Progress
 from .instances import instances_from_probability
@@ -45,10 +46,13 @@ class SegmentationResult:
 
     labels: np.ndarray
     probability: np.ndarray
-    uncertainty: np.ndarray
+    uncertainty: np.ndarray | None
     steps: np.ndarray | None
     attention: np.ndarray | None
     seconds: float
+    uncertainty_maps: dict[str, np.ndarray] = field(default_factory=dict)
+    final_attention_maps: dict[str, np.ndarray] = field(default_factory=dict)
+    samples: int = 1
 
     @property
     def n_nuclei(self) -> int:
@@ -91,18 +95,21 @@ def segment_image(
     image: np.ndarray,
     image_mpp: float = DEFAULT_IMAGE_MPP,
     steps: int | None = None,
-    samples: int = 1,
+    samples: int | None = None,
     seed: int | None = 0,
     threshold: float = 0.5,
     tile_size: int = 512,
     overlap: int = 64,
     keep_steps: bool = True,
     with_attention: bool = True,
+    attention_kinds: tuple[str, ...] = (),
 ) -> Generator[Progress, None, None]:
     """Segment one image; yields Progress('step', i, n, StepUpdate) per tile and step, then 'done'.
 
-    The final event's payload is a SegmentationResult on the input's pixel grid. Closing the
-    generator between events cancels the run and leaves nothing behind.
+    The final event's payload is a SegmentationResult on the input's pixel grid; its uncertainty
+    is None with one sample (no spread to measure). `attention_kinds` adds D's maps of the last
+    step by kind (for benchmarks). Closing the generator between events cancels the run and
+    leaves nothing behind.
     """
     start = time.perf_counter()
     config = model.config
@@ -113,10 +120,12 @@ def segment_image(
     pixels = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
     on_model_grid = normalise(resample(pixels, (mh, mw)), config)
     n_steps = config.default_steps if steps is None else steps
+    samples = config.default_samples if samples is None else samples
     boxes = tile_boxes(mh, mw, tile_size, overlap)
     total = len(boxes) * n_steps
     rng = make_generator(seed)
-    blend_prob = TileBlender(config.label_channels + 1, mh, mw, overlap)
+    n_extra = len(UNCERTAINTY_MEASURES) + len(attention_kinds)
+    blend_prob = TileBlender(config.label_channels + n_extra, mh, mw, overlap)
     blend_steps = TileBlender(n_steps, mh, mw, overlap) if keep_steps else None
     blend_att = TileBlender(n_steps, mh, mw, overlap) if keep_steps and with_attention else None
     scale_y, scale_x = height / mh, width / mw
@@ -126,12 +135,16 @@ def segment_image(
         image_box = _box_on_image(box, scale_y, scale_x, (height, width))
         box_size = (image_box[1] - image_box[0], image_box[3] - image_box[2])
         step_maps, att_maps = [], []
-        for event in reverse_process(model, tile, n_steps, samples, rng, with_attention):
+        last_maps: dict[str, torch.Tensor] = {}
+        for event in reverse_process(model, tile, n_steps, samples, rng, with_attention, attention_kinds):
             if event.stage == "done":
                 out: SampleOutput = event.payload
-                blend_prob.add(box, torch.cat([out.probability, out.uncertainty[None]]).cpu().numpy())
+                planes = [out.probability] + [out.uncertainty_maps[name][None] for name in UNCERTAINTY_MEASURES]
+                planes += [last_maps[kind][None] for kind in attention_kinds]
+                blend_prob.add(box, torch.cat(planes).cpu().numpy())
                 continue
             step: StepOutput = event.payload
+            last_maps = step.attention_maps
             live_fg = live_att = None
             if keep_steps:
                 foreground = ((step.x0_mean[0] + 1.0) / 2.0).clamp(0, 1)
@@ -147,9 +160,14 @@ def segment_image(
         if blend_att is not None and att_maps:
             blend_att.add(box, np.stack(att_maps))
     maps = _to_image_grid(torch.from_numpy(blend_prob.result()), (height, width))
-    probability, uncertainty = maps[:-1], maps[-1]
+    n_labels = config.label_channels
+    probability = maps[:n_labels]
+    measures = dict(zip(UNCERTAINTY_MEASURES, maps[n_labels:n_labels + len(UNCERTAINTY_MEASURES)]))
+    final_attention = dict(zip(attention_kinds, maps[n_labels + len(UNCERTAINTY_MEASURES):]))
+    uncertainty = measures[config.uncertainty_measure] if samples > 1 else None
     labels = probability_to_labels(probability, image_mpp, threshold)
     steps_stack = None if blend_steps is None else _to_image_grid(torch.from_numpy(blend_steps.result()), (height, width))
     att_stack = None if blend_att is None else _to_image_grid(torch.from_numpy(blend_att.result()), (height, width))
-    result = SegmentationResult(labels, probability, uncertainty, steps_stack, att_stack, time.perf_counter() - start)
+    result = SegmentationResult(labels, probability, uncertainty, steps_stack, att_stack,
+                                time.perf_counter() - start, measures if samples > 1 else {}, final_attention, samples)
     yield Progress("done", total, total, result)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Generator
+from typing import Any
 
 import numpy as np
 import torch
@@ -71,7 +72,7 @@ class TrainState:
     record: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, model: CdalModel, cfg: TrainConfig) -> "TrainState":
+    def create(cls, model: CdalModel, cfg: TrainConfig) -> TrainState:
         """Fresh optimisers (Adam, cDAL.md §5) and seeded RNGs around a model."""
         optim_g = torch.optim.Adam(model.generator.parameters(), lr=cfg.lr_g, betas=cfg.adam_betas)
         optim_d = torch.optim.Adam(model.discriminator.parameters(), lr=cfg.lr_d, betas=cfg.adam_betas)
@@ -107,7 +108,7 @@ class TrainState:
         save_model(path, self.model, extra, meta)
 
     @classmethod
-    def load(cls, path: str | Path, device: torch.device, train_config: TrainConfig | None = None) -> "TrainState":
+    def load(cls, path: str | Path, device: torch.device, train_config: TrainConfig | None = None) -> TrainState:
         """Rebuild a training state written by `save`; `train_config` may extend the step count."""
         tensors, meta = load_checkpoint(path)
         if meta.get("kind") != "training_state":
@@ -166,6 +167,24 @@ def soft_dice_loss(prob: torch.Tensor, target: torch.Tensor, weights: torch.Tens
     return (1.0 - (2.0 * inter + 1.0) / (denom + 1.0)).mean()
 
 
+def self_condition_input(G: Generator, x_next: torch.Tensor, t: torch.Tensor, features: torch.Tensor,
+                         z: torch.Tensor, rate: float, rng: torch.Generator) -> torch.Tensor | None:
+    """The previous-estimate input of a self-conditioned G (Chen et al. 2023, "Analog Bits").
+
+    For a share `rate` of the batch it is G's own x̂_0 from a first pass without gradient, for
+    the rest zeros, as at the first sampling step. None when the model does not self-condition.
+    """
+    if not G.config.self_condition:
+        return None
+    use = (torch.rand(x_next.shape[0], generator=rng) < rate).to(x_next.device)
+    previous = torch.zeros_like(x_next)
+    if bool(use.any()):
+        with torch.no_grad():
+            estimate = G(x_next, t, features.detach(), z, previous).float()
+        previous = torch.where(use[:, None, None, None], estimate, previous)
+    return previous
+
+
 def train_step(state: TrainState, images: torch.Tensor, x0: torch.Tensor, weights: torch.Tensor,
                device: torch.device) -> dict[str, float]:
     """One cDAL step: attention-modulated G update, then D update with lazy R1 (cDAL.md §4)."""
@@ -179,14 +198,17 @@ def train_step(state: TrainState, images: torch.Tensor, x0: torch.Tensor, weight
     t = torch.randint(0, schedule.num_steps, (batch,), generator=rng).to(device)
     z = torch.randn(batch, model.config.latent_dim, generator=rng).to(device)
 
+    disc_image = images if model.config.disc_image else None
     with torch.no_grad(), autocast(device):
         x_t, x_next = schedule.training_pair(x0, t, rng)
-        attention = D.attention(x_t, x_next, t).float()
+        attention = D.attention(x_t, x_next, t, disc_image).float()
     x0_att = attention * x0
     _, x_next_att = schedule.training_pair(x0_att, t, rng)
 
     with autocast(device):
-        x0_pred = G(x_next_att, t, G.encode_image(images), z).float()
+        features = G.encode_image(images)
+        previous = self_condition_input(G, x_next_att, t, features, z, cfg.self_condition_rate, rng)
+        x0_pred = G(x_next_att, t, features, z, previous).float()
     mse = _weighted_mean((x0_pred - x0).pow(2), weights)
     prob, target = (x0_pred + 1.0) / 2.0, (x0 + 1.0) / 2.0
     loss_g = cfg.mse_weight * mse
@@ -202,7 +224,7 @@ def train_step(state: TrainState, images: torch.Tensor, x0: torch.Tensor, weight
     if cfg.adversarial_weight > 0:
         fake = schedule.posterior_sample(x0_pred, x_next_att, t, rng)
         with autocast(device):
-            adv = F.softplus(-D(fake, x_next_att, t).float()).mean()
+            adv = F.softplus(-D(fake, x_next_att, t, disc_image).float()).mean()
         loss_g = loss_g + cfg.adversarial_weight * adv
         losses["adv_g"] = adv.item()
     state.optim_g.zero_grad(set_to_none=True)
@@ -216,8 +238,8 @@ def train_step(state: TrainState, images: torch.Tensor, x0: torch.Tensor, weight
     lazy_r1 = cfg.r1_gamma > 0 and state.step % cfg.r1_interval == 0
     real.requires_grad_(lazy_r1)
     with autocast(device):
-        d_real = D(real, x_next_att, t).float()
-        d_fake = D(fake, x_next_att, t).float()
+        d_real = D(real, x_next_att, t, disc_image).float()
+        d_fake = D(fake, x_next_att, t, disc_image).float()
     loss_d = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
     if lazy_r1:
         (grad,) = torch.autograd.grad(d_real.sum(), real, create_graph=True)
@@ -228,6 +250,8 @@ def train_step(state: TrainState, images: torch.Tensor, x0: torch.Tensor, weight
     loss_d.backward()
     state.optim_d.step()
     state.ema.update(G)
+    losses["d_real_acc"] = (d_real > 0).float().mean().item()
+    losses["d_fake_acc"] = (d_fake < 0).float().mean().item()
     losses["d"] = loss_d.item()
     losses["g"] = loss_g.item()
     return losses
