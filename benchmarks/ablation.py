@@ -50,6 +50,7 @@ ARMS: dict[str, dict[str, dict[str, Any]]] = {
     "self_condition": {"model": {"self_condition": True}, "train": {}},
     "disc_image": {"model": {"disc_image": True}, "train": {}},
     "adversarial_0.3": {"model": {}, "train": {"adversarial_weight": 0.3}},
+    "patch_disc": {"model": {"disc_image": True}, "train": {"d_cutmix_weight": 1.0}},
     "combined": {"model": {"self_condition": True, "disc_image": True}, "train": {"adversarial_weight": 0.3}},
 }
 

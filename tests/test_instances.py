@@ -56,6 +56,29 @@ def test_touching_discs_split_with_cores() -> None:
     _assert_matches(out, truth, min_fraction=0.9)
 
 
+def test_small_core_specks_seed_no_nucleus_of_their_own() -> None:
+    # one disc whose core has a 4-pixel speck beside it: a marker each splits the disc in two;
+    # with min_core_area 5 the speck seeds nothing and the disc stays one nucleus, whole
+    truth = _touching_discs(centres=((20, 20),), radius=9.0)
+    foreground = np.where(truth > 0, 0.9, 0.05)
+    core = core_targets(truth).astype(np.float64)
+    core[18:23, 23:25] = 0.0
+    core[19:21, 25:27] = 0.9
+    split = instances_from_probability(foreground, core, min_area=1)
+    kept = instances_from_probability(foreground, core, min_area=1, min_core_area=5)
+    assert int(split.max()) == 2
+    assert int(kept.max()) == 1 and np.array_equal(kept > 0, truth > 0)
+
+
+def test_core_threshold_is_separate_from_the_foreground_threshold() -> None:
+    truth = _touching_discs()
+    foreground = np.where(truth > 0, 0.9, 0.05)
+    core = core_targets(truth) * 0.55
+    assert int(instances_from_probability(foreground, core, core_threshold=0.5).max()) == 2
+    # no core above 0.6: markers come from nowhere, the whole mask is one unseeded component
+    assert int(instances_from_probability(foreground, core, core_threshold=0.6).max()) == 1
+
+
 def test_touching_discs_split_from_mask_alone() -> None:
     # Centres 14 px apart, radius 8: the union has a neck about 2 * sqrt(64 - 49) ~ 7.7 px wide,
     # so its distance transform has one maximum per disc (value ~8) and a saddle in between.

@@ -214,3 +214,19 @@ def test_shared_latent_removes_the_spread_that_z_makes(trained_tiny) -> None:
 
     # one step from x_T: the noise barely reaches x̂0 (sqrt(abar_T) ~ 0.007), so z makes the spread
     assert spread(True) < spread(False)
+
+
+def test_cutmix_boxes_and_the_per_place_discriminator_loss() -> None:
+    from napari_cdal.engine.training import cutmix_boxes
+
+    boxes = cutmix_boxes(64, (32, 40), torch.Generator().manual_seed(0))
+    assert boxes.shape == (64, 1, 32, 40) and set(boxes.unique().tolist()) <= {0.0, 1.0}
+    share = boxes.mean(dim=(1, 2, 3))
+    assert share.min() > 0.0 and share.max() < 1.0  # always a mix of real and fake
+    # each side 25-75 %: the box covers 1/16 .. 9/16 of the image, or the rest when inverted
+    box_share = torch.where(share <= 0.5625, share, 1.0 - share)
+    assert box_share.min() >= 0.0625 - 0.01
+    images, x0, weights = _batch(4)
+    losses = train_step(_state(d_cutmix_weight=1.0), images, x0, weights, CPU)
+    plain = train_step(_state(), images, x0, weights, CPU)
+    assert losses["d_cutmix"] > 0 and "d_cutmix" not in plain

@@ -169,12 +169,15 @@ def instances_from_probability(
     *,
     min_distance: int = 4,
     max_hole_area: int = 16,
+    min_core_area: int = 0,
+    core_threshold: float | None = None,
 ) -> np.ndarray:
     """Turn nucleus (and optional core) probability maps into a uint32 label image, ids 1..N.
 
-    Markers are core components (or distance-map maxima at least ``min_distance`` px apart); a
-    watershed splits touching nuclei. Mask components under ``min_area`` px are dropped as noise,
-    smaller watershed fragments are merged into a neighbour, so no other mask pixel is lost.
+    Markers are core components above ``core_threshold`` (default: ``threshold``) of at least
+    ``min_core_area`` px (or distance-map maxima at least ``min_distance`` px apart); a watershed
+    splits touching nuclei. Mask components under ``min_area`` px are dropped as noise, smaller
+    watershed fragments are merged into a neighbour, so no other mask pixel is lost.
     """
     fg = _check_probability(foreground, "foreground")
     if core is not None:
@@ -195,6 +198,11 @@ def instances_from_probability(
             f"min_distance must be an integer >= 1 (pixels), got {min_distance}; "
             "use about the smallest nucleus radius, e.g. 4"
         )
+    if int(min_core_area) != min_core_area or min_core_area < 0:
+        raise ValueError(f"min_core_area must be an integer >= 0 (pixels), got {min_core_area}")
+    core_threshold = threshold if core_threshold is None else core_threshold
+    if not 0.0 < float(core_threshold) < 1.0:
+        raise ValueError(f"core_threshold must lie strictly between 0 and 1, got {core_threshold}")
     if int(max_hole_area) != max_hole_area or max_hole_area < 0:
         raise ValueError(
             f"max_hole_area must be an integer >= 0 (pixels), got {max_hole_area}; use e.g. 16"
@@ -210,7 +218,9 @@ def instances_from_probability(
 
     smooth = ndi.gaussian_filter(ndi.distance_transform_edt(mask), sigma=_SMOOTH_SIGMA)
     if core is not None:
-        markers, _ = ndi.label((core_map > threshold) & mask, structure=_SQUARE)
+        markers, n_markers = ndi.label((core_map > core_threshold) & mask, structure=_SQUARE)
+        if min_core_area > 1 and n_markers:
+            markers, _ = _sequential(_drop_small(markers, n_markers, int(min_core_area)))
     else:
         markers = _distance_markers(smooth, mask, int(min_distance))
     landscape = -smooth

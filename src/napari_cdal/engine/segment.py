@@ -22,6 +22,8 @@ DEFAULT_IMAGE_MPP = 0.25
 MIN_NUCLEUS_AREA_UM2 = 3.0
 MARKER_SPACING_UM = 2.0
 MAX_HOLE_AREA_UM2 = 4.0
+MIN_CORE_AREA_UM2 = 0.0
+CORE_THRESHOLD = 0.5
 
 
 @dataclass
@@ -78,15 +80,19 @@ def _box_on_image(box: tuple[int, int, int, int], scale_y: float, scale_x: float
             round(x0 * scale_x), min(size[1], round(x1 * scale_x)))
 
 
-def probability_to_labels(probability: np.ndarray, image_mpp: float, threshold: float = 0.5) -> np.ndarray:
+def probability_to_labels(probability: np.ndarray, image_mpp: float, threshold: float = 0.5,
+                          min_nucleus_um2: float = MIN_NUCLEUS_AREA_UM2, min_core_um2: float = MIN_CORE_AREA_UM2,
+                          core_threshold: float = CORE_THRESHOLD) -> np.ndarray:
     """Instance ids from (C, H, W) probability maps, with size limits given in µm and scaled to pixels."""
     area_px = 1.0 / (image_mpp * image_mpp)
     core = probability[1] if probability.shape[0] > 1 else None
     return instances_from_probability(
         probability[0], core, threshold=threshold,
-        min_area=max(1, round(MIN_NUCLEUS_AREA_UM2 * area_px)),
+        min_area=max(1, round(min_nucleus_um2 * area_px)),
         min_distance=max(1, round(MARKER_SPACING_UM / image_mpp)),
         max_hole_area=max(1, round(MAX_HOLE_AREA_UM2 * area_px)),
+        min_core_area=round(min_core_um2 * area_px),
+        core_threshold=core_threshold,
     )
 
 

@@ -167,6 +167,24 @@ def soft_dice_loss(prob: torch.Tensor, target: torch.Tensor, weights: torch.Tens
     return (1.0 - (2.0 * inter + 1.0) / (denom + 1.0)).mean()
 
 
+def cutmix_boxes(batch: int, size: tuple[int, int], rng: torch.Generator) -> torch.Tensor:
+    """(B, 1, H, W) masks, 1 inside one random box per sample (each side 25-75 %), inverted half the time.
+
+    D learns to tell, place by place, which parts of a mixed real/fake mask are real: its score
+    map then says where a mask is made up (Schönfeld et al. 2020, U-Net GAN's CutMix).
+    """
+    height, width = size
+    draws = torch.rand(batch, 5, generator=rng)
+    box = torch.zeros(batch, 1, height, width)
+    for i, (fh, fw, fy, fx, flip) in enumerate(draws.tolist()):
+        h, w = max(1, round((0.25 + 0.5 * fh) * height)), max(1, round((0.25 + 0.5 * fw) * width))
+        y, x = round(fy * (height - h)), round(fx * (width - w))
+        box[i, :, y:y + h, x:x + w] = 1.0
+        if flip < 0.5:
+            box[i] = 1.0 - box[i]
+    return box
+
+
 def self_condition_input(G: Generator, x_next: torch.Tensor, t: torch.Tensor, features: torch.Tensor,
                          z: torch.Tensor, rate: float, rng: torch.Generator) -> torch.Tensor | None:
     """The previous-estimate input of a self-conditioned G (Chen et al. 2023, "Analog Bits").
@@ -241,6 +259,14 @@ def train_step(state: TrainState, images: torch.Tensor, x0: torch.Tensor, weight
         d_real = D(real, x_next_att, t, disc_image).float()
         d_fake = D(fake, x_next_att, t, disc_image).float()
     loss_d = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+    if cfg.d_cutmix_weight > 0:
+        box = cutmix_boxes(real.shape[0], real.shape[-2:], rng).to(device)
+        mixed = box * real.detach() + (1.0 - box) * fake
+        with autocast(device):
+            logits = D.score_map(mixed, x_next_att, t, disc_image).float()
+        cutmix = F.binary_cross_entropy_with_logits(logits, F.adaptive_avg_pool2d(box, logits.shape[-2:]))
+        loss_d = loss_d + cfg.d_cutmix_weight * cutmix
+        losses["d_cutmix"] = cutmix.item()
     if lazy_r1:
         (grad,) = torch.autograd.grad(d_real.sum(), real, create_graph=True)
         r1 = grad.pow(2).flatten(1).sum(1).mean()
