@@ -149,11 +149,13 @@ def score_setting(model: CdalModel, tiles: list[Tile], steps: int, samples: int,
     return row
 
 
-def analyse(model: CdalModel, tiles: list[Tile], samples: int, seed: int) -> list[dict[str, Any]]:
-    """Every sampler setting of the ablation for one trained model."""
+def analyse(model: CdalModel, tiles: list[Tile], samples: int, seed: int, variants: bool) -> list[dict[str, Any]]:
+    """Every sampler setting of the ablation for one trained model (`variants`: also the T = 2 sampler variants)."""
     rows = []
     for steps in (1, 2, 4):
         rows.append({"sampler": "default", **score_setting(model, tiles, steps, samples, seed)})
+    if not variants:
+        return rows
     for label, change in (("deterministic", {"sampling_noise": 0.0}), ("attention_in_sampling", {"attention_in_sampling": True})):
         variant = CdalModel(replace(model.config, **change), model.generator, model.discriminator, model.record, model.source)
         rows.append({"sampler": label, **score_setting(variant, tiles, 2, samples, seed)})
@@ -189,6 +191,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--score-only", action="store_true", help="score the arms' models, train nothing")
+    parser.add_argument("--sampler-variants", nargs="*", default=None,
+                        help="arms also scored with deterministic jumps and attention in sampling (default: all)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -203,7 +207,8 @@ def main() -> None:
         path = out_dir / f"{arm}.safetensors" if args.score_only else train_arm(
             arm, args.steps, Path(args.init_from), out_dir, args.data, args.threads)
         model = load_model(path)
-        rows = analyse(model, tiles, args.samples, args.seed)
+        variants = args.sampler_variants is None or arm in args.sampler_variants
+        rows = analyse(model, tiles, args.samples, args.seed, variants)
         results[arm] = {"steps": args.steps, "changes": ARMS[arm], "recipe": ARM_RECIPE,
                         "latent_share": latent_share(model, tiles, 2, args.samples, args.seed),
                         **discriminator_accuracy(model), "rows": rows,

@@ -230,3 +230,13 @@ def test_cutmix_boxes_and_the_per_place_discriminator_loss() -> None:
     losses = train_step(_state(d_cutmix_weight=1.0), images, x0, weights, CPU)
     plain = train_step(_state(), images, x0, weights, CPU)
     assert losses["d_cutmix"] > 0 and "d_cutmix" not in plain
+
+
+def test_chain_measures_pool_every_step_and_sample() -> None:
+    # last step: both samples sure (1.0); first step: both at 0.0 -> the chain's mean is 0.5
+    last = torch.ones(2, 3, 3)
+    chain = torch.stack([torch.zeros(2, 3, 3), last])
+    maps = uncertainty_maps(last, chain)
+    assert torch.count_nonzero(maps["entropy"]) == 0 and torch.count_nonzero(maps["std"]) == 0
+    assert torch.allclose(maps["chain_entropy"], torch.ones(3, 3), atol=1e-4)
+    assert torch.allclose(maps["chain_std"], torch.full((3, 3), 0.5))

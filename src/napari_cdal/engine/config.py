@@ -15,10 +15,11 @@ ATTENTION_MAPS = ("channel_mean", "score_map", "score_gradient")
 (its linear head applied before the spatial mean); the size of the gradient of D's realism loss
 with respect to the mask (where D would change the mask)."""
 
-UNCERTAINTY_MEASURES = ("std", "entropy", "mutual_information")
+UNCERTAINTY_MEASURES = ("std", "entropy", "mutual_information", "chain_std", "chain_entropy")
 """Per-pixel uncertainty from the K samples: the spread of their foreground probabilities, the
 binary entropy of their mean (total predictive uncertainty), or that entropy less the samples'
-mean entropy (their disagreement)."""
+mean entropy (their disagreement); the chain_ measures take the x̂_0 of every step of the chain
+and every sample as one ensemble."""
 
 LABEL_ENCODINGS = {
     "foreground": ("foreground",),

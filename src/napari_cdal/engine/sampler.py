@@ -50,19 +50,24 @@ def _binary_entropy(p: torch.Tensor) -> torch.Tensor:
     return -(torch.special.xlogy(p, p) + torch.special.xlogy(q, q)) / math.log(2.0)
 
 
-def uncertainty_maps(foreground: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Every uncertainty measure from the K samples' foreground probabilities (K, H, W) -> (H, W).
+def uncertainty_maps(foreground: torch.Tensor, chain: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Every uncertainty measure (UNCERTAINTY_MEASURES) from the K samples' foreground probabilities.
 
-    One sample has no spread: all maps are zero then, since nothing says how sure the model is.
+    `foreground` is the last step's (K, H, W); `chain` is every step's (T, K, H, W), for the
+    `chain_` measures, which treat the x̂_0 of all steps and samples as one ensemble. One sample
+    has no spread: all maps are zero then, since nothing says how sure the model is.
     """
     if foreground.shape[0] < 2:
         zero = torch.zeros_like(foreground[0])
         return {name: zero for name in UNCERTAINTY_MEASURES}
+    members = foreground if chain is None else chain.flatten(0, 1)
     total = _binary_entropy(foreground.mean(dim=0))
     return {
         "std": foreground.std(dim=0, unbiased=False),
         "entropy": total,
         "mutual_information": (total - _binary_entropy(foreground).mean(dim=0)).clamp_min(0.0),
+        "chain_std": members.std(dim=0, unbiased=False),
+        "chain_entropy": _binary_entropy(members.mean(dim=0)),
     }
 
 
@@ -114,12 +119,14 @@ def reverse_process(
     label_shape = (samples, config.label_channels, *padded.shape[-2:])
     x_k = randn_like(torch.empty(label_shape, device=device), rng)
     x0 = torch.zeros_like(x_k)
+    chain = []
     for i, (k, s) in enumerate(zip(levels[:-1], levels[1:])):
         t = torch.full((samples,), k - 1, device=device, dtype=torch.long)
         z = randn_like(torch.empty(1 if shared_latent else samples, config.latent_dim, device=device), rng)
         z = z.expand(samples, -1)
         with autocast(device):
             x0 = model.generator(x_k, t, features, z, x0).float()
+        chain.append(((x0[:, 0, :height, :width] + 1.0) / 2.0).clamp(0.0, 1.0))
         x_s = schedule.jump_sample(x0, x_k, k, s, rng, config.sampling_noise)
         if config.attention_in_sampling and s > 0:
             with autocast(device):
@@ -135,6 +142,6 @@ def reverse_process(
         yield Progress("step", i, steps, StepOutput(i, k, x0.mean(dim=0)[:, :height, :width], attention, maps))
         x_k = x_s
     probs = ((x0 + 1.0) / 2.0).clamp(0.0, 1.0)[:, :, :height, :width]
-    measures = uncertainty_maps(probs[:, 0])
+    measures = uncertainty_maps(probs[:, 0], torch.stack(chain))
     yield Progress("done", steps, steps,
                    SampleOutput(probs.mean(dim=0), measures[config.uncertainty_measure], measures))
