@@ -51,6 +51,7 @@ ARMS: dict[str, dict[str, dict[str, Any]]] = {
     "disc_image": {"model": {"disc_image": True}, "train": {}},
     "adversarial_0.3": {"model": {}, "train": {"adversarial_weight": 0.3}},
     "patch_disc": {"model": {"disc_image": True}, "train": {"d_cutmix_weight": 1.0}},
+    "own_chain": {"model": {}, "train": {"own_chain_rate": 0.5}},
     "combined": {"model": {"self_condition": True, "disc_image": True}, "train": {"adversarial_weight": 0.3}},
 }
 
@@ -58,6 +59,8 @@ ARMS: dict[str, dict[str, dict[str, Any]]] = {
 # leave the starting weights behind within the budget.
 ARM_RECIPE = {"lr_g": 2e-4, "lr_d": 1e-4, "warmup_steps": 20, "ema_decay": 0.99}
 
+SHORT = {"std": "std", "entropy": "ent", "mutual_information": "MI", "chain_std": "chain std",
+         "chain_entropy": "chain ent", "channel_mean": "mean", "score_map": "score", "score_gradient": "grad"}
 PIXEL_STRIDE = 3  # every 3rd pixel in y and x enters the pooled pixel AUROC (errors are spatially smooth)
 Z_CROP = 256
 
@@ -167,9 +170,10 @@ def flat_row(arm: str, row: dict[str, Any], extra: dict[str, Any]) -> dict[str, 
     out = {"arm": arm, "sampler": row["sampler"], "T": row["T"], "dice": row["dice"], "aji": row["aji"],
            "steps dice": " ".join(f"{v:.3f}" for v in row["step_dice"]), "n/true": row["count_ratio"], **extra}
     for name in UNCERTAINTY_MEASURES:
-        out[f"U {name[:3]} px/nuc"] = _pair(row, f"unc_{name}")
+        if f"unc_{name}" in row["pixel_auroc"]:
+            out[f"U {SHORT[name]} px/nuc"] = _pair(row, f"unc_{name}")
     for name in ATTENTION_MAPS:
-        out[f"A {name[:9]} px/nuc"] = _pair(row, f"att_{name}")
+        out[f"A {SHORT[name]} px/nuc"] = _pair(row, f"att_{name}")
     out["outline px/nuc"] = _pair(row, "base_outline")
     out["small nuc"] = row["nucleus_auroc"]["base_small"]
     return out
@@ -182,7 +186,7 @@ def _pair(row: dict[str, Any], key: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--arms", nargs="+", default=list(ARMS))
     parser.add_argument("--steps", type=int, default=300, help="training steps per arm")
     parser.add_argument("--samples", type=int, default=4, help="K for scoring")
     parser.add_argument("--init-from", default=str(bundled_model_path()))
@@ -193,8 +197,13 @@ def main() -> None:
     parser.add_argument("--score-only", action="store_true", help="score the arms' models, train nothing")
     parser.add_argument("--sampler-variants", nargs="*", default=None,
                         help="arms also scored with deterministic jumps and attention in sampling (default: all)")
+    parser.add_argument("--model", default=None,
+                        help="score only this model (e.g. the bundled one at its defaults), under --label")
+    parser.add_argument("--label", default="model")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    if args.model:
+        args.arms, args.score_only = [args.label], True
 
     torch.set_num_threads(args.threads)
     out_dir = Path(args.out_dir)
@@ -204,19 +213,26 @@ def main() -> None:
     for arm in args.arms:
         if arm in results and results[arm].get("steps") == args.steps:
             continue
-        path = out_dir / f"{arm}.safetensors" if args.score_only else train_arm(
-            arm, args.steps, Path(args.init_from), out_dir, args.data, args.threads)
+        if arm not in ARMS and not args.model:
+            raise SystemExit(f"unknown arm {arm!r}; known: {sorted(ARMS)}")
+        if args.model:
+            path = Path(args.model)
+        elif args.score_only:
+            path = out_dir / f"{arm}.safetensors"
+        else:
+            path = train_arm(arm, args.steps, Path(args.init_from), out_dir, args.data, args.threads)
         model = load_model(path)
         variants = args.sampler_variants is None or arm in args.sampler_variants
         rows = analyse(model, tiles, args.samples, args.seed, variants)
-        results[arm] = {"steps": args.steps, "changes": ARMS[arm], "recipe": ARM_RECIPE,
+        results[arm] = {"steps": args.steps, "changes": ARMS.get(arm, {"model": display_path(path)}),
+                        "recipe": ARM_RECIPE,
                         "latent_share": latent_share(model, tiles, 2, args.samples, args.seed),
                         **discriminator_accuracy(model), "rows": rows,
                         "train_seconds": model.record.get("wall_seconds")}
         printed = [flat_row(name, row, {"z share": res["latent_share"], "D real": res["d_real_acc"],
                                         "D fake": res["d_fake_acc"]})
                    for name, res in results.items() for row in res["rows"]]
-        print(table(printed, list(printed[0])), flush=True)
+        print(table(printed, list(dict.fromkeys(key for row in printed for key in row))), flush=True)
         write_json(args.json, {"init_from": display_path(args.init_from), "validation_tiles": [t.name for t in tiles],
                                "samples": args.samples, "machine": machine(), "arms": results})
 

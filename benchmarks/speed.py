@@ -26,13 +26,18 @@ from napari_cdal.engine.training import TrainState, train_step
 from napari_cdal.sample_data import sample_tile_path
 
 
-def seconds_per_tile(model: CdalModel, image: np.ndarray, steps: int, samples: int, repeats: int) -> float:
-    """Median wall time of the whole segment path (resampling, sampling, instances) on one tile."""
+def seconds_per_tile(model: CdalModel, image: np.ndarray, steps: int, samples: int, repeats: int,
+                     maps: bool = False) -> float:
+    """Median wall time of the whole segment path (resampling, sampling, instances) on one tile.
+
+    `maps`: also the step and attention stacks the Segment widget shows (the CLI makes them only
+    when asked to save them).
+    """
     times = []
     for seed in range(repeats):
         started = time.perf_counter()
         run_to_end(segment_image(model, image, steps=steps, samples=samples, seed=seed,
-                                 keep_steps=False, with_attention=False))
+                                 keep_steps=maps, with_attention=maps))
         times.append(time.perf_counter() - started)
     return statistics.median(times)
 
@@ -62,10 +67,11 @@ def main() -> None:
 
     image = read_image(sample_tile_path())
     model = load_model(args.model)
-    rows = [{"T": t, "K": k, "s/tile": seconds_per_tile(model, image, t, k, args.repeats)}
+    rows = [{"T": t, "K": k, "s/tile": seconds_per_tile(model, image, t, k, args.repeats),
+             "s/tile with maps": seconds_per_tile(model, image, t, k, args.repeats, maps=True)}
             for t in args.steps for k in args.samples]
     print(f"model {display_path(model.source)} on a {image.shape[1]}x{image.shape[0]} tile, {torch.get_num_threads()} threads")
-    print(table(rows, ["T", "K", "s/tile"]))
+    print(table(rows, ["T", "K", "s/tile", "s/tile with maps"]))
     presets = []
     if args.presets:
         for name in ("small", "medium", "large"):

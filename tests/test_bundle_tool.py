@@ -35,10 +35,22 @@ def test_bundle_sets_default_steps_and_keeps_weights(tiny_model_file, tmp_path, 
         assert torch.equal(tensor, bundled.generator.state_dict()[name]), name
 
 
+def test_bundle_sets_the_sampler_defaults(tiny_model_file, tmp_path, monkeypatch):
+    out = tmp_path / "bundled.safetensors"
+    run_tool(monkeypatch, str(tiny_model_file), "--default-steps", "2", "--default-samples", "3",
+             "--uncertainty", "chain_entropy", "--attention", "score_map", "--sampling-noise", "0.5",
+             "--out", str(out))
+    config = load_model(out).config
+    assert (config.default_steps, config.default_samples) == (2, 3)
+    assert (config.uncertainty_measure, config.attention_display, config.sampling_noise) == (
+        "chain_entropy", "score_map", 0.5)
+    assert load_model(out).record["bundled"]["sampler_defaults"]["default_samples"] == 3
+
+
 def test_bundle_refuses_steps_beyond_the_models_t(tiny_model_file, tmp_path, monkeypatch):
     out = tmp_path / "bundled.safetensors"
     too_many = load_model(tiny_model_file).config.num_steps + 1
-    with pytest.raises(ValueError, match="sampling_steps"):
+    with pytest.raises(SystemExit, match="sampling_steps"):
         run_tool(monkeypatch, str(tiny_model_file), "--default-steps", str(too_many), "--out", str(out))
     assert not out.exists()
 
@@ -51,3 +63,15 @@ def test_bundle_refuses_weights_over_the_package_limit(tiny_model_file, tmp_path
     with pytest.raises(SystemExit, match="over the 25 MB"):
         namespace["main"]()
     assert not out.exists()
+
+
+def test_bundle_names_no_machine_paths(tiny_model_file, tmp_path, monkeypatch):
+    from napari_cdal.engine.model import save_model
+
+    source = load_model(tiny_model_file)
+    source.record["initialised_from"] = {"model": str(tmp_path / "runs" / "base.safetensors"), "steps": 7}
+    marked = tmp_path / "marked.safetensors"
+    save_model(marked, source)
+    out = tmp_path / "bundled.safetensors"
+    run_tool(monkeypatch, str(marked), "--default-steps", "1", "--out", str(out))
+    assert load_model(out).record["initialised_from"] == {"model": "base.safetensors", "steps": 7}

@@ -240,3 +240,28 @@ def test_chain_measures_pool_every_step_and_sample() -> None:
     assert torch.count_nonzero(maps["entropy"]) == 0 and torch.count_nonzero(maps["std"]) == 0
     assert torch.allclose(maps["chain_entropy"], torch.ones(3, 3), atol=1e-4)
     assert torch.allclose(maps["chain_std"], torch.full((3, 3), 0.5))
+
+
+def test_own_chain_input_is_made_from_the_generators_first_estimate(monkeypatch) -> None:
+    from napari_cdal.engine.training import own_chain_input
+
+    state = _state()
+    G, schedule = state.model.generator, state.model.schedule
+    x_next = torch.randn(4, 2, 16, 16)
+    t = torch.tensor([0, 1, 2, 3])  # t + 1 = T = 4 for the last: noise either way, kept
+    features = G.encode_image(torch.randn(1, 3, 16, 16))
+    assert own_chain_input(G, schedule, x_next, t, features, 0.0, torch.Generator()) is x_next
+    rng = torch.Generator().manual_seed(5)
+    made = own_chain_input(G, schedule, x_next, t, features, 1.0, copy.deepcopy(rng))
+    assert torch.equal(made[3], x_next[3])
+    # the same draws by hand: who is used, x_T, the first z, G's estimate, then the jumps
+    use = torch.rand(4, generator=rng) < 1.0
+    x_top = torch.randn(x_next.shape, generator=rng)
+    z = torch.randn(4, TINY.latent_dim, generator=rng)
+    with torch.no_grad():
+        first = G(x_top, torch.full_like(t, 3), features, z)
+    assert use.all()
+    for row, level in ((0, 1), (1, 2), (2, 3)):
+        c1, c2, var = schedule.jump_coefficients(4, level)
+        residual = made[row] - c1 * first[row] - c2 * x_top[row]
+        assert residual.std().item() == pytest.approx(var**0.5, rel=0.2)

@@ -1,9 +1,11 @@
-"""Copy a trained model into the package as the bundled default, with its chosen reverse steps.
+"""Copy a trained model into the package as the bundled default, with its chosen sampling defaults.
 
-    python tools/bundle_model.py RUN_MODEL.safetensors --default-steps 1
+    python tools/bundle_model.py RUN_MODEL.safetensors --default-steps 2 [--default-samples 2]
+        [--uncertainty chain_entropy] [--attention channel_mean] [--sampling-noise 1.0]
 
 The training record goes along unchanged, plus a `bundled` entry saying where the weights came
-from and why the default T was chosen, so `napari-cdal info` tells the whole story.
+from and why the defaults were chosen, so `napari-cdal info` tells the whole story. Only settings
+of the sampler change; the weights are copied as they are.
 """
 
 from __future__ import annotations
@@ -11,10 +13,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
+from typing import Any
 
+from napari_cdal.engine.config import ATTENTION_MAPS, UNCERTAINTY_MEASURES
 from napari_cdal.engine.model import bundled_model_path, load_model, save_model
 
 MAX_BYTES = 25 * 1024 * 1024
+
+
+def without_machine_paths(value: Any) -> Any:
+    """The record with every absolute path cut to its file name: the package names no machine's folders."""
+    if isinstance(value, dict):
+        return {key: without_machine_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_machine_paths(item) for item in value]
+    if isinstance(value, str) and Path(value).is_absolute():
+        return Path(value).name
+    return value
 
 
 def main() -> None:
@@ -22,7 +37,14 @@ def main() -> None:
     parser.add_argument("model", help="the run's best model (what `napari-cdal train --out` wrote)")
     parser.add_argument("--default-steps", type=int, required=True,
                         help="reverse steps T the bundled model samples with unless told otherwise")
-    parser.add_argument("--reason", default="benchmarks/accuracy.py T/K curve; see docs/model_card.md")
+    parser.add_argument("--default-samples", type=int, default=None, help="samples K (default: the model's)")
+    parser.add_argument("--uncertainty", default=None, choices=UNCERTAINTY_MEASURES,
+                        help="what the uncertainty layer shows (default: the model's)")
+    parser.add_argument("--attention", default=None, choices=ATTENTION_MAPS,
+                        help="what the attention layer shows (default: the model's)")
+    parser.add_argument("--sampling-noise", type=float, default=None,
+                        help="DDIM eta of the jumps: 1 = cDAL's posterior, 0 = deterministic (default: the model's)")
+    parser.add_argument("--reason", default="benchmarks/accuracy.py and benchmarks/ablation.py; see docs/model_card.md")
     parser.add_argument("--out", default=str(bundled_model_path()))
     args = parser.parse_args()
 
@@ -32,13 +54,23 @@ def main() -> None:
     if weight_bytes > MAX_BYTES:
         raise SystemExit(f"{args.model} holds {weight_bytes / 2**20:.1f} MB of weights, over the 25 MB "
                          "the package allows; nothing was written")
-    model.config = dataclasses.replace(model.config, sampling_steps=args.default_steps)
+    changes = {"sampling_steps": args.default_steps, "default_samples": args.default_samples,
+               "uncertainty_measure": args.uncertainty, "attention_display": args.attention,
+               "sampling_noise": args.sampling_noise}
+    changes = {key: value for key, value in changes.items() if value is not None}
+    try:
+        model.config = dataclasses.replace(model.config, **changes)
+    except ValueError as exc:
+        raise SystemExit(f"{exc}; nothing was written") from exc
+    if "bundled" in model.record:  # re-bundled: keep what the earlier defaults were and why
+        model.record.setdefault("bundled_before", []).append(model.record["bundled"])
     model.record["bundled"] = {"from_step": model.record.get("steps"), "default_steps": args.default_steps,
-                               "default_steps_chosen_by": args.reason}
+                               "sampler_defaults": changes, "defaults_chosen_by": args.reason}
+    model.record = without_machine_paths(model.record)
     save_model(args.out, model)
     size = Path(args.out).stat().st_size
     print(f"bundled step {model.record.get('steps')} as {args.out} ({size / 2**20:.1f} MB), "
-          f"default T = {args.default_steps}")
+          + ", ".join(f"{key} = {value}" for key, value in changes.items()))
 
 
 if __name__ == "__main__":

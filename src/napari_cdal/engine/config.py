@@ -139,6 +139,7 @@ class TrainConfig:
     validate_every: int = 500
     self_condition_rate: float = 0.5
     d_cutmix_weight: float = 0.0
+    own_chain_rate: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

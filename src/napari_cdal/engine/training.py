@@ -22,6 +22,7 @@ from .instances import core_targets
 from .io import normalise
 from .model import CdalModel, model_from_checkpoint, save_model
 from .networks import Generator
+from .schedule import VPSchedule, randn_like
 
 
 def encode_targets(instances: np.ndarray, config: ModelConfig) -> np.ndarray:
@@ -185,6 +186,33 @@ def cutmix_boxes(batch: int, size: tuple[int, int], rng: torch.Generator) -> tor
     return box
 
 
+def own_chain_input(G: Generator, schedule: VPSchedule, x_next: torch.Tensor, t: torch.Tensor,
+                    features: torch.Tensor, rate: float, rng: torch.Generator) -> torch.Tensor:
+    """G's input x_{t+1}, made for a share `rate` of the batch the way sampling makes it.
+
+    At inference every step after the first starts from G's own first estimate, not from the true
+    mask: x_T ~ N(0, I), x̂_0 = G(x_T) (no gradient), x_{t+1} ~ q(x_{t+1} | x_T, x̂_0). Training on
+    such inputs teaches the later steps to correct the first one's mistakes (exposure bias);
+    samples at the first step (t + 1 = T) keep their input, which is noise either way.
+    """
+    if rate <= 0:
+        return x_next
+    last = schedule.num_steps
+    use = (torch.rand(x_next.shape[0], generator=rng) < rate) & (t.cpu() + 1 < last)
+    if not bool(use.any()):
+        return x_next
+    x_top = randn_like(x_next, rng)
+    z_first = torch.randn(x_next.shape[0], G.config.latent_dim, generator=rng).to(x_next.device)
+    with torch.no_grad():
+        first = G(x_top, torch.full_like(t, last - 1), features.detach(), z_first).float()
+    made = x_next.clone()
+    use = use.to(x_next.device)
+    for level in sorted({int(v) for v in (t[use] + 1).tolist()}):
+        rows = use & (t + 1 == level)
+        made[rows] = schedule.jump_sample(first[rows], x_top[rows], last, level, rng)
+    return made
+
+
 def self_condition_input(G: Generator, x_next: torch.Tensor, t: torch.Tensor, features: torch.Tensor,
                          z: torch.Tensor, rate: float, rng: torch.Generator) -> torch.Tensor | None:
     """The previous-estimate input of a self-conditioned G (Chen et al. 2023, "Analog Bits").
@@ -225,6 +253,7 @@ def train_step(state: TrainState, images: torch.Tensor, x0: torch.Tensor, weight
 
     with autocast(device):
         features = G.encode_image(images)
+        x_next_att = own_chain_input(G, schedule, x_next_att, t, features, cfg.own_chain_rate, rng)
         previous = self_condition_input(G, x_next_att, t, features, z, cfg.self_condition_rate, rng)
         x0_pred = G(x_next_att, t, features, z, previous).float()
     mse = _weighted_mean((x0_pred - x0).pow(2), weights)
