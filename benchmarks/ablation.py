@@ -52,20 +52,35 @@ ARMS: dict[str, dict[str, dict[str, Any]]] = {
     "adversarial_0.3": {"model": {}, "train": {"adversarial_weight": 0.3}},
     "patch_disc": {"model": {"disc_image": True}, "train": {"d_cutmix_weight": 1.0}},
     "own_chain": {"model": {}, "train": {"own_chain_rate": 0.5}},
-    "combined": {"model": {"self_condition": True, "disc_image": True}, "train": {"adversarial_weight": 0.3}},
+    "combined": {
+        "model": {"self_condition": True, "disc_image": True},
+        "train": {"adversarial_weight": 0.3},
+    },
 }
 
 # The same short schedule for every arm: warm-up, cosine to lr_min, and an EMA short enough to
 # leave the starting weights behind within the budget.
 ARM_RECIPE = {"lr_g": 2e-4, "lr_d": 1e-4, "warmup_steps": 20, "ema_decay": 0.99}
 
-SHORT = {"std": "std", "entropy": "ent", "mutual_information": "MI", "chain_std": "chain std",
-         "chain_entropy": "chain ent", "channel_mean": "mean", "score_map": "score", "score_gradient": "grad"}
-PIXEL_STRIDE = 3  # every 3rd pixel in y and x enters the pooled pixel AUROC (errors are spatially smooth)
+SHORT = {
+    "std": "std",
+    "entropy": "ent",
+    "mutual_information": "MI",
+    "chain_std": "chain std",
+    "chain_entropy": "chain ent",
+    "channel_mean": "mean",
+    "score_map": "score",
+    "score_gradient": "grad",
+}
+PIXEL_STRIDE = (
+    3  # every 3rd pixel in y and x enters the pooled pixel AUROC (errors are spatially smooth)
+)
 Z_CROP = 256
 
 
-def train_arm(name: str, steps: int, init_from: Path, out_dir: Path, data: str, threads: int) -> Path:
+def train_arm(
+    name: str, steps: int, init_from: Path, out_dir: Path, data: str, threads: int
+) -> Path:
     """Train (or go on training) one arm; returns its best model's path."""
     arm = ARMS[name]
     out = out_dir / f"{name}.safetensors"
@@ -80,9 +95,27 @@ def train_arm(name: str, steps: int, init_from: Path, out_dir: Path, data: str, 
         args = ["--init-from", str(init_from), "--config", str(model_json)]
     train_json = out_dir / f"{name}.train.json"
     train_json.write_text(json.dumps({**ARM_RECIPE, **arm["train"]}))
-    code = cli_main(["train", data, "--out", str(out), "--split", str(SPLIT_FILE), "--steps", str(steps),
-                     "--validate-every", str(steps), "--checkpoint-every", "50", "--threads", str(threads),
-                     "--train-config", str(train_json), *args])
+    code = cli_main(
+        [
+            "train",
+            data,
+            "--out",
+            str(out),
+            "--split",
+            str(SPLIT_FILE),
+            "--steps",
+            str(steps),
+            "--validate-every",
+            str(steps),
+            "--checkpoint-every",
+            "50",
+            "--threads",
+            str(threads),
+            "--train-config",
+            str(train_json),
+            *args,
+        ]
+    )
     if code != 0:
         raise SystemExit(f"training arm {name} failed")
     state.unlink(missing_ok=True)
@@ -93,11 +126,13 @@ def discriminator_accuracy(model: CdalModel) -> dict[str, float | None]:
     """D's accuracy on real and on fake pairs, averaged over the last 100 training steps' records."""
     history = [h for h in model.record.get("history", []) if "d_real_acc" in h]
     last = [h for h in history if h["step"] > history[-1]["step"] - 100] if history else []
-    mean = (lambda key: float(np.mean([h[key] for h in last])) if last else None)
+    mean = lambda key: float(np.mean([h[key] for h in last])) if last else None
     return {"d_real_acc": mean("d_real_acc"), "d_fake_acc": mean("d_fake_acc")}
 
 
-def latent_share(model: CdalModel, tiles: list[Tile], steps: int, samples: int, seed: int) -> float | None:
+def latent_share(
+    model: CdalModel, tiles: list[Tile], steps: int, samples: int, seed: int
+) -> float | None:
     """1 - (spread with one shared z) / (spread with a z per sample), on a central crop per tile."""
     spread = {False: [], True: []}
     for tile in tiles:
@@ -106,25 +141,40 @@ def latent_share(model: CdalModel, tiles: list[Tile], steps: int, samples: int, 
         pixels = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
         image = normalise(resample(pixels, (mh, mw)), model.config)
         y0, x0 = (mh - Z_CROP) // 2, (mw - Z_CROP) // 2
-        crop = image[:, :, y0:y0 + Z_CROP, x0:x0 + Z_CROP]
+        crop = image[:, :, y0 : y0 + Z_CROP, x0 : x0 + Z_CROP]
         for shared in (False, True):
             rng = torch.Generator().manual_seed(seed)
-            out = run_to_end(reverse_process(model, crop, steps, samples, rng, with_attention=False,
-                                             shared_latent=shared))
+            out = run_to_end(
+                reverse_process(
+                    model, crop, steps, samples, rng, with_attention=False, shared_latent=shared
+                )
+            )
             spread[shared].append(float(out.uncertainty_maps["std"].pow(2).mean()))
     total = float(np.mean(spread[False]))
     return None if total <= 0 else 1.0 - float(np.mean(spread[True])) / total
 
 
-def score_setting(model: CdalModel, tiles: list[Tile], steps: int, samples: int, seed: int) -> dict[str, Any]:
+def score_setting(
+    model: CdalModel, tiles: list[Tile], steps: int, samples: int, seed: int
+) -> dict[str, Any]:
     """Accuracy, per-step Dice and error AUROCs of one sampler setting over the validation tiles."""
     scores, step_dice, counts = [], [], []
     pixel: dict[str, list[np.ndarray]] = {"errors": []}
     nucleus: dict[str, list[np.ndarray]] = {"wrong": []}
     started = time.perf_counter()
     for tile in tiles:
-        result = run_to_end(segment_image(model, tile.image, steps=steps, samples=samples, seed=seed,
-                                          keep_steps=True, with_attention=False, attention_kinds=ATTENTION_MAPS))
+        result = run_to_end(
+            segment_image(
+                model,
+                tile.image,
+                steps=steps,
+                samples=samples,
+                seed=seed,
+                keep_steps=True,
+                with_attention=False,
+                attention_kinds=ATTENTION_MAPS,
+            )
+        )
         labels = result.labels
         scores.append(score_segmentation(labels, tile.foreground, tile.instances))
         step_dice.append([dice(plane > 0.5, tile.foreground) for plane in result.steps])
@@ -144,7 +194,9 @@ def score_setting(model: CdalModel, tiles: list[Tile], steps: int, samples: int,
     for key in ("dice", "iou", "aji", "pq"):
         row[key] = float(np.mean([s[key] for s in scores]))
     row["step_dice"] = [float(v) for v in np.mean(step_dice, axis=0)]
-    row["chain_refines"] = bool(all(b >= a - 1e-4 for a, b in zip(row["step_dice"], row["step_dice"][1:])))
+    row["chain_refines"] = bool(
+        all(b >= a - 1e-4 for a, b in zip(row["step_dice"], row["step_dice"][1:]))
+    )
     row["count_ratio"] = float(np.mean([p / max(t, 1) for p, t in counts]))
     row["pixel_auroc"] = {k: rel.auroc(np.concatenate(v), errors) for k, v in pixel.items()}
     row["nucleus_auroc"] = {k: rel.auroc(np.concatenate(v), wrong) for k, v in nucleus.items()}
@@ -152,23 +204,42 @@ def score_setting(model: CdalModel, tiles: list[Tile], steps: int, samples: int,
     return row
 
 
-def analyse(model: CdalModel, tiles: list[Tile], samples: int, seed: int, variants: bool) -> list[dict[str, Any]]:
+def analyse(
+    model: CdalModel, tiles: list[Tile], samples: int, seed: int, variants: bool
+) -> list[dict[str, Any]]:
     """Every sampler setting of the ablation for one trained model (`variants`: also the T = 2 sampler variants)."""
     rows = []
     for steps in (1, 2, 4):
         rows.append({"sampler": "default", **score_setting(model, tiles, steps, samples, seed)})
     if not variants:
         return rows
-    for label, change in (("deterministic", {"sampling_noise": 0.0}), ("attention_in_sampling", {"attention_in_sampling": True})):
-        variant = CdalModel(replace(model.config, **change), model.generator, model.discriminator, model.record, model.source)
+    for label, change in (
+        ("deterministic", {"sampling_noise": 0.0}),
+        ("attention_in_sampling", {"attention_in_sampling": True}),
+    ):
+        variant = CdalModel(
+            replace(model.config, **change),
+            model.generator,
+            model.discriminator,
+            model.record,
+            model.source,
+        )
         rows.append({"sampler": label, **score_setting(variant, tiles, 2, samples, seed)})
     return rows
 
 
 def flat_row(arm: str, row: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """The printed columns of one result row."""
-    out = {"arm": arm, "sampler": row["sampler"], "T": row["T"], "dice": row["dice"], "aji": row["aji"],
-           "steps dice": " ".join(f"{v:.3f}" for v in row["step_dice"]), "n/true": row["count_ratio"], **extra}
+    out = {
+        "arm": arm,
+        "sampler": row["sampler"],
+        "T": row["T"],
+        "dice": row["dice"],
+        "aji": row["aji"],
+        "steps dice": " ".join(f"{v:.3f}" for v in row["step_dice"]),
+        "n/true": row["count_ratio"],
+        **extra,
+    }
     for name in UNCERTAINTY_MEASURES:
         if f"unc_{name}" in row["pixel_auroc"]:
             out[f"U {SHORT[name]} px/nuc"] = _pair(row, f"unc_{name}")
@@ -191,14 +262,25 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4, help="K for scoring")
     parser.add_argument("--init-from", default=str(bundled_model_path()))
     parser.add_argument("--data", default=str(default_data_dir()))
-    parser.add_argument("--out-dir", default=str(Path(tempfile.gettempdir()) / "napari-cdal-ablation"))
+    parser.add_argument(
+        "--out-dir", default=str(Path(tempfile.gettempdir()) / "napari-cdal-ablation")
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--score-only", action="store_true", help="score the arms' models, train nothing")
-    parser.add_argument("--sampler-variants", nargs="*", default=None,
-                        help="arms also scored with deterministic jumps and attention in sampling (default: all)")
-    parser.add_argument("--model", default=None,
-                        help="score only this model (e.g. the bundled one at its defaults), under --label")
+    parser.add_argument(
+        "--score-only", action="store_true", help="score the arms' models, train nothing"
+    )
+    parser.add_argument(
+        "--sampler-variants",
+        nargs="*",
+        default=None,
+        help="arms also scored with deterministic jumps and attention in sampling (default: all)",
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="score only this model (e.g. the bundled one at its defaults), under --label",
+    )
     parser.add_argument("--label", default="model")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -209,7 +291,11 @@ def main() -> None:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tiles = load_folder(args.data, split()["validation"])
-    results = json.loads(Path(args.json).read_text()).get("arms", {}) if args.json and Path(args.json).exists() else {}
+    results = (
+        json.loads(Path(args.json).read_text()).get("arms", {})
+        if args.json and Path(args.json).exists()
+        else {}
+    )
     for arm in args.arms:
         if arm in results and results[arm].get("steps") == args.steps:
             continue
@@ -220,21 +306,47 @@ def main() -> None:
         elif args.score_only:
             path = out_dir / f"{arm}.safetensors"
         else:
-            path = train_arm(arm, args.steps, Path(args.init_from), out_dir, args.data, args.threads)
+            path = train_arm(
+                arm, args.steps, Path(args.init_from), out_dir, args.data, args.threads
+            )
         model = load_model(path)
         variants = args.sampler_variants is None or arm in args.sampler_variants
         rows = analyse(model, tiles, args.samples, args.seed, variants)
-        results[arm] = {"steps": args.steps, "changes": ARMS.get(arm, {"model": display_path(path)}),
-                        "recipe": ARM_RECIPE,
-                        "latent_share": latent_share(model, tiles, 2, args.samples, args.seed),
-                        **discriminator_accuracy(model), "rows": rows,
-                        "train_seconds": model.record.get("wall_seconds")}
-        printed = [flat_row(name, row, {"z share": res["latent_share"], "D real": res["d_real_acc"],
-                                        "D fake": res["d_fake_acc"]})
-                   for name, res in results.items() for row in res["rows"]]
-        print(table(printed, list(dict.fromkeys(key for row in printed for key in row))), flush=True)
-        write_json(args.json, {"init_from": display_path(args.init_from), "validation_tiles": [t.name for t in tiles],
-                               "samples": args.samples, "machine": machine(), "arms": results})
+        results[arm] = {
+            "steps": args.steps,
+            "changes": ARMS.get(arm, {"model": display_path(path)}),
+            "recipe": ARM_RECIPE,
+            "latent_share": latent_share(model, tiles, 2, args.samples, args.seed),
+            **discriminator_accuracy(model),
+            "rows": rows,
+            "train_seconds": model.record.get("wall_seconds"),
+        }
+        printed = [
+            flat_row(
+                name,
+                row,
+                {
+                    "z share": res["latent_share"],
+                    "D real": res["d_real_acc"],
+                    "D fake": res["d_fake_acc"],
+                },
+            )
+            for name, res in results.items()
+            for row in res["rows"]
+        ]
+        print(
+            table(printed, list(dict.fromkeys(key for row in printed for key in row))), flush=True
+        )
+        write_json(
+            args.json,
+            {
+                "init_from": display_path(args.init_from),
+                "validation_tiles": [t.name for t in tiles],
+                "samples": args.samples,
+                "machine": machine(),
+                "arms": results,
+            },
+        )
 
 
 if __name__ == "__main__":

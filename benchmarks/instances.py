@@ -23,20 +23,36 @@ from napari_cdal.engine.events import run_to_end
 from napari_cdal.engine.metrics import score_segmentation
 from napari_cdal.engine.model import load_model
 
-GRID = {"min_nucleus_um2": [3.0, 8.0], "min_core_um2": [0.0, 1.5, 3.0], "core_threshold": [0.5, 0.6]}
+GRID = {
+    "min_nucleus_um2": [3.0, 8.0],
+    "min_core_um2": [0.0, 1.5, 3.0],
+    "core_threshold": [0.5, 0.6],
+}
 
 
-def probabilities(model, tiles: list[Tile], steps: int | None, samples: int | None) -> list[np.ndarray]:
-    return [run_to_end(seg.segment_image(model, t.image, steps=steps, samples=samples, keep_steps=False,
-                                         with_attention=False)).probability for t in tiles]
+def probabilities(
+    model, tiles: list[Tile], steps: int | None, samples: int | None
+) -> list[np.ndarray]:
+    return [
+        run_to_end(
+            seg.segment_image(
+                model, t.image, steps=steps, samples=samples, keep_steps=False, with_attention=False
+            )
+        ).probability
+        for t in tiles
+    ]
 
 
 def score(tiles: list[Tile], maps: list[np.ndarray], setting: dict[str, float]) -> dict[str, float]:
     rows = []
     for tile, probability in zip(tiles, maps):
         labels = seg.probability_to_labels(probability, 0.25, **setting)
-        rows.append({**score_segmentation(labels, tile.foreground, tile.instances),
-                     "n/true": labels.max() / max(1, tile.instances.max())})
+        rows.append(
+            {
+                **score_segmentation(labels, tile.foreground, tile.instances),
+                "n/true": labels.max() / max(1, tile.instances.max()),
+            }
+        )
     return {key: float(np.mean([r[key] for r in rows])) for key in ("dice", "aji", "pq", "n/true")}
 
 
@@ -51,10 +67,16 @@ def main() -> None:
 
     model = load_model(args.model)
     names = split()
-    train, validation = load_folder(args.data, names["train"]), load_folder(args.data, names["validation"])
+    train, validation = (
+        load_folder(args.data, names["train"]),
+        load_folder(args.data, names["validation"]),
+    )
     train_maps = probabilities(model, train, args.steps, args.samples)
-    current = {"min_nucleus_um2": seg.MIN_NUCLEUS_AREA_UM2, "min_core_um2": seg.MIN_CORE_AREA_UM2,
-               "core_threshold": seg.CORE_THRESHOLD}
+    current = {
+        "min_nucleus_um2": seg.MIN_NUCLEUS_AREA_UM2,
+        "min_core_um2": seg.MIN_CORE_AREA_UM2,
+        "core_threshold": seg.CORE_THRESHOLD,
+    }
     rows = []
     for values in itertools.product(*GRID.values()):
         setting = dict(zip(GRID, values))
@@ -65,12 +87,24 @@ def main() -> None:
     print("training split:")
     print(table(rows, [*GRID, "dice", "aji", "pq", "n/true", "current"]))
     val_maps = probabilities(model, validation, args.steps, args.samples)
-    checked = [{"setting": name, **s, **score(validation, val_maps, s)}
-               for name, s in (("current", current), ("best on train", chosen))]
+    checked = [
+        {"setting": name, **s, **score(validation, val_maps, s)}
+        for name, s in (("current", current), ("best on train", chosen))
+    ]
     print("validation split:")
     print(table(checked, ["setting", *GRID, "dice", "aji", "pq", "n/true"]))
-    write_json(args.json, {"model": display_path(model.source), "steps": args.steps, "samples": args.samples,
-                           "machine": machine(), "train": rows, "validation": checked, "chosen": chosen})
+    write_json(
+        args.json,
+        {
+            "model": display_path(model.source),
+            "steps": args.steps,
+            "samples": args.samples,
+            "machine": machine(),
+            "train": rows,
+            "validation": checked,
+            "chosen": chosen,
+        },
+    )
 
 
 if __name__ == "__main__":

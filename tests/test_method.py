@@ -22,7 +22,9 @@ CPU = torch.device("cpu")
 
 
 def _state(config=TINY, **train) -> TrainState:
-    cfg = TrainConfig(**{"steps": 10, "batch_size": 2, "patch_size": 32, "warmup_steps": 1, **train})
+    cfg = TrainConfig(
+        **{"steps": 10, "batch_size": 2, "patch_size": 32, "warmup_steps": 1, **train}
+    )
     return TrainState.create(CdalModel.initialise(config, 3), cfg)
 
 
@@ -40,8 +42,11 @@ def test_generator_input_is_the_attention_modulated_pair(monkeypatch) -> None:
     monkeypatch.setattr(state.model.discriminator, "attention", lambda *a, **k: gate)
     seen = []
     real_forward = state.model.generator.forward
-    monkeypatch.setattr(state.model.generator, "forward",
-                        lambda x, *a, **k: (seen.append(x.clone()), real_forward(x, *a, **k))[1])
+    monkeypatch.setattr(
+        state.model.generator,
+        "forward",
+        lambda x, *a, **k: (seen.append(x.clone()), real_forward(x, *a, **k))[1],
+    )
     # the same draws, in train_step's order: t, z, the plain pair, then the pair from A ⊙ x0
     rng = copy.deepcopy(state.torch_rng)
     schedule = state.model.schedule
@@ -62,7 +67,9 @@ def test_r1_runs_on_its_interval_with_its_scaling() -> None:
     plain = train_step(without, images, x0, weights, CPU)
     assert "r1" in on_interval and "r1" not in plain and on_interval["r1"] > 0
     # the D loss gains (gamma / 2) * ||grad||^2 scaled by the interval, nothing else
-    assert on_interval["d"] - plain["d"] == pytest.approx(0.5 * on_interval["r1"] * 10, rel=1e-4, abs=1e-6)
+    assert on_interval["d"] - plain["d"] == pytest.approx(
+        0.5 * on_interval["r1"] * 10, rel=1e-4, abs=1e-6
+    )
     with_r1.step = without.step = 1
     off_interval = train_step(with_r1, images, x0, weights, CPU)
     assert "r1" not in off_interval
@@ -73,10 +80,14 @@ def test_adversarial_gradient_reaches_the_generator_only() -> None:
     strong, faint = _state(adversarial_weight=1.0), _state(adversarial_weight=1e-30)
     for state in (strong, faint):
         train_step(state, images, x0, weights, CPU)
-    for a, b in zip(strong.model.discriminator.parameters(), faint.model.discriminator.parameters()):
+    for a, b in zip(
+        strong.model.discriminator.parameters(), faint.model.discriminator.parameters()
+    ):
         assert torch.equal(a, b)
-    assert any(not torch.equal(a, b) for a, b in
-               zip(strong.model.generator.parameters(), faint.model.generator.parameters()))
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(strong.model.generator.parameters(), faint.model.generator.parameters())
+    )
 
 
 @pytest.mark.parametrize("num_steps", [4, 2])
@@ -92,7 +103,9 @@ def test_jump_moments_match_gaussian_conditioning(num_steps: int) -> None:
             c2 = cov / var_k
             c1 = math.sqrt(ac_s) - c2 * math.sqrt(ac_k)
             var = (1.0 - ac_s) - cov * cov / var_k
-            assert schedule.jump_coefficients(k, s) == pytest.approx((c1, c2, var), rel=1e-9, abs=1e-12)
+            assert schedule.jump_coefficients(k, s) == pytest.approx(
+                (c1, c2, var), rel=1e-9, abs=1e-12
+            )
 
 
 def test_jump_moments_match_sampling() -> None:
@@ -101,8 +114,12 @@ def test_jump_moments_match_sampling() -> None:
     g = torch.Generator().manual_seed(0)
     n = 400_000
     ac1, ac4 = float(schedule.alphas_cumprod[1]), float(schedule.alphas_cumprod[4])
-    x1 = math.sqrt(ac1) * 1.0 + math.sqrt(1 - ac1) * torch.randn(n, generator=g, dtype=torch.float64)
-    x4 = math.sqrt(ac4 / ac1) * x1 + math.sqrt(1 - ac4 / ac1) * torch.randn(n, generator=g, dtype=torch.float64)
+    x1 = math.sqrt(ac1) * 1.0 + math.sqrt(1 - ac1) * torch.randn(
+        n, generator=g, dtype=torch.float64
+    )
+    x4 = math.sqrt(ac4 / ac1) * x1 + math.sqrt(1 - ac4 / ac1) * torch.randn(
+        n, generator=g, dtype=torch.float64
+    )
     design = torch.stack([torch.ones(n, dtype=torch.float64), x4], dim=1)
     coef = torch.linalg.lstsq(design, x1[:, None]).solution[:, 0]
     residual = (x1 - design @ coef).var().item()
@@ -133,7 +150,10 @@ def test_latent_changes_a_trained_models_output(trained_tiny) -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 2, 32, 32, generator=g)
     image = torch.randn(1, 3, 32, 32, generator=g)
-    z1, z2 = torch.randn(1, TINY.latent_dim, generator=g), torch.randn(1, TINY.latent_dim, generator=g)
+    z1, z2 = (
+        torch.randn(1, TINY.latent_dim, generator=g),
+        torch.randn(1, TINY.latent_dim, generator=g),
+    )
     t = torch.tensor([1])
 
     def spread(m: CdalModel) -> float:
@@ -146,14 +166,29 @@ def test_latent_changes_a_trained_models_output(trained_tiny) -> None:
 
 
 def test_self_conditioned_sampler_feeds_the_previous_estimate(monkeypatch) -> None:
-    model = with_new_config(CdalModel.initialise(TINY, 0), replace(TINY, self_condition=True)).eval()
+    model = with_new_config(
+        CdalModel.initialise(TINY, 0), replace(TINY, self_condition=True)
+    ).eval()
     seen = []
     real_forward = model.generator.forward
-    monkeypatch.setattr(model.generator, "forward",
-                        lambda x, t, f, z, prev=None: (seen.append(prev.clone()), out := real_forward(x, t, f, z, prev),
-                                                       seen.append(out.clone()))[1])
-    run_to_end(reverse_process(model, torch.randn(1, 3, 32, 32), steps=2, samples=2,
-                               rng=torch.Generator().manual_seed(0)))
+    monkeypatch.setattr(
+        model.generator,
+        "forward",
+        lambda x, t, f, z, prev=None: (
+            seen.append(prev.clone()),
+            out := real_forward(x, t, f, z, prev),
+            seen.append(out.clone()),
+        )[1],
+    )
+    run_to_end(
+        reverse_process(
+            model,
+            torch.randn(1, 3, 32, 32),
+            steps=2,
+            samples=2,
+            rng=torch.Generator().manual_seed(0),
+        )
+    )
     first_input, first_output, second_input, _ = seen
     assert torch.count_nonzero(first_input) == 0
     assert torch.equal(second_input, first_output)
@@ -161,15 +196,24 @@ def test_self_conditioned_sampler_feeds_the_previous_estimate(monkeypatch) -> No
 
 def test_new_inputs_start_at_zero_so_an_adapted_model_computes_the_same() -> None:
     source = CdalModel.initialise(TINY, 5).eval()
-    adapted = with_new_config(source, replace(TINY, self_condition=True, disc_image=True), seed=9).eval()
+    adapted = with_new_config(
+        source, replace(TINY, self_condition=True, disc_image=True), seed=9
+    ).eval()
     g = torch.Generator().manual_seed(0)
     x, x_next, image = (torch.randn(2, c, 32, 32, generator=g) for c in (2, 2, 3))
     z, t = torch.randn(2, TINY.latent_dim, generator=g), torch.tensor([0, 1])
     with torch.no_grad():
         f_old, f_new = source.generator.encode_image(image), adapted.generator.encode_image(image)
-        assert torch.allclose(source.generator(x_next, t, f_old, z),
-                              adapted.generator(x_next, t, f_new, z, torch.randn(2, 2, 32, 32)), atol=1e-6)
-        assert torch.allclose(source.discriminator(x, x_next, t), adapted.discriminator(x, x_next, t, image), atol=1e-6)
+        assert torch.allclose(
+            source.generator(x_next, t, f_old, z),
+            adapted.generator(x_next, t, f_new, z, torch.randn(2, 2, 32, 32)),
+            atol=1e-6,
+        )
+        assert torch.allclose(
+            source.discriminator(x, x_next, t),
+            adapted.discriminator(x, x_next, t, image),
+            atol=1e-6,
+        )
     with pytest.raises(ValueError, match="pass the image"):
         adapted.discriminator(x, x_next, t)
 
@@ -177,9 +221,15 @@ def test_new_inputs_start_at_zero_so_an_adapted_model_computes_the_same() -> Non
 def test_score_map_averages_to_the_score_and_maps_have_the_label_size() -> None:
     D = CdalModel.initialise(TINY, 1).discriminator.eval()
     g = torch.Generator().manual_seed(3)
-    x, x_next, t = torch.randn(2, 2, 32, 32, generator=g), torch.randn(2, 2, 32, 32, generator=g), torch.tensor([0, 1])
+    x, x_next, t = (
+        torch.randn(2, 2, 32, 32, generator=g),
+        torch.randn(2, 2, 32, 32, generator=g),
+        torch.tensor([0, 1]),
+    )
     with torch.no_grad():
-        assert torch.allclose(D.score_map(x, x_next, t).mean(dim=(1, 2, 3)), D(x, x_next, t), atol=1e-6)
+        assert torch.allclose(
+            D.score_map(x, x_next, t).mean(dim=(1, 2, 3)), D(x, x_next, t), atol=1e-6
+        )
         for kind in ("channel_mean", "score_map", "score_gradient"):
             assert D.suspicion(kind, x, x_next, t).shape == (2, 1, 32, 32)
     # the gradient map is zero where x_t cannot change D: nowhere here, so it has mass
@@ -191,7 +241,9 @@ def test_uncertainty_measures_closed_forms() -> None:
     half = torch.full((4, 2, 2), 0.5)
     split = torch.tensor([0.0, 1.0, 0.0, 1.0]).view(4, 1, 1).expand(4, 2, 2)
     sure = torch.ones(4, 2, 2)
-    maps = {name: uncertainty_maps(p) for name, p in (("half", half), ("split", split), ("sure", sure))}
+    maps = {
+        name: uncertainty_maps(p) for name, p in (("half", half), ("split", split), ("sure", sure))
+    }
     # every sample says 0.5: entropy 1 bit, no disagreement
     assert torch.allclose(maps["half"]["entropy"], torch.ones(2, 2), atol=1e-4)
     assert torch.allclose(maps["half"]["mutual_information"], torch.zeros(2, 2), atol=1e-4)
@@ -208,8 +260,17 @@ def test_shared_latent_removes_the_spread_that_z_makes(trained_tiny) -> None:
     image = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
     def spread(shared: bool) -> float:
-        out = run_to_end(reverse_process(model, image, steps=1, samples=4, rng=torch.Generator().manual_seed(1),
-                                         with_attention=False, shared_latent=shared))
+        out = run_to_end(
+            reverse_process(
+                model,
+                image,
+                steps=1,
+                samples=4,
+                rng=torch.Generator().manual_seed(1),
+                with_attention=False,
+                shared_latent=shared,
+            )
+        )
         return out.uncertainty_maps["std"].pow(2).mean().item()
 
     # one step from x_T: the noise barely reaches x̂0 (sqrt(abar_T) ~ 0.007), so z makes the spread
@@ -265,3 +326,48 @@ def test_own_chain_input_is_made_from_the_generators_first_estimate(monkeypatch)
         c1, c2, var = schedule.jump_coefficients(4, level)
         residual = made[row] - c1 * first[row] - c2 * x_top[row]
         assert residual.std().item() == pytest.approx(var**0.5, rel=0.2)
+
+
+def test_error_auroc_closed_forms_and_nucleus_matching() -> None:
+    import numpy as np
+
+    from napari_cdal.engine import reliability as rel
+
+    assert rel.auroc(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1])) == 1.0
+    assert rel.auroc(np.array([0.9, 0.8, 0.2, 0.1]), np.array([0, 0, 1, 1])) == 0.0
+    assert rel.auroc(np.ones(4), np.array([0, 1, 0, 1])) == 0.5  # all tied
+    # 2 positives, 2 negatives, one pair out of order in four: 3/4
+    assert rel.auroc(np.array([0.1, 0.6, 0.5, 0.9]), np.array([0, 0, 1, 1])) == 0.75
+    assert rel.auroc(np.zeros(3), np.zeros(3)) is None
+    truth = np.zeros((10, 10), int)
+    truth[1:5, 1:5] = 1
+    truth[6:9, 6:9] = 2
+    pred = np.zeros((10, 10), int)
+    pred[1:5, 1:5] = 1  # exact: right
+    pred[6:9, 6:7] = 2  # a third of nucleus 2: IoU 1/3, wrong
+    pred[0, 9] = 3  # nothing there: wrong
+    assert rel.wrong_nuclei(pred, truth).tolist() == [False, True, True]
+    assert rel.nucleus_areas(pred).tolist() == [16.0, 3.0, 1.0]
+    assert rel.nucleus_means(pred, np.where(pred == 2, 1.0, 0.0)).tolist() == [0.0, 1.0, 0.0]
+
+
+def test_nucleus_features_and_review_order() -> None:
+    import numpy as np
+
+    from napari_cdal.engine.measurements import nucleus_features, review_order
+
+    labels = np.zeros((6, 8), int)
+    labels[0:2, 0:2] = 1
+    labels[3:6, 4:8] = 2
+    labels[0, 7] = 3
+    doubt = np.where(labels == 3, 0.9, np.where(labels == 1, 0.5, 0.1))
+    features = nucleus_features(labels, 0.5, doubt, None)
+    assert features["index"].tolist() == [1, 2, 3]
+    assert features["area_um2"].tolist() == [1.0, 3.0, 0.25]
+    assert features["centroid_y"].tolist() == [0.5, 4.0, 0.0]
+    assert features["centroid_x"].tolist() == [0.5, 5.5, 7.0]
+    assert features["mean_uncertainty"].tolist() == pytest.approx([0.5, 0.1, 0.9])
+    assert np.isnan(features["mean_attention"]).all()
+    assert review_order(features).tolist() == [3, 1, 2]
+    features["mean_uncertainty"][0] = np.nan
+    assert review_order(features).tolist() == [3, 2, 1]  # NaN last

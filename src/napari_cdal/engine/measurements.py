@@ -27,10 +27,14 @@ def nucleus_features(
     def mean_of(values: np.ndarray | None) -> np.ndarray:
         if values is None:
             return np.full(n, np.nan)
-        sums = np.bincount(flat, weights=np.asarray(values, np.float64).ravel(), minlength=n + 1)[1:]
+        sums = np.bincount(flat, weights=np.asarray(values, np.float64).ravel(), minlength=n + 1)[
+            1:
+        ]
         return np.where(present, sums / np.maximum(area_px, 1), np.nan)
 
-    centroids = np.array(ndi.center_of_mass(np.ones(labels.shape), labels, ids)) if n else np.zeros((0, 2))
+    centroids = (
+        np.array(ndi.center_of_mass(np.ones(labels.shape), labels, ids)) if n else np.zeros((0, 2))
+    )
     return {
         "index": ids,
         "centroid_y": centroids[:, 0] if n else np.zeros(0),
