@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     viewer.reset_view()
     shoot(viewer, out, "03_mask_overlay.png")
 
-    widget_seconds_k1 = widget.last_seconds
+    widget_seconds = widget.last_seconds
     mask = viewer.layers[f"{SAMPLE_NAME} mask"]
     scale = viewer.layers[SAMPLE_NAME].scale
     viewer.camera.center = (ZOOM_CENTRE_PX[0] * scale[0], ZOOM_CENTRE_PX[1] * scale[1])
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     shoot(viewer, out, "05_mask_filled_zoom.png", canvas_only=True)
     mask.contour = 1
 
-    # the default samples in one step; the full chain of the model's T shows how the mask forms
+    # the full chain of the model's T shows how the mask forms
     default_steps = widget.steps.value
     widget.steps.value = widget.steps.max
     run_and_wait(widget, viewer, out, None)
@@ -133,9 +133,15 @@ def main(argv: list[str] | None = None) -> int:
     viewer.camera.zoom = ZOOM
     shoot(viewer, out, "10_uncertainty_zoom.png", canvas_only=True)
 
+    # Review: the least certain nucleus, centred, selected in the mask, ready for the brush
+    viewer.layers[f"{SAMPLE_NAME} mask"].opacity = 0.7
+    widget.review_button.native.click()
+    settle()
+    shoot(viewer, out, "11_review.png")
+
     print(
-        f"click to mask on the sample tile, K=1: {first_seconds:.1f} s on the first click "
-        f"(loads the model), {widget_seconds_k1:.1f} s on the next"
+        f"click to mask on the sample tile at the defaults: {first_seconds:.1f} s on the first click "
+        f"(loads the model), {widget_seconds:.1f} s on the next"
     )
     viewer.close()
     return 0
