@@ -128,12 +128,8 @@ def _format_table(rows: list[dict[str, Any]], mean: dict[str, Any], seconds: flo
 def _read_split(path: str | None) -> dict[str, list[str]]:
     if path is None:
         return {}
-    try:
-        split = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CliError(f"cannot read split file {path}: {exc}") from exc
-    if not isinstance(split, dict):
-        raise CliError(f"split file {path} must be a JSON object of name lists, e.g. {{\"train\": [...], \"validation\": [...]}}")
+    split = _read_json_object(path, "split file",
+                              'a JSON object of name lists, e.g. {"train": [...], "validation": [...]}')
     return {key: value for key, value in split.items() if isinstance(value, list)}
 
 
@@ -170,13 +166,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_json_object(path: str, what: str) -> dict[str, Any]:
+def _read_json_object(path: str, what: str, expected: str = "a JSON object of settings") -> dict[str, Any]:
+    """A JSON object from a file named by an option; a one-line CliError when it is not one."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise CliError(f"cannot read {what} {path}: {exc}") from exc
     if not isinstance(data, dict):
-        raise CliError(f"{what} {path} must hold a JSON object of settings")
+        raise CliError(f"{what} {path} must be {expected}")
     return data
 
 
