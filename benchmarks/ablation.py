@@ -173,6 +173,7 @@ def score_setting(
                 keep_steps=True,
                 with_attention=False,
                 attention_kinds=ATTENTION_MAPS,
+                uncertainty_kinds=UNCERTAINTY_MEASURES,
             )
         )
         labels = result.labels

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .config import UNCERTAINTY_MEASURES
 from .device import make_generator
 from .events import Progress
 from .instances import instances_from_probability
@@ -54,7 +53,6 @@ class SegmentationResult:
     seconds: float
     uncertainty_maps: dict[str, np.ndarray] = field(default_factory=dict)
     final_attention_maps: dict[str, np.ndarray] = field(default_factory=dict)
-    samples: int = 1
 
     @property
     def n_nuclei(self) -> int:
@@ -109,13 +107,15 @@ def segment_image(
     keep_steps: bool = True,
     with_attention: bool = True,
     attention_kinds: tuple[str, ...] = (),
+    uncertainty_kinds: tuple[str, ...] = (),
 ) -> Generator[Progress, None, None]:
     """Segment one image; yields Progress('step', i, n, StepUpdate) per tile and step, then 'done'.
 
     The final event's payload is a SegmentationResult on the input's pixel grid; its uncertainty
     is None with one sample (no spread to measure). `attention_kinds` adds D's maps of the last
-    step by kind (for benchmarks). Closing the generator between events cancels the run and
-    leaves nothing behind.
+    step by kind, `uncertainty_kinds` other uncertainty measures (UNCERTAINTY_MEASURES) than the
+    model's (for benchmarks); only what is asked for is blended and resampled. Closing the
+    generator between events cancels the run and leaves nothing behind.
     """
     start = time.perf_counter()
     config = model.config
@@ -130,8 +130,10 @@ def segment_image(
     boxes = tile_boxes(mh, mw, tile_size, overlap)
     total = len(boxes) * n_steps
     rng = make_generator(seed)
-    n_extra = len(UNCERTAINTY_MEASURES) + len(attention_kinds)
-    blend_prob = TileBlender(config.label_channels + n_extra, mh, mw, overlap)
+    wanted = (config.uncertainty_measure, *uncertainty_kinds)
+    measures_kept = tuple(dict.fromkeys(wanted)) if samples > 1 else ()
+    planes_kept = config.label_channels + len(measures_kept) + len(attention_kinds)
+    blend_prob = TileBlender(planes_kept, mh, mw, overlap)
     blend_steps = TileBlender(n_steps, mh, mw, overlap) if keep_steps else None
     blend_att = TileBlender(n_steps, mh, mw, overlap) if keep_steps and with_attention else None
     scale_y, scale_x = height / mh, width / mw
@@ -145,7 +147,7 @@ def segment_image(
         for event in reverse_process(model, tile, n_steps, samples, rng, with_attention, attention_kinds):
             if event.stage == "done":
                 out: SampleOutput = event.payload
-                planes = [out.probability] + [out.uncertainty_maps[name][None] for name in UNCERTAINTY_MEASURES]
+                planes = [out.probability] + [out.uncertainty_maps[name][None] for name in measures_kept]
                 planes += [last_maps[kind][None] for kind in attention_kinds]
                 blend_prob.add(box, torch.cat(planes).cpu().numpy())
                 continue
@@ -168,12 +170,12 @@ def segment_image(
     maps = _to_image_grid(torch.from_numpy(blend_prob.result()), (height, width))
     n_labels = config.label_channels
     probability = maps[:n_labels]
-    measures = dict(zip(UNCERTAINTY_MEASURES, maps[n_labels:n_labels + len(UNCERTAINTY_MEASURES)]))
-    final_attention = dict(zip(attention_kinds, maps[n_labels + len(UNCERTAINTY_MEASURES):]))
-    uncertainty = measures[config.uncertainty_measure] if samples > 1 else None
+    measures = dict(zip(measures_kept, maps[n_labels:n_labels + len(measures_kept)]))
+    final_attention = dict(zip(attention_kinds, maps[n_labels + len(measures_kept):]))
+    uncertainty = measures.get(config.uncertainty_measure)
     labels = probability_to_labels(probability, image_mpp, threshold)
     steps_stack = None if blend_steps is None else _to_image_grid(torch.from_numpy(blend_steps.result()), (height, width))
     att_stack = None if blend_att is None else _to_image_grid(torch.from_numpy(blend_att.result()), (height, width))
     result = SegmentationResult(labels, probability, uncertainty, steps_stack, att_stack,
-                                time.perf_counter() - start, measures if samples > 1 else {}, final_attention, samples)
+                                time.perf_counter() - start, measures, final_attention)
     yield Progress("done", total, total, result)

@@ -21,7 +21,7 @@ from .events import Progress
 from .instances import core_targets
 from .io import normalise
 from .model import CdalModel, model_from_checkpoint, save_model
-from .networks import Generator
+from .networks import Generator as GeneratorNetwork
 from .schedule import VPSchedule, randn_like
 
 
@@ -36,7 +36,7 @@ def encode_targets(instances: np.ndarray, config: ModelConfig) -> np.ndarray:
 class EMA:
     """Exponential moving average of the generator's weights; the EMA copy is what gets shipped."""
 
-    def __init__(self, module: Generator, decay: float) -> None:
+    def __init__(self, module: GeneratorNetwork, decay: float) -> None:
         self.decay = decay
         self.module = copy.deepcopy(module).eval()
         for p in self.module.parameters():
@@ -186,7 +186,7 @@ def cutmix_boxes(batch: int, size: tuple[int, int], rng: torch.Generator) -> tor
     return box
 
 
-def own_chain_input(G: Generator, schedule: VPSchedule, x_next: torch.Tensor, t: torch.Tensor,
+def own_chain_input(G: GeneratorNetwork, schedule: VPSchedule, x_next: torch.Tensor, t: torch.Tensor,
                     features: torch.Tensor, rate: float, rng: torch.Generator) -> torch.Tensor:
     """G's input x_{t+1}, made for a share `rate` of the batch the way sampling makes it.
 
@@ -213,7 +213,7 @@ def own_chain_input(G: Generator, schedule: VPSchedule, x_next: torch.Tensor, t:
     return made
 
 
-def self_condition_input(G: Generator, x_next: torch.Tensor, t: torch.Tensor, features: torch.Tensor,
+def self_condition_input(G: GeneratorNetwork, x_next: torch.Tensor, t: torch.Tensor, features: torch.Tensor,
                          z: torch.Tensor, rate: float, rng: torch.Generator) -> torch.Tensor | None:
     """The previous-estimate input of a self-conditioned G (Chen et al. 2023, "Analog Bits").
 
