@@ -23,7 +23,7 @@ $(BIN)/napari-cdal: pyproject.toml constraints.txt
 setup: system-deps $(BIN)/napari-cdal
 
 demo: setup
-	$(BIN)/napari-cdal segment --sample --out out --save-steps --save-attention --save-uncertainty
+	$(BIN)/napari-cdal segment --sample --out out --overwrite --save-steps --save-attention --save-uncertainty
 	@if [ -n "$$DISPLAY" ]; then $(BIN)/napari-cdal view --sample; \
 	else echo "no display (\$$DISPLAY unset): skipping 'napari-cdal view --sample'"; fi
 

@@ -225,6 +225,7 @@ def test_load_tile_rgba_drops_alpha(tmp_path: Path) -> None:
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()
     rgba = np.random.default_rng(1).integers(0, 256, (10, 12, 4), dtype=np.uint8)
+    rgba[..., 3] = 255  # opaque; a varying alpha is refused, as in segment (one normalisation path)
     Image.fromarray(rgba, mode="RGBA").save(tmp_path / "images" / "x.png")
     Image.fromarray(np.zeros((10, 12), dtype=np.uint8)).save(tmp_path / "masks" / "x.png")
     tile = load_tile(tmp_path, "x")

@@ -115,19 +115,44 @@ def test_shifted_stain_is_learned_from_one_corrected_tile(source) -> None:
 
 # --- labels and regions --------------------------------------------------------------------------
 
+def _two_touching_and_one_apart(size: int = 96) -> tuple[np.ndarray, np.ndarray]:
+    """An image and instance truth: two discs that touch (one blob when binary) and one on its own."""
+    from skimage.draw import disk
+
+    truth = np.zeros((size, size), np.uint32)
+    for k, (r, c) in enumerate(((30, 30), (30, 48), (70, 70)), start=1):
+        rr, cc = disk((r, c), 10, shape=truth.shape)
+        truth[rr, cc] = k
+    image = np.full((size, size, 3), (225, 180, 210), np.uint8)
+    image[truth > 0] = (90, 50, 130)
+    return image, truth
+
+
 @pytest.mark.parametrize("as_mask", [lambda inst: inst > 0, lambda inst: np.where(inst > 0, 255, 0).astype(np.uint8)],
                          ids=["bool", "0-255"])
-def test_binary_masks_become_instances(source, as_mask) -> None:
-    tile = blob_tile(9)
-    prepared = prepare_pairs([FinetunePair(tile.image, as_mask(tile.instances))], source.config, 0.5, QUICK)
-    from skimage.measure import label
-
-    expected = label(tile.instances > 0, connectivity=1)
-    assert prepared.tiles[0].instances.max() == expected.max() > 1
-    assert np.array_equal(prepared.tiles[0].instances, expected)
+def test_binary_masks_split_touching_nuclei_with_a_note(source, as_mask) -> None:
+    image, truth = _two_touching_and_one_apart()
+    prepared = prepare_pairs([FinetunePair(image, as_mask(truth), name="x")], source.config, 0.5, QUICK)
+    instances = prepared.tiles[0].instances
+    assert instances.max() == 3  # connected components would give 2: the touching pair merged
+    assert np.array_equal(instances > 0, truth > 0), "every painted pixel keeps a nucleus"
+    for k in (1, 2, 3):  # each true nucleus is (mostly) one of the split instances
+        ids, counts = np.unique(instances[truth == k], return_counts=True)
+        assert counts.max() / counts.sum() > 0.9
     assert not prepared.tiles[0].has_instance_truth
-    result = run_to_end(finetune(source, [FinetunePair(tile.image, as_mask(tile.instances))], QUICK, "cpu", 0.5))
-    assert result.record["steps"] == 3
+    assert len(prepared.notes) == 1 and "binary" in prepared.notes[0] and "1 blob(s)" in prepared.notes[0]
+    events = list(finetune(source, [FinetunePair(image, as_mask(truth), name="x")], QUICK, "cpu", 0.5))
+    assert events[0].stage == "note" and events[0].payload == prepared.notes[0]
+    assert events[-1].payload.record["finetune"]["notes"] == prepared.notes
+    assert events[-1].payload.record["steps"] == 3
+
+
+def test_instance_masks_and_separate_blobs_need_no_note(source) -> None:
+    image, truth = _two_touching_and_one_apart()
+    assert prepare_pairs([FinetunePair(image, truth)], source.config, 0.5, QUICK).notes == []
+    apart = np.where(truth == 2, 0, truth) > 0  # binary, but no blob holds two nuclei
+    prepared = prepare_pairs([FinetunePair(image, apart)], source.config, 0.5, QUICK)
+    assert prepared.notes == [] and prepared.tiles[0].instances.max() == 2
 
 
 def test_regions_map_to_model_pixels_and_weigh_zero_outside(source) -> None:

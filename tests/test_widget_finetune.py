@@ -183,6 +183,33 @@ def test_the_progress_bar_shows_the_loss(
     assert len([d for d in descriptions if d.startswith("cDAL: fine-tuning, loss ")]) == STEPS
 
 
+def test_a_binary_mask_is_split_with_a_visible_note(
+    qtbot, monkeypatch, make_napari_viewer, tiny_model_file, model_folder
+) -> None:
+    from napari_cdal.engine.checkpoint import read_metadata
+
+    infos: list[str] = []
+    monkeypatch.setattr(
+        "napari.utils.notifications.show_info", lambda message: infos.append(str(message))
+    )
+    viewer = make_napari_viewer()
+    add_image(viewer)
+    binary = np.zeros((128, 128), np.uint8)
+    for centre in ((40, 40), (40, 58), (90, 90)):  # two touching nuclei and one apart
+        binary[disk(centre, 10, shape=binary.shape)] = 1
+    labels = viewer.add_labels(binary.copy(), name=f"{NAME} mask", scale=SCALE, translate=TRANSLATE)
+    _, finetune = dock_both(viewer, tiny_model_file)
+    assert finetune.pair_rows[0].labels.value is labels
+    name = finetune.name.value
+    assert click_finetune(qtbot, finetune) == "done"
+    assert len(finetune.notes) == 1 and "binary" in finetune.notes[0]
+    assert "split by a distance-map watershed into 3 nuclei" in finetune.notes[0]
+    assert infos == [f"Fine-tune: {finetune.notes[0]}"]
+    assert np.array_equal(labels.data, binary), "the user's layer is only read"
+    meta = read_metadata(model_folder / f"{name}.safetensors")
+    assert meta["record"]["finetune"]["notes"] == finetune.notes
+
+
 def test_two_pairs_without_segment_docked_use_the_model_dropdown(
     qtbot, make_napari_viewer, tiny_model_file, model_folder
 ) -> None:

@@ -22,6 +22,19 @@ def _progress(total: int, desc: str, unit: str) -> Any:
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)
 
 
+def _check_runtime(args: argparse.Namespace) -> None:
+    """The options every computing command shares, checked before anything is loaded."""
+    from .engine.checks import check_at_least, check_mpp, check_threshold
+
+    check_at_least(getattr(args, "threads", None), 1, "--threads")
+    if getattr(args, "mpp", None) is not None:
+        check_mpp(args.mpp)
+    if getattr(args, "threshold", None) is not None:
+        check_threshold(args.threshold)
+    for option in ("steps", "samples"):
+        check_at_least(getattr(args, option, None), 1, f"--{option}")
+
+
 def _setup_torch(args: argparse.Namespace) -> Any:
     import torch
 
@@ -38,6 +51,16 @@ def _load_model(path: str | None, device: Any) -> Any:
     return load_model(path, device)
 
 
+def _check_model_steps(model: Any, steps: int | None) -> int:
+    """The reverse steps T to run: the model's default, or --steps within what the model was trained for."""
+    if steps is None:
+        return model.config.default_steps
+    if steps > model.config.num_steps:
+        raise CliError(f"--steps {steps} is more than this model's {model.config.num_steps} diffusion steps; "
+                       f"give 1 to {model.config.num_steps}")
+    return steps
+
+
 def _write_tiff(path: Path, array: Any) -> None:
     import tifffile
 
@@ -47,13 +70,30 @@ def _write_tiff(path: Path, array: Any) -> None:
     atomic_write(path, lambda tmp: tifffile.imwrite(tmp, array, compression="zlib", photometric="minisblack"))
 
 
+SEGMENT_OUTPUTS = (("labels", True), ("steps", "save_steps"), ("attention", "save_attention"),
+                   ("uncertainty", "save_uncertainty"))
+"""What segment writes per image: <stem>_<kind>.tif, always or when the flag is given."""
+
+
+def _segment_outputs(args: argparse.Namespace, out: Path, stem: str) -> dict[str, Path]:
+    return {kind: out / f"{stem}_{kind}.tif" for kind, flag in SEGMENT_OUTPUTS
+            if flag is True or getattr(args, flag)}
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     """Segment each image and write <stem>_labels.tif (and the optional maps) into --out."""
+    from .engine.checks import (
+        check_memory,
+        check_new_outputs,
+        check_output_folder,
+        segment_peak_bytes,
+    )
     from .engine.events import run_to_end
     from .engine.instances import relabel_sequential_uint
-    from .engine.io import ImageError, read_image
+    from .engine.io import ImageError, plane_size, read_header, read_image
     from .engine.segment import segment_image
 
+    _check_runtime(args)
     images = [Path(p) for p in args.images]
     if args.sample:
         from .sample_data import sample_tile_path
@@ -62,25 +102,28 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if not images:
         raise CliError("give at least one image file, or --sample for the bundled MoNuSeg tile")
     stems: dict[str, Path] = {}
+    sizes: dict[Path, tuple[int, int]] = {}
     for path in images:
-        if not path.exists():
-            raise CliError(f"image file not found: {path}")
         if path.stem in stems:
             raise CliError(f"{stems[path.stem]} and {path} would both write {path.stem}_labels.tif; rename one")
         stems[path.stem] = path
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise CliError(f"--out {out} is a file; give a folder")
+        sizes[path] = plane_size(read_header(path), str(path))
+    out = check_output_folder(args.out)
+    outputs = {path: _segment_outputs(args, out, path.stem) for path in images}
+    check_new_outputs([file for files in outputs.values() for file in files.values()], args.overwrite)
     device = _setup_torch(args)
     model = _load_model(args.model, device)
+    steps = _check_model_steps(model, args.steps)
     samples = model.config.default_samples if args.samples is None else args.samples
     if args.save_uncertainty and samples < 2:
         raise CliError(f"--save-uncertainty needs --samples 2 or more (got {samples}): "
                        "one sample has no spread to measure")
     want_maps = args.save_steps or args.save_attention
     for path in images:
+        check_memory(segment_peak_bytes(*sizes[path], args.mpp, model.config, steps, samples, want_maps,
+                                        args.save_attention), f"{path} ({sizes[path][0]} x {sizes[path][1]} px)")
+    for path in images:
         pixels = read_image(path)
-        steps = model.config.default_steps if args.steps is None else args.steps
         bars: list[Any] = []  # opened at the first step, so a rejected image leaves only the error line
 
         def show(event: Any, name: str = path.name) -> None:
@@ -99,15 +142,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
         finally:
             for bar in bars:
                 bar.close()
-        _write_tiff(out / f"{path.stem}_labels.tif", relabel_sequential_uint(result.labels))
-        if args.save_steps:
-            _write_tiff(out / f"{path.stem}_steps.tif", result.steps)
-        if args.save_attention:
-            _write_tiff(out / f"{path.stem}_attention.tif", result.attention)
-        if args.save_uncertainty:
-            _write_tiff(out / f"{path.stem}_uncertainty.tif", result.uncertainty)
+        maps = {"labels": relabel_sequential_uint(result.labels), "steps": result.steps,
+                "attention": result.attention, "uncertainty": result.uncertainty}
+        for kind, file in outputs[path].items():
+            _write_tiff(file, maps[kind])
         print(f"{path.name}: {result.n_nuclei} nuclei, mean area {result.mean_area_px():.0f} px, "
-              f"{result.seconds:.1f} s -> {out / (path.stem + '_labels.tif')}")
+              f"{result.seconds:.1f} s -> {outputs[path]['labels']}")
     return 0
 
 
@@ -133,32 +173,58 @@ def _read_split(path: str | None) -> dict[str, list[str]]:
     return {key: value for key, value in split.items() if isinstance(value, list)}
 
 
+def _check_results_file(path: str | None) -> None:
+    """--json may replace an earlier evaluate result, never another file (a split file, say)."""
+    from .engine.checks import check_output_file
+
+    if path is None:
+        return
+    target = check_output_file(path, "--json")
+    if not target.exists():
+        return
+    try:
+        earlier = json.loads(target.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        earlier = None
+    if not (isinstance(earlier, dict) and {"per_image", "mean"} <= set(earlier)):
+        raise CliError(f"--json {target} exists and is not an earlier evaluate result; it is kept: "
+                       "choose another file name")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score a model on a MoNuSeg-layout folder; print the table and write the JSON."""
     from .engine.checkpoint import atomic_write
     from .engine.data import list_tiles, load_folder
     from .engine.evaluate import evaluate_tiles
 
+    _check_runtime(args)
+    _check_results_file(args.json)
     split = _read_split(args.split)
     names = split.get(args.subset) if split else None
     if split and names is None:
         raise CliError(f"split file {args.split} has no list named {args.subset!r}")
     if names is None:
         names = list_tiles(args.data_dir)
+    if not names:
+        where = f"the {args.subset!r} list of {args.split}" if split else f"{Path(args.data_dir) / 'images'}"
+        raise CliError(f"no images to score: {where} is empty; a tile folder holds images/<id>.tif "
+                       "next to masks/<id>.png")
     device = _setup_torch(args)
     model = _load_model(args.model, device)
+    steps = _check_model_steps(model, args.steps)
     tiles = load_folder(args.data_dir, names)
     summary = None
     with _progress(len(tiles), "evaluate", "image") as bar:
-        for event in evaluate_tiles(model, tiles, image_mpp=args.mpp, steps=args.steps, samples=args.samples,
+        for event in evaluate_tiles(model, tiles, image_mpp=args.mpp, steps=steps, samples=args.samples,
                                     seed=args.seed, threshold=args.threshold):
             if event.stage == "image":
                 bar.update(1)
             else:
                 summary = event.payload
     summary["model"] = str(model.source)
-    summary["settings"] = {"steps": model.config.default_steps if args.steps is None else args.steps,
-                           "samples": model.config.default_samples if args.samples is None else args.samples, "seed": args.seed, "threshold": args.threshold, "mpp": args.mpp}
+    summary["settings"] = {"steps": steps,
+                           "samples": model.config.default_samples if args.samples is None else args.samples,
+                           "seed": args.seed, "threshold": args.threshold, "mpp": args.mpp}
     print(_format_table(summary["per_image"], summary["mean"], summary["seconds_per_image"]))
     if args.json:
         text = json.dumps(summary, indent=2)
@@ -223,23 +289,51 @@ def state_path(out: Path) -> Path:
     return out.with_name(out.stem + ".state.safetensors")
 
 
+def _check_train_out(out: Path, resume: bool) -> None:
+    """--out is a new model file, or with --resume the one this run writes; never the bundled model."""
+    from .engine.checks import check_output_file
+    from .engine.model import is_bundled
+
+    check_output_file(out)
+    if is_bundled(out) or is_bundled(state_path(out)):
+        raise CliError(f"--out {out} is inside the package's bundled weights, which are never replaced; "
+                       "choose a file of your own, e.g. runs/cdal.safetensors")
+    if resume:
+        return
+    taken = [path for path in (out, state_path(out)) if path.exists()]
+    if taken:
+        hint = " or pass --resume to continue the run that wrote it" if state_path(out).exists() else ""
+        raise CliError(f"{taken[0]} already exists and train never replaces a file; choose a new --out{hint}")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train cDAL on a MoNuSeg-layout folder; keep the best model (by validation) at --out."""
+    from .engine.checks import check_at_least, check_patch_size
     from .engine.data import list_tiles, load_folder
     from .engine.model import CdalModel, save_model
-    from .engine.training import TrainState, training_loop
     from .engine.trainer import make_patch_source, make_validation, prepare_tiles
+    from .engine.training import TrainState, training_loop
 
+    _check_runtime(args)
+    for option in ("batch_size", "checkpoint_every", "validate_every"):
+        check_at_least(getattr(args, option), 1, "--" + option.replace("_", "-"))
     out = Path(args.out)
-    device = _setup_torch(args)
+    _check_train_out(out, args.resume)
     split = _read_split(args.split)
     resume_from = state_path(out)
     if args.resume:
         if not resume_from.exists():
             raise CliError(f"--resume given but no training state at {resume_from}")
+        device = _setup_torch(args)
         state = TrainState.load(resume_from, device)
         if args.steps is not None:
+            if args.steps <= state.step:
+                raise CliError(f"the run at {resume_from} is already at step {state.step}; give --steps more "
+                               f"than {state.step} to go on")
             state = TrainState.load(resume_from, device, _train_config(args, state.train_config.to_dict()))
+        elif state.step >= state.train_config.steps:
+            raise CliError(f"the run at {resume_from} has finished its {state.step} steps; give --steps more "
+                           f"than {state.step} to go on")
         # go on with the recorded data settings unless told otherwise, so a resumed run repeats exactly
         mpp = state.record.get("data_mpp", DEFAULT_DATA_MPP) if args.mpp is None else args.mpp
         train_names = split.get("train") or state.record.get("train_tiles") or list_tiles(args.data_dir)
@@ -249,6 +343,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         train_names = split.get("train") or list_tiles(args.data_dir)
         val_names = split.get("validation") or []
         cfg = _train_config(args)
+        device = _setup_torch(args)
         if args.init_from:
             model = _load_model(args.init_from, device)
             if args.config:
@@ -262,6 +357,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.init_from:
             state.record["initialised_from"] = {"model": str(args.init_from), "steps": model.record.get("steps")}
     config = state.model.config
+    check_patch_size(state.train_config.patch_size, config)
+    if not train_names:
+        raise CliError(f"no training images: {Path(args.data_dir) / 'images'} is empty")
     train_tiles = prepare_tiles(load_folder(args.data_dir, train_names), mpp, config)
     val_tiles = load_folder(args.data_dir, val_names) if val_names else []
     sample_batch = make_patch_source(train_tiles, state, config)
@@ -298,16 +396,34 @@ def _read_mask(path: Path) -> Any:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     """Fine-tune a model on images with corrected masks; write the new model at --out, never over a file."""
-    from .engine.finetune import FinetuneConfig, FinetunePair, finetune, save_finetuned, suggest_new_name
-    from .engine.io import read_image
+    import math
 
+    from .engine.checks import check_output_file
+    from .engine.finetune import (
+        FinetuneConfig,
+        FinetunePair,
+        finetune,
+        save_finetuned,
+        suggest_new_name,
+    )
+    from .engine.io import read_header, read_image
+    from .engine.model import is_bundled
+
+    _check_runtime(args)
+    if args.lr is not None and not (math.isfinite(args.lr) and 0 < args.lr <= 1):
+        raise CliError(f"--lr {args.lr} must be a learning rate in (0, 1]; the default is 0.0001")
     images, masks = [Path(p) for p in args.images], [Path(p) for p in args.masks]
     if len(images) != len(masks):
         raise CliError(f"got {len(images)} images but {len(masks)} --masks; give one mask per image, in the same order")
-    out = Path(args.out)
+    out = check_output_file(args.out)
+    if is_bundled(out):
+        raise CliError(f"--out {out} is inside the package's bundled weights, which are never replaced; "
+                       "choose a file of your own, e.g. cdal_finetuned.safetensors")
     if out.exists():
         raise CliError(f"--out {out} already exists and fine-tuning never replaces a file; "
                        f"choose a new name, e.g. {suggest_new_name(out)}")
+    for path in images + masks:
+        read_header(path)
     pairs = [FinetunePair(read_image(image), _read_mask(mask), None, f"{image.name} with {mask.name}")
              for image, mask in zip(images, masks)]
     overrides = {key: getattr(args, key) for key in ("steps", "seed") if getattr(args, key) is not None}
@@ -320,7 +436,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     result = None
     try:
         for event in finetune(model, pairs, settings, device, args.mpp):
-            if event.stage == "train":
+            if event.stage == "note":
+                print(f"note: {event.payload}", file=sys.stderr)
+            elif event.stage == "train":
                 if not bars:
                     bars.append(_progress(event.total, "finetune", "step"))
                 bars[0].n = event.index
@@ -426,13 +544,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-steps", action="store_true", help="also write <stem>_steps.tif (x̂0 per step)")
     p.add_argument("--save-attention", action="store_true", help="also write <stem>_attention.tif")
     p.add_argument("--save-uncertainty", action="store_true", help="also write <stem>_uncertainty.tif")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace output files that exist already (default: refuse, and write nothing)")
     _add_runtime(p)
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("evaluate", help="score a model on a folder with ground truth")
     p.add_argument("data_dir", help="folder with images/<id>.tif and masks/<id>.png (MoNuSeg layout)")
     _add_sampling(p)
-    p.add_argument("--json", default=None, help="write the results as JSON here")
+    p.add_argument("--json", default=None,
+                   help="write the results as JSON here (replaces only an earlier evaluate result)")
     p.add_argument("--split", default=None, help="JSON file of tile-name lists; score only one of them")
     p.add_argument("--subset", default="validation", help="which list of --split to score (default: validation)")
     _add_runtime(p)
@@ -440,7 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model on a MoNuSeg-layout folder")
     p.add_argument("data_dir", help="folder with images/ and masks/ (MoNuSeg layout)")
-    p.add_argument("--out", required=True, help="model file to write (.safetensors)")
+    p.add_argument("--out", required=True,
+                   help="new model file to write (.safetensors); an existing one only with --resume")
     p.add_argument("--steps", type=int, default=None, help="total training steps")
     p.add_argument("--resume", action="store_true", help="go on from <out>.state.safetensors")
     p.add_argument("--config", default=None,
@@ -486,17 +608,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    """An error's message on one line (a library's multi-line text joined)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, run, and turn known errors into one line on stderr and exit status 1."""
-    from .engine.checkpoint import CheckpointError
-    from .engine.io import ImageError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (CliError, CheckpointError, ImageError, FileNotFoundError, ValueError) as exc:
-        print(f"napari-cdal {args.command}: error: {exc}", file=sys.stderr)
+    except (CliError, FileNotFoundError, ValueError) as exc:  # every engine error is a ValueError subclass
+        print(f"napari-cdal {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:  # a read or write the checks could not foresee (a disk filling up meanwhile)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"napari-cdal {args.command}: error: {where}{exc.strerror or exc}; files already written are "
+              "complete", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except MemoryError:
+        print(f"napari-cdal {args.command}: error: out of memory; crop the image into smaller tiles, or give "
+              "fewer --samples or no --save-steps/--save-attention", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"napari-cdal {args.command}: interrupted; files already written are complete", file=sys.stderr)

@@ -56,21 +56,28 @@ def bundled_model_file() -> Path:
 def _is_model_file(path: Path) -> bool:
     name = path.name
     return (
-        path.is_file() and name.endswith(MODEL_SUFFIX) and not name.endswith(TRAINING_STATE_SUFFIX)
+        path.is_file()
+        and not name.startswith(".")
+        and name.endswith(MODEL_SUFFIX)
+        and not name.endswith(TRAINING_STATE_SUFFIX)
     )
 
 
 def list_models(folder: str | Path | None = None) -> list[ModelEntry]:
     """The bundled model when present, then the *.safetensors models in `folder`, newest first.
 
-    `folder` defaults to `model_dir()`; resumable training states (*.state.safetensors) are skipped.
+    `folder` defaults to `model_dir()`; resumable training states (*.state.safetensors) and hidden
+    files are skipped, and what a killed save left there is removed (checkpoint.remove_stale_temps).
     """
+    from .engine.checkpoint import remove_stale_temps
+
     entries: list[ModelEntry] = []
     bundled = bundled_model_file()
     if bundled.is_file():
         entries.append(ModelEntry(bundled.stem, bundled, True))
     root = Path(folder) if folder is not None else model_dir()
     if root.is_dir():
+        remove_stale_temps(root)
         found = [path for path in root.iterdir() if _is_model_file(path)]
         found.sort(key=lambda path: (path.stat().st_mtime, path.name), reverse=True)
         entries.extend(ModelEntry(path.name[: -len(MODEL_SUFFIX)], path, False) for path in found)

@@ -28,6 +28,7 @@ from .segment import (
     image_pixels,
     load_model_cached,
     mpp_spin_box,
+    set_mpp_from_layer,
 )
 
 if TYPE_CHECKING:
@@ -202,6 +203,8 @@ class FinetuneWidget(WorkerRun, Container):
         self._auto_name = ""
         self._previous_model: str | None = None
         self.saved_model: Path | None = None
+        self.notes: list[str] = []
+        """What the last run told the user about their corrections (a binary mask split, say)."""
 
         self.pairs = Container(labels=False)
         self.add_pair_button = PushButton(text="Add another pair")
@@ -302,7 +305,7 @@ class FinetuneWidget(WorkerRun, Container):
 
     def _on_first_image_changed(self, layer: Image | None) -> None:
         if layer is not None:
-            self.mpp.value = image_mpp(layer)
+            set_mpp_from_layer(self.mpp, layer, self.status)
         self._suggest_name()
 
     def base_model_path(self) -> str | None:
@@ -416,6 +419,7 @@ class FinetuneWidget(WorkerRun, Container):
             float(self.learning_rate.value),
         )
         self._outcome = ""
+        self.notes = []
         self._progress = progress(total=settings.steps, desc="cDAL: fine-tuning")
         self._worker = create_worker(run_finetune, pairs, settings, _start_thread=False)
         self._connect_worker()
@@ -426,7 +430,13 @@ class FinetuneWidget(WorkerRun, Container):
 
     def _on_step(self, event: Progress) -> None:
         with self._handling():
-            if self._outcome or self._progress is None or event.stage not in ("train", "save"):
+            if self._outcome or self._progress is None or event.stage not in ("note", "train", "save"):
+                return
+            if event.stage == "note":
+                from napari.utils.notifications import show_info
+
+                self.notes.append(event.payload)
+                show_info(f"Fine-tune: {event.payload}")
                 return
             if event.stage == "save":
                 self.status.value = "Saving the new model…"

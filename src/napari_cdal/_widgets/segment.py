@@ -27,7 +27,7 @@ from magicgui.widgets import (
 )
 from psygnal import Signal
 
-from ._layers import CONTOUR_WIDTH, MASK, TAG, LivePreview, image_mpp, show_result
+from ._layers import CONTOUR_WIDTH, DEFAULT_IMAGE_MPP, MASK, TAG, LivePreview, image_mpp, show_result
 from ._run import WorkerRun
 
 if TYPE_CHECKING:
@@ -138,7 +138,24 @@ def device_choices() -> list[tuple[str, str]]:
 
 def mpp_spin_box(tooltip: str) -> FloatSpinBox:
     """The µm/px field of both widgets: 0.25 (a 40x tile) until a layer's scale says otherwise."""
-    return FloatSpinBox(label="µm/px", min=0.01, max=100.0, step=0.01, value=0.25, tooltip=tooltip)
+    from ..engine.checks import MPP_RANGE
+
+    low, high = MPP_RANGE
+    return FloatSpinBox(label="µm/px", min=low, max=high, step=0.01, value=0.25, tooltip=tooltip)
+
+
+def set_mpp_from_layer(spin: FloatSpinBox, layer: Image, status: Label) -> None:
+    """Fill the µm/px field from a layer's scale; a scale outside what the field takes is said, not clamped."""
+    from ..engine.checks import MPP_RANGE
+
+    value = image_mpp(layer)
+    low, high = MPP_RANGE
+    if low <= value <= high:
+        spin.value = value
+        return
+    spin.value = DEFAULT_IMAGE_MPP
+    status.value = (f"{layer.name}'s scale says {value:g} µm/px, outside {low:g}-{high:g}: "
+                    f"check its scale, or set µm/px here (now {DEFAULT_IMAGE_MPP:g})")
 
 
 def docked_segment_widget(viewer: napari.viewer.Viewer) -> SegmentWidget | None:
@@ -363,7 +380,7 @@ class SegmentWidget(WorkerRun, Container):
 
     def _on_image_changed(self, layer: Image | None) -> None:
         if layer is not None:
-            self.mpp.value = image_mpp(layer)
+            set_mpp_from_layer(self.mpp, layer, self.status)
 
     def _on_model_changed(self, *_: Any) -> None:
         from ..models import bundled_model_file, model_dir

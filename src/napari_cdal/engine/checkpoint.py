@@ -7,9 +7,12 @@ written atomically in one rename.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,31 +27,133 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message is one line naming the file and the reason."""
 
 
-def atomic_write(path: str | Path, write: Any) -> None:
-    """Call `write(tmp_path)` then rename onto `path`, so readers never see a half-written file."""
+class OutputError(ValueError):
+    """A file could not be written (disk full, no permission, ...); nothing was left half-written."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"cannot write {path} ({reason}); nothing was written there")
+        self.path = Path(path)
+        self.reason = reason
+
+
+TEMP_SUFFIX = ".tmp"
+STALE_TEMP_SECONDS = 3600.0
+"""A temporary file without a readable writer's pid counts as left over after this long."""
+
+
+def _temp_prefix(path: Path) -> str:
+    """Temporary files of `path` are hidden, end in .tmp (never *.safetensors) and carry the writer's pid."""
+    return f".{path.name}."
+
+
+def _writer_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | Path, target: str | None = None) -> list[Path]:
+    """Delete the temporary files killed writers left in `folder` (of `target` only, if given).
+
+    A temporary file is `.<target>.<pid>.<random>.tmp`; it is stale once no process has that pid
+    (or, without a readable pid, after STALE_TEMP_SECONDS). Returns the files removed.
+    """
+    folder = Path(folder)
+    prefix = "." if target is None else _temp_prefix(Path(target))
+    removed = []
+    try:
+        candidates = [p for p in folder.iterdir() if p.name.startswith(prefix) and p.name.endswith(TEMP_SUFFIX)]
+    except OSError:
+        return removed
+    for candidate in candidates:
+        parts = candidate.name.split(".")
+        try:
+            stale = not _writer_alive(int(parts[-3]))
+        except (ValueError, IndexError):
+            try:
+                stale = time.time() - candidate.stat().st_mtime > STALE_TEMP_SECONDS
+            except OSError:
+                continue
+        if stale:
+            with contextlib.suppress(OSError):
+                candidate.unlink()
+                removed.append(candidate)
+    return removed
+
+
+def _publish(tmp: str, path: Path, replace: bool) -> None:
+    """Move the finished temporary file to `path`; with replace=False never over an existing file."""
+    if replace:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # fails if `path` exists, with no window between check and write
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links: check, then rename
+        if path.exists():
+            raise FileExistsError(errno.EEXIST, "it already exists", str(path)) from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
+def atomic_write(path: str | Path, write: Any, replace: bool = True) -> None:
+    """Call `write(tmp_path)` then rename onto `path`, so readers never see a half-written file.
+
+    With replace=False an existing `path` is never replaced (FileExistsError). An OSError (disk full, no permission, a file where the folder should be) becomes one
+    OutputError naming the path; the temporary file is removed, and so are those a killed earlier
+    writer left behind.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path.parent, path.name)
+        fd, tmp = tempfile.mkstemp(prefix=f"{_temp_prefix(path)}{os.getpid()}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise OutputError(path, exc.strerror or str(exc)) from exc
     try:
         write(tmp)
         os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        _publish(tmp, path, replace)
+    except FileExistsError:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputError(path, exc.strerror or str(exc)) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
-    """Write tensors and metadata to one safetensors file, atomically."""
+def _save_safetensors(flat: dict[str, torch.Tensor], tmp: str, header: dict[str, Any]) -> None:
+    """safetensors' writer, its errors (a full disk among them) raised as OSError like any other write."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
+    try:
+        save_file(flat, tmp, metadata={METADATA_KEY: json.dumps(header)})
+    except SafetensorError as exc:
+        text = str(exc)
+        code = errno.ENOSPC if "StorageFull" in text or "No space left" in text else errno.EIO
+        raise OSError(code, os.strerror(code) if code == errno.ENOSPC else text) from exc
+
+
+def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any],
+                    replace: bool = True) -> None:
+    """Write tensors and metadata to one safetensors file, atomically (replace=False: never over a file)."""
     from .. import __version__
 
     header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "package_version": __version__}
     header.update(metadata)
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(flat, tmp, metadata={METADATA_KEY: json.dumps(header)}))
+    atomic_write(path, lambda tmp: _save_safetensors(flat, tmp, header), replace)
 
 
 def _header(path: Path) -> dict[str, Any]:

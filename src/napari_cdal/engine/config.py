@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,12 +142,48 @@ class TrainConfig:
     d_cutmix_weight: float = 0.0
     own_chain_rate: float = 0.0
 
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "patch_size", "checkpoint_every", "validate_every", "r1_interval"):
+            _check_integer(self, name, 1)
+        for name in ("warmup_steps", "seed"):
+            _check_integer(self, name, 0)
+        for name in ("lr_g", "lr_d", "lr_min"):
+            _check_number(self, name, 0.0, None, low_open=True)
+        for name in ("mse_weight", "adversarial_weight", "dice_weight", "bce_weight", "r1_gamma", "d_cutmix_weight"):
+            _check_number(self, name, 0.0, None)
+        for name in ("self_condition_rate", "own_chain_rate"):
+            _check_number(self, name, 0.0, 1.0)
+        _check_number(self, "ema_decay", 0.0, 1.0, high_open=True)
+        if len(self.adam_betas) != 2 or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0
+                                                 for b in self.adam_betas):
+            raise ValueError(f"TrainConfig.adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         return _from_dict(cls, data)
+
+
+def _check_integer(config: Any, name: str, least: int) -> None:
+    """Raise a ValueError naming the key unless the field is an integer of at least `least`."""
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{type(config).__name__}.{name} must be an integer >= {least}, got {value!r}")
+
+
+def _check_number(config: Any, name: str, low: float, high: float | None, low_open: bool = False,
+                  high_open: bool = False) -> None:
+    """Raise a ValueError naming the key unless the field is a finite number in the given range."""
+    value = getattr(config, name)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low)
+    if high is not None:
+        ok = ok and (value < high if high_open else value <= high)
+    if not ok:
+        span = f"{'(' if low_open else '['}{low:g}, {'inf)' if high is None else f'{high:g}' + (')' if high_open else ']')}"
+        raise ValueError(f"{type(config).__name__}.{name} must be a number in {span}, got {value!r}")
 
 
 def _from_dict(cls: type, data: dict[str, Any]) -> Any:

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import cast
 
 import numpy as np
-import tifffile
-from PIL import Image
 from scipy import ndimage
 from skimage import measure, transform
 from skimage.color import hed_from_rgb, rgb_from_hed
 from skimage.draw import polygon
+
+from .io import read_image, to_rgb_float
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 
@@ -129,32 +129,12 @@ def _image_path(root: Path, name: str) -> Path:
 
 
 def _read_array(path: Path) -> np.ndarray:
-    if path.suffix.lower() in (".tif", ".tiff"):
-        return np.asarray(tifffile.imread(path))
-    with Image.open(path) as img:
-        return np.asarray(img)
+    return read_image(path)
 
 
 def _to_rgb_uint8(arr: np.ndarray, path: Path) -> np.ndarray:
-    if arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4) and arr.shape[0] in (3, 4):
-        arr = np.moveaxis(arr, 0, -1)
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
-        raise ValueError(
-            f"image {path} has shape {arr.shape}; expected HxW grayscale, HxWx3 RGB or HxWx4 RGBA"
-        )
-    if arr.dtype == np.uint16:
-        arr = np.round(arr.astype(np.float32) / 257.0).astype(np.uint8)
-    elif arr.dtype == bool:
-        arr = arr.astype(np.uint8) * 255
-    elif arr.dtype != np.uint8:
-        raise ValueError(
-            f"image {path} has dtype {arr.dtype}; expected uint8 (or uint16) RGB, convert it first"
-        )
-    if arr.shape[-1] == 1:
-        arr = np.repeat(arr, 3, axis=-1)
-    return np.ascontiguousarray(arr[..., :3])
+    """An image as H x W x 3 uint8 through the one normalisation path (io.to_rgb_float)."""
+    return np.rint(to_rgb_float(arr, 3, name=f"image {path}")).astype(np.uint8)
 
 
 def _read_binary(path: Path) -> np.ndarray:

@@ -22,11 +22,14 @@ import numpy as np
 import torch
 from skimage import measure
 
+from .checkpoint import OutputError
 from .config import ModelConfig, TrainConfig
 from .data import Box, Tile
 from .events import Progress
+from .instances import split_binary_mask
 from .io import to_rgb_float
-from .model import CdalModel, bundled_model_path, save_model
+from .model import CdalModel, is_bundled, save_model
+from .segment import MARKER_SPACING_UM
 from .trainer import make_patch_source, make_validation, prepare_tiles
 from .training import TrainState, training_loop
 
@@ -117,6 +120,7 @@ class PreparedPairs:
     patch_size: int
     nuclei: int
     names: list[str]
+    notes: list[str] = dataclasses.field(default_factory=list)
 
 
 class FinetuneSaveError(ValueError):
@@ -211,7 +215,8 @@ def prepare_pairs(pairs: list[FinetunePair], config: ModelConfig, image_mpp: flo
                   settings: FinetuneConfig) -> PreparedPairs:
     """Check every pair and bring it to the model's µm/px; raises ValueError naming the pair and the fix.
 
-    Binary masks (and ids painted on several blobs) become instances by connected components.
+    Binary masks become instances by the distance-map watershed (with a note when it split touching
+    nuclei); ids painted on several blobs become one instance per blob.
     """
     if not pairs:
         raise ValueError("pairs is empty; give at least one (image, corrected labels) pair")
@@ -221,6 +226,7 @@ def prepare_pairs(pairs: list[FinetunePair], config: ModelConfig, image_mpp: flo
     min_region = max(1, math.ceil(MIN_REGION_UM / image_mpp))
     min_holdout = max(1, math.ceil(MIN_HOLDOUT_UM / image_mpp))
     tiles, regions, holdout, names = [], [], [], []
+    notes: list[str] = []
     nuclei = 0
     for index, pair in enumerate(pairs):
         who = f"pair {index}" + (f" ({pair.name})" if pair.name else "")
@@ -235,7 +241,14 @@ def prepare_pairs(pairs: list[FinetunePair], config: ModelConfig, image_mpp: flo
                     f"{who}: region {box} is {box[1] - box[0]}x{box[3] - box[2]} px, smaller than "
                     f"{MIN_REGION_UM:g} µm ({min_region} px at {image_mpp:g} µm/px) on a side; draw a larger box")
         binary = np.unique(labels[labels > 0]).size <= 1
-        instances = measure.label(labels, background=0, connectivity=1).astype(np.uint32)
+        if binary:
+            instances, split = split_binary_mask(labels, max(1, round(MARKER_SPACING_UM / image_mpp)))
+            if split:
+                notes.append(f"{who}: the mask is binary (one value for all nuclei), so {split} blob(s) of "
+                             f"touching nuclei were split by a distance-map watershed into {int(instances.max())} "
+                             "nuclei in all; paint each nucleus its own id to decide the split yourself")
+        else:
+            instances = measure.label(labels, background=0, connectivity=1).astype(np.uint32)
         found = _nuclei_in(instances, boxes)
         if found == 0:
             raise ValueError(
@@ -264,7 +277,7 @@ def prepare_pairs(pairs: list[FinetunePair], config: ModelConfig, image_mpp: flo
     multiple = config.size_multiple
     largest = max(max(b[1] - b[0], b[3] - b[2]) for boxes in scaled for b in boxes)
     patch = min(_round_up(settings.patch_size, multiple), _round_up(largest, multiple))
-    return PreparedPairs(tiles, scaled, holdout, patch, nuclei, names)
+    return PreparedPairs(tiles, scaled, holdout, patch, nuclei, names, notes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,7 +312,8 @@ def finetune(model: CdalModel, pairs: list[FinetunePair], config: FinetuneConfig
              device: torch.device | str = "cpu", image_mpp: float = 0.25) -> Generator[Progress, None, None]:
     """Fine-tune a copy of `model` on corrected pairs; yields events, the last one 'done' with a FinetuneResult.
 
-    Events: 'train' (step, steps, losses) every step; with a held-back strip also 'validate' (one
+    Events: 'note' (text) first for each thing the user should know (a binary mask split), then
+    'train' (step, steps, losses) every step; with a held-back strip also 'validate' (one
     per strip) and 'validate_done' (step, steps, scores), the first at step 0. `model` is never
     modified and nothing is written: closing the generator cancels the run and leaves no trace.
     Bad pairs raise ValueError at the first event (call prepare_pairs to check them up front).
@@ -308,6 +322,8 @@ def finetune(model: CdalModel, pairs: list[FinetunePair], config: FinetuneConfig
     device = torch.device(device)
     started = time.perf_counter()
     prepared = prepare_pairs(pairs, model.config, image_mpp, settings)
+    for index, note in enumerate(prepared.notes):
+        yield Progress("note", index + 1, len(prepared.notes), note)
     working = CdalModel(model.config, copy.deepcopy(model.generator), copy.deepcopy(model.discriminator),
                         {}, model.source).to(device)
     train_config = finetune_train_config(model, settings, prepared.patch_size)
@@ -357,6 +373,7 @@ def finetune(model: CdalModel, pairs: list[FinetunePair], config: FinetuneConfig
             "stopped_early": stopped_early,
             "kept_start": best_step == 0,
             "history": state.record["history"],
+            "notes": prepared.notes,
         },
     }
     final = CdalModel(final.config, final.generator, final.discriminator, record, "").eval()
@@ -384,20 +401,19 @@ def suggest_new_name(path: str | Path) -> Path:
 def save_finetuned(model: CdalModel, path: str | Path) -> Path:
     """Write a fine-tuned model atomically at a new `path`; never replaces a file or the bundled model."""
     path = Path(path)
-    try:
-        bundled = path.resolve() == bundled_model_path().resolve()
-    except OSError:
-        bundled = False
-    if bundled:
+    if is_bundled(path):
         raise FinetuneSaveError(f"path {path} is the bundled model, which is never replaced; save the "
                                 "fine-tuned model under a new name, e.g. cdal_finetuned.safetensors")
     if path.exists():
         raise FinetuneSaveError(f"path {path} already exists and a fine-tuned model never replaces a file; "
                                 f"choose a new name, e.g. {suggest_new_name(path)}")
     try:
-        save_model(path, model)
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
+        save_model(path, model, replace=False)
+    except FileExistsError as exc:
+        raise FinetuneSaveError(f"path {path} appeared while saving and is kept; choose a new name, e.g. "
+                                f"{suggest_new_name(path)}") from exc
+    except OutputError as exc:
+        reason = exc.reason
         raise FinetuneSaveError(f"could not write the fine-tuned model to {path} ({reason}); nothing was "
                                 "written and the source model is unchanged: free some disk space or "
                                 "choose another folder") from exc

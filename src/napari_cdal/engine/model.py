@@ -81,15 +81,23 @@ def bundled_model_path() -> Path:
     return Path(str(resources.files("napari_cdal") / "weights" / BUNDLED_MODEL_NAME))
 
 
+def is_bundled(path: str | Path) -> bool:
+    """True when `path` is a file of the package's weights folder, which nothing may replace."""
+    try:
+        return Path(path).resolve().parent == bundled_model_path().resolve().parent
+    except OSError:
+        return False
+
+
 def save_model(path: str | Path, model: CdalModel, extra_tensors: dict[str, torch.Tensor] | None = None,
-               extra_metadata: dict[str, Any] | None = None) -> None:
-    """Write a model (and optionally training state) as one checkpoint, atomically."""
+               extra_metadata: dict[str, Any] | None = None, replace: bool = True) -> None:
+    """Write a model (and optionally training state) as one checkpoint, atomically (replace=False: only a new file)."""
     tensors = with_prefix(model.generator.state_dict(), "generator")
     tensors.update(with_prefix(model.discriminator.state_dict(), "discriminator"))
     tensors.update(extra_tensors or {})
     metadata = {"kind": "model", "model_config": model.config.to_dict(), "record": model.record}
     metadata.update(extra_metadata or {})
-    save_checkpoint(path, tensors, metadata)
+    save_checkpoint(path, tensors, metadata, replace)
 
 
 def model_from_checkpoint(tensors: dict[str, torch.Tensor], meta: dict[str, Any], source: str) -> CdalModel:
@@ -109,6 +117,10 @@ def model_from_checkpoint(tensors: dict[str, torch.Tensor], meta: dict[str, Any]
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0]
             raise CheckpointError(f"{source}: {name} weights do not match its config ({first})") from exc
+        broken = next((key for key, value in state.items() if not torch.isfinite(value).all()), None)
+        if broken is not None:
+            raise CheckpointError(f"{source} holds NaN or infinite {name} weights ({broken}), so it cannot "
+                                  "segment; the training that wrote it diverged: use an earlier checkpoint")
     return model.eval()
 
 

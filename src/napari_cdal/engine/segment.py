@@ -15,6 +15,7 @@ from .instances import instances_from_probability
 from .io import model_size, normalise, resample, to_rgb_float
 from .model import CdalModel
 from .sampler import SampleOutput, StepOutput, reverse_process
+from .stain import keep_stained
 from .tiling import TileBlender, tile_boxes
 
 DEFAULT_IMAGE_MPP = 0.25
@@ -174,6 +175,8 @@ def segment_image(
     final_attention = dict(zip(attention_kinds, maps[n_labels + len(measures_kept):]))
     uncertainty = measures.get(config.uncertainty_measure)
     labels = probability_to_labels(probability, image_mpp, threshold)
+    if config.image_channels == 3:
+        labels = keep_stained(labels, rgb, image_mpp)
     steps_stack = None if blend_steps is None else _to_image_grid(torch.from_numpy(blend_steps.result()), (height, width))
     att_stack = None if blend_att is None else _to_image_grid(torch.from_numpy(blend_att.result()), (height, width))
     result = SegmentationResult(labels, probability, uncertainty, steps_stack, att_stack,

@@ -1,0 +1,152 @@
+"""Checks run before any compute: option ranges, output places, image headers and memory.
+
+Every check raises InputError with one line that names the option, the value and the fix, so the
+CLI and the widgets can refuse bad input before a model is loaded or a file is touched.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from .config import ModelConfig
+
+MPP_RANGE = (0.05, 5.0)
+"""µm per pixel an image may declare: from a 200x scan (0.05) to a 2x overview (5)."""
+
+MEMORY_HEADROOM = 0.8
+"""Share of the free memory one image may plan to use; the rest is left to the system and napari."""
+
+
+class InputError(ValueError):
+    """An option or input that cannot work; the message is one line naming it and the fix."""
+
+
+def check_mpp(value: float, option: str = "--mpp") -> float:
+    """A finite µm/px within MPP_RANGE."""
+    low, high = MPP_RANGE
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
+        raise InputError(f"{option} {value} is not a µm per pixel between {low} and {high}; "
+                         "a 40x tile is 0.25, a 20x tile 0.5")
+    return float(value)
+
+
+def check_threshold(value: float, option: str = "--threshold") -> float:
+    """A probability threshold strictly between 0 and 1."""
+    if not (isinstance(value, (int, float)) and 0.0 < value < 1.0):
+        raise InputError(f"{option} {value} must lie strictly between 0 and 1; use e.g. 0.5")
+    return float(value)
+
+
+def check_at_least(value: int | None, least: int, option: str) -> int | None:
+    """An integer option (None: not given) of at least `least`."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise InputError(f"{option} {value} must be an integer of at least {least}")
+    return value
+
+
+def check_patch_size(value: int, config: ModelConfig, option: str = "--patch-size") -> int:
+    """A positive multiple of the model's size multiple (one halving per network level)."""
+    multiple = config.size_multiple
+    if isinstance(value, bool) or not isinstance(value, int) or value < multiple or value % multiple:
+        nearest = max(multiple, round(value / multiple) * multiple) if isinstance(value, int) else 256
+        raise InputError(f"{option} {value} must be a positive multiple of {multiple} for this model; "
+                         f"use e.g. {nearest}")
+    return value
+
+
+def check_output_folder(folder: str | Path, option: str = "--out") -> Path:
+    """A folder that exists and is writable, or can be created: refused before any work is done."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{option} {folder} is a file; give a folder")
+    existing = folder
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{option} {folder} cannot be created: {existing} is a file, not a folder")
+    try:
+        _probe_write(existing)
+    except OSError as exc:
+        where = "" if existing == folder else f" (it would be made in {existing})"
+        raise InputError(f"{option} {folder} is not writable{where}: {exc.strerror or exc}; "
+                         "choose a folder you can write to") from exc
+    return folder
+
+
+def _probe_write(folder: Path) -> None:
+    """Create and remove a hidden file in `folder`: the one sure test of writing there (read-only disks too)."""
+    with tempfile.TemporaryFile(prefix=".napari-cdal-probe.", dir=folder):
+        pass
+
+
+def check_output_file(path: str | Path, option: str = "--out") -> Path:
+    """A file path whose folder is writable or creatable and which is not itself a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{option} {path} is a folder; give a file name, e.g. {path / 'model.safetensors'}")
+    check_output_folder(path.parent, option)
+    return path
+
+
+def check_new_outputs(paths: Iterable[Path], overwrite: bool = False) -> None:
+    """Refuse outputs that are folders, and existing files unless `overwrite` (the --overwrite flag)."""
+    existing = []
+    for path in paths:
+        if path.is_dir():
+            raise InputError(f"{path} is a folder where an output file goes; move it or choose another --out")
+        if path.exists():
+            existing.append(path)
+    if existing and not overwrite:
+        more = f" and {len(existing) - 1} more already exist" if len(existing) > 1 else " already exists"
+        raise InputError(f"{existing[0]}{more}; nothing was written: choose another --out, "
+                         "or pass --overwrite to replace them")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory free for a new allocation (Linux MemAvailable, else free pages), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def segment_peak_bytes(height: int, width: int, image_mpp: float, config: ModelConfig, steps: int,
+                       samples: int, keep_steps: bool = True, with_attention: bool = True) -> int:
+    """An upper estimate of segment_image's peak memory for an image of that size, in bytes.
+
+    Per input pixel: the image as float32, the probability (and uncertainty) maps and labels, and the
+    step and attention stacks when kept; per model-grid pixel the same maps at the model's µm/px.
+    """
+    factor = (image_mpp / config.model_mpp) ** 2
+    maps = config.label_channels + (1 if samples > 1 else 0)
+    stacks = steps * (2 if with_attention else 1) if keep_steps else 0
+    per_image_pixel = 4 * (config.image_channels + maps + 2 * stacks) + 8
+    per_model_pixel = 4 * (config.image_channels * 2 + maps + stacks + 2)
+    return int(height * width * (per_image_pixel + per_model_pixel * factor))
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**30:.1f} GiB" if count >= 2**30 else f"{count / 2**20:.0f} MiB"
+
+
+def check_memory(needed: int, what: str) -> None:
+    """Refuse work whose estimated peak memory exceeds what is free, naming the whole-slide path."""
+    free = available_memory()
+    if free is not None and needed > MEMORY_HEADROOM * free:
+        raise InputError(f"{what} needs about {_size(needed)} of memory but {_size(free)} are free; "
+                         "crop it into tiles of a few thousand pixels a side and segment those")
