@@ -1,24 +1,27 @@
-"""Shared fixtures: synthetic blob tiles and a tiny cDAL model trained on them (no downloads)."""
+"""Shared fixtures: synthetic blob tiles and the tiny cDAL model stored in tests/data."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from skimage.draw import disk
 
-from napari_cdal.engine.config import PRESETS, ModelConfig, TrainConfig
-from napari_cdal.engine.data import PatchSampler, Tile
-from napari_cdal.engine.model import CdalModel, save_model
-from napari_cdal.engine.training import TrainState, encode_targets, training_loop
+from napari_cdal.engine.model import CdalModel
 
-TINY = ModelConfig(**PRESETS["tiny"])
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+# one definition of the blob tiles and the tiny model's training, shared with the script that
+# stores the model; the tests import TINY, blob_tile and train_tiny from here
+from build_tiny_model import STORED, TINY, blob_tile, load_tiny, train_tiny  # noqa: F401
 
 
 def pytest_configure(config) -> None:
@@ -29,43 +32,26 @@ def pytest_configure(config) -> None:
         torch.set_num_threads(int(threads))
 
 
-def blob_tile(seed: int, size: int = 128, count: int = 25, name: str = "blobs") -> Tile:
-    """A synthetic 'H&E' tile: purple discs (nuclei) on pink noise, with exact instance truth."""
-    rng = np.random.default_rng(seed)
-    instances = np.zeros((size, size), np.uint32)
-    for k in range(1, count + 1):
-        r, c = rng.integers(6, size - 6, 2)
-        rr, cc = disk((r, c), int(rng.integers(3, 6)), shape=instances.shape)
-        instances[rr, cc] = k
-    image = np.empty((size, size, 3), np.float32)
-    image[:] = (225, 180, 210)
-    image[instances > 0] = (90, 50, 130)
-    image += rng.normal(0, 12, image.shape)
-    return Tile(name, np.clip(image, 0, 255).astype(np.uint8), instances > 0, instances, True, None)
+@dataclass(frozen=True)
+class StoredRun:
+    """What the tests read of the stored tiny model's training run: its step count and record."""
 
-
-def train_tiny(steps: int = 150, seed: int = 0) -> tuple[CdalModel, TrainState]:
-    """Train the tiny config on blob tiles at model resolution; about 15 s on one CPU core."""
-    cfg = TrainConfig(steps=steps, batch_size=4, patch_size=64, warmup_steps=10, lr_g=2e-3, lr_d=1e-3,
-                      ema_decay=0.9, checkpoint_every=10_000, validate_every=10_000, seed=seed)
-    state = TrainState.create(CdalModel.initialise(TINY, seed), cfg)
-    sampler = PatchSampler([blob_tile(1), blob_tile(2)], 64, lambda inst: encode_targets(inst, TINY),
-                           state.np_rng)
-    for _ in training_loop(state, sampler.sample, torch.device("cpu")):
-        pass
-    return state.exported_model(), state
+    step: int
+    record: dict[str, Any]
 
 
 @pytest.fixture(scope="session")
-def trained_tiny() -> tuple[CdalModel, TrainState]:
-    return train_tiny()
+def trained_tiny() -> tuple[CdalModel, StoredRun]:
+    """The tiny model tools/build_tiny_model.py trained, loaded from tests/data, and its run."""
+    model = load_tiny()
+    return model, StoredRun(model.record["steps"], model.record)
 
 
 @pytest.fixture(scope="session")
 def tiny_model_file(trained_tiny, tmp_path_factory) -> Path:
-    """The trained tiny model as a checkpoint file (the CLI and widgets load files)."""
+    """A copy of the stored tiny model for tests that load files; none can alter the original."""
     path = tmp_path_factory.mktemp("models") / "tiny.safetensors"
-    save_model(path, trained_tiny[0])
+    shutil.copyfile(STORED, path)
     return path
 
 
@@ -102,3 +88,38 @@ def pause_after_first_event(monkeypatch: pytest.MonkeyPatch, module: ModuleType,
 
     monkeypatch.setattr(module, name, paused)
     return resume
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """`--threads` changes torch's global thread count in-process; put it back after each test."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    """Run the CLI in-process; return (exit code, stdout, stderr)."""
+    from napari_cdal.cli import main
+
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def files_in(folder: Path) -> list[str]:
+    """The names in a folder (hidden temporary files too), [] when it does not exist."""
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+@pytest.fixture()
+def blob_images(tmp_path):
+    """One blob tile written as a TIFF and as a PNG (different stems), and its truth."""
+    import tifffile
+
+    tile = blob_tile(7)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    tifffile.imwrite(folder / "tile.tif", tile.image)
+    Image.fromarray(tile.image).save(folder / "tile_png.png")
+    return folder / "tile.tif", folder / "tile_png.png", tile

@@ -15,17 +15,21 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from conftest import TINY, files_in, run
 from PIL import Image
 
-from conftest import TINY
 from napari_cdal.cli import state_path
 from napari_cdal.engine import checks
-from napari_cdal.engine.checkpoint import atomic_write, load_checkpoint, remove_stale_temps, save_checkpoint
+from napari_cdal.engine.checkpoint import (
+    atomic_write,
+    load_checkpoint,
+    remove_stale_temps,
+    save_checkpoint,
+)
 from napari_cdal.engine.io import integer_bit_depth, to_rgb_float
 from napari_cdal.engine.model import bundled_model_path, load_model
 from napari_cdal.engine.stain import keep_stained, stained_nuclei
 from napari_cdal.models import list_models
-from test_cli import _keep_torch_threads, blob_images, files_in, run  # noqa: F401  (fixtures)
 
 
 def digest(path: Path) -> str:

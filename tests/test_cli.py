@@ -13,47 +13,17 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from conftest import TINY, files_in, run
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from conftest import TINY, blob_tile
 from napari_cdal.cli import main, state_path
 from napari_cdal.engine.checkpoint import METADATA_KEY, read_metadata
 
 
-@pytest.fixture(autouse=True)
-def _keep_torch_threads():
-    # `--threads` changes torch's global thread count in-process; put it back after each test
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
-
-def run(capsys, *args):
-    """Run the CLI in-process; return (exit code, stdout, stderr)."""
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def files_in(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
-
-
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
-
-
-@pytest.fixture()
-def blob_images(tmp_path):
-    """One blob tile written as a TIFF and as a PNG (different stems), and its truth."""
-    tile = blob_tile(7)
-    folder = tmp_path / "in"
-    folder.mkdir()
-    tifffile.imwrite(folder / "tile.tif", tile.image)
-    Image.fromarray(tile.image).save(folder / "tile_png.png")
-    return folder / "tile.tif", folder / "tile_png.png", tile
 
 
 # --- segment ------------------------------------------------------------------------------------

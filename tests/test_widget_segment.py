@@ -117,11 +117,35 @@ def test_segment_gives_four_layers_on_the_image_grid(qtbot, viewer_widget) -> No
     assert widget.image.choices == (viewer.layers[NAME],), "result layers are not offered as inputs"
 
 
+def one_event_at_a_time(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Make the engine wait after each event until the returned event is set (once it is handled).
+
+    napari's progress bar calls processEvents() in `update`, so an event the worker has already
+    queued would be handled inside the handler of the one before; waiting keeps each one apart.
+    """
+    import napari_cdal.engine.segment as engine_segment
+
+    handled = threading.Event()
+    real = engine_segment.segment_image
+
+    def handshake(*args, **kwargs):
+        for index, event in enumerate(real(*args, **kwargs)):
+            handled.clear()
+            yield event
+            if not handled.wait(TIMEOUT_MS / 1000):
+                raise TimeoutError(f"event {index} ({event.stage}) was not handled in time")
+
+    monkeypatch.setattr(engine_segment, "segment_image", handshake)
+    return handled
+
+
 def test_progress_moves_per_step_and_tile_while_the_ui_keeps_running(
     qtbot, monkeypatch, make_napari_viewer, tiny_model_file
 ) -> None:
     from napari.utils import progress
     from qtpy.QtCore import QTimer
+
+    handled = one_event_at_a_time(monkeypatch)
 
     viewer = make_napari_viewer()
     add_blobs(viewer, size=600)  # 600 px at the model's 0.5 µm/px: 2 x 2 tiles of 512
@@ -133,6 +157,7 @@ def test_progress_moves_per_step_and_tile_while_the_ui_keeps_running(
     def spy(self, n: int = 1) -> None:
         original_update(self, n)
         seen.append((self.n, self.total))
+        handled.set()
 
     monkeypatch.setattr(progress, "update", spy)
     previews = []
@@ -298,6 +323,18 @@ def test_mpp_comes_from_the_layer_scale_in_its_unit(make_napari_viewer) -> None:
     widget = dock(viewer)
     widget.image.value = in_mm
     assert widget.mpp.value == pytest.approx(0.5)
+
+
+def test_a_layer_scale_outside_the_mpp_range_is_said_not_clamped(make_napari_viewer) -> None:
+    from napari_cdal.engine.checks import MPP_RANGE
+
+    viewer = make_napari_viewer()
+    in_nm_as_um = viewer.add_image(np.zeros((8, 8), np.uint8), name="odd", scale=(250.0, 250.0))
+    widget = dock(viewer)
+    widget.image.value = in_nm_as_um
+    assert (widget.mpp.min, widget.mpp.max) == MPP_RANGE
+    assert widget.mpp.value == pytest.approx(0.25), "the default, not the nearest bound"
+    assert "odd's scale says 250 µm/px, outside 0.05-5" in widget.status.value
 
 
 @pytest.mark.parametrize("kind", ["rgba", "stack"])

@@ -86,6 +86,7 @@ def run_segmentation(
 ) -> Generator[Progress, None, SegmentationResult | RunFailure]:
     """Worker body: load the model, yield the engine's step events, return the result (or why not)."""
     from ..engine.checkpoint import CheckpointError
+    from ..engine.checks import check_memory, segment_peak_bytes
     from ..engine.device import resolve_device
     from ..engine.io import ImageError
     from ..engine.segment import segment_image
@@ -93,6 +94,9 @@ def run_segmentation(
     try:
         device = str(resolve_device(settings.device))
         model = load_model_cached(settings.model_path, device)
+        height, width = image.shape[:2]
+        check_memory(segment_peak_bytes(height, width, settings.image_mpp, model.config, settings.steps,
+                                        settings.samples), f"the image ({height} x {width} px)")
         for event in segment_image(
             model,
             image,
@@ -107,6 +111,8 @@ def run_segmentation(
             yield event
     except (CheckpointError, ImageError, FileNotFoundError, ValueError) as exc:
         return RunFailure(str(exc))
+    except MemoryError:
+        return RunFailure("out of memory: crop the image into smaller tiles, or lower K (samples)")
     return RunFailure("the engine stopped without a result")
 
 
