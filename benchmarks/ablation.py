@@ -33,15 +33,16 @@ import torch
 from _common import SPLIT_FILE, default_data_dir, display_path, machine, split, table, write_json
 
 from napari_cdal.cli import main as cli_main
-from napari_cdal.engine import reliability as rel
 from napari_cdal.engine.config import ATTENTION_MAPS, UNCERTAINTY_MEASURES
-from napari_cdal.engine.data import Tile, load_folder
+from napari_cdal.engine.data.tiles import Tile, load_folder
 from napari_cdal.engine.events import run_to_end
-from napari_cdal.engine.io import model_size, normalise, resample, to_rgb_float
-from napari_cdal.engine.metrics import dice, score_segmentation
-from napari_cdal.engine.model import CdalModel, bundled_model_path, load_model
-from napari_cdal.engine.sampler import reverse_process
-from napari_cdal.engine.segment import segment_image
+from napari_cdal.engine.io.images import to_rgb_float
+from napari_cdal.engine.method.grid import model_size, normalise, resample
+from napari_cdal.engine.method.model import CdalModel, bundled_model_path, load_model
+from napari_cdal.engine.method.sampler import reverse_process
+from napari_cdal.engine.segment import reliability as rel
+from napari_cdal.engine.segment.image import segment_image
+from napari_cdal.engine.segment.metrics import dice, score_segmentation
 
 # One change at a time against `control`, then the combination. Model-config keys change the
 # networks or the sampler (weights carried over, new inputs start at zero); train keys the recipe.

@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import time
 
-from _common import display_path, default_data_dir, machine, split, table, write_json
+from _common import default_data_dir, display_path, machine, split, table, write_json
 
-from napari_cdal.engine.data import Tile, load_folder
-from napari_cdal.engine.evaluate import evaluate_tiles
+from napari_cdal.engine.data.tiles import Tile, load_folder
 from napari_cdal.engine.events import run_to_end
-from napari_cdal.engine.model import CdalModel, load_model
+from napari_cdal.engine.method.model import CdalModel, load_model
+from napari_cdal.engine.segment.evaluate import evaluate_tiles
 
 
 def main() -> None:

@@ -16,11 +16,11 @@ from pathlib import Path
 from _common import SPLIT_FILE, default_data_dir, machine, split, table, write_json
 
 from napari_cdal.cli import main as cli_main
-from napari_cdal.engine.data import load_folder
-from napari_cdal.engine.evaluate import evaluate_tiles
+from napari_cdal.engine.data.tiles import load_folder
 from napari_cdal.engine.events import run_to_end
-from napari_cdal.engine.model import load_model
-from napari_cdal.engine.networks import count_parameters
+from napari_cdal.engine.method.model import load_model
+from napari_cdal.engine.method.networks import count_parameters
+from napari_cdal.engine.segment.evaluate import evaluate_tiles
 
 
 def main() -> None:

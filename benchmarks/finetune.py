@@ -5,7 +5,7 @@ Protocol (MoNuSeg, tiles the model never trained on): take the validation tiles 
 Fine-tune on the left half of each (the corrected region, with a gap at the cut so no nucleus is
 seen on both sides), then score the right halves before and after: same slides and stain, unseen
 nuclei, which is what a pathologist who corrected part of a slide cares about. The validation tiles
-of the other organs are scored too, to see what the fine-tune forgot. Scores are engine.evaluate's
+of the other organs are scored too, to see what the fine-tune forgot. Scores are engine.segment.evaluate's
 (full resolution, Dice, AJI, PQ); the time is the fine-tune's wall clock on this machine.
 
     python benchmarks/finetune.py --model runs/medium.safetensors --organ breast --threads 1 --json ft.json
@@ -23,14 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from _common import display_path
 
-from napari_cdal.engine.data import Tile, load_folder
-from napari_cdal.engine.evaluate import evaluate_tiles
+from napari_cdal.engine.data.tiles import Tile, load_folder
 from napari_cdal.engine.events import run_to_end
-from napari_cdal.engine.finetune import FinetuneConfig, FinetunePair, finetune
-from napari_cdal.engine.model import load_model
+from napari_cdal.engine.method.model import load_model
+from napari_cdal.engine.segment.evaluate import evaluate_tiles
+from napari_cdal.engine.training.corrections import FinetunePair
+from napari_cdal.engine.training.finetune import FinetuneConfig, finetune
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "monuseg" / "train"

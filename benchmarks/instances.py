@@ -17,11 +17,11 @@ import itertools
 import numpy as np
 from _common import default_data_dir, display_path, machine, split, table, write_json
 
-from napari_cdal.engine import segment as seg
-from napari_cdal.engine.data import Tile, load_folder
+from napari_cdal.engine.data.tiles import Tile, load_folder
 from napari_cdal.engine.events import run_to_end
-from napari_cdal.engine.metrics import score_segmentation
-from napari_cdal.engine.model import load_model
+from napari_cdal.engine.method.model import load_model
+from napari_cdal.engine.segment import image as seg
+from napari_cdal.engine.segment.metrics import score_segmentation
 
 GRID = {
     "min_nucleus_um2": [3.0, 8.0],

@@ -18,11 +18,12 @@ from _common import display_path, machine, table, write_json
 
 from napari_cdal.engine.config import PRESETS, ModelConfig, TrainConfig
 from napari_cdal.engine.events import run_to_end
-from napari_cdal.engine.io import read_image
-from napari_cdal.engine.model import CdalModel, load_model
-from napari_cdal.engine.networks import count_parameters
-from napari_cdal.engine.segment import segment_image
-from napari_cdal.engine.training import TrainState, train_step
+from napari_cdal.engine.io.images import read_image
+from napari_cdal.engine.method.model import CdalModel, load_model
+from napari_cdal.engine.method.networks import count_parameters
+from napari_cdal.engine.segment.image import segment_image
+from napari_cdal.engine.training.state import TrainState
+from napari_cdal.engine.training.step import train_step
 from napari_cdal.sample_data import sample_tile_path
 
 

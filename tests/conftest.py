@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from napari_cdal.engine.model import CdalModel
+from napari_cdal.engine.method.model import CdalModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 # one definition of the blob tiles and the tiny model's training, shared with the script that

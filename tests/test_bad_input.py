@@ -20,15 +20,15 @@ from PIL import Image
 
 from napari_cdal.cli import state_path
 from napari_cdal.engine import checks
-from napari_cdal.engine.checkpoint import (
+from napari_cdal.engine.io.checkpoint import (
     atomic_write,
     load_checkpoint,
     remove_stale_temps,
     save_checkpoint,
 )
-from napari_cdal.engine.io import integer_bit_depth, to_rgb_float
-from napari_cdal.engine.model import bundled_model_path, load_model
-from napari_cdal.engine.stain import keep_stained, stained_nuclei
+from napari_cdal.engine.io.images import integer_bit_depth, to_rgb_float
+from napari_cdal.engine.method.model import bundled_model_path, load_model
+from napari_cdal.engine.segment.stain import keep_stained, stained_nuclei
 from napari_cdal.models import list_models
 
 
@@ -246,7 +246,7 @@ def test_memory_error_is_one_line(capsys, monkeypatch, tiny_model_file, blob_ima
     def exhausted(*args, **kwargs):
         raise MemoryError
 
-    monkeypatch.setattr("napari_cdal.engine.segment.segment_image", exhausted)
+    monkeypatch.setattr("napari_cdal.engine.segment.image.segment_image", exhausted)
     code, _, err = run(capsys, "segment", blob_images[0], "--model", tiny_model_file, "--out", tmp_path / "out")
     assert code == 1 and "out of memory" in one_error_line(err, "segment")
 
@@ -258,7 +258,7 @@ def test_an_image_too_large_for_free_memory_is_refused_before_it_is_read(capsys,
     def unread(path):
         raise AssertionError("the pixels were read before the memory check")
 
-    monkeypatch.setattr("napari_cdal.engine.io.read_image", unread)
+    monkeypatch.setattr("napari_cdal.engine.io.images.read_image", unread)
     code, _, err = run(capsys, "segment", blob_images[0], "--model", tiny_model_file, "--out", tmp_path / "out")
     line = one_error_line(err, "segment")
     assert code == 1 and "MiB of memory but 0 MiB are free" in line and "crop it into tiles" in line
@@ -382,7 +382,7 @@ def test_a_killed_save_leaves_no_model_and_is_cleaned_up(tmp_path):
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from napari_cdal.engine.checkpoint import atomic_write\n"
+        "from napari_cdal.engine.io.checkpoint import atomic_write\n"
         "def slow(tmp):\n"
         "    Path(tmp).write_bytes(b'half a model')\n"
         "    print('writing', flush=True)\n"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from napari_cdal.engine.model import load_model
+from napari_cdal.engine.method.model import load_model
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "bundle_model.py"
 
@@ -66,7 +66,7 @@ def test_bundle_refuses_weights_over_the_package_limit(tiny_model_file, tmp_path
 
 
 def test_bundle_names_no_machine_paths(tiny_model_file, tmp_path, monkeypatch):
-    from napari_cdal.engine.model import save_model
+    from napari_cdal.engine.method.model import save_model
 
     source = load_model(tiny_model_file)
     source.record["initialised_from"] = {"model": str(tmp_path / "runs" / "base.safetensors"), "steps": 7}

@@ -1,9 +1,10 @@
 """Golden regression of the bundled model on the bundled sample tile, at the model's defaults.
 
-The stored figures were measured with the bundled model (seed 0, CPU, float32) when it was
-bundled; a change to the networks, sampler, resampling or instance step that moves them beyond
-the tolerances shows here. Re-measure them (and say why in the commit) only when the bundled
-model itself changes.
+The sample tile (TCGA-B0-5698, kidney) is a validation tile: the bundled model was not trained on
+it. The stored figures were measured with the bundled model (seed 0, CPU, float32) when this tile
+became the sample; a change to the networks, sampler, resampling or instance step that moves them
+beyond the tolerances shows here. Re-measure them (and say why in the commit) only when the
+bundled model or the sample tile itself changes.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ import pytest
 from PIL import Image
 
 from napari_cdal.engine.events import run_to_end
-from napari_cdal.engine.io import read_image
-from napari_cdal.engine.metrics import aggregated_jaccard_index, dice
-from napari_cdal.engine.model import bundled_model_path, load_model
-from napari_cdal.engine.segment import segment_image
+from napari_cdal.engine.io.images import read_image
+from napari_cdal.engine.method.model import bundled_model_path, load_model
+from napari_cdal.engine.segment.image import segment_image
+from napari_cdal.engine.segment.metrics import aggregated_jaccard_index, dice
 from napari_cdal.sample_data import sample_tile_path
 
-TRUTH = Path(__file__).parent / "data" / "TCGA-21-5784-01Z-00-DX1_instances.png"
-GOLDEN = {"nuclei": 394, "dice": 0.8165, "aji": 0.5663}
+TRUTH = Path(__file__).parent / "data" / "TCGA-B0-5698-01Z-00-DX1_instances.png"
+GOLDEN = {"nuclei": 347, "dice": 0.7888, "aji": 0.6039}
 TOLERANCE = {"nuclei": 4, "dice": 0.003, "aji": 0.006}
 
 pytestmark = pytest.mark.skipif(

@@ -14,7 +14,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import napari_cdal
-from napari_cdal.engine.checkpoint import (
+from napari_cdal.engine.config import PRESETS, ModelConfig
+from napari_cdal.engine.io.checkpoint import (
     METADATA_KEY,
     CheckpointError,
     atomic_write,
@@ -22,8 +23,7 @@ from napari_cdal.engine.checkpoint import (
     read_metadata,
     save_checkpoint,
 )
-from napari_cdal.engine.config import PRESETS, ModelConfig
-from napari_cdal.engine.model import CdalModel, bundled_model_path, load_model, save_model
+from napari_cdal.engine.method.model import CdalModel, bundled_model_path, load_model, save_model
 
 TINY = ModelConfig(**PRESETS["tiny"])
 

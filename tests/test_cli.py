@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from napari_cdal.cli import main, state_path
-from napari_cdal.engine.checkpoint import METADATA_KEY, read_metadata
+from napari_cdal.engine.io.checkpoint import METADATA_KEY, read_metadata
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

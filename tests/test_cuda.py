@@ -3,15 +3,15 @@
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, blob_tile
 
 from napari_cdal.engine.config import TrainConfig
 from napari_cdal.engine.events import run_to_end
-from napari_cdal.engine.metrics import dice
-from napari_cdal.engine.model import CdalModel
-from napari_cdal.engine.segment import segment_image
-from napari_cdal.engine.training import TrainState, train_step
-
-from conftest import TINY, blob_tile
+from napari_cdal.engine.method.model import CdalModel
+from napari_cdal.engine.segment.image import segment_image
+from napari_cdal.engine.segment.metrics import dice
+from napari_cdal.engine.training.state import TrainState
+from napari_cdal.engine.training.step import train_step
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")]
 

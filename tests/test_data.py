@@ -1,4 +1,4 @@
-"""Tests for napari_cdal.engine.data on small synthetic folders (real MoNuSeg folder optional)."""
+"""Tests for napari_cdal.engine.data (tiles, augment, patches) on small synthetic folders (real MoNuSeg folder optional)."""
 
 from __future__ import annotations
 
@@ -11,18 +11,11 @@ import tifffile
 from PIL import Image
 from skimage.color import hed2rgb, hed_from_rgb, hsv2rgb, rgb2hed, rgb2hsv, rgb_from_hed
 
-from napari_cdal.engine import data
-from napari_cdal.engine.data import (
-    PatchSampler,
-    Tile,
-    colour_jitter,
-    hed_jitter,
-    list_tiles,
-    load_folder,
-    load_tile,
-    resample_tile,
-    xml_to_instances,
-)
+from napari_cdal.engine.data import patches
+from napari_cdal.engine.data.augment import colour_jitter, hed_jitter
+from napari_cdal.engine.data.patches import PatchSampler
+from napari_cdal.engine.data.tiles import Tile, list_tiles, load_folder, load_tile, resample_tile
+from napari_cdal.engine.io.annotations import xml_to_instances
 
 # Two squares whose vertices sit on pixel edges (half-integers), so the filled pixels are obvious:
 # region 1 covers rows 2..5 x cols 2..5 (16 px), region 2 rows 21..23 x cols 11..15 (15 px).
@@ -478,8 +471,8 @@ def test_sampler_without_augment_returns_exact_crops() -> None:
 
 def test_sampler_targets_follow_warped_instances(monkeypatch: pytest.MonkeyPatch) -> None:
     # Switch colour changes off so the warped image still encodes the instance parity exactly.
-    monkeypatch.setattr(data, "_hed_jitter_cf", lambda x, rng, s: x)
-    monkeypatch.setattr(data, "_colour_jitter_cf", lambda x, rng, *args: x)
+    monkeypatch.setattr(patches, "_hed_jitter_cf", lambda x, rng, s: x)
+    monkeypatch.setattr(patches, "_colour_jitter_cf", lambda x, rng, *args: x)
     sampler = PatchSampler([_blocks_tile()], 40, parity_target, np.random.default_rng(7))
     images, targets, _ = sampler.sample(6)
     fractional = np.abs(images - np.round(images)).max()

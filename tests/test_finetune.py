@@ -10,28 +10,27 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from conftest import blob_tile
 from PIL import Image
 
-from conftest import blob_tile
 from napari_cdal.cli import main
-from napari_cdal.engine.checkpoint import read_metadata
 from napari_cdal.engine.config import TrainConfig
-from napari_cdal.engine import finetune as finetune_module
 from napari_cdal.engine.events import run_to_end
-from napari_cdal.engine.finetune import (
+from napari_cdal.engine.io.checkpoint import read_metadata
+from napari_cdal.engine.method.model import bundled_model_path, load_model
+from napari_cdal.engine.segment.image import segment_image
+from napari_cdal.engine.segment.metrics import dice
+from napari_cdal.engine.training import finetune as finetune_module
+from napari_cdal.engine.training.corrections import FinetunePair, prepare_pairs
+from napari_cdal.engine.training.finetune import (
     FinetuneConfig,
-    FinetunePair,
     FinetuneSaveError,
     finetune,
-    prepare_pairs,
     save_finetuned,
     suggest_new_name,
 )
-from napari_cdal.engine.metrics import dice
-from napari_cdal.engine.model import bundled_model_path, load_model
-from napari_cdal.engine.segment import segment_image
-from napari_cdal.engine.trainer import make_patch_source
-from napari_cdal.engine.training import TrainState
+from napari_cdal.engine.training.run import make_patch_source
+from napari_cdal.engine.training.state import TrainState
 
 QUICK = FinetuneConfig(steps=3, patch_size=64, batch_size=2, warmup_steps=1)
 

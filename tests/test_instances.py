@@ -1,13 +1,12 @@
-"""Tests for napari_cdal.engine.instances: splitting nuclei, core targets and relabelling."""
+"""Tests for napari_cdal.engine.segment.instances: splitting nuclei, core targets and relabelling."""
 
 from __future__ import annotations
-
 
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_cdal.engine.instances import (
+from napari_cdal.engine.segment.instances import (
     core_targets,
     instances_from_probability,
     relabel_sequential_uint,

@@ -1,4 +1,4 @@
-"""Tests for napari_cdal.engine.io: image checks, scaling to 0..255, normalisation, resolution."""
+"""Tests for napari_cdal.engine.io.images and method.grid: image checks, scaling to 0..255, normalisation, resolution."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from napari_cdal.engine.config import PRESETS, ModelConfig
-from napari_cdal.engine.io import ImageError, model_size, normalise, read_image, to_rgb_float
+from napari_cdal.engine.io.images import ImageError, read_image, to_rgb_float
+from napari_cdal.engine.method.grid import model_size, normalise
 
 TINY = ModelConfig(**PRESETS["tiny"])
 

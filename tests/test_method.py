@@ -13,10 +13,11 @@ from conftest import TINY
 
 from napari_cdal.engine.config import TrainConfig
 from napari_cdal.engine.events import run_to_end
-from napari_cdal.engine.model import CdalModel, with_new_config
-from napari_cdal.engine.sampler import reverse_process, uncertainty_maps
-from napari_cdal.engine.schedule import VPSchedule
-from napari_cdal.engine.training import TrainState, train_step
+from napari_cdal.engine.method.model import CdalModel, with_new_config
+from napari_cdal.engine.method.sampler import reverse_process, uncertainty_maps
+from napari_cdal.engine.method.schedule import VPSchedule
+from napari_cdal.engine.training.state import TrainState
+from napari_cdal.engine.training.step import train_step
 
 CPU = torch.device("cpu")
 
@@ -278,7 +279,7 @@ def test_shared_latent_removes_the_spread_that_z_makes(trained_tiny) -> None:
 
 
 def test_cutmix_boxes_and_the_per_place_discriminator_loss() -> None:
-    from napari_cdal.engine.training import cutmix_boxes
+    from napari_cdal.engine.training.step import cutmix_boxes
 
     boxes = cutmix_boxes(64, (32, 40), torch.Generator().manual_seed(0))
     assert boxes.shape == (64, 1, 32, 40) and set(boxes.unique().tolist()) <= {0.0, 1.0}
@@ -304,7 +305,7 @@ def test_chain_measures_pool_every_step_and_sample() -> None:
 
 
 def test_own_chain_input_is_made_from_the_generators_first_estimate(monkeypatch) -> None:
-    from napari_cdal.engine.training import own_chain_input
+    from napari_cdal.engine.training.step import own_chain_input
 
     state = _state()
     G, schedule = state.model.generator, state.model.schedule
@@ -331,7 +332,7 @@ def test_own_chain_input_is_made_from_the_generators_first_estimate(monkeypatch)
 def test_error_auroc_closed_forms_and_nucleus_matching() -> None:
     import numpy as np
 
-    from napari_cdal.engine import reliability as rel
+    from napari_cdal.engine.segment import reliability as rel
 
     assert rel.auroc(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1])) == 1.0
     assert rel.auroc(np.array([0.9, 0.8, 0.2, 0.1]), np.array([0, 0, 1, 1])) == 0.0
@@ -354,7 +355,7 @@ def test_error_auroc_closed_forms_and_nucleus_matching() -> None:
 def test_nucleus_features_and_review_order() -> None:
     import numpy as np
 
-    from napari_cdal.engine.measurements import nucleus_features, review_order
+    from napari_cdal.engine.segment.measurements import nucleus_features, review_order
 
     labels = np.zeros((6, 8), int)
     labels[0:2, 0:2] = 1

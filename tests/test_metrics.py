@@ -1,12 +1,11 @@
-"""Tests for napari_cdal.engine.metrics: hand-worked Dice, IoU, AJI and PQ cases."""
+"""Tests for napari_cdal.engine.segment.metrics: hand-worked Dice, IoU, AJI and PQ cases."""
 
 from __future__ import annotations
-
 
 import numpy as np
 import pytest
 
-from napari_cdal.engine.metrics import (
+from napari_cdal.engine.segment.metrics import (
     aggregated_jaccard_index,
     dice,
     iou,

@@ -4,7 +4,12 @@ import pytest
 import torch
 
 from napari_cdal.engine.config import PRESETS, ModelConfig
-from napari_cdal.engine.networks import AdaptiveGroupNorm, Discriminator, Generator, LatentMapping
+from napari_cdal.engine.method.networks import (
+    AdaptiveGroupNorm,
+    Discriminator,
+    Generator,
+    LatentMapping,
+)
 
 TINY = dict(PRESETS["tiny"])
 

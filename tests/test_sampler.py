@@ -3,15 +3,14 @@
 import numpy as np
 import pytest
 import torch
+from conftest import blob_tile
 
 from napari_cdal.engine.device import make_generator
 from napari_cdal.engine.events import run_to_end
-from napari_cdal.engine.io import normalise
-from napari_cdal.engine.metrics import dice
-from napari_cdal.engine.sampler import reverse_process
-from napari_cdal.engine.segment import segment_image
-
-from conftest import blob_tile
+from napari_cdal.engine.method.grid import normalise
+from napari_cdal.engine.method.sampler import reverse_process
+from napari_cdal.engine.segment.image import segment_image
+from napari_cdal.engine.segment.metrics import dice
 
 
 def _normalised(tile, model):

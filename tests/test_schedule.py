@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from napari_cdal.engine.schedule import VPSchedule
+from napari_cdal.engine.method.schedule import VPSchedule
 
 
 def test_t4_values_match_the_method() -> None:

@@ -1,4 +1,4 @@
-"""Tests for napari_cdal.engine.tiling: box layout, blend windows and seamless blending."""
+"""Tests for napari_cdal.engine.segment.tiling: box layout, blend windows and seamless blending."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_cdal.engine.tiling import TileBlender, blend_window, tile_boxes
+from napari_cdal.engine.segment.tiling import TileBlender, blend_window, tile_boxes
 
 CASES = [
     (100, 100, 32, 8),

@@ -24,9 +24,9 @@ from build_tiny_model import (
     tiny_train_config,
 )
 
-from napari_cdal.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from napari_cdal.engine.config import TrainConfig
-from napari_cdal.engine.model import CdalModel, save_model
+from napari_cdal.engine.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from napari_cdal.engine.method.model import CdalModel, save_model
 
 CHECKED_STEPS = 10
 RTOL = 1e-3

@@ -3,22 +3,15 @@
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, blob_tile, train_tiny
 
 from napari_cdal.engine.config import TrainConfig
 from napari_cdal.engine.events import run_to_end
-from napari_cdal.engine.instances import core_targets
-from napari_cdal.engine.metrics import dice
-from napari_cdal.engine.segment import segment_image
-from napari_cdal.engine.training import (
-    EMA,
-    TrainState,
-    _weighted_mean,
-    encode_targets,
-    learning_rate,
-    soft_dice_loss,
-)
-
-from conftest import TINY, blob_tile, train_tiny
+from napari_cdal.engine.segment.image import segment_image
+from napari_cdal.engine.segment.instances import core_targets
+from napari_cdal.engine.segment.metrics import dice
+from napari_cdal.engine.training.state import EMA, TrainState, learning_rate
+from napari_cdal.engine.training.step import _weighted_mean, encode_targets, soft_dice_loss
 
 
 def test_tiny_model_learns_blobs(trained_tiny) -> None:
@@ -68,10 +61,10 @@ def test_resume_repeats_the_run_bit_for_bit(tmp_path) -> None:
     resumed = TrainState.load(tmp_path / "state.safetensors", torch.device("cpu"),
                               TrainConfig.from_dict({**first.train_config.to_dict(), "steps": 6}))
     # go on with the same data stream: the sampler draws from the restored numpy RNG
-    from napari_cdal.engine.data import PatchSampler
+    from napari_cdal.engine.data.patches import PatchSampler
 
     sampler = PatchSampler([blob_tile(1), blob_tile(2)], 64, lambda inst: encode_targets(inst, TINY), resumed.np_rng)
-    from napari_cdal.engine.training import training_loop
+    from napari_cdal.engine.training.loop import training_loop
 
     for _ in training_loop(resumed, sampler.sample, torch.device("cpu")):
         pass

@@ -119,7 +119,7 @@ def click_finetune(qtbot, widget: FinetuneWidget, timeout: int = TIMEOUT_MS) -> 
 def test_finetune_writes_a_new_model_that_segment_selects_and_back_undoes(
     qtbot, make_napari_viewer, tiny_model_file, model_folder
 ) -> None:
-    from napari_cdal.engine.checkpoint import read_metadata
+    from napari_cdal.engine.io.checkpoint import read_metadata
 
     original_hash = sha256(tiny_model_file)
     viewer = make_napari_viewer()
@@ -186,7 +186,7 @@ def test_the_progress_bar_shows_the_loss(
 def test_a_binary_mask_is_split_with_a_visible_note(
     qtbot, monkeypatch, make_napari_viewer, tiny_model_file, model_folder
 ) -> None:
-    from napari_cdal.engine.checkpoint import read_metadata
+    from napari_cdal.engine.io.checkpoint import read_metadata
 
     infos: list[str] = []
     monkeypatch.setattr(
@@ -215,7 +215,7 @@ def test_two_pairs_without_segment_docked_use_the_model_dropdown(
 ) -> None:
     import shutil
 
-    from napari_cdal.engine.checkpoint import read_metadata
+    from napari_cdal.engine.io.checkpoint import read_metadata
 
     model_folder.mkdir()
     base = model_folder / "base.safetensors"
@@ -354,7 +354,7 @@ def test_a_full_disk_leaves_nothing_behind(
 @pytest.fixture()
 def paused_finetune(monkeypatch) -> threading.Event:
     """Hold the engine after its first step until the returned event is set (a sure 'mid-run')."""
-    import napari_cdal.engine.finetune as engine_finetune
+    import napari_cdal.engine.training.finetune as engine_finetune
 
     return pause_after_first_event(monkeypatch, engine_finetune, "finetune")
 

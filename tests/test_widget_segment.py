@@ -123,7 +123,7 @@ def one_event_at_a_time(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     napari's progress bar calls processEvents() in `update`, so an event the worker has already
     queued would be handled inside the handler of the one before; waiting keeps each one apart.
     """
-    import napari_cdal.engine.segment as engine_segment
+    import napari_cdal.engine.segment.image as engine_segment
 
     handled = threading.Event()
     real = engine_segment.segment_image
@@ -236,7 +236,7 @@ def test_the_contour_checkbox_switches_the_mask_display(qtbot, viewer_widget) ->
 @pytest.fixture()
 def paused_engine(monkeypatch) -> threading.Event:
     """Hold the engine after its first step until the returned event is set (a deterministic 'mid-run')."""
-    import napari_cdal.engine.segment as engine_segment
+    import napari_cdal.engine.segment.image as engine_segment
 
     return pause_after_first_event(monkeypatch, engine_segment, "segment_image")
 
@@ -461,7 +461,7 @@ def test_view_command_opens_the_sample_with_the_widget_docked(
     monkeypatch.setattr(napari, "run", lambda: None)
     assert main(["view", "--sample"]) == 0
     (viewer,) = made
-    assert [layer.name for layer in viewer.layers] == ["TCGA-21-5784-01Z-00-DX1"]
+    assert [layer.name for layer in viewer.layers] == ["TCGA-B0-5698-01Z-00-DX1"]
     assert any(isinstance(w, SegmentWidget) for w in viewer.window.dock_widgets.values())
 
 

@@ -20,12 +20,15 @@ import numpy as np
 import torch
 from skimage.draw import disk
 
-from napari_cdal.engine.checkpoint import CheckpointError
 from napari_cdal.engine.config import PRESETS, ModelConfig, TrainConfig
-from napari_cdal.engine.data import PatchSampler, Tile
+from napari_cdal.engine.data.patches import PatchSampler
+from napari_cdal.engine.data.tiles import Tile
 from napari_cdal.engine.events import Progress
-from napari_cdal.engine.model import CdalModel, load_model, save_model
-from napari_cdal.engine.training import TrainState, encode_targets, training_loop
+from napari_cdal.engine.io.checkpoint import CheckpointError
+from napari_cdal.engine.method.model import CdalModel, load_model, save_model
+from napari_cdal.engine.training.loop import training_loop
+from napari_cdal.engine.training.state import TrainState
+from napari_cdal.engine.training.step import encode_targets
 
 TINY = ModelConfig(**PRESETS["tiny"])
 STEPS = 150

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_cdal.engine.config import ATTENTION_MAPS, UNCERTAINTY_MEASURES
-from napari_cdal.engine.model import bundled_model_path, load_model, save_model
+from napari_cdal.engine.method.model import bundled_model_path, load_model, save_model
 
 MAX_BYTES = 25 * 1024 * 1024
 

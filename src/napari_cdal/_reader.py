@@ -144,7 +144,7 @@ def _extent(path: Path) -> tuple[int, int]:
 
 def read_annotation_file(path: str | Path) -> LayerData:
     """One annotation file as Labels layer data (instance ids on the tile's pixel grid)."""
-    from .engine.data import xml_to_instances
+    from napari_cdal.engine.io.annotations import xml_to_instances
 
     path = Path(path)
     image = tile_image_beside(path)

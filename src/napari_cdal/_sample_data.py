@@ -7,8 +7,8 @@ from typing import Any
 
 def make_monuseg_sample() -> list[tuple[Any, dict[str, Any], str]]:
     """The bundled MoNuSeg tile as an RGB image layer at its physical scale (µm)."""
-    from .engine.io import read_image
-    from .sample_data import LICENCE_LINE, SAMPLE_MPP, SAMPLE_NAME, sample_tile_path
+    from napari_cdal.engine.io.images import read_image
+    from napari_cdal.sample_data import LICENCE_LINE, SAMPLE_MPP, SAMPLE_NAME, sample_tile_path
 
     image = read_image(sample_tile_path())
     meta = {

@@ -24,8 +24,8 @@ def write_labels_tiff(path: str, data: Any, attributes: dict[str, Any]) -> list[
     """Write a Labels layer as an instance TIFF: ids renumbered 1..N, uint16 or uint32, atomically."""
     import tifffile
 
-    from .engine.checkpoint import atomic_write
-    from .engine.instances import relabel_sequential_uint
+    from napari_cdal.engine.io.checkpoint import atomic_write
+    from napari_cdal.engine.segment.instances import relabel_sequential_uint
 
     labels = relabel_sequential_uint(_check_labels(data, f"cannot write {path}"))
     atomic_write(
@@ -88,7 +88,7 @@ def labels_to_geojson(labels: np.ndarray) -> dict[str, Any]:
 
 def write_labels_geojson(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
     """Write a 2-D Labels layer as GeoJSON polygons in pixels of the layer's grid, atomically."""
-    from .engine.checkpoint import atomic_write
+    from napari_cdal.engine.io.checkpoint import atomic_write
 
     text = json.dumps(labels_to_geojson(_check_labels(data, f"cannot write {path}")))
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))

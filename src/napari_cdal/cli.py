@@ -24,7 +24,7 @@ def _progress(total: int, desc: str, unit: str) -> Any:
 
 def _check_runtime(args: argparse.Namespace) -> None:
     """The options every computing command shares, checked before anything is loaded."""
-    from .engine.checks import check_at_least, check_mpp, check_threshold
+    from napari_cdal.engine.checks import check_at_least, check_mpp, check_threshold
 
     check_at_least(getattr(args, "threads", None), 1, "--threads")
     if getattr(args, "mpp", None) is not None:
@@ -38,7 +38,7 @@ def _check_runtime(args: argparse.Namespace) -> None:
 def _setup_torch(args: argparse.Namespace) -> Any:
     import torch
 
-    from .engine.device import resolve_device
+    from napari_cdal.engine.device import resolve_device
 
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
@@ -46,7 +46,7 @@ def _setup_torch(args: argparse.Namespace) -> Any:
 
 
 def _load_model(path: str | None, device: Any) -> Any:
-    from .engine.model import load_model
+    from napari_cdal.engine.method.model import load_model
 
     return load_model(path, device)
 
@@ -64,7 +64,7 @@ def _check_model_steps(model: Any, steps: int | None) -> int:
 def _write_tiff(path: Path, array: Any) -> None:
     import tifffile
 
-    from .engine.checkpoint import atomic_write
+    from napari_cdal.engine.io.checkpoint import atomic_write
 
     # minisblack: a 3- or 4-plane stack (steps, attention) is planes, not an RGB(A) picture
     atomic_write(path, lambda tmp: tifffile.imwrite(tmp, array, compression="zlib", photometric="minisblack"))
@@ -82,21 +82,21 @@ def _segment_outputs(args: argparse.Namespace, out: Path, stem: str) -> dict[str
 
 def cmd_segment(args: argparse.Namespace) -> int:
     """Segment each image and write <stem>_labels.tif (and the optional maps) into --out."""
-    from .engine.checks import (
+    from napari_cdal.engine.checks import (
         check_memory,
         check_new_outputs,
         check_output_folder,
         segment_peak_bytes,
     )
-    from .engine.events import run_to_end
-    from .engine.instances import relabel_sequential_uint
-    from .engine.io import ImageError, plane_size, read_header, read_image
-    from .engine.segment import segment_image
+    from napari_cdal.engine.events import run_to_end
+    from napari_cdal.engine.io.images import ImageError, plane_size, read_header, read_image
+    from napari_cdal.engine.segment.image import segment_image
+    from napari_cdal.engine.segment.instances import relabel_sequential_uint
 
     _check_runtime(args)
     images = [Path(p) for p in args.images]
     if args.sample:
-        from .sample_data import sample_tile_path
+        from napari_cdal.sample_data import sample_tile_path
 
         images.append(sample_tile_path())
     if not images:
@@ -175,7 +175,7 @@ def _read_split(path: str | None) -> dict[str, list[str]]:
 
 def _check_results_file(path: str | None) -> None:
     """--json may replace an earlier evaluate result, never another file (a split file, say)."""
-    from .engine.checks import check_output_file
+    from napari_cdal.engine.checks import check_output_file
 
     if path is None:
         return
@@ -193,9 +193,9 @@ def _check_results_file(path: str | None) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score a model on a MoNuSeg-layout folder; print the table and write the JSON."""
-    from .engine.checkpoint import atomic_write
-    from .engine.data import list_tiles, load_folder
-    from .engine.evaluate import evaluate_tiles
+    from napari_cdal.engine.data.tiles import list_tiles, load_folder
+    from napari_cdal.engine.io.checkpoint import atomic_write
+    from napari_cdal.engine.segment.evaluate import evaluate_tiles
 
     _check_runtime(args)
     _check_results_file(args.json)
@@ -244,7 +244,7 @@ def _read_json_object(path: str, what: str, expected: str = "a JSON object of se
 
 
 def _train_config(args: argparse.Namespace, base: dict[str, Any] | None = None) -> Any:
-    from .engine.config import TrainConfig
+    from napari_cdal.engine.config import TrainConfig
 
     values = dict(base or {})
     if getattr(args, "train_config", None):
@@ -257,7 +257,7 @@ def _train_config(args: argparse.Namespace, base: dict[str, Any] | None = None) 
 
 
 def _model_config(spec: str | None) -> Any:
-    from .engine.config import PRESETS, ModelConfig
+    from napari_cdal.engine.config import PRESETS, ModelConfig
 
     if spec is None:
         return ModelConfig(**PRESETS["medium"])
@@ -274,8 +274,8 @@ def _model_config(spec: str | None) -> Any:
 
 def _adapted_model(model: Any, spec: str, seed: int) -> Any:
     """--init-from with --config JSON: the model's config with those keys changed, weights carried over."""
-    from .engine.config import PRESETS, ModelConfig
-    from .engine.model import with_new_config
+    from napari_cdal.engine.config import PRESETS, ModelConfig
+    from napari_cdal.engine.method.model import with_new_config
 
     if spec in PRESETS:
         raise CliError("with --init-from, --config must be a JSON file of the config keys to change, not a preset")
@@ -291,8 +291,8 @@ def state_path(out: Path) -> Path:
 
 def _check_train_out(out: Path, resume: bool) -> None:
     """--out is a new model file, or with --resume the one this run writes; never the bundled model."""
-    from .engine.checks import check_output_file
-    from .engine.model import is_bundled
+    from napari_cdal.engine.checks import check_output_file
+    from napari_cdal.engine.method.model import is_bundled
 
     check_output_file(out)
     if is_bundled(out) or is_bundled(state_path(out)):
@@ -308,11 +308,12 @@ def _check_train_out(out: Path, resume: bool) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train cDAL on a MoNuSeg-layout folder; keep the best model (by validation) at --out."""
-    from .engine.checks import check_at_least, check_patch_size
-    from .engine.data import list_tiles, load_folder
-    from .engine.model import CdalModel, save_model
-    from .engine.trainer import make_patch_source, make_validation, prepare_tiles
-    from .engine.training import TrainState, training_loop
+    from napari_cdal.engine.checks import check_at_least, check_patch_size
+    from napari_cdal.engine.data.tiles import list_tiles, load_folder
+    from napari_cdal.engine.method.model import CdalModel, save_model
+    from napari_cdal.engine.training.loop import training_loop
+    from napari_cdal.engine.training.run import make_patch_source, make_validation, prepare_tiles
+    from napari_cdal.engine.training.state import TrainState
 
     _check_runtime(args)
     for option in ("batch_size", "checkpoint_every", "validate_every"):
@@ -386,7 +387,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _read_mask(path: Path) -> Any:
     """A label image from a file; a grey image saved as RGB(A) becomes its one channel."""
-    from .engine.io import read_image
+    from napari_cdal.engine.io.images import read_image
 
     mask = read_image(path)
     if mask.ndim == 3 and all((mask[..., c] == mask[..., 0]).all() for c in range(1, min(mask.shape[-1], 3))):
@@ -398,16 +399,16 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     """Fine-tune a model on images with corrected masks; write the new model at --out, never over a file."""
     import math
 
-    from .engine.checks import check_output_file
-    from .engine.finetune import (
+    from napari_cdal.engine.checks import check_output_file
+    from napari_cdal.engine.io.images import read_header, read_image
+    from napari_cdal.engine.method.model import is_bundled
+    from napari_cdal.engine.training.corrections import FinetunePair
+    from napari_cdal.engine.training.finetune import (
         FinetuneConfig,
-        FinetunePair,
         finetune,
         save_finetuned,
         suggest_new_name,
     )
-    from .engine.io import read_header, read_image
-    from .engine.model import is_bundled
 
     _check_runtime(args)
     if args.lr is not None and not (math.isfinite(args.lr) and 0 < args.lr <= 1):
@@ -458,8 +459,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     """Print a checkpoint's config and training record."""
     import torch
 
-    from .engine.checkpoint import read_metadata
-    from .engine.model import bundled_model_path
+    from napari_cdal.engine.io.checkpoint import read_metadata
+    from napari_cdal.engine.method.model import bundled_model_path
 
     path = Path(args.model) if args.model else bundled_model_path()
     meta = read_metadata(path)
@@ -530,7 +531,7 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from napari_cdal import __version__
 
     parser = argparse.ArgumentParser(prog="napari-cdal", description="Nuclei segmentation with cDAL.")
     parser.add_argument("--version", action="version", version=f"napari-cdal {__version__}")

@@ -48,7 +48,7 @@ def model_dir() -> Path:
 
 def bundled_model_file() -> Path:
     """Where the package's own model file is (it may be absent in a development checkout)."""
-    from .engine.model import bundled_model_path
+    from napari_cdal.engine.method.model import bundled_model_path
 
     return bundled_model_path()
 
@@ -69,7 +69,7 @@ def list_models(folder: str | Path | None = None) -> list[ModelEntry]:
     `folder` defaults to `model_dir()`; resumable training states (*.state.safetensors) and hidden
     files are skipped, and what a killed save left there is removed (checkpoint.remove_stale_temps).
     """
-    from .engine.checkpoint import remove_stale_temps
+    from napari_cdal.engine.io.checkpoint import remove_stale_temps
 
     entries: list[ModelEntry] = []
     bundled = bundled_model_file()

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import napari
     from napari.layers import Image, Labels, Layer
 
-    from ..engine.segment import SegmentationResult, StepUpdate
+    from napari_cdal.engine.segment.image import SegmentationResult, StepUpdate
 
 TAG = "napari_cdal"
 MASK, STEPS, ATTENTION, UNCERTAINTY = "mask", "steps", "attention", "uncertainty"
@@ -222,7 +222,7 @@ def result_features(result: SegmentationResult, mpp: float) -> dict[str, np.ndar
 
     Attention is the last step's map, scaled to [0, 1] as the layer shows it.
     """
-    from ..engine.measurements import nucleus_features
+    from napari_cdal.engine.segment.measurements import nucleus_features
 
     attention = None if result.attention is None else normalise_planes(result.attention[-1:])[0]
     return nucleus_features(result.labels, mpp, result.uncertainty, attention)

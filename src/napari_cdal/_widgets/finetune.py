@@ -1,7 +1,7 @@
 """The Fine-tune dock widget: teaches a model the user's corrected masks in a napari thread_worker.
 
 The widget only gathers (image, corrected Labels[, Shapes of corrected regions]) pairs and settings;
-engine.finetune does the work. The new model is written atomically into the user's model folder
+engine.training.finetune does the work. The new model is written atomically into the user's model folder
 at the end of the run, so a cancel or an error leaves no file and every existing model untouched.
 """
 
@@ -18,10 +18,9 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
 from psygnal import Signal
 
-from ..models import MODEL_SUFFIX
-from ._layers import MASK, TAG, image_mpp, is_edited
-from ._run import WorkerRun
-from .segment import (
+from napari_cdal._widgets._layers import MASK, TAG, image_mpp, is_edited
+from napari_cdal._widgets._run import WorkerRun
+from napari_cdal._widgets.segment import (
     RunFailure,
     device_choices,
     docked_segment_widget,
@@ -30,13 +29,14 @@ from .segment import (
     mpp_spin_box,
     set_mpp_from_layer,
 )
+from napari_cdal.models import MODEL_SUFFIX
 
 if TYPE_CHECKING:
     import napari
     from napari.layers import Image, Labels, Shapes
 
-    from ..engine.events import Progress
-    from ..engine.finetune import FinetunePair
+    from napari_cdal.engine.events import Progress
+    from napari_cdal.engine.training.corrections import FinetunePair
 
 FOLLOW_SEGMENT = "<segment>"
 WHOLE_IMAGE = None
@@ -100,10 +100,10 @@ def run_finetune(
     pairs: list[FinetunePair], settings: FinetuneSettings
 ) -> Generator[Progress, None, Path | RunFailure]:
     """Worker body: load the base model, fine-tune it, save it as a new file (or say why not)."""
-    from ..engine.checkpoint import CheckpointError
-    from ..engine.device import resolve_device
-    from ..engine.events import Progress
-    from ..engine.finetune import FinetuneConfig, finetune, save_finetuned
+    from napari_cdal.engine.device import resolve_device
+    from napari_cdal.engine.events import Progress
+    from napari_cdal.engine.io.checkpoint import CheckpointError
+    from napari_cdal.engine.training.finetune import FinetuneConfig, finetune, save_finetuned
 
     try:
         device = str(resolve_device(settings.device))
@@ -196,7 +196,7 @@ class FinetuneWidget(WorkerRun, Container):
     run_finished = Signal(str)
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
-        from ..engine.finetune import FinetuneConfig
+        from napari_cdal.engine.training.finetune import FinetuneConfig
 
         super().__init__(labels=True)
         self._viewer = napari_viewer
@@ -268,7 +268,7 @@ class FinetuneWidget(WorkerRun, Container):
     # ------------------------------------------------------------------ choices
 
     def _model_choices(self) -> list[tuple[str, str]]:
-        from ..models import list_models
+        from napari_cdal.models import list_models
 
         following = (
             [("as chosen in Segment", FOLLOW_SEGMENT)] if self._segment() is not None else []
@@ -320,7 +320,7 @@ class FinetuneWidget(WorkerRun, Container):
             return
         base = self.base_model_path()
         image = self.pair_rows[0].image.value if self.pairs else None
-        from ..models import model_dir
+        from napari_cdal.models import model_dir
 
         name = default_model_name(
             Path(base).name.removesuffix(MODEL_SUFFIX) if base else "",
@@ -333,7 +333,7 @@ class FinetuneWidget(WorkerRun, Container):
         self.name.value = candidate
 
     def _check_name(self, *_: Any) -> str | None:
-        from ..models import model_dir
+        from napari_cdal.models import model_dir
 
         problem = model_name_problem(self.name.value.strip(), model_dir())
         self.name.native.setStyleSheet(INVALID_STYLE if problem else "")
@@ -344,8 +344,8 @@ class FinetuneWidget(WorkerRun, Container):
 
     def gather_pairs(self) -> list[FinetunePair]:
         """The rows as engine pairs (labels copied, regions in image pixels); ValueError if bad."""
-        from ..engine.finetune import FinetunePair
-        from ..engine.io import ImageError
+        from napari_cdal.engine.io.images import ImageError
+        from napari_cdal.engine.training.corrections import FinetunePair
 
         pairs = []
         for number, row in enumerate(self.pair_rows, start=1):
@@ -387,7 +387,7 @@ class FinetuneWidget(WorkerRun, Container):
         from napari.utils import progress
         from napari.utils.notifications import show_error
 
-        from ..models import model_dir
+        from napari_cdal.models import model_dir
 
         if self.running:
             return

@@ -27,16 +27,24 @@ from magicgui.widgets import (
 )
 from psygnal import Signal
 
-from ._layers import CONTOUR_WIDTH, DEFAULT_IMAGE_MPP, MASK, TAG, LivePreview, image_mpp, show_result
-from ._run import WorkerRun
+from napari_cdal._widgets._layers import (
+    CONTOUR_WIDTH,
+    DEFAULT_IMAGE_MPP,
+    MASK,
+    TAG,
+    LivePreview,
+    image_mpp,
+    show_result,
+)
+from napari_cdal._widgets._run import WorkerRun
 
 if TYPE_CHECKING:
     import napari
     from napari.layers import Image
 
-    from ..engine.events import Progress
-    from ..engine.model import CdalModel
-    from ..engine.segment import SegmentationResult
+    from napari_cdal.engine.events import Progress
+    from napari_cdal.engine.method.model import CdalModel
+    from napari_cdal.engine.segment.image import SegmentationResult
 
 OTHER_FILE = ""
 DEFAULT_STEPS = 4
@@ -68,7 +76,7 @@ class RunFailure:
 
 @functools.lru_cache(maxsize=2)
 def _cached_model(path: str, mtime_ns: int, device: str) -> CdalModel:
-    from ..engine.model import load_model
+    from napari_cdal.engine.method.model import load_model
 
     return load_model(path, device)
 
@@ -85,11 +93,11 @@ def run_segmentation(
     image: np.ndarray, settings: SegmentSettings
 ) -> Generator[Progress, None, SegmentationResult | RunFailure]:
     """Worker body: load the model, yield the engine's step events, return the result (or why not)."""
-    from ..engine.checkpoint import CheckpointError
-    from ..engine.checks import check_memory, segment_peak_bytes
-    from ..engine.device import resolve_device
-    from ..engine.io import ImageError
-    from ..engine.segment import segment_image
+    from napari_cdal.engine.checks import check_memory, segment_peak_bytes
+    from napari_cdal.engine.device import resolve_device
+    from napari_cdal.engine.io.checkpoint import CheckpointError
+    from napari_cdal.engine.io.images import ImageError
+    from napari_cdal.engine.segment.image import segment_image
 
     try:
         device = str(resolve_device(settings.device))
@@ -118,7 +126,7 @@ def run_segmentation(
 
 def image_pixels(layer: Image) -> np.ndarray:
     """The layer's pixels as one 2-D RGB or grayscale image; a clear ImageError otherwise."""
-    from ..engine.io import ImageError, to_rgb_float
+    from napari_cdal.engine.io.images import ImageError, to_rgb_float
 
     data = layer.data[0] if layer.multiscale else layer.data
     pixels = np.asarray(data)
@@ -144,7 +152,7 @@ def device_choices() -> list[tuple[str, str]]:
 
 def mpp_spin_box(tooltip: str) -> FloatSpinBox:
     """The µm/px field of both widgets: 0.25 (a 40x tile) until a layer's scale says otherwise."""
-    from ..engine.checks import MPP_RANGE
+    from napari_cdal.engine.checks import MPP_RANGE
 
     low, high = MPP_RANGE
     return FloatSpinBox(label="µm/px", min=low, max=high, step=0.01, value=0.25, tooltip=tooltip)
@@ -152,7 +160,7 @@ def mpp_spin_box(tooltip: str) -> FloatSpinBox:
 
 def set_mpp_from_layer(spin: FloatSpinBox, layer: Image, status: Label) -> None:
     """Fill the µm/px field from a layer's scale; a scale outside what the field takes is said, not clamped."""
-    from ..engine.checks import MPP_RANGE
+    from napari_cdal.engine.checks import MPP_RANGE
 
     value = image_mpp(layer)
     low, high = MPP_RANGE
@@ -174,7 +182,7 @@ def docked_segment_widget(viewer: napari.viewer.Viewer) -> SegmentWidget | None:
 
 def model_steps(path: str) -> tuple[int, int, int] | None:
     """(steps the model was trained with, its default sampling steps, its default samples K); None when unreadable."""
-    from ..engine.checkpoint import read_metadata
+    from napari_cdal.engine.io.checkpoint import read_metadata
 
     try:
         config = read_metadata(path)["model_config"]
@@ -199,7 +207,7 @@ class ReviewQueue:
     """
 
     def __init__(self, mask: Any, image: Any) -> None:
-        from ..engine.measurements import review_order
+        from napari_cdal.engine.segment.measurements import review_order
 
         features = {key: np.asarray(mask.features[key]) for key in mask.features.columns}
         self.key = (
@@ -360,7 +368,7 @@ class SegmentWidget(WorkerRun, Container):
         ]
 
     def _model_choices(self) -> list[tuple[str, str]]:
-        from ..models import list_models
+        from napari_cdal.models import list_models
 
         return [(entry.label, str(entry.path)) for entry in list_models()] + [
             ("other file…", OTHER_FILE)
@@ -389,7 +397,7 @@ class SegmentWidget(WorkerRun, Container):
             set_mpp_from_layer(self.mpp, layer, self.status)
 
     def _on_model_changed(self, *_: Any) -> None:
-        from ..models import bundled_model_file, model_dir
+        from napari_cdal.models import bundled_model_file, model_dir
 
         self.model_file.visible = self.model.value == OTHER_FILE
         path = self.selected_model_path()
@@ -415,7 +423,7 @@ class SegmentWidget(WorkerRun, Container):
         from napari.utils import progress
         from napari.utils.notifications import show_error
 
-        from ..engine.io import ImageError
+        from napari_cdal.engine.io.images import ImageError
 
         if self.running:
             return

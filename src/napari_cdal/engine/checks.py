@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from .config import ModelConfig
+from napari_cdal.engine.config import ModelConfig
 
 MPP_RANGE = (0.05, 5.0)
 """µm per pixel an image may declare: from a 200x scan (0.05) to a 2x overview (5)."""

@@ -1,4 +1,4 @@
-"""Reading and checking images, and the one normalisation path shared by train, fine-tune and segment."""
+"""Image files: their headers, their pixels, and the one path from any pixel type to RGB on 0..255 (no torch)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-
-from .config import ModelConfig
 
 MAX_PIXELS = 40_000 * 40_000
 
@@ -22,6 +18,7 @@ class ImageError(ValueError):
 
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+
 
 BIT_DEPTHS = (8, 10, 12, 14, 16, 24, 32)
 """Bit depths a camera or scanner stores in a wider integer type (12-bit data in uint16, say)."""
@@ -208,29 +205,3 @@ def to_rgb_float(image: np.ndarray, channels: int = 3, name: str = "image",
     if out.shape[-1] != channels:
         out = np.repeat(out, 3, axis=-1) if channels == 3 else out.mean(axis=-1, keepdims=True)
     return out
-
-
-def normalise(images: torch.Tensor | np.ndarray, config: ModelConfig) -> torch.Tensor:
-    """(B, C, H, W) images on the 0..255 scale -> per-channel standardised float32 tensor."""
-    x = torch.as_tensor(images, dtype=torch.float32)
-    mean = torch.tensor(config.image_mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(config.image_std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    return (x - mean) / std
-
-
-def resample(array: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
-    """Resize a (B, C, H, W) tensor; area averaging when shrinking, bilinear when enlarging."""
-    if tuple(array.shape[-2:]) == tuple(size):
-        return array
-    shrinking = size[0] < array.shape[-2] and size[1] < array.shape[-1]
-    if mode == "bilinear" and shrinking:
-        return F.interpolate(array, size=size, mode="area")
-    return F.interpolate(array, size=size, mode=mode, align_corners=False if mode == "bilinear" else None)
-
-
-def model_size(height: int, width: int, image_mpp: float, model_mpp: float) -> tuple[int, int]:
-    """Size of an image once resampled from its µm/px to the model's."""
-    if image_mpp <= 0:
-        raise ImageError(f"µm/px must be positive, got {image_mpp}")
-    factor = image_mpp / model_mpp
-    return max(1, round(height * factor)), max(1, round(width * factor))

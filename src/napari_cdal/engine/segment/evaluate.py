@@ -6,11 +6,11 @@ from typing import Any, Generator
 
 import numpy as np
 
-from .data import Tile
-from .events import Progress, run_to_end
-from .metrics import score_segmentation
-from .model import CdalModel
-from .segment import segment_image
+from napari_cdal.engine.data.tiles import Tile
+from napari_cdal.engine.events import Progress, run_to_end
+from napari_cdal.engine.method.model import CdalModel
+from napari_cdal.engine.segment.image import segment_image
+from napari_cdal.engine.segment.metrics import score_segmentation
 
 METRICS = ("dice", "iou", "aji", "pq")
 

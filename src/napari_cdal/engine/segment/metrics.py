@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_cdal.engine.instances import relabel_sequential_uint
+from napari_cdal.engine.segment.instances import relabel_sequential_uint
 
 __all__ = [
     "aggregated_jaccard_index",

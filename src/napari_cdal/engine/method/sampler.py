@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .config import UNCERTAINTY_MEASURES
-from .device import autocast
-from .events import Progress
-from .model import CdalModel
-from .schedule import randn_like
+from napari_cdal.engine.config import UNCERTAINTY_MEASURES
+from napari_cdal.engine.device import autocast
+from napari_cdal.engine.events import Progress
+from napari_cdal.engine.method.model import CdalModel
+from napari_cdal.engine.method.schedule import randn_like
 
 
 @dataclass

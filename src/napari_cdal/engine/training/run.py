@@ -7,12 +7,14 @@ from typing import Callable, Generator
 
 import numpy as np
 
-from .config import ModelConfig
-from .data import PatchSampler, Tile, resample_tile
-from .evaluate import evaluate_tiles
-from .events import Progress
-from .model import save_model
-from .training import TrainState, encode_targets
+from napari_cdal.engine.config import ModelConfig
+from napari_cdal.engine.data.patches import PatchSampler
+from napari_cdal.engine.data.tiles import Tile, resample_tile
+from napari_cdal.engine.events import Progress
+from napari_cdal.engine.method.model import save_model
+from napari_cdal.engine.segment.evaluate import evaluate_tiles
+from napari_cdal.engine.training.state import TrainState
+from napari_cdal.engine.training.step import encode_targets
 
 
 def prepare_tiles(tiles: list[Tile], data_mpp: float, config: ModelConfig) -> list[Tile]:

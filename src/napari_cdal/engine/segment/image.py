@@ -9,14 +9,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .device import make_generator
-from .events import Progress
-from .instances import instances_from_probability
-from .io import model_size, normalise, resample, to_rgb_float
-from .model import CdalModel
-from .sampler import SampleOutput, StepOutput, reverse_process
-from .stain import keep_stained
-from .tiling import TileBlender, tile_boxes
+from napari_cdal.engine.device import make_generator
+from napari_cdal.engine.events import Progress
+from napari_cdal.engine.io.images import to_rgb_float
+from napari_cdal.engine.method.grid import model_size, normalise, resample
+from napari_cdal.engine.method.model import CdalModel
+from napari_cdal.engine.method.sampler import SampleOutput, StepOutput, reverse_process
+from napari_cdal.engine.segment.instances import instances_from_probability
+from napari_cdal.engine.segment.stain import keep_stained
+from napari_cdal.engine.segment.tiling import TileBlender, tile_boxes
 
 DEFAULT_IMAGE_MPP = 0.25
 MIN_NUCLEUS_AREA_UM2 = 3.0

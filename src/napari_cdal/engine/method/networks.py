@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
+from napari_cdal.engine.config import ModelConfig
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:

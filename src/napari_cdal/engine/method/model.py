@@ -9,10 +9,16 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, split_prefix, with_prefix
-from .config import ModelConfig
-from .networks import Discriminator, Generator
-from .schedule import VPSchedule
+from napari_cdal.engine.config import ModelConfig
+from napari_cdal.engine.io.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+    split_prefix,
+    with_prefix,
+)
+from napari_cdal.engine.method.networks import Discriminator, Generator
+from napari_cdal.engine.method.schedule import VPSchedule
 
 BUNDLED_MODEL_NAME = "cdal_monuseg.safetensors"
 

@@ -148,7 +148,7 @@ def _save_safetensors(flat: dict[str, torch.Tensor], tmp: str, header: dict[str,
 def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any],
                     replace: bool = True) -> None:
     """Write tensors and metadata to one safetensors file, atomically (replace=False: never over a file)."""
-    from .. import __version__
+    from napari_cdal import __version__
 
     header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "package_version": __version__}
     header.update(metadata)

@@ -1,0 +1,1 @@
+"""Training data: tile folders, stain augmentation and patch sampling."""

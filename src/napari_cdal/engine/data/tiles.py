@@ -1,0 +1,203 @@
+"""Tile folders in the MoNuSeg layout: images, masks and instance truth read and checked."""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from skimage import measure, transform
+
+from napari_cdal.engine.io.annotations import xml_to_instances
+from napari_cdal.engine.io.images import IMAGE_SUFFIXES, read_image, to_rgb_float
+
+Box = tuple[int, int, int, int]
+
+
+@dataclass
+class Tile:
+    """One H&E tile with its ground truth: RGB image, binary foreground and instance ids."""
+
+    name: str
+    image: np.ndarray
+    foreground: np.ndarray
+    instances: np.ndarray
+    has_instance_truth: bool
+    organ: str | None = None
+
+
+def list_tiles(root: str | Path) -> list[str]:
+    """Return the sorted ids of the images in ``root/images`` (.tif, .tiff or .png)."""
+    folder = Path(root) / "images"
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"image folder {folder} does not exist; a tile folder needs images/<id>.tif "
+            "(or .tiff/.png) next to masks/<id>.png"
+        )
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+            if path.stem in found:
+                raise ValueError(
+                    f"two images share the id {path.stem!r}: {found[path.stem]} and {path}; "
+                    "keep only one of them"
+                )
+            found[path.stem] = path
+    return sorted(found)
+
+
+def _image_path(root: Path, name: str) -> Path:
+    for suffix in IMAGE_SUFFIXES:
+        for candidate in (suffix, suffix.upper()):
+            path = root / "images" / f"{name}{candidate}"
+            if path.is_file():
+                return path
+    raise FileNotFoundError(
+        f"no image for tile {name!r} in {root / 'images'} (looked for {name}.tif, .tiff, .png)"
+    )
+
+
+def _read_array(path: Path) -> np.ndarray:
+    return read_image(path)
+
+
+def _to_rgb_uint8(arr: np.ndarray, path: Path) -> np.ndarray:
+    """An image as H x W x 3 uint8 through the one normalisation path (io.to_rgb_float)."""
+    return np.rint(to_rgb_float(arr, 3, name=f"image {path}")).astype(np.uint8)
+
+
+def _read_binary(path: Path) -> np.ndarray:
+    mask = _read_array(path)
+    if mask.ndim == 3:
+        if not all(np.array_equal(mask[..., 0], mask[..., c]) for c in range(1, mask.shape[-1])):
+            raise ValueError(
+                f"mask {path} has {mask.shape[-1]} different channels; save it as a single-"
+                "channel PNG with values {{0,1}} or {{0,255}}"
+            )
+        mask = mask[..., 0]
+    values = np.unique(mask)
+    if not (set(values.tolist()) <= {0, 1} or set(values.tolist()) <= {0, 255}):
+        raise ValueError(
+            f"mask {path} holds values {values[:8].tolist()}; a binary mask must hold only "
+            "{0,1} or {0,255}"
+        )
+    return mask > 0
+
+
+def _read_instances(path: Path) -> np.ndarray:
+    arr = _read_array(path)
+    if arr.ndim != 2:
+        raise ValueError(
+            f"instance mask {path} has shape {arr.shape}; expected a single-channel HxW label PNG"
+        )
+    if arr.dtype.kind not in "ui" and arr.dtype != bool:
+        raise ValueError(f"instance mask {path} has dtype {arr.dtype}; expected integer ids")
+    if arr.dtype.kind == "i" and arr.size and arr.min() < 0:
+        raise ValueError(
+            f"instance mask {path} holds negative ids; ids must be 0 (background) or > 0"
+        )
+    return arr.astype(np.uint32)
+
+
+def _read_organ(root: Path, name: str) -> str | None:
+    manifest = root / "manifest.csv"
+    if not manifest.is_file():
+        return None
+    with manifest.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row.get("id") == name:
+                organ = (row.get("organ") or "").strip()
+                return organ or None
+    return None
+
+
+def _check_shape(what: np.ndarray, path: Path, shape: tuple[int, ...], image: Path) -> None:
+    if what.shape != shape:
+        raise ValueError(
+            f"{path} has shape {what.shape} but the image {image} is {shape}; masks must match "
+            "their image pixel for pixel"
+        )
+
+
+def load_tile(root: str | Path, name: str) -> Tile:
+    """Load one tile; instances come from the instance PNG, else the XML, else connected components.
+
+    The foreground is ``masks/<name>.png``; when that file is absent it is ``instances > 0``.
+    """
+    root = Path(root)
+    image_path = _image_path(root, name)
+    image = _to_rgb_uint8(_read_array(image_path), image_path)
+    shape = image.shape[:2]
+
+    mask_path = root / "masks" / f"{name}.png"
+    foreground = None
+    if mask_path.is_file():
+        foreground = _read_binary(mask_path)
+        _check_shape(foreground, mask_path, shape, image_path)
+
+    inst_path = root / "masks_instance" / f"{name}.png"
+    xml_path = root / "annotations" / f"{name}.xml"
+    has_truth = True
+    if inst_path.is_file():
+        instances = _read_instances(inst_path)
+        _check_shape(instances, inst_path, shape, image_path)
+    elif xml_path.is_file():
+        instances = xml_to_instances(xml_path, shape)
+    elif foreground is not None:
+        instances = measure.label(foreground, connectivity=1).astype(np.uint32)
+        has_truth = False
+    else:
+        raise FileNotFoundError(
+            f"tile {name!r} has no ground truth: none of {mask_path}, {inst_path} or {xml_path} "
+            "exists; add at least a binary mask"
+        )
+    if foreground is None:
+        foreground = instances > 0
+    return Tile(
+        name=name,
+        image=image,
+        foreground=foreground,
+        instances=instances,
+        has_instance_truth=has_truth,
+        organ=_read_organ(root, name),
+    )
+
+
+def load_folder(root: str | Path, names: list[str] | None = None) -> list[Tile]:
+    """Load the named tiles (all of ``list_tiles(root)`` when ``names`` is None), in that order."""
+    if names is None:
+        names = list_tiles(root)
+    return [load_tile(root, name) for name in names]
+
+
+def resample_tile(tile: Tile, factor: float) -> Tile:
+    """Rescale a tile by ``factor`` (0.5: 0.25 -> 0.5 um/px); image anti-aliased, ids nearest."""
+    if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0):
+        raise ValueError(f"resample_tile: factor must be a finite number > 0, got {factor!r}")
+    h, w = tile.instances.shape
+    out_shape = (int(round(h * factor)), int(round(w * factor)))
+    if min(out_shape) < 1:
+        raise ValueError(
+            f"resample_tile: factor {factor} shrinks tile {tile.name!r} ({h}x{w}) to {out_shape}; "
+            "use a larger factor"
+        )
+    if out_shape == (h, w):
+        return replace(tile)
+    anti_alias = factor < 1
+    image = transform.resize(
+        tile.image, out_shape + (3,), order=1, anti_aliasing=anti_alias, preserve_range=True
+    )
+    image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    instances = transform.resize(
+        tile.instances, out_shape, order=0, anti_aliasing=False, preserve_range=True
+    ).astype(tile.instances.dtype)
+    if tile.has_instance_truth:
+        foreground = instances > 0
+    else:
+        soft = transform.resize(
+            tile.foreground.astype(np.float32), out_shape, order=1, anti_aliasing=anti_alias
+        )
+        foreground = soft >= 0.5
+    return replace(tile, image=image, foreground=foreground, instances=instances)

@@ -1,0 +1,1 @@
+"""From an image to nuclei: tiling, sampling, instances, and the scores that judge them."""

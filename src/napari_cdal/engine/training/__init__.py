@@ -1,0 +1,1 @@
+"""Training from scratch and fine-tuning on corrections, with the loop both share."""

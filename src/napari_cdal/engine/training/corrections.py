@@ -1,0 +1,202 @@
+"""A pathologist's corrections checked and prepared for fine-tuning: pairs, regions, held-back strip."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from skimage import measure
+
+from napari_cdal.engine.config import ModelConfig
+from napari_cdal.engine.data.tiles import Box, Tile
+from napari_cdal.engine.io.images import to_rgb_float
+from napari_cdal.engine.segment.image import MARKER_SPACING_UM
+from napari_cdal.engine.segment.instances import split_binary_mask
+from napari_cdal.engine.training.run import prepare_tiles
+
+if TYPE_CHECKING:
+    from napari_cdal.engine.training.finetune import FinetuneConfig
+
+MIN_REGION_UM = 8.0
+"""Smallest side of a corrected region, in µm (about one nucleus)."""
+
+MIN_HOLDOUT_UM = 32.0
+"""Smallest side of a held-back strip (and of what stays for training), in µm."""
+
+
+@dataclass
+class FinetunePair:
+    """One image with its corrected labels: instance ids or a binary mask of the same height and width.
+
+    `regions` are the corrected boxes (y0, y1, x0, x1) in image pixels (half-open; clipped to the
+    image); None means the whole image was checked. Only pixels inside them count in the losses.
+    """
+
+    image: np.ndarray
+    labels: np.ndarray
+    regions: list[Box] | None = None
+    name: str = ""
+
+
+@dataclass
+class PreparedPairs:
+    """Checked corrections: tiles at model resolution with their training boxes, held-back crops."""
+
+    tiles: list[Tile]
+    regions: list[list[Box]]
+    holdout: list[Tile]
+    patch_size: int
+    nuclei: int
+    names: list[str]
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+def _checked_labels(labels: Any, shape: tuple[int, int], who: str) -> np.ndarray:
+    arr = np.asarray(labels)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 2:
+        raise ValueError(f"{who}: labels must be a 2-D label image (H x W), got shape {arr.shape}")
+    if arr.dtype != bool and not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{who}: labels has dtype {arr.dtype}; give integer ids (0 = background) or a "
+                         "binary mask, e.g. labels.astype(np.int32)")
+    if np.issubdtype(arr.dtype, np.signedinteger) and arr.size and int(arr.min()) < 0:
+        raise ValueError(f"{who}: labels holds negative ids (min {int(arr.min())}); ids must be 0 or > 0")
+    if arr.shape != shape:
+        raise ValueError(f"{who}: labels shape {arr.shape} differs from the image's {shape}; the corrected "
+                         "labels must cover the image pixel for pixel")
+    if not arr.any():
+        raise ValueError(f"{who}: labels are empty (no nucleus painted); paint the nuclei of the corrected "
+                         "region, or pick the Labels layer that holds the corrections")
+    return arr
+
+
+def _checked_regions(regions: list[Box] | None, shape: tuple[int, int], who: str) -> list[Box]:
+    height, width = shape
+    if regions is None:
+        return [(0, height, 0, width)]
+    if len(regions) == 0:
+        raise ValueError(f"{who}: regions is an empty list; pass None for the whole image or at least "
+                         "one (y0, y1, x0, x1) box")
+    boxes = []
+    for box in regions:
+        if len(box) != 4:
+            raise ValueError(f"{who}: region {tuple(box)!r} is not a (y0, y1, x0, x1) box")
+        y0, y1, x0, x1 = (int(round(float(v))) for v in box)
+        if y0 >= y1 or x0 >= x1:
+            raise ValueError(f"{who}: region {tuple(box)!r} is empty; a box needs y0 < y1 and x0 < x1")
+        clipped = (max(0, y0), min(height, y1), max(0, x0), min(width, x1))
+        if clipped[0] >= clipped[1] or clipped[2] >= clipped[3]:
+            raise ValueError(f"{who}: region {tuple(box)!r} lies outside the {height}x{width} image; boxes "
+                             f"are (y0, y1, x0, x1) in image pixels within 0..{height} and 0..{width}")
+        boxes.append(clipped)
+    return boxes
+
+
+def _nuclei_in(instances: np.ndarray, boxes: list[Box]) -> int:
+    inside = np.zeros(instances.shape, dtype=bool)
+    for y0, y1, x0, x1 in boxes:
+        inside[y0:y1, x0:x1] = True
+    ids = np.unique(instances[inside])
+    return int(np.count_nonzero(ids))
+
+
+def _overlaps(a: Box, b: Box) -> bool:
+    return a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]
+
+
+def _split_holdout(boxes: list[Box], fraction: float, min_side: int) -> tuple[list[Box], Box | None]:
+    """Cut the far end of the largest box (along its longer side) off for validation, when both halves fit."""
+    if fraction <= 0:
+        return boxes, None
+    k = max(range(len(boxes)), key=lambda i: (boxes[i][1] - boxes[i][0]) * (boxes[i][3] - boxes[i][2]))
+    y0, y1, x0, x1 = boxes[k]
+    along_y = (y1 - y0) >= (x1 - x0)
+    side = (y1 - y0) if along_y else (x1 - x0)
+    held = int(round(side * fraction))
+    if held < min_side or side - held < min_side:
+        return boxes, None
+    if along_y:
+        train, hold = (y0, y1 - held, x0, x1), (y1 - held, y1, x0, x1)
+    else:
+        train, hold = (y0, y1, x0, x1 - held), (y0, y1, x1 - held, x1)
+    others = boxes[:k] + boxes[k + 1:]
+    if any(_overlaps(hold, other) for other in others):
+        return boxes, None
+    return others[:k] + [train] + others[k:], hold
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def prepare_pairs(pairs: list[FinetunePair], config: ModelConfig, image_mpp: float,
+                  settings: FinetuneConfig) -> PreparedPairs:
+    """Check every pair and bring it to the model's µm/px; raises ValueError naming the pair and the fix.
+
+    Binary masks become instances by the distance-map watershed (with a note when it split touching
+    nuclei); ids painted on several blobs become one instance per blob.
+    """
+    if not pairs:
+        raise ValueError("pairs is empty; give at least one (image, corrected labels) pair")
+    if not (isinstance(image_mpp, (int, float)) and math.isfinite(image_mpp) and image_mpp > 0):
+        raise ValueError(f"image_mpp must be a number > 0 (µm per pixel of the images), got {image_mpp!r}")
+    factor = image_mpp / config.model_mpp
+    min_region = max(1, math.ceil(MIN_REGION_UM / image_mpp))
+    min_holdout = max(1, math.ceil(MIN_HOLDOUT_UM / image_mpp))
+    tiles, regions, holdout, names = [], [], [], []
+    notes: list[str] = []
+    nuclei = 0
+    for index, pair in enumerate(pairs):
+        who = f"pair {index}" + (f" ({pair.name})" if pair.name else "")
+        name = pair.name or f"pair-{index}"
+        image = to_rgb_float(pair.image, 3, name=f"{who}: image")
+        shape = image.shape[:2]
+        labels = _checked_labels(pair.labels, shape, who)
+        boxes = _checked_regions(pair.regions, shape, who)
+        for box in boxes:
+            if min(box[1] - box[0], box[3] - box[2]) < min_region:
+                raise ValueError(
+                    f"{who}: region {box} is {box[1] - box[0]}x{box[3] - box[2]} px, smaller than "
+                    f"{MIN_REGION_UM:g} µm ({min_region} px at {image_mpp:g} µm/px) on a side; draw a larger box")
+        binary = np.unique(labels[labels > 0]).size <= 1
+        if binary:
+            instances, split = split_binary_mask(labels, max(1, round(MARKER_SPACING_UM / image_mpp)))
+            if split:
+                notes.append(f"{who}: the mask is binary (one value for all nuclei), so {split} blob(s) of "
+                             f"touching nuclei were split by a distance-map watershed into {int(instances.max())} "
+                             "nuclei in all; paint each nucleus its own id to decide the split yourself")
+        else:
+            instances = measure.label(labels, background=0, connectivity=1).astype(np.uint32)
+        found = _nuclei_in(instances, boxes)
+        if found == 0:
+            raise ValueError(
+                f"{who}: the corrected regions {boxes} hold no nucleus; fine-tuning needs at least one "
+                "painted nucleus in them (a region of background only can join a region with nuclei)")
+        train_boxes, hold = _split_holdout(boxes, settings.holdout_fraction, min_holdout)
+        if hold is not None and _nuclei_in(instances, [hold]) > 0 and _nuclei_in(instances, train_boxes) > 0:
+            y0, y1, x0, x1 = hold
+            crop = instances[y0:y1, x0:x1]
+            holdout.append(Tile(f"{name} held-back", np.rint(image[y0:y1, x0:x1]).astype(np.uint8),
+                                crop > 0, crop, not binary))
+        else:
+            train_boxes = boxes
+        nuclei += _nuclei_in(instances, train_boxes)
+        tile = Tile(name, np.rint(image).astype(np.uint8), instances > 0, instances, not binary)
+        tiles.append(tile)
+        regions.append(train_boxes)
+        names.append(name)
+    tiles = prepare_tiles(tiles, image_mpp, config)
+    scaled = []
+    for tile, boxes in zip(tiles, regions):
+        height, width = tile.instances.shape
+        scaled.append([(max(0, math.floor(y0 * factor)), min(height, max(1, math.ceil(y1 * factor))),
+                        max(0, math.floor(x0 * factor)), min(width, max(1, math.ceil(x1 * factor))))
+                       for y0, y1, x0, x1 in boxes])
+    multiple = config.size_multiple
+    largest = max(max(b[1] - b[0], b[3] - b[2]) for boxes in scaled for b in boxes)
+    patch = min(_round_up(settings.patch_size, multiple), _round_up(largest, multiple))
+    return PreparedPairs(tiles, scaled, holdout, patch, nuclei, names, notes)

@@ -1,0 +1,214 @@
+"""Fine-tuning: learn from a pathologist's corrected masks on a few tiles without touching the source."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generator
+
+import torch
+
+from napari_cdal.engine.config import TrainConfig
+from napari_cdal.engine.events import Progress
+from napari_cdal.engine.io.checkpoint import OutputError
+from napari_cdal.engine.method.model import CdalModel, is_bundled, save_model
+from napari_cdal.engine.training.corrections import FinetunePair, prepare_pairs
+from napari_cdal.engine.training.loop import training_loop
+from napari_cdal.engine.training.run import make_patch_source, make_validation
+from napari_cdal.engine.training.state import TrainState
+
+SOURCE_LOSS_SETTINGS = ("adam_betas", "mse_weight", "adversarial_weight", "dice_weight", "bce_weight",
+                        "r1_gamma", "r1_interval")
+"""Settings taken over from the source model's training, so fine-tuning optimises the same losses."""
+
+
+SOURCE_SUMMARY_KEYS = ("data", "steps", "wall_seconds", "best", "finetuned_from")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning settings; the defaults were chosen with benchmarks/finetune.py on a 2-core CPU."""
+
+    steps: int = 150
+    batch_size: int = 4
+    patch_size: int = 128
+    lr_g: float = 1e-4
+    lr_d: float = 5e-5
+    lr_min: float = 1e-6
+    warmup_steps: int = 10
+    ema_decay: float = 0.99
+    holdout_fraction: float = 0.25
+    validate_every: int = 50
+    patience: int = 2
+    augment: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "patch_size", "warmup_steps", "validate_every", "patience", "seed"):
+            value = getattr(self, name)
+            least = 0 if name in ("warmup_steps", "patience", "seed") else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"FinetuneConfig.{name} must be an integer >= {least}, got {value!r}")
+        for name in ("lr_g", "lr_d", "lr_min"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"FinetuneConfig.{name} must be a number > 0, got {value!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"FinetuneConfig.ema_decay must lie in [0, 1), got {self.ema_decay!r} "
+                             "(0 ships the raw weights)")
+        if not 0.0 <= self.holdout_fraction <= 0.5:
+            raise ValueError(f"FinetuneConfig.holdout_fraction must lie in [0, 0.5], got "
+                             f"{self.holdout_fraction!r} (0 switches the held-back strip off)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class FinetuneResult:
+    """The new model (EMA weights, with its record) and how the run ended."""
+
+    model: CdalModel
+    record: dict[str, Any]
+    stopped_early: bool
+    best_step: int | None
+    kept_start: bool
+
+
+class FinetuneSaveError(ValueError):
+    """The fine-tuned model was not written; the message says why and what to do, nothing is left behind."""
+
+
+def finetune_train_config(source: CdalModel, settings: FinetuneConfig, patch_size: int) -> TrainConfig:
+    """The loop's TrainConfig: the source's loss settings, the fine-tune's optimisation settings."""
+    base = source.record.get("train_config") or {}
+    values = {key: base[key] for key in SOURCE_LOSS_SETTINGS if key in base}
+    values.update(steps=settings.steps, batch_size=settings.batch_size, patch_size=patch_size,
+                  lr_g=settings.lr_g, lr_d=settings.lr_d, lr_min=min(settings.lr_min, settings.lr_g, settings.lr_d),
+                  warmup_steps=min(settings.warmup_steps, settings.steps), ema_decay=settings.ema_decay,
+                  augment=settings.augment, seed=settings.seed, checkpoint_every=settings.steps + 1,
+                  validate_every=settings.validate_every)
+    return TrainConfig.from_dict(values)
+
+
+def source_summary(model: CdalModel) -> dict[str, Any]:
+    """Where a fine-tuned model came from: the source file's name and its record's headline."""
+    summary: dict[str, Any] = {"model": Path(model.source).name if model.source else "(in memory)"}
+    summary.update({key: model.record[key] for key in SOURCE_SUMMARY_KEYS if key in model.record})
+    return summary
+
+
+def _patience_spent(validation: list[dict[str, Any]], best_step: int, patience: int) -> bool:
+    return patience > 0 and sum(1 for row in validation if row["step"] > best_step) >= patience
+
+
+def finetune(model: CdalModel, pairs: list[FinetunePair], config: FinetuneConfig | None = None,
+             device: torch.device | str = "cpu", image_mpp: float = 0.25) -> Generator[Progress, None, None]:
+    """Fine-tune a copy of `model` on corrected pairs; yields events, the last one 'done' with a FinetuneResult.
+
+    Events: 'note' (text) first for each thing the user should know (a binary mask split), then
+    'train' (step, steps, losses) every step; with a held-back strip also 'validate' (one
+    per strip) and 'validate_done' (step, steps, scores), the first at step 0. `model` is never
+    modified and nothing is written: closing the generator cancels the run and leaves no trace.
+    Bad pairs raise ValueError at the first event (call prepare_pairs to check them up front).
+    """
+    settings = config or FinetuneConfig()
+    device = torch.device(device)
+    started = time.perf_counter()
+    prepared = prepare_pairs(pairs, model.config, image_mpp, settings)
+    for index, note in enumerate(prepared.notes):
+        yield Progress("note", index + 1, len(prepared.notes), note)
+    working = CdalModel(model.config, copy.deepcopy(model.generator), copy.deepcopy(model.discriminator),
+                        {}, model.source).to(device)
+    train_config = finetune_train_config(model, settings, prepared.patch_size)
+    state = TrainState.create(working, train_config)
+    sample_batch = make_patch_source(prepared.tiles, state, model.config, prepared.regions)
+
+    best: dict[str, Any] = {}
+
+    def keep_best(current: TrainState) -> None:
+        best.update(step=current.step, model=current.exported_model())
+
+    on_validate = make_validation(prepared.holdout, image_mpp, on_best=keep_best) if prepared.holdout else None
+    if on_validate is not None:
+        yield from on_validate(state)  # step 0: the starting weights are a candidate too
+    stopped_early = False
+    loop = training_loop(state, sample_batch, device, None, on_validate)
+    try:
+        for event in loop:
+            if event.stage == "done":
+                break
+            yield event
+            if event.stage == "validate_done" and _patience_spent(
+                    state.record["validation"], best["step"], settings.patience):
+                stopped_early = state.step < train_config.steps
+                break
+    finally:
+        loop.close()
+
+    final = best["model"] if best else state.exported_model()
+    best_step = best.get("step")
+    record = {
+        "finetuned_from": source_summary(model),
+        "data": f"fine-tune corrections ({len(prepared.names)} image{'s' if len(prepared.names) != 1 else ''})",
+        "steps": state.step,
+        "wall_seconds": round(time.perf_counter() - started, 2),
+        "train_config": train_config.to_dict(),
+        "finetune": {
+            "images": prepared.names,
+            "pairs": len(prepared.names),
+            "nuclei": prepared.nuclei,
+            "image_mpp": image_mpp,
+            "patch_size": prepared.patch_size,
+            "settings": settings.to_dict(),
+            "held_back": [tile.name for tile in prepared.holdout],
+            "validation": state.record["validation"],
+            "best_step": best_step,
+            "stopped_early": stopped_early,
+            "kept_start": best_step == 0,
+            "history": state.record["history"],
+            "notes": prepared.notes,
+        },
+    }
+    final = CdalModel(final.config, final.generator, final.discriminator, record, "").eval()
+    result = FinetuneResult(final, record, stopped_early, best_step, best_step == 0)
+    yield Progress("done", state.step, train_config.steps, result)
+
+
+def suggest_new_name(path: str | Path) -> Path:
+    """A free file name beside `path`: <stem>-2<suffix>, -3, ... (an existing -N goes on counting)."""
+    path = Path(path)
+    suffix = "".join(path.suffixes) or ".safetensors"
+    stem = path.name[: len(path.name) - len("".join(path.suffixes))] if path.suffixes else path.name
+    match = re.fullmatch(r"(.*)-(\d+)", stem)
+    base, number = (match.group(1), int(match.group(2)) + 1) if match else (stem, 2)
+    while (candidate := path.with_name(f"{base}-{number}{suffix}")).exists():
+        number += 1
+    return candidate
+
+
+def save_finetuned(model: CdalModel, path: str | Path) -> Path:
+    """Write a fine-tuned model atomically at a new `path`; never replaces a file or the bundled model."""
+    path = Path(path)
+    if is_bundled(path):
+        raise FinetuneSaveError(f"path {path} is the bundled model, which is never replaced; save the "
+                                "fine-tuned model under a new name, e.g. cdal_finetuned.safetensors")
+    if path.exists():
+        raise FinetuneSaveError(f"path {path} already exists and a fine-tuned model never replaces a file; "
+                                f"choose a new name, e.g. {suggest_new_name(path)}")
+    try:
+        save_model(path, model, replace=False)
+    except FileExistsError as exc:
+        raise FinetuneSaveError(f"path {path} appeared while saving and is kept; choose a new name, e.g. "
+                                f"{suggest_new_name(path)}") from exc
+    except OutputError as exc:
+        reason = exc.reason
+        raise FinetuneSaveError(f"could not write the fine-tuned model to {path} ({reason}); nothing was "
+                                "written and the source model is unchanged: free some disk space or "
+                                "choose another folder") from exc
+    return path
