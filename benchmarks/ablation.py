@@ -127,7 +127,9 @@ def discriminator_accuracy(model: CdalModel) -> dict[str, float | None]:
     """D's accuracy on real and on fake pairs, averaged over the last 100 training steps' records."""
     history = [h for h in model.record.get("history", []) if "d_real_acc" in h]
     last = [h for h in history if h["step"] > history[-1]["step"] - 100] if history else []
-    mean = lambda key: float(np.mean([h[key] for h in last])) if last else None
+    def mean(key: str) -> float | None:
+        return float(np.mean([h[key] for h in last])) if last else None
+
     return {"d_real_acc": mean("d_real_acc"), "d_fake_acc": mean("d_fake_acc")}
 
 
@@ -197,7 +199,7 @@ def score_setting(
         row[key] = float(np.mean([s[key] for s in scores]))
     row["step_dice"] = [float(v) for v in np.mean(step_dice, axis=0)]
     row["chain_refines"] = bool(
-        all(b >= a - 1e-4 for a, b in zip(row["step_dice"], row["step_dice"][1:]))
+        all(b >= a - 1e-4 for a, b in zip(row["step_dice"], row["step_dice"][1:], strict=True))
     )
     row["count_ratio"] = float(np.mean([p / max(t, 1) for p, t in counts]))
     row["pixel_auroc"] = {k: rel.auroc(np.concatenate(v), errors) for k, v in pixel.items()}

@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="MoNuSeg folder (default: shared data)")
     parser.add_argument("--model", default=None, help="model to fine-tune (default: the bundled one)")
     parser.add_argument("--split", type=Path, default=HERE / "monuseg_split.json")
-    parser.add_argument("--organ", default="breast", help="organ whose validation tiles are corrected (default: breast)")
+    parser.add_argument("--organ", default="breast",
+                        help="organ whose validation tiles are corrected (default: breast)")
     parser.add_argument("--variants", default="default", help=f"comma-separated, of {sorted(VARIANTS)}")
     parser.add_argument("--steps", type=int, default=None, help="fine-tune steps (default: FinetuneConfig's)")
     parser.add_argument("--seed", type=int, default=None, help="fine-tune seed (default: FinetuneConfig's)")
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model = load_model(args.model)
     target_names, other_names = organ_tiles(args.data, args.split, args.organ)
-    pairs, targets = zip(*(halves(tile) for tile in load_folder(args.data, target_names)))
+    pairs, targets = zip(*(halves(tile) for tile in load_folder(args.data, target_names)), strict=True)
     others = [] if args.no_others else load_folder(args.data, other_names)
     print(f"model {model.source} (trained {model.record.get('steps', '?')} steps); organ {args.organ}: "
           f"fine-tune on the left halves of {len(pairs)} tile(s), score their right halves; "
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         result = run_to_end(finetune(model, list(pairs), settings, "cpu", DATA_MPP))
         seconds = time.perf_counter() - started
-        after = {"target": score(result.model, list(targets)), "others": score(result.model, others) if others else None}
+        after = {"target": score(result.model, list(targets)),
+                 "others": score(result.model, others) if others else None}
         runs.append({"variant": name, "settings": settings.to_dict(), "finetune_seconds": round(seconds, 1),
                      "steps_run": result.record["steps"], "best_step": result.best_step,
                      "kept_start": result.kept_start, "validation": result.record["finetune"]["validation"],
@@ -131,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"{'variant':<16} {'s':>5}  {'target Dice':>15} {'target AJI':>15} {'target PQ':>15}"
              f"  {'others Dice':>15} {'others AJI':>15}"]
     base_t, base_o = baseline["target"]["mean"], (baseline["others"] or {}).get("mean", {})
-    lines.append(f"{'start':<16} {'':>5}  {fmt(base_t['dice'], base_t['dice']):>15} {fmt(base_t['aji'], base_t['aji']):>15} "
+    lines.append(f"{'start':<16} {'':>5}  {fmt(base_t['dice'], base_t['dice']):>15} "
+                 f"{fmt(base_t['aji'], base_t['aji']):>15} "
                  f"{fmt(base_t['pq'], base_t['pq']):>15}  {fmt(base_o.get('dice'), base_o.get('dice')):>15} "
                  f"{fmt(base_o.get('aji'), base_o.get('aji')):>15}")
     for run in runs:

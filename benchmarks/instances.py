@@ -45,7 +45,7 @@ def probabilities(
 
 def score(tiles: list[Tile], maps: list[np.ndarray], setting: dict[str, float]) -> dict[str, float]:
     rows = []
-    for tile, probability in zip(tiles, maps):
+    for tile, probability in zip(tiles, maps, strict=True):
         labels = seg.probability_to_labels(probability, 0.25, **setting)
         rows.append(
             {
@@ -79,7 +79,7 @@ def main() -> None:
     }
     rows = []
     for values in itertools.product(*GRID.values()):
-        setting = dict(zip(GRID, values))
+        setting = dict(zip(GRID, values, strict=True))
         rows.append({**setting, **score(train, train_maps, setting), "current": setting == current})
         print(table(rows[-1:], list(rows[-1])), flush=True)
     best = max(rows, key=lambda r: r["aji"])

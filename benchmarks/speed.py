@@ -71,7 +71,8 @@ def main() -> None:
     rows = [{"T": t, "K": k, "s/tile": seconds_per_tile(model, image, t, k, args.repeats),
              "s/tile with maps": seconds_per_tile(model, image, t, k, args.repeats, maps=True)}
             for t in args.steps for k in args.samples]
-    print(f"model {display_path(model.source)} on a {image.shape[1]}x{image.shape[0]} tile, {torch.get_num_threads()} threads")
+    print(f"model {display_path(model.source)} on a {image.shape[1]}x{image.shape[0]} tile, "
+          f"{torch.get_num_threads()} threads")
     print(table(rows, ["T", "K", "s/tile", "s/tile with maps"]))
     presets = []
     if args.presets:

@@ -20,11 +20,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import default_data_dir  # noqa: E402
 
-from napari_cdal.engine.data.tiles import load_tile
+from napari_cdal.engine.data.tiles import load_tile  # noqa: E402
 from napari_cdal.engine.events import run_to_end  # noqa: E402
-from napari_cdal.engine.method.model import load_model
-from napari_cdal.engine.segment.image import segment_image
-from napari_cdal.engine.segment.metrics import score_segmentation
+from napari_cdal.engine.method.model import load_model  # noqa: E402
+from napari_cdal.engine.segment.image import segment_image  # noqa: E402
+from napari_cdal.engine.segment.metrics import score_segmentation  # noqa: E402
 
 
 def main() -> None:

@@ -261,8 +261,8 @@ def test_resume_is_bit_identical(capsys, blob_folder, tmp_path):
 def test_train_init_from_a_model(capsys, blob_folder, tiny_model_file, tmp_path):
     """A new run can start from a model's weights; its record says where they came from."""
     model_path = tmp_path / "warm.safetensors"
-    code, _, err = run(capsys, "train", blob_folder, "--out", model_path, "--steps", "2", "--init-from", tiny_model_file,
-                       "--mpp", "0.5", "--patch-size", "64", "--batch-size", "2")
+    code, _, err = run(capsys, "train", blob_folder, "--out", model_path, "--steps", "2", "--init-from",
+                       tiny_model_file, "--mpp", "0.5", "--patch-size", "64", "--batch-size", "2")
     assert code == 0, err
     meta = read_metadata(model_path)
     assert meta["record"]["initialised_from"]["model"] == str(tiny_model_file)

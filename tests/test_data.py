@@ -1,4 +1,4 @@
-"""Tests for napari_cdal.engine.data (tiles, augment, patches) on small synthetic folders (real MoNuSeg folder optional)."""
+"""Tests for napari_cdal.engine.data (tiles, augment, patches) on small synthetic folders (and MoNuSeg, if there)."""
 
 from __future__ import annotations
 

@@ -165,7 +165,7 @@ def test_regions_map_to_model_pixels_and_weigh_zero_outside(source) -> None:
     assert prepared.patch_size == 64  # shrunk to the region instead of padding a 256 patch
     state = TrainState.create(source, TrainConfig(patch_size=prepared.patch_size, augment=False))
     images, _, weights = make_patch_source(prepared.tiles, state, source.config, prepared.regions)(3)
-    for image, weight in zip(images, weights[:, 0]):
+    for image, weight in zip(images, weights[:, 0], strict=True):
         columns = np.flatnonzero(weight[0])
         assert len(columns) == 32 and np.all(weight[:, columns] == 1) and weight.sum() == 64 * 32
         region_pixels = image[:, :, columns].transpose(1, 2, 0)

@@ -238,7 +238,7 @@ def test_large_tile_is_recovered_exactly() -> None:
     radii = rng.uniform(3, 8, size=len(centres))
     truth = np.zeros((1000, 1000), dtype=np.int32)
     yy, xx = np.mgrid[-8:9, -8:9]
-    for k, ((cy, cx), r) in enumerate(zip(centres, radii), start=1):
+    for k, ((cy, cx), r) in enumerate(zip(centres, radii, strict=True), start=1):
         disc = yy**2 + xx**2 <= r**2
         truth[cy - 8 : cy + 9, cx - 8 : cx + 9][disc] = k
     core = core_targets(truth).astype(np.float32)

@@ -1,4 +1,4 @@
-"""Tests for napari_cdal.engine.io.images and method.grid: image checks, scaling to 0..255, normalisation, resolution."""
+"""Tests for engine.io.images and engine.method.grid: image checks, scaling to 0..255, normalisation, resolution."""
 
 from __future__ import annotations
 

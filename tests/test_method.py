@@ -82,12 +82,12 @@ def test_adversarial_gradient_reaches_the_generator_only() -> None:
     for state in (strong, faint):
         train_step(state, images, x0, weights, CPU)
     for a, b in zip(
-        strong.model.discriminator.parameters(), faint.model.discriminator.parameters()
+        strong.model.discriminator.parameters(), faint.model.discriminator.parameters(), strict=True
     ):
         assert torch.equal(a, b)
     assert any(
         not torch.equal(a, b)
-        for a, b in zip(strong.model.generator.parameters(), faint.model.generator.parameters())
+        for a, b in zip(strong.model.generator.parameters(), faint.model.generator.parameters(), strict=True)
     )
 
 

@@ -58,7 +58,7 @@ def test_stored_record_has_the_scripts_settings(trained_tiny) -> None:
 def test_script_repeats_the_stored_first_steps(trained_tiny, one_thread) -> None:
     stored = trained_tiny[1].record["step_losses"][:CHECKED_STEPS]
     again = first_step_losses(CHECKED_STEPS)
-    for step, (now, then) in enumerate(zip(again, stored), start=1):
+    for step, (now, then) in enumerate(zip(again, stored, strict=True), start=1):
         assert now.keys() == then.keys(), f"step {step} logs other losses than stored; {REBUILD}"
         for name in then:
             assert np.isclose(now[name], then[name], rtol=RTOL, atol=1e-6), (

@@ -70,9 +70,9 @@ def test_resume_repeats_the_run_bit_for_bit(tmp_path) -> None:
         pass
     straight_cfg = straight.train_config.to_dict()
     assert straight_cfg["steps"] == 6
-    for a, b in zip(straight.model.generator.parameters(), resumed.model.generator.parameters()):
+    for a, b in zip(straight.model.generator.parameters(), resumed.model.generator.parameters(), strict=True):
         assert torch.equal(a, b)
-    for a, b in zip(straight.ema.module.parameters(), resumed.ema.module.parameters()):
+    for a, b in zip(straight.ema.module.parameters(), resumed.ema.module.parameters(), strict=True):
         assert torch.equal(a, b)
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 EXIT_BAD_INPUT = 1
 DEFAULT_DATA_MPP = 0.25
@@ -126,7 +127,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         pixels = read_image(path)
         bars: list[Any] = []  # opened at the first step, so a rejected image leaves only the error line
 
-        def show(event: Any, name: str = path.name) -> None:
+        def show(event: Any, name: str = path.name, bars: list[Any] = bars) -> None:
             if not bars:
                 bars.append(_progress(event.total, name, "step"))
             bars[0].n = event.index
@@ -426,7 +427,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     for path in images + masks:
         read_header(path)
     pairs = [FinetunePair(read_image(image), _read_mask(mask), None, f"{image.name} with {mask.name}")
-             for image, mask in zip(images, masks)]
+             for image, mask in zip(images, masks, strict=True)]
     overrides = {key: getattr(args, key) for key in ("steps", "seed") if getattr(args, key) is not None}
     if args.lr is not None:
         overrides.update(lr_g=args.lr, lr_d=args.lr / 2)
@@ -570,8 +571,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model preset (tiny, small, medium, large) or a JSON file; with --init-from, a JSON "
                         "file of the config keys to change (e.g. {\"self_condition\": true})")
     p.add_argument("--train-config", default=None,
-                   help="JSON file of training settings to change (e.g. {\"adversarial_weight\": 0.3})")
-    p.add_argument("--init-from", default=None, help="start a new run from this model's weights (not its optimiser state)")
+                   help='JSON file of training settings to change (e.g. {"adversarial_weight": 0.3})')
+    p.add_argument("--init-from", default=None,
+                   help="start a new run from this model's weights (not its optimiser state)")
     p.add_argument("--split", default=None, help="JSON with 'train' and 'validation' tile-name lists")
     p.add_argument("--mpp", type=float, default=None,
                    help=f"µm per pixel of the data (default: {DEFAULT_DATA_MPP}; with --resume, the recorded one)")

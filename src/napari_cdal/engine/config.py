@@ -182,7 +182,8 @@ def _check_number(config: Any, name: str, low: float, high: float | None, low_op
     if high is not None:
         ok = ok and (value < high if high_open else value <= high)
     if not ok:
-        span = f"{'(' if low_open else '['}{low:g}, {'inf)' if high is None else f'{high:g}' + (')' if high_open else ']')}"
+        upper = "inf)" if high is None else f"{high:g}" + (")" if high_open else "]")
+        span = f"{'(' if low_open else '['}{low:g}, {upper}"
         raise ValueError(f"{type(config).__name__}.{name} must be a number in {span}, got {value!r}")
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Generator, NamedTuple
+from collections.abc import Callable, Generator
+from typing import Any, NamedTuple
 
 
 class Progress(NamedTuple):

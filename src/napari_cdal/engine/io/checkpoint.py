@@ -105,7 +105,8 @@ def _publish(tmp: str, path: Path, replace: bool) -> None:
 def atomic_write(path: str | Path, write: Any, replace: bool = True) -> None:
     """Call `write(tmp_path)` then rename onto `path`, so readers never see a half-written file.
 
-    With replace=False an existing `path` is never replaced (FileExistsError). An OSError (disk full, no permission, a file where the folder should be) becomes one
+    With replace=False an existing `path` is never replaced (FileExistsError). An OSError (disk
+    full, no permission, a file where the folder should be) becomes one
     OutputError naming the path; the temporary file is removed, and so are those a killed earlier
     writer left behind.
     """

@@ -66,7 +66,7 @@ def read_header(path: str | Path) -> ImageHeader:
                 if series is None or not series.shape or 0 in series.shape:
                     raise ImageError(f"{path} is truncated or damaged: its header describes no image")
                 ends = [offset + count for page in series.pages if page is not None
-                        for offset, count in zip(page.dataoffsets, page.databytecounts)]
+                        for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True)]
                 size = path.stat().st_size
                 if ends and max(ends) > size:
                     raise ImageError(f"{path} is truncated: its header promises {_shape(tuple(series.shape))} "

@@ -263,7 +263,7 @@ class Discriminator(nn.Module):
         t_emb = self.time(t)
         h = F.leaky_relu(self.stem(self._inputs(x_t, x_next, image)), 0.2)
         tap = h
-        for level, (blk, proj) in enumerate(zip(self.blocks, self.time_proj)):
+        for level, (blk, proj) in enumerate(zip(self.blocks, self.time_proj, strict=True)):
             h = blk(h + proj(t_emb)[:, :, None, None])
             if level + 1 == self.config.disc_attention_level:
                 tap = h

@@ -120,7 +120,7 @@ def reverse_process(
     x_k = randn_like(torch.empty(label_shape, device=device), rng)
     x0 = torch.zeros_like(x_k)
     chain = []
-    for i, (k, s) in enumerate(zip(levels[:-1], levels[1:])):
+    for i, (k, s) in enumerate(zip(levels[:-1], levels[1:], strict=True)):
         t = torch.full((samples,), k - 1, device=device, dtype=torch.long)
         z = randn_like(torch.empty(1 if shared_latent else samples, config.latent_dim, device=device), rng)
         z = z.expand(samples, -1)

@@ -172,13 +172,14 @@ def segment_image(
     maps = _to_image_grid(torch.from_numpy(blend_prob.result()), (height, width))
     n_labels = config.label_channels
     probability = maps[:n_labels]
-    measures = dict(zip(measures_kept, maps[n_labels:n_labels + len(measures_kept)]))
-    final_attention = dict(zip(attention_kinds, maps[n_labels + len(measures_kept):]))
+    measures = dict(zip(measures_kept, maps[n_labels:n_labels + len(measures_kept)], strict=True))
+    final_attention = dict(zip(attention_kinds, maps[n_labels + len(measures_kept):], strict=True))
     uncertainty = measures.get(config.uncertainty_measure)
     labels = probability_to_labels(probability, image_mpp, threshold)
     if config.image_channels == 3:
         labels = keep_stained(labels, rgb, image_mpp)
-    steps_stack = None if blend_steps is None else _to_image_grid(torch.from_numpy(blend_steps.result()), (height, width))
+    steps_stack = (None if blend_steps is None
+                   else _to_image_grid(torch.from_numpy(blend_steps.result()), (height, width)))
     att_stack = None if blend_att is None else _to_image_grid(torch.from_numpy(blend_att.result()), (height, width))
     result = SegmentationResult(labels, probability, uncertainty, steps_stack, att_stack,
                                 time.perf_counter() - start, measures, final_attention)

@@ -191,7 +191,7 @@ def prepare_pairs(pairs: list[FinetunePair], config: ModelConfig, image_mpp: flo
         names.append(name)
     tiles = prepare_tiles(tiles, image_mpp, config)
     scaled = []
-    for tile, boxes in zip(tiles, regions):
+    for tile, boxes in zip(tiles, regions, strict=True):
         height, width = tile.instances.shape
         scaled.append([(max(0, math.floor(y0 * factor)), min(height, max(1, math.ceil(y1 * factor))),
                         max(0, math.floor(x0 * factor)), min(width, max(1, math.ceil(x1 * factor))))

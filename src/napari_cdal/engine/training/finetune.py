@@ -7,9 +7,10 @@ import dataclasses
 import math
 import re
 import time
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generator
+from typing import Any
 
 import torch
 

@@ -28,9 +28,9 @@ class EMA:
 
     @torch.no_grad()
     def update(self, source: torch.nn.Module) -> None:
-        for ema_p, p in zip(self.module.parameters(), source.parameters()):
+        for ema_p, p in zip(self.module.parameters(), source.parameters(), strict=True):
             ema_p.lerp_(p.detach(), 1.0 - self.decay)
-        for ema_b, b in zip(self.module.buffers(), source.buffers()):
+        for ema_b, b in zip(self.module.buffers(), source.buffers(), strict=True):
             ema_b.copy_(b)
 
 
