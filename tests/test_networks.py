@@ -101,3 +101,17 @@ def test_config_round_trip_and_errors() -> None:
         ModelConfig(image_channels=2)
     with pytest.raises(ValueError, match="label_encoding"):
         ModelConfig(label_encoding="three-class")
+
+
+def test_initialise_depends_on_the_seed_alone_and_leaves_the_global_generator() -> None:
+    from napari_cdal.engine.method.model import CdalModel
+
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    first = CdalModel.initialise(ModelConfig(**TINY), seed=7)
+    assert torch.equal(torch.rand(3), expected_next), "the caller's random stream is untouched"
+    again = CdalModel.initialise(ModelConfig(**TINY), seed=7)
+    other = CdalModel.initialise(ModelConfig(**TINY), seed=8)
+    weights = [next(m.generator.parameters()) for m in (first, again, other)]
+    assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])

@@ -145,23 +145,17 @@ def test_differing_predictions_blend_without_seam() -> None:
     np.testing.assert_allclose(out, out[:1].repeat(32, axis=0), atol=1e-6)
 
 
-def test_partial_shows_progress_and_result_needs_full_coverage() -> None:
+def test_result_needs_full_coverage() -> None:
     field = np.arange(2 * 40 * 50, dtype=np.float32).reshape(2, 40, 50)
     boxes = tile_boxes(40, 50, 32, 8)
     blender = TileBlender(2, 40, 50, 8)
-    np.testing.assert_array_equal(blender.partial(), 0)
     y0, y1, x0, x1 = boxes[0]
     blender.add(boxes[0], field[:, y0:y1, x0:x1])
-    part = blender.partial()
-    assert part.dtype == np.float32 and part.shape == (2, 40, 50)
-    np.testing.assert_allclose(part[:, y0:y1, x0:x1], field[:, y0:y1, x0:x1], rtol=1e-6)
-    assert np.all(part[:, y1:, :] == 0) and np.all(part[:, :, x1:] == 0)
     with pytest.raises(ValueError, match="covered by no tile"):
         blender.result()
     for y0, y1, x0, x1 in boxes[1:]:
         blender.add((y0, y1, x0, x1), field[:, y0:y1, x0:x1])
     np.testing.assert_allclose(blender.result(), field, rtol=1e-6)
-    np.testing.assert_allclose(blender.partial(), blender.result())
 
 
 def test_blender_rejects_bad_input() -> None:

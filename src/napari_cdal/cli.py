@@ -9,8 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP, DEFAULT_THRESHOLD, DEVICE_CHOICES, FINETUNE_D_LR_RATIO
+
 EXIT_BAD_INPUT = 1
-DEFAULT_DATA_MPP = 0.25
 
 
 class CliError(Exception):
@@ -337,11 +338,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise CliError(f"the run at {resume_from} has finished its {state.step} steps; give --steps more "
                            f"than {state.step} to go on")
         # go on with the recorded data settings unless told otherwise, so a resumed run repeats exactly
-        mpp = state.record.get("data_mpp", DEFAULT_DATA_MPP) if args.mpp is None else args.mpp
+        mpp = state.record.get("data_mpp", DEFAULT_IMAGE_MPP) if args.mpp is None else args.mpp
         train_names = split.get("train") or state.record.get("train_tiles") or list_tiles(args.data_dir)
         val_names = (split.get("validation") if split else state.record.get("validation_tiles")) or []
     else:
-        mpp = DEFAULT_DATA_MPP if args.mpp is None else args.mpp
+        mpp = DEFAULT_IMAGE_MPP if args.mpp is None else args.mpp
         train_names = split.get("train") or list_tiles(args.data_dir)
         val_names = split.get("validation") or []
         cfg = _train_config(args)
@@ -430,7 +431,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
              for image, mask in zip(images, masks, strict=True)]
     overrides = {key: getattr(args, key) for key in ("steps", "seed") if getattr(args, key) is not None}
     if args.lr is not None:
-        overrides.update(lr_g=args.lr, lr_d=args.lr / 2)
+        overrides.update(lr_g=args.lr, lr_d=args.lr * FINETUNE_D_LR_RATIO)
     settings = FinetuneConfig(**overrides)
     device = _setup_torch(args)
     model = _load_model(args.model, device)
@@ -517,7 +518,8 @@ def cmd_view(args: argparse.Namespace) -> int:
 
 
 def _add_runtime(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="compute device (default: auto)")
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
+                   help="where to compute: auto (a CUDA GPU when there is one, else the CPU), cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
 
 
@@ -527,8 +529,10 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=int, default=None,
                    help="latent samples K averaged per pixel; 2 or more give an uncertainty (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed repeats a run (default: 0)")
-    p.add_argument("--mpp", type=float, default=0.25, help="the image's µm per pixel (default: 0.25, a 40x tile)")
-    p.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold (default: 0.5)")
+    p.add_argument("--mpp", type=float, default=DEFAULT_IMAGE_MPP,
+                   help=f"the image's µm per pixel (default: {DEFAULT_IMAGE_MPP}, a 40x tile; 0.5 for 20x)")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help=f"how sure the model must be that a pixel is nucleus, 0 to 1 (default: {DEFAULT_THRESHOLD})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -576,7 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start a new run from this model's weights (not its optimiser state)")
     p.add_argument("--split", default=None, help="JSON with 'train' and 'validation' tile-name lists")
     p.add_argument("--mpp", type=float, default=None,
-                   help=f"µm per pixel of the data (default: {DEFAULT_DATA_MPP}; with --resume, the recorded one)")
+                   help=f"µm per pixel of the data (default: {DEFAULT_IMAGE_MPP}; with --resume, the recorded one)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--patch-size", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
@@ -592,7 +596,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model to start from (.safetensors); default: the bundled model")
     p.add_argument("--out", required=True, help="new model file to write (.safetensors); never replaces a file")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: 150)")
-    p.add_argument("--mpp", type=float, default=0.25, help="the images' µm per pixel (default: 0.25, a 40x tile)")
+    p.add_argument("--mpp", type=float, default=DEFAULT_IMAGE_MPP,
+                   help=f"the images' µm per pixel (default: {DEFAULT_IMAGE_MPP}, a 40x tile; 0.5 for 20x)")
     p.add_argument("--lr", type=float, default=None,
                    help="generator learning rate; the discriminator gets half (default: 0.0001)")
     p.add_argument("--seed", type=int, default=None, help="random seed; the same seed repeats a run (default: 0)")

@@ -13,9 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from napari_cdal.engine.config import ModelConfig
-
-MPP_RANGE = (0.05, 5.0)
-"""µm per pixel an image may declare: from a 200x scan (0.05) to a 2x overview (5)."""
+from napari_cdal.engine.defaults import MPP_RANGE
 
 MEMORY_HEADROOM = 0.8
 """Share of the free memory one image may plan to use; the rest is left to the system and napari."""

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import torch
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+from napari_cdal.engine.defaults import DEVICE_CHOICES
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -19,13 +19,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
     return torch.device(name)
-
-
-def device_description(device: torch.device) -> str:
-    """A human-readable name: the GPU's name on CUDA, else 'CPU (N threads)'."""
-    if device.type == "cuda":
-        return f"CUDA: {torch.cuda.get_device_name(device)}"
-    return f"CPU ({torch.get_num_threads()} threads)"
 
 
 @contextlib.contextmanager

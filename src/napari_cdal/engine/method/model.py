@@ -39,9 +39,14 @@ class CdalModel:
 
     @classmethod
     def initialise(cls, config: ModelConfig, seed: int = 0) -> CdalModel:
-        """A model with fresh, seeded random weights."""
-        torch.manual_seed(seed)
-        return cls(config, Generator(config), Discriminator(config))
+        """A model with fresh random weights that depend on `seed` alone.
+
+        torch's layers draw their initial weights from the global generator and take no other;
+        fork_rng gives them one seeded here and puts the caller's global state back afterwards.
+        """
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return cls(config, Generator(config), Discriminator(config))
 
     def to(self, device: torch.device | str) -> CdalModel:
         self.generator.to(device)

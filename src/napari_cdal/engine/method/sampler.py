@@ -25,7 +25,6 @@ class StepOutput:
     """
 
     step: int
-    level: int
     x0_mean: torch.Tensor
     attention: torch.Tensor | None
     attention_maps: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -139,7 +138,7 @@ def reverse_process(
                 found = model.discriminator.suspicion(kind, x_s, x_k, t, disc_image).float()
             maps[kind] = found.mean(dim=0)[0, :height, :width]
         attention = maps.get(config.attention_display) if with_attention else None
-        yield Progress("step", i, steps, StepOutput(i, k, x0.mean(dim=0)[:, :height, :width], attention, maps))
+        yield Progress("step", i, steps, StepOutput(i, x0.mean(dim=0)[:, :height, :width], attention, maps))
         x_k = x_s
     probs = ((x0 + 1.0) / 2.0).clamp(0.0, 1.0)[:, :, :height, :width]
     measures = uncertainty_maps(probs[:, 0], torch.stack(chain))

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from napari_cdal.engine.data.tiles import Tile
+from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP, DEFAULT_THRESHOLD
 from napari_cdal.engine.events import Progress, run_to_end
 from napari_cdal.engine.method.model import CdalModel
 from napari_cdal.engine.segment.image import segment_image
@@ -29,11 +30,11 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def evaluate_tiles(
     model: CdalModel,
     tiles: list[Tile],
-    image_mpp: float = 0.25,
+    image_mpp: float = DEFAULT_IMAGE_MPP,
     steps: int | None = None,
     samples: int | None = None,
     seed: int = 0,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
 ) -> Generator[Progress, None, None]:
     """Segment each tile and score it; yields Progress('image', i, n, row), then 'done' with the summary."""
     rows = []

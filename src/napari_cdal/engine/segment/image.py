@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP, DEFAULT_THRESHOLD
 from napari_cdal.engine.device import make_generator
 from napari_cdal.engine.events import Progress
 from napari_cdal.engine.io.images import to_rgb_float
@@ -19,7 +20,6 @@ from napari_cdal.engine.segment.instances import instances_from_probability
 from napari_cdal.engine.segment.stain import keep_stained
 from napari_cdal.engine.segment.tiling import TileBlender, tile_boxes
 
-DEFAULT_IMAGE_MPP = 0.25
 MIN_NUCLEUS_AREA_UM2 = 3.0
 MARKER_SPACING_UM = 2.0
 MAX_HOLE_AREA_UM2 = 4.0
@@ -80,7 +80,7 @@ def _box_on_image(box: tuple[int, int, int, int], scale_y: float, scale_x: float
             round(x0 * scale_x), min(size[1], round(x1 * scale_x)))
 
 
-def probability_to_labels(probability: np.ndarray, image_mpp: float, threshold: float = 0.5,
+def probability_to_labels(probability: np.ndarray, image_mpp: float, threshold: float = DEFAULT_THRESHOLD,
                           min_nucleus_um2: float = MIN_NUCLEUS_AREA_UM2, min_core_um2: float = MIN_CORE_AREA_UM2,
                           core_threshold: float = CORE_THRESHOLD) -> np.ndarray:
     """Instance ids from (C, H, W) probability maps, with size limits given in µm and scaled to pixels."""
@@ -103,7 +103,7 @@ def segment_image(
     steps: int | None = None,
     samples: int | None = None,
     seed: int | None = 0,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     tile_size: int = 512,
     overlap: int = 64,
     keep_steps: bool = True,

@@ -109,19 +109,12 @@ class TileBlender:
         self._sum[:, y0:y1, x0:x1] += values * win
         self._weight[y0:y1, x0:x1] += win
 
-    def partial(self) -> np.ndarray:
-        """Weighted mean of what has been added so far; pixels no tile covered yet are 0."""
-        covered = self._weight > 0
-        out = np.zeros(self._sum.shape, dtype=np.float32)
-        np.divide(self._sum, self._weight, out=out, where=covered[None], casting="unsafe")
-        return out
-
     def result(self) -> np.ndarray:
         """Final (C, H, W) float32 weighted mean; raises if some pixel was never covered."""
         if not np.all(self._weight > 0):
             missing = int(np.count_nonzero(self._weight <= 0))
             raise ValueError(
                 f"TileBlender.result: {missing} pixels were covered by no tile; add every box of "
-                f"tile_boxes({self.height}, {self.width}, ...) or call partial()"
+                f"tile_boxes({self.height}, {self.width}, ...)"
             )
         return (self._sum / self._weight).astype(np.float32)

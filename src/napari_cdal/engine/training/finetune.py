@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from napari_cdal.engine.config import TrainConfig
+from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP
 from napari_cdal.engine.events import Progress
 from napari_cdal.engine.io.checkpoint import OutputError
 from napari_cdal.engine.method.model import CdalModel, is_bundled, save_model
@@ -109,7 +110,8 @@ def _patience_spent(validation: list[dict[str, Any]], best_step: int, patience: 
 
 
 def finetune(model: CdalModel, pairs: list[FinetunePair], config: FinetuneConfig | None = None,
-             device: torch.device | str = "cpu", image_mpp: float = 0.25) -> Generator[Progress, None, None]:
+             device: torch.device | str = "cpu",
+             image_mpp: float = DEFAULT_IMAGE_MPP) -> Generator[Progress, None, None]:
     """Fine-tune a copy of `model` on corrected pairs; yields events, the last one 'done' with a FinetuneResult.
 
     Events: 'note' (text) first for each thing the user should know (a binary mask split), then
