@@ -1,6 +1,6 @@
 # Two entry points for a fresh machine: `make demo` (set up, segment the bundled sample tile with
 # the bundled model, then open it in napari with the Segment widget docked when there is a display)
-# and `make test` (set up, run the whole test suite under a virtual X server).
+# and `make test` (set up, lint with ruff, run the whole test suite under a virtual X server).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -28,4 +28,5 @@ demo: setup
 	else echo "no display (\$$DISPLAY unset): skipping 'napari-cdal view --sample'"; fi
 
 test: setup
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from napari_cdal.engine.labels import relabel_sequential_uint
 from napari_cdal.engine.segment.instances import (
     core_targets,
     instances_from_probability,
-    relabel_sequential_uint,
 )
 
 _EIGHT = np.ones((3, 3), dtype=bool)

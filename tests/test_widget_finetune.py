@@ -14,13 +14,9 @@ from conftest import blob_tile, pause_after_first_event
 from skimage.draw import disk
 
 from napari_cdal._widgets._layers import TAG
-from napari_cdal._widgets.finetune import (
-    WHOLE_IMAGE,
-    FinetuneWidget,
-    default_model_name,
-    layer_boxes,
-    model_name_problem,
-)
+from napari_cdal._widgets._names import default_model_name, model_name_problem
+from napari_cdal._widgets._pairs import WHOLE_IMAGE, layer_boxes
+from napari_cdal._widgets.finetune import FinetuneWidget
 from napari_cdal._widgets.segment import OTHER_FILE, SegmentWidget
 
 pytestmark = pytest.mark.gui

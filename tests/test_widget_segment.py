@@ -13,7 +13,8 @@ import pytest
 from conftest import blob_tile, pause_after_first_event
 
 from napari_cdal._widgets._layers import CONTOUR_WIDTH, PREVIEW_SUFFIX, TAG, image_mpp
-from napari_cdal._widgets.segment import OTHER_FILE, SegmentWidget, viewer_camera
+from napari_cdal._widgets._review import viewer_camera
+from napari_cdal._widgets.segment import OTHER_FILE, SegmentWidget
 
 pytestmark = pytest.mark.gui
 

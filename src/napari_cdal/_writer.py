@@ -11,23 +11,14 @@ import numpy as np
 NUCLEUS_PROPERTIES = {"objectType": "annotation", "classification": {"name": "Nucleus"}}
 
 
-def _check_labels(data: Any, what: str) -> np.ndarray:
-    labels = np.asarray(data)
-    if labels.dtype == bool or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(
-            f"{what}: labels must be integer ids (0 = background), got dtype {labels.dtype}"
-        )
-    return labels
-
-
 def write_labels_tiff(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
     """Write a Labels layer as an instance TIFF: ids renumbered 1..N, uint16 or uint32, atomically."""
     import tifffile
 
     from napari_cdal.engine.io.checkpoint import atomic_write
-    from napari_cdal.engine.segment.instances import relabel_sequential_uint
+    from napari_cdal.engine.labels import check_labels, relabel_sequential_uint
 
-    labels = relabel_sequential_uint(_check_labels(data, f"cannot write {path}"))
+    labels = relabel_sequential_uint(check_labels(data, f"cannot write {path}: the layer"))
     atomic_write(
         path,
         lambda tmp: tifffile.imwrite(tmp, labels, compression="zlib", photometric="minisblack"),
@@ -61,7 +52,9 @@ def labels_to_geojson(labels: np.ndarray) -> dict[str, Any]:
     """A GeoJSON FeatureCollection with one Polygon (MultiPolygon if split) per nonzero id."""
     from scipy import ndimage
 
-    labels = _check_labels(labels, "labels_to_geojson")
+    from napari_cdal.engine.labels import check_labels
+
+    labels = check_labels(labels, "labels_to_geojson")
     if labels.ndim != 2:
         raise ValueError(
             f"GeoJSON polygons need a 2-D Labels layer, got shape {labels.shape}; "
@@ -89,7 +82,8 @@ def labels_to_geojson(labels: np.ndarray) -> dict[str, Any]:
 def write_labels_geojson(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
     """Write a 2-D Labels layer as GeoJSON polygons in pixels of the layer's grid, atomically."""
     from napari_cdal.engine.io.checkpoint import atomic_write
+    from napari_cdal.engine.labels import check_labels
 
-    text = json.dumps(labels_to_geojson(_check_labels(data, f"cannot write {path}")))
+    text = json.dumps(labels_to_geojson(check_labels(data, f"cannot write {path}: the layer")))
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
     return [str(path)]

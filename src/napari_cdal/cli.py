@@ -92,8 +92,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     )
     from napari_cdal.engine.events import run_to_end
     from napari_cdal.engine.io.images import ImageError, plane_size, read_header, read_image
+    from napari_cdal.engine.labels import relabel_sequential_uint
     from napari_cdal.engine.segment.image import segment_image
-    from napari_cdal.engine.segment.instances import relabel_sequential_uint
 
     _check_runtime(args)
     images = [Path(p) for p in args.images]

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP
+
 if TYPE_CHECKING:
     import napari
     from napari.layers import Image, Labels, Layer
@@ -22,7 +24,6 @@ if TYPE_CHECKING:
 TAG = "napari_cdal"
 MASK, STEPS, ATTENTION, UNCERTAINTY = "mask", "steps", "attention", "uncertainty"
 PREVIEW_SUFFIX = "(running)"
-DEFAULT_IMAGE_MPP = 0.25
 STEP_AXIS = "step"
 CONTOUR_WIDTH = 2
 
@@ -90,6 +91,7 @@ class Grid:
 
     @classmethod
     def of(cls, layer: Layer) -> Grid:
+        """The grid of `layer`'s last two axes."""
         units = getattr(layer, "units", None)
         labels = getattr(layer, "axis_labels", None)
         return cls(
@@ -213,7 +215,8 @@ def show_result(
         if stale is not None:
             viewer.layers.remove(stale)
     labels = np.ascontiguousarray(result.labels, dtype=np.uint32)
-    layers[MASK] = _put_mask(viewer, image.name, labels, grid.plane(), contour, result_features(result, mpp or image_mpp(image)))
+    features = result_features(result, mpp or image_mpp(image))
+    layers[MASK] = _put_mask(viewer, image.name, labels, grid.plane(), contour, features)
     return layers
 
 

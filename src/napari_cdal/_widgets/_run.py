@@ -1,21 +1,26 @@
-"""The worker plumbing both widgets share: start, cancel, and finishing safely under re-entrancy."""
+"""The worker plumbing both widgets share: start, progress, cancel, and finishing safely under re-entrancy."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
 class WorkerRun:
     """Mixin for a widget that runs one engine generator at a time in a napari worker.
 
-    The widget (a magicgui Container) provides `cancel_button`, `status`, `_on_step`,
-    `_on_returned`, `_finish` and `_abandon_run`; the run state below starts at these class
-    defaults and is set per instance once a run starts.
+    The widget (a magicgui Container) provides `cancel_button`, `status`, `run_finished`,
+    `_run_button` (the button that starts a run), `_on_step` and `_on_returned`; it may extend
+    `_drop_run` (per-run state to let go of) and `_after_run` (what follows a run). The run state
+    below starts at these class defaults and is set per instance once a run starts.
     """
 
     unchanged_note = "nothing changed"
+    """Said after 'Failed (<error>): ' when the worker raised."""
+    cancelled_note = "Cancelled: nothing changed"
+    """The status line after a cancel."""
+    _run_button: Any = None
     _worker: Any = None
     _progress: Any = None
     _outcome = ""
@@ -33,6 +38,25 @@ class WorkerRun:
     def running(self) -> bool:
         """True while a run is in progress."""
         return self._worker is not None
+
+    def _launch(self, body: Callable[..., Any], *args: Any, progress: Any, status: str) -> None:
+        """Run the generator `body(*args)` in a worker, with `progress` as its bar and `status` said."""
+        from napari.qt.threading import create_worker
+
+        self._outcome = ""
+        self._progress = progress
+        self._worker = create_worker(body, *args, _start_thread=False)
+        self._connect_worker()
+        self._run_button.enabled = False
+        self.cancel_button.enabled = True
+        self.status.value = status
+        self._worker.start()
+
+    def _advance(self, event: Any) -> None:
+        """Move the progress bar to the event's step (of its total)."""
+        if self._progress.total != event.total:
+            self._progress.total = event.total
+        self._progress.update(event.index - self._progress.n)
 
     def _connections(self) -> list[tuple[Any, Any]]:
         worker = self._worker
@@ -77,3 +101,30 @@ class WorkerRun:
         self._finish_pending = True
         if self._depth == 0:
             self._finish()
+
+    def _drop_run(self) -> None:
+        """Let go of the run: close its progress bar, forget its worker (widgets add their own state)."""
+        self._progress.close()
+        self._worker = self._progress = None
+
+    def _after_run(self, outcome: str) -> None:
+        """What the widget does once a run has ended ('done', 'failed' or 'cancelled'); nothing here."""
+
+    def _finish(self) -> None:
+        """Wrap the run up: say a cancel, give the buttons back, tell `run_finished` the outcome."""
+        self._finish_pending = False
+        self._drop_run()
+        outcome = self._outcome or "cancelled"
+        if outcome == "cancelled":
+            self.status.value = self.cancelled_note
+        self._run_button.enabled = True
+        self.cancel_button.enabled = False
+        self._after_run(outcome)
+        self.run_finished.emit(outcome)
+
+    def _abandon_run(self, *_: Any) -> None:
+        """The dock was closed: stop a run in progress (nothing is written); the widgets are gone."""
+        if self._worker is None:
+            return
+        self._disconnect_worker()
+        self._drop_run()

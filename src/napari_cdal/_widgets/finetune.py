@@ -7,191 +7,44 @@ at the end of the run, so a cancel or an error leaves no file and every existing
 
 from __future__ import annotations
 
-import math
-import time
-from collections.abc import Generator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, LineEdit, PushButton, SpinBox
 from psygnal import Signal
 
-from napari_cdal._widgets._layers import MASK, TAG, image_mpp, is_edited
-from napari_cdal._widgets._run import WorkerRun
-from napari_cdal._widgets.segment import (
-    RunFailure,
+from napari_cdal._widgets._common import (
     device_choices,
     docked_segment_widget,
-    image_pixels,
-    load_model_cached,
+    model_file_choices,
     mpp_spin_box,
     set_mpp_from_layer,
+    status_label,
 )
+from napari_cdal._widgets._jobs import FinetuneSettings, RunFailure, run_finetune
+from napari_cdal._widgets._names import default_model_name, free_model_name, model_name_problem, model_stem
+from napari_cdal._widgets._pairs import PairRow, engine_pairs
+from napari_cdal._widgets._run import WorkerRun
 from napari_cdal.models import MODEL_SUFFIX
 
 if TYPE_CHECKING:
     import napari
-    from napari.layers import Image, Labels, Shapes
+    from napari.layers import Image
 
+    from napari_cdal._widgets.segment import SegmentWidget
     from napari_cdal.engine.events import Progress
     from napari_cdal.engine.training.corrections import FinetunePair
 
 FOLLOW_SEGMENT = "<segment>"
-WHOLE_IMAGE = None
 DEFAULT_LEARNING_RATE = 1e-4
 INVALID_STYLE = "background-color: #7a2a2a;"
-
-
-@dataclass(frozen=True)
-class FinetuneSettings:
-    """What one click on Fine-tune runs with."""
-
-    base_model: str
-    output: Path
-    device: str
-    image_mpp: float
-    steps: int
-    learning_rate: float
-
-
-def model_name_problem(name: str, folder: Path) -> str | None:
-    """Why `name` can't name a new model in `folder` (None when it can)."""
-    if not name:
-        return "give the new model a name"
-    if any(sep in name for sep in ("/", "\\", ":")) or name.startswith("."):
-        return f"the name {name!r} must be a plain file name: no '/', '\\', ':' and no leading '.'"
-    path = folder / f"{name}{MODEL_SUFFIX}"
-    if path.exists():
-        return f"a model named {name!r} already exists in {folder}; choose another name"
-    return None
-
-
-def default_model_name(base: str, image: str, now: time.struct_time | None = None) -> str:
-    """`<base>-ft-<image>-YYYYMMDD-HHMM`, with path separators and spaces in the parts made '_'."""
-    stamp = time.strftime("%Y%m%d-%H%M", now or time.localtime())
-    parts = [base or "model", "ft", image or "image", stamp]
-    clean = [
-        part.strip().replace("/", "_").replace("\\", "_").replace(":", "_").replace(" ", "_")
-        for part in parts
-    ]
-    return "-".join(clean).lstrip(".")
-
-
-def layer_boxes(regions: Shapes, image: Image) -> list[tuple[int, int, int, int]]:
-    """Each shape's bounding box as (y0, y1, x0, x1) in `image`'s pixels (half-open)."""
-    boxes = []
-    for vertices in regions.data:
-        corners = np.array(
-            [
-                image.world_to_data(regions.data_to_world(vertex))[-2:]
-                for vertex in np.asarray(vertices)
-            ]
-        )
-        low, high = corners.min(axis=0), corners.max(axis=0)
-        y0, x0 = (math.floor(v + 0.5) for v in low)
-        y1, x1 = (math.ceil(v + 0.5) for v in high)
-        boxes.append((y0, y1, x0, x1))
-    return boxes
-
-
-def run_finetune(
-    pairs: list[FinetunePair], settings: FinetuneSettings
-) -> Generator[Progress, None, Path | RunFailure]:
-    """Worker body: load the base model, fine-tune it, save it as a new file (or say why not)."""
-    from napari_cdal.engine.device import resolve_device
-    from napari_cdal.engine.events import Progress
-    from napari_cdal.engine.io.checkpoint import CheckpointError
-    from napari_cdal.engine.training.finetune import FinetuneConfig, finetune, save_finetuned
-
-    try:
-        device = str(resolve_device(settings.device))
-        model = load_model_cached(settings.base_model, device)
-        defaults = FinetuneConfig()
-        config = FinetuneConfig(
-            steps=settings.steps,
-            lr_g=settings.learning_rate,
-            lr_d=settings.learning_rate * defaults.lr_d / defaults.lr_g,
-        )
-        for event in finetune(model, pairs, config, device, settings.image_mpp):
-            if event.stage == "done":
-                yield Progress("save", event.index, event.total)  # a last chance to cancel
-                return save_finetuned(event.payload.model, settings.output)
-            yield event
-    except (CheckpointError, FileNotFoundError, ValueError, OSError) as exc:
-        return RunFailure(str(exc))
-    return RunFailure("the engine stopped without a result")
-
-
-class PairRow(Container):
-    """One (image, corrected labels, corrected regions) choice."""
-
-    def __init__(self, viewer: napari.viewer.Viewer, number: int) -> None:
-        super().__init__(labels=True)
-        self._viewer = viewer
-        self.image = ComboBox(label=f"image {number}", choices=lambda _: self._image_choices())
-        self.labels = ComboBox(
-            label="corrected labels",
-            choices=lambda _: self._labels_choices(),
-            tooltip="the Labels layer holding your corrected nuclei (0 = background)",
-        )
-        self.regions = ComboBox(
-            label="corrected regions",
-            choices=lambda _: self._regions_choices(),
-            tooltip="a Shapes layer of rectangles around what you checked: "
-            "only they are learned from",
-        )
-        self.extend([self.image, self.labels, self.regions])
-        self.image.changed.connect(self._on_image_changed)
-        self._on_image_changed(self.image.value)
-
-    def _image_choices(self) -> list[tuple[str, Any]]:
-        from napari.layers import Image
-
-        return [
-            (layer.name, layer)
-            for layer in self._viewer.layers
-            if isinstance(layer, Image) and TAG not in layer.metadata
-        ]
-
-    def _labels_choices(self) -> list[tuple[str, Any]]:
-        from napari.layers import Labels
-
-        return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Labels)]
-
-    def _regions_choices(self) -> list[tuple[str, Any]]:
-        from napari.layers import Shapes
-
-        shapes = [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Shapes)]
-        return [("none: the whole image", WHOLE_IMAGE), *shapes]
-
-    def _on_image_changed(self, layer: Image | None) -> None:
-        mask = self.mask_of(layer)
-        if mask is not None:
-            self.labels.value = mask
-
-    def mask_of(self, image: Image | None) -> Labels | None:
-        """The image's mask from Segment (an edited one first, top-most first), else None."""
-        if image is None:
-            return None
-        masks = [
-            layer
-            for layer in reversed(list(self._viewer.layers))
-            if layer in self.labels.choices
-            and (layer.metadata.get(TAG) or {}).get("image") == image.name
-            and (layer.metadata.get(TAG) or {}).get("kind") == MASK
-        ]
-        edited = [layer for layer in masks if is_edited(layer)]
-        named = [layer for layer in self.labels.choices if layer.name == f"{image.name} {MASK}"]
-        candidates = edited + masks + named
-        return candidates[0] if candidates else None
 
 
 class FinetuneWidget(WorkerRun, Container):
     """Dock widget: corrected pairs, base model, settings, new name; Fine-tune, Cancel, Back."""
 
     unchanged_note = "no model written"
+    cancelled_note = "Cancelled: no model written, the models are unchanged"
 
     run_finished = Signal(str)
 
@@ -233,9 +86,9 @@ class FinetuneWidget(WorkerRun, Container):
         self.name = LineEdit(label="new model name")
         self.finetune_button = PushButton(text="Fine-tune")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self._run_button = self.finetune_button
         self.back_button = PushButton(text="Back to previous model", enabled=False)
-        self.status = Label(value="")
-        self.status.native.setWordWrap(True)
+        self.status = status_label()
         self.extend(
             [
                 self.pairs,
@@ -268,14 +121,10 @@ class FinetuneWidget(WorkerRun, Container):
     # ------------------------------------------------------------------ choices
 
     def _model_choices(self) -> list[tuple[str, str]]:
-        from napari_cdal.models import list_models
+        following = [("as chosen in Segment", FOLLOW_SEGMENT)] if self._segment() is not None else []
+        return following + model_file_choices()
 
-        following = (
-            [("as chosen in Segment", FOLLOW_SEGMENT)] if self._segment() is not None else []
-        )
-        return following + [(entry.label, str(entry.path)) for entry in list_models()]
-
-    def _segment(self) -> Any:
+    def _segment(self) -> SegmentWidget | None:
         return docked_segment_widget(self._viewer)
 
     @property
@@ -318,17 +167,11 @@ class FinetuneWidget(WorkerRun, Container):
     def _suggest_name(self, *_: Any) -> None:
         if self.name.value and self.name.value != self._auto_name:
             return
-        base = self.base_model_path()
-        image = self.pair_rows[0].image.value if self.pairs else None
         from napari_cdal.models import model_dir
 
-        name = default_model_name(
-            Path(base).name.removesuffix(MODEL_SUFFIX) if base else "",
-            image.name if image is not None else "",
-        )
-        candidate, number = name, 2
-        while (model_dir() / f"{candidate}{MODEL_SUFFIX}").exists():
-            candidate, number = f"{name}-{number}", number + 1
+        image = self.pair_rows[0].image.value if self.pairs else None
+        name = default_model_name(model_stem(self.base_model_path()), image.name if image is not None else "")
+        candidate = free_model_name(name, model_dir())
         self._auto_name = candidate
         self.name.value = candidate
 
@@ -344,46 +187,10 @@ class FinetuneWidget(WorkerRun, Container):
 
     def gather_pairs(self) -> list[FinetunePair]:
         """The rows as engine pairs (labels copied, regions in image pixels); ValueError if bad."""
-        from napari_cdal.engine.io.images import ImageError
-        from napari_cdal.engine.training.corrections import FinetunePair
-
-        pairs = []
-        for number, row in enumerate(self.pair_rows, start=1):
-            image, labels, regions = row.image.value, row.labels.value, row.regions.value
-            if image is None:
-                raise ValueError(f"pair {number}: choose an image (open one first)")
-            if labels is None:
-                raise ValueError(
-                    f"pair {number}: choose the Labels layer with your corrections "
-                    "(segment the image first, then correct its mask with the brush)"
-                )
-            first = self.pair_rows[0].image.value
-            if not np.isclose(image_mpp(image), image_mpp(first)):
-                raise ValueError(
-                    f"pair {number}: {image.name!r} has {image_mpp(image):g} µm/px but "
-                    f"{first.name!r} "
-                    f"{image_mpp(first):g}; fine-tune images of one pixel size at a time"
-                )
-            try:
-                pixels = image_pixels(image)
-            except ImageError as exc:
-                raise ValueError(f"pair {number}: {exc}") from exc
-            data = labels.data[0] if getattr(labels, "multiscale", False) else labels.data
-            boxes = None
-            if regions is not WHOLE_IMAGE:
-                boxes = layer_boxes(regions, image)
-                if not boxes:
-                    raise ValueError(
-                        f"pair {number}: the Shapes layer {regions.name!r} has no rectangle; "
-                        "draw one "
-                        "around each corrected region, or choose 'none: the whole image'"
-                    )
-            pairs.append(FinetunePair(pixels, np.array(data, copy=True), boxes, image.name))
-        return pairs
+        return engine_pairs(self.pair_rows)
 
     def start(self, *_: Any) -> None:
         """Check the inputs and start fine-tuning in a worker thread (errors: a notification)."""
-        from napari.qt.threading import create_worker
         from napari.utils import progress
         from napari.utils.notifications import show_error
 
@@ -418,15 +225,9 @@ class FinetuneWidget(WorkerRun, Container):
             int(self.steps.value),
             float(self.learning_rate.value),
         )
-        self._outcome = ""
         self.notes = []
-        self._progress = progress(total=settings.steps, desc="cDAL: fine-tuning")
-        self._worker = create_worker(run_finetune, pairs, settings, _start_thread=False)
-        self._connect_worker()
-        self.finetune_button.enabled = False
-        self.cancel_button.enabled = True
-        self.status.value = f"Fine-tuning {Path(base).stem} on {len(pairs)} pair(s)…"
-        self._worker.start()
+        self._launch(run_finetune, pairs, settings, status=f"Fine-tuning {Path(base).stem} on {len(pairs)} pair(s)…",
+                     progress=progress(total=settings.steps, desc="cDAL: fine-tuning"))
 
     def _on_step(self, event: Progress) -> None:
         with self._handling():
@@ -447,9 +248,7 @@ class FinetuneWidget(WorkerRun, Container):
                 self.status.value = (
                     f"Fine-tuning: step {event.index} of {event.total}, loss {loss:.4f}"
                 )
-            if self._progress.total != event.total:
-                self._progress.total = event.total
-            self._progress.update(event.index - self._progress.n)
+            self._advance(event)
 
     def _on_returned(self, result: Path | RunFailure) -> None:
         from napari.utils.notifications import show_error
@@ -475,11 +274,7 @@ class FinetuneWidget(WorkerRun, Container):
             return
         self._previous_model = segment.selected_model_path()
         segment.refresh_models(select=path)
-        previous = (
-            Path(self._previous_model).name.removesuffix(MODEL_SUFFIX)
-            if self._previous_model
-            else ""
-        )
+        previous = model_stem(self._previous_model)
         self.back_button.text = f"Back to {previous}" if previous else "Back to previous model"
         self.back_button.enabled = self._previous_model is not None
         self.status.value = f"Saved {path.name} in {path.parent}; Segment now uses it"
@@ -494,25 +289,9 @@ class FinetuneWidget(WorkerRun, Container):
         self._previous_model = None
         self.back_button.enabled = False
 
-    def _finish(self) -> None:
-        self._finish_pending = False
-        self._progress.close()
-        outcome = self._outcome or "cancelled"
-        if outcome == "cancelled":
-            self.status.value = "Cancelled: no model written, the models are unchanged"
-        self._worker = self._progress = None
-        self.finetune_button.enabled = True
-        self.cancel_button.enabled = False
+    def _after_run(self, outcome: str) -> None:
+        """After a new model: suggest a fresh name for the next one."""
         if outcome == "done":
             self._auto_name = ""
             self.name.value = ""
             self._suggest_name()
-        self.run_finished.emit(outcome)
-
-    def _abandon_run(self, *_: Any) -> None:
-        """The dock was closed mid-run: stop the worker (nothing is written)."""
-        if self._worker is None:
-            return
-        self._disconnect_worker()
-        self._progress.close()
-        self._worker = self._progress = None

@@ -12,6 +12,7 @@ from skimage import measure, transform
 
 from napari_cdal.engine.io.annotations import xml_to_instances
 from napari_cdal.engine.io.images import IMAGE_SUFFIXES, read_image, to_rgb_float
+from napari_cdal.engine.labels import check_labels
 
 Box = tuple[int, int, int, int]
 
@@ -92,13 +93,7 @@ def _read_instances(path: Path) -> np.ndarray:
         raise ValueError(
             f"instance mask {path} has shape {arr.shape}; expected a single-channel HxW label PNG"
         )
-    if arr.dtype.kind not in "ui" and arr.dtype != bool:
-        raise ValueError(f"instance mask {path} has dtype {arr.dtype}; expected integer ids")
-    if arr.dtype.kind == "i" and arr.size and arr.min() < 0:
-        raise ValueError(
-            f"instance mask {path} holds negative ids; ids must be 0 (background) or > 0"
-        )
-    return arr.astype(np.uint32)
+    return check_labels(arr, f"instance mask {path}", allow_binary=True).astype(np.uint32)
 
 
 def _read_organ(root: Path, name: str) -> str | None:

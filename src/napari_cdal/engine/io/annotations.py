@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 from skimage.draw import polygon
 
+from napari_cdal.engine.labels import relabel_sequential
+
 
 @dataclass
 class Annotation:
@@ -131,12 +133,7 @@ def rasterise(annotation: Annotation, shape: tuple[int, int]) -> np.ndarray:
                     labels[rr[hole], cc[hole]] = 0
     if given or not annotation.nuclei:
         return labels
-    present = np.zeros(len(annotation.nuclei) + 1, dtype=bool)
-    present[labels.ravel()] = True
-    present[0] = False
-    lut = np.cumsum(present).astype(np.uint32)
-    lut[0] = 0
-    return lut[labels]
+    return relabel_sequential(labels)[0].astype(np.uint32)
 
 
 def xml_to_instances(path: str | Path, shape: tuple[int, int]) -> np.ndarray:

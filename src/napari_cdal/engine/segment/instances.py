@@ -12,11 +12,12 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries, watershed
 
+from napari_cdal.engine.labels import check_labels, relabel_sequential
+
 __all__ = [
     "CORE_FRACTION",
     "core_targets",
     "instances_from_probability",
-    "relabel_sequential_uint",
 ]
 
 CORE_FRACTION = 0.5
@@ -42,21 +43,6 @@ def _check_2d(array: object, name: str) -> np.ndarray:
     return arr
 
 
-def _check_label_dtype(arr: np.ndarray, name: str) -> None:
-    """Raise ValueError unless ``arr`` is an integer label image with no negative ids."""
-    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(
-            f"{name} must be an integer label image (0 = background, one id per nucleus), "
-            f"got dtype {arr.dtype}; build one with skimage.measure.label(mask) or cast "
-            "integral values with .astype(np.int32)"
-        )
-    if arr.size and np.issubdtype(arr.dtype, np.signedinteger) and int(arr.min()) < 0:
-        raise ValueError(
-            f"{name} contains negative ids (min {int(arr.min())}); labels must be >= 0 "
-            "with 0 = background"
-        )
-
-
 def _check_probability(array: object, name: str) -> np.ndarray:
     """Return ``array`` as a 2-D float map, raising ValueError unless its values lie in [0, 1]."""
     arr = _check_2d(array, name)
@@ -70,36 +56,6 @@ def _check_probability(array: object, name: str) -> np.ndarray:
     return arr
 
 
-def _sequential(labels: np.ndarray) -> tuple[np.ndarray, int]:
-    """Map ids to 1..N in increasing order of the original ids (0 stays 0); return (intp map, N)."""
-    flat = labels.ravel()
-    if flat.size == 0:
-        return np.zeros(labels.shape, dtype=np.intp), 0
-    top = int(flat.max())
-    if top <= max(1 << 20, 4 * flat.size):
-        present = np.bincount(flat.astype(np.intp, copy=False), minlength=top + 1) > 0
-        present[0] = False
-        lut = np.cumsum(present, dtype=np.intp)
-        lut[~present] = 0
-        return lut[labels], int(lut[-1]) if top > 0 else 0
-    ids, inverse = np.unique(flat, return_inverse=True)
-    if ids[0] != 0:
-        inverse = inverse + 1
-    n = int(ids.size - (ids[0] == 0))
-    return inverse.reshape(labels.shape).astype(np.intp, copy=False), n
-
-
-def relabel_sequential_uint(labels: np.ndarray) -> np.ndarray:
-    """Renumber ids to 1..N keeping their order, as uint16 when N < 65535 else uint32 (for TIFFs).
-
-    Any dimensionality is accepted; 0 stays background.
-    """
-    arr = np.asarray(labels)
-    _check_label_dtype(arr, "labels")
-    mapped, n = _sequential(arr)
-    return mapped.astype(np.uint16 if n < 65535 else np.uint32)
-
-
 def core_targets(instance_labels: np.ndarray) -> np.ndarray:
     """Bool core mask of an instance label image: the second training target channel.
 
@@ -107,8 +63,8 @@ def core_targets(instance_labels: np.ndarray) -> np.ndarray:
     largest one; nuclei too thin to have an interior (1-2 px) keep all their pixels as core.
     """
     labels = _check_2d(instance_labels, "instance_labels")
-    _check_label_dtype(labels, "instance_labels")
-    compact, n = _sequential(labels)
+    check_labels(labels, "instance_labels")
+    compact, n = relabel_sequential(labels)
     if n == 0:
         return np.zeros(labels.shape, dtype=bool)
     inside = compact > 0
@@ -220,7 +176,7 @@ def instances_from_probability(
     if core is not None:
         markers, n_markers = ndi.label((core_map > core_threshold) & mask, structure=_SQUARE)
         if min_core_area > 1 and n_markers:
-            markers, _ = _sequential(_drop_small(markers, n_markers, int(min_core_area)))
+            markers, _ = relabel_sequential(_drop_small(markers, n_markers, int(min_core_area)))
     else:
         markers = _distance_markers(smooth, mask, int(min_distance))
     landscape = -smooth
@@ -234,7 +190,7 @@ def instances_from_probability(
         markers = np.where(small[markers], 0, markers)
         regions = _flood(landscape, markers, mask)
 
-    relabelled, _ = _sequential(regions)
+    relabelled, _ = relabel_sequential(regions)
     return relabelled.astype(np.uint32)
 
 

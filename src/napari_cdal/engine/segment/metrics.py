@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_cdal.engine.segment.instances import relabel_sequential_uint
+from napari_cdal.engine.labels import check_labels, relabel_sequential_uint
 
 __all__ = [
     "aggregated_jaccard_index",
@@ -45,21 +45,6 @@ def _check_pair(
     return arrays[0], arrays[1]
 
 
-def _check_labels(arr: np.ndarray, name: str) -> None:
-    """Raise ValueError unless ``arr`` is an integer label image with no negative ids."""
-    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(
-            f"{name} must be an integer label image (0 = background, one id per nucleus), "
-            f"got dtype {arr.dtype}; build one with skimage.measure.label(mask) or cast "
-            "integral values with .astype(np.int32)"
-        )
-    if arr.size and np.issubdtype(arr.dtype, np.signedinteger) and int(arr.min()) < 0:
-        raise ValueError(
-            f"{name} contains negative ids (min {int(arr.min())}); labels must be >= 0 "
-            "with 0 = background"
-        )
-
-
 def _overlaps(pred_labels: np.ndarray, truth_labels: np.ndarray) -> tuple[np.ndarray, ...]:
     """Sparse overlap table of two label images.
 
@@ -67,8 +52,8 @@ def _overlaps(pred_labels: np.ndarray, truth_labels: np.ndarray) -> tuple[np.nda
     compact id 1..N (index 0 unused) and one row per overlapping (truth, pred) pair.
     """
     pred, truth = _check_pair(pred_labels, truth_labels, "pred_labels", "truth_labels")
-    _check_labels(pred, "pred_labels")
-    _check_labels(truth, "truth_labels")
+    check_labels(pred, "pred_labels")
+    check_labels(truth, "truth_labels")
     t_ids = relabel_sequential_uint(truth).ravel()
     p_ids = relabel_sequential_uint(pred).ravel()
     n_t = int(t_ids.max()) if t_ids.size else 0

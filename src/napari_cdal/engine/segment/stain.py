@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_cdal.engine.labels import relabel_sequential
+
 MIN_NUCLEUS_SATURATION = 0.05
 """Mean HSV saturation a nucleus needs (lowest of any annotated MoNuSeg nucleus: 0.118)."""
 
@@ -50,6 +52,6 @@ def keep_stained(labels: np.ndarray, rgb: np.ndarray, image_mpp: float) -> np.nd
     keep = stained_nuclei(labels, rgb, image_mpp)
     if keep.all():
         return labels
-    lut = np.zeros(keep.size + 1, dtype=labels.dtype)
-    lut[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=labels.dtype)
-    return lut[labels]
+    lut = np.zeros(keep.size + 1, dtype=bool)
+    lut[1:] = keep
+    return relabel_sequential(np.where(lut[labels], labels, 0))[0].astype(labels.dtype)

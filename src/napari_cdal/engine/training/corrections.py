@@ -13,6 +13,7 @@ from skimage import measure
 from napari_cdal.engine.config import ModelConfig
 from napari_cdal.engine.data.tiles import Box, Tile
 from napari_cdal.engine.io.images import to_rgb_float
+from napari_cdal.engine.labels import check_labels
 from napari_cdal.engine.segment.image import MARKER_SPACING_UM
 from napari_cdal.engine.segment.instances import split_binary_mask
 from napari_cdal.engine.training.run import prepare_tiles
@@ -60,11 +61,7 @@ def _checked_labels(labels: Any, shape: tuple[int, int], who: str) -> np.ndarray
         arr = arr[..., 0]
     if arr.ndim != 2:
         raise ValueError(f"{who}: labels must be a 2-D label image (H x W), got shape {arr.shape}")
-    if arr.dtype != bool and not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"{who}: labels has dtype {arr.dtype}; give integer ids (0 = background) or a "
-                         "binary mask, e.g. labels.astype(np.int32)")
-    if np.issubdtype(arr.dtype, np.signedinteger) and arr.size and int(arr.min()) < 0:
-        raise ValueError(f"{who}: labels holds negative ids (min {int(arr.min())}); ids must be 0 or > 0")
+    check_labels(arr, f"{who}: labels", allow_binary=True)
     if arr.shape != shape:
         raise ValueError(f"{who}: labels shape {arr.shape} differs from the image's {shape}; the corrected "
                          "labels must cover the image pixel for pixel")

@@ -1,0 +1,127 @@
+"""The worker bodies: what one click on Segment or Fine-tune runs off the GUI thread (engine calls only, no Qt)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from napari_cdal.engine.events import Progress
+    from napari_cdal.engine.method.model import CdalModel
+    from napari_cdal.engine.segment.image import SegmentationResult
+    from napari_cdal.engine.training.corrections import FinetunePair
+
+NO_RESULT = "the engine stopped without a result"
+
+
+@dataclass(frozen=True)
+class RunFailure:
+    """A run stopped by bad input (image, model file); `message` says why and what to do."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class SegmentSettings:
+    """What one click on Segment runs with."""
+
+    model_path: str
+    device: str
+    image_mpp: float
+    steps: int
+    samples: int
+    seed: int
+    threshold: float
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """What one click on Fine-tune runs with."""
+
+    base_model: str
+    output: Path
+    device: str
+    image_mpp: float
+    steps: int
+    learning_rate: float
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_model(path: str, mtime_ns: int, device: str) -> CdalModel:
+    from napari_cdal.engine.method.model import load_model
+
+    return load_model(path, device)
+
+
+def load_model_cached(path: str | Path, device: str) -> CdalModel:
+    """Load a model once per (file, modification time, device)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    return _cached_model(str(path.resolve()), path.stat().st_mtime_ns, device)
+
+
+def run_segmentation(
+    image: np.ndarray, settings: SegmentSettings
+) -> Generator[Progress, None, SegmentationResult | RunFailure]:
+    """Worker body: load the model, yield the engine's step events, return the result (or why not)."""
+    from napari_cdal.engine.checks import check_memory, segment_peak_bytes
+    from napari_cdal.engine.device import resolve_device
+    from napari_cdal.engine.io.checkpoint import CheckpointError
+    from napari_cdal.engine.io.images import ImageError
+    from napari_cdal.engine.segment.image import segment_image
+
+    try:
+        device = str(resolve_device(settings.device))
+        model = load_model_cached(settings.model_path, device)
+        height, width = image.shape[:2]
+        check_memory(segment_peak_bytes(height, width, settings.image_mpp, model.config, settings.steps,
+                                        settings.samples), f"the image ({height} x {width} px)")
+        for event in segment_image(
+            model,
+            image,
+            image_mpp=settings.image_mpp,
+            steps=settings.steps,
+            samples=settings.samples,
+            seed=settings.seed,
+            threshold=settings.threshold,
+        ):
+            if event.stage == "done":
+                return event.payload
+            yield event
+    except (CheckpointError, ImageError, FileNotFoundError, ValueError) as exc:
+        return RunFailure(str(exc))
+    except MemoryError:
+        return RunFailure("out of memory: crop the image into smaller tiles, or lower K (samples)")
+    return RunFailure(NO_RESULT)
+
+
+def run_finetune(pairs: list[FinetunePair], settings: FinetuneSettings) -> Generator[Progress, None, Path | RunFailure]:
+    """Worker body: load the base model, fine-tune it, save it as a new file (or say why not)."""
+    from napari_cdal.engine.device import resolve_device
+    from napari_cdal.engine.events import Progress
+    from napari_cdal.engine.io.checkpoint import CheckpointError
+    from napari_cdal.engine.training.finetune import FinetuneConfig, finetune, save_finetuned
+
+    try:
+        device = str(resolve_device(settings.device))
+        model = load_model_cached(settings.base_model, device)
+        defaults = FinetuneConfig()
+        config = FinetuneConfig(
+            steps=settings.steps,
+            lr_g=settings.learning_rate,
+            lr_d=settings.learning_rate * defaults.lr_d / defaults.lr_g,
+        )
+        for event in finetune(model, pairs, config, device, settings.image_mpp):
+            if event.stage == "done":
+                yield Progress("save", event.index, event.total)  # a last chance to cancel
+                return save_finetuned(event.payload.model, settings.output)
+            yield event
+    except (CheckpointError, FileNotFoundError, ValueError, OSError) as exc:
+        return RunFailure(str(exc))
+    return RunFailure(NO_RESULT)

@@ -1,0 +1,51 @@
+"""Instance label images: the one check of ids (integers, none negative) and the one renumbering to 1..N."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def check_labels(labels: object, name: str = "labels", allow_binary: bool = False) -> np.ndarray:
+    """`labels` as an array of integer ids (0 = background); a ValueError naming `name` and the fix otherwise.
+
+    With allow_binary a bool mask passes too (fine-tuning splits it into nuclei itself).
+    """
+    arr = np.asarray(labels)
+    if (arr.dtype == bool and not allow_binary) or not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
+        raise ValueError(
+            f"{name} must be an integer label image (integer ids, 0 = background, one per nucleus), got dtype "
+            f"{arr.dtype}; build one with skimage.measure.label(mask) or cast integral values with "
+            ".astype(np.int32)"
+        )
+    if arr.size and np.issubdtype(arr.dtype, np.signedinteger) and int(arr.min()) < 0:
+        raise ValueError(f"{name} contains negative ids (min {int(arr.min())}); labels must be >= 0 "
+                         "with 0 = background")
+    return arr
+
+
+def relabel_sequential(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """Map ids to 1..N in increasing order of the original ids (0 stays 0); return (intp map, N)."""
+    flat = labels.ravel()
+    if flat.size == 0:
+        return np.zeros(labels.shape, dtype=np.intp), 0
+    top = int(flat.max())
+    if top <= max(1 << 20, 4 * flat.size):
+        present = np.bincount(flat.astype(np.intp, copy=False), minlength=top + 1) > 0
+        present[0] = False
+        lut = np.cumsum(present, dtype=np.intp)
+        lut[~present] = 0
+        return lut[labels], int(lut[-1]) if top > 0 else 0
+    ids, inverse = np.unique(flat, return_inverse=True)
+    if ids[0] != 0:
+        inverse = inverse + 1
+    n = int(ids.size - (ids[0] == 0))
+    return inverse.reshape(labels.shape).astype(np.intp, copy=False), n
+
+
+def relabel_sequential_uint(labels: np.ndarray) -> np.ndarray:
+    """Renumber ids to 1..N keeping their order, as uint16 when N < 65535 else uint32 (for TIFFs).
+
+    Any dimensionality is accepted; 0 stays background.
+    """
+    mapped, n = relabel_sequential(check_labels(labels))
+    return mapped.astype(np.uint16 if n < 65535 else np.uint32)
