@@ -170,7 +170,7 @@ def score_setting(
             segment_image(
                 model,
                 tile.image,
-                steps=steps,
+                sampling_steps=steps,
                 samples=samples,
                 seed=seed,
                 keep_steps=True,

@@ -38,7 +38,7 @@ def main() -> None:
     for steps in args.steps:
         for samples in args.samples:
             started = time.perf_counter()
-            summary = run_to_end(evaluate_tiles(model, tiles, steps=steps, samples=samples, seed=args.seed))
+            summary = run_to_end(evaluate_tiles(model, tiles, sampling_steps=steps, samples=samples, seed=args.seed))
             row = {"T": steps, "K": samples, **summary["mean"], "s/tile": summary["seconds_per_image"],
                    "per_image": summary["per_image"]}
             rows.append(row)
@@ -63,7 +63,7 @@ def threshold_sweep(model: CdalModel, tiles: list[Tile], thresholds: list[float]
                                        for image in row["per_image"] if image["image"] == name}}
                 for name in names]
     mean = {"tile": "mean", **{f"{key} @{row['threshold']:g}": row[key] for row in sweep for key in ("dice", "aji")}}
-    print(f"threshold sweep at T={model.config.default_steps}, K=1:")
+    print(f"threshold sweep at T={model.config.sampling_steps}, K=1:")
     print(table(per_tile + [mean], columns))
     return sweep
 

@@ -30,7 +30,7 @@ from napari_cdal.engine.events import run_to_end
 from napari_cdal.engine.method.model import load_model
 from napari_cdal.engine.segment.evaluate import evaluate_tiles
 from napari_cdal.engine.training.corrections import FinetunePair
-from napari_cdal.engine.training.finetune import FinetuneConfig, finetune
+from napari_cdal.engine.training.finetune import finetune, finetune_config
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "monuseg" / "train"
@@ -91,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--organ", default="breast",
                         help="organ whose validation tiles are corrected (default: breast)")
     parser.add_argument("--variants", default="default", help=f"comma-separated, of {sorted(VARIANTS)}")
-    parser.add_argument("--steps", type=int, default=None, help="fine-tune steps (default: FinetuneConfig's)")
-    parser.add_argument("--seed", type=int, default=None, help="fine-tune seed (default: FinetuneConfig's)")
+    parser.add_argument("--iterations", "--steps", dest="iterations", type=int, default=None,
+                        help="fine-tune iterations (default: FINETUNE_SETTINGS')")
+    parser.add_argument("--seed", type=int, default=None, help="fine-tune seed (default: 0)")
     parser.add_argument("--no-others", action="store_true", help="skip scoring the other organs (forgetting)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
@@ -116,9 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"scored the starting model in {time.perf_counter() - started:.0f} s", flush=True)
     runs = []
     for name in args.variants.split(","):
-        settings = FinetuneConfig(**VARIANTS[name])
-        overrides = {key: getattr(args, key) for key in ("steps", "seed") if getattr(args, key) is not None}
-        settings = replace(settings, **overrides)
+        overrides = {key: getattr(args, key) for key in ("iterations", "seed") if getattr(args, key) is not None}
+        settings = finetune_config(**VARIANTS[name], **overrides)
         started = time.perf_counter()
         result = run_to_end(finetune(model, list(pairs), settings, "cpu", DATA_MPP))
         seconds = time.perf_counter() - started

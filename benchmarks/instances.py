@@ -36,7 +36,7 @@ def probabilities(
     return [
         run_to_end(
             seg.segment_image(
-                model, t.image, steps=steps, samples=samples, keep_steps=False, with_attention=False
+                model, t.image, sampling_steps=steps, samples=samples, keep_steps=False, with_attention=False
             )
         ).probability
         for t in tiles

@@ -37,7 +37,7 @@ def seconds_per_tile(model: CdalModel, image: np.ndarray, steps: int, samples: i
     times = []
     for seed in range(repeats):
         started = time.perf_counter()
-        run_to_end(segment_image(model, image, steps=steps, samples=samples, seed=seed,
+        run_to_end(segment_image(model, image, sampling_steps=steps, samples=samples, seed=seed,
                                  keep_steps=maps, with_attention=maps))
         times.append(time.perf_counter() - started)
     return statistics.median(times)

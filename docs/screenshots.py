@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     mask.contour = 1
 
     # the full chain of the model's T shows how the mask forms
-    default_steps = widget.steps.value
-    widget.steps.value = widget.steps.max
+    default_steps = widget.sampling_steps.value
+    widget.sampling_steps.value = widget.sampling_steps.max
     run_and_wait(widget, viewer, out, None)
     viewer.reset_view()
     show_only(viewer, SAMPLE_NAME, f"{SAMPLE_NAME} steps")
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     show_only(viewer, "", f"{SAMPLE_NAME} attention")
     shoot(viewer, out, "08b_attention_alone.png", canvas_only=True)
 
-    widget.steps.value = default_steps
+    widget.sampling_steps.value = default_steps
     widget.samples.value = args.samples
     run_and_wait(widget, viewer, out, None)
     show_only(viewer, SAMPLE_NAME, f"{SAMPLE_NAME} uncertainty", f"{SAMPLE_NAME} mask")

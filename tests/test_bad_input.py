@@ -101,7 +101,7 @@ def test_train_config_file_is_checked_too(capsys, blob_folder, tmp_path):
     recipe.write_text(json.dumps({"steps": 0}))
     code, _, err = run(capsys, "train", blob_folder, "--config", "tiny", "--train-config", recipe,
                        "--out", tmp_path / "m.safetensors")
-    assert code == 1 and "TrainConfig.steps must be an integer >= 1, got 0" in one_error_line(err, "train")
+    assert code == 1 and "TrainConfig.iterations must be an integer >= 1, got 0" in one_error_line(err, "train")
 
 
 @pytest.mark.parametrize("options, words", [
@@ -179,9 +179,9 @@ def test_train_resume_goes_on_only_where_there_is_more_to_do(capsys, blob_folder
     code, _, err = run(capsys, "train", blob_folder, "--out", out, "--steps", "2", *common)
     assert code == 1 and "or pass --resume to continue the run that wrote it" in one_error_line(err, "train")
     code, _, err = run(capsys, "train", blob_folder, "--out", out, "--resume", "--threads", "1")
-    assert code == 1 and "has finished its 2 steps; give --steps more than 2" in one_error_line(err, "train")
+    assert code == 1 and "has finished its 2 iterations; give --iterations more than 2" in one_error_line(err, "train")
     code, _, err = run(capsys, "train", blob_folder, "--out", out, "--resume", "--steps", "1", "--threads", "1")
-    assert code == 1 and "already at step 2" in one_error_line(err, "train")
+    assert code == 1 and "already at iteration 2; give --steps more than 2" in one_error_line(err, "train")
     assert state_path(out).exists()
 
 

@@ -19,17 +19,17 @@ def run_tool(monkeypatch: pytest.MonkeyPatch, *args: str) -> None:
     runpy.run_path(str(TOOL), run_name="__main__")
 
 
-def test_bundle_sets_default_steps_and_keeps_weights(tiny_model_file, tmp_path, monkeypatch):
+def test_bundle_sets_default_sampling_steps_and_keeps_weights(tiny_model_file, tmp_path, monkeypatch):
     out = tmp_path / "bundled.safetensors"
     source = load_model(tiny_model_file)
-    steps = source.config.num_steps - 1
+    steps = source.config.diffusion_steps - 1
 
     run_tool(monkeypatch, str(tiny_model_file), "--default-steps", str(steps), "--out", str(out))
 
     bundled = load_model(out)
+    assert bundled.config.default_sampling_steps == steps
     assert bundled.config.sampling_steps == steps
-    assert bundled.config.default_steps == steps
-    assert bundled.record["bundled"]["default_steps"] == steps
+    assert bundled.record["bundled"]["default_sampling_steps"] == steps
     assert bundled.record["bundled"]["from_step"] == source.record.get("steps")
     for name, tensor in source.generator.state_dict().items():
         assert torch.equal(tensor, bundled.generator.state_dict()[name]), name
@@ -41,7 +41,7 @@ def test_bundle_sets_the_sampler_defaults(tiny_model_file, tmp_path, monkeypatch
              "--uncertainty", "chain_entropy", "--attention", "score_map", "--sampling-noise", "0.5",
              "--out", str(out))
     config = load_model(out).config
-    assert (config.default_steps, config.default_samples) == (2, 3)
+    assert (config.sampling_steps, config.default_samples) == (2, 3)
     assert (config.uncertainty_measure, config.attention_display, config.sampling_noise) == (
         "chain_entropy", "score_map", 0.5)
     assert load_model(out).record["bundled"]["sampler_defaults"]["default_samples"] == 3
@@ -49,8 +49,8 @@ def test_bundle_sets_the_sampler_defaults(tiny_model_file, tmp_path, monkeypatch
 
 def test_bundle_refuses_steps_beyond_the_models_t(tiny_model_file, tmp_path, monkeypatch):
     out = tmp_path / "bundled.safetensors"
-    too_many = load_model(tiny_model_file).config.num_steps + 1
-    with pytest.raises(SystemExit, match="sampling_steps"):
+    too_many = load_model(tiny_model_file).config.diffusion_steps + 1
+    with pytest.raises(SystemExit, match="default_sampling_steps"):
         run_tool(monkeypatch, str(tiny_model_file), "--default-steps", str(too_many), "--out", str(out))
     assert not out.exists()
 

@@ -59,7 +59,7 @@ def test_segment_saves_steps_attention_uncertainty(capsys, tiny_model_file, blob
     steps = tifffile.imread(out / "tile_steps.tif")
     attention = tifffile.imread(out / "tile_attention.tif")
     uncertainty = tifffile.imread(out / "tile_uncertainty.tif")
-    t = TINY.num_steps
+    t = TINY.diffusion_steps
     assert steps.shape == (t, 128, 128) and steps.dtype == np.float32
     assert attention.shape == (t, 128, 128) and attention.dtype == np.float32
     assert uncertainty.shape == (128, 128) and uncertainty.dtype == np.float32
@@ -97,7 +97,7 @@ def test_segment_too_many_steps(capsys, tiny_model_file, blob_images, tmp_path):
     tif, _, _ = blob_images
     out = tmp_path / "out"
     code, _, err = run(capsys, "segment", tif, "--model", tiny_model_file, "--mpp", "0.5", "--out", out,
-                       "--steps", str(TINY.num_steps + 1))
+                       "--steps", str(TINY.diffusion_steps + 1))
     assert code == 1
     assert "--steps 5 is more than this model's 4 diffusion steps" in err
     assert files_in(out) == []
@@ -155,7 +155,7 @@ def test_evaluate_prints_table_and_writes_json(capsys, tiny_model_file, blob_fol
     assert summary["mean"]["dice"] == pytest.approx(np.mean([r["dice"] for r in summary["per_image"]]))
     assert summary["mean"]["dice"] > 0.9
     assert summary["seconds_per_image"] >= 0
-    assert summary["settings"]["steps"] == TINY.num_steps and summary["settings"]["mpp"] == 0.5
+    assert summary["settings"]["sampling_steps"] == TINY.diffusion_steps and summary["settings"]["mpp"] == 0.5
     # the table shows the same numbers, to three decimals
     assert lines[3].split()[1] == f"{summary['mean']['dice']:.3f}"
 
@@ -209,7 +209,7 @@ def test_train_then_resume(capsys, blob_folder, tmp_path):
     model_path = tmp_path / "models" / "m.safetensors"
     code, stdout, err = run(capsys, "train", blob_folder, "--out", model_path, "--steps", "4", *TRAIN_ARGS)
     assert code == 0, err
-    assert "trained 4 steps" in stdout
+    assert "trained 4 iterations" in stdout
     state = state_path(model_path)
     assert state.name == "m.state.safetensors"
     assert files_in(model_path.parent) == ["m.safetensors", "m.state.safetensors"]
@@ -223,12 +223,12 @@ def test_train_then_resume(capsys, blob_folder, tmp_path):
 
     code, stdout, err = run(capsys, "train", blob_folder, "--out", model_path, "--resume", "--steps", "6")
     assert code == 0, err
-    assert "trained 6 steps" in stdout
+    assert "trained 6 iterations" in stdout
     assert read_metadata(state)["step"] == 6
     record = read_metadata(model_path)["record"]
     assert record["steps"] == 6
     assert record["data_mpp"] == 0.5  # kept from the first run
-    assert record["train_config"]["batch_size"] == 2 and record["train_config"]["steps"] == 6
+    assert record["train_config"]["batch_size"] == 2 and record["train_config"]["iterations"] == 6
 
 
 def test_resume_without_state(capsys, blob_folder, tmp_path):
@@ -286,7 +286,7 @@ def test_info(capsys, tiny_model_file, trained_tiny):
     assert code == 0, err
     assert f"model: {tiny_model_file}" in stdout
     assert "  base_width: 8" in stdout
-    assert f"  num_steps: {TINY.num_steps}" in stdout
+    assert f"  diffusion_steps: {TINY.diffusion_steps}" in stdout
     assert f"  steps: {trained_tiny[1].step}" in stdout  # the training record
     code, stdout, _ = run(capsys, "info", "--model", tiny_model_file, "--json")
     assert code == 0

@@ -32,7 +32,7 @@ def test_segment_on_cuda_matches_cpu(trained_tiny) -> None:
 
 def test_train_step_on_cuda() -> None:
     device = torch.device("cuda")
-    state = TrainState.create(CdalModel.initialise(TINY, 0).to(device), TrainConfig(steps=5, batch_size=2))
+    state = TrainState.create(CdalModel.initialise(TINY, 0).to(device), TrainConfig(iterations=5, batch_size=2))
     images = torch.randn(2, 3, 64, 64, device=device)
     x0 = torch.sign(torch.randn(2, 2, 64, 64, device=device))
     losses = train_step(state, images, x0, torch.ones(2, 1, 64, 64, device=device), device)

@@ -23,16 +23,16 @@ from napari_cdal.engine.segment.metrics import dice
 from napari_cdal.engine.training import finetune as finetune_module
 from napari_cdal.engine.training.corrections import FinetunePair, prepare_pairs
 from napari_cdal.engine.training.finetune import (
-    FinetuneConfig,
     FinetuneSaveError,
     finetune,
+    finetune_config,
     save_finetuned,
     suggest_new_name,
 )
 from napari_cdal.engine.training.run import make_patch_source
 from napari_cdal.engine.training.state import TrainState
 
-QUICK = FinetuneConfig(steps=3, patch_size=64, batch_size=2, warmup_steps=1)
+QUICK = finetune_config(iterations=3, patch_size=64, batch_size=2, warmup_steps=1)
 
 
 @pytest.fixture(autouse=True)
@@ -105,7 +105,7 @@ def test_shifted_stain_is_learned_from_one_corrected_tile(source) -> None:
     train_image, train_labels = inverted_stain_tile(41)
     test_image, test_labels = inverted_stain_tile(43)
     before = run_to_end(segment_image(source, test_image, image_mpp=0.5))
-    settings = FinetuneConfig(steps=50, patch_size=64, lr_g=1e-3, lr_d=5e-4, ema_decay=0.9, warmup_steps=5)
+    settings = finetune_config(iterations=50, patch_size=64, lr_g=1e-3, lr_d=5e-4, ema_decay=0.9, warmup_steps=5)
     result = run_to_end(finetune(source, [FinetunePair(train_image, train_labels)], settings, "cpu", 0.5))
     after = run_to_end(segment_image(result.model, test_image, image_mpp=0.5))
     assert dice(before.labels, test_labels > 0) < 0.3
@@ -158,7 +158,7 @@ def test_regions_map_to_model_pixels_and_weigh_zero_outside(source) -> None:
     # a 128 px tile at 0.25 µm/px is 64 px at the model's 0.5; the left half stays the left half
     tile = blob_tile(10)
     pair = FinetunePair(tile.image, tile.instances, regions=[(0, 128, 0, 64)])
-    settings = FinetuneConfig(patch_size=256, augment=False)
+    settings = finetune_config(patch_size=256, augment=False)
     prepared = prepare_pairs([pair], source.config, 0.25, settings)
     assert prepared.tiles[0].image.shape == (64, 64, 3)
     assert prepared.regions == [[(0, 64, 0, 32)]]
@@ -191,7 +191,7 @@ def test_discriminator_sees_no_labels_outside_the_regions(source, monkeypatch) -
 
     monkeypatch.setattr(finetune_module, "make_patch_source", recording_source)
     tile = blob_tile(11)
-    settings = FinetuneConfig(steps=1, patch_size=64, batch_size=2)
+    settings = finetune_config(iterations=1, patch_size=64, batch_size=2)
     run_to_end(finetune(source, [FinetunePair(tile.image, tile.instances, regions=[(0, 128, 0, 64)])],
                         settings, "cpu", 0.25))
     outside = torch.from_numpy(batches[-1][2] == 0).expand_as(seen[-1])
@@ -206,7 +206,7 @@ def test_discriminator_sees_no_labels_outside_the_regions(source, monkeypatch) -
 def test_held_back_strip_keeps_the_start_when_fine_tuning_hurts(source) -> None:
     # a learning rate far too high wrecks the generator; the held-back strip must keep the start
     tile = blob_tile(12, size=256, count=100)
-    settings = FinetuneConfig(steps=6, patch_size=64, batch_size=2, lr_g=0.5, lr_d=0.5, warmup_steps=1,
+    settings = finetune_config(iterations=6, patch_size=64, batch_size=2, lr_g=0.5, lr_d=0.5, warmup_steps=1,
                               ema_decay=0.0, holdout_fraction=0.25, validate_every=3)
     events = list(finetune(source, [FinetunePair(tile.image, tile.instances, name="big")], settings, "cpu", 0.5))
     stages = [e.stage for e in events]
@@ -224,7 +224,7 @@ def test_held_back_strip_keeps_the_start_when_fine_tuning_hurts(source) -> None:
 
 def test_patience_stops_early(source) -> None:
     tile = blob_tile(12, size=256, count=100)
-    settings = FinetuneConfig(steps=20, patch_size=64, batch_size=2, lr_g=0.5, lr_d=0.5, warmup_steps=1,
+    settings = finetune_config(iterations=20, patch_size=64, batch_size=2, lr_g=0.5, lr_d=0.5, warmup_steps=1,
                               ema_decay=0.0, holdout_fraction=0.25, validate_every=2, patience=2)
     result = run_to_end(finetune(source, [FinetunePair(tile.image, tile.instances)], settings, "cpu", 0.5))
     assert result.stopped_early and result.record["steps"] == 4
@@ -275,12 +275,12 @@ def test_region_of_background_is_fine_beside_one_with_nuclei(source) -> None:
     assert run_to_end(finetune(source, [pair], QUICK, "cpu", 0.5)).record["steps"] == 3
 
 
-@pytest.mark.parametrize("settings", [dict(steps=0), dict(lr_g=0.0), dict(ema_decay=1.0),
+@pytest.mark.parametrize("settings", [dict(iterations=0), dict(lr_g=0.0), dict(ema_decay=1.0),
                                       dict(holdout_fraction=0.9), dict(batch_size=True)])
 def test_bad_settings_name_the_field(settings) -> None:
     name = next(iter(settings))
-    with pytest.raises(ValueError, match=f"FinetuneConfig.{name}"):
-        FinetuneConfig(**settings)
+    with pytest.raises(ValueError, match=f"TrainConfig.{name}"):
+        finetune_config(**settings)
 
 
 def test_no_pairs_and_bad_mpp(source) -> None:
@@ -295,7 +295,7 @@ def test_cancelled_run_leaves_nothing(source, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     before = weights_of(source)
     tile = blob_tile(15)
-    events = finetune(source, [FinetunePair(tile.image, tile.instances)], FinetuneConfig(steps=50, patch_size=64),
+    events = finetune(source, [FinetunePair(tile.image, tile.instances)], finetune_config(iterations=50, patch_size=64),
                       "cpu", 0.5)
     assert next(events).stage == "train"
     events.close()
@@ -382,7 +382,7 @@ def test_cli_finetune_writes_a_new_model(capsys, tiny_model_file, corrected_file
                             "--out", out, "--steps", "3", "--mpp", "0.5", "--lr", "2e-4", "--seed", "3",
                             "--threads", "1")
     assert code == 0, err
-    assert "fine-tuned 3 steps on 2 image(s)" in stdout and str(out) in stdout
+    assert "fine-tuned 3 iterations on 2 image(s)" in stdout and str(out) in stdout
     record = read_metadata(out)["record"]
     assert record["finetuned_from"]["model"] == tiny_model_file.name
     assert record["finetune"]["images"] == ["tile16.tif with tile16_mask.png", "tile17.tif with tile17_mask.png"]
@@ -439,5 +439,5 @@ def test_cli_help_matches_the_defaults(capsys) -> None:
     text = " ".join(capsys.readouterr().out.split())
     for option in ("--masks", "--model", "--out", "--steps", "--mpp", "--lr", "--seed", "--device", "--threads"):
         assert option in text
-    defaults = FinetuneConfig()
-    assert f"(default: {defaults.steps})" in text and f"(default: {defaults.lr_g:g})" in text
+    defaults = finetune_config()
+    assert f"(default: {defaults.iterations})" in text and f"(default: {defaults.lr_g:g})" in text

@@ -24,7 +24,7 @@ CPU = torch.device("cpu")
 
 def _state(config=TINY, **train) -> TrainState:
     cfg = TrainConfig(
-        **{"steps": 10, "batch_size": 2, "patch_size": 32, "warmup_steps": 1, **train}
+        **{"iterations": 10, "batch_size": 2, "patch_size": 32, "warmup_steps": 1, **train}
     )
     return TrainState.create(CdalModel.initialise(config, 3), cfg)
 
@@ -51,7 +51,7 @@ def test_generator_input_is_the_attention_modulated_pair(monkeypatch) -> None:
     # the same draws, in train_step's order: t, z, the plain pair, then the pair from A ⊙ x0
     rng = copy.deepcopy(state.torch_rng)
     schedule = state.model.schedule
-    t = torch.randint(0, schedule.num_steps, (2,), generator=rng)
+    t = torch.randint(0, schedule.diffusion_steps, (2,), generator=rng)
     torch.randn(2, TINY.latent_dim, generator=rng)
     schedule.training_pair(x0, t, rng)
     _, expected = schedule.training_pair(gate * x0, t, rng)
@@ -91,12 +91,12 @@ def test_adversarial_gradient_reaches_the_generator_only() -> None:
     )
 
 
-@pytest.mark.parametrize("num_steps", [4, 2])
-def test_jump_moments_match_gaussian_conditioning(num_steps: int) -> None:
+@pytest.mark.parametrize("diffusion_steps", [4, 2])
+def test_jump_moments_match_gaussian_conditioning(diffusion_steps: int) -> None:
     # x_s = sqrt(ac_s) x0 + sqrt(1 - ac_s) e1 and x_k = sqrt(ac_k / ac_s) x_s + sqrt(1 - ac_k / ac_s) e2:
     # E[x_s | x_k, x0] and Var[x_s | x_k, x0] by conditioning the joint Gaussian.
-    schedule = VPSchedule(num_steps)
-    for k in range(2, num_steps + 1):
+    schedule = VPSchedule(diffusion_steps)
+    for k in range(2, diffusion_steps + 1):
         for s in range(1, k - 1 + 1):
             ac_s, ac_k = float(schedule.alphas_cumprod[s]), float(schedule.alphas_cumprod[k])
             cov = math.sqrt(ac_k / ac_s) * (1.0 - ac_s)
@@ -185,7 +185,7 @@ def test_self_conditioned_sampler_feeds_the_previous_estimate(monkeypatch) -> No
         reverse_process(
             model,
             torch.randn(1, 3, 32, 32),
-            steps=2,
+            sampling_steps=2,
             samples=2,
             rng=torch.Generator().manual_seed(0),
         )
@@ -265,7 +265,7 @@ def test_shared_latent_removes_the_spread_that_z_makes(trained_tiny) -> None:
             reverse_process(
                 model,
                 image,
-                steps=1,
+                sampling_steps=1,
                 samples=4,
                 rng=torch.Generator().manual_seed(1),
                 with_attention=False,

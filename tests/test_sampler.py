@@ -22,7 +22,7 @@ def _normalised(tile, model):
 def test_reverse_process_yields_every_step_then_the_maps(trained_tiny, steps) -> None:
     model, _ = trained_tiny
     image = _normalised(blob_tile(9, size=60), model)  # 60 is not a multiple of 4: padded inside
-    events = list(reverse_process(model, image, steps=steps, samples=3, rng=make_generator(0)))
+    events = list(reverse_process(model, image, sampling_steps=steps, samples=3, rng=make_generator(0)))
     assert [e.stage for e in events] == ["step"] * steps + ["done"]
     assert [e.index for e in events[:-1]] == list(range(steps))
     for event in events[:-1]:
@@ -46,7 +46,8 @@ def test_image_encoder_runs_once_per_image(trained_tiny, monkeypatch) -> None:
     calls = []
     original = model.generator.encode_image
     monkeypatch.setattr(model.generator, "encode_image", lambda x: calls.append(1) or original(x))
-    list(reverse_process(model, _normalised(blob_tile(9, 32), model), steps=4, samples=5, rng=make_generator(0)))
+    list(reverse_process(model, _normalised(blob_tile(9, 32), model), sampling_steps=4, samples=5,
+                         rng=make_generator(0)))
     assert len(calls) == 1
 
 
@@ -65,7 +66,7 @@ def test_seeded_segmentation_repeats_bit_for_bit(trained_tiny) -> None:
 def test_tiny_model_segments_unseen_blobs(trained_tiny) -> None:
     model, _ = trained_tiny
     tile = blob_tile(12)
-    result = run_to_end(segment_image(model, tile.image, image_mpp=0.5, steps=4, samples=1))
+    result = run_to_end(segment_image(model, tile.image, image_mpp=0.5, sampling_steps=4, samples=1))
     assert result.labels.shape == tile.instances.shape
     assert result.labels.dtype == np.uint32
     assert dice(result.labels, tile.instances) > 0.9
@@ -100,7 +101,8 @@ def test_resampling_returns_to_the_input_grid(trained_tiny) -> None:
 
 def test_progress_events_count_tiles_and_steps(trained_tiny) -> None:
     model, _ = trained_tiny
-    events = list(segment_image(model, blob_tile(15, size=100).image, image_mpp=0.5, steps=2, tile_size=64, overlap=16))
+    events = list(segment_image(model, blob_tile(15, size=100).image, image_mpp=0.5, sampling_steps=2, tile_size=64,
+                                overlap=16))
     steps = [e for e in events if e.stage == "step"]
     assert len(steps) == 4 * 2
     assert [e.index for e in steps] == list(range(1, 9))
@@ -117,14 +119,14 @@ def test_default_steps_come_from_the_config(trained_tiny) -> None:
     model, _ = trained_tiny
     original = model.config
     try:
-        model.config = dataclasses.replace(original, sampling_steps=2)
+        model.config = dataclasses.replace(original, default_sampling_steps=2)
         events = list(segment_image(model, blob_tile(16, size=64).image, image_mpp=0.5))
         assert events[-1].payload.steps.shape[0] == 2
-        assert len(list(segment_image(model, blob_tile(16, size=64).image, image_mpp=0.5, steps=4))) == 5
+        assert len(list(segment_image(model, blob_tile(16, size=64).image, image_mpp=0.5, sampling_steps=4))) == 5
     finally:
         model.config = original
-    with pytest.raises(ValueError, match="sampling_steps"):
-        dataclasses.replace(original, sampling_steps=5)
+    with pytest.raises(ValueError, match="default_sampling_steps"):
+        dataclasses.replace(original, default_sampling_steps=5)
 
 
 def test_runs_without_step_maps_send_no_live_maps(trained_tiny) -> None:
@@ -132,6 +134,6 @@ def test_runs_without_step_maps_send_no_live_maps(trained_tiny) -> None:
     model, _ = trained_tiny
     events = list(segment_image(model, blob_tile(17, size=64).image, image_mpp=0.5, keep_steps=False))
     steps = [e.payload for e in events if e.stage == "step"]
-    assert len(steps) == model.config.default_steps
+    assert len(steps) == model.config.sampling_steps
     assert all(u.foreground is None and u.attention is None for u in steps)
     assert events[-1].payload.steps is None and events[-1].payload.attention is None

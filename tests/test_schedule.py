@@ -71,5 +71,5 @@ def test_sampling_levels_and_bad_step_counts() -> None:
     assert s.sampling_levels(1) == [4, 0]
     with pytest.raises(ValueError, match="steps"):
         s.sampling_levels(5)
-    with pytest.raises(ValueError, match="num_steps"):
+    with pytest.raises(ValueError, match="diffusion_steps"):
         VPSchedule(0)

@@ -46,7 +46,7 @@ def test_ema_update_is_the_closed_form() -> None:
 
 
 def test_learning_rate_warms_up_then_decays_to_the_floor() -> None:
-    cfg = TrainConfig(steps=1000, warmup_steps=100, lr_min=1e-5)
+    cfg = TrainConfig(iterations=1000, warmup_steps=100, lr_min=1e-5)
     assert learning_rate(0, 1e-3, cfg) == pytest.approx(1e-5)
     assert learning_rate(99, 1e-3, cfg) == pytest.approx(1e-3)
     assert learning_rate(100, 1e-3, cfg) == pytest.approx(1e-3)
@@ -59,7 +59,7 @@ def test_resume_repeats_the_run_bit_for_bit(tmp_path) -> None:
     _, first = train_tiny(steps=3, seed=4)
     first.save(tmp_path / "state.safetensors")
     resumed = TrainState.load(tmp_path / "state.safetensors", torch.device("cpu"),
-                              TrainConfig.from_dict({**first.train_config.to_dict(), "steps": 6}))
+                              TrainConfig.from_dict({**first.train_config.to_dict(), "iterations": 6}))
     # go on with the same data stream: the sampler draws from the restored numpy RNG
     from napari_cdal.engine.data.patches import PatchSampler
 
@@ -69,7 +69,7 @@ def test_resume_repeats_the_run_bit_for_bit(tmp_path) -> None:
     for _ in training_loop(resumed, sampler.sample, torch.device("cpu")):
         pass
     straight_cfg = straight.train_config.to_dict()
-    assert straight_cfg["steps"] == 6
+    assert straight_cfg["iterations"] == 6
     for a, b in zip(straight.model.generator.parameters(), resumed.model.generator.parameters(), strict=True):
         assert torch.equal(a, b)
     for a, b in zip(straight.ema.module.parameters(), resumed.ema.module.parameters(), strict=True):

@@ -95,7 +95,7 @@ def dock_both(viewer, model_file: Path) -> tuple[SegmentWidget, FinetuneWidget]:
     segment.model.value = OTHER_FILE
     segment.model_file.value = model_file
     finetune = dock(viewer, "Fine-tune")
-    finetune.steps.value = STEPS
+    finetune.iterations.value = STEPS
     return segment, finetune
 
 
@@ -222,7 +222,7 @@ def test_two_pairs_without_segment_docked_use_the_model_dropdown(
     second = add_image(viewer, "other", 96)
     add_corrected_mask(viewer, "other", 96)
     finetune = dock(viewer, "Fine-tune")
-    finetune.steps.value = STEPS
+    finetune.iterations.value = STEPS
     assert "<segment>" not in finetune.base_model.choices
     finetune.base_model.value = str(base)
     finetune.name.value = "mine"
@@ -363,7 +363,7 @@ def test_cancel_stops_cleanly_and_writes_nothing(
     add_image(viewer)
     add_corrected_mask(viewer)
     segment, finetune = dock_both(viewer, tiny_model_file)
-    finetune.steps.value = 50
+    finetune.iterations.value = 50
     outcomes: list[str] = []
     finetune.run_finished.connect(outcomes.append)
     finetune.finetune_button.native.click()

@@ -405,7 +405,7 @@ def test_models_in_the_user_folder_are_offered(
     labels = [label for label, _ in widget.model._widget._mgui_get_choices()]
     assert "my-finetuned" in labels and labels[-1] == "other file…"
     widget.model.value = str(tmp_path / "my-finetuned.safetensors")
-    assert widget.steps.max == 4
+    assert widget.sampling_steps.max == 4
     assert click_segment(qtbot, widget) == "done"
     assert f"{NAME} mask" in viewer.layers
 

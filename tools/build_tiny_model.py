@@ -41,7 +41,7 @@ REBUILD = f"rebuild it with `python {SCRIPT}`"
 
 def tiny_train_config(steps: int = STEPS, seed: int = SEED) -> TrainConfig:
     """The training settings of the stored tiny model (tests may vary `steps` and `seed`)."""
-    return TrainConfig(steps=steps, batch_size=4, patch_size=64, warmup_steps=10, lr_g=2e-3,
+    return TrainConfig(iterations=steps, batch_size=4, patch_size=64, warmup_steps=10, lr_g=2e-3,
                        lr_d=1e-3, ema_decay=0.9, checkpoint_every=10_000, validate_every=10_000,
                        seed=seed)
 

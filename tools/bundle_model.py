@@ -1,6 +1,6 @@
 """Copy a trained model into the package as the bundled default, with its chosen sampling defaults.
 
-    python tools/bundle_model.py RUN_MODEL.safetensors --default-steps 2 [--default-samples 2]
+    python tools/bundle_model.py RUN_MODEL.safetensors --default-sampling-steps 2 [--default-samples 2]
         [--uncertainty chain_entropy] [--attention channel_mean] [--sampling-noise 1.0]
 
 The training record goes along unchanged, plus a `bundled` entry saying where the weights came
@@ -35,8 +35,8 @@ def without_machine_paths(value: Any) -> Any:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="the run's best model (what `napari-cdal train --out` wrote)")
-    parser.add_argument("--default-steps", type=int, required=True,
-                        help="reverse steps T the bundled model samples with unless told otherwise")
+    parser.add_argument("--default-sampling-steps", "--default-steps", dest="default_sampling_steps", type=int,
+                        required=True, help="reverse steps the bundled model samples with unless told otherwise")
     parser.add_argument("--default-samples", type=int, default=None, help="samples K (default: the model's)")
     parser.add_argument("--uncertainty", default=None, choices=UNCERTAINTY_MEASURES,
                         help="what the uncertainty layer shows (default: the model's)")
@@ -54,7 +54,7 @@ def main() -> None:
     if weight_bytes > MAX_BYTES:
         raise SystemExit(f"{args.model} holds {weight_bytes / 2**20:.1f} MB of weights, over the 25 MB "
                          "the package allows; nothing was written")
-    changes = {"sampling_steps": args.default_steps, "default_samples": args.default_samples,
+    changes = {"default_sampling_steps": args.default_sampling_steps, "default_samples": args.default_samples,
                "uncertainty_measure": args.uncertainty, "attention_display": args.attention,
                "sampling_noise": args.sampling_noise}
     changes = {key: value for key, value in changes.items() if value is not None}
@@ -64,7 +64,8 @@ def main() -> None:
         raise SystemExit(f"{exc}; nothing was written") from exc
     if "bundled" in model.record:  # re-bundled: keep what the earlier defaults were and why
         model.record.setdefault("bundled_before", []).append(model.record["bundled"])
-    model.record["bundled"] = {"from_step": model.record.get("steps"), "default_steps": args.default_steps,
+    model.record["bundled"] = {"from_step": model.record.get("steps"),
+                               "default_sampling_steps": args.default_sampling_steps,
                                "sampler_defaults": changes, "defaults_chosen_by": args.reason}
     model.record = without_machine_paths(model.record)
     save_model(args.out, model)

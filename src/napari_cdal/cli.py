@@ -9,7 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP, DEFAULT_THRESHOLD, DEVICE_CHOICES, FINETUNE_D_LR_RATIO
+from napari_cdal.engine.defaults import (
+    DEFAULT_IMAGE_MPP,
+    DEFAULT_THRESHOLD,
+    DEVICE_CHOICES,
+    FINETUNE_D_LR_RATIO,
+    FINETUNE_SETTINGS,
+)
 
 EXIT_BAD_INPUT = 1
 
@@ -33,8 +39,15 @@ def _check_runtime(args: argparse.Namespace) -> None:
         check_mpp(args.mpp)
     if getattr(args, "threshold", None) is not None:
         check_threshold(args.threshold)
-    for option in ("steps", "samples"):
-        check_at_least(getattr(args, option, None), 1, f"--{option}")
+    for dest, names in (("sampling_steps", ("--sampling-steps", "--steps")), ("samples", ("--samples",)),
+                        ("iterations", ("--iterations", "--steps"))):
+        check_at_least(getattr(args, dest, None), 1, _typed(args, *names))
+
+
+def _typed(args: argparse.Namespace, *names: str) -> str:
+    """Which of an option's names the user typed (a former name is an alias), so an error uses that one."""
+    typed = getattr(args, "typed_options", ())
+    return next((name for name in names if name in typed), names[0])
 
 
 def _setup_torch(args: argparse.Namespace) -> Any:
@@ -53,14 +66,15 @@ def _load_model(path: str | None, device: Any) -> Any:
     return load_model(path, device)
 
 
-def _check_model_steps(model: Any, steps: int | None) -> int:
-    """The reverse steps T to run: the model's default, or --steps within what the model was trained for."""
-    if steps is None:
-        return model.config.default_steps
-    if steps > model.config.num_steps:
-        raise CliError(f"--steps {steps} is more than this model's {model.config.num_steps} diffusion steps; "
-                       f"give 1 to {model.config.num_steps}")
-    return steps
+def _check_sampling_steps(model: Any, args: argparse.Namespace) -> int:
+    """The reverse steps to sample: the model's default, or --sampling-steps within the model's diffusion steps T."""
+    if args.sampling_steps is None:
+        return model.config.sampling_steps
+    if args.sampling_steps > model.config.diffusion_steps:
+        raise CliError(f"{_typed(args, '--sampling-steps', '--steps')} {args.sampling_steps} is more than this "
+                       f"model's {model.config.diffusion_steps} diffusion steps; give 1 to "
+                       f"{model.config.diffusion_steps}")
+    return args.sampling_steps
 
 
 def _write_tiff(path: Path, array: Any) -> None:
@@ -115,7 +129,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     check_new_outputs([file for files in outputs.values() for file in files.values()], args.overwrite)
     device = _setup_torch(args)
     model = _load_model(args.model, device)
-    steps = _check_model_steps(model, args.steps)
+    steps = _check_sampling_steps(model, args)
     samples = model.config.default_samples if args.samples is None else args.samples
     if args.save_uncertainty and samples < 2:
         raise CliError(f"--save-uncertainty needs --samples 2 or more (got {samples}): "
@@ -136,7 +150,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
         try:
             result = run_to_end(segment_image(
-                model, pixels, image_mpp=args.mpp, steps=steps, samples=samples, seed=args.seed,
+                model, pixels, image_mpp=args.mpp, sampling_steps=steps, samples=samples, seed=args.seed,
                 threshold=args.threshold, keep_steps=want_maps, with_attention=args.save_attention,
             ), show)
         except ImageError as exc:  # name the file: the engine only knows the pixels
@@ -213,18 +227,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                        "next to masks/<id>.png")
     device = _setup_torch(args)
     model = _load_model(args.model, device)
-    steps = _check_model_steps(model, args.steps)
+    steps = _check_sampling_steps(model, args)
     tiles = load_folder(args.data_dir, names)
     summary = None
     with _progress(len(tiles), "evaluate", "image") as bar:
-        for event in evaluate_tiles(model, tiles, image_mpp=args.mpp, steps=steps, samples=args.samples,
+        for event in evaluate_tiles(model, tiles, image_mpp=args.mpp, sampling_steps=steps, samples=args.samples,
                                     seed=args.seed, threshold=args.threshold):
             if event.stage == "image":
                 bar.update(1)
             else:
                 summary = event.payload
     summary["model"] = str(model.source)
-    summary["settings"] = {"steps": steps,
+    summary["settings"] = {"sampling_steps": steps,
                            "samples": model.config.default_samples if args.samples is None else args.samples,
                            "seed": args.seed, "threshold": args.threshold, "mpp": args.mpp}
     print(_format_table(summary["per_image"], summary["mean"], summary["seconds_per_image"]))
@@ -251,7 +265,7 @@ def _train_config(args: argparse.Namespace, base: dict[str, Any] | None = None) 
     values = dict(base or {})
     if getattr(args, "train_config", None):
         values.update(_read_json_object(args.train_config, "--train-config"))
-    for key in ("steps", "batch_size", "patch_size", "seed", "checkpoint_every", "validate_every"):
+    for key in ("iterations", "batch_size", "patch_size", "seed", "checkpoint_every", "validate_every"):
         value = getattr(args, key, None)
         if value is not None:
             values[key] = value
@@ -329,14 +343,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise CliError(f"--resume given but no training state at {resume_from}")
         device = _setup_torch(args)
         state = TrainState.load(resume_from, device)
-        if args.steps is not None:
-            if args.steps <= state.step:
-                raise CliError(f"the run at {resume_from} is already at step {state.step}; give --steps more "
-                               f"than {state.step} to go on")
+        if args.iterations is not None:
+            if args.iterations <= state.step:
+                raise CliError(f"the run at {resume_from} is already at iteration {state.step}; give "
+                               f"{_typed(args, '--iterations', '--steps')} more than {state.step} to go on")
             state = TrainState.load(resume_from, device, _train_config(args, state.train_config.to_dict()))
-        elif state.step >= state.train_config.steps:
-            raise CliError(f"the run at {resume_from} has finished its {state.step} steps; give --steps more "
-                           f"than {state.step} to go on")
+        elif state.step >= state.train_config.iterations:
+            raise CliError(f"the run at {resume_from} has finished its {state.step} iterations; give "
+                           f"{_typed(args, '--iterations', '--steps')} more than {state.step} to go on")
         # go on with the recorded data settings unless told otherwise, so a resumed run repeats exactly
         mpp = state.record.get("data_mpp", DEFAULT_IMAGE_MPP) if args.mpp is None else args.mpp
         train_names = split.get("train") or state.record.get("train_tiles") or list_tiles(args.data_dir)
@@ -373,7 +387,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not val_tiles:
             save_model(out, s.exported_model())
 
-    bar = _progress(state.train_config.steps, "train", "step")
+    bar = _progress(state.train_config.iterations, "train", "iteration")
     bar.n = state.step
     for event in training_loop(state, sample_batch, device, on_checkpoint, on_validate):
         if event.stage == "train":
@@ -383,7 +397,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             bar.write(f"step {state.step}: validation " + ", ".join(
                 f"{k} {v:.3f}" for k, v in event.payload.items() if isinstance(v, float)))
     bar.close()
-    print(f"trained {state.step} steps in {state.record['wall_seconds'] / 60:.1f} min; model: {out}")
+    print(f"trained {state.step} iterations in {state.record['wall_seconds'] / 60:.1f} min; model: {out}")
     return 0
 
 
@@ -406,8 +420,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from napari_cdal.engine.method.model import is_bundled
     from napari_cdal.engine.training.corrections import FinetunePair
     from napari_cdal.engine.training.finetune import (
-        FinetuneConfig,
         finetune,
+        finetune_config,
         save_finetuned,
         suggest_new_name,
     )
@@ -429,10 +443,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         read_header(path)
     pairs = [FinetunePair(read_image(image), _read_mask(mask), None, f"{image.name} with {mask.name}")
              for image, mask in zip(images, masks, strict=True)]
-    overrides = {key: getattr(args, key) for key in ("steps", "seed") if getattr(args, key) is not None}
+    overrides = {key: getattr(args, key) for key in ("iterations", "seed") if getattr(args, key) is not None}
     if args.lr is not None:
         overrides.update(lr_g=args.lr, lr_d=args.lr * FINETUNE_D_LR_RATIO)
-    settings = FinetuneConfig(**overrides)
+    settings = finetune_config(**overrides)
     device = _setup_torch(args)
     model = _load_model(args.model, device)
     bars: list[Any] = []  # opened at the first step, so rejected input leaves only the error line
@@ -452,7 +466,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         for bar in bars:
             bar.close()
     save_finetuned(result.model, out)
-    print(f"fine-tuned {result.record['steps']} steps on {len(pairs)} image(s) in "
+    print(f"fine-tuned {result.record['steps']} iterations on {len(pairs)} image(s) in "
           f"{result.record['wall_seconds']:.0f} s; model: {out} (source {model.source} unchanged)")
     return 0
 
@@ -461,6 +475,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     """Print a checkpoint's config and training record."""
     import torch
 
+    from napari_cdal.engine.config import ModelConfig
     from napari_cdal.engine.io.checkpoint import read_metadata
     from napari_cdal.engine.method.model import bundled_model_path
 
@@ -470,7 +485,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"model: {path}{' (bundled)' if not args.model else ''}")
     print(f"kind: {meta.get('kind')}, written by napari-cdal {meta.get('package_version')}")
     print("config:")
-    for key, value in meta.get("model_config", {}).items():
+    config = meta.get("model_config", {})
+    try:  # under today's names, also for a file written before a setting was renamed
+        config = ModelConfig.from_dict(config).to_dict()
+    except (TypeError, ValueError):
+        pass
+    for key, value in config.items():
         print(f"  {key}: {value}")
     print("training record:")
     for key in ("data", "steps", "wall_seconds", "device", "train_config", "train_tiles",
@@ -520,15 +540,19 @@ def cmd_view(args: argparse.Namespace) -> int:
 def _add_runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
                    help="where to compute: auto (a CUDA GPU when there is one, else the CPU), cpu or cuda")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads torch may use (default: torch's choice, usually all cores)")
 
 
 def _add_sampling(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="checkpoint (.safetensors); default: the bundled model")
-    p.add_argument("--steps", type=int, default=None, help="reverse steps T (default: the model's)")
+    p.add_argument("--model", default=None, help="model file (.safetensors) to use (default: the bundled model)")
+    p.add_argument("--sampling-steps", "--steps", dest="sampling_steps", type=int, default=None,
+                   help="denoising steps the mask forms in, at most the model's diffusion steps T; fewer is "
+                        "faster (default: the model's own choice; the bundled model: 2)")
     p.add_argument("--samples", type=int, default=None,
-                   help="latent samples K averaged per pixel; 2 or more give an uncertainty (default: the model's)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed repeats a run (default: 0)")
+                   help="how many masks to draw and average (K), each from another random latent code; 2 or "
+                        "more also give an uncertainty map, where they disagree (default: the model's; bundled: 2)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed repeats a run exactly (default: 0)")
     p.add_argument("--mpp", type=float, default=DEFAULT_IMAGE_MPP,
                    help=f"the image's µm per pixel (default: {DEFAULT_IMAGE_MPP}, a 40x tile; 0.5 for 20x)")
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
@@ -536,26 +560,32 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line: one sub-command per job; former flag names stay as aliases."""
     from napari_cdal import __version__
 
-    parser = argparse.ArgumentParser(prog="napari-cdal", description="Nuclei segmentation with cDAL.")
+    parser = argparse.ArgumentParser(prog="napari-cdal", description="Nuclei segmentation of H&E tiles with cDAL.")
     parser.add_argument("--version", action="version", version=f"napari-cdal {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("segment", help="segment images into nucleus instance labels")
+    p = sub.add_parser("segment", help="segment images into nuclei: one id per nucleus",
+                       description="Segment each image; write <stem>_labels.tif (0 = background, one id per "
+                                   "nucleus) and, when asked, the maps behind it into --out.")
     p.add_argument("images", nargs="*", help="image files (TIFF, PNG, JPEG)")
     p.add_argument("--sample", action="store_true", help="also segment the bundled MoNuSeg sample tile")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (made if missing)")
     _add_sampling(p)
-    p.add_argument("--save-steps", action="store_true", help="also write <stem>_steps.tif (x̂0 per step)")
-    p.add_argument("--save-attention", action="store_true", help="also write <stem>_attention.tif")
-    p.add_argument("--save-uncertainty", action="store_true", help="also write <stem>_uncertainty.tif")
+    p.add_argument("--save-steps", action="store_true",
+                   help="also write <stem>_steps.tif: the model's estimate of the mask after each denoising step")
+    p.add_argument("--save-attention", action="store_true",
+                   help="also write <stem>_attention.tif: where the discriminator looked, per step")
+    p.add_argument("--save-uncertainty", action="store_true",
+                   help="also write <stem>_uncertainty.tif: where the K samples disagree (needs --samples 2+)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace output files that exist already (default: refuse, and write nothing)")
     _add_runtime(p)
     p.set_defaults(func=cmd_segment)
 
-    p = sub.add_parser("evaluate", help="score a model on a folder with ground truth")
+    p = sub.add_parser("evaluate", help="score a model on a folder with ground truth (Dice, IoU, AJI, PQ)")
     p.add_argument("data_dir", help="folder with images/<id>.tif and masks/<id>.png (MoNuSeg layout)")
     _add_sampling(p)
     p.add_argument("--json", default=None,
@@ -569,11 +599,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data_dir", help="folder with images/ and masks/ (MoNuSeg layout)")
     p.add_argument("--out", required=True,
                    help="new model file to write (.safetensors); an existing one only with --resume")
-    p.add_argument("--steps", type=int, default=None, help="total training steps")
-    p.add_argument("--resume", action="store_true", help="go on from <out>.state.safetensors")
+    p.add_argument("--iterations", "--steps", dest="iterations", type=int, default=None,
+                   help="training iterations in all, each one batch of patches (default: 4000)")
+    p.add_argument("--resume", action="store_true",
+                   help="go on with the run that wrote --out, from its saved state <out>.state.safetensors")
     p.add_argument("--config", default=None,
-                   help="model preset (tiny, small, medium, large) or a JSON file; with --init-from, a JSON "
-                        "file of the config keys to change (e.g. {\"self_condition\": true})")
+                   help="model size preset (tiny, small, medium, large) or a JSON file of model settings; with "
+                        "--init-from, a JSON file of the settings to change (e.g. {\"self_condition\": true})")
     p.add_argument("--train-config", default=None,
                    help='JSON file of training settings to change (e.g. {"adversarial_weight": 0.3})')
     p.add_argument("--init-from", default=None,
@@ -581,11 +613,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=None, help="JSON with 'train' and 'validation' tile-name lists")
     p.add_argument("--mpp", type=float, default=None,
                    help=f"µm per pixel of the data (default: {DEFAULT_IMAGE_MPP}; with --resume, the recorded one)")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--patch-size", type=int, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--checkpoint-every", type=int, default=None)
-    p.add_argument("--validate-every", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="patches per iteration (default: 4)")
+    p.add_argument("--patch-size", type=int, default=None,
+                   help="side of a training patch in model pixels, a multiple of the model's size multiple "
+                        "(default: 256)")
+    p.add_argument("--seed", type=int, default=None, help="random seed of the run (default: 0)")
+    p.add_argument("--checkpoint-every", type=int, default=None,
+                   help="save the resumable state every N iterations (default: 200)")
+    p.add_argument("--validate-every", type=int, default=None,
+                   help="score the validation tiles every N iterations and keep the best model (default: 500)")
     _add_runtime(p)
     p.set_defaults(func=cmd_train)
 
@@ -595,17 +631,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one corrected mask per image, same size: instance ids or binary (0 = background)")
     p.add_argument("--model", default=None, help="model to start from (.safetensors); default: the bundled model")
     p.add_argument("--out", required=True, help="new model file to write (.safetensors); never replaces a file")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: 150)")
+    p.add_argument("--iterations", "--steps", dest="iterations", type=int, default=None,
+                   help=f"training iterations (default: {FINETUNE_SETTINGS['iterations']})")
     p.add_argument("--mpp", type=float, default=DEFAULT_IMAGE_MPP,
                    help=f"the images' µm per pixel (default: {DEFAULT_IMAGE_MPP}, a 40x tile; 0.5 for 20x)")
     p.add_argument("--lr", type=float, default=None,
-                   help="generator learning rate; the discriminator gets half (default: 0.0001)")
+                   help=f"generator learning rate; the discriminator gets {FINETUNE_D_LR_RATIO:g} of it "
+                        f"(default: {FINETUNE_SETTINGS['lr_g']:g})")
     p.add_argument("--seed", type=int, default=None, help="random seed; the same seed repeats a run (default: 0)")
     _add_runtime(p)
     p.set_defaults(func=cmd_finetune)
 
-    p = sub.add_parser("info", help="print a model's config and training record")
-    p.add_argument("--model", default=None, help="checkpoint; default: the bundled model")
+    p = sub.add_parser("info", help="print a model's settings and training record")
+    p.add_argument("--model", default=None, help="model file; default: the bundled model")
     p.add_argument("--json", action="store_true", help="also print the whole metadata as JSON")
     p.set_defaults(func=cmd_info)
 
@@ -624,7 +662,9 @@ def _one_line(exc: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, run, and turn known errors into one line on stderr and exit status 1."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.typed_options = [token.split("=", 1)[0] for token in argv if token.startswith("--")]
     try:
         return args.func(args)
     except (CliError, FileNotFoundError, ValueError) as exc:  # every engine error is a ValueError subclass

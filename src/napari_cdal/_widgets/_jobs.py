@@ -33,7 +33,7 @@ class SegmentSettings:
     model_path: str
     device: str
     image_mpp: float
-    steps: int
+    sampling_steps: int
     samples: int
     seed: int
     threshold: float
@@ -47,7 +47,7 @@ class FinetuneSettings:
     output: Path
     device: str
     image_mpp: float
-    steps: int
+    iterations: int
     learning_rate: float
 
 
@@ -80,13 +80,13 @@ def run_segmentation(
         device = str(resolve_device(settings.device))
         model = load_model_cached(settings.model_path, device)
         height, width = image.shape[:2]
-        check_memory(segment_peak_bytes(height, width, settings.image_mpp, model.config, settings.steps,
+        check_memory(segment_peak_bytes(height, width, settings.image_mpp, model.config, settings.sampling_steps,
                                         settings.samples), f"the image ({height} x {width} px)")
         for event in segment_image(
             model,
             image,
             image_mpp=settings.image_mpp,
-            steps=settings.steps,
+            sampling_steps=settings.sampling_steps,
             samples=settings.samples,
             seed=settings.seed,
             threshold=settings.threshold,
@@ -103,19 +103,19 @@ def run_segmentation(
 
 def run_finetune(pairs: list[FinetunePair], settings: FinetuneSettings) -> Generator[Progress, None, Path | RunFailure]:
     """Worker body: load the base model, fine-tune it, save it as a new file (or say why not)."""
+    from napari_cdal.engine.defaults import FINETUNE_D_LR_RATIO
     from napari_cdal.engine.device import resolve_device
     from napari_cdal.engine.events import Progress
     from napari_cdal.engine.io.checkpoint import CheckpointError
-    from napari_cdal.engine.training.finetune import FinetuneConfig, finetune, save_finetuned
+    from napari_cdal.engine.training.finetune import finetune, finetune_config, save_finetuned
 
     try:
         device = str(resolve_device(settings.device))
         model = load_model_cached(settings.base_model, device)
-        defaults = FinetuneConfig()
-        config = FinetuneConfig(
-            steps=settings.steps,
+        config = finetune_config(
+            iterations=settings.iterations,
             lr_g=settings.learning_rate,
-            lr_d=settings.learning_rate * defaults.lr_d / defaults.lr_g,
+            lr_d=settings.learning_rate * FINETUNE_D_LR_RATIO,
         )
         for event in finetune(model, pairs, config, device, settings.image_mpp):
             if event.stage == "done":

@@ -25,6 +25,7 @@ from napari_cdal._widgets._jobs import FinetuneSettings, RunFailure, run_finetun
 from napari_cdal._widgets._names import default_model_name, free_model_name, model_name_problem, model_stem
 from napari_cdal._widgets._pairs import PairRow, engine_pairs
 from napari_cdal._widgets._run import WorkerRun
+from napari_cdal.engine.defaults import FINETUNE_SETTINGS
 from napari_cdal.models import MODEL_SUFFIX
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from napari_cdal.engine.training.corrections import FinetunePair
 
 FOLLOW_SEGMENT = "<segment>"
-DEFAULT_LEARNING_RATE = 1e-4
+DEFAULT_LEARNING_RATE = FINETUNE_SETTINGS["lr_g"]
 INVALID_STYLE = "background-color: #7a2a2a;"
 
 
@@ -49,8 +50,6 @@ class FinetuneWidget(WorkerRun, Container):
     run_finished = Signal(str)
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
-        from napari_cdal.engine.training.finetune import FinetuneConfig
-
         super().__init__(labels=True)
         self._viewer = napari_viewer
         self._auto_name = ""
@@ -67,12 +66,12 @@ class FinetuneWidget(WorkerRun, Container):
         self.mpp = mpp_spin_box(
             "the images' µm per pixel: from the first image's scale, else 0.25 (40x)"
         )
-        self.steps = SpinBox(
-            label="steps",
+        self.iterations = SpinBox(
+            label="iterations",
             min=1,
             max=10_000,
-            value=FinetuneConfig().steps,
-            tooltip="training steps; each draws a batch of patches from the corrected regions",
+            value=FINETUNE_SETTINGS["iterations"],
+            tooltip="training iterations; each learns from a batch of patches drawn inside the corrected regions",
         )
         self.learning_rate = FloatSpinBox(
             label="learning rate",
@@ -97,7 +96,7 @@ class FinetuneWidget(WorkerRun, Container):
                 self.base_model,
                 self.device,
                 self.mpp,
-                self.steps,
+                self.iterations,
                 self.learning_rate,
                 self.name,
                 self.finetune_button,
@@ -222,12 +221,12 @@ class FinetuneWidget(WorkerRun, Container):
             model_dir() / f"{name}{MODEL_SUFFIX}",
             self.device.value,
             float(self.mpp.value),
-            int(self.steps.value),
+            int(self.iterations.value),
             float(self.learning_rate.value),
         )
         self.notes = []
         self._launch(run_finetune, pairs, settings, status=f"Fine-tuning {Path(base).stem} on {len(pairs)} pair(s)…",
-                     progress=progress(total=settings.steps, desc="cDAL: fine-tuning"))
+                     progress=progress(total=settings.iterations, desc="cDAL: fine-tuning"))
 
     def _on_step(self, event: Progress) -> None:
         with self._handling():

@@ -54,8 +54,8 @@ def model_steps(path: str) -> tuple[int, int, int] | None:
 
     try:
         config = read_metadata(path)["model_config"]
-        trained = int(config.get("num_steps", DEFAULT_STEPS))
-        return trained, int(config.get("sampling_steps", 0)) or trained, int(config.get("default_samples", 1))
+        trained = int(config.get("diffusion_steps", DEFAULT_STEPS))
+        return trained, int(config.get("default_sampling_steps", 0)) or trained, int(config.get("default_samples", 1))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
@@ -83,12 +83,13 @@ class SegmentWidget(WorkerRun, Container):
         self.model = ComboBox(label="model", choices=lambda _: self._model_choices())
         self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors")
         self.device = ComboBox(label="device", choices=device_choices())
-        self.steps = SpinBox(
-            label="steps T",
+        self.sampling_steps = SpinBox(
+            label="sampling steps",
             min=1,
             max=DEFAULT_STEPS,
             value=DEFAULT_STEPS,
-            tooltip="reverse diffusion steps (at most the model's T)",
+            tooltip="how many denoising steps the mask forms in (at most the model's T, its diffusion steps); "
+            "fewer is faster",
         )
         self.samples = SpinBox(
             label="samples K",
@@ -134,7 +135,7 @@ class SegmentWidget(WorkerRun, Container):
                 self.model,
                 self.model_file,
                 self.device,
-                self.steps,
+                self.sampling_steps,
                 self.samples,
                 self.seed,
                 self.threshold,
@@ -192,7 +193,7 @@ class SegmentWidget(WorkerRun, Container):
         path = self.selected_model_path()
         steps = model_steps(path) if path else None
         if steps is not None:
-            self.steps.max, self.steps.value, self.samples.value = steps
+            self.sampling_steps.max, self.sampling_steps.value, self.samples.value = steps
         if not bundled_model_file().is_file() and not self._worker:
             self.status.value = (
                 "No bundled model in this installation: pick a model file, "
@@ -239,7 +240,7 @@ class SegmentWidget(WorkerRun, Container):
             model_path,
             self.device.value,
             float(self.mpp.value),
-            int(self.steps.value),
+            int(self.sampling_steps.value),
             int(self.samples.value),
             int(self.seed.value),
             float(self.threshold.value),

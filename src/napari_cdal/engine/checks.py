@@ -123,7 +123,7 @@ def available_memory() -> int | None:
         return None
 
 
-def segment_peak_bytes(height: int, width: int, image_mpp: float, config: ModelConfig, steps: int,
+def segment_peak_bytes(height: int, width: int, image_mpp: float, config: ModelConfig, sampling_steps: int,
                        samples: int, keep_steps: bool = True, with_attention: bool = True) -> int:
     """An upper estimate of segment_image's peak memory for an image of that size, in bytes.
 
@@ -132,7 +132,7 @@ def segment_peak_bytes(height: int, width: int, image_mpp: float, config: ModelC
     """
     factor = (image_mpp / config.model_mpp) ** 2
     maps = config.label_channels + (1 if samples > 1 else 0)
-    stacks = steps * (2 if with_attention else 1) if keep_steps else 0
+    stacks = sampling_steps * (2 if with_attention else 1) if keep_steps else 0
     per_image_pixel = 4 * (config.image_channels + maps + 2 * stacks) + 8
     per_model_pixel = 4 * (config.image_channels * 2 + maps + stacks + 2)
     return int(height * width * (per_image_pixel + per_model_pixel * factor))

@@ -46,8 +46,8 @@ class ModelConfig:
     disc_width: int = 16
     disc_levels: int = 4
     disc_attention_level: int = 3
-    num_steps: int = 4
-    sampling_steps: int = 0
+    diffusion_steps: int = 4
+    default_sampling_steps: int = 0
     beta_min: float = 0.1
     beta_max: float = 20.0
     model_mpp: float = 0.5
@@ -73,8 +73,9 @@ class ModelConfig:
             raise ValueError("image_mean and image_std need one value per image channel")
         if not 1 <= self.disc_attention_level <= self.disc_levels:
             raise ValueError("disc_attention_level must lie in 1..disc_levels")
-        if not 0 <= self.sampling_steps <= self.num_steps:
-            raise ValueError(f"sampling_steps must lie in 0..num_steps ({self.num_steps}), got {self.sampling_steps}")
+        if not 0 <= self.default_sampling_steps <= self.diffusion_steps:
+            raise ValueError(f"default_sampling_steps must lie in 0..diffusion_steps ({self.diffusion_steps}), "
+                             f"got {self.default_sampling_steps}")
         if self.attention_scaling not in ("none", "minmax"):
             raise ValueError(f"attention_scaling must be 'none' or 'minmax', got {self.attention_scaling!r}")
         if self.attention_display not in ATTENTION_MAPS:
@@ -93,9 +94,9 @@ class ModelConfig:
         return len(LABEL_ENCODINGS[self.label_encoding])
 
     @property
-    def default_steps(self) -> int:
-        """Reverse steps used when none is asked for: the measured best (sampling_steps), else all T."""
-        return self.sampling_steps or self.num_steps
+    def sampling_steps(self) -> int:
+        """Reverse steps sampled when none are asked for: the measured best (default_sampling_steps), else all T."""
+        return self.default_sampling_steps or self.diffusion_steps
 
     @property
     def generator_input_channels(self) -> int:
@@ -119,7 +120,7 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation settings shared by training from scratch and fine-tuning."""
 
-    steps: int = 4000
+    iterations: int = 4000
     batch_size: int = 4
     patch_size: int = 256
     lr_g: float = 5e-4
@@ -141,11 +142,15 @@ class TrainConfig:
     self_condition_rate: float = 0.5
     d_cutmix_weight: float = 0.0
     own_chain_rate: float = 0.0
+    holdout_fraction: float = 0.0
+    """Fine-tuning: share of the largest corrected region held back to pick the best weights (0: none)."""
+    patience: int = 0
+    """Fine-tuning: validations without a better score before the run stops (0: never)."""
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "patch_size", "checkpoint_every", "validate_every", "r1_interval"):
+        for name in ("iterations", "batch_size", "patch_size", "checkpoint_every", "validate_every", "r1_interval"):
             _check_integer(self, name, 1)
-        for name in ("warmup_steps", "seed"):
+        for name in ("warmup_steps", "seed", "patience"):
             _check_integer(self, name, 0)
         for name in ("lr_g", "lr_d", "lr_min"):
             _check_number(self, name, 0.0, None, low_open=True)
@@ -154,6 +159,7 @@ class TrainConfig:
         for name in ("self_condition_rate", "own_chain_rate"):
             _check_number(self, name, 0.0, 1.0)
         _check_number(self, "ema_decay", 0.0, 1.0, high_open=True)
+        _check_number(self, "holdout_fraction", 0.0, 0.5)
         if len(self.adam_betas) != 2 or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0
                                                  for b in self.adam_betas):
             raise ValueError(f"TrainConfig.adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}")
@@ -187,8 +193,18 @@ def _check_number(config: Any, name: str, low: float, high: float | None, low_op
         raise ValueError(f"{type(config).__name__}.{name} must be a number in {span}, got {value!r}")
 
 
+FORMER_NAMES = {
+    "ModelConfig": {"num_steps": "diffusion_steps", "sampling_steps": "default_sampling_steps"},
+    "TrainConfig": {"steps": "iterations"},
+}
+"""Keys of configs written by earlier versions, and what they are called now: "steps" meant three
+things (training iterations, sampling steps, the model's T) and now each has its own name."""
+
+
 def _from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Build a config dataclass from JSON, naming unknown keys instead of failing obscurely."""
+    """Build a config dataclass from JSON (former key names accepted), naming unknown keys instead of failing."""
+    renamed = FORMER_NAMES.get(cls.__name__, {})
+    data = {renamed.get(key, key): value for key, value in data.items()}
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(names))
     if unknown:

@@ -35,7 +35,7 @@ class CdalModel:
 
     @property
     def schedule(self) -> VPSchedule:
-        return VPSchedule(self.config.num_steps, self.config.beta_min, self.config.beta_max)
+        return VPSchedule(self.config.diffusion_steps, self.config.beta_min, self.config.beta_max)
 
     @classmethod
     def initialise(cls, config: ModelConfig, seed: int = 0) -> CdalModel:

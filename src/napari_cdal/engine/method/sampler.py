@@ -84,7 +84,7 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
 def reverse_process(
     model: CdalModel,
     image: torch.Tensor,
-    steps: int | None = None,
+    sampling_steps: int | None = None,
     samples: int | None = None,
     rng: torch.Generator | None = None,
     with_attention: bool = True,
@@ -107,7 +107,7 @@ def reverse_process(
     if samples < 1:
         raise ValueError(f"samples must be at least 1, got {samples}")
     schedule = model.schedule
-    steps = config.default_steps if steps is None else steps
+    steps = config.sampling_steps if sampling_steps is None else sampling_steps
     levels = schedule.sampling_levels(steps)
     device = next(model.generator.parameters()).device
     padded, (height, width) = pad_to_multiple(image.to(device), config.size_multiple)

@@ -30,30 +30,30 @@ class VPSchedule:
 
     def __init__(
         self,
-        num_steps: int = 4,
+        diffusion_steps: int = 4,
         beta_min: float = 0.1,
         beta_max: float = 20.0,
         eps: float = 1e-3,
     ) -> None:
-        if num_steps < 1:
-            raise ValueError(f"num_steps must be at least 1, got {num_steps}")
-        self.num_steps = num_steps
+        if diffusion_steps < 1:
+            raise ValueError(f"diffusion_steps must be at least 1, got {diffusion_steps}")
+        self.diffusion_steps = diffusion_steps
         self.beta_min = beta_min
         self.beta_max = beta_max
         self.eps = eps
-        taus = [eps + (1.0 - eps) * k / num_steps for k in range(num_steps + 1)]
+        taus = [eps + (1.0 - eps) * k / diffusion_steps for k in range(diffusion_steps + 1)]
         abars = [_abar(tau, beta_min, beta_max) for tau in taus]
         # (2) beta_k = 1 - abar(tau_k) / abar(tau_{k-1}), k = 1..T; index 0 is a placeholder.
-        betas = [0.0] + [1.0 - abars[k] / abars[k - 1] for k in range(1, num_steps + 1)]
+        betas = [0.0] + [1.0 - abars[k] / abars[k - 1] for k in range(1, diffusion_steps + 1)]
         alphas = [1.0 - b for b in betas]
         alphas_cumprod = [1.0]
-        for k in range(1, num_steps + 1):
+        for k in range(1, diffusion_steps + 1):
             alphas_cumprod.append(alphas_cumprod[-1] * alphas[k])
         self.betas = torch.tensor(betas, dtype=torch.float64)
         self.alphas = torch.tensor(alphas, dtype=torch.float64)
         self.alphas_cumprod = torch.tensor(alphas_cumprod, dtype=torch.float64)
         # (3) posterior of step t+1 -> t, indexed by t = 0..T-1.
-        t = torch.arange(num_steps)
+        t = torch.arange(diffusion_steps)
         ac_t, ac_next = self.alphas_cumprod[t], self.alphas_cumprod[t + 1]
         beta_next, alpha_next = self.betas[t + 1], self.alphas[t + 1]
         self.posterior_coef_x0 = beta_next * ac_t.sqrt() / (1.0 - ac_next)
@@ -96,8 +96,8 @@ class VPSchedule:
         In between, var = noise_scale^2 times the posterior variance and the mean keeps the
         marginal q(x_s | x_0) (DDIM's eta).
         """
-        if not 0 <= s < k <= self.num_steps:
-            raise ValueError(f"need 0 <= s < k <= {self.num_steps}, got k={k}, s={s}")
+        if not 0 <= s < k <= self.diffusion_steps:
+            raise ValueError(f"need 0 <= s < k <= {self.diffusion_steps}, got k={k}, s={s}")
         if not 0.0 <= noise_scale <= 1.0:
             raise ValueError(f"noise_scale must lie in [0, 1], got {noise_scale}")
         ac_s, ac_k = float(self.alphas_cumprod[s]), float(self.alphas_cumprod[k])
@@ -142,14 +142,15 @@ class VPSchedule:
         noise = randn_like(x0, generator) if var > 0 else torch.zeros_like(x0)
         return c1 * x0 + c2 * x_k + var**0.5 * noise
 
-    def sampling_levels(self, steps: int) -> list[int]:
-        """The noise levels visited when sampling with `steps` <= T generator calls, ending at 0.
+    def sampling_levels(self, sampling_steps: int) -> list[int]:
+        """The noise levels visited when sampling with `sampling_steps` <= T generator calls, ending at 0.
 
         T = 4 with 4 steps visits [4, 3, 2, 1, 0]; with 2 steps [4, 2, 0]; with 1 step [4, 0].
         """
-        if not 1 <= steps <= self.num_steps:
-            raise ValueError(f"steps must lie in 1..{self.num_steps} for this model, got {steps}")
-        levels = [round(self.num_steps * (steps - i) / steps) for i in range(steps + 1)]
+        steps = sampling_steps
+        if not 1 <= steps <= self.diffusion_steps:
+            raise ValueError(f"sampling_steps must lie in 1..{self.diffusion_steps} for this model, got {steps}")
+        levels = [round(self.diffusion_steps * (steps - i) / steps) for i in range(steps + 1)]
         return levels
 
 

@@ -31,7 +31,7 @@ def evaluate_tiles(
     model: CdalModel,
     tiles: list[Tile],
     image_mpp: float = DEFAULT_IMAGE_MPP,
-    steps: int | None = None,
+    sampling_steps: int | None = None,
     samples: int | None = None,
     seed: int = 0,
     threshold: float = DEFAULT_THRESHOLD,
@@ -40,7 +40,7 @@ def evaluate_tiles(
     rows = []
     for index, tile in enumerate(tiles):
         result = run_to_end(segment_image(
-            model, tile.image, image_mpp=image_mpp, steps=steps, samples=samples, seed=seed,
+            model, tile.image, image_mpp=image_mpp, sampling_steps=sampling_steps, samples=samples, seed=seed,
             threshold=threshold, keep_steps=False, with_attention=False,
         ))
         truth_instances = tile.instances if tile.has_instance_truth else None

@@ -100,7 +100,7 @@ def segment_image(
     model: CdalModel,
     image: np.ndarray,
     image_mpp: float = DEFAULT_IMAGE_MPP,
-    steps: int | None = None,
+    sampling_steps: int | None = None,
     samples: int | None = None,
     seed: int | None = 0,
     threshold: float = DEFAULT_THRESHOLD,
@@ -127,7 +127,7 @@ def segment_image(
     mh, mw = model_size(height, width, image_mpp, config.model_mpp)
     pixels = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
     on_model_grid = normalise(resample(pixels, (mh, mw)), config)
-    n_steps = config.default_steps if steps is None else steps
+    n_steps = config.sampling_steps if sampling_steps is None else sampling_steps
     samples = config.default_samples if samples is None else samples
     boxes = tile_boxes(mh, mw, tile_size, overlap)
     total = len(boxes) * n_steps

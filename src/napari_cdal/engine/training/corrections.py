@@ -5,21 +5,18 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from skimage import measure
 
-from napari_cdal.engine.config import ModelConfig
+from napari_cdal.engine.config import ModelConfig, TrainConfig
 from napari_cdal.engine.data.tiles import Box, Tile
 from napari_cdal.engine.io.images import to_rgb_float
 from napari_cdal.engine.labels import check_labels
 from napari_cdal.engine.segment.image import MARKER_SPACING_UM
 from napari_cdal.engine.segment.instances import split_binary_mask
 from napari_cdal.engine.training.run import prepare_tiles
-
-if TYPE_CHECKING:
-    from napari_cdal.engine.training.finetune import FinetuneConfig
 
 MIN_REGION_UM = 8.0
 """Smallest side of a corrected region, in µm (about one nucleus)."""
@@ -131,7 +128,7 @@ def _round_up(value: int, multiple: int) -> int:
 
 
 def prepare_pairs(pairs: list[FinetunePair], config: ModelConfig, image_mpp: float,
-                  settings: FinetuneConfig) -> PreparedPairs:
+                  settings: TrainConfig) -> PreparedPairs:
     """Check every pair and bring it to the model's µm/px; raises ValueError naming the pair and the fix.
 
     Binary masks become instances by the distance-map watershed (with a note when it split touching

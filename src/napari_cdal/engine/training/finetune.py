@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import re
 import time
 from collections.abc import Generator
@@ -15,7 +14,7 @@ from typing import Any
 import torch
 
 from napari_cdal.engine.config import TrainConfig
-from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP
+from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP, FINETUNE_SETTINGS
 from napari_cdal.engine.events import Progress
 from napari_cdal.engine.io.checkpoint import OutputError
 from napari_cdal.engine.method.model import CdalModel, is_bundled, save_model
@@ -32,43 +31,9 @@ SOURCE_LOSS_SETTINGS = ("adam_betas", "mse_weight", "adversarial_weight", "dice_
 SOURCE_SUMMARY_KEYS = ("data", "steps", "wall_seconds", "best", "finetuned_from")
 
 
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """Fine-tuning settings; the defaults were chosen with benchmarks/finetune.py on a 2-core CPU."""
-
-    steps: int = 150
-    batch_size: int = 4
-    patch_size: int = 128
-    lr_g: float = 1e-4
-    lr_d: float = 5e-5
-    lr_min: float = 1e-6
-    warmup_steps: int = 10
-    ema_decay: float = 0.99
-    holdout_fraction: float = 0.25
-    validate_every: int = 50
-    patience: int = 2
-    augment: bool = True
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "patch_size", "warmup_steps", "validate_every", "patience", "seed"):
-            value = getattr(self, name)
-            least = 0 if name in ("warmup_steps", "patience", "seed") else 1
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ValueError(f"FinetuneConfig.{name} must be an integer >= {least}, got {value!r}")
-        for name in ("lr_g", "lr_d", "lr_min"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"FinetuneConfig.{name} must be a number > 0, got {value!r}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"FinetuneConfig.ema_decay must lie in [0, 1), got {self.ema_decay!r} "
-                             "(0 ships the raw weights)")
-        if not 0.0 <= self.holdout_fraction <= 0.5:
-            raise ValueError(f"FinetuneConfig.holdout_fraction must lie in [0, 0.5], got "
-                             f"{self.holdout_fraction!r} (0 switches the held-back strip off)")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+def finetune_config(**changes: Any) -> TrainConfig:
+    """Fine-tuning's settings: a TrainConfig of FINETUNE_SETTINGS with `changes` (any TrainConfig key)."""
+    return TrainConfig.from_dict({**FINETUNE_SETTINGS, **changes})
 
 
 @dataclass
@@ -86,16 +51,14 @@ class FinetuneSaveError(ValueError):
     """The fine-tuned model was not written; the message says why and what to do, nothing is left behind."""
 
 
-def finetune_train_config(source: CdalModel, settings: FinetuneConfig, patch_size: int) -> TrainConfig:
-    """The loop's TrainConfig: the source's loss settings, the fine-tune's optimisation settings."""
+def finetune_train_config(source: CdalModel, settings: TrainConfig, patch_size: int) -> TrainConfig:
+    """The loop's TrainConfig: the fine-tune's settings with the source's loss settings (SOURCE_LOSS_SETTINGS)."""
     base = source.record.get("train_config") or {}
-    values = {key: base[key] for key in SOURCE_LOSS_SETTINGS if key in base}
-    values.update(steps=settings.steps, batch_size=settings.batch_size, patch_size=patch_size,
-                  lr_g=settings.lr_g, lr_d=settings.lr_d, lr_min=min(settings.lr_min, settings.lr_g, settings.lr_d),
-                  warmup_steps=min(settings.warmup_steps, settings.steps), ema_decay=settings.ema_decay,
-                  augment=settings.augment, seed=settings.seed, checkpoint_every=settings.steps + 1,
-                  validate_every=settings.validate_every)
-    return TrainConfig.from_dict(values)
+    losses = {key: base[key] for key in SOURCE_LOSS_SETTINGS if key in base}
+    losses = {key: tuple(value) if isinstance(value, list) else value for key, value in losses.items()}
+    return dataclasses.replace(
+        settings, **losses, patch_size=patch_size, lr_min=min(settings.lr_min, settings.lr_g, settings.lr_d),
+        warmup_steps=min(settings.warmup_steps, settings.iterations), checkpoint_every=settings.iterations + 1)
 
 
 def source_summary(model: CdalModel) -> dict[str, Any]:
@@ -109,7 +72,7 @@ def _patience_spent(validation: list[dict[str, Any]], best_step: int, patience: 
     return patience > 0 and sum(1 for row in validation if row["step"] > best_step) >= patience
 
 
-def finetune(model: CdalModel, pairs: list[FinetunePair], config: FinetuneConfig | None = None,
+def finetune(model: CdalModel, pairs: list[FinetunePair], config: TrainConfig | None = None,
              device: torch.device | str = "cpu",
              image_mpp: float = DEFAULT_IMAGE_MPP) -> Generator[Progress, None, None]:
     """Fine-tune a copy of `model` on corrected pairs; yields events, the last one 'done' with a FinetuneResult.
@@ -120,7 +83,7 @@ def finetune(model: CdalModel, pairs: list[FinetunePair], config: FinetuneConfig
     modified and nothing is written: closing the generator cancels the run and leaves no trace.
     Bad pairs raise ValueError at the first event (call prepare_pairs to check them up front).
     """
-    settings = config or FinetuneConfig()
+    settings = config or finetune_config()
     device = torch.device(device)
     started = time.perf_counter()
     prepared = prepare_pairs(pairs, model.config, image_mpp, settings)
@@ -149,7 +112,7 @@ def finetune(model: CdalModel, pairs: list[FinetunePair], config: FinetuneConfig
             yield event
             if event.stage == "validate_done" and _patience_spent(
                     state.record["validation"], best["step"], settings.patience):
-                stopped_early = state.step < train_config.steps
+                stopped_early = state.step < train_config.iterations
                 break
     finally:
         loop.close()
@@ -180,7 +143,7 @@ def finetune(model: CdalModel, pairs: list[FinetunePair], config: FinetuneConfig
     }
     final = CdalModel(final.config, final.generator, final.discriminator, record, "").eval()
     result = FinetuneResult(final, record, stopped_early, best_step, best_step == 0)
-    yield Progress("done", state.step, train_config.steps, result)
+    yield Progress("done", state.step, train_config.iterations, result)
 
 
 def suggest_new_name(path: str | Path) -> Path:

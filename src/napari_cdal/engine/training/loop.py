@@ -24,7 +24,7 @@ def training_loop(
     on_checkpoint: Callable[[TrainState], None] | None = None,
     on_validate: Callable[[TrainState], Generator[Progress, None, None]] | None = None,
 ) -> Generator[Progress, None, None]:
-    """Run steps until train_config.steps, yielding Progress('train', step, total, losses).
+    """Run steps until train_config.iterations, yielding Progress('train', step, total, losses).
 
     Hooks: `on_checkpoint` every checkpoint_every steps and at the end; `on_validate` (itself a
     generator of events) every validate_every steps and at the end. Closing
@@ -34,7 +34,7 @@ def training_loop(
     config = state.model.config
     state.model.generator.train()
     state.model.discriminator.train()
-    while state.step < cfg.steps:
+    while state.step < cfg.iterations:
         started = time.perf_counter()
         images, targets, weights = sample_batch(cfg.batch_size)
         losses = train_step(
@@ -46,14 +46,14 @@ def training_loop(
         )
         state.step += 1
         state.record["wall_seconds"] = state.record.get("wall_seconds", 0.0) + time.perf_counter() - started
-        if state.step == 1 or state.step % 50 == 0 or state.step == cfg.steps:
+        if state.step == 1 or state.step % 50 == 0 or state.step == cfg.iterations:
             state.record["history"].append({"step": state.step, **{k: round(v, 5) for k, v in losses.items()}})
-        yield Progress("train", state.step, cfg.steps, losses)
-        last = state.step == cfg.steps
+        yield Progress("train", state.step, cfg.iterations, losses)
+        last = state.step == cfg.iterations
         if on_validate is not None and (state.step % cfg.validate_every == 0 or last):
             yield from on_validate(state)
         if on_checkpoint is not None and (state.step % cfg.checkpoint_every == 0 or last):
             on_checkpoint(state)
     state.model.generator.eval()
     state.model.discriminator.eval()
-    yield Progress("done", state.step, cfg.steps, state)
+    yield Progress("done", state.step, cfg.iterations, state)

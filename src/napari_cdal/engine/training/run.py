@@ -63,6 +63,6 @@ def make_validation(tiles: list[Tile], data_mpp: float, out: str | Path | None =
                 save_model(out, state.exported_model())
             if on_best is not None:
                 on_best(state)
-        yield Progress("validate_done", state.step, state.train_config.steps, metrics)
+        yield Progress("validate_done", state.step, state.train_config.iterations, metrics)
 
     return on_validate

@@ -35,10 +35,10 @@ class EMA:
 
 
 def learning_rate(step: int, base: float, cfg: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay from `base` to cfg.lr_min over cfg.steps."""
+    """Linear warm-up, then cosine decay from `base` to cfg.lr_min over cfg.iterations."""
     if step < cfg.warmup_steps:
         return base * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.iterations - cfg.warmup_steps))
     return cfg.lr_min + 0.5 * (base - cfg.lr_min) * (1.0 + math.cos(math.pi * progress))
 
 

@@ -65,7 +65,7 @@ def own_chain_input(G: GeneratorNetwork, schedule: VPSchedule, x_next: torch.Ten
     """
     if rate <= 0:
         return x_next
-    last = schedule.num_steps
+    last = schedule.diffusion_steps
     use = (torch.rand(x_next.shape[0], generator=rng) < rate) & (t.cpu() + 1 < last)
     if not bool(use.any()):
         return x_next
@@ -109,7 +109,7 @@ def train_step(state: TrainState, images: torch.Tensor, x0: torch.Tensor, weight
             group["lr"] = learning_rate(state.step, base, cfg)
     batch = x0.shape[0]
     rng = state.torch_rng
-    t = torch.randint(0, schedule.num_steps, (batch,), generator=rng).to(device)
+    t = torch.randint(0, schedule.diffusion_steps, (batch,), generator=rng).to(device)
     z = torch.randn(batch, model.config.latent_dim, generator=rng).to(device)
 
     disc_image = images if model.config.disc_image else None
