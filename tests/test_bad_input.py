@@ -51,7 +51,7 @@ def no_model_load(monkeypatch):
     def refuse(*_args, **_kwargs):
         raise AssertionError("the model was loaded before the input was checked")
 
-    monkeypatch.setattr("napari_cdal.cli._load_model", refuse)
+    monkeypatch.setattr("napari_cdal.cli.common.load_model", refuse)
 
 
 def dead_pid() -> int:

@@ -11,6 +11,12 @@ MODEL_SUFFIX = ".safetensors"
 TRAINING_STATE_SUFFIX = ".state.safetensors"
 
 
+def state_path(model: str | Path) -> Path:
+    """Where a training run keeps its resumable state: beside the model file, <stem>.state.safetensors."""
+    model = Path(model)
+    return model.with_name(model.stem + TRAINING_STATE_SUFFIX)
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     """One model a user can pick: its display name, its file and whether it ships with the package."""

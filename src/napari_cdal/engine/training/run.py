@@ -1,20 +1,27 @@
-"""The hooks that turn the training loop into `train`: tiles at model resolution, patches, validation."""
+"""A training run: its data, its state, and the hooks that turn the training loop into `train`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 
-from napari_cdal.engine.config import ModelConfig
+from napari_cdal.engine.checks import check_patch_size
+from napari_cdal.engine.config import ModelConfig, TrainConfig
 from napari_cdal.engine.data.patches import PatchSampler
-from napari_cdal.engine.data.tiles import Tile, resample_tile
+from napari_cdal.engine.data.tiles import Tile, list_tiles, load_folder, resample_tile
+from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP
 from napari_cdal.engine.events import Progress
-from napari_cdal.engine.method.model import save_model
+from napari_cdal.engine.method.model import CdalModel, save_model
 from napari_cdal.engine.segment.evaluate import evaluate_tiles
+from napari_cdal.engine.training.loop import training_loop
 from napari_cdal.engine.training.state import TrainState
 from napari_cdal.engine.training.step import encode_targets
+from napari_cdal.models import state_path
 
 
 def prepare_tiles(tiles: list[Tile], data_mpp: float, config: ModelConfig) -> list[Tile]:
@@ -66,3 +73,66 @@ def make_validation(tiles: list[Tile], data_mpp: float, out: str | Path | None =
         yield Progress("validate_done", state.step, state.train_config.iterations, metrics)
 
     return on_validate
+
+
+@dataclass(frozen=True)
+class RunData:
+    """What a run trains and validates on: tile names of one folder and their µm per pixel."""
+
+    train_names: list[str]
+    validation_names: list[str]
+    data_mpp: float
+
+
+def run_data(data_dir: str | Path, split: dict[str, list[str]], record: dict[str, Any] | None = None,
+             data_mpp: float | None = None) -> RunData:
+    """The split's tiles, else (resuming) the ones the run recorded, else every tile; the same for µm/px.
+
+    A resumed run goes on with its recorded data unless told otherwise, so that it repeats exactly.
+    """
+    record = record or {}
+    train = split.get("train") or record.get("train_tiles") or list_tiles(data_dir)
+    validation = (split.get("validation") if split else record.get("validation_tiles")) or []
+    mpp = record.get("data_mpp", DEFAULT_IMAGE_MPP) if data_mpp is None else data_mpp
+    if not train:
+        raise ValueError(f"no training images: {Path(data_dir) / 'images'} is empty")
+    return RunData(list(train), list(validation), mpp)
+
+
+def new_state(model: CdalModel, config: TrainConfig, data_dir: str | Path, data: RunData, device: torch.device,
+              init_from: str | Path | None = None) -> TrainState:
+    """A fresh run's state, its record saying what it trains on and where its weights came from."""
+    state = TrainState.create(model, config)
+    state.record.update({"data": Path(data_dir).name, "train_tiles": data.train_names,
+                         "validation_tiles": data.validation_names, "data_mpp": data.data_mpp,
+                         "device": str(device), "best": None})
+    if init_from is not None:
+        state.record["initialised_from"] = {"model": str(init_from), "steps": model.record.get("steps")}
+    return state
+
+
+def train_run(state: TrainState, data_dir: str | Path, data: RunData, out: str | Path,
+              device: torch.device) -> Generator[Progress, None, None]:
+    """Train to the state's iterations, saving the state every checkpoint and the best model at `out`.
+
+    With validation tiles the model at `out` is the best by validation_score; without, the latest.
+    The patch size is checked here, before the generator starts, so a bad one costs no work.
+    """
+    check_patch_size(state.train_config.patch_size, state.model.config)
+    return _train(state, data_dir, data, Path(out), device)
+
+
+def _train(state: TrainState, data_dir: str | Path, data: RunData, out: Path,
+           device: torch.device) -> Generator[Progress, None, None]:
+    config = state.model.config
+    train_tiles = prepare_tiles(load_folder(data_dir, data.train_names), data.data_mpp, config)
+    val_tiles = load_folder(data_dir, data.validation_names) if data.validation_names else []
+    sample_batch = make_patch_source(train_tiles, state, config)
+    on_validate = make_validation(val_tiles, data.data_mpp, out) if val_tiles else None
+
+    def on_checkpoint(current: TrainState) -> None:
+        current.save(state_path(out))
+        if not val_tiles:
+            save_model(out, current.exported_model())
+
+    yield from training_loop(state, sample_batch, device, on_checkpoint, on_validate)

@@ -1,0 +1,47 @@
+"""The `napari-cdal` command: segment, evaluate, train, finetune, info, view; thin wrappers over the engine."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from napari_cdal.cli.common import EXIT_BAD_INPUT, CliError
+from napari_cdal.cli.info import open_viewer
+from napari_cdal.cli.parser import build_parser
+from napari_cdal.models import state_path
+
+__all__ = ["CliError", "build_parser", "main", "open_viewer", "state_path"]
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error's message on one line (a library's multi-line text joined)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: parse, run, and turn known errors into one line on stderr and exit status 1."""
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    args.typed_options = [token.split("=", 1)[0] for token in argv if token.startswith("--")]
+    try:
+        return args.func(args)
+    except (CliError, FileNotFoundError, ValueError) as exc:  # every engine error is a ValueError subclass
+        print(f"napari-cdal {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:  # a read or write the checks could not foresee (a disk filling up meanwhile)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"napari-cdal {args.command}: error: {where}{exc.strerror or exc}; files already written are "
+              "complete", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except MemoryError:
+        print(f"napari-cdal {args.command}: error: out of memory; crop the image into smaller tiles, or give "
+              "fewer --samples or no --save-steps/--save-attention", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"napari-cdal {args.command}: interrupted; files already written are complete", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

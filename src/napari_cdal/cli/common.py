@@ -1,0 +1,87 @@
+"""What every command shares: one-line errors, option checks, progress bars, models and JSON files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_BAD_INPUT = 1
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 1."""
+
+
+def progress(total: int, desc: str, unit: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)
+
+
+def check_runtime(args: argparse.Namespace) -> None:
+    """The options every computing command shares, checked before anything is loaded."""
+    from napari_cdal.engine.checks import check_at_least, check_mpp, check_threshold
+
+    check_at_least(getattr(args, "threads", None), 1, "--threads")
+    if getattr(args, "mpp", None) is not None:
+        check_mpp(args.mpp)
+    if getattr(args, "threshold", None) is not None:
+        check_threshold(args.threshold)
+    for dest, names in (("sampling_steps", ("--sampling-steps", "--steps")), ("samples", ("--samples",)),
+                        ("iterations", ("--iterations", "--steps"))):
+        check_at_least(getattr(args, dest, None), 1, typed(args, *names))
+
+
+def typed(args: argparse.Namespace, *names: str) -> str:
+    """Which of an option's names the user typed (a former name is an alias), so an error uses that one."""
+    typed = getattr(args, "typed_options", ())
+    return next((name for name in names if name in typed), names[0])
+
+
+def setup_torch(args: argparse.Namespace) -> Any:
+    import torch
+
+    from napari_cdal.engine.device import resolve_device
+
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    return resolve_device(args.device)
+
+
+def load_model(path: str | None, device: Any) -> Any:
+    from napari_cdal.engine.method.model import load_model
+
+    return load_model(path, device)
+
+
+def check_sampling_steps(model: Any, args: argparse.Namespace) -> int:
+    """The reverse steps to sample: the model's default, or --sampling-steps within the model's diffusion steps T."""
+    if args.sampling_steps is None:
+        return model.config.sampling_steps
+    if args.sampling_steps > model.config.diffusion_steps:
+        raise CliError(f"{typed(args, '--sampling-steps', '--steps')} {args.sampling_steps} is more than this "
+                       f"model's {model.config.diffusion_steps} diffusion steps; give 1 to "
+                       f"{model.config.diffusion_steps}")
+    return args.sampling_steps
+
+
+def read_json_object(path: str, what: str, expected: str = "a JSON object of settings") -> dict[str, Any]:
+    """A JSON object from a file named by an option; a one-line CliError when it is not one."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CliError(f"cannot read {what} {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CliError(f"{what} {path} must be {expected}")
+    return data
+
+
+def read_split(path: str | None) -> dict[str, list[str]]:
+    if path is None:
+        return {}
+    split = read_json_object(path, "split file",
+                              'a JSON object of name lists, e.g. {"train": [...], "validation": [...]}')
+    return {key: value for key, value in split.items() if isinstance(value, list)}

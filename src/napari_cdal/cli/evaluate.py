@@ -1,0 +1,84 @@
+"""`napari-cdal evaluate`: a model scored on a folder with ground truth, as a table and JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from napari_cdal.cli import common
+from napari_cdal.cli.common import CliError
+
+
+def _format_table(rows: list[dict[str, Any]], mean: dict[str, Any], seconds: float | None) -> str:
+    def cell(value: Any) -> str:
+        return "   -  " if value is None else f"{value:6.3f}"
+
+    width = max([len("image")] + [len(r["image"]) for r in rows])
+    lines = [f"{'image':<{width}}   dice    iou    aji     pq  nuclei  seconds"]
+    for r in rows:
+        lines.append(f"{r['image']:<{width}} " + " ".join(cell(r[k]) for k in ("dice", "iou", "aji", "pq"))
+                     + f"  {r['nuclei']:6d}  {r['seconds']:7.1f}")
+    lines.append(f"{'mean':<{width}} " + " ".join(cell(mean[k]) for k in ("dice", "iou", "aji", "pq"))
+                 + f"          {seconds or 0:7.1f}")
+    return "\n".join(lines)
+
+
+def _check_results_file(path: str | None) -> None:
+    """--json may replace an earlier evaluate result, never another file (a split file, say)."""
+    from napari_cdal.engine.checks import check_output_file
+
+    if path is None:
+        return
+    target = check_output_file(path, "--json")
+    if not target.exists():
+        return
+    try:
+        earlier = json.loads(target.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        earlier = None
+    if not (isinstance(earlier, dict) and {"per_image", "mean"} <= set(earlier)):
+        raise CliError(f"--json {target} exists and is not an earlier evaluate result; it is kept: "
+                       "choose another file name")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score a model on a MoNuSeg-layout folder; print the table and write the JSON."""
+    from napari_cdal.engine.data.tiles import list_tiles, load_folder
+    from napari_cdal.engine.io.checkpoint import atomic_write
+    from napari_cdal.engine.segment.evaluate import evaluate_tiles
+
+    common.check_runtime(args)
+    _check_results_file(args.json)
+    split = common.read_split(args.split)
+    names = split.get(args.subset) if split else None
+    if split and names is None:
+        raise CliError(f"split file {args.split} has no list named {args.subset!r}")
+    if names is None:
+        names = list_tiles(args.data_dir)
+    if not names:
+        where = f"the {args.subset!r} list of {args.split}" if split else f"{Path(args.data_dir) / 'images'}"
+        raise CliError(f"no images to score: {where} is empty; a tile folder holds images/<id>.tif "
+                       "next to masks/<id>.png")
+    device = common.setup_torch(args)
+    model = common.load_model(args.model, device)
+    steps = common.check_sampling_steps(model, args)
+    tiles = load_folder(args.data_dir, names)
+    summary = None
+    with common.progress(len(tiles), "evaluate", "image") as bar:
+        for event in evaluate_tiles(model, tiles, image_mpp=args.mpp, sampling_steps=steps, samples=args.samples,
+                                    seed=args.seed, threshold=args.threshold):
+            if event.stage == "image":
+                bar.update(1)
+            else:
+                summary = event.payload
+    summary["model"] = str(model.source)
+    summary["settings"] = {"sampling_steps": steps,
+                           "samples": model.config.default_samples if args.samples is None else args.samples,
+                           "seed": args.seed, "threshold": args.threshold, "mpp": args.mpp}
+    print(_format_table(summary["per_image"], summary["mean"], summary["seconds_per_image"]))
+    if args.json:
+        text = json.dumps(summary, indent=2)
+        atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
+    return 0

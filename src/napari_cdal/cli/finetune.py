@@ -1,0 +1,82 @@
+"""`napari-cdal finetune`: a new model learned from images with corrected masks."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from napari_cdal.cli import common
+from napari_cdal.cli.common import CliError
+from napari_cdal.engine.defaults import FINETUNE_D_LR_RATIO
+
+
+def _read_mask(path: Path) -> Any:
+    """A label image from a file; a grey image saved as RGB(A) becomes its one channel."""
+    from napari_cdal.engine.io.images import read_image
+
+    mask = read_image(path)
+    if mask.ndim == 3 and all((mask[..., c] == mask[..., 0]).all() for c in range(1, min(mask.shape[-1], 3))):
+        mask = mask[..., 0]
+    return mask
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    """Fine-tune a model on images with corrected masks; write the new model at --out, never over a file."""
+    import math
+
+    from napari_cdal.engine.checks import check_output_file
+    from napari_cdal.engine.io.images import read_header, read_image
+    from napari_cdal.engine.method.model import is_bundled
+    from napari_cdal.engine.training.corrections import FinetunePair
+    from napari_cdal.engine.training.finetune import (
+        finetune,
+        finetune_config,
+        save_finetuned,
+        suggest_new_name,
+    )
+
+    common.check_runtime(args)
+    if args.lr is not None and not (math.isfinite(args.lr) and 0 < args.lr <= 1):
+        raise CliError(f"--lr {args.lr} must be a learning rate in (0, 1]; the default is 0.0001")
+    images, masks = [Path(p) for p in args.images], [Path(p) for p in args.masks]
+    if len(images) != len(masks):
+        raise CliError(f"got {len(images)} images but {len(masks)} --masks; give one mask per image, in the same order")
+    out = check_output_file(args.out)
+    if is_bundled(out):
+        raise CliError(f"--out {out} is inside the package's bundled weights, which are never replaced; "
+                       "choose a file of your own, e.g. cdal_finetuned.safetensors")
+    if out.exists():
+        raise CliError(f"--out {out} already exists and fine-tuning never replaces a file; "
+                       f"choose a new name, e.g. {suggest_new_name(out)}")
+    for path in images + masks:
+        read_header(path)
+    pairs = [FinetunePair(read_image(image), _read_mask(mask), None, f"{image.name} with {mask.name}")
+             for image, mask in zip(images, masks, strict=True)]
+    overrides = {key: getattr(args, key) for key in ("iterations", "seed") if getattr(args, key) is not None}
+    if args.lr is not None:
+        overrides.update(lr_g=args.lr, lr_d=args.lr * FINETUNE_D_LR_RATIO)
+    settings = finetune_config(**overrides)
+    device = common.setup_torch(args)
+    model = common.load_model(args.model, device)
+    bars: list[Any] = []  # opened at the first step, so rejected input leaves only the error line
+    result = None
+    try:
+        for event in finetune(model, pairs, settings, device, args.mpp):
+            if event.stage == "note":
+                print(f"note: {event.payload}", file=sys.stderr)
+            elif event.stage == "train":
+                if not bars:
+                    bars.append(common.progress(event.total, "finetune", "step"))
+                bars[0].n = event.index
+                bars[0].set_postfix({k: f"{v:.3f}" for k, v in event.payload.items() if k in ("mse", "dice", "d")})
+            elif event.stage == "done":
+                result = event.payload
+    finally:
+        for bar in bars:
+            bar.close()
+    save_finetuned(result.model, out)
+    print(f"fine-tuned {result.record['steps']} iterations on {len(pairs)} image(s) in "
+          f"{result.record['wall_seconds']:.0f} s; model: {out} (source {model.source} unchanged)")
+    return 0

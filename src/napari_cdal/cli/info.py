@@ -1,0 +1,78 @@
+"""`napari-cdal info` and `napari-cdal view`: what a model file holds, and napari opened on images."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from napari_cdal.cli.common import CliError
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Print a checkpoint's config and training record."""
+    import torch
+
+    from napari_cdal.engine.config import ModelConfig
+    from napari_cdal.engine.io.checkpoint import read_metadata
+    from napari_cdal.engine.method.model import bundled_model_path
+
+    path = Path(args.model) if args.model else bundled_model_path()
+    meta = read_metadata(path)
+    record = meta.get("record", {})
+    print(f"model: {path}{' (bundled)' if not args.model else ''}")
+    print(f"kind: {meta.get('kind')}, written by napari-cdal {meta.get('package_version')}")
+    print("config:")
+    config = meta.get("model_config", {})
+    try:  # under today's names, also for a file written before a setting was renamed
+        config = ModelConfig.from_dict(config).to_dict()
+    except (TypeError, ValueError):
+        pass
+    for key, value in config.items():
+        print(f"  {key}: {value}")
+    print("training record:")
+    for key in ("data", "steps", "wall_seconds", "device", "train_config", "train_tiles",
+                "validation_tiles", "initialised_from", "best", "finetuned_from", "bundled"):
+        if key in record:
+            print(f"  {key}: {record[key]}")
+    if record.get("validation"):
+        print("  validation: " + "; ".join(
+            f"step {v['step']}: dice {v.get('dice', 0):.3f} aji {v.get('aji') or 0:.3f}" for v in record["validation"]))
+    print(f"torch {torch.__version__}; CUDA available: {torch.cuda.is_available()}")
+    if args.json:
+        print(json.dumps(meta, indent=2))
+    return 0
+
+
+def open_viewer(images: Sequence[str | Path], sample: bool) -> Any:
+    """A napari viewer with the images (and/or the sample tile) open and the Segment widget docked."""
+    import napari
+
+    missing = [str(p) for p in images if not Path(p).exists()]
+    if missing:
+        raise CliError(f"image file not found: {', '.join(missing)}")
+    viewer = napari.Viewer()
+    for path in images:
+        viewer.open(str(path))
+    if sample:
+        viewer.open_sample("napari-cdal", "monuseg")
+    viewer.window.add_plugin_dock_widget("napari-cdal", "Segment")
+    return viewer
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    """Open napari with the images (or the sample tile) and the Segment widget docked."""
+    import os
+
+    import napari
+
+    if sys.platform.startswith("linux") and not any(
+            os.environ.get(name) for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")):
+        raise CliError("no display to open napari on ($DISPLAY is not set): run it on a desktop, "
+                       "or under a virtual one with xvfb-run")
+    open_viewer(args.images, args.sample)
+    napari.run()
+    return 0

@@ -1,0 +1,135 @@
+"""The command line's options, in plain words; former flag names stay as aliases."""
+
+from __future__ import annotations
+
+import argparse
+
+from napari_cdal.cli.evaluate import cmd_evaluate
+from napari_cdal.cli.finetune import cmd_finetune
+from napari_cdal.cli.info import cmd_info, cmd_view
+from napari_cdal.cli.segment import cmd_segment
+from napari_cdal.cli.train import cmd_train
+from napari_cdal.engine.defaults import (
+    DEFAULT_IMAGE_MPP,
+    DEFAULT_THRESHOLD,
+    DEVICE_CHOICES,
+    FINETUNE_D_LR_RATIO,
+    FINETUNE_SETTINGS,
+)
+
+
+def _add_runtime(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
+                   help="where to compute: auto (a CUDA GPU when there is one, else the CPU), cpu or cuda")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads torch may use (default: torch's choice, usually all cores)")
+
+
+def _add_sampling(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="model file (.safetensors) to use (default: the bundled model)")
+    p.add_argument("--sampling-steps", "--steps", dest="sampling_steps", type=int, default=None,
+                   help="denoising steps the mask forms in, at most the model's diffusion steps T; fewer is "
+                        "faster (default: the model's own choice; the bundled model: 2)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="how many masks to draw and average (K), each from another random latent code; 2 or "
+                        "more also give an uncertainty map, where they disagree (default: the model's; bundled: 2)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed repeats a run exactly (default: 0)")
+    p.add_argument("--mpp", type=float, default=DEFAULT_IMAGE_MPP,
+                   help=f"the image's µm per pixel (default: {DEFAULT_IMAGE_MPP}, a 40x tile; 0.5 for 20x)")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help=f"how sure the model must be that a pixel is nucleus, 0 to 1 (default: {DEFAULT_THRESHOLD})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: one sub-command per job; former flag names stay as aliases."""
+    from napari_cdal import __version__
+
+    parser = argparse.ArgumentParser(prog="napari-cdal", description="Nuclei segmentation of H&E tiles with cDAL.")
+    parser.add_argument("--version", action="version", version=f"napari-cdal {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("segment", help="segment images into nuclei: one id per nucleus",
+                       description="Segment each image; write <stem>_labels.tif (0 = background, one id per "
+                                   "nucleus) and, when asked, the maps behind it into --out.")
+    p.add_argument("images", nargs="*", help="image files (TIFF, PNG, JPEG)")
+    p.add_argument("--sample", action="store_true", help="also segment the bundled MoNuSeg sample tile")
+    p.add_argument("--out", required=True, help="output folder (made if missing)")
+    _add_sampling(p)
+    p.add_argument("--save-steps", action="store_true",
+                   help="also write <stem>_steps.tif: the model's estimate of the mask after each denoising step")
+    p.add_argument("--save-attention", action="store_true",
+                   help="also write <stem>_attention.tif: where the discriminator looked, per step")
+    p.add_argument("--save-uncertainty", action="store_true",
+                   help="also write <stem>_uncertainty.tif: where the K samples disagree (needs --samples 2+)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace output files that exist already (default: refuse, and write nothing)")
+    _add_runtime(p)
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("evaluate", help="score a model on a folder with ground truth (Dice, IoU, AJI, PQ)")
+    p.add_argument("data_dir", help="folder with images/<id>.tif and masks/<id>.png (MoNuSeg layout)")
+    _add_sampling(p)
+    p.add_argument("--json", default=None,
+                   help="write the results as JSON here (replaces only an earlier evaluate result)")
+    p.add_argument("--split", default=None, help="JSON file of tile-name lists; score only one of them")
+    p.add_argument("--subset", default="validation", help="which list of --split to score (default: validation)")
+    _add_runtime(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("train", help="train a model on a MoNuSeg-layout folder")
+    p.add_argument("data_dir", help="folder with images/ and masks/ (MoNuSeg layout)")
+    p.add_argument("--out", required=True,
+                   help="new model file to write (.safetensors); an existing one only with --resume")
+    p.add_argument("--iterations", "--steps", dest="iterations", type=int, default=None,
+                   help="training iterations in all, each one batch of patches (default: 4000)")
+    p.add_argument("--resume", action="store_true",
+                   help="go on with the run that wrote --out, from its saved state <out>.state.safetensors")
+    p.add_argument("--config", default=None,
+                   help="model size preset (tiny, small, medium, large) or a JSON file of model settings; with "
+                        "--init-from, a JSON file of the settings to change (e.g. {\"self_condition\": true})")
+    p.add_argument("--train-config", default=None,
+                   help='JSON file of training settings to change (e.g. {"adversarial_weight": 0.3})')
+    p.add_argument("--init-from", default=None,
+                   help="start a new run from this model's weights (not its optimiser state)")
+    p.add_argument("--split", default=None, help="JSON with 'train' and 'validation' tile-name lists")
+    p.add_argument("--mpp", type=float, default=None,
+                   help=f"µm per pixel of the data (default: {DEFAULT_IMAGE_MPP}; with --resume, the recorded one)")
+    p.add_argument("--batch-size", type=int, default=None, help="patches per iteration (default: 4)")
+    p.add_argument("--patch-size", type=int, default=None,
+                   help="side of a training patch in model pixels, a multiple of the model's size multiple "
+                        "(default: 256)")
+    p.add_argument("--seed", type=int, default=None, help="random seed of the run (default: 0)")
+    p.add_argument("--checkpoint-every", type=int, default=None,
+                   help="save the resumable state every N iterations (default: 200)")
+    p.add_argument("--validate-every", type=int, default=None,
+                   help="score the validation tiles every N iterations and keep the best model (default: 500)")
+    _add_runtime(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("finetune", help="fine-tune a model on images with corrected masks")
+    p.add_argument("images", nargs="+", help="image files (TIFF, PNG, JPEG)")
+    p.add_argument("--masks", nargs="+", required=True,
+                   help="one corrected mask per image, same size: instance ids or binary (0 = background)")
+    p.add_argument("--model", default=None, help="model to start from (.safetensors); default: the bundled model")
+    p.add_argument("--out", required=True, help="new model file to write (.safetensors); never replaces a file")
+    p.add_argument("--iterations", "--steps", dest="iterations", type=int, default=None,
+                   help=f"training iterations (default: {FINETUNE_SETTINGS['iterations']})")
+    p.add_argument("--mpp", type=float, default=DEFAULT_IMAGE_MPP,
+                   help=f"the images' µm per pixel (default: {DEFAULT_IMAGE_MPP}, a 40x tile; 0.5 for 20x)")
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"generator learning rate; the discriminator gets {FINETUNE_D_LR_RATIO:g} of it "
+                        f"(default: {FINETUNE_SETTINGS['lr_g']:g})")
+    p.add_argument("--seed", type=int, default=None, help="random seed; the same seed repeats a run (default: 0)")
+    _add_runtime(p)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("info", help="print a model's settings and training record")
+    p.add_argument("--model", default=None, help="model file; default: the bundled model")
+    p.add_argument("--json", action="store_true", help="also print the whole metadata as JSON")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("view", help="open napari with the Segment widget docked")
+    p.add_argument("images", nargs="*", help="image files to open")
+    p.add_argument("--sample", action="store_true", help="also open the bundled MoNuSeg sample tile")
+    p.set_defaults(func=cmd_view)
+    return parser

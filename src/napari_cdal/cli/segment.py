@@ -1,0 +1,100 @@
+"""`napari-cdal segment`: images in, <stem>_labels.tif (and the maps behind it) out."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from napari_cdal.cli import common
+from napari_cdal.cli.common import CliError
+
+
+def _write_tiff(path: Path, array: Any) -> None:
+    import tifffile
+
+    from napari_cdal.engine.io.checkpoint import atomic_write
+
+    # minisblack: a 3- or 4-plane stack (steps, attention) is planes, not an RGB(A) picture
+    atomic_write(path, lambda tmp: tifffile.imwrite(tmp, array, compression="zlib", photometric="minisblack"))
+
+
+SEGMENT_OUTPUTS = (("labels", True), ("steps", "save_steps"), ("attention", "save_attention"),
+                   ("uncertainty", "save_uncertainty"))
+"""What segment writes per image: <stem>_<kind>.tif, always or when the flag is given."""
+
+
+def _segment_outputs(args: argparse.Namespace, out: Path, stem: str) -> dict[str, Path]:
+    return {kind: out / f"{stem}_{kind}.tif" for kind, flag in SEGMENT_OUTPUTS
+            if flag is True or getattr(args, flag)}
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    """Segment each image and write <stem>_labels.tif (and the optional maps) into --out."""
+    from napari_cdal.engine.checks import (
+        check_memory,
+        check_new_outputs,
+        check_output_folder,
+        segment_peak_bytes,
+    )
+    from napari_cdal.engine.events import run_to_end
+    from napari_cdal.engine.io.images import ImageError, plane_size, read_header, read_image
+    from napari_cdal.engine.labels import relabel_sequential_uint
+    from napari_cdal.engine.segment.image import segment_image
+
+    common.check_runtime(args)
+    images = [Path(p) for p in args.images]
+    if args.sample:
+        from napari_cdal.sample_data import sample_tile_path
+
+        images.append(sample_tile_path())
+    if not images:
+        raise CliError("give at least one image file, or --sample for the bundled MoNuSeg tile")
+    stems: dict[str, Path] = {}
+    sizes: dict[Path, tuple[int, int]] = {}
+    for path in images:
+        if path.stem in stems:
+            raise CliError(f"{stems[path.stem]} and {path} would both write {path.stem}_labels.tif; rename one")
+        stems[path.stem] = path
+        sizes[path] = plane_size(read_header(path), str(path))
+    out = check_output_folder(args.out)
+    outputs = {path: _segment_outputs(args, out, path.stem) for path in images}
+    check_new_outputs([file for files in outputs.values() for file in files.values()], args.overwrite)
+    device = common.setup_torch(args)
+    model = common.load_model(args.model, device)
+    steps = common.check_sampling_steps(model, args)
+    samples = model.config.default_samples if args.samples is None else args.samples
+    if args.save_uncertainty and samples < 2:
+        raise CliError(f"--save-uncertainty needs --samples 2 or more (got {samples}): "
+                       "one sample has no spread to measure")
+    want_maps = args.save_steps or args.save_attention
+    for path in images:
+        check_memory(segment_peak_bytes(*sizes[path], args.mpp, model.config, steps, samples, want_maps,
+                                        args.save_attention), f"{path} ({sizes[path][0]} x {sizes[path][1]} px)")
+    for path in images:
+        pixels = read_image(path)
+        bars: list[Any] = []  # opened at the first step, so a rejected image leaves only the error line
+
+        def show(event: Any, name: str = path.name, bars: list[Any] = bars) -> None:
+            if not bars:
+                bars.append(common.progress(event.total, name, "step"))
+            bars[0].n = event.index
+            bars[0].refresh()
+
+        try:
+            result = run_to_end(segment_image(
+                model, pixels, image_mpp=args.mpp, sampling_steps=steps, samples=samples, seed=args.seed,
+                threshold=args.threshold, keep_steps=want_maps, with_attention=args.save_attention,
+            ), show)
+        except ImageError as exc:  # name the file: the engine only knows the pixels
+            raise ImageError(f"{path}: {exc}") from exc
+        finally:
+            for bar in bars:
+                bar.close()
+        maps = {"labels": relabel_sequential_uint(result.labels), "steps": result.steps,
+                "attention": result.attention, "uncertainty": result.uncertainty}
+        for kind, file in outputs[path].items():
+            _write_tiff(file, maps[kind])
+        print(f"{path.name}: {result.n_nuclei} nuclei, mean area {result.mean_area_px():.0f} px, "
+              f"{result.seconds:.1f} s -> {outputs[path]['labels']}")
+    return 0

@@ -1,0 +1,123 @@
+"""`napari-cdal train`: a new run, or one resumed, on a MoNuSeg-layout folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from napari_cdal.cli import common
+from napari_cdal.cli.common import CliError
+from napari_cdal.models import state_path
+
+
+def _train_config(args: argparse.Namespace, base: dict[str, Any] | None = None) -> Any:
+    from napari_cdal.engine.config import TrainConfig
+
+    values = dict(base or {})
+    if getattr(args, "train_config", None):
+        values.update(common.read_json_object(args.train_config, "--train-config"))
+    for key in ("iterations", "batch_size", "patch_size", "seed", "checkpoint_every", "validate_every"):
+        value = getattr(args, key, None)
+        if value is not None:
+            values[key] = value
+    return TrainConfig.from_dict(values)
+
+
+def _model_config(spec: str | None) -> Any:
+    from napari_cdal.engine.config import PRESETS, ModelConfig
+
+    if spec is None:
+        return ModelConfig(**PRESETS["medium"])
+    if spec in PRESETS:
+        return ModelConfig(**PRESETS[spec])
+    path = Path(spec)
+    if not path.exists():
+        raise CliError(f"--config must be one of {sorted(PRESETS)} or a JSON file; {spec} is neither")
+    try:
+        return ModelConfig.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise CliError(f"cannot read model config {path}: {exc}") from exc
+
+
+def _adapted_model(model: Any, spec: str, seed: int) -> Any:
+    """--init-from with --config JSON: the model's config with those keys changed, weights carried over."""
+    from napari_cdal.engine.config import PRESETS, ModelConfig
+    from napari_cdal.engine.method.model import with_new_config
+
+    if spec in PRESETS:
+        raise CliError("with --init-from, --config must be a JSON file of the config keys to change, not a preset")
+    changes = common.read_json_object(spec, "--config")
+    config = ModelConfig.from_dict({**model.config.to_dict(), **changes})
+    return with_new_config(model, config, seed)
+
+
+def _check_train_out(out: Path, resume: bool) -> None:
+    """--out is a new model file, or with --resume the one this run writes; never the bundled model."""
+    from napari_cdal.engine.checks import check_output_file
+    from napari_cdal.engine.method.model import is_bundled
+
+    check_output_file(out)
+    if is_bundled(out) or is_bundled(state_path(out)):
+        raise CliError(f"--out {out} is inside the package's bundled weights, which are never replaced; "
+                       "choose a file of your own, e.g. runs/cdal.safetensors")
+    if resume:
+        return
+    taken = [path for path in (out, state_path(out)) if path.exists()]
+    if taken:
+        hint = " or pass --resume to continue the run that wrote it" if state_path(out).exists() else ""
+        raise CliError(f"{taken[0]} already exists and train never replaces a file; choose a new --out{hint}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train cDAL on a MoNuSeg-layout folder; keep the best model (by validation) at --out."""
+    from napari_cdal.engine.checks import check_at_least
+    from napari_cdal.engine.method.model import CdalModel
+    from napari_cdal.engine.training.run import new_state, run_data, train_run
+    from napari_cdal.engine.training.state import TrainState
+
+    common.check_runtime(args)
+    for option in ("batch_size", "checkpoint_every", "validate_every"):
+        check_at_least(getattr(args, option), 1, "--" + option.replace("_", "-"))
+    out = Path(args.out)
+    _check_train_out(out, args.resume)
+    split = common.read_split(args.split)
+    if args.resume:
+        if not state_path(out).exists():
+            raise CliError(f"--resume given but no training state at {state_path(out)}")
+        device = common.setup_torch(args)
+        state = TrainState.load(state_path(out), device)
+        wanted = state.train_config.iterations if args.iterations is None else args.iterations
+        if wanted <= state.step:
+            done = "is already at iteration" if args.iterations is not None else "has finished its"
+            unit = "" if args.iterations is not None else " iterations"
+            raise CliError(f"the run at {state_path(out)} {done} {state.step}{unit}; give "
+                           f"{common.typed(args, '--iterations', '--steps')} more than {state.step} to go on")
+        if args.iterations is not None:
+            state = TrainState.load(state_path(out), device, _train_config(args, state.train_config.to_dict()))
+        data = run_data(args.data_dir, split, state.record, args.mpp)
+    else:
+        data = run_data(args.data_dir, split, None, args.mpp)
+        config = _train_config(args)
+        device = common.setup_torch(args)
+        if args.init_from:
+            model = common.load_model(args.init_from, device)
+            if args.config:
+                model = _adapted_model(model, args.config, config.seed).to(device)
+        else:
+            model = CdalModel.initialise(_model_config(args.config), config.seed).to(device)
+        state = new_state(model, config, args.data_dir, data, device, args.init_from)
+    events = train_run(state, args.data_dir, data, out, device)
+    bar = common.progress(state.train_config.iterations, "train", "iteration")
+    bar.n = state.step
+    for event in events:
+        if event.stage == "train":
+            bar.n = event.index
+            bar.set_postfix({k: f"{v:.3f}" for k, v in event.payload.items() if k in ("mse", "dice", "d")})
+        elif event.stage == "validate_done":
+            bar.write(f"iteration {state.step}: validation " + ", ".join(
+                f"{k} {v:.3f}" for k, v in event.payload.items() if isinstance(v, float)))
+    bar.close()
+    print(f"trained {state.step} iterations in {state.record['wall_seconds'] / 60:.1f} min; model: {out}")
+    return 0
