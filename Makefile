@@ -24,6 +24,12 @@ setup: system-deps $(BIN)/napari-cdal
 
 demo: setup
 	$(BIN)/napari-cdal segment --sample --out out --overwrite --save-steps --save-attention --save-uncertainty
+	@echo ""
+	@echo "Done: out/ holds the sample's labels (one id per nucleus) and the maps behind them. Next:"
+	@echo "  $(BIN)/napari-cdal view --sample           napari with the sample and the Segment widget"
+	@echo "  $(BIN)/napari-cdal segment MY_TILE.tif --out out   your own tile (--mpp 0.5 for 20x)"
+	@echo "  $(BIN)/napari-cdal --help                  every command; or: source $(BIN)/activate"
+	@echo "  README.md and docs/user_guide.md           opening the labels in napari, fine-tuning"
 	@if [ -n "$$DISPLAY" ]; then $(BIN)/napari-cdal view --sample; \
 	else echo "no display (\$$DISPLAY unset): skipping 'napari-cdal view --sample'"; fi
 
