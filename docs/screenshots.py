@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 WINDOW = (1500, 950)
-ZOOM_CENTRE_PX = (560, 420)  # (row, column) of the sample tile shown in the close-ups
+ZOOM_CENTRE_PX = (300, 280)  # (row, column) of the sample tile shown in the close-ups
 ZOOM = 6.0
 
 
