@@ -10,7 +10,8 @@ import numpy as np
 from scipy import ndimage
 
 from napari_cdal.engine.data.augment import _check_range, _colour_jitter_cf, _hed_jitter_cf
-from napari_cdal.engine.data.tiles import Box, Tile
+from napari_cdal.engine.data.tiles import Tile
+from napari_cdal.engine.segment.tiling import Box
 
 _DIHEDRAL = [
     np.array(m, dtype=np.float64)

@@ -14,8 +14,6 @@ from napari_cdal.engine.io.annotations import xml_to_instances
 from napari_cdal.engine.io.images import IMAGE_SUFFIXES, read_image, to_rgb_float
 from napari_cdal.engine.labels import check_labels
 
-Box = tuple[int, int, int, int]
-
 
 @dataclass
 class Tile:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 Box = tuple[int, int, int, int]
+"""A half-open pixel rectangle (y0, y1, x0, x1): tiles, corrected regions, held-back strips."""
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:

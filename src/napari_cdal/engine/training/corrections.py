@@ -11,11 +11,12 @@ import numpy as np
 from skimage import measure
 
 from napari_cdal.engine.config import ModelConfig, TrainConfig
-from napari_cdal.engine.data.tiles import Box, Tile
+from napari_cdal.engine.data.tiles import Tile
 from napari_cdal.engine.io.images import to_rgb_float
 from napari_cdal.engine.labels import check_labels
 from napari_cdal.engine.segment.image import MARKER_SPACING_UM
 from napari_cdal.engine.segment.instances import split_binary_mask
+from napari_cdal.engine.segment.tiling import Box
 from napari_cdal.engine.training.run import prepare_tiles
 
 MIN_REGION_UM = 8.0
