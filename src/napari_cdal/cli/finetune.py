@@ -28,13 +28,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     from napari_cdal.engine.checks import check_output_file
     from napari_cdal.engine.io.images import read_header, read_image
-    from napari_cdal.engine.method.model import is_bundled
     from napari_cdal.engine.training.corrections import FinetunePair
     from napari_cdal.engine.training.finetune import (
+        check_new_model_path,
         finetune,
         finetune_config,
         save_finetuned,
-        suggest_new_name,
     )
 
     common.check_runtime(args)
@@ -43,13 +42,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     images, masks = [Path(p) for p in args.images], [Path(p) for p in args.masks]
     if len(images) != len(masks):
         raise CliError(f"got {len(images)} images but {len(masks)} --masks; give one mask per image, in the same order")
-    out = check_output_file(args.out)
-    if is_bundled(out):
-        raise CliError(f"--out {out} is inside the package's bundled weights, which are never replaced; "
-                       "choose a file of your own, e.g. cdal_finetuned.safetensors")
-    if out.exists():
-        raise CliError(f"--out {out} already exists and fine-tuning never replaces a file; "
-                       f"choose a new name, e.g. {suggest_new_name(out)}")
+    out = check_new_model_path(check_output_file(args.out))
     for path in images + masks:
         read_header(path)
     pairs = [FinetunePair(read_image(image), _read_mask(mask), None, f"{image.name} with {mask.name}")

@@ -1,8 +1,18 @@
-"""Instance label images: the one check of ids (integers, none negative) and the one renumbering to 1..N."""
+"""Label and map images: the one check of 2-D maps, of ids (integers, none negative), and the renumbering to 1..N."""
 
 from __future__ import annotations
 
 import numpy as np
+
+
+def check_2d(array: object, name: str, hint: str = "pass a single-channel 2-D tile (e.g. arr[..., 0])") -> np.ndarray:
+    """`array` as an ndarray; a ValueError naming `name` unless it is a 2-D numeric (or bool) image."""
+    arr = np.asarray(array)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (H, W) image, got shape {arr.shape}; {hint}")
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}; convert it with .astype()")
+    return arr
 
 
 def check_labels(labels: object, name: str = "labels", allow_binary: bool = False) -> np.ndarray:

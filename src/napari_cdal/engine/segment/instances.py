@@ -12,7 +12,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries, watershed
 
-from napari_cdal.engine.labels import check_labels, relabel_sequential
+from napari_cdal.engine.labels import check_2d, check_labels, relabel_sequential
 
 __all__ = [
     "CORE_FRACTION",
@@ -28,24 +28,9 @@ _CROSS = ndi.generate_binary_structure(2, 1)
 _SQUARE = ndi.generate_binary_structure(2, 2)
 
 
-def _check_2d(array: object, name: str) -> np.ndarray:
-    """Return ``array`` as an ndarray, raising ValueError unless it is a 2-D numeric image."""
-    arr = np.asarray(array)
-    if arr.ndim != 2:
-        raise ValueError(
-            f"{name} must be a 2-D (H, W) image, got shape {arr.shape}; "
-            "pass a single-channel 2-D tile (e.g. arr[..., 0] or arr.squeeze())"
-        )
-    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise ValueError(
-            f"{name} must be numeric, got dtype {arr.dtype}; convert it with .astype()"
-        )
-    return arr
-
-
 def _check_probability(array: object, name: str) -> np.ndarray:
     """Return ``array`` as a 2-D float map, raising ValueError unless its values lie in [0, 1]."""
-    arr = _check_2d(array, name)
+    arr = check_2d(array, name)
     if arr.size:
         lo, hi = float(arr.min()), float(arr.max())
         if not (lo >= 0.0 and hi <= 1.0):
@@ -62,7 +47,7 @@ def core_targets(instance_labels: np.ndarray) -> np.ndarray:
     Core = pixels whose distance to their nucleus border is >= CORE_FRACTION x that nucleus's
     largest one; nuclei too thin to have an interior (1-2 px) keep all their pixels as core.
     """
-    labels = _check_2d(instance_labels, "instance_labels")
+    labels = check_2d(instance_labels, "instance_labels")
     check_labels(labels, "instance_labels")
     compact, n = relabel_sequential(labels)
     if n == 0:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_cdal.engine.labels import check_labels, relabel_sequential_uint
+from napari_cdal.engine.labels import check_2d, check_labels, relabel_sequential_uint
 
 __all__ = [
     "aggregated_jaccard_index",
@@ -26,17 +26,7 @@ def _check_pair(
     """Return both inputs as 2-D numeric ndarrays of one shape, raising ValueError otherwise."""
     arrays = []
     for array, name in ((pred, pred_name), (truth, truth_name)):
-        arr = np.asarray(array)
-        if arr.ndim != 2:
-            raise ValueError(
-                f"{name} must be a 2-D (H, W) image, got shape {arr.shape}; "
-                "score one 2-D tile at a time (e.g. arr.squeeze() or arr[..., 0])"
-            )
-        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-            raise ValueError(
-                f"{name} must be numeric, got dtype {arr.dtype}; convert it with .astype()"
-            )
-        arrays.append(arr)
+        arrays.append(check_2d(array, name, "score one 2-D tile at a time (e.g. arr.squeeze() or arr[..., 0])"))
     if arrays[0].shape != arrays[1].shape:
         raise ValueError(
             f"{pred_name} and {truth_name} must have the same shape, got {arrays[0].shape} and "

@@ -158,8 +158,8 @@ def suggest_new_name(path: str | Path) -> Path:
     return candidate
 
 
-def save_finetuned(model: CdalModel, path: str | Path) -> Path:
-    """Write a fine-tuned model atomically at a new `path`; never replaces a file or the bundled model."""
+def check_new_model_path(path: str | Path) -> Path:
+    """`path` if a fine-tuned model may be written there: a new file, outside the bundled weights."""
     path = Path(path)
     if is_bundled(path):
         raise FinetuneSaveError(f"path {path} is the bundled model, which is never replaced; save the "
@@ -167,6 +167,12 @@ def save_finetuned(model: CdalModel, path: str | Path) -> Path:
     if path.exists():
         raise FinetuneSaveError(f"path {path} already exists and a fine-tuned model never replaces a file; "
                                 f"choose a new name, e.g. {suggest_new_name(path)}")
+    return path
+
+
+def save_finetuned(model: CdalModel, path: str | Path) -> Path:
+    """Write a fine-tuned model atomically at a new `path`; never replaces a file or the bundled model."""
+    path = check_new_model_path(path)
     try:
         save_model(path, model, replace=False)
     except FileExistsError as exc:
