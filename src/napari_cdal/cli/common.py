@@ -16,6 +16,7 @@ class CliError(Exception):
 
 
 def progress(total: int, desc: str, unit: str) -> Any:
+    """A progress bar on stderr that leaves no trace when it closes."""
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)
@@ -42,6 +43,7 @@ def typed(args: argparse.Namespace, *names: str) -> str:
 
 
 def setup_torch(args: argparse.Namespace) -> Any:
+    """Apply --threads and resolve --device once, before any work."""
     import torch
 
     from napari_cdal.engine.device import resolve_device
@@ -52,6 +54,7 @@ def setup_torch(args: argparse.Namespace) -> Any:
 
 
 def load_model(path: str | None, device: Any) -> Any:
+    """The model at `path` (the bundled one for None) on `device`."""
     from napari_cdal.engine.method.model import load_model
 
     return load_model(path, device)
@@ -80,6 +83,7 @@ def read_json_object(path: str, what: str, expected: str = "a JSON object of set
 
 
 def read_split(path: str | None) -> dict[str, list[str]]:
+    """The name lists of a --split file (none without one)."""
     if path is None:
         return {}
     split = read_json_object(path, "split file",

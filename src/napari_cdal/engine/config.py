@@ -109,10 +109,12 @@ class ModelConfig:
         return 2 ** max(len(self.channel_mults) - 1, self.disc_levels)
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as JSON-ready values, as stored in every checkpoint."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Settings from JSON; former key names are accepted, unknown keys named."""
         return _from_dict(cls, data)
 
 
@@ -165,10 +167,12 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}")
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as JSON-ready values, as stored in every checkpoint."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Settings from JSON; former key names are accepted, unknown keys named."""
         return _from_dict(cls, data)
 
 

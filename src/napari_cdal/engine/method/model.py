@@ -35,6 +35,7 @@ class CdalModel:
 
     @property
     def schedule(self) -> VPSchedule:
+        """The noise schedule the model was trained with."""
         return VPSchedule(self.config.diffusion_steps, self.config.beta_min, self.config.beta_max)
 
     @classmethod
@@ -49,11 +50,13 @@ class CdalModel:
             return cls(config, Generator(config), Discriminator(config))
 
     def to(self, device: torch.device | str) -> CdalModel:
+        """Move both networks to `device`; returns the model."""
         self.generator.to(device)
         self.discriminator.to(device)
         return self
 
     def eval(self) -> CdalModel:
+        """Both networks in inference mode; returns the model."""
         self.generator.eval()
         self.discriminator.eval()
         return self

@@ -58,6 +58,7 @@ class SegmentationResult:
 
     @property
     def n_nuclei(self) -> int:
+        """How many nuclei the labels hold (ids run 1..N)."""
         return int(self.labels.max())
 
     def mean_area_px(self) -> float:

@@ -28,6 +28,7 @@ class EMA:
 
     @torch.no_grad()
     def update(self, source: torch.nn.Module) -> None:
+        """Move the average towards `source`: ema = decay * ema + (1 - decay) * source."""
         for ema_p, p in zip(self.module.parameters(), source.parameters(), strict=True):
             ema_p.lerp_(p.detach(), 1.0 - self.decay)
         for ema_b, b in zip(self.module.buffers(), source.buffers(), strict=True):
