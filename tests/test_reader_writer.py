@@ -13,7 +13,8 @@ from PIL import Image
 from skimage.draw import disk
 
 from napari_cdal._reader import napari_get_reader
-from napari_cdal._writer import labels_to_geojson, write_labels_geojson, write_labels_tiff
+from napari_cdal._writer import write_labels_geojson, write_labels_tiff
+from napari_cdal.engine.io.detections import labels_to_geojson
 
 PLUGIN = "napari-cdal"
 

@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write <stem>_attention.tif: where the discriminator looked, per step")
     p.add_argument("--save-uncertainty", action="store_true",
                    help="also write <stem>_uncertainty.tif: where the K samples disagree (needs --samples 2+)")
+    p.add_argument("--geojson", action="store_true",
+                   help="also write <stem>_nuclei.geojson: each nucleus as a QuPath detection (polygon in "
+                        "pixels, with its measurements), ids as in the labels")
+    p.add_argument("--measurements", action="store_true",
+                   help="also write <stem>_nuclei.csv: one row per nucleus (centroid, area, perimeter, "
+                        "shape, haematoxylin density, uncertainty)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace output files that exist already (default: refuse, and write nothing)")
     _add_runtime(p)

@@ -19,14 +19,37 @@ def _write_tiff(path: Path, array: Any) -> None:
     atomic_write(path, lambda tmp: tifffile.imwrite(tmp, array, compression="zlib", photometric="minisblack"))
 
 
-SEGMENT_OUTPUTS = (("labels", True), ("steps", "save_steps"), ("attention", "save_attention"),
-                   ("uncertainty", "save_uncertainty"))
-"""What segment writes per image: <stem>_<kind>.tif, always or when the flag is given."""
+SEGMENT_OUTPUTS = (("labels", True, "_labels.tif"), ("steps", "save_steps", "_steps.tif"),
+                   ("attention", "save_attention", "_attention.tif"),
+                   ("uncertainty", "save_uncertainty", "_uncertainty.tif"),
+                   ("geojson", "geojson", "_nuclei.geojson"), ("measurements", "measurements", "_nuclei.csv"))
+"""What segment writes per image: <stem><suffix>, always or when the flag is given."""
 
 
 def _segment_outputs(args: argparse.Namespace, out: Path, stem: str) -> dict[str, Path]:
-    return {kind: out / f"{stem}_{kind}.tif" for kind, flag in SEGMENT_OUTPUTS
+    return {kind: out / f"{stem}{suffix}" for kind, flag, suffix in SEGMENT_OUTPUTS
             if flag is True or getattr(args, flag)}
+
+
+def _write_outputs(files: dict[str, Path], result: Any, pixels: Any, image_mpp: float) -> None:
+    """Every asked-for file of one image; the labels, polygons and table share one numbering 1..N."""
+    from napari_cdal.engine.io.detections import csv_text, geojson_text, write_text
+    from napari_cdal.engine.io.images import to_rgb_float
+    from napari_cdal.engine.labels import relabel_sequential_uint
+    from napari_cdal.engine.segment.measurements import nucleus_measurements
+
+    labels = relabel_sequential_uint(result.labels)
+    table = None
+    if "geojson" in files or "measurements" in files:
+        table = nucleus_measurements(labels, to_rgb_float(pixels, 3), image_mpp, result.uncertainty)
+    maps = {"labels": labels, "steps": result.steps, "attention": result.attention, "uncertainty": result.uncertainty}
+    for kind, file in files.items():
+        if kind == "geojson":
+            write_text(file, geojson_text(labels, table, object_type="detection"))
+        elif kind == "measurements":
+            write_text(file, csv_text(table))
+        else:
+            _write_tiff(file, maps[kind])
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -39,7 +62,6 @@ def cmd_segment(args: argparse.Namespace) -> int:
     )
     from napari_cdal.engine.events import run_to_end
     from napari_cdal.engine.io.images import ImageError, plane_size, read_header, read_image
-    from napari_cdal.engine.labels import relabel_sequential_uint
     from napari_cdal.engine.segment.image import segment_image
 
     common.check_runtime(args)
@@ -91,10 +113,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         finally:
             for bar in bars:
                 bar.close()
-        maps = {"labels": relabel_sequential_uint(result.labels), "steps": result.steps,
-                "attention": result.attention, "uncertainty": result.uncertainty}
-        for kind, file in outputs[path].items():
-            _write_tiff(file, maps[kind])
+        _write_outputs(outputs[path], result, pixels, args.mpp)
         print(f"{path.name}: {result.n_nuclei} nuclei, mean area {result.mean_area_px():.0f} px, "
               f"{result.seconds:.1f} s -> {outputs[path]['labels']}")
     return 0

@@ -32,9 +32,10 @@ def nucleus_features(
         ]
         return np.where(present, sums / np.maximum(area_px, 1), np.nan)
 
-    centroids = (
-        np.array(ndi.center_of_mass(np.ones(labels.shape), labels, ids)) if n else np.zeros((0, 2))
-    )
+    with np.errstate(invalid="ignore", divide="ignore"):  # ids with no pixel get NaN, not a warning
+        centroids = (
+            np.array(ndi.center_of_mass(np.ones(labels.shape), labels, ids)) if n else np.zeros((0, 2))
+        )
     return {
         "index": ids,
         "centroid_y": centroids[:, 0] if n else np.zeros(0),
@@ -42,6 +43,44 @@ def nucleus_features(
         "area_um2": area_px * image_mpp * image_mpp,
         "mean_uncertainty": mean_of(uncertainty),
         "mean_attention": mean_of(attention),
+    }
+
+
+def nucleus_measurements(labels: np.ndarray, image: np.ndarray, image_mpp: float,
+                         uncertainty: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The table QuPath and a spreadsheet get: one row per nucleus id, in µm where a size is meant.
+
+    Columns: id, centroid (px and µm), area µm², perimeter µm, eccentricity, solidity, mean
+    haematoxylin optical density (colour deconvolution of the RGB image, Ruifrok & Johnston) and
+    mean uncertainty (NaN where none was computed). `image` is H x W x 3 on 0..255.
+    """
+    from skimage.color import rgb2hed
+    from skimage.measure import regionprops_table
+
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or np.asarray(image).shape[:2] != labels.shape:
+        raise ValueError(f"labels {labels.shape} and image {np.asarray(image).shape} must cover the same 2-D grid")
+    base = nucleus_features(labels, image_mpp, uncertainty)
+    present = np.bincount(labels.astype(np.int64).ravel(), minlength=len(base["index"]) + 1)[1:] > 0
+    ids = base["index"][present]
+    shape = regionprops_table(labels.astype(np.int64), properties=("label", "perimeter", "eccentricity", "solidity"))
+    order = np.searchsorted(shape["label"], ids)
+    haematoxylin = rgb2hed(np.clip(np.asarray(image, np.float64) / 255.0, 0.0, 1.0))[..., 0]
+    flat = labels.astype(np.int64).ravel()
+    od = np.bincount(flat, weights=haematoxylin.ravel(), minlength=len(present) + 1)[1:]
+    area_px = np.bincount(flat, minlength=len(present) + 1)[1:]
+    return {
+        "id": ids,
+        "centroid_x_px": base["centroid_x"][present],
+        "centroid_y_px": base["centroid_y"][present],
+        "centroid_x_um": base["centroid_x"][present] * image_mpp,
+        "centroid_y_um": base["centroid_y"][present] * image_mpp,
+        "area_um2": base["area_um2"][present],
+        "perimeter_um": shape["perimeter"][order] * image_mpp,
+        "eccentricity": shape["eccentricity"][order],
+        "solidity": shape["solidity"][order],
+        "mean_hematoxylin_od": (od / np.maximum(area_px, 1))[present],
+        "mean_uncertainty": base["mean_uncertainty"][present],
     }
 
 
