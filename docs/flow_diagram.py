@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ENGINE = ROOT / "src" / "napari_cdal" / "engine"
 OUT = ROOT / "docs" / "images" / "flow.svg"
 
-PACKAGES = [("io", 30, 200), ("method", 360, 200), ("segment", 690, 200), ("data", 30, 430), ("training", 690, 430)]
+PACKAGES = [("slide", 360, 40), ("io", 30, 200), ("method", 360, 200), ("segment", 690, 200), ("data", 30, 430),
+            ("training", 690, 430)]
 """Where each engine package's box stands (x, y of its top-left corner)."""
 
 ARROWS = [
@@ -26,10 +27,11 @@ ARROWS = [
     ((690, 290), (620, 290), "tiles"),
     ((620, 240), (690, 240), "masks"),
     ((820, 200), (820, 102), "labels, maps"),
-    ((160, 279), (160, 430), "tile folders"),
+    ((160, 296), (160, 430), "tile folders"),
     ((290, 470), (690, 470), "augmented patches"),
     ((750, 430), (560, 313), "updates G and D"),
-    ((690, 520), (170, 279), "checkpoints"),
+    ((690, 520), (170, 296), "checkpoints"),
+    ((490, 102), (490, 200), "blocks of a slide"),
 ]
 """(from, to, label) of the main flows: segmenting (top) and training (bottom)."""
 

@@ -41,7 +41,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"napari-cdal {args.command}: interrupted; files already written are complete", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

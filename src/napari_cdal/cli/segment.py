@@ -52,6 +52,39 @@ def _write_outputs(files: dict[str, Path], result: Any, pixels: Any, image_mpp: 
             _write_tiff(file, maps[kind])
 
 
+SLIDE_MIN_PIXELS = 4096 * 4096
+"""From this size on (or for .svs/.ndpi), an image is segmented as a slide: block by block, memory bounded."""
+
+
+def _is_slide(path: Path, size: tuple[int, int]) -> bool:
+    return path.suffix.lower() in (".svs", ".ndpi") or size[0] * size[1] >= SLIDE_MIN_PIXELS
+
+
+def _segment_slide(args: argparse.Namespace, model: Any, path: Path, files: dict[str, Path], sampling_steps: int,
+                   samples: int) -> None:
+    """One slide through engine.slide: labels into <stem>_labels.zarr (resumable), then a tiled BigTIFF."""
+    from napari_cdal.engine.checks import check_mpp
+    from napari_cdal.engine.slide.source import open_slide
+    from napari_cdal.engine.slide.stitch import labels_tiff, segment_slide
+
+    with open_slide(path) as source:
+        typed = "--mpp" in getattr(args, "typed_options", ())
+        mpp = args.mpp if typed or source.mpp is None else check_mpp(source.mpp, "the slide's µm/px")
+        bar = common.progress(0, path.name, "block")
+        result = None
+        for event in segment_slide(model, source, files["store"], mpp, sampling_steps=sampling_steps,
+                                   samples=samples, seed=args.seed, threshold=args.threshold):
+            if event.stage == "done":
+                result = event.payload
+            else:
+                bar.total, bar.n = event.total, event.index
+                bar.refresh()
+        bar.close()
+    labels_tiff(result.store, files["labels"])
+    print(f"{path.name}: {result.n_nuclei} nuclei in {result.blocks} blocks at {mpp:g} µm/px, "
+          f"{result.seconds:.1f} s -> {files['labels']} (and {files['store'].name})")
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     """Segment each image and write <stem>_labels.tif (and the optional maps) into --out."""
     from napari_cdal.engine.checks import (
@@ -81,7 +114,16 @@ def cmd_segment(args: argparse.Namespace) -> int:
         sizes[path] = plane_size(read_header(path), str(path))
     out = check_output_folder(args.out)
     outputs = {path: _segment_outputs(args, out, path.stem) for path in images}
-    check_new_outputs([file for files in outputs.values() for file in files.values()], args.overwrite)
+    slides = [path for path in images if _is_slide(path, sizes[path])]
+    for path in slides:
+        extra = ["--" + flag.replace("_", "-") for kind, flag, _ in SEGMENT_OUTPUTS if kind in outputs[path]
+                 and kind != "labels"]
+        if extra:
+            raise CliError(f"{path} is segmented as a whole slide, which writes only its labels for now; "
+                           f"leave out {' '.join(extra)}")
+        outputs[path]["store"] = out / f"{path.stem}_labels.zarr"  # resumable: an existing store goes on
+    check_new_outputs([file for files in outputs.values() for kind, file in files.items() if kind != "store"],
+                      args.overwrite)
     device = common.setup_torch(args)
     model = common.load_model(args.model, device)
     steps = common.check_sampling_steps(model, args)
@@ -91,9 +133,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
                        "one sample has no spread to measure")
     want_maps = args.save_steps or args.save_attention
     for path in images:
+        if path in slides:
+            continue
         check_memory(segment_peak_bytes(*sizes[path], args.mpp, model.config, steps, samples, want_maps,
                                         args.save_attention), f"{path} ({sizes[path][0]} x {sizes[path][1]} px)")
     for path in images:
+        if path in slides:
+            _segment_slide(args, model, path, outputs[path], steps, samples)
+            continue
         pixels = read_image(path)
         bars: list[Any] = []  # opened at the first step, so a rejected image leaves only the error line
 

@@ -1,0 +1,148 @@
+"""A slide segmented block by block into a zarr store; each nucleus is kept once, by the block that owns its centroid.
+
+Every block is read with a halo around it (wider than a nucleus), segmented with segment_image,
+and only the nuclei whose centroid falls inside the block's own part (its core) are kept, whole,
+halo pixels included; a nucleus cut by the halo's outer edge has its centroid outside the core
+and is the neighbour's. Blocks are written in order, each nucleus only where no earlier one
+lies, and a block counts as done once it is listed in the store: a re-run skips done blocks, so
+an interrupted run goes on where it stopped. Memory holds one block and its halo, whatever the
+slide's size.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from napari_cdal.engine.defaults import DEFAULT_THRESHOLD
+from napari_cdal.engine.events import Progress, run_to_end
+from napari_cdal.engine.method.model import CdalModel
+from napari_cdal.engine.segment.image import segment_image
+from napari_cdal.engine.segment.tiling import Box
+from napari_cdal.engine.slide.source import SlideSource
+
+BLOCK_PX = 2048
+"""Side of a block's core in slide pixels: about 0.5 GB of working memory with its halo."""
+
+HALO_UM = 32.0
+"""Margin read around each block, in µm: wider than any nucleus, so none is cut at a seam."""
+
+CHUNK_PX = 1024
+"""Side of a chunk of the labels store."""
+
+
+@dataclass
+class SlideResult:
+    """Where the labels are, how many nuclei they hold and how long the run took."""
+
+    store: Path
+    n_nuclei: int
+    blocks: int
+    seconds: float
+
+
+def block_cores(height: int, width: int, block: int) -> list[Box]:
+    """The blocks' own parts (y0, y1, x0, x1), row by row, covering the slide once."""
+    return [(y, min(y + block, height), x, min(x + block, width))
+            for y in range(0, height, block) for x in range(0, width, block)]
+
+
+def _open_store(store: Path, shape: tuple[int, int], settings: dict[str, Any]) -> Any:
+    """The labels array at `store`, created empty, or reopened when a run with the same settings left it."""
+    import zarr
+
+    if store.exists():
+        labels = zarr.open_array(store, mode="r+")
+        if tuple(labels.shape) != shape or labels.attrs.get("settings") != settings:
+            raise ValueError(f"{store} holds labels of another run (shape {tuple(labels.shape)}, settings "
+                             f"{labels.attrs.get('settings')}); move it away or choose another --out")
+        return labels
+    labels = zarr.create_array(store, shape=shape, chunks=(CHUNK_PX, CHUNK_PX), dtype="uint32", fill_value=0)
+    labels.attrs.update(settings=settings, done=[], next_id=1)
+    return labels
+
+
+def _owned(local: np.ndarray, region: Box, core: Box) -> np.ndarray:
+    """Per local id 1..N, whether its centroid (in slide pixels) lies in the core."""
+    n = int(local.max(initial=0))
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centroids = np.array(ndi.center_of_mass(np.ones(local.shape), local, np.arange(1, n + 1)))
+    cy, cx = centroids[:, 0] + region[0], centroids[:, 1] + region[2]
+    y0, y1, x0, x1 = core
+    return np.nan_to_num((cy >= y0) & (cy < y1) & (cx >= x0) & (cx < x1), nan=0).astype(bool)
+
+
+def segment_slide(model: CdalModel, source: SlideSource, store: str | Path, image_mpp: float,
+                  block: int = BLOCK_PX, halo_um: float = HALO_UM, sampling_steps: int | None = None,
+                  samples: int | None = None, seed: int = 0,
+                  threshold: float = DEFAULT_THRESHOLD) -> Generator[Progress, None, None]:
+    """Segment a slide into a zarr labels store; yields Progress('block', i, n, box) per block, then 'done'.
+
+    Ids are global (1..N in the order blocks are done). Block i is sampled with seed + i, so a
+    run, or a resumed one, repeats exactly.
+    """
+    store = Path(store)
+    settings = {"block": block, "halo_um": halo_um, "sampling_steps": sampling_steps, "samples": samples,
+                "seed": seed, "threshold": threshold, "image_mpp": image_mpp, "model": Path(model.source).name}
+    started = time.perf_counter()
+    labels = _open_store(store, (source.height, source.width), settings)
+    done = set(labels.attrs["done"])
+    next_id = int(labels.attrs["next_id"])
+    halo = math.ceil(halo_um / image_mpp)
+    cores = block_cores(source.height, source.width, block)
+    for index, core in enumerate(cores):
+        if index not in done:
+            y0, y1, x0, x1 = core
+            region = (max(0, y0 - halo), min(source.height, y1 + halo), max(0, x0 - halo), min(source.width, x1 + halo))
+            pixels = source.read(*region)
+            result = run_to_end(segment_image(model, pixels, image_mpp=image_mpp, sampling_steps=sampling_steps,
+                                              samples=samples, seed=seed + index, threshold=threshold,
+                                              keep_steps=False, with_attention=False))
+            owned = _owned(result.labels, region, core)
+            lut = np.zeros(owned.size + 1, dtype=np.uint32)
+            lut[1:][owned] = np.arange(next_id, next_id + int(owned.sum()), dtype=np.uint32)
+            mapped = lut[result.labels]
+            ry0, ry1, rx0, rx1 = region
+            window = np.asarray(labels[ry0:ry1, rx0:rx1])
+            free = (window == 0) & (mapped > 0)
+            window[free] = mapped[free]
+            labels[ry0:ry1, rx0:rx1] = window
+            next_id += int(owned.sum())
+            done.add(index)
+            labels.attrs.update(done=sorted(done), next_id=next_id)
+        yield Progress("block", index + 1, len(cores), core)
+    yield Progress("done", len(cores), len(cores),
+                   SlideResult(store, next_id - 1, len(cores), time.perf_counter() - started))
+
+
+def labels_tiff(store: str | Path, path: str | Path, tile: int = 512) -> Path:
+    """Write the store's labels as a tiled, zlib-compressed BigTIFF (uint32 ids), tile by tile, atomically."""
+    import tifffile
+    import zarr
+
+    from napari_cdal.engine.io.checkpoint import atomic_write
+
+    labels = zarr.open_array(Path(store), mode="r")
+    height, width = labels.shape
+
+    def tiles() -> Generator[np.ndarray, None, None]:
+        for y in range(0, height, tile):
+            for x in range(0, width, tile):
+                part = np.zeros((tile, tile), np.uint32)
+                data = np.asarray(labels[y:y + tile, x:x + tile])
+                part[:data.shape[0], :data.shape[1]] = data
+                yield part
+
+    atomic_write(path, lambda tmp: tifffile.imwrite(tmp, tiles(), shape=(height, width), dtype=np.uint32,
+                                                    tile=(tile, tile), compression="zlib", bigtiff=True,
+                                                    photometric="minisblack"))
+    return Path(path)

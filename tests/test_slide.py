@@ -1,0 +1,117 @@
+"""Whole slides: read on demand, segmented in blocks, nuclei stitched once across seams, resumable."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+from conftest import blob_tile
+from scipy import ndimage as ndi
+
+from napari_cdal.engine.events import run_to_end
+from napari_cdal.engine.segment.image import segment_image
+from napari_cdal.engine.segment.metrics import aggregated_jaccard_index
+from napari_cdal.engine.slide.source import open_slide
+from napari_cdal.engine.slide.stitch import block_cores, labels_tiff, segment_slide
+
+BLOCK, HALO_UM, MPP = 96, 10.0, 0.5
+
+
+@pytest.fixture()
+def mosaic(tmp_path):
+    """A 256 x 256 tiled BigTIFF of four blob tiles at the tiny model's 0.5 µm/px (20000 px per cm)."""
+    top = np.concatenate([blob_tile(31).image, blob_tile(32).image], axis=1)
+    bottom = np.concatenate([blob_tile(33).image, blob_tile(34).image], axis=1)
+    image = np.concatenate([top, bottom], axis=0)
+    path = tmp_path / "slide.tif"
+    tifffile.imwrite(path, image, tile=(64, 64), compression="zlib", bigtiff=True,
+                     resolution=(20000, 20000), resolutionunit="CENTIMETER")
+    return path, image
+
+
+def _run(model, path, store, **kw):
+    with open_slide(path) as source:
+        return run_to_end(segment_slide(model, source, store, MPP, block=BLOCK, halo_um=HALO_UM, **kw))
+
+
+def test_the_slide_is_read_lazily_with_its_pixel_size(mosaic) -> None:
+    path, image = mosaic
+    with open_slide(path) as source:
+        assert (source.height, source.width) == (256, 256) and source.mpp == pytest.approx(0.5)
+        np.testing.assert_array_equal(source.read(60, 130, 200, 300), image[60:130, 200:256])
+
+
+def test_blocks_cover_the_slide_once() -> None:
+    cores = block_cores(250, 130, 96)
+    covered = np.zeros((250, 130), int)
+    for y0, y1, x0, x1 in cores:
+        covered[y0:y1, x0:x1] += 1
+    assert (covered == 1).all() and len(cores) == 3 * 2
+
+
+def test_stitched_nuclei_match_the_whole_image_and_none_is_doubled(trained_tiny, mosaic, tmp_path) -> None:
+    import zarr
+
+    model = trained_tiny[0]
+    path, image = mosaic
+    result = _run(model, path, tmp_path / "labels.zarr")
+    stitched = np.asarray(zarr.open_array(result.store, mode="r")[:])
+    whole = run_to_end(segment_image(model, image, image_mpp=MPP, keep_steps=False, with_attention=False)).labels
+    assert result.blocks == 9 and stitched.max() == result.n_nuclei
+    assert abs(result.n_nuclei - int(whole.max())) <= 0.1 * int(whole.max())
+    assert aggregated_jaccard_index(stitched, whole) > 0.85
+    for ident in np.unique(stitched[stitched > 0]):  # one piece per nucleus: none kept by two blocks
+        assert ndi.label(stitched == ident)[1] == 1
+    seams = np.zeros(image.shape[:2], bool)
+    seams[[BLOCK, 2 * BLOCK], :] = seams[:, [BLOCK, 2 * BLOCK]] = True
+    for ident in np.unique(whole[seams & (whole > 0)]):  # nuclei on a seam come out whole
+        ids, counts = np.unique(stitched[whole == ident], return_counts=True)
+        assert counts[ids > 0].max(initial=0) >= 0.8 * counts.sum(), f"nucleus {ident} was cut at a seam"
+
+
+def test_an_interrupted_run_goes_on_where_it_stopped(trained_tiny, mosaic, tmp_path) -> None:
+    import zarr
+
+    model = trained_tiny[0]
+    path, _ = mosaic
+    straight = _run(model, path, tmp_path / "straight.zarr")
+    with open_slide(path) as source:
+        events = segment_slide(model, source, tmp_path / "resumed.zarr", MPP, block=BLOCK, halo_um=HALO_UM)
+        for _ in range(4):
+            next(events)
+        events.close()  # stopped after four blocks
+    assert zarr.open_array(tmp_path / "resumed.zarr", mode="r").attrs["done"] == [0, 1, 2, 3]
+    resumed = _run(model, path, tmp_path / "resumed.zarr")
+    np.testing.assert_array_equal(zarr.open_array(resumed.store, mode="r")[:],
+                                  zarr.open_array(straight.store, mode="r")[:])
+    with pytest.raises(ValueError, match="holds labels of another run"):
+        _run(model, path, tmp_path / "resumed.zarr", seed=5)
+
+
+def test_labels_come_out_as_a_tiled_bigtiff(trained_tiny, mosaic, tmp_path) -> None:
+    import zarr
+
+    path, _ = mosaic
+    result = _run(trained_tiny[0], path, tmp_path / "labels.zarr")
+    tiff = labels_tiff(result.store, tmp_path / "slide_labels.tif", tile=64)
+    with tifffile.TiffFile(tiff) as tif:
+        assert tif.is_bigtiff and tif.pages[0].is_tiled
+        np.testing.assert_array_equal(tif.asarray(), zarr.open_array(result.store, mode="r")[:])
+
+
+def test_segment_takes_large_images_through_the_slide_path(capsys, monkeypatch, tiny_model_file, mosaic, tmp_path):
+    from conftest import files_in, run
+
+    monkeypatch.setattr("napari_cdal.cli.segment.SLIDE_MIN_PIXELS", 200 * 200)
+    path, _ = mosaic
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, "segment", path, "--model", tiny_model_file, "--out", out)
+    assert code == 0, err
+    assert " blocks at 0.5 µm/px" in stdout, "the slide's own µm/px (not the default 0.25) is used without --mpp"
+    assert files_in(out) == ["slide_labels.tif", "slide_labels.zarr"]
+    with tifffile.TiffFile(out / "slide_labels.tif") as tif:
+        assert tif.is_bigtiff and tif.pages[0].is_tiled and tif.asarray().max() > 50
+    code, _, err = run(capsys, "segment", path, "--model", tiny_model_file, "--out", out)
+    assert code == 1 and "slide_labels.tif already exists" in err
+    code, _, err = run(capsys, "segment", path, "--model", tiny_model_file, "--out", tmp_path / "o2", "--geojson")
+    assert code == 1 and "leave out --geojson" in err
