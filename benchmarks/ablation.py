@@ -88,6 +88,9 @@ def train_arm(
     state = out.with_name(f"{name}.state.safetensors")
     if out.exists() and load_model(out).record.get("steps", 0) >= steps and not state.exists():
         return out
+    if out.exists() and not state.exists():  # a shorter arm of an earlier call: this script's own file
+        print(f"{out.name}: trained fewer than {steps} iterations; training it again from the start")
+        out.unlink()
     if state.exists():
         args = ["--resume"]
     else:

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from PIL import Image
 
 from napari_cdal.cli import state_path
 from napari_cdal.engine import checks
+from napari_cdal.engine.io import checkpoint
 from napari_cdal.engine.io.checkpoint import (
     atomic_write,
     load_checkpoint,
@@ -242,13 +244,16 @@ def test_full_disk_in_finetune_is_one_line_and_leaves_nothing(capsys, monkeypatc
     assert files_in(out.parent) == []
 
 
-def test_memory_error_is_one_line(capsys, monkeypatch, tiny_model_file, blob_images, tmp_path):
+@pytest.mark.parametrize("error", [MemoryError(), RuntimeError("DefaultCPUAllocator: not enough memory: you "
+                                                                 "tried to allocate 3 GB. Buy new RAM! out of memory")])
+def test_running_out_of_memory_is_one_line(capsys, monkeypatch, tiny_model_file, blob_images, tmp_path, error):
     def exhausted(*args, **kwargs):
-        raise MemoryError
+        raise error
 
     monkeypatch.setattr("napari_cdal.engine.segment.image.segment_image", exhausted)
     code, _, err = run(capsys, "segment", blob_images[0], "--model", tiny_model_file, "--out", tmp_path / "out")
-    assert code == 1 and "out of memory" in one_error_line(err, "segment")
+    line = one_error_line(err, "segment")
+    assert code == 1 and "out of memory" in line and "--slide" in line
 
 
 def test_an_image_too_large_for_free_memory_is_refused_before_it_is_read(capsys, monkeypatch, tiny_model_file,
@@ -310,6 +315,8 @@ def test_bit_depth_from_the_data_not_the_dtype() -> None:
     assert integer_bit_depth(np.array([0, 4095], np.uint16)) == 12
     assert integer_bit_depth(np.array([0, 4096], np.uint16)) == 14
     assert integer_bit_depth(np.array([0, 65535], np.uint16)) == 16
+    assert integer_bit_depth(np.array([0, 32767], np.int16)) == 15  # the sign bit holds no brightness
+    np.testing.assert_allclose(to_rgb_float(np.array([[0, 32767]], np.int16))[0, :, 0], [0.0, 255.0])
     rgb8 = np.random.default_rng(0).integers(0, 256, (8, 8, 3)).astype(np.uint8)
     twelve = (rgb8.astype(np.uint32) * 4095 // 255).astype(np.uint16)
     np.testing.assert_allclose(to_rgb_float(twelve), rgb8.astype(np.float32), atol=0.07)
@@ -367,17 +374,24 @@ def test_blank_tiles_give_no_nuclei_through_the_cli(capsys, tiny_model_file, tmp
 
 # --- interrupted saves ---------------------------------------------------------------------------
 
-def test_stale_temporary_files_are_removed_live_ones_kept(tmp_path):
-    stale = tmp_path / f".new.safetensors.{dead_pid()}.abc123.tmp"
-    live = tmp_path / f".other.safetensors.{os.getpid()}.def456.tmp"
-    for path in (stale, live):
+def test_stale_temporary_files_are_removed_live_ones_kept(monkeypatch, tmp_path):
+    dead = dead_pid()
+    monkeypatch.setattr(checkpoint, "_writer_alive", lambda pid: pid != dead)  # no reuse of the dead pid
+    stale = tmp_path / f"{checkpoint.temp_prefix(Path('new.safetensors'), dead)}abc123.tmp"
+    live = tmp_path / f"{checkpoint.temp_prefix(Path('other.safetensors'))}def456.tmp"
+    elsewhere = tmp_path / f".far.safetensors.otherhost~{dead}.xyz789.tmp"  # another machine's writer
+    someone = tmp_path / ".notes.tmp"  # not a name atomic_write makes
+    for path in (stale, live, elsewhere, someone):
         path.write_bytes(b"partial")
     (tmp_path / "kept.safetensors").write_bytes(b"model")
     assert remove_stale_temps(tmp_path) == [stale]
-    assert live.exists() and (tmp_path / "kept.safetensors").exists()
+    assert live.exists() and elsewhere.exists() and someone.exists() and (tmp_path / "kept.safetensors").exists()
+    old = time.time() - 2 * checkpoint.STALE_TEMP_SECONDS
+    os.utime(elsewhere, (old, old))
+    assert remove_stale_temps(tmp_path) == [elsewhere] and someone.exists()
 
 
-def test_a_killed_save_leaves_no_model_and_is_cleaned_up(tmp_path):
+def test_a_killed_save_leaves_no_model_and_is_cleaned_up(monkeypatch, tmp_path):
     target = tmp_path / "models" / "new.safetensors"
     script = (
         "import sys, time\n"
@@ -393,6 +407,7 @@ def test_a_killed_save_leaves_no_model_and_is_cleaned_up(tmp_path):
     assert child.stdout.readline().strip() == "writing"
     child.kill()
     child.wait()
+    monkeypatch.setattr(checkpoint, "_writer_alive", lambda pid: pid != child.pid)  # no reuse of its pid
     left = list(target.parent.iterdir())
     assert not target.exists() and len(left) == 1 and left[0].name.endswith(".tmp")
     assert [entry.path for entry in list_models(target.parent) if not entry.bundled] == []

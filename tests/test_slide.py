@@ -115,3 +115,13 @@ def test_segment_takes_large_images_through_the_slide_path(capsys, monkeypatch, 
     assert code == 1 and "slide_labels.tif already exists" in err
     code, _, err = run(capsys, "segment", path, "--model", tiny_model_file, "--out", tmp_path / "o2", "--geojson")
     assert code == 1 and "leave out --geojson" in err
+
+
+def test_slide_flag_takes_any_image_through_the_slide_path(capsys, tiny_model_file, blob_images, tmp_path):
+    from conftest import files_in, run
+
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, "segment", blob_images[0], "--model", tiny_model_file, "--mpp", "0.5", "--out",
+                            out, "--slide")
+    assert code == 0, err
+    assert " blocks at 0.5 µm/px" in stdout and files_in(out) == ["tile_labels.tif", "tile_labels.zarr"]

@@ -325,6 +325,24 @@ def test_a_shapes_layer_without_rectangles_is_refused(
     assert "has no rectangle" in errors[-1] and not finetune.running
 
 
+def test_an_unwritable_model_folder_is_refused_before_training(
+    qtbot, monkeypatch, make_napari_viewer, tiny_model_file, model_folder, errors
+) -> None:
+    import napari_cdal.engine.checks as checks
+
+    def read_only(folder) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(checks, "_probe_write", read_only)
+    viewer = make_napari_viewer()
+    add_image(viewer)
+    add_corrected_mask(viewer)
+    _, finetune = dock_both(viewer, tiny_model_file)
+    finetune.finetune_button.native.click()
+    assert "the model folder" in errors[-1] and "Read-only file system" in errors[-1]
+    assert not finetune.running and model_files(model_folder) == []
+
+
 def test_a_full_disk_leaves_nothing_behind(
     qtbot, monkeypatch, make_napari_viewer, tiny_model_file, model_folder, errors
 ) -> None:

@@ -544,3 +544,12 @@ def test_review_steps_through_the_least_certain_nuclei(qtbot, viewer_widget) -> 
         assert widget.status.value.startswith(f"Review {(len(visited) - 1) % 3 + 1} of 3: nucleus {nucleus}")
     assert visited == ranked[:3] + ranked[:1], "the three least certain in order, then round again"
     assert viewer_camera(viewer).zoom >= 3.0 / SCALE[0] - 1e-9
+
+
+def test_the_sampling_fields_follow_the_models_config_under_its_former_key_names() -> None:
+    from napari_cdal._widgets.segment import model_steps
+    from napari_cdal.engine.method.model import bundled_model_path
+
+    if not bundled_model_path().is_file():
+        pytest.skip("no bundled model in this checkout")
+    assert model_steps(str(bundled_model_path())) == (4, 2, 2)  # T = 4, sampled in 2 steps, K = 2

@@ -193,6 +193,7 @@ class FinetuneWidget(WorkerRun, Container):
         from napari.utils import progress
         from napari.utils.notifications import show_error
 
+        from napari_cdal.engine.checks import check_output_folder
         from napari_cdal.models import model_dir
 
         if self.running:
@@ -210,6 +211,11 @@ class FinetuneWidget(WorkerRun, Container):
         problem = model_name_problem(name, model_dir())
         if problem:
             show_error(f"Fine-tune: {problem}")
+            return
+        try:  # the model folder must take the new model before any training is spent on it
+            check_output_folder(model_dir(), "the model folder")
+        except ValueError as exc:
+            show_error(f"Fine-tune: {exc}")
             return
         try:
             pairs = self.gather_pairs()

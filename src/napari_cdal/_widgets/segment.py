@@ -50,12 +50,12 @@ DEFAULT_STEPS = 4
 
 def model_steps(path: str) -> tuple[int, int, int] | None:
     """(steps the model was trained with, its default sampling steps, its default samples K); None when unreadable."""
+    from napari_cdal.engine.config import ModelConfig
     from napari_cdal.engine.io.checkpoint import read_metadata
 
-    try:
-        config = read_metadata(path)["model_config"]
-        trained = int(config.get("diffusion_steps", DEFAULT_STEPS))
-        return trained, int(config.get("default_sampling_steps", 0)) or trained, int(config.get("default_samples", 1))
+    try:  # through ModelConfig, so files written under former key names read the same
+        config = ModelConfig.from_dict(read_metadata(path)["model_config"])
+        return config.diffusion_steps, config.sampling_steps, config.default_samples
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 

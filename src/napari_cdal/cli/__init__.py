@@ -13,6 +13,15 @@ from napari_cdal.models import state_path
 __all__ = ["CliError", "build_parser", "main", "open_viewer", "state_path"]
 
 
+OUT_OF_MEMORY_HINTS = {
+    "segment": "use --slide (block by block), give fewer --samples or leave out --save-steps/--save-attention, ",
+    "evaluate": "give fewer --samples, ",
+    "train": "give a smaller --batch-size or --patch-size, ",
+    "finetune": "fine-tune on smaller images or fewer of them, ",
+}
+"""What frees memory, per command, when a run runs out of it."""
+
+
 def _one_line(exc: BaseException) -> str:
     """An error's message on one line (a library's multi-line text joined)."""
     return " ".join(str(exc).split()) or type(exc).__name__
@@ -35,8 +44,14 @@ def main(argv: Sequence[str] | None = None) -> int:
               "complete", file=sys.stderr)
         return EXIT_BAD_INPUT
     except MemoryError:
-        print(f"napari-cdal {args.command}: error: out of memory; crop the image into smaller tiles, or give "
-              "fewer --samples or no --save-steps/--save-attention", file=sys.stderr)
+        print(f"napari-cdal {args.command}: error: out of memory; {OUT_OF_MEMORY_HINTS.get(args.command, '')}"
+              "or close other programs", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except RuntimeError as exc:  # torch's allocators (CPU and CUDA) raise this, not MemoryError
+        if "out of memory" not in str(exc).lower():
+            raise
+        print(f"napari-cdal {args.command}: error: out of memory ({_one_line(exc)[:120]}); "
+              f"{OUT_OF_MEMORY_HINTS.get(args.command, '')}or use --device cpu", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"napari-cdal {args.command}: interrupted; files already written are complete", file=sys.stderr)

@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--measurements", action="store_true",
                    help="also write <stem>_nuclei.csv: one row per nucleus (centroid, area, perimeter, "
                         "shape, haematoxylin density, uncertainty)")
+    p.add_argument("--slide", action="store_true",
+                   help="segment every image as a whole slide: block by block with bounded memory, labels in a "
+                        "resumable <stem>_labels.zarr (default: only .svs/.ndpi and images of 4096 x 4096 or more)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace output files that exist already (default: refuse, and write nothing)")
     _add_runtime(p)

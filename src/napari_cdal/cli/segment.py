@@ -56,8 +56,8 @@ SLIDE_MIN_PIXELS = 4096 * 4096
 """From this size on (or for .svs/.ndpi), an image is segmented as a slide: block by block, memory bounded."""
 
 
-def _is_slide(path: Path, size: tuple[int, int]) -> bool:
-    return path.suffix.lower() in (".svs", ".ndpi") or size[0] * size[1] >= SLIDE_MIN_PIXELS
+def _is_slide(path: Path, size: tuple[int, int], forced: bool) -> bool:
+    return forced or path.suffix.lower() in (".svs", ".ndpi") or size[0] * size[1] >= SLIDE_MIN_PIXELS
 
 
 def _segment_slide(args: argparse.Namespace, model: Any, path: Path, files: dict[str, Path], sampling_steps: int,
@@ -114,7 +114,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         sizes[path] = plane_size(read_header(path), str(path))
     out = check_output_folder(args.out)
     outputs = {path: _segment_outputs(args, out, path.stem) for path in images}
-    slides = [path for path in images if _is_slide(path, sizes[path])]
+    slides = [path for path in images if _is_slide(path, sizes[path], args.slide)]
     for path in slides:
         extra = ["--" + flag.replace("_", "-") for kind, flag, _ in SEGMENT_OUTPUTS if kind in outputs[path]
                  and kind != "labels"]
@@ -124,6 +124,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
         outputs[path]["store"] = out / f"{path.stem}_labels.zarr"  # resumable: an existing store goes on
     check_new_outputs([file for files in outputs.values() for kind, file in files.items() if kind != "store"],
                       args.overwrite)
+    if args.save_uncertainty and args.samples is not None and args.samples < 2:
+        raise CliError(f"--save-uncertainty needs --samples 2 or more (got {args.samples}): "
+                       "one sample has no spread to measure")
     device = common.setup_torch(args)
     model = common.load_model(args.model, device)
     steps = common.check_sampling_steps(model, args)

@@ -84,6 +84,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     _check_train_out(out, args.resume)
     split = common.read_split(args.split)
     if args.resume:
+        ignored = [option for option in ("--config", "--init-from") if option in args.typed_options]
+        if ignored:
+            raise CliError(f"{' and '.join(ignored)} cannot change a run that goes on with --resume; start a new "
+                           "run with another --out")
         if not state_path(out).exists():
             raise CliError(f"--resume given but no training state at {state_path(out)}")
         device = common.setup_torch(args)
@@ -94,7 +98,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             unit = "" if args.iterations is not None else " iterations"
             raise CliError(f"the run at {state_path(out)} {done} {state.step}{unit}; give "
                            f"{common.typed(args, '--iterations', '--steps')} more than {state.step} to go on")
-        if args.iterations is not None:
+        changes = ("--iterations", "--steps", "--batch-size", "--patch-size", "--seed", "--checkpoint-every",
+                   "--validate-every", "--train-config")
+        if any(option in args.typed_options for option in changes):  # told to change how the run goes on
             state = TrainState.load(state_path(out), device, _train_config(args, state.train_config.to_dict()))
         data = run_data(args.data_dir, split, state.record, args.mpp)
     else:

@@ -208,6 +208,10 @@ things (training iterations, sampling steps, the model's T) and now each has its
 def _from_dict(cls: type, data: dict[str, Any]) -> Any:
     """Build a config dataclass from JSON (former key names accepted), naming unknown keys instead of failing."""
     renamed = FORMER_NAMES.get(cls.__name__, {})
+    both = sorted(old for old, new in renamed.items() if old in data and new in data)
+    if both:
+        raise ValueError(f"{cls.__name__} keys {both} are former names of {[renamed[k] for k in both]}; "
+                         "give one of each")
     data = {renamed.get(key, key): value for key, value in data.items()}
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(names))

@@ -63,7 +63,9 @@ def _read_array(path: Path) -> np.ndarray:
 
 
 def _to_rgb_uint8(arr: np.ndarray, path: Path) -> np.ndarray:
-    """An image as H x W x 3 uint8 through the one normalisation path (io.to_rgb_float)."""
+    """An image as H x W x 3 uint8 through the one normalisation path (io.to_rgb_float); a bool image is 0/255."""
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
     return np.rint(to_rgb_float(arr, 3, name=f"image {path}")).astype(np.uint8)
 
 

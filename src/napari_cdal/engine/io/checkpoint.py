@@ -11,6 +11,8 @@ import contextlib
 import errno
 import json
 import os
+import re
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +22,8 @@ import torch
 
 METADATA_KEY = "napari_cdal"
 FORMAT_NAME = "napari-cdal"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: config keys renamed (diffusion_steps, default_sampling_steps, iterations); version 1 files still load."""
 
 
 class CheckpointError(ValueError):
@@ -38,15 +41,24 @@ class OutputError(ValueError):
 
 TEMP_SUFFIX = ".tmp"
 STALE_TEMP_SECONDS = 3600.0
-"""A temporary file without a readable writer's pid counts as left over after this long."""
+"""A temporary file whose writer cannot be told alive or dead counts as left over after this long."""
+
+HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+"""This machine's name as temporary files carry it: a pid means something only on its own host."""
+
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<host>[A-Za-z0-9-]+)~(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$")
+_CLEANED: set[tuple[str, str | None]] = set()
 
 
-def _temp_prefix(path: Path) -> str:
-    """Temporary files of `path` are hidden, end in .tmp (never *.safetensors) and carry the writer's pid."""
-    return f".{path.name}."
+def temp_prefix(path: Path, pid: int | None = None) -> str:
+    """Temporary files of `path` are hidden, end in .tmp (never *.safetensors) and carry the writer's host and pid."""
+    return f".{path.name}.{HOST}~{os.getpid() if pid is None else pid}."
 
 
-def _writer_alive(pid: int) -> bool:
+def _writer_alive(pid: int) -> bool | None:
+    """Whether a process with this pid runs here; None where that cannot be asked safely (Windows)."""
+    if os.name == "nt":  # os.kill there terminates the process instead of probing it
+        return None
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -59,25 +71,25 @@ def _writer_alive(pid: int) -> bool:
 def remove_stale_temps(folder: str | Path, target: str | None = None) -> list[Path]:
     """Delete the temporary files killed writers left in `folder` (of `target` only, if given).
 
-    A temporary file is `.<target>.<pid>.<random>.tmp`; it is stale once no process has that pid
-    (or, without a readable pid, after STALE_TEMP_SECONDS). Returns the files removed.
+    Only names atomic_write makes count, `.<target>.<host>~<pid>.<random>.tmp`; one is stale when
+    it was written here and no process has that pid, or, when written on another host or where
+    that cannot be asked, once older than STALE_TEMP_SECONDS. Returns the files removed.
     """
     folder = Path(folder)
-    prefix = "." if target is None else _temp_prefix(Path(target))
     removed = []
     try:
-        candidates = [p for p in folder.iterdir() if p.name.startswith(prefix) and p.name.endswith(TEMP_SUFFIX)]
+        candidates = [(p, m) for p in folder.iterdir() if (m := _TEMP_NAME.match(p.name))
+                      and (target is None or m.group("target") == target)]
     except OSError:
         return removed
-    for candidate in candidates:
-        parts = candidate.name.split(".")
+    now = time.time()
+    for candidate, match in candidates:
         try:
-            stale = not _writer_alive(int(parts[-3]))
-        except (ValueError, IndexError):
-            try:
-                stale = time.time() - candidate.stat().st_mtime > STALE_TEMP_SECONDS
-            except OSError:
-                continue
+            age = now - candidate.stat().st_mtime
+        except OSError:
+            continue
+        alive = _writer_alive(int(match.group("pid"))) if match.group("host") == HOST else None
+        stale = age > STALE_TEMP_SECONDS if alive is None else not alive
         if stale:
             with contextlib.suppress(OSError):
                 candidate.unlink()
@@ -113,8 +125,10 @@ def atomic_write(path: str | Path, write: Any, replace: bool = True) -> None:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(path.parent, path.name)
-        fd, tmp = tempfile.mkstemp(prefix=f"{_temp_prefix(path)}{os.getpid()}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        if (str(path.parent), path.name) not in _CLEANED:  # once per target and process, not per write
+            remove_stale_temps(path.parent, path.name)
+            _CLEANED.add((str(path.parent), path.name))
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
         os.close(fd)
     except OSError as exc:
         raise OutputError(path, exc.strerror or str(exc)) from exc

@@ -148,12 +148,12 @@ def integer_bit_depth(image: np.ndarray) -> int:
     12-bit camera data stored in uint16 reaches 4095, not 65535; scaling it by the dtype would
     leave the image nearly black.
     """
-    info = np.iinfo(image.dtype)
+    usable = int(np.iinfo(image.dtype).max).bit_length()  # a signed type's sign bit holds no brightness
     top = int(image.max()) if image.size else 0
     for bits in BIT_DEPTHS:
-        if bits >= info.bits or top <= (1 << bits) - 1:
-            return min(bits, info.bits)
-    return info.bits
+        if bits >= usable or top <= (1 << bits) - 1:
+            return min(bits, usable)
+    return usable
 
 
 def to_rgb_float(image: np.ndarray, channels: int = 3, name: str = "image",

@@ -32,7 +32,12 @@ SOURCE_SUMMARY_KEYS = ("data", "steps", "wall_seconds", "best", "finetuned_from"
 
 
 def finetune_config(**changes: Any) -> TrainConfig:
-    """Fine-tuning's settings: a TrainConfig of FINETUNE_SETTINGS with `changes` (any TrainConfig key)."""
+    """Fine-tuning's settings: a TrainConfig of FINETUNE_SETTINGS with `changes` (any TrainConfig key).
+
+    At run time the loss weights (SOURCE_LOSS_SETTINGS) come from the source model's own training,
+    so that fine-tuning optimises what it was trained for; the patch size is capped by the corrected
+    regions and the warm-up by the iterations (finetune_train_config).
+    """
     return TrainConfig.from_dict({**FINETUNE_SETTINGS, **changes})
 
 
