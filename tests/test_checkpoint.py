@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 import napari_cdal
 from napari_cdal.engine.config import PRESETS, ModelConfig
 from napari_cdal.engine.io.checkpoint import (
+    FORMAT_VERSION,
     METADATA_KEY,
     CheckpointError,
     atomic_write,
@@ -67,7 +68,7 @@ def test_save_load_round_trip(tmp_path):
         assert loaded[key] == value
     assert loaded["package_version"] == napari_cdal.__version__
     assert loaded["format"] == "napari-cdal"
-    assert loaded["format_version"] == 1
+    assert loaded["format_version"] == FORMAT_VERSION == 2
     assert read_metadata(path) == loaded
 
 
