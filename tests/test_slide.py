@@ -113,8 +113,8 @@ def test_segment_takes_large_images_through_the_slide_path(capsys, monkeypatch, 
         assert tif.is_bigtiff and tif.pages[0].is_tiled and tif.asarray().max() > 50
     code, _, err = run(capsys, "segment", path, "--model", tiny_model_file, "--out", out)
     assert code == 1 and "slide_labels.tif already exists" in err
-    code, _, err = run(capsys, "segment", path, "--model", tiny_model_file, "--out", tmp_path / "o2", "--geojson")
-    assert code == 1 and "leave out --geojson" in err
+    code, _, err = run(capsys, "segment", path, "--model", tiny_model_file, "--out", tmp_path / "o2", "--save-steps")
+    assert code == 1 and "leave out --save-steps" in err
 
 
 def test_slide_flag_takes_any_image_through_the_slide_path(capsys, tiny_model_file, blob_images, tmp_path):
@@ -125,3 +125,33 @@ def test_slide_flag_takes_any_image_through_the_slide_path(capsys, tiny_model_fi
                             out, "--slide")
     assert code == 0, err
     assert " blocks at 0.5 µm/px" in stdout and files_in(out) == ["tile_labels.tif", "tile_labels.zarr"]
+
+
+def test_slide_geojson_and_csv_agree_with_the_stitched_labels(capsys, tiny_model_file, mosaic, tmp_path):
+    import csv
+    import json
+
+    from conftest import files_in, run
+
+    path, _ = mosaic
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "segment", path, "--model", tiny_model_file, "--out", out, "--slide", "--samples",
+                       "2", "--geojson", "--measurements")
+    assert code == 0, err
+    assert files_in(out) == ["slide_labels.tif", "slide_labels.zarr", "slide_nuclei.csv", "slide_nuclei.geojson"]
+    labels = tifffile.imread(out / "slide_labels.tif")
+    present = set(np.unique(labels[labels > 0]).tolist())
+    rows = list(csv.DictReader((out / "slide_nuclei.csv").read_text().splitlines()))
+    features = json.loads((out / "slide_nuclei.geojson").read_text())["features"]
+    assert {int(row["id"]) for row in rows} == present == {f["properties"]["id"] for f in features}
+    assert len(rows) == len(features) == len(present), "each nucleus once"
+    for row in rows:  # areas and centroids in slide coordinates, as in the stitched labels
+        mask = labels == int(row["id"])
+        assert float(row["area_um2"]) == pytest.approx(mask.sum() * MPP * MPP, abs=1e-3)
+        ys, xs = np.nonzero(mask)
+        assert float(row["centroid_x_px"]) == pytest.approx(xs.mean(), abs=1e-3)
+        assert float(row["centroid_y_um"]) == pytest.approx(ys.mean() * MPP, abs=1e-3)
+    first = next(f for f in features if f["properties"]["id"] == int(rows[-1]["id"]))
+    ring = np.array(first["geometry"]["coordinates"][0])
+    ys, xs = np.nonzero(labels == int(rows[-1]["id"]))
+    assert xs.min() <= ring[:, 0].mean() <= xs.max() + 1 and ys.min() <= ring[:, 1].mean() <= ys.max() + 1

@@ -64,16 +64,19 @@ def _segment_slide(args: argparse.Namespace, model: Any, path: Path, files: dict
                    samples: int) -> None:
     """One slide through engine.slide: labels into <stem>_labels.zarr (resumable), then a tiled BigTIFF."""
     from napari_cdal.engine.checks import check_mpp
+    from napari_cdal.engine.io.detections import csv_text, feature_collection_text, write_text
     from napari_cdal.engine.slide.source import open_slide
-    from napari_cdal.engine.slide.stitch import labels_tiff, segment_slide
+    from napari_cdal.engine.slide.stitch import labels_tiff, segment_slide, slide_detections
 
     with open_slide(path) as source:
         typed = "--mpp" in getattr(args, "typed_options", ())
         mpp = args.mpp if typed or source.mpp is None else check_mpp(source.mpp, "the slide's µm/px")
         bar = common.progress(0, path.name, "block")
         result = None
+        detections = "geojson" in files or "measurements" in files
         for event in segment_slide(model, source, files["store"], mpp, sampling_steps=sampling_steps,
-                                   samples=samples, seed=args.seed, threshold=args.threshold):
+                                   samples=samples, seed=args.seed, threshold=args.threshold,
+                                   detections=detections):
             if event.stage == "done":
                 result = event.payload
             else:
@@ -81,6 +84,12 @@ def _segment_slide(args: argparse.Namespace, model: Any, path: Path, files: dict
                 bar.refresh()
         bar.close()
     labels_tiff(result.store, files["labels"])
+    if detections:
+        features, table = slide_detections(result.store)
+        if "geojson" in files:
+            write_text(files["geojson"], feature_collection_text(features))
+        if "measurements" in files:
+            write_text(files["measurements"], csv_text(table))
     print(f"{path.name}: {result.n_nuclei} nuclei in {result.blocks} blocks at {mpp:g} µm/px, "
           f"{result.seconds:.1f} s -> {files['labels']} (and {files['store'].name})")
 
@@ -117,10 +126,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     slides = [path for path in images if _is_slide(path, sizes[path], args.slide)]
     for path in slides:
         extra = ["--" + flag.replace("_", "-") for kind, flag, _ in SEGMENT_OUTPUTS if kind in outputs[path]
-                 and kind != "labels"]
+                 and kind in ("steps", "attention", "uncertainty")]
         if extra:
-            raise CliError(f"{path} is segmented as a whole slide, which writes only its labels for now; "
-                           f"leave out {' '.join(extra)}")
+            raise CliError(f"{path} is segmented as a whole slide, which writes labels, GeoJSON and CSV but no "
+                           f"per-pixel maps; leave out {' '.join(extra)}")
         outputs[path]["store"] = out / f"{path.stem}_labels.zarr"  # resumable: an existing store goes on
     check_new_outputs([file for files in outputs.values() for kind, file in files.items() if kind != "store"],
                       args.overwrite)

@@ -39,12 +39,13 @@ def _rings(mask: np.ndarray, row0: int, col0: int) -> list[list[list[float]]]:
 
 
 def labels_to_geojson(labels: np.ndarray, measurements: dict[str, np.ndarray] | None = None,
-                      object_type: str = "annotation") -> dict[str, Any]:
+                      object_type: str = "annotation", offset: tuple[int, int] = (0, 0)) -> dict[str, Any]:
     """A GeoJSON FeatureCollection with one Polygon (MultiPolygon if split) per nonzero id.
 
     `object_type` is QuPath's: "detection" (light, for thousands of nuclei) or "annotation".
     `measurements` (columns with an "id" column, as nucleus_measurements gives) become each
-    feature's `measurements` object, matched by id; NaN values are left out.
+    feature's `measurements` object, matched by id; NaN values are left out. `offset` (row, column)
+    places a crop in the whole image (a slide's block).
     """
     from scipy import ndimage
 
@@ -67,7 +68,7 @@ def labels_to_geojson(labels: np.ndarray, measurements: dict[str, np.ndarray] | 
         if box is None:
             continue
         padded = np.pad(sequential[box] == index + 1, 1)
-        rings = _rings(padded, box[0].start - 1, box[1].start - 1)
+        rings = _rings(padded, box[0].start - 1 + offset[0], box[1].start - 1 + offset[1])
         if len(rings) == 1:
             geometry = {"type": "Polygon", "coordinates": rings}
         else:
@@ -78,6 +79,11 @@ def labels_to_geojson(labels: np.ndarray, measurements: dict[str, np.ndarray] | 
             properties["measurements"] = rows[ident]
         features.append({"type": "Feature", "geometry": geometry, "properties": properties})
     return {"type": "FeatureCollection", "features": features}
+
+
+def feature_collection_text(features: list[dict[str, Any]]) -> str:
+    """GeoJSON features as the text of one FeatureCollection file."""
+    return json.dumps({"type": "FeatureCollection", "features": features})
 
 
 def geojson_text(labels: np.ndarray, measurements: dict[str, np.ndarray] | None = None,

@@ -11,6 +11,7 @@ slide's size.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Generator
@@ -36,6 +37,9 @@ HALO_UM = 32.0
 
 CHUNK_PX = 1024
 """Side of a chunk of the labels store."""
+
+DETECTIONS_FOLDER = "detections"
+"""Where in the store each block keeps its nuclei's polygons and measurements."""
 
 
 @dataclass
@@ -81,18 +85,58 @@ def _owned(local: np.ndarray, region: Box, core: Box) -> np.ndarray:
     return np.nan_to_num((cy >= y0) & (cy < y1) & (cx >= x0) & (cx < x1), nan=0).astype(bool)
 
 
+def _block_detections(store: Path, index: int) -> Path:
+    return store / DETECTIONS_FOLDER / f"block_{index:06d}.json"
+
+
+def _save_detections(store: Path, index: int, written: np.ndarray, pixels: np.ndarray, region: Box,
+                     image_mpp: float, uncertainty: np.ndarray | None) -> None:
+    """The polygons and measurements of the nuclei one block wrote, in slide coordinates, atomically."""
+    from napari_cdal.engine.io.detections import labels_to_geojson, write_text
+    from napari_cdal.engine.io.images import to_rgb_float
+    from napari_cdal.engine.segment.measurements import nucleus_measurements
+
+    table = nucleus_measurements(written, to_rgb_float(pixels, 3), image_mpp, uncertainty)
+    for axis, start in (("y", region[0]), ("x", region[2])):
+        table[f"centroid_{axis}_px"] = table[f"centroid_{axis}_px"] + start
+        table[f"centroid_{axis}_um"] = table[f"centroid_{axis}_px"] * image_mpp
+    features = labels_to_geojson(written, table, "detection", offset=(region[0], region[2]))["features"]
+    rows = {name: [None if isinstance(v, float) and math.isnan(v) else v for v in np.asarray(column).tolist()]
+            for name, column in table.items()}
+    path = _block_detections(store, index)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, json.dumps({"features": features, "rows": rows}))
+
+
+def slide_detections(store: str | Path) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """Every block's detections, in block order: GeoJSON features and one table (the CSV's columns)."""
+    files = sorted((Path(store) / DETECTIONS_FOLDER).glob("block_*.json"))
+    features: list[dict[str, Any]] = []
+    columns: dict[str, list[Any]] = {}
+    for path in files:
+        part = json.loads(path.read_text())
+        features += part["features"]
+        for name, values in part["rows"].items():
+            columns.setdefault(name, []).extend(values)
+    table = {name: np.array([np.nan if v is None else v for v in values],
+                            dtype=np.int64 if name == "id" else np.float64) for name, values in columns.items()}
+    return features, table
+
+
 def segment_slide(model: CdalModel, source: SlideSource, store: str | Path, image_mpp: float,
                   block: int = BLOCK_PX, halo_um: float = HALO_UM, sampling_steps: int | None = None,
-                  samples: int | None = None, seed: int = 0,
-                  threshold: float = DEFAULT_THRESHOLD) -> Generator[Progress, None, None]:
+                  samples: int | None = None, seed: int = 0, threshold: float = DEFAULT_THRESHOLD,
+                  detections: bool = False) -> Generator[Progress, None, None]:
     """Segment a slide into a zarr labels store; yields Progress('block', i, n, box) per block, then 'done'.
 
     Ids are global (1..N in the order blocks are done). Block i is sampled with seed + i, so a
-    run, or a resumed one, repeats exactly.
+    run, or a resumed one, repeats exactly. With `detections`, each block also saves its nuclei's
+    polygons and measurements in the store (slide_detections gathers them), before it counts as done.
     """
     store = Path(store)
     settings = {"block": block, "halo_um": halo_um, "sampling_steps": sampling_steps, "samples": samples,
-                "seed": seed, "threshold": threshold, "image_mpp": image_mpp, "model": Path(model.source).name}
+                "seed": seed, "threshold": threshold, "image_mpp": image_mpp, "model": Path(model.source).name,
+                "detections": detections}
     started = time.perf_counter()
     labels = _open_store(store, (source.height, source.width), settings)
     done = set(labels.attrs["done"])
@@ -116,6 +160,9 @@ def segment_slide(model: CdalModel, source: SlideSource, store: str | Path, imag
             free = (window == 0) & (mapped > 0)
             window[free] = mapped[free]
             labels[ry0:ry1, rx0:rx1] = window
+            if detections:
+                _save_detections(store, index, np.where(free, mapped, 0), pixels, region, image_mpp,
+                                 result.uncertainty)
             next_id += int(owned.sum())
             done.add(index)
             labels.attrs.update(done=sorted(done), next_id=next_id)
