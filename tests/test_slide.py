@@ -155,3 +155,52 @@ def test_slide_geojson_and_csv_agree_with_the_stitched_labels(capsys, tiny_model
     ring = np.array(first["geometry"]["coordinates"][0])
     ys, xs = np.nonzero(labels == int(rows[-1]["id"]))
     assert xs.min() <= ring[:, 0].mean() <= xs.max() + 1 and ys.min() <= ring[:, 1].mean() <= ys.max() + 1
+
+
+@pytest.fixture()
+def two_workers():
+    """A real dask.distributed cluster of two worker processes (one thread each), closed afterwards."""
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    client = distributed.Client(cluster)
+    yield client, cluster
+    client.close()
+    cluster.close()
+
+
+def test_blocks_on_a_dask_cluster_give_the_local_nuclei_even_when_a_worker_dies(trained_tiny, tiny_model_file,
+                                                                                 mosaic, tmp_path, two_workers):
+    import zarr
+
+    from napari_cdal.engine.method.model import load_model
+
+    client, cluster = two_workers
+    model = load_model(tiny_model_file)
+    path, _ = mosaic
+    local = _run(model, path, tmp_path / "local.zarr")
+    with open_slide(path) as source:
+        events = segment_slide(model, source, tmp_path / "cluster.zarr", MPP, block=BLOCK, halo_um=HALO_UM,
+                               client=client)
+        next(events)  # the first block is written: now one worker dies with the rest in flight
+        victim = next(iter(cluster.workers.values()))
+        victim.process.process.kill()
+        result = run_to_end(events)
+    assert zarr.open_array(result.store, mode="r").attrs["done"] == list(range(9))
+    here = np.asarray(zarr.open_array(local.store, mode="r")[:])
+    there = np.asarray(zarr.open_array(result.store, mode="r")[:])
+    assert result.n_nuclei == local.n_nuclei and aggregated_jaccard_index(there, here) > 0.99
+    for ident in np.unique(there[there > 0]):
+        assert ndi.label(there == ident)[1] == 1
+
+
+def test_segment_workers_runs_a_local_cluster(capsys, tiny_model_file, mosaic, tmp_path):
+    pytest.importorskip("distributed")
+    from conftest import files_in, run
+
+    path, _ = mosaic
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, "segment", path, "--model", tiny_model_file, "--out", out, "--workers", "2",
+                            "--measurements")
+    assert code == 0, err
+    assert " blocks at 0.5 µm/px" in stdout
+    assert files_in(out) == ["slide_labels.tif", "slide_labels.zarr", "slide_nuclei.csv"]

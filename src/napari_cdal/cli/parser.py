@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slide", action="store_true",
                    help="segment every image as a whole slide: block by block with bounded memory, labels in a "
                         "resumable <stem>_labels.zarr (default: only .svs/.ndpi and images of 4096 x 4096 or more)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="segment slides on a local Dask cluster of N worker processes (implies --slide)")
+    p.add_argument("--scheduler", default=None,
+                   help="segment slides on a running Dask cluster, e.g. tcp://host:8786 (implies --slide); its "
+                        "workers must see the model and slide files at the same paths")
     p.add_argument("--overwrite", action="store_true",
                    help="replace output files that exist already (default: refuse, and write nothing)")
     _add_runtime(p)

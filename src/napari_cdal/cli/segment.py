@@ -56,12 +56,24 @@ SLIDE_MIN_PIXELS = 4096 * 4096
 """From this size on (or for .svs/.ndpi), an image is segmented as a slide: block by block, memory bounded."""
 
 
+def _dask_client(args: argparse.Namespace) -> Any:
+    """A dask.distributed client: on --scheduler's cluster, or a local one of --workers processes; else None."""
+    if not args.scheduler and not args.workers:
+        return None
+    from distributed import Client, LocalCluster
+
+    if args.scheduler:
+        return Client(args.scheduler, timeout="20s")
+    return Client(LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None))
+
+
 def _is_slide(path: Path, size: tuple[int, int], forced: bool) -> bool:
     return forced or path.suffix.lower() in (".svs", ".ndpi") or size[0] * size[1] >= SLIDE_MIN_PIXELS
 
 
 def _segment_slide(args: argparse.Namespace, model: Any, path: Path, files: dict[str, Path], sampling_steps: int,
-                   samples: int) -> None:
+                   samples: int, client: Any) -> None:
     """One slide through engine.slide: labels into <stem>_labels.zarr (resumable), then a tiled BigTIFF."""
     from napari_cdal.engine.checks import check_mpp
     from napari_cdal.engine.io.detections import csv_text, feature_collection_text, write_text
@@ -76,7 +88,7 @@ def _segment_slide(args: argparse.Namespace, model: Any, path: Path, files: dict
         detections = "geojson" in files or "measurements" in files
         for event in segment_slide(model, source, files["store"], mpp, sampling_steps=sampling_steps,
                                    samples=samples, seed=args.seed, threshold=args.threshold,
-                                   detections=detections):
+                                   detections=detections, client=client):
             if event.stage == "done":
                 result = event.payload
             else:
@@ -102,9 +114,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         check_output_folder,
         segment_peak_bytes,
     )
-    from napari_cdal.engine.events import run_to_end
-    from napari_cdal.engine.io.images import ImageError, plane_size, read_header, read_image
-    from napari_cdal.engine.segment.image import segment_image
+    from napari_cdal.engine.io.images import plane_size, read_header
 
     common.check_runtime(args)
     images = [Path(p) for p in args.images]
@@ -123,7 +133,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         sizes[path] = plane_size(read_header(path), str(path))
     out = check_output_folder(args.out)
     outputs = {path: _segment_outputs(args, out, path.stem) for path in images}
-    slides = [path for path in images if _is_slide(path, sizes[path], args.slide)]
+    on_cluster = bool(args.workers or args.scheduler)
+    slides = [path for path in images if _is_slide(path, sizes[path], args.slide or on_cluster)]
     for path in slides:
         extra = ["--" + flag.replace("_", "-") for kind, flag, _ in SEGMENT_OUTPUTS if kind in outputs[path]
                  and kind in ("steps", "attention", "uncertainty")]
@@ -149,9 +160,26 @@ def cmd_segment(args: argparse.Namespace) -> int:
             continue
         check_memory(segment_peak_bytes(*sizes[path], args.mpp, model.config, steps, samples, want_maps,
                                         args.save_attention), f"{path} ({sizes[path][0]} x {sizes[path][1]} px)")
+    client = _dask_client(args) if slides else None
+    try:
+        _segment_all(args, model, images, slides, outputs, steps, samples, want_maps, client)
+    finally:
+        if client is not None:
+            client.close()
+    return 0
+
+
+def _segment_all(args: argparse.Namespace, model: Any, images: list[Path], slides: list[Path],
+                 outputs: dict[Path, dict[str, Path]], steps: int, samples: int, want_maps: bool,
+                 client: Any) -> None:
+    """Each image in turn: a slide through engine.slide (on the cluster if any), a tile in memory."""
+    from napari_cdal.engine.events import run_to_end
+    from napari_cdal.engine.io.images import ImageError, read_image
+    from napari_cdal.engine.segment.image import segment_image
+
     for path in images:
         if path in slides:
-            _segment_slide(args, model, path, outputs[path], steps, samples)
+            _segment_slide(args, model, path, outputs[path], steps, samples, client)
             continue
         pixels = read_image(path)
         bars: list[Any] = []  # opened at the first step, so a rejected image leaves only the error line
@@ -175,4 +203,3 @@ def cmd_segment(args: argparse.Namespace) -> int:
         _write_outputs(outputs[path], result, pixels, args.mpp)
         print(f"{path.name}: {result.n_nuclei} nuclei, mean area {result.mean_area_px():.0f} px, "
               f"{result.seconds:.1f} s -> {outputs[path]['labels']}")
-    return 0

@@ -11,6 +11,7 @@ slide's size.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -123,15 +124,80 @@ def slide_detections(store: str | Path) -> tuple[list[dict[str, Any]], dict[str,
     return features, table
 
 
+@dataclass
+class BlockSegmentation:
+    """What one block's segmentation hands back: its local labels, their ownership, its pixels and map."""
+
+    index: int
+    region: Box
+    labels: np.ndarray
+    owned: np.ndarray
+    pixels: np.ndarray | None
+    uncertainty: np.ndarray | None
+
+
+@functools.lru_cache(maxsize=2)
+def _worker_model(path: str) -> CdalModel:
+    """A model loaded once per worker process (tasks carry the file's path, never the weights)."""
+    from napari_cdal.engine.method.model import load_model
+
+    return load_model(path)
+
+
+def segment_block(model: CdalModel | str, slide: SlideSource | str | Path, index: int, core: Box, halo: int,
+                  image_mpp: float, sampling_steps: int | None, samples: int | None, seed: int, threshold: float,
+                  keep_pixels: bool) -> BlockSegmentation:
+    """Segment one block with its halo; a Dask task when `model` and `slide` are given as file paths."""
+    from napari_cdal.engine.slide.source import open_slide
+
+    if isinstance(model, str):
+        model = _worker_model(model)
+    source = open_slide(slide) if not isinstance(slide, SlideSource) else slide
+    try:
+        y0, y1, x0, x1 = core
+        region = (max(0, y0 - halo), min(source.height, y1 + halo), max(0, x0 - halo), min(source.width, x1 + halo))
+        pixels = source.read(*region)
+    finally:
+        if source is not slide:
+            source.close()
+    result = run_to_end(segment_image(model, pixels, image_mpp=image_mpp, sampling_steps=sampling_steps,
+                                      samples=samples, seed=seed + index, threshold=threshold,
+                                      keep_steps=False, with_attention=False))
+    return BlockSegmentation(index, region, result.labels, _owned(result.labels, region, core),
+                             pixels if keep_pixels else None, result.uncertainty)
+
+
+def _commit(labels: Any, store: Path, block: BlockSegmentation, next_id: int, image_mpp: float,
+            detections: bool) -> int:
+    """Write a block's owned nuclei under global ids where no earlier nucleus lies; returns the next free id."""
+    owned = block.owned
+    lut = np.zeros(owned.size + 1, dtype=np.uint32)
+    lut[1:][owned] = np.arange(next_id, next_id + int(owned.sum()), dtype=np.uint32)
+    mapped = lut[block.labels]
+    ry0, ry1, rx0, rx1 = block.region
+    window = np.asarray(labels[ry0:ry1, rx0:rx1])
+    free = (window == 0) & (mapped > 0)
+    window[free] = mapped[free]
+    labels[ry0:ry1, rx0:rx1] = window
+    if detections:
+        _save_detections(store, block.index, np.where(free, mapped, 0), block.pixels, block.region, image_mpp,
+                         block.uncertainty)
+    return next_id + int(owned.sum())
+
+
 def segment_slide(model: CdalModel, source: SlideSource, store: str | Path, image_mpp: float,
                   block: int = BLOCK_PX, halo_um: float = HALO_UM, sampling_steps: int | None = None,
                   samples: int | None = None, seed: int = 0, threshold: float = DEFAULT_THRESHOLD,
-                  detections: bool = False) -> Generator[Progress, None, None]:
+                  detections: bool = False, client: Any = None) -> Generator[Progress, None, None]:
     """Segment a slide into a zarr labels store; yields Progress('block', i, n, box) per block, then 'done'.
 
-    Ids are global (1..N in the order blocks are done). Block i is sampled with seed + i, so a
-    run, or a resumed one, repeats exactly. With `detections`, each block also saves its nuclei's
-    polygons and measurements in the store (slide_detections gathers them), before it counts as done.
+    Ids are global (1..N in block order). Block i is sampled with seed + i, so a run, or a resumed
+    one, repeats exactly, here or on a Dask cluster. With a `client` (dask.distributed) every block
+    not yet done is a task on the cluster (its workers load the model and read the slide from their
+    paths); this process writes the results in block order, so a lost worker only means its tasks
+    run again elsewhere and nothing is half-written. With `detections`, each block also saves its
+    nuclei's polygons and measurements in the store (slide_detections gathers them) before it counts
+    as done.
     """
     store = Path(store)
     settings = {"block": block, "halo_um": halo_um, "sampling_steps": sampling_steps, "samples": samples,
@@ -143,30 +209,25 @@ def segment_slide(model: CdalModel, source: SlideSource, store: str | Path, imag
     next_id = int(labels.attrs["next_id"])
     halo = math.ceil(halo_um / image_mpp)
     cores = block_cores(source.height, source.width, block)
-    for index, core in enumerate(cores):
-        if index not in done:
-            y0, y1, x0, x1 = core
-            region = (max(0, y0 - halo), min(source.height, y1 + halo), max(0, x0 - halo), min(source.width, x1 + halo))
-            pixels = source.read(*region)
-            result = run_to_end(segment_image(model, pixels, image_mpp=image_mpp, sampling_steps=sampling_steps,
-                                              samples=samples, seed=seed + index, threshold=threshold,
-                                              keep_steps=False, with_attention=False))
-            owned = _owned(result.labels, region, core)
-            lut = np.zeros(owned.size + 1, dtype=np.uint32)
-            lut[1:][owned] = np.arange(next_id, next_id + int(owned.sum()), dtype=np.uint32)
-            mapped = lut[result.labels]
-            ry0, ry1, rx0, rx1 = region
-            window = np.asarray(labels[ry0:ry1, rx0:rx1])
-            free = (window == 0) & (mapped > 0)
-            window[free] = mapped[free]
-            labels[ry0:ry1, rx0:rx1] = window
-            if detections:
-                _save_detections(store, index, np.where(free, mapped, 0), pixels, region, image_mpp,
-                                 result.uncertainty)
-            next_id += int(owned.sum())
-            done.add(index)
-            labels.attrs.update(done=sorted(done), next_id=next_id)
-        yield Progress("block", index + 1, len(cores), core)
+    common = (halo, image_mpp, sampling_steps, samples, seed, threshold, detections)
+    futures = {}
+    if client is not None:
+        futures = {index: client.submit(segment_block, str(model.source), str(source.path), index, core, *common,
+                                        key=f"napari-cdal-block-{store.name}-{index}", pure=False)
+                   for index, core in enumerate(cores) if index not in done}
+    try:
+        for index, core in enumerate(cores):
+            if index not in done:
+                result = (futures[index].result() if futures else
+                          segment_block(model, source, index, core, *common))
+                next_id = _commit(labels, store, result, next_id, image_mpp, detections)
+                done.add(index)
+                labels.attrs.update(done=sorted(done), next_id=next_id)
+                futures.pop(index, None)
+            yield Progress("block", index + 1, len(cores), core)
+    finally:  # a cancelled run leaves no work queued on the cluster
+        if futures:
+            client.cancel(list(futures.values()))
     yield Progress("done", len(cores), len(cores),
                    SlideResult(store, next_id - 1, len(cores), time.perf_counter() - started))
 
