@@ -56,16 +56,16 @@ SLIDE_MIN_PIXELS = 4096 * 4096
 """From this size on (or for .svs/.ndpi), an image is segmented as a slide: block by block, memory bounded."""
 
 
-def _dask_client(args: argparse.Namespace) -> Any:
-    """A dask.distributed client: on --scheduler's cluster, or a local one of --workers processes; else None."""
+def _dask_client(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(client, the local cluster it runs on or None): --scheduler's cluster, or one of --workers processes."""
     if not args.scheduler and not args.workers:
-        return None
+        return None, None
     from distributed import Client, LocalCluster
 
     if args.scheduler:
-        return Client(args.scheduler, timeout="20s")
-    return Client(LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None))
+        return Client(args.scheduler, timeout="20s"), None
+    cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    return Client(cluster), cluster
 
 
 def _is_slide(path: Path, size: tuple[int, int], forced: bool) -> bool:
@@ -160,12 +160,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
             continue
         check_memory(segment_peak_bytes(*sizes[path], args.mpp, model.config, steps, samples, want_maps,
                                         args.save_attention), f"{path} ({sizes[path][0]} x {sizes[path][1]} px)")
-    client = _dask_client(args) if slides else None
+    client, cluster = _dask_client(args) if slides else (None, None)
     try:
         _segment_all(args, model, images, slides, outputs, steps, samples, want_maps, client)
     finally:
         if client is not None:
             client.close()
+        if cluster is not None:  # a cluster this command started ends with it
+            cluster.close()
     return 0
 
 
