@@ -54,8 +54,16 @@ def _check_file(path: Path) -> None:
 
 
 def read_header(path: str | Path) -> ImageHeader:
-    """An image file's shape and dtype from its header alone, so its size is known before reading it."""
-    path = Path(path)
+    """An image file's shape and dtype from its header alone, so its size is known before reading it.
+
+    A cut-off file is named here, before any work: a TIFF's strips must fit in the file, a PNG's
+    chunks are walked (without decoding).
+    """
+    return _parse_header(Path(path), verify=True)
+
+
+def _parse_header(path: Path, verify: bool) -> ImageHeader:
+    """The header; with `verify` a PNG/JPEG is also walked for damage (read_image's decoding finds it anyway)."""
     _check_file(path)
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
@@ -82,11 +90,12 @@ def read_header(path: str | Path) -> ImageHeader:
         raise
     except Exception as exc:  # any parser error means "not an image we can read"
         raise ImageError(f"cannot read {path} as an image ({type(exc).__name__}: {_first_line(exc)})") from exc
-    try:
-        with Image.open(path) as im:
-            im.verify()  # walks the file's chunks without decoding: a cut-off PNG fails here
-    except Exception as exc:
-        raise ImageError(f"{path} is truncated or damaged ({type(exc).__name__}: {_first_line(exc)})") from exc
+    if verify:
+        try:
+            with Image.open(path) as im:
+                im.verify()  # walks the file's chunks without decoding: a cut-off PNG fails here
+        except Exception as exc:
+            raise ImageError(f"{path} is truncated or damaged ({type(exc).__name__}: {_first_line(exc)})") from exc
     dtype = np.dtype(np.uint16 if mode.startswith("I;16") else np.int32 if mode == "I"
                      else np.float32 if mode == "F" else bool if mode == "1" else np.uint8)
     return ImageHeader((height, width) if bands == 1 else (height, width, bands), dtype)
@@ -117,7 +126,7 @@ def _first_line(exc: BaseException) -> str:
 def read_image(path: str | Path) -> np.ndarray:
     """Read a TIFF/PNG/JPEG file into an array, with a one-line error for missing, damaged or cut-off files."""
     path = Path(path)
-    header = read_header(path)
+    header = _parse_header(path, verify=False)  # decoding below finds a damaged PNG: no second walk of it
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
