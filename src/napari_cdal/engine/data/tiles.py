@@ -58,10 +58,6 @@ def _image_path(root: Path, name: str) -> Path:
     )
 
 
-def _read_array(path: Path) -> np.ndarray:
-    return read_image(path)
-
-
 def _to_rgb_uint8(arr: np.ndarray, path: Path) -> np.ndarray:
     """An image as H x W x 3 uint8 through the one normalisation path (io.to_rgb_float); a bool image is 0/255."""
     if arr.dtype == bool:
@@ -70,7 +66,7 @@ def _to_rgb_uint8(arr: np.ndarray, path: Path) -> np.ndarray:
 
 
 def _read_binary(path: Path) -> np.ndarray:
-    mask = _read_array(path)
+    mask = read_image(path)
     if mask.ndim == 3:
         if not all(np.array_equal(mask[..., 0], mask[..., c]) for c in range(1, mask.shape[-1])):
             raise ValueError(
@@ -88,7 +84,7 @@ def _read_binary(path: Path) -> np.ndarray:
 
 
 def _read_instances(path: Path) -> np.ndarray:
-    arr = _read_array(path)
+    arr = read_image(path)
     if arr.ndim != 2:
         raise ValueError(
             f"instance mask {path} has shape {arr.shape}; expected a single-channel HxW label PNG"
@@ -123,7 +119,7 @@ def load_tile(root: str | Path, name: str) -> Tile:
     """
     root = Path(root)
     image_path = _image_path(root, name)
-    image = _to_rgb_uint8(_read_array(image_path), image_path)
+    image = _to_rgb_uint8(read_image(image_path), image_path)
     shape = image.shape[:2]
 
     mask_path = root / "masks" / f"{name}.png"

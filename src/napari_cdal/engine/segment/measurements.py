@@ -61,14 +61,13 @@ def nucleus_measurements(labels: np.ndarray, image: np.ndarray, image_mpp: float
     if labels.ndim != 2 or np.asarray(image).shape[:2] != labels.shape:
         raise ValueError(f"labels {labels.shape} and image {np.asarray(image).shape} must cover the same 2-D grid")
     base = nucleus_features(labels, image_mpp, uncertainty)
-    present = np.bincount(labels.astype(np.int64).ravel(), minlength=len(base["index"]) + 1)[1:] > 0
+    present = base["area_um2"] > 0  # ids below the largest that label no pixel have no row
     ids = base["index"][present]
     shape = regionprops_table(labels.astype(np.int64), properties=("label", "perimeter", "eccentricity", "solidity"))
     order = np.searchsorted(shape["label"], ids)
     haematoxylin = rgb2hed(np.clip(np.asarray(image, np.float64) / 255.0, 0.0, 1.0))[..., 0]
-    flat = labels.astype(np.int64).ravel()
-    od = np.bincount(flat, weights=haematoxylin.ravel(), minlength=len(present) + 1)[1:]
-    area_px = np.bincount(flat, minlength=len(present) + 1)[1:]
+    od_sum = np.bincount(labels.astype(np.int64).ravel(), weights=haematoxylin.ravel(), minlength=len(present) + 1)
+    area_px = base["area_um2"][present] / (image_mpp * image_mpp)
     return {
         "id": ids,
         "centroid_x_px": base["centroid_x"][present],
@@ -79,7 +78,7 @@ def nucleus_measurements(labels: np.ndarray, image: np.ndarray, image_mpp: float
         "perimeter_um": shape["perimeter"][order] * image_mpp,
         "eccentricity": shape["eccentricity"][order],
         "solidity": shape["solidity"][order],
-        "mean_hematoxylin_od": (od / np.maximum(area_px, 1))[present],
+        "mean_hematoxylin_od": od_sum[1:][present] / area_px,
         "mean_uncertainty": base["mean_uncertainty"][present],
     }
 
