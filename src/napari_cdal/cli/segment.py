@@ -106,6 +106,13 @@ def _segment_slide(args: argparse.Namespace, model: Any, path: Path, files: dict
           f"{result.seconds:.1f} s -> {files['labels']} (and {files['store'].name})")
 
 
+def _check_uncertainty_has_samples(args: argparse.Namespace, samples: int) -> None:
+    """--save-uncertainty is refused with fewer than two samples: one sample has no spread."""
+    if args.save_uncertainty and samples < 2:
+        raise CliError(f"--save-uncertainty needs --samples 2 or more (got {samples}): "
+                       "one sample has no spread to measure")
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     """Segment each image and write <stem>_labels.tif (and the optional maps) into --out."""
     from napari_cdal.engine.checks import (
@@ -144,16 +151,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
         outputs[path]["store"] = out / f"{path.stem}_labels.zarr"  # resumable: an existing store goes on
     check_new_outputs([file for files in outputs.values() for kind, file in files.items() if kind != "store"],
                       args.overwrite)
-    if args.save_uncertainty and args.samples is not None and args.samples < 2:
-        raise CliError(f"--save-uncertainty needs --samples 2 or more (got {args.samples}): "
-                       "one sample has no spread to measure")
+    if args.samples is not None:  # known before the model loads
+        _check_uncertainty_has_samples(args, args.samples)
     device = common.setup_torch(args)
     model = common.load_model(args.model, device)
     steps = common.check_sampling_steps(model, args)
     samples = model.config.default_samples if args.samples is None else args.samples
-    if args.save_uncertainty and samples < 2:
-        raise CliError(f"--save-uncertainty needs --samples 2 or more (got {samples}): "
-                       "one sample has no spread to measure")
+    _check_uncertainty_has_samples(args, samples)
     want_maps = args.save_steps or args.save_attention
     for path in images:
         if path in slides:
