@@ -26,11 +26,11 @@ def test_reverse_process_yields_every_step_then_the_maps(trained_tiny, steps) ->
     assert [e.stage for e in events] == ["step"] * steps + ["done"]
     assert [e.index for e in events[:-1]] == list(range(steps))
     for event in events[:-1]:
-        assert event.payload.x0_mean.shape == (2, 60, 60)
-        assert event.payload.attention.shape == (60, 60)
+        assert event.payload.x0_mean.shape == (1, 2, 60, 60)
+        assert event.payload.attention.shape == (1, 60, 60)
     out = events[-1].payload
-    assert out.probability.shape == (2, 60, 60)
-    assert out.uncertainty.shape == (60, 60)
+    assert out.probability.shape == (1, 2, 60, 60)
+    assert out.uncertainty.shape == (1, 60, 60)
     assert 0.0 <= out.probability.min() and out.probability.max() <= 1.0
     assert (out.uncertainty > 0).any()
 

@@ -70,17 +70,19 @@ def _is_model_file(path: Path) -> bool:
 
 
 def list_models(folder: str | Path | None = None) -> list[ModelEntry]:
-    """The bundled model when present, then the *.safetensors models in `folder`, newest first.
+    """The bundled models (the default first), then the *.safetensors models in `folder`, newest first.
 
     `folder` defaults to `model_dir()`; resumable training states (*.state.safetensors) and hidden
     files are skipped, and what a killed save left there is removed (checkpoint.remove_stale_temps).
     """
     from napari_cdal.engine.io.checkpoint import remove_stale_temps
-
     entries: list[ModelEntry] = []
     bundled = bundled_model_file()
     if bundled.is_file():
         entries.append(ModelEntry(bundled.stem, bundled, True))
+    if bundled.parent.is_dir():  # the other bundled models (e.g. cdal_hippocampus) beside the default
+        others = sorted(path for path in bundled.parent.iterdir() if _is_model_file(path) and path != bundled)
+        entries.extend(ModelEntry(path.name[: -len(MODEL_SUFFIX)], path, True) for path in others)
     root = Path(folder) if folder is not None else model_dir()
     if root.is_dir():
         remove_stale_temps(root)

@@ -25,6 +25,19 @@ def _format_table(rows: list[dict[str, Any]], mean: dict[str, Any], seconds: flo
     return "\n".join(lines)
 
 
+def _format_class_table(rows: list[dict[str, Any]], mean: dict[str, Any], seconds: float | None,
+                        class_names: tuple[str, ...]) -> str:
+    """Per-volume Dice and IoU of each class, then the means."""
+    keys = [f"{kind}_{name}" for kind in ("dice", "iou") for name in class_names[1:]]
+    width = max([len("volume")] + [len(r["image"]) for r in rows])
+    head = "".join(f" {key:>{max(8, len(key))}}" for key in keys)
+    lines = [f"{'volume':<{width}}{head}  seconds"]
+    for label, values, secs in [(r["image"], r, r["seconds"]) for r in rows] + [("mean", mean, seconds or 0.0)]:
+        lines.append(f"{label:<{width}}" + "".join(f" {values[key]:>{max(8, len(key))}.3f}" for key in keys)
+                     + f"  {secs:7.1f}")
+    return "\n".join(lines)
+
+
 def _check_results_file(path: str | None) -> None:
     """--json may replace an earlier evaluate result, never another file (a split file, say)."""
     from napari_cdal.engine.checks import check_output_file
@@ -46,8 +59,10 @@ def _check_results_file(path: str | None) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score a model on a MoNuSeg-layout folder; print the table and write the JSON."""
     from napari_cdal.engine.data.tiles import list_tiles, load_folder
+    from napari_cdal.engine.data.volumes import is_volume_folder, list_volumes, load_volume
     from napari_cdal.engine.io.checkpoint import atomic_write
     from napari_cdal.engine.segment.evaluate import evaluate_tiles
+    from napari_cdal.engine.segment.volume import evaluate_volumes
 
     common.check_runtime(args)
     _check_results_file(args.json)
@@ -55,8 +70,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     names = split.get(args.subset) if split else None
     if split and names is None:
         raise CliError(f"split file {args.split} has no list named {args.subset!r}")
+    volumes = is_volume_folder(args.data_dir)
     if names is None:
-        names = list_tiles(args.data_dir)
+        names = list_volumes(args.data_dir) if volumes else list_tiles(args.data_dir)
     if not names:
         where = f"the {args.subset!r} list of {args.split}" if split else f"{Path(args.data_dir) / 'images'}"
         raise CliError(f"no images to score: {where} is empty; a tile folder holds images/<id>.tif "
@@ -64,11 +80,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     device = common.setup_torch(args)
     model = common.load_model(args.model, device)
     steps = common.check_sampling_steps(model, args)
-    tiles = load_folder(args.data_dir, names)
+    if volumes != model.config.is_multiclass:
+        kind = "volumes" if volumes else "2-D tiles"
+        raise CliError(f"{args.data_dir} holds {kind}, which {Path(model.source).name} does not segment; "
+                       + ("give a volume model, e.g. --model cdal_hippocampus" if volumes
+                          else "leave out --model for the bundled H&E model"))
+    if volumes:
+        classes = model.config.label_channels
+        events = evaluate_volumes(model, [load_volume(args.data_dir, name, classes) for name in names],
+                                  sampling_steps=steps, samples=args.samples, seed=args.seed)
+    else:
+        events = evaluate_tiles(model, load_folder(args.data_dir, names), image_mpp=args.mpp,
+                                sampling_steps=steps, samples=args.samples, seed=args.seed,
+                                threshold=args.threshold)
     summary = None
-    with common.progress(len(tiles), "evaluate", "image") as bar:
-        for event in evaluate_tiles(model, tiles, image_mpp=args.mpp, sampling_steps=steps, samples=args.samples,
-                                    seed=args.seed, threshold=args.threshold):
+    with common.progress(len(names), "evaluate", "volume" if volumes else "image") as bar:
+        for event in events:
             if event.stage == "image":
                 bar.update(1)
             else:
@@ -77,7 +104,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     summary["settings"] = {"sampling_steps": steps,
                            "samples": model.config.default_samples if args.samples is None else args.samples,
                            "seed": args.seed, "threshold": args.threshold, "mpp": args.mpp}
-    print(_format_table(summary["per_image"], summary["mean"], summary["seconds_per_image"]))
+    if volumes:
+        print(_format_class_table(summary["per_image"], summary["mean"], summary["seconds_per_image"],
+                                  model.config.class_names))
+    else:
+        print(_format_table(summary["per_image"], summary["mean"], summary["seconds_per_image"]))
     if args.json:
         text = json.dumps(summary, indent=2)
         atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))

@@ -12,18 +12,45 @@ from typing import Any
 from napari_cdal.cli.common import CliError
 
 
+def _what_it_segments(config: dict[str, Any]) -> str:
+    """One phrase for a model list: what a model of this config segments."""
+    names = config.get("class_names") or ()
+    if config.get("label_encoding") == "classes":
+        return "volumes (.nii/.nii.gz), classes " + ", ".join(names[1:])
+    return "H&E nuclei" if config.get("image_channels", 3) == 3 else "grayscale images, binary mask"
+
+
+def list_known_models() -> int:
+    """Print the bundled models (usable by name with --model) and the user's model folder."""
+    from napari_cdal.engine.io.checkpoint import CheckpointError, read_metadata
+    from napari_cdal.models import list_models, model_dir
+
+    print(f"models (give --model a bundled name, or any file; your folder: {model_dir()}):")
+    for entry in list_models():
+        try:
+            config = read_metadata(entry.path).get("model_config", {})
+            what = _what_it_segments(config)
+        except (CheckpointError, OSError) as exc:
+            what = f"unreadable ({exc})"
+        print(f"  {entry.label}: {what} -> {entry.path}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
-    """Print a checkpoint's config and training record."""
+    """Print a checkpoint's config and training record (or, with --list, the models there are)."""
+    if getattr(args, "list", False):
+        return list_known_models()
     import torch
 
     from napari_cdal.engine.config import ModelConfig
     from napari_cdal.engine.io.checkpoint import read_metadata
-    from napari_cdal.engine.method.model import bundled_model_path
+    from napari_cdal.engine.method.model import bundled_models, resolve_model_path
 
-    path = Path(args.model) if args.model else bundled_model_path()
+    path = resolve_model_path(args.model)
     meta = read_metadata(path)
     record = meta.get("record", {})
-    print(f"model: {path}{' (bundled)' if not args.model else ''}")
+    bundled = path in bundled_models().values()
+    print(f"model: {path}{' (bundled)' if bundled else ''}")
     print(f"kind: {meta.get('kind')}, written by napari-cdal {meta.get('package_version')}")
     print("config:")
     config = meta.get("model_config", {})
@@ -40,7 +67,9 @@ def cmd_info(args: argparse.Namespace) -> int:
             print(f"  {key}: {record[key]}")
     if record.get("validation"):
         print("  validation: " + "; ".join(
-            f"step {v['step']}: dice {v.get('dice', 0):.3f} aji {v.get('aji') or 0:.3f}" for v in record["validation"]))
+            f"step {v['step']}: " + ", ".join(f"{key} {value:.3f}" for key, value in v.items()
+                                                if key != "step" and isinstance(value, float))
+            for v in record["validation"]))
     print(f"torch {torch.__version__}; CUDA available: {torch.cuda.is_available()}")
     if args.json:
         print(json.dumps(meta, indent=2))

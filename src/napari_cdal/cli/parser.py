@@ -26,7 +26,9 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
 
 
 def _add_sampling(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="model file (.safetensors) to use (default: the bundled model)")
+    p.add_argument("--model", default=None,
+                   help="model file (.safetensors) or bundled model name (napari-cdal info --list), e.g. "
+                        "cdal_hippocampus for .nii.gz volumes (default: the bundled H&E model, cdal_monuseg)")
     p.add_argument("--sampling-steps", "--steps", dest="sampling_steps", type=int, default=None,
                    help="denoising steps the mask forms in, at most the model's diffusion steps T; fewer is "
                         "faster (default: the model's own choice; the bundled model: 2)")
@@ -51,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("segment", help="segment images into nuclei: one id per nucleus",
                        description="Segment each image; write <stem>_labels.tif (0 = background, one id per "
                                    "nucleus) and, when asked, the maps behind it into --out.")
-    p.add_argument("images", nargs="*", help="image files (TIFF, PNG, JPEG)")
+    p.add_argument("images", nargs="*",
+                   help="image files (TIFF, PNG, JPEG, slides), or NIfTI volumes (.nii/.nii.gz) with a volume "
+                        "model such as --model cdal_hippocampus: they give <stem>_labels.nii.gz")
     p.add_argument("--sample", action="store_true", help="also segment the bundled MoNuSeg sample tile")
     p.add_argument("--out", required=True, help="output folder (made if missing)")
     _add_sampling(p)
@@ -124,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files (TIFF, PNG, JPEG)")
     p.add_argument("--masks", nargs="+", required=True,
                    help="one corrected mask per image, same size: instance ids or binary (0 = background)")
-    p.add_argument("--model", default=None, help="model to start from (.safetensors); default: the bundled model")
+    p.add_argument("--model", default=None,
+                   help="model to start from (.safetensors, or a bundled name); default: the bundled H&E model")
     p.add_argument("--out", required=True, help="new model file to write (.safetensors); never replaces a file")
     p.add_argument("--iterations", "--steps", dest="iterations", type=int, default=None,
                    help=f"training iterations (default: {FINETUNE_SETTINGS['iterations']})")
@@ -137,8 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime(p)
     p.set_defaults(func=cmd_finetune)
 
-    p = sub.add_parser("info", help="print a model's settings and training record")
-    p.add_argument("--model", default=None, help="model file; default: the bundled model")
+    p = sub.add_parser("info", help="print a model's settings and training record, or list the models")
+    p.add_argument("--model", default=None, help="model file or bundled name; default: the bundled H&E model")
+    p.add_argument("--list", action="store_true", help="list the bundled models (by name) and your own")
     p.add_argument("--json", action="store_true", help="also print the whole metadata as JSON")
     p.set_defaults(func=cmd_info)
 

@@ -106,6 +106,62 @@ def _segment_slide(args: argparse.Namespace, model: Any, path: Path, files: dict
           f"{result.seconds:.1f} s -> {files['labels']} (and {files['store'].name})")
 
 
+VOLUME_OUTPUTS = (("labels", True, "_labels.nii.gz"), ("steps", "save_steps", "_steps.nii.gz"),
+                  ("attention", "save_attention", "_attention.nii.gz"),
+                  ("uncertainty", "save_uncertainty", "_uncertainty.nii.gz"))
+"""What segment writes per volume, NIfTI with the input's affine: <stem><suffix>, always or when asked."""
+
+
+def _volume_outputs(args: argparse.Namespace, out: Path, stem: str) -> dict[str, Path]:
+    if args.geojson or args.measurements:
+        raise CliError("--geojson and --measurements describe nuclei of 2-D images; a volume gets "
+                       "<stem>_labels.nii.gz (and, when asked, its step, attention and uncertainty maps)")
+    return {kind: out / f"{stem}{suffix}" for kind, flag, suffix in VOLUME_OUTPUTS
+            if flag is True or getattr(args, flag)}
+
+
+def _check_model_fits(model: Any, volumes: list[Path], images: list[Path]) -> None:
+    """A volume needs a model of classes and a 2-D image a nucleus model: say which, before any work."""
+    name = Path(model.source).name
+    if volumes and not model.config.is_multiclass:
+        raise CliError(f"{volumes[0]} is a volume, but {name} segments 2-D images; give a volume model, "
+                       "e.g. --model cdal_hippocampus (napari-cdal info --list)")
+    if model.config.is_multiclass and len(images) > len(volumes):
+        flat = next(path for path in images if path not in volumes)
+        raise CliError(f"{name} segments volumes (.nii/.nii.gz), not the 2-D image {flat}; leave out --model "
+                       "for the bundled H&E model")
+
+
+def _segment_volume_file(args: argparse.Namespace, model: Any, path: Path, files: dict[str, Path],
+                         sampling_steps: int, samples: int) -> None:
+    """One NIfTI volume through engine.segment.volume; every output keeps the input's shape and affine."""
+    from napari_cdal.engine.events import run_to_end
+    from napari_cdal.engine.io.volumes import read_volume, write_volume
+    from napari_cdal.engine.segment.volume import segment_volume
+
+    volume = read_volume(path)
+    bar = common.progress(0, path.name, "slice")
+
+    def show(event: Any) -> None:
+        bar.total, bar.n = event.total, event.index
+        bar.refresh()
+
+    try:
+        result = run_to_end(segment_volume(model, volume.data, sampling_steps, samples, args.seed,
+                                           keep_steps=args.save_steps or args.save_attention,
+                                           with_attention=args.save_attention), show)
+    finally:
+        bar.close()
+    maps = {"labels": result.labels, "uncertainty": result.uncertainty,
+            "steps": None if result.steps is None else result.steps.transpose(1, 2, 3, 0),
+            "attention": None if result.attention is None else result.attention.transpose(1, 2, 3, 0)}
+    for kind, file in files.items():
+        write_volume(file, maps[kind], volume.affine)
+    counts = {name: int((result.labels == value).sum()) for value, name in enumerate(model.config.class_names)}
+    found = ", ".join(f"{name} {count} voxels" for name, count in list(counts.items())[1:])
+    print(f"{path.name}: {found}, {result.seconds:.1f} s -> {files['labels']}")
+
+
 def _check_uncertainty_has_samples(args: argparse.Namespace, samples: int) -> None:
     """--save-uncertainty is refused with fewer than two samples: one sample has no spread."""
     if args.save_uncertainty and samples < 2:
@@ -122,6 +178,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         segment_peak_bytes,
     )
     from napari_cdal.engine.io.images import plane_size, read_header
+    from napari_cdal.engine.io.volumes import is_volume_path, read_volume_header, volume_stem
 
     common.check_runtime(args)
     images = [Path(p) for p in args.images]
@@ -133,15 +190,22 @@ def cmd_segment(args: argparse.Namespace) -> int:
         raise CliError("give at least one image file, or --sample for the bundled MoNuSeg tile")
     stems: dict[str, Path] = {}
     sizes: dict[Path, tuple[int, int]] = {}
+    volumes = [path for path in images if is_volume_path(path)]
     for path in images:
-        if path.stem in stems:
-            raise CliError(f"{stems[path.stem]} and {path} would both write {path.stem}_labels.tif; rename one")
-        stems[path.stem] = path
-        sizes[path] = plane_size(read_header(path), str(path))
+        stem = volume_stem(path) if path in volumes else path.stem
+        if stem in stems:
+            written = f"{stem}_labels.nii.gz" if path in volumes else f"{stem}_labels.tif"
+            raise CliError(f"{stems[stem]} and {path} would both write {written}; rename one")
+        stems[stem] = path
+        if path in volumes:
+            read_volume_header(path)
+        else:
+            sizes[path] = plane_size(read_header(path), str(path))
     out = check_output_folder(args.out)
-    outputs = {path: _segment_outputs(args, out, path.stem) for path in images}
+    outputs = {path: _volume_outputs(args, out, volume_stem(path)) if path in volumes
+               else _segment_outputs(args, out, path.stem) for path in images}
     on_cluster = bool(args.workers or args.scheduler)
-    slides = [path for path in images if _is_slide(path, sizes[path], args.slide or on_cluster)]
+    slides = [path for path in images if path not in volumes and _is_slide(path, sizes[path], args.slide or on_cluster)]
     for path in slides:
         extra = ["--" + flag.replace("_", "-") for kind, flag, _ in SEGMENT_OUTPUTS if kind in outputs[path]
                  and kind in ("steps", "attention", "uncertainty")]
@@ -155,12 +219,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
         _check_uncertainty_has_samples(args, args.samples)
     device = common.setup_torch(args)
     model = common.load_model(args.model, device)
+    _check_model_fits(model, volumes, images)
     steps = common.check_sampling_steps(model, args)
     samples = model.config.default_samples if args.samples is None else args.samples
     _check_uncertainty_has_samples(args, samples)
     want_maps = args.save_steps or args.save_attention
     for path in images:
-        if path in slides:
+        if path in slides or path in volumes:
             continue
         check_memory(segment_peak_bytes(*sizes[path], args.mpp, model.config, steps, samples, want_maps,
                                         args.save_attention), f"{path} ({sizes[path][0]} x {sizes[path][1]} px)")
@@ -186,6 +251,9 @@ def _segment_all(args: argparse.Namespace, model: Any, images: list[Path], slide
     for path in images:
         if path in slides:
             _segment_slide(args, model, path, outputs[path], steps, samples, client)
+            continue
+        if path.name.lower().endswith((".nii", ".nii.gz")):
+            _segment_volume_file(args, model, path, outputs[path], steps, samples)
             continue
         pixels = read_image(path)
         bars: list[Any] = []  # opened at the first step, so a rejected image leaves only the error line

@@ -25,7 +25,10 @@ and every sample as one ensemble."""
 LABEL_ENCODINGS = {
     "foreground": ("foreground",),
     "foreground_core": ("foreground", "core"),
+    "classes": (),
 }
+"""What the generator's label channels mean: a nucleus mask (and its cores, the watershed's
+markers), or one-hot classes (`class_names`, background first) whose argmax is the label."""
 
 
 @dataclass(frozen=True)
@@ -61,10 +64,35 @@ class ModelConfig:
     attention_display: str = "channel_mean"
     uncertainty_measure: str = "std"
     default_samples: int = 1
+    class_names: tuple[str, ...] = ()
+    """With label_encoding "classes": one name per label value, background (0) first."""
+    intensity_percentiles: tuple[float, ...] = ()
+    """Grayscale images: the per-image (per-volume) percentiles stretched to 0..255 before the
+    mean/std standardisation; empty keeps the 0..255 scale of H&E."""
+    context_slices: int = 0
+    """Volumes: neighbouring slices on each side given as extra input channels (2.5D)."""
+    slice_axis: int = 0
+    """Volumes: the axis a volume is cut along into the 2-D slices the networks see."""
 
     def __post_init__(self) -> None:
-        if self.image_channels not in (1, 3):
-            raise ValueError(f"image_channels must be 1 or 3, got {self.image_channels}")
+        if not isinstance(self.image_channels, int) or self.image_channels < 1:
+            raise ValueError(f"image_channels must be an integer >= 1, got {self.image_channels!r}")
+        if self.label_encoding == "classes" and len(self.class_names) < 2:
+            raise ValueError("label_encoding 'classes' needs class_names, at least two, background first")
+        if self.label_encoding != "classes" and self.class_names:
+            raise ValueError("class_names belong to label_encoding 'classes'")
+        if self.intensity_percentiles and not (
+                len(self.intensity_percentiles) == 2
+                and 0.0 <= self.intensity_percentiles[0] < self.intensity_percentiles[1] <= 100.0):
+            raise ValueError("intensity_percentiles must be two numbers 0 <= low < high <= 100, got "
+                             f"{self.intensity_percentiles!r}")
+        if not isinstance(self.context_slices, int) or self.context_slices < 0:
+            raise ValueError(f"context_slices must be an integer >= 0, got {self.context_slices!r}")
+        if self.context_slices and self.image_channels != 1 + 2 * self.context_slices:
+            raise ValueError(f"context_slices {self.context_slices} needs image_channels "
+                             f"{1 + 2 * self.context_slices} (the slice and its neighbours), got {self.image_channels}")
+        if self.slice_axis not in (0, 1, 2):
+            raise ValueError(f"slice_axis must be 0, 1 or 2, got {self.slice_axis!r}")
         if self.label_encoding not in LABEL_ENCODINGS:
             raise ValueError(
                 f"label_encoding must be one of {sorted(LABEL_ENCODINGS)}, got {self.label_encoding!r}"
@@ -91,7 +119,14 @@ class ModelConfig:
     @property
     def label_channels(self) -> int:
         """Number of label maps the generator denoises (one per class)."""
+        if self.label_encoding == "classes":
+            return len(self.class_names)
         return len(LABEL_ENCODINGS[self.label_encoding])
+
+    @property
+    def is_multiclass(self) -> bool:
+        """True when the labels are classes (argmax of one-hot maps) rather than nuclei."""
+        return self.label_encoding == "classes"
 
     @property
     def sampling_steps(self) -> int:
@@ -144,6 +179,8 @@ class TrainConfig:
     self_condition_rate: float = 0.5
     d_cutmix_weight: float = 0.0
     own_chain_rate: float = 0.0
+    flips: bool = True
+    """Augment with the eight flips and quarter turns (off where orientation tells classes apart)."""
     holdout_fraction: float = 0.0
     """Fine-tuning: share of the largest corrected region held back to pick the best weights (0: none)."""
     patience: int = 0
@@ -231,4 +268,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small": dict(base_width=16, channel_mults=(1, 2, 2, 4)),
     "medium": dict(base_width=16, channel_mults=(1, 2, 4, 8)),
     "large": dict(base_width=32, channel_mults=(1, 2, 2, 4)),
+    "hippocampus": dict(image_channels=3, context_slices=1, slice_axis=0, label_encoding="classes",
+                        class_names=("background", "anterior", "posterior"), intensity_percentiles=(0.5, 99.5),
+                        image_mean=(133.5,) * 3, image_std=(64.7,) * 3, base_width=16, channel_mults=(1, 2, 4),
+                        disc_levels=3, disc_attention_level=2, model_mpp=1000.0, uncertainty_measure="chain_entropy"),
 }
+"""Model sizes for H&E nuclei (small to large), and the MSD hippocampus MRI model: 2.5D slices (one
+neighbour each side) cut along the first axis, which keeps the head-to-tail axis in the plane,
+and one-hot background / anterior / posterior. The image statistics are those of the shared
+training volumes after their per-volume 0.5-99.5 % stretch."""

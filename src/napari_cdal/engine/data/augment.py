@@ -1,4 +1,4 @@
-"""Stain augmentation of H&E patches: HED jitter and colour jitter, channels first."""
+"""Stain augmentation of H&E patches (HED and colour jitter) and intensity jitter of grayscale ones, channels first."""
 
 from __future__ import annotations
 
@@ -130,3 +130,18 @@ def colour_jitter(
     x = np.ascontiguousarray(np.moveaxis(image, -1, 0), dtype=np.float32).reshape(3, -1)
     out = _colour_jitter_cf(x, rng, brightness, contrast, saturation, hue)
     return np.ascontiguousarray(np.moveaxis(out.reshape(3, h, w), 0, -1))
+
+
+def intensity_jitter_cf(x: np.ndarray, rng: np.random.Generator, brightness: float = 0.15,
+                        contrast: float = 0.15, gamma: float = 0.2) -> np.ndarray:
+    """One brightness, contrast and gamma change for every channel of a (C, N) float32 array on 0..255.
+
+    MRI and X-ray intensities have no stain to vary; scanners differ in gain, contrast and the
+    curve between signal and grey level, so those are what the patches vary.
+    """
+    fb = np.float32(rng.uniform(1 - brightness, 1 + brightness))
+    fc = np.float32(rng.uniform(1 - contrast, 1 + contrast))
+    exponent = np.float32(np.exp(rng.uniform(-gamma, gamma)))
+    mean = np.float32(x.mean())
+    out = np.clip((x - mean) * fc + mean * fb, 0.0, 255.0)
+    return np.float32(255.0) * (out / np.float32(255.0)) ** exponent

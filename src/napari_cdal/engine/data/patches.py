@@ -1,4 +1,4 @@
-"""Training patches: random crops with flips, rotation, scale and stain jitter from tiles."""
+"""Training patches: random crops with flips, rotation, scale and stain or intensity jitter from tiles."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import cast
 import numpy as np
 from scipy import ndimage
 
-from napari_cdal.engine.data.augment import _check_range, _colour_jitter_cf, _hed_jitter_cf
+from napari_cdal.engine.config import ModelConfig
+from napari_cdal.engine.data.augment import _check_range, _colour_jitter_cf, _hed_jitter_cf, intensity_jitter_cf
 from napari_cdal.engine.data.tiles import Tile
 from napari_cdal.engine.segment.tiling import Box
 
@@ -34,12 +35,21 @@ MAX_ROTATION_DEG = 22.0
 SCALE_RANGE = (0.75, 1.25)
 
 
+def jitter_kind(config: ModelConfig) -> str:
+    """Stain jitter for H&E (three channels on their own scale), intensity jitter for grayscale and slices."""
+    plain_rgb = config.image_channels == 3 and not config.intensity_percentiles and not config.context_slices
+    return "stain" if plain_rgb else "intensity"
+
+
 class PatchSampler:
     """Draw augmented (image, target, weight) patches from tiles already at model resolution.
 
     ``targets`` maps warped HxW uint32 instances to float32 (C, H, W) targets; ``regions[i]``
     restricts tile i to boxes (y0, y1, x0, x1) (half-open, pixels), and pixels outside get weight 0.
-    ``hed_strength`` is passed to the HED jitter (0 switches it off).
+    ``hed_strength`` is passed to the HED jitter (0 switches it off). ``jitter`` is "stain" for
+    H&E (HED and colour jitter, 3 channels) or "intensity" for grayscale slices and their
+    neighbours (one brightness, contrast and gamma change for all channels); ``flips`` adds the
+    eight flips and quarter turns to the rotation.
     """
 
     def __init__(
@@ -51,6 +61,8 @@ class PatchSampler:
         augment: bool = True,
         regions: list[list[Box]] | None = None,
         hed_strength: float = 0.02,
+        jitter: str = "stain",
+        flips: bool = True,
     ) -> None:
         if not tiles:
             raise ValueError("PatchSampler: tiles is empty; pass at least one Tile")
@@ -72,6 +84,10 @@ class PatchSampler:
                 "use np.random.default_rng(seed)"
             )
         _check_range("PatchSampler: hed_strength", hed_strength, 1.0)
+        if jitter not in ("stain", "intensity"):
+            raise ValueError(f"PatchSampler: jitter must be 'stain' or 'intensity', got {jitter!r}")
+        self.jitter = jitter
+        self.flips = bool(flips)
         self.patch_size = int(patch_size)
         self.targets = targets
         self.rng = rng
@@ -80,19 +96,20 @@ class PatchSampler:
         self._channels: list[tuple[np.ndarray, ...]] = []
         self._instances: list[np.ndarray] = []
         self._shapes: list[tuple[int, int]] = []
+        channels = 3 if jitter == "stain" else tiles[0].image.shape[-1]
         for i, tile in enumerate(tiles):
             img = tile.image
-            if img.ndim != 3 or img.shape[-1] != 3 or img.dtype != np.uint8:
+            if img.ndim != 3 or img.shape[-1] != channels or img.dtype not in (np.uint8, np.float32):
                 raise ValueError(
                     f"PatchSampler: tile {i} ({tile.name!r}) image has shape {img.shape} dtype "
-                    f"{img.dtype}; expected HxWx3 uint8"
+                    f"{img.dtype}; expected HxWx{channels} uint8 or float32 on the 0..255 scale"
                 )
             if tile.instances.shape != img.shape[:2]:
                 raise ValueError(
                     f"PatchSampler: tile {i} ({tile.name!r}) instances shape "
                     f"{tile.instances.shape} differs from image shape {img.shape[:2]}"
                 )
-            self._channels.append(tuple(np.ascontiguousarray(img[..., c]) for c in range(3)))
+            self._channels.append(tuple(np.ascontiguousarray(img[..., c]) for c in range(channels)))
             self._instances.append(np.ascontiguousarray(tile.instances, dtype=np.uint32))
             self._shapes.append(img.shape[:2])
 
@@ -131,11 +148,12 @@ class PatchSampler:
         self._probs = areas / areas.sum()
         half = (self.patch_size - 1) / 2.0
         self._grid = np.arange(self.patch_size, dtype=np.float64) - half
+        self.channels = channels
 
     def _draw_transform(self) -> np.ndarray:
         if not self.augment:
             return np.eye(2)
-        dihedral = _DIHEDRAL[int(self.rng.integers(8))]
+        dihedral = _DIHEDRAL[int(self.rng.integers(8))] if self.flips else _DIHEDRAL[0]
         theta = math.radians(self.rng.uniform(-MAX_ROTATION_DEG, MAX_ROTATION_DEG))
         scale = self.rng.uniform(*SCALE_RANGE)
         c, s = math.cos(theta), math.sin(theta)
@@ -154,11 +172,11 @@ class PatchSampler:
         return float(self.rng.uniform(a, b))
 
     def sample(self, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Return images (B,3,P,P) float32 0..255, targets (B,C,P,P), weights (B,1,P,P) in {0,1}."""
+        """Return images (B,channels,P,P) float32 0..255, targets (B,C,P,P), weights (B,1,P,P) in {0,1}."""
         if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
             raise ValueError(f"PatchSampler.sample: batch must be an integer >= 1, got {batch!r}")
         p = self.patch_size
-        images = np.empty((batch, 3, p, p), dtype=np.float32)
+        images = np.empty((batch, self.channels, p, p), dtype=np.float32)
         weights = np.empty((batch, 1, p, p), dtype=np.float32)
         targets: np.ndarray | None = None
         inst = np.empty((p, p), dtype=np.uint32)
@@ -203,7 +221,9 @@ class PatchSampler:
                 )
             targets[k] = t
 
-            if self.augment:
+            if self.augment and self.jitter == "intensity":
+                images[k] = intensity_jitter_cf(images[k].reshape(self.channels, -1), self.rng).reshape(images[k].shape)
+            elif self.augment:
                 x = images[k].reshape(3, -1)
                 if self.hed_strength > 0:
                     x = _hed_jitter_cf(x, self.rng, self.hed_strength)

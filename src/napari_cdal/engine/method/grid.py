@@ -18,6 +18,22 @@ def normalise(images: torch.Tensor | np.ndarray, config: ModelConfig) -> torch.T
     return (x - mean) / std
 
 
+def stretch_intensity(values: np.ndarray, config: ModelConfig) -> np.ndarray:
+    """Grayscale intensities -> float32 0..255 by the config's per-image percentiles (H&E: unchanged).
+
+    MRI has no fixed scale (one scanner's 100 is another's 3000), so each image or volume is
+    stretched as a whole between its own low and high percentile, before `normalise`.
+    """
+    values = np.asarray(values, dtype=np.float32)
+    if not config.intensity_percentiles:
+        return values
+    low, high = np.percentile(values, config.intensity_percentiles)
+    span = float(high - low)
+    if not np.isfinite(span) or span <= 0:
+        return np.zeros_like(values)
+    return np.clip((values - np.float32(low)) * np.float32(255.0 / span), 0.0, 255.0).astype(np.float32)
+
+
 def resample(array: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
     """Resize a (B, C, H, W) tensor; area averaging when shrinking, bilinear when enlarging."""
     if tuple(array.shape[-2:]) == tuple(size):

@@ -91,8 +91,31 @@ def with_new_config(source: CdalModel, config: ModelConfig, seed: int = 0) -> Cd
 
 
 def bundled_model_path() -> Path:
-    """The model shipped inside the package."""
+    """The default model shipped inside the package (H&E nuclei)."""
     return Path(str(resources.files("napari_cdal") / "weights" / BUNDLED_MODEL_NAME))
+
+
+def bundled_models() -> dict[str, Path]:
+    """Every model shipped inside the package, by name (its file name without .safetensors)."""
+    folder = bundled_model_path().parent
+    if not folder.is_dir():
+        return {}
+    return {path.name[: -len(".safetensors")]: path for path in sorted(folder.glob("*.safetensors"))
+            if not path.name.endswith(".state.safetensors")}
+
+
+def resolve_model_path(spec: str | Path | None) -> Path:
+    """A model given by file or by bundled name (cdal_hippocampus); None is the default bundled model.
+
+    A file that exists wins over a bundled name, so a user's own file is never shadowed.
+    """
+    if spec is None:
+        return bundled_model_path()
+    path = Path(spec)
+    if path.exists():
+        return path
+    name = path.name[: -len(".safetensors")] if path.name.endswith(".safetensors") else path.name
+    return bundled_models().get(name, path) if str(path) == path.name else path
 
 
 def is_bundled(path: str | Path) -> bool:
@@ -139,7 +162,7 @@ def model_from_checkpoint(tensors: dict[str, torch.Tensor], meta: dict[str, Any]
 
 
 def load_model(path: str | Path | None = None, device: torch.device | str = "cpu") -> CdalModel:
-    """Load a checkpoint (the bundled model when `path` is None) onto `device`, in eval mode."""
-    path = Path(path) if path is not None else bundled_model_path()
+    """Load a checkpoint (a file, a bundled model's name, or the default bundled model for None) onto `device`."""
+    path = resolve_model_path(path)
     tensors, meta = load_checkpoint(path)
     return model_from_checkpoint(tensors, meta, str(path)).to(device)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from napari_cdal.engine.config import UNCERTAINTY_MEASURES
+from napari_cdal.engine.config import UNCERTAINTY_MEASURES, ModelConfig
 from napari_cdal.engine.device import autocast
 from napari_cdal.engine.events import Progress
 from napari_cdal.engine.method.model import CdalModel
@@ -18,10 +18,10 @@ from napari_cdal.engine.method.schedule import randn_like
 
 @dataclass
 class StepOutput:
-    """One reverse step on one image: the mean x̂_0 over the K samples and D's maps of the step.
+    """One reverse step on a batch of B images: the mean x̂_0 over the K samples and D's maps of the step.
 
-    `attention` is the map the model shows (its config's attention_display); `attention_maps`
-    holds every kind that was asked for, by name.
+    `x0_mean` is (B, C, H, W); `attention` (B, H, W) is the map the model shows (its config's
+    attention_display); `attention_maps` holds every kind that was asked for, by name.
     """
 
     step: int
@@ -34,13 +34,21 @@ class StepOutput:
 class SampleOutput:
     """End of the reverse process: mean probability per label channel and the uncertainty maps.
 
-    `uncertainty` is the model's chosen measure (its config's uncertainty_measure); every measure
-    of UNCERTAINTY_MEASURES is in `uncertainty_maps`. With one sample they are all zero.
+    `probability` is (B, C, H, W); `uncertainty` (B, H, W) is the model's chosen measure (its
+    config's uncertainty_measure); every measure of UNCERTAINTY_MEASURES is in
+    `uncertainty_maps`. With one sample they are all zero.
     """
 
     probability: torch.Tensor
     uncertainty: torch.Tensor
     uncertainty_maps: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def foreground_of(probability: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """(..., C, H, W) label probabilities -> (..., H, W): the nucleus mask, or anything but background."""
+    if config.is_multiclass:
+        return 1.0 - probability[..., 0, :, :]
+    return probability[..., 0, :, :]
 
 
 def _binary_entropy(p: torch.Tensor) -> torch.Tensor:
@@ -52,7 +60,7 @@ def _binary_entropy(p: torch.Tensor) -> torch.Tensor:
 def uncertainty_maps(foreground: torch.Tensor, chain: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Every uncertainty measure (UNCERTAINTY_MEASURES) from the K samples' foreground probabilities.
 
-    `foreground` is the last step's (K, H, W); `chain` is every step's (T, K, H, W), for the
+    `foreground` is the last step's (K, ...); `chain` is every step's (T, K, ...), for the
     `chain_` measures, which treat the x̂_0 of all steps and samples as one ensemble. One sample
     has no spread: all maps are zero then, since nothing says how sure the model is.
     """
@@ -91,16 +99,16 @@ def reverse_process(
     attention_kinds: tuple[str, ...] = (),
     shared_latent: bool = False,
 ) -> Generator[Progress, None, None]:
-    """Sample label maps for one normalised image (1, C, H, W), yielding each reverse step.
+    """Sample label maps for a batch of normalised images (B, C, H, W), yielding each reverse step.
 
-    The image encoder runs once; the K samples go through the generator as one batch, each with
-    a fresh latent z at every step. With self-conditioning each step also sees the previous
-    step's x̂_0; with attention_in_sampling the next level is drawn from A ⊙ x̂_0, as in training.
-    Yields Progress('step', i, steps, StepOutput) per step, then Progress('done', steps, steps,
-    SampleOutput). `attention_kinds` adds D's other maps (ATTENTION_MAPS) to each step's output.
-    `shared_latent` gives all K samples the same z at each step, so that their spread comes from
-    the noise alone (to measure how much of it z makes). Sizes are padded internally and
-    cropped back.
+    The image encoder runs once; the K samples of all B images go through the generator as one
+    batch, each with a fresh latent z at every step. With self-conditioning each step also sees
+    the previous step's x̂_0; with attention_in_sampling the next level is drawn from A ⊙ x̂_0, as
+    in training. Yields Progress('step', i, steps, StepOutput) per step, then Progress('done',
+    steps, steps, SampleOutput), every map with the batch first. `attention_kinds` adds D's other
+    maps (ATTENTION_MAPS) to each step's output. `shared_latent` gives the K samples of an image
+    the same z at each step, so that their spread comes from the noise alone (to measure how much
+    of it z makes). Sizes are padded internally and cropped back.
     """
     config = model.config
     samples = config.default_samples if samples is None else samples
@@ -111,21 +119,34 @@ def reverse_process(
     levels = schedule.sampling_levels(steps)
     device = next(model.generator.parameters()).device
     padded, (height, width) = pad_to_multiple(image.to(device), config.size_multiple)
+    batch = padded.shape[0]
     with autocast(device):
         features = model.generator.encode_image(padded)
-    disc_image = padded if config.disc_image else None
+    if batch > 1:
+        features = features.repeat_interleave(samples, dim=0)
+    disc_image = None
+    if config.disc_image:
+        disc_image = padded.repeat_interleave(samples, dim=0) if batch > 1 else padded
     kinds = tuple(dict.fromkeys(((config.attention_display,) if with_attention else ()) + tuple(attention_kinds)))
-    label_shape = (samples, config.label_channels, *padded.shape[-2:])
+    members = batch * samples
+    label_shape = (members, config.label_channels, *padded.shape[-2:])
     x_k = randn_like(torch.empty(label_shape, device=device), rng)
     x0 = torch.zeros_like(x_k)
+
+    def per_image(values: torch.Tensor) -> torch.Tensor:
+        """(B*K, ...) -> (K, B, ...), cropped back to the input size."""
+        values = values[..., :height, :width]
+        return values.reshape(batch, samples, *values.shape[1:]).transpose(0, 1)
+
     chain = []
     for i, (k, s) in enumerate(zip(levels[:-1], levels[1:], strict=True)):
-        t = torch.full((samples,), k - 1, device=device, dtype=torch.long)
-        z = randn_like(torch.empty(1 if shared_latent else samples, config.latent_dim, device=device), rng)
-        z = z.expand(samples, -1)
+        t = torch.full((members,), k - 1, device=device, dtype=torch.long)
+        z = randn_like(torch.empty(batch if shared_latent else members, config.latent_dim, device=device), rng)
+        if shared_latent:
+            z = z.repeat_interleave(samples, dim=0)
         with autocast(device):
             x0 = model.generator(x_k, t, features, z, x0).float()
-        chain.append(((x0[:, 0, :height, :width] + 1.0) / 2.0).clamp(0.0, 1.0))
+        chain.append(foreground_of(per_image(((x0 + 1.0) / 2.0).clamp(0.0, 1.0)), config))
         x_s = schedule.jump_sample(x0, x_k, k, s, rng, config.sampling_noise)
         if config.attention_in_sampling and s > 0:
             with autocast(device):
@@ -136,11 +157,11 @@ def reverse_process(
         for kind in kinds:
             with autocast(device):
                 found = model.discriminator.suspicion(kind, x_s, x_k, t, disc_image).float()
-            maps[kind] = found.mean(dim=0)[0, :height, :width]
+            maps[kind] = per_image(found).mean(dim=0)[:, 0]
         attention = maps.get(config.attention_display) if with_attention else None
-        yield Progress("step", i, steps, StepOutput(i, x0.mean(dim=0)[:, :height, :width], attention, maps))
+        yield Progress("step", i, steps, StepOutput(i, per_image(x0).mean(dim=0), attention, maps))
         x_k = x_s
-    probs = ((x0 + 1.0) / 2.0).clamp(0.0, 1.0)[:, :, :height, :width]
-    measures = uncertainty_maps(probs[:, 0], torch.stack(chain))
+    probs = per_image(((x0 + 1.0) / 2.0).clamp(0.0, 1.0))
+    measures = uncertainty_maps(foreground_of(probs, config), torch.stack(chain))
     yield Progress("done", steps, steps,
                    SampleOutput(probs.mean(dim=0), measures[config.uncertainty_measure], measures))

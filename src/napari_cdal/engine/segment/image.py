@@ -15,7 +15,7 @@ from napari_cdal.engine.events import Progress
 from napari_cdal.engine.io.images import to_rgb_float
 from napari_cdal.engine.method.grid import model_size, normalise, resample
 from napari_cdal.engine.method.model import CdalModel
-from napari_cdal.engine.method.sampler import SampleOutput, StepOutput, reverse_process
+from napari_cdal.engine.method.sampler import SampleOutput, StepOutput, foreground_of, reverse_process
 from napari_cdal.engine.segment.instances import instances_from_probability
 from napari_cdal.engine.segment.stain import keep_stained
 from napari_cdal.engine.segment.tiling import TileBlender, tile_boxes
@@ -150,20 +150,20 @@ def segment_image(
         for event in reverse_process(model, tile, n_steps, samples, rng, with_attention, attention_kinds):
             if event.stage == "done":
                 out: SampleOutput = event.payload
-                planes = [out.probability] + [out.uncertainty_maps[name][None] for name in measures_kept]
-                planes += [last_maps[kind][None] for kind in attention_kinds]
+                planes = [out.probability[0]] + [out.uncertainty_maps[name][:1] for name in measures_kept]
+                planes += [last_maps[kind][:1] for kind in attention_kinds]
                 blend_prob.add(box, torch.cat(planes).cpu().numpy())
                 continue
             step: StepOutput = event.payload
             last_maps = step.attention_maps
             live_fg = live_att = None
             if keep_steps:
-                foreground = ((step.x0_mean[0] + 1.0) / 2.0).clamp(0, 1)
+                foreground = foreground_of(((step.x0_mean[0] + 1.0) / 2.0).clamp(0, 1), config)
                 step_maps.append(foreground.cpu().numpy())
                 live_fg = _to_image_grid(foreground[None], box_size)[0]
                 if step.attention is not None:
-                    att_maps.append(step.attention.cpu().numpy())
-                    live_att = _to_image_grid(step.attention[None], box_size)[0]
+                    att_maps.append(step.attention[0].cpu().numpy())
+                    live_att = _to_image_grid(step.attention[:1], box_size)[0]
             update = StepUpdate(tile_index, len(boxes), step.step, n_steps, image_box, live_fg, live_att)
             yield Progress("step", tile_index * n_steps + step.step + 1, total, update)
         if blend_steps is not None:

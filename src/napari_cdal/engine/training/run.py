@@ -12,12 +12,14 @@ import torch
 
 from napari_cdal.engine.checks import check_patch_size
 from napari_cdal.engine.config import ModelConfig, TrainConfig
-from napari_cdal.engine.data.patches import PatchSampler
+from napari_cdal.engine.data.patches import PatchSampler, jitter_kind
 from napari_cdal.engine.data.tiles import Tile, list_tiles, load_folder, resample_tile
+from napari_cdal.engine.data.volumes import is_volume_folder, list_volumes, load_volume, training_slices
 from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP
 from napari_cdal.engine.events import Progress
 from napari_cdal.engine.method.model import CdalModel, save_model
 from napari_cdal.engine.segment.evaluate import evaluate_tiles
+from napari_cdal.engine.segment.volume import evaluate_volumes
 from napari_cdal.engine.training.loop import training_loop
 from napari_cdal.engine.training.state import TrainState
 from napari_cdal.engine.training.step import encode_targets
@@ -33,15 +35,23 @@ def prepare_tiles(tiles: list[Tile], data_mpp: float, config: ModelConfig) -> li
 def make_patch_source(tiles: list[Tile], state: TrainState, config: ModelConfig,
                       regions: list | None = None) -> Callable[[int], tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Augmented patch batches drawn with the state's own RNG, so a resumed run repeats exactly."""
-    sampler = PatchSampler(tiles, state.train_config.patch_size, lambda inst: encode_targets(inst, config),
-                           state.np_rng, augment=state.train_config.augment, regions=regions)
+    cfg = state.train_config
+    sampler = PatchSampler(tiles, cfg.patch_size, lambda inst: encode_targets(inst, config), state.np_rng,
+                           augment=cfg.augment, regions=regions, jitter=jitter_kind(config), flips=cfg.flips)
     return sampler.sample
 
 
 def validation_score(metrics: dict) -> float:
-    """One number to pick the best checkpoint: the mean of Dice and AJI (Dice alone where no AJI)."""
+    """One number to pick the best checkpoint: the mean of Dice and AJI (Dice alone where no AJI).
+
+    For classes, `dice` is already the mean over the classes but the background.
+    """
     aji = metrics.get("aji")
     return metrics["dice"] if aji is None else 0.5 * (metrics["dice"] + aji)
+
+
+Evaluation = Callable[[CdalModel], Generator[Progress, None, None]]
+"""Scores a model on held-back data: Progress events, then 'done' with a summary holding `mean`."""
 
 
 def make_validation(tiles: list[Tile], data_mpp: float, out: str | Path | None = None,
@@ -51,11 +61,18 @@ def make_validation(tiles: list[Tile], data_mpp: float, out: str | Path | None =
 
     The best is written to `out` (train) and/or handed to `on_best` (fine-tune keeps it in memory).
     """
+    return validation_hook(lambda model: evaluate_tiles(model, tiles, image_mpp=data_mpp), out, on_best)
+
+
+def validation_hook(evaluate: Evaluation, out: str | Path | None = None,
+                    on_best: Callable[[TrainState], None] | None = None
+                    ) -> Callable[[TrainState], Generator[Progress, None, None]]:
+    """A validation hook around any evaluation: score the EMA model, record it, keep the best."""
 
     def on_validate(state: TrainState) -> Generator[Progress, None, None]:
         model = state.exported_model()
         summary = None
-        for event in evaluate_tiles(model, tiles, image_mpp=data_mpp):
+        for event in evaluate(model):
             if event.stage == "done":
                 summary = event.payload
             else:
@@ -91,7 +108,8 @@ def run_data(data_dir: str | Path, split: dict[str, list[str]], record: dict[str
     A resumed run goes on with its recorded data unless told otherwise, so that it repeats exactly.
     """
     record = record or {}
-    train = split.get("train") or record.get("train_tiles") or list_tiles(data_dir)
+    every = list_volumes if is_volume_folder(data_dir) else list_tiles
+    train = split.get("train") or record.get("train_tiles") or every(data_dir)
     validation = (split.get("validation") if split else record.get("validation_tiles")) or []
     mpp = record.get("data_mpp", DEFAULT_IMAGE_MPP) if data_mpp is None else data_mpp
     if not train:
@@ -125,14 +143,27 @@ def train_run(state: TrainState, data_dir: str | Path, data: RunData, out: str |
 def _train(state: TrainState, data_dir: str | Path, data: RunData, out: Path,
            device: torch.device) -> Generator[Progress, None, None]:
     config = state.model.config
-    train_tiles = prepare_tiles(load_folder(data_dir, data.train_names), data.data_mpp, config)
-    val_tiles = load_folder(data_dir, data.validation_names) if data.validation_names else []
+    if config.is_multiclass:
+        if not is_volume_folder(data_dir):
+            raise ValueError(f"a model of classes trains on volumes: {Path(data_dir) / 'images'} holds no "
+                             ".nii.gz; for H&E tiles use a nucleus preset (e.g. --config medium)")
+        classes = config.label_channels
+        volumes = [load_volume(data_dir, name, classes) for name in data.train_names]
+        train_tiles = training_slices(volumes, config)
+        held = [load_volume(data_dir, name, classes) for name in data.validation_names]
+        on_validate = validation_hook(lambda model: evaluate_volumes(model, held), out) if held else None
+    else:
+        if is_volume_folder(data_dir):
+            raise ValueError(f"{Path(data_dir) / 'images'} holds volumes; train them with a model of classes "
+                             "(e.g. --config hippocampus)")
+        train_tiles = prepare_tiles(load_folder(data_dir, data.train_names), data.data_mpp, config)
+        held = load_folder(data_dir, data.validation_names) if data.validation_names else []
+        on_validate = make_validation(held, data.data_mpp, out) if held else None
     sample_batch = make_patch_source(train_tiles, state, config)
-    on_validate = make_validation(val_tiles, data.data_mpp, out) if val_tiles else None
 
     def on_checkpoint(current: TrainState) -> None:
         current.save(state_path(out))
-        if not val_tiles:
+        if not held:
             save_model(out, current.exported_model())
 
     yield from training_loop(state, sample_batch, device, on_checkpoint, on_validate)

@@ -15,7 +15,13 @@ from napari_cdal.engine.training.state import TrainState, learning_rate
 
 
 def encode_targets(instances: np.ndarray, config: ModelConfig) -> np.ndarray:
-    """Instance ids -> (C, H, W) float32 label maps in {-1, +1}: foreground, then nucleus cores."""
+    """Instance ids -> (C, H, W) float32 label maps in {-1, +1}: foreground, then nucleus cores.
+
+    For a model of classes the ids are class values and the maps their one-hot (cDAL.md §5).
+    """
+    if config.is_multiclass:
+        classes = np.arange(config.label_channels).reshape(-1, 1, 1)
+        return np.where(instances[None] == classes, 1.0, -1.0).astype(np.float32)
     maps = [instances > 0]
     if config.label_encoding == "foreground_core":
         maps.append(core_targets(instances))

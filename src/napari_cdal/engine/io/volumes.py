@@ -1,0 +1,109 @@
+"""NIfTI volumes in and out: voxels, voxel spacing and the affine that places them, written atomically."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from napari_cdal.engine.io.checkpoint import atomic_write
+from napari_cdal.engine.io.images import ImageError
+
+VOLUME_SUFFIXES = (".nii.gz", ".nii")
+
+
+@dataclass
+class Volume:
+    """A 3-D image as stored: voxels (in the file's axis order), spacing per axis (mm) and affine."""
+
+    data: np.ndarray
+    spacing: tuple[float, float, float]
+    affine: np.ndarray
+
+
+def is_volume_path(path: str | Path) -> bool:
+    """True for a .nii or .nii.gz file name."""
+    return str(path).lower().endswith(VOLUME_SUFFIXES)
+
+
+def volume_stem(path: str | Path) -> str:
+    """The file name without .nii/.nii.gz: hippocampus_001.nii.gz -> hippocampus_001."""
+    name = Path(path).name
+    for suffix in VOLUME_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(path).stem
+
+
+def _load(path: Path):  # noqa: ANN202 (nibabel's image type)
+    import nibabel
+
+    if not path.is_file():
+        raise ImageError(f"{path} does not exist or is not a file")
+    try:
+        image = nibabel.load(str(path))
+    except Exception as exc:  # nibabel raises many kinds for a damaged or foreign file
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ImageError(f"{path} is not a readable NIfTI volume ({first})") from exc
+    if len(image.shape) != 3 and not (len(image.shape) == 4 and image.shape[3] == 1):
+        raise ImageError(f"{path} has shape {image.shape}; expected a 3-D volume")
+    return image
+
+
+def read_volume_header(path: str | Path) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """Shape and voxel spacing from the header alone, to check a volume before any work."""
+    image = _load(Path(path))
+    zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
+    return tuple(int(n) for n in image.shape[:3]), zooms
+
+
+def read_volume(path: str | Path) -> Volume:
+    """Read a NIfTI volume; NaN voxels or a damaged file give one ImageError line."""
+    path = Path(path)
+    image = _load(path)
+    try:
+        data = np.asarray(image.dataobj)
+    except Exception as exc:  # a truncated .gz shows itself only when the voxels are read
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ImageError(f"{path} is truncated or damaged and cannot be decoded ({first})") from exc
+    data = data.reshape(data.shape[:3])
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        raise ImageError(f"{path} contains NaN or infinite voxels")
+    zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
+    return Volume(data, zooms, np.asarray(image.affine, dtype=np.float64))
+
+
+def read_label_volume(path: str | Path, classes: int | None = None) -> Volume:
+    """A label volume as uint8 class values; non-integer or out-of-range values are refused."""
+    volume = read_volume(path)
+    data = volume.data
+    if not np.array_equal(data, np.rint(data)) or data.min() < 0:
+        raise ImageError(f"label volume {path} holds values that are not class numbers 0, 1, 2, ...")
+    top = int(data.max()) if data.size else 0
+    if classes is not None and top >= classes:
+        raise ImageError(f"label volume {path} holds class {top}, but the model knows {classes} classes "
+                         f"(0..{classes - 1})")
+    volume.data = data.astype(np.uint8)
+    return volume
+
+
+def write_volume(path: str | Path, data: np.ndarray, affine: np.ndarray, replace: bool = True) -> None:
+    """Save a volume as NIfTI (compressed for .nii.gz) with `affine`, atomically."""
+    import nibabel
+
+    image = nibabel.Nifti1Image(np.asarray(data), np.asarray(affine, dtype=np.float64))
+    image.header.set_data_dtype(np.asarray(data).dtype)
+    compressed = str(path).lower().endswith(".gz")
+
+    def write(tmp: str) -> None:
+        # nibabel picks gzip from the name; the temporary name ends in .tmp, so compress by hand
+        payload = image.to_bytes()
+        if compressed:
+            import gzip
+
+            payload = gzip.compress(payload, compresslevel=6)
+        with open(tmp, "wb") as handle:
+            handle.write(payload)
+
+    atomic_write(path, write, replace)

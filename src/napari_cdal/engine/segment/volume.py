@@ -1,0 +1,166 @@
+"""Volumes of classes: segmented slice by slice (slices and samples batched), scored per class."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_cdal.engine.data.volumes import LabelledVolume, slice_stack
+from napari_cdal.engine.device import make_generator
+from napari_cdal.engine.events import Progress, run_to_end
+from napari_cdal.engine.method.grid import normalise
+from napari_cdal.engine.method.model import CdalModel
+from napari_cdal.engine.method.sampler import SampleOutput, StepOutput, foreground_of, reverse_process
+
+SLICES_PER_BATCH = 16
+"""Slices sampled together (times K samples): large enough to keep both cores busy on small slices."""
+
+
+@dataclass
+class VolumeResult:
+    """A segmented volume in its own axis order, with the maps a user can inspect.
+
+    `labels` (Z, Y, X) uint8 class values; `probability` (C, Z, Y, X); `uncertainty` (Z, Y, X) or
+    None with one sample; `steps` and `attention` (S, Z, Y, X), one volume per sampling step, or
+    None when not kept.
+    """
+
+    labels: np.ndarray
+    probability: np.ndarray
+    uncertainty: np.ndarray | None
+    steps: np.ndarray | None
+    attention: np.ndarray | None
+    seconds: float
+
+
+def _in_volume_order(stack: np.ndarray, axis: int) -> np.ndarray:
+    """(..., N, H, W) maps of slices -> (..., Z, Y, X) with the slice axis back in its place."""
+    lead = stack.ndim - 3
+    return np.ascontiguousarray(np.moveaxis(stack, lead, lead + axis))
+
+
+def check_volume(volume: np.ndarray, name: str = "volume") -> np.ndarray:
+    """A 3-D numeric volume as float32, or a one-line ValueError naming what is wrong."""
+    array = np.asarray(volume)
+    if array.ndim != 3:
+        raise ValueError(f"{name} has shape {array.shape}; a model of classes segments 3-D volumes (Z x Y x X)")
+    if min(array.shape) < 1:
+        raise ValueError(f"{name} is empty (shape {array.shape})")
+    if array.dtype == bool or not np.issubdtype(array.dtype, np.number):
+        raise ValueError(f"{name} has dtype {array.dtype}; expected numbers")
+    array = array.astype(np.float32)
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return array
+
+
+def segment_volume(
+    model: CdalModel,
+    volume: np.ndarray,
+    sampling_steps: int | None = None,
+    samples: int | None = None,
+    seed: int | None = 0,
+    keep_steps: bool = True,
+    with_attention: bool = True,
+    slices_per_batch: int = SLICES_PER_BATCH,
+) -> Generator[Progress, None, None]:
+    """Segment a volume slice by slice; yields Progress('step', slices done, n) per batch and step, then 'done'.
+
+    The slices go through the sampler `slices_per_batch` at a time with their K samples in one
+    batch; each step's event carries the number of slices finished so far, the last step of a
+    batch counting them. The final payload is a VolumeResult in the volume's own axis order.
+    Closing the generator between events cancels the run.
+    """
+    start = time.perf_counter()
+    config = model.config
+    if not config.is_multiclass:
+        raise ValueError(f"{model.source or 'this model'} segments 2-D images, not volumes; "
+                         "use a model of classes (e.g. cdal_hippocampus)")
+    volume = check_volume(volume)
+    stack = slice_stack(volume, config)
+    count = stack.shape[0]
+    n_steps = config.sampling_steps if sampling_steps is None else sampling_steps
+    samples = config.default_samples if samples is None else samples
+    device = next(model.generator.parameters()).device
+    rng = make_generator(seed)
+    probability, uncertainty, steps, attention = [], [], [], []
+    for first in range(0, count, slices_per_batch):
+        last = min(count, first + slices_per_batch)
+        images = normalise(torch.from_numpy(stack[first:last]), config).to(device)
+        batch_steps, batch_attention = [], []
+        for event in reverse_process(model, images, n_steps, samples, rng, with_attention and keep_steps):
+            if event.stage == "done":
+                out: SampleOutput = event.payload
+                probability.append(out.probability.cpu().numpy())
+                uncertainty.append(out.uncertainty.cpu().numpy())
+                continue
+            step: StepOutput = event.payload
+            if keep_steps:
+                batch_steps.append(foreground_of(((step.x0_mean + 1.0) / 2.0).clamp(0, 1), config).cpu().numpy())
+                if step.attention is not None:
+                    batch_attention.append(step.attention.cpu().numpy())
+            done = last if step.step == n_steps - 1 else first
+            yield Progress("step", done, count, step.step)
+        if keep_steps:
+            steps.append(np.stack(batch_steps))
+            if batch_attention:
+                attention.append(np.stack(batch_attention))
+    probability_slices = np.concatenate(probability).transpose(1, 0, 2, 3)
+    probability_volume = _in_volume_order(probability_slices, config.slice_axis).astype(np.float32)
+    labels = np.argmax(probability_volume, axis=0).astype(np.uint8)
+    result = VolumeResult(
+        labels,
+        probability_volume,
+        _in_volume_order(np.concatenate(uncertainty), config.slice_axis) if samples > 1 else None,
+        _in_volume_order(np.concatenate(steps, axis=1), config.slice_axis) if steps else None,
+        _in_volume_order(np.concatenate(attention, axis=1), config.slice_axis) if attention else None,
+        time.perf_counter() - start,
+    )
+    yield Progress("done", count, count, result)
+
+
+def class_scores(predicted: np.ndarray, truth: np.ndarray, class_names: tuple[str, ...]) -> dict[str, float]:
+    """Dice and IoU of each class but the background: `dice_<name>`, `iou_<name>` (1 when both are empty)."""
+    if predicted.shape != truth.shape:
+        raise ValueError(f"prediction {predicted.shape} and truth {truth.shape} differ in shape")
+    scores = {}
+    for value, name in enumerate(class_names[1:], start=1):
+        pred, true = predicted == value, truth == value
+        inter, total = np.count_nonzero(pred & true), np.count_nonzero(pred) + np.count_nonzero(true)
+        scores[f"dice_{name}"] = 1.0 if total == 0 else 2.0 * inter / total
+        scores[f"iou_{name}"] = 1.0 if total == 0 else inter / (total - inter)
+    return scores
+
+
+def summarise_volumes(rows: list[dict[str, Any]], class_names: tuple[str, ...]) -> dict[str, Any]:
+    """Per-volume rows, the means per class and over the classes (`dice`, `iou`), seconds per volume."""
+    keys = [f"{kind}_{name}" for kind in ("dice", "iou") for name in class_names[1:]]
+    mean = {key: float(np.mean([row[key] for row in rows])) for key in keys}
+    for kind in ("dice", "iou"):
+        mean[kind] = float(np.mean([mean[f"{kind}_{name}"] for name in class_names[1:]]))
+    seconds = float(np.mean([row["seconds"] for row in rows])) if rows else None
+    return {"per_image": rows, "mean": mean, "seconds_per_image": seconds}
+
+
+def evaluate_volumes(
+    model: CdalModel,
+    volumes: list[LabelledVolume],
+    sampling_steps: int | None = None,
+    samples: int | None = None,
+    seed: int = 0,
+) -> Generator[Progress, None, None]:
+    """Segment each volume and score each class; yields Progress('image', i, n, row), then 'done' with the summary."""
+    names = model.config.class_names
+    rows = []
+    for index, volume in enumerate(volumes):
+        result = run_to_end(segment_volume(model, volume.image, sampling_steps, samples, seed,
+                                           keep_steps=False, with_attention=False))
+        row = {"image": volume.name, **class_scores(result.labels, volume.labels, names), "seconds": result.seconds}
+        rows.append(row)
+        yield Progress("image", index + 1, len(volumes), row)
+    yield Progress("done", len(volumes), len(volumes), summarise_volumes(rows, names))
