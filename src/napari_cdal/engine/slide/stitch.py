@@ -137,10 +137,7 @@ def _save_detections(store: Path, index: int, written: np.ndarray, pixels: np.nd
     from napari_cdal.engine.io.images import to_rgb_float
     from napari_cdal.engine.segment.measurements import nucleus_measurements
 
-    table = nucleus_measurements(written, to_rgb_float(pixels, 3), image_mpp, uncertainty)
-    for axis, start in (("y", region[0]), ("x", region[2])):
-        table[f"centroid_{axis}_px"] = table[f"centroid_{axis}_px"] + start
-        table[f"centroid_{axis}_um"] = table[f"centroid_{axis}_px"] * image_mpp
+    table = nucleus_measurements(written, to_rgb_float(pixels, 3), image_mpp, uncertainty, (region[0], region[2]))
     features = labels_to_geojson(written, table, "detection", offset=(region[0], region[2]))["features"]
     rows = {name: [None if isinstance(v, float) and math.isnan(v) else v for v in np.asarray(column).tolist()]
             for name, column in table.items()}
