@@ -1,4 +1,4 @@
-"""Readers (Aperio XML, GeoJSON, slides) and writers (instance TIFF, GeoJSON, CSV) through npe2, as napari calls them."""
+"""Readers (Aperio XML, GeoJSON, slides) and writers (instance TIFF, GeoJSON, CSV) through npe2, as napari does."""
 
 from __future__ import annotations
 
