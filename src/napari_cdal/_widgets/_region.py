@@ -1,7 +1,8 @@
-"""Which part of an image layer the Segment widget segments: all of it, the field of view, or a drawn rectangle."""
+"""What the Segment widget runs on: a region of an image layer (whole, field of view, rectangle) or its slide file."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -12,10 +13,14 @@ if TYPE_CHECKING:
     import napari
     from napari.layers import Image, Shapes
 
+    from napari_cdal._widgets._jobs import SegmentSettings
+    from napari_cdal.engine.config import ModelConfig
     from napari_cdal.engine.segment.tiling import Box
 
 WHOLE_IMAGE = "whole image"
 FIELD_OF_VIEW = "field of view"
+REGION_FIX = "zoom in, or draw a rectangle in a Shapes layer and choose it as the region, or use Whole slide"
+"""How to get under the memory limit when a region is too large."""
 
 
 def region_choices(viewer: napari.viewer.Viewer) -> list[tuple[str, Any]]:
@@ -64,3 +69,69 @@ def rectangle_box(shapes: Shapes, layer: Image) -> Box | None:
     vertices = np.asarray(shapes.data[chosen[-1]], float)
     world = np.array([np.asarray(shapes.data_to_world(vertex))[-2:] for vertex in vertices])
     return _clip(layer, _to_data(layer, world))
+
+
+def region_box(viewer: napari.viewer.Viewer, layer: Image, region: Any) -> Box:
+    """The chosen region of `layer` in full-resolution pixels (y0, y1, x0, x1); InputError when it is empty."""
+    from napari_cdal.engine.checks import InputError
+
+    if region == WHOLE_IMAGE:
+        height, width = level0_shape(layer)
+        return 0, height, 0, width
+    if region == FIELD_OF_VIEW:
+        box = view_box(viewer, layer)
+        where = "the field of view"
+    else:
+        box = rectangle_box(region, layer)
+        if box is None:
+            raise InputError(f"{region.name} holds no rectangle: draw one with its rectangle tool")
+        where = f"the rectangle in {region.name}"
+    if box[1] <= box[0] or box[3] <= box[2]:
+        raise InputError(f"{where} shows none of {layer.name}: pan or zoom to the image")
+    return box
+
+
+def model_config(path: str) -> ModelConfig | None:
+    """A model file's config, read from its header without loading its weights; None when unreadable."""
+    from napari_cdal.engine.config import ModelConfig
+    from napari_cdal.engine.io.checkpoint import read_metadata
+
+    try:  # through ModelConfig, so files written under former key names read the same
+        return ModelConfig.from_dict(read_metadata(path)["model_config"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def check_region(layer: Image, box: Box, settings: SegmentSettings, region: Any, config: ModelConfig | None) -> None:
+    """Refuse a stack, or a region whose segmentation would not fit in memory, before any work (InputError)."""
+    from napari_cdal.engine.checks import InputError, check_memory, segment_peak_bytes
+
+    data = layer.data[0] if layer.multiscale else layer.data
+    if len(data.shape) > (3 if layer.rgb else 2):
+        raise InputError(f"layer {layer.name!r} is a stack of shape {tuple(data.shape)}; the Segment widget "
+                         "takes one 2-D image: add a single plane as its own layer (e.g. layer.data[0])")
+    if config is not None:
+        height, width = box[1] - box[0], box[3] - box[2]
+        where = {WHOLE_IMAGE: "the image", FIELD_OF_VIEW: "the field of view"}.get(region, "the rectangle")
+        check_memory(segment_peak_bytes(height, width, settings.image_mpp, config, settings.sampling_steps,
+                                        settings.samples), f"{where} ({height} x {width} px)", REGION_FIX)
+
+
+def slide_paths(layer: Image, chosen_folder: str) -> tuple[Path, Path, Path]:
+    """(the slide file behind `layer`, its labels store, its labels TIFF); InputError when there is none.
+
+    The store and TIFF go into `chosen_folder`, or beside the slide when it is empty.
+    """
+    from napari_cdal.engine.checks import InputError, check_output_folder
+    from napari_cdal.engine.slide.source import SLIDE_SUFFIXES
+
+    source = getattr(layer.source, "path", None)
+    if not source or Path(source).suffix.lower() not in SLIDE_SUFFIXES or not Path(source).is_file():
+        raise InputError(f"{layer.name} was not opened from a slide file ({', '.join(SLIDE_SUFFIXES)}): open "
+                         "the slide with File > Open, or run `napari-cdal segment SLIDE --out DIR`")
+    slide = Path(source)
+    folder = check_output_folder(slide.parent if chosen_folder in ("", ".") else Path(chosen_folder), "slide output")
+    store, tiff = folder / f"{slide.stem}_labels.zarr", folder / f"{slide.stem}_labels.tif"
+    if store.exists() and not store.is_dir():
+        raise InputError(f"{store} is a file, not a labels store; move it or choose another slide output")
+    return slide, store, tiff

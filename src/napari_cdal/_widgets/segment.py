@@ -47,10 +47,11 @@ from napari_cdal._widgets._layers import (
 from napari_cdal._widgets._region import (
     FIELD_OF_VIEW,
     WHOLE_IMAGE,
-    level0_shape,
-    rectangle_box,
+    check_region,
+    model_config,
+    region_box,
     region_choices,
-    view_box,
+    slide_paths,
 )
 from napari_cdal._widgets._review import ReviewQueue
 from napari_cdal._widgets._run import WorkerRun
@@ -59,28 +60,12 @@ if TYPE_CHECKING:
     import napari
     from napari.layers import Image
 
-    from napari_cdal.engine.config import ModelConfig
     from napari_cdal.engine.events import Progress
     from napari_cdal.engine.segment.image import SegmentationResult
-    from napari_cdal.engine.segment.tiling import Box
     from napari_cdal.engine.slide.stitch import SlideResult
 
 OTHER_FILE = ""
 DEFAULT_STEPS = 4
-REGION_FIX = ("zoom in, or draw a rectangle in a Shapes layer and choose it as the region, "
-              "or use Whole slide")
-"""How to get under the memory limit when a region is too large."""
-
-
-def model_config(path: str) -> ModelConfig | None:
-    """A model file's config, read from its header without loading its weights; None when unreadable."""
-    from napari_cdal.engine.config import ModelConfig
-    from napari_cdal.engine.io.checkpoint import read_metadata
-
-    try:  # through ModelConfig, so files written under former key names read the same
-        return ModelConfig.from_dict(read_metadata(path)["model_config"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
 
 
 def model_steps(path: str) -> tuple[int, int, int] | None:
@@ -285,51 +270,8 @@ class SegmentWidget(WorkerRun, Container):
         return layer, model_path
 
     def _settings_now(self, model_path: str) -> SegmentSettings:
-        return SegmentSettings(
-            model_path,
-            self.device.value,
-            float(self.mpp.value),
-            int(self.sampling_steps.value),
-            int(self.samples.value),
-            int(self.seed.value),
-            float(self.threshold.value),
-        )
-
-    def region_box(self, layer: Image) -> Box:
-        """The chosen region of `layer` in full-resolution pixels (y0, y1, x0, x1); InputError when it is empty."""
-        from napari_cdal.engine.checks import InputError
-
-        region = self.region.value
-        if region == WHOLE_IMAGE:
-            height, width = level0_shape(layer)
-            return 0, height, 0, width
-        if region == FIELD_OF_VIEW:
-            box = view_box(self._viewer, layer)
-            where = "the field of view"
-        else:
-            box = rectangle_box(region, layer)
-            if box is None:
-                raise InputError(f"{region.name} holds no rectangle: draw one with its rectangle tool")
-            where = f"the rectangle in {region.name}"
-        if box[1] <= box[0] or box[3] <= box[2]:
-            raise InputError(f"{where} shows none of {layer.name}: pan or zoom to the image")
-        return box
-
-    def _check_region(self, layer: Image, box: Box, settings: SegmentSettings) -> None:
-        """Refuse a region whose segmentation would not fit in memory (a plane of the right kind first)."""
-        from napari_cdal.engine.checks import InputError, check_memory, segment_peak_bytes
-
-        data = layer.data[0] if layer.multiscale else layer.data
-        if len(data.shape) > (3 if layer.rgb else 2):
-            raise InputError(f"layer {layer.name!r} is a stack of shape {tuple(data.shape)}; the Segment widget "
-                             "takes one 2-D image: add a single plane as its own layer (e.g. layer.data[0])")
-        config = model_config(settings.model_path)
-        if config is not None:
-            height, width = box[1] - box[0], box[3] - box[2]
-            where = {WHOLE_IMAGE: "the image", FIELD_OF_VIEW: "the field of view"}.get(self.region.value,
-                                                                                     "the rectangle")
-            check_memory(segment_peak_bytes(height, width, settings.image_mpp, config, settings.sampling_steps,
-                                            settings.samples), f"{where} ({height} x {width} px)", REGION_FIX)
+        return SegmentSettings(model_path, self.device.value, float(self.mpp.value), int(self.sampling_steps.value),
+                               int(self.samples.value), int(self.seed.value), float(self.threshold.value))
 
     def start(self, *_: Any) -> None:
         """Check the inputs and start segmenting the chosen region in a worker thread (errors go to a notification)."""
@@ -351,8 +293,8 @@ class SegmentWidget(WorkerRun, Container):
                 image, box = image_pixels(layer), None
                 size = image.shape[:2]
             else:  # read in the worker, only the part asked for
-                box = self.region_box(layer)
-                self._check_region(layer, box, settings)
+                box = region_box(self._viewer, layer, self.region.value)
+                check_region(layer, box, settings, self.region.value, model_config(model_path))
                 image = layer.data[0] if layer.multiscale else layer.data
                 size = (box[1] - box[0], box[3] - box[2])
         except (ImageError, InputError) as exc:
@@ -366,23 +308,6 @@ class SegmentWidget(WorkerRun, Container):
         self._preview = LivePreview(self._viewer, layer, size, self._origin)
         self._launch(run_segmentation, image, settings, box, status=f"Segmenting {layer.name}…",
                      progress=progress(total=0, desc=f"cDAL: segmenting {layer.name}"))
-
-    def slide_paths(self, layer: Image) -> tuple[Path, Path, Path]:
-        """(the slide file behind `layer`, its labels store, its labels TIFF); InputError when there is none."""
-        from napari_cdal.engine.checks import InputError, check_output_folder
-        from napari_cdal.engine.slide.source import SLIDE_SUFFIXES
-
-        source = getattr(layer.source, "path", None)
-        if not source or Path(source).suffix.lower() not in SLIDE_SUFFIXES or not Path(source).is_file():
-            raise InputError(f"{layer.name} was not opened from a slide file ({', '.join(SLIDE_SUFFIXES)}): open "
-                             "the slide with File > Open, or run `napari-cdal segment SLIDE --out DIR`")
-        slide = Path(source)
-        chosen = str(self.slide_output.value)
-        folder = check_output_folder(slide.parent if chosen in ("", ".") else Path(chosen), "slide output")
-        store, tiff = folder / f"{slide.stem}_labels.zarr", folder / f"{slide.stem}_labels.tif"
-        if store.exists() and not store.is_dir():
-            raise InputError(f"{store} is a file, not a labels store; move it or choose another slide output")
-        return slide, store, tiff
 
     def start_slide(self, *_: Any) -> None:
         """Segment the whole slide behind the image layer in a worker, its labels filling in as blocks finish."""
@@ -398,7 +323,7 @@ class SegmentWidget(WorkerRun, Container):
             return
         layer, model_path = checked
         try:
-            slide, store, tiff = self.slide_paths(layer)
+            slide, store, tiff = slide_paths(layer, str(self.slide_output.value))
         except InputError as exc:
             show_error(f"Whole slide: {exc}")
             return
