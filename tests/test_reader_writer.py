@@ -1,4 +1,4 @@
-"""Reader (Aperio XML, GeoJSON) and writers (instance TIFF, GeoJSON) through npe2, as napari calls them."""
+"""Readers (Aperio XML, GeoJSON, slides) and writers (instance TIFF, GeoJSON, CSV) through npe2, as napari does."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from npe2 import PluginManager, read, write
 from PIL import Image
 from skimage.draw import disk
 
-from napari_cdal._reader import napari_get_reader
-from napari_cdal._writer import write_labels_geojson, write_labels_tiff
+from napari_cdal._reader import napari_get_reader, napari_get_slide_reader
+from napari_cdal._writer import write_labels_csv, write_labels_geojson, write_labels_tiff
 from napari_cdal.engine.io.detections import labels_to_geojson
 
 PLUGIN = "napari-cdal"
@@ -195,3 +195,70 @@ def test_geojson_features_without_ids_get_fresh_ones(tmp_path) -> None:
     assert back.shape == (7, 15)
     assert set(np.unique(back)) == {0, 3, 4}
     assert (back == 3).sum() == 16
+
+
+# ----------------------------------------------------------------------------- slides
+
+
+def pyramid_tiff(path: Path, image: np.ndarray, levels: int = 3, mpp: float = 0.5) -> Path:
+    """A tiled pyramidal TIFF (levels halved as SubIFDs, every 2^k-th pixel) at `mpp` µm/px."""
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        for k in range(levels):
+            options = {"subifds": levels - 1} if k == 0 else {"subfiletype": 1}
+            tif.write(image[:: 2**k, :: 2**k], tile=(32, 32), photometric="rgb", compression="zlib",
+                      resolution=(1e4 / (mpp * 2**k),) * 2, resolutionunit="CENTIMETER", **options)
+    return path
+
+
+def test_a_pyramidal_tiff_reads_as_a_lazy_multiscale_image_at_its_um_per_px(tmp_path) -> None:
+    image = np.random.default_rng(0).integers(0, 255, (200, 300, 3), dtype=np.uint8)
+    path = pyramid_tiff(tmp_path / "slide.tif", image)
+    ((levels, meta, kind),) = read([str(path)], stack=False, plugin_name=PLUGIN)
+    assert kind == "image" and meta["multiscale"] and meta["rgb"] and meta["name"] == "slide"
+    assert meta["scale"] == pytest.approx((0.5, 0.5)) and meta["units"] == ("µm", "µm")
+    assert [tuple(level.shape) for level in levels] == [(200, 300, 3), (100, 150, 3), (50, 75, 3)]
+    assert not any(isinstance(level, np.ndarray) for level in levels), "levels are read on demand"
+    for k, level in enumerate(levels):
+        np.testing.assert_array_equal(np.asarray(level[10:40, 20:60]), image[:: 2**k, :: 2**k][10:40, 20:60])
+
+
+def test_plain_tiffs_are_left_to_napari(tmp_path) -> None:
+    tifffile.imwrite(tmp_path / "tile.tif", np.zeros((64, 80, 3), np.uint8))
+    tifffile.imwrite(tmp_path / "tiled.tif", np.zeros((64, 80, 3), np.uint8), tile=(32, 32))
+    (tmp_path / "broken.tif").write_bytes(b"II*\x00garbage")
+    for name in ("tile.tif", "tiled.tif", "broken.tif", "missing.svs", "tile.png"):
+        assert napari_get_slide_reader(str(tmp_path / name)) is None, name
+    pyramid = pyramid_tiff(tmp_path / "pyramid.tiff", np.zeros((64, 64, 3), np.uint8), levels=2)
+    assert napari_get_slide_reader(str(pyramid)) is not None
+
+
+def test_csv_rows_are_the_nuclei_with_areas_in_um2_and_centroids_in_the_image(tmp_path) -> None:
+    import csv
+
+    labels = _nuclei(seed=4)
+    ids = set(np.unique(labels[labels > 0]).tolist())
+    meta = {"name": "m", "scale": (0.5, 0.5), "metadata": {"napari_cdal": {"origin": [100, 200]}}}
+    written = write(str(tmp_path / "nuclei.csv"), [(labels, meta, "labels")], plugin_name=PLUGIN)
+    assert written == [str(tmp_path / "nuclei.csv")]
+    rows = list(csv.DictReader((tmp_path / "nuclei.csv").read_text().splitlines()))
+    assert len(rows) == len(ids) and {int(row["id"]) for row in rows} == ids
+    for row in rows:
+        mask = labels == int(row["id"])
+        ys, xs = np.nonzero(mask)
+        assert float(row["area_um2"]) == pytest.approx(mask.sum() * 0.25, abs=1e-3)
+        assert float(row["centroid_y_px"]) == pytest.approx(ys.mean() + 100, abs=1e-3)
+        assert float(row["centroid_x_um"]) == pytest.approx((xs.mean() + 200) * 0.5, abs=1e-3)
+        assert row["mean_hematoxylin_od"] == "" and row["mean_uncertainty"] == ""
+    with pytest.raises(ValueError, match="2-D"):
+        write_labels_csv(str(tmp_path / "stack.csv"), np.zeros((2, 4, 4), np.uint8), {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nuclei.csv"]
+
+
+def test_geojson_of_a_part_is_placed_in_its_image(tmp_path) -> None:
+    labels = np.zeros((20, 40), np.uint16)
+    labels[10:13, 30:36] = 7
+    meta = {"metadata": {"napari_cdal": {"origin": [100, 200]}}}
+    write_labels_geojson(str(tmp_path / "part.geojson"), labels, meta)
+    (feature,) = json.loads((tmp_path / "part.geojson").read_text())["features"]
+    ring = np.array(feature["geometry"]["coordinates"][0])
+    assert 230 <= ring[:, 0].min() and ring[:, 0].max() <= 236 and 110 <= ring[:, 1].min() <= 113

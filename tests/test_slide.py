@@ -12,7 +12,7 @@ from napari_cdal.engine.events import run_to_end
 from napari_cdal.engine.segment.image import segment_image
 from napari_cdal.engine.segment.metrics import aggregated_jaccard_index
 from napari_cdal.engine.slide.source import open_slide
-from napari_cdal.engine.slide.stitch import block_cores, labels_tiff, segment_slide
+from napari_cdal.engine.slide.stitch import block_cores, labels_tiff, segment_slide, store_levels
 
 BLOCK, HALO_UM, MPP = 96, 10.0, 0.5
 
@@ -88,15 +88,24 @@ def test_an_interrupted_run_goes_on_where_it_stopped(trained_tiny, mosaic, tmp_p
         _run(model, path, tmp_path / "resumed.zarr", seed=5)
 
 
-def test_labels_come_out_as_a_tiled_bigtiff(trained_tiny, mosaic, tmp_path) -> None:
-    import zarr
-
+def test_labels_come_out_as_a_tiled_pyramidal_bigtiff(trained_tiny, mosaic, tmp_path) -> None:
     path, _ = mosaic
-    result = _run(trained_tiny[0], path, tmp_path / "labels.zarr")
+    result = _run(trained_tiny[0], path, tmp_path / "labels.zarr", pyramid_min=64)
+    levels = store_levels(result.store)
+    assert [tuple(level.shape) for level in levels] == [(256, 256), (128, 128), (64, 64), (32, 32)]
+    full = np.asarray(levels[0][:])
+    for k, level in enumerate(levels):  # every level is level 0 taken every 2^k-th pixel, filled as blocks came
+        np.testing.assert_array_equal(level[:], full[::2**k, ::2**k])
     tiff = labels_tiff(result.store, tmp_path / "slide_labels.tif", tile=64)
     with tifffile.TiffFile(tiff) as tif:
-        assert tif.is_bigtiff and tif.pages[0].is_tiled
-        np.testing.assert_array_equal(tif.asarray(), zarr.open_array(result.store, mode="r")[:])
+        series = tif.series[0]
+        assert tif.is_bigtiff and tif.pages[0].is_tiled and len(series.levels) == 4
+        assert len(tif.pages[0].subifds) == 3, "the pyramid's levels are SubIFDs of level 0"
+        for k, level in enumerate(series.levels):
+            assert level.keyframe.is_tiled
+            np.testing.assert_array_equal(level.asarray(), full[::2**k, ::2**k])
+    with open_slide(tiff) as labels:  # the resolution tags carry the run's µm/px
+        assert labels.mpp == pytest.approx(MPP)
 
 
 def test_segment_takes_large_images_through_the_slide_path(capsys, monkeypatch, tiny_model_file, mosaic, tmp_path):

@@ -1,8 +1,12 @@
-"""napari reader: MoNuSeg / Aperio ImageScope XML and GeoJSON polygons as Labels on the tile's grid.
+"""napari readers: annotations (Aperio XML, GeoJSON) as Labels, and slides as multiscale Images.
 
-The tile's size comes from an image with the same stem beside the file (or in a sibling
-``images/`` folder, the MoNuSeg layout), else from the polygons' extent. Labels are on the tile's
-pixel grid (scale 1); an XML's MicronsPerPixel is kept in the layer's metadata.
+Annotations: the tile's size comes from an image with the same stem beside the file (or in a
+sibling ``images/`` folder, the MoNuSeg layout), else from the polygons' extent. Labels are on the
+tile's pixel grid (scale 1); an XML's MicronsPerPixel is kept in the layer's metadata.
+
+Slides (.svs, .ndpi, pyramidal or large tiled TIFF and OME-TIFF): every pyramid level as a lazy
+array through engine/slide/source.py (the slide reader the CLI uses), at the slide's µm/px as the
+layer's scale; napari reads only the tiles it shows. Other TIFFs are left to napari's own reader.
 """
 
 from __future__ import annotations
@@ -72,3 +76,31 @@ def read_annotations(path: str | list[str]) -> list[LayerData]:
     """napari's reader function: one Labels layer per file."""
     paths = [path] if isinstance(path, str) else list(path)
     return [read_annotation_file(p) for p in paths]
+
+
+def napari_get_slide_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
+    """Return `read_slides` for .svs, .ndpi and pyramidal or large tiled TIFFs, else None (napari reads the rest)."""
+    from napari_cdal.engine.slide.source import is_slide_file
+
+    paths = [path] if isinstance(path, str) else list(path)
+    if not paths or not all(is_slide_file(p) for p in paths):
+        return None
+    return read_slides
+
+
+def read_slide(path: str | Path) -> LayerData:
+    """One slide as multiscale Image layer data: its levels (lazy), scale = its µm/px when the file says."""
+    from napari_cdal.engine.slide.source import open_slide
+
+    source = open_slide(path)  # stays open while the layer reads from it
+    levels = source.levels()
+    meta: dict[str, Any] = {"name": Path(path).stem, "rgb": levels[0].ndim == 3, "multiscale": len(levels) > 1}
+    if source.mpp is not None:
+        meta.update(scale=(source.mpp, source.mpp), units=("µm", "µm"))
+    return levels if len(levels) > 1 else levels[0], meta, "image"
+
+
+def read_slides(path: str | list[str]) -> list[LayerData]:
+    """napari's reader function: one multiscale Image layer per slide."""
+    paths = [path] if isinstance(path, str) else list(path)
+    return [read_slide(p) for p in paths]

@@ -6,7 +6,7 @@ import functools
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from napari_cdal.engine.events import Progress
     from napari_cdal.engine.method.model import CdalModel
     from napari_cdal.engine.segment.image import SegmentationResult
+    from napari_cdal.engine.segment.tiling import Box
+    from napari_cdal.engine.slide.stitch import SlideResult
     from napari_cdal.engine.training.corrections import FinetunePair
 
 NO_RESULT = "the engine stopped without a result"
@@ -67,9 +69,13 @@ def load_model_cached(path: str | Path, device: str) -> CdalModel:
 
 
 def run_segmentation(
-    image: np.ndarray, settings: SegmentSettings
+    image: Any, settings: SegmentSettings, box: Box | None = None
 ) -> Generator[Progress, None, SegmentationResult | RunFailure]:
-    """Worker body: load the model, yield the engine's step events, return the result (or why not)."""
+    """Worker body: load the model, yield the engine's step events, return the result (or why not).
+
+    With `box` (y0, y1, x0, x1) only that part of `image` (any array, a slide's lazy level 0 too) is
+    read, here, off the GUI thread, and segmented.
+    """
     from napari_cdal.engine.checks import check_memory, segment_peak_bytes
     from napari_cdal.engine.device import resolve_device
     from napari_cdal.engine.io.checkpoint import CheckpointError
@@ -79,12 +85,13 @@ def run_segmentation(
     try:
         device = str(resolve_device(settings.device))
         model = load_model_cached(settings.model_path, device)
-        height, width = image.shape[:2]
+        height, width = (box[1] - box[0], box[3] - box[2]) if box is not None else image.shape[:2]
         check_memory(segment_peak_bytes(height, width, settings.image_mpp, model.config, settings.sampling_steps,
                                         settings.samples), f"the image ({height} x {width} px)")
+        pixels = image if box is None else np.asarray(image[box[0]:box[1], box[2]:box[3]])
         for event in segment_image(
             model,
-            image,
+            pixels,
             image_mpp=settings.image_mpp,
             sampling_steps=settings.sampling_steps,
             samples=settings.samples,
@@ -98,6 +105,39 @@ def run_segmentation(
         return RunFailure(str(exc))
     except MemoryError:
         return RunFailure("out of memory: crop the image into smaller tiles, or lower K (samples)")
+    return RunFailure(NO_RESULT)
+
+
+def run_whole_slide(
+    slide: Path, store: Path, tiff: Path, settings: SegmentSettings
+) -> Generator[Progress, None, SlideResult | RunFailure]:
+    """Worker body: segment a slide block by block into its zarr store (resuming one), then its pyramidal TIFF.
+
+    The same engine function as `napari-cdal segment` on a slide; the TIFF is written only when no
+    file of that name exists.
+    """
+    from napari_cdal.engine.device import resolve_device
+    from napari_cdal.engine.io.checkpoint import CheckpointError
+    from napari_cdal.engine.io.images import ImageError
+    from napari_cdal.engine.slide.source import open_slide
+    from napari_cdal.engine.slide.stitch import labels_tiff, segment_slide
+
+    try:
+        device = str(resolve_device(settings.device))
+        model = load_model_cached(settings.model_path, device)
+        with open_slide(slide) as source:
+            for event in segment_slide(model, source, store, settings.image_mpp,
+                                       sampling_steps=settings.sampling_steps, samples=settings.samples,
+                                       seed=settings.seed, threshold=settings.threshold):
+                if event.stage == "done":
+                    if not tiff.exists():
+                        labels_tiff(store, tiff)
+                    return event.payload
+                yield event
+    except (CheckpointError, ImageError, FileNotFoundError, ValueError, OSError) as exc:
+        return RunFailure(str(exc))
+    except MemoryError:
+        return RunFailure("out of memory: close other programs, or run `napari-cdal segment` on the slide")
     return RunFailure(NO_RESULT)
 
 

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 TAG = "napari_cdal"
 MASK, STEPS, ATTENTION, UNCERTAINTY = "mask", "steps", "attention", "uncertainty"
+SLIDE_LABELS = "slide labels"
 PREVIEW_SUFFIX = "(running)"
 STEP_AXIS = "step"
 CONTOUR_WIDTH = 2
@@ -61,15 +62,19 @@ def normalise_planes(stack: np.ndarray) -> np.ndarray:
 
 
 def image_mpp(layer: Layer) -> float:
-    """µm per pixel from a layer's scale (converted from its length unit), else 0.25 (a 40x tile).
+    """µm per pixel from a layer's scale (converted from its length unit), else 0.25 (a 40x tile)."""
+    return mpp_from_scale(layer.scale, getattr(layer, "units", None))
+
+
+def mpp_from_scale(scale: Any, units: Any = None) -> float:
+    """µm per pixel from a layer's scale and units (as a layer or a writer's attributes give them), else 0.25.
 
     A scale of (1, 1) means "not set"; a scale without a length unit is taken as µm.
     """
-    scale_y, scale_x = (float(s) for s in layer.scale[-2:])
+    scale_y, scale_x = (float(s) for s in list(scale)[-2:])
     if np.isclose(scale_y, 1.0) and np.isclose(scale_x, 1.0):
         return DEFAULT_IMAGE_MPP
     value = float(np.sqrt(scale_y * scale_x))
-    units = getattr(layer, "units", None)
     if units:
         import pint
 
@@ -100,6 +105,11 @@ class Grid:
             tuple(units[-2:]) if units else None,
             tuple(labels[-2:]) if labels else None,
         )
+
+    def shifted(self, origin: tuple[int, int]) -> Grid:
+        """The grid of a part of the image starting at pixel `origin` (row, column)."""
+        translate = tuple(float(t + s * o) for t, s, o in zip(self.translate, self.scale, origin, strict=True))
+        return Grid(self.scale, translate, self.units, self.axis_labels)
 
     def plane(self) -> dict[str, Any]:
         """Layer keywords for an H x W layer on this grid."""
@@ -158,10 +168,10 @@ def _put_image(
 
 def _put_mask(
     viewer: napari.Viewer, image_name: str, labels: np.ndarray, grid: dict[str, Any], contour: int,
-    features: dict[str, np.ndarray] | None = None,
+    features: dict[str, np.ndarray] | None = None, origin: tuple[int, int] = (0, 0),
 ) -> Labels:
     layer = find_result_layer(viewer, image_name, MASK)
-    tag = {"image": image_name, "kind": MASK}
+    tag = {"image": image_name, "kind": MASK, "origin": [int(origin[0]), int(origin[1])]}
     if layer is None:
         layer = viewer.add_labels(
             labels, name=layer_name(image_name, MASK), metadata={TAG: tag}, **grid
@@ -178,13 +188,16 @@ def _put_mask(
 
 
 def show_result(
-    viewer: napari.Viewer, image: Image, result: SegmentationResult, contour: int, mpp: float | None = None
+    viewer: napari.Viewer, image: Image, result: SegmentationResult, contour: int, mpp: float | None = None,
+    origin: tuple[int, int] = (0, 0),
 ) -> dict[str, Layer]:
     """Put a result into the layers named after `image` (updated in place where possible).
 
     `mpp` is the µm/px the run used (for the areas in the mask's features); default: the layer's.
+    `origin` is where the segmented part starts in the image's full-resolution pixels (row, column):
+    the layers are translated there, and the mask's metadata keeps it for the writers.
     """
-    grid = Grid.of(image)
+    grid = Grid.of(image).shifted(origin)
     layers: dict[str, Layer] = {}
     if result.steps is not None:
         layers[STEPS] = _put_image(
@@ -216,7 +229,7 @@ def show_result(
             viewer.layers.remove(stale)
     labels = np.ascontiguousarray(result.labels, dtype=np.uint32)
     features = result_features(result, mpp or image_mpp(image))
-    layers[MASK] = _put_mask(viewer, image.name, labels, grid.plane(), contour, features)
+    layers[MASK] = _put_mask(viewer, image.name, labels, grid.plane(), contour, features, origin)
     return layers
 
 
@@ -238,10 +251,11 @@ class LivePreview:
     ends, whether it finished or was cancelled.
     """
 
-    def __init__(self, viewer: napari.Viewer, image: Image, size: tuple[int, int]) -> None:
+    def __init__(self, viewer: napari.Viewer, image: Image, size: tuple[int, int],
+                 origin: tuple[int, int] = (0, 0)) -> None:
         self._viewer = viewer
         self._image_name = image.name
-        self._grid = Grid.of(image).stack()
+        self._grid = Grid.of(image).shifted(origin).stack()
         self._size = size
         self._removed = False
         self.layers: dict[str, Image] = {}
@@ -292,3 +306,19 @@ class LivePreview:
             if layer in self._viewer.layers:
                 self._viewer.layers.remove(layer)
         self.layers.clear()
+
+
+def show_slide_labels(viewer: napari.Viewer, image: Image, levels: list[Any], store: str) -> Labels:
+    """The labels store of a whole-slide run as a multiscale Labels layer over `image` (one per store, reused)."""
+    for layer in viewer.layers:
+        tag = layer.metadata.get(TAG) or {}
+        if tag.get("kind") == SLIDE_LABELS and tag.get("store") == store:
+            layer.refresh()
+            return layer
+    return viewer.add_labels(
+        levels if len(levels) > 1 else levels[0],
+        multiscale=len(levels) > 1,
+        name=layer_name(image.name, SLIDE_LABELS),
+        metadata={TAG: {"image": image.name, "kind": SLIDE_LABELS, "store": store}},
+        **Grid.of(image).plane(),
+    )

@@ -24,7 +24,7 @@ class ReviewQueue:
     the user's edits do not reshuffle it mid-review.
     """
 
-    def __init__(self, mask: Any, image: Any) -> None:
+    def __init__(self, mask: Any) -> None:
         from napari_cdal.engine.segment.measurements import review_order
 
         features = {key: np.asarray(mask.features[key]) for key in mask.features.columns}
@@ -37,8 +37,8 @@ class ReviewQueue:
         self._features = features
         self._row = {int(i): r for r, i in enumerate(features["index"])}
         self._ranked = [] if np.all(np.isnan(features[self.key])) else list(review_order(features, self.key))
-        self._scale = np.asarray(image.scale[-2:], float)
-        self._translate = np.asarray(image.translate[-2:], float)
+        self._scale = np.asarray(mask.scale[-2:], float)
+        self._translate = np.asarray(mask.translate[-2:], float)
         self.ids: list[int] = []
         self.position = -1
 

@@ -34,6 +34,10 @@ class WorkerRun:
             event.connect(self.reset_choices)
         self.native.destroyed.connect(self._abandon_run)
 
+    def _start_buttons(self) -> list[Any]:
+        """The buttons that start a run: disabled while one goes (the widget may have more than `_run_button`)."""
+        return [self._run_button]
+
     @property
     def running(self) -> bool:
         """True while a run is in progress."""
@@ -47,7 +51,8 @@ class WorkerRun:
         self._progress = progress
         self._worker = create_worker(body, *args, _start_thread=False)
         self._connect_worker()
-        self._run_button.enabled = False
+        for button in self._start_buttons():
+            button.enabled = False
         self.cancel_button.enabled = True
         self.status.value = status
         self._worker.start()
@@ -117,7 +122,8 @@ class WorkerRun:
         outcome = self._outcome or "cancelled"
         if outcome == "cancelled":
             self.status.value = self.cancelled_note
-        self._run_button.enabled = True
+        for button in self._start_buttons():
+            button.enabled = True
         self.cancel_button.enabled = False
         self._after_run(outcome)
         self.run_finished.emit(outcome)

@@ -1,7 +1,10 @@
-"""The Segment dock widget: gathers settings, runs engine.segment_image in a napari thread_worker.
+"""The Segment dock widget: gathers settings, runs engine.segment_image (or a whole slide) in a napari thread_worker.
 
-During a run only the `(running)` preview layers change; the result layers are written when the
-run finishes, so Cancel (or an error) leaves them exactly as they were.
+Segment takes the whole image, the field of view or a drawn rectangle (on a slide, the field of
+view, at full resolution). During a run only the `(running)` preview layers change; the result
+layers are written when the run finishes, so Cancel (or an error) leaves them exactly as they were.
+Whole slide runs engine.slide's segment_slide into a zarr store beside the chosen folder and
+shows its labels as the blocks finish; a cancelled or interrupted store is resumed by the next run.
 """
 
 from __future__ import annotations
@@ -32,8 +35,24 @@ from napari_cdal._widgets._common import (
     set_mpp_from_layer,
     status_label,
 )
-from napari_cdal._widgets._jobs import RunFailure, SegmentSettings, run_segmentation
-from napari_cdal._widgets._layers import CONTOUR_WIDTH, MASK, TAG, LivePreview, show_result
+from napari_cdal._widgets._jobs import RunFailure, SegmentSettings, run_segmentation, run_whole_slide
+from napari_cdal._widgets._layers import (
+    CONTOUR_WIDTH,
+    MASK,
+    TAG,
+    LivePreview,
+    show_result,
+    show_slide_labels,
+)
+from napari_cdal._widgets._region import (
+    FIELD_OF_VIEW,
+    WHOLE_IMAGE,
+    check_region,
+    model_config,
+    region_box,
+    region_choices,
+    slide_paths,
+)
 from napari_cdal._widgets._review import ReviewQueue
 from napari_cdal._widgets._run import WorkerRun
 
@@ -43,6 +62,7 @@ if TYPE_CHECKING:
 
     from napari_cdal.engine.events import Progress
     from napari_cdal.engine.segment.image import SegmentationResult
+    from napari_cdal.engine.slide.stitch import SlideResult
 
 OTHER_FILE = ""
 DEFAULT_STEPS = 4
@@ -50,14 +70,8 @@ DEFAULT_STEPS = 4
 
 def model_steps(path: str) -> tuple[int, int, int] | None:
     """(steps the model was trained with, its default sampling steps, its default samples K); None when unreadable."""
-    from napari_cdal.engine.config import ModelConfig
-    from napari_cdal.engine.io.checkpoint import read_metadata
-
-    try:  # through ModelConfig, so files written under former key names read the same
-        config = ModelConfig.from_dict(read_metadata(path)["model_config"])
-        return config.diffusion_steps, config.sampling_steps, config.default_samples
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
+    config = model_config(path)
+    return None if config is None else (config.diffusion_steps, config.sampling_steps, config.default_samples)
 
 
 class SegmentWidget(WorkerRun, Container):
@@ -75,11 +89,22 @@ class SegmentWidget(WorkerRun, Container):
         self._image_layer: Image | None = None
         self._settings: SegmentSettings | None = None
         self._clicked_at = 0.0
+        self._origin: tuple[int, int] = (0, 0)
+        self._slide: dict[str, Any] | None = None
+        self._slide_layer: Any = None
+        self._last_kind = ""
+        self.last_slide: SlideResult | None = None
         self.last_result: SegmentationResult | None = None
         self.last_seconds: float | None = None
         register_segment_widget(self)
 
         self.image = ComboBox(label="image", choices=lambda _: image_choices(self._viewer))
+        self.region = ComboBox(
+            label="region",
+            choices=lambda _: region_choices(self._viewer),
+            tooltip="what Segment segments, at full resolution: the whole image, what the canvas shows, or "
+            "a rectangle drawn in a Shapes layer (the selected one, else the last)",
+        )
         self.model = ComboBox(label="model", choices=lambda _: self._model_choices())
         self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors")
         self.device = ComboBox(label="device", choices=device_choices())
@@ -112,6 +137,17 @@ class SegmentWidget(WorkerRun, Container):
         self.mpp = mpp_spin_box("the image's µm per pixel: from the layer's scale, else 0.25 (40x)")
         self.contours = CheckBox(text="show nuclei as contours", value=True)
         self.segment_button = PushButton(text="Segment")
+        self.slide_output = FileEdit(
+            label="slide output",
+            mode="d",
+            tooltip="folder for Whole slide's <slide>_labels.zarr (resumable) and <slide>_labels.tif; "
+            "empty: the slide's own folder",
+        )
+        self.slide_button = PushButton(
+            text="Whole slide",
+            tooltip="segment the slide file behind the image block by block in the background, "
+            "showing the labels as they fill in; a second run resumes an unfinished one",
+        )
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self._run_button = self.segment_button
         self.review_count = SpinBox(
@@ -132,6 +168,7 @@ class SegmentWidget(WorkerRun, Container):
         self.extend(
             [
                 self.image,
+                self.region,
                 self.model,
                 self.model_file,
                 self.device,
@@ -142,6 +179,8 @@ class SegmentWidget(WorkerRun, Container):
                 self.mpp,
                 self.contours,
                 self.segment_button,
+                self.slide_output,
+                self.slide_button,
                 self.cancel_button,
                 self.review_count,
                 self.review_button,
@@ -154,6 +193,7 @@ class SegmentWidget(WorkerRun, Container):
         self.model_file.changed.connect(self._on_model_changed)
         self.contours.changed.connect(self._on_contours_changed)
         self.segment_button.changed.connect(self.start)
+        self.slide_button.changed.connect(self.start_slide)
         self.cancel_button.changed.connect(self.cancel)
         self.review_button.changed.connect(self.review_next)
         self.review_count.changed.connect(self._on_review_count_changed)
@@ -182,9 +222,14 @@ class SegmentWidget(WorkerRun, Container):
             self.model.value = OTHER_FILE
             self.model_file.value = Path(select)
 
+    def _start_buttons(self) -> list[Any]:
+        return [self.segment_button, self.slide_button]
+
     def _on_image_changed(self, layer: Image | None) -> None:
         if layer is not None:
             set_mpp_from_layer(self.mpp, layer, self.status)
+            if self.region.value in (WHOLE_IMAGE, FIELD_OF_VIEW, None):  # a chosen rectangle stays chosen
+                self.region.value = FIELD_OF_VIEW if layer.multiscale else WHOLE_IMAGE
 
     def _on_model_changed(self, *_: Any) -> None:
         from napari_cdal.models import bundled_model_file, model_dir
@@ -207,62 +252,142 @@ class SegmentWidget(WorkerRun, Container):
             if layer is not None and tag.get("kind") == MASK and tag.get("image") == layer.name:
                 candidate.contour = CONTOUR_WIDTH if show else 0
 
+    def _checked_inputs(self, what: str) -> tuple[Image, str] | None:
+        """The image layer and model file to run with; None (with a notification) when one is missing."""
+        from napari.utils.notifications import show_error
+
+        layer = self.image.value
+        model_path = self.selected_model_path()
+        if layer is None:
+            show_error(f"{what}: open an image first (File > Open, or File > Open Sample > napari-cdal)")
+            return None
+        if model_path is None:
+            show_error(f"{what}: no model chosen; pick 'other file…' and choose a .safetensors model file")
+            return None
+        if not Path(model_path).is_file():
+            show_error(f"{what}: model file not found: {model_path}")
+            return None
+        return layer, model_path
+
+    def _settings_now(self, model_path: str) -> SegmentSettings:
+        return SegmentSettings(model_path, self.device.value, float(self.mpp.value), int(self.sampling_steps.value),
+                               int(self.samples.value), int(self.seed.value), float(self.threshold.value))
+
     def start(self, *_: Any) -> None:
-        """Check the inputs and start segmenting in a worker thread (errors go to a notification)."""
+        """Check the inputs and start segmenting the chosen region in a worker thread (errors go to a notification)."""
         from napari.utils import progress
         from napari.utils.notifications import show_error
 
+        from napari_cdal.engine.checks import InputError
         from napari_cdal.engine.io.images import ImageError
 
         if self.running:
             return
-        layer = self.image.value
-        model_path = self.selected_model_path()
-        if layer is None:
-            show_error(
-                "Segment: open an image first (File > Open, or File > Open Sample > napari-cdal)"
-            )
+        checked = self._checked_inputs("Segment")
+        if checked is None:
             return
-        if model_path is None:
-            show_error(
-                "Segment: no model chosen; pick 'other file…' and choose a .safetensors model file"
-            )
-            return
-        if not Path(model_path).is_file():
-            show_error(f"Segment: model file not found: {model_path}")
-            return
+        layer, model_path = checked
+        settings = self._settings_now(model_path)
         try:
-            pixels = image_pixels(layer)
-        except ImageError as exc:
+            if self.region.value == WHOLE_IMAGE and not layer.multiscale:
+                image, box = image_pixels(layer), None
+                size = image.shape[:2]
+            else:  # read in the worker, only the part asked for
+                box = region_box(self._viewer, layer, self.region.value)
+                check_region(layer, box, settings, self.region.value, model_config(model_path))
+                image = layer.data[0] if layer.multiscale else layer.data
+                size = (box[1] - box[0], box[3] - box[2])
+        except (ImageError, InputError) as exc:
             show_error(f"Segment: {exc}")
             return
-        settings = SegmentSettings(
-            model_path,
-            self.device.value,
-            float(self.mpp.value),
-            int(self.sampling_steps.value),
-            int(self.samples.value),
-            int(self.seed.value),
-            float(self.threshold.value),
-        )
         self._clicked_at = time.perf_counter()
         self._image_layer = layer
         self._settings = settings
-        self._preview = LivePreview(self._viewer, layer, pixels.shape[:2])
-        self._launch(run_segmentation, pixels, settings, status=f"Segmenting {layer.name}…",
+        self._origin = (0, 0) if box is None else (box[0], box[2])
+        self._last_kind = "segment"
+        self._preview = LivePreview(self._viewer, layer, size, self._origin)
+        self._launch(run_segmentation, image, settings, box, status=f"Segmenting {layer.name}…",
                      progress=progress(total=0, desc=f"cDAL: segmenting {layer.name}"))
+
+    def start_slide(self, *_: Any) -> None:
+        """Segment the whole slide behind the image layer in a worker, its labels filling in as blocks finish."""
+        from napari.utils import progress
+        from napari.utils.notifications import show_error
+
+        from napari_cdal.engine.checks import InputError
+
+        if self.running:
+            return
+        checked = self._checked_inputs("Whole slide")
+        if checked is None:
+            return
+        layer, model_path = checked
+        try:
+            slide, store, tiff = slide_paths(layer, str(self.slide_output.value))
+        except InputError as exc:
+            show_error(f"Whole slide: {exc}")
+            return
+        self._clicked_at = time.perf_counter()
+        self._image_layer = layer
+        self._settings = self._settings_now(model_path)
+        self._slide = {"store": store, "tiff": tiff, "tiff_existed": tiff.exists()}
+        self._slide_layer = None
+        self._last_kind = "slide"
+        resumed = " (resuming)" if store.exists() else ""
+        self._launch(run_whole_slide, slide, store, tiff, self._settings,
+                     status=f"Whole slide: segmenting {slide.name} into {store}{resumed}…",
+                     progress=progress(total=0, desc=f"cDAL: whole slide {slide.name}"))
 
     def _on_step(self, event: Progress) -> None:
         with self._handling():
-            if self._outcome or self._preview is None:
+            if self._outcome:
+                return
+            if self._slide is not None:
+                self._show_slide_labels()
+                self.status.value = f"Whole slide: block {event.index} of {event.total} written"
+                self._advance(event)  # napari's bar processes events: the run may end in here
+                return
+            if self._preview is None:
                 return
             self._preview.update(event.payload)
             self._advance(event)
 
-    def _on_returned(self, result: SegmentationResult | RunFailure) -> None:
+    def _show_slide_labels(self) -> None:
+        """Show the store's labels over the slide (the first time), or let napari read the new blocks."""
+        from napari_cdal.engine.slide.stitch import store_levels
+
+        if self._slide_layer is None or self._slide_layer not in self._viewer.layers:
+            store = self._slide["store"]
+            self._slide_layer = show_slide_labels(self._viewer, self._image_layer, store_levels(store), str(store))
+        else:
+            self._slide_layer.refresh()
+
+    def _on_slide_returned(self, result: SlideResult | RunFailure) -> None:
+        from napari.utils.notifications import show_error
+
+        if self._outcome == "cancelled":
+            return
+        if isinstance(result, RunFailure):
+            self._outcome = "failed"
+            self.status.value = "Failed: the store keeps the blocks already written"
+            show_error(f"Whole slide: {result.message}")
+            return
+        self._outcome = "done"
+        self._show_slide_labels()
+        self.last_slide = result
+        self.last_seconds = time.perf_counter() - self._clicked_at
+        tiff = self._slide["tiff"]
+        written = f"kept the existing {tiff.name}" if self._slide["tiff_existed"] else f"wrote {tiff}"
+        self.status.value = (f"Whole slide: {result.n_nuclei} nuclei in {result.blocks} blocks, "
+                             f"{self.last_seconds:.1f} s; labels in {result.store}, {written}")
+
+    def _on_returned(self, result: SegmentationResult | SlideResult | RunFailure) -> None:
         from napari.utils.notifications import show_error
 
         with self._handling():
+            if self._slide is not None:
+                self._on_slide_returned(result)
+                return
             self._preview.remove()
             if self._outcome == "cancelled":
                 return
@@ -278,8 +403,9 @@ class SegmentWidget(WorkerRun, Container):
                 result,
                 CONTOUR_WIDTH if self.contours.value else 0,
                 self._settings.image_mpp,
+                self._origin,
             )
-            self._review = ReviewQueue(layers[MASK], self._image_layer)
+            self._review = ReviewQueue(layers[MASK])
             self._on_review_count_changed()
             self.last_result = result
             self.last_seconds = time.perf_counter() - self._clicked_at
@@ -305,9 +431,15 @@ class SegmentWidget(WorkerRun, Container):
 
     def _drop_run(self) -> None:
         """Take the preview away, then let go of the run and what it ran on."""
-        self._preview.remove()
+        if self._preview is not None:
+            self._preview.remove()
         super()._drop_run()
-        self._preview = self._image_layer = self._settings = None
+        self._preview = self._image_layer = self._settings = self._slide = None
+
+    def _after_run(self, outcome: str) -> None:
+        """A cancelled whole slide keeps its finished blocks: say so, and that the next run resumes."""
+        if outcome == "cancelled" and self._last_kind == "slide":
+            self.status.value = "Cancelled: the store keeps the finished blocks; Whole slide again resumes there"
 
     def _abandon_run(self, *_: Any) -> None:
         """The dock was closed (mid-run: stop the worker, drop the preview); the widgets are gone."""

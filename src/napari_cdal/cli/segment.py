@@ -8,6 +8,7 @@ from typing import Any
 
 from napari_cdal.cli import common
 from napari_cdal.cli.common import CliError
+from napari_cdal.engine.slide.source import SLIDE_MIN_PIXELS
 
 
 def _write_tiff(path: Path, array: Any) -> None:
@@ -50,10 +51,6 @@ def _write_outputs(files: dict[str, Path], result: Any, pixels: Any, image_mpp: 
             write_text(file, csv_text(table))
         else:
             _write_tiff(file, maps[kind])
-
-
-SLIDE_MIN_PIXELS = 4096 * 4096
-"""From this size on (or for .svs/.ndpi), an image is segmented as a slide: block by block, memory bounded."""
 
 
 def _dask_client(args: argparse.Namespace) -> tuple[Any, Any]:

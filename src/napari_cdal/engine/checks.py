@@ -145,9 +145,9 @@ def _size(count: int) -> str:
     return f"{count / 2**30:.1f} GiB" if count >= 2**30 else f"{count / 2**20:.0f} MiB"
 
 
-def check_memory(needed: int, what: str) -> None:
-    """Refuse work whose estimated peak memory exceeds what is free, naming the whole-slide path."""
+def check_memory(needed: int, what: str,
+                 fix: str = "crop it into tiles of a few thousand pixels a side and segment those") -> None:
+    """Refuse work whose estimated peak memory exceeds what is free; the message ends with `fix`."""
     free = available_memory()
     if free is not None and needed > MEMORY_HEADROOM * free:
-        raise InputError(f"{what} needs about {_size(needed)} of memory but {_size(free)} are free; "
-                         "crop it into tiles of a few thousand pixels a side and segment those")
+        raise InputError(f"{what} needs about {_size(needed)} of memory but {_size(free)} are free; {fix}")

@@ -87,9 +87,9 @@ def feature_collection_text(features: list[dict[str, Any]]) -> str:
 
 
 def geojson_text(labels: np.ndarray, measurements: dict[str, np.ndarray] | None = None,
-                 object_type: str = "detection") -> str:
+                 object_type: str = "detection", offset: tuple[int, int] = (0, 0)) -> str:
     """labels_to_geojson as the text of a file."""
-    return json.dumps(labels_to_geojson(labels, measurements, object_type))
+    return json.dumps(labels_to_geojson(labels, measurements, object_type, offset))
 
 
 def csv_text(columns: dict[str, np.ndarray]) -> str:

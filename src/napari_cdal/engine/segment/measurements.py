@@ -46,39 +46,48 @@ def nucleus_features(
     }
 
 
-def nucleus_measurements(labels: np.ndarray, image: np.ndarray, image_mpp: float,
-                         uncertainty: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def nucleus_measurements(labels: np.ndarray, image: np.ndarray | None, image_mpp: float,
+                         uncertainty: np.ndarray | None = None,
+                         origin: tuple[int, int] = (0, 0)) -> dict[str, np.ndarray]:
     """The table QuPath and a spreadsheet get: one row per nucleus id, in µm where a size is meant.
 
     Columns: id, centroid (px and µm), area µm², perimeter µm, eccentricity, solidity, mean
     haematoxylin optical density (colour deconvolution of the RGB image, Ruifrok & Johnston) and
-    mean uncertainty (NaN where none was computed). `image` is H x W x 3 on 0..255.
+    mean uncertainty (NaN where none was computed, or without an image). `image` is H x W x 3 on
+    0..255. `origin` (row, column) places a crop in the whole image: centroids are given there.
     """
     from skimage.color import rgb2hed
     from skimage.measure import regionprops_table
 
     labels = np.asarray(labels)
-    if labels.ndim != 2 or np.asarray(image).shape[:2] != labels.shape:
+    if labels.ndim != 2 or (image is not None and np.asarray(image).shape[:2] != labels.shape):
         raise ValueError(f"labels {labels.shape} and image {np.asarray(image).shape} must cover the same 2-D grid")
     base = nucleus_features(labels, image_mpp, uncertainty)
     present = base["area_um2"] > 0  # ids below the largest that label no pixel have no row
     ids = base["index"][present]
     shape = regionprops_table(labels.astype(np.int64), properties=("label", "perimeter", "eccentricity", "solidity"))
     order = np.searchsorted(shape["label"], ids)
-    haematoxylin = rgb2hed(np.clip(np.asarray(image, np.float64) / 255.0, 0.0, 1.0))[..., 0]
-    od_sum = np.bincount(labels.astype(np.int64).ravel(), weights=haematoxylin.ravel(), minlength=len(present) + 1)
     area_px = base["area_um2"][present] / (image_mpp * image_mpp)
+    if image is None:
+        haematoxylin_od = np.full(len(ids), np.nan)
+    else:
+        haematoxylin = rgb2hed(np.clip(np.asarray(image, np.float64) / 255.0, 0.0, 1.0))[..., 0]
+        od_sum = np.bincount(labels.astype(np.int64).ravel(), weights=haematoxylin.ravel(),
+                             minlength=len(present) + 1)
+        haematoxylin_od = od_sum[1:][present] / area_px
+    centroid_y = base["centroid_y"][present] + origin[0]
+    centroid_x = base["centroid_x"][present] + origin[1]
     return {
         "id": ids,
-        "centroid_x_px": base["centroid_x"][present],
-        "centroid_y_px": base["centroid_y"][present],
-        "centroid_x_um": base["centroid_x"][present] * image_mpp,
-        "centroid_y_um": base["centroid_y"][present] * image_mpp,
+        "centroid_x_px": centroid_x,
+        "centroid_y_px": centroid_y,
+        "centroid_x_um": centroid_x * image_mpp,
+        "centroid_y_um": centroid_y * image_mpp,
         "area_um2": base["area_um2"][present],
         "perimeter_um": shape["perimeter"][order] * image_mpp,
         "eccentricity": shape["eccentricity"][order],
         "solidity": shape["solidity"][order],
-        "mean_hematoxylin_od": od_sum[1:][present] / area_px,
+        "mean_hematoxylin_od": haematoxylin_od,
         "mean_uncertainty": base["mean_uncertainty"][present],
     }
 

@@ -13,6 +13,9 @@ from napari_cdal.engine.io.images import ImageError
 
 SLIDE_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".btf")
 
+SLIDE_MIN_PIXELS = 4096 * 4096
+"""From this size on (or for .svs/.ndpi), an image is a slide: read and segmented block by block."""
+
 
 @dataclass
 class SlideSource:
@@ -24,6 +27,7 @@ class SlideSource:
     mpp: float | None
     _array: Any
     _file: Any = None
+    _series: Any = None
 
     def close(self) -> None:
         """Release the file."""
@@ -36,6 +40,13 @@ class SlideSource:
 
     def __exit__(self, *_: Any) -> None:
         self.close()
+
+    def levels(self) -> list[Any]:
+        """Every level of the slide's pyramid as a lazy array, level 0 first (just level 0 without a pyramid)."""
+        import zarr
+
+        count = len(self._series.levels) if self._series is not None else 1
+        return [self._array, *(zarr.open(self._series.aszarr(level=k), mode="r") for k in range(1, count))]
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """The pixels of rows y0..y1 and columns x0..x1 (clipped to the slide), read only from the tiles they touch."""
@@ -89,4 +100,24 @@ def open_slide(path: str | Path) -> SlideSource:
     if axes not in ("YX", "YXS", "YXC"):
         tif.close()
         raise ImageError(f"{path} has axes {axes} (shape {shape}); a slide must be one 2-D RGB or grey plane")
-    return SlideSource(path, int(shape[0]), int(shape[1]), mpp, array, tif)
+    return SlideSource(path, int(shape[0]), int(shape[1]), mpp, array, tif, series)
+
+
+def is_slide_file(path: str | Path) -> bool:
+    """True for .svs and .ndpi, and a TIFF that is pyramidal or tiled with SLIDE_MIN_PIXELS or more (header only)."""
+    import tifffile
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".svs", ".ndpi"):
+        return path.is_file()
+    if suffix not in SLIDE_SUFFIXES or not path.is_file():
+        return False
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            page = series.pages[0]
+            large = page.is_tiled and int(page.imagelength) * int(page.imagewidth) >= SLIDE_MIN_PIXELS
+            return len(series.levels) > 1 or large
+    except Exception:  # not a TIFF tifffile can parse: let another reader say why
+        return False

@@ -42,6 +42,12 @@ CHUNK_PX = 1024
 DETECTIONS_FOLDER = "detections"
 """Where in the store each block keeps its nuclei's polygons and measurements."""
 
+LEVELS_FOLDER = "levels"
+"""Where in the store the downsampled levels of the labels live (levels/1 is half the size, levels/2 a quarter...)."""
+
+PYRAMID_MIN_PX = 1024
+"""Levels are halved until the last one is smaller than this on its longer side."""
+
 
 @dataclass
 class SlideResult:
@@ -59,19 +65,53 @@ def block_cores(height: int, width: int, block: int) -> list[Box]:
             for y in range(0, height, block) for x in range(0, width, block)]
 
 
-def _open_store(store: Path, shape: tuple[int, int], settings: dict[str, Any]) -> Any:
-    """The labels array at `store`, created empty, or reopened when a run with the same settings left it."""
+def pyramid_shapes(height: int, width: int, smallest: int = PYRAMID_MIN_PX) -> list[tuple[int, int]]:
+    """The shapes of level 0 and of each level halved from it, until one is under `smallest` on its longer side."""
+    shapes = [(height, width)]
+    while max(shapes[-1]) >= smallest:
+        factor = 2 ** len(shapes)
+        shapes.append((-(-height // factor), -(-width // factor)))
+    return shapes
+
+
+def store_levels(store: str | Path, mode: str = "r") -> list[Any]:
+    """The labels store's arrays, level 0 (full resolution) first, then each downsampled level."""
+    import zarr
+
+    store = Path(store)
+    labels = zarr.open_array(store, mode=mode)
+    levels = [zarr.open_array(store / LEVELS_FOLDER / str(k), mode=mode)
+              for k in range(1, len(labels.attrs.get("levels", [None])))]
+    return [labels, *levels]
+
+
+def _open_store(store: Path, shape: tuple[int, int], settings: dict[str, Any], smallest: int) -> list[Any]:
+    """The labels store's levels at `store`, created empty, or reopened when a run with the same settings left it."""
     import zarr
 
     if store.exists():
-        labels = zarr.open_array(store, mode="r+")
+        labels = zarr.open_array(store, mode="r")
         if tuple(labels.shape) != shape or labels.attrs.get("settings") != settings:
             raise ValueError(f"{store} holds labels of another run (shape {tuple(labels.shape)}, settings "
                              f"{labels.attrs.get('settings')}); move it away or choose another --out")
-        return labels
+        return store_levels(store, "r+")
+    shapes = pyramid_shapes(*shape, smallest)
+    levels = [zarr.create_array(store / LEVELS_FOLDER / str(k), shape=level, chunks=(CHUNK_PX, CHUNK_PX),
+                                dtype="uint32", fill_value=0) for k, level in enumerate(shapes) if k]
     labels = zarr.create_array(store, shape=shape, chunks=(CHUNK_PX, CHUNK_PX), dtype="uint32", fill_value=0)
-    labels.attrs.update(settings=settings, done=[], next_id=1)
-    return labels
+    labels.attrs.update(settings=settings, done=[], next_id=1, levels=[list(level) for level in shapes])
+    return [labels, *levels]
+
+
+def _update_levels(levels: list[Any], window: np.ndarray, region: Box) -> None:
+    """Copy a written window of level 0 into each downsampled level (nearest: every 2^k-th pixel)."""
+    ry0, ry1, rx0, rx1 = region
+    for k, level in enumerate(levels[1:], start=1):
+        factor = 2**k
+        y0, x0 = -(-ry0 // factor), -(-rx0 // factor)
+        y1, x1 = -(-ry1 // factor), -(-rx1 // factor)
+        if y1 > y0 and x1 > x0:
+            level[y0:y1, x0:x1] = window[y0 * factor - ry0::factor, x0 * factor - rx0::factor]
 
 
 def _owned(local: np.ndarray, region: Box, core: Box) -> np.ndarray:
@@ -97,10 +137,7 @@ def _save_detections(store: Path, index: int, written: np.ndarray, pixels: np.nd
     from napari_cdal.engine.io.images import to_rgb_float
     from napari_cdal.engine.segment.measurements import nucleus_measurements
 
-    table = nucleus_measurements(written, to_rgb_float(pixels, 3), image_mpp, uncertainty)
-    for axis, start in (("y", region[0]), ("x", region[2])):
-        table[f"centroid_{axis}_px"] = table[f"centroid_{axis}_px"] + start
-        table[f"centroid_{axis}_um"] = table[f"centroid_{axis}_px"] * image_mpp
+    table = nucleus_measurements(written, to_rgb_float(pixels, 3), image_mpp, uncertainty, (region[0], region[2]))
     features = labels_to_geojson(written, table, "detection", offset=(region[0], region[2]))["features"]
     rows = {name: [None if isinstance(v, float) and math.isnan(v) else v for v in np.asarray(column).tolist()]
             for name, column in table.items()}
@@ -167,18 +204,20 @@ def segment_block(model: CdalModel | str, slide: SlideSource | str | Path, index
                              pixels if keep_pixels else None, result.uncertainty)
 
 
-def _commit(labels: Any, store: Path, block: BlockSegmentation, next_id: int, image_mpp: float,
+def _commit(levels: list[Any], store: Path, block: BlockSegmentation, next_id: int, image_mpp: float,
             detections: bool) -> int:
-    """Write a block's owned nuclei under global ids where no earlier nucleus lies; returns the next free id."""
+    """Write a block's owned nuclei under global ids where no earlier nucleus lies (and into the downsampled
+    levels); returns the next free id."""
     owned = block.owned
     lut = np.zeros(owned.size + 1, dtype=np.uint32)
     lut[1:][owned] = np.arange(next_id, next_id + int(owned.sum()), dtype=np.uint32)
     mapped = lut[block.labels]
     ry0, ry1, rx0, rx1 = block.region
-    window = np.asarray(labels[ry0:ry1, rx0:rx1])
+    window = np.asarray(levels[0][ry0:ry1, rx0:rx1])
     free = (window == 0) & (mapped > 0)
     window[free] = mapped[free]
-    labels[ry0:ry1, rx0:rx1] = window
+    levels[0][ry0:ry1, rx0:rx1] = window
+    _update_levels(levels, window, block.region)
     if detections:
         _save_detections(store, block.index, np.where(free, mapped, 0), block.pixels, block.region, image_mpp,
                          block.uncertainty)
@@ -188,7 +227,8 @@ def _commit(labels: Any, store: Path, block: BlockSegmentation, next_id: int, im
 def segment_slide(model: CdalModel, source: SlideSource, store: str | Path, image_mpp: float,
                   block: int = BLOCK_PX, halo_um: float = HALO_UM, sampling_steps: int | None = None,
                   samples: int | None = None, seed: int = 0, threshold: float = DEFAULT_THRESHOLD,
-                  detections: bool = False, client: Any = None) -> Generator[Progress, None, None]:
+                  detections: bool = False, client: Any = None,
+                  pyramid_min: int | None = None) -> Generator[Progress, None, None]:
     """Segment a slide into a zarr labels store; yields Progress('block', i, n, box) per block, then 'done'.
 
     Ids are global (1..N in block order). Block i is sampled with seed + i, so a run, or a resumed
@@ -197,14 +237,17 @@ def segment_slide(model: CdalModel, source: SlideSource, store: str | Path, imag
     paths); this process writes the results in block order, so a lost worker only means its tasks
     run again elsewhere and nothing is half-written. With `detections`, each block also saves its
     nuclei's polygons and measurements in the store (slide_detections gathers them) before it counts
-    as done.
+    as done. The store also keeps the labels halved level by level down to `pyramid_min` pixels
+    (default PYRAMID_MIN_PX), updated as each block is written, for a viewer and the TIFF's pyramid.
     """
     store = Path(store)
     settings = {"block": block, "halo_um": halo_um, "sampling_steps": sampling_steps, "samples": samples,
                 "seed": seed, "threshold": threshold, "image_mpp": image_mpp, "model": Path(model.source).name,
                 "detections": detections}
     started = time.perf_counter()
-    labels = _open_store(store, (source.height, source.width), settings)
+    levels = _open_store(store, (source.height, source.width), settings,
+                         PYRAMID_MIN_PX if pyramid_min is None else pyramid_min)
+    labels = levels[0]
     done = set(labels.attrs["done"])
     next_id = int(labels.attrs["next_id"])
     halo = math.ceil(halo_um / image_mpp)
@@ -220,7 +263,7 @@ def segment_slide(model: CdalModel, source: SlideSource, store: str | Path, imag
             if index not in done:
                 result = (futures[index].result() if futures else
                           segment_block(model, source, index, core, *common))
-                next_id = _commit(labels, store, result, next_id, image_mpp, detections)
+                next_id = _commit(levels, store, result, next_id, image_mpp, detections)
                 done.add(index)
                 labels.attrs.update(done=sorted(done), next_id=next_id)
                 futures.pop(index, None)
@@ -233,24 +276,38 @@ def segment_slide(model: CdalModel, source: SlideSource, store: str | Path, imag
 
 
 def labels_tiff(store: str | Path, path: str | Path, tile: int = 512) -> Path:
-    """Write the store's labels as a tiled, zlib-compressed BigTIFF (uint32 ids), tile by tile, atomically."""
+    """Write the store's labels as a tiled, zlib-compressed, pyramidal BigTIFF (uint32 ids), tile by tile, atomically.
+
+    Level 0 is the first page; the store's downsampled levels follow as its SubIFDs (how QuPath,
+    OpenSlide-style readers and tifffile find a pyramid), each read from the store a tile at a time.
+    The pixel size is written in the resolution tags when the run knew it.
+    """
     import tifffile
-    import zarr
 
     from napari_cdal.engine.io.checkpoint import atomic_write
 
-    labels = zarr.open_array(Path(store), mode="r")
-    height, width = labels.shape
+    levels = store_levels(store)
+    mpp = (levels[0].attrs.get("settings") or {}).get("image_mpp")
 
-    def tiles() -> Generator[np.ndarray, None, None]:
+    def tiles(level: Any) -> Generator[np.ndarray, None, None]:
+        height, width = level.shape
         for y in range(0, height, tile):
             for x in range(0, width, tile):
                 part = np.zeros((tile, tile), np.uint32)
-                data = np.asarray(labels[y:y + tile, x:x + tile])
+                data = np.asarray(level[y:y + tile, x:x + tile])
                 part[:data.shape[0], :data.shape[1]] = data
                 yield part
 
-    atomic_write(path, lambda tmp: tifffile.imwrite(tmp, tiles(), shape=(height, width), dtype=np.uint32,
-                                                    tile=(tile, tile), compression="zlib", bigtiff=True,
-                                                    photometric="minisblack"))
+    def write(tmp: str) -> None:
+        with tifffile.TiffWriter(tmp, bigtiff=True) as tif:
+            for k, level in enumerate(levels):
+                options: dict[str, Any] = {"subifds": len(levels) - 1} if k == 0 else {"subfiletype": 1}
+                if mpp:
+                    factor = 2**k
+                    options.update(resolution=(1e4 / (mpp * factor), 1e4 / (mpp * factor)),
+                                   resolutionunit="CENTIMETER")
+                tif.write(tiles(level), shape=tuple(level.shape), dtype=np.uint32, tile=(tile, tile),
+                          compression="zlib", photometric="minisblack", **options)
+
+    atomic_write(path, write)
     return Path(path)

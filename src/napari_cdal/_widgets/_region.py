@@ -1,0 +1,137 @@
+"""What the Segment widget runs on: a region of an image layer (whole, field of view, rectangle) or its slide file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from napari_cdal._widgets._review import viewer_camera
+
+if TYPE_CHECKING:
+    import napari
+    from napari.layers import Image, Shapes
+
+    from napari_cdal._widgets._jobs import SegmentSettings
+    from napari_cdal.engine.config import ModelConfig
+    from napari_cdal.engine.segment.tiling import Box
+
+WHOLE_IMAGE = "whole image"
+FIELD_OF_VIEW = "field of view"
+REGION_FIX = "zoom in, or draw a rectangle in a Shapes layer and choose it as the region, or use Whole slide"
+"""How to get under the memory limit when a region is too large."""
+
+
+def region_choices(viewer: napari.viewer.Viewer) -> list[tuple[str, Any]]:
+    """The whole image, the field of view, and each Shapes layer (its selected, else last, rectangle)."""
+    from napari.layers import Shapes
+
+    shapes = [(f"rectangle in {layer.name}", layer) for layer in viewer.layers if isinstance(layer, Shapes)]
+    return [(WHOLE_IMAGE, WHOLE_IMAGE), (FIELD_OF_VIEW, FIELD_OF_VIEW), *shapes]
+
+
+def level0_shape(layer: Image) -> tuple[int, int]:
+    """Height and width of the layer's full-resolution plane, read from its header only."""
+    data = layer.data[0] if layer.multiscale else layer.data
+    shape = tuple(data.shape[:-1] if layer.rgb else data.shape)
+    return int(shape[-2]), int(shape[-1])
+
+
+def _clip(layer: Image, corners: np.ndarray) -> Box:
+    """Data-coordinate corners (2 x 2, y and x) as a pixel box of level 0, widened to whole pixels and clipped."""
+    height, width = level0_shape(layer)
+    low, high = corners.min(axis=0), corners.max(axis=0)
+    y0, x0 = (int(np.clip(np.floor(v), 0, n)) for v, n in zip(low, (height, width), strict=True))
+    y1, x1 = (int(np.clip(np.ceil(v), 0, n)) for v, n in zip(high, (height, width), strict=True))
+    return y0, y1, x0, x1
+
+
+def _to_data(layer: Image, world: np.ndarray) -> np.ndarray:
+    """World points (n x 2, the displayed y and x) in the layer's level-0 pixel coordinates."""
+    return np.array([np.asarray(layer.world_to_data(point))[-2:] for point in world])
+
+
+def view_box(viewer: napari.viewer.Viewer, layer: Image) -> Box:
+    """The part of the image the canvas shows, in full-resolution pixels (y0, y1, x0, x1), clipped to the image."""
+    camera = viewer_camera(viewer)
+    centre = np.asarray(camera.center[-2:], float)
+    half = np.asarray(viewer.canvas.size, float) / (2 * camera.zoom)
+    return _clip(layer, _to_data(layer, np.array([centre - half, centre + half])))
+
+
+def rectangle_box(shapes: Shapes, layer: Image) -> Box | None:
+    """The selected rectangle of a Shapes layer (else its last one) in the image's full-resolution pixels."""
+    rectangles = [index for index, kind in enumerate(shapes.shape_type) if kind == "rectangle"]
+    if not rectangles:
+        return None
+    chosen = [index for index in rectangles if index in shapes.selected_data] or rectangles[-1:]
+    vertices = np.asarray(shapes.data[chosen[-1]], float)
+    world = np.array([np.asarray(shapes.data_to_world(vertex))[-2:] for vertex in vertices])
+    return _clip(layer, _to_data(layer, world))
+
+
+def region_box(viewer: napari.viewer.Viewer, layer: Image, region: Any) -> Box:
+    """The chosen region of `layer` in full-resolution pixels (y0, y1, x0, x1); InputError when it is empty."""
+    from napari_cdal.engine.checks import InputError
+
+    if region == WHOLE_IMAGE:
+        height, width = level0_shape(layer)
+        return 0, height, 0, width
+    if region == FIELD_OF_VIEW:
+        box = view_box(viewer, layer)
+        where = "the field of view"
+    else:
+        box = rectangle_box(region, layer)
+        if box is None:
+            raise InputError(f"{region.name} holds no rectangle: draw one with its rectangle tool")
+        where = f"the rectangle in {region.name}"
+    if box[1] <= box[0] or box[3] <= box[2]:
+        raise InputError(f"{where} shows none of {layer.name}: pan or zoom to the image")
+    return box
+
+
+def model_config(path: str) -> ModelConfig | None:
+    """A model file's config, read from its header without loading its weights; None when unreadable."""
+    from napari_cdal.engine.config import ModelConfig
+    from napari_cdal.engine.io.checkpoint import read_metadata
+
+    try:  # through ModelConfig, so files written under former key names read the same
+        return ModelConfig.from_dict(read_metadata(path)["model_config"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def check_region(layer: Image, box: Box, settings: SegmentSettings, region: Any, config: ModelConfig | None) -> None:
+    """Refuse a stack, or a region whose segmentation would not fit in memory, before any work (InputError)."""
+    from napari_cdal.engine.checks import InputError, check_memory, segment_peak_bytes
+
+    data = layer.data[0] if layer.multiscale else layer.data
+    if len(data.shape) > (3 if layer.rgb else 2):
+        raise InputError(f"layer {layer.name!r} is a stack of shape {tuple(data.shape)}; the Segment widget "
+                         "takes one 2-D image: add a single plane as its own layer (e.g. layer.data[0])")
+    if config is not None:
+        height, width = box[1] - box[0], box[3] - box[2]
+        where = {WHOLE_IMAGE: "the image", FIELD_OF_VIEW: "the field of view"}.get(region, "the rectangle")
+        check_memory(segment_peak_bytes(height, width, settings.image_mpp, config, settings.sampling_steps,
+                                        settings.samples), f"{where} ({height} x {width} px)", REGION_FIX)
+
+
+def slide_paths(layer: Image, chosen_folder: str) -> tuple[Path, Path, Path]:
+    """(the slide file behind `layer`, its labels store, its labels TIFF); InputError when there is none.
+
+    The store and TIFF go into `chosen_folder`, or beside the slide when it is empty.
+    """
+    from napari_cdal.engine.checks import InputError, check_output_folder
+    from napari_cdal.engine.slide.source import SLIDE_SUFFIXES
+
+    source = getattr(layer.source, "path", None)
+    if not source or Path(source).suffix.lower() not in SLIDE_SUFFIXES or not Path(source).is_file():
+        raise InputError(f"{layer.name} was not opened from a slide file ({', '.join(SLIDE_SUFFIXES)}): open "
+                         "the slide with File > Open, or run `napari-cdal segment SLIDE --out DIR`")
+    slide = Path(source)
+    folder = check_output_folder(slide.parent if chosen_folder in ("", ".") else Path(chosen_folder), "slide output")
+    store, tiff = folder / f"{slide.stem}_labels.zarr", folder / f"{slide.stem}_labels.tif"
+    if store.exists() and not store.is_dir():
+        raise InputError(f"{store} is a file, not a labels store; move it or choose another slide output")
+    return slide, store, tiff
