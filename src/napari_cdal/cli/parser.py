@@ -84,8 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime(p)
     p.set_defaults(func=cmd_segment)
 
-    p = sub.add_parser("evaluate", help="score a model on a folder with ground truth (Dice, IoU, AJI, PQ)")
-    p.add_argument("data_dir", help="folder with images/<id>.tif and masks/<id>.png (MoNuSeg layout)")
+    p = sub.add_parser("evaluate", help="score a model on a folder with ground truth (Dice, IoU, AJI, PQ; "
+                                        "for volumes Dice and IoU per class)")
+    p.add_argument("data_dir", help="folder with images/<id>.tif and masks/<id>.png (MoNuSeg layout), or "
+                                    "images/<id>.nii.gz and labels/<id>.nii.gz (volumes)")
     _add_sampling(p)
     p.add_argument("--json", default=None,
                    help="write the results as JSON here (replaces only an earlier evaluate result)")
@@ -94,8 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("train", help="train a model on a MoNuSeg-layout folder")
-    p.add_argument("data_dir", help="folder with images/ and masks/ (MoNuSeg layout)")
+    p = sub.add_parser("train", help="train a model on a MoNuSeg-layout folder or a folder of NIfTI volumes")
+    p.add_argument("data_dir", help="folder with images/ and masks/ (MoNuSeg layout), or images/*.nii.gz with "
+                                    "labels/*.nii.gz (volumes of classes: use --config hippocampus or your own)")
     p.add_argument("--out", required=True,
                    help="new model file to write (.safetensors); an existing one only with --resume")
     p.add_argument("--iterations", "--steps", dest="iterations", type=int, default=None,
@@ -103,13 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="go on with the run that wrote --out, from its saved state <out>.state.safetensors")
     p.add_argument("--config", default=None,
-                   help="model size preset (tiny, small, medium, large) or a JSON file of model settings; with "
+                   help="model preset (tiny, small, medium, large for H&E; hippocampus for volumes of classes) "
+                        "or a JSON file of model settings; with "
                         "--init-from, a JSON file of the settings to change (e.g. {\"self_condition\": true})")
     p.add_argument("--train-config", default=None,
                    help='JSON file of training settings to change (e.g. {"adversarial_weight": 0.3})')
     p.add_argument("--init-from", default=None,
                    help="start a new run from this model's weights (not its optimiser state)")
-    p.add_argument("--split", default=None, help="JSON with 'train' and 'validation' tile-name lists")
+    p.add_argument("--split", default=None, help="JSON with 'train' and 'validation' lists of tile or volume names")
     p.add_argument("--mpp", type=float, default=None,
                    help=f"µm per pixel of the data (default: {DEFAULT_IMAGE_MPP}; with --resume, the recorded one)")
     p.add_argument("--batch-size", type=int, default=None, help="patches per iteration (default: 4)")

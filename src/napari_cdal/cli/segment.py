@@ -61,7 +61,10 @@ def _dask_client(args: argparse.Namespace) -> tuple[Any, Any]:
 
     if args.scheduler:
         return Client(args.scheduler, timeout="20s"), None
-    cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    # one torch thread per worker process: more spin against each other when the processes fill the cores
+    threads = str(args.threads or 1)
+    cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                           env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})
     return Client(cluster), cluster
 
 
