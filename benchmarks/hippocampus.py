@@ -1,4 +1,4 @@
-"""Hippocampus validation Dice and IoU per class for each number of sampling steps and samples K, and seconds per volume.
+"""Hippocampus validation Dice and IoU per class for each number of sampling steps and K, and seconds per volume.
 
     python benchmarks/hippocampus.py --model RUN.safetensors [--data DIR] [--steps 1 2 4] [--samples 1 2 4]
                                      [--threads 2] [--json FILE]
