@@ -5,10 +5,10 @@
     python benchmarks/cluster_check.py --scheduler tcp://127.0.0.1:8786 [--size 4000] [--json FILE]
 
 The slide is a pyramidal JPEG BigTIFF mosaic of the bundled sample tile, each copy flipped or
-turned differently, at 0.25 µm/px. `napari-cdal segment --scheduler` segments it as blocks on the
-cluster; then each 1000 x 1000 tile of the mosaic is segmented alone with `napari-cdal segment`
-and the tiles' labels are put side by side. The two label images are compared with AJI and by
-their nucleus counts (the tiles cut the nuclei on their borders, the slide path does not).
+turned differently, at 0.25 µm/px, and its truth is the same mosaic of the tile's MoNuSeg
+annotation. `napari-cdal segment --scheduler` segments it as blocks on the cluster; then each
+1000 x 1000 tile of the mosaic is segmented alone with `napari-cdal segment` and the tiles' labels
+are put side by side. Both are scored against the truth (AJI, Dice), and against each other.
 """
 
 from __future__ import annotations
@@ -22,28 +22,37 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-from _common import machine, write_json
+from _common import ROOT, machine, write_json
 
 from napari_cdal.engine.io.images import read_image
 from napari_cdal.engine.labels import relabel_sequential_uint
-from napari_cdal.engine.segment.metrics import aggregated_jaccard_index
+from napari_cdal.engine.segment.metrics import aggregated_jaccard_index, dice
 from napari_cdal.sample_data import SAMPLE_MPP, sample_tile_path
 
 TILE = 1000
+TRUTH = ROOT / "tests" / "data" / "TCGA-B0-5698-01Z-00-DX1_instances.png"
+
+
+def arrange(tile: np.ndarray, size: int) -> np.ndarray:
+    """A size x size mosaic of a tile, each copy turned and flipped by its place (ids kept apart for labels)."""
+    reps = -(-size // TILE)
+    rows, offset = [], 0
+    for i in range(reps):
+        row = []
+        for j in range(reps):
+            turned = np.rot90(tile[:TILE, :TILE], (i + j) % 4)
+            turned = turned[:, ::-1] if (i * reps + j) % 2 else turned
+            if turned.ndim == 2:  # labels: each copy's nuclei get their own ids
+                turned = np.where(turned > 0, turned.astype(np.uint32) + offset, 0)
+                offset += int(tile.max())
+            row.append(turned)
+        rows.append(np.concatenate(row, axis=1))
+    return np.ascontiguousarray(np.concatenate(rows, axis=0)[:size, :size])
 
 
 def mosaic(path: Path, size: int) -> np.ndarray:
     """Write a size x size pyramidal JPEG BigTIFF of the sample tile in eight orientations; return its pixels."""
-    tile = read_image(sample_tile_path())[:TILE, :TILE]
-    reps = -(-size // TILE)
-    rows = []
-    for i in range(reps):
-        row = []
-        for j in range(reps):
-            turned = np.rot90(tile, (i + j) % 4)
-            row.append(turned[:, ::-1] if (i * reps + j) % 2 else turned)
-        rows.append(np.concatenate(row, axis=1))
-    image = np.ascontiguousarray(np.concatenate(rows, axis=0)[:size, :size])
+    image = arrange(read_image(sample_tile_path()), size)
     per_cm = 10_000.0 / SAMPLE_MPP
     with tifffile.TiffWriter(path, bigtiff=True) as tif:
         levels = [image[::2 ** k, ::2 ** k] for k in range(4) if size // 2 ** k >= 256]
@@ -100,13 +109,24 @@ def main() -> None:
             interior[edge - 40:edge + 40, :] = False
             interior[:, edge - 40:edge + 40] = False
         aji_inside = aggregated_jaccard_index(np.where(interior, on_cluster, 0), np.where(interior, side_by_side, 0))
-    row = {"size": args.size, "nuclei_cluster": int(on_cluster.max()), "nuclei_tiles": int(side_by_side.max()),
-           "aji": round(float(aji), 4), "aji_away_from_tile_borders": round(float(aji_inside), 4),
+    truth = relabel_sequential_uint(arrange(read_image(TRUTH), args.size))
+    row = {"size": args.size, "nuclei_truth": int(truth.max()), "nuclei_cluster": int(on_cluster.max()),
+           "nuclei_tiles": int(side_by_side.max()),
+           "aji_cluster_vs_truth": round(float(aggregated_jaccard_index(on_cluster, truth)), 4),
+           "aji_tiles_vs_truth": round(float(aggregated_jaccard_index(side_by_side, truth)), 4),
+           "dice_cluster_vs_truth": round(float(dice(on_cluster > 0, truth > 0)), 4),
+           "dice_tiles_vs_truth": round(float(dice(side_by_side > 0, truth > 0)), 4),
+           "aji_cluster_vs_tiles": round(float(aji), 4),
+           "aji_cluster_vs_tiles_away_from_borders": round(float(aji_inside), 4),
            "seconds_cluster": round(slide_seconds, 1), "seconds_tiles": round(tile_seconds, 1)}
-    print("| side (px) | nuclei on the cluster | nuclei, tiles alone | AJI | AJI 40 px away from tile borders |")
-    print("| --- | --- | --- | --- | --- |")
-    print(f"| {row['size']} | {row['nuclei_cluster']} | {row['nuclei_tiles']} | {row['aji']} "
-          f"| {row['aji_away_from_tile_borders']} |")
+    print("| | nuclei | AJI vs truth | Dice vs truth |")
+    print("| --- | --- | --- | --- |")
+    print(f"| truth (mosaic of the annotation) | {row['nuclei_truth']} | | |")
+    print(f"| slide on the cluster | {row['nuclei_cluster']} | {row['aji_cluster_vs_truth']} "
+          f"| {row['dice_cluster_vs_truth']} |")
+    print(f"| tiles one by one | {row['nuclei_tiles']} | {row['aji_tiles_vs_truth']} | {row['dice_tiles_vs_truth']} |")
+    print(f"cluster against tiles: AJI {row['aji_cluster_vs_tiles']} "
+          f"({row['aji_cluster_vs_tiles_away_from_borders']} 40 px away from the tiles' borders)")
     write_json(args.json, {"machine": machine(), "scheduler": "dask scheduler + dask worker, started by hand",
                            "rows": [row]})
 
