@@ -12,6 +12,12 @@ from napari_cdal.engine.io.images import ImageError
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii")
 
+LABEL_FOLDER_PREFIX = "labels"
+"""A volume in a folder whose name starts with this (labels, labelsTr, labelsTs: the MSD layout) is labels."""
+
+MAX_LABEL_VALUES = 16
+"""An integer volume holding at most this many distinct values, all in 0..255, is taken as labels."""
+
 
 @dataclass
 class Volume:
@@ -34,6 +40,21 @@ def volume_stem(path: str | Path) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return Path(path).stem
+
+
+def is_label_volume(path: str | Path, data: np.ndarray) -> bool:
+    """True for class labels rather than an image: integer voxels, in a labels* folder or few values in 0..255.
+
+    The rule: the voxels have an integer dtype, and either the file's folder is named labels,
+    labelsTr or labelsTs (any name starting with "labels"), or the volume holds at most
+    MAX_LABEL_VALUES distinct values, all from 0 to 255. An MRI stored as integers has hundreds.
+    """
+    if not np.issubdtype(data.dtype, np.integer):
+        return False
+    if Path(path).parent.name.lower().startswith(LABEL_FOLDER_PREFIX):
+        return True
+    values = np.unique(data)
+    return values.size <= MAX_LABEL_VALUES and (values.size == 0 or (int(values[0]) >= 0 and int(values[-1]) <= 255))
 
 
 def _load(path: Path):  # noqa: ANN202 (nibabel's image type)
