@@ -239,3 +239,46 @@ def test_tiny_model_of_classes_learns_synthetic_volumes_through_the_cli(tmp_path
     assert nibabel.load(str(tmp_path / "out" / "vol_2_uncertainty.nii.gz")).shape == (12, 24, 24)
     code, _, err = run(capsys, "segment", data / "images" / "vol_2.nii.gz", "--out", tmp_path / "out2")
     assert code == 1 and "cdal_hippocampus" in err and not (tmp_path / "out2" / "vol_2_labels.nii.gz").exists()
+
+
+def test_corrected_slices_are_where_the_labels_differ_else_where_they_hold_a_label() -> None:
+    from napari_cdal.engine.training.corrections import corrected_slices
+
+    result = np.zeros((4, 5, 6), np.uint8)
+    result[1, 2, 2] = 1
+    labels = result.copy()
+    labels[2, 0, 0] = 2  # a voxel painted on slice 2 (axis 0) = row 0 (axis 1) = column 0 (axis 2)
+    labels[1, 2, 2] = 0  # a false voxel erased on slice 1
+    assert corrected_slices(labels, result, 0) == [1, 2]
+    assert corrected_slices(labels, result, 2) == [0, 2]
+    assert corrected_slices(labels, None, 0) == [2]  # no result known: every slice holding a label
+
+
+def test_a_volume_finetune_learns_from_its_corrected_slices_only() -> None:
+    from napari_cdal.engine.training.corrections import FinetunePair, VolumeCorrection, prepare_volumes
+    from napari_cdal.engine.training.finetune import finetune, finetune_config
+
+    image, truth = synthetic_volume(1)
+    result = np.zeros_like(truth)
+    corrected = result.copy()
+    corrected[3:7] = truth[3:7]  # four slices (axis 0) painted to the truth
+    settings = finetune_config(iterations=2, batch_size=2, validate_every=1)
+    prepared = prepare_volumes([VolumeCorrection(image, corrected, result, "v")], TINY_CLASSES, settings)
+    assert [tile.name for tile in prepared.tiles] == ["v[3]", "v[4]", "v[5]"]
+    assert [tile.name for tile in prepared.holdout] == ["v[6]"]  # a quarter held back, the far end
+    assert prepared.patch_size == 24 and prepared.tiles[0].image.shape == (24, 24, 3)
+    assert np.array_equal(prepared.tiles[0].instances, truth[3]) and "3, 4, 5, 6" in prepared.notes[0]
+    model = CdalModel.initialise(TINY_CLASSES, 0).eval()
+    before = {k: v.clone() for k, v in model.generator.state_dict().items()}
+    events = list(finetune(model, [VolumeCorrection(image, corrected, result, "v")], settings))
+    assert events[0].stage == "note" and events[-1].stage == "done"
+    assert any(e.stage == "validate_done" and "dice_anterior" in e.payload for e in events)
+    record = events[-1].payload.record
+    assert record["finetune"]["slices"] == 4 and record["finetune"]["held_back"] == ["v[6]"]
+    assert all(torch.equal(v, model.generator.state_dict()[k]) for k, v in before.items())  # source untouched
+    with pytest.raises(ValueError, match="no slice along axis 0 holds a correction"):
+        run_to_end(finetune(model, [VolumeCorrection(image, result, result)], settings))
+    with pytest.raises(ValueError, match="is a 2-D image, but this model segments volumes"):
+        run_to_end(finetune(model, [FinetunePair(image[0], truth[0])], settings))
+    with pytest.raises(ValueError, match="class values 0..2"):
+        run_to_end(finetune(model, [VolumeCorrection(image, corrected * 2)], settings))
