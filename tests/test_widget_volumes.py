@@ -69,6 +69,11 @@ def test_a_label_volume_opens_as_labels(make_napari_viewer, volume_files, tmp_pa
     write_volume(elsewhere, np.asarray(labels.data, np.int16), np.eye(4))
     (mask,) = viewer.open(elsewhere, plugin=PLUGIN)
     assert type(mask).__name__ == "Labels"
+    as_floats = tmp_path / "labelsTr" / "vol.nii.gz"  # MSD stores some label volumes as float32
+    write_volume(as_floats, np.asarray(labels.data, np.float32), volume_affine())
+    (floats,) = viewer.open(as_floats, plugin=PLUGIN)
+    assert type(floats).__name__ == "Labels" and floats.data.dtype == np.uint8
+    assert np.array_equal(floats.data, labels.data)
     mri = tmp_path / "elsewhere" / "mri.nii.gz"  # integers, but an image's many values
     write_volume(mri, np.arange(12 * 24 * 24, dtype=np.int16).reshape(12, 24, 24), np.eye(4))
     (image,) = viewer.open(mri, plugin=PLUGIN)

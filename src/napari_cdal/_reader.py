@@ -10,8 +10,8 @@ layer's scale; napari reads only the tiles it shows. Other TIFFs are left to nap
 
 Volumes (.nii, .nii.gz) through engine/io/volumes.py (the reader the CLI uses): the voxels in the
 file's axis order, the voxel spacing as the layer's scale, and the file's affine and path in the
-layer's metadata (``affine``, ``source``) for the NIfTI writer. A label volume (integer voxels in
-a ``labels*`` folder, or at most 16 distinct values in 0..255: `is_label_volume`) opens as Labels.
+layer's metadata (``affine``, ``source``) for the NIfTI writer. A label volume (whole-number voxels
+in a ``labels*`` folder, or at most 16 distinct values in 0..255: `is_label_volume`) opens as Labels.
 """
 
 from __future__ import annotations
@@ -123,16 +123,16 @@ def napari_get_volume_reader(path: str | list[str]) -> Callable[[str | list[str]
 
 def read_volume_file(path: str | Path) -> LayerData:
     """One NIfTI volume as Image (or Labels) layer data: scale = voxel spacing, affine and path in the metadata."""
-    from napari_cdal.engine.io.volumes import is_label_volume, read_volume, volume_stem
+    from napari_cdal.engine.io.volumes import as_label_values, is_label_volume, read_volume, volume_stem
 
     volume = read_volume(path)
-    kind = "labels" if is_label_volume(path, volume.data) else "image"
+    labels = is_label_volume(path, volume.data)
     meta: dict[str, Any] = {
         "name": volume_stem(path),
         "scale": volume.spacing,
         "metadata": {"affine": volume.affine, "source": str(path)},
     }
-    return volume.data, meta, kind
+    return (as_label_values(volume.data), meta, "labels") if labels else (volume.data, meta, "image")
 
 
 def read_volumes(path: str | list[str]) -> list[LayerData]:
