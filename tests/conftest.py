@@ -16,12 +16,39 @@ import pytest
 import torch
 from PIL import Image
 
+from napari_cdal.engine.config import PRESETS, ModelConfig
 from napari_cdal.engine.method.model import CdalModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 # one definition of the blob tiles and the tiny model's training, shared with the script that
 # stores the model; the tests import TINY, blob_tile and train_tiny from here
 from build_tiny_model import STORED, TINY, blob_tile, load_tiny, train_tiny  # noqa: F401
+
+CLASSES = ("background", "anterior", "posterior")
+TINY_CLASSES = ModelConfig(**{**PRESETS["tiny"], "image_channels": 3, "context_slices": 1,
+                              "label_encoding": "classes", "class_names": CLASSES,
+                              "intensity_percentiles": (0.5, 99.5), "image_mean": (128.0,) * 3,
+                              "image_std": (64.0,) * 3, "diffusion_steps": 2})
+"""A tiny model of classes (2.5D slices, three classes), for volume tests that build their own model."""
+
+
+def volume_affine() -> np.ndarray:
+    """An affine with unequal spacing and an offset, to see it survive a round trip."""
+    affine = np.diag([1.0, 1.5, 2.0, 1.0])
+    affine[:3, 3] = (-10.0, 4.0, 7.5)
+    return affine
+
+
+def synthetic_volume(seed: int, shape=(12, 24, 24)) -> tuple[np.ndarray, np.ndarray]:
+    """A dark volume with a bright ball (class 1) in front of a mid-grey one (class 2)."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.indices(shape)
+    labels = np.zeros(shape, np.uint8)
+    cy, cx = rng.integers(8, 16, 2)
+    labels[(y - cy) ** 2 + (x - cx + 4) ** 2 < 16] = 1
+    labels[(y - cy) ** 2 + (x - cx - 4) ** 2 < 12] = 2
+    image = np.choose(labels, [20.0, 200.0, 110.0]) + rng.normal(0, 8, shape)
+    return image.astype(np.float32), labels
 
 
 def pytest_configure(config) -> None:

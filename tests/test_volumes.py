@@ -9,8 +9,9 @@ import nibabel
 import numpy as np
 import pytest
 import torch
+from conftest import CLASSES, TINY_CLASSES, synthetic_volume, volume_affine
 
-from napari_cdal.engine.config import PRESETS, ModelConfig
+from napari_cdal.engine.config import ModelConfig
 from napari_cdal.engine.data.volumes import (
     LabelledVolume,
     is_volume_folder,
@@ -29,18 +30,6 @@ from napari_cdal.engine.method.model import CdalModel
 from napari_cdal.engine.method.sampler import foreground_of, reverse_process
 from napari_cdal.engine.segment.volume import class_scores, evaluate_volumes, segment_volume, summarise_volumes
 from napari_cdal.engine.training.step import encode_targets
-
-CLASSES = ("background", "anterior", "posterior")
-TINY_CLASSES = ModelConfig(**{**PRESETS["tiny"], "image_channels": 3, "context_slices": 1,
-                              "label_encoding": "classes", "class_names": CLASSES,
-                              "intensity_percentiles": (0.5, 99.5), "image_mean": (128.0,) * 3,
-                              "image_std": (64.0,) * 3, "diffusion_steps": 2})
-
-
-def _affine() -> np.ndarray:
-    affine = np.diag([1.0, 1.5, 2.0, 1.0])
-    affine[:3, 3] = (-10.0, 4.0, 7.5)
-    return affine
 
 
 def test_config_of_classes_is_checked() -> None:
@@ -92,13 +81,13 @@ def test_slices_carry_their_neighbours_and_go_back_in_place(axis: int) -> None:
 def test_nifti_round_trip_keeps_voxels_and_affine(tmp_path) -> None:
     data = np.arange(60, dtype=np.uint8).reshape(3, 4, 5) % 3
     path = tmp_path / "out" / "v_labels.nii.gz"
-    write_volume(path, data, _affine())
+    write_volume(path, data, volume_affine())
     back = read_volume(path)
     assert np.array_equal(back.data, data) and back.data.dtype == np.uint8
-    assert np.allclose(back.affine, _affine()) and back.spacing == (1.0, 1.5, 2.0)
+    assert np.allclose(back.affine, volume_affine()) and back.spacing == (1.0, 1.5, 2.0)
     assert [p.name for p in path.parent.iterdir()] == ["v_labels.nii.gz"]  # no temporary file left
     with pytest.raises(FileExistsError):
-        write_volume(path, data, _affine(), replace=False)
+        write_volume(path, data, volume_affine(), replace=False)
     assert volume_stem(path) == "v_labels" and volume_stem("a/b.nii") == "b"
 
 
@@ -117,25 +106,13 @@ def test_bad_volumes_get_one_line(tmp_path) -> None:
         read_label_volume(fractional)
 
 
-def _synthetic_volume(seed: int, shape=(12, 24, 24)) -> tuple[np.ndarray, np.ndarray]:
-    """A dark volume with a bright ball (class 1) in front of a mid-grey one (class 2)."""
-    rng = np.random.default_rng(seed)
-    z, y, x = np.indices(shape)
-    labels = np.zeros(shape, np.uint8)
-    cy, cx = rng.integers(8, 16, 2)
-    labels[(y - cy) ** 2 + (x - cx + 4) ** 2 < 16] = 1
-    labels[(y - cy) ** 2 + (x - cx - 4) ** 2 < 12] = 2
-    image = np.choose(labels, [20.0, 200.0, 110.0]) + rng.normal(0, 8, shape)
-    return image.astype(np.float32), labels
-
-
 def _volume_folder(root, count: int = 3):
     for sub in ("images", "labels"):
         (root / sub).mkdir(parents=True)
     for index in range(count):
-        image, labels = _synthetic_volume(index)
-        write_volume(root / "images" / f"vol_{index}.nii.gz", image, _affine())
-        write_volume(root / "labels" / f"vol_{index}.nii.gz", labels, _affine())
+        image, labels = synthetic_volume(index)
+        write_volume(root / "images" / f"vol_{index}.nii.gz", image, volume_affine())
+        write_volume(root / "labels" / f"vol_{index}.nii.gz", labels, volume_affine())
     return root
 
 
@@ -222,7 +199,7 @@ def test_class_scores_closed_form() -> None:
 
 def test_evaluate_volumes_scores_each_volume() -> None:
     model = CdalModel.initialise(TINY_CLASSES, 0).eval()
-    image, labels = _synthetic_volume(3)
+    image, labels = synthetic_volume(3)
     volumes = [LabelledVolume("a", image, labels, np.eye(4)), LabelledVolume("b", image, labels, np.eye(4))]
     events = list(evaluate_volumes(model, volumes, samples=1))
     assert [e.stage for e in events] == ["image", "image", "done"]
@@ -257,8 +234,51 @@ def test_tiny_model_of_classes_learns_synthetic_volumes_through_the_cli(tmp_path
     assert code == 0, err
     written = nibabel.load(str(tmp_path / "out" / "vol_2_labels.nii.gz"))
     assert written.shape == (12, 24, 24) and written.get_data_dtype() == np.uint8
-    assert np.allclose(written.affine, _affine())
+    assert np.allclose(written.affine, volume_affine())
     assert set(np.unique(np.asarray(written.dataobj))) <= {0, 1, 2}
     assert nibabel.load(str(tmp_path / "out" / "vol_2_uncertainty.nii.gz")).shape == (12, 24, 24)
     code, _, err = run(capsys, "segment", data / "images" / "vol_2.nii.gz", "--out", tmp_path / "out2")
     assert code == 1 and "cdal_hippocampus" in err and not (tmp_path / "out2" / "vol_2_labels.nii.gz").exists()
+
+
+def test_corrected_slices_are_where_the_labels_differ_else_where_they_hold_a_label() -> None:
+    from napari_cdal.engine.training.corrections import corrected_slices
+
+    result = np.zeros((4, 5, 6), np.uint8)
+    result[1, 2, 2] = 1
+    labels = result.copy()
+    labels[2, 0, 0] = 2  # a voxel painted on slice 2 (axis 0) = row 0 (axis 1) = column 0 (axis 2)
+    labels[1, 2, 2] = 0  # a false voxel erased on slice 1
+    assert corrected_slices(labels, result, 0) == [1, 2]
+    assert corrected_slices(labels, result, 2) == [0, 2]
+    assert corrected_slices(labels, None, 0) == [2]  # no result known: every slice holding a label
+
+
+def test_a_volume_finetune_learns_from_its_corrected_slices_only() -> None:
+    from napari_cdal.engine.training.corrections import FinetunePair, VolumeCorrection, prepare_volumes
+    from napari_cdal.engine.training.finetune import finetune, finetune_config
+
+    image, truth = synthetic_volume(1)
+    result = np.zeros_like(truth)
+    corrected = result.copy()
+    corrected[3:7] = truth[3:7]  # four slices (axis 0) painted to the truth
+    settings = finetune_config(iterations=2, batch_size=2, validate_every=1)
+    prepared = prepare_volumes([VolumeCorrection(image, corrected, result, "v")], TINY_CLASSES, settings)
+    assert [tile.name for tile in prepared.tiles] == ["v[3]", "v[4]", "v[5]"]
+    assert [tile.name for tile in prepared.holdout] == ["v[6]"]  # a quarter held back, the far end
+    assert prepared.patch_size == 24 and prepared.tiles[0].image.shape == (24, 24, 3)
+    assert np.array_equal(prepared.tiles[0].instances, truth[3]) and "3, 4, 5, 6" in prepared.notes[0]
+    model = CdalModel.initialise(TINY_CLASSES, 0).eval()
+    before = {k: v.clone() for k, v in model.generator.state_dict().items()}
+    events = list(finetune(model, [VolumeCorrection(image, corrected, result, "v")], settings))
+    assert events[0].stage == "note" and events[-1].stage == "done"
+    assert any(e.stage == "validate_done" and "dice_anterior" in e.payload for e in events)
+    record = events[-1].payload.record
+    assert record["finetune"]["slices"] == 4 and record["finetune"]["held_back"] == ["v[6]"]
+    assert all(torch.equal(v, model.generator.state_dict()[k]) for k, v in before.items())  # source untouched
+    with pytest.raises(ValueError, match="no slice along axis 0 holds a correction"):
+        run_to_end(finetune(model, [VolumeCorrection(image, result, result)], settings))
+    with pytest.raises(ValueError, match="is a 2-D image, but this model segments volumes"):
+        run_to_end(finetune(model, [FinetunePair(image[0], truth[0])], settings))
+    with pytest.raises(ValueError, match="class values 0..2"):
+        run_to_end(finetune(model, [VolumeCorrection(image, corrected * 2)], settings))

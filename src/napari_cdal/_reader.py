@@ -7,6 +7,11 @@ tile's pixel grid (scale 1); an XML's MicronsPerPixel is kept in the layer's met
 Slides (.svs, .ndpi, pyramidal or large tiled TIFF and OME-TIFF): every pyramid level as a lazy
 array through engine/slide/source.py (the slide reader the CLI uses), at the slide's µm/px as the
 layer's scale; napari reads only the tiles it shows. Other TIFFs are left to napari's own reader.
+
+Volumes (.nii, .nii.gz) through engine/io/volumes.py (the reader the CLI uses): the voxels in the
+file's axis order, the voxel spacing as the layer's scale, and the file's affine and path in the
+layer's metadata (``affine``, ``source``) for the NIfTI writer. A label volume (whole-number voxels
+in a ``labels*`` folder, or at most 16 distinct values in 0..255: `is_label_volume`) opens as Labels.
 """
 
 from __future__ import annotations
@@ -104,3 +109,33 @@ def read_slides(path: str | list[str]) -> list[LayerData]:
     """napari's reader function: one multiscale Image layer per slide."""
     paths = [path] if isinstance(path, str) else list(path)
     return [read_slide(p) for p in paths]
+
+
+def napari_get_volume_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
+    """Return `read_volumes` for .nii and .nii.gz files, else None."""
+    from napari_cdal.engine.io.volumes import is_volume_path
+
+    paths = [path] if isinstance(path, str) else list(path)
+    if not paths or not all(is_volume_path(p) and Path(p).is_file() for p in paths):
+        return None
+    return read_volumes
+
+
+def read_volume_file(path: str | Path) -> LayerData:
+    """One NIfTI volume as Image (or Labels) layer data: scale = voxel spacing, affine and path in the metadata."""
+    from napari_cdal.engine.io.volumes import as_label_values, is_label_volume, read_volume, volume_stem
+
+    volume = read_volume(path)
+    labels = is_label_volume(path, volume.data)
+    meta: dict[str, Any] = {
+        "name": volume_stem(path),
+        "scale": volume.spacing,
+        "metadata": {"affine": volume.affine, "source": str(path)},
+    }
+    return (as_label_values(volume.data), meta, "labels") if labels else (volume.data, meta, "image")
+
+
+def read_volumes(path: str | list[str]) -> list[LayerData]:
+    """napari's reader function: one Image or Labels layer per volume."""
+    paths = [path] if isinstance(path, str) else list(path)
+    return [read_volume_file(p) for p in paths]

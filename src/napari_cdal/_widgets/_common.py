@@ -41,8 +41,11 @@ def mpp_spin_box(tooltip: str) -> FloatSpinBox:
 
 def set_mpp_from_layer(spin: FloatSpinBox, layer: Image, status: Label) -> None:
     """Fill the µm/px field from a layer's scale; a scale outside what the field takes is said, not clamped."""
+    from napari_cdal._widgets._volume import is_volume_layer
     from napari_cdal.engine.defaults import MPP_RANGE
 
+    if is_volume_layer(layer):  # a volume's scale is its voxel spacing, which no model of classes resamples
+        return
     value = image_mpp(layer)
     low, high = MPP_RANGE
     if low <= value <= high:

@@ -15,8 +15,9 @@ if TYPE_CHECKING:
     from napari_cdal.engine.method.model import CdalModel
     from napari_cdal.engine.segment.image import SegmentationResult
     from napari_cdal.engine.segment.tiling import Box
+    from napari_cdal.engine.segment.volume import VolumeResult
     from napari_cdal.engine.slide.stitch import SlideResult
-    from napari_cdal.engine.training.corrections import FinetunePair
+    from napari_cdal.engine.training.corrections import FinetunePair, VolumeCorrection
 
 NO_RESULT = "the engine stopped without a result"
 
@@ -108,6 +109,29 @@ def run_segmentation(
     return RunFailure(NO_RESULT)
 
 
+def run_volume_segmentation(
+    volume: Any, settings: SegmentSettings
+) -> Generator[Progress, None, VolumeResult | RunFailure]:
+    """Worker body: load a model of classes, yield segment_volume's per-slice events, return its VolumeResult."""
+    from napari_cdal.engine.device import resolve_device
+    from napari_cdal.engine.io.checkpoint import CheckpointError
+    from napari_cdal.engine.segment.volume import segment_volume
+
+    try:
+        device = str(resolve_device(settings.device))
+        model = load_model_cached(settings.model_path, device)
+        for event in segment_volume(model, np.asarray(volume), settings.sampling_steps, settings.samples,
+                                    settings.seed):
+            if event.stage == "done":
+                return event.payload
+            yield event
+    except (CheckpointError, FileNotFoundError, ValueError) as exc:
+        return RunFailure(str(exc))
+    except MemoryError:
+        return RunFailure("out of memory: lower K (samples), or segment the volume with `napari-cdal segment`")
+    return RunFailure(NO_RESULT)
+
+
 def run_whole_slide(
     slide: Path, store: Path, tiff: Path, settings: SegmentSettings
 ) -> Generator[Progress, None, SlideResult | RunFailure]:
@@ -141,7 +165,9 @@ def run_whole_slide(
     return RunFailure(NO_RESULT)
 
 
-def run_finetune(pairs: list[FinetunePair], settings: FinetuneSettings) -> Generator[Progress, None, Path | RunFailure]:
+def run_finetune(
+    pairs: list[FinetunePair] | list[VolumeCorrection], settings: FinetuneSettings
+) -> Generator[Progress, None, Path | RunFailure]:
     """Worker body: load the base model, fine-tune it, save it as a new file (or say why not)."""
     from napari_cdal.engine.defaults import FINETUNE_D_LR_RATIO
     from napari_cdal.engine.device import resolve_device

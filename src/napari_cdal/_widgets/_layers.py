@@ -1,8 +1,9 @@
 """The Segment widget's layers: names, grids, edit detection, in-place updates and the live preview.
 
 Every layer the plugin makes carries ``metadata["napari_cdal"] = {"image": <image layer name>,
-"kind": <kind>}``; a mask also carries the fingerprint of the data it was given, so a mask the
-user has painted on since is recognised and never overwritten.
+"kind": <kind>}`` (and ``"model"`` for a volume's layers, which are named after the model); a mask
+also carries the fingerprint of the data it was given, so a mask the user has painted on since is
+recognised and never overwritten.
 """
 
 from __future__ import annotations
@@ -95,15 +96,15 @@ class Grid:
     axis_labels: tuple[str, str] | None
 
     @classmethod
-    def of(cls, layer: Layer) -> Grid:
-        """The grid of `layer`'s last two axes."""
+    def of(cls, layer: Layer, axes: int = 2) -> Grid:
+        """The grid of `layer`'s last `axes` axes (3 for a volume)."""
         units = getattr(layer, "units", None)
         labels = getattr(layer, "axis_labels", None)
         return cls(
-            tuple(layer.scale[-2:]),
-            tuple(layer.translate[-2:]),
-            tuple(units[-2:]) if units else None,
-            tuple(labels[-2:]) if labels else None,
+            tuple(layer.scale[-axes:]),
+            tuple(layer.translate[-axes:]),
+            tuple(units[-axes:]) if units else None,
+            tuple(labels[-axes:]) if labels else None,
         )
 
     def shifted(self, origin: tuple[int, int]) -> Grid:
@@ -130,32 +131,35 @@ class Grid:
         return grid
 
 
-def find_result_layer(viewer: napari.Viewer, image_name: str, kind: str) -> Layer | None:
-    """The top-most layer this plugin made for (image, kind); masks the user has edited don't count."""
+def find_result_layer(viewer: napari.Viewer, image_name: str, kind: str, model: str | None = None) -> Layer | None:
+    """The top-most layer this plugin made for (image, kind[, model]); masks the user has edited don't count."""
     for layer in reversed(list(viewer.layers)):
         tag = layer.metadata.get(TAG) or {}
-        if tag.get("image") == image_name and tag.get("kind") == kind:
+        if tag.get("image") == image_name and tag.get("kind") == kind and tag.get("model") == model:
             if kind == MASK and is_edited(layer):
                 continue
             return layer
     return None
 
 
-def _put_image(
+def put_image_layer(
     viewer: napari.Viewer,
     image_name: str,
     kind: str,
     data: np.ndarray,
     grid: dict[str, Any],
     contrast_limits: tuple[float, float],
+    model: str | None = None,
 ) -> Image:
-    layer = find_result_layer(viewer, image_name, kind)
+    """Add the result image layer of (image, kind[, model]), or update the one there in place."""
+    layer = find_result_layer(viewer, image_name, kind, model)
     if layer is None:
+        tag = {"image": image_name, "kind": kind, **({} if model is None else {"model": model})}
         return viewer.add_image(
             data,
-            name=layer_name(image_name, kind),
+            name=layer_name(image_name if model is None else f"{image_name} {model}", kind),
             contrast_limits=contrast_limits,
-            metadata={TAG: {"image": image_name, "kind": kind}},
+            metadata={TAG: tag},
             **grid,
             **STYLES[kind],
         )
@@ -166,16 +170,18 @@ def _put_image(
     return layer
 
 
-def _put_mask(
+def put_mask_layer(
     viewer: napari.Viewer, image_name: str, labels: np.ndarray, grid: dict[str, Any], contour: int,
     features: dict[str, np.ndarray] | None = None, origin: tuple[int, int] = (0, 0),
+    model: str | None = None, extra: dict[str, Any] | None = None,
 ) -> Labels:
-    layer = find_result_layer(viewer, image_name, MASK)
-    tag = {"image": image_name, "kind": MASK, "origin": [int(origin[0]), int(origin[1])]}
+    """Add the mask of (image[, model]) with its tag (and `extra` in it), or update an unedited one in place."""
+    layer = find_result_layer(viewer, image_name, MASK, model)
+    tag = {"image": image_name, "kind": MASK, "origin": [int(origin[0]), int(origin[1])],
+           **({} if model is None else {"model": model}), **(extra or {})}
     if layer is None:
-        layer = viewer.add_labels(
-            labels, name=layer_name(image_name, MASK), metadata={TAG: tag}, **grid
-        )
+        name = layer_name(image_name if model is None else f"{image_name} {model}", MASK)
+        layer = viewer.add_labels(labels, name=name, metadata={TAG: tag}, **grid)
     else:
         layer.data = labels
         for key, value in grid.items():
@@ -200,7 +206,7 @@ def show_result(
     grid = Grid.of(image).shifted(origin)
     layers: dict[str, Layer] = {}
     if result.steps is not None:
-        layers[STEPS] = _put_image(
+        layers[STEPS] = put_image_layer(
             viewer,
             image.name,
             STEPS,
@@ -209,7 +215,7 @@ def show_result(
             (0.0, 1.0),
         )
     if result.attention is not None:
-        layers[ATTENTION] = _put_image(
+        layers[ATTENTION] = put_image_layer(
             viewer,
             image.name,
             ATTENTION,
@@ -220,7 +226,7 @@ def show_result(
     if result.uncertainty is not None:
         uncertainty = np.asarray(result.uncertainty, np.float32)
         top = max(float(uncertainty.max()), 1e-6)
-        layers[UNCERTAINTY] = _put_image(
+        layers[UNCERTAINTY] = put_image_layer(
             viewer, image.name, UNCERTAINTY, uncertainty, grid.plane(), (0.0, top)
         )
     else:  # one sample has no spread: an older uncertainty layer would not belong to this mask
@@ -229,7 +235,7 @@ def show_result(
             viewer.layers.remove(stale)
     labels = np.ascontiguousarray(result.labels, dtype=np.uint32)
     features = result_features(result, mpp or image_mpp(image))
-    layers[MASK] = _put_mask(viewer, image.name, labels, grid.plane(), contour, features, origin)
+    layers[MASK] = put_mask_layer(viewer, image.name, labels, grid.plane(), contour, features, origin)
     return layers
 
 

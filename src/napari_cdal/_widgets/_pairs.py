@@ -1,4 +1,8 @@
-"""The Fine-tune widget's pairs: one row per (image, corrected labels, corrected regions), and them as engine pairs."""
+"""The Fine-tune widget's pairs: one row per (image, corrected labels, corrected regions), and them as engine pairs.
+
+A row whose image is a volume becomes a VolumeCorrection: its corrected slices are found by the
+engine, against the model's result when the Labels layer is the mask Segment made of that volume.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,13 @@ from magicgui.widgets import ComboBox, Container
 
 from napari_cdal._widgets._common import image_choices, image_pixels
 from napari_cdal._widgets._layers import MASK, TAG, image_mpp, is_edited
+from napari_cdal._widgets._volume import correction_of, is_volume_layer
 
 if TYPE_CHECKING:
     import napari
     from napari.layers import Image, Labels, Shapes
 
-    from napari_cdal.engine.training.corrections import FinetunePair
+    from napari_cdal.engine.training.corrections import FinetunePair, VolumeCorrection
 
 WHOLE_IMAGE = None
 
@@ -92,10 +97,10 @@ class PairRow(Container):
         return candidates[0] if candidates else None
 
 
-def engine_pairs(rows: list[PairRow]) -> list[FinetunePair]:
+def engine_pairs(rows: list[PairRow]) -> list[FinetunePair] | list[VolumeCorrection]:
     """The rows as engine pairs (labels copied, regions in image pixels); ValueError if one is bad."""
     from napari_cdal.engine.io.images import ImageError
-    from napari_cdal.engine.training.corrections import FinetunePair
+    from napari_cdal.engine.training.corrections import FinetunePair, VolumeCorrection
 
     pairs = []
     for number, row in enumerate(rows, start=1):
@@ -107,6 +112,12 @@ def engine_pairs(rows: list[PairRow]) -> list[FinetunePair]:
                 f"pair {number}: choose the Labels layer with your corrections "
                 "(segment the image first, then correct its mask with the brush)"
             )
+        if is_volume_layer(image):
+            if regions is not WHOLE_IMAGE:
+                raise ValueError(f"pair {number}: {image.name!r} is a volume, whose corrected slices are found from "
+                                 "the labels; choose 'none: the whole image' as corrected regions")
+            pairs.append(VolumeCorrection(np.asarray(image.data), name=image.name, **correction_of(image, labels)))
+            continue
         first = rows[0].image.value
         if not np.isclose(image_mpp(image), image_mpp(first)):
             raise ValueError(

@@ -24,7 +24,9 @@ from napari_cdal._widgets._common import (
 from napari_cdal._widgets._jobs import FinetuneSettings, RunFailure, run_finetune
 from napari_cdal._widgets._names import default_model_name, free_model_name, model_name_problem, model_stem
 from napari_cdal._widgets._pairs import PairRow, engine_pairs
+from napari_cdal._widgets._region import model_config
 from napari_cdal._widgets._run import WorkerRun
+from napari_cdal._widgets._volume import model_fit_problem
 from napari_cdal.engine.defaults import FINETUNE_SETTINGS
 from napari_cdal.models import MODEL_SUFFIX
 
@@ -217,6 +219,12 @@ class FinetuneWidget(WorkerRun, Container):
         except ValueError as exc:
             show_error(f"Fine-tune: {exc}")
             return
+        config = model_config(base)
+        problems = [model_fit_problem(row.image.value, config, Path(base).stem) for row in self.pair_rows
+                    if row.image.value is not None]
+        if any(problems):
+            show_error(f"Fine-tune: {next(p for p in problems if p)}")
+            return
         try:
             pairs = self.gather_pairs()
         except ValueError as exc:
@@ -231,7 +239,7 @@ class FinetuneWidget(WorkerRun, Container):
             float(self.learning_rate.value),
         )
         self.notes = []
-        self._launch(run_finetune, pairs, settings, status=f"Fine-tuning {Path(base).stem} on {len(pairs)} pair(s)…",
+        self._launch(run_finetune, pairs, settings, status=starting_status(Path(base).stem, pairs),
                      progress=progress(total=settings.iterations, desc="cDAL: fine-tuning"))
 
     def _on_step(self, event: Progress) -> None:
@@ -300,3 +308,15 @@ class FinetuneWidget(WorkerRun, Container):
             self._auto_name = ""
             self.name.value = ""
             self._suggest_name()
+
+
+def starting_status(model: str, pairs: list[Any]) -> str:
+    """What a run starts on: the pairs, or for volumes which slices count as corrected (the engine's rule)."""
+    from napari_cdal.engine.training.corrections import VolumeCorrection
+
+    volumes = [pair for pair in pairs if isinstance(pair, VolumeCorrection)]
+    if not volumes:
+        return f"Fine-tuning {model} on {len(pairs)} pair(s)…"
+    rule = ("the slices where the labels differ from Segment's result" if all(v.reference is not None for v in volumes)
+            else "every slice holding a label (no Segment result kept for these labels)")
+    return f"Fine-tuning {model} on the corrected slices of {', '.join(v.name for v in volumes)}: {rule}…"

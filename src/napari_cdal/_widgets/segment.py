@@ -1,10 +1,11 @@
-"""The Segment dock widget: gathers settings, runs engine.segment_image (or a whole slide) in a napari thread_worker.
+"""The Segment dock widget: gathers settings, runs engine.segment_image (a whole slide, a volume) in a thread_worker.
 
 Segment takes the whole image, the field of view or a drawn rectangle (on a slide, the field of
 view, at full resolution). During a run only the `(running)` preview layers change; the result
 layers are written when the run finishes, so Cancel (or an error) leaves them exactly as they were.
 Whole slide runs engine.slide's segment_slide into a zarr store beside the chosen folder and
 shows its labels as the blocks finish; a cancelled or interrupted store is resumed by the next run.
+A 3-D image with a model of classes goes through engine.segment.volume slice by slice (_volume.py).
 """
 
 from __future__ import annotations
@@ -35,7 +36,13 @@ from napari_cdal._widgets._common import (
     set_mpp_from_layer,
     status_label,
 )
-from napari_cdal._widgets._jobs import RunFailure, SegmentSettings, run_segmentation, run_whole_slide
+from napari_cdal._widgets._jobs import (
+    RunFailure,
+    SegmentSettings,
+    run_segmentation,
+    run_volume_segmentation,
+    run_whole_slide,
+)
 from napari_cdal._widgets._layers import (
     CONTOUR_WIDTH,
     MASK,
@@ -55,6 +62,7 @@ from napari_cdal._widgets._region import (
 )
 from napari_cdal._widgets._review import ReviewQueue
 from napari_cdal._widgets._run import WorkerRun
+from napari_cdal._widgets._volume import is_volume_layer, model_fit_problem, show_volume_result, volume_summary
 
 if TYPE_CHECKING:
     import napari
@@ -109,31 +117,15 @@ class SegmentWidget(WorkerRun, Container):
         self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors")
         self.device = ComboBox(label="device", choices=device_choices())
         self.sampling_steps = SpinBox(
-            label="sampling steps",
-            min=1,
-            max=DEFAULT_STEPS,
-            value=DEFAULT_STEPS,
+            label="sampling steps", min=1, max=DEFAULT_STEPS, value=DEFAULT_STEPS,
             tooltip="how many denoising steps the mask forms in (at most the model's T, its diffusion steps); "
-            "fewer is faster",
-        )
+            "fewer is faster")
         self.samples = SpinBox(
-            label="samples K",
-            min=1,
-            max=64,
-            value=1,
-            tooltip="latent samples averaged per pixel; their spread is the uncertainty (needs 2 or more)",
-        )
-        self.seed = SpinBox(
-            label="seed", min=0, max=2**31 - 1, value=0, tooltip="the same seed repeats a run"
-        )
-        self.threshold = FloatSpinBox(
-            label="threshold",
-            min=0.01,
-            max=0.99,
-            step=0.05,
-            value=0.5,
-            tooltip="foreground probability above which a pixel is nucleus",
-        )
+            label="samples K", min=1, max=64, value=1,
+            tooltip="latent samples averaged per pixel; their spread is the uncertainty (needs 2 or more)")
+        self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=0, tooltip="the same seed repeats a run")
+        self.threshold = FloatSpinBox(label="threshold", min=0.01, max=0.99, step=0.05, value=0.5,
+                                      tooltip="foreground probability above which a pixel is nucleus")
         self.mpp = mpp_spin_box("the image's µm per pixel: from the layer's scale, else 0.25 (40x)")
         self.contours = CheckBox(text="show nuclei as contours", value=True)
         self.segment_button = PushButton(text="Segment")
@@ -150,13 +142,8 @@ class SegmentWidget(WorkerRun, Container):
         )
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self._run_button = self.segment_button
-        self.review_count = SpinBox(
-            label="review",
-            min=1,
-            max=1000,
-            value=10,
-            tooltip="how many of the least certain nuclei 'Review next' steps through",
-        )
+        self.review_count = SpinBox(label="review", min=1, max=1000, value=10,
+                                    tooltip="how many of the least certain nuclei 'Review next' steps through")
         self.review_button = PushButton(
             text="Review next least certain",
             enabled=False,
@@ -165,28 +152,10 @@ class SegmentWidget(WorkerRun, Container):
         )
         self.status = status_label()
         self._review: ReviewQueue | None = None
-        self.extend(
-            [
-                self.image,
-                self.region,
-                self.model,
-                self.model_file,
-                self.device,
-                self.sampling_steps,
-                self.samples,
-                self.seed,
-                self.threshold,
-                self.mpp,
-                self.contours,
-                self.segment_button,
-                self.slide_output,
-                self.slide_button,
-                self.cancel_button,
-                self.review_count,
-                self.review_button,
-                self.status,
-            ]
-        )
+        self.extend([self.image, self.region, self.model, self.model_file, self.device, self.sampling_steps,
+                     self.samples, self.seed, self.threshold, self.mpp, self.contours, self.segment_button,
+                     self.slide_output, self.slide_button, self.cancel_button, self.review_count,
+                     self.review_button, self.status])
 
         self.image.changed.connect(self._on_image_changed)
         self.model.changed.connect(self._on_model_changed)
@@ -288,6 +257,13 @@ class SegmentWidget(WorkerRun, Container):
             return
         layer, model_path = checked
         settings = self._settings_now(model_path)
+        problem = model_fit_problem(layer, model_config(model_path), Path(model_path).stem)
+        if problem:
+            show_error(f"Segment: {problem}")
+            return
+        if is_volume_layer(layer):
+            self._start_volume(layer, settings)
+            return
         try:
             if self.region.value == WHOLE_IMAGE and not layer.multiscale:
                 image, box = image_pixels(layer), None
@@ -308,6 +284,15 @@ class SegmentWidget(WorkerRun, Container):
         self._preview = LivePreview(self._viewer, layer, size, self._origin)
         self._launch(run_segmentation, image, settings, box, status=f"Segmenting {layer.name}…",
                      progress=progress(total=0, desc=f"cDAL: segmenting {layer.name}"))
+
+    def _start_volume(self, layer: Image, settings: SegmentSettings) -> None:
+        """Segment the whole volume slice by slice in a worker (the region does not apply)."""
+        from napari.utils import progress
+
+        self._clicked_at = time.perf_counter()
+        self._image_layer, self._settings, self._origin, self._last_kind = layer, settings, (0, 0), "volume"
+        self._launch(run_volume_segmentation, layer.data, settings, status=f"Segmenting the volume {layer.name}…",
+                     progress=progress(total=0, desc=f"cDAL: segmenting {layer.name} slice by slice"))
 
     def start_slide(self, *_: Any) -> None:
         """Segment the whole slide behind the image layer in a worker, its labels filling in as blocks finish."""
@@ -347,9 +332,12 @@ class SegmentWidget(WorkerRun, Container):
                 self.status.value = f"Whole slide: block {event.index} of {event.total} written"
                 self._advance(event)  # napari's bar processes events: the run may end in here
                 return
-            if self._preview is None:
+            if self._last_kind == "volume" and self._progress is not None:
+                self.status.value = f"Segmenting {self._image_layer.name}: {event.index} of {event.total} slices"
+            elif self._preview is None:
                 return
-            self._preview.update(event.payload)
+            else:
+                self._preview.update(event.payload)
             self._advance(event)
 
     def _show_slide_labels(self) -> None:
@@ -388,7 +376,8 @@ class SegmentWidget(WorkerRun, Container):
             if self._slide is not None:
                 self._on_slide_returned(result)
                 return
-            self._preview.remove()
+            if self._preview is not None:
+                self._preview.remove()
             if self._outcome == "cancelled":
                 return
             if isinstance(result, RunFailure):
@@ -397,6 +386,9 @@ class SegmentWidget(WorkerRun, Container):
                 show_error(f"Segment: {result.message}")
                 return
             self._outcome = "done"
+            if self._last_kind == "volume":
+                self._show_volume(result)
+                return
             layers = show_result(
                 self._viewer,
                 self._image_layer,
@@ -415,6 +407,16 @@ class SegmentWidget(WorkerRun, Container):
                 f"{result.n_nuclei} nuclei, mean area {area_um2:.1f} µm² ({area_px:.0f} px); "
                 f"{self.last_seconds:.1f} s from click to mask"
             )
+
+    def _show_volume(self, result: Any) -> None:
+        """A volume's result as layers named after the model, and its voxels per class in the status line."""
+        model = Path(self._settings.model_path).stem
+        show_volume_result(self._viewer, self._image_layer, result, model, CONTOUR_WIDTH if self.contours.value else 0)
+        self._review = None
+        self._on_review_count_changed()
+        self.last_result, self.last_seconds = result, time.perf_counter() - self._clicked_at
+        names = model_config(self._settings.model_path).class_names
+        self.status.value = f"{model}: {volume_summary(result, names)}; {self.last_seconds:.1f} s from click to labels"
 
     def _on_review_count_changed(self, *_: Any) -> None:
         if self._review is not None:

@@ -83,14 +83,22 @@ def slices_to_volume(slices: np.ndarray, config: ModelConfig) -> np.ndarray:
     return np.moveaxis(slices, 0, config.slice_axis)
 
 
+def volume_tiles(volume: LabelledVolume, config: ModelConfig, indices: list[int] | None = None) -> list[Tile]:
+    """The slices `indices` (all when None) of one volume as training tiles, named <volume>[<index>].
+
+    Each tile's image is H x W x C float32 (the slice and its neighbours, stretched over the whole
+    volume), its ids the class values.
+    """
+    images = slice_stack(volume.image, config)
+    labels = labels_to_slices(volume.labels, config)
+    tiles = []
+    for index in range(images.shape[0]) if indices is None else indices:
+        classes = labels[index].astype(np.uint32)
+        tiles.append(Tile(f"{volume.name}[{index}]", np.ascontiguousarray(images[index].transpose(1, 2, 0)),
+                          classes > 0, classes, has_instance_truth=False))
+    return tiles
+
+
 def training_slices(volumes: list[LabelledVolume], config: ModelConfig) -> list[Tile]:
     """Every slice of every volume as a training tile (H x W x C float32 image, class values as ids)."""
-    tiles = []
-    for volume in volumes:
-        images = slice_stack(volume.image, config)
-        labels = labels_to_slices(volume.labels, config)
-        for index in range(images.shape[0]):
-            classes = labels[index].astype(np.uint32)
-            tiles.append(Tile(f"{volume.name}[{index}]", np.ascontiguousarray(images[index].transpose(1, 2, 0)),
-                              classes > 0, classes, has_instance_truth=False))
-    return tiles
+    return [tile for volume in volumes for tile in volume_tiles(volume, config)]

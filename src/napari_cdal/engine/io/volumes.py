@@ -12,6 +12,12 @@ from napari_cdal.engine.io.images import ImageError
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii")
 
+LABEL_FOLDER_PREFIX = "labels"
+"""A volume in a folder whose name starts with this (labels, labelsTr, labelsTs: the MSD layout) is labels."""
+
+MAX_LABEL_VALUES = 16
+"""An integer volume holding at most this many distinct values, all in 0..255, is taken as labels."""
+
 
 @dataclass
 class Volume:
@@ -34,6 +40,30 @@ def volume_stem(path: str | Path) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return Path(path).stem
+
+
+def is_label_volume(path: str | Path, data: np.ndarray) -> bool:
+    """True for class labels rather than an image: whole-number voxels, in a labels* folder or few values in 0..255.
+
+    The rule: every voxel is a whole number (an integer dtype, or floats such as MSD's float32
+    label files holding only whole numbers), and either the file's folder is named labels,
+    labelsTr or labelsTs (any name starting with "labels"), or the volume holds at most
+    MAX_LABEL_VALUES distinct values, all from 0 to 255. An MRI stored as integers has hundreds.
+    """
+    if data.dtype == bool or not np.issubdtype(data.dtype, np.number):
+        return False
+    if not np.issubdtype(data.dtype, np.integer) and not np.array_equal(data, np.rint(data)):
+        return False
+    if Path(path).parent.name.lower().startswith(LABEL_FOLDER_PREFIX):
+        return True
+    values = np.unique(data)
+    return values.size <= MAX_LABEL_VALUES and (values.size == 0 or (values[0] >= 0 and values[-1] <= 255))
+
+
+def as_label_values(data: np.ndarray) -> np.ndarray:
+    """Whole-number voxels as integers for a Labels layer: uint8 when they fit in 0..255, else int64."""
+    fits = data.size == 0 or (data.min() >= 0 and data.max() <= 255)
+    return data.astype(np.uint8 if fits else np.int64)
 
 
 def _load(path: Path):  # noqa: ANN202 (nibabel's image type)

@@ -83,6 +83,38 @@ def segment_volume(
                          "use a model of classes (e.g. cdal_hippocampus)")
     volume = check_volume(volume)
     stack = slice_stack(volume, config)
+    maps = yield from _sample_slices(model, stack, sampling_steps, samples, seed, keep_steps, with_attention,
+                                     slices_per_batch)
+    probability, uncertainty, steps, attention = maps
+    probability_volume = _in_volume_order(probability.transpose(1, 0, 2, 3), config.slice_axis).astype(np.float32)
+    labels = np.argmax(probability_volume, axis=0).astype(np.uint8)
+    result = VolumeResult(
+        labels,
+        probability_volume,
+        None if uncertainty is None else _in_volume_order(uncertainty, config.slice_axis),
+        None if steps is None else _in_volume_order(steps, config.slice_axis),
+        None if attention is None else _in_volume_order(attention, config.slice_axis),
+        time.perf_counter() - start,
+    )
+    yield Progress("done", stack.shape[0], stack.shape[0], result)
+
+
+SliceMaps = tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]
+"""Maps of N slices: probability (N, C, H, W), uncertainty (N, H, W) or None, steps and attention (S, N, H, W)."""
+
+
+def _sample_slices(
+    model: CdalModel,
+    stack: np.ndarray,
+    sampling_steps: int | None,
+    samples: int | None,
+    seed: int | None,
+    keep_steps: bool,
+    with_attention: bool,
+    slices_per_batch: int,
+) -> Generator[Progress, None, SliceMaps]:
+    """Sample (N, C, H, W) slices on the 0..255 scale in batches; yields 'step' events, returns their SliceMaps."""
+    config = model.config
     count = stack.shape[0]
     n_steps = config.sampling_steps if sampling_steps is None else sampling_steps
     samples = config.default_samples if samples is None else samples
@@ -110,18 +142,40 @@ def segment_volume(
             steps.append(np.stack(batch_steps))
             if batch_attention:
                 attention.append(np.stack(batch_attention))
-    probability_slices = np.concatenate(probability).transpose(1, 0, 2, 3)
-    probability_volume = _in_volume_order(probability_slices, config.slice_axis).astype(np.float32)
-    labels = np.argmax(probability_volume, axis=0).astype(np.uint8)
-    result = VolumeResult(
-        labels,
-        probability_volume,
-        _in_volume_order(np.concatenate(uncertainty), config.slice_axis) if samples > 1 else None,
-        _in_volume_order(np.concatenate(steps, axis=1), config.slice_axis) if steps else None,
-        _in_volume_order(np.concatenate(attention, axis=1), config.slice_axis) if attention else None,
-        time.perf_counter() - start,
-    )
-    yield Progress("done", count, count, result)
+    return (np.concatenate(probability),
+            np.concatenate(uncertainty) if samples > 1 else None,
+            np.concatenate(steps, axis=1) if steps else None,
+            np.concatenate(attention, axis=1) if attention else None)
+
+
+def _value_of(generator: Generator[Any, None, Any]) -> Any:
+    """Run a generator to its end, dropping its events; what it returns."""
+    while True:
+        try:
+            next(generator)
+        except StopIteration as stop:
+            return stop.value
+
+
+def evaluate_slices(
+    model: CdalModel,
+    items: list[tuple[str, np.ndarray, np.ndarray]],
+    seed: int | None = 0,
+) -> Generator[Progress, None, None]:
+    """Segment prepared slices and score each class; yields Progress('image', i, n, row), then 'done' with the summary.
+
+    Each item is (name, slices (N, C, H, W) as slice_stack makes them, class labels (N, H, W)):
+    what a fine-tune's held-back slices are validated by.
+    """
+    names = model.config.class_names
+    rows = []
+    for index, (name, stack, labels) in enumerate(items):
+        start = time.perf_counter()
+        probability, *_ = _value_of(_sample_slices(model, stack, None, None, seed, False, False, SLICES_PER_BATCH))
+        predicted = np.argmax(probability, axis=1).astype(np.uint8)
+        rows.append({"image": name, **class_scores(predicted, labels, names), "seconds": time.perf_counter() - start})
+        yield Progress("image", index + 1, len(items), rows[-1])
+    yield Progress("done", len(items), len(items), summarise_volumes(rows, names))
 
 
 def class_scores(predicted: np.ndarray, truth: np.ndarray, class_names: tuple[str, ...]) -> dict[str, float]:

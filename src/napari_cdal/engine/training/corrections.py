@@ -1,9 +1,10 @@
-"""A pathologist's corrections checked and prepared for fine-tuning: pairs, regions, held-back strip."""
+"""Corrections checked and prepared for fine-tuning: 2-D pairs with regions, or the corrected slices of volumes."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,11 +13,16 @@ from skimage import measure
 
 from napari_cdal.engine.config import ModelConfig, TrainConfig
 from napari_cdal.engine.data.tiles import Tile
+from napari_cdal.engine.data.volumes import LabelledVolume, labels_to_slices, slice_stack, volume_tiles
+from napari_cdal.engine.events import Progress
 from napari_cdal.engine.io.images import to_rgb_float
 from napari_cdal.engine.labels import check_labels
+from napari_cdal.engine.method.model import CdalModel
+from napari_cdal.engine.segment.evaluate import evaluate_tiles
 from napari_cdal.engine.segment.image import MARKER_SPACING_UM
 from napari_cdal.engine.segment.instances import split_binary_mask
 from napari_cdal.engine.segment.tiling import Box
+from napari_cdal.engine.segment.volume import check_volume, evaluate_slices
 from napari_cdal.engine.training.run import prepare_tiles
 
 MIN_REGION_UM = 8.0
@@ -41,8 +47,30 @@ class FinetunePair:
 
 
 @dataclass
+class VolumeCorrection:
+    """One volume (in its own axis order) with its corrected class labels of the same shape.
+
+    `reference` is the model's result the corrections were painted on: the slices (along the
+    model's slice_axis) where the labels differ from it are the corrected ones. Without it, every
+    slice holding a label (a value > 0) counts as corrected.
+    """
+
+    image: np.ndarray
+    labels: np.ndarray
+    reference: np.ndarray | None = None
+    name: str = ""
+
+
+Evaluation = Callable[[CdalModel], Generator[Progress, None, None]]
+"""Scores a model on held-back corrections: Progress events, then 'done' with a summary holding `mean`."""
+
+
+@dataclass
 class PreparedPairs:
-    """Checked corrections: tiles at model resolution with their training boxes, held-back crops."""
+    """Checked corrections: tiles at model resolution with their training boxes, held-back crops or slices.
+
+    `evaluation` scores a model on the held-back part (None when nothing was held back).
+    """
 
     tiles: list[Tile]
     regions: list[list[Box]]
@@ -51,6 +79,7 @@ class PreparedPairs:
     nuclei: int
     names: list[str]
     notes: list[str] = dataclasses.field(default_factory=list)
+    evaluation: Evaluation | None = None
 
 
 def _checked_labels(labels: Any, shape: tuple[int, int], who: str) -> np.ndarray:
@@ -147,6 +176,9 @@ def prepare_pairs(pairs: list[FinetunePair], config: ModelConfig, image_mpp: flo
     nuclei = 0
     for index, pair in enumerate(pairs):
         who = f"pair {index}" + (f" ({pair.name})" if pair.name else "")
+        if isinstance(pair, VolumeCorrection):
+            raise ValueError(f"{who} is a volume, but this model segments 2-D images; fine-tune a model of "
+                             "classes (e.g. cdal_hippocampus) on volumes")
         name = pair.name or f"pair-{index}"
         image = to_rgb_float(pair.image, 3, name=f"{who}: image")
         shape = image.shape[:2]
@@ -194,4 +226,75 @@ def prepare_pairs(pairs: list[FinetunePair], config: ModelConfig, image_mpp: flo
     multiple = config.size_multiple
     largest = max(max(b[1] - b[0], b[3] - b[2]) for boxes in scaled for b in boxes)
     patch = min(_round_up(settings.patch_size, multiple), _round_up(largest, multiple))
-    return PreparedPairs(tiles, scaled, holdout, patch, nuclei, names, notes)
+
+    def evaluation(model: CdalModel) -> Generator[Progress, None, None]:
+        return evaluate_tiles(model, holdout, image_mpp=image_mpp)
+
+    return PreparedPairs(tiles, scaled, holdout, patch, nuclei, names, notes, evaluation if holdout else None)
+
+
+def corrected_slices(labels: np.ndarray, reference: np.ndarray | None, axis: int) -> list[int]:
+    """The slices along `axis` holding corrections: where `labels` differ from `reference`, else any label."""
+    changed = labels > 0 if reference is None else np.asarray(labels) != np.asarray(reference)
+    return [int(i) for i in np.flatnonzero(changed.any(axis=tuple(a for a in range(3) if a != axis)))]
+
+
+def _checked_class_labels(item: VolumeCorrection, shape: tuple[int, ...], classes: int, who: str) -> np.ndarray:
+    labels = np.asarray(item.labels)
+    if labels.shape != shape:
+        raise ValueError(f"{who}: labels shape {labels.shape} differs from the volume's {shape}; the corrected "
+                         "labels must cover the volume voxel for voxel")
+    if not np.issubdtype(labels.dtype, np.integer) or (labels.size and (labels.min() < 0 or labels.max() >= classes)):
+        raise ValueError(f"{who}: labels must be class values 0..{classes - 1} (the model's classes), got values "
+                         f"{labels.min()}..{labels.max()} of dtype {labels.dtype}")
+    if item.reference is not None and np.shape(item.reference) != shape:
+        raise ValueError(f"{who}: the model's result has shape {np.shape(item.reference)}, not the volume's {shape}")
+    return labels.astype(np.uint8)
+
+
+def prepare_volumes(corrections: list[VolumeCorrection], config: ModelConfig, settings: TrainConfig) -> PreparedPairs:
+    """Check every corrected volume and cut its corrected slices into training tiles; ValueError naming the fix.
+
+    The corrected slices (corrected_slices, along the model's slice_axis) become whole-slice
+    training tiles with their neighbours as context; with holdout_fraction the last of them (at
+    least one, leaving one) are held back to pick the best weights, scored by Dice per class.
+    """
+    if not corrections:
+        raise ValueError("corrections is empty; give at least one (volume, corrected labels) pair")
+    axis, classes = config.slice_axis, config.label_channels
+    tiles, holdout, names, notes, held_items = [], [], [], [], []
+    for index, item in enumerate(corrections):
+        who = f"volume {index}" + (f" ({getattr(item, 'name', '')})" if getattr(item, "name", "") else "")
+        if not isinstance(item, VolumeCorrection):
+            raise ValueError(f"{who} is a 2-D image, but this model segments volumes; fine-tune an H&E model on it, "
+                             "or give a VolumeCorrection (volume, corrected class labels)")
+        name = item.name or f"volume-{index}"
+        image = check_volume(item.image, f"{who}: image")
+        labels = _checked_class_labels(item, image.shape, classes, who)
+        chosen = corrected_slices(labels, item.reference, axis)
+        rule = ("where the labels differ from the model's result" if item.reference is not None
+                else "every slice holding a label, as no model result was given")
+        if not chosen:
+            raise ValueError(f"{who}: no slice along axis {axis} holds a correction ({rule}); paint the "
+                             "corrections into the labels first")
+        held = int(round(len(chosen) * settings.holdout_fraction))
+        held = held if 1 <= held < len(chosen) else 0
+        train, back = chosen[:len(chosen) - held], chosen[len(chosen) - held:]
+        volume = LabelledVolume(name, image, labels, np.eye(4))
+        tiles.extend(volume_tiles(volume, config, train))
+        if back:
+            holdout.extend(volume_tiles(volume, config, back))
+            held_items.append((name, slice_stack(image, config)[back], labels_to_slices(labels, config)[back]))
+        kept = f"; {held} held back to pick the best weights" if held else ""
+        notes.append(f"{who}: {len(chosen)} corrected slice(s) along axis {axis} ({rule}): "
+                     f"{', '.join(map(str, chosen))}{kept}")
+        names.append(name)
+    multiple = config.size_multiple
+    largest = max(max(tile.instances.shape) for tile in tiles)
+    patch = min(_round_up(settings.patch_size, multiple), _round_up(largest, multiple))
+
+    def evaluation(model: CdalModel) -> Generator[Progress, None, None]:
+        return evaluate_slices(model, held_items)
+
+    regions = [[(0, tile.instances.shape[0], 0, tile.instances.shape[1])] for tile in tiles]
+    return PreparedPairs(tiles, regions, holdout, patch, 0, names, notes, evaluation if held_items else None)

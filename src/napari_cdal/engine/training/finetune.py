@@ -1,4 +1,4 @@
-"""Fine-tuning: learn from a pathologist's corrected masks on a few tiles without touching the source."""
+"""Fine-tuning: learn from corrected masks (tiles) or corrected slices (volumes) without touching the source."""
 
 from __future__ import annotations
 
@@ -18,14 +18,15 @@ from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP, FINETUNE_SETTINGS
 from napari_cdal.engine.events import Progress
 from napari_cdal.engine.io.checkpoint import OutputError
 from napari_cdal.engine.method.model import CdalModel, is_bundled, save_model
-from napari_cdal.engine.training.corrections import FinetunePair, prepare_pairs
+from napari_cdal.engine.training.corrections import FinetunePair, VolumeCorrection, prepare_pairs, prepare_volumes
 from napari_cdal.engine.training.loop import training_loop
-from napari_cdal.engine.training.run import make_patch_source, make_validation
+from napari_cdal.engine.training.run import make_patch_source, validation_hook
 from napari_cdal.engine.training.state import TrainState
 
 SOURCE_LOSS_SETTINGS = ("adam_betas", "mse_weight", "adversarial_weight", "dice_weight", "bce_weight",
-                        "r1_gamma", "r1_interval")
-"""Settings taken over from the source model's training, so fine-tuning optimises the same losses."""
+                        "r1_gamma", "r1_interval", "flips")
+"""Settings taken over from the source model's training, so fine-tuning optimises the same losses (and
+flips images only when the source did: a hippocampus model tells anterior from posterior by orientation)."""
 
 
 SOURCE_SUMMARY_KEYS = ("data", "steps", "wall_seconds", "best", "finetuned_from")
@@ -77,12 +78,15 @@ def _patience_spent(validation: list[dict[str, Any]], best_step: int, patience: 
     return patience > 0 and sum(1 for row in validation if row["step"] > best_step) >= patience
 
 
-def finetune(model: CdalModel, pairs: list[FinetunePair], config: TrainConfig | None = None,
+def finetune(model: CdalModel, pairs: list[FinetunePair] | list[VolumeCorrection], config: TrainConfig | None = None,
              device: torch.device | str = "cpu",
              image_mpp: float = DEFAULT_IMAGE_MPP) -> Generator[Progress, None, None]:
     """Fine-tune a copy of `model` on corrected pairs; yields events, the last one 'done' with a FinetuneResult.
 
-    Events: 'note' (text) first for each thing the user should know (a binary mask split), then
+    A model of classes takes VolumeCorrections (their corrected slices, prepare_volumes; `image_mpp`
+    is not used), a nucleus model FinetunePairs (prepare_pairs): one loop, one checkpoint format.
+    Events: 'note' (text) first for each thing the user should know (a binary mask split, the
+    corrected slices), then
     'train' (step, steps, losses) every step; with a held-back strip also 'validate' (one
     per strip) and 'validate_done' (step, steps, scores), the first at step 0. `model` is never
     modified and nothing is written: closing the generator cancels the run and leaves no trace.
@@ -91,7 +95,9 @@ def finetune(model: CdalModel, pairs: list[FinetunePair], config: TrainConfig | 
     settings = config or finetune_config()
     device = torch.device(device)
     started = time.perf_counter()
-    prepared = prepare_pairs(pairs, model.config, image_mpp, settings)
+    volumes = model.config.is_multiclass
+    prepared = (prepare_volumes(pairs, model.config, settings) if volumes
+                else prepare_pairs(pairs, model.config, image_mpp, settings))
     for index, note in enumerate(prepared.notes):
         yield Progress("note", index + 1, len(prepared.notes), note)
     working = CdalModel(model.config, copy.deepcopy(model.generator), copy.deepcopy(model.discriminator),
@@ -105,7 +111,7 @@ def finetune(model: CdalModel, pairs: list[FinetunePair], config: TrainConfig | 
     def keep_best(current: TrainState) -> None:
         best.update(step=current.step, model=current.exported_model())
 
-    on_validate = make_validation(prepared.holdout, image_mpp, on_best=keep_best) if prepared.holdout else None
+    on_validate = validation_hook(prepared.evaluation, on_best=keep_best) if prepared.evaluation else None
     if on_validate is not None:
         yield from on_validate(state)  # step 0: the starting weights are a candidate too
     stopped_early = False
@@ -124,17 +130,18 @@ def finetune(model: CdalModel, pairs: list[FinetunePair], config: TrainConfig | 
 
     final = best["model"] if best else state.exported_model()
     best_step = best.get("step")
+    kind = "volume" if volumes else "image"
     record = {
         "finetuned_from": source_summary(model),
-        "data": f"fine-tune corrections ({len(prepared.names)} image{'s' if len(prepared.names) != 1 else ''})",
+        "data": f"fine-tune corrections ({len(prepared.names)} {kind}{'s' if len(prepared.names) != 1 else ''})",
         "steps": state.step,
         "wall_seconds": round(time.perf_counter() - started, 2),
         "train_config": train_config.to_dict(),
         "finetune": {
             "images": prepared.names,
             "pairs": len(prepared.names),
-            "nuclei": prepared.nuclei,
-            "image_mpp": image_mpp,
+            **({"slices": len(prepared.tiles) + len(prepared.holdout), "slice_axis": model.config.slice_axis}
+               if volumes else {"nuclei": prepared.nuclei, "image_mpp": image_mpp}),
             "patch_size": prepared.patch_size,
             "settings": settings.to_dict(),
             "held_back": [tile.name for tile in prepared.holdout],
