@@ -103,7 +103,8 @@ class ModelConfig:
                 f"label_encoding must be one of {sorted(LABEL_ENCODINGS)}, got {self.label_encoding!r}"
             )
         if len(self.image_mean) != self.image_channels or len(self.image_std) != self.image_channels:
-            raise ValueError("image_mean and image_std need one value per image channel")
+            raise ValueError(f"image_mean and image_std need one value per image channel (image_channels "
+                             f"{self.image_channels}), got {len(self.image_mean)} and {len(self.image_std)}")
         if not 1 <= self.disc_attention_level <= self.disc_levels:
             raise ValueError("disc_attention_level must lie in 1..disc_levels")
         if not 0 <= self.default_sampling_steps <= self.diffusion_steps:
