@@ -90,8 +90,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         events = evaluate_volumes(model, [load_volume(args.data_dir, name, classes) for name in names],
                                   sampling_steps=steps, samples=args.samples, seed=args.seed)
     else:
-        events = evaluate_tiles(model, load_folder(args.data_dir, names), image_mpp=args.mpp,
-                                sampling_steps=steps, samples=args.samples, seed=args.seed,
+        events = evaluate_tiles(model, load_folder(args.data_dir, names, model.config.image_channels),
+                                image_mpp=args.mpp, sampling_steps=steps, samples=args.samples, seed=args.seed,
                                 threshold=args.threshold)
     summary = None
     with common.progress(len(names), "evaluate", "volume" if volumes else "image") as bar:

@@ -220,6 +220,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
     device = common.setup_torch(args)
     model = common.load_model(args.model, device)
     _check_model_fits(model, volumes, images)
+    if model.config.model_side and slides:  # a model that sees images whole never cuts them into blocks
+        if args.slide or on_cluster:
+            raise CliError(f"{Path(model.source).name} sees each image whole at {model.config.model_side} px on its "
+                           "longer side; leave out --slide, --workers and --scheduler")
+        for path in slides:
+            del outputs[path]["store"]
+        slides = []
     steps = common.check_sampling_steps(model, args)
     samples = model.config.default_samples if args.samples is None else args.samples
     _check_uncertainty_has_samples(args, samples)

@@ -131,9 +131,9 @@ def segment_peak_bytes(height: int, width: int, image_mpp: float, config: ModelC
     """An upper estimate of segment_image's peak memory for an image of that size, in bytes.
 
     Per input pixel: the image as float32, the probability (and uncertainty) maps and labels, and the
-    step and attention stacks when kept; per model-grid pixel the same maps at the model's µm/px.
+    step and attention stacks when kept; per model-grid pixel the same maps on the model's grid.
     """
-    factor = (image_mpp / config.model_mpp) ** 2
+    factor = config.grid_factor(height, width, image_mpp) ** 2
     maps = config.label_channels + (1 if samples > 1 else 0)
     stacks = sampling_steps * (2 if with_attention else 1) if keep_steps else 0
     per_image_pixel = 4 * (config.image_channels + maps + 2 * stacks) + 8 + POSTPROCESS_BYTES_PER_PIXEL

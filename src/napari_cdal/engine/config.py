@@ -73,6 +73,9 @@ class ModelConfig:
     """Volumes: neighbouring slices on each side given as extra input channels (2.5D)."""
     slice_axis: int = 0
     """Volumes: the axis a volume is cut along into the 2-D slices the networks see."""
+    model_side: int = 0
+    """2-D images seen whole (chest X-rays): each is resized so its longer side has this many pixels
+    for the networks and the maps resized back (model_mpp then plays no part); 0 resamples by µm/px."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.image_channels, int) or self.image_channels < 1:
@@ -91,6 +94,8 @@ class ModelConfig:
         if self.context_slices and self.image_channels != 1 + 2 * self.context_slices:
             raise ValueError(f"context_slices {self.context_slices} needs image_channels "
                              f"{1 + 2 * self.context_slices} (the slice and its neighbours), got {self.image_channels}")
+        if isinstance(self.model_side, bool) or not isinstance(self.model_side, int) or self.model_side < 0:
+            raise ValueError(f"model_side must be an integer >= 0 (pixels; 0: by µm/px), got {self.model_side!r}")
         if self.slice_axis not in (0, 1, 2):
             raise ValueError(f"slice_axis must be 0, 1 or 2, got {self.slice_axis!r}")
         if self.label_encoding not in LABEL_ENCODINGS:
@@ -143,6 +148,10 @@ class ModelConfig:
     def size_multiple(self) -> int:
         """Input height and width must be multiples of this (one halving per U-Net level)."""
         return 2 ** max(len(self.channel_mults) - 1, self.disc_levels)
+
+    def grid_factor(self, height: int, width: int, image_mpp: float) -> float:
+        """How much an image is scaled onto the model's grid: its longer side to model_side, else by µm/px."""
+        return self.model_side / max(height, width) if self.model_side else image_mpp / self.model_mpp
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as JSON-ready values, as stored in every checkpoint."""
@@ -273,8 +282,14 @@ PRESETS: dict[str, dict[str, Any]] = {
                         class_names=("background", "anterior", "posterior"), intensity_percentiles=(0.5, 99.5),
                         image_mean=(133.5,) * 3, image_std=(64.7,) * 3, base_width=16, channel_mults=(1, 2, 4),
                         disc_levels=3, disc_attention_level=2, model_mpp=1000.0, uncertainty_measure="chain_entropy"),
+    "grayscale": dict(image_channels=1, label_encoding="foreground", diffusion_steps=2,
+                      intensity_percentiles=(0.5, 99.5), image_mean=(127.5,), image_std=(73.6,), model_side=256,
+                      base_width=16, channel_mults=(1, 2, 2, 4), default_samples=8),
 }
-"""Model sizes for H&E nuclei (small to large), and the MSD hippocampus MRI model: 2.5D slices (one
+"""Model sizes for H&E nuclei (small to large); the MSD hippocampus MRI model: 2.5D slices (one
 neighbour each side) cut along the first axis, which keeps the head-to-tail axis in the plane,
-and one-hot background / anterior / posterior. The image statistics are those of the shared
-training volumes after their per-volume 0.5-99.5 % stretch."""
+and one-hot background / anterior / posterior, its image statistics those of the shared training
+volumes after their per-volume 0.5-99.5 % stretch; and grayscale 2-D images with a binary mask
+(chest X-rays, cDAL's T = 2): each image stretched between its own 0.5 and 99.5 % percentiles
+(standardised as a uniform spread over 0..255 would be) and seen whole at 256 pixels on its longer
+side, as the paper's 256 x 256."""

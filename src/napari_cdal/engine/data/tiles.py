@@ -11,13 +11,16 @@ import numpy as np
 from skimage import measure, transform
 
 from napari_cdal.engine.io.annotations import xml_to_instances
-from napari_cdal.engine.io.images import IMAGE_SUFFIXES, read_image, to_rgb_float
+from napari_cdal.engine.io.images import IMAGE_SUFFIXES, read_header, read_image, to_rgb_float
 from napari_cdal.engine.labels import check_labels
 
 
 @dataclass
 class Tile:
-    """One H&E tile with its ground truth: RGB image, binary foreground and instance ids."""
+    """One tile with its ground truth: the image (H x W x C), binary foreground and instance ids.
+
+    An H&E tile's image is RGB uint8; a grayscale one (a 1-channel model) is float32 on 0..255.
+    """
 
     name: str
     image: np.ndarray
@@ -58,11 +61,16 @@ def _image_path(root: Path, name: str) -> Path:
     )
 
 
-def _to_rgb_uint8(arr: np.ndarray, path: Path) -> np.ndarray:
-    """An image as H x W x 3 uint8 through the one normalisation path (io.to_rgb_float); a bool image is 0/255."""
+def _tile_image(arr: np.ndarray, path: Path, channels: int) -> np.ndarray:
+    """An image through the one normalisation path (io.to_rgb_float) at the model's channels; a bool image is 0/255.
+
+    RGB stays uint8 as it always was; one channel stays float32, so 16-bit X-rays keep their
+    precision for the per-image stretch that prepare_tiles and segment_image apply.
+    """
     if arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255
-    return np.rint(to_rgb_float(arr, 3, name=f"image {path}")).astype(np.uint8)
+    image = to_rgb_float(arr, channels, name=f"image {path}")
+    return np.rint(image).astype(np.uint8) if channels == 3 else image
 
 
 def _read_binary(path: Path) -> np.ndarray:
@@ -112,14 +120,15 @@ def _check_shape(what: np.ndarray, path: Path, shape: tuple[int, ...], image: Pa
         )
 
 
-def load_tile(root: str | Path, name: str) -> Tile:
-    """Load one tile; instances come from the instance PNG, else the XML, else connected components.
+def load_tile(root: str | Path, name: str, channels: int = 3) -> Tile:
+    """Load one tile with the model's image channels; instances from the instance PNG, else the XML, else the mask.
 
     The foreground is ``masks/<name>.png``; when that file is absent it is ``instances > 0``.
+    Images are converted as segment converts them (a grayscale one repeated for an RGB model).
     """
     root = Path(root)
     image_path = _image_path(root, name)
-    image = _to_rgb_uint8(read_image(image_path), image_path)
+    image = _tile_image(read_image(image_path), image_path, channels)
     shape = image.shape[:2]
 
     mask_path = root / "masks" / f"{name}.png"
@@ -156,11 +165,40 @@ def load_tile(root: str | Path, name: str) -> Tile:
     )
 
 
-def load_folder(root: str | Path, names: list[str] | None = None) -> list[Tile]:
+def load_folder(root: str | Path, names: list[str] | None = None, channels: int = 3) -> list[Tile]:
     """Load the named tiles (all of ``list_tiles(root)`` when ``names`` is None), in that order."""
     if names is None:
         names = list_tiles(root)
-    return [load_tile(root, name) for name in names]
+    return [load_tile(root, name, channels) for name in names]
+
+
+def _is_colour(path: Path) -> bool:
+    """True when an image file holds colour: three or four channels that are not all the same."""
+    shape = read_header(path).shape
+    if len(shape) != 3 or shape[-1] == 1:
+        return False
+    pixels = read_image(path)[..., :3]
+    return not (np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 0], pixels[..., 2]))
+
+
+def check_image_channels(root: str | Path, names: list[str], channels: int) -> None:
+    """Refuse training images a model cannot learn from: grayscale for an RGB (H&E) model, colour for a grayscale one.
+
+    An RGB model's stain jitter and per-channel statistics need colour; a grayscale model would
+    average a colour image away. Segment converts either way; training on the wrong kind is a
+    mistake worth a line (the default preset is the H&E one). RGB files are read only for a
+    1-channel model (to tell a colour image from a grayscale one saved as RGB).
+    """
+    root = Path(root)
+    for name in names:
+        path = _image_path(root, name)
+        shape = read_header(path).shape
+        if channels == 3 and (len(shape) == 2 or shape[-1] == 1):
+            raise ValueError(f"{path} is a grayscale image but the model is an RGB (H&E) model; train grayscale "
+                             "images with --config grayscale (or a JSON config with image_channels 1)")
+        if channels == 1 and _is_colour(path):
+            raise ValueError(f"{path} is a colour image but the model is a grayscale one; train colour (H&E) "
+                             "images with an RGB preset (e.g. --config medium), or save them as grayscale")
 
 
 def resample_tile(tile: Tile, factor: float) -> Tile:
@@ -178,9 +216,9 @@ def resample_tile(tile: Tile, factor: float) -> Tile:
         return replace(tile)
     anti_alias = factor < 1
     image = transform.resize(
-        tile.image, out_shape + (3,), order=1, anti_aliasing=anti_alias, preserve_range=True
+        tile.image, out_shape + tile.image.shape[2:], order=1, anti_aliasing=anti_alias, preserve_range=True
     )
-    image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    image = np.clip(np.rint(image) if tile.image.dtype == np.uint8 else image, 0, 255).astype(tile.image.dtype)
     instances = transform.resize(
         tile.instances, out_shape, order=0, anti_aliasing=False, preserve_range=True
     ).astype(tile.instances.dtype)

@@ -50,3 +50,11 @@ def model_size(height: int, width: int, image_mpp: float, model_mpp: float) -> t
         raise ImageError(f"µm/px must be positive, got {image_mpp}")
     factor = image_mpp / model_mpp
     return max(1, round(height * factor)), max(1, round(width * factor))
+
+
+def model_grid(height: int, width: int, image_mpp: float, config: ModelConfig) -> tuple[int, int]:
+    """Size of an image on the model's grid (ModelConfig.grid_factor): what the networks see of it."""
+    if not config.model_side:
+        return model_size(height, width, image_mpp, config.model_mpp)
+    factor = config.grid_factor(height, width, image_mpp)
+    return max(1, round(height * factor)), max(1, round(width * factor))

@@ -13,7 +13,7 @@ from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP, DEFAULT_THRESHOLD
 from napari_cdal.engine.device import make_generator
 from napari_cdal.engine.events import Progress
 from napari_cdal.engine.io.images import to_rgb_float
-from napari_cdal.engine.method.grid import model_size, normalise, resample
+from napari_cdal.engine.method.grid import model_grid, normalise, resample, stretch_intensity
 from napari_cdal.engine.method.model import CdalModel
 from napari_cdal.engine.method.sampler import SampleOutput, StepOutput, foreground_of, reverse_process
 from napari_cdal.engine.segment.instances import instances_from_probability
@@ -114,6 +114,9 @@ def segment_image(
 ) -> Generator[Progress, None, None]:
     """Segment one image; yields Progress('step', i, n, StepUpdate) per tile and step, then 'done'.
 
+    The image goes onto the model's grid (its µm/px, or its longer side at `model_side`), a
+    grayscale model's image stretched first by its own percentiles (`stretch_intensity`).
+
     The final event's payload is a SegmentationResult on the input's pixel grid; its uncertainty
     is None with one sample (no spread to measure). `attention_kinds` adds D's maps of the last
     step by kind, `uncertainty_kinds` other uncertainty measures (UNCERTAINTY_MEASURES) than the
@@ -125,8 +128,9 @@ def segment_image(
     rgb = to_rgb_float(image, config.image_channels)
     height, width = rgb.shape[:2]
     device = next(model.generator.parameters()).device
-    mh, mw = model_size(height, width, image_mpp, config.model_mpp)
-    pixels = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
+    mh, mw = model_grid(height, width, image_mpp, config)
+    stretched = stretch_intensity(rgb, config)  # grayscale: by the image's own percentiles, as in training
+    pixels = torch.from_numpy(np.ascontiguousarray(stretched.transpose(2, 0, 1)))[None]
     on_model_grid = normalise(resample(pixels, (mh, mw)), config)
     n_steps = config.sampling_steps if sampling_steps is None else sampling_steps
     samples = config.default_samples if samples is None else samples

@@ -166,6 +166,9 @@ def prepare_pairs(pairs: list[FinetunePair], config: ModelConfig, image_mpp: flo
     """
     if not pairs:
         raise ValueError("pairs is empty; give at least one (image, corrected labels) pair")
+    if config.model_side:
+        raise ValueError(f"fine-tuning works on models that resample by µm/px; this one sees each image whole at "
+                         f"{config.model_side} px: train it again with napari-cdal train on the corrected masks")
     if not (isinstance(image_mpp, (int, float)) and math.isfinite(image_mpp) and image_mpp > 0):
         raise ValueError(f"image_mpp must be a number > 0 (µm per pixel of the images), got {image_mpp!r}")
     factor = image_mpp / config.model_mpp

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +13,11 @@ import torch
 from napari_cdal.engine.checks import check_patch_size
 from napari_cdal.engine.config import ModelConfig, TrainConfig
 from napari_cdal.engine.data.patches import PatchSampler, jitter_kind
-from napari_cdal.engine.data.tiles import Tile, list_tiles, load_folder, resample_tile
+from napari_cdal.engine.data.tiles import Tile, check_image_channels, list_tiles, load_folder, resample_tile
 from napari_cdal.engine.data.volumes import is_volume_folder, list_volumes, load_volume, training_slices
 from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP
 from napari_cdal.engine.events import Progress
+from napari_cdal.engine.method.grid import stretch_intensity
 from napari_cdal.engine.method.model import CdalModel, save_model
 from napari_cdal.engine.segment.evaluate import evaluate_tiles
 from napari_cdal.engine.segment.volume import evaluate_volumes
@@ -27,9 +28,18 @@ from napari_cdal.models import state_path
 
 
 def prepare_tiles(tiles: list[Tile], data_mpp: float, config: ModelConfig) -> list[Tile]:
-    """Resample training tiles once from the data's µm/px to the model's."""
-    factor = data_mpp / config.model_mpp
-    return [tile if abs(factor - 1.0) < 1e-9 else resample_tile(tile, factor) for tile in tiles]
+    """Training tiles on the model's grid: each grayscale image stretched by its own percentiles, then resampled.
+
+    The same stretch and grid as segment_image gives an image, applied once here for training
+    (load_tile leaves the pixels as read); H&E tiles are only resampled from the data's µm/px.
+    """
+    prepared = []
+    for tile in tiles:
+        if config.intensity_percentiles:
+            tile = replace(tile, image=stretch_intensity(tile.image, config))
+        factor = config.grid_factor(*tile.image.shape[:2], data_mpp)
+        prepared.append(tile if abs(factor - 1.0) < 1e-9 else resample_tile(tile, factor))
+    return prepared
 
 
 def make_patch_source(tiles: list[Tile], state: TrainState, config: ModelConfig,
@@ -134,9 +144,13 @@ def train_run(state: TrainState, data_dir: str | Path, data: RunData, out: str |
     """Train to the state's iterations, saving the state every checkpoint and the best model at `out`.
 
     With validation tiles the model at `out` is the best by validation_score; without, the latest.
-    The patch size is checked here, before the generator starts, so a bad one costs no work.
+    The patch size and the images' channels are checked here, before the generator starts, so a
+    bad one costs no work.
     """
-    check_patch_size(state.train_config.patch_size, state.model.config)
+    config = state.model.config
+    check_patch_size(state.train_config.patch_size, config)
+    if not config.is_multiclass and not is_volume_folder(data_dir):
+        check_image_channels(data_dir, data.train_names + data.validation_names, config.image_channels)
     return _train(state, data_dir, data, Path(out), device)
 
 
@@ -156,8 +170,9 @@ def _train(state: TrainState, data_dir: str | Path, data: RunData, out: Path,
         if is_volume_folder(data_dir):
             raise ValueError(f"{Path(data_dir) / 'images'} holds volumes; train them with a model of classes "
                              "(e.g. --config hippocampus)")
-        train_tiles = prepare_tiles(load_folder(data_dir, data.train_names), data.data_mpp, config)
-        held = load_folder(data_dir, data.validation_names) if data.validation_names else []
+        channels = config.image_channels
+        train_tiles = prepare_tiles(load_folder(data_dir, data.train_names, channels), data.data_mpp, config)
+        held = load_folder(data_dir, data.validation_names, channels) if data.validation_names else []
         on_validate = make_validation(held, data.data_mpp, out) if held else None
     sample_batch = make_patch_source(train_tiles, state, config)
 
