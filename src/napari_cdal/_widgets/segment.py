@@ -41,7 +41,6 @@ from napari_cdal._widgets._jobs import (
     SegmentSettings,
     run_segmentation,
     run_volume_segmentation,
-    run_whole_slide,
 )
 from napari_cdal._widgets._layers import (
     CONTOUR_WIDTH,
@@ -49,7 +48,6 @@ from napari_cdal._widgets._layers import (
     TAG,
     LivePreview,
     show_result,
-    show_slide_labels,
 )
 from napari_cdal._widgets._region import (
     FIELD_OF_VIEW,
@@ -58,10 +56,10 @@ from napari_cdal._widgets._region import (
     model_config,
     region_box,
     region_choices,
-    slide_paths,
 )
 from napari_cdal._widgets._review import ReviewQueue
 from napari_cdal._widgets._run import WorkerRun
+from napari_cdal._widgets._slide import SlideRun
 from napari_cdal._widgets._volume import is_volume_layer, model_fit_problem, show_volume_result, volume_summary
 
 if TYPE_CHECKING:
@@ -82,7 +80,7 @@ def model_steps(path: str) -> tuple[int, int, int] | None:
     return None if config is None else (config.diffusion_steps, config.sampling_steps, config.default_samples)
 
 
-class SegmentWidget(WorkerRun, Container):
+class SegmentWidget(SlideRun, WorkerRun, Container):
     """Dock widget: image, model, device, T, K, seed, threshold, µm/px, and Segment / Cancel."""
 
     unchanged_note = "layers unchanged"
@@ -294,43 +292,12 @@ class SegmentWidget(WorkerRun, Container):
         self._launch(run_volume_segmentation, layer.data, settings, status=f"Segmenting the volume {layer.name}…",
                      progress=progress(total=0, desc=f"cDAL: segmenting {layer.name} slice by slice"))
 
-    def start_slide(self, *_: Any) -> None:
-        """Segment the whole slide behind the image layer in a worker, its labels filling in as blocks finish."""
-        from napari.utils import progress
-        from napari.utils.notifications import show_error
-
-        from napari_cdal.engine.checks import InputError
-
-        if self.running:
-            return
-        checked = self._checked_inputs("Whole slide")
-        if checked is None:
-            return
-        layer, model_path = checked
-        try:
-            slide, store, tiff = slide_paths(layer, str(self.slide_output.value))
-        except InputError as exc:
-            show_error(f"Whole slide: {exc}")
-            return
-        self._clicked_at = time.perf_counter()
-        self._image_layer = layer
-        self._settings = self._settings_now(model_path)
-        self._slide = {"store": store, "tiff": tiff, "tiff_existed": tiff.exists()}
-        self._slide_layer = None
-        self._last_kind = "slide"
-        resumed = " (resuming)" if store.exists() else ""
-        self._launch(run_whole_slide, slide, store, tiff, self._settings,
-                     status=f"Whole slide: segmenting {slide.name} into {store}{resumed}…",
-                     progress=progress(total=0, desc=f"cDAL: whole slide {slide.name}"))
-
     def _on_step(self, event: Progress) -> None:
         with self._handling():
             if self._outcome:
                 return
             if self._slide is not None:
-                self._show_slide_labels()
-                self.status.value = f"Whole slide: block {event.index} of {event.total} written"
-                self._advance(event)  # napari's bar processes events: the run may end in here
+                self._on_slide_step(event)
                 return
             if self._last_kind == "volume" and self._progress is not None:
                 self.status.value = f"Segmenting {self._image_layer.name}: {event.index} of {event.total} slices"
@@ -339,35 +306,6 @@ class SegmentWidget(WorkerRun, Container):
             else:
                 self._preview.update(event.payload)
             self._advance(event)
-
-    def _show_slide_labels(self) -> None:
-        """Show the store's labels over the slide (the first time), or let napari read the new blocks."""
-        from napari_cdal.engine.slide.stitch import store_levels
-
-        if self._slide_layer is None or self._slide_layer not in self._viewer.layers:
-            store = self._slide["store"]
-            self._slide_layer = show_slide_labels(self._viewer, self._image_layer, store_levels(store), str(store))
-        else:
-            self._slide_layer.refresh()
-
-    def _on_slide_returned(self, result: SlideResult | RunFailure) -> None:
-        from napari.utils.notifications import show_error
-
-        if self._outcome == "cancelled":
-            return
-        if isinstance(result, RunFailure):
-            self._outcome = "failed"
-            self.status.value = "Failed: the store keeps the blocks already written"
-            show_error(f"Whole slide: {result.message}")
-            return
-        self._outcome = "done"
-        self._show_slide_labels()
-        self.last_slide = result
-        self.last_seconds = time.perf_counter() - self._clicked_at
-        tiff = self._slide["tiff"]
-        written = f"kept the existing {tiff.name}" if self._slide["tiff_existed"] else f"wrote {tiff}"
-        self.status.value = (f"Whole slide: {result.n_nuclei} nuclei in {result.blocks} blocks, "
-                             f"{self.last_seconds:.1f} s; labels in {result.store}, {written}")
 
     def _on_returned(self, result: SegmentationResult | SlideResult | RunFailure) -> None:
         from napari.utils.notifications import show_error
