@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     mask.paint((min(y + 40, pixels.shape[0] - 8), min(x + 40, pixels.shape[1] - 8)), int(mask.data.max()) + 1)
     top, left = max(0, y - 100), max(0, x - 100)
     corners = np.array([[top, left], [top + 260, left + 260]], float) * np.asarray(image.scale[-2:])
-    viewer.add_shapes([corners], shape_type="rectangle", name="checked", edge_color="yellow", face_color="transparent")
+    viewer.add_shapes([corners], shape_type="rectangle", name="checked", edge_color="yellow", face_color="transparent",
+                      units=image.units)
     viewer.layers.selection.active = mask
     mask.mode = "paint"
     row = finetune.pair_rows[0]
