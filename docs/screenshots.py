@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import napari
 
+    from napari_cdal._widgets._names import model_stem
     from napari_cdal._widgets.segment import OTHER_FILE
     from napari_cdal.models import bundled_model_file
     from napari_cdal.sample_data import SAMPLE_NAME
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         widget.model.value = OTHER_FILE
         widget.model_file.value = Path(args.model)
     shoot(viewer, out, "01_sample_and_widget.png")
+    results = f"{SAMPLE_NAME} {model_stem(widget.selected_model_path())}"  # result layers are named after the model
 
     run_and_wait(widget, viewer, out, "02_running.png")
     first_seconds = widget.last_seconds
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     shoot(viewer, out, "03_mask_overlay.png")
 
     widget_seconds = widget.last_seconds
-    mask = viewer.layers[f"{SAMPLE_NAME} mask"]
+    mask = viewer.layers[f"{results} mask"]
     scale = viewer.layers[SAMPLE_NAME].scale
     viewer.camera.center = (ZOOM_CENTRE_PX[0] * scale[0], ZOOM_CENTRE_PX[1] * scale[1])
     viewer.camera.zoom = ZOOM
@@ -110,31 +112,31 @@ def main(argv: list[str] | None = None) -> int:
     widget.sampling_steps.value = widget.sampling_steps.max
     run_and_wait(widget, viewer, out, None)
     viewer.reset_view()
-    show_only(viewer, SAMPLE_NAME, f"{SAMPLE_NAME} steps")
-    viewer.layers[f"{SAMPLE_NAME} steps"].opacity = 1.0
-    viewer.dims.set_point(0, 0)
+    show_only(viewer, SAMPLE_NAME, f"{results} steps")
+    viewer.layers[f"{results} steps"].opacity = 1.0
+    viewer.dims.set_point(0, 1)  # the step axis runs 1..T
     shoot(viewer, out, "06_steps_first.png")
-    viewer.dims.set_point(0, viewer.layers[f"{SAMPLE_NAME} steps"].data.shape[0] - 1)
+    viewer.dims.set_point(0, viewer.layers[f"{results} steps"].data.shape[0])
     shoot(viewer, out, "07_steps_last.png")
 
-    show_only(viewer, SAMPLE_NAME, f"{SAMPLE_NAME} attention")
-    viewer.dims.set_point(0, 0)
+    show_only(viewer, SAMPLE_NAME, f"{results} attention")
+    viewer.dims.set_point(0, 1)
     shoot(viewer, out, "08_attention.png")
-    show_only(viewer, "", f"{SAMPLE_NAME} attention")
+    show_only(viewer, "", f"{results} attention")
     shoot(viewer, out, "08b_attention_alone.png", canvas_only=True)
 
     widget.sampling_steps.value = default_steps
     widget.samples.value = args.samples
     run_and_wait(widget, viewer, out, None)
-    show_only(viewer, SAMPLE_NAME, f"{SAMPLE_NAME} uncertainty", f"{SAMPLE_NAME} mask")
-    viewer.layers[f"{SAMPLE_NAME} mask"].opacity = 0.4
+    show_only(viewer, SAMPLE_NAME, f"{results} uncertainty", f"{results} mask")
+    viewer.layers[f"{results} mask"].opacity = 0.4
     shoot(viewer, out, "09_uncertainty.png")
     viewer.camera.center = (ZOOM_CENTRE_PX[0] * scale[0], ZOOM_CENTRE_PX[1] * scale[1])
     viewer.camera.zoom = ZOOM
     shoot(viewer, out, "10_uncertainty_zoom.png", canvas_only=True)
 
     # Review: the least certain nucleus, centred, selected in the mask, ready for the brush
-    viewer.layers[f"{SAMPLE_NAME} mask"].opacity = 0.7
+    viewer.layers[f"{results} mask"].opacity = 0.7
     widget.review_button.native.click()
     settle()
     shoot(viewer, out, "11_review.png")

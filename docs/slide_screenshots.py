@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import napari
 
+    from napari_cdal._widgets._names import model_stem
     from napari_cdal._widgets.segment import OTHER_FILE
 
     out = Path(args.out)
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         viewer.camera.zoom = FIELD_ZOOM * 0.7
         shoot(viewer, out, "12_slide_field_of_view.png")
 
-        viewer.layers[f"{layer.name} mask"].visible = False
+        viewer.layers[f"{layer.name} {model_stem(widget.selected_model_path())} mask"].visible = False
         widget.slide_output.value = Path(folder) / "out"
         wait(widget, widget.slide_button)
         viewer.reset_view()

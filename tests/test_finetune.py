@@ -32,7 +32,8 @@ from napari_cdal.engine.training.finetune import (
 from napari_cdal.engine.training.run import make_patch_source
 from napari_cdal.engine.training.state import TrainState
 
-QUICK = finetune_config(iterations=3, patch_size=64, batch_size=2, warmup_steps=1)
+QUICK = finetune_config(iterations=3, patch_size=64, batch_size=2, warmup_steps=1, holdout_fraction=0.0)
+"""Three steps, no held-back strip (a 64 µm blob tile holds one back by default since issue 14)."""
 
 
 @pytest.fixture(autouse=True)
@@ -158,7 +159,7 @@ def test_regions_map_to_model_pixels_and_weigh_zero_outside(source) -> None:
     # a 128 px tile at 0.25 µm/px is 64 px at the model's 0.5; the left half stays the left half
     tile = blob_tile(10)
     pair = FinetunePair(tile.image, tile.instances, regions=[(0, 128, 0, 64)])
-    settings = finetune_config(patch_size=256, augment=False)
+    settings = finetune_config(patch_size=256, augment=False, holdout_fraction=0.0)  # the mapping alone
     prepared = prepare_pairs([pair], source.config, 0.25, settings)
     assert prepared.tiles[0].image.shape == (64, 64, 3)
     assert prepared.regions == [[(0, 64, 0, 32)]]
@@ -202,6 +203,30 @@ def test_discriminator_sees_no_labels_outside_the_regions(source, monkeypatch) -
 
 
 # --- the held-back guard ---------------------------------------------------------------------------
+
+def test_a_small_region_holds_back_a_strip_and_the_result_says_before_and_after(source) -> None:
+    # 64 x 48 px at 0.5 µm/px (32 x 24 µm): a quarter would be under 16 µm, so 16 µm (32 px) is held back
+    tile = blob_tile(12, size=256, count=100)
+    settings = finetune_config(iterations=2, patch_size=64, batch_size=2, holdout_fraction=0.25, validate_every=2)
+    pair = FinetunePair(tile.image, tile.instances, regions=[(0, 64, 0, 48)], name="small")
+    prepared = prepare_pairs([pair], source.config, 0.5, settings)
+    assert prepared.regions == [[(0, 32, 0, 48)]] and [t.name for t in prepared.holdout] == ["small held-back"]
+    result = run_to_end(finetune(source, [pair], settings, "cpu", 0.5))
+    before, after = result.before, result.after
+    assert before["step"] == 0 and after["step"] == result.best_step
+    assert 0 <= before["nuclei_right"] <= before["nuclei_truth"] and before["nuclei_truth"] > 0
+    assert result.improved == (after["score"] > before["score"]) and result.improved == (not result.kept_start)
+    assert result.report() == (f"on the part you corrected and we held back: {before['dice']:.2f} → "
+                               f"{after['dice']:.2f} Dice, {before['nuclei_right']} → {after['nuclei_right']} "
+                               f"of {before['nuclei_truth']} nuclei right")
+    assert result.record["finetune"]["before"] == before
+
+
+def test_without_a_held_back_part_the_report_says_so(source) -> None:
+    tile = blob_tile(12)
+    settings = finetune_config(iterations=1, patch_size=64, batch_size=2, holdout_fraction=0.0)
+    result = run_to_end(finetune(source, [FinetunePair(tile.image, tile.instances)], settings, "cpu", 0.5))
+    assert result.improved is None and result.report().startswith("nothing was held back to check it")
 
 def test_held_back_strip_keeps_the_start_when_fine_tuning_hurts(source) -> None:
     # a learning rate far too high wrecks the generator; the held-back strip must keep the start
@@ -297,7 +322,8 @@ def test_cancelled_run_leaves_nothing(source, tmp_path, monkeypatch) -> None:
     tile = blob_tile(15)
     events = finetune(source, [FinetunePair(tile.image, tile.instances)], finetune_config(iterations=50, patch_size=64),
                       "cpu", 0.5)
-    assert next(events).stage == "train"
+    assert next(events).stage == "validate"  # the held-back strip scores the start first (issue 14)
+    assert next(events).stage == "validate_done" and next(events).stage == "train"
     events.close()
     assert list(tmp_path.iterdir()) == []
     for key, value in weights_of(source).items():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ from skimage.draw import disk
 
 from napari_cdal._widgets._layers import TAG
 from napari_cdal._widgets._names import default_model_name, model_name_problem
-from napari_cdal._widgets._pairs import WHOLE_IMAGE, layer_boxes
+from napari_cdal._widgets._pairs import NO_REGIONS, WHOLE_IMAGE, WHOLE_IMAGE_WARNING, layer_boxes
 from napari_cdal._widgets.finetune import FinetuneWidget
 from napari_cdal._widgets.segment import OTHER_FILE, SegmentWidget
 
@@ -96,7 +95,27 @@ def dock_both(viewer, model_file: Path) -> tuple[SegmentWidget, FinetuneWidget]:
     segment.model_file.value = model_file
     finetune = dock(viewer, "Fine-tune")
     finetune.iterations.value = STEPS
+    learn_from_whole_images(finetune)
     return segment, finetune
+
+
+def learn_from_whole_images(finetune: FinetuneWidget) -> None:
+    """Without a Shapes layer, choose the whole image explicitly (it is never the default)."""
+    for row in finetune.pair_rows:
+        if row.regions.value == NO_REGIONS:
+            row.regions.value = WHOLE_IMAGE
+
+
+@pytest.fixture()
+def improved(monkeypatch):
+    """Decide whether the fine-tuned model scores better on the held-back part (two steps decide nothing)."""
+    from napari_cdal.engine.training.finetune import FinetuneResult
+
+    def decide(value: bool) -> None:
+        monkeypatch.setattr(FinetuneResult, "improved", property(lambda self: value))
+
+    decide(True)
+    return decide
 
 
 def click_finetune(qtbot, widget: FinetuneWidget, timeout: int = TIMEOUT_MS) -> str:
@@ -113,7 +132,7 @@ def click_finetune(qtbot, widget: FinetuneWidget, timeout: int = TIMEOUT_MS) -> 
 
 
 def test_finetune_writes_a_new_model_that_segment_selects_and_back_undoes(
-    qtbot, make_napari_viewer, tiny_model_file, model_folder
+    qtbot, make_napari_viewer, tiny_model_file, model_folder, improved
 ) -> None:
     from napari_cdal.engine.io.checkpoint import read_metadata
 
@@ -129,7 +148,7 @@ def test_finetune_writes_a_new_model_that_segment_selects_and_back_undoes(
     row.regions.value = viewer.layers["checked"]
     assert finetune.mpp.value == pytest.approx(0.5)
     assert finetune.base_model_path() == str(tiny_model_file)
-    assert finetune.name.value.startswith(f"tiny-ft-{NAME}-")
+    assert finetune.name.value == f"tiny-ft-{NAME}"
 
     name = finetune.name.value
     assert click_finetune(qtbot, finetune) == "done"
@@ -145,16 +164,19 @@ def test_finetune_writes_a_new_model_that_segment_selects_and_back_undoes(
     assert str(new_model) in finetune.base_model.choices
     assert sha256(tiny_model_file) == original_hash, "the base model file is untouched"
     assert np.array_equal(labels.data, corrected), "the user's Labels layer is only read"
-    assert finetune.status.value.startswith(f"Saved {new_model.name}")
-    assert (
-        finetune.name.value != name
-        and not (model_folder / f"{finetune.name.value}.safetensors").exists()
-    )
+    assert finetune.status.value.startswith("On the part you corrected and we held back: ")
+    assert " Dice, " in finetune.status.value and " nuclei right." in finetune.status.value
+    assert f"Saved {new_model.name}" in finetune.status.value and "Segment now uses it" in finetune.status.value
+    before, after = meta["record"]["finetune"]["before"], meta["record"]["finetune"]["after"]
+    assert before["step"] == 0 and before["nuclei_truth"] > 0, "a small region has a held-back part too"
+    assert f"{before['dice']:.2f} → {after['dice']:.2f} Dice" in finetune.report
+    assert finetune.name.value == f"tiny-ft-{NAME}-2", "the next suggestion: short, no snowballing suffixes"
 
     assert finetune.back_button.enabled
     finetune.back_button.native.click()
     assert segment.selected_model_path() == str(tiny_model_file)
     assert not finetune.back_button.enabled
+    assert finetune.name.value == f"tiny-ft-{NAME}-2", "refreshed after Back, still short"
     assert finetune.finetune_button.enabled and not finetune.cancel_button.enabled
 
 
@@ -228,13 +250,14 @@ def test_two_pairs_without_segment_docked_use_the_model_dropdown(
     finetune.name.value = "mine"
     row = finetune.add_pair()
     row.image.value = second
-    assert row.labels.value is viewer.layers["other mask"] and row.regions.value is WHOLE_IMAGE
+    assert row.labels.value is viewer.layers["other mask"] and row.regions.value == NO_REGIONS
+    learn_from_whole_images(finetune)
     assert click_finetune(qtbot, finetune) == "done"
     assert read_metadata(model_folder / "mine.safetensors")["record"]["finetune"]["images"] == [
         NAME,
         "other",
     ]
-    assert finetune.status.value.endswith("dock Segment to use it")
+    assert finetune.status.value.endswith("Dock Segment to use it")
     assert not finetune.back_button.enabled
 
 
@@ -252,11 +275,9 @@ def test_names_are_checked_and_suggested(tmp_path) -> None:
     assert "plain file name" in model_name_problem("../escape", tmp_path)
     assert "plain file name" in model_name_problem("a\\b", tmp_path)
     assert "name" in model_name_problem("", tmp_path)
-    stamp = time.strptime("2025-03-04 05:06", "%Y-%m-%d %H:%M")
-    assert (
-        default_model_name("cdal_monuseg", "my tile/1", stamp)
-        == "cdal_monuseg-ft-my_tile_1-20250304-0506"
-    )
+    assert default_model_name("cdal_monuseg", "my tile/1") == "cdal_monuseg-ft-my_tile_1"
+    assert default_model_name("cdal_monuseg-ft-TCGA-AR-A1AK-01Z-00-DX1-2", "TCGA-AR-A1AK-01Z-00-DX1") == (
+        "cdal_monuseg-ft-TCGA-AR-A1AK-01Z-00"), "a fine-tuned base does not snowball; the image is cut short"
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -385,9 +406,7 @@ def test_cancel_stops_cleanly_and_writes_nothing(
     outcomes: list[str] = []
     finetune.run_finished.connect(outcomes.append)
     finetune.finetune_button.native.click()
-    qtbot.waitUntil(
-        lambda: finetune.status.value.startswith("Fine-tuning: step 1 "), timeout=TIMEOUT_MS
-    )
+    qtbot.waitUntil(lambda: finetune.status.value.startswith("Fine-tuning"), timeout=TIMEOUT_MS)
     assert (
         finetune.running and not finetune.finetune_button.enabled and finetune.cancel_button.enabled
     )
@@ -412,3 +431,103 @@ def test_plugin_modules_import_without_torch() -> None:
 
     code = "import sys, napari_cdal._widgets.finetune; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+# ----------------------------------------------------------------------------- issue 14: what a user meets
+
+
+def test_corrected_regions_follow_the_shapes_layers_and_whole_image_is_a_warned_choice(
+    make_napari_viewer, tiny_model_file, model_folder, errors
+) -> None:
+    viewer = make_napari_viewer()
+    add_image(viewer)
+    add_corrected_mask(viewer)
+    finetune = dock(viewer, "Fine-tune")
+    (row,) = finetune.pair_rows
+    assert row.regions.value == NO_REGIONS, "never the whole image by default"
+    finetune.finetune_button.native.click()
+    assert "draw a rectangle around what you corrected" in errors[-1] and not finetune.running
+    first = add_regions(viewer, [(0, 64, 0, 64)])
+    assert row.regions.value is first, "the only Shapes layer is picked"
+    second = viewer.add_shapes(name="other rectangles")
+    assert row.regions.value is second, "a new Shapes layer is the selected one"
+    viewer.layers.selection.active = first
+    assert row.regions.value is first, "the field follows the selected Shapes layer"
+    viewer.layers.selection.active = viewer.layers[NAME]
+    assert row.regions.value is first
+    assert row.warning.native.isHidden()
+    row.regions.value = WHOLE_IMAGE
+    assert not row.warning.native.isHidden() and row.warning.value == WHOLE_IMAGE_WARNING
+    viewer.layers.selection.active = second
+    assert row.regions.value == WHOLE_IMAGE, "an explicit whole-image choice stays"
+    assert all(tip for tip in (row.image.tooltip, row.labels.tooltip, row.regions.tooltip))
+
+
+def test_a_model_that_does_not_score_better_is_saved_but_not_selected(
+    qtbot, make_napari_viewer, tiny_model_file, model_folder, improved
+) -> None:
+    improved(False)
+    viewer = make_napari_viewer()
+    add_image(viewer)
+    add_corrected_mask(viewer)
+    add_regions(viewer, [(0, 128, 0, 128)])
+    segment, finetune = dock_both(viewer, tiny_model_file)
+    name = finetune.name.value
+    assert click_finetune(qtbot, finetune) == "done"
+    assert (model_folder / f"{name}.safetensors").is_file()
+    assert segment.selected_model_path() == str(tiny_model_file), "the old model stays selected"
+    status = finetune.status.value
+    assert status.startswith("On the part you corrected and we held back: ") and " nuclei right." in status
+    assert "did not score better, so Segment keeps tiny" in status and not finetune.back_button.enabled
+
+
+def test_segment_waits_while_a_finetune_holds_the_cpu(
+    qtbot, make_napari_viewer, tiny_model_file, model_folder, paused_finetune
+) -> None:
+    viewer = make_napari_viewer()
+    add_image(viewer)
+    add_corrected_mask(viewer)
+    segment, finetune = dock_both(viewer, tiny_model_file)
+    tip = segment.segment_button.tooltip
+    outcomes: list[str] = []
+    finetune.run_finished.connect(outcomes.append)
+    finetune.finetune_button.native.click()
+    qtbot.waitUntil(lambda: finetune.status.value.startswith("Fine-tuning"), timeout=TIMEOUT_MS)
+    assert not segment.segment_button.enabled and not segment.slide_button.enabled
+    assert segment.segment_button.tooltip.startswith("waiting: a fine-tune is using the CPU")
+    finetune.cancel_button.native.click()
+    paused_finetune.set()
+    qtbot.waitUntil(lambda: bool(outcomes), timeout=TIMEOUT_MS)
+    assert segment.segment_button.enabled and segment.slide_button.enabled
+    assert segment.segment_button.tooltip == tip
+
+
+def test_both_widgets_share_one_tabbed_dock_each_with_one_named_cancel(
+    qtbot, make_napari_viewer, tiny_model_file, model_folder
+) -> None:
+    from magicgui.widgets import Container, Label, PushButton
+
+    from napari_cdal._widgets._common import STATUS_MIN_WIDTH
+
+    viewer = make_napari_viewer()
+    add_image(viewer)
+    segment_dock, segment = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    finetune_dock, finetune = viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune")
+    window = viewer.window._qt_window
+    qtbot.waitUntil(lambda: segment_dock in window.tabifiedDockWidgets(finetune_dock), timeout=5000)
+    for widget, cancel in ((segment, "Cancel segmenting"), (finetune, "Cancel fine-tuning")):
+        buttons = [w.text for w in widget if isinstance(w, PushButton)]
+        assert [text for text in buttons if text.startswith("Cancel")] == [cancel]
+        assert widget.status.native.minimumWidth() >= STATUS_MIN_WIDTH
+
+        def walk(container):
+            for child in container:
+                if isinstance(child, Container):
+                    yield from walk(child)
+                elif not isinstance(child, Label):
+                    yield child
+
+        untipped = [child.label or child.text for child in walk(widget) if not child.tooltip]
+        assert untipped == [], f"every field and button explains itself: {untipped}"
+    assert segment.samples.label == "samples (for uncertainty)"
+    assert finetune.learning_rate.tooltip.startswith("how far each learning step moves")

@@ -20,6 +20,9 @@ pytestmark = pytest.mark.gui
 
 PLUGIN = "napari-cdal"
 NAME = "blobs"
+MODEL = "tiny"
+LAYER = f"{NAME} {MODEL}"
+"""Result layers are named after the image and the model that made them."""
 KINDS = ("mask", "steps", "attention", "uncertainty")
 SCALE, TRANSLATE = (0.5, 0.5), (10.0, 20.0)
 TIMEOUT_MS = 120_000
@@ -87,12 +90,12 @@ def test_segment_gives_four_layers_on_the_image_grid(qtbot, viewer_widget) -> No
     names = [layer.name for layer in viewer.layers]
     assert names == [
         NAME,
-        f"{NAME} steps",
-        f"{NAME} attention",
-        f"{NAME} uncertainty",
-        f"{NAME} mask",
+        f"{LAYER} steps",
+        f"{LAYER} attention",
+        f"{LAYER} uncertainty",
+        f"{LAYER} mask",
     ]
-    mask, steps, attention, uncertainty = (viewer.layers[f"{NAME} {kind}"] for kind in KINDS)
+    mask, steps, attention, uncertainty = (viewer.layers[f"{LAYER} {kind}"] for kind in KINDS)
     assert (
         type(mask).__name__ == "Labels"
         and mask.data.shape == (128, 128)
@@ -104,7 +107,7 @@ def test_segment_gives_four_layers_on_the_image_grid(qtbot, viewer_widget) -> No
     for layer in (mask, uncertainty):
         assert tuple(layer.scale) == SCALE and tuple(layer.translate) == TRANSLATE
     for layer in (steps, attention):
-        assert tuple(layer.scale) == (1.0, *SCALE) and tuple(layer.translate) == (0.0, *TRANSLATE)
+        assert tuple(layer.scale) == (1.0, *SCALE) and tuple(layer.translate) == (1.0, *TRANSLATE)
     assert attention.colormap.name == "inferno" and attention.blending == "additive"
     assert steps.axis_labels[0] == attention.axis_labels[0] == "step"
     assert 0.0 <= attention.data.min() and attention.data.max() <= 1.0
@@ -175,8 +178,8 @@ def test_progress_moves_per_step_and_tile_while_the_ui_keeps_running(
     assert seen == [(i, 16) for i in range(1, 17)]  # 4 tiles x 4 steps
     assert sum(ticks) >= 5, "the event loop must keep running while the worker computes"
     assert {layer.name for layer in previews} == {
-        f"{NAME} steps {PREVIEW_SUFFIX}",
-        f"{NAME} attention {PREVIEW_SUFFIX}",
+        f"{LAYER} steps {PREVIEW_SUFFIX}",
+        f"{LAYER} attention {PREVIEW_SUFFIX}",
     }
     assert all(layer not in viewer.layers for layer in previews)
     live_steps = next(layer for layer in previews if "steps" in layer.name).data
@@ -189,24 +192,24 @@ def test_progress_moves_per_step_and_tile_while_the_ui_keeps_running(
 def test_rerun_updates_in_place_but_keeps_an_edited_mask(qtbot, viewer_widget) -> None:
     viewer, widget = viewer_widget
     assert click_segment(qtbot, widget) == "done"
-    first = {kind: viewer.layers[f"{NAME} {kind}"] for kind in KINDS}
+    first = {kind: viewer.layers[f"{LAYER} {kind}"] for kind in KINDS}
     first_labels = first["mask"].data.copy()
     assert click_segment(qtbot, widget) == "done"
     assert len(viewer.layers) == 5
-    assert all(viewer.layers[f"{NAME} {kind}"] is first[kind] for kind in KINDS)
+    assert all(viewer.layers[f"{LAYER} {kind}"] is first[kind] for kind in KINDS)
     assert np.array_equal(first["mask"].data, first_labels), "the same seed repeats the mask"
 
     first["mask"].paint((5, 5), int(first_labels.max()) + 1)
     edited = first["mask"].data.copy()
     widget.seed.value = 1
     assert click_segment(qtbot, widget) == "done"
-    assert [layer.name for layer in viewer.layers][-1] == f"{NAME} mask [1]"
+    assert [layer.name for layer in viewer.layers][-1] == f"{LAYER} mask [1]"
     assert np.array_equal(first["mask"].data, edited), "an edited mask is never overwritten"
     assert all(
-        viewer.layers[f"{NAME} {kind}"] is first[kind]
+        viewer.layers[f"{LAYER} {kind}"] is first[kind]
         for kind in ("steps", "attention", "uncertainty")
     )
-    second_mask = viewer.layers[f"{NAME} mask [1]"]
+    second_mask = viewer.layers[f"{LAYER} mask [1]"]
     assert tuple(second_mask.scale) == SCALE and second_mask.data.dtype == np.uint32
 
     assert click_segment(qtbot, widget) == "done"
@@ -217,7 +220,7 @@ def test_several_samples_give_a_nonzero_uncertainty(qtbot, viewer_widget) -> Non
     viewer, widget = viewer_widget
     widget.samples.value = 3
     assert click_segment(qtbot, widget) == "done"
-    uncertainty = viewer.layers[f"{NAME} uncertainty"]
+    uncertainty = viewer.layers[f"{LAYER} uncertainty"]
     assert uncertainty.data.max() > 0 and uncertainty.contrast_limits[1] == uncertainty.data.max()
 
 
@@ -225,7 +228,7 @@ def test_the_contour_checkbox_switches_the_mask_display(qtbot, viewer_widget) ->
     viewer, widget = viewer_widget
     widget.contours.value = False
     assert click_segment(qtbot, widget) == "done"
-    mask = viewer.layers[f"{NAME} mask"]
+    mask = viewer.layers[f"{LAYER} mask"]
     assert mask.contour == 0
     widget.contours.value = True
     assert mask.contour == CONTOUR_WIDTH
@@ -308,9 +311,9 @@ def test_grayscale_image_with_an_unset_scale_uses_0_25_and_an_edited_mpp(
     assert widget.mpp.value == pytest.approx(0.25)
     widget.mpp.value = 0.5
     assert click_segment(qtbot, widget) == "done"
-    mask = viewer.layers["gray mask"]
+    mask = viewer.layers[f"gray {MODEL} mask"]
     assert mask.data.shape == (96, 96) and tuple(mask.scale) == (1.0, 1.0)
-    assert viewer.layers["gray steps"].data.shape == (4, 96, 96)
+    assert viewer.layers[f"gray {MODEL} steps"].data.shape == (4, 96, 96)
 
 
 def test_mpp_comes_from_the_layer_scale_in_its_unit(make_napari_viewer) -> None:
@@ -407,7 +410,7 @@ def test_models_in_the_user_folder_are_offered(
     widget.model.value = str(tmp_path / "my-finetuned.safetensors")
     assert widget.sampling_steps.max == 4
     assert click_segment(qtbot, widget) == "done"
-    assert f"{NAME} mask" in viewer.layers
+    assert f"{NAME} my-finetuned mask" in viewer.layers
 
 
 def test_device_choices_list_cuda_only_when_there_is_one(make_napari_viewer) -> None:
@@ -497,20 +500,20 @@ def test_plugin_modules_import_without_torch() -> None:
 def test_one_sample_adds_no_uncertainty_layer_and_drops_a_stale_one(qtbot, viewer_widget) -> None:
     viewer, widget = viewer_widget
     assert click_segment(qtbot, widget) == "done"
-    assert f"{NAME} uncertainty" in [layer.name for layer in viewer.layers]
+    assert f"{LAYER} uncertainty" in [layer.name for layer in viewer.layers]
     widget.samples.value = 1
     assert click_segment(qtbot, widget) == "done"
     names = [layer.name for layer in viewer.layers]
-    assert f"{NAME} uncertainty" not in names and f"{NAME} mask" in names
-    features = viewer.layers[f"{NAME} mask"].features
+    assert f"{LAYER} uncertainty" not in names and f"{LAYER} mask" in names
+    features = viewer.layers[f"{LAYER} mask"].features
     assert features["mean_uncertainty"].isna().all()
 
 
 def test_mask_carries_per_nucleus_features(qtbot, viewer_widget) -> None:
     viewer, widget = viewer_widget
     assert click_segment(qtbot, widget) == "done"
-    mask = viewer.layers[f"{NAME} mask"]
-    uncertainty = viewer.layers[f"{NAME} uncertainty"].data
+    mask = viewer.layers[f"{LAYER} mask"]
+    uncertainty = viewer.layers[f"{LAYER} uncertainty"].data
     features = mask.features
     n = int(mask.data.max())
     assert list(features["index"]) == list(range(1, n + 1))
@@ -526,7 +529,7 @@ def test_review_steps_through_the_least_certain_nuclei(qtbot, viewer_widget) -> 
     viewer, widget = viewer_widget
     assert not widget.review_button.enabled, "nothing to review before a result"
     assert click_segment(qtbot, widget) == "done"
-    mask = viewer.layers[f"{NAME} mask"]
+    mask = viewer.layers[f"{LAYER} mask"]
     features = mask.features
     ranked = features.sort_values(["mean_uncertainty", "index"], ascending=[False, True])["index"].tolist()
     widget.review_count.value = 3
@@ -553,3 +556,103 @@ def test_the_sampling_fields_follow_the_models_config_under_its_former_key_names
     if not bundled_model_path().is_file():
         pytest.skip("no bundled model in this checkout")
     assert model_steps(str(bundled_model_path())) == (4, 2, 2)  # T = 4, sampled in 2 steps, K = 2
+
+
+# ----------------------------------------------------------------------------- the user's layers, tool and status
+
+
+def test_a_run_keeps_the_users_active_layer_and_tool(qtbot, viewer_widget) -> None:
+    viewer, widget = viewer_widget
+    painted = viewer.add_labels(np.zeros((128, 128), np.uint32), name="my corrections", scale=SCALE,
+                                translate=TRANSLATE)
+    painted.mode = "paint"
+    viewer.layers.selection.active = painted
+    actives: list = []
+    viewer.layers.selection.events.active.connect(lambda event: actives.append(event.value))
+    assert click_segment(qtbot, widget) == "done"
+    assert viewer.layers.selection.active is painted and set(viewer.layers.selection) == {painted}
+    assert painted.mode == "paint", "the brush is still in the user's hand"
+    assert all(layer is painted for layer in actives), f"no preview or result layer was ever made active: {actives}"
+    viewer.layers.selection.clear()
+    assert click_segment(qtbot, widget) == "done"
+    assert viewer.layers.selection.active is None and len(viewer.layers.selection) == 0
+
+
+def test_results_of_two_models_sit_side_by_side(qtbot, viewer_widget, tmp_path) -> None:
+    viewer, widget = viewer_widget
+    assert click_segment(qtbot, widget) == "done"
+    first = viewer.layers[f"{LAYER} mask"]
+    first_labels = first.data.copy()
+    other = tmp_path / "other-model.safetensors"
+    shutil.copy(widget.model_file.value, other)
+    widget.model_file.value = other
+    widget.seed.value = 5
+    assert click_segment(qtbot, widget) == "done"
+    second = viewer.layers[f"{NAME} other-model mask"]
+    assert second is not first and np.array_equal(first.data, first_labels), "the first model's mask is kept"
+    assert second.metadata[TAG]["model"] == "other-model" and first.metadata[TAG]["model"] == MODEL
+    assert {f"{NAME} other-model {kind}" for kind in KINDS} <= {layer.name for layer in viewer.layers}
+
+
+def test_the_status_bar_is_cleared_after_a_run_and_a_cancel(qtbot, viewer_widget, paused_engine) -> None:
+    viewer, widget = viewer_widget
+
+    def hover_preview() -> bool:  # what napari's status bar says while the mouse is over a preview layer
+        previews = [layer for layer in viewer.layers if PREVIEW_SUFFIX in layer.name]
+        if previews:
+            viewer.status = f"{previews[0].name} [0 0 0]: 0.5"
+            viewer.tooltip.text = previews[0].name
+        return bool(previews)
+
+    outcomes: list[str] = []
+    widget.run_finished.connect(outcomes.append)
+    widget.segment_button.native.click()
+    qtbot.waitUntil(hover_preview, timeout=TIMEOUT_MS)
+    paused_engine.set()
+    qtbot.waitUntil(lambda: bool(outcomes), timeout=TIMEOUT_MS)
+    assert outcomes == ["done"] and viewer.status == "Ready" and viewer.tooltip.text == ""
+    paused_engine.clear()
+    widget.seed.value = 3
+    widget.segment_button.native.click()
+    qtbot.waitUntil(hover_preview, timeout=TIMEOUT_MS)
+    widget.cancel_button.native.click()
+    paused_engine.set()
+    qtbot.waitUntil(lambda: len(outcomes) == 2, timeout=TIMEOUT_MS)
+    assert outcomes[1] == "cancelled" and PREVIEW_SUFFIX not in str(viewer.status)
+    assert viewer.status == "Ready"
+
+
+def test_sampling_steps_and_samples_are_kept_when_switching_model(
+    make_napari_viewer, tiny_model_file, tmp_path, monkeypatch
+) -> None:
+    import napari_cdal._widgets.segment as segment_module
+
+    short = tmp_path / "short.safetensors"  # a model of 2 diffusion steps
+    shutil.copy(tiny_model_file, short)
+    real = segment_module.model_steps
+    monkeypatch.setattr(segment_module, "model_steps",
+                        lambda path: (2, 2, 1) if Path(path).name == short.name else real(path))
+    viewer = make_napari_viewer()
+    add_blobs(viewer)
+    widget = dock(viewer)
+    use_model(widget, tiny_model_file)
+    assert (widget.sampling_steps.value, widget.samples.value) == (4, 1), "untouched fields take the model's defaults"
+    widget.sampling_steps.value, widget.samples.value = 3, 4
+    other = tmp_path / "other.safetensors"
+    shutil.copy(tiny_model_file, other)
+    widget.model_file.value = other
+    assert (widget.sampling_steps.value, widget.samples.value) == (3, 4)
+    assert "lowered" not in widget.status.value, "no note when nothing was clamped"
+    widget.model_file.value = short
+    assert (widget.sampling_steps.value, widget.samples.value, widget.sampling_steps.max) == (2, 4, 2)
+    assert widget.status.value == "sampling steps lowered from 3 to 2: short has 2 diffusion steps"
+    assert "diffusion steps T" in widget.sampling_steps.tooltip and "1..T" in widget.sampling_steps.tooltip
+
+
+def test_the_step_slider_runs_from_1_to_t(qtbot, viewer_widget) -> None:
+    viewer, widget = viewer_widget
+    assert click_segment(qtbot, widget) == "done"
+    steps = viewer.layers[f"{LAYER} steps"]
+    low, high = steps.extent.world[:, 0]
+    assert (low, high) == (1.0, 4.0), "napari's step slider reads step 1 to step 4, not 0 to 3"
+    assert viewer.dims.range[0].start == pytest.approx(1.0) and viewer.dims.range[0].stop == pytest.approx(4.0)

@@ -165,7 +165,7 @@ def test_segment_on_a_volume_gives_aligned_3d_labels_and_4d_stacks(
     assert uncertainty.data.shape == (12, 24, 24)
     for layer in (steps, attention):
         assert layer.data.shape == (2, 12, 24, 24) and layer.axis_labels[0] == "step"
-        assert tuple(layer.scale) == (1.0, *SPACING) and tuple(layer.translate) == (0.0, *TRANSLATE)
+        assert tuple(layer.scale) == (1.0, *SPACING) and tuple(layer.translate) == (1.0, *TRANSLATE)
     assert np.allclose(mask.metadata["affine"], image.metadata["affine"])
     assert np.array_equal(mask.metadata[TAG]["result"], mask.data) and mask.metadata[TAG]["model"] == MODEL
     assert widget.status.value.startswith(f"{MODEL}: anterior ") and "voxels" in widget.status.value

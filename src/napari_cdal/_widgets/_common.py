@@ -7,7 +7,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import FloatSpinBox, Label
+from magicgui.widgets import ComboBox, FloatSpinBox, Label, PushButton
 
 from napari_cdal._widgets._layers import DEFAULT_IMAGE_MPP, TAG, image_mpp
 
@@ -29,6 +29,17 @@ def device_choices() -> list[tuple[str, str]]:
         gpu = torch.cuda.get_device_name(0)
         return [(f"auto (CUDA: {gpu})", "auto"), ("cpu", "cpu"), (f"cuda: {gpu}", "cuda")]
     return [("auto (CPU)", "auto"), ("cpu", "cpu")]
+
+
+def device_combo() -> ComboBox:
+    """The device field of both widgets: auto (a GPU when there is one), cpu, cuda."""
+    return ComboBox(label="device", choices=device_choices(),
+                    tooltip="where the model runs: auto takes the GPU when there is one, else the CPU")
+
+
+def cancel_button(what: str, tooltip: str) -> PushButton:
+    """A widget's one Cancel button, named after what it stops ('Cancel segmenting'); off until a run starts."""
+    return PushButton(text=f"Cancel {what}", enabled=False, tooltip=tooltip)
 
 
 def mpp_spin_box(tooltip: str) -> FloatSpinBox:
@@ -56,11 +67,48 @@ def set_mpp_from_layer(spin: FloatSpinBox, layer: Image, status: Label) -> None:
                     f"check its scale, or set µm/px here (now {DEFAULT_IMAGE_MPP:g})")
 
 
+STATUS_MIN_WIDTH = 260
+"""The status line's narrowest width in screen pixels: wide enough that a message wraps into lines, not a column."""
+
+
 def status_label() -> Label:
-    """The status line at the bottom of a widget (long messages wrap)."""
+    """The status line at the bottom of a widget (long messages wrap, at least STATUS_MIN_WIDTH wide)."""
     status = Label(value="")
     status.native.setWordWrap(True)
+    status.native.setMinimumWidth(STATUS_MIN_WIDTH)
     return status
+
+
+PLUGIN_WIDGET = "napari-cdal widget"
+"""The object name of both dock widgets, by which each finds the other's dock to share it as tabs."""
+
+
+def tab_with_sibling(widget: Any) -> None:
+    """Once napari has docked `widget`, put it in one tabbed dock with the other napari-cdal widget, in front."""
+    from qtpy.QtCore import QTimer
+
+    widget.native.setObjectName(PLUGIN_WIDGET)
+    reference = weakref.ref(widget)
+    QTimer.singleShot(0, lambda: _tabify(reference()))
+
+
+def _tabify(widget: Any) -> None:
+    from qtpy.QtWidgets import QDockWidget, QMainWindow, QWidget
+
+    try:
+        own = widget.native if widget is not None else None
+        while own is not None and not isinstance(own, QDockWidget):
+            own = own.parentWidget()
+    except RuntimeError:  # the widget was deleted before napari docked it
+        return
+    window = own.parentWidget() if own is not None else None
+    if not isinstance(window, QMainWindow):
+        return
+    for dock in window.findChildren(QDockWidget):
+        if dock is not own and not dock.isHidden() and dock.findChildren(QWidget, PLUGIN_WIDGET):
+            window.tabifyDockWidget(dock, own)
+            own.raise_()
+            return
 
 
 def image_choices(viewer: napari.viewer.Viewer) -> list[tuple[str, Any]]:

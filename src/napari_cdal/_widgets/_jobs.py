@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
+    from napari_cdal._widgets._layers import ShownResult
     from napari_cdal.engine.events import Progress
     from napari_cdal.engine.method.model import CdalModel
-    from napari_cdal.engine.segment.image import SegmentationResult
     from napari_cdal.engine.segment.tiling import Box
     from napari_cdal.engine.segment.volume import VolumeResult
     from napari_cdal.engine.slide.stitch import SlideResult
@@ -40,6 +40,17 @@ class SegmentSettings:
     samples: int
     seed: int
     threshold: float
+
+
+@dataclass(frozen=True)
+class Finetuned:
+    """A fine-tune's new model file and its check on the held-back part of the corrections."""
+
+    path: Path
+    report: str
+    """FinetuneResult.report(): the before → after scores in plain words."""
+    improved: bool | None
+    """Better than the base model on the held-back part; None when nothing was held back."""
 
 
 @dataclass(frozen=True)
@@ -71,12 +82,13 @@ def load_model_cached(path: str | Path, device: str) -> CdalModel:
 
 def run_segmentation(
     image: Any, settings: SegmentSettings, box: Box | None = None
-) -> Generator[Progress, None, SegmentationResult | RunFailure]:
-    """Worker body: load the model, yield the engine's step events, return the result (or why not).
+) -> Generator[Progress, None, ShownResult | RunFailure]:
+    """Worker body: load the model, yield the engine's step events, return the result ready to show (or why not).
 
     With `box` (y0, y1, x0, x1) only that part of `image` (any array, a slide's lazy level 0 too) is
     read, here, off the GUI thread, and segmented.
     """
+    from napari_cdal._widgets._layers import prepare_result
     from napari_cdal.engine.checks import check_memory, segment_peak_bytes
     from napari_cdal.engine.device import resolve_device
     from napari_cdal.engine.io.checkpoint import CheckpointError
@@ -100,7 +112,7 @@ def run_segmentation(
             threshold=settings.threshold,
         ):
             if event.stage == "done":
-                return event.payload
+                return prepare_result(event.payload, settings.image_mpp)
             yield event
     except (CheckpointError, ImageError, FileNotFoundError, ValueError) as exc:
         return RunFailure(str(exc))
@@ -167,8 +179,8 @@ def run_whole_slide(
 
 def run_finetune(
     pairs: list[FinetunePair] | list[VolumeCorrection], settings: FinetuneSettings
-) -> Generator[Progress, None, Path | RunFailure]:
-    """Worker body: load the base model, fine-tune it, save it as a new file (or say why not)."""
+) -> Generator[Progress, None, Finetuned | RunFailure]:
+    """Worker body: load the base model, fine-tune it, save it as a new file with its check (or say why not)."""
     from napari_cdal.engine.defaults import FINETUNE_D_LR_RATIO
     from napari_cdal.engine.device import resolve_device
     from napari_cdal.engine.events import Progress
@@ -186,7 +198,8 @@ def run_finetune(
         for event in finetune(model, pairs, config, device, settings.image_mpp):
             if event.stage == "done":
                 yield Progress("save", event.index, event.total)  # a last chance to cancel
-                return save_finetuned(event.payload.model, settings.output)
+                result = event.payload
+                return Finetuned(save_finetuned(result.model, settings.output), result.report(), result.improved)
             yield event
     except (CheckpointError, FileNotFoundError, ValueError, OSError) as exc:
         return RunFailure(str(exc))

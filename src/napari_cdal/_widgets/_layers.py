@@ -1,14 +1,17 @@
 """The Segment widget's layers: names, grids, edit detection, in-place updates and the live preview.
 
 Every layer the plugin makes carries ``metadata["napari_cdal"] = {"image": <image layer name>,
-"kind": <kind>}`` (and ``"model"`` for a volume's layers, which are named after the model); a mask
-also carries the fingerprint of the data it was given, so a mask the user has painted on since is
-recognised and never overwritten.
+"kind": <kind>, "model": <model name>}`` and is named ``<image> <model> <kind>``, so the results of
+two models sit side by side; a mask also carries the fingerprint of the data it was given, so a mask
+the user has painted on since is recognised and never overwritten. Adding layers never changes the
+user's selected layer or tool (keep_selection); step stacks show their step axis as 1..T.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +42,33 @@ STYLES: dict[str, dict[str, Any]] = {
 def layer_name(image_name: str, kind: str) -> str:
     """`<image> mask`, `<image> steps`, `<image> attention`, `<image> uncertainty`."""
     return f"{image_name} {kind}"
+
+
+@contextlib.contextmanager
+def keep_selection(viewer: napari.Viewer) -> Iterator[None]:
+    """Add or remove layers inside without changing the user's selected layers, active layer or its tool."""
+    # napari hands plugins a proxy of the viewer, whose layers are new wrappers at each access: use the real list
+    layers = getattr(viewer.layers, "__wrapped__", viewer.layers)
+    selection = layers.selection
+    active, chosen = selection.active, set(selection)
+    mode = getattr(active, "mode", None)
+    # napari makes each inserted layer the active one (and rebuilds its controls): not while this runs
+    activates = getattr(layers, "_activate_on_insert", None)
+    if activates is not None:
+        layers._activate_on_insert = False
+    try:
+        yield
+    finally:
+        if activates is not None:
+            layers._activate_on_insert = activates
+        kept = {layer for layer in chosen if layer in layers}
+        if set(selection) != kept or selection.active is not active:
+            selection.clear()
+            selection.update(kept)
+            if active in kept:
+                selection.active = active
+        if mode is not None and active in layers and active.mode != mode:
+            active.mode = mode
 
 
 def fingerprint(data: Any) -> str:
@@ -122,8 +152,8 @@ class Grid:
         return grid
 
     def stack(self) -> dict[str, Any]:
-        """Layer keywords for a T x H x W stack on this grid (the step axis has scale 1)."""
-        grid: dict[str, Any] = {"scale": (1.0, *self.scale), "translate": (0.0, *self.translate)}
+        """Layer keywords for a T x H x W stack on this grid (the step axis has scale 1 and runs 1..T)."""
+        grid: dict[str, Any] = {"scale": (1.0, *self.scale), "translate": (1.0, *self.translate)}
         if self.units is not None:
             grid["units"] = ("pixel", *self.units)
         if self.axis_labels is not None:
@@ -193,49 +223,54 @@ def put_mask_layer(
     return layer
 
 
+@dataclass(frozen=True)
+class ShownResult:
+    """A segmentation made ready for its layers off the GUI thread: the result, the mask's table, the planes."""
+
+    result: SegmentationResult
+    features: dict[str, np.ndarray]
+    attention: np.ndarray | None
+    """The attention stack scaled per plane to [0, 1] (normalise_planes), as its layer shows it."""
+
+
+def prepare_result(result: SegmentationResult, mpp: float) -> ShownResult:
+    """The per-nucleus table and the scaled attention of a result (in the worker, so the canvas does not freeze)."""
+    attention = None if result.attention is None else normalise_planes(result.attention)
+    return ShownResult(result, result_features(result, mpp), attention)
+
+
 def show_result(
-    viewer: napari.Viewer, image: Image, result: SegmentationResult, contour: int, mpp: float | None = None,
+    viewer: napari.Viewer, image: Image, shown: ShownResult, contour: int, model: str,
     origin: tuple[int, int] = (0, 0),
 ) -> dict[str, Layer]:
-    """Put a result into the layers named after `image` (updated in place where possible).
+    """Put a result into the layers named after `image` and `model` (updated in place where possible).
 
-    `mpp` is the µm/px the run used (for the areas in the mask's features); default: the layer's.
     `origin` is where the segmented part starts in the image's full-resolution pixels (row, column):
-    the layers are translated there, and the mask's metadata keeps it for the writers.
+    the layers are translated there, and the mask's metadata keeps it for the writers. The user's
+    selected layer and tool stay as they were.
     """
+    result = shown.result
     grid = Grid.of(image).shifted(origin)
     layers: dict[str, Layer] = {}
-    if result.steps is not None:
-        layers[STEPS] = put_image_layer(
-            viewer,
-            image.name,
-            STEPS,
-            np.asarray(result.steps, np.float32),
-            grid.stack(),
-            (0.0, 1.0),
-        )
-    if result.attention is not None:
-        layers[ATTENTION] = put_image_layer(
-            viewer,
-            image.name,
-            ATTENTION,
-            normalise_planes(result.attention),
-            grid.stack(),
-            (0.0, 1.0),
-        )
-    if result.uncertainty is not None:
-        uncertainty = np.asarray(result.uncertainty, np.float32)
-        top = max(float(uncertainty.max()), 1e-6)
-        layers[UNCERTAINTY] = put_image_layer(
-            viewer, image.name, UNCERTAINTY, uncertainty, grid.plane(), (0.0, top)
-        )
-    else:  # one sample has no spread: an older uncertainty layer would not belong to this mask
-        stale = find_result_layer(viewer, image.name, UNCERTAINTY)
-        if stale is not None:
-            viewer.layers.remove(stale)
-    labels = np.ascontiguousarray(result.labels, dtype=np.uint32)
-    features = result_features(result, mpp or image_mpp(image))
-    layers[MASK] = put_mask_layer(viewer, image.name, labels, grid.plane(), contour, features, origin)
+    with keep_selection(viewer):
+        if result.steps is not None:
+            layers[STEPS] = put_image_layer(viewer, image.name, STEPS, np.asarray(result.steps, np.float32),
+                                            grid.stack(), (0.0, 1.0), model)
+        if shown.attention is not None:
+            layers[ATTENTION] = put_image_layer(viewer, image.name, ATTENTION, shown.attention, grid.stack(),
+                                                (0.0, 1.0), model)
+        if result.uncertainty is not None:
+            uncertainty = np.asarray(result.uncertainty, np.float32)
+            top = max(float(uncertainty.max()), 1e-6)
+            layers[UNCERTAINTY] = put_image_layer(viewer, image.name, UNCERTAINTY, uncertainty, grid.plane(),
+                                                  (0.0, top), model)
+        else:  # one sample has no spread: an older uncertainty layer would not belong to this mask
+            stale = find_result_layer(viewer, image.name, UNCERTAINTY, model)
+            if stale is not None:
+                viewer.layers.remove(stale)
+        labels = np.ascontiguousarray(result.labels, dtype=np.uint32)
+        layers[MASK] = put_mask_layer(viewer, image.name, labels, grid.plane(), contour, shown.features, origin,
+                                      model)
     return layers
 
 
@@ -257,10 +292,11 @@ class LivePreview:
     ends, whether it finished or was cancelled.
     """
 
-    def __init__(self, viewer: napari.Viewer, image: Image, size: tuple[int, int],
+    def __init__(self, viewer: napari.Viewer, image: Image, size: tuple[int, int], model: str,
                  origin: tuple[int, int] = (0, 0)) -> None:
         self._viewer = viewer
         self._image_name = image.name
+        self._model = model
         self._grid = Grid.of(image).shifted(origin).stack()
         self._size = size
         self._removed = False
@@ -273,14 +309,15 @@ class LivePreview:
                 if kind == STEPS
                 else {"colormap": "inferno", "blending": "additive"}
             )
-            layer = self._viewer.add_image(
-                np.zeros((n_steps, *self._size), np.float32),
-                contrast_limits=(0.0, 1.0),
-                name=f"{layer_name(self._image_name, kind)} {PREVIEW_SUFFIX}",
-                metadata={TAG: {"image": self._image_name, "kind": f"{kind} preview"}},
-                **self._grid,
-                **style,
-            )
+            with keep_selection(self._viewer):
+                layer = self._viewer.add_image(
+                    np.zeros((n_steps, *self._size), np.float32),
+                    contrast_limits=(0.0, 1.0),
+                    name=f"{layer_name(f'{self._image_name} {self._model}', kind)} {PREVIEW_SUFFIX}",
+                    metadata={TAG: {"image": self._image_name, "kind": f"{kind} preview", "model": self._model}},
+                    **self._grid,
+                    **style,
+                )
             if (
                 self._removed
             ):  # the run ended (napari processed events) while the layer was being added
@@ -303,14 +340,15 @@ class LivePreview:
                 return
             layer.data[step.step, y0:y1, x0:x1] = plane
             layer.refresh()
-        self._viewer.dims.set_point(self._viewer.dims.ndim - 3, step.step)
+        self._viewer.dims.set_point(self._viewer.dims.ndim - 3, step.step + 1)  # the step axis runs 1..T
 
     def remove(self) -> None:
         """Take the preview layers out of the viewer (safe to call twice)."""
         self._removed = True
-        for layer in self.layers.values():
-            if layer in self._viewer.layers:
-                self._viewer.layers.remove(layer)
+        with keep_selection(self._viewer):
+            for layer in self.layers.values():
+                if layer in self._viewer.layers:
+                    self._viewer.layers.remove(layer)
         self.layers.clear()
 
 
@@ -321,10 +359,11 @@ def show_slide_labels(viewer: napari.Viewer, image: Image, levels: list[Any], st
         if tag.get("kind") == SLIDE_LABELS and tag.get("store") == store:
             layer.refresh()
             return layer
-    return viewer.add_labels(
-        levels if len(levels) > 1 else levels[0],
-        multiscale=len(levels) > 1,
-        name=layer_name(image.name, SLIDE_LABELS),
-        metadata={TAG: {"image": image.name, "kind": SLIDE_LABELS, "store": store}},
-        **Grid.of(image).plane(),
-    )
+    with keep_selection(viewer):
+        return viewer.add_labels(
+            levels if len(levels) > 1 else levels[0],
+            multiscale=len(levels) > 1,
+            name=layer_name(image.name, SLIDE_LABELS),
+            metadata={TAG: {"image": image.name, "kind": SLIDE_LABELS, "store": store}},
+            **Grid.of(image).plane(),
+        )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from napari_cdal.models import MODEL_SUFFIX
@@ -20,15 +19,21 @@ def model_name_problem(name: str, folder: Path) -> str | None:
     return None
 
 
-def default_model_name(base: str, image: str, now: time.struct_time | None = None) -> str:
-    """`<base>-ft-<image>-YYYYMMDD-HHMM`, with path separators and spaces in the parts made '_'."""
-    stamp = time.strftime("%Y%m%d-%H%M", now or time.localtime())
-    parts = [base or "model", "ft", image or "image", stamp]
-    clean = [
-        part.strip().replace("/", "_").replace("\\", "_").replace(":", "_").replace(" ", "_")
-        for part in parts
-    ]
-    return "-".join(clean).lstrip(".")
+FINETUNED = "-ft-"
+"""What joins a base model's name and the image's in a suggested name."""
+IMAGE_CHARS = 20
+"""At most this much of the image's name goes into a suggested name."""
+
+
+def default_model_name(base: str, image: str) -> str:
+    """`<base>-ft-<image>`: the base's name up to its own '-ft-' (no snowballing), the image's first 20 characters.
+
+    Path separators, ':' and spaces become '_'; free_model_name adds -2, -3, ... when the name is taken.
+    """
+    root = (base or "model").split(FINETUNED)[0]
+    parts = [root, (image or "image").strip()[:IMAGE_CHARS].rstrip("-_. ")]
+    clean = [part.strip().replace("/", "_").replace("\\", "_").replace(":", "_").replace(" ", "_") for part in parts]
+    return FINETUNED.join(clean).lstrip(".")
 
 
 def free_model_name(name: str, folder: Path) -> str:

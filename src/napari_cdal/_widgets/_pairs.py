@@ -1,5 +1,8 @@
 """The Fine-tune widget's pairs: one row per (image, corrected labels, corrected regions), and them as engine pairs.
 
+The corrected regions follow the Shapes layers: the selected one, else the one there is (the top-most
+of several); learning from the whole image is an explicit choice, with a warning in the row.
+
 A row whose image is a volume becomes a VolumeCorrection: its corrected slices are found by the
 engine, against the model's result when the Labels layer is the mask Segment made of that volume.
 """
@@ -10,7 +13,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container
+from magicgui.widgets import ComboBox, Container, Label
 
 from napari_cdal._widgets._common import image_choices, image_pixels
 from napari_cdal._widgets._layers import MASK, TAG, image_mpp, is_edited
@@ -22,7 +25,18 @@ if TYPE_CHECKING:
 
     from napari_cdal.engine.training.corrections import FinetunePair, VolumeCorrection
 
-WHOLE_IMAGE = None
+WHOLE_IMAGE = "whole image"
+NO_REGIONS = "no regions"
+WHOLE_IMAGE_LABEL = "whole image (every nucleus counts as checked)"
+WHOLE_IMAGE_WARNING = ("⚠ the whole mask is learned as truth, the nuclei you did not check too: "
+                       "draw rectangles around what you corrected instead")
+NO_REGIONS_FIX = ("draw a rectangle around what you corrected in a Shapes layer (it is chosen here), or choose "
+                  f"'{WHOLE_IMAGE_LABEL}' if you checked every nucleus of the mask")
+
+
+def _real(layer: Any) -> Any:
+    """The layer behind napari's plugin proxy (the layer itself when it is none)."""
+    return getattr(layer, "__wrapped__", layer)
 
 
 def layer_boxes(regions: Shapes, image: Image) -> list[tuple[int, int, int, int]]:
@@ -48,7 +62,8 @@ class PairRow(Container):
     def __init__(self, viewer: napari.viewer.Viewer, number: int) -> None:
         super().__init__(labels=True)
         self._viewer = viewer
-        self.image = ComboBox(label=f"image {number}", choices=lambda _: image_choices(self._viewer))
+        self.image = ComboBox(label=f"image {number}", choices=lambda _: image_choices(self._viewer),
+                              tooltip="the image whose mask you corrected")
         self.labels = ComboBox(
             label="corrected labels",
             choices=lambda _: self._labels_choices(),
@@ -57,12 +72,43 @@ class PairRow(Container):
         self.regions = ComboBox(
             label="corrected regions",
             choices=lambda _: self._regions_choices(),
-            tooltip="a Shapes layer of rectangles around what you checked: "
-            "only they are learned from",
+            tooltip="a Shapes layer of rectangles around what you checked: only they are learned from, and a "
+            "part of them is held back to check the new model. Follows the selected Shapes layer",
         )
-        self.extend([self.image, self.labels, self.regions])
+        self.warning = Label(value=WHOLE_IMAGE_WARNING, visible=False)
+        self.warning.native.setWordWrap(True)
+        self.extend([self.image, self.labels, self.regions, self.warning])
         self.image.changed.connect(self._on_image_changed)
+        self.regions.changed.connect(self._on_regions_changed)
+        viewer.layers.events.inserted.connect(self.follow_shapes)
+        viewer.layers.events.removed.connect(self.follow_shapes)
+        viewer.layers.selection.events.active.connect(self.follow_shapes)
         self._on_image_changed(self.image.value)
+        self.follow_shapes()
+
+    def follow_shapes(self, *_: Any) -> None:
+        """Choose the selected Shapes layer, else the chosen one, else the top-most; a chosen whole image stays."""
+        from napari.layers import Shapes
+
+        self.regions.reset_choices()
+        if self.regions.value == WHOLE_IMAGE:
+            return
+        shapes = [layer for layer in self._viewer.layers if isinstance(layer, Shapes)]
+        active = self._viewer.layers.selection.active
+        chosen = next((layer for layer in shapes if _real(layer) is _real(active)), None)
+        if chosen is None:
+            chosen = self.regions.value if self.regions.value in shapes else (shapes[-1] if shapes else NO_REGIONS)
+        if self.regions.value is not chosen:
+            self.regions.value = chosen
+
+    @property
+    def learns_whole_image(self) -> bool:
+        """True when the whole 2-D image is chosen as corrected (the warned choice)."""
+        image = self.image.value
+        return self.regions.value == WHOLE_IMAGE and image is not None and not is_volume_layer(image)
+
+    def _on_regions_changed(self, *_: Any) -> None:
+        self.warning.visible = self.learns_whole_image
 
     def _labels_choices(self) -> list[tuple[str, Any]]:
         from napari.layers import Labels
@@ -73,7 +119,8 @@ class PairRow(Container):
         from napari.layers import Shapes
 
         shapes = [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Shapes)]
-        return [("none: the whole image", WHOLE_IMAGE), *shapes]
+        placeholder = [] if shapes else [("draw rectangles in a Shapes layer…", NO_REGIONS)]
+        return [*placeholder, *shapes, (WHOLE_IMAGE_LABEL, WHOLE_IMAGE)]
 
     def _on_image_changed(self, layer: Image | None) -> None:
         mask = self.mask_of(layer)
@@ -113,9 +160,9 @@ def engine_pairs(rows: list[PairRow]) -> list[FinetunePair] | list[VolumeCorrect
                 "(segment the image first, then correct its mask with the brush)"
             )
         if is_volume_layer(image):
-            if regions is not WHOLE_IMAGE:
+            if regions not in (WHOLE_IMAGE, NO_REGIONS):
                 raise ValueError(f"pair {number}: {image.name!r} is a volume, whose corrected slices are found from "
-                                 "the labels; choose 'none: the whole image' as corrected regions")
+                                 f"the labels; choose '{WHOLE_IMAGE_LABEL}' as corrected regions")
             pairs.append(VolumeCorrection(np.asarray(image.data), name=image.name, **correction_of(image, labels)))
             continue
         first = rows[0].image.value
@@ -130,14 +177,16 @@ def engine_pairs(rows: list[PairRow]) -> list[FinetunePair] | list[VolumeCorrect
         except ImageError as exc:
             raise ValueError(f"pair {number}: {exc}") from exc
         data = labels.data[0] if getattr(labels, "multiscale", False) else labels.data
+        if regions == NO_REGIONS:
+            raise ValueError(f"pair {number}: {NO_REGIONS_FIX}")
         boxes = None
-        if regions is not WHOLE_IMAGE:
+        if regions != WHOLE_IMAGE:
             boxes = layer_boxes(regions, image)
             if not boxes:
                 raise ValueError(
                     f"pair {number}: the Shapes layer {regions.name!r} has no rectangle; "
                     "draw one "
-                    "around each corrected region, or choose 'none: the whole image'"
+                    f"around each corrected region, or choose '{WHOLE_IMAGE_LABEL}'"
                 )
         pairs.append(FinetunePair(pixels, np.array(data, copy=True), boxes, image.name))
     return pairs

@@ -26,6 +26,8 @@ class WorkerRun:
     _outcome = ""
     _depth = 0
     _finish_pending = False
+    _held_by: str | None = None
+    _free_tips: dict[int, str] | None = None
 
     def _follow_viewer(self, viewer: Any) -> None:
         """Refresh the layer choices as the layer list changes; stop the run if the dock closes."""
@@ -37,6 +39,15 @@ class WorkerRun:
     def _start_buttons(self) -> list[Any]:
         """The buttons that start a run: disabled while one goes (the widget may have more than `_run_button`)."""
         return [self._run_button]
+
+    def hold(self, reason: str | None) -> None:
+        """Disable the start buttons, with `reason` as their tooltip, while another run holds the CPU; None: free."""
+        if self._free_tips is None:
+            self._free_tips = {id(button): button.tooltip or "" for button in self._start_buttons()}
+        self._held_by = reason
+        for button in self._start_buttons():
+            button.enabled = reason is None and not self.running
+            button.tooltip = reason or self._free_tips[id(button)]
 
     @property
     def running(self) -> bool:
@@ -123,10 +134,18 @@ class WorkerRun:
         if outcome == "cancelled":
             self.status.value = self.cancelled_note
         for button in self._start_buttons():
-            button.enabled = True
+            button.enabled = self._held_by is None
         self.cancel_button.enabled = False
+        self._clear_viewer_status()
         self._after_run(outcome)
         self.run_finished.emit(outcome)
+
+    def _clear_viewer_status(self) -> None:
+        """napari's status bar and tooltip may name a preview layer that is gone: set them back to 'Ready'."""
+        viewer = getattr(self, "_viewer", None)
+        if viewer is not None:
+            viewer.status = "Ready"
+            viewer.tooltip.text = ""
 
     def _abandon_run(self, *_: Any) -> None:
         """The dock was closed: stop a run in progress (nothing is written); the widgets are gone."""

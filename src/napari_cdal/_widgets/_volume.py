@@ -14,6 +14,7 @@ from napari_cdal._widgets._layers import (
     UNCERTAINTY,
     Grid,
     find_result_layer,
+    keep_selection,
     normalise_planes,
     put_image_layer,
     put_mask_layer,
@@ -58,6 +59,12 @@ def show_volume_result(viewer: napari.Viewer, image: Image, result: VolumeResult
     slices later) and the volume's affine (for the NIfTI writer). Steps and attention are
     (step, z, y, x) stacks; uncertainty (z, y, x) comes with two or more samples.
     """
+    with keep_selection(viewer):
+        return _put_volume_layers(viewer, image, result, model, contour)
+
+
+def _put_volume_layers(viewer: napari.Viewer, image: Image, result: VolumeResult, model: str,
+                       contour: int) -> dict[str, Layer]:
     grid = Grid.of(image, axes=3)
     layers: dict[str, Layer] = {}
     if result.steps is not None:

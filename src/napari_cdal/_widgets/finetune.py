@@ -2,11 +2,14 @@
 
 The widget only gathers (image, corrected Labels[, Shapes of corrected regions]) pairs and settings;
 engine.training.finetune does the work. The new model is written atomically into the user's model folder
-at the end of the run, so a cancel or an error leaves no file and every existing model untouched.
+at the end of the run, so a cancel or an error leaves no file and every existing model untouched. The run
+ends with the engine's before → after check on the held-back part of the corrections; Segment switches
+to the new model only when it scored better there. While it runs, Segment waits (the CPU is taken).
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,14 +17,16 @@ from magicgui.widgets import ComboBox, Container, FloatSpinBox, LineEdit, PushBu
 from psygnal import Signal
 
 from napari_cdal._widgets._common import (
-    device_choices,
+    cancel_button,
+    device_combo,
     docked_segment_widget,
     model_file_choices,
     mpp_spin_box,
     set_mpp_from_layer,
     status_label,
+    tab_with_sibling,
 )
-from napari_cdal._widgets._jobs import FinetuneSettings, RunFailure, run_finetune
+from napari_cdal._widgets._jobs import Finetuned, FinetuneSettings, RunFailure, run_finetune
 from napari_cdal._widgets._names import default_model_name, free_model_name, model_name_problem, model_stem
 from napari_cdal._widgets._pairs import PairRow, engine_pairs
 from napari_cdal._widgets._region import model_config
@@ -57,14 +62,23 @@ class FinetuneWidget(WorkerRun, Container):
         self._auto_name = ""
         self._previous_model: str | None = None
         self.saved_model: Path | None = None
+        self.report = ""
+        self.last_seconds: float | None = None
+        """Seconds from the click on Fine-tune to the saved model, of the last run."""
+        self._clicked_at = 0.0
+        """The last run's check on the held-back corrections, in plain words."""
         self.notes: list[str] = []
         """What the last run told the user about their corrections (a binary mask split, say)."""
 
         self.pairs = Container(labels=False)
-        self.add_pair_button = PushButton(text="Add another pair")
-        self.remove_pair_button = PushButton(text="Remove the last pair", visible=False)
-        self.base_model = ComboBox(label="base model", choices=lambda _: self._model_choices())
-        self.device = ComboBox(label="device", choices=device_choices())
+        self.add_pair_button = PushButton(text="Add another pair",
+                                          tooltip="learn from one more corrected image in the same run")
+        self.remove_pair_button = PushButton(text="Remove the last pair", visible=False,
+                                             tooltip="forget the last pair (the first stays)")
+        self.base_model = ComboBox(label="base model", choices=lambda _: self._model_choices(),
+                                   tooltip="the model to start from: the one Segment uses, or one of your models; "
+                                   "it is only read, never changed")
+        self.device = device_combo()
         self.mpp = mpp_spin_box(
             "the images' µm per pixel: from the first image's scale, else 0.25 (40x)"
         )
@@ -73,7 +87,8 @@ class FinetuneWidget(WorkerRun, Container):
             min=1,
             max=10_000,
             value=FINETUNE_SETTINGS["iterations"],
-            tooltip="training iterations; each learns from a batch of patches drawn inside the corrected regions",
+            tooltip="how many learning steps: each learns from a few patches cut from the corrected regions; "
+            "more learn more of your corrections and take longer",
         )
         self.learning_rate = FloatSpinBox(
             label="learning rate",
@@ -81,14 +96,17 @@ class FinetuneWidget(WorkerRun, Container):
             max=1e-2,
             step=1e-5,
             value=DEFAULT_LEARNING_RATE,
-            tooltip="the generator's learning rate (the discriminator's is half); "
-            "a small one keeps what the model knew",
+            tooltip="how far each learning step moves the model's weights: larger learns your corrections "
+            "faster but may forget what the model knew; the default is a cautious 0.0001",
         )
-        self.name = LineEdit(label="new model name")
-        self.finetune_button = PushButton(text="Fine-tune")
-        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.name = LineEdit(label="new model name", tooltip="the new model's file name in your model folder")
+        self.finetune_button = PushButton(
+            text="Fine-tune", tooltip="teach the base model your corrections and save it as a new model; "
+            "at the end it is checked on a held-back part of them")
+        self.cancel_button = cancel_button("fine-tuning", "stop fine-tuning at its next step; no model is written")
         self._run_button = self.finetune_button
-        self.back_button = PushButton(text="Back to previous model", enabled=False)
+        self.back_button = PushButton(text="Back to previous model", enabled=False,
+                                      tooltip="let Segment use the model it used before the last fine-tune")
         self.status = status_label()
         self.extend(
             [
@@ -117,6 +135,11 @@ class FinetuneWidget(WorkerRun, Container):
         self.cancel_button.changed.connect(self.cancel)
         self.back_button.changed.connect(self.back_to_previous_model)
         self._follow_viewer(napari_viewer)
+        segment = self._segment()
+        if segment is not None:  # the suggested name follows the model Segment uses
+            segment.model.changed.connect(self._suggest_name)
+            segment.model_file.changed.connect(self._suggest_name)
+        tab_with_sibling(self)
         self._suggest_name()
 
     # ------------------------------------------------------------------ choices
@@ -239,12 +262,19 @@ class FinetuneWidget(WorkerRun, Container):
             float(self.learning_rate.value),
         )
         self.notes = []
-        self._launch(run_finetune, pairs, settings, status=starting_status(Path(base).stem, pairs),
+        self._clicked_at = time.perf_counter()
+        whole = [row.image.value.name for row in self.pair_rows if row.learns_whole_image]
+        warning = f" ⚠ learning from the whole of {', '.join(whole)}" if whole else ""
+        self._launch(run_finetune, pairs, settings, status=starting_status(Path(base).stem, pairs) + warning,
                      progress=progress(total=settings.iterations, desc="cDAL: fine-tuning"))
+        segment = self._segment()
+        if segment is not None:
+            segment.hold("waiting: a fine-tune is using the CPU; Segment again when it ends, or Cancel fine-tuning")
 
     def _on_step(self, event: Progress) -> None:
         with self._handling():
-            if self._outcome or self._progress is None or event.stage not in ("note", "train", "save"):
+            if self._outcome or self._progress is None or event.stage not in (
+                    "note", "train", "save", "validate", "validate_done"):
                 return
             if event.stage == "note":
                 from napari.utils.notifications import show_info
@@ -255,15 +285,16 @@ class FinetuneWidget(WorkerRun, Container):
             if event.stage == "save":
                 self.status.value = "Saving the new model…"
                 return
+            if event.stage in ("validate", "validate_done"):
+                self.status.value = "Fine-tuning: checking the model on the held-back part of your corrections…"
+                return
             loss = event.payload.get("g") if isinstance(event.payload, dict) else None
-            if loss is not None:
+            if loss is not None:  # the loss is for the curious, in the progress bar; the status line stays plain
                 self._progress.set_description(f"cDAL: fine-tuning, loss {loss:.4f}")
-                self.status.value = (
-                    f"Fine-tuning: step {event.index} of {event.total}, loss {loss:.4f}"
-                )
+            self.status.value = f"Fine-tuning: step {event.index} of {event.total}"
             self._advance(event)
 
-    def _on_returned(self, result: Path | RunFailure) -> None:
+    def _on_returned(self, result: Finetuned | RunFailure) -> None:
         from napari.utils.notifications import show_error
 
         with self._handling():
@@ -274,23 +305,33 @@ class FinetuneWidget(WorkerRun, Container):
                 return
             late = self._outcome == "cancelled"
             self._outcome = "done"
-            self.saved_model = Path(result)
-            self._use_new_model(self.saved_model)
+            self.saved_model = result.path
+            self.last_seconds = time.perf_counter() - self._clicked_at
+            self.report = result.report
+            self._use_new_model(result)
             if late:
                 self.status.value = f"The run had ended before Cancel: {self.status.value}"
 
-    def _use_new_model(self, path: Path) -> None:
+    def _use_new_model(self, result: Finetuned) -> None:
+        """Offer the new model; Segment switches to it unless it scored worse than the base on the held-back part."""
+        path = result.path
         self.base_model.reset_choices()
         segment = self._segment()
+        check = f"{result.report[0].upper()}{result.report[1:]}."
         if segment is None:
-            self.status.value = f"Saved {path.name} in {path.parent}; dock Segment to use it"
+            self.status.value = f"Saved {path.name} in {path.parent}. {check} Dock Segment to use it"
+            return
+        if result.improved is False:
+            self.status.value = (f"{check} The new model did not score better, so Segment keeps "
+                                 f"{model_stem(segment.selected_model_path())}; {path.name} is saved in "
+                                 f"{path.parent} if you want to try it")
             return
         self._previous_model = segment.selected_model_path()
         segment.refresh_models(select=path)
         previous = model_stem(self._previous_model)
         self.back_button.text = f"Back to {previous}" if previous else "Back to previous model"
         self.back_button.enabled = self._previous_model is not None
-        self.status.value = f"Saved {path.name} in {path.parent}; Segment now uses it"
+        self.status.value = f"{check} Saved {path.name} in {path.parent}; Segment now uses it"
 
     def back_to_previous_model(self, *_: Any) -> None:
         """Select in the Segment widget the model it used before the last fine-tune."""
@@ -301,9 +342,20 @@ class FinetuneWidget(WorkerRun, Container):
         self.status.value = f"Segment uses {Path(self._previous_model).name} again"
         self._previous_model = None
         self.back_button.enabled = False
+        self._suggest_name()
+
+    def _abandon_run(self, *_: Any) -> None:
+        """The dock was closed: stop a run in progress and give Segment back the CPU."""
+        segment = self._segment()
+        if segment is not None and self.running:
+            segment.hold(None)
+        super()._abandon_run()
 
     def _after_run(self, outcome: str) -> None:
-        """After a new model: suggest a fresh name for the next one."""
+        """Give Segment back the CPU; after a new model, suggest a fresh name for the next one."""
+        segment = self._segment()
+        if segment is not None:
+            segment.hold(None)
         if outcome == "done":
             self._auto_name = ""
             self.name.value = ""

@@ -26,7 +26,8 @@ from magicgui.widgets import (
 from psygnal import Signal
 
 from napari_cdal._widgets._common import (
-    device_choices,
+    cancel_button,
+    device_combo,
     forget_segment_widget,
     image_choices,
     image_pixels,
@@ -35,13 +36,13 @@ from napari_cdal._widgets._common import (
     register_segment_widget,
     set_mpp_from_layer,
     status_label,
+    tab_with_sibling,
 )
 from napari_cdal._widgets._jobs import (
     RunFailure,
     SegmentSettings,
     run_segmentation,
     run_volume_segmentation,
-    run_whole_slide,
 )
 from napari_cdal._widgets._layers import (
     CONTOUR_WIDTH,
@@ -49,8 +50,8 @@ from napari_cdal._widgets._layers import (
     TAG,
     LivePreview,
     show_result,
-    show_slide_labels,
 )
+from napari_cdal._widgets._names import model_stem
 from napari_cdal._widgets._region import (
     FIELD_OF_VIEW,
     WHOLE_IMAGE,
@@ -58,10 +59,10 @@ from napari_cdal._widgets._region import (
     model_config,
     region_box,
     region_choices,
-    slide_paths,
 )
 from napari_cdal._widgets._review import ReviewQueue
 from napari_cdal._widgets._run import WorkerRun
+from napari_cdal._widgets._slide import SlideRun
 from napari_cdal._widgets._volume import is_volume_layer, model_fit_problem, show_volume_result, volume_summary
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ if TYPE_CHECKING:
 
 OTHER_FILE = ""
 DEFAULT_STEPS = 4
+SEGMENT_TIP = "segment the chosen region of the image with the model; the result layers appear when it is done"
 
 
 def model_steps(path: str) -> tuple[int, int, int] | None:
@@ -82,7 +84,7 @@ def model_steps(path: str) -> tuple[int, int, int] | None:
     return None if config is None else (config.diffusion_steps, config.sampling_steps, config.default_samples)
 
 
-class SegmentWidget(WorkerRun, Container):
+class SegmentWidget(SlideRun, WorkerRun, Container):
     """Dock widget: image, model, device, T, K, seed, threshold, µm/px, and Segment / Cancel."""
 
     unchanged_note = "layers unchanged"
@@ -105,30 +107,40 @@ class SegmentWidget(WorkerRun, Container):
         self.last_result: SegmentationResult | None = None
         self.last_seconds: float | None = None
         register_segment_widget(self)
+        tab_with_sibling(self)
 
-        self.image = ComboBox(label="image", choices=lambda _: image_choices(self._viewer))
+        self.image = ComboBox(label="image", choices=lambda _: image_choices(self._viewer),
+                              tooltip="the image layer to segment (an H&E tile or slide, or a 3-D volume)")
         self.region = ComboBox(
             label="region",
             choices=lambda _: region_choices(self._viewer),
             tooltip="what Segment segments, at full resolution: the whole image, what the canvas shows, or "
             "a rectangle drawn in a Shapes layer (the selected one, else the last)",
         )
-        self.model = ComboBox(label="model", choices=lambda _: self._model_choices())
-        self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors")
-        self.device = ComboBox(label="device", choices=device_choices())
+        self.model = ComboBox(label="model", choices=lambda _: self._model_choices(),
+                              tooltip="the trained model that draws the nuclei: the bundled one, your fine-tuned "
+                              "ones (in the model folder), or 'other file…'; result layers are named after it")
+        self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors",
+                                   tooltip="a .safetensors model file (with 'other file…' as the model)")
+        self.device = device_combo()
         self.sampling_steps = SpinBox(
             label="sampling steps", min=1, max=DEFAULT_STEPS, value=DEFAULT_STEPS,
-            tooltip="how many denoising steps the mask forms in (at most the model's T, its diffusion steps); "
-            "fewer is faster")
+            tooltip="in how many denoising steps the mask forms, 1 up to the model's diffusion steps T; "
+            "fewer is faster, more can be sharper. The 'steps' layers show each one (step 1..T)")
         self.samples = SpinBox(
-            label="samples K", min=1, max=64, value=1,
-            tooltip="latent samples averaged per pixel; their spread is the uncertainty (needs 2 or more)")
-        self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=0, tooltip="the same seed repeats a run")
+            label="samples (for uncertainty)", min=1, max=64, value=1,
+            tooltip="how many times the mask is drawn and averaged; with 2 or more, where the draws disagree "
+            "becomes the 'uncertainty' layer. Each sample costs about one more run's time")
+        self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=0,
+                            tooltip="the starting noise: the same seed repeats a run exactly")
         self.threshold = FloatSpinBox(label="threshold", min=0.01, max=0.99, step=0.05, value=0.5,
-                                      tooltip="foreground probability above which a pixel is nucleus")
+                                      tooltip="how sure the model must be (0..1) to call a pixel nucleus; "
+                                      "lower finds more and larger nuclei")
         self.mpp = mpp_spin_box("the image's µm per pixel: from the layer's scale, else 0.25 (40x)")
-        self.contours = CheckBox(text="show nuclei as contours", value=True)
-        self.segment_button = PushButton(text="Segment")
+        self.contours = CheckBox(text="show nuclei as contours", value=True,
+                                 tooltip="draw each nucleus as an outline (on) or filled (off); "
+                                 "painting works the same either way")
+        self.segment_button = PushButton(text="Segment", tooltip=SEGMENT_TIP)
         self.slide_output = FileEdit(
             label="slide output",
             mode="d",
@@ -140,7 +152,8 @@ class SegmentWidget(WorkerRun, Container):
             tooltip="segment the slide file behind the image block by block in the background, "
             "showing the labels as they fill in; a second run resumes an unfinished one",
         )
-        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.cancel_button = cancel_button("segmenting", "stop Segment or Whole slide at its next step; the "
+                                           "result layers stay as they were (a whole slide keeps its finished blocks)")
         self._run_button = self.segment_button
         self.review_count = SpinBox(label="review", min=1, max=1000, value=10,
                                     tooltip="how many of the least certain nuclei 'Review next' steps through")
@@ -157,6 +170,7 @@ class SegmentWidget(WorkerRun, Container):
                      self.slide_output, self.slide_button, self.cancel_button, self.review_count,
                      self.review_button, self.status])
 
+        self._model_defaults: tuple[int, int] | None = None
         self.image.changed.connect(self._on_image_changed)
         self.model.changed.connect(self._on_model_changed)
         self.model_file.changed.connect(self._on_model_changed)
@@ -207,12 +221,25 @@ class SegmentWidget(WorkerRun, Container):
         path = self.selected_model_path()
         steps = model_steps(path) if path else None
         if steps is not None:
-            self.sampling_steps.max, self.sampling_steps.value, self.samples.value = steps
+            self._fit_sampling_fields(*steps, model_stem(path))
         if not bundled_model_file().is_file() and not self._worker:
             self.status.value = (
                 "No bundled model in this installation: pick a model file, "
                 f"or put .safetensors models in {model_dir()}"
             )
+
+    def _fit_sampling_fields(self, diffusion_steps: int, default_steps: int, default_samples: int, name: str) -> None:
+        """Take the model's defaults while the fields hold the last model's; keep the user's values, clamped to T."""
+        wanted, untouched = self.sampling_steps.value, self._model_defaults in (
+            None, (self.sampling_steps.value, self.samples.value))
+        self._model_defaults = (default_steps, default_samples)
+        self.sampling_steps.max = diffusion_steps
+        if untouched:
+            self.sampling_steps.value, self.samples.value = default_steps, default_samples
+        elif wanted > diffusion_steps:
+            self.sampling_steps.value = diffusion_steps
+            self.status.value = (f"sampling steps lowered from {wanted} to {diffusion_steps}: {name} has "
+                                 f"{diffusion_steps} diffusion steps")
 
     def _on_contours_changed(self, show: bool) -> None:
         layer = self.image.value
@@ -281,7 +308,7 @@ class SegmentWidget(WorkerRun, Container):
         self._settings = settings
         self._origin = (0, 0) if box is None else (box[0], box[2])
         self._last_kind = "segment"
-        self._preview = LivePreview(self._viewer, layer, size, self._origin)
+        self._preview = LivePreview(self._viewer, layer, size, model_stem(model_path), self._origin)
         self._launch(run_segmentation, image, settings, box, status=f"Segmenting {layer.name}…",
                      progress=progress(total=0, desc=f"cDAL: segmenting {layer.name}"))
 
@@ -294,43 +321,12 @@ class SegmentWidget(WorkerRun, Container):
         self._launch(run_volume_segmentation, layer.data, settings, status=f"Segmenting the volume {layer.name}…",
                      progress=progress(total=0, desc=f"cDAL: segmenting {layer.name} slice by slice"))
 
-    def start_slide(self, *_: Any) -> None:
-        """Segment the whole slide behind the image layer in a worker, its labels filling in as blocks finish."""
-        from napari.utils import progress
-        from napari.utils.notifications import show_error
-
-        from napari_cdal.engine.checks import InputError
-
-        if self.running:
-            return
-        checked = self._checked_inputs("Whole slide")
-        if checked is None:
-            return
-        layer, model_path = checked
-        try:
-            slide, store, tiff = slide_paths(layer, str(self.slide_output.value))
-        except InputError as exc:
-            show_error(f"Whole slide: {exc}")
-            return
-        self._clicked_at = time.perf_counter()
-        self._image_layer = layer
-        self._settings = self._settings_now(model_path)
-        self._slide = {"store": store, "tiff": tiff, "tiff_existed": tiff.exists()}
-        self._slide_layer = None
-        self._last_kind = "slide"
-        resumed = " (resuming)" if store.exists() else ""
-        self._launch(run_whole_slide, slide, store, tiff, self._settings,
-                     status=f"Whole slide: segmenting {slide.name} into {store}{resumed}…",
-                     progress=progress(total=0, desc=f"cDAL: whole slide {slide.name}"))
-
     def _on_step(self, event: Progress) -> None:
         with self._handling():
             if self._outcome:
                 return
             if self._slide is not None:
-                self._show_slide_labels()
-                self.status.value = f"Whole slide: block {event.index} of {event.total} written"
-                self._advance(event)  # napari's bar processes events: the run may end in here
+                self._on_slide_step(event)
                 return
             if self._last_kind == "volume" and self._progress is not None:
                 self.status.value = f"Segmenting {self._image_layer.name}: {event.index} of {event.total} slices"
@@ -339,35 +335,6 @@ class SegmentWidget(WorkerRun, Container):
             else:
                 self._preview.update(event.payload)
             self._advance(event)
-
-    def _show_slide_labels(self) -> None:
-        """Show the store's labels over the slide (the first time), or let napari read the new blocks."""
-        from napari_cdal.engine.slide.stitch import store_levels
-
-        if self._slide_layer is None or self._slide_layer not in self._viewer.layers:
-            store = self._slide["store"]
-            self._slide_layer = show_slide_labels(self._viewer, self._image_layer, store_levels(store), str(store))
-        else:
-            self._slide_layer.refresh()
-
-    def _on_slide_returned(self, result: SlideResult | RunFailure) -> None:
-        from napari.utils.notifications import show_error
-
-        if self._outcome == "cancelled":
-            return
-        if isinstance(result, RunFailure):
-            self._outcome = "failed"
-            self.status.value = "Failed: the store keeps the blocks already written"
-            show_error(f"Whole slide: {result.message}")
-            return
-        self._outcome = "done"
-        self._show_slide_labels()
-        self.last_slide = result
-        self.last_seconds = time.perf_counter() - self._clicked_at
-        tiff = self._slide["tiff"]
-        written = f"kept the existing {tiff.name}" if self._slide["tiff_existed"] else f"wrote {tiff}"
-        self.status.value = (f"Whole slide: {result.n_nuclei} nuclei in {result.blocks} blocks, "
-                             f"{self.last_seconds:.1f} s; labels in {result.store}, {written}")
 
     def _on_returned(self, result: SegmentationResult | SlideResult | RunFailure) -> None:
         from napari.utils.notifications import show_error
@@ -389,14 +356,9 @@ class SegmentWidget(WorkerRun, Container):
             if self._last_kind == "volume":
                 self._show_volume(result)
                 return
-            layers = show_result(
-                self._viewer,
-                self._image_layer,
-                result,
-                CONTOUR_WIDTH if self.contours.value else 0,
-                self._settings.image_mpp,
-                self._origin,
-            )
+            layers = show_result(self._viewer, self._image_layer, result, CONTOUR_WIDTH if self.contours.value else 0,
+                                 model_stem(self._settings.model_path), self._origin)
+            result = result.result
             self._review = ReviewQueue(layers[MASK])
             self._on_review_count_changed()
             self.last_result = result
@@ -410,7 +372,7 @@ class SegmentWidget(WorkerRun, Container):
 
     def _show_volume(self, result: Any) -> None:
         """A volume's result as layers named after the model, and its voxels per class in the status line."""
-        model = Path(self._settings.model_path).stem
+        model = model_stem(self._settings.model_path)
         show_volume_result(self._viewer, self._image_layer, result, model, CONTOUR_WIDTH if self.contours.value else 0)
         self._review = None
         self._on_review_count_changed()

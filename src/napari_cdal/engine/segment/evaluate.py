@@ -12,7 +12,7 @@ from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP, DEFAULT_THRESHOLD
 from napari_cdal.engine.events import Progress, run_to_end
 from napari_cdal.engine.method.model import CdalModel
 from napari_cdal.engine.segment.image import segment_image
-from napari_cdal.engine.segment.metrics import score_segmentation
+from napari_cdal.engine.segment.metrics import matched_nuclei, score_segmentation
 
 METRICS = ("dice", "iou", "aji", "pq")
 
@@ -35,9 +35,14 @@ def evaluate_tiles(
     samples: int | None = None,
     seed: int = 0,
     threshold: float = DEFAULT_THRESHOLD,
+    count_nuclei: bool = False,
 ) -> Generator[Progress, None, None]:
-    """Segment each tile and score it; yields Progress('image', i, n, row), then 'done' with the summary."""
-    rows = []
+    """Segment each tile and score it; yields Progress('image', i, n, row), then 'done' with the summary.
+
+    With `count_nuclei` the summary also holds "nuclei": {"right", "truth"}, summed over the tiles
+    (true nuclei matched at IoU > 0.5, and all true nuclei: matched_nuclei).
+    """
+    rows, right, truth = [], 0, 0
     for index, tile in enumerate(tiles):
         result = run_to_end(segment_image(
             model, tile.image, image_mpp=image_mpp, sampling_steps=sampling_steps, samples=samples, seed=seed,
@@ -45,7 +50,13 @@ def evaluate_tiles(
         ))
         truth_instances = tile.instances if tile.has_instance_truth else None
         scores = score_segmentation(result.labels, tile.foreground, truth_instances)
+        if count_nuclei:
+            found, total = matched_nuclei(result.labels, tile.instances)
+            right, truth = right + found, truth + total
         row = {"image": tile.name, **scores, "nuclei": result.n_nuclei, "seconds": result.seconds}
         rows.append(row)
         yield Progress("image", index + 1, len(tiles), row)
-    yield Progress("done", len(tiles), len(tiles), summarise(rows))
+    summary = summarise(rows)
+    if count_nuclei:
+        summary["nuclei"] = {"right": right, "truth": truth}
+    yield Progress("done", len(tiles), len(tiles), summary)

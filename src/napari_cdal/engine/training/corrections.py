@@ -28,8 +28,8 @@ from napari_cdal.engine.training.run import prepare_tiles
 MIN_REGION_UM = 8.0
 """Smallest side of a corrected region, in µm (about one nucleus)."""
 
-MIN_HOLDOUT_UM = 32.0
-"""Smallest side of a held-back strip (and of what stays for training), in µm."""
+MIN_HOLDOUT_UM = 16.0
+"""Smallest side of a held-back strip (and of what stays for training), in µm: about two nuclei."""
 
 
 @dataclass
@@ -133,15 +133,19 @@ def _overlaps(a: Box, b: Box) -> bool:
 
 
 def _split_holdout(boxes: list[Box], fraction: float, min_side: int) -> tuple[list[Box], Box | None]:
-    """Cut the far end of the largest box (along its longer side) off for validation, when both halves fit."""
+    """Cut the far end of the largest box (along its longer side) off for validation, when both parts fit.
+
+    The strip is `fraction` of the side, but at least `min_side`: a small region gives up a larger
+    share, so that it too is checked.
+    """
     if fraction <= 0:
         return boxes, None
     k = max(range(len(boxes)), key=lambda i: (boxes[i][1] - boxes[i][0]) * (boxes[i][3] - boxes[i][2]))
     y0, y1, x0, x1 = boxes[k]
     along_y = (y1 - y0) >= (x1 - x0)
     side = (y1 - y0) if along_y else (x1 - x0)
-    held = int(round(side * fraction))
-    if held < min_side or side - held < min_side:
+    held = max(int(round(side * fraction)), min_side)
+    if side - held < min_side:
         return boxes, None
     if along_y:
         train, hold = (y0, y1 - held, x0, x1), (y1 - held, y1, x0, x1)
@@ -231,7 +235,7 @@ def prepare_pairs(pairs: list[FinetunePair], config: ModelConfig, image_mpp: flo
     patch = min(_round_up(settings.patch_size, multiple), _round_up(largest, multiple))
 
     def evaluation(model: CdalModel) -> Generator[Progress, None, None]:
-        return evaluate_tiles(model, holdout, image_mpp=image_mpp)
+        return evaluate_tiles(model, holdout, image_mpp=image_mpp, count_nuclei=True)
 
     return PreparedPairs(tiles, scaled, holdout, patch, nuclei, names, notes, evaluation if holdout else None)
 

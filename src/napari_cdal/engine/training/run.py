@@ -88,6 +88,7 @@ def validation_hook(evaluate: Evaluation, out: str | Path | None = None,
             else:
                 yield Progress("validate", event.index, event.total, event.payload)
         metrics = {k: v for k, v in summary["mean"].items() if v is not None}
+        metrics.update({f"nuclei_{k}": v for k, v in summary.get("nuclei", {}).items()})
         metrics["score"] = validation_score(summary["mean"])
         state.record["validation"].append({"step": state.step, **metrics})
         best = state.record.get("best")
