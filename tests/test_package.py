@@ -16,7 +16,7 @@ def test_manifest_validates_in_the_installed_package() -> None:
 
     manifest = PluginManifest.from_distribution("napari-cdal")
     assert manifest.name == "napari-cdal"
-    assert [s.key for s in manifest.contributions.sample_data] == ["monuseg"]
+    assert [s.key for s in manifest.contributions.sample_data] == ["monuseg", "hippocampus"]
     result = subprocess.run([sys.executable, "-m", "npe2", "validate", "napari-cdal"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -13,6 +13,7 @@ from napari_cdal._widgets._layers import TAG
 from napari_cdal._widgets.finetune import FinetuneWidget
 from napari_cdal._widgets.segment import OTHER_FILE, SegmentWidget
 from napari_cdal.engine.io.volumes import write_volume
+from napari_cdal.engine.method.model import bundled_models
 
 pytestmark = pytest.mark.gui
 
@@ -244,3 +245,23 @@ def test_finetune_learns_from_the_corrected_slices_of_a_volume(
     assert record["finetune"]["slices"] == 2 and record["finetune"]["images"] == ["vol"]
     assert record["finetuned_from"]["model"] == classes_model_file.name and record["steps"] == 2
     assert segment.selected_model_path() == str(new_model), "Segment now uses the new model"
+
+
+@pytest.mark.skipif("cdal_hippocampus" not in bundled_models(), reason="no bundled hippocampus model in this checkout")
+def test_the_sample_volume_is_segmented_by_the_bundled_hippocampus_model(qtbot, make_napari_viewer) -> None:
+    from napari_cdal.engine.io.volumes import read_label_volume
+
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open_sample(PLUGIN, "hippocampus")
+    assert type(layer).__name__ == "Image" and layer.data.ndim == 3 and tuple(layer.scale) == (1.0, 1.0, 1.0)
+    assert "CC BY-SA 4.0" in layer.metadata["licence"]
+    widget = dock(viewer, "Segment")
+    widget.image.value = layer
+    widget.model.value = next(choice for choice in widget.model.choices if "cdal_hippocampus" in str(choice))
+    assert click(qtbot, widget, widget.segment_button) == "done"
+    (mask,) = [item for item in viewer.layers if type(item).__name__ == "Labels"]
+    assert "cdal_hippocampus" in mask.name and mask.data.shape == layer.data.shape
+    truth = read_label_volume(Path(__file__).parent / "data" / "hippocampus_276_labels.nii.gz", 3).data
+    for value in (1, 2):  # the bundled model at its defaults, as the golden test measures it
+        found, true = np.asarray(mask.data) == value, truth == value
+        assert 2 * np.count_nonzero(found & true) / (found.sum() + true.sum()) > 0.85

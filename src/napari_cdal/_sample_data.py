@@ -1,4 +1,4 @@
-"""napari sample data: File > Open Sample > napari-cdal > MoNuSeg H&E tile."""
+"""napari sample data: File > Open Sample > napari-cdal > the MoNuSeg H&E tile or the hippocampus MRI volume."""
 
 from __future__ import annotations
 
@@ -19,3 +19,13 @@ def make_monuseg_sample() -> list[tuple[Any, dict[str, Any], str]]:
         "metadata": {"licence": LICENCE_LINE, "mpp": SAMPLE_MPP},
     }
     return [(image, meta, "image")]
+
+
+def make_hippocampus_sample() -> list[tuple[Any, dict[str, Any], str]]:
+    """The bundled hippocampus MRI volume as a 3-D image layer at its voxel spacing (mm), as the reader opens it."""
+    from napari_cdal._reader import read_volume_file
+    from napari_cdal.sample_data import VOLUME_LICENCE_LINE, sample_volume_path
+
+    data, meta, kind = read_volume_file(sample_volume_path())
+    meta["metadata"]["licence"] = VOLUME_LICENCE_LINE
+    return [(data, meta, kind)]

@@ -1,7 +1,8 @@
-"""The MoNuSeg tile shipped with the package (CC BY-NC-SA 4.0; see LICENSE.md beside it).
+"""The samples shipped with the package: a MoNuSeg tile (CC BY-NC-SA 4.0) and an MSD hippocampus
+MRI volume (CC BY-SA 4.0); see LICENSE.md beside them.
 
-It is one of the 7 validation tiles of `benchmarks/monuseg_split.json`: the bundled model was not
-trained on it.
+Each is a validation item of its split (`benchmarks/monuseg_split.json`,
+`benchmarks/hippocampus_split.json`): the bundled models were not trained on them.
 """
 
 from importlib import resources
@@ -16,3 +17,13 @@ LICENCE_LINE = ("MoNuSeg 2018 tile TCGA-B0-5698 (kidney; Kumar et al. 2017), CC 
 def sample_tile_path() -> Path:
     """Path of the bundled sample tile."""
     return Path(str(resources.files(__name__) / f"{SAMPLE_NAME}.tif"))
+
+
+VOLUME_SAMPLE_NAME = "hippocampus_276"
+VOLUME_LICENCE_LINE = ("MSD Task04 hippocampus volume 276 (Simpson et al. 2019; Antonelli et al. 2022), "
+                       "CC BY-SA 4.0; a validation volume, not trained on")
+
+
+def sample_volume_path() -> Path:
+    """Path of the bundled hippocampus MRI volume (NIfTI)."""
+    return Path(str(resources.files(__name__) / f"{VOLUME_SAMPLE_NAME}.nii.gz"))
