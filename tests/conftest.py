@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from napari_cdal.engine.config import PRESETS, ModelConfig
+from napari_cdal.engine.events import TICK
 from napari_cdal.engine.method.model import CdalModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
@@ -99,7 +100,7 @@ def blob_folder(tmp_path) -> Path:
 
 def pause_after_first_event(monkeypatch: pytest.MonkeyPatch, module: ModuleType,
                             name: str) -> threading.Event:
-    """Make the engine generator `module.name` wait after its first event until the event is set.
+    """Make the engine generator `module.name` wait after its first event (ticks aside) until the event is set.
 
     The widgets look the engine function up at run time, so a run started now is surely mid-way
     when the test acts (cancel, close the dock) and goes on once the event is set.
@@ -108,9 +109,11 @@ def pause_after_first_event(monkeypatch: pytest.MonkeyPatch, module: ModuleType,
     real = getattr(module, name)
 
     def paused(*args, **kwargs):
-        for index, event in enumerate(real(*args, **kwargs)):
+        waited = False
+        for event in real(*args, **kwargs):
             yield event
-            if index == 0:
+            if not waited and event.stage != TICK:
+                waited = True
                 resume.wait(30)
 
     monkeypatch.setattr(module, name, paused)
@@ -150,3 +153,62 @@ def blob_images(tmp_path):
     tifffile.imwrite(folder / "tile.tif", tile.image)
     Image.fromarray(tile.image).save(folder / "tile_png.png")
     return folder / "tile.tif", folder / "tile_png.png", tile
+
+
+@dataclass
+class HeldAtTick:
+    """What hold_at_tick saw: set `resume` to let the engine go on from the tick it holds."""
+
+    held: threading.Event
+    resume: threading.Event
+    calls_at_hold: int = -1
+    closed_at: Any = None
+    events_after_hold: int = 0
+
+
+def hold_at_tick(monkeypatch: pytest.MonkeyPatch, module: ModuleType, name: str, after: str,
+                 count_calls: list[Any]) -> HeldAtTick:
+    """Hold the engine generator `module.name` at the first tick after an event of stage `after`.
+
+    It waits before handing the tick on, so a Cancel clicked meanwhile stops the worker at that
+    very tick; `calls_at_hold` is len(count_calls) then (the test counts network calls in it), and
+    `closed_at` the last event handed on when the generator was closed.
+    """
+    state = HeldAtTick(threading.Event(), threading.Event())
+    real = getattr(module, name)
+
+    def holding(*args, **kwargs):
+        seen_after, last = False, None
+        try:
+            for event in real(*args, **kwargs):
+                if state.held.is_set():
+                    state.events_after_hold += 1
+                elif seen_after and event.stage == TICK:
+                    state.calls_at_hold = len(count_calls)
+                    state.held.set()
+                    state.resume.wait(30)
+                seen_after = seen_after or event.stage == after
+                last = event
+                yield event
+        except GeneratorExit:
+            state.closed_at = last
+            raise
+
+    monkeypatch.setattr(module, name, holding)
+    return state
+
+
+def count_network_passes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every pass of G and of D's trunk (sampling and training alike), by network."""
+    from napari_cdal.engine.method.networks import Discriminator, Generator
+
+    calls: list[str] = []
+    for cls, method in ((Generator, "stages"), (Discriminator, "_features_stages")):
+        real = getattr(cls, method)
+
+        def counted(self, *args, _real=real, _name=cls.__name__):
+            calls.append(_name)
+            return (yield from _real(self, *args))
+
+        monkeypatch.setattr(cls, method, counted)
+    return calls

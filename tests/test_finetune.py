@@ -15,7 +15,7 @@ from PIL import Image
 
 from napari_cdal.cli import main
 from napari_cdal.engine.config import TrainConfig
-from napari_cdal.engine.events import run_to_end
+from napari_cdal.engine.events import TICK, run_to_end
 from napari_cdal.engine.io.checkpoint import read_metadata
 from napari_cdal.engine.method.model import bundled_model_path, load_model
 from napari_cdal.engine.segment.image import segment_image
@@ -73,7 +73,8 @@ def inverted_stain_tile(seed: int, size: int = 128):
 def test_finetune_makes_a_new_model_and_leaves_the_source_alone(source, tiny_model_file) -> None:
     before, file_hash = weights_of(source), sha256(tiny_model_file)
     tile = blob_tile(8)
-    events = list(finetune(source, [FinetunePair(tile.image, tile.instances, name="blob-8")], QUICK, "cpu", 0.5))
+    events = [e for e in finetune(source, [FinetunePair(tile.image, tile.instances, name="blob-8")], QUICK, "cpu", 0.5)
+              if e.stage != TICK]
     assert [e.stage for e in events] == ["train"] * 3 + ["done"]
     assert all(np.isfinite(e.payload["mse"]) for e in events[:-1])
     result = events[-1].payload
@@ -322,8 +323,12 @@ def test_cancelled_run_leaves_nothing(source, tmp_path, monkeypatch) -> None:
     tile = blob_tile(15)
     events = finetune(source, [FinetunePair(tile.image, tile.instances)], finetune_config(iterations=50, patch_size=64),
                       "cpu", 0.5)
-    assert next(events).stage == "validate"  # the held-back strip scores the start first (issue 14)
-    assert next(events).stage == "validate_done" and next(events).stage == "train"
+    stages = [next(events).stage]
+    while stages[-1] != "train":
+        stages.append(next(events).stage)
+    reported = [stage for stage in stages if stage != TICK]
+    assert reported == ["validate", "validate_done", "train"]  # the held-back strip scores the start first
+    assert next(events).stage == TICK  # inside the second step: G has made its pass, not its update
     events.close()
     assert list(tmp_path.iterdir()) == []
     for key, value in weights_of(source).items():

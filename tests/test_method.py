@@ -171,16 +171,15 @@ def test_self_conditioned_sampler_feeds_the_previous_estimate(monkeypatch) -> No
         CdalModel.initialise(TINY, 0), replace(TINY, self_condition=True)
     ).eval()
     seen = []
-    real_forward = model.generator.forward
-    monkeypatch.setattr(
-        model.generator,
-        "forward",
-        lambda x, t, f, z, prev=None: (
-            seen.append(prev.clone()),
-            out := real_forward(x, t, f, z, prev),
-            seen.append(out.clone()),
-        )[1],
-    )
+    real_stages = model.generator.stages
+
+    def stages(x, t, f, z, prev=None):
+        seen.append(prev.clone())
+        out = yield from real_stages(x, t, f, z, prev)
+        seen.append(out.clone())
+        return out
+
+    monkeypatch.setattr(model.generator, "stages", stages)
     run_to_end(
         reverse_process(
             model,

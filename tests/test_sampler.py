@@ -6,7 +6,7 @@ import torch
 from conftest import blob_tile
 
 from napari_cdal.engine.device import make_generator
-from napari_cdal.engine.events import run_to_end
+from napari_cdal.engine.events import TICK, run_to_end
 from napari_cdal.engine.method.grid import normalise
 from napari_cdal.engine.method.sampler import reverse_process
 from napari_cdal.engine.segment.image import segment_image
@@ -22,7 +22,8 @@ def _normalised(tile, model):
 def test_reverse_process_yields_every_step_then_the_maps(trained_tiny, steps) -> None:
     model, _ = trained_tiny
     image = _normalised(blob_tile(9, size=60), model)  # 60 is not a multiple of 4: padded inside
-    events = list(reverse_process(model, image, sampling_steps=steps, samples=3, rng=make_generator(0)))
+    events = [e for e in reverse_process(model, image, sampling_steps=steps, samples=3, rng=make_generator(0))
+              if e.stage != TICK]
     assert [e.stage for e in events] == ["step"] * steps + ["done"]
     assert [e.index for e in events[:-1]] == list(range(steps))
     for event in events[:-1]:
@@ -81,7 +82,7 @@ def test_tiles_reproduce_the_whole_image_result(trained_tiny) -> None:
     whole = run_to_end(segment_image(model, tile.image, image_mpp=0.5, tile_size=256, overlap=32))
     tiled_events = list(segment_image(model, tile.image, image_mpp=0.5, tile_size=64, overlap=24))
     tiled = tiled_events[-1].payload
-    n_tiles = len({e.payload.tile for e in tiled_events[:-1]})
+    n_tiles = len({e.payload.tile for e in tiled_events if e.stage == "step"})
     assert n_tiles == 16  # 160 px, tile 64, stride 40: starts 0, 40, 80, 96 on each axis
     assert dice(whole.labels, tiled.labels) > 0.97
     assert np.abs(whole.probability - tiled.probability).mean() < 0.03
@@ -122,7 +123,8 @@ def test_default_steps_come_from_the_config(trained_tiny) -> None:
         model.config = dataclasses.replace(original, default_sampling_steps=2)
         events = list(segment_image(model, blob_tile(16, size=64).image, image_mpp=0.5))
         assert events[-1].payload.steps.shape[0] == 2
-        assert len(list(segment_image(model, blob_tile(16, size=64).image, image_mpp=0.5, sampling_steps=4))) == 5
+        events = segment_image(model, blob_tile(16, size=64).image, image_mpp=0.5, sampling_steps=4)
+        assert len([e for e in events if e.stage != TICK]) == 5
     finally:
         model.config = original
     with pytest.raises(ValueError, match="default_sampling_steps"):
@@ -137,3 +139,64 @@ def test_runs_without_step_maps_send_no_live_maps(trained_tiny) -> None:
     assert len(steps) == model.config.sampling_steps
     assert all(u.foreground is None and u.attention is None for u in steps)
     assert events[-1].payload.steps is None and events[-1].payload.attention is None
+
+
+def test_ticks_come_inside_every_step_and_carry_no_payload(trained_tiny) -> None:
+    # G and D pause between their stages: several ticks before each step's event, none after 'done'.
+    model, _ = trained_tiny
+    events = list(reverse_process(model, _normalised(blob_tile(9, 32), model), sampling_steps=2, samples=2,
+                                  rng=make_generator(0)))
+    stages = [e.stage for e in events]
+    first_step, second_step = (i for i, stage in enumerate(stages) if stage == "step")
+    assert stages[-1] == "done" and stages[0] == TICK
+    assert stages[first_step + 1:second_step].count(TICK) == first_step >= 3  # every step: as many ticks
+    ticks = [e for e in events if e.stage == TICK]
+    assert all(e.payload is None and e.total == 2 for e in ticks)
+    assert {e.index for e in ticks[:first_step]} == {0} and {e.index for e in ticks[first_step:]} == {1}
+
+
+def test_closing_at_a_tick_stops_the_networks_there(trained_tiny, monkeypatch) -> None:
+    from napari_cdal.engine.method.networks import ResBlock
+
+    model, _ = trained_tiny
+    blocks: list[int] = []
+    real = ResBlock.stages
+
+    def counted(self, *args):
+        blocks.append(1)
+        return (yield from real(self, *args))
+
+    monkeypatch.setattr(ResBlock, "stages", counted)
+    events = reverse_process(model, _normalised(blob_tile(9, 32), model), sampling_steps=4, samples=2,
+                             rng=make_generator(0))
+    assert [next(events).stage for _ in range(3)] == [TICK] * 3
+    started = len(blocks)
+    events.close()
+    assert len(blocks) == started and 0 < started < len(model.generator.down) + 2 + len(model.generator.up)
+
+
+def test_ticks_change_no_result(trained_tiny) -> None:
+    # The staged passes are the networks' own forward: consuming every tick or none gives the same bits,
+    # and G's staged pass equals its forward on a batch of samples.
+    model, _ = trained_tiny
+    image = _normalised(blob_tile(10, 48), model)
+    every = list(reverse_process(model, image, sampling_steps=4, samples=3, rng=make_generator(5)))
+    done = run_to_end(reverse_process(model, image, sampling_steps=4, samples=3, rng=make_generator(5)))
+    assert torch.equal(every[-1].payload.probability, done.probability)
+    generator = model.generator
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, model.config.label_channels, 48, 48, generator=g)
+    z = torch.randn(3, model.config.latent_dim, generator=g)
+    t = torch.tensor([0, 1, 3])
+    with torch.no_grad():
+        features = generator.encode_image(image)
+        staged = generator.stages(x, t, features, z)
+        pauses = 0
+        while True:
+            try:
+                next(staged)
+                pauses += 1
+            except StopIteration as stop:
+                out = stop.value
+                break
+        assert pauses > 3 and torch.equal(out, generator(x, t, features, z))

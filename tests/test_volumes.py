@@ -22,7 +22,7 @@ from napari_cdal.engine.data.volumes import (
     slices_to_volume,
     training_slices,
 )
-from napari_cdal.engine.events import run_to_end
+from napari_cdal.engine.events import TICK, run_to_end
 from napari_cdal.engine.io.images import ImageError
 from napari_cdal.engine.io.volumes import read_label_volume, read_volume, volume_stem, write_volume
 from napari_cdal.engine.method.grid import stretch_intensity
@@ -128,12 +128,22 @@ def test_volume_folder_lists_and_loads(tmp_path) -> None:
         list_volumes(root)
 
 
+def _replace_generator(model: CdalModel, forward) -> None:
+    """Make `forward` G's pass, in the sampler's staged form too (one pause before it)."""
+    def stages(*args):
+        yield
+        return forward(*args)
+
+    model.generator.forward = forward
+    model.generator.stages = stages
+
+
 def _image_follows_model(model: CdalModel) -> None:
     """Replace G by a function of the image alone, so a batch must give each image its own answer."""
     def forward(x_next, t, features, z, previous=None):
         return torch.tanh(features.mean(dim=1, keepdim=True)).expand_as(x_next).contiguous()
 
-    model.generator.forward = forward
+    _replace_generator(model, forward)
 
 
 def test_batched_sampling_gives_each_image_its_own_result() -> None:
@@ -160,9 +170,9 @@ def test_segment_volume_keeps_the_volume_order(axis: int) -> None:
         score = torch.tanh(10.0 * features[:, 1:2])
         return torch.cat([-score, score, -torch.ones_like(score)], dim=1)
 
-    model.generator.forward = bright_is_anterior
+    _replace_generator(model, bright_is_anterior)
     volume = np.random.default_rng(0).random((6, 9, 11)).astype(np.float32)
-    events = list(segment_volume(model, volume, samples=2, slices_per_batch=4))
+    events = [e for e in segment_volume(model, volume, samples=2, slices_per_batch=4) if e.stage != TICK]
     assert [e.stage for e in events][-1] == "done" and events[-2].index == volume.shape[axis]
     assert [e.index for e in events[:-1]] == sorted(e.index for e in events[:-1])  # slices done only grow
     result = events[-1].payload
@@ -202,7 +212,8 @@ def test_evaluate_volumes_scores_each_volume() -> None:
     image, labels = synthetic_volume(3)
     volumes = [LabelledVolume("a", image, labels, np.eye(4)), LabelledVolume("b", image, labels, np.eye(4))]
     events = list(evaluate_volumes(model, volumes, samples=1))
-    assert [e.stage for e in events] == ["image", "image", "done"]
+    assert [e.stage for e in events if e.stage != TICK] == ["image", "image", "done"]
+    assert {(e.index, e.total) for e in events if e.stage == TICK} == {(0, 2), (1, 2)}  # stoppable inside each
     summary = events[-1].payload
     assert {"dice_anterior", "dice_posterior", "iou_anterior", "iou_posterior", "dice"} <= set(summary["mean"])
     assert json.loads(json.dumps(summary))["per_image"][1]["image"] == "b"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import blob_tile, pause_after_first_event
+from conftest import blob_tile, count_network_passes, hold_at_tick, pause_after_first_event
 from skimage.draw import disk
 
 from napari_cdal._widgets._layers import TAG
@@ -423,6 +423,34 @@ def test_cancel_stops_cleanly_and_writes_nothing(
         and not finetune.cancel_button.enabled
         and not finetune.running
     )
+
+
+def test_cancel_takes_effect_at_the_next_tick_inside_a_training_step(
+    qtbot, make_napari_viewer, tiny_model_file, model_folder, monkeypatch
+) -> None:
+    # Cancel between G's pass and its update in a training step: the worker stops at that tick,
+    # the engine is closed there, no network pass starts after the Cancel and nothing is written.
+    import napari_cdal.engine.training.finetune as engine_finetune
+    from napari_cdal.engine.events import TICK
+
+    viewer = make_napari_viewer()
+    add_image(viewer)
+    add_corrected_mask(viewer)
+    segment, finetune = dock_both(viewer, tiny_model_file)
+    finetune.iterations.value = 50
+    calls = count_network_passes(monkeypatch)
+    hold = hold_at_tick(monkeypatch, engine_finetune, "finetune", "train", calls)
+    outcomes: list[str] = []
+    finetune.run_finished.connect(outcomes.append)
+    finetune.finetune_button.native.click()
+    qtbot.waitUntil(hold.held.is_set, timeout=TIMEOUT_MS)
+    finetune.cancel_button.native.click()
+    hold.resume.set()
+    qtbot.waitUntil(lambda: bool(outcomes), timeout=TIMEOUT_MS)
+    assert outcomes == ["cancelled"] and model_files(model_folder) == []
+    assert hold.closed_at is not None and hold.closed_at.stage == TICK
+    assert hold.closed_at.index == 1 and hold.closed_at.total == 50  # one step done: inside the second
+    assert hold.calls_at_hold > 0 and len(calls) == hold.calls_at_hold and hold.events_after_hold == 0
 
 
 def test_plugin_modules_import_without_torch() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import blob_tile, pause_after_first_event
+from conftest import blob_tile, count_network_passes, hold_at_tick, pause_after_first_event
 
 from napari_cdal._widgets._layers import CONTOUR_WIDTH, PREVIEW_SUFFIX, TAG, image_mpp
 from napari_cdal._widgets._review import viewer_camera
@@ -126,8 +126,10 @@ def one_event_at_a_time(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
 
     napari's progress bar calls processEvents() in `update`, so an event the worker has already
     queued would be handled inside the handler of the one before; waiting keeps each one apart.
+    Ticks are not waited on: the widget lets them pass unhandled.
     """
     import napari_cdal.engine.segment.image as engine_segment
+    from napari_cdal.engine.events import TICK
 
     handled = threading.Event()
     real = engine_segment.segment_image
@@ -136,7 +138,7 @@ def one_event_at_a_time(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
         for index, event in enumerate(real(*args, **kwargs)):
             handled.clear()
             yield event
-            if not handled.wait(TIMEOUT_MS / 1000):
+            if event.stage != TICK and not handled.wait(TIMEOUT_MS / 1000):
                 raise TimeoutError(f"event {index} ({event.stage}) was not handled in time")
 
     monkeypatch.setattr(engine_segment, "segment_image", handshake)
@@ -265,6 +267,29 @@ def test_cancel_on_a_first_run_leaves_only_the_image(qtbot, viewer_widget, pause
     assert [layer.name for layer in viewer.layers] == [NAME]
     assert widget.status.value.startswith("Cancelled")
     assert widget.segment_button.enabled and not widget.cancel_button.enabled and not widget.running
+
+
+def test_cancel_takes_effect_at_the_next_tick_inside_a_step(qtbot, viewer_widget, monkeypatch) -> None:
+    # Cancel while the engine is inside the second reverse step: the worker stops at the tick it
+    # holds there, the engine is closed at that tick, and no network pass starts after the Cancel.
+    import napari_cdal.engine.segment.image as engine_segment
+    from napari_cdal.engine.events import TICK
+
+    viewer, widget = viewer_widget
+    widget.sampling_steps.value = 4
+    calls = count_network_passes(monkeypatch)
+    hold = hold_at_tick(monkeypatch, engine_segment, "segment_image", "step", calls)
+    outcomes: list[str] = []
+    widget.run_finished.connect(outcomes.append)
+    widget.segment_button.native.click()
+    qtbot.waitUntil(hold.held.is_set, timeout=TIMEOUT_MS)
+    widget.cancel_button.native.click()
+    hold.resume.set()
+    qtbot.waitUntil(lambda: bool(outcomes), timeout=TIMEOUT_MS)
+    assert outcomes == ["cancelled"] and [layer.name for layer in viewer.layers] == [NAME]
+    assert hold.closed_at is not None and hold.closed_at.stage == TICK
+    assert hold.closed_at.index == 1 and hold.closed_at.total == 4  # one step done of four: inside the second
+    assert hold.calls_at_hold > 0 and len(calls) == hold.calls_at_hold and hold.events_after_hold == 0
 
 
 def test_cancel_leaves_the_previous_result_as_it_was(qtbot, viewer_widget, paused_engine) -> None:

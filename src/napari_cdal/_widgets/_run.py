@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
+
+
+def _relay(events: Generator[Any, None, Any]) -> Generator[Any, None, Any]:
+    """The worker's generator: `events` passed on one by one, their return value returned."""
+    return (yield from events)
 
 
 class WorkerRun:
@@ -22,6 +27,7 @@ class WorkerRun:
     """The status line after a cancel."""
     _run_button: Any = None
     _worker: Any = None
+    _events: Any = None
     _progress: Any = None
     _outcome = ""
     _depth = 0
@@ -60,7 +66,8 @@ class WorkerRun:
 
         self._outcome = ""
         self._progress = progress
-        self._worker = create_worker(body, *args, _start_thread=False)
+        self._events = body(*args)
+        self._worker = create_worker(_relay, self._events, _start_thread=False)
         self._connect_worker()
         for button in self._start_buttons():
             button.enabled = False
@@ -90,12 +97,12 @@ class WorkerRun:
         self._worker.quit()
 
     def cancel(self, *_: Any) -> None:
-        """Stop the run at its next step."""
+        """Stop the run at its next event: a step, or a tick the engine yields well within a second."""
         if self.running and not self._outcome:
             self._outcome = "cancelled"
             self._worker.quit()
             self.cancel_button.enabled = False
-            self.status.value = "Cancelling at the next step…"
+            self.status.value = "Cancelling…"
 
     @contextlib.contextmanager
     def _handling(self) -> Iterator[None]:
@@ -127,8 +134,11 @@ class WorkerRun:
         """What the widget does once a run has ended ('done', 'failed' or 'cancelled'); nothing here."""
 
     def _finish(self) -> None:
-        """Wrap the run up: say a cancel, give the buttons back, tell `run_finished` the outcome."""
+        """Wrap the run up: close the engine's generator, say a cancel, give the buttons back, tell `run_finished`."""
         self._finish_pending = False
+        if self._events is not None:  # the worker has left it: a cancelled run ends here, at the event it held
+            self._events.close()
+            self._events = None
         self._drop_run()
         outcome = self._outcome or "cancelled"
         if outcome == "cancelled":
@@ -152,4 +162,5 @@ class WorkerRun:
         if self._worker is None:
             return
         self._disconnect_worker()
+        self._events = None  # the worker may still be inside it: it ends at its next event, unreferenced
         self._drop_run()

@@ -103,7 +103,7 @@ class FinetuneWidget(WorkerRun, Container):
         self.finetune_button = PushButton(
             text="Fine-tune", tooltip="teach the base model your corrections and save it as a new model; "
             "at the end it is checked on a held-back part of them")
-        self.cancel_button = cancel_button("fine-tuning", "stop fine-tuning at its next step; no model is written")
+        self.cancel_button = cancel_button("fine-tuning", "stop fine-tuning within about a second; no model is written")
         self._run_button = self.finetune_button
         self.back_button = PushButton(text="Back to previous model", enabled=False,
                                       tooltip="let Segment use the model it used before the last fine-tune")

@@ -64,6 +64,7 @@ from napari_cdal._widgets._review import ReviewQueue
 from napari_cdal._widgets._run import WorkerRun
 from napari_cdal._widgets._slide import SlideRun
 from napari_cdal._widgets._volume import is_volume_layer, model_fit_problem, show_volume_result, volume_summary
+from napari_cdal.engine.events import TICK
 
 if TYPE_CHECKING:
     import napari
@@ -152,8 +153,9 @@ class SegmentWidget(SlideRun, WorkerRun, Container):
             tooltip="segment the slide file behind the image block by block in the background, "
             "showing the labels as they fill in; a second run resumes an unfinished one",
         )
-        self.cancel_button = cancel_button("segmenting", "stop Segment or Whole slide at its next step; the "
-                                           "result layers stay as they were (a whole slide keeps its finished blocks)")
+        self.cancel_button = cancel_button("segmenting", "stop Segment within about a second, Whole slide after its "
+                                           "current block; the result layers stay as they were (a whole slide keeps "
+                                           "its finished blocks)")
         self._run_button = self.segment_button
         self.review_count = SpinBox(label="review", min=1, max=1000, value=10,
                                     tooltip="how many of the least certain nuclei 'Review next' steps through")
@@ -323,7 +325,7 @@ class SegmentWidget(SlideRun, WorkerRun, Container):
 
     def _on_step(self, event: Progress) -> None:
         with self._handling():
-            if self._outcome:
+            if self._outcome or event.stage == TICK:  # a tick only let the worker see a Cancel
                 return
             if self._slide is not None:
                 self._on_slide_step(event)

@@ -135,7 +135,7 @@ def _check_model_fits(model: Any, volumes: list[Path], images: list[Path]) -> No
 def _segment_volume_file(args: argparse.Namespace, model: Any, path: Path, files: dict[str, Path],
                          sampling_steps: int, samples: int) -> None:
     """One NIfTI volume through engine.segment.volume; every output keeps the input's shape and affine."""
-    from napari_cdal.engine.events import run_to_end
+    from napari_cdal.engine.events import TICK, run_to_end
     from napari_cdal.engine.io.volumes import read_volume, write_volume
     from napari_cdal.engine.segment.volume import segment_volume
 
@@ -143,6 +143,8 @@ def _segment_volume_file(args: argparse.Namespace, model: Any, path: Path, files
     bar = common.progress(0, path.name, "slice")
 
     def show(event: Any) -> None:
+        if event.stage == TICK:
+            return
         bar.total, bar.n = event.total, event.index
         bar.refresh()
 
@@ -251,7 +253,7 @@ def _segment_all(args: argparse.Namespace, model: Any, images: list[Path], slide
                  outputs: dict[Path, dict[str, Path]], steps: int, samples: int, want_maps: bool,
                  client: Any) -> None:
     """Each image in turn: a slide through engine.slide (on the cluster if any), a tile in memory."""
-    from napari_cdal.engine.events import run_to_end
+    from napari_cdal.engine.events import TICK, run_to_end
     from napari_cdal.engine.io.images import ImageError, read_image
     from napari_cdal.engine.segment.image import segment_image
 
@@ -266,6 +268,8 @@ def _segment_all(args: argparse.Namespace, model: Any, images: list[Path], slide
         bars: list[Any] = []  # opened at the first step, so a rejected image leaves only the error line
 
         def show(event: Any, name: str = path.name, bars: list[Any] = bars) -> None:
+            if event.stage == TICK:
+                return
             if not bars:
                 bars.append(common.progress(event.total, name, "step"))
             bars[0].n = event.index

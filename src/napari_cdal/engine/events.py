@@ -5,6 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from typing import Any, NamedTuple
 
+TICK = "tick"
+"""The stage of an event that reports nothing new and is only a place to stop: the engine yields one
+between stages of a network pass or of a training step (well under a second apart), so that closing
+the generator there cancels within a second. `index` and `total` repeat the progress so far; progress
+displays skip ticks."""
+
 
 class Progress(NamedTuple):
     """One event: `stage` names the work, `index` of `total` is done, `payload` carries data."""
@@ -24,3 +30,20 @@ def run_to_end(events: Generator[Progress, None, Any], callback: Callable[[Progr
         if event.stage == "done":
             result = event.payload
     return result
+
+
+def ticks_of(events: Generator[Progress, None, Any], index: int, total: int) -> Generator[Progress, None, Any]:
+    """Pass on each event of `events` as Progress('tick', index, total); returns its 'done' payload (or return value).
+
+    For a function that runs another to the end inside one unit of its own progress, yet should
+    stay cancellable wherever the inner one is.
+    """
+    while True:
+        try:
+            event = next(events)
+        except StopIteration as stop:
+            return stop.value
+        if event.stage == "done":
+            events.close()
+            return event.payload
+        yield Progress(TICK, index, total)

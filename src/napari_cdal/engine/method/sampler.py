@@ -11,8 +11,9 @@ import torch.nn.functional as F
 
 from napari_cdal.engine.config import UNCERTAINTY_MEASURES, ModelConfig
 from napari_cdal.engine.device import autocast
-from napari_cdal.engine.events import Progress
+from napari_cdal.engine.events import TICK, Progress
 from napari_cdal.engine.method.model import CdalModel
+from napari_cdal.engine.method.networks import Stages
 from napari_cdal.engine.method.schedule import randn_like
 
 
@@ -78,6 +79,20 @@ def uncertainty_maps(foreground: torch.Tensor, chain: torch.Tensor | None = None
     }
 
 
+def ticking(stages: Stages, device: torch.device, index: int, total: int) -> Generator[Progress, None, torch.Tensor]:
+    """Run a staged network pass (under autocast on `device`), yielding Progress('tick', index, total) at each pause.
+
+    Autocast is entered only around the network's own work, never while the consumer holds the event.
+    """
+    while True:
+        with autocast(device):
+            try:
+                next(stages)
+            except StopIteration as stop:
+                return stop.value
+        yield Progress(TICK, index, total)
+
+
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """Pad (B, C, H, W) at the bottom and right to multiples of `multiple`; returns the original size."""
     height, width = x.shape[-2:]
@@ -105,8 +120,11 @@ def reverse_process(
     batch, each with a fresh latent z at every step. With self-conditioning each step also sees
     the previous step's x̂_0; with attention_in_sampling the next level is drawn from A ⊙ x̂_0, as
     in training. Yields Progress('step', i, steps, StepOutput) per step, then Progress('done',
-    steps, steps, SampleOutput), every map with the batch first. `attention_kinds` adds D's other
-    maps (ATTENTION_MAPS) to each step's output. `shared_latent` gives the K samples of an image
+    steps, steps, SampleOutput), every map with the batch first; between them Progress('tick', i,
+    steps) after every stage of G and D (well under a second each), where a consumer may close the
+    generator. The whole batch goes through each stage at once, so ticks change no result.
+    `attention_kinds` adds D's other maps (ATTENTION_MAPS) to each step's output. `shared_latent`
+    gives the K samples of an image
     the same z at each step, so that their spread comes from the noise alone (to measure how much
     of it z makes). Sizes are padded internally and cropped back.
     """
@@ -144,19 +162,18 @@ def reverse_process(
         z = randn_like(torch.empty(batch if shared_latent else members, config.latent_dim, device=device), rng)
         if shared_latent:
             z = z.repeat_interleave(samples, dim=0)
-        with autocast(device):
-            x0 = model.generator(x_k, t, features, z, x0).float()
+        x0 = (yield from ticking(model.generator.stages(x_k, t, features, z, x0), device, i, steps)).float()
         chain.append(foreground_of(per_image(((x0 + 1.0) / 2.0).clamp(0.0, 1.0)), config))
         x_s = schedule.jump_sample(x0, x_k, k, s, rng, config.sampling_noise)
         if config.attention_in_sampling and s > 0:
-            with autocast(device):
-                gate = model.discriminator.attention(x_s, x_k, t, disc_image).float()
+            gate = (yield from ticking(model.discriminator.attention_stages(x_s, x_k, t, disc_image),
+                                       device, i, steps)).float()
             c1 = schedule.jump_coefficients(k, s, config.sampling_noise)[0]
             x_s = x_s - c1 * (1.0 - gate) * x0
         maps = {}
         for kind in kinds:
-            with autocast(device):
-                found = model.discriminator.suspicion(kind, x_s, x_k, t, disc_image).float()
+            found = (yield from ticking(model.discriminator.suspicion_stages(kind, x_s, x_k, t, disc_image),
+                                        device, i, steps)).float()
             maps[kind] = per_image(found).mean(dim=0)[:, 0]
         attention = maps.get(config.attention_display) if with_attention else None
         yield Progress("step", i, steps, StepOutput(i, per_image(x0).mean(dim=0), attention, maps))

@@ -9,7 +9,7 @@ import numpy as np
 
 from napari_cdal.engine.data.tiles import Tile
 from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP, DEFAULT_THRESHOLD
-from napari_cdal.engine.events import Progress, run_to_end
+from napari_cdal.engine.events import Progress, ticks_of
 from napari_cdal.engine.method.model import CdalModel
 from napari_cdal.engine.segment.image import segment_image
 from napari_cdal.engine.segment.metrics import matched_nuclei, score_segmentation
@@ -39,15 +39,17 @@ def evaluate_tiles(
 ) -> Generator[Progress, None, None]:
     """Segment each tile and score it; yields Progress('image', i, n, row), then 'done' with the summary.
 
+    Ticks come in between, Progress('tick', tiles done, n): places to stop.
+
     With `count_nuclei` the summary also holds "nuclei": {"right", "truth"}, summed over the tiles
     (true nuclei matched at IoU > 0.5, and all true nuclei: matched_nuclei).
     """
     rows, right, truth = [], 0, 0
     for index, tile in enumerate(tiles):
-        result = run_to_end(segment_image(
+        result = yield from ticks_of(segment_image(
             model, tile.image, image_mpp=image_mpp, sampling_steps=sampling_steps, samples=samples, seed=seed,
             threshold=threshold, keep_steps=False, with_attention=False,
-        ))
+        ), index, len(tiles))
         truth_instances = tile.instances if tile.has_instance_truth else None
         scores = score_segmentation(result.labels, tile.foreground, truth_instances)
         if count_nuclei:

@@ -11,7 +11,7 @@ import torch
 
 from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP, DEFAULT_THRESHOLD
 from napari_cdal.engine.device import make_generator
-from napari_cdal.engine.events import Progress
+from napari_cdal.engine.events import TICK, Progress
 from napari_cdal.engine.io.images import to_rgb_float
 from napari_cdal.engine.method.grid import model_grid, normalise, resample, stretch_intensity
 from napari_cdal.engine.method.model import CdalModel
@@ -114,6 +114,8 @@ def segment_image(
 ) -> Generator[Progress, None, None]:
     """Segment one image; yields Progress('step', i, n, StepUpdate) per tile and step, then 'done'.
 
+    Between them come the sampler's ticks, Progress('tick', steps done, n), places to stop and no more.
+
     The image goes onto the model's grid (its µm/px, or its longer side at `model_side`), a
     grayscale model's image stretched first by its own percentiles (`stretch_intensity`).
 
@@ -152,6 +154,9 @@ def segment_image(
         step_maps, att_maps = [], []
         last_maps: dict[str, torch.Tensor] = {}
         for event in reverse_process(model, tile, n_steps, samples, rng, with_attention, attention_kinds):
+            if event.stage == TICK:
+                yield Progress(TICK, tile_index * n_steps + event.index, total)
+                continue
             if event.stage == "done":
                 out: SampleOutput = event.payload
                 planes = [out.probability[0]] + [out.uncertainty_maps[name][:1] for name in measures_kept]

@@ -12,7 +12,7 @@ import torch
 
 from napari_cdal.engine.data.volumes import LabelledVolume, slice_stack
 from napari_cdal.engine.device import make_generator
-from napari_cdal.engine.events import Progress, run_to_end
+from napari_cdal.engine.events import TICK, Progress, ticks_of
 from napari_cdal.engine.method.grid import normalise
 from napari_cdal.engine.method.model import CdalModel
 from napari_cdal.engine.method.sampler import SampleOutput, StepOutput, foreground_of, reverse_process
@@ -73,8 +73,9 @@ def segment_volume(
 
     The slices go through the sampler `slices_per_batch` at a time with their K samples in one
     batch; each step's event carries the number of slices finished so far, the last step of a
-    batch counting them. The final payload is a VolumeResult in the volume's own axis order.
-    Closing the generator between events cancels the run.
+    batch counting them; between them come ticks, Progress('tick', slices done, n), places to stop.
+    The final payload is a VolumeResult in the volume's own axis order. Closing the generator
+    between events cancels the run.
     """
     start = time.perf_counter()
     config = model.config
@@ -113,7 +114,7 @@ def _sample_slices(
     with_attention: bool,
     slices_per_batch: int,
 ) -> Generator[Progress, None, SliceMaps]:
-    """Sample (N, C, H, W) slices on the 0..255 scale in batches; yields 'step' events, returns their SliceMaps."""
+    """Sample (N, C, H, W) slices on the 0..255 scale in batches; yields 'step' and 'tick' events, returns SliceMaps."""
     config = model.config
     count = stack.shape[0]
     n_steps = config.sampling_steps if sampling_steps is None else sampling_steps
@@ -126,6 +127,9 @@ def _sample_slices(
         images = normalise(torch.from_numpy(stack[first:last]), config).to(device)
         batch_steps, batch_attention = [], []
         for event in reverse_process(model, images, n_steps, samples, rng, with_attention and keep_steps):
+            if event.stage == TICK:
+                yield Progress(TICK, first, count)
+                continue
             if event.stage == "done":
                 out: SampleOutput = event.payload
                 probability.append(out.probability.cpu().numpy())
@@ -148,15 +152,6 @@ def _sample_slices(
             np.concatenate(attention, axis=1) if attention else None)
 
 
-def _value_of(generator: Generator[Any, None, Any]) -> Any:
-    """Run a generator to its end, dropping its events; what it returns."""
-    while True:
-        try:
-            next(generator)
-        except StopIteration as stop:
-            return stop.value
-
-
 def evaluate_slices(
     model: CdalModel,
     items: list[tuple[str, np.ndarray, np.ndarray]],
@@ -165,13 +160,14 @@ def evaluate_slices(
     """Segment prepared slices and score each class; yields Progress('image', i, n, row), then 'done' with the summary.
 
     Each item is (name, slices (N, C, H, W) as slice_stack makes them, class labels (N, H, W)):
-    what a fine-tune's held-back slices are validated by.
+    what a fine-tune's held-back slices are validated by. Ticks come in between, places to stop.
     """
     names = model.config.class_names
     rows = []
     for index, (name, stack, labels) in enumerate(items):
         start = time.perf_counter()
-        probability, *_ = _value_of(_sample_slices(model, stack, None, None, seed, False, False, SLICES_PER_BATCH))
+        probability, *_ = yield from ticks_of(
+            _sample_slices(model, stack, None, None, seed, False, False, SLICES_PER_BATCH), index, len(items))
         predicted = np.argmax(probability, axis=1).astype(np.uint8)
         rows.append({"image": name, **class_scores(predicted, labels, names), "seconds": time.perf_counter() - start})
         yield Progress("image", index + 1, len(items), rows[-1])
@@ -208,12 +204,15 @@ def evaluate_volumes(
     samples: int | None = None,
     seed: int = 0,
 ) -> Generator[Progress, None, None]:
-    """Segment each volume and score each class; yields Progress('image', i, n, row), then 'done' with the summary."""
+    """Segment each volume and score each class; yields Progress('image', i, n, row), then 'done' with the summary.
+
+    Ticks come in between, places to stop.
+    """
     names = model.config.class_names
     rows = []
     for index, volume in enumerate(volumes):
-        result = run_to_end(segment_volume(model, volume.image, sampling_steps, samples, seed,
-                                           keep_steps=False, with_attention=False))
+        result = yield from ticks_of(segment_volume(model, volume.image, sampling_steps, samples, seed,
+                                                     keep_steps=False, with_attention=False), index, len(volumes))
         row = {"image": volume.name, **class_scores(result.labels, volume.labels, names), "seconds": result.seconds}
         rows.append(row)
         yield Progress("image", index + 1, len(volumes), row)

@@ -16,7 +16,7 @@ from napari_cdal.engine.data.patches import PatchSampler, jitter_kind
 from napari_cdal.engine.data.tiles import Tile, check_image_channels, list_tiles, load_folder, resample_tile
 from napari_cdal.engine.data.volumes import is_volume_folder, list_volumes, load_volume, training_slices
 from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP
-from napari_cdal.engine.events import Progress
+from napari_cdal.engine.events import TICK, Progress
 from napari_cdal.engine.method.grid import stretch_intensity
 from napari_cdal.engine.method.model import CdalModel, save_model
 from napari_cdal.engine.segment.evaluate import evaluate_tiles
@@ -85,6 +85,8 @@ def validation_hook(evaluate: Evaluation, out: str | Path | None = None,
         for event in evaluate(model):
             if event.stage == "done":
                 summary = event.payload
+            elif event.stage == TICK:
+                yield event
             else:
                 yield Progress("validate", event.index, event.total, event.payload)
         metrics = {k: v for k, v in summary["mean"].items() if v is not None}
