@@ -12,6 +12,7 @@ real widget is clicked. Overwrites 12_slide_field_of_view.png and 13_whole_slide
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -64,8 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     from napari_cdal._widgets._names import model_stem
     from napari_cdal._widgets.segment import OTHER_FILE
 
-    out = Path(args.out)
-    with tempfile.TemporaryDirectory() as folder:
+    out = Path(args.out).resolve()
+    # a fixed, plain folder name: the widget shows the output folder, and a random one would look odd
+    folder = Path(tempfile.gettempdir()) / "napari-cdal-slide-demo"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    try:
         slide = pyramid_mosaic(Path(folder) / "mosaic.tif")
         viewer = napari.Viewer(title="napari-cdal")
         viewer.window.resize(*WINDOW)
@@ -84,11 +89,13 @@ def main(argv: list[str] | None = None) -> int:
         shoot(viewer, out, "12_slide_field_of_view.png")
 
         viewer.layers[f"{layer.name} {model_stem(widget.selected_model_path())} mask"].visible = False
-        widget.slide_output.value = Path(folder) / "out"
+        widget.slide_output.value = folder / "out"
         wait(widget, widget.slide_button)
         viewer.reset_view()
         shoot(viewer, out, "13_whole_slide.png")
         viewer.close()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     return 0
 
 

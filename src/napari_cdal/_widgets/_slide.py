@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from napari_cdal._widgets._jobs import RunFailure, run_whole_slide
@@ -80,6 +81,7 @@ class SlideRun:
         self.last_slide = result
         self.last_seconds = time.perf_counter() - self._clicked_at
         tiff = self._slide["tiff"]
-        written = f"kept the existing {tiff.name}" if self._slide["tiff_existed"] else f"wrote {tiff}"
+        written = f"kept the existing {tiff.name}" if self._slide["tiff_existed"] else f"wrote {tiff.name}"
         self.status.value = (f"Whole slide: {result.n_nuclei} nuclei in {result.blocks} blocks, "
-                             f"{self.last_seconds:.1f} s; labels in {result.store}, {written}")
+                             f"{self.last_seconds:.1f} s; labels in {Path(result.store).name}, {written} "
+                             "(in the slide output folder)")
