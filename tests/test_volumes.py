@@ -26,7 +26,7 @@ from napari_cdal.engine.events import TICK, run_to_end
 from napari_cdal.engine.io.images import ImageError
 from napari_cdal.engine.io.volumes import read_label_volume, read_volume, volume_stem, write_volume
 from napari_cdal.engine.method.grid import stretch_intensity
-from napari_cdal.engine.method.model import CdalModel
+from napari_cdal.engine.method.model import CdalModel, bundled_models
 from napari_cdal.engine.method.sampler import foreground_of, reverse_process
 from napari_cdal.engine.segment.volume import class_scores, evaluate_volumes, segment_volume, summarise_volumes
 from napari_cdal.engine.training.step import encode_targets
@@ -248,8 +248,28 @@ def test_tiny_model_of_classes_learns_synthetic_volumes_through_the_cli(tmp_path
     assert np.allclose(written.affine, volume_affine())
     assert set(np.unique(np.asarray(written.dataobj))) <= {0, 1, 2}
     assert nibabel.load(str(tmp_path / "out" / "vol_2_uncertainty.nii.gz")).shape == (12, 24, 24)
-    code, _, err = run(capsys, "segment", data / "images" / "vol_2.nii.gz", "--out", tmp_path / "out2")
-    assert code == 1 and "cdal_hippocampus" in err and not (tmp_path / "out2" / "vol_2_labels.nii.gz").exists()
+
+
+def test_a_volume_with_an_h_and_e_model_is_refused_with_a_hint(tmp_path, capsys, tiny_model_file) -> None:
+    from conftest import run
+
+    data = _volume_folder(tmp_path / "data", 1)
+    code, _, err = run(capsys, "segment", data / "images" / "vol_0.nii.gz", "--model", tiny_model_file,
+                       "--out", tmp_path / "out")
+    assert code == 1 and "cdal_hippocampus" in err and not (tmp_path / "out" / "vol_0_labels.nii.gz").exists()
+
+
+@pytest.mark.skipif("cdal_hippocampus" not in bundled_models(), reason="no bundled hippocampus model")
+def test_volumes_take_the_bundled_volume_model_when_no_model_is_given(tmp_path, capsys) -> None:
+    from conftest import run
+
+    data = _volume_folder(tmp_path / "data", 1)
+    code, out, err = run(capsys, "segment", data / "images" / "vol_0.nii.gz", "--out", tmp_path / "out")
+    assert code == 0, err
+    assert nibabel.load(str(tmp_path / "out" / "vol_0_labels.nii.gz")).shape == (12, 24, 24)
+    code, out, err = run(capsys, "evaluate", data, "--json", tmp_path / "scores.json")
+    assert code == 0, err
+    assert json.loads((tmp_path / "scores.json").read_text())["model"].endswith("cdal_hippocampus.safetensors")
 
 
 def test_corrected_slices_are_where_the_labels_differ_else_where_they_hold_a_label() -> None:

@@ -61,6 +61,13 @@ def load_model(path: str | None, device: Any) -> Any:
     return load_model(path, device)
 
 
+def model_for(spec: str | None, volumes: bool) -> str | None:
+    """The model to load: the one asked for, else the bundled volume model for volumes, else the default (None)."""
+    from napari_cdal.engine.defaults import DEFAULT_VOLUME_MODEL
+
+    return DEFAULT_VOLUME_MODEL if spec is None and volumes else spec
+
+
 def check_sampling_steps(model: Any, args: argparse.Namespace) -> int:
     """The reverse steps to sample: the model's default, or --sampling-steps within the model's diffusion steps T."""
     if args.sampling_steps is None:

@@ -78,7 +78,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise CliError(f"no images to score: {where} is empty; a tile folder holds images/<id>.tif "
                        "next to masks/<id>.png")
     device = common.setup_torch(args)
-    model = common.load_model(args.model, device)
+    model = common.load_model(common.model_for(args.model, volumes=volumes), device)
     steps = common.check_sampling_steps(model, args)
     if volumes != model.config.is_multiclass:
         kind = "volumes" if volumes else "2-D tiles"

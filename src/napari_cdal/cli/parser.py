@@ -28,7 +28,7 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
 def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
                    help="model file (.safetensors) or bundled model name (napari-cdal info --list), e.g. "
-                        "cdal_hippocampus for .nii.gz volumes (default: the bundled H&E model, cdal_monuseg)")
+                        "cdal_hippocampus (default: cdal_monuseg, the bundled H&E model; for volumes cdal_hippocampus)")
     p.add_argument("--sampling-steps", "--steps", dest="sampling_steps", type=int, default=None,
                    help="denoising steps the mask forms in, at most the model's diffusion steps T; fewer is "
                         "faster (default: the model's own choice; the bundled model: 2)")

@@ -16,6 +16,9 @@ DEFAULT_THRESHOLD = 0.5
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 """Where to compute: auto takes a CUDA GPU when torch sees one, else the CPU."""
 
+DEFAULT_VOLUME_MODEL = "cdal_hippocampus"
+"""The bundled model a volume (.nii/.nii.gz) is segmented or scored with when no --model is given."""
+
 FINETUNE_D_LR_RATIO = 0.5
 """The discriminator's learning rate as a share of the generator's when fine-tuning."""
 
