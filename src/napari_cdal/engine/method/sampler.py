@@ -124,9 +124,8 @@ def reverse_process(
     steps) after every stage of G and D (well under a second each), where a consumer may close the
     generator. The whole batch goes through each stage at once, so ticks change no result.
     `attention_kinds` adds D's other maps (ATTENTION_MAPS) to each step's output. `shared_latent`
-    gives the K samples of an image
-    the same z at each step, so that their spread comes from the noise alone (to measure how much
-    of it z makes). Sizes are padded internally and cropped back.
+    gives the K samples of an image the same z at each step, so that their spread comes from the
+    noise alone (to measure how much of it z makes). Sizes are padded internally and cropped back.
     """
     config = model.config
     samples = config.default_samples if samples is None else samples
