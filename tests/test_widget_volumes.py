@@ -13,7 +13,7 @@ from napari_cdal._widgets._layers import TAG
 from napari_cdal._widgets.finetune import FinetuneWidget
 from napari_cdal._widgets.segment import OTHER_FILE, SegmentWidget
 from napari_cdal.engine.io.volumes import write_volume
-from napari_cdal.engine.method.model import bundled_models
+from napari_cdal.models import bundled_models
 
 pytestmark = pytest.mark.gui
 

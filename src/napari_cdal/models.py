@@ -69,6 +69,14 @@ def _is_model_file(path: Path) -> bool:
     )
 
 
+def bundled_models() -> dict[str, Path]:
+    """Every model shipped inside the package (the weights folder of the default one), by name, sorted."""
+    folder = bundled_model_file().parent
+    if not folder.is_dir():
+        return {}
+    return {path.name[: -len(MODEL_SUFFIX)]: path for path in sorted(folder.iterdir()) if _is_model_file(path)}
+
+
 def list_models(folder: str | Path | None = None) -> list[ModelEntry]:
     """The bundled models (the default first), then the *.safetensors models in `folder`, newest first.
 
@@ -76,13 +84,13 @@ def list_models(folder: str | Path | None = None) -> list[ModelEntry]:
     files are skipped, and what a killed save left there is removed (checkpoint.remove_stale_temps).
     """
     from napari_cdal.engine.io.checkpoint import remove_stale_temps
+
     entries: list[ModelEntry] = []
     bundled = bundled_model_file()
     if bundled.is_file():
         entries.append(ModelEntry(bundled.stem, bundled, True))
-    if bundled.parent.is_dir():  # the other bundled models (e.g. cdal_hippocampus) beside the default
-        others = sorted(path for path in bundled.parent.iterdir() if _is_model_file(path) and path != bundled)
-        entries.extend(ModelEntry(path.name[: -len(MODEL_SUFFIX)], path, True) for path in others)
+    # the other bundled models (e.g. cdal_hippocampus) beside the default
+    entries.extend(ModelEntry(name, path, True) for name, path in bundled_models().items() if path != bundled)
     root = Path(folder) if folder is not None else model_dir()
     if root.is_dir():
         remove_stale_temps(root)

@@ -44,7 +44,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     from napari_cdal.engine.config import ModelConfig
     from napari_cdal.engine.io.checkpoint import read_metadata
-    from napari_cdal.engine.method.model import bundled_models, resolve_model_path
+    from napari_cdal.engine.method.model import resolve_model_path
+    from napari_cdal.models import bundled_models
 
     path = resolve_model_path(args.model)
     meta = read_metadata(path)

@@ -19,6 +19,7 @@ from napari_cdal.engine.io.checkpoint import (
 )
 from napari_cdal.engine.method.networks import Discriminator, Generator
 from napari_cdal.engine.method.schedule import VPSchedule
+from napari_cdal.models import MODEL_SUFFIX, bundled_models
 
 BUNDLED_MODEL_NAME = "cdal_monuseg.safetensors"
 
@@ -95,15 +96,6 @@ def bundled_model_path() -> Path:
     return Path(str(resources.files("napari_cdal") / "weights" / BUNDLED_MODEL_NAME))
 
 
-def bundled_models() -> dict[str, Path]:
-    """Every model shipped inside the package, by name (its file name without .safetensors)."""
-    folder = bundled_model_path().parent
-    if not folder.is_dir():
-        return {}
-    return {path.name[: -len(".safetensors")]: path for path in sorted(folder.glob("*.safetensors"))
-            if not path.name.endswith(".state.safetensors")}
-
-
 def resolve_model_path(spec: str | Path | None) -> Path:
     """A model given by file or by bundled name (cdal_hippocampus); None is the default bundled model.
 
@@ -114,7 +106,7 @@ def resolve_model_path(spec: str | Path | None) -> Path:
     path = Path(spec)
     if path.exists():
         return path
-    name = path.name[: -len(".safetensors")] if path.name.endswith(".safetensors") else path.name
+    name = path.name[: -len(MODEL_SUFFIX)] if path.name.endswith(MODEL_SUFFIX) else path.name
     return bundled_models().get(name, path) if str(path) == path.name else path
 
 
