@@ -79,8 +79,9 @@ def labels_to_slices(labels: np.ndarray, config: ModelConfig) -> np.ndarray:
 
 
 def slices_to_volume(slices: np.ndarray, config: ModelConfig) -> np.ndarray:
-    """(N, H, W) per-slice maps back to the volume's axis order, the slice axis in its place."""
-    return np.moveaxis(slices, 0, config.slice_axis)
+    """(..., N, H, W) per-slice maps back to (..., Z, Y, X), the volume's axis order (the slice axis in its place)."""
+    lead = slices.ndim - 3
+    return np.ascontiguousarray(np.moveaxis(slices, lead, lead + config.slice_axis))
 
 
 def volume_tiles(volume: LabelledVolume, config: ModelConfig, indices: list[int] | None = None) -> list[Tile]:

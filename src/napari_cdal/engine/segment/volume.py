@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_cdal.engine.data.volumes import LabelledVolume, slice_stack
+from napari_cdal.engine.data.volumes import LabelledVolume, slice_stack, slices_to_volume
 from napari_cdal.engine.device import make_generator
 from napari_cdal.engine.events import TICK, Progress, ticks_of
 from napari_cdal.engine.method.grid import normalise
@@ -36,12 +36,6 @@ class VolumeResult:
     steps: np.ndarray | None
     attention: np.ndarray | None
     seconds: float
-
-
-def _in_volume_order(stack: np.ndarray, axis: int) -> np.ndarray:
-    """(..., N, H, W) maps of slices -> (..., Z, Y, X) with the slice axis back in its place."""
-    lead = stack.ndim - 3
-    return np.ascontiguousarray(np.moveaxis(stack, lead, lead + axis))
 
 
 def check_volume(volume: np.ndarray, name: str = "volume") -> np.ndarray:
@@ -87,14 +81,14 @@ def segment_volume(
     maps = yield from _sample_slices(model, stack, sampling_steps, samples, seed, keep_steps, with_attention,
                                      slices_per_batch)
     probability, uncertainty, steps, attention = maps
-    probability_volume = _in_volume_order(probability.transpose(1, 0, 2, 3), config.slice_axis).astype(np.float32)
+    probability_volume = slices_to_volume(probability.transpose(1, 0, 2, 3), config).astype(np.float32)
     labels = np.argmax(probability_volume, axis=0).astype(np.uint8)
     result = VolumeResult(
         labels,
         probability_volume,
-        None if uncertainty is None else _in_volume_order(uncertainty, config.slice_axis),
-        None if steps is None else _in_volume_order(steps, config.slice_axis),
-        None if attention is None else _in_volume_order(attention, config.slice_axis),
+        None if uncertainty is None else slices_to_volume(uncertainty, config),
+        None if steps is None else slices_to_volume(steps, config),
+        None if attention is None else slices_to_volume(attention, config),
         time.perf_counter() - start,
     )
     yield Progress("done", stack.shape[0], stack.shape[0], result)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ from napari_cdal.engine.segment.image import MARKER_SPACING_UM
 from napari_cdal.engine.segment.instances import split_binary_mask
 from napari_cdal.engine.segment.tiling import Box
 from napari_cdal.engine.segment.volume import check_volume, evaluate_slices
-from napari_cdal.engine.training.run import prepare_tiles
+from napari_cdal.engine.training.run import Evaluation, prepare_tiles
 
 MIN_REGION_UM = 8.0
 """Smallest side of a corrected region, in µm (about one nucleus)."""
@@ -59,10 +59,6 @@ class VolumeCorrection:
     labels: np.ndarray
     reference: np.ndarray | None = None
     name: str = ""
-
-
-Evaluation = Callable[[CdalModel], Generator[Progress, None, None]]
-"""Scores a model on held-back corrections: Progress events, then 'done' with a summary holding `mean`."""
 
 
 @dataclass
