@@ -84,20 +84,24 @@ def slices_to_volume(slices: np.ndarray, config: ModelConfig) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(slices, lead, lead + config.slice_axis))
 
 
-def volume_tiles(volume: LabelledVolume, config: ModelConfig, indices: list[int] | None = None) -> list[Tile]:
-    """The slices `indices` (all when None) of one volume as training tiles, named <volume>[<index>].
+def slice_tiles(name: str, images: np.ndarray, labels: np.ndarray, indices: list[int] | None = None) -> list[Tile]:
+    """The slices `indices` (all when None) of a volume's slice_stack and labels_to_slices as training tiles.
 
-    Each tile's image is H x W x C float32 (the slice and its neighbours, stretched over the whole
-    volume), its ids the class values.
+    Tiles are named <name>[<index>]; each image is H x W x C float32 (the slice and its neighbours,
+    stretched over the whole volume), its ids the class values.
     """
-    images = slice_stack(volume.image, config)
-    labels = labels_to_slices(volume.labels, config)
     tiles = []
     for index in range(images.shape[0]) if indices is None else indices:
         classes = labels[index].astype(np.uint32)
-        tiles.append(Tile(f"{volume.name}[{index}]", np.ascontiguousarray(images[index].transpose(1, 2, 0)),
+        tiles.append(Tile(f"{name}[{index}]", np.ascontiguousarray(images[index].transpose(1, 2, 0)),
                           classes > 0, classes, has_instance_truth=False))
     return tiles
+
+
+def volume_tiles(volume: LabelledVolume, config: ModelConfig, indices: list[int] | None = None) -> list[Tile]:
+    """The slices `indices` (all when None) of one volume as training tiles, named <volume>[<index>]."""
+    return slice_tiles(volume.name, slice_stack(volume.image, config), labels_to_slices(volume.labels, config),
+                       indices)
 
 
 def training_slices(volumes: list[LabelledVolume], config: ModelConfig) -> list[Tile]:

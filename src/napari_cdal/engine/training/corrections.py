@@ -13,7 +13,7 @@ from skimage import measure
 
 from napari_cdal.engine.config import ModelConfig, TrainConfig
 from napari_cdal.engine.data.tiles import Tile
-from napari_cdal.engine.data.volumes import LabelledVolume, labels_to_slices, slice_stack, volume_tiles
+from napari_cdal.engine.data.volumes import labels_to_slices, slice_stack, slice_tiles
 from napari_cdal.engine.events import Progress
 from napari_cdal.engine.io.images import to_rgb_float
 from napari_cdal.engine.labels import check_labels
@@ -283,11 +283,11 @@ def prepare_volumes(corrections: list[VolumeCorrection], config: ModelConfig, se
         held = int(round(len(chosen) * settings.holdout_fraction))
         held = held if 1 <= held < len(chosen) else 0
         train, back = chosen[:len(chosen) - held], chosen[len(chosen) - held:]
-        volume = LabelledVolume(name, image, labels, np.eye(4))
-        tiles.extend(volume_tiles(volume, config, train))
+        images, label_slices = slice_stack(image, config), labels_to_slices(labels, config)  # once per volume
+        tiles.extend(slice_tiles(name, images, label_slices, train))
         if back:
-            holdout.extend(volume_tiles(volume, config, back))
-            held_items.append((name, slice_stack(image, config)[back], labels_to_slices(labels, config)[back]))
+            holdout.extend(slice_tiles(name, images, label_slices, back))
+            held_items.append((name, images[back], label_slices[back]))
         kept = f"; {held} held back to pick the best weights" if held else ""
         notes.append(f"{who}: {len(chosen)} corrected slice(s) along axis {axis} ({rule}): "
                      f"{', '.join(map(str, chosen))}{kept}")
