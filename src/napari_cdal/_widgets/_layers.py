@@ -251,26 +251,36 @@ def show_result(
     """
     result = shown.result
     grid = Grid.of(image).shifted(origin)
-    layers: dict[str, Layer] = {}
     with keep_selection(viewer):
-        if result.steps is not None:
-            layers[STEPS] = put_image_layer(viewer, image.name, STEPS, np.asarray(result.steps, np.float32),
-                                            grid.stack(), (0.0, 1.0), model)
-        if shown.attention is not None:
-            layers[ATTENTION] = put_image_layer(viewer, image.name, ATTENTION, shown.attention, grid.stack(),
-                                                (0.0, 1.0), model)
-        if result.uncertainty is not None:
-            uncertainty = np.asarray(result.uncertainty, np.float32)
-            top = max(float(uncertainty.max()), 1e-6)
-            layers[UNCERTAINTY] = put_image_layer(viewer, image.name, UNCERTAINTY, uncertainty, grid.plane(),
-                                                  (0.0, top), model)
-        else:  # one sample has no spread: an older uncertainty layer would not belong to this mask
-            stale = find_result_layer(viewer, image.name, UNCERTAINTY, model)
-            if stale is not None:
-                viewer.layers.remove(stale)
+        layers = put_map_layers(viewer, image.name, grid, result.steps, shown.attention, result.uncertainty, model)
         labels = np.ascontiguousarray(result.labels, dtype=np.uint32)
         layers[MASK] = put_mask_layer(viewer, image.name, labels, grid.plane(), contour, shown.features, origin,
                                       model)
+    return layers
+
+
+def put_map_layers(viewer: napari.Viewer, image_name: str, grid: Grid, steps: np.ndarray | None,
+                   attention: np.ndarray | None, uncertainty: np.ndarray | None, model: str) -> dict[str, Layer]:
+    """The steps and attention stacks (attention already scaled per plane) and the uncertainty map of a run.
+
+    Shared by tiles and volumes; with no uncertainty (one sample) an older uncertainty layer of the
+    same image and model is removed, since it would not belong to the new mask.
+    """
+    layers: dict[str, Layer] = {}
+    if steps is not None:
+        layers[STEPS] = put_image_layer(viewer, image_name, STEPS, np.asarray(steps, np.float32), grid.stack(),
+                                        (0.0, 1.0), model)
+    if attention is not None:
+        layers[ATTENTION] = put_image_layer(viewer, image_name, ATTENTION, attention, grid.stack(), (0.0, 1.0), model)
+    if uncertainty is not None:
+        uncertainty = np.asarray(uncertainty, np.float32)
+        top = max(float(uncertainty.max()), 1e-6)
+        layers[UNCERTAINTY] = put_image_layer(viewer, image_name, UNCERTAINTY, uncertainty, grid.plane(), (0.0, top),
+                                              model)
+    else:
+        stale = find_result_layer(viewer, image_name, UNCERTAINTY, model)
+        if stale is not None:
+            viewer.layers.remove(stale)
     return layers
 
 

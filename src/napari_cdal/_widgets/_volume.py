@@ -7,16 +7,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_cdal._widgets._layers import (
-    ATTENTION,
     MASK,
-    STEPS,
     TAG,
-    UNCERTAINTY,
     Grid,
-    find_result_layer,
     keep_selection,
     normalise_planes,
-    put_image_layer,
+    put_map_layers,
     put_mask_layer,
 )
 
@@ -66,34 +62,16 @@ def show_volume_result(viewer: napari.Viewer, image: Image, result: VolumeResult
 def _put_volume_layers(viewer: napari.Viewer, image: Image, result: VolumeResult, model: str,
                        contour: int) -> dict[str, Layer]:
     grid = Grid.of(image, axes=3)
-    layers: dict[str, Layer] = {}
-    if result.steps is not None:
-        layers[STEPS] = put_image_layer(viewer, image.name, STEPS, np.asarray(result.steps, np.float32), grid.stack(),
-                                   (0.0, 1.0), model)
-    if result.attention is not None:
-        layers[ATTENTION] = put_image_layer(viewer, image.name, ATTENTION, normalise_planes(result.attention),
-                                       grid.stack(), (0.0, 1.0), model)
-    stale = find_result_layer(viewer, image.name, UNCERTAINTY, model)
-    if result.uncertainty is not None:
-        uncertainty = np.asarray(result.uncertainty, np.float32)
-        layers[UNCERTAINTY] = put_image_layer(viewer, image.name, UNCERTAINTY, uncertainty, grid.plane(),
-                                         (0.0, max(float(uncertainty.max()), 1e-6)), model)
-    elif stale is not None:  # one sample has no spread: an older map would not belong to this mask
-        viewer.layers.remove(stale)
+    attention = None if result.attention is None else normalise_planes(result.attention)
+    layers = put_map_layers(viewer, image.name, grid, result.steps, attention, result.uncertainty, model)
     labels = np.ascontiguousarray(result.labels, dtype=np.uint8)
     mask = put_mask_layer(viewer, image.name, labels, grid.plane(), contour, model=model,
-                     extra={RESULT: labels.copy()})
+                          extra={RESULT: labels.copy()})
     affine = image.metadata.get("affine")
     if affine is not None:
         mask.metadata["affine"] = np.asarray(affine)
     layers[MASK] = mask
     return layers
-
-
-def volume_summary(result: VolumeResult, class_names: tuple[str, ...]) -> str:
-    """Voxels per class but the background: 'anterior 1,204 voxels, posterior 998 voxels'."""
-    counts = np.bincount(result.labels.ravel(), minlength=len(class_names))
-    return ", ".join(f"{name} {int(counts[value]):,} voxels" for value, name in enumerate(class_names) if value)
 
 
 def correction_of(image: Image, labels: Any) -> dict[str, Any]:

@@ -63,7 +63,7 @@ from napari_cdal._widgets._region import (
 from napari_cdal._widgets._review import ReviewQueue
 from napari_cdal._widgets._run import WorkerRun
 from napari_cdal._widgets._slide import SlideRun
-from napari_cdal._widgets._volume import is_volume_layer, model_fit_problem, show_volume_result, volume_summary
+from napari_cdal._widgets._volume import is_volume_layer, model_fit_problem, show_volume_result
 from napari_cdal.engine.events import TICK
 
 if TYPE_CHECKING:
@@ -379,8 +379,11 @@ class SegmentWidget(SlideRun, WorkerRun, Container):
         self._review = None
         self._on_review_count_changed()
         self.last_result, self.last_seconds = result, time.perf_counter() - self._clicked_at
+        from napari_cdal.engine.segment.volume import class_voxels
+
         names = model_config(self._settings.model_path).class_names
-        self.status.value = f"{model}: {volume_summary(result, names)}; {self.last_seconds:.1f} s from click to labels"
+        found = class_voxels(result.labels, names)
+        self.status.value = f"{model}: {found}; {self.last_seconds:.1f} s from click to labels"
 
     def _on_review_count_changed(self, *_: Any) -> None:
         if self._review is not None:

@@ -137,7 +137,7 @@ def _segment_volume_file(args: argparse.Namespace, model: Any, path: Path, files
     """One NIfTI volume through engine.segment.volume; every output keeps the input's shape and affine."""
     from napari_cdal.engine.events import TICK, run_to_end
     from napari_cdal.engine.io.volumes import read_volume, write_volume
-    from napari_cdal.engine.segment.volume import segment_volume
+    from napari_cdal.engine.segment.volume import class_voxels, segment_volume
 
     volume = read_volume(path)
     bar = common.progress(0, path.name, "slice")
@@ -159,9 +159,8 @@ def _segment_volume_file(args: argparse.Namespace, model: Any, path: Path, files
             "attention": None if result.attention is None else result.attention.transpose(1, 2, 3, 0)}
     for kind, file in files.items():
         write_volume(file, maps[kind], volume.affine)
-    counts = {name: int((result.labels == value).sum()) for value, name in enumerate(model.config.class_names)}
-    found = ", ".join(f"{name} {count} voxels" for name, count in list(counts.items())[1:])
-    print(f"{path.name}: {found}, {result.seconds:.1f} s -> {files['labels']}")
+    print(f"{path.name}: {class_voxels(result.labels, model.config.class_names)}, {result.seconds:.1f} s "
+          f"-> {files['labels']}")
 
 
 def _check_uncertainty_has_samples(args: argparse.Namespace, samples: int) -> None:

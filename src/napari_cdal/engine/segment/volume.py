@@ -168,6 +168,12 @@ def evaluate_slices(
     yield Progress("done", len(items), len(items), summarise_volumes(rows, names))
 
 
+def class_voxels(labels: np.ndarray, class_names: tuple[str, ...]) -> str:
+    """Voxels per class but the background, in words: 'anterior 1,204 voxels, posterior 998 voxels'."""
+    counts = np.bincount(np.asarray(labels).ravel(), minlength=len(class_names))
+    return ", ".join(f"{name} {int(counts[value]):,} voxels" for value, name in enumerate(class_names) if value)
+
+
 def class_scores(predicted: np.ndarray, truth: np.ndarray, class_names: tuple[str, ...]) -> dict[str, float]:
     """Dice and IoU of each class but the background: `dice_<name>`, `iou_<name>` (1 when both are empty)."""
     if predicted.shape != truth.shape:
