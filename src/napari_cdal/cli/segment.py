@@ -255,13 +255,14 @@ def _segment_all(args: argparse.Namespace, model: Any, images: list[Path], slide
     """Each image in turn: a slide through engine.slide (on the cluster if any), a tile in memory."""
     from napari_cdal.engine.events import TICK, run_to_end
     from napari_cdal.engine.io.images import ImageError, read_image
+    from napari_cdal.engine.io.volumes import is_volume_path
     from napari_cdal.engine.segment.image import segment_image
 
     for path in images:
         if path in slides:
             _segment_slide(args, model, path, outputs[path], steps, samples, client)
             continue
-        if path.name.lower().endswith((".nii", ".nii.gz")):
+        if is_volume_path(path):
             _segment_volume_file(args, model, path, outputs[path], steps, samples)
             continue
         pixels = read_image(path)

@@ -172,9 +172,8 @@ def load_folder(root: str | Path, names: list[str] | None = None, channels: int 
     return [load_tile(root, name, channels) for name in names]
 
 
-def _is_colour(path: Path) -> bool:
-    """True when an image file holds colour: three or four channels that are not all the same."""
-    shape = read_header(path).shape
+def _is_colour(path: Path, shape: tuple[int, ...]) -> bool:
+    """True when an image file (of header `shape`) holds colour: three or four channels that are not all the same."""
     if len(shape) != 3 or shape[-1] == 1:
         return False
     pixels = read_image(path)[..., :3]
@@ -196,7 +195,7 @@ def check_image_channels(root: str | Path, names: list[str], channels: int) -> N
         if channels == 3 and (len(shape) == 2 or shape[-1] == 1):
             raise ValueError(f"{path} is a grayscale image but the model is an RGB (H&E) model; train grayscale "
                              "images with --config grayscale (or a JSON config with image_channels 1)")
-        if channels == 1 and _is_colour(path):
+        if channels == 1 and _is_colour(path, shape):
             raise ValueError(f"{path} is a colour image but the model is a grayscale one; train colour (H&E) "
                              "images with an RGB preset (e.g. --config medium), or save them as grayscale")
 
