@@ -120,6 +120,16 @@ def pause_after_first_event(monkeypatch: pytest.MonkeyPatch, module: ModuleType,
     return resume
 
 
+def click_and_wait(qtbot, widget, button, timeout: int = 120_000) -> str:
+    """Click a widget's run button like a user and wait for the run to end; return its outcome."""
+    outcomes: list[str] = []
+    widget.run_finished.connect(outcomes.append)
+    button.native.click()
+    qtbot.waitUntil(lambda: bool(outcomes), timeout=timeout)
+    widget.run_finished.disconnect(outcomes.append)
+    return outcomes[0]
+
+
 @pytest.fixture(autouse=True)
 def _keep_torch_threads():
     """`--threads` changes torch's global thread count in-process; put it back after each test."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import blob_tile, count_network_passes, hold_at_tick, pause_after_first_event
+from conftest import blob_tile, click_and_wait, count_network_passes, hold_at_tick, pause_after_first_event
 from skimage.draw import disk
 
 from napari_cdal._widgets._layers import TAG
@@ -120,12 +120,7 @@ def improved(monkeypatch):
 
 def click_finetune(qtbot, widget: FinetuneWidget, timeout: int = TIMEOUT_MS) -> str:
     """Click Fine-tune like a user and wait for the run to end; return its outcome."""
-    outcomes: list[str] = []
-    widget.run_finished.connect(outcomes.append)
-    widget.finetune_button.native.click()
-    qtbot.waitUntil(lambda: bool(outcomes), timeout=timeout)
-    widget.run_finished.disconnect(outcomes.append)
-    return outcomes[0]
+    return click_and_wait(qtbot, widget, widget.finetune_button, timeout)
 
 
 # ----------------------------------------------------------------------------- the whole round trip

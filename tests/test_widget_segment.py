@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import blob_tile, count_network_passes, hold_at_tick, pause_after_first_event
+from conftest import blob_tile, click_and_wait, count_network_passes, hold_at_tick, pause_after_first_event
 
 from napari_cdal._widgets._layers import CONTOUR_WIDTH, PREVIEW_SUFFIX, TAG, image_mpp
 from napari_cdal._widgets._review import viewer_camera
@@ -48,12 +48,7 @@ def use_model(widget: SegmentWidget, path: Path) -> None:
 
 def click_segment(qtbot, widget: SegmentWidget, timeout: int = TIMEOUT_MS) -> str:
     """Click Segment like a user and wait for the run to end; return its outcome."""
-    outcomes: list[str] = []
-    widget.run_finished.connect(outcomes.append)
-    widget.segment_button.native.click()
-    qtbot.waitUntil(lambda: bool(outcomes), timeout=timeout)
-    widget.run_finished.disconnect(outcomes.append)
-    return outcomes[0]
+    return click_and_wait(qtbot, widget, widget.segment_button, timeout)
 
 
 def result_layers(viewer) -> list:

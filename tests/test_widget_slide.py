@@ -7,12 +7,11 @@ import functools
 import numpy as np
 import pytest
 import tifffile
-from conftest import blob_tile, pause_after_first_event
+from conftest import blob_tile, click_and_wait, pause_after_first_event
 from test_widget_segment import PLUGIN, TIMEOUT_MS, click_segment, dock, use_model
 
 from napari_cdal._widgets._layers import TAG
 from napari_cdal._widgets._review import viewer_camera
-from napari_cdal._widgets.segment import SegmentWidget
 
 pytestmark = pytest.mark.gui
 
@@ -115,15 +114,6 @@ def small_blocks(monkeypatch):
     return stitch
 
 
-def click_slide(qtbot, widget: SegmentWidget) -> str:
-    outcomes: list[str] = []
-    widget.run_finished.connect(outcomes.append)
-    widget.slide_button.native.click()
-    qtbot.waitUntil(lambda: bool(outcomes), timeout=TIMEOUT_MS)
-    widget.run_finished.disconnect(outcomes.append)
-    return outcomes[0]
-
-
 def test_whole_slide_fills_a_multiscale_labels_layer_from_its_store_and_resumes(
     qtbot, opened, slide, small_blocks, monkeypatch, tmp_path
 ) -> None:
@@ -148,7 +138,8 @@ def test_whole_slide_fills_a_multiscale_labels_layer_from_its_store_and_resumes(
     assert 0 < len(done) < 4 and not (out / "slide_labels.tif").exists()
     labels = viewer.layers[name]
 
-    assert click_slide(qtbot, widget) == "done"  # goes on from the blocks already done
+    # goes on from the blocks already done
+    assert click_and_wait(qtbot, widget, widget.slide_button, TIMEOUT_MS) == "done"
     assert viewer.layers[name] is labels and zarr.open_array(store, mode="r").attrs["done"] == [0, 1, 2, 3]
     assert labels.multiscale and [tuple(level.shape) for level in labels.data] == [(256, 256), (128, 128), (64, 64),
                                                                                       (32, 32)]
@@ -161,7 +152,8 @@ def test_whole_slide_fills_a_multiscale_labels_layer_from_its_store_and_resumes(
     assert f"{widget.last_slide.n_nuclei} nuclei in 4 blocks" in widget.status.value
 
     before = (out / "slide_labels.tif").stat().st_mtime_ns
-    assert click_slide(qtbot, widget) == "done"  # a finished store: nothing to do, and no file replaced
+    # a finished store: nothing to do, and no file replaced
+    assert click_and_wait(qtbot, widget, widget.slide_button, TIMEOUT_MS) == "done"
     assert (out / "slide_labels.tif").stat().st_mtime_ns == before and "kept the existing" in widget.status.value
 
 

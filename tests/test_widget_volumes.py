@@ -7,7 +7,7 @@ from pathlib import Path
 import nibabel
 import numpy as np
 import pytest
-from conftest import TINY_CLASSES, blob_tile, pause_after_first_event, synthetic_volume, volume_affine
+from conftest import TINY_CLASSES, blob_tile, click_and_wait, pause_after_first_event, synthetic_volume, volume_affine
 
 from napari_cdal._widgets._layers import TAG
 from napari_cdal._widgets.finetune import FinetuneWidget
@@ -126,16 +126,6 @@ def open_volume(viewer, path: Path):
     return layer
 
 
-def click(qtbot, widget, button) -> str:
-    """Click a widget's run button like a user and wait for the run to end; return its outcome."""
-    outcomes: list[str] = []
-    widget.run_finished.connect(outcomes.append)
-    button.native.click()
-    qtbot.waitUntil(lambda: bool(outcomes), timeout=TIMEOUT_MS)
-    widget.run_finished.disconnect(outcomes.append)
-    return outcomes[0]
-
-
 def test_segment_on_a_volume_gives_aligned_3d_labels_and_4d_stacks(
     qtbot, monkeypatch, make_napari_viewer, volume_files, classes_model_file
 ) -> None:
@@ -153,7 +143,7 @@ def test_segment_on_a_volume_gives_aligned_3d_labels_and_4d_stacks(
     image = open_volume(viewer, volume_files[0])
     widget: SegmentWidget = dock(viewer, "Segment", classes_model_file)
     widget.samples.value = 2
-    assert click(qtbot, widget, widget.segment_button) == "done"
+    assert click_and_wait(qtbot, widget, widget.segment_button) == "done"
     assert bar[-1] == (12, 12), "the bar counts slices"
     names = [layer.name for layer in viewer.layers]
     assert names == ["vol", *(f"vol {MODEL} {kind}" for kind in ("steps", "attention", "uncertainty", "mask"))]
@@ -222,7 +212,7 @@ def test_finetune_learns_from_the_corrected_slices_of_a_volume(
     viewer = make_napari_viewer()
     open_volume(viewer, volume_files[0])
     segment: SegmentWidget = dock(viewer, "Segment", classes_model_file)
-    assert click(qtbot, segment, segment.segment_button) == "done"
+    assert click_and_wait(qtbot, segment, segment.segment_button) == "done"
     mask = viewer.layers[f"vol {MODEL} mask"]
     for z in (3, 4):  # the user corrects two slices with the brush
         mask.selected_label = 1 + mask.data[z, 10, 10] % 2
@@ -233,7 +223,7 @@ def test_finetune_learns_from_the_corrected_slices_of_a_volume(
     (row,) = finetune.pair_rows
     assert row.image.value is viewer.layers["vol"] and row.labels.value is mask
     name = finetune.name.value
-    assert click(qtbot, finetune, finetune.finetune_button) == "done"
+    assert click_and_wait(qtbot, finetune, finetune.finetune_button) == "done"
 
     new_model = models / f"{name}.safetensors"
     assert sorted(p.name for p in models.iterdir()) == [new_model.name]
@@ -258,7 +248,7 @@ def test_the_sample_volume_is_segmented_by_the_bundled_hippocampus_model(qtbot, 
     widget = dock(viewer, "Segment")
     widget.image.value = layer
     widget.model.value = next(choice for choice in widget.model.choices if "cdal_hippocampus" in str(choice))
-    assert click(qtbot, widget, widget.segment_button) == "done"
+    assert click_and_wait(qtbot, widget, widget.segment_button) == "done"
     (mask,) = [item for item in viewer.layers if type(item).__name__ == "Labels"]
     assert "cdal_hippocampus" in mask.name and mask.data.shape == layer.data.shape
     truth = read_label_volume(Path(__file__).parent / "data" / "hippocampus_276_labels.nii.gz", 3).data
