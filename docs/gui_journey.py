@@ -22,7 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-WINDOW = (1500, 950)
+from screenshots import WINDOW, settle, shoot
+
 TICK_MS = 10
 HERE = Path(__file__).parent
 
@@ -51,26 +52,6 @@ class FreezeMeter:
 
     def __exit__(self, *_: object) -> None:
         self._timer.stop()
-
-
-def settle(seconds: float = 0.3) -> None:
-    """Let Qt draw (and the worker's signals arrive) for a moment."""
-    from qtpy.QtWidgets import QApplication
-
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        QApplication.processEvents()
-        time.sleep(0.01)
-
-
-def shoot(viewer, out: Path, name: str) -> None:
-    """Save a screenshot of the window as a 256-colour PNG."""
-    from PIL import Image
-
-    settle()
-    pixels = viewer.screenshot(canvas_only=False, flash=False)
-    Image.fromarray(pixels[..., :3]).quantize(colors=256).save(out / name, optimize=True)
-    print(f"wrote {out / name}")
 
 
 def click_and_wait(widget, button, cancel_after: float | None = None) -> tuple[str, float | None]:
