@@ -175,25 +175,28 @@ def test_finetune_writes_a_new_model_that_segment_selects_and_back_undoes(
     assert finetune.finetune_button.enabled and not finetune.cancel_button.enabled
 
 
-def test_the_progress_bar_shows_the_loss(
+def test_the_progress_bar_counts_the_steps_and_shows_the_loss_in_its_tooltip(
     qtbot, monkeypatch, make_napari_viewer, tiny_model_file, model_folder
 ) -> None:
-    from napari.utils import progress
+    from napari_cdal._widgets._run import RunProgress
 
-    descriptions: list[str] = []
-    original = progress.set_description
+    shown: list[tuple[str, str]] = []  # the bar's text and tooltip after each step
+    original = RunProgress.update
 
-    def spy(self, desc: str) -> None:
-        original(self, desc)
-        descriptions.append(desc)
+    def spy(self, n: int = 1) -> None:
+        original(self, n)
+        bar = finetune.progress_bar
+        shown.append((bar.native.text(), bar.tooltip))
 
-    monkeypatch.setattr(progress, "set_description", spy)
+    monkeypatch.setattr(RunProgress, "update", spy)
     viewer = make_napari_viewer()
     add_image(viewer)
     add_corrected_mask(viewer)
     _, finetune = dock_both(viewer, tiny_model_file)
     assert click_finetune(qtbot, finetune) == "done"
-    assert len([d for d in descriptions if d.startswith("cDAL: fine-tuning, loss ")]) == STEPS
+    assert [text for text, _ in shown] == [f"{i} of {STEPS}" for i in range(1, STEPS + 1)]
+    assert all(tip.startswith(f"the generator's loss at step {i}: ") for i, (_, tip) in enumerate(shown, 1))
+    assert finetune.progress_bar.value == 0 and "loss" not in finetune.progress_bar.tooltip
 
 
 def test_a_binary_mask_is_split_with_a_visible_note(

@@ -119,8 +119,8 @@ def test_segment_gives_four_layers_on_the_image_grid(qtbot, viewer_widget) -> No
 def one_event_at_a_time(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     """Make the engine wait after each event until the returned event is set (once it is handled).
 
-    napari's progress bar calls processEvents() in `update`, so an event the worker has already
-    queued would be handled inside the handler of the one before; waiting keeps each one apart.
+    Waiting keeps each event apart: one the worker has already queued is never handled inside the
+    handler of the one before, whatever that handler does.
     Ticks are not waited on: the widget lets them pass unhandled.
     """
     import napari_cdal.engine.segment.image as engine_segment
@@ -143,8 +143,9 @@ def one_event_at_a_time(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
 def test_progress_moves_per_step_and_tile_while_the_ui_keeps_running(
     qtbot, monkeypatch, make_napari_viewer, tiny_model_file
 ) -> None:
-    from napari.utils import progress
     from qtpy.QtCore import QTimer
+
+    from napari_cdal._widgets._run import RunProgress
 
     handled = one_event_at_a_time(monkeypatch)
 
@@ -153,17 +154,20 @@ def test_progress_moves_per_step_and_tile_while_the_ui_keeps_running(
     widget = dock(viewer)
     use_model(widget, tiny_model_file)
     seen: list[tuple[int, int]] = []
-    original_update = progress.update
+    drawn: list[int] = []  # steps of the preview's steps layer with something in them, at each event
+    original_update = RunProgress.update
 
     def spy(self, n: int = 1) -> None:
         original_update(self, n)
         seen.append((self.n, self.total))
+        running = viewer.layers[f"{LAYER} steps {PREVIEW_SUFFIX}"].data
+        drawn.append(int(running.any(axis=(1, 2)).sum()))
         handled.set()
 
-    monkeypatch.setattr(progress, "update", spy)
+    monkeypatch.setattr(RunProgress, "update", spy)
     previews = []
     viewer.layers.events.inserted.connect(
-        lambda event: previews.append(event.value) if PREVIEW_SUFFIX in event.value.name else None
+        lambda event: previews.append((event.value, event.value.name)) if PREVIEW_SUFFIX in event.value.name else None
     )
     ticks: list[bool] = []
     timer = QTimer()
@@ -173,14 +177,13 @@ def test_progress_moves_per_step_and_tile_while_the_ui_keeps_running(
     assert click_segment(qtbot, widget) == "done"
     timer.stop()
     assert seen == [(i, 16) for i in range(1, 17)]  # 4 tiles x 4 steps
+    assert widget.progress_bar.value == 0 and widget.progress_bar.native.format() == "", "empty again after the run"
     assert sum(ticks) >= 5, "the event loop must keep running while the worker computes"
-    assert {layer.name for layer in previews} == {
-        f"{LAYER} steps {PREVIEW_SUFFIX}",
-        f"{LAYER} attention {PREVIEW_SUFFIX}",
-    }
-    assert all(layer not in viewer.layers for layer in previews)
-    live_steps = next(layer for layer in previews if "steps" in layer.name).data
-    assert all(plane.any() for plane in live_steps), "every step was drawn live"
+    assert {name for _, name in previews} == {f"{LAYER} steps {PREVIEW_SUFFIX}", f"{LAYER} attention {PREVIEW_SUFFIX}"}
+    assert drawn[-1] == 4 and drawn == sorted(drawn), "every step was drawn live, in order"
+    # the previews became the result layers: nothing added for them at the end, nothing left running
+    assert [layer for layer, _ in previews] == [viewer.layers[f"{LAYER} steps"], viewer.layers[f"{LAYER} attention"]]
+    assert not any(PREVIEW_SUFFIX in layer.name for layer in viewer.layers)
 
 
 # ----------------------------------------------------------------------------- re-runs and edits
@@ -291,13 +294,43 @@ def test_cancel_leaves_the_previous_result_as_it_was(qtbot, viewer_widget, pause
     viewer, widget = viewer_widget
     paused_engine.set()
     assert click_segment(qtbot, widget) == "done"
-    before = [(layer.name, layer, np.array(layer.data)) for layer in viewer.layers]
+    before = [(layer.name, layer, np.array(layer.data), layer.visible, np.array(layer.translate))
+              for layer in viewer.layers]
     paused_engine.clear()
     widget.seed.value = 7
     assert cancel_mid_run(qtbot, viewer, widget, paused_engine) == "cancelled"
-    assert [layer.name for layer in viewer.layers] == [name for name, _, _ in before]
-    for name, layer, data in before:
+    assert [layer.name for layer in viewer.layers] == [name for name, *_ in before]
+    for name, layer, data, visible, translate in before:
         assert viewer.layers[name] is layer and np.array_equal(layer.data, data), name
+        assert layer.visible == visible and np.array_equal(layer.translate, translate), name
+
+
+def test_a_rerun_previews_in_the_earlier_maps_and_adds_or_removes_no_layer(qtbot, viewer_widget, paused_engine) -> None:
+    # each layer added costs the canvas a new visual and each removed one a garbage collection, so
+    # a rerun of the same model borrows its steps and attention layers for the preview
+    viewer, widget = viewer_widget
+    paused_engine.set()
+    assert click_segment(qtbot, widget) == "done"
+    steps, attention = viewer.layers[f"{LAYER} steps"], viewer.layers[f"{LAYER} attention"]
+    attention.visible = True  # the user looks at the attention; the steps stay hidden
+    first_steps = steps.data.copy()
+    changes: list[str] = []
+    viewer.layers.events.inserted.connect(lambda event: changes.append(f"added {event.value.name}"))
+    viewer.layers.events.removed.connect(lambda event: changes.append(f"removed {event.value.name}"))
+    paused_engine.clear()
+    widget.seed.value = 7
+    outcomes: list[str] = []
+    widget.run_finished.connect(outcomes.append)
+    widget.segment_button.native.click()
+    qtbot.waitUntil(lambda: steps.name.endswith(PREVIEW_SUFFIX), timeout=TIMEOUT_MS)
+    assert steps.visible and attention.name == f"{LAYER} attention {PREVIEW_SUFFIX}"
+    assert not steps.data[1:].any(), "the preview starts empty and has drawn the first step only"
+    paused_engine.set()
+    qtbot.waitUntil(lambda: bool(outcomes), timeout=TIMEOUT_MS)
+    assert outcomes == ["done"] and changes == []
+    assert viewer.layers[f"{LAYER} steps"] is steps and viewer.layers[f"{LAYER} attention"] is attention
+    assert not steps.visible and attention.visible, "each map's visibility is the user's again"
+    assert steps.data.shape == first_steps.shape and not np.array_equal(steps.data, first_steps), "the new seed's steps"
 
 
 def test_deleting_the_widget_mid_run_stops_the_worker_and_the_preview(

@@ -129,16 +129,16 @@ def open_volume(viewer, path: Path):
 def test_segment_on_a_volume_gives_aligned_3d_labels_and_4d_stacks(
     qtbot, monkeypatch, make_napari_viewer, volume_files, classes_model_file
 ) -> None:
-    from napari.utils import progress
+    from napari_cdal._widgets._run import RunProgress
 
     bar: list[tuple[int, int]] = []
-    original = progress.update
+    original = RunProgress.update
 
     def spy(self, n: int = 1) -> None:
         original(self, n)
         bar.append((self.n, self.total))
 
-    monkeypatch.setattr(progress, "update", spy)
+    monkeypatch.setattr(RunProgress, "update", spy)
     viewer = make_napari_viewer()
     image = open_volume(viewer, volume_files[0])
     widget: SegmentWidget = dock(viewer, "Segment", classes_model_file)

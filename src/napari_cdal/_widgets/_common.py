@@ -7,7 +7,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, FloatSpinBox, Label, PushButton
+from magicgui.widgets import ComboBox, FloatSpinBox, Label, ProgressBar, PushButton
 
 from napari_cdal._widgets._layers import DEFAULT_IMAGE_MPP, TAG, image_mpp
 
@@ -77,6 +77,16 @@ def status_label() -> Label:
     status.native.setWordWrap(True)
     status.native.setMinimumWidth(STATUS_MIN_WIDTH)
     return status
+
+
+IDLE_PROGRESS_TIP = "how far the current run has got; empty between runs"
+
+
+def progress_bar() -> ProgressBar:
+    """The widget's own progress bar, above the status line: '<done> of <total>' during a run, empty between runs."""
+    bar = ProgressBar(label="progress", min=0, max=1, value=0, tooltip=IDLE_PROGRESS_TIP)
+    bar.native.setFormat("")
+    return bar
 
 
 PLUGIN_WIDGET = "napari-cdal widget"

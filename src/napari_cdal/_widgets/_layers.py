@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -180,19 +180,26 @@ def put_image_layer(
     grid: dict[str, Any],
     contrast_limits: tuple[float, float],
     model: str | None = None,
+    spare: Image | None = None,
 ) -> Image:
-    """Add the result image layer of (image, kind[, model]), or update the one there in place."""
+    """Add the result image layer of (image, kind[, model]), or update the one there in place.
+
+    With no such layer, `spare` (the run's preview layer of this kind, on the same grid) becomes it:
+    renamed, tagged and styled, so nothing is added, and nothing removed (napari runs a full garbage
+    collection for each layer removed, a fifth of a second with torch loaded).
+    """
     layer = find_result_layer(viewer, image_name, kind, model)
+    name = layer_name(image_name if model is None else f"{image_name} {model}", kind)
+    tag = {"image": image_name, "kind": kind, **({} if model is None else {"model": model})}
+    if layer is None and spare is None:
+        return viewer.add_image(data, name=name, contrast_limits=contrast_limits, metadata={TAG: tag}, **grid,
+                                **STYLES[kind])
     if layer is None:
-        tag = {"image": image_name, "kind": kind, **({} if model is None else {"model": model})}
-        return viewer.add_image(
-            data,
-            name=layer_name(image_name if model is None else f"{image_name} {model}", kind),
-            contrast_limits=contrast_limits,
-            metadata={TAG: tag},
-            **grid,
-            **STYLES[kind],
-        )
+        layer = spare
+        layer.name = name
+        layer.metadata = {TAG: tag}
+        for key, value in STYLES[kind].items():
+            setattr(layer, key, value)
     layer.data = data
     for key, value in grid.items():
         setattr(layer, key, value)
@@ -241,18 +248,20 @@ def prepare_result(result: SegmentationResult, mpp: float) -> ShownResult:
 
 def show_result(
     viewer: napari.Viewer, image: Image, shown: ShownResult, contour: int, model: str,
-    origin: tuple[int, int] = (0, 0),
+    origin: tuple[int, int] = (0, 0), spares: dict[str, Image] | None = None,
 ) -> dict[str, Layer]:
     """Put a result into the layers named after `image` and `model` (updated in place where possible).
 
     `origin` is where the segmented part starts in the image's full-resolution pixels (row, column):
-    the layers are translated there, and the mask's metadata keeps it for the writers. The user's
-    selected layer and tool stay as they were.
+    the layers are translated there, and the mask's metadata keeps it for the writers. `spares` are
+    the run's preview layers by kind, taken over where no result layer of their kind exists. The
+    user's selected layer and tool stay as they were.
     """
     result = shown.result
     grid = Grid.of(image).shifted(origin)
     with keep_selection(viewer):
-        layers = put_map_layers(viewer, image.name, grid, result.steps, shown.attention, result.uncertainty, model)
+        layers = put_map_layers(viewer, image.name, grid, result.steps, shown.attention, result.uncertainty, model,
+                                spares)
         labels = np.ascontiguousarray(result.labels, dtype=np.uint32)
         layers[MASK] = put_mask_layer(viewer, image.name, labels, grid.plane(), contour, shown.features, origin,
                                       model)
@@ -260,18 +269,22 @@ def show_result(
 
 
 def put_map_layers(viewer: napari.Viewer, image_name: str, grid: Grid, steps: np.ndarray | None,
-                   attention: np.ndarray | None, uncertainty: np.ndarray | None, model: str) -> dict[str, Layer]:
+                   attention: np.ndarray | None, uncertainty: np.ndarray | None, model: str,
+                   spares: dict[str, Image] | None = None) -> dict[str, Layer]:
     """The steps and attention stacks (attention already scaled per plane) and the uncertainty map of a run.
 
-    Shared by tiles and volumes; with no uncertainty (one sample) an older uncertainty layer of the
-    same image and model is removed, since it would not belong to the new mask.
+    Shared by tiles and volumes; `spares` are preview layers by kind that may become the stacks (see
+    put_image_layer). With no uncertainty (one sample) an older uncertainty layer of the same image
+    and model is removed, since it would not belong to the new mask.
     """
+    spares = spares or {}
     layers: dict[str, Layer] = {}
     if steps is not None:
         layers[STEPS] = put_image_layer(viewer, image_name, STEPS, np.asarray(steps, np.float32), grid.stack(),
-                                        (0.0, 1.0), model)
+                                        (0.0, 1.0), model, spares.get(STEPS))
     if attention is not None:
-        layers[ATTENTION] = put_image_layer(viewer, image_name, ATTENTION, attention, grid.stack(), (0.0, 1.0), model)
+        layers[ATTENTION] = put_image_layer(viewer, image_name, ATTENTION, attention, grid.stack(), (0.0, 1.0), model,
+                                            spares.get(ATTENTION))
     if uncertainty is not None:
         uncertainty = np.asarray(uncertainty, np.float32)
         top = max(float(uncertainty.max()), 1e-6)
@@ -296,10 +309,14 @@ def result_features(result: SegmentationResult, mpp: float) -> dict[str, np.ndar
 
 
 class LivePreview:
-    """x̂0 and attention stacks that fill in as steps arrive, in their own `(running)` layers.
+    """x̂0 and attention stacks that fill in as steps arrive, each in a `(running)` layer.
 
-    The result layers are left alone during a run; `remove()` takes the preview away when the run
-    ends, whether it finished or was cancelled.
+    A run adds and removes as few layers as it can, since each added layer costs the canvas a new
+    visual and each removed one a full garbage collection in napari (a fifth of a second each with
+    torch loaded). A result layer of the same image, model and kind from an earlier run is borrowed
+    for the preview and given back as it was when the run is cancelled or fails; where there is none,
+    a new preview layer is added, and it becomes the result layer when the run finishes (show_result's
+    `spares`). `end()` gives back or takes away whatever did not become a result.
     """
 
     def __init__(self, viewer: napari.Viewer, image: Image, size: tuple[int, int], model: str,
@@ -310,31 +327,53 @@ class LivePreview:
         self._grid = Grid.of(image).shifted(origin).stack()
         self._size = size
         self._removed = False
+        self._borrowed: dict[str, dict[str, Any]] = {}
+        """kind -> the borrowed result layer's data, name, visibility and grid before the run."""
         self.layers: dict[str, Image] = {}
+
+    def _borrow(self, kind: str, n_steps: int) -> Image | None:
+        """The earlier result layer of this kind, emptied for the preview and renamed `(running)`; None if none."""
+        layer = find_result_layer(self._viewer, self._image_name, kind, self._model)
+        if layer is None:
+            return None
+        self._borrowed[kind] = {"data": layer.data, "name": layer.name, "visible": layer.visible,
+                                **{key: getattr(layer, key) for key in self._grid}}
+        layer.data = np.zeros((n_steps, *self._size), np.float32)
+        for key, value in self._grid.items():
+            setattr(layer, key, value)
+        layer.name = f"{layer.name} {PREVIEW_SUFFIX}"
+        layer.visible = True
+        return layer
+
+    def _add(self, kind: str, n_steps: int) -> Image | None:
+        """A new `(running)` layer of this kind; None if the run ended while napari was adding it."""
+        style = {"colormap": "gray"} if kind == STEPS else {"colormap": "inferno", "blending": "additive"}
+        with keep_selection(self._viewer):
+            layer = self._viewer.add_image(
+                np.zeros((n_steps, *self._size), np.float32),
+                contrast_limits=(0.0, 1.0),
+                name=f"{layer_name(f'{self._image_name} {self._model}', kind)} {PREVIEW_SUFFIX}",
+                metadata={TAG: {"image": self._image_name, "kind": f"{kind} preview", "model": self._model}},
+                **self._grid,
+                **style,
+            )
+        if self._removed:  # the run ended (napari processed events) while the layer was being added
+            self._viewer.layers.remove(layer)
+            return None
+        return layer
 
     def _layer(self, kind: str, n_steps: int) -> Image | None:
         if kind not in self.layers:
-            style = (
-                {"colormap": "gray"}
-                if kind == STEPS
-                else {"colormap": "inferno", "blending": "additive"}
-            )
-            with keep_selection(self._viewer):
-                layer = self._viewer.add_image(
-                    np.zeros((n_steps, *self._size), np.float32),
-                    contrast_limits=(0.0, 1.0),
-                    name=f"{layer_name(f'{self._image_name} {self._model}', kind)} {PREVIEW_SUFFIX}",
-                    metadata={TAG: {"image": self._image_name, "kind": f"{kind} preview", "model": self._model}},
-                    **self._grid,
-                    **style,
-                )
-            if (
-                self._removed
-            ):  # the run ended (napari processed events) while the layer was being added
-                self._viewer.layers.remove(layer)
+            layer = self._borrow(kind, n_steps) or self._add(kind, n_steps)
+            if layer is None:
                 return None
             self.layers[kind] = layer
         return self.layers[kind]
+
+    def spares(self) -> dict[str, Image]:
+        """The preview layers this run added (not borrowed) that are still in the viewer, by kind."""
+        return {kind: layer for kind, layer in self.layers.items()
+                if kind not in self._borrowed and layer in self._viewer.layers}
 
     def update(self, step: StepUpdate) -> None:
         """Write one tile's step into the preview and move the step slider there."""
@@ -352,14 +391,32 @@ class LivePreview:
             layer.refresh()
         self._viewer.dims.set_point(self._viewer.dims.ndim - 3, step.step + 1)  # the step axis runs 1..T
 
-    def remove(self) -> None:
-        """Take the preview layers out of the viewer (safe to call twice)."""
+    def end(self, results: Iterable[Layer] = ()) -> None:
+        """The run is over: preview layers in `results` stay (a borrowed one gets its name and visibility
+        back), other borrowed layers get back all they had, other added ones are removed. Safe to call twice."""
         self._removed = True
-        with keep_selection(self._viewer):
-            for layer in self.layers.values():
-                if layer in self._viewer.layers:
-                    self._viewer.layers.remove(layer)
+        kept = list(results)
+        gone = []
+        for kind, layer in self.layers.items():
+            if layer not in self._viewer.layers:
+                continue
+            result = any(layer is other for other in kept)
+            before = self._borrowed.get(kind)
+            if before is None:
+                if not result:
+                    gone.append(layer)
+                continue
+            restored = ("name", "visible") if result else tuple(before)
+            for key in restored:
+                setattr(layer, key, before[key])
+        if gone:
+            layers = getattr(self._viewer.layers, "__wrapped__", self._viewer.layers)
+            batched = getattr(layers, "batched_update", contextlib.nullcontext)  # one redraw and collection for all
+            with keep_selection(self._viewer), batched():
+                for layer in gone:
+                    layers.remove(layer)
         self.layers.clear()
+        self._borrowed.clear()
 
 
 def show_slide_labels(viewer: napari.Viewer, image: Image, levels: list[Any], store: str) -> Labels:

@@ -24,7 +24,6 @@ class SlideRun:
 
     def start_slide(self, *_: Any) -> None:
         """Segment the whole slide behind the image layer in a worker, its labels filling in as blocks finish."""
-        from napari.utils import progress
         from napari.utils.notifications import show_error
 
         from napari_cdal.engine.checks import InputError
@@ -49,7 +48,7 @@ class SlideRun:
         resumed = " (resuming)" if store.exists() else ""
         self._launch(run_whole_slide, slide, store, tiff, self._settings,
                      status=f"Whole slide: segmenting {slide.name} into {store}{resumed}…",
-                     progress=progress(total=0, desc=f"cDAL: whole slide {slide.name}"))
+                     total=0)
 
     def _on_slide_step(self, event: Progress) -> None:
         self._show_slide_labels()

@@ -22,6 +22,7 @@ from napari_cdal._widgets._common import (
     docked_segment_widget,
     model_file_choices,
     mpp_spin_box,
+    progress_bar,
     set_mpp_from_layer,
     status_label,
     tab_with_sibling,
@@ -107,6 +108,7 @@ class FinetuneWidget(WorkerRun, Container):
         self._run_button = self.finetune_button
         self.back_button = PushButton(text="Back to previous model", enabled=False,
                                       tooltip="let Segment use the model it used before the last fine-tune")
+        self.progress_bar = progress_bar()
         self.status = status_label()
         self.extend(
             [
@@ -122,6 +124,7 @@ class FinetuneWidget(WorkerRun, Container):
                 self.finetune_button,
                 self.cancel_button,
                 self.back_button,
+                self.progress_bar,
                 self.status,
             ]
         )
@@ -215,7 +218,6 @@ class FinetuneWidget(WorkerRun, Container):
 
     def start(self, *_: Any) -> None:
         """Check the inputs and start fine-tuning in a worker thread (errors: a notification)."""
-        from napari.utils import progress
         from napari.utils.notifications import show_error
 
         from napari_cdal.engine.checks import check_output_folder
@@ -266,7 +268,7 @@ class FinetuneWidget(WorkerRun, Container):
         whole = [row.image.value.name for row in self.pair_rows if row.learns_whole_image]
         warning = f" ⚠ learning from the whole of {', '.join(whole)}" if whole else ""
         self._launch(run_finetune, pairs, settings, status=starting_status(Path(base).stem, pairs) + warning,
-                     progress=progress(total=settings.iterations, desc="cDAL: fine-tuning"))
+                     total=settings.iterations)
         segment = self._segment()
         if segment is not None:
             segment.hold("waiting: a fine-tune is using the CPU; Segment again when it ends, or Cancel fine-tuning")
@@ -289,8 +291,8 @@ class FinetuneWidget(WorkerRun, Container):
                 self.status.value = "Fine-tuning: checking the model on the held-back part of your corrections…"
                 return
             loss = event.payload.get("g") if isinstance(event.payload, dict) else None
-            if loss is not None:  # the loss is for the curious, in the progress bar; the status line stays plain
-                self._progress.set_description(f"cDAL: fine-tuning, loss {loss:.4f}")
+            if loss is not None:  # the loss is for the curious, in the bar's tooltip; the status line stays plain
+                self._progress.set_description(f"the generator's loss at step {event.index}: {loss:.4f}")
             self.status.value = f"Fine-tuning: step {event.index} of {event.total}"
             self._advance(event)
 

@@ -1,8 +1,10 @@
 """The Segment dock widget: gathers settings, runs engine.segment_image (a whole slide, a volume) in a thread_worker.
 
 Segment takes the whole image, the field of view or a drawn rectangle (on a slide, the field of
-view, at full resolution). During a run only the `(running)` preview layers change; the result
-layers are written when the run finishes, so Cancel (or an error) leaves them exactly as they were.
+view, at full resolution). During a run the steps and attention fill in live in `(running)` layers
+(an earlier run's steps and attention layers of the same model, borrowed, or new ones); the mask
+and uncertainty are written when the run finishes, and Cancel (or an error) gives every layer back
+exactly as it was.
 Whole slide runs engine.slide's segment_slide into a zarr store beside the chosen folder and
 shows its labels as the blocks finish; a cancelled or interrupted store is resumed by the next run.
 A 3-D image with a model of classes goes through engine.segment.volume slice by slice (_volume.py).
@@ -33,6 +35,7 @@ from napari_cdal._widgets._common import (
     image_pixels,
     model_file_choices,
     mpp_spin_box,
+    progress_bar,
     register_segment_widget,
     set_mpp_from_layer,
     status_label,
@@ -165,12 +168,13 @@ class SegmentWidget(SlideRun, WorkerRun, Container):
             tooltip="centre the view on the next nucleus the model doubts most, select it in the "
             "mask and make the mask the active layer, ready for the brush",
         )
+        self.progress_bar = progress_bar()
         self.status = status_label()
         self._review: ReviewQueue | None = None
         self.extend([self.image, self.region, self.model, self.model_file, self.device, self.sampling_steps,
                      self.samples, self.seed, self.threshold, self.mpp, self.contours, self.segment_button,
                      self.slide_output, self.slide_button, self.cancel_button, self.review_count,
-                     self.review_button, self.status])
+                     self.review_button, self.progress_bar, self.status])
 
         self._model_defaults: tuple[int, int] | None = None
         self.image.changed.connect(self._on_image_changed)
@@ -273,7 +277,6 @@ class SegmentWidget(SlideRun, WorkerRun, Container):
 
     def start(self, *_: Any) -> None:
         """Check the inputs and start segmenting the chosen region in a worker thread (errors go to a notification)."""
-        from napari.utils import progress
         from napari.utils.notifications import show_error
 
         from napari_cdal.engine.checks import InputError
@@ -312,16 +315,15 @@ class SegmentWidget(SlideRun, WorkerRun, Container):
         self._last_kind = "segment"
         self._preview = LivePreview(self._viewer, layer, size, model_stem(model_path), self._origin)
         self._launch(run_segmentation, image, settings, box, status=f"Segmenting {layer.name}…",
-                     progress=progress(total=0, desc=f"cDAL: segmenting {layer.name}"))
+                     total=0)
 
     def _start_volume(self, layer: Image, settings: SegmentSettings) -> None:
         """Segment the whole volume slice by slice in a worker (the region does not apply)."""
-        from napari.utils import progress
 
         self._clicked_at = time.perf_counter()
         self._image_layer, self._settings, self._origin, self._last_kind = layer, settings, (0, 0), "volume"
         self._launch(run_volume_segmentation, layer.data, settings, status=f"Segmenting the volume {layer.name}…",
-                     progress=progress(total=0, desc=f"cDAL: segmenting {layer.name} slice by slice"))
+                     total=0)
 
     def _on_step(self, event: Progress) -> None:
         with self._handling():
@@ -345,8 +347,6 @@ class SegmentWidget(SlideRun, WorkerRun, Container):
             if self._slide is not None:
                 self._on_slide_returned(result)
                 return
-            if self._preview is not None:
-                self._preview.remove()
             if self._outcome == "cancelled":
                 return
             if isinstance(result, RunFailure):
@@ -358,8 +358,11 @@ class SegmentWidget(SlideRun, WorkerRun, Container):
             if self._last_kind == "volume":
                 self._show_volume(result)
                 return
+            spares = self._preview.spares() if self._preview is not None else {}
             layers = show_result(self._viewer, self._image_layer, result, CONTOUR_WIDTH if self.contours.value else 0,
-                                 model_stem(self._settings.model_path), self._origin)
+                                 model_stem(self._settings.model_path), self._origin, spares)
+            if self._preview is not None:
+                self._preview.end(results=layers.values())
             result = result.result
             self._review = ReviewQueue(layers[MASK])
             self._on_review_count_changed()
@@ -401,7 +404,7 @@ class SegmentWidget(SlideRun, WorkerRun, Container):
     def _drop_run(self) -> None:
         """Take the preview away, then let go of the run and what it ran on."""
         if self._preview is not None:
-            self._preview.remove()
+            self._preview.end()
         super()._drop_run()
         self._preview = self._image_layer = self._settings = self._slide = None
 
