@@ -179,11 +179,13 @@ def test_progress_moves_per_step_and_tile_while_the_ui_keeps_running(
     assert seen == [(i, 16) for i in range(1, 17)]  # 4 tiles x 4 steps
     assert widget.progress_bar.value == 0 and widget.progress_bar.native.format() == "", "empty again after the run"
     assert sum(ticks) >= 5, "the event loop must keep running while the worker computes"
-    assert {name for _, name in previews} == {f"{LAYER} steps {PREVIEW_SUFFIX}", f"{LAYER} attention {PREVIEW_SUFFIX}"}
+    kinds = ("steps", "attention", "mask")  # one sample: no uncertainty
+    assert [name for _, name in previews] == [f"{LAYER} {kind} {PREVIEW_SUFFIX}" for kind in kinds]
     assert drawn[-1] == 4 and drawn == sorted(drawn), "every step was drawn live, in order"
-    # the previews became the result layers: nothing added for them at the end, nothing left running
-    assert [layer for layer, _ in previews] == [viewer.layers[f"{LAYER} steps"], viewer.layers[f"{LAYER} attention"]]
-    assert not any(PREVIEW_SUFFIX in layer.name for layer in viewer.layers)
+    # the run's layers became the result layers: nothing added at the end, nothing left running
+    assert [layer for layer, _ in previews] == [viewer.layers[f"{LAYER} {kind}"] for kind in kinds]
+    assert [layer.name for layer in viewer.layers] == [NAME, *(f"{LAYER} {kind}" for kind in kinds)]
+    assert viewer.layers[f"{LAYER} mask"].visible and viewer.layers[f"{LAYER} mask"].data.max() > 0
 
 
 # ----------------------------------------------------------------------------- re-runs and edits
@@ -303,6 +305,40 @@ def test_cancel_leaves_the_previous_result_as_it_was(qtbot, viewer_widget, pause
     for name, layer, data, visible, translate in before:
         assert viewer.layers[name] is layer and np.array_equal(layer.data, data), name
         assert layer.visible == visible and np.array_equal(layer.translate, translate), name
+
+
+def test_a_first_run_adds_its_layers_one_per_turn_at_the_start_and_fills_them_at_the_end(
+    qtbot, viewer_widget, paused_engine
+) -> None:
+    from qtpy.QtCore import QTimer
+
+    viewer, widget = viewer_widget
+    widget.samples.value = 2
+    turns = [0]  # a zero-interval timer counts the turns of the event loop
+    timer = QTimer()
+    timer.setInterval(0)
+    timer.timeout.connect(lambda: turns.__setitem__(0, turns[0] + 1))
+    timer.start()
+    added: list[tuple[str, int]] = []
+    removed: list[str] = []
+    viewer.layers.events.inserted.connect(lambda event: added.append((event.value.name, turns[0])))
+    viewer.layers.events.removed.connect(lambda event: removed.append(event.value.name))
+    outcomes: list[str] = []
+    widget.run_finished.connect(outcomes.append)
+    widget.segment_button.native.click()
+    kinds = ("steps", "attention", "uncertainty", "mask")
+    qtbot.waitUntil(lambda: len(added) == 4, timeout=TIMEOUT_MS)
+    assert [name for name, _ in added] == [f"{LAYER} {kind} {PREVIEW_SUFFIX}" for kind in kinds]
+    assert len({turn for _, turn in added}) == 4, "each layer added in its own turn of the event loop"
+    mask = viewer.layers[f"{LAYER} mask {PREVIEW_SUFFIX}"]
+    assert not mask.visible and not mask.data.any(), "the new mask's place waits hidden and empty"
+    paused_engine.set()
+    qtbot.waitUntil(lambda: bool(outcomes), timeout=TIMEOUT_MS)
+    timer.stop()
+    assert outcomes == ["done"] and len(added) == 4 and removed == []
+    assert [layer.name for layer in viewer.layers] == [NAME, *(f"{LAYER} {kind}" for kind in kinds)]
+    assert viewer.layers[f"{LAYER} mask"] is mask and mask.visible and mask.data.max() > 0
+    assert not viewer.layers[f"{LAYER} uncertainty"].visible and viewer.layers[f"{LAYER} uncertainty"].data.any()
 
 
 def test_a_rerun_previews_in_the_earlier_maps_and_adds_or_removes_no_layer(qtbot, viewer_widget, paused_engine) -> None:

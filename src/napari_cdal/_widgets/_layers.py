@@ -21,6 +21,7 @@ from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP
 
 if TYPE_CHECKING:
     import napari
+    import pandas as pd
     from napari.layers import Image, Labels, Layer
 
     from napari_cdal.engine.segment.image import SegmentationResult, StepUpdate
@@ -161,6 +162,20 @@ class Grid:
         return grid
 
 
+def _same(current: Any, value: Any) -> bool:
+    try:
+        return bool(np.array_equal(np.asarray(current, float), np.asarray(value, float)))
+    except (TypeError, ValueError):  # units, axis labels
+        return [str(item) for item in current] == [str(item) for item in value]
+
+
+def set_changed(layer: Layer, values: dict[str, Any]) -> None:
+    """Set the layer properties (scale, translate, units, …) that differ: napari re-slices on each set, equal or not."""
+    for key, value in values.items():
+        if not _same(getattr(layer, key), value):
+            setattr(layer, key, value)
+
+
 def find_result_layer(viewer: napari.Viewer, image_name: str, kind: str, model: str | None = None) -> Layer | None:
     """The top-most layer this plugin made for (image, kind[, model]); masks the user has edited don't count."""
     for layer in reversed(list(viewer.layers)):
@@ -201,31 +216,35 @@ def put_image_layer(
         for key, value in STYLES[kind].items():
             setattr(layer, key, value)
     layer.data = data
-    for key, value in grid.items():
-        setattr(layer, key, value)
-    layer.contrast_limits = contrast_limits
+    set_changed(layer, {**grid, "contrast_limits": contrast_limits})
     return layer
 
 
 def put_mask_layer(
     viewer: napari.Viewer, image_name: str, labels: np.ndarray, grid: dict[str, Any], contour: int,
-    features: dict[str, np.ndarray] | None = None, origin: tuple[int, int] = (0, 0),
-    model: str | None = None, extra: dict[str, Any] | None = None,
+    features: pd.DataFrame | dict[str, np.ndarray] | None = None, origin: tuple[int, int] = (0, 0),
+    model: str | None = None, extra: dict[str, Any] | None = None, spare: Labels | None = None,
 ) -> Labels:
-    """Add the mask of (image[, model]) with its tag (and `extra` in it), or update an unedited one in place."""
+    """Add the mask of (image[, model]) with its tag (and `extra` in it), or update an unedited one in place.
+
+    With no such mask, `spare` (the run's hidden `(running)` mask place, on the same grid) becomes it.
+    """
     layer = find_result_layer(viewer, image_name, MASK, model)
     tag = {"image": image_name, "kind": MASK, "origin": [int(origin[0]), int(origin[1])],
            **({} if model is None else {"model": model}), **(extra or {})}
-    if layer is None:
-        name = layer_name(image_name if model is None else f"{image_name} {model}", MASK)
+    name = layer_name(image_name if model is None else f"{image_name} {model}", MASK)
+    if layer is None and spare is None:
         layer = viewer.add_labels(labels, name=name, metadata={TAG: tag}, **grid)
     else:
+        if layer is None:
+            layer = spare
+            layer.name, layer.visible = name, True
         layer.data = labels
-        for key, value in grid.items():
-            setattr(layer, key, value)
+        set_changed(layer, grid)
     if features is not None:
         layer.features = features
-    layer.contour = contour
+    if layer.contour != contour:
+        layer.contour = contour
     layer.metadata[TAG] = dict(tag, fingerprint=fingerprint(layer.data))
     return layer
 
@@ -235,15 +254,18 @@ class ShownResult:
     """A segmentation made ready for its layers off the GUI thread: the result, the mask's table, the planes."""
 
     result: SegmentationResult
-    features: dict[str, np.ndarray]
+    features: pd.DataFrame
+    """The mask's per-nucleus table, a DataFrame already (napari would import pandas and convert on the GUI thread)."""
     attention: np.ndarray | None
     """The attention stack scaled per plane to [0, 1] (normalise_planes), as its layer shows it."""
 
 
 def prepare_result(result: SegmentationResult, mpp: float) -> ShownResult:
     """The per-nucleus table and the scaled attention of a result (in the worker, so the canvas does not freeze)."""
+    import pandas as pd
+
     attention = None if result.attention is None else normalise_planes(result.attention)
-    return ShownResult(result, result_features(result, mpp), attention)
+    return ShownResult(result, pd.DataFrame(result_features(result, mpp)), attention)
 
 
 def show_result(
@@ -264,7 +286,7 @@ def show_result(
                                 spares)
         labels = np.ascontiguousarray(result.labels, dtype=np.uint32)
         layers[MASK] = put_mask_layer(viewer, image.name, labels, grid.plane(), contour, shown.features, origin,
-                                      model)
+                                      model, spare=(spares or {}).get(MASK))
     return layers
 
 
@@ -289,7 +311,7 @@ def put_map_layers(viewer: napari.Viewer, image_name: str, grid: Grid, steps: np
         uncertainty = np.asarray(uncertainty, np.float32)
         top = max(float(uncertainty.max()), 1e-6)
         layers[UNCERTAINTY] = put_image_layer(viewer, image_name, UNCERTAINTY, uncertainty, grid.plane(), (0.0, top),
-                                              model)
+                                              model, spares.get(UNCERTAINTY))
     else:
         stale = find_result_layer(viewer, image_name, UNCERTAINTY, model)
         if stale is not None:
@@ -309,27 +331,69 @@ def result_features(result: SegmentationResult, mpp: float) -> dict[str, np.ndar
 
 
 class LivePreview:
-    """x̂0 and attention stacks that fill in as steps arrive, each in a `(running)` layer.
+    """A run's layers while it goes: x̂0 and attention stacks filling in as steps arrive, each in a
+    `(running)` layer, and hidden `(running)` places for a new mask and uncertainty.
 
-    A run adds and removes as few layers as it can, since each added layer costs the canvas a new
-    visual and each removed one a full garbage collection in napari (a fifth of a second each with
-    torch loaded). A result layer of the same image, model and kind from an earlier run is borrowed
-    for the preview and given back as it was when the run is cancelled or fails; where there is none,
-    a new preview layer is added, and it becomes the result layer when the run finishes (show_result's
-    `spares`). `end()` gives back or takes away whatever did not become a result.
+    A run adds and removes as few layers as it can, and adds them one per turn of the event loop,
+    since each added layer holds the GUI thread (a Labels layer a fifth of a second on 2 cores) and
+    each removed one costs a full garbage collection in napari (a fifth of a second with torch
+    loaded). A result layer of the same image, model and kind from an earlier run is borrowed for the
+    steps and attention previews and given back as it was when the run is cancelled or fails; a mask
+    or uncertainty layer that is there already is simply updated at the end. Where there is none, a
+    new `(running)` layer is added at the start, and becomes the result layer when the run finishes
+    (show_result's `spares`). `end()` gives back or takes away whatever did not become a result.
     """
 
     def __init__(self, viewer: napari.Viewer, image: Image, size: tuple[int, int], model: str,
-                 origin: tuple[int, int] = (0, 0)) -> None:
+                 origin: tuple[int, int] = (0, 0), n_steps: int = 1, uncertainty: bool = False) -> None:
+        from qtpy.QtCore import QTimer
+
         self._viewer = viewer
         self._image_name = image.name
         self._model = model
-        self._grid = Grid.of(image).shifted(origin).stack()
+        self._planes = Grid.of(image).shifted(origin)
+        self._grid = self._planes.stack()
         self._size = size
         self._removed = False
         self._borrowed: dict[str, dict[str, Any]] = {}
         """kind -> the borrowed result layer's data, name, visibility and grid before the run."""
-        self.layers: dict[str, Image] = {}
+        self.layers: dict[str, Layer] = {}
+        self._waiting = [(STEPS, n_steps), (ATTENTION, n_steps), *([(UNCERTAINTY, 0)] if uncertainty else []),
+                         (MASK, 0)]  # in the order show_result puts them
+        self._timer = QTimer()
+        self._timer.setInterval(0)
+        self._timer.timeout.connect(self._add_waiting)
+        self._timer.start()
+
+    def _add_waiting(self) -> None:
+        """Make the next waiting layer (one per turn of the event loop, so none freezes the canvas long)."""
+        if self._removed or not self._waiting:
+            self._timer.stop()
+            return
+        kind, n_steps = self._waiting.pop(0)
+        if kind in (STEPS, ATTENTION):
+            self._layer(kind, n_steps)
+        elif kind not in self.layers and find_result_layer(self._viewer, self._image_name, kind, self._model) is None:
+            self._add_place(kind)
+
+    def _preview_name(self, kind: str) -> str:
+        return f"{layer_name(f'{self._image_name} {self._model}', kind)} {PREVIEW_SUFFIX}"
+
+    def _preview_tag(self, kind: str) -> dict[str, Any]:
+        return {TAG: {"image": self._image_name, "kind": f"{kind} preview", "model": self._model}}
+
+    def _add_place(self, kind: str) -> None:
+        """A hidden, empty `(running)` layer where the run's new mask or uncertainty will go."""
+        with keep_selection(self._viewer):
+            if kind == MASK:
+                layer = self._viewer.add_labels(np.zeros(self._size, np.uint32), name=self._preview_name(kind),
+                                                metadata=self._preview_tag(kind), visible=False,
+                                                **self._planes.plane())
+            else:
+                layer = self._viewer.add_image(np.zeros(self._size, np.float32), name=self._preview_name(kind),
+                                               metadata=self._preview_tag(kind), contrast_limits=(0.0, 1.0),
+                                               **self._planes.plane(), **STYLES[kind])
+        self.layers[kind] = layer
 
     def _borrow(self, kind: str, n_steps: int) -> Image | None:
         """The earlier result layer of this kind, emptied for the preview and renamed `(running)`; None if none."""
@@ -339,39 +403,29 @@ class LivePreview:
         self._borrowed[kind] = {"data": layer.data, "name": layer.name, "visible": layer.visible,
                                 **{key: getattr(layer, key) for key in self._grid}}
         layer.data = np.zeros((n_steps, *self._size), np.float32)
-        for key, value in self._grid.items():
-            setattr(layer, key, value)
+        set_changed(layer, self._grid)
         layer.name = f"{layer.name} {PREVIEW_SUFFIX}"
         layer.visible = True
         return layer
 
-    def _add(self, kind: str, n_steps: int) -> Image | None:
-        """A new `(running)` layer of this kind; None if the run ended while napari was adding it."""
+    def _add(self, kind: str, n_steps: int) -> Image:
+        """A new `(running)` stack of this kind."""
         style = {"colormap": "gray"} if kind == STEPS else {"colormap": "inferno", "blending": "additive"}
         with keep_selection(self._viewer):
-            layer = self._viewer.add_image(
-                np.zeros((n_steps, *self._size), np.float32),
-                contrast_limits=(0.0, 1.0),
-                name=f"{layer_name(f'{self._image_name} {self._model}', kind)} {PREVIEW_SUFFIX}",
-                metadata={TAG: {"image": self._image_name, "kind": f"{kind} preview", "model": self._model}},
-                **self._grid,
-                **style,
-            )
-        if self._removed:  # the run ended (napari processed events) while the layer was being added
-            self._viewer.layers.remove(layer)
-            return None
+            return self._viewer.add_image(np.zeros((n_steps, *self._size), np.float32), contrast_limits=(0.0, 1.0),
+                                          name=self._preview_name(kind), metadata=self._preview_tag(kind),
+                                          **self._grid, **style)
+
+    def _layer(self, kind: str, n_steps: int) -> Image:
+        if kind not in self.layers:
+            self.layers[kind] = self._borrow(kind, n_steps) or self._add(kind, n_steps)
+        layer = self.layers[kind]
+        if layer.data.shape[0] != n_steps:
+            layer.data = np.zeros((n_steps, *self._size), np.float32)
         return layer
 
-    def _layer(self, kind: str, n_steps: int) -> Image | None:
-        if kind not in self.layers:
-            layer = self._borrow(kind, n_steps) or self._add(kind, n_steps)
-            if layer is None:
-                return None
-            self.layers[kind] = layer
-        return self.layers[kind]
-
-    def spares(self) -> dict[str, Image]:
-        """The preview layers this run added (not borrowed) that are still in the viewer, by kind."""
+    def spares(self) -> dict[str, Layer]:
+        """The `(running)` layers this run added (not borrowed) that are still in the viewer, by kind."""
         return {kind: layer for kind, layer in self.layers.items()
                 if kind not in self._borrowed and layer in self._viewer.layers}
 
@@ -385,16 +439,15 @@ class LivePreview:
             planes.append((ATTENTION, normalise_planes(step.attention[None])[0]))
         for kind, plane in planes:
             layer = self._layer(kind, step.n_steps)
-            if layer is None:
-                return
             layer.data[step.step, y0:y1, x0:x1] = plane
             layer.refresh()
         self._viewer.dims.set_point(self._viewer.dims.ndim - 3, step.step + 1)  # the step axis runs 1..T
 
     def end(self, results: Iterable[Layer] = ()) -> None:
-        """The run is over: preview layers in `results` stay (a borrowed one gets its name and visibility
-        back), other borrowed layers get back all they had, other added ones are removed. Safe to call twice."""
+        """The run is over: layers in `results` stay (a borrowed one gets its name and visibility back),
+        other borrowed layers get back all they had, other added ones are removed. Safe to call twice."""
         self._removed = True
+        self._timer.stop()
         kept = list(results)
         gone = []
         for kind, layer in self.layers.items():

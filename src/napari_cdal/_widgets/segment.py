@@ -313,7 +313,8 @@ class SegmentWidget(SlideRun, WorkerRun, Container):
         self._settings = settings
         self._origin = (0, 0) if box is None else (box[0], box[2])
         self._last_kind = "segment"
-        self._preview = LivePreview(self._viewer, layer, size, model_stem(model_path), self._origin)
+        self._preview = LivePreview(self._viewer, layer, size, model_stem(model_path), self._origin,
+                                    settings.sampling_steps, settings.samples > 1)
         self._launch(run_segmentation, image, settings, box, status=f"Segmenting {layer.name}…",
                      total=0)
 
