@@ -7,7 +7,7 @@ import functools
 import numpy as np
 import pytest
 import tifffile
-from conftest import blob_tile, click_and_wait, pause_after_first_event
+from conftest import blob_tile, click_and_wait, count_network_passes, hold_at_tick, pause_after_first_event
 from test_widget_segment import PLUGIN, TIMEOUT_MS, click_segment, dock, use_model
 
 from napari_cdal._widgets._layers import TAG
@@ -155,6 +155,29 @@ def test_whole_slide_fills_a_multiscale_labels_layer_from_its_store_and_resumes(
     # a finished store: nothing to do, and no file replaced
     assert click_and_wait(qtbot, widget, widget.slide_button, TIMEOUT_MS) == "done"
     assert (out / "slide_labels.tif").stat().st_mtime_ns == before and "kept the existing" in widget.status.value
+
+
+def test_cancel_in_whole_slide_stops_inside_a_block(qtbot, opened, small_blocks, monkeypatch, tmp_path) -> None:
+    # held at the first tick after block 1 is written, i.e. inside block 2's reverse steps: Cancel
+    # stops there, with no network pass after it, and the store keeps block 1 only
+    import zarr
+
+    from napari_cdal.engine.events import TICK
+
+    viewer, widget, _ = opened
+    calls = count_network_passes(monkeypatch)
+    hold = hold_at_tick(monkeypatch, small_blocks, "segment_slide", "block", calls)
+    widget.slide_output.value = tmp_path / "out"
+    outcomes: list[str] = []
+    widget.run_finished.connect(outcomes.append)
+    widget.slide_button.native.click()
+    qtbot.waitUntil(hold.held.is_set, timeout=TIMEOUT_MS)
+    widget.cancel_button.native.click()
+    hold.resume.set()
+    qtbot.waitUntil(lambda: bool(outcomes), timeout=TIMEOUT_MS)
+    assert outcomes == ["cancelled"] and hold.closed_at.stage == TICK and hold.closed_at.index == 1
+    assert hold.calls_at_hold > 0 and len(calls) == hold.calls_at_hold and hold.events_after_hold == 0
+    assert zarr.open_array(tmp_path / "out" / "slide_labels.zarr", mode="r").attrs["done"] == [0]
 
 
 def test_whole_slide_needs_a_slide_file(qtbot, make_napari_viewer, tiny_model_file, monkeypatch) -> None:

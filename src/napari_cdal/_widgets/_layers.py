@@ -437,11 +437,17 @@ class LivePreview:
         planes = [(STEPS, step.foreground)]
         if step.attention is not None:
             planes.append((ATTENTION, normalise_planes(step.attention[None])[0]))
+        written = []
         for kind, plane in planes:
             layer = self._layer(kind, step.n_steps)
             layer.data[step.step, y0:y1, x0:x1] = plane
+            written.append(layer)
+        dims, axis = self._viewer.dims, self._viewer.dims.ndim - 3
+        if dims.point[axis] != step.step + 1:  # the step axis runs 1..T; moving the slider redraws the stacks
+            dims.set_point(axis, step.step + 1)
+            return
+        for layer in written:  # the same step (the next tile): redraw in place
             layer.refresh()
-        self._viewer.dims.set_point(self._viewer.dims.ndim - 3, step.step + 1)  # the step axis runs 1..T
 
     def end(self, results: Iterable[Layer] = ()) -> None:
         """The run is over: layers in `results` stay (a borrowed one gets its name and visibility back),

@@ -53,7 +53,7 @@ class SlideRun:
     def _on_slide_step(self, event: Progress) -> None:
         self._show_slide_labels()
         self.status.value = f"Whole slide: block {event.index} of {event.total} written"
-        self._advance(event)  # napari's bar processes events: the run may end in here
+        self._advance(event)
 
     def _show_slide_labels(self) -> None:
         """Show the store's labels over the slide (the first time), or let napari read the new blocks."""

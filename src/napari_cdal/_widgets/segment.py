@@ -156,9 +156,9 @@ class SegmentWidget(SlideRun, WorkerRun, Container):
             tooltip="segment the slide file behind the image block by block in the background, "
             "showing the labels as they fill in; a second run resumes an unfinished one",
         )
-        self.cancel_button = cancel_button("segmenting", "stop Segment within about a second, Whole slide after its "
-                                           "current block; the result layers stay as they were (a whole slide keeps "
-                                           "its finished blocks)")
+        self.cancel_button = cancel_button("segmenting", "stop Segment or Whole slide within about a second; the "
+                                           "result layers stay as they were (a whole slide keeps its finished blocks, "
+                                           "the block it was on is left out)")
         self._run_button = self.segment_button
         self.review_count = SpinBox(label="review", min=1, max=1000, value=10,
                                     tooltip="how many of the least certain nuclei 'Review next' steps through")

@@ -76,6 +76,7 @@ def _segment_slide(args: argparse.Namespace, model: Any, path: Path, files: dict
                    samples: int, client: Any) -> None:
     """One slide through engine.slide: labels into <stem>_labels.zarr (resumable), then a tiled BigTIFF."""
     from napari_cdal.engine.checks import check_mpp
+    from napari_cdal.engine.events import TICK
     from napari_cdal.engine.io.detections import csv_text, feature_collection_text, write_text
     from napari_cdal.engine.slide.source import open_slide
     from napari_cdal.engine.slide.stitch import labels_tiff, segment_slide, slide_detections
@@ -91,7 +92,7 @@ def _segment_slide(args: argparse.Namespace, model: Any, path: Path, files: dict
                                    detections=detections, client=client):
             if event.stage == "done":
                 result = event.payload
-            else:
+            elif event.stage != TICK:
                 bar.total, bar.n = event.total, event.index
                 bar.refresh()
         bar.close()

@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from napari_cdal.engine.defaults import DEFAULT_THRESHOLD
-from napari_cdal.engine.events import Progress, run_to_end
+from napari_cdal.engine.events import TICK, Progress, run_to_end, ticks_of
 from napari_cdal.engine.method.model import CdalModel
 from napari_cdal.engine.segment.image import segment_image
 from napari_cdal.engine.segment.tiling import Box
@@ -47,6 +47,9 @@ LEVELS_FOLDER = "levels"
 
 PYRAMID_MIN_PX = 1024
 """Levels are halved until the last one is smaller than this on its longer side."""
+
+TICK_WAIT_S = 0.25
+"""How long a run on a cluster waits for a block before it yields a tick (a place for a Cancel to stop)."""
 
 
 @dataclass
@@ -181,14 +184,15 @@ def _worker_model(path: str) -> CdalModel:
     return load_model(path)
 
 
-def segment_block(model: CdalModel | str, slide: SlideSource | str | Path, index: int, core: Box, halo: int,
-                  image_mpp: float, sampling_steps: int | None, samples: int | None, seed: int, threshold: float,
-                  keep_pixels: bool) -> BlockSegmentation:
-    """Segment one block with its halo; a Dask task when `model` and `slide` are given as file paths."""
+def block_events(model: CdalModel, slide: SlideSource | str | Path, index: int, core: Box, halo: int,
+                 image_mpp: float, sampling_steps: int | None, samples: int | None, seed: int, threshold: float,
+                 keep_pixels: bool) -> Generator[Progress, None, None]:
+    """Segment one block with its halo: segment_image's events, then 'done' with the BlockSegmentation.
+
+    segment_slide passes the events on as ticks, so a Cancel stops inside a block, not after it.
+    """
     from napari_cdal.engine.slide.source import open_slide
 
-    if isinstance(model, str):
-        model = _worker_model(model)
     source = open_slide(slide) if not isinstance(slide, SlideSource) else slide
     try:
         y0, y1, x0, x1 = core
@@ -197,11 +201,36 @@ def segment_block(model: CdalModel | str, slide: SlideSource | str | Path, index
     finally:
         if source is not slide:
             source.close()
-    result = run_to_end(segment_image(model, pixels, image_mpp=image_mpp, sampling_steps=sampling_steps,
-                                      samples=samples, seed=seed + index, threshold=threshold,
-                                      keep_steps=False, with_attention=False))
-    return BlockSegmentation(index, region, result.labels, _owned(result.labels, region, core),
-                             pixels if keep_pixels else None, result.uncertainty)
+    result = None
+    for event in segment_image(model, pixels, image_mpp=image_mpp, sampling_steps=sampling_steps, samples=samples,
+                               seed=seed + index, threshold=threshold, keep_steps=False, with_attention=False):
+        if event.stage == "done":
+            result = event.payload
+        else:
+            yield event
+    yield Progress("done", 1, 1, BlockSegmentation(index, region, result.labels, _owned(result.labels, region, core),
+                                                    pixels if keep_pixels else None, result.uncertainty))
+
+
+def segment_block(model: CdalModel | str, slide: SlideSource | str | Path, index: int, core: Box, halo: int,
+                  image_mpp: float, sampling_steps: int | None, samples: int | None, seed: int, threshold: float,
+                  keep_pixels: bool) -> BlockSegmentation:
+    """Segment one block with its halo (block_events run to the end); a Dask task when `model` and `slide` are paths."""
+    if isinstance(model, str):
+        model = _worker_model(model)
+    return run_to_end(block_events(model, slide, index, core, halo, image_mpp, sampling_steps, samples, seed,
+                                   threshold, keep_pixels))
+
+
+def _awaited(future: Any, index: int, total: int) -> Generator[Progress, None, BlockSegmentation]:
+    """Wait for a cluster's block, with a tick every TICK_WAIT_S so that a Cancel is seen meanwhile; its result."""
+    from distributed import TimeoutError as WaitTimeout
+
+    while True:
+        try:
+            return future.result(timeout=TICK_WAIT_S)
+        except WaitTimeout:
+            yield Progress(TICK, index, total)
 
 
 def _commit(levels: list[Any], store: Path, block: BlockSegmentation, next_id: int, image_mpp: float,
@@ -261,8 +290,8 @@ def segment_slide(model: CdalModel, source: SlideSource, store: str | Path, imag
     try:
         for index, core in enumerate(cores):
             if index not in done:
-                result = (futures[index].result() if futures else
-                          segment_block(model, source, index, core, *common))
+                result = yield from (_awaited(futures[index], index, len(cores)) if futures else
+                                     ticks_of(block_events(model, source, index, core, *common), index, len(cores)))
                 next_id = _commit(levels, store, result, next_id, image_mpp, detections)
                 done.add(index)
                 labels.attrs.update(done=sorted(done), next_id=next_id)
