@@ -6,6 +6,8 @@ import contextlib
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
+from napari_cdal._widgets._common import IDLE_PROGRESS_TIP
+
 
 def _relay(events: Generator[Any, None, Any]) -> Generator[Any, None, Any]:
     """The worker's generator: `events` passed on one by one, their return value returned."""
@@ -52,8 +54,6 @@ class RunProgress:
 
     def close(self) -> None:
         """Empty the bar for the next run."""
-        from napari_cdal._widgets._common import IDLE_PROGRESS_TIP
-
         self._bar.max, self._bar.value, self._bar.tooltip = 1, 0, IDLE_PROGRESS_TIP
         self._bar.native.setFormat("")
 
