@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     import napari
 
     from napari_cdal._widgets._names import model_stem
+    from napari_cdal._widgets._review import viewer_camera
     from napari_cdal._widgets.segment import OTHER_FILE
     from napari_cdal.models import bundled_model_file
     from napari_cdal.sample_data import SAMPLE_NAME
@@ -100,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     widget_seconds = widget.last_seconds
     mask = viewer.layers[f"{results} mask"]
     scale = viewer.layers[SAMPLE_NAME].scale
-    viewer.camera.center = (ZOOM_CENTRE_PX[0] * scale[0], ZOOM_CENTRE_PX[1] * scale[1])
-    viewer.camera.zoom = ZOOM
+    viewer_camera(viewer).center = (ZOOM_CENTRE_PX[0] * scale[0], ZOOM_CENTRE_PX[1] * scale[1])
+    viewer_camera(viewer).zoom = ZOOM
     shoot(viewer, out, "04_mask_contours_zoom.png", canvas_only=True)
     mask.contour = 0
     shoot(viewer, out, "05_mask_filled_zoom.png", canvas_only=True)
@@ -131,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     show_only(viewer, SAMPLE_NAME, f"{results} uncertainty", f"{results} mask")
     viewer.layers[f"{results} mask"].opacity = 0.4
     shoot(viewer, out, "09_uncertainty.png")
-    viewer.camera.center = (ZOOM_CENTRE_PX[0] * scale[0], ZOOM_CENTRE_PX[1] * scale[1])
-    viewer.camera.zoom = ZOOM
+    viewer_camera(viewer).center = (ZOOM_CENTRE_PX[0] * scale[0], ZOOM_CENTRE_PX[1] * scale[1])
+    viewer_camera(viewer).zoom = ZOOM
     shoot(viewer, out, "10_uncertainty_zoom.png", canvas_only=True)
 
     # Review: the least certain nucleus, centred, selected in the mask, ready for the brush

@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     import napari
 
     from napari_cdal._widgets._names import model_stem
+    from napari_cdal._widgets._review import viewer_camera
     from napari_cdal._widgets.segment import OTHER_FILE
 
     out = Path(args.out).resolve()
@@ -80,12 +81,12 @@ def main(argv: list[str] | None = None) -> int:
             widget.model.value = OTHER_FILE
             widget.model_file.value = Path(args.model)
         settle(1.0)  # the window's first draw fits the view: place the camera after it
-        viewer.camera.center = (FIELD_CENTRE_PX[0] * 0.25, FIELD_CENTRE_PX[1] * 0.25)
-        viewer.camera.zoom = FIELD_ZOOM
+        viewer_camera(viewer).center = (FIELD_CENTRE_PX[0] * 0.25, FIELD_CENTRE_PX[1] * 0.25)
+        viewer_camera(viewer).zoom = FIELD_ZOOM
         wait(widget, widget.segment_button)
         # the result's step stacks add an axis, which moves the camera: show the field again, a little wider
-        viewer.camera.center = (FIELD_CENTRE_PX[0] * 0.25, FIELD_CENTRE_PX[1] * 0.25)
-        viewer.camera.zoom = FIELD_ZOOM * 0.7
+        viewer_camera(viewer).center = (FIELD_CENTRE_PX[0] * 0.25, FIELD_CENTRE_PX[1] * 0.25)
+        viewer_camera(viewer).zoom = FIELD_ZOOM * 0.7
         shoot(viewer, out, "12_slide_field_of_view.png")
 
         viewer.layers[f"{layer.name} {model_stem(widget.selected_model_path())} mask"].visible = False

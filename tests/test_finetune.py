@@ -218,7 +218,8 @@ def test_a_small_region_holds_back_a_strip_and_the_result_says_before_and_after(
     assert 0 <= before["nuclei_right"] <= before["nuclei_truth"] and before["nuclei_truth"] > 0
     assert result.improved == (after["score"] > before["score"]) and result.improved == (not result.kept_start)
     assert result.report() == (f"on the part you corrected and we held back: {before['dice']:.2f} → "
-                               f"{after['dice']:.2f} Dice, {before['nuclei_right']} → {after['nuclei_right']} "
+                               f"{after['dice']:.2f} Dice, {before['aji']:.2f} → {after['aji']:.2f} AJI (touching "
+                               f"nuclei told apart), {before['nuclei_right']} → {after['nuclei_right']} "
                                f"of {before['nuclei_truth']} nuclei right")
     assert result.record["finetune"]["before"] == before
 

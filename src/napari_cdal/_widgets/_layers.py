@@ -4,7 +4,8 @@ Every layer the plugin makes carries ``metadata["napari_cdal"] = {"image": <imag
 "kind": <kind>, "model": <model name>}`` and is named ``<image> <model> <kind>``, so the results of
 two models sit side by side; a mask also carries the fingerprint of the data it was given, so a mask
 the user has painted on since is recognised and never overwritten. Adding layers never changes the
-user's selected layer or tool (keep_selection); step stacks show their step axis as 1..T.
+user's selected layer or tool (keep_selection); step stacks lie at 1..T on their step axis (the
+coordinate napari's status bar shows; its slider numbers positions from 0, so its 0 is step 1).
 """
 
 from __future__ import annotations

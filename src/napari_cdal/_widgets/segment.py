@@ -130,7 +130,8 @@ class SegmentWidget(SlideRun, WorkerRun, Container):
         self.sampling_steps = SpinBox(
             label="sampling steps", min=1, max=DEFAULT_STEPS, value=DEFAULT_STEPS,
             tooltip="in how many denoising steps the mask forms, 1 up to the model's diffusion steps T; "
-            "fewer is faster, more can be sharper. The 'steps' layers show each one (step 1..T)")
+            "fewer is faster, more can be sharper. The 'steps' layers show each one: the step slider's 0 is "
+            "step 1 (napari numbers slider positions from 0)")
         self.samples = SpinBox(
             label="samples (for uncertainty)", min=1, max=64, value=1,
             tooltip="how many times the mask is drawn and averaged; with 2 or more, where the draws disagree "
