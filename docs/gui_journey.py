@@ -26,7 +26,7 @@ from statistics import median
 from screenshots import WINDOW, settle, shoot
 
 TICK_MS = 10
-REPEATS = 3
+REPEATS = 5
 """Runs of each Segment click that is timed (in the widget and alone); the table gives their medians."""
 HERE = Path(__file__).parent
 
@@ -105,6 +105,11 @@ def engine_finetune_seconds(finetune) -> float:
     return time.perf_counter() - started
 
 
+def rounded(seconds: list[float]) -> list[float]:
+    """Seconds to the millisecond, for the JSON."""
+    return [round(value, 3) for value in seconds]
+
+
 def load_now() -> str:
     """The 1-minute load average and the number of CPUs, as a line for the table."""
     return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
@@ -162,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         engine_s.append(engine_segment_seconds(segment, pixels))
     rows.append((f"Segment at the defaults, again: click to mask (median of {REPEATS})", median(widget_s),
                  median(engine_s)))
+    each = {"defaults": {"widget_s": rounded(widget_s), "engine_s": rounded(engine_s)}}
     shoot(viewer, out, "journey_1_segment.png")
 
     segment.sampling_steps.value, segment.samples.value = segment.sampling_steps.max, 4
@@ -174,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         engine_s.append(engine_segment_seconds(segment, pixels))
     rows.append((f"Segment at {segment.sampling_steps.value} steps, 4 samples (median of {REPEATS})",
                  median(widget_s), median(engine_s)))
+    each["more_steps_and_samples"] = {"widget_s": rounded(widget_s), "engine_s": rounded(engine_s)}
 
     mask = masks()[-1]  # correct: erase one nucleus, paint one in, like the eraser and the brush
     nucleus = int(mask.data[mask.data > 0][0])
@@ -233,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     (HERE / "journey_timings.md").write_text(markdown, encoding="utf-8")
     (HERE / "journey_timings.json").write_text(json.dumps(
         {"load": load, "rows": [{"step": w, "widget_s": round(a, 3), "engine_s": None if b is None else round(b, 3)}
-                                for w, a, b in rows], "finetune_status": finetune.report}, indent=1),
+                                for w, a, b in rows], "each_run": each, "finetune_status": finetune.report},
+                   indent=1),
         encoding="utf-8")
     print(markdown)
     viewer.close()
