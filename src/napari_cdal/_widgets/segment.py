@@ -321,7 +321,6 @@ class SegmentWidget(SlideRun, WorkerRun, Container):
 
     def _start_volume(self, layer: Image, settings: SegmentSettings) -> None:
         """Segment the whole volume slice by slice in a worker (the region does not apply)."""
-
         self._clicked_at = time.perf_counter()
         self._image_layer, self._settings, self._origin, self._last_kind = layer, settings, (0, 0), "volume"
         self._launch(run_volume_segmentation, layer.data, settings, status=f"Segmenting the volume {layer.name}…",
