@@ -143,11 +143,20 @@ def one_event_at_a_time(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
 def test_progress_moves_per_step_and_tile_while_the_ui_keeps_running(
     qtbot, monkeypatch, make_napari_viewer, tiny_model_file
 ) -> None:
+    from napari.utils import progress as napari_progress
     from qtpy.QtCore import QTimer
 
     from napari_cdal._widgets._run import RunProgress
 
     handled = one_event_at_a_time(monkeypatch)
+    napari_bars: list[str] = []  # napari's progress turns a spinner in its status bar, redrawing the window all run
+    napari_init = napari_progress.__init__
+
+    def counted_init(self, *args, **kwargs) -> None:
+        napari_bars.append(str(kwargs.get("desc", "")))
+        napari_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(napari_progress, "__init__", counted_init)
 
     viewer = make_napari_viewer()
     add_blobs(viewer, size=600)  # 600 px at the model's 0.5 µm/px: 2 x 2 tiles of 512
@@ -177,6 +186,7 @@ def test_progress_moves_per_step_and_tile_while_the_ui_keeps_running(
     assert click_segment(qtbot, widget) == "done"
     timer.stop()
     assert seen == [(i, 16) for i in range(1, 17)]  # 4 tiles x 4 steps
+    assert napari_bars == [], "the widget's own bar, not napari's"
     assert widget.progress_bar.value == 0 and widget.progress_bar.native.format() == "", "empty again after the run"
     assert sum(ticks) >= 5, "the event loop must keep running while the worker computes"
     kinds = ("steps", "attention", "mask")  # one sample: no uncertainty
