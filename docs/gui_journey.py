@@ -105,9 +105,16 @@ def engine_finetune_seconds(finetune) -> float:
     return time.perf_counter() - started
 
 
-def rounded(seconds: list[float]) -> list[float]:
-    """Seconds to the millisecond, for the JSON."""
-    return [round(value, 3) for value in seconds]
+def timed_segment_clicks(widget, image, freezes: list[float]) -> dict[str, list[float]]:
+    """Click Segment REPEATS times, each timed in the widget and then alone; each run's longest freeze to `freezes`."""
+    widget_s, engine_s = [], []
+    for _ in range(REPEATS):
+        with FreezeMeter() as freeze:
+            click_and_wait(widget, widget.segment_button)
+        freezes.append(freeze.longest)
+        widget_s.append(round(widget.last_seconds, 3))
+        engine_s.append(round(engine_segment_seconds(widget, image), 3))
+    return {"widget_s": widget_s, "engine_s": engine_s}
 
 
 def load_now() -> str:
@@ -158,29 +165,17 @@ def main(argv: list[str] | None = None) -> int:
         click_and_wait(segment, segment.segment_button)  # loads the model; its first run adds four layers
     first_freezes = [freeze.longest]
     steps_at_defaults = segment.sampling_steps.value, segment.samples.value
-    freezes, widget_s, engine_s = [], [], []
-    for _ in range(REPEATS):
-        with FreezeMeter() as freeze:
-            click_and_wait(segment, segment.segment_button)
-        freezes.append(freeze.longest)
-        widget_s.append(segment.last_seconds)
-        engine_s.append(engine_segment_seconds(segment, pixels))
-    rows.append((f"Segment at the defaults, again: click to mask (median of {REPEATS})", median(widget_s),
-                 median(engine_s)))
-    each = {"defaults": {"widget_s": rounded(widget_s), "engine_s": rounded(engine_s)}}
+    freezes: list[float] = []
+    clicks = timed_segment_clicks(segment, pixels, freezes)
+    each = {"defaults": clicks}
+    rows.append((f"Segment at the defaults, again: click to mask (median of {REPEATS})",
+                 median(clicks["widget_s"]), median(clicks["engine_s"])))
     shoot(viewer, out, "journey_1_segment.png")
 
     segment.sampling_steps.value, segment.samples.value = segment.sampling_steps.max, 4
-    widget_s, engine_s = [], []
-    for _ in range(REPEATS):
-        with FreezeMeter() as freeze:
-            click_and_wait(segment, segment.segment_button)
-        freezes.append(freeze.longest)
-        widget_s.append(segment.last_seconds)
-        engine_s.append(engine_segment_seconds(segment, pixels))
+    clicks = each["more_steps_and_samples"] = timed_segment_clicks(segment, pixels, freezes)
     rows.append((f"Segment at {segment.sampling_steps.value} steps, 4 samples (median of {REPEATS})",
-                 median(widget_s), median(engine_s)))
-    each["more_steps_and_samples"] = {"widget_s": rounded(widget_s), "engine_s": rounded(engine_s)}
+                 median(clicks["widget_s"]), median(clicks["engine_s"])))
 
     mask = masks()[-1]  # correct: erase one nucleus, paint one in, like the eraser and the brush
     nucleus = int(mask.data[mask.data > 0][0])
