@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Generator
-from typing import Any, NamedTuple
+from contextlib import AbstractContextManager
+from typing import Any, NamedTuple, TypeVar
+
+Result = TypeVar("Result")
 
 TICK = "tick"
 """The stage of an event that reports nothing new and is only a place to stop: the engine yields one
@@ -46,4 +50,22 @@ def ticks_of(events: Generator[Progress, None, Any], index: int, total: int) -> 
         if event.stage == "done":
             events.close()
             return event.payload
+        yield Progress(TICK, index, total)
+
+
+def ticks_at_pauses(paused: Generator[Any, None, Result], index: int, total: int,
+                    around: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
+                    ) -> Generator[Progress, None, Result]:
+    """Run `paused` (a computation that yields at each pause and returns its result), yielding
+    Progress('tick', index, total) at each pause; returns its result.
+
+    `around` (autocast, say) is entered only around each part of the work, never while the consumer
+    holds a tick. The networks' staged passes and train_step_stages are run this way.
+    """
+    while True:
+        with around():
+            try:
+                next(paused)
+            except StopIteration as stop:
+                return stop.value
         yield Progress(TICK, index, total)

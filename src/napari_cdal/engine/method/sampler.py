@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -11,9 +12,8 @@ import torch.nn.functional as F
 
 from napari_cdal.engine.config import UNCERTAINTY_MEASURES, ModelConfig
 from napari_cdal.engine.device import autocast
-from napari_cdal.engine.events import TICK, Progress
+from napari_cdal.engine.events import Progress, ticks_at_pauses
 from napari_cdal.engine.method.model import CdalModel
-from napari_cdal.engine.method.networks import Stages
 from napari_cdal.engine.method.schedule import randn_like
 
 
@@ -79,20 +79,6 @@ def uncertainty_maps(foreground: torch.Tensor, chain: torch.Tensor | None = None
     }
 
 
-def ticking(stages: Stages, device: torch.device, index: int, total: int) -> Generator[Progress, None, torch.Tensor]:
-    """Run a staged network pass (under autocast on `device`), yielding Progress('tick', index, total) at each pause.
-
-    Autocast is entered only around the network's own work, never while the consumer holds the event.
-    """
-    while True:
-        with autocast(device):
-            try:
-                next(stages)
-            except StopIteration as stop:
-                return stop.value
-        yield Progress(TICK, index, total)
-
-
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """Pad (B, C, H, W) at the bottom and right to multiples of `multiple`; returns the original size."""
     height, width = x.shape[-2:]
@@ -135,6 +121,7 @@ def reverse_process(
     steps = config.sampling_steps if sampling_steps is None else sampling_steps
     levels = schedule.sampling_levels(steps)
     device = next(model.generator.parameters()).device
+    in_autocast = functools.partial(autocast, device)  # around each stage of a network pass
     padded, (height, width) = pad_to_multiple(image.to(device), config.size_multiple)
     batch = padded.shape[0]
     with autocast(device):
@@ -161,18 +148,19 @@ def reverse_process(
         z = randn_like(torch.empty(batch if shared_latent else members, config.latent_dim, device=device), rng)
         if shared_latent:
             z = z.repeat_interleave(samples, dim=0)
-        x0 = (yield from ticking(model.generator.stages(x_k, t, features, z, x0), device, i, steps)).float()
+        x0 = (yield from ticks_at_pauses(model.generator.stages(x_k, t, features, z, x0), i, steps,
+                                         in_autocast)).float()
         chain.append(foreground_of(per_image(((x0 + 1.0) / 2.0).clamp(0.0, 1.0)), config))
         x_s = schedule.jump_sample(x0, x_k, k, s, rng, config.sampling_noise)
         if config.attention_in_sampling and s > 0:
-            gate = (yield from ticking(model.discriminator.attention_stages(x_s, x_k, t, disc_image),
-                                       device, i, steps)).float()
+            gate = (yield from ticks_at_pauses(model.discriminator.attention_stages(x_s, x_k, t, disc_image),
+                                               i, steps, in_autocast)).float()
             c1 = schedule.jump_coefficients(k, s, config.sampling_noise)[0]
             x_s = x_s - c1 * (1.0 - gate) * x0
         maps = {}
         for kind in kinds:
-            found = (yield from ticking(model.discriminator.suspicion_stages(kind, x_s, x_k, t, disc_image),
-                                        device, i, steps)).float()
+            found = (yield from ticks_at_pauses(model.discriminator.suspicion_stages(kind, x_s, x_k, t, disc_image),
+                                                i, steps, in_autocast)).float()
             maps[kind] = per_image(found).mean(dim=0)[:, 0]
         attention = maps.get(config.attention_display) if with_attention else None
         yield Progress("step", i, steps, StepOutput(i, per_image(x0).mean(dim=0), attention, maps))

@@ -8,7 +8,7 @@ from collections.abc import Callable, Generator
 import numpy as np
 import torch
 
-from napari_cdal.engine.events import TICK, Progress
+from napari_cdal.engine.events import Progress, ticks_at_pauses
 from napari_cdal.engine.method.grid import normalise
 from napari_cdal.engine.training.state import TrainState
 from napari_cdal.engine.training.step import train_step_stages
@@ -46,13 +46,7 @@ def training_loop(
             torch.from_numpy(weights).to(device),
             device,
         )
-        while True:
-            try:
-                next(stages)
-            except StopIteration as stop:
-                losses = stop.value
-                break
-            yield Progress(TICK, state.step, cfg.iterations)
+        losses = yield from ticks_at_pauses(stages, state.step, cfg.iterations)
         state.step += 1
         state.record["wall_seconds"] = state.record.get("wall_seconds", 0.0) + time.perf_counter() - started
         if state.step == 1 or state.step % 50 == 0 or state.step == cfg.iterations:
