@@ -208,6 +208,18 @@ def hold_at_tick(monkeypatch: pytest.MonkeyPatch, module: ModuleType, name: str,
     return state
 
 
+def cancel_at_hold(qtbot, widget, button, hold: HeldAtTick, timeout: int = 120_000) -> list[str]:
+    """Click `button`, click Cancel while the engine is held at its tick, then let it go on; the outcomes seen."""
+    outcomes: list[str] = []
+    widget.run_finished.connect(outcomes.append)
+    button.native.click()
+    qtbot.waitUntil(hold.held.is_set, timeout=timeout)
+    widget.cancel_button.native.click()
+    hold.resume.set()
+    qtbot.waitUntil(lambda: bool(outcomes), timeout=timeout)
+    return outcomes
+
+
 def count_network_passes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Record every pass of G and of D's trunk (sampling and training alike), by network."""
     from napari_cdal.engine.method.networks import Discriminator, Generator

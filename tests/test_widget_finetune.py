@@ -9,7 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import blob_tile, click_and_wait, count_network_passes, hold_at_tick, pause_after_first_event
+from conftest import (
+    blob_tile,
+    cancel_at_hold,
+    click_and_wait,
+    count_network_passes,
+    hold_at_tick,
+    pause_after_first_event,
+)
 from skimage.draw import disk
 
 from napari_cdal._widgets._layers import TAG
@@ -438,13 +445,7 @@ def test_cancel_takes_effect_at_the_next_tick_inside_a_training_step(
     finetune.iterations.value = 50
     calls = count_network_passes(monkeypatch)
     hold = hold_at_tick(monkeypatch, engine_finetune, "finetune", "train", calls)
-    outcomes: list[str] = []
-    finetune.run_finished.connect(outcomes.append)
-    finetune.finetune_button.native.click()
-    qtbot.waitUntil(hold.held.is_set, timeout=TIMEOUT_MS)
-    finetune.cancel_button.native.click()
-    hold.resume.set()
-    qtbot.waitUntil(lambda: bool(outcomes), timeout=TIMEOUT_MS)
+    outcomes = cancel_at_hold(qtbot, finetune, finetune.finetune_button, hold, TIMEOUT_MS)
     assert outcomes == ["cancelled"] and model_files(model_folder) == []
     assert hold.closed_at is not None and hold.closed_at.stage == TICK
     assert hold.closed_at.index == 1 and hold.closed_at.total == 50  # one step done: inside the second

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import blob_tile, click_and_wait, count_network_passes, hold_at_tick, pause_after_first_event
+from conftest import (
+    blob_tile,
+    cancel_at_hold,
+    click_and_wait,
+    count_network_passes,
+    hold_at_tick,
+    pause_after_first_event,
+)
 
 from napari_cdal._widgets._layers import CONTOUR_WIDTH, PREVIEW_SUFFIX, TAG, image_mpp
 from napari_cdal._widgets._review import viewer_camera
@@ -289,13 +296,7 @@ def test_cancel_takes_effect_at_the_next_tick_inside_a_step(qtbot, viewer_widget
     widget.sampling_steps.value = 4
     calls = count_network_passes(monkeypatch)
     hold = hold_at_tick(monkeypatch, engine_segment, "segment_image", "step", calls)
-    outcomes: list[str] = []
-    widget.run_finished.connect(outcomes.append)
-    widget.segment_button.native.click()
-    qtbot.waitUntil(hold.held.is_set, timeout=TIMEOUT_MS)
-    widget.cancel_button.native.click()
-    hold.resume.set()
-    qtbot.waitUntil(lambda: bool(outcomes), timeout=TIMEOUT_MS)
+    outcomes = cancel_at_hold(qtbot, widget, widget.segment_button, hold, TIMEOUT_MS)
     assert outcomes == ["cancelled"] and [layer.name for layer in viewer.layers] == [NAME]
     assert hold.closed_at is not None and hold.closed_at.stage == TICK
     assert hold.closed_at.index == 1 and hold.closed_at.total == 4  # one step done of four: inside the second

@@ -7,7 +7,14 @@ import functools
 import numpy as np
 import pytest
 import tifffile
-from conftest import blob_tile, click_and_wait, count_network_passes, hold_at_tick, pause_after_first_event
+from conftest import (
+    blob_tile,
+    cancel_at_hold,
+    click_and_wait,
+    count_network_passes,
+    hold_at_tick,
+    pause_after_first_event,
+)
 from test_widget_segment import PLUGIN, TIMEOUT_MS, click_segment, dock, use_model
 
 from napari_cdal._widgets._layers import TAG
@@ -168,13 +175,7 @@ def test_cancel_in_whole_slide_stops_inside_a_block(qtbot, opened, small_blocks,
     calls = count_network_passes(monkeypatch)
     hold = hold_at_tick(monkeypatch, small_blocks, "segment_slide", "block", calls)
     widget.slide_output.value = tmp_path / "out"
-    outcomes: list[str] = []
-    widget.run_finished.connect(outcomes.append)
-    widget.slide_button.native.click()
-    qtbot.waitUntil(hold.held.is_set, timeout=TIMEOUT_MS)
-    widget.cancel_button.native.click()
-    hold.resume.set()
-    qtbot.waitUntil(lambda: bool(outcomes), timeout=TIMEOUT_MS)
+    outcomes = cancel_at_hold(qtbot, widget, widget.slide_button, hold, TIMEOUT_MS)
     assert outcomes == ["cancelled"] and hold.closed_at.stage == TICK and hold.closed_at.index == 1
     assert hold.calls_at_hold > 0 and len(calls) == hold.calls_at_hold and hold.events_after_hold == 0
     assert zarr.open_array(tmp_path / "out" / "slide_labels.zarr", mode="r").attrs["done"] == [0]
