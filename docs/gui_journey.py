@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from statistics import median
 
-from screenshots import WINDOW, settle, shoot
+from screenshots import docs_viewer, settle, shoot
 
 TICK_MS = 10
 REPEATS = 5
@@ -138,7 +138,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ["NAPARI_CDAL_MODEL_DIR"] = tempfile.mkdtemp(prefix="napari-cdal-journey-")
 
-    import napari
     import numpy as np
 
     from napari_cdal._widgets._layers import MASK, TAG
@@ -147,8 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    viewer = napari.Viewer(title="napari-cdal")
-    viewer.window.resize(*WINDOW)
+    viewer = docs_viewer()
     viewer.open_sample("napari-cdal", "monuseg")
     segment_dock, segment = viewer.window.add_plugin_dock_widget("napari-cdal", "Segment")
     finetune_dock, finetune = viewer.window.add_plugin_dock_widget("napari-cdal", "Fine-tune")

@@ -30,6 +30,15 @@ def settle(seconds: float = 0.3) -> None:
         time.sleep(0.01)
 
 
+def docs_viewer():
+    """A napari viewer as every docs script shoots it: titled napari-cdal, at the WINDOW size."""
+    import napari
+
+    viewer = napari.Viewer(title="napari-cdal")
+    viewer.window.resize(*WINDOW)
+    return viewer
+
+
 def shoot(viewer, out: Path, name: str, canvas_only: bool = False) -> None:
     """Save a screenshot as a 256-colour PNG (a fifth of the size of a full-colour one)."""
     from PIL import Image
@@ -69,7 +78,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=4, help="K for the uncertainty screenshot")
     args = parser.parse_args(argv)
 
-    import napari
 
     from napari_cdal._widgets._names import model_stem
     from napari_cdal._widgets._review import viewer_camera
@@ -82,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    viewer = napari.Viewer(title="napari-cdal")
-    viewer.window.resize(*WINDOW)
+    viewer = docs_viewer()
     viewer.open_sample("napari-cdal", "monuseg")
     _, widget = viewer.window.add_plugin_dock_widget("napari-cdal", "Segment")
     if args.model is not None:

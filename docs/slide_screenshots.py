@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from screenshots import WINDOW, settle, shoot
+from screenshots import docs_viewer, settle, shoot
 
 FIELD_CENTRE_PX = (700, 1000)  # (row, column) of the mosaic the field of view is centred on
 FIELD_ZOOM = 6.0
@@ -60,7 +60,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(Path(__file__).parent / "images"), help="PNG folder")
     args = parser.parse_args(argv)
 
-    import napari
 
     from napari_cdal._widgets._names import model_stem
     from napari_cdal._widgets._review import viewer_camera
@@ -73,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     folder.mkdir()
     try:
         slide = pyramid_mosaic(Path(folder) / "mosaic.tif")
-        viewer = napari.Viewer(title="napari-cdal")
-        viewer.window.resize(*WINDOW)
+        viewer = docs_viewer()
         (layer,) = viewer.open(slide, plugin="napari-cdal")
         _, widget = viewer.window.add_plugin_dock_widget("napari-cdal", "Segment")
         if args.model is not None:
