@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -145,6 +146,25 @@ def run(capsys, *args) -> tuple[int, str, str]:
     code = main([str(a) for a in args])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def train_and_evaluate(capsys, tmp_path: Path, data: Path, config: dict[str, Any], split: dict[str, list[str]],
+                       recipe: dict[str, Any], iterations: int, patch_size: int) -> tuple[Path, dict[str, Any]]:
+    """`napari-cdal train` a model of `config` on `data` (the split and the training recipe as JSON files), then
+    `evaluate` it on the validation subset; the model file and the mean scores."""
+    files = {}
+    for name, content in (("config", config), ("split", split), ("recipe", recipe)):
+        files[name] = tmp_path / f"{name}.json"
+        files[name].write_text(json.dumps(content))
+    model = tmp_path / "model.safetensors"
+    code, _, err = run(capsys, "train", data, "--out", model, "--config", files["config"], "--split", files["split"],
+                       "--train-config", files["recipe"], "--iterations", iterations, "--batch-size", 8,
+                       "--patch-size", patch_size, "--validate-every", iterations, "--threads", 1)
+    assert code == 0, err
+    code, _, err = run(capsys, "evaluate", data, "--model", model, "--split", files["split"], "--subset",
+                       "validation", "--json", tmp_path / "scores.json")
+    assert code == 0, err
+    return model, json.loads((tmp_path / "scores.json").read_text())["mean"]
 
 
 def files_in(folder: Path) -> list[str]:

@@ -161,27 +161,16 @@ def test_rgb_model_still_segments_a_grayscale_image(trained_tiny) -> None:
 
 @pytest.mark.slow
 def test_tiny_grayscale_model_learns_through_the_cli(tmp_path, capsys) -> None:
-    from conftest import run
+    from conftest import run, train_and_evaluate
 
     data = tmp_path / "data"
     masks = _gray_folder(data, 6)
-    config = tmp_path / "gray.json"
-    config.write_text(json.dumps(TINY_GRAY.to_dict()))
-    split = tmp_path / "split.json"
-    split.write_text(json.dumps({"train": [f"cxr_{i}" for i in range(4)], "validation": ["cxr_4", "cxr_5"]}))
-    recipe = tmp_path / "recipe.json"
-    recipe.write_text(json.dumps({"lr_g": 3e-3, "lr_d": 1e-3, "warmup_steps": 10}))
-    model = tmp_path / "xray.safetensors"
-    code, _, err = run(capsys, "train", data, "--out", model, "--config", config, "--split", split,
-                       "--train-config", recipe, "--iterations", 200, "--batch-size", 8, "--patch-size", 32,
-                       "--validate-every", 200, "--threads", 1)
-    assert code == 0, err
-    code, out, err = run(capsys, "evaluate", data, "--model", model, "--split", split, "--subset", "validation",
-                         "--json", tmp_path / "scores.json")
-    assert code == 0, err
-    scores = json.loads((tmp_path / "scores.json").read_text())
-    assert scores["mean"]["dice"] > 0.8 and scores["mean"]["iou"] > 0.65, scores["mean"]
-    assert scores["mean"]["aji"] is None  # masks only: no instance truth to score
+    split = {"train": [f"cxr_{i}" for i in range(4)], "validation": ["cxr_4", "cxr_5"]}
+    model, scores = train_and_evaluate(capsys, tmp_path, data, TINY_GRAY.to_dict(), split,
+                                       {"lr_g": 3e-3, "lr_d": 1e-3, "warmup_steps": 10}, iterations=200,
+                                       patch_size=32)
+    assert scores["dice"] > 0.8 and scores["iou"] > 0.65, scores
+    assert scores["aji"] is None  # masks only: no instance truth to score
     image = data / "images" / "cxr_4.tif"  # 16-bit, 72 x 72: segmented at 48 px and brought back
     code, out, err = run(capsys, "segment", image, "--model", model, "--out", tmp_path / "out")
     assert code == 0, err

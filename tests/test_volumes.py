@@ -222,24 +222,13 @@ def test_evaluate_volumes_scores_each_volume() -> None:
 
 @pytest.mark.slow
 def test_tiny_model_of_classes_learns_synthetic_volumes_through_the_cli(tmp_path, capsys) -> None:
-    from conftest import run
+    from conftest import run, train_and_evaluate
 
     data = _volume_folder(tmp_path / "data", 3)
-    config = tmp_path / "config.json"
-    config.write_text(json.dumps(TINY_CLASSES.to_dict()))
-    split = tmp_path / "split.json"
-    split.write_text(json.dumps({"train": ["vol_0", "vol_1"], "validation": ["vol_2"]}))
-    recipe = tmp_path / "recipe.json"
-    recipe.write_text(json.dumps({"flips": False, "lr_g": 3e-3, "lr_d": 1e-3, "warmup_steps": 10}))
-    model = tmp_path / "vol.safetensors"
-    code, _, err = run(capsys, "train", data, "--out", model, "--config", config, "--split", split,
-                       "--train-config", recipe, "--iterations", 300, "--batch-size", 8, "--patch-size", 24,
-                       "--validate-every", 300, "--threads", 1)
-    assert code == 0, err
-    code, out, err = run(capsys, "evaluate", data, "--model", model, "--split", split, "--subset", "validation",
-                         "--json", tmp_path / "scores.json")
-    assert code == 0, err
-    scores = json.loads((tmp_path / "scores.json").read_text())["mean"]
+    model, scores = train_and_evaluate(capsys, tmp_path, data, TINY_CLASSES.to_dict(),
+                                       {"train": ["vol_0", "vol_1"], "validation": ["vol_2"]},
+                                       {"flips": False, "lr_g": 3e-3, "lr_d": 1e-3, "warmup_steps": 10},
+                                       iterations=300, patch_size=24)
     assert scores["dice_anterior"] > 0.8 and scores["dice_posterior"] > 0.8, scores
     code, out, err = run(capsys, "segment", data / "images" / "vol_2.nii.gz", "--model", model,
                          "--out", tmp_path / "out", "--samples", 2, "--save-uncertainty")
