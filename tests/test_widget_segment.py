@@ -369,7 +369,7 @@ def test_a_rerun_previews_in_the_earlier_maps_and_adds_or_removes_no_layer(qtbot
     outcomes: list[str] = []
     widget.run_finished.connect(outcomes.append)
     widget.segment_button.native.click()
-    qtbot.waitUntil(lambda: steps.name.endswith(PREVIEW_SUFFIX), timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: attention.name.endswith(PREVIEW_SUFFIX), timeout=TIMEOUT_MS)  # lent a turn after the steps
     assert steps.visible and attention.name == f"{LAYER} attention {PREVIEW_SUFFIX}"
     assert not steps.data[1:].any(), "the preview starts empty and has drawn the first step only"
     paused_engine.set()

@@ -335,12 +335,13 @@ class LivePreview:
     """A run's layers while it goes: x̂0 and attention stacks filling in as steps arrive, each in a
     `(running)` layer, and hidden `(running)` places for a new mask and uncertainty.
 
-    A run adds and removes as few layers as it can, and adds them one per turn of the event loop,
-    since each added layer holds the GUI thread (a Labels layer a fifth of a second on 2 cores) and
-    each removed one costs a full garbage collection in napari (a fifth of a second with torch
-    loaded). A result layer of the same image, model and kind from an earlier run is borrowed for the
-    steps and attention previews and given back as it was when the run is cancelled or fails; a mask
-    or uncertainty layer that is there already is simply updated at the end. Where there is none, a
+    A run adds and removes as few layers as it can, and adds them one per turn of the event loop (the
+    steps stack with the click; a plane that comes before its stack waits for it), since each added
+    layer holds the GUI thread (a Labels layer a fifth of a second on 2 cores) and each removed one
+    costs a full garbage collection in napari (a fifth of a second with torch loaded). A result
+    layer of the same image, model and kind from an earlier run is borrowed for the steps and
+    attention previews and given back as it was when the run is cancelled or fails; a mask or
+    uncertainty layer that is there already is simply updated at the end. Where there is none, a
     new `(running)` layer is added at the start, and becomes the result layer when the run finishes
     (show_result's `spares`). `end()` gives back or takes away whatever did not become a result.
     """
@@ -361,6 +362,9 @@ class LivePreview:
         self.layers: dict[str, Layer] = {}
         self._waiting = [(STEPS, n_steps), (ATTENTION, n_steps), *([(UNCERTAINTY, 0)] if uncertainty else []),
                          (MASK, 0)]  # in the order show_result puts them
+        self._early: dict[str, list[tuple[int, tuple[int, int, int, int], np.ndarray]]] = {}
+        """kind -> planes (step, box, plane) that came before their stack was added."""
+        self._add_waiting()  # the steps stack now, so every step finds it; the others one turn each
         self._timer = QTimer()
         self._timer.setInterval(0)
         self._timer.timeout.connect(self._add_waiting)
@@ -373,7 +377,12 @@ class LivePreview:
             return
         kind, n_steps = self._waiting.pop(0)
         if kind in (STEPS, ATTENTION):
-            self._layer(kind, n_steps)
+            layer = self._layer(kind, n_steps)
+            early = self._early.pop(kind, [])
+            for step, (y0, y1, x0, x1), plane in early:
+                layer.data[step, y0:y1, x0:x1] = plane
+            if early:
+                layer.refresh()
         elif kind not in self.layers and find_result_layer(self._viewer, self._image_name, kind, self._model) is None:
             self._add_place(kind)
 
@@ -440,6 +449,9 @@ class LivePreview:
             planes.append((ATTENTION, normalise_planes(step.attention[None])[0]))
         written = []
         for kind, plane in planes:
+            if kind not in self.layers:  # its stack is still waiting to be added: it takes the plane then
+                self._early.setdefault(kind, []).append((step.step, step.box, plane))
+                continue
             layer = self._layer(kind, step.n_steps)
             layer.data[step.step, y0:y1, x0:x1] = plane
             written.append(layer)
