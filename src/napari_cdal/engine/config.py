@@ -11,10 +11,19 @@ from typing import Any
 HE_MEAN = (142.07, 98.48, 132.96)
 HE_STD = (65.78, 57.05, 57.78)
 
-ATTENTION_MAPS = ("channel_mean", "score_map", "score_gradient")
+ATTENTION_MAPS = ("channel_mean", "score_map", "score_gradient", "error_probability")
 """What the attention layer can show: cDAL's channel mean of D's middle block; D's score per place
-(its linear head applied before the spatial mean); the size of the gradient of D's realism loss
-with respect to the mask (where D would change the mask)."""
+(its linear head applied before the spatial mean; minus the logit per pixel for the pixel D); the
+size of the gradient of D's realism loss with respect to the mask (where D would change the mask);
+the pixel D's belief that the mask is wrong at each pixel."""
+
+DISC_KINDS = {
+    "trunk": ("channel_mean", "score_map", "score_gradient"),
+    "pixel": ("error_probability", "score_map"),
+}
+"""The discriminator's layouts and the attention maps each can give: cDAL's convolutional trunk with
+one score per pair (`networks.Discriminator`), or an encoder-decoder with a real/fake logit per pixel
+that also sees the image, trained to find where the mask is wrong (`pixel_disc.PixelDiscriminator`)."""
 
 UNCERTAINTY_MEASURES = ("std", "entropy", "mutual_information", "chain_std", "chain_entropy")
 """Per-pixel uncertainty from the K samples: the spread of their foreground probabilities, the
@@ -49,6 +58,8 @@ class ModelConfig:
     disc_width: int = 16
     disc_levels: int = 4
     disc_attention_level: int = 3
+    disc_kind: str = "trunk"
+    """The discriminator's layout (DISC_KINDS): "trunk" (cDAL's, one score) or "pixel" (a logit per pixel)."""
     diffusion_steps: int = 4
     default_sampling_steps: int = 0
     beta_min: float = 0.1
@@ -112,8 +123,13 @@ class ModelConfig:
                              f"got {self.default_sampling_steps}")
         if self.attention_scaling not in ("none", "minmax"):
             raise ValueError(f"attention_scaling must be 'none' or 'minmax', got {self.attention_scaling!r}")
-        if self.attention_display not in ATTENTION_MAPS:
-            raise ValueError(f"attention_display must be one of {ATTENTION_MAPS}, got {self.attention_display!r}")
+        if self.disc_kind not in DISC_KINDS:
+            raise ValueError(f"disc_kind must be one of {sorted(DISC_KINDS)}, got {self.disc_kind!r}")
+        if self.attention_display not in DISC_KINDS[self.disc_kind]:
+            raise ValueError(f"attention_display must be one of {DISC_KINDS[self.disc_kind]} for the "
+                             f"{self.disc_kind} discriminator, got {self.attention_display!r}")
+        if self.disc_kind == "pixel" and not self.disc_image:
+            raise ValueError("the pixel discriminator judges a mask against its image: it needs disc_image true")
         if self.uncertainty_measure not in UNCERTAINTY_MEASURES:
             raise ValueError(
                 f"uncertainty_measure must be one of {UNCERTAINTY_MEASURES}, got {self.uncertainty_measure!r}")

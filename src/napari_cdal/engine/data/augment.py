@@ -145,3 +145,25 @@ def intensity_jitter_cf(x: np.ndarray, rng: np.random.Generator, brightness: flo
     mean = np.float32(x.mean())
     out = np.clip((x - mean) * fc + mean * fb, 0.0, 255.0)
     return np.float32(255.0) * (out / np.float32(255.0)) ** exponent
+
+
+def degrade_cf(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """What a scanner or a lab does to a slide, on one (C, H, W) float32 image on 0..255: each of blur,
+    noise, gamma and contrast with probability one half.
+
+    The error discriminator learns from the generator's mistakes on such patches, which it did not fit.
+    """
+    from scipy import ndimage
+
+    out = np.asarray(image, dtype=np.float32).copy()
+    if rng.random() < 0.5:
+        sigma = rng.uniform(0.3, 1.5)
+        out = ndimage.gaussian_filter(out, (0, sigma, sigma))
+    if rng.random() < 0.5:
+        out = out + rng.normal(0.0, rng.uniform(2.0, 10.0), out.shape).astype(np.float32)
+    if rng.random() < 0.5:
+        out = np.float32(255.0) * (np.clip(out, 0.0, 255.0) / np.float32(255.0)) ** np.float32(rng.uniform(0.7, 1.4))
+    if rng.random() < 0.5:
+        mean = np.float32(out.mean())
+        out = (out - mean) * np.float32(rng.uniform(0.6, 1.3)) + mean
+    return np.clip(out, 0.0, 255.0).astype(np.float32)

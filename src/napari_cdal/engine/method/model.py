@@ -18,6 +18,7 @@ from napari_cdal.engine.io.checkpoint import (
     with_prefix,
 )
 from napari_cdal.engine.method.networks import Discriminator, Generator
+from napari_cdal.engine.method.pixel_disc import PixelDiscriminator
 from napari_cdal.engine.method.schedule import VPSchedule
 from napari_cdal.models import MODEL_SUFFIX, bundled_models
 
@@ -30,7 +31,7 @@ class CdalModel:
 
     config: ModelConfig
     generator: Generator
-    discriminator: Discriminator
+    discriminator: Discriminator | PixelDiscriminator
     record: dict[str, Any] = field(default_factory=dict)
     source: str = ""
 
@@ -48,7 +49,7 @@ class CdalModel:
         """
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return cls(config, Generator(config), Discriminator(config))
+            return cls(config, Generator(config), make_discriminator(config))
 
     def to(self, device: torch.device | str) -> CdalModel:
         """Move both networks to `device`; returns the model."""
@@ -61,6 +62,11 @@ class CdalModel:
         self.generator.eval()
         self.discriminator.eval()
         return self
+
+
+def make_discriminator(config: ModelConfig) -> Discriminator | PixelDiscriminator:
+    """The discriminator of the config's `disc_kind`: cDAL's trunk or the per-pixel encoder-decoder."""
+    return PixelDiscriminator(config) if config.disc_kind == "pixel" else Discriminator(config)
 
 
 def with_new_config(source: CdalModel, config: ModelConfig, seed: int = 0) -> CdalModel:
@@ -133,7 +139,7 @@ def model_from_checkpoint(tensors: dict[str, torch.Tensor], meta: dict[str, Any]
     """Rebuild the networks from the metadata's config and load their weights strictly."""
     try:
         config = ModelConfig.from_dict(meta["model_config"])
-        generator, discriminator = Generator(config), Discriminator(config)
+        generator, discriminator = Generator(config), make_discriminator(config)
     except (KeyError, TypeError, ValueError, ArithmeticError, RuntimeError) as exc:
         # a config that parses but cannot build networks (e.g. base_width 0) is just as unusable
         first = (str(exc).strip().splitlines() or [""])[0]

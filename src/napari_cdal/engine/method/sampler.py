@@ -29,6 +29,19 @@ class StepOutput:
     x0_mean: torch.Tensor
     attention: torch.Tensor | None
     attention_maps: dict[str, torch.Tensor] = field(default_factory=dict)
+    pair: SampledPair | None = None
+
+
+@dataclass
+class SampledPair:
+    """What D judges at one reverse step from noise level k to s, for every sample (B*K, C, H, W, cropped):
+    the pair it is shown, x_s and x_k (at step index t = k - 1), and G's estimate x̂_0 that made x_s."""
+
+    x_s: torch.Tensor
+    x_k: torch.Tensor
+    k: int
+    s: int
+    estimate: torch.Tensor
 
 
 @dataclass
@@ -99,6 +112,7 @@ def reverse_process(
     with_attention: bool = True,
     attention_kinds: tuple[str, ...] = (),
     shared_latent: bool = False,
+    keep_pairs: bool = False,
 ) -> Generator[Progress, None, None]:
     """Sample label maps for a batch of normalised images (B, C, H, W), yielding each reverse step.
 
@@ -111,7 +125,8 @@ def reverse_process(
     generator. The whole batch goes through each stage at once, so ticks change no result.
     `attention_kinds` adds D's other maps (ATTENTION_MAPS) to each step's output. `shared_latent`
     gives the K samples of an image the same z at each step, so that their spread comes from the
-    noise alone (to measure how much of it z makes). Sizes are padded internally and cropped back.
+    noise alone (to measure how much of it z makes). `keep_pairs` puts each step's SampledPair in its
+    StepOutput: D learns from exactly what sampling shows it. Sizes are padded internally and cropped back.
     """
     config = model.config
     samples = config.default_samples if samples is None else samples
@@ -163,7 +178,10 @@ def reverse_process(
                                                 i, steps, in_autocast)).float()
             maps[kind] = per_image(found).mean(dim=0)[:, 0]
         attention = maps.get(config.attention_display) if with_attention else None
-        yield Progress("step", i, steps, StepOutput(i, per_image(x0).mean(dim=0), attention, maps))
+        pair = None
+        if keep_pairs:
+            pair = SampledPair(x_s[..., :height, :width], x_k[..., :height, :width], k, s, x0[..., :height, :width])
+        yield Progress("step", i, steps, StepOutput(i, per_image(x0).mean(dim=0), attention, maps, pair))
         x_k = x_s
     probs = per_image(((x0 + 1.0) / 2.0).clamp(0.0, 1.0))
     measures = uncertainty_maps(foreground_of(probs, config), torch.stack(chain))

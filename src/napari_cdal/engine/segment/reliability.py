@@ -15,6 +15,7 @@ from scipy.stats import rankdata
 from skimage.segmentation import find_boundaries
 
 MATCH_IOU = 0.5
+CLEAR_ERROR_IOU = 0.3
 
 
 def auroc(scores: np.ndarray, positive: np.ndarray) -> float | None:
@@ -45,13 +46,13 @@ def outline_nearness(labels: np.ndarray) -> np.ndarray:
     return -ndi.distance_transform_edt(~outline).astype(np.float32)
 
 
-def wrong_nuclei(labels: np.ndarray, truth_instances: np.ndarray) -> np.ndarray:
-    """For ids 1..N of `labels`: True where no true nucleus overlaps it with IoU >= MATCH_IOU."""
+def best_match_iou(labels: np.ndarray, truth_instances: np.ndarray) -> np.ndarray:
+    """For ids 1..N of `labels`: the best IoU of each with any true nucleus (0 where none overlaps)."""
     pred = np.asarray(labels).astype(np.int64).ravel()
     true = np.asarray(truth_instances).astype(np.int64).ravel()
     n_pred, n_true = int(pred.max(initial=0)), int(true.max(initial=0))
     if n_pred == 0:
-        return np.zeros(0, dtype=bool)
+        return np.zeros(0)
     pred_area = np.bincount(pred, minlength=n_pred + 1)
     true_area = np.bincount(true, minlength=n_true + 1)
     both = (pred > 0) & (true > 0)
@@ -60,7 +61,23 @@ def wrong_nuclei(labels: np.ndarray, truth_instances: np.ndarray) -> np.ndarray:
     iou = overlap / (pred_area[p] + true_area[q] - overlap)
     best = np.zeros(n_pred + 1)
     np.maximum.at(best, p, iou)
-    return best[1:] < MATCH_IOU
+    return best[1:]
+
+
+def wrong_nuclei(labels: np.ndarray, truth_instances: np.ndarray) -> np.ndarray:
+    """For ids 1..N of `labels`: True where no true nucleus overlaps it with IoU >= MATCH_IOU."""
+    return best_match_iou(labels, truth_instances) < MATCH_IOU
+
+
+def clear_error_auroc(scores: np.ndarray, best_iou: np.ndarray) -> float | None:
+    """Per-nucleus error AUROC on clear errors: best IoU < CLEAR_ERROR_IOU against matched nuclei (>= MATCH_IOU).
+
+    Nuclei in between are border disagreements (the annotators' convention, close to
+    unpredictable) and are left out of this figure.
+    """
+    scores, best_iou = np.asarray(scores), np.asarray(best_iou)
+    kept = (best_iou < CLEAR_ERROR_IOU) | (best_iou >= MATCH_IOU)
+    return auroc(scores[kept], best_iou[kept] < CLEAR_ERROR_IOU)
 
 
 def nucleus_means(labels: np.ndarray, values: np.ndarray) -> np.ndarray:
