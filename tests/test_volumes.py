@@ -180,6 +180,9 @@ def test_segment_volume_keeps_the_volume_order(axis: int) -> None:
     assert result.labels.shape == volume.shape and result.labels.dtype == np.uint8
     assert result.probability.shape == (3, *volume.shape)
     assert result.steps.shape == (2, *volume.shape) and result.attention.shape == (2, *volume.shape)
+    assert result.chain.shape == (3, *volume.shape), "x_T, then each step's x_s"
+    assert abs(float(result.chain[0].mean()) - 0.5) < 0.05 and float(result.chain[0].std()) > 0.2
+    np.testing.assert_array_equal(result.chain[-1], result.steps[-1])
     assert result.uncertainty.shape == volume.shape
     expected = (stretch_intensity(volume, config) > config.image_mean[0]).astype(np.uint8)
     assert np.array_equal(result.labels, expected)  # each voxel's answer lands on that voxel
