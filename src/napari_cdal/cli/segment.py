@@ -27,7 +27,7 @@ SEGMENT_OUTPUTS = (("labels", True, "_labels.tif"), ("steps", "save_steps", "_st
                    ("geojson", "geojson", "_nuclei.geojson"), ("measurements", "measurements", "_nuclei.csv"))
 """What segment writes per image: <stem><suffix>, always or when the flag is given.
 
---save-steps writes x̂0 per step as _steps.tif (the contract since the first release) and the chain as
+--save-steps writes x̂0 per step as _steps.tif (its meaning kept: scripts read it) and the chain as
 sampled, x_T to x_0 (one plane more), as _chain.tif."""
 
 

@@ -131,11 +131,11 @@ def segment_image(
     grayscale model's image stretched first by its own percentiles (`stretch_intensity`).
 
     The final event's payload is a SegmentationResult on the input's pixel grid; its uncertainty
-    is None with one sample (no spread to measure). `keep_steps` keeps x̂0 per step (`steps`) and the
-    chain x_T..x_0 (`chain`), blended across tiles as the probability is. `attention_kinds` adds D's maps of the last
-    step by kind, `uncertainty_kinds` other uncertainty measures (UNCERTAINTY_MEASURES) than the
-    model's (for benchmarks); only what is asked for is blended and resampled. Closing the
-    generator between events cancels the run and leaves nothing behind.
+    is None with one sample (no spread to measure). `keep_steps` keeps x̂0 per step (`steps`) and
+    the chain x_T..x_0 (`chain`), blended across tiles as the probability is. `attention_kinds`
+    adds D's maps of the last step by kind, `uncertainty_kinds` other uncertainty measures
+    (UNCERTAINTY_MEASURES) than the model's (for benchmarks); only what is asked for is blended and
+    resampled. Closing the generator between events cancels the run and leaves nothing behind.
     """
     start = time.perf_counter()
     config = model.config
