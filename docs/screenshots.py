@@ -122,9 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     viewer.reset_view()
     show_only(viewer, SAMPLE_NAME, f"{results} steps")
     viewer.layers[f"{results} steps"].opacity = 1.0
-    viewer.dims.set_point(0, 1)  # the step axis runs 1..T
+    viewer.dims.set_point(0, 1)  # the step axis counts the steps done: the chain's x_T is at 0
     shoot(viewer, out, "06_steps_first.png")
-    viewer.dims.set_point(0, viewer.layers[f"{results} steps"].data.shape[0])
+    viewer.dims.set_point(0, viewer.layers[f"{results} steps"].data.shape[0] - 1)  # x_0
     shoot(viewer, out, "07_steps_last.png")
 
     show_only(viewer, SAMPLE_NAME, f"{results} attention")

@@ -55,12 +55,17 @@ def test_segment_saves_steps_attention_uncertainty(capsys, tiny_model_file, blob
     code, _, err = run(capsys, "segment", tif, "--model", tiny_model_file, "--mpp", "0.5", "--out", out,
                        "--samples", "2", "--save-steps", "--save-attention", "--save-uncertainty")
     assert code == 0, err
-    assert files_in(out) == ["tile_attention.tif", "tile_labels.tif", "tile_steps.tif", "tile_uncertainty.tif"]
+    assert files_in(out) == ["tile_attention.tif", "tile_chain.tif", "tile_labels.tif", "tile_steps.tif",
+                             "tile_uncertainty.tif"]
     steps = tifffile.imread(out / "tile_steps.tif")
+    chain = tifffile.imread(out / "tile_chain.tif")
     attention = tifffile.imread(out / "tile_attention.tif")
     uncertainty = tifffile.imread(out / "tile_uncertainty.tif")
     t = TINY.diffusion_steps
     assert steps.shape == (t, 128, 128) and steps.dtype == np.float32
+    assert chain.shape == (t + 1, 128, 128) and chain.dtype == np.float32, "x_T, then each step's x_t"
+    assert abs(float(chain[0].mean()) - 0.5) < 0.02 and float(chain[0].std()) > 0.2, "x_T: noise, mapped to 0..1"
+    np.testing.assert_array_equal(chain[-1], steps[-1])
     assert attention.shape == (t, 128, 128) and attention.dtype == np.float32
     assert uncertainty.shape == (128, 128) and uncertainty.dtype == np.float32
     assert np.isfinite(steps).all() and np.isfinite(attention).all() and np.isfinite(uncertainty).all()
@@ -88,6 +93,7 @@ def test_segment_fewer_steps_more_samples(capsys, tiny_model_file, blob_images, 
                        "--steps", "2", "--samples", "3", "--save-steps", "--save-uncertainty", "--threads", "1")
     assert code == 0, err
     assert tifffile.imread(out / "tile_steps.tif").shape == (2, 128, 128)
+    assert tifffile.imread(out / "tile_chain.tif").shape == (3, 128, 128)
     uncertainty = tifffile.imread(out / "tile_uncertainty.tif")
     assert uncertainty.max() > 0.0  # three samples disagree somewhere
     assert dice(tifffile.imread(out / "tile_labels.tif") > 0, tile.foreground) > 0.85
@@ -115,6 +121,7 @@ def test_segment_seed_repeats(capsys, tiny_model_file, blob_images, tmp_path):
     a, b, c = outputs["a"], outputs["b"], outputs["c"]
     assert (a / "tile_labels.tif").read_bytes() == (b / "tile_labels.tif").read_bytes()
     assert (a / "tile_steps.tif").read_bytes() == (b / "tile_steps.tif").read_bytes()
+    assert (a / "tile_chain.tif").read_bytes() == (b / "tile_chain.tif").read_bytes()
     # another seed draws other noise: the intermediate x̂0 maps differ
     assert not np.array_equal(tifffile.imread(a / "tile_steps.tif"), tifffile.imread(c / "tile_steps.tif"))
     assert tifffile.imread(c / "tile_labels.tif").max() > 0

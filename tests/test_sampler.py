@@ -36,6 +36,22 @@ def test_reverse_process_yields_every_step_then_the_maps(trained_tiny, steps) ->
     assert (out.uncertainty > 0).any()
 
 
+def test_the_chain_starts_at_the_seeds_noise_and_ends_at_the_last_estimate(trained_tiny) -> None:
+    # x_T is the first draw of the passed generator (mean over K); each step starts where the last
+    # one ended; the last step's x_s is x_0, which is that step's x̂_0.
+    model, _ = trained_tiny
+    config, samples = model.config, 3
+    image = _normalised(blob_tile(9, size=64), model)  # 64: a multiple of the model's, nothing padded
+    steps = [e.payload for e in reverse_process(model, image, sampling_steps=2, samples=samples,
+                                                  rng=make_generator(7)) if e.stage == "step"]
+    noise = torch.randn(samples, config.label_channels, 64, 64, generator=make_generator(7))
+    assert steps[0].x_from_mean.shape == (1, config.label_channels, 64, 64)
+    assert torch.allclose(steps[0].x_from_mean[0], noise.mean(dim=0))
+    assert torch.equal(steps[1].x_from_mean, steps[0].x_to_mean)
+    assert not torch.allclose(steps[0].x_to_mean, steps[0].x0_mean, atol=0.05), "x_2 is x̂_0 with noise again"
+    assert torch.equal(steps[-1].x_to_mean, steps[-1].x0_mean)
+
+
 def test_one_sample_has_no_spread(trained_tiny) -> None:
     model, _ = trained_tiny
     events = list(reverse_process(model, _normalised(blob_tile(9, 32), model), samples=1, rng=make_generator(0)))
@@ -60,7 +76,8 @@ def test_seeded_segmentation_repeats_bit_for_bit(trained_tiny) -> None:
     c = run_to_end(segment_image(model, image, image_mpp=0.5, samples=2, seed=4))
     assert np.array_equal(a.labels, b.labels)
     assert np.array_equal(a.probability, b.probability)
-    assert np.array_equal(a.steps, b.steps)
+    assert np.array_equal(a.steps, b.steps) and np.array_equal(a.chain, b.chain)
+    assert not np.array_equal(a.chain[0], c.chain[0]), "another seed, other noise"
     assert not np.array_equal(a.probability, c.probability)
 
 
@@ -73,6 +90,29 @@ def test_tiny_model_segments_unseen_blobs(trained_tiny) -> None:
     assert dice(result.labels, tile.instances) > 0.9
     assert abs(result.n_nuclei - len(np.unique(tile.instances)) + 1) <= 5
     assert result.steps.shape == (4, 128, 128) and result.attention.shape == (4, 128, 128)
+    assert result.chain.shape == (5, 128, 128), "x_T and the four steps' x_s"
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_the_chain_stack_runs_from_the_noise_to_the_mask(trained_tiny, steps) -> None:
+    # Tiled with overlap like the other maps: x_T (the drawn noise, mapped to [0, 1]: mean 0.5, wide
+    # spread), one plane per step, the last the final estimate's mapping.
+    model, _ = trained_tiny
+    events = list(segment_image(model, blob_tile(18, size=100).image, image_mpp=0.5, sampling_steps=steps,
+                                samples=2, tile_size=64, overlap=16))
+    result = events[-1].payload
+    assert result.chain.shape == (steps + 1, 100, 100) and result.chain.dtype == np.float32
+    assert result.steps.shape == (steps, 100, 100)
+    noise = result.chain[0]
+    assert abs(float(noise.mean()) - 0.5) < 0.02 and float(noise.std()) > 0.2
+    assert 0.0 <= result.chain.min() and result.chain.max() <= 1.0
+    np.testing.assert_array_equal(result.chain[-1], result.steps[-1])
+    np.testing.assert_allclose(result.chain[-1], result.probability[0], atol=1e-5)
+    assert float(result.chain[-1].std()) > 0.3, "the mask: near 0 or 1, not noise"
+    updates = [e.payload for e in events if e.stage == "step"]
+    assert all((u.chain_start is not None) == (u.step == 0) for u in updates)
+    y0, y1, x0, x1 = updates[0].box
+    assert updates[0].chain.shape == updates[0].chain_start.shape == (y1 - y0, x1 - x0)
 
 
 def test_tiles_reproduce_the_whole_image_result(trained_tiny) -> None:
@@ -137,8 +177,9 @@ def test_runs_without_step_maps_send_no_live_maps(trained_tiny) -> None:
     events = list(segment_image(model, blob_tile(17, size=64).image, image_mpp=0.5, keep_steps=False))
     steps = [e.payload for e in events if e.stage == "step"]
     assert len(steps) == model.config.sampling_steps
-    assert all(u.foreground is None and u.attention is None for u in steps)
+    assert all(u.foreground is None and u.attention is None and u.chain is None for u in steps)
     assert events[-1].payload.steps is None and events[-1].payload.attention is None
+    assert events[-1].payload.chain is None
 
 
 def test_ticks_come_inside_every_step_and_carry_no_payload(trained_tiny) -> None:

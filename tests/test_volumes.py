@@ -180,6 +180,9 @@ def test_segment_volume_keeps_the_volume_order(axis: int) -> None:
     assert result.labels.shape == volume.shape and result.labels.dtype == np.uint8
     assert result.probability.shape == (3, *volume.shape)
     assert result.steps.shape == (2, *volume.shape) and result.attention.shape == (2, *volume.shape)
+    assert result.chain.shape == (3, *volume.shape), "x_T, then each step's x_s"
+    assert abs(float(result.chain[0].mean()) - 0.5) < 0.05 and float(result.chain[0].std()) > 0.2
+    np.testing.assert_array_equal(result.chain[-1], result.steps[-1])
     assert result.uncertainty.shape == volume.shape
     expected = (stretch_intensity(volume, config) > config.image_mean[0]).astype(np.uint8)
     assert np.array_equal(result.labels, expected)  # each voxel's answer lands on that voxel
@@ -238,6 +241,27 @@ def test_tiny_model_of_classes_learns_synthetic_volumes_through_the_cli(tmp_path
     assert np.allclose(written.affine, volume_affine())
     assert set(np.unique(np.asarray(written.dataobj))) <= {0, 1, 2}
     assert nibabel.load(str(tmp_path / "out" / "vol_2_uncertainty.nii.gz")).shape == (12, 24, 24)
+
+
+def test_save_steps_writes_the_estimates_and_the_chain_of_a_volume(tmp_path, capsys) -> None:
+    # <stem>_steps.nii.gz keeps x̂0 per step; <stem>_chain.nii.gz holds x_T..x_0, one volume more
+    from conftest import run
+
+    from napari_cdal.engine.method.model import save_model
+
+    model = tmp_path / "classes.safetensors"
+    save_model(model, CdalModel.initialise(TINY_CLASSES, 0))
+    data = _volume_folder(tmp_path / "data", 1)
+    code, _, err = run(capsys, "segment", data / "images" / "vol_0.nii.gz", "--model", model,
+                       "--out", tmp_path / "out", "--sampling-steps", 2, "--save-steps")
+    assert code == 0, err
+    steps = nibabel.load(str(tmp_path / "out" / "vol_0_steps.nii.gz"))
+    chain = nibabel.load(str(tmp_path / "out" / "vol_0_chain.nii.gz"))
+    assert steps.shape == (12, 24, 24, 2) and chain.shape == (12, 24, 24, 3)
+    assert np.allclose(chain.affine, volume_affine())
+    noise = np.asarray(chain.dataobj)[..., 0]
+    assert abs(float(noise.mean()) - 0.5) < 0.05 and float(noise.std()) > 0.2
+    np.testing.assert_allclose(np.asarray(chain.dataobj)[..., -1], np.asarray(steps.dataobj)[..., -1])
 
 
 def test_a_volume_with_an_h_and_e_model_is_refused_with_a_hint(tmp_path, capsys, tiny_model_file) -> None:

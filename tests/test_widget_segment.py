@@ -30,7 +30,7 @@ NAME = "blobs"
 MODEL = "tiny"
 LAYER = f"{NAME} {MODEL}"
 """Result layers are named after the image and the model that made them."""
-KINDS = ("mask", "steps", "attention", "uncertainty")
+KINDS = ("mask", "steps", "estimates", "attention", "uncertainty")
 SCALE, TRANSLATE = (0.5, 0.5), (10.0, 20.0)
 TIMEOUT_MS = 120_000
 
@@ -82,10 +82,10 @@ def viewer_widget(make_napari_viewer, tiny_model_file):
     return viewer, widget
 
 
-# ----------------------------------------------------------------------------- one click, four layers
+# ----------------------------------------------------------------------------- one click, five layers
 
 
-def test_segment_gives_four_layers_on_the_image_grid(qtbot, viewer_widget) -> None:
+def test_segment_gives_five_layers_on_the_image_grid(qtbot, viewer_widget) -> None:
     viewer, widget = viewer_widget
     assert widget.mpp.value == pytest.approx(0.5)
     assert click_segment(qtbot, widget) == "done"
@@ -93,27 +93,34 @@ def test_segment_gives_four_layers_on_the_image_grid(qtbot, viewer_widget) -> No
     assert names == [
         NAME,
         f"{LAYER} steps",
+        f"{LAYER} estimates",
         f"{LAYER} attention",
         f"{LAYER} uncertainty",
         f"{LAYER} mask",
     ]
-    mask, steps, attention, uncertainty = (viewer.layers[f"{LAYER} {kind}"] for kind in KINDS)
+    mask, steps, estimates, attention, uncertainty = (viewer.layers[f"{LAYER} {kind}"] for kind in KINDS)
     assert (
         type(mask).__name__ == "Labels"
         and mask.data.shape == (128, 128)
         and mask.data.dtype == np.uint32
     )
-    assert steps.data.shape == attention.data.shape == (4, 128, 128)
-    assert steps.data.dtype == attention.data.dtype == uncertainty.data.dtype == np.float32
+    assert steps.data.shape == (5, 128, 128), "the chain: x_T, then the x_t of each of the 4 steps"
+    assert estimates.data.shape == attention.data.shape == (4, 128, 128)
+    assert steps.data.dtype == estimates.data.dtype == attention.data.dtype == uncertainty.data.dtype == np.float32
     assert uncertainty.data.shape == (128, 128)
     for layer in (mask, uncertainty):
         assert tuple(layer.scale) == SCALE and tuple(layer.translate) == TRANSLATE
-    for layer in (steps, attention):
+    assert tuple(steps.scale) == (1.0, *SCALE) and tuple(steps.translate) == (0.0, *TRANSLATE)
+    for layer in (estimates, attention):
         assert tuple(layer.scale) == (1.0, *SCALE) and tuple(layer.translate) == (1.0, *TRANSLATE)
     assert attention.colormap.name == "inferno" and attention.blending == "additive"
-    assert steps.axis_labels[0] == attention.axis_labels[0] == "step"
-    assert 0.0 <= attention.data.min() and attention.data.max() <= 1.0
-    assert 0.0 <= steps.data.min() and steps.data.max() <= 1.0
+    assert steps.axis_labels[0] == estimates.axis_labels[0] == attention.axis_labels[0] == "step"
+    assert not steps.visible and not estimates.visible
+    for layer in (steps, estimates, attention):
+        assert 0.0 <= layer.data.min() and layer.data.max() <= 1.0
+    noise = steps.data[0]
+    assert abs(float(noise.mean()) - 0.5) < 0.02 and float(noise.std()) > 0.2, "x_T: the seed's noise"
+    assert np.array_equal(steps.data[-1], estimates.data[-1]), "x_0 is the last step's x̂0"
     assert mask.contour == CONTOUR_WIDTH
     n_nuclei = int(mask.data.max())
     assert n_nuclei > 5 and np.array_equal(np.unique(mask.data), np.arange(n_nuclei + 1))
@@ -176,7 +183,7 @@ def test_progress_moves_per_step_and_tile_while_the_ui_keeps_running(
     def spy(self, n: int = 1) -> None:
         original_update(self, n)
         seen.append((self.n, self.total))
-        running = viewer.layers[f"{LAYER} steps {PREVIEW_SUFFIX}"].data
+        running = viewer.layers[f"{LAYER} steps {PREVIEW_SUFFIX}"].data  # the chain: x_T and a plane per step
         drawn.append(int(running.any(axis=(1, 2)).sum()))
         handled.set()
 
@@ -196,9 +203,9 @@ def test_progress_moves_per_step_and_tile_while_the_ui_keeps_running(
     assert napari_bars == [], "the widget's own bar, not napari's"
     assert widget.progress_bar.value == 0 and widget.progress_bar.native.format() == "", "empty again after the run"
     assert sum(ticks) >= 5, "the event loop must keep running while the worker computes"
-    kinds = ("steps", "attention", "mask")  # one sample: no uncertainty
+    kinds = ("steps", "estimates", "attention", "mask")  # one sample: no uncertainty
     assert [name for _, name in previews] == [f"{LAYER} {kind} {PREVIEW_SUFFIX}" for kind in kinds]
-    assert drawn[-1] == 4 and drawn == sorted(drawn), "every step was drawn live, in order"
+    assert drawn[0] == 2 and drawn[-1] == 5 and drawn == sorted(drawn), "x_T, then every step drawn live, in order"
     # the run's layers became the result layers: nothing added at the end, nothing left running
     assert [layer for layer, _ in previews] == [viewer.layers[f"{LAYER} {kind}"] for kind in kinds]
     assert [layer.name for layer in viewer.layers] == [NAME, *(f"{LAYER} {kind}" for kind in kinds)]
@@ -214,7 +221,7 @@ def test_rerun_updates_in_place_but_keeps_an_edited_mask(qtbot, viewer_widget) -
     first = {kind: viewer.layers[f"{LAYER} {kind}"] for kind in KINDS}
     first_labels = first["mask"].data.copy()
     assert click_segment(qtbot, widget) == "done"
-    assert len(viewer.layers) == 5
+    assert len(viewer.layers) == 6
     assert all(viewer.layers[f"{LAYER} {kind}"] is first[kind] for kind in KINDS)
     assert np.array_equal(first["mask"].data, first_labels), "the same seed repeats the mask"
 
@@ -226,13 +233,13 @@ def test_rerun_updates_in_place_but_keeps_an_edited_mask(qtbot, viewer_widget) -
     assert np.array_equal(first["mask"].data, edited), "an edited mask is never overwritten"
     assert all(
         viewer.layers[f"{LAYER} {kind}"] is first[kind]
-        for kind in ("steps", "attention", "uncertainty")
+        for kind in ("steps", "estimates", "attention", "uncertainty")
     )
     second_mask = viewer.layers[f"{LAYER} mask [1]"]
     assert tuple(second_mask.scale) == SCALE and second_mask.data.dtype == np.uint32
 
     assert click_segment(qtbot, widget) == "done"
-    assert len(viewer.layers) == 6 and viewer.layers[-1] is second_mask
+    assert len(viewer.layers) == 7 and viewer.layers[-1] is second_mask
 
 
 def test_several_samples_give_a_nonzero_uncertainty(qtbot, viewer_widget) -> None:
@@ -337,16 +344,18 @@ def test_a_first_run_adds_its_layers_one_per_turn_at_the_start_and_fills_them_at
     outcomes: list[str] = []
     widget.run_finished.connect(outcomes.append)
     widget.segment_button.native.click()
-    kinds = ("steps", "attention", "uncertainty", "mask")
-    qtbot.waitUntil(lambda: len(added) == 4, timeout=TIMEOUT_MS)
+    kinds = ("steps", "estimates", "attention", "uncertainty", "mask")
+    qtbot.waitUntil(lambda: len(added) == 5, timeout=TIMEOUT_MS)
     assert [name for name, _ in added] == [f"{LAYER} {kind} {PREVIEW_SUFFIX}" for kind in kinds]
-    assert len({turn for _, turn in added}) == 4, "each layer added in its own turn of the event loop"
+    assert len({turn for _, turn in added}) == 5, "each layer added in its own turn of the event loop"
     mask = viewer.layers[f"{LAYER} mask {PREVIEW_SUFFIX}"]
     assert not mask.visible and not mask.data.any(), "the new mask's place waits hidden and empty"
+    assert viewer.layers[f"{LAYER} steps {PREVIEW_SUFFIX}"].visible, "the chain is what the preview shows"
+    assert not viewer.layers[f"{LAYER} estimates {PREVIEW_SUFFIX}"].visible, "x̂0 fills in hidden"
     paused_engine.set()
     qtbot.waitUntil(lambda: bool(outcomes), timeout=TIMEOUT_MS)
     timer.stop()
-    assert outcomes == ["done"] and len(added) == 4 and removed == []
+    assert outcomes == ["done"] and len(added) == 5 and removed == []
     assert [layer.name for layer in viewer.layers] == [NAME, *(f"{LAYER} {kind}" for kind in kinds)]
     assert viewer.layers[f"{LAYER} mask"] is mask and mask.visible and mask.data.max() > 0
     assert not viewer.layers[f"{LAYER} uncertainty"].visible and viewer.layers[f"{LAYER} uncertainty"].data.any()
@@ -354,12 +363,13 @@ def test_a_first_run_adds_its_layers_one_per_turn_at_the_start_and_fills_them_at
 
 def test_a_rerun_previews_in_the_earlier_maps_and_adds_or_removes_no_layer(qtbot, viewer_widget, paused_engine) -> None:
     # each layer added costs the canvas a new visual and each removed one a garbage collection, so
-    # a rerun of the same model borrows its steps and attention layers for the preview
+    # a rerun of the same model borrows its steps, estimates and attention layers for the preview
     viewer, widget = viewer_widget
     paused_engine.set()
     assert click_segment(qtbot, widget) == "done"
     steps, attention = viewer.layers[f"{LAYER} steps"], viewer.layers[f"{LAYER} attention"]
-    attention.visible = True  # the user looks at the attention; the steps stay hidden
+    estimates = viewer.layers[f"{LAYER} estimates"]
+    attention.visible = True  # the user looks at the attention; the steps and estimates stay hidden
     first_steps = steps.data.copy()
     changes: list[str] = []
     viewer.layers.events.inserted.connect(lambda event: changes.append(f"added {event.value.name}"))
@@ -369,14 +379,16 @@ def test_a_rerun_previews_in_the_earlier_maps_and_adds_or_removes_no_layer(qtbot
     outcomes: list[str] = []
     widget.run_finished.connect(outcomes.append)
     widget.segment_button.native.click()
-    qtbot.waitUntil(lambda: attention.name.endswith(PREVIEW_SUFFIX), timeout=TIMEOUT_MS)  # lent a turn after the steps
+    qtbot.waitUntil(lambda: attention.name.endswith(PREVIEW_SUFFIX), timeout=TIMEOUT_MS)  # lent after the estimates
     assert steps.visible and attention.name == f"{LAYER} attention {PREVIEW_SUFFIX}"
-    assert not steps.data[1:].any(), "the preview starts empty and has drawn the first step only"
+    assert estimates.name == f"{LAYER} estimates {PREVIEW_SUFFIX}" and not estimates.visible, "as the user left it"
+    assert not steps.data[2:].any(), "the preview starts empty and has drawn x_T and the first step at most"
     paused_engine.set()
     qtbot.waitUntil(lambda: bool(outcomes), timeout=TIMEOUT_MS)
     assert outcomes == ["done"] and changes == []
     assert viewer.layers[f"{LAYER} steps"] is steps and viewer.layers[f"{LAYER} attention"] is attention
-    assert not steps.visible and attention.visible, "each map's visibility is the user's again"
+    assert viewer.layers[f"{LAYER} estimates"] is estimates
+    assert not steps.visible and not estimates.visible and attention.visible, "each map's visibility is the user's"
     assert steps.data.shape == first_steps.shape and not np.array_equal(steps.data, first_steps), "the new seed's steps"
 
 
@@ -413,7 +425,7 @@ def test_grayscale_image_with_an_unset_scale_uses_0_25_and_an_edited_mpp(
     assert click_segment(qtbot, widget) == "done"
     mask = viewer.layers[f"gray {MODEL} mask"]
     assert mask.data.shape == (96, 96) and tuple(mask.scale) == (1.0, 1.0)
-    assert viewer.layers[f"gray {MODEL} steps"].data.shape == (4, 96, 96)
+    assert viewer.layers[f"gray {MODEL} steps"].data.shape == (5, 96, 96)
 
 
 def test_mpp_comes_from_the_layer_scale_in_its_unit(make_napari_viewer) -> None:
@@ -747,13 +759,16 @@ def test_sampling_steps_and_samples_are_kept_when_switching_model(
     assert (widget.sampling_steps.value, widget.samples.value, widget.sampling_steps.max) == (2, 4, 2)
     assert widget.status.value == "sampling steps lowered from 3 to 2: short has 2 diffusion steps"
     tip = widget.sampling_steps.tooltip
-    assert "diffusion steps T" in tip and "slider's 0 is step 1" in tip
+    assert "diffusion steps T" in tip and "counts the steps done" in tip and "x_T (0)" in tip
 
 
-def test_the_step_slider_runs_from_1_to_t(qtbot, viewer_widget) -> None:
+def test_the_step_slider_counts_the_steps_done(qtbot, viewer_widget) -> None:
+    # slider position and status-bar coordinate agree: 0 is the noise x_T, S the mask x_0; the
+    # estimates and attention of step s lie at s
     viewer, widget = viewer_widget
     assert click_segment(qtbot, widget) == "done"
-    steps = viewer.layers[f"{LAYER} steps"]
-    low, high = steps.extent.world[:, 0]
-    assert (low, high) == (1.0, 4.0), "napari's step slider reads step 1 to step 4, not 0 to 3"
-    assert viewer.dims.range[0].start == pytest.approx(1.0) and viewer.dims.range[0].stop == pytest.approx(4.0)
+    for kind, first in (("steps", 0.0), ("estimates", 1.0), ("attention", 1.0)):
+        low, high = viewer.layers[f"{LAYER} {kind}"].extent.world[:, 0]
+        assert (low, high) == (first, 4.0), kind
+    assert viewer.dims.range[0].start == pytest.approx(0.0) and viewer.dims.range[0].stop == pytest.approx(4.0)
+    assert viewer.dims.range[0].step == pytest.approx(1.0)

@@ -146,17 +146,18 @@ def test_segment_on_a_volume_gives_aligned_3d_labels_and_4d_stacks(
     assert click_and_wait(qtbot, widget, widget.segment_button) == "done"
     assert bar[-1] == (12, 12), "the bar counts slices"
     names = [layer.name for layer in viewer.layers]
-    assert names == ["vol", *(f"vol {MODEL} {kind}" for kind in ("steps", "attention", "uncertainty", "mask"))]
-    mask, steps, attention, uncertainty = (viewer.layers[f"vol {MODEL} {kind}"]
-                                           for kind in ("mask", "steps", "attention", "uncertainty"))
+    kinds = ("steps", "estimates", "attention", "uncertainty", "mask")
+    assert names == ["vol", *(f"vol {MODEL} {kind}" for kind in kinds)]
+    steps, estimates, attention, uncertainty, mask = (viewer.layers[f"vol {MODEL} {kind}"] for kind in kinds)
     assert type(mask).__name__ == "Labels" and mask.data.dtype == np.uint8 and mask.data.shape == (12, 24, 24)
     assert set(np.unique(mask.data)) <= {0, 1, 2}
     for layer in (mask, uncertainty):
         assert tuple(layer.scale) == SPACING and tuple(layer.translate) == TRANSLATE
     assert uncertainty.data.shape == (12, 24, 24)
-    for layer in (steps, attention):
-        assert layer.data.shape == (2, 12, 24, 24) and layer.axis_labels[0] == "step"
-        assert tuple(layer.scale) == (1.0, *SPACING) and tuple(layer.translate) == (1.0, *TRANSLATE)
+    for layer, planes, first in ((steps, 3, 0.0), (estimates, 2, 1.0), (attention, 2, 1.0)):
+        assert layer.data.shape == (planes, 12, 24, 24) and layer.axis_labels[0] == "step"
+        assert tuple(layer.scale) == (1.0, *SPACING) and tuple(layer.translate) == (first, *TRANSLATE)
+    assert np.array_equal(steps.data[-1], estimates.data[-1]), "the chain ends at the last step's x̂0"
     assert np.allclose(mask.metadata["affine"], image.metadata["affine"])
     assert np.array_equal(mask.metadata[TAG]["result"], mask.data) and mask.metadata[TAG]["model"] == MODEL
     assert widget.status.value.startswith(f"{MODEL}: anterior ") and "voxels" in widget.status.value

@@ -4,8 +4,10 @@ Every layer the plugin makes carries ``metadata["napari_cdal"] = {"image": <imag
 "kind": <kind>, "model": <model name>}`` and is named ``<image> <model> <kind>``, so the results of
 two models sit side by side; a mask also carries the fingerprint of the data it was given, so a mask
 the user has painted on since is recognised and never overwritten. Adding layers never changes the
-user's selected layer or tool (keep_selection); step stacks lie at 1..T on their step axis (the
-coordinate napari's status bar shows; its slider numbers positions from 0, so its 0 is step 1).
+user's selected layer or tool (keep_selection). The stacks share a step axis that counts the steps
+done, so napari's slider position and the coordinate in its status bar agree: the steps stack (the
+chain as sampled) lies at 0..S, its x_T before any step, and the estimates (x̂0) and attention
+stacks, made by the steps, at 1..S.
 """
 
 from __future__ import annotations
@@ -28,14 +30,18 @@ if TYPE_CHECKING:
     from napari_cdal.engine.segment.image import SegmentationResult, StepUpdate
 
 TAG = "napari_cdal"
-MASK, STEPS, ATTENTION, UNCERTAINTY = "mask", "steps", "attention", "uncertainty"
+MASK, STEPS, ESTIMATES, ATTENTION, UNCERTAINTY = "mask", "steps", "estimates", "attention", "uncertainty"
 SLIDE_LABELS = "slide labels"
 PREVIEW_SUFFIX = "(running)"
 STEP_AXIS = "step"
 CONTOUR_WIDTH = 2
 
+STACK_START = {STEPS: 0.0, ESTIMATES: 1.0, ATTENTION: 1.0}
+"""Where each stack's first plane lies on the step axis (steps done): the chain's x_T comes before any step."""
+
 STYLES: dict[str, dict[str, Any]] = {
     STEPS: {"colormap": "gray", "opacity": 0.7, "visible": False},
+    ESTIMATES: {"colormap": "gray", "opacity": 0.7, "visible": False},
     ATTENTION: {"colormap": "inferno", "blending": "additive", "visible": False},
     UNCERTAINTY: {"colormap": "magma", "blending": "additive", "visible": False},
 }
@@ -153,9 +159,9 @@ class Grid:
             grid["axis_labels"] = self.axis_labels
         return grid
 
-    def stack(self) -> dict[str, Any]:
-        """Layer keywords for a T x H x W stack on this grid (the step axis has scale 1 and runs 1..T)."""
-        grid: dict[str, Any] = {"scale": (1.0, *self.scale), "translate": (1.0, *self.translate)}
+    def stack(self, start: float = 1.0) -> dict[str, Any]:
+        """Layer keywords for a stack of planes on this grid (the step axis has scale 1 and starts at `start`)."""
+        grid: dict[str, Any] = {"scale": (1.0, *self.scale), "translate": (start, *self.translate)}
         if self.units is not None:
             grid["units"] = ("pixel", *self.units)
         if self.axis_labels is not None:
@@ -283,31 +289,30 @@ def show_result(
     result = shown.result
     grid = Grid.of(image).shifted(origin)
     with keep_selection(viewer):
-        layers = put_map_layers(viewer, image.name, grid, result.steps, shown.attention, result.uncertainty, model,
-                                spares)
+        layers = put_map_layers(viewer, image.name, grid, result.chain, result.steps, shown.attention,
+                                result.uncertainty, model, spares)
         labels = np.ascontiguousarray(result.labels, dtype=np.uint32)
         layers[MASK] = put_mask_layer(viewer, image.name, labels, grid.plane(), contour, shown.features, origin,
                                       model, spare=(spares or {}).get(MASK))
     return layers
 
 
-def put_map_layers(viewer: napari.Viewer, image_name: str, grid: Grid, steps: np.ndarray | None,
-                   attention: np.ndarray | None, uncertainty: np.ndarray | None, model: str,
-                   spares: dict[str, Image] | None = None) -> dict[str, Layer]:
-    """The steps and attention stacks (attention already scaled per plane) and the uncertainty map of a run.
+def put_map_layers(viewer: napari.Viewer, image_name: str, grid: Grid, chain: np.ndarray | None,
+                   estimates: np.ndarray | None, attention: np.ndarray | None, uncertainty: np.ndarray | None,
+                   model: str, spares: dict[str, Image] | None = None) -> dict[str, Layer]:
+    """The steps (the chain x_T..x_0), estimates (x̂0 per step) and attention stacks and the uncertainty map of a run.
 
-    Shared by tiles and volumes; `spares` are preview layers by kind that may become the stacks (see
-    put_image_layer). With no uncertainty (one sample) an older uncertainty layer of the same image
-    and model is removed, since it would not belong to the new mask.
+    The chain and the estimates are the engine's `chain` and `steps`, on [0, 1]; the attention is
+    already scaled per plane. Shared by tiles and volumes; `spares` are preview layers by kind that
+    may become the stacks (see put_image_layer). With no uncertainty (one sample) an older
+    uncertainty layer of the same image and model is removed, since it would not belong to the new mask.
     """
     spares = spares or {}
     layers: dict[str, Layer] = {}
-    if steps is not None:
-        layers[STEPS] = put_image_layer(viewer, image_name, STEPS, np.asarray(steps, np.float32), grid.stack(),
-                                        (0.0, 1.0), model, spares.get(STEPS))
-    if attention is not None:
-        layers[ATTENTION] = put_image_layer(viewer, image_name, ATTENTION, attention, grid.stack(), (0.0, 1.0), model,
-                                            spares.get(ATTENTION))
+    for kind, stack in ((STEPS, chain), (ESTIMATES, estimates), (ATTENTION, attention)):
+        if stack is not None:
+            layers[kind] = put_image_layer(viewer, image_name, kind, np.asarray(stack, np.float32),
+                                           grid.stack(STACK_START[kind]), (0.0, 1.0), model, spares.get(kind))
     if uncertainty is not None:
         uncertainty = np.asarray(uncertainty, np.float32)
         top = max(float(uncertainty.max()), 1e-6)
@@ -331,16 +336,29 @@ def result_features(result: SegmentationResult, mpp: float) -> dict[str, np.ndar
     return nucleus_features(result.labels, mpp, result.uncertainty, attention)
 
 
+def stack_planes(kind: str, n_steps: int) -> int:
+    """Planes of a stack of this kind for a run of `n_steps` sampling steps: the chain has x_T besides."""
+    return n_steps + 1 if kind == STEPS else n_steps
+
+
+PREVIEW_STYLES: dict[str, dict[str, Any]] = {
+    STEPS: {"colormap": "gray"},
+    ESTIMATES: {"colormap": "gray", "visible": False},
+    ATTENTION: {"colormap": "inferno", "blending": "additive"},
+}
+"""How a new `(running)` stack is shown: the chain and the attention; x̂0 fills in hidden, one toggle away."""
+
+
 class LivePreview:
-    """A run's layers while it goes: x̂0 and attention stacks filling in as steps arrive, each in a
-    `(running)` layer, and hidden `(running)` places for a new mask and uncertainty.
+    """A run's layers while it goes: the chain (steps), x̂0 (estimates) and attention stacks filling in
+    as steps arrive, each in a `(running)` layer, and hidden `(running)` places for a new mask and uncertainty.
 
     A run adds and removes as few layers as it can, and adds them one per turn of the event loop (the
     steps stack with the click; a plane that comes before its stack waits for it), since each added
     layer holds the GUI thread (a Labels layer a fifth of a second on 2 cores) and each removed one
     costs a full garbage collection in napari (a fifth of a second with torch loaded). A result
-    layer of the same image, model and kind from an earlier run is borrowed for the steps and
-    attention previews and given back as it was when the run is cancelled or fails; a mask or
+    layer of the same image, model and kind from an earlier run is borrowed for the stacks'
+    previews and given back as it was when the run is cancelled or fails; a mask or
     uncertainty layer that is there already is simply updated at the end. Where there is none, a
     new `(running)` layer is added at the start, and becomes the result layer when the run finishes
     (show_result's `spares`). `end()` gives back or takes away whatever did not become a result.
@@ -354,16 +372,15 @@ class LivePreview:
         self._image_name = image.name
         self._model = model
         self._planes = Grid.of(image).shifted(origin)
-        self._grid = self._planes.stack()
         self._size = size
         self._removed = False
         self._borrowed: dict[str, dict[str, Any]] = {}
         """kind -> the borrowed result layer's data, name, visibility and grid before the run."""
         self.layers: dict[str, Layer] = {}
-        self._waiting = [(STEPS, n_steps), (ATTENTION, n_steps), *([(UNCERTAINTY, 0)] if uncertainty else []),
-                         (MASK, 0)]  # in the order show_result puts them
+        self._waiting = [(STEPS, n_steps), (ESTIMATES, n_steps), (ATTENTION, n_steps),
+                         *([(UNCERTAINTY, 0)] if uncertainty else []), (MASK, 0)]  # in the order show_result puts them
         self._early: dict[str, list[tuple[int, tuple[int, int, int, int], np.ndarray]]] = {}
-        """kind -> planes (step, box, plane) that came before their stack was added."""
+        """kind -> planes (index in the stack, box, plane) that came before their stack was added."""
         self._add_waiting()  # the steps stack now, so every step finds it; the others one turn each
         self._timer = QTimer()
         self._timer.setInterval(0)
@@ -376,11 +393,11 @@ class LivePreview:
             self._timer.stop()
             return
         kind, n_steps = self._waiting.pop(0)
-        if kind in (STEPS, ATTENTION):
+        if kind in STACK_START:
             layer = self._layer(kind, n_steps)
             early = self._early.pop(kind, [])
-            for step, (y0, y1, x0, x1), plane in early:
-                layer.data[step, y0:y1, x0:x1] = plane
+            for index, (y0, y1, x0, x1), plane in early:
+                layer.data[index, y0:y1, x0:x1] = plane
             if early:
                 layer.refresh()
         elif kind not in self.layers and find_result_layer(self._viewer, self._image_name, kind, self._model) is None:
@@ -406,32 +423,38 @@ class LivePreview:
         self.layers[kind] = layer
 
     def _borrow(self, kind: str, n_steps: int) -> Image | None:
-        """The earlier result layer of this kind, emptied for the preview and renamed `(running)`; None if none."""
+        """The earlier result layer of this kind, emptied for the preview and renamed `(running)`; None if none.
+
+        It is shown, but for the estimates, which keep the visibility the user gave them.
+        """
         layer = find_result_layer(self._viewer, self._image_name, kind, self._model)
         if layer is None:
             return None
+        grid = self._planes.stack(STACK_START[kind])
         self._borrowed[kind] = {"data": layer.data, "name": layer.name, "visible": layer.visible,
-                                **{key: getattr(layer, key) for key in self._grid}}
-        layer.data = np.zeros((n_steps, *self._size), np.float32)
-        set_changed(layer, self._grid)
+                                **{key: getattr(layer, key) for key in grid}}
+        layer.data = np.zeros((stack_planes(kind, n_steps), *self._size), np.float32)
+        set_changed(layer, grid)
         layer.name = f"{layer.name} {PREVIEW_SUFFIX}"
-        layer.visible = True
+        if kind != ESTIMATES:
+            layer.visible = True
         return layer
 
     def _add(self, kind: str, n_steps: int) -> Image:
         """A new `(running)` stack of this kind."""
-        style = {"colormap": "gray"} if kind == STEPS else {"colormap": "inferno", "blending": "additive"}
         with keep_selection(self._viewer):
-            return self._viewer.add_image(np.zeros((n_steps, *self._size), np.float32), contrast_limits=(0.0, 1.0),
-                                          name=self._preview_name(kind), metadata=self._preview_tag(kind),
-                                          **self._grid, **style)
+            return self._viewer.add_image(np.zeros((stack_planes(kind, n_steps), *self._size), np.float32),
+                                          contrast_limits=(0.0, 1.0), name=self._preview_name(kind),
+                                          metadata=self._preview_tag(kind),
+                                          **self._planes.stack(STACK_START[kind]), **PREVIEW_STYLES[kind])
 
     def _layer(self, kind: str, n_steps: int) -> Image:
         if kind not in self.layers:
             self.layers[kind] = self._borrow(kind, n_steps) or self._add(kind, n_steps)
         layer = self.layers[kind]
-        if layer.data.shape[0] != n_steps:
-            layer.data = np.zeros((n_steps, *self._size), np.float32)
+        planes = stack_planes(kind, n_steps)
+        if layer.data.shape[0] != planes:
+            layer.data = np.zeros((planes, *self._size), np.float32)
         return layer
 
     def spares(self) -> dict[str, Layer]:
@@ -440,26 +463,28 @@ class LivePreview:
                 if kind not in self._borrowed and layer in self._viewer.layers}
 
     def update(self, step: StepUpdate) -> None:
-        """Write one tile's step into the preview and move the step slider there."""
+        """Write one tile's step into the preview (x_T too at the first step) and move the step slider there."""
         if self._removed:
             return
         y0, y1, x0, x1 = step.box
-        planes = [(STEPS, step.foreground)]
+        planes = [(STEPS, 0, step.chain_start), (STEPS, step.step + 1, step.chain),
+                  (ESTIMATES, step.step, step.foreground)]
         if step.attention is not None:
-            planes.append((ATTENTION, normalise_planes(step.attention[None])[0]))
-        written = []
-        for kind, plane in planes:
-            if kind not in self.layers:  # its stack is still waiting to be added: it takes the plane then
-                self._early.setdefault(kind, []).append((step.step, step.box, plane))
+            planes.append((ATTENTION, step.step, normalise_planes(step.attention[None])[0]))
+        written: dict[str, Layer] = {}
+        for kind, index, plane in planes:
+            if plane is None:  # x_T comes with the first step only
                 continue
-            layer = self._layer(kind, step.n_steps)
-            layer.data[step.step, y0:y1, x0:x1] = plane
-            written.append(layer)
+            if kind not in self.layers:  # its stack is still waiting to be added: it takes the plane then
+                self._early.setdefault(kind, []).append((index, step.box, plane))
+                continue
+            layer = written[kind] = self._layer(kind, step.n_steps)
+            layer.data[index, y0:y1, x0:x1] = plane
         dims, axis = self._viewer.dims, self._viewer.dims.ndim - 3
-        if dims.point[axis] != step.step + 1:  # the step axis runs 1..T; moving the slider redraws the stacks
+        if dims.point[axis] != step.step + 1:  # the step axis counts steps done; moving the slider redraws the stacks
             dims.set_point(axis, step.step + 1)
             return
-        for layer in written:  # the same step (the next tile): redraw in place
+        for layer in written.values():  # the same step (the next tile): redraw in place
             layer.refresh()
 
     def end(self, results: Iterable[Layer] = ()) -> None:

@@ -49,11 +49,12 @@ def model_fit_problem(layer: Image, config: ModelConfig | None, model_name: str)
 
 def show_volume_result(viewer: napari.Viewer, image: Image, result: VolumeResult, model: str,
                        contour: int) -> dict[str, Layer]:
-    """A VolumeResult as `<image> <model> mask|steps|attention|uncertainty` layers on the volume's grid.
+    """A VolumeResult as `<image> <model> mask|steps|estimates|attention|uncertainty` layers on the volume's grid.
 
     The mask is a uint8 Labels layer of classes; it keeps the model's labels (to find the corrected
-    slices later) and the volume's affine (for the NIfTI writer). Steps and attention are
-    (step, z, y, x) stacks; uncertainty (z, y, x) comes with two or more samples.
+    slices later) and the volume's affine (for the NIfTI writer). Steps (the chain x_T..x_0),
+    estimates (x̂0) and attention are (step, z, y, x) stacks; uncertainty (z, y, x) comes with two
+    or more samples.
     """
     with keep_selection(viewer):
         return _put_volume_layers(viewer, image, result, model, contour)
@@ -63,7 +64,7 @@ def _put_volume_layers(viewer: napari.Viewer, image: Image, result: VolumeResult
                        contour: int) -> dict[str, Layer]:
     grid = Grid.of(image, axes=3)
     attention = None if result.attention is None else normalise_planes(result.attention)
-    layers = put_map_layers(viewer, image.name, grid, result.steps, attention, result.uncertainty, model)
+    layers = put_map_layers(viewer, image.name, grid, result.chain, result.steps, attention, result.uncertainty, model)
     labels = np.ascontiguousarray(result.labels, dtype=np.uint8)
     mask = put_mask_layer(viewer, image.name, labels, grid.plane(), contour, model=model,
                           extra={RESULT: labels.copy()})

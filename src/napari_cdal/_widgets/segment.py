@@ -1,8 +1,8 @@
 """The Segment dock widget: gathers settings, runs engine.segment_image (a whole slide, a volume) in a thread_worker.
 
 Segment takes the whole image, the field of view or a drawn rectangle (on a slide, the field of
-view, at full resolution). During a run the steps and attention fill in live in `(running)` layers
-(an earlier run's steps and attention layers of the same model, borrowed, or new ones); the mask
+view, at full resolution). During a run the steps (the chain), estimates (x̂0) and attention fill
+in live in `(running)` layers (an earlier run's layers of the same model, borrowed, or new ones); the mask
 and uncertainty are written when the run finishes, and Cancel (or an error) gives every layer back
 exactly as it was.
 Whole slide runs engine.slide's segment_slide into a zarr store beside the chosen folder and
@@ -130,8 +130,10 @@ class SegmentWidget(SlideRun, WorkerRun, Container):
         self.sampling_steps = SpinBox(
             label="sampling steps", min=1, max=DEFAULT_STEPS, value=DEFAULT_STEPS,
             tooltip="in how many denoising steps the mask forms, 1 up to the model's diffusion steps T; "
-            "fewer is faster, more can be sharper. The 'steps' layers show each one: the step slider's 0 is "
-            "step 1 (napari numbers slider positions from 0)")
+            "fewer is faster, more can be sharper. The step slider counts the steps done: the 'steps' layer "
+            "shows the chain as sampled, from the noise x_T (0) to the mask x_0 (the last): the foreground "
+            "channel, averaged over the samples and mapped from -1..1 to 0..1; 'estimates' shows x̂0, the model's "
+            "guess of the finished mask, made at each step (1 on)")
         self.samples = SpinBox(
             label="samples (for uncertainty)", min=1, max=64, value=1,
             tooltip="how many times the mask is drawn and averaged; with 2 or more, where the draws disagree "

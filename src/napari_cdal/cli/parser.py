@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (made if missing)")
     _add_sampling(p)
     p.add_argument("--save-steps", action="store_true",
-                   help="also write <stem>_steps.tif: the model's estimate of the mask after each denoising step")
+                   help="also write <stem>_steps.tif, the model's estimate of the mask (x̂0) after each denoising "
+                   "step, and <stem>_chain.tif, the chain as sampled from the noise x_T to x_0 (one plane more)")
     p.add_argument("--save-attention", action="store_true",
                    help="also write <stem>_attention.tif: where the discriminator looked, per step")
     p.add_argument("--save-uncertainty", action="store_true",

@@ -16,15 +16,19 @@ def _write_tiff(path: Path, array: Any) -> None:
 
     from napari_cdal.engine.io.checkpoint import atomic_write
 
-    # minisblack: a 3- or 4-plane stack (steps, attention) is planes, not an RGB(A) picture
+    # minisblack: a 3- or 4-plane stack (steps, chain, attention) is planes, not an RGB(A) picture
     atomic_write(path, lambda tmp: tifffile.imwrite(tmp, array, compression="zlib", photometric="minisblack"))
 
 
 SEGMENT_OUTPUTS = (("labels", True, "_labels.tif"), ("steps", "save_steps", "_steps.tif"),
+                   ("chain", "save_steps", "_chain.tif"),
                    ("attention", "save_attention", "_attention.tif"),
                    ("uncertainty", "save_uncertainty", "_uncertainty.tif"),
                    ("geojson", "geojson", "_nuclei.geojson"), ("measurements", "measurements", "_nuclei.csv"))
-"""What segment writes per image: <stem><suffix>, always or when the flag is given."""
+"""What segment writes per image: <stem><suffix>, always or when the flag is given.
+
+--save-steps writes x̂0 per step as _steps.tif (its meaning kept: scripts read it) and the chain as
+sampled, x_T to x_0 (one plane more), as _chain.tif."""
 
 
 def _segment_outputs(args: argparse.Namespace, out: Path, stem: str) -> dict[str, Path]:
@@ -43,7 +47,8 @@ def _write_outputs(files: dict[str, Path], result: Any, pixels: Any, image_mpp: 
     table = None
     if "geojson" in files or "measurements" in files:
         table = nucleus_measurements(labels, to_rgb_float(pixels, 3), image_mpp, result.uncertainty)
-    maps = {"labels": labels, "steps": result.steps, "attention": result.attention, "uncertainty": result.uncertainty}
+    maps = {"labels": labels, "steps": result.steps, "chain": result.chain, "attention": result.attention,
+            "uncertainty": result.uncertainty}
     for kind, file in files.items():
         if kind == "geojson":
             write_text(file, geojson_text(labels, table, object_type="detection"))
@@ -108,6 +113,7 @@ def _segment_slide(args: argparse.Namespace, model: Any, path: Path, files: dict
 
 
 VOLUME_OUTPUTS = (("labels", True, "_labels.nii.gz"), ("steps", "save_steps", "_steps.nii.gz"),
+                  ("chain", "save_steps", "_chain.nii.gz"),
                   ("attention", "save_attention", "_attention.nii.gz"),
                   ("uncertainty", "save_uncertainty", "_uncertainty.nii.gz"))
 """What segment writes per volume, NIfTI with the input's affine: <stem><suffix>, always or when asked."""
@@ -157,6 +163,7 @@ def _segment_volume_file(args: argparse.Namespace, model: Any, path: Path, files
         bar.close()
     maps = {"labels": result.labels, "uncertainty": result.uncertainty,
             "steps": None if result.steps is None else result.steps.transpose(1, 2, 3, 0),
+            "chain": None if result.chain is None else result.chain.transpose(1, 2, 3, 0),
             "attention": None if result.attention is None else result.attention.transpose(1, 2, 3, 0)}
     for kind, file in files.items():
         write_volume(file, maps[kind], volume.affine)

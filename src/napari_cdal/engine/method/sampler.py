@@ -19,16 +19,21 @@ from napari_cdal.engine.method.schedule import randn_like
 
 @dataclass
 class StepOutput:
-    """One reverse step on a batch of B images: the mean x̂_0 over the K samples and D's maps of the step.
+    """One reverse step on a batch of B images: the mean x̂_0 over the K samples, the chain, and D's maps.
 
     `x0_mean` is (B, C, H, W); `attention` (B, H, W) is the map the model shows (its config's
-    attention_display); `attention_maps` holds every kind that was asked for, by name.
+    attention_display); `attention_maps` holds every kind that was asked for, by name. The chain
+    as sampled, on the label scale [-1, 1] and averaged over the K samples like x̂_0: `x_from_mean`
+    is the x_k the step started from (x_T, the drawn noise, at the first step), `x_to_mean` the x_s
+    it drew (x_0 at the last step), both (B, C, H, W).
     """
 
     step: int
     x0_mean: torch.Tensor
     attention: torch.Tensor | None
     attention_maps: dict[str, torch.Tensor] = field(default_factory=dict)
+    x_from_mean: torch.Tensor | None = None
+    x_to_mean: torch.Tensor | None = None
     pair: SampledPair | None = None
 
 
@@ -63,6 +68,11 @@ def foreground_of(probability: torch.Tensor, config: ModelConfig) -> torch.Tenso
     if config.is_multiclass:
         return 1.0 - probability[..., 0, :, :]
     return probability[..., 0, :, :]
+
+
+def unit_foreground(labels: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """(..., C, H, W) on the label scale [-1, 1] -> (..., H, W) foreground on [0, 1], clamped: what the stacks show."""
+    return foreground_of(((labels + 1.0) / 2.0).clamp(0.0, 1.0), config)
 
 
 def _binary_entropy(p: torch.Tensor) -> torch.Tensor:
@@ -119,7 +129,8 @@ def reverse_process(
     The image encoder runs once; the K samples of all B images go through the generator as one
     batch, each with a fresh latent z at every step. With self-conditioning each step also sees
     the previous step's x̂_0; with attention_in_sampling the next level is drawn from A ⊙ x̂_0, as
-    in training. Yields Progress('step', i, steps, StepOutput) per step, then Progress('done',
+    in training. Yields Progress('step', i, steps, StepOutput) per step (with the chain's x_k and
+    x_s, so x_T and every level visited can be shown), then Progress('done',
     steps, steps, SampleOutput), every map with the batch first; between them Progress('tick', i,
     steps) after every stage of G and D (well under a second each), where a consumer may close the
     generator. The whole batch goes through each stage at once, so ticks change no result.
@@ -181,7 +192,9 @@ def reverse_process(
         pair = None
         if keep_pairs:
             pair = SampledPair(x_s[..., :height, :width], x_k[..., :height, :width], k, s, x0[..., :height, :width])
-        yield Progress("step", i, steps, StepOutput(i, per_image(x0).mean(dim=0), attention, maps, pair))
+        yield Progress("step", i, steps, StepOutput(i, per_image(x0).mean(dim=0), attention, maps,
+                                                    x_from_mean=per_image(x_k).mean(dim=0),
+                                                    x_to_mean=per_image(x_s).mean(dim=0), pair=pair))
         x_k = x_s
     probs = per_image(((x0 + 1.0) / 2.0).clamp(0.0, 1.0))
     measures = uncertainty_maps(foreground_of(probs, config), torch.stack(chain))

@@ -15,7 +15,7 @@ from napari_cdal.engine.events import TICK, Progress
 from napari_cdal.engine.io.images import to_rgb_float
 from napari_cdal.engine.method.grid import model_grid, normalise, resample, stretch_intensity
 from napari_cdal.engine.method.model import CdalModel
-from napari_cdal.engine.method.sampler import SampleOutput, StepOutput, foreground_of, reverse_process
+from napari_cdal.engine.method.sampler import SampleOutput, StepOutput, reverse_process, unit_foreground
 from napari_cdal.engine.segment.instances import instances_from_probability
 from napari_cdal.engine.segment.stain import keep_stained
 from napari_cdal.engine.segment.tiling import TileBlender, tile_boxes
@@ -31,6 +31,8 @@ CORE_THRESHOLD = 0.5
 class StepUpdate:
     """A live view of one reverse step on one tile, on the input image's pixel grid.
 
+    `foreground` is the step's x̂0, `chain` the x_s it drew and `chain_start` the noise x_T it began
+    from (the first step only), each the foreground on [0, 1], as the result's stacks hold them.
     The maps are None when the run keeps no step maps (keep_steps=False): nobody shows them then.
     """
 
@@ -41,11 +43,19 @@ class StepUpdate:
     box: tuple[int, int, int, int]
     foreground: np.ndarray | None
     attention: np.ndarray | None
+    chain: np.ndarray | None = None
+    chain_start: np.ndarray | None = None
 
 
 @dataclass
 class SegmentationResult:
-    """Instance labels on the input grid plus the maps a user can inspect."""
+    """Instance labels on the input grid plus the maps a user can inspect.
+
+    With step maps kept, `steps` (S, H, W) holds x̂0 after each of the S reverse steps and `chain`
+    (S + 1, H, W) the chain as sampled, x_T (the drawn noise) then each x_s down to x_0; both are
+    the foreground channel averaged over the K samples and mapped from the label scale [-1, 1]
+    to [0, 1]. `attention` (S, H, W) is D's map at each step.
+    """
 
     labels: np.ndarray
     probability: np.ndarray
@@ -55,6 +65,7 @@ class SegmentationResult:
     seconds: float
     uncertainty_maps: dict[str, np.ndarray] = field(default_factory=dict)
     final_attention_maps: dict[str, np.ndarray] = field(default_factory=dict)
+    chain: np.ndarray | None = None
 
     @property
     def n_nuclei(self) -> int:
@@ -120,10 +131,11 @@ def segment_image(
     grayscale model's image stretched first by its own percentiles (`stretch_intensity`).
 
     The final event's payload is a SegmentationResult on the input's pixel grid; its uncertainty
-    is None with one sample (no spread to measure). `attention_kinds` adds D's maps of the last
-    step by kind, `uncertainty_kinds` other uncertainty measures (UNCERTAINTY_MEASURES) than the
-    model's (for benchmarks); only what is asked for is blended and resampled. Closing the
-    generator between events cancels the run and leaves nothing behind.
+    is None with one sample (no spread to measure). `keep_steps` keeps x̂0 per step (`steps`) and
+    the chain x_T..x_0 (`chain`), blended across tiles as the probability is. `attention_kinds`
+    adds D's maps of the last step by kind, `uncertainty_kinds` other uncertainty measures
+    (UNCERTAINTY_MEASURES) than the model's (for benchmarks); only what is asked for is blended and
+    resampled. Closing the generator between events cancels the run and leaves nothing behind.
     """
     start = time.perf_counter()
     config = model.config
@@ -144,6 +156,7 @@ def segment_image(
     planes_kept = config.label_channels + len(measures_kept) + len(attention_kinds)
     blend_prob = TileBlender(planes_kept, mh, mw, overlap)
     blend_steps = TileBlender(n_steps, mh, mw, overlap) if keep_steps else None
+    blend_chain = TileBlender(n_steps + 1, mh, mw, overlap) if keep_steps else None  # x_T, then each step's x_s
     blend_att = TileBlender(n_steps, mh, mw, overlap) if keep_steps and with_attention else None
     scale_y, scale_x = height / mh, width / mw
     for tile_index, box in enumerate(boxes):
@@ -151,7 +164,7 @@ def segment_image(
         tile = on_model_grid[:, :, y0:y1, x0:x1].to(device)
         image_box = _box_on_image(box, scale_y, scale_x, (height, width))
         box_size = (image_box[1] - image_box[0], image_box[3] - image_box[2])
-        step_maps, att_maps = [], []
+        step_maps, chain_maps, att_maps = [], [], []
         last_maps: dict[str, torch.Tensor] = {}
         for event in reverse_process(model, tile, n_steps, samples, rng, with_attention, attention_kinds):
             if event.stage == TICK:
@@ -165,18 +178,27 @@ def segment_image(
                 continue
             step: StepOutput = event.payload
             last_maps = step.attention_maps
-            live_fg = live_att = None
+            live_fg = live_att = live_chain = live_start = None
             if keep_steps:
-                foreground = foreground_of(((step.x0_mean[0] + 1.0) / 2.0).clamp(0, 1), config)
+                foreground = unit_foreground(step.x0_mean[0], config)
                 step_maps.append(foreground.cpu().numpy())
                 live_fg = _to_image_grid(foreground[None], box_size)[0]
+                if step.step == 0:
+                    noise = unit_foreground(step.x_from_mean[0], config)
+                    chain_maps.append(noise.cpu().numpy())
+                    live_start = _to_image_grid(noise[None], box_size)[0]
+                reached = unit_foreground(step.x_to_mean[0], config)
+                chain_maps.append(reached.cpu().numpy())
+                live_chain = _to_image_grid(reached[None], box_size)[0]
                 if step.attention is not None:
                     att_maps.append(step.attention[0].cpu().numpy())
                     live_att = _to_image_grid(step.attention[:1], box_size)[0]
-            update = StepUpdate(tile_index, len(boxes), step.step, n_steps, image_box, live_fg, live_att)
+            update = StepUpdate(tile_index, len(boxes), step.step, n_steps, image_box, live_fg, live_att,
+                                live_chain, live_start)
             yield Progress("step", tile_index * n_steps + step.step + 1, total, update)
         if blend_steps is not None:
             blend_steps.add(box, np.stack(step_maps))
+            blend_chain.add(box, np.stack(chain_maps))
         if blend_att is not None and att_maps:
             blend_att.add(box, np.stack(att_maps))
     maps = _to_image_grid(torch.from_numpy(blend_prob.result()), (height, width))
@@ -188,9 +210,9 @@ def segment_image(
     labels = probability_to_labels(probability, image_mpp, threshold)
     if config.image_channels == 3:
         labels = keep_stained(labels, rgb, image_mpp)
-    steps_stack = (None if blend_steps is None
-                   else _to_image_grid(torch.from_numpy(blend_steps.result()), (height, width)))
-    att_stack = None if blend_att is None else _to_image_grid(torch.from_numpy(blend_att.result()), (height, width))
+    steps_stack, chain_stack, att_stack = (
+        None if blender is None else _to_image_grid(torch.from_numpy(blender.result()), (height, width))
+        for blender in (blend_steps, blend_chain, blend_att))
     result = SegmentationResult(labels, probability, uncertainty, steps_stack, att_stack,
-                                time.perf_counter() - start, measures, final_attention)
+                                time.perf_counter() - start, measures, final_attention, chain_stack)
     yield Progress("done", total, total, result)

@@ -15,7 +15,7 @@ from napari_cdal.engine.device import make_generator
 from napari_cdal.engine.events import TICK, Progress, ticks_of
 from napari_cdal.engine.method.grid import normalise
 from napari_cdal.engine.method.model import CdalModel
-from napari_cdal.engine.method.sampler import SampleOutput, StepOutput, foreground_of, reverse_process
+from napari_cdal.engine.method.sampler import SampleOutput, StepOutput, reverse_process, unit_foreground
 
 SLICES_PER_BATCH = 16
 """Slices sampled together (times K samples): large enough to keep both cores busy on small slices."""
@@ -26,8 +26,9 @@ class VolumeResult:
     """A segmented volume in its own axis order, with the maps a user can inspect.
 
     `labels` (Z, Y, X) uint8 class values; `probability` (C, Z, Y, X); `uncertainty` (Z, Y, X) or
-    None with one sample; `steps` and `attention` (S, Z, Y, X), one volume per sampling step, or
-    None when not kept.
+    None with one sample; `steps` (x̂0) and `attention` (S, Z, Y, X), one volume per sampling step,
+    and `chain` (S + 1, Z, Y, X), the chain as sampled from x_T to x_0, or None when not kept. Steps
+    and chain are the foreground (anything but background) averaged over the K samples, on [0, 1].
     """
 
     labels: np.ndarray
@@ -36,6 +37,7 @@ class VolumeResult:
     steps: np.ndarray | None
     attention: np.ndarray | None
     seconds: float
+    chain: np.ndarray | None = None
 
 
 def check_volume(volume: np.ndarray, name: str = "volume") -> np.ndarray:
@@ -80,7 +82,7 @@ def segment_volume(
     stack = slice_stack(volume, config)
     maps = yield from _sample_slices(model, stack, sampling_steps, samples, seed, keep_steps, with_attention,
                                      slices_per_batch)
-    probability, uncertainty, steps, attention = maps
+    probability, uncertainty, steps, attention, chain = maps
     probability_volume = slices_to_volume(probability.transpose(1, 0, 2, 3), config).astype(np.float32)
     labels = np.argmax(probability_volume, axis=0).astype(np.uint8)
     result = VolumeResult(
@@ -90,12 +92,14 @@ def segment_volume(
         None if steps is None else slices_to_volume(steps, config),
         None if attention is None else slices_to_volume(attention, config),
         time.perf_counter() - start,
+        None if chain is None else slices_to_volume(chain, config),
     )
     yield Progress("done", stack.shape[0], stack.shape[0], result)
 
 
-SliceMaps = tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]
-"""Maps of N slices: probability (N, C, H, W), uncertainty (N, H, W) or None, steps and attention (S, N, H, W)."""
+SliceMaps = tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None, np.ndarray | None]
+"""Maps of N slices: probability (N, C, H, W), uncertainty (N, H, W) or None, steps and attention (S, N, H, W),
+the chain (S + 1, N, H, W)."""
 
 
 def _sample_slices(
@@ -115,11 +119,11 @@ def _sample_slices(
     samples = config.default_samples if samples is None else samples
     device = next(model.generator.parameters()).device
     rng = make_generator(seed)
-    probability, uncertainty, steps, attention = [], [], [], []
+    probability, uncertainty, steps, attention, chain = [], [], [], [], []
     for first in range(0, count, slices_per_batch):
         last = min(count, first + slices_per_batch)
         images = normalise(torch.from_numpy(stack[first:last]), config).to(device)
-        batch_steps, batch_attention = [], []
+        batch_steps, batch_attention, batch_chain = [], [], []
         for event in reverse_process(model, images, n_steps, samples, rng, with_attention and keep_steps):
             if event.stage == TICK:
                 yield Progress(TICK, first, count)
@@ -131,19 +135,24 @@ def _sample_slices(
                 continue
             step: StepOutput = event.payload
             if keep_steps:
-                batch_steps.append(foreground_of(((step.x0_mean + 1.0) / 2.0).clamp(0, 1), config).cpu().numpy())
+                batch_steps.append(unit_foreground(step.x0_mean, config).cpu().numpy())
+                if step.step == 0:
+                    batch_chain.append(unit_foreground(step.x_from_mean, config).cpu().numpy())
+                batch_chain.append(unit_foreground(step.x_to_mean, config).cpu().numpy())
                 if step.attention is not None:
                     batch_attention.append(step.attention.cpu().numpy())
             done = last if step.step == n_steps - 1 else first
             yield Progress("step", done, count, step.step)
         if keep_steps:
             steps.append(np.stack(batch_steps))
+            chain.append(np.stack(batch_chain))
             if batch_attention:
                 attention.append(np.stack(batch_attention))
     return (np.concatenate(probability),
             np.concatenate(uncertainty) if samples > 1 else None,
             np.concatenate(steps, axis=1) if steps else None,
-            np.concatenate(attention, axis=1) if attention else None)
+            np.concatenate(attention, axis=1) if attention else None,
+            np.concatenate(chain, axis=1) if chain else None)
 
 
 def evaluate_slices(
