@@ -15,9 +15,9 @@ Result = TypeVar("Result")
 
 TICK = "tick"
 """The stage of an event that reports nothing new and is only a place to stop: the engine yields one
-between stages of a network pass or of a training step (well under a second apart), so that closing
-the generator there cancels within a second. `index` and `total` repeat the progress so far; progress
-displays skip ticks."""
+after each whole network pass (and while it waits on a cluster), so that closing the generator there
+stops between passes. `index` and `total` repeat the progress so far; progress displays skip ticks.
+Inside a pass a run stops by its cancel token instead (stop_on_cancel)."""
 
 
 class Progress(NamedTuple):
@@ -57,22 +57,18 @@ def ticks_of(events: Generator[Progress, None, Any], index: int, total: int) -> 
         yield Progress(TICK, index, total)
 
 
-def ticks_at_pauses(paused: Generator[Any, None, Result], index: int, total: int,
-                    around: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
-                    ) -> Generator[Progress, None, Result]:
-    """Run `paused` (a computation that yields at each pause and returns its result), yielding
-    Progress('tick', index, total) at each pause; returns its result.
+def then_tick(compute: Callable[[], Result], index: int, total: int,
+              around: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
+              ) -> Generator[Progress, None, Result]:
+    """Run `compute()` (a whole network pass, say) inside `around`, then yield Progress('tick', index, total);
+    returns its result.
 
-    `around` (autocast, say) is entered only around each part of the work, never while the consumer
-    holds a tick. The networks' staged passes and train_step_stages are run this way.
+    `around` (autocast, say) is left before the tick, so it is never held while the consumer holds one.
     """
-    while True:
-        with around():
-            try:
-                next(paused)
-            except StopIteration as stop:
-                return stop.value
-        yield Progress(TICK, index, total)
+    with around():
+        result = compute()
+    yield Progress(TICK, index, total)
+    return result
 
 
 class RunCancelled(Exception):
