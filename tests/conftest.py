@@ -186,50 +186,63 @@ def blob_images(tmp_path):
 
 
 @dataclass
-class HeldAtTick:
-    """What hold_at_tick saw: set `resume` to let the engine go on from the tick it holds."""
+class HeldInBlock:
+    """What hold_in_block saw: set `resume` to let the engine go on from the block it holds."""
 
     held: threading.Event
     resume: threading.Event
     calls_at_hold: int = -1
-    closed_at: Any = None
+    last_event: Any = None
+    stopped_by: type[BaseException] | None = None
     events_after_hold: int = 0
 
 
-def hold_at_tick(monkeypatch: pytest.MonkeyPatch, module: ModuleType, name: str, after: str,
-                 count_calls: list[Any]) -> HeldAtTick:
-    """Hold the engine generator `module.name` at the first tick after an event of stage `after`.
+def hold_in_block(monkeypatch: pytest.MonkeyPatch, module: ModuleType, name: str, after: str,
+                  count_calls: list[Any]) -> HeldInBlock:
+    """Hold the engine inside the first block of G (a ResBlock) that runs after the engine generator
+    `module.name` hands on an event of stage `after`.
 
-    It waits before handing the tick on, so a Cancel clicked meanwhile stops the worker at that
-    very tick; `calls_at_hold` is len(count_calls) then (the test counts network calls in it), and
-    `closed_at` the last event handed on when the generator was closed.
+    The block waits before its own work (its cancel check has passed) until `resume` is set, so a
+    Cancel clicked meanwhile takes effect at the next module's check, inside that network pass.
+    `calls_at_hold` is len(count_calls) then (the test counts network passes in it), `last_event`
+    the last event handed on before the hold, and `stopped_by` what ended the engine generator
+    (RunCancelled from the token, GeneratorExit when it was closed at an event).
     """
-    state = HeldAtTick(threading.Event(), threading.Event())
-    real = getattr(module, name)
+    from napari_cdal.engine.method.networks import ResBlock
 
-    def holding(*args, **kwargs):
-        seen_after, last = False, None
+    state = HeldInBlock(threading.Event(), threading.Event())
+    armed = threading.Event()
+    real = getattr(module, name)
+    real_forward = ResBlock.forward
+
+    def holding_forward(self, *args):
+        if armed.is_set() and not state.held.is_set():
+            state.calls_at_hold = len(count_calls)
+            state.held.set()
+            state.resume.wait(30)
+        return real_forward(self, *args)
+
+    def watching(*args, **kwargs):
         try:
             for event in real(*args, **kwargs):
                 if state.held.is_set():
                     state.events_after_hold += 1
-                elif seen_after and event.stage == TICK:
-                    state.calls_at_hold = len(count_calls)
-                    state.held.set()
-                    state.resume.wait(30)
-                seen_after = seen_after or event.stage == after
-                last = event
+                else:
+                    state.last_event = event
+                if event.stage == after:
+                    armed.set()
                 yield event
-        except GeneratorExit:
-            state.closed_at = last
+        except BaseException as exc:  # noted, then passed on as it came
+            state.stopped_by = type(exc)
             raise
 
-    monkeypatch.setattr(module, name, holding)
+    monkeypatch.setattr(ResBlock, "forward", holding_forward)
+    monkeypatch.setattr(module, name, watching)
     return state
 
 
-def cancel_at_hold(qtbot, widget, button, hold: HeldAtTick, timeout: int = 120_000) -> list[str]:
-    """Click `button`, click Cancel while the engine is held at its tick, then let it go on; the outcomes seen."""
+def cancel_at_hold(qtbot, widget, button, hold: HeldInBlock, timeout: int = 120_000) -> list[str]:
+    """Click `button`, click Cancel while the engine is held in a block, then let it go on; the outcomes seen."""
     outcomes: list[str] = []
     widget.run_finished.connect(outcomes.append)
     button.native.click()
@@ -245,12 +258,12 @@ def count_network_passes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     from napari_cdal.engine.method.networks import Discriminator, Generator
 
     calls: list[str] = []
-    for cls, method in ((Generator, "stages"), (Discriminator, "_features_stages")):
+    for cls, method in ((Generator, "forward"), (Discriminator, "features")):
         real = getattr(cls, method)
 
         def counted(self, *args, _real=real, _name=cls.__name__):
             calls.append(_name)
-            return (yield from _real(self, *args))
+            return _real(self, *args)
 
         monkeypatch.setattr(cls, method, counted)
     return calls

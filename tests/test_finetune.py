@@ -319,18 +319,27 @@ def test_no_pairs_and_bad_mpp(source) -> None:
 
 
 def test_cancelled_run_leaves_nothing(source, tmp_path, monkeypatch) -> None:
+    # the token is set after the first step: the second stops at its first block, in the copies of the
+    # networks that fine-tuning trains (they share the source's check), and nothing is left behind
+    import threading
+
+    from napari_cdal.engine.events import RunCancelled, stop_on_cancel
+
     monkeypatch.chdir(tmp_path)
     before = weights_of(source)
     tile = blob_tile(15)
-    events = finetune(source, [FinetunePair(tile.image, tile.instances)], finetune_config(iterations=50, patch_size=64),
-                      "cpu", 0.5)
-    stages = [next(events).stage]
-    while stages[-1] != "train":
-        stages.append(next(events).stage)
-    reported = [stage for stage in stages if stage != TICK]
-    assert reported == ["validate", "validate_done", "train"]  # the held-back strip scores the start first
-    assert next(events).stage == TICK  # inside the second step: G has made its pass, not its update
-    events.close()
+    token = threading.Event()
+    with stop_on_cancel(token, source.generator, source.discriminator):
+        events = finetune(source, [FinetunePair(tile.image, tile.instances)],
+                          finetune_config(iterations=50, patch_size=64), "cpu", 0.5)
+        stages = [next(events).stage]
+        while stages[-1] != "train":
+            stages.append(next(events).stage)
+        reported = [stage for stage in stages if stage != TICK]
+        assert reported == ["validate", "validate_done", "train"]  # the held-back strip scores the start first
+        token.set()
+        with pytest.raises(RunCancelled):
+            next(events)
     assert list(tmp_path.iterdir()) == []
     for key, value in weights_of(source).items():
         assert torch.equal(value, before[key])

@@ -171,15 +171,15 @@ def test_self_conditioned_sampler_feeds_the_previous_estimate(monkeypatch) -> No
         CdalModel.initialise(TINY, 0), replace(TINY, self_condition=True)
     ).eval()
     seen = []
-    real_stages = model.generator.stages
+    real_forward = model.generator.forward
 
-    def stages(x, t, f, z, prev=None):
+    def forward(x, t, f, z, prev=None):
         seen.append(prev.clone())
-        out = yield from real_stages(x, t, f, z, prev)
+        out = real_forward(x, t, f, z, prev)
         seen.append(out.clone())
         return out
 
-    monkeypatch.setattr(model.generator, "stages", stages)
+    monkeypatch.setattr(model.generator, "forward", forward)
     run_to_end(
         reverse_process(
             model,

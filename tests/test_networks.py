@@ -115,3 +115,90 @@ def test_initialise_depends_on_the_seed_alone_and_leaves_the_global_generator() 
     other = CdalModel.initialise(ModelConfig(**TINY), seed=8)
     weights = [next(m.generator.parameters()) for m in (first, again, other)]
     assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
+
+
+def _tiny_and_inputs() -> tuple:
+    """A tiny model's networks and a seeded batch of their inputs."""
+    from napari_cdal.engine.method.model import CdalModel
+
+    model = CdalModel.initialise(ModelConfig(**TINY), seed=3).eval()
+    g = torch.Generator().manual_seed(0)
+    image = torch.randn(1, 3, 16, 16, generator=g)
+    x_t, x_next = torch.randn(2, 2, 16, 16, generator=g), torch.randn(2, 2, 16, 16, generator=g)
+    z = torch.randn(2, model.config.latent_dim, generator=g)
+    return model.generator, model.discriminator, (image, x_t, x_next, torch.tensor([0, 3]), z)
+
+
+def test_the_cancel_token_stops_a_pass_between_two_blocks() -> None:
+    # set from a hook as level 0 of D's trunk ends: level 1 never runs and RunCancelled comes out
+    import threading
+
+    from napari_cdal.engine.events import RunCancelled, stop_on_cancel
+
+    _, d, (_, x_t, x_next, t, _) = _tiny_and_inputs()
+    token = threading.Event()
+    ran: list[int] = []
+    for level, block in enumerate(d.blocks):
+        block.register_forward_hook(lambda *_, level=level: ran.append(level))
+    d.blocks[0].register_forward_hook(lambda *_: token.set())
+    with stop_on_cancel(token, d), pytest.raises(RunCancelled):
+        d.attention(x_t, x_next, t)
+    assert len(d.blocks) == 2 and ran == [0]
+
+
+def test_unset_cancel_checks_change_no_output_and_end_with_the_run() -> None:
+    # no token set: the same bits from G and every map of D; a copy made during the run stops with it;
+    # after the run neither checks anything, and with no token nothing is installed
+    import copy
+    import threading
+
+    from napari_cdal.engine.config import ATTENTION_MAPS
+    from napari_cdal.engine.events import RunCancelled, stop_on_cancel
+
+    g, d, (image, x_t, x_next, t, z) = _tiny_and_inputs()
+
+    def outputs(g: Generator, d: Discriminator) -> list[torch.Tensor]:
+        with torch.no_grad():
+            made = [g(x_next, t, g.encode_image(image), z), d(x_t, x_next, t)]
+        return made + [d.suspicion(kind, x_t, x_next, t) for kind in ATTENTION_MAPS]
+
+    plain = outputs(g, d)
+    token = threading.Event()
+    with stop_on_cancel(token, g, d):
+        checked = outputs(g, d)
+        g_copy, d_copy = copy.deepcopy(g), copy.deepcopy(d)
+        token.set()
+        with pytest.raises(RunCancelled):
+            outputs(g_copy, d_copy)
+    assert all(torch.equal(a, b) for a, b in zip(plain, checked, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(plain, outputs(g_copy, d_copy), strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(plain, outputs(g, d), strict=True))
+    with stop_on_cancel(None, g, d):
+        assert not any(module._forward_pre_hooks for network in (g, d) for module in network.modules())
+
+
+def test_a_cancel_stops_only_its_own_run_of_shared_networks() -> None:
+    # two runs on one loaded model (a Segment and a Fine-tune): the set token stops its own run,
+    # not the one another thread runs on the same networks at the same time
+    import threading
+
+    from napari_cdal.engine.events import RunCancelled, stop_on_cancel
+
+    g, d, (image, x_t, x_next, t, z) = _tiny_and_inputs()
+    with torch.no_grad():
+        plain = g(x_next, t, g.encode_image(image), z)
+    mine, theirs = threading.Event(), threading.Event()
+    theirs_out: list[torch.Tensor] = []
+
+    def their_run() -> None:
+        with stop_on_cancel(theirs, g, d), torch.no_grad():
+            theirs_out.append(g(x_next, t, g.encode_image(image), z))
+
+    with stop_on_cancel(mine, g, d):
+        mine.set()
+        other = threading.Thread(target=their_run)
+        other.start()
+        other.join(60)
+        with pytest.raises(RunCancelled):
+            g(x_next, t, g.encode_image(image), z)
+    assert len(theirs_out) == 1 and torch.equal(theirs_out[0], plain)

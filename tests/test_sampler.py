@@ -182,62 +182,97 @@ def test_runs_without_step_maps_send_no_live_maps(trained_tiny) -> None:
     assert events[-1].payload.chain is None
 
 
-def test_ticks_come_inside_every_step_and_carry_no_payload(trained_tiny) -> None:
-    # G and D pause between their stages: several ticks before each step's event, none after 'done'.
+def test_ticks_come_after_every_network_pass_and_carry_no_payload(trained_tiny) -> None:
+    # a tick after G's pass and after each of D's: as many before each step's event, none after 'done'.
     model, _ = trained_tiny
     events = list(reverse_process(model, _normalised(blob_tile(9, 32), model), sampling_steps=2, samples=2,
                                   rng=make_generator(0)))
     stages = [e.stage for e in events]
     first_step, second_step = (i for i, stage in enumerate(stages) if stage == "step")
     assert stages[-1] == "done" and stages[0] == TICK
-    assert stages[first_step + 1:second_step].count(TICK) == first_step >= 3  # every step: as many ticks
+    assert stages[first_step + 1:second_step].count(TICK) == first_step >= 2  # every step: as many ticks
     ticks = [e for e in events if e.stage == TICK]
     assert all(e.payload is None and e.total == 2 for e in ticks)
     assert {e.index for e in ticks[:first_step]} == {0} and {e.index for e in ticks[first_step:]} == {1}
 
 
-def test_closing_at_a_tick_stops_the_networks_there(trained_tiny, monkeypatch) -> None:
+def _count_blocks(monkeypatch) -> list[int]:
+    """Record the index, in G's own order, of every residual block of G that runs."""
     from napari_cdal.engine.method.networks import ResBlock
 
-    model, _ = trained_tiny
-    blocks: list[int] = []
-    real = ResBlock.stages
+    ran: list[int] = []
+    real = ResBlock.forward
 
     def counted(self, *args):
-        blocks.append(1)
-        return (yield from real(self, *args))
+        ran.append(self.order)
+        return real(self, *args)
 
-    monkeypatch.setattr(ResBlock, "stages", counted)
+    monkeypatch.setattr(ResBlock, "forward", counted)
+    return ran
+
+
+def _number_blocks(model, monkeypatch) -> int:
+    """Give each residual block of G its index in G's order; how many there are."""
+    from napari_cdal.engine.method.networks import ResBlock
+
+    blocks = [m for m in model.generator.modules() if isinstance(m, ResBlock)]
+    for index, block in enumerate(blocks):
+        monkeypatch.setattr(block, "order", index, raising=False)
+    return len(blocks)
+
+
+def test_closing_at_a_tick_stops_between_network_passes(trained_tiny, monkeypatch) -> None:
+    model, _ = trained_tiny
+    count = _number_blocks(model, monkeypatch)
+    ran = _count_blocks(monkeypatch)
     events = reverse_process(model, _normalised(blob_tile(9, 32), model), sampling_steps=4, samples=2,
                              rng=make_generator(0))
-    assert [next(events).stage for _ in range(3)] == [TICK] * 3
-    started = len(blocks)
+    assert next(events).stage == TICK
+    assert ran == list(range(count))  # the first tick comes after G's whole first pass, block by block
     events.close()
-    assert len(blocks) == started and 0 < started < len(model.generator.down) + 2 + len(model.generator.up)
+    assert ran == list(range(count))
 
 
-def test_ticks_change_no_result(trained_tiny) -> None:
-    # The staged passes are the networks' own forward: consuming every tick or none gives the same bits,
-    # and G's staged pass equals its forward on a batch of samples.
+def test_the_cancel_token_stops_a_run_between_two_blocks(trained_tiny, monkeypatch) -> None:
+    # the token is set as block 2 of G's second pass ends: block 3 never runs, the run raises
+    # RunCancelled, and once the run is over the networks check nothing
+    import threading
+
+    from napari_cdal.engine.events import RunCancelled, stop_on_cancel
+
+    model, _ = trained_tiny
+    count = _number_blocks(model, monkeypatch)
+    ran = _count_blocks(monkeypatch)
+    token = threading.Event()
+
+    def set_in_second_pass(*_) -> None:
+        if len(ran) > count:
+            token.set()
+
+    blocks = [m for m in model.generator.modules() if hasattr(m, "order")]
+    setter = blocks[2].register_forward_hook(set_in_second_pass)
+    image = _normalised(blob_tile(9, 32), model)
+    try:
+        with stop_on_cancel(token, model.generator, model.discriminator), pytest.raises(RunCancelled):
+            run_to_end(reverse_process(model, image, sampling_steps=4, samples=2, rng=make_generator(0)))
+    finally:
+        setter.remove()
+    assert token.is_set() and ran == list(range(count)) + [0, 1, 2]
+    assert run_to_end(reverse_process(model, image, sampling_steps=1, samples=2, rng=make_generator(0))) is not None
+
+
+def test_ticks_and_cancel_checks_change_no_result(trained_tiny) -> None:
+    # consuming every tick or none gives the same bits, and so do the cancel token's checks on every
+    # module while the token is not set
+    import threading
+
+    from napari_cdal.engine.events import stop_on_cancel
+
     model, _ = trained_tiny
     image = _normalised(blob_tile(10, 48), model)
     every = list(reverse_process(model, image, sampling_steps=4, samples=3, rng=make_generator(5)))
     done = run_to_end(reverse_process(model, image, sampling_steps=4, samples=3, rng=make_generator(5)))
     assert torch.equal(every[-1].payload.probability, done.probability)
-    generator = model.generator
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(3, model.config.label_channels, 48, 48, generator=g)
-    z = torch.randn(3, model.config.latent_dim, generator=g)
-    t = torch.tensor([0, 1, 3])
-    with torch.no_grad():
-        features = generator.encode_image(image)
-        staged = generator.stages(x, t, features, z)
-        pauses = 0
-        while True:
-            try:
-                next(staged)
-                pauses += 1
-            except StopIteration as stop:
-                out = stop.value
-                break
-        assert pauses > 3 and torch.equal(out, generator(x, t, features, z))
+    with stop_on_cancel(threading.Event(), model.generator, model.discriminator):
+        checked = run_to_end(reverse_process(model, image, sampling_steps=4, samples=3, rng=make_generator(5)))
+    assert torch.equal(checked.probability, done.probability) and torch.equal(checked.uncertainty, done.uncertainty)

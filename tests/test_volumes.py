@@ -130,13 +130,8 @@ def test_volume_folder_lists_and_loads(tmp_path) -> None:
 
 
 def _replace_generator(model: CdalModel, forward) -> None:
-    """Make `forward` G's pass, in the sampler's staged form too (one pause before it)."""
-    def stages(*args):
-        yield
-        return forward(*args)
-
+    """Make `forward` G's pass."""
     model.generator.forward = forward
-    model.generator.stages = stages
 
 
 def _image_follows_model(model: CdalModel) -> None:

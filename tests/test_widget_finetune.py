@@ -14,7 +14,7 @@ from conftest import (
     cancel_at_hold,
     click_and_wait,
     count_network_passes,
-    hold_at_tick,
+    hold_in_block,
     pause_after_first_event,
 )
 from skimage.draw import disk
@@ -430,13 +430,13 @@ def test_cancel_stops_cleanly_and_writes_nothing(
     )
 
 
-def test_cancel_takes_effect_at_the_next_tick_inside_a_training_step(
+def test_cancel_takes_effect_inside_a_network_pass_of_a_training_step(
     qtbot, make_napari_viewer, tiny_model_file, model_folder, monkeypatch
 ) -> None:
-    # Cancel between G's pass and its update in a training step: the worker stops at that tick,
-    # the engine is closed there, no network pass starts after the Cancel and nothing is written.
+    # Cancel inside G's pass of the second training step (before its update): the cancel token stops
+    # it at the next block of that pass, no network pass starts after the Cancel and nothing is written.
     import napari_cdal.engine.training.finetune as engine_finetune
-    from napari_cdal.engine.events import TICK
+    from napari_cdal.engine.events import RunCancelled
 
     viewer = make_napari_viewer()
     add_image(viewer)
@@ -444,11 +444,11 @@ def test_cancel_takes_effect_at_the_next_tick_inside_a_training_step(
     segment, finetune = dock_both(viewer, tiny_model_file)
     finetune.iterations.value = 50
     calls = count_network_passes(monkeypatch)
-    hold = hold_at_tick(monkeypatch, engine_finetune, "finetune", "train", calls)
+    hold = hold_in_block(monkeypatch, engine_finetune, "finetune", "train", calls)
     outcomes = cancel_at_hold(qtbot, finetune, finetune.finetune_button, hold, TIMEOUT_MS)
     assert outcomes == ["cancelled"] and model_files(model_folder) == []
-    assert hold.closed_at is not None and hold.closed_at.stage == TICK
-    assert hold.closed_at.index == 1 and hold.closed_at.total == 50  # one step done: inside the second
+    assert hold.stopped_by is RunCancelled and hold.last_event.stage == "train"
+    assert hold.last_event.index == 1 and hold.last_event.total == 50  # one step done: inside the second
     assert hold.calls_at_hold > 0 and len(calls) == hold.calls_at_hold and hold.events_after_hold == 0
 
 

@@ -15,7 +15,7 @@ from conftest import (
     cancel_at_hold,
     click_and_wait,
     count_network_passes,
-    hold_at_tick,
+    hold_in_block,
     pause_after_first_event,
 )
 
@@ -293,20 +293,20 @@ def test_cancel_on_a_first_run_leaves_only_the_image(qtbot, viewer_widget, pause
     assert widget.segment_button.enabled and not widget.cancel_button.enabled and not widget.running
 
 
-def test_cancel_takes_effect_at_the_next_tick_inside_a_step(qtbot, viewer_widget, monkeypatch) -> None:
-    # Cancel while the engine is inside the second reverse step: the worker stops at the tick it
-    # holds there, the engine is closed at that tick, and no network pass starts after the Cancel.
+def test_cancel_takes_effect_inside_a_network_pass_of_a_step(qtbot, viewer_widget, monkeypatch) -> None:
+    # Cancel while the engine is inside G's pass of the second reverse step: the cancel token stops
+    # it at the next block of that pass, and no network pass starts after the Cancel.
     import napari_cdal.engine.segment.image as engine_segment
-    from napari_cdal.engine.events import TICK
+    from napari_cdal.engine.events import RunCancelled
 
     viewer, widget = viewer_widget
     widget.sampling_steps.value = 4
     calls = count_network_passes(monkeypatch)
-    hold = hold_at_tick(monkeypatch, engine_segment, "segment_image", "step", calls)
+    hold = hold_in_block(monkeypatch, engine_segment, "segment_image", "step", calls)
     outcomes = cancel_at_hold(qtbot, widget, widget.segment_button, hold, TIMEOUT_MS)
     assert outcomes == ["cancelled"] and [layer.name for layer in viewer.layers] == [NAME]
-    assert hold.closed_at is not None and hold.closed_at.stage == TICK
-    assert hold.closed_at.index == 1 and hold.closed_at.total == 4  # one step done of four: inside the second
+    assert hold.stopped_by is RunCancelled and hold.last_event.stage == "step"
+    assert hold.last_event.index == 1 and hold.last_event.total == 4  # one step done of four: inside the second
     assert hold.calls_at_hold > 0 and len(calls) == hold.calls_at_hold and hold.events_after_hold == 0
 
 

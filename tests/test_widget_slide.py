@@ -12,7 +12,7 @@ from conftest import (
     cancel_at_hold,
     click_and_wait,
     count_network_passes,
-    hold_at_tick,
+    hold_in_block,
     pause_after_first_event,
 )
 from test_widget_segment import PLUGIN, TIMEOUT_MS, click_segment, dock, use_model
@@ -165,18 +165,19 @@ def test_whole_slide_fills_a_multiscale_labels_layer_from_its_store_and_resumes(
 
 
 def test_cancel_in_whole_slide_stops_inside_a_block(qtbot, opened, small_blocks, monkeypatch, tmp_path) -> None:
-    # held at the first tick after block 1 is written, i.e. inside block 2's reverse steps: Cancel
-    # stops there, with no network pass after it, and the store keeps block 1 only
+    # held in G's first block after block 1 is written, i.e. inside block 2's reverse steps: Cancel
+    # stops that pass at its next block, with no network pass after it, and the store keeps block 1 only
     import zarr
 
-    from napari_cdal.engine.events import TICK
+    from napari_cdal.engine.events import RunCancelled
 
     viewer, widget, _ = opened
     calls = count_network_passes(monkeypatch)
-    hold = hold_at_tick(monkeypatch, small_blocks, "segment_slide", "block", calls)
+    hold = hold_in_block(monkeypatch, small_blocks, "segment_slide", "block", calls)
     widget.slide_output.value = tmp_path / "out"
     outcomes = cancel_at_hold(qtbot, widget, widget.slide_button, hold, TIMEOUT_MS)
-    assert outcomes == ["cancelled"] and hold.closed_at.stage == TICK and hold.closed_at.index == 1
+    assert outcomes == ["cancelled"] and hold.stopped_by is RunCancelled
+    assert hold.last_event.stage == "block" and hold.last_event.index == 1
     assert hold.calls_at_hold > 0 and len(calls) == hold.calls_at_hold and hold.events_after_hold == 0
     assert zarr.open_array(tmp_path / "out" / "slide_labels.zarr", mode="r").attrs["done"] == [0]
 

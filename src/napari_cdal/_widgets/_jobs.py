@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Generator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,13 +82,20 @@ def load_model_cached(path: str | Path, device: str) -> CdalModel:
     return _cached_model(str(path.resolve()), path.stat().st_mtime_ns, device)
 
 
+def _stoppable(model: CdalModel, cancel: threading.Event | None) -> AbstractContextManager[None]:
+    """The model's networks check `cancel` before each block while the run lasts: a Cancel stops a pass at once."""
+    from napari_cdal.engine.events import stop_on_cancel
+
+    return stop_on_cancel(cancel, model.generator, model.discriminator)
+
+
 def run_segmentation(
-    image: Any, settings: SegmentSettings, box: Box | None = None
+    image: Any, settings: SegmentSettings, box: Box | None = None, cancel: threading.Event | None = None
 ) -> Generator[Progress, None, ShownResult | RunFailure]:
     """Worker body: load the model, yield the engine's step events, return the result ready to show (or why not).
 
     With `box` (y0, y1, x0, x1) only that part of `image` (any array, a slide's lazy level 0 too) is
-    read, here, off the GUI thread, and segmented.
+    read, here, off the GUI thread, and segmented. Once `cancel` is set the networks raise RunCancelled.
     """
     from napari_cdal._widgets._layers import prepare_result
     from napari_cdal.engine.checks import check_memory, segment_peak_bytes
@@ -102,18 +111,19 @@ def run_segmentation(
         check_memory(segment_peak_bytes(height, width, settings.image_mpp, model.config, settings.sampling_steps,
                                         settings.samples), f"the image ({height} x {width} px)")
         pixels = image if box is None else np.asarray(image[box[0]:box[1], box[2]:box[3]])
-        for event in segment_image(
-            model,
-            pixels,
-            image_mpp=settings.image_mpp,
-            sampling_steps=settings.sampling_steps,
-            samples=settings.samples,
-            seed=settings.seed,
-            threshold=settings.threshold,
-        ):
-            if event.stage == "done":
-                return prepare_result(event.payload, settings.image_mpp)
-            yield event
+        with _stoppable(model, cancel):
+            for event in segment_image(
+                model,
+                pixels,
+                image_mpp=settings.image_mpp,
+                sampling_steps=settings.sampling_steps,
+                samples=settings.samples,
+                seed=settings.seed,
+                threshold=settings.threshold,
+            ):
+                if event.stage == "done":
+                    return prepare_result(event.payload, settings.image_mpp)
+                yield event
     except (CheckpointError, ImageError, FileNotFoundError, ValueError) as exc:
         return RunFailure(str(exc))
     except MemoryError:
@@ -122,9 +132,11 @@ def run_segmentation(
 
 
 def run_volume_segmentation(
-    volume: Any, settings: SegmentSettings
+    volume: Any, settings: SegmentSettings, cancel: threading.Event | None = None
 ) -> Generator[Progress, None, VolumeResult | RunFailure]:
-    """Worker body: load a model of classes, yield segment_volume's per-slice events, return its VolumeResult."""
+    """Worker body: load a model of classes, yield segment_volume's per-slice events, return its VolumeResult.
+
+    Once `cancel` is set the networks raise RunCancelled."""
     from napari_cdal.engine.device import resolve_device
     from napari_cdal.engine.io.checkpoint import CheckpointError
     from napari_cdal.engine.segment.volume import segment_volume
@@ -132,11 +144,12 @@ def run_volume_segmentation(
     try:
         device = str(resolve_device(settings.device))
         model = load_model_cached(settings.model_path, device)
-        for event in segment_volume(model, np.asarray(volume), settings.sampling_steps, settings.samples,
-                                    settings.seed):
-            if event.stage == "done":
-                return event.payload
-            yield event
+        with _stoppable(model, cancel):
+            for event in segment_volume(model, np.asarray(volume), settings.sampling_steps, settings.samples,
+                                        settings.seed):
+                if event.stage == "done":
+                    return event.payload
+                yield event
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         return RunFailure(str(exc))
     except MemoryError:
@@ -145,12 +158,13 @@ def run_volume_segmentation(
 
 
 def run_whole_slide(
-    slide: Path, store: Path, tiff: Path, settings: SegmentSettings
+    slide: Path, store: Path, tiff: Path, settings: SegmentSettings, cancel: threading.Event | None = None
 ) -> Generator[Progress, None, SlideResult | RunFailure]:
     """Worker body: segment a slide block by block into its zarr store (resuming one), then its pyramidal TIFF.
 
     The same engine function as `napari-cdal segment` on a slide; the TIFF is written only when no
-    file of that name exists.
+    file of that name exists. Once `cancel` is set the networks raise RunCancelled (the block under
+    way is not written).
     """
     from napari_cdal.engine.device import resolve_device
     from napari_cdal.engine.io.checkpoint import CheckpointError
@@ -161,7 +175,7 @@ def run_whole_slide(
     try:
         device = str(resolve_device(settings.device))
         model = load_model_cached(settings.model_path, device)
-        with open_slide(slide) as source:
+        with open_slide(slide) as source, _stoppable(model, cancel):
             for event in segment_slide(model, source, store, settings.image_mpp,
                                        sampling_steps=settings.sampling_steps, samples=settings.samples,
                                        seed=settings.seed, threshold=settings.threshold):
@@ -178,9 +192,12 @@ def run_whole_slide(
 
 
 def run_finetune(
-    pairs: list[FinetunePair] | list[VolumeCorrection], settings: FinetuneSettings
+    pairs: list[FinetunePair] | list[VolumeCorrection], settings: FinetuneSettings,
+    cancel: threading.Event | None = None,
 ) -> Generator[Progress, None, Finetuned | RunFailure]:
-    """Worker body: load the base model, fine-tune it, save it as a new file with its check (or say why not)."""
+    """Worker body: load the base model, fine-tune it, save it as a new file with its check (or say why not).
+
+    Once `cancel` is set the networks raise RunCancelled: their copies that fine-tuning trains share the check."""
     from napari_cdal.engine.defaults import FINETUNE_D_LR_RATIO
     from napari_cdal.engine.device import resolve_device
     from napari_cdal.engine.events import Progress
@@ -195,12 +212,14 @@ def run_finetune(
             lr_g=settings.learning_rate,
             lr_d=settings.learning_rate * FINETUNE_D_LR_RATIO,
         )
-        for event in finetune(model, pairs, config, device, settings.image_mpp):
-            if event.stage == "done":
-                yield Progress("save", event.index, event.total)  # a last chance to cancel
-                result = event.payload
-                return Finetuned(save_finetuned(result.model, settings.output), result.report(), result.improved)
-            yield event
+        with _stoppable(model, cancel):
+            for event in finetune(model, pairs, config, device, settings.image_mpp):
+                if event.stage == "done":
+                    yield Progress("save", event.index, event.total)  # a last chance to cancel
+                    result = event.payload
+                    return Finetuned(save_finetuned(result.model, settings.output), result.report(),
+                                     result.improved)
+                yield event
     except (CheckpointError, FileNotFoundError, ValueError, OSError) as exc:
         return RunFailure(str(exc))
     return RunFailure(NO_RESULT)

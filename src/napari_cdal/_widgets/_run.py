@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 from napari_cdal._widgets._common import IDLE_PROGRESS_TIP
+from napari_cdal.engine.events import RunCancelled
 
 
 def _relay(events: Generator[Any, None, Any]) -> Generator[Any, None, Any]:
-    """The worker's generator: `events` passed on one by one, their return value returned."""
-    return (yield from events)
+    """The worker's generator: `events` passed on one by one, their return value returned.
+
+    A run stopped by its cancel token (RunCancelled, raised inside a network pass) ends quietly
+    here, as a Cancel: napari would otherwise report it as an error.
+    """
+    try:
+        return (yield from events)
+    except RunCancelled:
+        return None
 
 
 class RunProgress:
@@ -64,7 +73,9 @@ class WorkerRun:
     The widget (a magicgui Container) provides `cancel_button`, `progress_bar`, `status`,
     `run_finished`, `_run_button` (the button that starts a run), `_on_step` and `_on_returned`; it may extend
     `_drop_run` (per-run state to let go of) and `_after_run` (what follows a run). The run state
-    below starts at these class defaults and is set per instance once a run starts.
+    below starts at these class defaults and is set per instance once a run starts. A run's body
+    takes its cancel token as `cancel` (a threading.Event, set by Cancel from the GUI thread) and
+    has the engine check it between network blocks (events.stop_on_cancel).
     """
 
     unchanged_note = "nothing changed"
@@ -75,6 +86,7 @@ class WorkerRun:
     _worker: Any = None
     _events: Any = None
     _progress: Any = None
+    _cancel_token: threading.Event | None = None
     _outcome = ""
     _depth = 0
     _finish_pending = False
@@ -107,12 +119,16 @@ class WorkerRun:
         return self._worker is not None
 
     def _launch(self, body: Callable[..., Any], *args: Any, total: int, status: str) -> None:
-        """Run the generator `body(*args)` in a worker, its progress (of `total` events, 0: unknown) in the bar."""
+        """Run `body(*args, cancel=token)` in a worker, its progress (of `total` events, 0: unknown) in the bar.
+
+        The token is a fresh threading.Event per run; Cancel sets it.
+        """
         from napari.qt.threading import create_worker
 
         self._outcome = ""
         self._progress = RunProgress(self.progress_bar, total)
-        self._events = body(*args)
+        self._cancel_token = threading.Event()
+        self._events = body(*args, cancel=self._cancel_token)
         self._worker = create_worker(_relay, self._events, _start_thread=False)
         self._connect_worker()
         for button in self._start_buttons():
@@ -143,9 +159,10 @@ class WorkerRun:
         self._worker.quit()
 
     def cancel(self, *_: Any) -> None:
-        """Stop the run at its next event: a step, or a tick the engine yields well within a second."""
+        """Stop the run at its next event or, inside a network pass, before the next block (well within a second)."""
         if self.running and not self._outcome:
             self._outcome = "cancelled"
+            self._cancel_token.set()
             self._worker.quit()
             self.cancel_button.enabled = False
             self.status.value = "Cancelling…"
@@ -207,6 +224,7 @@ class WorkerRun:
         """The dock was closed: stop a run in progress (nothing is written); the widgets are gone."""
         if self._worker is None:
             return
+        self._cancel_token.set()
         self._disconnect_worker()
-        self._events = None  # the worker may still be inside it: it ends at its next event, unreferenced
+        self._events = None  # the worker may still be inside it: it ends at its next block or event, unreferenced
         self._drop_run()

@@ -1,19 +1,23 @@
-"""Progress events that the engine's generator functions yield, and a helper to run them to the end."""
+"""Progress events that the engine's generator functions yield, helpers to run them, and the cancel token's check."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Generator
+import threading
+from collections.abc import Callable, Generator, Iterator
 from contextlib import AbstractContextManager
-from typing import Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+
+if TYPE_CHECKING:
+    from torch import nn
 
 Result = TypeVar("Result")
 
 TICK = "tick"
 """The stage of an event that reports nothing new and is only a place to stop: the engine yields one
-between stages of a network pass or of a training step (well under a second apart), so that closing
-the generator there cancels within a second. `index` and `total` repeat the progress so far; progress
-displays skip ticks."""
+after each whole network pass (and while it waits on a cluster), so that closing the generator there
+stops between passes. `index` and `total` repeat the progress so far; progress displays skip ticks.
+Inside a pass a run stops by its cancel token instead (stop_on_cancel)."""
 
 
 class Progress(NamedTuple):
@@ -53,19 +57,67 @@ def ticks_of(events: Generator[Progress, None, Any], index: int, total: int) -> 
         yield Progress(TICK, index, total)
 
 
-def ticks_at_pauses(paused: Generator[Any, None, Result], index: int, total: int,
-                    around: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
-                    ) -> Generator[Progress, None, Result]:
-    """Run `paused` (a computation that yields at each pause and returns its result), yielding
-    Progress('tick', index, total) at each pause; returns its result.
+def then_tick(compute: Callable[[], Result], index: int, total: int,
+              around: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
+              ) -> Generator[Progress, None, Result]:
+    """Run `compute()` (a whole network pass, say) inside `around`, then yield Progress('tick', index, total);
+    returns its result.
 
-    `around` (autocast, say) is entered only around each part of the work, never while the consumer
-    holds a tick. The networks' staged passes and train_step_stages are run this way.
+    `around` (autocast, say) is left before the tick, so it is never held while the consumer holds one.
     """
-    while True:
-        with around():
-            try:
-                next(paused)
-            except StopIteration as stop:
-                return stop.value
-        yield Progress(TICK, index, total)
+    with around():
+        result = compute()
+    yield Progress(TICK, index, total)
+    return result
+
+
+class RunCancelled(Exception):
+    """A run's cancel token was set: raised inside a network pass by stop_on_cancel's check; a Cancel, not a failure."""
+
+
+class _CancelCheck:
+    """The forward pre-hook stop_on_cancel puts on every module: raises RunCancelled once `token` is set.
+
+    It fires only in the thread that started the run, so two runs sharing a loaded model (a Segment
+    and a Fine-tune in two workers) each stop on their own token. A copy of a hooked network made
+    during the run (fine-tuning's working networks, their EMA, a validation's export) shares this
+    very check instead of a copy, so it stops with the run; once the run is over the check is off,
+    in the copies too.
+    """
+
+    def __init__(self, token: threading.Event) -> None:
+        self.token = token
+        self.thread = threading.get_ident()
+        self.on = True
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if self.token.is_set() and self.on and threading.get_ident() == self.thread:
+            raise RunCancelled(f"cancelled before {type(module).__name__} ran")
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _CancelCheck:
+        return self
+
+
+@contextlib.contextmanager
+def stop_on_cancel(token: threading.Event | None, *networks: nn.Module) -> Iterator[None]:
+    """While the block runs, every module of `networks` checks `token` before it runs and raises RunCancelled once
+    it is set: a run stops between two blocks of a network pass, well within a second of the set.
+
+    The networks stay plain modules (hooks, torch.compile and ONNX export see their forward); the
+    checks are forward pre-hooks, put on every submodule so that any network, a new one too, is
+    covered with no code of its own, and taken off at the end. They run the same operations, so
+    results are unchanged bit for bit. The token is set from any thread (a GUI's Cancel); the checks
+    fire in the thread that entered the block. With no token (the CLI) nothing is installed.
+    """
+    if token is None:
+        yield
+        return
+    check = _CancelCheck(token)
+    modules = {id(module): module for network in networks for module in network.modules()}
+    handles = [module.register_forward_pre_hook(check) for module in modules.values()]
+    try:
+        yield
+    finally:
+        check.on = False
+        for handle in handles:
+            handle.remove()

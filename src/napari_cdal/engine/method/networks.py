@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Generator as PyGenerator
 
 import torch
 import torch.nn.functional as F
@@ -19,19 +18,6 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     angles = t.float()[:, None] * freqs[None]
     emb = torch.cat([angles.sin(), angles.cos()], dim=1)
     return F.pad(emb, (0, dim - 2 * half))
-
-
-Stages = PyGenerator[None, None, torch.Tensor]
-"""A network pass split into stages: it pauses (yields None) between them and returns its output."""
-
-
-def run_stages(stages: Stages) -> torch.Tensor:
-    """Run a staged pass to its end without pausing; its output."""
-    while True:
-        try:
-            next(stages)
-        except StopIteration as stop:
-            return stop.value
 
 
 def _groups(channels: int, wanted: int) -> int:
@@ -100,13 +86,8 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor, t_emb: torch.Tensor, z_emb: torch.Tensor) -> torch.Tensor:
-        return run_stages(self.stages(x, t_emb, z_emb))
-
-    def stages(self, x: torch.Tensor, t_emb: torch.Tensor, z_emb: torch.Tensor) -> Stages:
-        """The block's pass, pausing between its two convolutions."""
         h = self.conv1(F.silu(self.norm1(x, z_emb)))
         h = h + self.time(t_emb)[:, :, None, None]
-        yield
         h = self.conv2(F.silu(self.norm2(h, z_emb)))
         return self.skip(x) + h
 
@@ -200,17 +181,6 @@ class Generator(nn.Module):
 
         With self-conditioning, `previous_x0` is the last estimate of x̂_0 (zeros when there is none).
         """
-        return run_stages(self.stages(x_next, t, image_features, z, previous_x0))
-
-    def stages(
-        self,
-        x_next: torch.Tensor,
-        t: torch.Tensor,
-        image_features: torch.Tensor,
-        z: torch.Tensor,
-        previous_x0: torch.Tensor | None = None,
-    ) -> Stages:
-        """forward's pass, pausing after every convolution at the full batch (the same operations, bit for bit)."""
         t_emb = self.time(t)
         z_emb = self.latent(z)
         if image_features.shape[0] != x_next.shape[0]:
@@ -222,25 +192,21 @@ class Generator(nn.Module):
         skips = []
         for level, blocks in enumerate(self.down):
             for blk in blocks:
-                h = yield from blk.stages(h, t_emb, z_emb)
-                yield
+                h = blk(h, t_emb, z_emb)
             skips.append(h)
             if level < len(self.downsample):
                 h = self.downsample[level](h)
         for blk in self.middle:
-            h = yield from blk.stages(h, t_emb, z_emb)
-            yield
+            h = blk(h, t_emb, z_emb)
         for i, blocks in enumerate(self.up):
             level = len(self.down) - 1 - i
             for j, blk in enumerate(blocks):
                 if j == 0:
                     h = torch.cat([h, skips[level]], dim=1)
-                h = yield from blk.stages(h, t_emb, z_emb)
-                yield
+                h = blk(h, t_emb, z_emb)
             if level > 0:
                 h = F.interpolate(h, scale_factor=2.0, mode="nearest")
                 h = self.upsample[i](h)
-                yield
         return torch.tanh(self.out(F.silu(self.out_norm(h))))
 
 
@@ -294,18 +260,11 @@ class Discriminator(nn.Module):
         self, x_t: torch.Tensor, x_next: torch.Tensor, t: torch.Tensor, image: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the convolutional trunk; return (last features, the attention tap)."""
-        return run_stages(self._features_stages(x_t, x_next, t, image))
-
-    def _features_stages(
-        self, x_t: torch.Tensor, x_next: torch.Tensor, t: torch.Tensor, image: torch.Tensor | None
-    ) -> PyGenerator[None, None, tuple[torch.Tensor, torch.Tensor]]:
-        """The trunk, pausing after each level; returns (last features, the attention tap)."""
         t_emb = self.time(t)
         h = F.leaky_relu(self.stem(self._inputs(x_t, x_next, image)), 0.2)
         tap = h
         for level, (blk, proj) in enumerate(zip(self.blocks, self.time_proj, strict=True)):
             h = blk(h + proj(t_emb)[:, :, None, None])
-            yield
             if level + 1 == self.config.disc_attention_level:
                 tap = h
         return h, tap
@@ -314,12 +273,7 @@ class Discriminator(nn.Module):
         self, x_t: torch.Tensor, x_next: torch.Tensor, t: torch.Tensor, image: torch.Tensor | None = None
     ) -> torch.Tensor:
         """D's logit per place, (B, 1, h, w): its linear head before the spatial mean (their mean is D)."""
-        return run_stages(self._score_map_stages(x_t, x_next, t, image))
-
-    def _score_map_stages(
-        self, x_t: torch.Tensor, x_next: torch.Tensor, t: torch.Tensor, image: torch.Tensor | None
-    ) -> Stages:
-        h, _ = yield from self._features_stages(x_t, x_next, t, image)
+        h, _ = self.features(x_t, x_next, t, image)
         h = self.final(self.stddev(h))
         return F.conv2d(h, self.head.weight[:, :, None, None], self.head.bias)
 
@@ -332,13 +286,7 @@ class Discriminator(nn.Module):
         self, x_t: torch.Tensor, x_next: torch.Tensor, t: torch.Tensor, image: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Spatial attention A: the tap's channel mean, upsampled bilinearly to the label size."""
-        return run_stages(self.attention_stages(x_t, x_next, t, image))
-
-    def attention_stages(
-        self, x_t: torch.Tensor, x_next: torch.Tensor, t: torch.Tensor, image: torch.Tensor | None = None
-    ) -> Stages:
-        """attention's pass, pausing after each level of the trunk."""
-        _, tap = yield from self._features_stages(x_t, x_next, t, image)
+        _, tap = self.features(x_t, x_next, t, image)
         att = tap.mean(dim=1, keepdim=True)
         att = F.interpolate(att, size=x_t.shape[-2:], mode="bilinear", align_corners=False)
         if self.config.attention_scaling == "minmax":
@@ -355,16 +303,10 @@ class Discriminator(nn.Module):
         channel_mean is cDAL's attention A; score_map is minus D's logit per place; score_gradient
         is the size of the gradient of D's loss softplus(-D) with respect to x_t, per pixel.
         """
-        return run_stages(self.suspicion_stages(kind, x_t, x_next, t, image))
-
-    def suspicion_stages(
-        self, kind: str, x_t: torch.Tensor, x_next: torch.Tensor, t: torch.Tensor, image: torch.Tensor | None = None
-    ) -> Stages:
-        """suspicion's pass, pausing after each level of the trunk (score_gradient runs in one go)."""
         if kind == "channel_mean":
-            return (yield from self.attention_stages(x_t, x_next, t, image))
+            return self.attention(x_t, x_next, t, image)
         if kind == "score_map":
-            logits = yield from self._score_map_stages(x_t, x_next, t, image)
+            logits = self.score_map(x_t, x_next, t, image)
             return F.interpolate(-logits, size=x_t.shape[-2:], mode="bilinear", align_corners=False)
         if kind == "score_gradient":
             with torch.enable_grad():

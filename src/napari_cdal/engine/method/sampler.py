@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from napari_cdal.engine.config import UNCERTAINTY_MEASURES, ModelConfig
 from napari_cdal.engine.device import autocast
-from napari_cdal.engine.events import Progress, ticks_at_pauses
+from napari_cdal.engine.events import Progress, then_tick
 from napari_cdal.engine.method.model import CdalModel
 from napari_cdal.engine.method.schedule import randn_like
 
@@ -132,8 +132,8 @@ def reverse_process(
     in training. Yields Progress('step', i, steps, StepOutput) per step (with the chain's x_k and
     x_s, so x_T and every level visited can be shown), then Progress('done',
     steps, steps, SampleOutput), every map with the batch first; between them Progress('tick', i,
-    steps) after every stage of G and D (well under a second each), where a consumer may close the
-    generator. The whole batch goes through each stage at once, so ticks change no result.
+    steps) after every pass of G and D, where a consumer may close the generator (a run with a cancel
+    token stops inside a pass too: events.stop_on_cancel). Ticks change no result.
     `attention_kinds` adds D's other maps (ATTENTION_MAPS) to each step's output. `shared_latent`
     gives the K samples of an image the same z at each step, so that their spread comes from the
     noise alone (to measure how much of it z makes). `keep_pairs` puts each step's SampledPair in its
@@ -147,7 +147,7 @@ def reverse_process(
     steps = config.sampling_steps if sampling_steps is None else sampling_steps
     levels = schedule.sampling_levels(steps)
     device = next(model.generator.parameters()).device
-    in_autocast = functools.partial(autocast, device)  # around each stage of a network pass
+    in_autocast = functools.partial(autocast, device)  # around each network pass
     padded, (height, width) = pad_to_multiple(image.to(device), config.size_multiple)
     batch = padded.shape[0]
     with autocast(device):
@@ -174,19 +174,19 @@ def reverse_process(
         z = randn_like(torch.empty(batch if shared_latent else members, config.latent_dim, device=device), rng)
         if shared_latent:
             z = z.repeat_interleave(samples, dim=0)
-        x0 = (yield from ticks_at_pauses(model.generator.stages(x_k, t, features, z, x0), i, steps,
-                                         in_autocast)).float()
+        x0 = (yield from then_tick(functools.partial(model.generator, x_k, t, features, z, x0), i, steps,
+                                   in_autocast)).float()
         chain.append(foreground_of(per_image(((x0 + 1.0) / 2.0).clamp(0.0, 1.0)), config))
         x_s = schedule.jump_sample(x0, x_k, k, s, rng, config.sampling_noise)
         if config.attention_in_sampling and s > 0:
-            gate = (yield from ticks_at_pauses(model.discriminator.attention_stages(x_s, x_k, t, disc_image),
-                                               i, steps, in_autocast)).float()
+            gate = (yield from then_tick(functools.partial(model.discriminator.attention, x_s, x_k, t, disc_image),
+                                         i, steps, in_autocast)).float()
             c1 = schedule.jump_coefficients(k, s, config.sampling_noise)[0]
             x_s = x_s - c1 * (1.0 - gate) * x0
         maps = {}
         for kind in kinds:
-            found = (yield from ticks_at_pauses(model.discriminator.suspicion_stages(kind, x_s, x_k, t, disc_image),
-                                                i, steps, in_autocast)).float()
+            found = (yield from then_tick(functools.partial(model.discriminator.suspicion, kind, x_s, x_k, t,
+                                                            disc_image), i, steps, in_autocast)).float()
             maps[kind] = per_image(found).mean(dim=0)[:, 0]
         attention = maps.get(config.attention_display) if with_attention else None
         pair = None

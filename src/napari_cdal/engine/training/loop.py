@@ -8,10 +8,10 @@ from collections.abc import Callable, Generator
 import numpy as np
 import torch
 
-from napari_cdal.engine.events import Progress, ticks_at_pauses
+from napari_cdal.engine.events import Progress
 from napari_cdal.engine.method.grid import normalise
 from napari_cdal.engine.training.state import TrainState
-from napari_cdal.engine.training.step import train_step_stages
+from napari_cdal.engine.training.step import train_step
 
 BatchSource = Callable[[int], tuple[np.ndarray, np.ndarray, np.ndarray]]
 """Draws a batch: (images, targets, weights) as numpy arrays for a batch size."""
@@ -27,10 +27,10 @@ def training_loop(
     """Run steps until train_config.iterations, yielding Progress('train', step, total, losses).
 
     Hooks: `on_checkpoint` every checkpoint_every steps and at the end; `on_validate` (itself a
-    generator of events) every validate_every steps and at the end. Within a step come ticks,
-    Progress('tick', steps done, total), between its parts (train_step_stages). Closing the
-    generator at a 'train' event stops between steps, at a tick inside one: that step is
-    half-done, so its state is to be dropped (fine-tuning drops it all); the caller decides.
+    generator of events) every validate_every steps and at the end. Closing the generator at a
+    'train' event stops between steps; a run with a cancel token (events.stop_on_cancel) stops
+    inside one too, and that step is half-done, so its state is to be dropped (fine-tuning drops it
+    all); the caller decides.
     """
     cfg = state.train_config
     config = state.model.config
@@ -39,14 +39,13 @@ def training_loop(
     while state.step < cfg.iterations:
         started = time.perf_counter()
         images, targets, weights = sample_batch(cfg.batch_size)
-        stages = train_step_stages(
+        losses = train_step(
             state,
             normalise(torch.from_numpy(images), config).to(device),
             torch.from_numpy(targets).to(device),
             torch.from_numpy(weights).to(device),
             device,
         )
-        losses = yield from ticks_at_pauses(stages, state.step, cfg.iterations)
         state.step += 1
         state.record["wall_seconds"] = state.record.get("wall_seconds", 0.0) + time.perf_counter() - started
         if state.step == 1 or state.step % 50 == 0 or state.step == cfg.iterations:

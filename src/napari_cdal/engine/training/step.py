@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -11,7 +9,6 @@ import torch.nn.functional as F
 from napari_cdal.engine.config import ModelConfig
 from napari_cdal.engine.device import autocast
 from napari_cdal.engine.method.networks import Generator as GeneratorNetwork
-from napari_cdal.engine.method.networks import run_stages
 from napari_cdal.engine.method.schedule import VPSchedule, randn_like
 from napari_cdal.engine.segment.instances import core_targets
 from napari_cdal.engine.training.state import TrainState, learning_rate
@@ -110,16 +107,10 @@ def self_condition_input(G: GeneratorNetwork, x_next: torch.Tensor, t: torch.Ten
 
 def train_step(state: TrainState, images: torch.Tensor, x0: torch.Tensor, weights: torch.Tensor,
                device: torch.device) -> dict[str, float]:
-    """One cDAL step: attention-modulated G update, then D update with lazy R1 (cDAL.md §4)."""
-    return run_stages(train_step_stages(state, images, x0, weights, device))
+    """One cDAL step: attention-modulated G update, then D update with lazy R1 (cDAL.md §4); returns the losses.
 
-
-def train_step_stages(state: TrainState, images: torch.Tensor, x0: torch.Tensor, weights: torch.Tensor,
-                      device: torch.device) -> Generator[None, None, dict[str, float]]:
-    """train_step, pausing (yield None) between its parts: G's pass, G's update, D's passes, D's update.
-
-    Returns the losses. Stopped at a pause, G may be updated and D not yet: a state left so is
-    part-way through a step, to be dropped, not saved.
+    A run stopped inside it by its cancel token (events.stop_on_cancel) may leave G updated and D
+    not yet: a state left so is part-way through a step, to be dropped, not saved.
     """
     cfg, model = state.train_config, state.model
     G, D, schedule = model.generator, model.discriminator, model.schedule
@@ -143,7 +134,6 @@ def train_step_stages(state: TrainState, images: torch.Tensor, x0: torch.Tensor,
         x_next_att = own_chain_input(G, schedule, x_next_att, t, features, cfg.own_chain_rate, rng)
         previous = self_condition_input(G, x_next_att, t, features, z, cfg.self_condition_rate, rng)
         x0_pred = G(x_next_att, t, features, z, previous).float()
-    yield
     mse = _weighted_mean((x0_pred - x0).pow(2), weights)
     prob, target = (x0_pred + 1.0) / 2.0, (x0 + 1.0) / 2.0
     loss_g = cfg.mse_weight * mse
@@ -165,7 +155,6 @@ def train_step_stages(state: TrainState, images: torch.Tensor, x0: torch.Tensor,
     state.optim_g.zero_grad(set_to_none=True)
     loss_g.backward()
     state.optim_g.step()
-    yield
 
     real = schedule.posterior_sample(x0, x_next_att, t, rng)
     fake = schedule.posterior_sample(x0_pred.detach(), x_next_att, t, rng)
@@ -185,7 +174,6 @@ def train_step_stages(state: TrainState, images: torch.Tensor, x0: torch.Tensor,
         cutmix = F.binary_cross_entropy_with_logits(logits, F.adaptive_avg_pool2d(box, logits.shape[-2:]))
         loss_d = loss_d + cfg.d_cutmix_weight * cutmix
         losses["d_cutmix"] = cutmix.item()
-    yield
     if lazy_r1:
         (grad,) = torch.autograd.grad(d_real.sum(), real, create_graph=True)
         r1 = grad.pow(2).flatten(1).sum(1).mean()
