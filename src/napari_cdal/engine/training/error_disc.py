@@ -33,6 +33,9 @@ from napari_cdal.engine.method.sampler import reverse_process
 from napari_cdal.engine.method.schedule import VPSchedule
 from napari_cdal.engine.training.step import cutmix_boxes, encode_targets
 
+MAX_ERROR_WEIGHT = 20.0
+"""The most a wrong pixel weighs against a right one when errors are balanced (a nearly right patch)."""
+
 ERROR_DISC_CHANGES = {"disc_kind": "pixel", "disc_image": True, "attention_display": "error_probability"}
 """The config keys a model's discriminator takes when it becomes the error-finding pixel D."""
 
@@ -51,6 +54,8 @@ class ErrorDiscSettings:
     degraded_share: float = 0.5
     hed_strength: float = 0.05
     border_weight: float = 1.0
+    balance_errors: bool = True
+    """Weigh the few wrong pixels of a fake pair up to as much as its right ones (at most MAX_ERROR_WEIGHT each)."""
     seed: int = 0
 
 
@@ -110,6 +115,16 @@ def _outline(truth: torch.Tensor) -> torch.Tensor:
     return F.max_pool2d(foreground, 3, 1, 1) + F.max_pool2d(-foreground, 3, 1, 1)
 
 
+def loss_weights(target: torch.Tensor, truth: torch.Tensor, settings: ErrorDiscSettings) -> torch.Tensor:
+    """Per-pixel weights of D's loss on a fake pair: true outlines by border_weight, wrong pixels balanced."""
+    weight = 1.0 + (settings.border_weight - 1.0) * _outline(truth)
+    if settings.balance_errors:
+        wrong = 1.0 - target
+        ratio = (target.sum() / wrong.sum().clamp_min(1.0)).clamp(1.0, MAX_ERROR_WEIGHT)
+        weight = weight * (1.0 + (ratio - 1.0) * wrong)
+    return weight
+
+
 def _draw_batch(pool: PairPool, config: ModelConfig, settings: ErrorDiscSettings, schedule: VPSchedule,
                 rng: np.random.Generator, torch_rng: torch.Generator) -> tuple[torch.Tensor, ...]:
     """A batch of crops: the image, the truth, the fake pair's x_s and x_k, its estimate, the real x_s, t."""
@@ -163,7 +178,7 @@ def train_error_discriminator(model: CdalModel, tiles: list[Tile], settings: Err
         image, truth, fake, x_next, estimate, real, t = (
             v.to(device) for v in _draw_batch(pool, config, settings, schedule, rng, torch_rng))
         target = pixel_targets(estimate, truth)
-        weight = 1.0 + (settings.border_weight - 1.0) * _outline(truth)
+        weight = loss_weights(target, truth, settings)
         box = cutmix_boxes(len(t), truth.shape[-2:], torch_rng).to(device)
         mixed = box * real + (1.0 - box) * fake
         loss_fake = F.binary_cross_entropy_with_logits(disc.score_map(fake, x_next, t, image), target, weight=weight)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from napari_cdal.engine.config import ModelConfig
 from napari_cdal.engine.device import autocast
 from napari_cdal.engine.method.networks import Generator as GeneratorNetwork
+from napari_cdal.engine.method.pixel_disc import PixelDiscriminator, pixel_targets
 from napari_cdal.engine.method.schedule import VPSchedule, randn_like
 from napari_cdal.engine.segment.instances import core_targets
 from napari_cdal.engine.training.state import TrainState, learning_rate
@@ -105,6 +106,20 @@ def self_condition_input(G: GeneratorNetwork, x_next: torch.Tensor, t: torch.Ten
     return previous
 
 
+def _pixel_d_loss(D: PixelDiscriminator, real: torch.Tensor, fake: torch.Tensor, x_next: torch.Tensor,
+                  t: torch.Tensor, image: torch.Tensor | None, estimate: torch.Tensor, x0: torch.Tensor,
+                  weights: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The pixel D's loss (GCT's flaw detector): real pairs real everywhere, a fake pair fake where G's estimate
+    is wrong; only where the labels are truth (weights > 0). Returns it with D's mean scores of the pairs."""
+    with autocast(device):
+        logits_real = D.score_map(real, x_next, t, image).float()
+        logits_fake = D.score_map(fake, x_next, t, image).float()
+    known = weights.expand_as(logits_real)
+    loss = (F.binary_cross_entropy_with_logits(logits_real, torch.ones_like(logits_real), weight=known)
+            + F.binary_cross_entropy_with_logits(logits_fake, pixel_targets(estimate, x0), weight=known))
+    return loss, logits_real.mean(dim=(1, 2, 3)), logits_fake.mean(dim=(1, 2, 3))
+
+
 def train_step(state: TrainState, images: torch.Tensor, x0: torch.Tensor, weights: torch.Tensor,
                device: torch.device) -> dict[str, float]:
     """One cDAL step: attention-modulated G update, then D update with lazy R1 (cDAL.md §4); returns the losses.
@@ -146,10 +161,14 @@ def train_step(state: TrainState, images: torch.Tensor, x0: torch.Tensor, weight
         bce = _weighted_mean(F.binary_cross_entropy(prob.clamp(1e-5, 1 - 1e-5), target, reduction="none"), weights)
         loss_g = loss_g + cfg.bce_weight * bce
         losses["bce"] = bce.item()
+    per_pixel = model.config.disc_kind == "pixel"
     if cfg.adversarial_weight > 0:
         fake = schedule.posterior_sample(x0_pred, x_next_att, t, rng)
         with autocast(device):
-            adv = F.softplus(-D(fake, x_next_att, t, disc_image).float()).mean()
+            if per_pixel:  # every pixel pushed to look right where D finds it wrong
+                adv = _weighted_mean(F.softplus(-D.score_map(fake, x_next_att, t, disc_image).float()), weights)
+            else:
+                adv = F.softplus(-D(fake, x_next_att, t, disc_image).float()).mean()
         loss_g = loss_g + cfg.adversarial_weight * adv
         losses["adv_g"] = adv.item()
     state.optim_g.zero_grad(set_to_none=True)
@@ -162,16 +181,23 @@ def train_step(state: TrainState, images: torch.Tensor, x0: torch.Tensor, weight
     real = torch.where(weights > 0, real, fake)
     lazy_r1 = cfg.r1_gamma > 0 and state.step % cfg.r1_interval == 0
     real.requires_grad_(lazy_r1)
-    with autocast(device):
-        d_real = D(real, x_next_att, t, disc_image).float()
-        d_fake = D(fake, x_next_att, t, disc_image).float()
-    loss_d = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+    if per_pixel:
+        loss_d, d_real, d_fake = _pixel_d_loss(D, real, fake, x_next_att, t, disc_image, x0_pred.detach(), x0,
+                                               weights, device)
+    else:
+        with autocast(device):
+            d_real = D(real, x_next_att, t, disc_image).float()
+            d_fake = D(fake, x_next_att, t, disc_image).float()
+        loss_d = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
     if cfg.d_cutmix_weight > 0:
         box = cutmix_boxes(real.shape[0], real.shape[-2:], rng).to(device)
         mixed = box * real.detach() + (1.0 - box) * fake
         with autocast(device):
             logits = D.score_map(mixed, x_next_att, t, disc_image).float()
-        cutmix = F.binary_cross_entropy_with_logits(logits, F.adaptive_avg_pool2d(box, logits.shape[-2:]))
+        mixed_target = F.adaptive_avg_pool2d(box, logits.shape[-2:])
+        if per_pixel:  # the fake part is fake only where G's estimate is wrong
+            mixed_target = box + (1.0 - box) * pixel_targets(x0_pred.detach(), x0)
+        cutmix = F.binary_cross_entropy_with_logits(logits, mixed_target)
         loss_d = loss_d + cfg.d_cutmix_weight * cutmix
         losses["d_cutmix"] = cutmix.item()
     if lazy_r1:
