@@ -141,3 +141,24 @@ def test_doubt_paints_each_nucleus_with_its_mean_and_leaves_out_the_soft_borders
     assert np.allclose(doubt[5:15, 5:15], 0.2)
     assert np.all(doubt[4, 5:15] == 0.0)
     assert doubt[20, 5] == pytest.approx(0.7)
+
+
+def test_cli_trains_a_pixel_discriminator_for_a_frozen_generator(capsys, blob_folder, tiny_model_file,
+                                                                 tmp_path) -> None:
+    from conftest import run
+
+    tiny = str(tiny_model_file)
+    settings = tmp_path / "d.json"
+    settings.write_text('{"pool_batches": 1, "pool_batch_size": 2, "patch_size": 32, "crop_size": 32, "batch_size": 2}')
+    out = tmp_path / "with_d.safetensors"
+    code, printed, _ = run(capsys, "train", str(blob_folder), "--init-from", tiny, "--discriminator-only",
+                           "--iterations", "3", "--train-config", str(settings), "--out", str(out))
+    assert code == 0 and "pixel discriminator 3 iterations on 2 patches" in printed
+    model = load_model(out)
+    assert model.config.disc_kind == "pixel" and model.record["error_discriminator"]["iterations"] == 3
+    code, _, err = run(capsys, "train", str(blob_folder), "--discriminator-only", "--out", tmp_path / "b.safetensors")
+    assert code == 1 and "give the model with --init-from" in err
+    settings.write_text('{"pool_size": 3}')
+    code, _, err = run(capsys, "train", str(blob_folder), "--init-from", tiny, "--discriminator-only",
+                       "--train-config", str(settings), "--out", str(tmp_path / "c.safetensors"))
+    assert code == 1 and "pool_size is no setting" in err and not (tmp_path / "c.safetensors").exists()

@@ -289,8 +289,9 @@ def show_result(
     result = shown.result
     grid = Grid.of(image).shifted(origin)
     with keep_selection(viewer):
+        doubt = result.uncertainty if result.doubt is None else result.doubt  # nuclei painted, soft borders left out
         layers = put_map_layers(viewer, image.name, grid, result.chain, result.steps, shown.attention,
-                                result.uncertainty, model, spares)
+                                doubt, model, spares)
         labels = np.ascontiguousarray(result.labels, dtype=np.uint32)
         layers[MASK] = put_mask_layer(viewer, image.name, labels, grid.plane(), contour, shown.features, origin,
                                       model, spare=(spares or {}).get(MASK))

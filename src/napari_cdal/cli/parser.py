@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help='JSON file of training settings to change (e.g. {"adversarial_weight": 0.3})')
     p.add_argument("--init-from", default=None,
                    help="start a new run from this model's weights (not its optimiser state)")
+    p.add_argument("--discriminator-only", action="store_true",
+                   help="keep --init-from's generator as it is and train it a new pixel discriminator, which "
+                        "learns where that generator's masks are wrong (the attention layer then shows it; "
+                        "default: 1500 iterations, after the generator segments 360 training patches)")
     p.add_argument("--split", default=None, help="JSON with 'train' and 'validation' lists of tile or volume names")
     p.add_argument("--mpp", type=float, default=None,
                    help=f"µm per pixel of the data (default: {DEFAULT_IMAGE_MPP}; with --resume, the recorded one)")

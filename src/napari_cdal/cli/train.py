@@ -70,6 +70,60 @@ def _check_train_out(out: Path, resume: bool) -> None:
         raise CliError(f"{taken[0]} already exists and train never replaces a file; choose a new --out{hint}")
 
 
+def _train_discriminator_only(args: argparse.Namespace, out: Path, split: dict[str, list[str]]) -> int:
+    """--discriminator-only: a pixel D for --init-from's frozen generator, written to --out."""
+    import dataclasses
+
+    from napari_cdal.engine.data.tiles import check_image_channels, load_folder
+    from napari_cdal.engine.method.model import save_model
+    from napari_cdal.engine.training.error_disc import ErrorDiscSettings, train_error_discriminator
+    from napari_cdal.engine.training.run import prepare_tiles, run_data
+
+    if not args.init_from:
+        raise CliError("--discriminator-only trains a discriminator for a generator: give the model with --init-from")
+    refused = [option for option in ("--resume", "--config", "--batch-size", "--patch-size", "--checkpoint-every",
+                                     "--validate-every") if option in args.typed_options]
+    if refused:
+        raise CliError(f"{refused[0]} does not apply to --discriminator-only (the generator is kept as it is)")
+    device = common.setup_torch(args)
+    model = common.load_model(args.init_from, device)
+    if model.config.is_multiclass or model.config.image_channels != 3:
+        raise CliError("--discriminator-only is for H&E nucleus models; this model segments classes or grayscale")
+    data = run_data(args.data_dir, split, None, args.mpp)
+    check_image_channels(args.data_dir, data.train_names, 3)
+    changes = common.read_json_object(args.train_config, "--train-config") if args.train_config else {}
+    unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(ErrorDiscSettings)})
+    if unknown:
+        raise CliError(f"--train-config: {', '.join(unknown)} is no setting of the discriminator's training; it has "
+                       f"{', '.join(f.name for f in dataclasses.fields(ErrorDiscSettings))}")
+    settings = dataclasses.replace(ErrorDiscSettings(), **changes)
+    changes = {key: value for key, value in (("iterations", args.iterations), ("seed", args.seed)) if value is not None}
+    settings = dataclasses.replace(settings, **changes)
+    if settings.iterations < 1:
+        raise CliError(f"{common.typed(args, '--iterations', '--steps')} must be at least 1, got {settings.iterations}")
+    tiles = prepare_tiles(load_folder(args.data_dir, data.train_names), data.data_mpp, model.config)
+    bar = common.progress(settings.pool_batches, "segment patches", "batch")
+    trained = None
+    for event in train_error_discriminator(model, tiles, settings):
+        if event.stage == "pool":
+            bar.n = event.index
+            bar.refresh()
+        elif event.stage == "train":
+            if event.index == 1:
+                bar.close()
+                bar = common.progress(settings.iterations, "train D", "iteration")
+            bar.n = event.index
+            bar.set_postfix({k: f"{v:.3f}" for k, v in event.payload.items()})
+        elif event.stage == "done":
+            trained = event.payload
+    bar.close()
+    save_model(out, trained, replace=False)
+    record = trained.record["error_discriminator"]
+    print(f"trained the pixel discriminator {settings.iterations} iterations on {record['patches']} patches in "
+          f"{record['wall_seconds'] / 60:.1f} min; model: {out}")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train cDAL on a MoNuSeg-layout folder; keep the best model (by validation) at --out."""
     from napari_cdal.engine.checks import check_at_least
@@ -83,6 +137,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _check_train_out(out, args.resume)
     split = common.read_split(args.split)
+    if args.discriminator_only:
+        return _train_discriminator_only(args, out, split)
     if args.resume:
         ignored = [option for option in ("--config", "--init-from") if option in args.typed_options]
         if ignored:

@@ -16,6 +16,7 @@ from napari_cdal.engine.io.images import to_rgb_float
 from napari_cdal.engine.method.grid import model_grid, normalise, resample, stretch_intensity
 from napari_cdal.engine.method.model import CdalModel
 from napari_cdal.engine.method.sampler import SampleOutput, StepOutput, reverse_process, unit_foreground
+from napari_cdal.engine.segment.doubt import doubt_map
 from napari_cdal.engine.segment.instances import instances_from_probability
 from napari_cdal.engine.segment.stain import keep_stained
 from napari_cdal.engine.segment.tiling import TileBlender, tile_boxes
@@ -54,7 +55,10 @@ class SegmentationResult:
     With step maps kept, `steps` (S, H, W) holds x̂0 after each of the S reverse steps and `chain`
     (S + 1, H, W) the chain as sampled, x_T (the drawn noise) then each x_s down to x_0; both are
     the foreground channel averaged over the K samples and mapped from the label scale [-1, 1]
-    to [0, 1]. `attention` (S, H, W) is D's map at each step.
+    to [0, 1]. `attention` (S, H, W) is D's map at each step; `final_attention_maps` holds the last
+    step's maps by kind (the model's own attention display whenever attention was computed).
+    `doubt` is the uncertainty as the layer shows it (segment/doubt.py): each nucleus painted with
+    its mean, the soft borders left out.
     """
 
     labels: np.ndarray
@@ -66,6 +70,12 @@ class SegmentationResult:
     uncertainty_maps: dict[str, np.ndarray] = field(default_factory=dict)
     final_attention_maps: dict[str, np.ndarray] = field(default_factory=dict)
     chain: np.ndarray | None = None
+    doubt: np.ndarray | None = None
+
+    @property
+    def error_map(self) -> np.ndarray | None:
+        """The pixel D's belief that each pixel of the mask is wrong, at the last step (None without it)."""
+        return self.final_attention_maps.get("error_probability")
 
     @property
     def n_nuclei(self) -> int:
@@ -153,7 +163,8 @@ def segment_image(
     rng = make_generator(seed)
     wanted = (config.uncertainty_measure, *uncertainty_kinds)
     measures_kept = tuple(dict.fromkeys(wanted)) if samples > 1 else ()
-    planes_kept = config.label_channels + len(measures_kept) + len(attention_kinds)
+    final_kinds = tuple(dict.fromkeys(((config.attention_display,) if with_attention else ()) + tuple(attention_kinds)))
+    planes_kept = config.label_channels + len(measures_kept) + len(final_kinds)
     blend_prob = TileBlender(planes_kept, mh, mw, overlap)
     blend_steps = TileBlender(n_steps, mh, mw, overlap) if keep_steps else None
     blend_chain = TileBlender(n_steps + 1, mh, mw, overlap) if keep_steps else None  # x_T, then each step's x_s
@@ -173,7 +184,7 @@ def segment_image(
             if event.stage == "done":
                 out: SampleOutput = event.payload
                 planes = [out.probability[0]] + [out.uncertainty_maps[name][:1] for name in measures_kept]
-                planes += [last_maps[kind][:1] for kind in attention_kinds]
+                planes += [last_maps[kind][:1] for kind in final_kinds]
                 blend_prob.add(box, torch.cat(planes).cpu().numpy())
                 continue
             step: StepOutput = event.payload
@@ -205,7 +216,7 @@ def segment_image(
     n_labels = config.label_channels
     probability = maps[:n_labels]
     measures = dict(zip(measures_kept, maps[n_labels:n_labels + len(measures_kept)], strict=True))
-    final_attention = dict(zip(attention_kinds, maps[n_labels + len(measures_kept):], strict=True))
+    final_attention = dict(zip(final_kinds, maps[n_labels + len(measures_kept):], strict=True))
     uncertainty = measures.get(config.uncertainty_measure)
     labels = probability_to_labels(probability, image_mpp, threshold)
     if config.image_channels == 3:
@@ -213,6 +224,7 @@ def segment_image(
     steps_stack, chain_stack, att_stack = (
         None if blender is None else _to_image_grid(torch.from_numpy(blender.result()), (height, width))
         for blender in (blend_steps, blend_chain, blend_att))
+    doubt = None if uncertainty is None else doubt_map(labels, uncertainty, image_mpp)
     result = SegmentationResult(labels, probability, uncertainty, steps_stack, att_stack,
-                                time.perf_counter() - start, measures, final_attention, chain_stack)
+                                time.perf_counter() - start, measures, final_attention, chain_stack, doubt)
     yield Progress("done", total, total, result)
