@@ -155,6 +155,14 @@ def _means(labels: np.ndarray, n: int, values: np.ndarray | None, area: np.ndarr
     return sums / np.maximum(area, 1)
 
 
+def _maxima(labels: np.ndarray, n: int, values: np.ndarray) -> np.ndarray:
+    """The largest of `values` inside each id 1..n of `labels` (0 for an id with no pixel)."""
+    inside = labels > 0
+    out = np.zeros(n + 1)
+    np.maximum.at(out, labels[inside], np.asarray(values, np.float64)[inside])
+    return out[1:]
+
+
 def _solidity(labels: np.ndarray, n: int) -> np.ndarray:
     from skimage.measure import regionprops_table
 
@@ -233,8 +241,7 @@ def review_candidates(labels: np.ndarray, probability: np.ndarray, uncertainty: 
     m = int(regions.max(initial=0))
     region_px = np.bincount(regions.ravel(), minlength=m + 1)[1:].astype(np.float64)
     region_centres = np.array(ndi.center_of_mass(np.ones(labels.shape), regions, np.arange(1, m + 1))).reshape(-1, 2)
-    region_fg_max = (np.asarray(ndi.maximum(foreground, regions, np.arange(1, m + 1)), np.float64)
-                     if m else np.zeros(0))
+    region_fg_max = _maxima(regions, m, foreground)
 
     def both(nuclei: np.ndarray, misses: np.ndarray) -> np.ndarray:
         return np.concatenate([np.asarray(nuclei, np.float64)[present], np.asarray(misses, np.float64)])
@@ -243,8 +250,7 @@ def review_candidates(labels: np.ndarray, probability: np.ndarray, uncertainty: 
     doubtful = None if uncertainty is None else np.asarray(uncertainty) >= settings.doubtful_uncertainty
     ring = ndi.grey_dilation(labels, footprint=_disk(max(1.0, settings.outline_um / image_mpp))) * (labels == 0)
     ring_px = np.bincount(ring.ravel(), minlength=n + 1)[1:n + 1].astype(np.float64)
-    core_max = (np.asarray(ndi.maximum(core, labels, np.arange(1, n + 1)), np.float64)
-                if core is not None and n else np.zeros(n))
+    core_max = _maxima(labels, n, core) if core is not None else np.zeros(n)
     features = {
         "log_area": log_area,
         "log_area_sq": log_area**2,
