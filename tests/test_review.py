@@ -218,3 +218,20 @@ def test_review_is_refused_for_slides_before_any_work(capsys, monkeypatch, blob_
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 1 and len(lines) == 1 and "leave out --review" in lines[0] and "whole slide" in lines[0]
     assert files_in(tmp_path / "out") == []
+
+
+def test_review_is_refused_for_volumes_before_any_work(capsys, monkeypatch, tmp_path) -> None:
+    from conftest import synthetic_volume, volume_affine
+
+    from napari_cdal.engine.io.volumes import write_volume
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr("napari_cdal.cli.common.load_model", refuse)
+    volume = tmp_path / "head.nii.gz"
+    write_volume(volume, synthetic_volume(0)[0], volume_affine())
+    code, _, err = run(capsys, "segment", volume, "--review", "5", "--out", tmp_path / "out")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1 and "--review" in lines[0] and "2-D images" in lines[0]
+    assert files_in(tmp_path / "out") == []
