@@ -19,8 +19,9 @@ An item is an error when: a nucleus or merge item's nucleus has best IoU < 0.5 w
 nucleus, or holds two or more true nuclei each with >= 50 % of its area inside it (a merge); a miss
 item's region overlaps a true nucleus that no prediction matches (IoU >= 0.5) by >= 25 % of the
 region or of that nucleus. A missed true nucleus is reached when its centroid lies in an item's box.
---fit (on the training split only) fits the review's logistic weights, compares the speck weights
-and prints the figures that chose REVIEW_SETTINGS.
+--fit (on the training split only) fits the review's logistic weights, compares the miss levels
+and the speck weights (and, with --error-maps, the error map's weight) and prints the figures that
+chose REVIEW_SETTINGS.
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ PIXEL_STRIDE = 3
 """Every 3rd pixel in y and x enters the pooled pixel AUROC (errors are spatially smooth)."""
 SPECK_WEIGHTS = (1.0, 0.5, 0.2, 0.1)
 """The speck weights --fit compares."""
+ERROR_MAP_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+"""With --error-maps, the error map's weights in the score --fit compares."""
 CANDIDATE_LEVELS = ((0.5, 0.2), (0.6, 0.2), (0.7, 0.2), (0.5, 0.1), (0.5, 0.3))
 """(doubtful uncertainty, miss foreground) levels --fit compares."""
 PICTURE_TILE = "TCGA-AR-A1AK-01Z-00-DX1"
@@ -413,6 +416,12 @@ def choose(cases: list[TileCase], seed: int) -> dict[str, Any]:
         print(table(rows[-len(SPECK_WEIGHTS):], list(rows[0])), flush=True)
     print(table(rows, list(rows[0])))
     chosen = fitted_by[(REVIEW_SETTINGS.doubtful_uncertainty, REVIEW_SETTINGS.miss_foreground)]
+    if all(case.error_map is not None for case in cases):
+        for weight in ERROR_MAP_WEIGHTS:
+            trial = replace(chosen, error_map_weight=weight)
+            name = f"error map weight {weight}"
+            rows += queue_measures(cases, {name: [orders(case, trial, seed)["review"] for case in cases]})
+        print(table(rows[-len(ERROR_MAP_WEIGHTS):], list(rows[0])), flush=True)
     weights = {key: getattr(chosen, key) for key in ("nucleus_weights", "nucleus_weights_no_uncertainty",
                                                      "miss_weights", "miss_weights_no_uncertainty")}
     print("fitted at the chosen levels:", weights)
