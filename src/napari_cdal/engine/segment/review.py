@@ -149,6 +149,7 @@ def _boxes(labels: np.ndarray, n: int) -> np.ndarray:
 
 
 def _means(labels: np.ndarray, n: int, values: np.ndarray | None, area: np.ndarray) -> np.ndarray:
+    """The mean of `values` over each id 1..n of `labels` (NaN for all when there are no values)."""
     if values is None:
         return np.full(n, np.nan)
     sums = np.bincount(labels.ravel(), weights=np.asarray(values, np.float64).ravel(), minlength=n + 1)[1:n + 1]
@@ -164,6 +165,7 @@ def _maxima(labels: np.ndarray, n: int, values: np.ndarray) -> np.ndarray:
 
 
 def _solidity(labels: np.ndarray, n: int) -> np.ndarray:
+    """Area over convex-hull area of each id 1..n (skimage's regionprops)."""
     from skimage.measure import regionprops_table
 
     table = regionprops_table(labels, properties=("label", "solidity"))
@@ -183,6 +185,7 @@ def _core_blobs(labels: np.ndarray, n: int, core: np.ndarray | None, level: floa
 
 
 def _disk(radius: float) -> np.ndarray:
+    """A disk-shaped footprint of `radius` pixels (rounded)."""
     r = max(0, int(round(radius)))
     y, x = np.ogrid[-r:r + 1, -r:r + 1]
     return x * x + y * y <= r * r
@@ -280,6 +283,7 @@ def review_candidates(labels: np.ndarray, probability: np.ndarray, uncertainty: 
 
 
 def _logistic(weights: tuple[float, ...], columns: list[np.ndarray]) -> np.ndarray:
+    """The logistic model's chance for each row (intercept first; a missing feature counts 0)."""
     z = np.full(len(columns[0]) if columns else 0, float(weights[0]))
     for weight, column in zip(weights[1:], columns, strict=True):
         z = z + weight * np.nan_to_num(column)
