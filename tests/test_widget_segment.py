@@ -658,6 +658,7 @@ def test_review_steps_through_the_likeliest_errors_and_marks_them(qtbot, viewer_
         marks = viewer.layers[f"{LAYER} review"]
         np.testing.assert_allclose(marks.data, [[i.y, i.x] for i in queue])
         assert tuple(marks.scale) == SCALE and tuple(marks.translate) == TRANSLATE
+        assert tuple(marks.units) == tuple(mask.units), "the marks share the mask's units (napari warns otherwise)"
         widths = np.asarray(marks.border_width)
         assert widths[click % 3] == widths.max() > np.delete(widths, click % 3).max(), "the current item stands out"
         np.testing.assert_allclose(np.asarray(marks.border_color)[:, :3], [KIND_COLOURS[i.kind] for i in queue])

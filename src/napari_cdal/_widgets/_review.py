@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_cdal._widgets._layers import TAG, find_result_layer, keep_selection, layer_name
+from napari_cdal._widgets._layers import TAG, Grid, find_result_layer, keep_selection, layer_name, set_changed
 
 if TYPE_CHECKING:
     from napari_cdal.engine.segment.review import ReviewItem
@@ -131,14 +131,14 @@ class ReviewQueue:
             with keep_selection(self._viewer):
                 self._viewer.add_points(centres, name=name, metadata={TAG: tag}, ndim=2, symbol="square", size=sizes,
                                         face_color="transparent", border_color=colours, border_width=widths,
-                                        border_width_is_relative=True, scale=self._scale, translate=self._translate)
+                                        border_width_is_relative=True, **Grid.of(self._mask).plane())
             return
         self._mark(layer)
 
     def _mark(self, layer: Any) -> None:
         """Put this queue's marks into an existing layer (on the mask's grid)."""
         centres, sizes, colours, widths = self._points()
-        layer.scale, layer.translate = self._scale, self._translate
+        set_changed(layer, Grid.of(self._mask).plane())
         layer.data = centres
         if len(centres):
             layer.size = sizes
