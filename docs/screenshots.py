@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     viewer_camera(viewer).zoom = ZOOM
     shoot(viewer, out, "10_uncertainty_zoom.png", canvas_only=True)
 
-    # Review: the least certain nucleus, centred, selected in the mask, ready for the brush
+    # Review: the first likely error, centred, marked in the review layer, selected in the mask, ready for the brush
     viewer.layers[f"{results} mask"].opacity = 0.7
     widget.review_button.native.click()
     settle()

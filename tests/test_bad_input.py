@@ -75,6 +75,8 @@ def dead_pid() -> int:
     ("--threshold", "0", "--threshold 0.0 must lie strictly between 0 and 1"),
     ("--steps", "0", "--steps 0 must be an integer of at least 1"),
     ("--samples", "0", "--samples 0 must be an integer of at least 1"),
+    ("--review", "0", "--review 0 must be an integer of at least 1"),
+    ("--review", "-3", "--review -3 must be an integer of at least 1"),
 ])
 def test_segment_options_out_of_range(capsys, no_model_load, blob_images, tmp_path, option, value, words):
     code, _, err = run(capsys, "segment", blob_images[0], "--out", tmp_path / "out", option, value)

@@ -351,10 +351,10 @@ def test_error_auroc_closed_forms_and_nucleus_matching() -> None:
     assert rel.nucleus_means(pred, np.where(pred == 2, 1.0, 0.0)).tolist() == [0.0, 1.0, 0.0]
 
 
-def test_nucleus_features_and_review_order() -> None:
+def test_nucleus_features() -> None:
     import numpy as np
 
-    from napari_cdal.engine.segment.measurements import nucleus_features, review_order
+    from napari_cdal.engine.segment.measurements import nucleus_features
 
     labels = np.zeros((6, 8), int)
     labels[0:2, 0:2] = 1
@@ -368,6 +368,3 @@ def test_nucleus_features_and_review_order() -> None:
     assert features["centroid_x"].tolist() == [0.5, 5.5, 7.0]
     assert features["mean_uncertainty"].tolist() == pytest.approx([0.5, 0.1, 0.9])
     assert np.isnan(features["mean_attention"]).all()
-    assert review_order(features).tolist() == [3, 1, 2]
-    features["mean_uncertainty"][0] = np.nan
-    assert review_order(features).tolist() == [3, 2, 1]  # NaN last

@@ -20,7 +20,7 @@ from conftest import (
 )
 
 from napari_cdal._widgets._layers import CONTOUR_WIDTH, PREVIEW_SUFFIX, TAG, image_mpp
-from napari_cdal._widgets._review import viewer_camera
+from napari_cdal._widgets._review import KIND_COLOURS, KIND_WORDS, viewer_camera
 from napari_cdal._widgets.segment import OTHER_FILE, SegmentWidget
 
 pytestmark = pytest.mark.gui
@@ -637,28 +637,84 @@ def test_mask_carries_per_nucleus_features(qtbot, viewer_widget) -> None:
         assert 0.0 <= row["mean_attention"] <= 1.0
 
 
-def test_review_steps_through_the_least_certain_nuclei(qtbot, viewer_widget) -> None:
+def expected_queue(widget: SegmentWidget) -> list:
+    """The review queue the engine makes of the widget's last result."""
+    from napari_cdal.engine.segment.review import review_items
+
+    result = widget.last_result
+    return review_items(result.labels, result.probability, result.uncertainty, float(widget.mpp.value))
+
+
+def test_review_steps_through_the_likeliest_errors_and_marks_them(qtbot, viewer_widget) -> None:
     viewer, widget = viewer_widget
     assert not widget.review_button.enabled, "nothing to review before a result"
+    assert widget.review_button.text == "Review next likely error"
     assert click_segment(qtbot, widget) == "done"
     mask = viewer.layers[f"{LAYER} mask"]
-    features = mask.features
-    ranked = features.sort_values(["mean_uncertainty", "index"], ascending=[False, True])["index"].tolist()
+    queue = expected_queue(widget)[:3]
+    assert len(queue) == 3
     widget.review_count.value = 3
     assert widget.review_button.enabled
+    assert f"{LAYER} review" not in [layer.name for layer in viewer.layers], "no marks before the first click"
     viewer.layers.selection.active = viewer.layers[NAME]
-    visited = []
-    for _ in range(4):
+    for click in range(4):
         widget.review_button.native.click()
-        nucleus = mask.selected_label
-        visited.append(nucleus)
-        row = features[features["index"] == nucleus].iloc[0]
-        expected = np.array(TRANSLATE) + np.array(SCALE) * (row["centroid_y"], row["centroid_x"])
+        item = queue[click % 3]
+        expected = np.array(TRANSLATE) + np.array(SCALE) * (item.y, item.x)
         np.testing.assert_allclose(viewer_camera(viewer).center[-2:], expected, atol=1e-6)
         assert viewer.layers.selection.active is mask
-        assert widget.status.value.startswith(f"Review {(len(visited) - 1) % 3 + 1} of 3: nucleus {nucleus}")
-    assert visited == ranked[:3] + ranked[:1], "the three least certain in order, then round again"
+        wanted = int(mask.data.max()) + 1 if item.kind == "miss" else item.id
+        assert mask.selected_label == wanted
+        assert widget.status.value.startswith(f"Review {click % 3 + 1} of 3: ")
+        assert f"score {item.score:.2f}" in widget.status.value and KIND_WORDS[item.kind] in widget.status.value
+        marks = viewer.layers[f"{LAYER} review"]
+        np.testing.assert_allclose(marks.data, [[i.y, i.x] for i in queue])
+        assert tuple(marks.scale) == SCALE and tuple(marks.translate) == TRANSLATE
+        assert tuple(marks.units) == tuple(mask.units), "the marks share the mask's units (napari warns otherwise)"
+        widths = np.asarray(marks.border_width)
+        assert widths[click % 3] == widths.max() > np.delete(widths, click % 3).max(), "the current item stands out"
+        np.testing.assert_allclose(np.asarray(marks.border_color)[:, :3], [KIND_COLOURS[i.kind] for i in queue])
     assert viewer_camera(viewer).zoom >= 3.0 / SCALE[0] - 1e-9
+    assert [layer.name for layer in viewer.layers].count(f"{LAYER} review") == 1
+    widget.seed.value = 5  # a rerun's queue replaces the marks, none current
+    assert click_segment(qtbot, widget) == "done"
+    marks = viewer.layers[f"{LAYER} review"]
+    np.testing.assert_allclose(marks.data, [[i.y, i.x] for i in expected_queue(widget)[:3]])
+    assert np.ptp(np.asarray(marks.border_width)) == 0
+    assert [layer.name for layer in viewer.layers].count(f"{LAYER} review") == 1
+
+
+def test_review_readies_a_new_id_for_a_miss_and_the_nucleus_for_a_merge(qtbot, viewer_widget, monkeypatch) -> None:
+    import napari_cdal.engine.segment.review as review
+    from napari_cdal.engine.segment.review import ReviewItem
+
+    viewer, widget = viewer_widget
+    real = review.review_items
+    merged: list[int] = []
+
+    def with_a_miss_and_a_merge(labels, *args, **kwargs):  # the blob tile has neither: put one of each first
+        found = real(labels, *args, **kwargs)
+        y, x = np.argwhere(labels == 0)[0]
+        first = found[0]
+        merged.append(first.id)
+        miss = ReviewItem(1, "miss", 0, float(y), float(x), 20.0, 0.9, (0, 8, 0, 8))
+        merge = ReviewItem(2, "merge", first.id, first.y, first.x, first.area_um2, 0.8, first.box)
+        return [miss, merge, *found]
+
+    monkeypatch.setattr(review, "review_items", with_a_miss_and_a_merge)
+    assert click_segment(qtbot, widget) == "done"
+    mask = viewer.layers[f"{LAYER} mask"]
+    widget.review_count.value = 3
+    widget.review_button.native.click()
+    free = int(mask.data.max()) + 1
+    assert mask.selected_label == free and viewer.layers.selection.active is mask
+    assert "likely missed nucleus" in widget.status.value and f"new nucleus {free}" in widget.status.value
+    mask.paint((4, 4), mask.selected_label)  # the brush now paints a new nucleus
+    assert (mask.data == free).any()
+    widget.review_button.native.click()
+    assert mask.selected_label == merged[-1] and f"likely merge {merged[-1]}" in widget.status.value
+    colours = np.asarray(viewer.layers[f"{LAYER} review"].border_color)[:2, :3]
+    np.testing.assert_allclose(colours, [KIND_COLOURS["miss"], KIND_COLOURS["merge"]])
 
 
 def test_the_sampling_fields_follow_the_models_config_under_its_former_key_names() -> None:

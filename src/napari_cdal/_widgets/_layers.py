@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from napari.layers import Image, Labels, Layer
 
     from napari_cdal.engine.segment.image import SegmentationResult, StepUpdate
+    from napari_cdal.engine.segment.review import ReviewItem
 
 TAG = "napari_cdal"
 MASK, STEPS, ESTIMATES, ATTENTION, UNCERTAINTY = "mask", "steps", "estimates", "attention", "uncertainty"
@@ -265,14 +266,19 @@ class ShownResult:
     """The mask's per-nucleus table, a DataFrame already (napari would import pandas and convert on the GUI thread)."""
     attention: np.ndarray | None
     """The attention stack scaled per plane to [0, 1] (normalise_planes), as its layer shows it."""
+    review: list[ReviewItem] = field(default_factory=list)
+    """The result's review queue, best first (engine.segment.review)."""
 
 
 def prepare_result(result: SegmentationResult, mpp: float) -> ShownResult:
-    """The per-nucleus table and the scaled attention of a result (in the worker, so the canvas does not freeze)."""
+    """A result's per-nucleus table, scaled attention and review queue (in the worker: the canvas does not freeze)."""
     import pandas as pd
 
+    from napari_cdal.engine.segment.review import review_items
+
     attention = None if result.attention is None else normalise_planes(result.attention)
-    return ShownResult(result, pd.DataFrame(result_features(result, mpp)), attention)
+    review = review_items(result.labels, result.probability, result.uncertainty, mpp)
+    return ShownResult(result, pd.DataFrame(result_features(result, mpp)), attention, review)
 
 
 def show_result(

@@ -164,12 +164,14 @@ class SegmentWidget(SlideRun, WorkerRun, Container):
                                            "the block it was on is left out)")
         self._run_button = self.segment_button
         self.review_count = SpinBox(label="review", min=1, max=1000, value=10,
-                                    tooltip="how many of the least certain nuclei 'Review next' steps through")
+                                    tooltip="how many of the likely errors 'Review next' steps through, most "
+                                    "likely first")
         self.review_button = PushButton(
-            text="Review next least certain",
+            text="Review next likely error",
             enabled=False,
-            tooltip="centre the view on the next nucleus the model doubts most, select it in the "
-            "mask and make the mask the active layer, ready for the brush",
+            tooltip="centre the view on the next place the mask is most likely wrong: a doubtful nucleus, two "
+            "nuclei drawn as one (merge) or a nucleus the mask missed, marked in the '<image> review' layer; "
+            "the mask becomes the active layer with the nucleus (or, for a miss, a new id) ready for the brush",
         )
         self.progress_bar = progress_bar()
         self.status = status_label()
@@ -366,8 +368,8 @@ class SegmentWidget(SlideRun, WorkerRun, Container):
                                  model_stem(self._settings.model_path), self._origin, spares)
             if self._preview is not None:
                 self._preview.end(results=layers.values())
+            self._review = ReviewQueue(self._viewer, layers[MASK], result.review)
             result = result.result
-            self._review = ReviewQueue(layers[MASK])
             self._on_review_count_changed()
             self.last_result = result
             self.last_seconds = time.perf_counter() - self._clicked_at
@@ -397,7 +399,7 @@ class SegmentWidget(SlideRun, WorkerRun, Container):
         self.review_button.enabled = self._review is not None and self._review.size > 0
 
     def review_next(self, *_: Any) -> None:
-        """Go to the next of the N least certain nuclei of the last result (round and round)."""
+        """Go to the next of the N likeliest errors of the last result (round and round)."""
         if self._review is None:
             return
         line = self._review.step(self._viewer)

@@ -32,7 +32,7 @@ def check_runtime(args: argparse.Namespace) -> None:
     if getattr(args, "threshold", None) is not None:
         check_threshold(args.threshold)
     for dest, names in (("sampling_steps", ("--sampling-steps", "--steps")), ("samples", ("--samples",)),
-                        ("workers", ("--workers",)),
+                        ("workers", ("--workers",)), ("review", ("--review",)),
                         ("iterations", ("--iterations", "--steps"))):
         check_at_least(getattr(args, dest, None), 1, typed(args, *names))
 

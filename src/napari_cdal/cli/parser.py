@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--measurements", action="store_true",
                    help="also write <stem>_nuclei.csv: one row per nucleus (centroid, area, perimeter, "
                         "shape, haematoxylin density, uncertainty)")
+    p.add_argument("--review", type=int, default=None, metavar="N",
+                   help="also write <stem>_review.csv: the first N places Review would show, likeliest errors "
+                        "first (doubtful nuclei, merges, missed nuclei): rank, kind, id, y, x, area_um2, score; "
+                        "not for slides or volumes")
     p.add_argument("--slide", action="store_true",
                    help="segment every image as a whole slide: block by block with bounded memory, labels in a "
                         "resumable <stem>_labels.zarr (default: only .svs/.ndpi and images of 4096 x 4096 or more)")

@@ -24,7 +24,8 @@ SEGMENT_OUTPUTS = (("labels", True, "_labels.tif"), ("steps", "save_steps", "_st
                    ("chain", "save_steps", "_chain.tif"),
                    ("attention", "save_attention", "_attention.tif"),
                    ("uncertainty", "save_uncertainty", "_uncertainty.tif"),
-                   ("geojson", "geojson", "_nuclei.geojson"), ("measurements", "measurements", "_nuclei.csv"))
+                   ("geojson", "geojson", "_nuclei.geojson"), ("measurements", "measurements", "_nuclei.csv"),
+                   ("review", "review", "_review.csv"))
 """What segment writes per image: <stem><suffix>, always or when the flag is given.
 
 --save-steps writes x̂0 per step as _steps.tif (its meaning kept: scripts read it) and the chain as
@@ -36,12 +37,14 @@ def _segment_outputs(args: argparse.Namespace, out: Path, stem: str) -> dict[str
             if flag is True or getattr(args, flag)}
 
 
-def _write_outputs(files: dict[str, Path], result: Any, pixels: Any, image_mpp: float) -> None:
-    """Every asked-for file of one image; the labels, polygons and table share one numbering 1..N."""
+def _write_outputs(files: dict[str, Path], result: Any, pixels: Any, image_mpp: float,
+                   review: int | None = None) -> None:
+    """Every asked-for file of one image; the labels, polygons and tables share one numbering 1..N."""
     from napari_cdal.engine.io.detections import csv_text, geojson_text, write_text
     from napari_cdal.engine.io.images import to_rgb_float
     from napari_cdal.engine.labels import relabel_sequential_uint
     from napari_cdal.engine.segment.measurements import nucleus_measurements
+    from napari_cdal.engine.segment.review import review_items, review_table
 
     labels = relabel_sequential_uint(result.labels)
     table = None
@@ -54,6 +57,9 @@ def _write_outputs(files: dict[str, Path], result: Any, pixels: Any, image_mpp: 
             write_text(file, geojson_text(labels, table, object_type="detection"))
         elif kind == "measurements":
             write_text(file, csv_text(table))
+        elif kind == "review":
+            items = review_items(labels, result.probability, result.uncertainty, image_mpp, count=review)
+            write_text(file, csv_text(review_table(items)))
         else:
             _write_tiff(file, maps[kind])
 
@@ -120,8 +126,8 @@ VOLUME_OUTPUTS = (("labels", True, "_labels.nii.gz"), ("steps", "save_steps", "_
 
 
 def _volume_outputs(args: argparse.Namespace, out: Path, stem: str) -> dict[str, Path]:
-    if args.geojson or args.measurements:
-        raise CliError("--geojson and --measurements describe nuclei of 2-D images; a volume gets "
+    if args.geojson or args.measurements or args.review:
+        raise CliError("--geojson, --measurements and --review describe nuclei of 2-D images; a volume gets "
                        "<stem>_labels.nii.gz (and, when asked, its step, attention and uncertainty maps)")
     return {kind: out / f"{stem}{suffix}" for kind, flag, suffix in VOLUME_OUTPUTS
             if flag is True or getattr(args, flag)}
@@ -221,6 +227,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
         if extra:
             raise CliError(f"{path} is segmented as a whole slide, which writes labels, GeoJSON and CSV but no "
                            f"per-pixel maps; leave out {' '.join(extra)}")
+        if "review" in outputs[path]:
+            raise CliError(f"{path} is segmented as a whole slide, which has no review list (its probability maps "
+                           "are not kept); leave out --review, or segment a tile or region of it")
         outputs[path]["store"] = out / f"{path.stem}_labels.zarr"  # resumable: an existing store goes on
     check_new_outputs([file for files in outputs.values() for kind, file in files.items() if kind != "store"],
                       args.overwrite)
@@ -294,6 +303,6 @@ def _segment_all(args: argparse.Namespace, model: Any, images: list[Path], slide
         finally:
             for bar in bars:
                 bar.close()
-        _write_outputs(outputs[path], result, pixels, args.mpp)
+        _write_outputs(outputs[path], result, pixels, args.mpp, args.review)
         print(f"{path.name}: {result.n_nuclei} nuclei, mean area {result.mean_area_px():.0f} px, "
               f"{result.seconds:.1f} s -> {outputs[path]['labels']}")

@@ -91,10 +91,3 @@ def nucleus_measurements(labels: np.ndarray, image: np.ndarray | None, image_mpp
         "mean_uncertainty": base["mean_uncertainty"][present],
     }
 
-
-def review_order(features: dict[str, np.ndarray], key: str = "mean_uncertainty") -> np.ndarray:
-    """Nucleus ids from the most to the least doubtful by `key` (NaN last, ties by id)."""
-    values = np.asarray(features[key], np.float64)
-    ids = np.asarray(features["index"])
-    order = np.lexsort((ids, np.where(np.isnan(values), np.inf, -values)))
-    return ids[order]
