@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from _common import SPLIT_FILE, default_data_dir, display_path, machine, table, write_json
 
-from napari_cdal.engine.config import ATTENTION_MAPS, UNCERTAINTY_MEASURES
+from napari_cdal.engine.config import DISC_KINDS, UNCERTAINTY_MEASURES
 from napari_cdal.engine.data.tiles import Tile, load_tile
 from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP
 from napari_cdal.engine.events import run_to_end
@@ -82,12 +82,13 @@ PICTURE_TILE = "TCGA-AR-A1AK-01Z-00-DX1"
 
 def segmented(model: CdalModel, tile: Tile, cache: Path, seed: int) -> dict[str, np.ndarray]:
     """The model's labels and maps of one tile at its defaults, from the cache or computed and cached."""
-    path = cache / f"{tile.name}_{Path(model.source).stem}_seed{seed}.npz"
+    path = cache / f"{tile.name}_{Path(model.source).stem}_{model.config.disc_kind}_seed{seed}.npz"
     if path.is_file():
         with np.load(path) as stored:
             return dict(stored)
     result = run_to_end(segment_image(model, tile.image, seed=seed, keep_steps=False, with_attention=False,
-                                      attention_kinds=ATTENTION_MAPS, uncertainty_kinds=UNCERTAINTY_MEASURES))
+                                      attention_kinds=DISC_KINDS[model.config.disc_kind],
+                                      uncertainty_kinds=UNCERTAINTY_MEASURES))
     maps = {"labels": result.labels, "probability": result.probability, "seconds": np.float64(result.seconds),
             "uncertainty_measure": np.array(model.config.uncertainty_measure)}
     maps.update({f"unc_{k}": v for k, v in result.uncertainty_maps.items()})
@@ -102,10 +103,11 @@ def segmented(model: CdalModel, tile: Tile, cache: Path, seed: int) -> dict[str,
 def error_map(tile: Tile, maps: dict[str, np.ndarray], folder: Path | None) -> np.ndarray | None:
     """The hook for a per-pixel error map in [0, 1] (the new discriminator's belief a pixel is wrong).
 
-    Today it reads <folder>/<tile>.npy when --error-maps is given; None otherwise.
+    It reads <folder>/<tile>.npy when --error-maps is given, else takes the model's own pixel D's
+    map (att_error_probability) where it has one; None otherwise.
     """
     if folder is None:
-        return None
+        return maps.get("att_error_probability")
     path = folder / f"{tile.name}.npy"
     if not path.is_file():
         raise SystemExit(f"--error-maps {folder} has no {path.name}")
@@ -486,12 +488,13 @@ def main() -> None:
     parser.add_argument("--picture", default=None, help="PNG of the first 10 items on --picture-tile")
     parser.add_argument("--picture-tile", default=PICTURE_TILE)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--model", default=None, help="model file or bundled name (default: the bundled H&E model)")
     args = parser.parse_args()
     if args.fit and args.subset != "train":
         raise SystemExit("--fit chooses settings: only on --subset train, never on validation")
     torch.set_num_threads(args.threads)
     names = json.loads(Path(args.split).read_text())[args.subset]
-    model = load_model()
+    model = load_model(args.model)
     error_maps = Path(args.error_maps) if args.error_maps else None
     cases = prepare(model, names, Path(args.data), Path(args.cache), args.seed, REVIEW_SETTINGS, error_maps)
     payload: dict[str, Any] = {"subset": args.subset, "tiles": [case.name for case in cases],

@@ -277,7 +277,7 @@ def prepare_result(result: SegmentationResult, mpp: float) -> ShownResult:
     from napari_cdal.engine.segment.review import review_items
 
     attention = None if result.attention is None else normalise_planes(result.attention)
-    review = review_items(result.labels, result.probability, result.uncertainty, mpp)
+    review = review_items(result.labels, result.probability, result.uncertainty, mpp, result.error_map)
     return ShownResult(result, pd.DataFrame(result_features(result, mpp)), attention, review)
 
 

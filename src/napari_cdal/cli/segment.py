@@ -58,7 +58,8 @@ def _write_outputs(files: dict[str, Path], result: Any, pixels: Any, image_mpp: 
         elif kind == "measurements":
             write_text(file, csv_text(table))
         elif kind == "review":
-            items = review_items(labels, result.probability, result.uncertainty, image_mpp, count=review)
+            items = review_items(labels, result.probability, result.uncertainty, image_mpp, result.error_map,
+                                 count=review)
             write_text(file, csv_text(review_table(items)))
         else:
             _write_tiff(file, maps[kind])
@@ -275,6 +276,7 @@ def _segment_all(args: argparse.Namespace, model: Any, images: list[Path], slide
     from napari_cdal.engine.io.volumes import is_volume_path
     from napari_cdal.engine.segment.image import segment_image
 
+    errors_for_review = bool(args.review) and model.config.disc_kind == "pixel"  # Review's error map is D's
     for path in images:
         if path in slides:
             _segment_slide(args, model, path, outputs[path], steps, samples, client)
@@ -296,8 +298,8 @@ def _segment_all(args: argparse.Namespace, model: Any, images: list[Path], slide
         try:
             result = run_to_end(segment_image(
                 model, pixels, image_mpp=args.mpp, sampling_steps=steps, samples=samples, seed=args.seed,
-                threshold=args.threshold, keep_steps=want_maps, with_attention=args.save_attention,
-            ), show)
+                threshold=args.threshold, keep_steps=want_maps,
+                with_attention=args.save_attention or errors_for_review), show)
         except ImageError as exc:  # name the file: the engine only knows the pixels
             raise ImageError(f"{path}: {exc}") from exc
         finally:
