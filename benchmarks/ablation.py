@@ -33,7 +33,7 @@ import torch
 from _common import SPLIT_FILE, default_data_dir, display_path, machine, split, table, write_json
 
 from napari_cdal.cli import main as cli_main
-from napari_cdal.engine.config import ATTENTION_MAPS, UNCERTAINTY_MEASURES
+from napari_cdal.engine.config import DISC_KINDS, UNCERTAINTY_MEASURES
 from napari_cdal.engine.data.tiles import Tile, load_folder
 from napari_cdal.engine.events import run_to_end
 from napari_cdal.engine.io.images import to_rgb_float
@@ -178,7 +178,7 @@ def score_setting(
                 seed=seed,
                 keep_steps=True,
                 with_attention=False,
-                attention_kinds=ATTENTION_MAPS,
+                attention_kinds=DISC_KINDS["trunk"],
                 uncertainty_kinds=UNCERTAINTY_MEASURES,
             )
         )
@@ -250,7 +250,7 @@ def flat_row(arm: str, row: dict[str, Any], extra: dict[str, Any]) -> dict[str, 
     for name in UNCERTAINTY_MEASURES:
         if f"unc_{name}" in row["pixel_auroc"]:
             out[f"U {SHORT[name]} px/nuc"] = _pair(row, f"unc_{name}")
-    for name in ATTENTION_MAPS:
+    for name in DISC_KINDS["trunk"]:
         out[f"A {SHORT[name]} px/nuc"] = _pair(row, f"att_{name}")
     out["outline px/nuc"] = _pair(row, "base_outline")
     out["small nuc"] = row["nucleus_auroc"]["base_small"]

@@ -152,7 +152,7 @@ def test_unset_cancel_checks_change_no_output_and_end_with_the_run() -> None:
     import copy
     import threading
 
-    from napari_cdal.engine.config import ATTENTION_MAPS
+    from napari_cdal.engine.config import DISC_KINDS
     from napari_cdal.engine.events import RunCancelled, stop_on_cancel
 
     g, d, (image, x_t, x_next, t, z) = _tiny_and_inputs()
@@ -160,7 +160,7 @@ def test_unset_cancel_checks_change_no_output_and_end_with_the_run() -> None:
     def outputs(g: Generator, d: Discriminator) -> list[torch.Tensor]:
         with torch.no_grad():
             made = [g(x_next, t, g.encode_image(image), z), d(x_t, x_next, t)]
-        return made + [d.suspicion(kind, x_t, x_next, t) for kind in ATTENTION_MAPS]
+        return made + [d.suspicion(kind, x_t, x_next, t) for kind in DISC_KINDS["trunk"]]
 
     plain = outputs(g, d)
     token = threading.Event()

@@ -298,7 +298,7 @@ class Discriminator(nn.Module):
     def suspicion(
         self, kind: str, x_t: torch.Tensor, x_next: torch.Tensor, t: torch.Tensor, image: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """A map (B, 1, H, W) of where D finds the pair x_t, x_{t+1} made up, by `kind` (ATTENTION_MAPS).
+        """A map (B, 1, H, W) of where D finds the pair x_t, x_{t+1} made up, by `kind` (DISC_KINDS["trunk"]).
 
         channel_mean is cDAL's attention A; score_map is minus D's logit per place; score_gradient
         is the size of the gradient of D's loss softplus(-D) with respect to x_t, per pixel.

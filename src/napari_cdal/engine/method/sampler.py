@@ -134,7 +134,7 @@ def reverse_process(
     steps, steps, SampleOutput), every map with the batch first; between them Progress('tick', i,
     steps) after every pass of G and D, where a consumer may close the generator (a run with a cancel
     token stops inside a pass too: events.stop_on_cancel). Ticks change no result.
-    `attention_kinds` adds D's other maps (ATTENTION_MAPS) to each step's output. `shared_latent`
+    `attention_kinds` adds D's other maps (DISC_KINDS of its kind) to each step's output. `shared_latent`
     gives the K samples of an image the same z at each step, so that their spread comes from the
     noise alone (to measure how much of it z makes). `keep_pairs` puts each step's SampledPair in its
     StepOutput: D learns from exactly what sampling shows it. Sizes are padded internally and cropped back.
