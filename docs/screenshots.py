@@ -127,15 +127,21 @@ def main(argv: list[str] | None = None) -> int:
     viewer.dims.set_point(0, viewer.layers[f"{results} steps"].data.shape[0] - 1)  # x_0
     shoot(viewer, out, "07_steps_last.png")
 
-    show_only(viewer, SAMPLE_NAME, f"{results} attention")
-    viewer.dims.set_point(0, 1)
-    shoot(viewer, out, "08_attention.png")
-    show_only(viewer, "", f"{results} attention")
-    shoot(viewer, out, "08b_attention_alone.png", canvas_only=True)
+    show_only(viewer, SAMPLE_NAME, f"{results} estimates")
+    viewer.layers[f"{results} estimates"].opacity = 1.0
+    shoot(viewer, out, "07b_estimates_last.png")
 
     widget.sampling_steps.value = default_steps
     widget.samples.value = args.samples
     run_and_wait(widget, viewer, out, None)
+    # the attention of the last step: D's belief that each pixel of the final mask is wrong
+    show_only(viewer, SAMPLE_NAME, f"{results} attention", f"{results} mask")
+    viewer.dims.set_point(0, viewer.layers[f"{results} attention"].data.shape[0])
+    shoot(viewer, out, "08_attention.png")
+    viewer_camera(viewer).center = (ZOOM_CENTRE_PX[0] * scale[0], ZOOM_CENTRE_PX[1] * scale[1])
+    viewer_camera(viewer).zoom = ZOOM
+    shoot(viewer, out, "08b_attention_alone.png", canvas_only=True)
+    viewer.reset_view()
     show_only(viewer, SAMPLE_NAME, f"{results} uncertainty", f"{results} mask")
     viewer.layers[f"{results} mask"].opacity = 0.4
     shoot(viewer, out, "09_uncertainty.png")

@@ -87,7 +87,7 @@ def test_a_pixel_model_round_trips_through_its_checkpoint(trained_tiny, tmp_path
 def test_d_learns_where_the_generators_estimates_are_wrong(trained_tiny) -> None:
     model, _ = trained_tiny
     settings = ErrorDiscSettings(iterations=100, pool_batches=2, pool_batch_size=2, patch_size=48, crop_size=48,
-                                 batch_size=4, lr=3e-3)
+                                 batch_size=4, lr=3e-3, border_weight=1.0)  # the blobs' errors are all borders
     tiles = [blob_tile(5), blob_tile(6)]
     untrained = run_to_end(train_error_discriminator(model, tiles, dataclasses.replace(settings, iterations=1)))
     trained = run_to_end(train_error_discriminator(model, tiles, settings))
@@ -162,3 +162,20 @@ def test_cli_trains_a_pixel_discriminator_for_a_frozen_generator(capsys, blob_fo
     code, _, err = run(capsys, "train", str(blob_folder), "--init-from", tiny, "--discriminator-only",
                        "--train-config", str(settings), "--out", str(tmp_path / "c.safetensors"))
     assert code == 1 and "pool_size is no setting" in err and not (tmp_path / "c.safetensors").exists()
+
+
+def test_loss_weights_lower_the_outlines_and_balance_the_wrong_pixels() -> None:
+    from napari_cdal.engine.training.error_disc import OUTLINE_PX, loss_weights
+
+    truth = -torch.ones(1, 2, 20, 20)
+    truth[:, :, 5:15, 5:15] = 1.0  # one true nucleus
+    target = torch.ones(1, 1, 20, 20)
+    target[:, :, 0, 0] = 0.0  # one wrong pixel far from the outline
+    settings = ErrorDiscSettings(border_weight=0.1, balance_errors=False)
+    weight = loss_weights(target, truth, settings)
+    assert weight[0, 0, 10, 10] == 1.0 and weight[0, 0, 0, 0] == 1.0
+    for row in (5 - OUTLINE_PX, 5 + OUTLINE_PX - 1):  # the band round the outline, outside and inside
+        assert weight[0, 0, row, 10] == pytest.approx(0.1)
+    balanced = loss_weights(target, truth, dataclasses.replace(settings, balance_errors=True))
+    assert balanced[0, 0, 0, 0] == pytest.approx(20.0)  # 399 right pixels to 1 wrong, capped at MAX_ERROR_WEIGHT
+    assert torch.equal(balanced[0, 0, 1:], weight[0, 0, 1:])

@@ -33,6 +33,9 @@ from napari_cdal.engine.method.sampler import reverse_process
 from napari_cdal.engine.method.schedule import VPSchedule
 from napari_cdal.engine.training.step import cutmix_boxes, encode_targets
 
+OUTLINE_PX = 2
+"""The band round each true outline (model pixels, 1 µm) whose errors weigh border_weight."""
+
 MAX_ERROR_WEIGHT = 20.0
 """The most a wrong pixel weighs against a right one when errors are balanced (a nearly right patch)."""
 
@@ -53,7 +56,9 @@ class ErrorDiscSettings:
     lr: float = 1e-3
     degraded_share: float = 0.5
     hed_strength: float = 0.05
-    border_weight: float = 1.0
+    border_weight: float = 0.1
+    """Weight of the pixels within OUTLINE_PX of a true outline: most disagreements there are the annotators'
+    convention, and a D that learns them paints rings round every nucleus instead of the nuclei it doubts."""
     balance_errors: bool = True
     """Weigh the few wrong pixels of a fake pair up to as much as its right ones (at most MAX_ERROR_WEIGHT each)."""
     seed: int = 0
@@ -110,9 +115,10 @@ def grouped(values: torch.Tensor, patches: int) -> torch.Tensor:
 
 
 def _outline(truth: torch.Tensor) -> torch.Tensor:
-    """1 on pixels within one pixel of a true outline, else 0 (B, 1, H, W)."""
+    """1 on pixels within OUTLINE_PX of a true outline, else 0 (B, 1, H, W)."""
     foreground = (truth[:, :1] > 0).float()
-    return F.max_pool2d(foreground, 3, 1, 1) + F.max_pool2d(-foreground, 3, 1, 1)
+    size = 2 * OUTLINE_PX + 1
+    return F.max_pool2d(foreground, size, 1, OUTLINE_PX) + F.max_pool2d(-foreground, size, 1, OUTLINE_PX)
 
 
 def loss_weights(target: torch.Tensor, truth: torch.Tensor, settings: ErrorDiscSettings) -> torch.Tensor:
