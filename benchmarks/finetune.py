@@ -40,6 +40,7 @@ CUT_GAP_PX = 32
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
+    "no-gate": dict(attention_gate=False),
     "plain": dict(lr_g=5e-4, lr_d=2e-4, ema_decay=0.0, holdout_fraction=0.0),
     "ema-small-lr": dict(lr_g=1e-4, lr_d=5e-5, ema_decay=0.95, holdout_fraction=0.0),
     "ema-long": dict(lr_g=1e-4, lr_d=5e-5, ema_decay=0.99, holdout_fraction=0.0),
@@ -48,7 +49,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
                            patience=0),
 }
 """Anti-forgetting guards compared: the train learning rate with raw weights, a small learning rate
-with a short or longer EMA, and keeping the best weights on a held-back strip of the corrections."""
+with a short or longer EMA, and keeping the best weights on a held-back strip of the corrections;
+and the defaults without cDAL's attention gate (no-gate), to see what the gate does."""
 
 
 def organ_tiles(data: Path, split: Path, organ: str) -> tuple[list[str], list[str]]:

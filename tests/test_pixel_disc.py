@@ -179,3 +179,21 @@ def test_loss_weights_lower_the_outlines_and_balance_the_wrong_pixels() -> None:
     balanced = loss_weights(target, truth, dataclasses.replace(settings, balance_errors=True))
     assert balanced[0, 0, 0, 0] == pytest.approx(20.0)  # 399 right pixels to 1 wrong, capped at MAX_ERROR_WEIGHT
     assert torch.equal(balanced[0, 0, 1:], weight[0, 0, 1:])
+
+
+def test_without_the_gate_a_training_step_never_asks_d_for_attention(trained_tiny, monkeypatch) -> None:
+    import copy
+
+    from napari_cdal.engine.config import TrainConfig
+
+    model = copy.deepcopy(trained_tiny[0])
+    calls = []
+    monkeypatch.setattr(type(model.discriminator), "attention", lambda self, *a, **k: calls.append(1) or torch.tensor(1.0))
+    images = torch.randn(2, 3, 32, 32)
+    x0 = torch.where(torch.rand(2, TINY.label_channels, 32, 32) > 0.5, 1.0, -1.0)
+    weights = torch.ones(2, 1, 32, 32)
+    for gate, expected in ((False, []), (True, [1])):
+        calls.clear()
+        state = TrainState.create(model, TrainConfig(iterations=1, batch_size=2, patch_size=32, attention_gate=gate))
+        train_step(state, images, x0, weights, torch.device("cpu"))
+        assert calls == expected

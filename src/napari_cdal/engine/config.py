@@ -211,6 +211,8 @@ class TrainConfig:
     """Fine-tuning: share of the largest corrected region held back to pick the best weights (0: none)."""
     patience: int = 0
     """Fine-tuning: validations without a better score before the run stops (0: never)."""
+    attention_gate: bool = True
+    """cDAL's gate in G's step: x_{t+1} drawn from A ⊙ x_0, A from D (False: from x_0 itself, to measure the gate)."""
 
     def __post_init__(self) -> None:
         for name in ("iterations", "batch_size", "patch_size", "checkpoint_every", "validate_every", "r1_interval"):

@@ -140,7 +140,7 @@ def train_step(state: TrainState, images: torch.Tensor, x0: torch.Tensor, weight
     disc_image = images if model.config.disc_image else None
     with torch.no_grad(), autocast(device):
         x_t, x_next = schedule.training_pair(x0, t, rng)
-        attention = D.attention(x_t, x_next, t, disc_image).float()
+        attention = D.attention(x_t, x_next, t, disc_image).float() if cfg.attention_gate else 1.0
     x0_att = attention * x0
     _, x_next_att = schedule.training_pair(x0_att, t, rng)
 
