@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     show_only(viewer, SAMPLE_NAME, f"{results} attention", f"{results} mask")
     viewer.dims.set_point(0, viewer.layers[f"{results} attention"].data.shape[0])
     shoot(viewer, out, "08_attention.png")
+    show_only(viewer, "", f"{results} attention", f"{results} mask")  # alone, the mask's outlines for reference
     viewer_camera(viewer).center = (ZOOM_CENTRE_PX[0] * scale[0], ZOOM_CENTRE_PX[1] * scale[1])
     viewer_camera(viewer).zoom = ZOOM
     shoot(viewer, out, "08b_attention_alone.png", canvas_only=True)

@@ -84,17 +84,20 @@ class ReviewSettings:
     miss_max_um2: float = 250.0
     """Largest doubtful region that may be a missed nucleus (the largest true one on the training tiles:
     227 µm²)."""
-    error_map_weight: float = 0.5
+    error_map_weight: float = 0.25
     """With an error map, an item's score is (1 - w) x the model's chance + w x the map's mean inside
-    it; not measured yet (no error map exists): benchmarks/review.py --error-maps measures it."""
-    nucleus_weights: tuple[float, ...] = (12.136, -2.928, 0.421, 13.439, -5.996, 1.381, 6.499, -12.82, 1.304,
-                                          -7.561)
-    """A predicted nucleus's chance of being wrong or a merge (fitted on 8686 non-speck nuclei, 1478 errors)."""
-    nucleus_weights_no_uncertainty: tuple[float, ...] = (34.287, -1.867, 0.346, 0.0, 0.0, 0.0, -14.87, -13.551,
-                                                         1.325, -8.681)
-    miss_weights: tuple[float, ...] = (-4.548, 0.127, 5.25, -3.133, 0.572)
-    """A candidate miss's chance of covering a missed true nucleus (fitted on 377 non-speck regions, 149 hits)."""
-    miss_weights_no_uncertainty: tuple[float, ...] = (-1.385, 0.256, 0.0, -0.777, 0.836)
+    it. With the bundled model's pixel D, on the 19 training tiles (`benchmarks/review.py --subset train
+    --fit`), errors in the first 10 / 25: w = 0 0.653 / 0.602, 0.25 0.658 / 0.600, 0.5 0.653 / 0.579,
+    0.75 0.595 / 0.547, 1 0.495 / 0.446."""
+    nucleus_weights: tuple[float, ...] = (12.136, -2.944, 0.423, 13.392, -5.962, 1.371, 6.554, -12.859, 1.277,
+                                          -7.508)
+    """A predicted nucleus's chance of being wrong or a merge (fitted on 8686 non-speck nuclei, 1477 errors)."""
+    nucleus_weights_no_uncertainty: tuple[float, ...] = (34.228, -1.888, 0.349, 0.0, 0.0, 0.0, -14.763, -13.593,
+                                                         1.299, -8.615)
+    miss_weights: tuple[float, ...] = (-3.489, 0.135, 3.539, -2.292, 0.83)
+    """A candidate miss's chance of covering a missed true nucleus (fitted on 380 non-speck regions, 151 hits;
+    the candidates include those the pixel D's error map adds)."""
+    miss_weights_no_uncertainty: tuple[float, ...] = (-1.363, 0.231, 0.0, -0.707, 0.953)
 
 
 REVIEW_SETTINGS = ReviewSettings()
