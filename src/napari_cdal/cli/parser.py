@@ -120,8 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start a new run from this model's weights (not its optimiser state)")
     p.add_argument("--discriminator-only", action="store_true",
                    help="keep --init-from's generator as it is and train it a new pixel discriminator, which "
-                        "learns where that generator's masks are wrong (the attention layer then shows it; "
-                        "default: 1500 iterations, after the generator segments 360 training patches)")
+                        "learns where that generator's masks are wrong (the attention layer and Review then use it); "
+                        "--iterations and --seed apply, --train-config takes its own settings "
+                        "(engine/training/error_disc.ErrorDiscSettings)")
     p.add_argument("--split", default=None, help="JSON with 'train' and 'validation' lists of tile or volume names")
     p.add_argument("--mpp", type=float, default=None,
                    help=f"µm per pixel of the data (default: {DEFAULT_IMAGE_MPP}; with --resume, the recorded one)")
