@@ -188,7 +188,8 @@ def test_without_the_gate_a_training_step_never_asks_d_for_attention(trained_tin
 
     model = copy.deepcopy(trained_tiny[0])
     calls = []
-    monkeypatch.setattr(type(model.discriminator), "attention", lambda self, *a, **k: calls.append(1) or torch.tensor(1.0))
+    monkeypatch.setattr(type(model.discriminator), "attention",
+                        lambda self, *a, **k: calls.append(1) or torch.tensor(1.0))
     images = torch.randn(2, 3, 32, 32)
     x0 = torch.where(torch.rand(2, TINY.label_channels, 32, 32) > 0.5, 1.0, -1.0)
     weights = torch.ones(2, 1, 32, 32)

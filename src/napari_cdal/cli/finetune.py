@@ -28,6 +28,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     from napari_cdal.engine.checks import check_output_file
     from napari_cdal.engine.io.images import read_header, read_image
+    from napari_cdal.engine.io.regions import read_regions
     from napari_cdal.engine.training.corrections import FinetunePair
     from napari_cdal.engine.training.finetune import (
         check_new_model_path,
@@ -43,10 +44,22 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if len(images) != len(masks):
         raise CliError(f"got {len(images)} images but {len(masks)} --masks; give one mask per image, in the same order")
     out = check_new_model_path(check_output_file(args.out))
-    for path in images + masks:
+    regions = [Path(p) for p in args.regions] if args.regions else None
+    if regions is not None and len(regions) != len(images):
+        raise CliError(f"got {len(images)} images but {len(regions)} --regions; give one region file per image, "
+                       "in the same order")
+    shapes = [read_header(path).shape for path in images]
+    for path in masks:
         read_header(path)
-    pairs = [FinetunePair(read_image(image), _read_mask(mask), None, f"{image.name} with {mask.name}")
-             for image, mask in zip(images, masks, strict=True)]
+    boxes: list[Any] = [None] * len(images)
+    if regions is not None:
+        for index, (path, shape) in enumerate(zip(regions, shapes, strict=True)):
+            try:
+                boxes[index] = read_regions(path, shape[:2])
+            except ValueError as exc:
+                raise CliError(str(exc)) from exc
+    pairs = [FinetunePair(read_image(image), _read_mask(mask), box, f"{image.name} with {mask.name}")
+             for image, mask, box in zip(images, masks, boxes, strict=True)]
     overrides = {key: getattr(args, key) for key in ("iterations", "seed") if getattr(args, key) is not None}
     if args.lr is not None:
         overrides.update(lr_g=args.lr, lr_d=args.lr * FINETUNE_D_LR_RATIO)

@@ -144,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one corrected mask per image, same size: instance ids or binary (0 = background)")
     p.add_argument("--model", default=None,
                    help="model to start from (.safetensors, or a bundled name); default: the bundled H&E model")
+    p.add_argument("--regions", nargs="+", default=None,
+                   help="the corrected regions, one file per image in the same order: a mask image of the image's "
+                        "size (non-zero = corrected) or a GeoJSON of polygons or rectangles (QuPath's export); "
+                        "each part's bounding box is learned from, as the widget's rectangles are, and nothing "
+                        "outside (default: the whole mask is taken as checked)")
     p.add_argument("--out", required=True, help="new model file to write (.safetensors); never replaces a file")
     p.add_argument("--iterations", "--steps", dest="iterations", type=int, default=None,
                    help=f"training iterations (default: {FINETUNE_SETTINGS['iterations']})")

@@ -1,0 +1,85 @@
+"""finetune --regions: corrected regions from a mask image or a GeoJSON, and only they are learned from."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+from conftest import blob_tile, run
+from PIL import Image
+
+from napari_cdal.engine.config import TrainConfig
+from napari_cdal.engine.io.regions import read_regions
+from napari_cdal.engine.method.model import load_model
+from napari_cdal.engine.training import finetune as finetune_module
+from napari_cdal.engine.training.corrections import prepare_pairs
+
+
+def test_a_mask_gives_the_box_of_each_part_and_a_geojson_of_each_polygon(tmp_path) -> None:
+    mask = np.zeros((60, 80), np.uint8)
+    mask[5:20, 10:30] = 255
+    mask[40:50, 60:75] = 1
+    mask[20, 30] = 7  # touches the first part diagonally: the same region
+    Image.fromarray(mask).save(tmp_path / "regions.png")
+    assert read_regions(tmp_path / "regions.png", (60, 80)) == [(5, 21, 10, 31), (40, 50, 60, 75)]
+    rectangle = {"type": "Feature", "properties": {}, "geometry": {
+        "type": "Polygon", "coordinates": [[[10.0, 5.0], [30.5, 5.0], [30.5, 20.0], [10.0, 20.0], [10.0, 5.0]]]}}
+    (tmp_path / "regions.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [rectangle]}))
+    assert read_regions(tmp_path / "regions.geojson", (60, 80)) == [(5, 20, 10, 31)]
+
+
+def test_bad_regions_are_named_in_one_line(tmp_path) -> None:
+    Image.fromarray(np.zeros((60, 80), np.uint8)).save(tmp_path / "empty.png")
+    with pytest.raises(ValueError, match="holds no non-zero pixel"):
+        read_regions(tmp_path / "empty.png", (60, 80))
+    with pytest.raises(ValueError, match="is 60 x 80 px but its image is 64 x 80"):
+        read_regions(tmp_path / "empty.png", (64, 80))
+    (tmp_path / "broken.geojson").write_text("{not json")
+    with pytest.raises(ValueError, match="is not a GeoJSON of polygons"):
+        read_regions(tmp_path / "broken.geojson", (60, 80))
+    (tmp_path / "points.geojson").write_text(json.dumps({"type": "Feature", "geometry": {
+        "type": "Point", "coordinates": [3, 4]}}))
+    with pytest.raises(ValueError, match="holds no Polygon"):
+        read_regions(tmp_path / "points.geojson", (60, 80))
+
+
+def test_cli_finetune_learns_only_inside_the_regions(capsys, tiny_model_file, tmp_path, monkeypatch) -> None:
+    tile = blob_tile(16)
+    tifffile.imwrite(tmp_path / "tile.tif", tile.image)
+    Image.fromarray(tile.instances.astype(np.uint16)).save(tmp_path / "mask.png")
+    region = np.zeros(tile.instances.shape, np.uint8)
+    region[0:64, 0:64] = 1  # the top-left quarter was corrected; the rest of the mask is not truth
+    Image.fromarray(region).save(tmp_path / "region.png")
+    seen = []
+    real = finetune_module.finetune
+
+    def watching(model, pairs, settings, *args, **kwargs):
+        seen.extend(pairs)
+        return real(model, pairs, settings, *args, **kwargs)
+
+    monkeypatch.setattr(finetune_module, "finetune", watching)
+    out = tmp_path / "tuned.safetensors"
+    code, stdout, err = run(capsys, "finetune", tmp_path / "tile.tif", "--masks", tmp_path / "mask.png", "--regions",
+                            tmp_path / "region.png", "--model", tiny_model_file, "--out", out, "--iterations", "2",
+                            "--mpp", "0.5", "--threads", "1")
+    assert code == 0, err
+    assert [pair.regions for pair in seen] == [[(0, 64, 0, 64)]]
+    # the loss mask: what training learns from lies inside the region, on the model's grid too
+    model = load_model(tiny_model_file)
+    prepared = prepare_pairs(seen, model.config, 0.5, TrainConfig(holdout_fraction=0.0))
+    assert prepared.regions == [[(0, 64, 0, 64)]]
+    weights = np.zeros(tile.instances.shape, bool)
+    for y0, y1, x0, x1 in prepared.regions[0]:
+        weights[y0:y1, x0:x1] = True
+    assert weights.sum() == 64 * 64 and not weights[64:].any() and not weights[:, 64:].any()
+
+    code, _, err = run(capsys, "finetune", tmp_path / "tile.tif", "--masks", tmp_path / "mask.png", "--regions",
+                       tmp_path / "region.png", tmp_path / "region.png", "--model", tiny_model_file, "--out",
+                       tmp_path / "other.safetensors")
+    assert code == 1 and "1 images but 2 --regions" in err and not (tmp_path / "other.safetensors").exists()
+    Image.fromarray(region[:100]).save(tmp_path / "small.png")
+    code, _, err = run(capsys, "finetune", tmp_path / "tile.tif", "--masks", tmp_path / "mask.png", "--regions",
+                       tmp_path / "small.png", "--model", tiny_model_file, "--out", tmp_path / "other.safetensors")
+    assert code == 1 and "is 100 x 128 px but its image is 128 x 128" in err and len(err.strip().splitlines()) == 1
