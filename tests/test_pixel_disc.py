@@ -156,6 +156,8 @@ def test_cli_trains_a_pixel_discriminator_for_a_frozen_generator(capsys, blob_fo
     assert code == 0 and "pixel discriminator 3 iterations on 2 patches" in printed
     model = load_model(out)
     assert model.config.disc_kind == "pixel" and model.record["error_discriminator"]["iterations"] == 3
+    code, printed, _ = run(capsys, "info", "--model", out)
+    assert code == 0 and "error_discriminator: {'iterations': 3" in printed and "disc_kind: pixel" in printed
     code, _, err = run(capsys, "train", str(blob_folder), "--discriminator-only", "--out", tmp_path / "b.safetensors")
     assert code == 1 and "give the model with --init-from" in err
     settings.write_text('{"pool_size": 3}')

@@ -66,6 +66,9 @@ def cmd_info(args: argparse.Namespace) -> int:
                 "validation_tiles", "initialised_from", "best", "finetuned_from", "bundled"):
         if key in record:
             print(f"  {key}: {record[key]}")
+    if "error_discriminator" in record:  # the tiles are the run's training tiles, printed above
+        made = {k: v for k, v in record["error_discriminator"].items() if k != "tiles"}
+        print(f"  error_discriminator: {made}")
     if record.get("validation"):
         print("  validation: " + "; ".join(
             f"step {v['step']}: " + ", ".join(f"{key} {value:.3f}" for key, value in v.items()
