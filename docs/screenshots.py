@@ -122,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     viewer.reset_view()
     show_only(viewer, SAMPLE_NAME, f"{results} steps")
     viewer.layers[f"{results} steps"].opacity = 1.0
-    viewer.dims.set_point(0, 1)  # the step axis counts the steps done: the chain's x_T is at 0
+    # the step axis counts the steps done (x_T at 0): x_1, after three of four steps, is the first
+    # plane where the nuclei stand out of the noise on a whole tile
+    viewer.dims.set_point(0, viewer.layers[f"{results} steps"].data.shape[0] - 2)
     shoot(viewer, out, "06_steps_first.png")
     viewer.dims.set_point(0, viewer.layers[f"{results} steps"].data.shape[0] - 1)  # x_0
     shoot(viewer, out, "07_steps_last.png")
