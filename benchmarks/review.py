@@ -134,24 +134,17 @@ class Truth:
 
 def compare(labels: np.ndarray, instances: np.ndarray, mpp: float) -> Truth:
     """Best IoUs both ways and merges of one tile."""
-    pred = labels.astype(np.int64).ravel()
-    true = instances.astype(np.int64).ravel()
-    n, m = int(pred.max(initial=0)), int(true.max(initial=0))
-    pred_area = np.bincount(pred, minlength=n + 1)
-    true_area = np.bincount(true, minlength=m + 1)
-    both = (pred > 0) & (true > 0)
-    pairs, overlap = np.unique(pred[both] * (m + 1) + true[both], return_counts=True)
-    p, q = pairs // (m + 1), pairs % (m + 1)
-    iou = overlap / (pred_area[p] + true_area[q] - overlap)
+    table = rel.overlaps(labels, instances)
+    n, m = len(table.pred_area) - 1, len(table.true_area) - 1
     best, true_best = np.zeros(n + 1), np.zeros(m + 1)
-    np.maximum.at(best, p, iou)
-    np.maximum.at(true_best, q, iou)
-    held = np.bincount(p[overlap / true_area[q] >= MERGE_INSIDE], minlength=n + 1)
+    np.maximum.at(best, table.pred, table.iou)
+    np.maximum.at(true_best, table.true, table.iou)
+    held = np.bincount(table.pred[table.pixels / table.true_area[table.true] >= MERGE_INSIDE], minlength=n + 1)
     from scipy import ndimage as ndi
 
     with np.errstate(invalid="ignore", divide="ignore"):
         centres = np.array(ndi.center_of_mass(np.ones(instances.shape), instances, np.arange(m + 1))).reshape(-1, 2)
-    return Truth(best, held >= 2, true_best, true_area * mpp * mpp, centres, instances)
+    return Truth(best, held >= 2, true_best, table.true_area * mpp * mpp, centres, instances)
 
 
 def candidate_errors(candidates: Candidates, truth: Truth) -> np.ndarray:

@@ -210,6 +210,17 @@ class Generator(nn.Module):
         return torch.tanh(self.out(F.silu(self.out_norm(h))))
 
 
+def pair_inputs(x_t: torch.Tensor, x_next: torch.Tensor, image: torch.Tensor | None, with_image: bool) -> torch.Tensor:
+    """A discriminator's input: the pair (x_t, x_{t+1}) and, `with_image`, the image (broadcast over the batch)."""
+    if not with_image:
+        return torch.cat([x_t, x_next], dim=1)
+    if image is None:
+        raise ValueError("this discriminator judges a mask against its image; pass the image")
+    if image.shape[0] != x_t.shape[0]:
+        image = image.expand(x_t.shape[0], -1, -1, -1)
+    return torch.cat([x_t, x_next, image.to(x_t.dtype)], dim=1)
+
+
 class MinibatchStddev(nn.Module):
     """Appends the mean across-batch standard deviation as one extra feature channel."""
 
@@ -248,13 +259,7 @@ class Discriminator(nn.Module):
         self.to(memory_format=torch.channels_last)  # as the generator: about 1.5x faster on the CPU
 
     def _inputs(self, x_t: torch.Tensor, x_next: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:
-        if not self.config.disc_image:
-            return torch.cat([x_t, x_next], dim=1)
-        if image is None:
-            raise ValueError("this discriminator judges a mask against its image; pass the image")
-        if image.shape[0] != x_t.shape[0]:
-            image = image.expand(x_t.shape[0], -1, -1, -1)
-        return torch.cat([x_t, x_next, image.to(x_t.dtype)], dim=1)
+        return pair_inputs(x_t, x_next, image, self.config.disc_image)
 
     def features(
         self, x_t: torch.Tensor, x_next: torch.Tensor, t: torch.Tensor, image: torch.Tensor | None = None

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_cdal.engine.config import ModelConfig
-from napari_cdal.engine.method.networks import TimeEmbedding
+from napari_cdal.engine.method.networks import TimeEmbedding, pair_inputs
 
 SLOPE = 0.2
 
@@ -46,19 +46,12 @@ class PixelDiscriminator(nn.Module):
         self.head = nn.Conv2d(widths[0], 1, 1)
         self.to(memory_format=torch.channels_last)  # as the generator: faster convolutions on the CPU
 
-    def _inputs(self, x_t: torch.Tensor, x_next: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:
-        if image is None:
-            raise ValueError("the pixel discriminator judges a mask against its image; pass the image")
-        if image.shape[0] != x_t.shape[0]:
-            image = image.expand(x_t.shape[0], -1, -1, -1)
-        return torch.cat([x_t, x_next, image.to(x_t.dtype)], dim=1)
-
     def score_map(
         self, x_t: torch.Tensor, x_next: torch.Tensor, t: torch.Tensor, image: torch.Tensor | None = None
     ) -> torch.Tensor:
         """The logit per pixel, (B, 1, H, W): positive where the pair looks real there, negative where made up."""
         t_emb = self.time(t)
-        h = F.leaky_relu(self.stem(self._inputs(x_t, x_next, image)), SLOPE)
+        h = F.leaky_relu(self.stem(pair_inputs(x_t, x_next, image, with_image=True)), SLOPE)
         skips = []
         for block, proj in zip(self.down, self.time_proj, strict=True):
             h = h + proj(t_emb)[:, :, None, None]

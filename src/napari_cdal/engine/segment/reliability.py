@@ -9,6 +9,8 @@ errors lie on borders) and smallness (small fragments are often wrong).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage as ndi
 from scipy.stats import rankdata
@@ -46,21 +48,38 @@ def outline_nearness(labels: np.ndarray) -> np.ndarray:
     return -ndi.distance_transform_edt(~outline).astype(np.float32)
 
 
-def best_match_iou(labels: np.ndarray, truth_instances: np.ndarray) -> np.ndarray:
-    """For ids 1..N of `labels`: the best IoU of each with any true nucleus (0 where none overlaps)."""
+@dataclass(frozen=True)
+class Overlaps:
+    """Every (predicted, true) pair of nuclei that share pixels: ids, shared pixels, IoU; and the areas by id."""
+
+    pred: np.ndarray
+    true: np.ndarray
+    pixels: np.ndarray
+    iou: np.ndarray
+    pred_area: np.ndarray
+    """Pixels of each predicted id 0..N (0: background)."""
+    true_area: np.ndarray
+    """Pixels of each true id 0..M."""
+
+
+def overlaps(labels: np.ndarray, truth_instances: np.ndarray) -> Overlaps:
+    """The overlap table of predicted `labels` and `truth_instances`, both ids 1.. on one grid."""
     pred = np.asarray(labels).astype(np.int64).ravel()
     true = np.asarray(truth_instances).astype(np.int64).ravel()
     n_pred, n_true = int(pred.max(initial=0)), int(true.max(initial=0))
-    if n_pred == 0:
-        return np.zeros(0)
     pred_area = np.bincount(pred, minlength=n_pred + 1)
     true_area = np.bincount(true, minlength=n_true + 1)
     both = (pred > 0) & (true > 0)
-    pairs, overlap = np.unique(pred[both] * (n_true + 1) + true[both], return_counts=True)
+    pairs, pixels = np.unique(pred[both] * (n_true + 1) + true[both], return_counts=True)
     p, q = pairs // (n_true + 1), pairs % (n_true + 1)
-    iou = overlap / (pred_area[p] + true_area[q] - overlap)
-    best = np.zeros(n_pred + 1)
-    np.maximum.at(best, p, iou)
+    return Overlaps(p, q, pixels, pixels / (pred_area[p] + true_area[q] - pixels), pred_area, true_area)
+
+
+def best_match_iou(labels: np.ndarray, truth_instances: np.ndarray) -> np.ndarray:
+    """For ids 1..N of `labels`: the best IoU of each with any true nucleus (0 where none overlaps)."""
+    table = overlaps(labels, truth_instances)
+    best = np.zeros(len(table.pred_area))
+    np.maximum.at(best, table.pred, table.iou)
     return best[1:]
 
 
