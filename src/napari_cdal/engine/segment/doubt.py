@@ -12,20 +12,16 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_cdal.engine.segment.reliability import nucleus_means
+
 BORDER_RING_UM = 1.5
 """Outside the nuclei, the spread within this distance of a predicted outline is a soft edge and left out."""
 
 
 def nucleus_mean_map(labels: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Each nucleus of `labels` filled with the mean of `values` over it; 0 outside the nuclei."""
-    labels = np.asarray(labels).astype(np.int64)
-    n = int(labels.max(initial=0))
-    values = np.asarray(values, dtype=np.float64)
-    sums = np.bincount(labels.ravel(), weights=values.ravel(), minlength=n + 1)
-    areas = np.bincount(labels.ravel(), minlength=n + 1)
-    means = (sums / np.maximum(areas, 1)).astype(np.float32)
-    means[0] = 0.0
-    return means[labels]
+    means = np.concatenate([[0.0], nucleus_means(labels, values)]).astype(np.float32)
+    return means[np.asarray(labels).astype(np.int64)]
 
 
 def doubt_map(labels: np.ndarray, uncertainty: np.ndarray, image_mpp: float) -> np.ndarray:
