@@ -248,6 +248,10 @@ def test_several_samples_give_a_nonzero_uncertainty(qtbot, viewer_widget) -> Non
     assert click_segment(qtbot, widget) == "done"
     uncertainty = viewer.layers[f"{LAYER} uncertainty"]
     assert uncertainty.data.max() > 0 and uncertainty.contrast_limits[1] == uncertainty.data.max()
+    # the layer shows doubt, not borders: each nucleus of the mask is painted with one value, its mean
+    mask = viewer.layers[f"{LAYER} mask"].data
+    for nucleus in np.unique(mask[mask > 0])[:20]:
+        assert np.ptp(uncertainty.data[mask == nucleus]) == 0
 
 
 def test_the_contour_checkbox_switches_the_mask_display(qtbot, viewer_widget) -> None:

@@ -268,17 +268,22 @@ class ShownResult:
     """The attention stack scaled per plane to [0, 1] (normalise_planes), as its layer shows it."""
     review: list[ReviewItem] = field(default_factory=list)
     """The result's review queue, best first (engine.segment.review)."""
+    doubt: np.ndarray | None = None
+    """The uncertainty as its layer shows it (engine.segment.doubt: nuclei painted, soft borders left out)."""
 
 
 def prepare_result(result: SegmentationResult, mpp: float) -> ShownResult:
-    """A result's per-nucleus table, scaled attention and review queue (in the worker: the canvas does not freeze)."""
+    """A result's per-nucleus table, scaled attention, review queue and doubt map (in the worker: the canvas
+    does not freeze; the CLI and slides, which show none of them, never make them)."""
     import pandas as pd
 
+    from napari_cdal.engine.segment.doubt import doubt_map
     from napari_cdal.engine.segment.review import review_items
 
     attention = None if result.attention is None else normalise_planes(result.attention)
     review = review_items(result.labels, result.probability, result.uncertainty, mpp, result.error_map)
-    return ShownResult(result, pd.DataFrame(result_features(result, mpp)), attention, review)
+    doubt = None if result.uncertainty is None else doubt_map(result.labels, result.uncertainty, mpp)
+    return ShownResult(result, pd.DataFrame(result_features(result, mpp)), attention, review, doubt)
 
 
 def show_result(
@@ -295,9 +300,8 @@ def show_result(
     result = shown.result
     grid = Grid.of(image).shifted(origin)
     with keep_selection(viewer):
-        doubt = result.uncertainty if result.doubt is None else result.doubt  # nuclei painted, soft borders left out
         layers = put_map_layers(viewer, image.name, grid, result.chain, result.steps, shown.attention,
-                                doubt, model, spares)
+                                shown.doubt, model, spares)
         labels = np.ascontiguousarray(result.labels, dtype=np.uint32)
         layers[MASK] = put_mask_layer(viewer, image.name, labels, grid.plane(), contour, shown.features, origin,
                                       model, spare=(spares or {}).get(MASK))

@@ -130,12 +130,12 @@ def segment_peak_bytes(height: int, width: int, image_mpp: float, config: ModelC
                        samples: int, keep_steps: bool = True, with_attention: bool = True) -> int:
     """An upper estimate of segment_image's peak memory for an image of that size, in bytes.
 
-    Per input pixel: the image as float32, the probability maps (with the uncertainty and its doubt
-    map, D's last map), the labels, and the x̂0, chain (one plane more: x_T) and attention stacks
+    Per input pixel: the image as float32, the probability maps (with the uncertainty and D's last
+    map), the labels, and the x̂0, chain (one plane more: x_T) and attention stacks
     when kept; per model-grid pixel the same maps on the model's grid.
     """
     factor = config.grid_factor(height, width, image_mpp) ** 2
-    maps = config.label_channels + (2 if samples > 1 else 0) + (1 if with_attention else 0)  # doubt, D's last map
+    maps = config.label_channels + (1 if samples > 1 else 0) + (1 if with_attention else 0)  # with D's last map
     stacks = sampling_steps * (3 if with_attention else 2) + 1 if keep_steps else 0
     per_image_pixel = 4 * (config.image_channels + maps + 2 * stacks) + 8 + POSTPROCESS_BYTES_PER_PIXEL
     per_model_pixel = 4 * (config.image_channels * 2 + maps + stacks + 2)

@@ -16,7 +16,6 @@ from napari_cdal.engine.io.images import to_rgb_float
 from napari_cdal.engine.method.grid import model_grid, normalise, resample, stretch_intensity
 from napari_cdal.engine.method.model import CdalModel
 from napari_cdal.engine.method.sampler import SampleOutput, StepOutput, reverse_process, unit_foreground
-from napari_cdal.engine.segment.doubt import doubt_map
 from napari_cdal.engine.segment.instances import instances_from_probability
 from napari_cdal.engine.segment.stain import keep_stained
 from napari_cdal.engine.segment.tiling import TileBlender, tile_boxes
@@ -57,8 +56,6 @@ class SegmentationResult:
     the foreground channel averaged over the K samples and mapped from the label scale [-1, 1]
     to [0, 1]. `attention` (S, H, W) is D's map at each step; `final_attention_maps` holds the last
     step's maps by kind (the model's own attention display whenever attention was computed).
-    `doubt` is the uncertainty as the layer shows it (segment/doubt.py): each nucleus painted with
-    its mean, the soft borders left out.
     """
 
     labels: np.ndarray
@@ -70,7 +67,6 @@ class SegmentationResult:
     uncertainty_maps: dict[str, np.ndarray] = field(default_factory=dict)
     final_attention_maps: dict[str, np.ndarray] = field(default_factory=dict)
     chain: np.ndarray | None = None
-    doubt: np.ndarray | None = None
 
     @property
     def error_map(self) -> np.ndarray | None:
@@ -224,7 +220,6 @@ def segment_image(
     steps_stack, chain_stack, att_stack = (
         None if blender is None else _to_image_grid(torch.from_numpy(blender.result()), (height, width))
         for blender in (blend_steps, blend_chain, blend_att))
-    doubt = None if uncertainty is None else doubt_map(labels, uncertainty, image_mpp)
     result = SegmentationResult(labels, probability, uncertainty, steps_stack, att_stack,
-                                time.perf_counter() - start, measures, final_attention, chain_stack, doubt)
+                                time.perf_counter() - start, measures, final_attention, chain_stack)
     yield Progress("done", total, total, result)
