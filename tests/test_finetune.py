@@ -21,7 +21,8 @@ from napari_cdal.engine.method.model import bundled_model_path, load_model
 from napari_cdal.engine.segment.image import segment_image
 from napari_cdal.engine.segment.metrics import dice
 from napari_cdal.engine.training import finetune as finetune_module
-from napari_cdal.engine.training.corrections import FinetunePair, prepare_pairs
+from napari_cdal.engine.training.acceptance import judge
+from napari_cdal.engine.training.corrections import CONTEXT_UM, FinetunePair, prepare_pairs, side_by_side
 from napari_cdal.engine.training.finetune import (
     FinetuneSaveError,
     finetune,
@@ -216,12 +217,15 @@ def test_a_small_region_holds_back_a_strip_and_the_result_says_before_and_after(
     before, after = result.before, result.after
     assert before["step"] == 0 and after["step"] == result.best_step
     assert 0 <= before["nuclei_right"] <= before["nuclei_truth"] and before["nuclei_truth"] > 0
-    assert result.improved == (after["score"] > before["score"]) and result.improved == (not result.kept_start)
+    finetune_record = result.record["finetune"]
+    assert finetune_record["validation"][0]["step"] == 0  # picked with seed 0, checked with CHECK_SEED
+    assert result.verdict == judge(before, after, finetune_record["noise"])
+    assert result.improved is result.verdict.improved and finetune_record["improved"] is result.improved
     assert result.report() == (f"on the part you corrected and we held back: {before['dice']:.2f} → "
                                f"{after['dice']:.2f} Dice, {before['aji']:.2f} → {after['aji']:.2f} AJI (touching "
                                f"nuclei told apart), {before['nuclei_right']} → {after['nuclei_right']} "
-                               f"of {before['nuclei_truth']} nuclei right")
-    assert result.record["finetune"]["before"] == before
+                               f"of {before['nuclei_truth']} nuclei right: {result.verdict.words()}")
+    assert finetune_record["before"] == before
 
 
 def test_without_a_held_back_part_the_report_says_so(source) -> None:
@@ -247,6 +251,54 @@ def test_held_back_strip_keeps_the_start_when_fine_tuning_hurts(source) -> None:
     for key, value in weights_of(result.model).items():
         if key.startswith("g."):
             assert torch.equal(value, weights_of(source)[key]), key
+
+
+def test_many_regions_hold_back_whole_regions_scored_in_their_context(source) -> None:
+    # six 40 x 40 px boxes at 0.5 µm/px (the tiny model's own): a quarter, rounded, is 2 whole boxes
+    tile = blob_tile(12, size=256, count=100)
+    boxes = [(y, y + 40, x, x + 40) for y in (8, 108, 208) for x in (20, 150)]
+    boxes = [box for box in boxes if tile.instances[box[0]:box[1], box[2]:box[3]].any()]
+    assert len(boxes) >= 4
+    settings = finetune_config(iterations=2, patch_size=64, batch_size=2, holdout_fraction=0.25, validate_every=2)
+    pair = FinetunePair(tile.image, tile.instances, regions=boxes, name="review")
+    prepared = prepare_pairs([pair], source.config, 0.5, settings)
+    held = prepared.holdout
+    assert len(held) == round(len(boxes) * 0.25) and len(prepared.regions[0]) == len(boxes) - len(held)
+    context = round(CONTEXT_UM / 0.5)
+    for part in held:
+        y0, y1, x0, x1 = part.window
+        box = next(b for b in boxes if b[1] - b[0] == y1 - y0 and b[3] - b[2] == x1 - x0
+                   and np.array_equal(part.instances[y0:y1, x0:x1] > 0, tile.instances[b[0]:b[1], b[2]:b[3]] > 0))
+        assert box not in prepared.regions[0], "a held-back region never trains"
+        assert part.image.shape[:2] == (min(256, box[1] + context) - max(0, box[0] - context),
+                                        min(256, box[3] + context) - max(0, box[2] - context))
+    summary = run_to_end(prepared.evaluation(source))
+    in_windows = sum(np.count_nonzero(np.unique(p.instances[p.window[0]:p.window[1], p.window[2]:p.window[3]]))
+                     for p in held)
+    assert summary["nuclei"]["truth"] == in_windows, "only the windows are scored, never their context"
+    result = run_to_end(finetune(source, [pair], settings, "cpu", 0.5))
+    assert result.record["finetune"]["held_back"] == ["review held-back 1", "review held-back 2"]
+
+
+def test_side_by_side_keeps_every_nucleus_apart() -> None:
+    a = np.array([[1, 1, 0], [0, 2, 2]], np.uint32)
+    b = np.array([[7], [7], [0]], np.uint32)
+    canvas = side_by_side([a, b])
+    assert canvas.shape == (3, 5) and np.count_nonzero(np.unique(canvas)) == 3
+    assert np.array_equal(canvas[:2, :3] > 0, a > 0) and (canvas[:, 3] == 0).all()
+
+
+def test_a_fine_tune_that_learns_nothing_keeps_the_old_model(source) -> None:
+    # a learning rate of 1e-12 leaves the weights as they were: whatever the checkpoints' scores, the check
+    # with the second seed finds no gain beyond the noise, so Segment would keep the old model
+    tile = blob_tile(12, size=256, count=100)
+    settings = finetune_config(iterations=4, patch_size=64, batch_size=2, lr_g=1e-12, lr_d=1e-12,
+                               holdout_fraction=0.25, validate_every=2)
+    result = run_to_end(finetune(source, [FinetunePair(tile.image, tile.instances)], settings, "cpu", 0.5))
+    assert result.improved is False and not result.verdict.improved
+    assert all(abs(gain) <= margin for gain, margin in zip(result.verdict.gains.values(),
+                                                            result.verdict.margins.values(), strict=True))
+    assert "not better beyond the noise" in result.report()
 
 
 def test_patience_stops_early(source) -> None:
@@ -336,7 +388,8 @@ def test_cancelled_run_leaves_nothing(source, tmp_path, monkeypatch) -> None:
         while stages[-1] != "train":
             stages.append(next(events).stage)
         reported = [stage for stage in stages if stage != TICK]
-        assert reported == ["validate", "validate_done", "train"]  # the held-back strip scores the start first
+        # the held-back strip scores the start first, then again with the acceptance check's seed
+        assert reported == ["validate", "validate_done", "validate", "train"]
         token.set()
         with pytest.raises(RunCancelled):
             next(events)

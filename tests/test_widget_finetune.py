@@ -115,11 +115,15 @@ def learn_from_whole_images(finetune: FinetuneWidget) -> None:
 
 @pytest.fixture()
 def improved(monkeypatch):
-    """Decide whether the fine-tuned model scores better on the held-back part (two steps decide nothing)."""
-    from napari_cdal.engine.training.finetune import FinetuneResult
+    """Decide whether the fine-tuned model is better beyond noise on the held-back part (two steps decide nothing)."""
+    import dataclasses
+
+    from napari_cdal.engine.training import acceptance
+    from napari_cdal.engine.training import finetune as finetune_module
 
     def decide(value: bool) -> None:
-        monkeypatch.setattr(FinetuneResult, "improved", property(lambda self: value))
+        monkeypatch.setattr(finetune_module, "judge", lambda *args: dataclasses.replace(
+            acceptance.judge(*args), improved=value))
 
     decide(True)
     return decide
@@ -167,7 +171,7 @@ def test_finetune_writes_a_new_model_that_segment_selects_and_back_undoes(
     assert sha256(tiny_model_file) == original_hash, "the base model file is untouched"
     assert np.array_equal(labels.data, corrected), "the user's Labels layer is only read"
     assert finetune.status.value.startswith("On the part you corrected and we held back: ")
-    assert " Dice, " in finetune.status.value and " nuclei right." in finetune.status.value
+    assert " Dice, " in finetune.status.value and " nuclei right: " in finetune.status.value
     assert f"Saved {new_model.name}" in finetune.status.value and "Segment now uses it" in finetune.status.value
     before, after = meta["record"]["finetune"]["before"], meta["record"]["finetune"]["after"]
     assert before["step"] == 0 and before["nuclei_truth"] > 0, "a small region has a held-back part too"
@@ -504,8 +508,9 @@ def test_a_model_that_does_not_score_better_is_saved_but_not_selected(
     assert (model_folder / f"{name}.safetensors").is_file()
     assert segment.selected_model_path() == str(tiny_model_file), "the old model stays selected"
     status = finetune.status.value
-    assert status.startswith("On the part you corrected and we held back: ") and " nuclei right." in status
-    assert "did not score better, so Segment keeps tiny" in status and not finetune.back_button.enabled
+    assert status.startswith("On the part you corrected and we held back: ") and " nuclei right: " in status
+    assert "not better beyond the noise (two scorings of the old model differ by up to" in status
+    assert "So Segment keeps tiny" in status and not finetune.back_button.enabled
 
 
 def test_segment_waits_while_a_finetune_holds_the_cpu(

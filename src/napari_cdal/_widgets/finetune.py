@@ -315,7 +315,7 @@ class FinetuneWidget(WorkerRun, Container):
                 self.status.value = f"The run had ended before Cancel: {self.status.value}"
 
     def _use_new_model(self, result: Finetuned) -> None:
-        """Offer the new model; Segment switches to it unless it scored worse than the base on the held-back part."""
+        """Offer the new model; Segment switches to it only when the acceptance rule finds it better beyond noise."""
         path = result.path
         self.base_model.reset_choices()
         segment = self._segment()
@@ -324,7 +324,7 @@ class FinetuneWidget(WorkerRun, Container):
             self.status.value = f"Saved {path.name} in {path.parent}. {check} Dock Segment to use it"
             return
         if result.improved is False:
-            self.status.value = (f"{check} The new model did not score better, so Segment keeps "
+            self.status.value = (f"{check} So Segment keeps "
                                  f"{model_stem(segment.selected_model_path())}; {path.name} is saved in "
                                  f"{path.parent} if you want to try it")
             return

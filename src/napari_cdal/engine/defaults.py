@@ -19,6 +19,10 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 DEFAULT_VOLUME_MODEL = "cdal_hippocampus"
 """The bundled model a volume (.nii/.nii.gz) is segmented or scored with when no --model is given."""
 
+REGION_MARGIN_UM = 2.0
+"""Margin round a Review item when its box becomes a corrected region (`finetune --regions` of a review CSV):
+the nucleus's own border and a little background are learned from too."""
+
 FINETUNE_D_LR_RATIO = 0.5
 """The discriminator's learning rate as a share of the generator's when fine-tuning."""
 

@@ -9,18 +9,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from skimage import measure
+from skimage import measure, segmentation
 
 from napari_cdal.engine.config import ModelConfig, TrainConfig
 from napari_cdal.engine.data.tiles import Tile
 from napari_cdal.engine.data.volumes import labels_to_slices, slice_stack, slice_tiles
-from napari_cdal.engine.events import Progress
+from napari_cdal.engine.events import Progress, ticks_of
 from napari_cdal.engine.io.images import to_rgb_float
 from napari_cdal.engine.labels import check_labels
 from napari_cdal.engine.method.model import CdalModel
-from napari_cdal.engine.segment.evaluate import evaluate_tiles
-from napari_cdal.engine.segment.image import MARKER_SPACING_UM
+from napari_cdal.engine.segment.image import MARKER_SPACING_UM, segment_image
 from napari_cdal.engine.segment.instances import split_binary_mask
+from napari_cdal.engine.segment.metrics import matched_nuclei, score_segmentation
 from napari_cdal.engine.segment.tiling import Box
 from napari_cdal.engine.segment.volume import check_volume, evaluate_slices
 from napari_cdal.engine.training.run import Evaluation, prepare_tiles
@@ -30,6 +30,26 @@ MIN_REGION_UM = 8.0
 
 MIN_HOLDOUT_UM = 16.0
 """Smallest side of a held-back strip (and of what stays for training), in µm: about two nuclei."""
+
+MIN_HELD_REGIONS = 4
+"""From this many corrected regions up, whole regions are held back (a share of them, spread over the
+list); with fewer, a strip of the largest. Review's items make many small regions, none wide enough
+for a strip."""
+
+CONTEXT_UM = 32.0
+"""Image round a held-back part that the model sees when it is scored, in µm; only the part is scored,
+so the check judges the model as Segment runs it, with the tissue around."""
+
+
+@dataclass
+class HeldBack:
+    """A held-back part of the corrections, scored in its context: the crop the model sees, the window scored."""
+
+    name: str
+    image: np.ndarray
+    instances: np.ndarray
+    window: Box
+    instance_truth: bool
 
 
 @dataclass
@@ -70,7 +90,7 @@ class PreparedPairs:
 
     tiles: list[Tile]
     regions: list[list[Box]]
-    holdout: list[Tile]
+    holdout: list[Tile] | list[HeldBack]
     patch_size: int
     nuclei: int
     names: list[str]
@@ -128,29 +148,94 @@ def _overlaps(a: Box, b: Box) -> bool:
     return a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]
 
 
-def _split_holdout(boxes: list[Box], fraction: float, min_side: int) -> tuple[list[Box], Box | None]:
+def _hold_back_strip(boxes: list[Box], fraction: float, min_side: int) -> tuple[list[Box], list[Box]]:
     """Cut the far end of the largest box (along its longer side) off for validation, when both parts fit.
 
     The strip is `fraction` of the side, but at least `min_side`: a small region gives up a larger
     share, so that it too is checked.
     """
-    if fraction <= 0:
-        return boxes, None
     k = max(range(len(boxes)), key=lambda i: (boxes[i][1] - boxes[i][0]) * (boxes[i][3] - boxes[i][2]))
     y0, y1, x0, x1 = boxes[k]
     along_y = (y1 - y0) >= (x1 - x0)
     side = (y1 - y0) if along_y else (x1 - x0)
     held = max(int(round(side * fraction)), min_side)
     if side - held < min_side:
-        return boxes, None
+        return boxes, []
     if along_y:
         train, hold = (y0, y1 - held, x0, x1), (y1 - held, y1, x0, x1)
     else:
         train, hold = (y0, y1, x0, x1 - held), (y0, y1, x1 - held, x1)
     others = boxes[:k] + boxes[k + 1:]
     if any(_overlaps(hold, other) for other in others):
-        return boxes, None
-    return others[:k] + [train] + others[k:], hold
+        return boxes, []
+    return others[:k] + [train] + others[k:], [hold]
+
+
+def _hold_back_regions(boxes: list[Box], fraction: float, instances: np.ndarray) -> tuple[list[Box], list[Box]]:
+    """Hold back whole regions: `fraction` of them (at least one), spread over the list, each holding a nucleus
+    and overlapping no region that trains."""
+    candidates = [i for i, box in enumerate(boxes)
+                  if _nuclei_in(instances, [box]) and not any(_overlaps(box, other) for j, other in enumerate(boxes)
+                                                               if j != i)]
+    wanted = min(len(candidates), max(1, int(round(len(boxes) * fraction))))
+    if wanted == 0 or wanted >= len(boxes):
+        return boxes, []
+    held = {candidates[int((k + 0.5) * len(candidates) / wanted)] for k in range(wanted)}
+    return [b for i, b in enumerate(boxes) if i not in held], [b for i, b in enumerate(boxes) if i in held]
+
+
+def _hold_back(boxes: list[Box], fraction: float, min_side: int,
+               instances: np.ndarray) -> tuple[list[Box], list[Box]]:
+    """Split the corrected regions into those that train and those held back to check the result."""
+    if fraction <= 0:
+        return boxes, []
+    if len(boxes) >= MIN_HELD_REGIONS:
+        return _hold_back_regions(boxes, fraction, instances)
+    return _hold_back_strip(boxes, fraction, min_side)
+
+
+def _in_context(name: str, image: np.ndarray, instances: np.ndarray, box: Box, context: int,
+                instance_truth: bool) -> HeldBack:
+    """A held-back box with `context` pixels of image round it (clipped to the image)."""
+    height, width = instances.shape
+    y0, y1, x0, x1 = box
+    cy0, cy1, cx0, cx1 = max(0, y0 - context), min(height, y1 + context), max(0, x0 - context), min(width, x1 + context)
+    return HeldBack(name, np.rint(image[cy0:cy1, cx0:cx1]).astype(np.uint8), instances[cy0:cy1, cx0:cx1],
+                    (y0 - cy0, y1 - cy0, x0 - cx0, x1 - cx0), instance_truth)
+
+
+def evaluate_held_back(model: CdalModel, parts: list[HeldBack], image_mpp: float,
+                       seed: int = 0) -> Generator[Progress, None, None]:
+    """Segment each held-back part in its context and score the windows together (as one image, so a small
+    window weighs by its nuclei); yields Progress('image', i, n), ticks between, then 'done' with the summary
+    (`mean` as evaluate_tiles', `nuclei` right and truth)."""
+    predicted, truth = [], []
+    for index, part in enumerate(parts):
+        result = yield from ticks_of(segment_image(
+            model, part.image, image_mpp=image_mpp, seed=seed, keep_steps=False, with_attention=False),
+            index, len(parts))
+        y0, y1, x0, x1 = part.window
+        predicted.append(result.labels[y0:y1, x0:x1])
+        truth.append(part.instances[y0:y1, x0:x1])
+        yield Progress("image", index + 1, len(parts), {"image": part.name})
+    pred_canvas, true_canvas = side_by_side(predicted), side_by_side(truth)
+    scores = score_segmentation(pred_canvas, true_canvas > 0,
+                                true_canvas if all(part.instance_truth for part in parts) else None)
+    right, total = matched_nuclei(pred_canvas, true_canvas)
+    yield Progress("done", len(parts), len(parts), {"mean": scores, "nuclei": {"right": right, "truth": total}})
+
+
+def side_by_side(labels: list[np.ndarray]) -> np.ndarray:
+    """Label images in one row, a background column between them, ids renumbered so none is shared."""
+    height = max(part.shape[0] for part in labels)
+    canvas = np.zeros((height, sum(part.shape[1] for part in labels) + len(labels) - 1), dtype=np.uint32)
+    x, offset = 0, 0
+    for part in labels:
+        relabelled, _, _ = segmentation.relabel_sequential(part.astype(np.uint32))
+        canvas[:part.shape[0], x:x + part.shape[1]] = np.where(relabelled > 0, relabelled + offset, 0)
+        offset += int(relabelled.max())
+        x += part.shape[1] + 1
+    return canvas
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -174,6 +259,7 @@ def prepare_pairs(pairs: list[FinetunePair], config: ModelConfig, image_mpp: flo
     factor = image_mpp / config.model_mpp
     min_region = max(1, math.ceil(MIN_REGION_UM / image_mpp))
     min_holdout = max(1, math.ceil(MIN_HOLDOUT_UM / image_mpp))
+    context = math.ceil(CONTEXT_UM / image_mpp)
     tiles, regions, holdout, names = [], [], [], []
     notes: list[str] = []
     nuclei = 0
@@ -206,12 +292,10 @@ def prepare_pairs(pairs: list[FinetunePair], config: ModelConfig, image_mpp: flo
             raise ValueError(
                 f"{who}: the corrected regions {boxes} hold no nucleus; fine-tuning needs at least one "
                 "painted nucleus in them (a region of background only can join a region with nuclei)")
-        train_boxes, hold = _split_holdout(boxes, settings.holdout_fraction, min_holdout)
-        if hold is not None and _nuclei_in(instances, [hold]) > 0 and _nuclei_in(instances, train_boxes) > 0:
-            y0, y1, x0, x1 = hold
-            crop = instances[y0:y1, x0:x1]
-            holdout.append(Tile(f"{name} held-back", np.rint(image[y0:y1, x0:x1]).astype(np.uint8),
-                                crop > 0, crop, not binary))
+        train_boxes, held = _hold_back(boxes, settings.holdout_fraction, min_holdout, instances)
+        if held and _nuclei_in(instances, held) > 0 and _nuclei_in(instances, train_boxes) > 0:
+            holdout.extend(_in_context(f"{name} held-back" + (f" {k + 1}" if len(held) > 1 else ""), image,
+                                       instances, box, context, not binary) for k, box in enumerate(held))
         else:
             train_boxes = boxes
         nuclei += _nuclei_in(instances, train_boxes)
@@ -227,11 +311,11 @@ def prepare_pairs(pairs: list[FinetunePair], config: ModelConfig, image_mpp: flo
                         max(0, math.floor(x0 * factor)), min(width, max(1, math.ceil(x1 * factor))))
                        for y0, y1, x0, x1 in boxes])
     multiple = config.size_multiple
-    largest = max(max(b[1] - b[0], b[3] - b[2]) for boxes in scaled for b in boxes)
+    largest = max(max(tile.instances.shape) for tile in tiles)
     patch = min(_round_up(settings.patch_size, multiple), _round_up(largest, multiple))
 
-    def evaluation(model: CdalModel) -> Generator[Progress, None, None]:
-        return evaluate_tiles(model, holdout, image_mpp=image_mpp, count_nuclei=True)
+    def evaluation(model: CdalModel, seed: int = 0) -> Generator[Progress, None, None]:
+        return evaluate_held_back(model, holdout, image_mpp, seed)
 
     return PreparedPairs(tiles, scaled, holdout, patch, nuclei, names, notes, evaluation if holdout else None)
 
@@ -296,8 +380,8 @@ def prepare_volumes(corrections: list[VolumeCorrection], config: ModelConfig, se
     largest = max(max(tile.instances.shape) for tile in tiles)
     patch = min(_round_up(settings.patch_size, multiple), _round_up(largest, multiple))
 
-    def evaluation(model: CdalModel) -> Generator[Progress, None, None]:
-        return evaluate_slices(model, held_items)
+    def evaluation(model: CdalModel, seed: int = 0) -> Generator[Progress, None, None]:
+        return evaluate_slices(model, held_items, seed)
 
     regions = [[(0, tile.instances.shape[0], 0, tile.instances.shape[1])] for tile in tiles]
     return PreparedPairs(tiles, regions, holdout, patch, 0, names, notes, evaluation if held_items else None)

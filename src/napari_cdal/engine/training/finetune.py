@@ -18,9 +18,10 @@ from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP, FINETUNE_SETTINGS
 from napari_cdal.engine.events import Progress
 from napari_cdal.engine.io.checkpoint import OutputError
 from napari_cdal.engine.method.model import CdalModel, is_bundled, save_model
+from napari_cdal.engine.training.acceptance import CHECK_SEED, Verdict, judge, noise_of
 from napari_cdal.engine.training.corrections import FinetunePair, VolumeCorrection, prepare_pairs, prepare_volumes
 from napari_cdal.engine.training.loop import training_loop
-from napari_cdal.engine.training.run import make_patch_source, validation_hook
+from napari_cdal.engine.training.run import make_patch_source, scored, validation_hook
 from napari_cdal.engine.training.state import TrainState
 
 SOURCE_LOSS_SETTINGS = ("adam_betas", "mse_weight", "adversarial_weight", "dice_weight", "bce_weight",
@@ -52,21 +53,23 @@ class FinetuneResult:
     best_step: int | None
     kept_start: bool
     before: dict[str, Any] | None = None
-    """The starting model's scores on the held-back part (None when nothing was held back)."""
+    """The starting model's scores on the held-back part, with the check's seed (None when nothing was held back)."""
     after: dict[str, Any] | None = None
-    """The returned weights' scores on the held-back part."""
+    """The returned weights' scores on the held-back part, with the check's seed."""
+    verdict: Verdict | None = None
+    """The acceptance rule's judgement of after against before (acceptance.judge); None: not checked."""
 
     @property
     def improved(self) -> bool | None:
-        """True when the returned weights score better on the held-back part than the start; None: not checked."""
-        return None if self.before is None or self.after is None else self.after["score"] > self.before["score"]
+        """True when the returned weights beat the start beyond noise on the held-back part; None: not checked."""
+        return None if self.verdict is None else self.verdict.improved
 
     def report(self) -> str:
         """The check in plain words: 'on the part you corrected and we held back: 0.77 → 0.78 Dice, 0.60 → 0.63
         AJI (touching nuclei told apart), 31 → 36 of 40 nuclei right'; what to do when nothing was held back.
 
-        The AJI is there because `improved` weighs it with the Dice (validation_score): a model can win
-        on it alone."""
+        The AJI and the nuclei right are there because the acceptance rule weighs them (acceptance.judge),
+        and the verdict follows: better beyond the noise, or not."""
         if self.before is None or self.after is None:
             return ("nothing was held back to check it (the corrected regions are too small or too few): "
                     "compare its masks with the old model's before relying on it")
@@ -76,7 +79,8 @@ class FinetuneResult:
         if "nuclei_truth" in self.before:
             words += (f", {self.before['nuclei_right']} → {self.after['nuclei_right']} of "
                       f"{self.before['nuclei_truth']} nuclei right")
-        return f"on the part you corrected and we held back: {words}"
+        verdict = f": {self.verdict.words()}" if self.verdict is not None else ""
+        return f"on the part you corrected and we held back: {words}{verdict}"
 
 
 class FinetuneSaveError(ValueError):
@@ -113,8 +117,9 @@ def finetune(model: CdalModel, pairs: list[FinetunePair] | list[VolumeCorrection
     is not used), a nucleus model FinetunePairs (prepare_pairs): one loop, one checkpoint format.
     Events: 'note' (text) first for each thing the user should know (a binary mask split, the
     corrected slices), then
-    'train' (step, steps, losses) every step; with a held-back strip also 'validate' (one
-    per strip) and 'validate_done' (step, steps, scores), the first at step 0. `model` is never
+    'train' (step, steps, losses) every step; with a held-back part also 'validate' (one
+    per part) and 'validate_done' (step, steps, scores), the first at step 0, and 'validate' events of
+    the acceptance check (the start and the result scored again with CHECK_SEED). `model` is never
     modified and nothing is written: closing the generator cancels the run and leaves no trace.
     Bad pairs raise ValueError at the first event (call prepare_pairs to check them up front).
     """
@@ -138,8 +143,10 @@ def finetune(model: CdalModel, pairs: list[FinetunePair] | list[VolumeCorrection
         best.update(step=current.step, model=current.exported_model())
 
     on_validate = validation_hook(prepared.evaluation, on_best=keep_best) if prepared.evaluation else None
+    start_check: dict[str, Any] | None = None
     if on_validate is not None:
         yield from on_validate(state)  # step 0: the starting weights are a candidate too
+        start_check = yield from scored(prepared.evaluation, state.exported_model(), CHECK_SEED)
     stopped_early = False
     loop = training_loop(state, sample_batch, device, None, on_validate)
     try:
@@ -179,12 +186,18 @@ def finetune(model: CdalModel, pairs: list[FinetunePair] | list[VolumeCorrection
             "notes": prepared.notes,
         },
     }
-    validation = state.record["validation"]
-    before = validation[0] if validation else None
-    after = next((row for row in validation if row["step"] == best_step), None)
+    before = after = verdict = None
+    if start_check is not None:
+        noise = noise_of(state.record["validation"][0], start_check)
+        before = {"step": 0, **start_check}
+        after = before if best_step == 0 else {"step": best_step,
+                                               **(yield from scored(prepared.evaluation, final, CHECK_SEED))}
+        verdict = judge(before, after, noise)
+        record["finetune"].update(check_seed=CHECK_SEED, noise=noise, gains=verdict.gains, margins=verdict.margins,
+                                  improved=verdict.improved)
     record["finetune"].update(before=before, after=after)
     final = CdalModel(final.config, final.generator, final.discriminator, record, "").eval()
-    result = FinetuneResult(final, record, stopped_early, best_step, best_step == 0, before, after)
+    result = FinetuneResult(final, record, stopped_early, best_step, best_step == 0, before, after, verdict)
     yield Progress("done", state.step, train_config.iterations, result)
 
 

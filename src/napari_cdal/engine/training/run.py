@@ -60,8 +60,9 @@ def validation_score(metrics: dict) -> float:
     return metrics["dice"] if aji is None else 0.5 * (metrics["dice"] + aji)
 
 
-Evaluation = Callable[[CdalModel], Generator[Progress, None, None]]
-"""Scores a model on held-back data: Progress events, then 'done' with a summary holding `mean`."""
+Evaluation = Callable[..., Generator[Progress, None, None]]
+"""Scores a model on held-back data (evaluation(model, seed=0)): Progress events, then 'done' with a summary
+holding `mean` (and `nuclei`: right and truth, where counted)."""
 
 
 def make_validation(tiles: list[Tile], data_mpp: float, out: str | Path | None = None,
@@ -71,7 +72,24 @@ def make_validation(tiles: list[Tile], data_mpp: float, out: str | Path | None =
 
     The best is written to `out` (train) and/or handed to `on_best` (fine-tune keeps it in memory).
     """
-    return validation_hook(lambda model: evaluate_tiles(model, tiles, image_mpp=data_mpp), out, on_best)
+    return validation_hook(lambda model, seed=0: evaluate_tiles(model, tiles, image_mpp=data_mpp, seed=seed), out,
+                           on_best)
+
+
+def scored(evaluate: Evaluation, model: CdalModel, seed: int = 0) -> Generator[Progress, None, dict[str, Any]]:
+    """Run an evaluation as 'validate' events (ticks pass through); return its metrics, with nuclei_* and `score`."""
+    summary = None
+    for event in evaluate(model, seed=seed):
+        if event.stage == "done":
+            summary = event.payload
+        elif event.stage == TICK:
+            yield event
+        else:
+            yield Progress("validate", event.index, event.total, event.payload)
+    metrics = {k: v for k, v in summary["mean"].items() if v is not None}
+    metrics.update({f"nuclei_{k}": v for k, v in summary.get("nuclei", {}).items()})
+    metrics["score"] = validation_score(summary["mean"])
+    return metrics
 
 
 def validation_hook(evaluate: Evaluation, out: str | Path | None = None,
@@ -80,18 +98,7 @@ def validation_hook(evaluate: Evaluation, out: str | Path | None = None,
     """A validation hook around any evaluation: score the EMA model, record it, keep the best."""
 
     def on_validate(state: TrainState) -> Generator[Progress, None, None]:
-        model = state.exported_model()
-        summary = None
-        for event in evaluate(model):
-            if event.stage == "done":
-                summary = event.payload
-            elif event.stage == TICK:
-                yield event
-            else:
-                yield Progress("validate", event.index, event.total, event.payload)
-        metrics = {k: v for k, v in summary["mean"].items() if v is not None}
-        metrics.update({f"nuclei_{k}": v for k, v in summary.get("nuclei", {}).items()})
-        metrics["score"] = validation_score(summary["mean"])
+        metrics = yield from scored(evaluate, state.exported_model())
         state.record["validation"].append({"step": state.step, **metrics})
         best = state.record.get("best")
         if best is None or metrics["score"] > best["score"]:
@@ -168,7 +175,7 @@ def _train(state: TrainState, data_dir: str | Path, data: RunData, out: Path,
         volumes = [load_volume(data_dir, name, classes) for name in data.train_names]
         train_tiles = training_slices(volumes, config)
         held = [load_volume(data_dir, name, classes) for name in data.validation_names]
-        on_validate = validation_hook(lambda model: evaluate_volumes(model, held), out) if held else None
+        on_validate = validation_hook(lambda model, seed=0: evaluate_volumes(model, held, seed=seed), out) if held else None
     else:
         if is_volume_folder(data_dir):
             raise ValueError(f"{Path(data_dir) / 'images'} holds volumes; train them with a model of classes "
