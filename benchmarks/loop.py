@@ -42,14 +42,15 @@ import torch
 from _common import SPLIT_FILE, default_data_dir, display_path, machine, table
 
 from napari_cdal.engine.data.tiles import Tile, load_folder
-from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP, FINETUNE_D_LR_RATIO, FINETUNE_SETTINGS
+from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP, FINETUNE_D_LR_RATIO, FINETUNE_SETTINGS, MIN_REGION_UM
 from napari_cdal.engine.events import run_to_end
+from napari_cdal.engine.io.regions import widen_box
 from napari_cdal.engine.method.model import CdalModel, load_model
 from napari_cdal.engine.segment.evaluate import evaluate_tiles
 from napari_cdal.engine.segment.image import segment_image
 from napari_cdal.engine.segment.review import ReviewItem, review_items
 from napari_cdal.engine.segment.tiling import Box
-from napari_cdal.engine.training.corrections import MIN_REGION_UM, FinetunePair
+from napari_cdal.engine.training.corrections import FinetunePair
 from napari_cdal.engine.training.finetune import finetune, finetune_config
 
 MPP = DEFAULT_IMAGE_MPP
@@ -101,19 +102,7 @@ def item_box(item: ReviewItem, truth: np.ndarray, margin_px: int) -> Box:
     if under.size:
         ys, xs = np.nonzero(np.isin(truth, under))
         y0, y1, x0, x1 = min(y0, ys.min()), max(y1, ys.max() + 1), min(x0, xs.min()), max(x1, xs.max() + 1)
-    height, width = truth.shape
-    least = math.ceil(MIN_REGION_UM / MPP)
-    return (*_widened(y0 - margin_px, y1 + margin_px, height, least),
-            *_widened(x0 - margin_px, x1 + margin_px, width, least))
-
-
-def _widened(lo: int, hi: int, size: int, least: int) -> tuple[int, int]:
-    """[lo, hi) clipped to [0, size) and grown to at least `least` pixels, inwards at an edge."""
-    lo, hi = max(0, lo), min(size, hi)
-    grow = max(0, least - (hi - lo))
-    lo, hi = lo - grow // 2, hi + grow - grow // 2
-    shift = max(0, -lo) - max(0, hi - size)
-    return lo + shift, hi + shift
+    return widen_box((y0, y1, x0, x1), margin_px, math.ceil(MIN_REGION_UM / MPP), truth.shape)
 
 
 def corrected_labels(predicted: np.ndarray, truth: np.ndarray, boxes: list[Box]) -> np.ndarray:

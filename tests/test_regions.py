@@ -83,3 +83,72 @@ def test_cli_finetune_learns_only_inside_the_regions(capsys, tiny_model_file, tm
     code, _, err = run(capsys, "finetune", tmp_path / "tile.tif", "--masks", tmp_path / "mask.png", "--regions",
                        tmp_path / "small.png", "--model", tiny_model_file, "--out", tmp_path / "other.safetensors")
     assert code == 1 and "is 100 x 128 px but its image is 128 x 128" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_review_csv_gives_each_item_s_box_widened_by_the_margin(tmp_path) -> None:
+    from napari_cdal.engine.defaults import MIN_REGION_UM, REGION_MARGIN_UM
+
+    path = tmp_path / "tile_review.csv"
+    path.write_text("rank,kind,id,y,x,area_um2,score,y0,y1,x0,x1\n"
+                    "1,nucleus,4,30.5,40.5,20.0,0.9,20,41,30,51\n"
+                    "2,miss,0,2.0,2.0,3.0,0.5,0,4,0,4\n")
+    margin, least = round(REGION_MARGIN_UM / 0.25), round(MIN_REGION_UM / 0.25)
+    boxes = read_regions(path, (200, 300), 0.25)
+    assert boxes[0] == (20 - margin, 41 + margin, 30 - margin, 51 + margin)
+    assert boxes[1] == (0, least, 0, least), "a speck's box at the corner grows inwards to the least side"
+    assert read_regions(path, (200, 300), 0.5)[0] == (20 - margin // 2, 41 + margin // 2, 30 - margin // 2,
+                                                      51 + margin // 2)
+
+
+def test_a_bad_review_csv_is_refused_in_one_line(tmp_path) -> None:
+    plain = tmp_path / "measurements.csv"
+    plain.write_text("id,y,x\n1,2,3\n")
+    with pytest.raises(ValueError, match="without the box columns y0, y1, x0, x1"):
+        read_regions(plain, (60, 80))
+    elsewhere = tmp_path / "other_review.csv"
+    elsewhere.write_text("rank,y0,y1,x0,x1\n1,500,520,10,30\n")
+    with pytest.raises(ValueError, match="outside the 60 x 80 image: was the CSV written for another image"):
+        read_regions(elsewhere, (60, 80))
+    empty = tmp_path / "empty_review.csv"
+    empty.write_text("rank,y0,y1,x0,x1\n")
+    with pytest.raises(ValueError, match="holds no item"):
+        read_regions(empty, (60, 80))
+    garbled = tmp_path / "garbled_review.csv"
+    garbled.write_text("rank,y0,y1,x0,x1\n1,a,b,c,d\n")
+    with pytest.raises(ValueError, match="is not a review CSV of segment --review"):
+        read_regions(garbled, (60, 80))
+
+
+def test_the_loop_is_scripted_with_segment_review_and_finetune_regions(capsys, tiny_model_file, tmp_path,
+                                                                         monkeypatch) -> None:
+    import csv
+
+    from napari_cdal.engine.defaults import REGION_MARGIN_UM
+
+    tile = blob_tile(16)
+    tifffile.imwrite(tmp_path / "tile.tif", tile.image)
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "segment", tmp_path / "tile.tif", "--model", tiny_model_file, "--mpp", "0.5",
+                       "--out", out, "--samples", "2", "--review", "5", "--threads", "1")
+    assert code == 0, err
+    rows = list(csv.DictReader((out / "tile_review.csv").read_text().splitlines()))
+    # the pathologist corrects those items in the labels (here: the truth) and fine-tunes on their boxes
+    Image.fromarray(tile.instances.astype(np.uint16)).save(tmp_path / "corrected.png")
+    seen = []
+    real = finetune_module.finetune
+
+    def watching(model, pairs, settings, *args, **kwargs):
+        seen.extend(pairs)
+        return real(model, pairs, settings, *args, **kwargs)
+
+    monkeypatch.setattr(finetune_module, "finetune", watching)
+    code, stdout, err = run(capsys, "finetune", tmp_path / "tile.tif", "--masks", tmp_path / "corrected.png",
+                            "--regions", out / "tile_review.csv", "--model", tiny_model_file, "--out",
+                            tmp_path / "tuned.safetensors", "--iterations", "2", "--mpp", "0.5", "--threads", "1")
+    assert code == 0, err
+    margin = round(REGION_MARGIN_UM / 0.5)
+    first = tuple(int(rows[0][c]) for c in ("y0", "y1", "x0", "x1"))
+    assert len(seen[0].regions) == len(rows) == 5
+    assert seen[0].regions[0][0] <= max(0, first[0] - margin) and seen[0].regions[0][1] >= min(128, first[1] + margin)
+    # five regions: one whole region is held back, and the verdict says whether to use the new model
+    assert "check: on the part you corrected and we held back: " in stdout and "beyond the noise" in stdout

@@ -152,7 +152,8 @@ def test_the_table_holds_the_csv_columns_and_count_cuts_the_queue() -> None:
     labels, probability, uncertainty = scene()
     items = review_items(labels, probability, uncertainty, MPP, count=3)
     table = review_table(items)
-    assert list(table) == ["rank", "kind", "id", "y", "x", "area_um2", "score"]
+    assert list(table) == ["rank", "kind", "id", "y", "x", "area_um2", "score", "y0", "y1", "x0", "x1"]
+    assert [tuple(table[c][0] for c in ("y0", "y1", "x0", "x1"))] == [items[0].box]
     assert table["rank"].tolist() == [1, 2, 3] and len(items) == 3
     assert review_table([])["rank"].shape == (0,)
     empty = review_items(np.zeros((32, 32), np.int32), np.zeros((2, 32, 32), np.float32), None, MPP)
@@ -186,7 +187,7 @@ def test_segment_review_csv_agrees_with_the_labels(capsys, tiny_model_file, blob
     assert files_in(out) == ["tile_labels.tif", "tile_review.csv"]
     labels = tifffile.imread(out / "tile_labels.tif")
     rows = list(csv.DictReader((out / "tile_review.csv").read_text().splitlines()))
-    assert rows and list(rows[0]) == ["rank", "kind", "id", "y", "x", "area_um2", "score"]
+    assert rows and list(rows[0]) == ["rank", "kind", "id", "y", "x", "area_um2", "score", "y0", "y1", "x0", "x1"]
     assert [int(row["rank"]) for row in rows] == list(range(1, len(rows) + 1)) and len(rows) == 6
     scores = [float(row["score"]) for row in rows]
     assert scores == sorted(scores, reverse=True)
@@ -201,6 +202,8 @@ def test_segment_review_csv_agrees_with_the_labels(capsys, tiny_model_file, blob
         rows_at, cols_at = np.nonzero(inside)
         assert abs(rows_at.mean() - y) < 0.01 and abs(cols_at.mean() - x) < 0.01
         assert float(row["area_um2"]) == pytest.approx(inside.sum() * 0.5 * 0.5, abs=1e-3)
+        box = tuple(int(row[column]) for column in ("y0", "y1", "x0", "x1"))
+        assert box == (rows_at.min(), rows_at.max() + 1, cols_at.min(), cols_at.max() + 1)
     written = (out / "tile_review.csv").read_bytes()
     code, _, err = run(capsys, *args, "--review", "6")
     assert code == 1 and "already exist" in err and (out / "tile_review.csv").read_bytes() == written

@@ -55,7 +55,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if regions is not None:
         for index, (path, shape) in enumerate(zip(regions, shapes, strict=True)):
             try:
-                boxes[index] = read_regions(path, shape[:2])
+                boxes[index] = read_regions(path, shape[:2], args.mpp)
             except ValueError as exc:
                 raise CliError(str(exc)) from exc
     pairs = [FinetunePair(read_image(image), _read_mask(mask), box, f"{image.name} with {mask.name}")
@@ -85,4 +85,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     save_finetuned(result.model, out)
     print(f"fine-tuned {result.record['steps']} iterations on {len(pairs)} image(s) in "
           f"{result.record['wall_seconds']:.0f} s; model: {out} (source {model.source} unchanged)")
+    advice = {True: "use it", False: "keep the source model, or compare their masks before using it",
+              None: "compare their masks before relying on it"}[result.improved]
+    print(f"check: {result.report()}; {advice}")
     return 0

@@ -19,6 +19,10 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 DEFAULT_VOLUME_MODEL = "cdal_hippocampus"
 """The bundled model a volume (.nii/.nii.gz) is segmented or scored with when no --model is given."""
 
+MIN_REGION_UM = 8.0
+"""Smallest side of a corrected region, in µm (about one nucleus): a smaller drawn box is refused, a review
+item's box is grown to it."""
+
 REGION_MARGIN_UM = 2.0
 """Margin round a Review item when its box becomes a corrected region (`finetune --regions` of a review CSV):
 the nucleus's own border and a little background are learned from too."""

@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
+REVIEW_BOX_COLUMNS = ("y0", "y1", "x0", "x1")
+"""The review CSV's columns of an item's box: the corrected region `finetune --regions` reads from it."""
+
 KINDS = ("nucleus", "miss", "merge")
 """The kinds of review item; ties of score go to the earlier kind."""
 
@@ -334,7 +337,9 @@ def review_items(labels: np.ndarray, probability: np.ndarray, uncertainty: np.nd
 
 
 def review_table(items: list[ReviewItem]) -> dict[str, np.ndarray]:
-    """The items as the columns of `segment --review`'s CSV: rank, kind, id, y, x, area_um2, score."""
+    """The items as the columns of `segment --review`'s CSV: rank, kind, id, y, x, area_um2, score, and the box
+    (y0, y1, x0, x1, half-open pixels) that `finetune --regions` learns from once the items are corrected."""
+    boxes = np.array([item.box for item in items], np.int64).reshape(-1, 4)
     return {
         "rank": np.array([item.rank for item in items], np.int64),
         "kind": np.array([item.kind for item in items], dtype=object),
@@ -343,4 +348,5 @@ def review_table(items: list[ReviewItem]) -> dict[str, np.ndarray]:
         "x": np.array([item.x for item in items], np.float64),
         "area_um2": np.array([item.area_um2 for item in items], np.float64),
         "score": np.array([item.score for item in items], np.float64),
+        **{name: boxes[:, column] for column, name in enumerate(REVIEW_BOX_COLUMNS)},
     }

@@ -14,6 +14,7 @@ from skimage import measure, segmentation
 from napari_cdal.engine.config import ModelConfig, TrainConfig
 from napari_cdal.engine.data.tiles import Tile
 from napari_cdal.engine.data.volumes import labels_to_slices, slice_stack, slice_tiles
+from napari_cdal.engine.defaults import MIN_REGION_UM
 from napari_cdal.engine.events import Progress, ticks_of
 from napari_cdal.engine.io.images import to_rgb_float
 from napari_cdal.engine.labels import check_labels
@@ -24,9 +25,6 @@ from napari_cdal.engine.segment.metrics import matched_nuclei, score_segmentatio
 from napari_cdal.engine.segment.tiling import Box
 from napari_cdal.engine.segment.volume import check_volume, evaluate_slices
 from napari_cdal.engine.training.run import Evaluation, prepare_tiles
-
-MIN_REGION_UM = 8.0
-"""Smallest side of a corrected region, in µm (about one nucleus)."""
 
 MIN_HOLDOUT_UM = 16.0
 """Smallest side of a held-back strip (and of what stays for training), in µm: about two nuclei."""

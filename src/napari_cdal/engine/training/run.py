@@ -175,7 +175,8 @@ def _train(state: TrainState, data_dir: str | Path, data: RunData, out: Path,
         volumes = [load_volume(data_dir, name, classes) for name in data.train_names]
         train_tiles = training_slices(volumes, config)
         held = [load_volume(data_dir, name, classes) for name in data.validation_names]
-        on_validate = validation_hook(lambda model, seed=0: evaluate_volumes(model, held, seed=seed), out) if held else None
+        on_validate = (validation_hook(lambda model, seed=0: evaluate_volumes(model, held, seed=seed), out)
+                       if held else None)
     else:
         if is_volume_folder(data_dir):
             raise ValueError(f"{Path(data_dir) / 'images'} holds volumes; train them with a model of classes "
