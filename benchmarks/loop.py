@@ -52,6 +52,7 @@ from napari_cdal.engine.segment.review import ReviewItem, review_items
 from napari_cdal.engine.segment.tiling import Box
 from napari_cdal.engine.training.corrections import FinetunePair
 from napari_cdal.engine.training.finetune import finetune, finetune_config
+from napari_cdal.engine.training.replay import REPLAY_PATCH_PX, REPLAY_PATCHES, make_replay_set
 
 MPP = DEFAULT_IMAGE_MPP
 """MoNuSeg tiles are 40x: 0.25 µm/px."""
@@ -148,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=None, help="generator learning rate (default: the widget's)")
     parser.add_argument("--train-config", default=None,
                         help="JSON of other FINETUNE_SETTINGS keys to change, e.g. '{\"replay\": 0.25}'")
+    parser.add_argument("--replay", action="store_true",
+                        help="give the model a replay set from the training split first (as tools/bundle_model.py "
+                             "--replay-data does), when it carries none")
     parser.add_argument("--seed", type=int, default=0, help="segmentation and scoring seed")
     parser.add_argument("--no-others", action="store_true", help="skip scoring the other organs (forgetting)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -164,13 +168,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.lr is not None:
         changes.update(lr_g=args.lr, lr_d=args.lr * FINETUNE_D_LR_RATIO)
     settings = finetune_config(**changes)
-    tag = {**changes, "margin_um": margin_um}
+    tag = {**changes, "margin_um": margin_um, **({"replay_set": True} if args.replay else {})}
     counts = [int(c) for c in args.counts.split(",") if c]
     modes = [m for m in args.modes.split(",") if m]
     if unknown := [m for m in modes if m not in MODES]:
         raise SystemExit(f"--modes: unknown {unknown}; known: {MODES}")
 
     model = load_model(args.model)
+    if args.replay and model.replay is None:
+        names = json.loads(args.split.read_text())["train"]
+        model = replace(model, replay=make_replay_set(load_folder(args.data, names), MPP, model.config,
+                                                      REPLAY_PATCHES, REPLAY_PATCH_PX, np.random.default_rng(0)))
     grouped = organ_tiles(args.data, args.split)
     organs = [o for o in args.organs.split(",") if o]
     if unknown := [o for o in organs if o not in grouped]:

@@ -563,3 +563,36 @@ def test_both_widgets_share_one_tabbed_dock_each_with_one_named_cancel(
         assert untipped == [], f"every field and button explains itself: {untipped}"
     assert segment.samples.label == "samples (for uncertainty)"
     assert finetune.learning_rate.tooltip.startswith("how far each learning step moves")
+
+
+def test_the_places_review_visited_are_the_regions_fine_tune_learns_from(
+    qtbot, make_napari_viewer, tiny_model_file, model_folder, improved
+) -> None:
+    import math
+
+    from napari_cdal.engine.defaults import MIN_REGION_UM, REGION_MARGIN_UM
+    from napari_cdal.engine.io.regions import widen_box
+
+    viewer = make_napari_viewer()
+    image = add_image(viewer)
+    segment = dock(viewer, "Segment")
+    segment.model.value = OTHER_FILE
+    segment.model_file.value = tiny_model_file
+    finetune = dock(viewer, "Fine-tune")
+    finetune.iterations.value = STEPS
+    segment.samples.value = 2
+    assert click_and_wait(qtbot, segment, segment.segment_button) == "done"
+    segment.review_count.value = 3
+    for _ in range(3):
+        segment.review_button.native.click()
+    checked = viewer.layers[f"{NAME} checked regions"]
+    (row,) = finetune.pair_rows
+    assert row.regions.value is checked, "Fine-tune takes the places Review visited as the corrected regions"
+    mask = row.labels.value
+    mask.paint((10, 10), mask.selected_label)  # a correction with the brush, where Review left it
+    items = segment._review.items
+    boxes = [widen_box(i.box, round(REGION_MARGIN_UM / 0.5), math.ceil(MIN_REGION_UM / 0.5), mask.data.shape)
+             for i in items]
+    assert layer_boxes(checked, image) == boxes
+    assert [pair.regions for pair in finetune.gather_pairs()] == [boxes]
+    assert click_finetune(qtbot, finetune) == "done"

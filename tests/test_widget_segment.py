@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 import sys
@@ -20,8 +21,11 @@ from conftest import (
 )
 
 from napari_cdal._widgets._layers import CONTOUR_WIDTH, PREVIEW_SUFFIX, TAG, image_mpp
+from napari_cdal._widgets._pairs import layer_boxes
 from napari_cdal._widgets._review import KIND_COLOURS, KIND_WORDS, viewer_camera
 from napari_cdal._widgets.segment import OTHER_FILE, SegmentWidget
+from napari_cdal.engine.defaults import MIN_REGION_UM, REGION_MARGIN_UM
+from napari_cdal.engine.io.regions import widen_box
 
 pytestmark = pytest.mark.gui
 
@@ -680,6 +684,13 @@ def test_review_steps_through_the_likeliest_errors_and_marks_them(qtbot, viewer_
         np.testing.assert_allclose(np.asarray(marks.border_color)[:, :3], [KIND_COLOURS[i.kind] for i in queue])
     assert viewer_camera(viewer).zoom >= 3.0 / SCALE[0] - 1e-9
     assert [layer.name for layer in viewer.layers].count(f"{LAYER} review") == 1
+    # each place visited is a checked region, once, widened as `finetune --regions` widens a review CSV's boxes
+    checked = viewer.layers[f"{NAME} checked regions"]
+    mpp = image_mpp(mask)
+    widened = [widen_box(i.box, round(REGION_MARGIN_UM / mpp), math.ceil(MIN_REGION_UM / mpp), mask.data.shape)
+               for i in queue]
+    assert layer_boxes(checked, viewer.layers[NAME]) == widened and checked.shape_type == ["rectangle"] * 3
+    assert viewer.layers.selection.active is mask, "the brush stays ready on the mask"
     widget.seed.value = 5  # a rerun's queue replaces the marks, none current
     assert click_segment(qtbot, widget) == "done"
     marks = viewer.layers[f"{LAYER} review"]

@@ -2,21 +2,30 @@
 
     python tools/bundle_model.py RUN_MODEL.safetensors --default-sampling-steps 2 [--default-samples 2]
         [--uncertainty chain_entropy] [--attention channel_mean] [--sampling-noise 1.0]
+        [--replay-data MONUSEG_TRAIN --replay-split benchmarks/monuseg_split.json]
 
 The training record goes along unchanged, plus a `bundled` entry saying where the weights came
 from and why the defaults were chosen, so `napari-cdal info` tells the whole story. Only settings
-of the sampler change; the weights are copied as they are.
+of the sampler change; the weights are copied as they are. With --replay-data the model also carries
+a replay set (engine/training/replay.py): REPLAY_PATCHES patches of the split's training tiles,
+centred on true nuclei, that fine-tuning mixes in so that it forgets less.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from napari_cdal.engine.config import ATTENTION_MAPS, UNCERTAINTY_MEASURES
+from napari_cdal.engine.data.tiles import load_folder
+from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP
 from napari_cdal.engine.method.model import bundled_model_path, load_model, save_model
+from napari_cdal.engine.training.replay import REPLAY_PATCH_PX, REPLAY_PATCHES, make_replay_set
 
 MAX_BYTES = 25 * 1024 * 1024
 
@@ -44,6 +53,11 @@ def main() -> None:
                         help="what the attention layer shows (default: the model's)")
     parser.add_argument("--sampling-noise", type=float, default=None,
                         help="DDIM eta of the jumps: 1 = cDAL's posterior, 0 = deterministic (default: the model's)")
+    parser.add_argument("--replay-data", default=None,
+                        help="MoNuSeg-layout folder of the model's training tiles: carry a replay set cut from them")
+    parser.add_argument("--replay-split", default=None,
+                        help="JSON whose 'train' list names the tiles to cut it from (default: every tile)")
+    parser.add_argument("--replay-mpp", type=float, default=DEFAULT_IMAGE_MPP, help="the tiles' µm per pixel")
     parser.add_argument("--reason", default="benchmarks/accuracy.py and benchmarks/ablation.py; see docs/model_card.md")
     parser.add_argument("--out", default=str(bundled_model_path()))
     args = parser.parse_args()
@@ -67,6 +81,13 @@ def main() -> None:
     model.record["bundled"] = {"from_step": model.record.get("steps"),
                                "default_sampling_steps": args.default_sampling_steps,
                                "sampler_defaults": changes, "defaults_chosen_by": args.reason}
+    if args.replay_data:
+        names = json.loads(Path(args.replay_split).read_text())["train"] if args.replay_split else None
+        tiles = load_folder(args.replay_data, names)
+        model.replay = make_replay_set(tiles, args.replay_mpp, model.config, REPLAY_PATCHES, REPLAY_PATCH_PX,
+                                       np.random.default_rng(0))
+        model.record["replay_set"] = {"patches": REPLAY_PATCHES, "patch_px": REPLAY_PATCH_PX, "seed": 0,
+                                      "from_tiles": [tile.name for tile in tiles]}
     model.record = without_machine_paths(model.record)
     save_model(args.out, model)
     size = Path(args.out).stat().st_size

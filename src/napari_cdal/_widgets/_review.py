@@ -4,6 +4,9 @@ The queue is engine.segment.review's: predicted nuclei, likely merges and likely
 one score scale. Each item is marked on the canvas in a Points layer `<image> <model> review`
 (a square per item, coloured by kind, the current one drawn thicker); a nucleus or merge is
 selected in the mask for the brush, a miss gets a new free id so the brush paints a new nucleus.
+Each item visited adds its box, widened by REGION_MARGIN_UM, as a rectangle to the Shapes layer
+`<image> checked regions`: the corrected regions Fine-tune learns from, as `finetune --regions`
+reads a review CSV (delete a rectangle to leave that place out).
 """
 
 from __future__ import annotations
@@ -12,7 +15,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_cdal._widgets._layers import TAG, Grid, find_result_layer, keep_selection, layer_name, set_changed
+from napari_cdal._widgets._layers import (
+    TAG,
+    Grid,
+    find_result_layer,
+    image_mpp,
+    keep_selection,
+    layer_name,
+    set_changed,
+)
+from napari_cdal.engine.defaults import MIN_REGION_UM, REGION_MARGIN_UM
+from napari_cdal.engine.io.regions import widen_box
 
 if TYPE_CHECKING:
     from napari_cdal.engine.segment.review import ReviewItem
@@ -34,6 +47,12 @@ MARK_WIDTH, CURRENT_WIDTH = 0.06, 0.16
 
 MARK_ALPHA = 0.6
 """Opacity of the marks' borders but the current item's (drawn at full opacity)."""
+
+CHECKED = "checked regions"
+"""The kind (and name suffix) of the Shapes layer of the places Review visited: Fine-tune's corrected regions."""
+
+CHECKED_COLOUR = (0.2, 1.0, 0.4, 1.0)
+"""Green rectangles: places looked at and corrected."""
 
 KIND_WORDS = {"nucleus": "doubtful nucleus", "merge": "likely merge", "miss": "likely missed nucleus"}
 
@@ -61,6 +80,8 @@ class ReviewQueue:
         self._translate = np.asarray(mask.translate[-2:], float)
         self.items: list[ReviewItem] = []
         self.position = -1
+        self._checked: set[int] = set()
+        """Ranks of the items whose box is in the checked regions layer already."""
 
     @property
     def size(self) -> int:
@@ -94,6 +115,7 @@ class ReviewQueue:
         camera.center = tuple(float(c) for c in self._translate + self._scale * np.array([item.y, item.x]))
         camera.zoom = max(camera.zoom, REVIEW_SCREEN_PX_PER_PIXEL / float(self._scale.min()))
         self._show_marks()
+        self._add_checked_region(item)
         head = (f"Review {self.position + 1} of {len(self.items)}: {KIND_WORDS[item.kind]}"
                 f"{'' if item.kind == 'miss' else f' {item.id}'}, score {item.score:.2f}, {item.area_um2:.0f} µm²")
         if self._mask not in viewer.layers:
@@ -108,6 +130,31 @@ class ReviewQueue:
                     else "it is selected in the mask, ready for the brush")
         viewer.layers.selection.active = self._mask
         return f"{head}; {tail}"
+
+    def checked_layer(self) -> Any:
+        """The Shapes layer of the places this image's review visited, if there is one."""
+        return find_result_layer(self._viewer, self._image_name, CHECKED)
+
+    def _add_checked_region(self, item: ReviewItem) -> None:
+        """Add the item's box, widened, to the checked regions (once per item; a deleted layer starts afresh)."""
+        layer = self.checked_layer()
+        if layer is None:
+            self._checked = set()
+        if item.rank in self._checked:
+            return
+        self._checked.add(item.rank)
+        mpp = image_mpp(self._mask)
+        shape = tuple(int(n) for n in self._mask.data.shape[-2:])
+        y0, y1, x0, x1 = widen_box(item.box, round(REGION_MARGIN_UM / mpp), int(np.ceil(MIN_REGION_UM / mpp)), shape)
+        rectangle = np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], float) - 0.5  # pixel edges, not centres
+        if layer is None:
+            tag = {"image": self._image_name, "kind": CHECKED}
+            with keep_selection(self._viewer):
+                self._viewer.add_shapes([rectangle], shape_type="rectangle", name=layer_name(self._image_name, CHECKED),
+                                        metadata={TAG: tag}, edge_color=[CHECKED_COLOUR], face_color="transparent",
+                                        edge_width=2.0 * float(self._scale.min()), **Grid.of(self._mask).plane())
+            return
+        layer.add_rectangles([rectangle], edge_color=[CHECKED_COLOUR], face_color="transparent")
 
     def _points(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(centres, sizes, border colours, border widths) of the marks, the current item highlighted."""

@@ -208,9 +208,13 @@ class TrainConfig:
     flips: bool = True
     """Augment with the eight flips and quarter turns (off where orientation tells classes apart)."""
     holdout_fraction: float = 0.0
-    """Fine-tuning: share of the largest corrected region held back to pick the best weights (0: none)."""
+    """Fine-tuning: share of the corrections held back to pick the best weights and check them (0: none): whole
+    regions when there are many, else a strip of the largest."""
     patience: int = 0
     """Fine-tuning: validations without a better score before the run stops (0: never)."""
+    replay_share: float = 0.0
+    """Fine-tuning: share of each batch drawn from the model's replay set (its own training patches), so that
+    it forgets less elsewhere (0, or a model without a replay set: none)."""
     attention_gate: bool = True
     """cDAL's gate in G's step: x_{t+1} drawn from A ⊙ x_0, A from D (False: from x_0 itself, to measure the gate)."""
 
@@ -227,6 +231,7 @@ class TrainConfig:
             _check_number(self, name, 0.0, 1.0)
         _check_number(self, "ema_decay", 0.0, 1.0, high_open=True)
         _check_number(self, "holdout_fraction", 0.0, 0.5)
+        _check_number(self, "replay_share", 0.0, 1.0, high_open=True)
         if len(self.adam_betas) != 2 or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0
                                                  for b in self.adam_betas):
             raise ValueError(f"TrainConfig.adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}")

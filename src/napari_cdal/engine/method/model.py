@@ -7,6 +7,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from napari_cdal.engine.config import ModelConfig
@@ -24,6 +25,56 @@ from napari_cdal.models import MODEL_SUFFIX, bundled_models
 
 BUNDLED_MODEL_NAME = "cdal_monuseg.safetensors"
 
+REPLAY_PREFIX = "replay"
+"""The checkpoint's tensors of a replay set: replay.images and replay.instances."""
+
+MAX_REPLAY_PATCHES = 256
+"""The most replay patches a model file may carry (a replay set is a few dozen)."""
+
+
+@dataclass(frozen=True)
+class ReplaySet:
+    """A few patches of the model's own training data at its µm/px, with their true nuclei.
+
+    Fine-tuning mixes them into its batches (TrainConfig.replay_share), so that learning a user's
+    corrections costs less of what the model knew on other tissue. They travel inside the model
+    file, so a fine-tuned model passes them on.
+    """
+
+    images: np.ndarray
+    """(N, P, P, C) uint8."""
+    instances: np.ndarray
+    """(N, P, P) int32 instance ids, 0 = background."""
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The set as checkpoint tensors under REPLAY_PREFIX."""
+        return {f"{REPLAY_PREFIX}.images": torch.from_numpy(np.ascontiguousarray(self.images, np.uint8)),
+                f"{REPLAY_PREFIX}.instances": torch.from_numpy(np.ascontiguousarray(self.instances, np.int32))}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], config: ModelConfig, source: str) -> ReplaySet | None:
+        """The checkpoint's replay set (None without one); CheckpointError when it is not what it claims."""
+        found = split_prefix(tensors, REPLAY_PREFIX)
+        if not found:
+            return None
+        images, instances = found.get("images"), found.get("instances")
+        problem = None
+        if set(found) != {"images", "instances"}:
+            problem = f"holds {sorted(found)}, not images and instances"
+        elif images.dtype != torch.uint8 or instances.dtype != torch.int32:
+            problem = f"is {images.dtype} and {instances.dtype}, not uint8 images and int32 instances"
+        elif (images.ndim != 4 or images.shape[-1] != config.image_channels
+              or tuple(instances.shape) != tuple(images.shape[:3]) or images.shape[1] != images.shape[2]):
+            problem = (f"has images {tuple(images.shape)} and instances {tuple(instances.shape)}; expected "
+                       f"(N, P, P, {config.image_channels}) and (N, P, P)")
+        elif not 0 < images.shape[0] <= MAX_REPLAY_PATCHES:
+            problem = f"holds {images.shape[0]} patches, not 1..{MAX_REPLAY_PATCHES}"
+        elif bool((instances < 0).any()):
+            problem = "has negative instance ids"
+        if problem:
+            raise CheckpointError(f"{source}: its replay set {problem}")
+        return cls(images.numpy(), instances.numpy())
+
 
 @dataclass
 class CdalModel:
@@ -34,6 +85,8 @@ class CdalModel:
     discriminator: Discriminator | PixelDiscriminator
     record: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    replay: ReplaySet | None = None
+    """Patches of its training data that fine-tuning replays (None: the model carries none)."""
 
     @property
     def schedule(self) -> VPSchedule:
@@ -129,6 +182,8 @@ def save_model(path: str | Path, model: CdalModel, extra_tensors: dict[str, torc
     """Write a model (and optionally training state) as one checkpoint, atomically (replace=False: only a new file)."""
     tensors = with_prefix(model.generator.state_dict(), "generator")
     tensors.update(with_prefix(model.discriminator.state_dict(), "discriminator"))
+    if model.replay is not None:
+        tensors.update(model.replay.tensors())
     tensors.update(extra_tensors or {})
     metadata = {"kind": "model", "model_config": model.config.to_dict(), "record": model.record}
     metadata.update(extra_metadata or {})
@@ -144,7 +199,8 @@ def model_from_checkpoint(tensors: dict[str, torch.Tensor], meta: dict[str, Any]
         # a config that parses but cannot build networks (e.g. base_width 0) is just as unusable
         first = (str(exc).strip().splitlines() or [""])[0]
         raise CheckpointError(f"{source} has no usable model config ({type(exc).__name__}: {first})") from exc
-    model = CdalModel(config, generator, discriminator, meta.get("record", {}), source)
+    model = CdalModel(config, generator, discriminator, meta.get("record", {}), source,
+                      ReplaySet.from_tensors(tensors, config, source))
     for name, module in (("generator", model.generator), ("discriminator", model.discriminator)):
         state = {k: v.float() for k, v in split_prefix(tensors, name).items()}
         try:

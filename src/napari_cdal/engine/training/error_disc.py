@@ -199,7 +199,7 @@ def train_error_discriminator(model: CdalModel, tiles: list[Tile], settings: Err
         yield Progress("train", iteration + 1, settings.iterations,
                        {"fake": loss_fake.item(), "real": loss_real.item(), "cutmix": loss_mix.item()})
     disc.eval()
-    trained = CdalModel(config, model.generator, disc, dict(model.record), model.source)
+    trained = CdalModel(config, model.generator, disc, dict(model.record), model.source, model.replay)
     trained.record["error_discriminator"] = {
         **dataclasses.asdict(settings), "patches": int(pool.images.shape[0]), "tiles": [tile.name for tile in tiles],
         "wall_seconds": round(time.perf_counter() - started, 1)}

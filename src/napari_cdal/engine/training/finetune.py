@@ -21,6 +21,7 @@ from napari_cdal.engine.method.model import CdalModel, is_bundled, save_model
 from napari_cdal.engine.training.acceptance import CHECK_SEED, Verdict, judge, noise_of
 from napari_cdal.engine.training.corrections import FinetunePair, VolumeCorrection, prepare_pairs, prepare_volumes
 from napari_cdal.engine.training.loop import training_loop
+from napari_cdal.engine.training.replay import replay_tiles, with_replay
 from napari_cdal.engine.training.run import make_patch_source, scored, validation_hook
 from napari_cdal.engine.training.state import TrainState
 
@@ -132,10 +133,14 @@ def finetune(model: CdalModel, pairs: list[FinetunePair] | list[VolumeCorrection
     for index, note in enumerate(prepared.notes):
         yield Progress("note", index + 1, len(prepared.notes), note)
     working = CdalModel(model.config, copy.deepcopy(model.generator), copy.deepcopy(model.discriminator),
-                        {}, model.source).to(device)
+                        {}, model.source, model.replay).to(device)
     train_config = finetune_train_config(model, settings, prepared.patch_size)
     state = TrainState.create(working, train_config)
     sample_batch = make_patch_source(prepared.tiles, state, model.config, prepared.regions)
+    replayed = 0
+    if settings.replay_share > 0 and model.replay is not None and not volumes:
+        replay = make_patch_source(replay_tiles(model.replay), state, model.config)
+        sample_batch, replayed = with_replay(sample_batch, replay, settings.replay_share, train_config.batch_size)
 
     best: dict[str, Any] = {}
 
@@ -176,6 +181,7 @@ def finetune(model: CdalModel, pairs: list[FinetunePair] | list[VolumeCorrection
             **({"slices": len(prepared.tiles) + len(prepared.holdout), "slice_axis": model.config.slice_axis}
                if volumes else {"nuclei": prepared.nuclei, "image_mpp": image_mpp}),
             "patch_size": prepared.patch_size,
+            "replayed_per_batch": replayed,
             "settings": settings.to_dict(),
             "held_back": [tile.name for tile in prepared.holdout],
             "validation": state.record["validation"],
@@ -196,7 +202,7 @@ def finetune(model: CdalModel, pairs: list[FinetunePair] | list[VolumeCorrection
         record["finetune"].update(check_seed=CHECK_SEED, noise=noise, gains=verdict.gains, margins=verdict.margins,
                                   improved=verdict.improved)
     record["finetune"].update(before=before, after=after)
-    final = CdalModel(final.config, final.generator, final.discriminator, record, "").eval()
+    final = CdalModel(final.config, final.generator, final.discriminator, record, "", model.replay).eval()
     result = FinetuneResult(final, record, stopped_early, best_step, best_step == 0, before, after, verdict)
     yield Progress("done", state.step, train_config.iterations, result)
 

@@ -74,7 +74,7 @@ class TrainState:
         record["steps"] = self.step
         record["train_config"] = self.train_config.to_dict()
         return CdalModel(self.model.config, copy.deepcopy(self.ema.module).eval(),
-                         copy.deepcopy(self.model.discriminator).eval(), record)
+                         copy.deepcopy(self.model.discriminator).eval(), record, replay=self.model.replay)
 
     def save(self, path: str | Path) -> None:
         """Write the whole training state (for --resume) as one checkpoint."""
