@@ -75,3 +75,21 @@ def test_bundle_names_no_machine_paths(tiny_model_file, tmp_path, monkeypatch):
     out = tmp_path / "bundled.safetensors"
     run_tool(monkeypatch, str(marked), "--default-steps", "1", "--out", str(out))
     assert load_model(out).record["initialised_from"] == {"model": "base.safetensors", "steps": 7}
+
+
+def test_bundle_carries_a_replay_set_from_the_training_tiles(tiny_model_file, blob_folder, tmp_path, monkeypatch):
+    import json
+
+    from napari_cdal.engine.training.replay import REPLAY_PATCHES
+
+    out = tmp_path / "bundled.safetensors"
+    names = sorted(p.stem for p in (blob_folder / "images").iterdir())
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": names[:1], "validation": names[1:]}))
+    monkeypatch.setattr("napari_cdal.engine.training.replay.REPLAY_PATCH_PX", 48)  # the blob tiles are 128 px
+    run_tool(monkeypatch, str(tiny_model_file), "--default-steps", "2", "--replay-data", str(blob_folder),
+             "--replay-split", str(split), "--replay-mpp", "0.5", "--out", str(out))
+    bundled = load_model(out)
+    assert bundled.replay is not None and bundled.replay.images.shape[:3] == (REPLAY_PATCHES, 48, 48)
+    assert bundled.record["replay_set"]["from_tiles"] == names[:1], "only the training tiles, never validation"
+    assert bundled.record["replay_set"]["patch_px"] == 48
