@@ -5,8 +5,8 @@ from the pyramid level nearest to it, else from level 0 block by block), stained
 from glass by Otsu's threshold on the HSV saturation, clamped so that a slide of glass only or of
 tissue only is not split in two, and specks smaller than a minimum area are dropped. A block is
 segmented only where the mask, widened by a margin, touches its core, and only the part of it the
-widened mask covers (with the halo) is read. A grey slide has no stain colour to tell tissue by:
-all of it counts as tissue.
+widened mask covers (with the halo) is read. A grey slide (one channel) has no stain colour to
+tell tissue by: all of it counts as tissue.
 """
 
 from __future__ import annotations
@@ -108,9 +108,7 @@ def overview(source: SlideSource, factor: float) -> tuple[np.ndarray, float]:
 
 
 def saturation(rgb: np.ndarray) -> np.ndarray:
-    """HSV saturation of H x W x 3 pixels (0 where a pixel is black; grey images have none)."""
-    if rgb.shape[-1] < 3:
-        return np.zeros(rgb.shape[:2], np.float32)
+    """HSV saturation of H x W x 3 (or more) pixels, 0 where a pixel is black."""
     brightest, darkest = rgb[..., :3].max(axis=-1), rgb[..., :3].min(axis=-1)
     return np.where(brightest > 0, (brightest - darkest) / np.maximum(brightest, 1e-6), 0.0).astype(np.float32)
 
@@ -120,7 +118,7 @@ def detect_tissue(source: SlideSource, image_mpp: float) -> TissueMask:
     from skimage.filters import threshold_otsu
 
     pixels, factor = overview(source, TISSUE_MPP / image_mpp)
-    if pixels.shape[-1] < 3 or not np.ptp(pixels[..., :3], axis=-1).any():  # no stain colour to tell tissue by
+    if pixels.shape[-1] < 3:  # a grey slide: no stain colour to tell tissue by
         return TissueMask(np.ones(pixels.shape[:2], bool), factor, image_mpp)
     values = saturation(pixels)
     low, high = SATURATION_RANGE
