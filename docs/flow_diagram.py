@@ -31,7 +31,7 @@ ARROWS = [
     ((290, 470), (690, 470), "augmented patches"),
     ((750, 430), (560, 313), "updates G and D"),
     ((690, 520), (170, 296), "checkpoints"),
-    ((490, 102), (490, 200), "blocks of a slide"),
+    ((490, 136), (490, 200), "blocks of a slide"),
 ]
 """(from, to, label) of the main flows: segmenting (top) and training (bottom)."""
 

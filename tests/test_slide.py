@@ -12,7 +12,8 @@ from napari_cdal.engine.events import TICK, run_to_end
 from napari_cdal.engine.segment.image import segment_image
 from napari_cdal.engine.segment.metrics import aggregated_jaccard_index
 from napari_cdal.engine.slide.source import open_slide
-from napari_cdal.engine.slide.stitch import block_cores, labels_tiff, segment_slide, store_levels
+from napari_cdal.engine.slide.stitch import block_cores, labels_tiff, segment_slide
+from napari_cdal.engine.slide.store import store_levels
 
 BLOCK, HALO_UM, MPP = 96, 10.0, 0.5
 
@@ -121,11 +122,11 @@ def test_segment_takes_large_images_through_the_slide_path(capsys, monkeypatch, 
     code, stdout, err = run(capsys, "segment", path, "--model", tiny_model_file, "--out", out)
     assert code == 0, err
     assert " blocks at 0.5 µm/px" in stdout, "the slide's own µm/px (not the default 0.25) is used without --mpp"
-    assert files_in(out) == ["slide_labels.tif", "slide_labels.zarr"]
+    assert files_in(out) == ["slide_labels.tif", "slide_labels.zarr", "slide_tissue.png"]
     with tifffile.TiffFile(out / "slide_labels.tif") as tif:
         assert tif.is_bigtiff and tif.pages[0].is_tiled and tif.asarray().max() > 50
     code, _, err = run(capsys, "segment", path, "--model", tiny_model_file, "--out", out)
-    assert code == 1 and "slide_labels.tif already exists" in err
+    assert code == 1 and "slide_labels.tif and 1 more already exist" in err
     code, _, err = run(capsys, "segment", path, "--model", tiny_model_file, "--out", tmp_path / "o2", "--save-steps")
     assert code == 1 and "leave out --save-steps" in err
 
@@ -137,7 +138,8 @@ def test_slide_flag_takes_any_image_through_the_slide_path(capsys, tiny_model_fi
     code, stdout, err = run(capsys, "segment", blob_images[0], "--model", tiny_model_file, "--mpp", "0.5", "--out",
                             out, "--slide")
     assert code == 0, err
-    assert " blocks at 0.5 µm/px" in stdout and files_in(out) == ["tile_labels.tif", "tile_labels.zarr"]
+    assert " blocks at 0.5 µm/px" in stdout
+    assert files_in(out) == ["tile_labels.tif", "tile_labels.zarr", "tile_tissue.png"]
 
 
 def test_slide_geojson_and_csv_agree_with_the_stitched_labels(capsys, tiny_model_file, mosaic, tmp_path):
@@ -151,7 +153,8 @@ def test_slide_geojson_and_csv_agree_with_the_stitched_labels(capsys, tiny_model
     code, _, err = run(capsys, "segment", path, "--model", tiny_model_file, "--out", out, "--slide", "--samples",
                        "2", "--geojson", "--measurements")
     assert code == 0, err
-    assert files_in(out) == ["slide_labels.tif", "slide_labels.zarr", "slide_nuclei.csv", "slide_nuclei.geojson"]
+    assert files_in(out) == ["slide_labels.tif", "slide_labels.zarr", "slide_nuclei.csv", "slide_nuclei.geojson",
+                             "slide_tissue.png"]
     labels = tifffile.imread(out / "slide_labels.tif")
     present = set(np.unique(labels[labels > 0]).tolist())
     rows = list(csv.DictReader((out / "slide_nuclei.csv").read_text().splitlines()))
@@ -216,4 +219,4 @@ def test_segment_workers_runs_a_local_cluster(capsys, tiny_model_file, mosaic, t
                             "--measurements")
     assert code == 0, err
     assert " blocks at 0.5 µm/px" in stdout
-    assert files_in(out) == ["slide_labels.tif", "slide_labels.zarr", "slide_nuclei.csv"]
+    assert files_in(out) == ["slide_labels.tif", "slide_labels.zarr", "slide_nuclei.csv", "slide_tissue.png"]

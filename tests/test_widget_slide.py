@@ -156,12 +156,27 @@ def test_whole_slide_fills_a_multiscale_labels_layer_from_its_store_and_resumes(
     assert dice(full > 0, slide[2]) > 0.7
     np.testing.assert_array_equal(np.asarray(labels.data[1][:]), full[::2, ::2])
     np.testing.assert_array_equal(tifffile.imread(out / "slide_labels.tif"), full)
-    assert f"{widget.last_slide.n_nuclei} nuclei in 4 blocks" in widget.status.value
+    assert f"{widget.last_slide.n_nuclei} nuclei in 4 blocks (0 of glass skipped; tissue 0.0164 of 0.0164 mm²)" \
+        in widget.status.value, "the slide is all tissue"
+    assert widget.tissue_only.value and (out / "slide_tissue.png").is_file()
 
     before = (out / "slide_labels.tif").stat().st_mtime_ns
     # a finished store: nothing to do, and no file replaced
     assert click_and_wait(qtbot, widget, widget.slide_button, TIMEOUT_MS) == "done"
     assert (out / "slide_labels.tif").stat().st_mtime_ns == before and "kept the existing" in widget.status.value
+
+
+def test_whole_slide_without_tissue_only_segments_every_block(qtbot, opened, small_blocks, tmp_path) -> None:
+    import zarr
+
+    _, widget, _ = opened
+    widget.tissue_only.value = False
+    widget.slide_output.value = tmp_path / "out"
+    assert click_and_wait(qtbot, widget, widget.slide_button, TIMEOUT_MS) == "done"
+    store = zarr.open_array(tmp_path / "out" / "slide_labels.zarr", mode="r")
+    assert store.attrs["settings"]["tissue"] == "all" and store.attrs["done"] == [0, 1, 2, 3]
+    assert "(every block segmented, 0.0164 mm²)" in widget.status.value
+    assert not (tmp_path / "out" / "slide_tissue.png").exists() and widget.last_slide.tissue is None
 
 
 def test_cancel_in_whole_slide_stops_inside_a_block(qtbot, opened, small_blocks, monkeypatch, tmp_path) -> None:

@@ -63,7 +63,7 @@ def tile_image_beside(path: Path) -> Path | None:
 def read_annotation_file(path: str | Path) -> LayerData:
     """One annotation file as Labels layer data (instance ids on the tile's pixel grid)."""
     from napari_cdal.engine.io.annotations import rasterise, read_annotation
-    from napari_cdal.engine.io.images import plane_size, read_header
+    from napari_cdal.engine.io.images import check_read_whole, plane_size, read_header
 
     path = Path(path)
     annotation = read_annotation(path)
@@ -71,6 +71,7 @@ def read_annotation_file(path: str | Path) -> LayerData:
     shape = plane_size(read_header(image), str(image)) if image is not None else annotation.extent()
     if shape is None:
         raise ValueError(f"{path} has no polygons and no image beside it to take the tile's size from")
+    check_read_whole(*shape, f"the labels of {path}")  # rasterised whole, in memory
     metadata: dict[str, Any] = {"source": str(path), "tile_image": str(image) if image else None}
     if path.suffix.lower() == ".xml":
         metadata["microns_per_pixel"] = annotation.microns_per_pixel

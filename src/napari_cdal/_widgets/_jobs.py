@@ -158,19 +158,22 @@ def run_volume_segmentation(
 
 
 def run_whole_slide(
-    slide: Path, store: Path, tiff: Path, settings: SegmentSettings, cancel: threading.Event | None = None
+    slide: Path, store: Path, tiff: Path, settings: SegmentSettings, tissue: str,
+    cancel: threading.Event | None = None,
 ) -> Generator[Progress, None, SlideResult | RunFailure]:
     """Worker body: segment a slide block by block into its zarr store (resuming one), then its pyramidal TIFF.
 
-    The same engine function as `napari-cdal segment` on a slide; the TIFF is written only when no
-    file of that name exists. Once `cancel` is set the networks raise RunCancelled (the block under
-    way is not written).
+    The same engine function as `napari-cdal segment` on a slide (`tissue`: 'auto' skips glass,
+    'all' segments every block); the TIFF and the tissue mask's PNG beside it are written only when
+    no file of that name exists. Once `cancel` is set the networks raise RunCancelled (the block
+    under way is not written).
     """
     from napari_cdal.engine.device import resolve_device
     from napari_cdal.engine.io.checkpoint import CheckpointError
     from napari_cdal.engine.io.images import ImageError
     from napari_cdal.engine.slide.source import open_slide
     from napari_cdal.engine.slide.stitch import labels_tiff, segment_slide
+    from napari_cdal.engine.slide.tissue import save_tissue_png
 
     try:
         device = str(resolve_device(settings.device))
@@ -178,10 +181,13 @@ def run_whole_slide(
         with open_slide(slide) as source, _stoppable(model, cancel):
             for event in segment_slide(model, source, store, settings.image_mpp,
                                        sampling_steps=settings.sampling_steps, samples=settings.samples,
-                                       seed=settings.seed, threshold=settings.threshold):
+                                       seed=settings.seed, threshold=settings.threshold, tissue=tissue):
                 if event.stage == "done":
                     if not tiff.exists():
                         labels_tiff(store, tiff)
+                    mask_png = tissue_png_path(tiff)
+                    if event.payload.tissue is not None and not mask_png.exists():
+                        save_tissue_png(event.payload.tissue, mask_png)
                     return event.payload
                 yield event
     except (CheckpointError, ImageError, FileNotFoundError, ValueError, OSError) as exc:
@@ -189,6 +195,11 @@ def run_whole_slide(
     except MemoryError:
         return RunFailure("out of memory: close other programs, or run `napari-cdal segment` on the slide")
     return RunFailure(NO_RESULT)
+
+
+def tissue_png_path(tiff: Path) -> Path:
+    """Where Whole slide writes the tissue mask: beside the labels TIFF, <slide>_tissue.png (as the CLI names it)."""
+    return tiff.with_name(tiff.name.replace("_labels.tif", "_tissue.png"))
 
 
 def run_finetune(

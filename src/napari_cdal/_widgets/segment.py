@@ -67,6 +67,7 @@ from napari_cdal._widgets._review import ReviewQueue
 from napari_cdal._widgets._run import WorkerRun
 from napari_cdal._widgets._slide import SlideRun
 from napari_cdal._widgets._volume import is_volume_layer, model_fit_problem, show_volume_result
+from napari_cdal.engine.defaults import DEFAULT_TISSUE
 from napari_cdal.engine.events import TICK
 
 if TYPE_CHECKING:
@@ -154,6 +155,11 @@ class SegmentWidget(SlideRun, WorkerRun, Container):
             tooltip="folder for Whole slide's <slide>_labels.zarr (resumable) and <slide>_labels.tif; "
             "empty: the slide's own folder",
         )
+        self.tissue_only = CheckBox(
+            text="tissue only", value=DEFAULT_TISSUE == "auto",
+            tooltip="Whole slide segments only the blocks with tissue, found on a low-resolution view (glass is "
+            "skipped; the mask is written as <slide>_tissue.png); off: every block, glass too",
+        )
         self.slide_button = PushButton(
             text="Whole slide",
             tooltip="segment the slide file behind the image block by block in the background, "
@@ -178,7 +184,7 @@ class SegmentWidget(SlideRun, WorkerRun, Container):
         self._review: ReviewQueue | None = None
         self.extend([self.image, self.region, self.model, self.model_file, self.device, self.sampling_steps,
                      self.samples, self.seed, self.threshold, self.mpp, self.contours, self.segment_button,
-                     self.slide_output, self.slide_button, self.cancel_button, self.review_count,
+                     self.slide_output, self.tissue_only, self.slide_button, self.cancel_button, self.review_count,
                      self.review_button, self.progress_bar, self.status])
 
         self._model_defaults: tuple[int, int] | None = None

@@ -12,9 +12,11 @@ from napari_cdal.cli.train import cmd_train
 from napari_cdal.engine.defaults import (
     DEFAULT_IMAGE_MPP,
     DEFAULT_THRESHOLD,
+    DEFAULT_TISSUE,
     DEVICE_CHOICES,
     FINETUNE_D_LR_RATIO,
     FINETUNE_SETTINGS,
+    TISSUE_CHOICES,
 )
 
 
@@ -79,13 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slide", action="store_true",
                    help="segment every image as a whole slide: block by block with bounded memory, labels in a "
                         "resumable <stem>_labels.zarr (default: only .svs/.ndpi and images of 4096 x 4096 or more)")
+    p.add_argument("--tissue", default=DEFAULT_TISSUE, choices=TISSUE_CHOICES,
+                   help="which blocks of a slide to segment: auto, only those with tissue (found on a low-resolution "
+                        "view; the mask is written as <stem>_tissue.png), or all, glass too "
+                        f"(default: {DEFAULT_TISSUE})")
     p.add_argument("--workers", type=int, default=None,
                    help="segment slides on a local Dask cluster of N worker processes (implies --slide)")
     p.add_argument("--scheduler", default=None,
                    help="segment slides on a running Dask cluster, e.g. tcp://host:8786 (implies --slide); its "
                         "workers must see the model and slide files at the same paths")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace output files that exist already (default: refuse, and write nothing)")
+                   help="replace output files that exist already, and start a slide's <stem>_labels.zarr afresh "
+                        "(default: refuse, and write nothing; an existing store is resumed)")
     _add_runtime(p)
     p.set_defaults(func=cmd_segment)
 

@@ -84,24 +84,48 @@ def _is_slide(path: Path, size: tuple[int, int], forced: bool) -> bool:
     return forced or path.suffix.lower() in (".svs", ".ndpi") or size[0] * size[1] >= SLIDE_MIN_PIXELS
 
 
-def _segment_slide(args: argparse.Namespace, model: Any, path: Path, files: dict[str, Path], sampling_steps: int,
-                   samples: int, client: Any) -> None:
-    """One slide through engine.slide: labels into <stem>_labels.zarr (resumable), then a tiled BigTIFF."""
+def _slide_mpp(args: argparse.Namespace, path: Path) -> float:
+    """The µm/px a slide is segmented at: --mpp when typed, else the slide's own (its header is read, nothing more)."""
     from napari_cdal.engine.checks import check_mpp
+    from napari_cdal.engine.slide.source import open_slide
+
+    with open_slide(path) as source:
+        typed = "--mpp" in getattr(args, "typed_options", ())
+        return args.mpp if typed or source.mpp is None else check_mpp(source.mpp, f"{path.name}'s µm/px")
+
+
+def _check_slide_block_memory(path: Path, mpp: float, model: Any, steps: int, samples: int) -> None:
+    """One block with its halo must fit in memory (the slide's size does not matter: blocks are read one by one)."""
+    import math
+
+    from napari_cdal.engine.checks import check_memory, segment_peak_bytes
+    from napari_cdal.engine.slide.stitch import BLOCK_PX, HALO_UM
+
+    side = BLOCK_PX + 2 * math.ceil(HALO_UM / mpp)
+    check_memory(segment_peak_bytes(side, side, mpp, model.config, steps, samples, False, False),
+                 f"{path}, one block of {side} x {side} px", "close other programs, or give fewer --samples")
+
+
+def _segment_slide(args: argparse.Namespace, model: Any, path: Path, files: dict[str, Path], mpp: float,
+                   sampling_steps: int, samples: int, client: Any) -> None:
+    """One slide through engine.slide: labels into <stem>_labels.zarr (resumable), then a tiled BigTIFF, the tissue
+    mask and the nuclei's files."""
     from napari_cdal.engine.events import TICK
     from napari_cdal.engine.io.detections import csv_text, feature_collection_text, write_text
     from napari_cdal.engine.slide.source import open_slide
     from napari_cdal.engine.slide.stitch import labels_tiff, segment_slide, slide_detections
+    from napari_cdal.engine.slide.store import remove_store
+    from napari_cdal.engine.slide.tissue import save_tissue_png
 
+    if args.overwrite and files["store"].exists():
+        remove_store(files["store"])
     with open_slide(path) as source:
-        typed = "--mpp" in getattr(args, "typed_options", ())
-        mpp = args.mpp if typed or source.mpp is None else check_mpp(source.mpp, "the slide's µm/px")
         bar = common.progress(0, path.name, "block")
         result = None
         detections = "geojson" in files or "measurements" in files
         for event in segment_slide(model, source, files["store"], mpp, sampling_steps=sampling_steps,
                                    samples=samples, seed=args.seed, threshold=args.threshold,
-                                   detections=detections, client=client):
+                                   detections=detections, client=client, tissue=args.tissue):
             if event.stage == "done":
                 result = event.payload
             elif event.stage != TICK:
@@ -109,14 +133,19 @@ def _segment_slide(args: argparse.Namespace, model: Any, path: Path, files: dict
                 bar.refresh()
         bar.close()
     labels_tiff(result.store, files["labels"])
+    if result.tissue is not None:
+        save_tissue_png(result.tissue, files["tissue"])
     if detections:
         features, table = slide_detections(result.store)
         if "geojson" in files:
             write_text(files["geojson"], feature_collection_text(features))
         if "measurements" in files:
             write_text(files["measurements"], csv_text(table))
-    print(f"{path.name}: {result.n_nuclei} nuclei in {result.blocks} blocks at {mpp:g} µm/px, "
-          f"{result.seconds:.1f} s -> {files['labels']} (and {files['store'].name})")
+    tissue = ("every block segmented (--tissue all)" if result.tissue_mm2 is None else
+              f"{result.skipped} of glass skipped; tissue {result.tissue_mm2:.3g} mm²")
+    print(f"{path.name}: {result.n_nuclei} nuclei in {result.blocks} blocks at {mpp:g} µm/px ({tissue} of "
+          f"{result.slide_mm2:.3g} mm² slide), {result.seconds:.1f} s -> {files['labels']} "
+          f"(and {files['store'].name})")
 
 
 VOLUME_OUTPUTS = (("labels", True, "_labels.nii.gz"), ("steps", "save_steps", "_steps.nii.gz"),
@@ -193,7 +222,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         check_output_folder,
         segment_peak_bytes,
     )
-    from napari_cdal.engine.io.images import plane_size, read_header
+    from napari_cdal.engine.io.images import check_read_whole, plane_size, read_header
     from napari_cdal.engine.io.volumes import is_volume_path, read_volume_header, volume_stem
 
     common.check_runtime(args)
@@ -232,6 +261,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
             raise CliError(f"{path} is segmented as a whole slide, which has no review list (its probability maps "
                            "are not kept); leave out --review, or segment a tile or region of it")
         outputs[path]["store"] = out / f"{path.stem}_labels.zarr"  # resumable: an existing store goes on
+        if args.tissue == "auto":
+            outputs[path]["tissue"] = out / f"{path.stem}_tissue.png"
+    for path in images:  # read whole: a slide's size has no cap, it is read block by block
+        if path not in slides and path not in volumes:
+            check_read_whole(*sizes[path], str(path))
     check_new_outputs([file for files in outputs.values() for kind, file in files.items() if kind != "store"],
                       args.overwrite)
     if args.samples is not None:  # known before the model loads
@@ -246,11 +280,16 @@ def cmd_segment(args: argparse.Namespace) -> int:
                            "longer side; leave out --slide, --workers and --scheduler")
         for path in slides:
             del outputs[path]["store"]
+            outputs[path].pop("tissue", None)
+            check_read_whole(*sizes[path], str(path))
         slides = []
     steps = common.check_sampling_steps(model, args)
     samples = model.config.default_samples if args.samples is None else args.samples
     _check_uncertainty_has_samples(args, samples)
     want_maps = args.save_steps or args.save_attention
+    slide_mpps = {path: _slide_mpp(args, path) for path in slides}  # an unreadable slide is named before any work
+    for path in slides:
+        _check_slide_block_memory(path, slide_mpps[path], model, steps, samples)
     for path in images:
         if path in slides or path in volumes:
             continue
@@ -258,7 +297,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
                                         args.save_attention), f"{path} ({sizes[path][0]} x {sizes[path][1]} px)")
     client, cluster = _dask_client(args) if slides else (None, None)
     try:
-        _segment_all(args, model, images, slides, outputs, steps, samples, want_maps, client)
+        _segment_all(args, model, images, slide_mpps, outputs, steps, samples, want_maps, client)
     finally:
         if client is not None:
             client.close()
@@ -267,7 +306,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
-def _segment_all(args: argparse.Namespace, model: Any, images: list[Path], slides: list[Path],
+def _segment_all(args: argparse.Namespace, model: Any, images: list[Path], slides: dict[Path, float],
                  outputs: dict[Path, dict[str, Path]], steps: int, samples: int, want_maps: bool,
                  client: Any) -> None:
     """Each image in turn: a slide through engine.slide (on the cluster if any), a tile in memory."""
@@ -279,7 +318,7 @@ def _segment_all(args: argparse.Namespace, model: Any, images: list[Path], slide
     errors_for_review = bool(args.review) and model.config.disc_kind == "pixel"  # Review's error map is D's
     for path in images:
         if path in slides:
-            _segment_slide(args, model, path, outputs[path], steps, samples, client)
+            _segment_slide(args, model, path, outputs[path], slides[path], steps, samples, client)
             continue
         if is_volume_path(path):
             _segment_volume_file(args, model, path, outputs[path], steps, samples)

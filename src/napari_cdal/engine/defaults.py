@@ -16,6 +16,12 @@ DEFAULT_THRESHOLD = 0.5
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 """Where to compute: auto takes a CUDA GPU when torch sees one, else the CPU."""
 
+TISSUE_CHOICES = ("auto", "all")
+"""Which blocks of a slide are segmented: auto, those with tissue (found on a low-resolution view); all, every one."""
+
+DEFAULT_TISSUE = "auto"
+"""A slide's glass is skipped unless asked otherwise: a typical slide is more than half glass."""
+
 DEFAULT_VOLUME_MODEL = "cdal_hippocampus"
 """The bundled model a volume (.nii/.nii.gz) is segmented or scored with when no --model is given."""
 

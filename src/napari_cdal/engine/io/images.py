@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 MAX_PIXELS = 40_000 * 40_000
+"""The most pixels an image read whole may have (about 5 GB as RGB); a slide, read block by block, has no cap."""
 
 
 class ImageError(ValueError):
@@ -112,11 +113,16 @@ def plane_size(header: ImageHeader, name: str = "image") -> tuple[int, int]:
         raise ImageError(f"{name} has shape {shape}; expected a 2-D image (H x W, or H x W x 3 for RGB). "
                          "For a stack, segment one plane at a time")
     height, width = shape[:2]
-    if height * width > MAX_PIXELS:
-        raise ImageError(f"{name} has {height}x{width} pixels, more than this tool handles at once; crop it")
     if height == 0 or width == 0:
         raise ImageError(f"{name} is empty (shape {header.shape})")
     return int(height), int(width)
+
+
+def check_read_whole(height: int, width: int, name: str = "image") -> None:
+    """Refuse an image too large to hold in memory at once (MAX_PIXELS); slides are read block by block instead."""
+    if height * width > MAX_PIXELS:
+        raise ImageError(f"{name} has {height}x{width} pixels, more than this tool reads at once; crop it, or "
+                         "save it as a tiled TIFF, which is segmented block by block as a slide")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -195,8 +201,7 @@ def to_rgb_float(image: np.ndarray, channels: int = 3, name: str = "image",
     height, width = arr.shape[:2]
     if height == 0 or width == 0:
         raise ImageError(f"{name} is empty (shape {arr.shape})")
-    if height * width > MAX_PIXELS:
-        raise ImageError(f"{name} has {height}x{width} pixels, more than this tool handles at once; crop it")
+    check_read_whole(height, width, name)
     if np.issubdtype(arr.dtype, np.integer):
         if np.issubdtype(arr.dtype, np.signedinteger) and int(arr.min()) < 0:
             raise ImageError(f"{name} has negative pixel values (min {int(arr.min())}); expected 0 or more")

@@ -6,7 +6,14 @@ halo pixels included; a nucleus cut by the halo's outer edge has its centroid ou
 and is the neighbour's. Blocks are written in order, each nucleus only where no earlier one
 lies, and a block counts as done once it is listed in the store: a re-run skips done blocks, so
 an interrupted run goes on where it stopped. Memory holds one block and its halo, whatever the
-slide's size.
+slide's size. Blocks without tissue (tissue.py) are skipped, and a block at the tissue's edge
+reads only the part of it near tissue.
+
+A block commits its labels (level 0, then the downsampled levels), then its detections, and only
+then is marked done, with the next free id. A run stopped anywhere in between does the block
+again: ids at or above the stored next id can only be that unfinished commit's, so they are
+cleared from the window before it is written again, and the labels and detections come out as
+if the run had never stopped. On resume, store.check_store first verifies the done blocks' chunks.
 """
 
 from __future__ import annotations
@@ -23,12 +30,24 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from napari_cdal.engine.defaults import DEFAULT_THRESHOLD
+from napari_cdal.engine.defaults import DEFAULT_THRESHOLD, DEFAULT_TISSUE, TISSUE_CHOICES
 from napari_cdal.engine.events import TICK, Progress, run_to_end, ticks_of
 from napari_cdal.engine.method.model import CdalModel
 from napari_cdal.engine.segment.image import segment_image
 from napari_cdal.engine.segment.tiling import Box
 from napari_cdal.engine.slide.source import SlideSource
+from napari_cdal.engine.slide.store import (
+    StoreError,
+    box_chunks,
+    check_store,
+    chunk_file,
+    level_box,
+    level_roots,
+    open_store,
+    store_levels,
+    store_tissue,
+)
+from napari_cdal.engine.slide.tissue import TissueMask, slide_area_mm2, tissue_part
 
 BLOCK_PX = 2048
 """Side of a block's core in slide pixels: about 0.5 GB of working memory with its halo."""
@@ -36,14 +55,8 @@ BLOCK_PX = 2048
 HALO_UM = 32.0
 """Margin read around each block, in µm: wider than any nucleus, so none is cut at a seam."""
 
-CHUNK_PX = 1024
-"""Side of a chunk of the labels store."""
-
 DETECTIONS_FOLDER = "detections"
 """Where in the store each block keeps its nuclei's polygons and measurements."""
-
-LEVELS_FOLDER = "levels"
-"""Where in the store the downsampled levels of the labels live (levels/1 is half the size, levels/2 a quarter...)."""
 
 PYRAMID_MIN_PX = 1024
 """Levels are halved until the last one is smaller than this on its longer side."""
@@ -54,12 +67,21 @@ TICK_WAIT_S = 0.25
 
 @dataclass
 class SlideResult:
-    """Where the labels are, how many nuclei they hold and how long the run took."""
+    """Where the labels are, how many nuclei they hold, how many blocks were glass, the areas and the run's time."""
 
     store: Path
     n_nuclei: int
     blocks: int
     seconds: float
+    skipped: int = 0
+    slide_mm2: float = 0.0
+    tissue: TissueMask | None = None
+    """The tissue mask, or None when every block was segmented (tissue 'all')."""
+
+    @property
+    def tissue_mm2(self) -> float | None:
+        """The tissue's area in mm² (None when no tissue was detected: tissue 'all')."""
+        return None if self.tissue is None else self.tissue.area_mm2()
 
 
 def block_cores(height: int, width: int, block: int) -> list[Box]:
@@ -77,44 +99,46 @@ def pyramid_shapes(height: int, width: int, smallest: int = PYRAMID_MIN_PX) -> l
     return shapes
 
 
-def store_levels(store: str | Path, mode: str = "r") -> list[Any]:
-    """The labels store's arrays, level 0 (full resolution) first, then each downsampled level."""
-    import zarr
+@dataclass(frozen=True)
+class PlannedBlock:
+    """One block: its core (whose nuclei it owns) and the region read around it, None when it is glass (skipped)."""
 
-    store = Path(store)
-    labels = zarr.open_array(store, mode=mode)
-    levels = [zarr.open_array(store / LEVELS_FOLDER / str(k), mode=mode)
-              for k in range(1, len(labels.attrs.get("levels", [None])))]
-    return [labels, *levels]
+    core: Box
+    region: Box | None
 
 
-def _open_store(store: Path, shape: tuple[int, int], settings: dict[str, Any], smallest: int) -> list[Any]:
-    """The labels store's levels at `store`, created empty, or reopened when a run with the same settings left it."""
-    import zarr
+def plan_blocks(height: int, width: int, block: int, halo: int, tissue: TissueMask | None) -> list[PlannedBlock]:
+    """Every block of the slide with what it reads: the part of its core near tissue (all of it without a mask),
+    widened by the halo; glass blocks read nothing."""
+    widened = None if tissue is None else tissue.widened()
+    planned = []
+    for core in block_cores(height, width, block):
+        part = core if widened is None else tissue_part(widened, tissue.factor, core)
+        region = None if part is None else (max(0, part[0] - halo), min(height, part[1] + halo),
+                                            max(0, part[2] - halo), min(width, part[3] + halo))
+        planned.append(PlannedBlock(core, region))
+    return planned
 
-    if store.exists():
-        labels = zarr.open_array(store, mode="r")
-        if tuple(labels.shape) != shape or labels.attrs.get("settings") != settings:
-            raise ValueError(f"{store} holds labels of another run (shape {tuple(labels.shape)}, settings "
-                             f"{labels.attrs.get('settings')}); move it away or choose another --out")
-        return store_levels(store, "r+")
-    shapes = pyramid_shapes(*shape, smallest)
-    levels = [zarr.create_array(store / LEVELS_FOLDER / str(k), shape=level, chunks=(CHUNK_PX, CHUNK_PX),
-                                dtype="uint32", fill_value=0) for k, level in enumerate(shapes) if k]
-    labels = zarr.create_array(store, shape=shape, chunks=(CHUNK_PX, CHUNK_PX), dtype="uint32", fill_value=0)
-    labels.attrs.update(settings=settings, done=[], next_id=1, levels=[list(level) for level in shapes])
-    return [labels, *levels]
+
+def _write_labels(levels: list[Any], window: np.ndarray, region: Box) -> None:
+    """Write a window of level 0, then copy it into each downsampled level."""
+    ry0, ry1, rx0, rx1 = region
+    levels[0][ry0:ry1, rx0:rx1] = window
+    _update_levels(levels, window, region)
 
 
 def _update_levels(levels: list[Any], window: np.ndarray, region: Box) -> None:
     """Copy a written window of level 0 into each downsampled level (nearest: every 2^k-th pixel)."""
-    ry0, ry1, rx0, rx1 = region
     for k, level in enumerate(levels[1:], start=1):
         factor = 2**k
-        y0, x0 = -(-ry0 // factor), -(-rx0 // factor)
-        y1, x1 = -(-ry1 // factor), -(-rx1 // factor)
+        y0, y1, x0, x1 = level_box(region, k)
         if y1 > y0 and x1 > x0:
-            level[y0:y1, x0:x1] = window[y0 * factor - ry0::factor, x0 * factor - rx0::factor]
+            level[y0:y1, x0:x1] = window[y0 * factor - region[0]::factor, x0 * factor - region[2]::factor]
+
+
+def _mark_done(labels: Any, done: set[int], next_id: int) -> None:
+    """The block's commit is complete: list it as done, with the next free id, in one write of the store's header."""
+    labels.attrs.update(done=sorted(done), next_id=next_id)
 
 
 def _owned(local: np.ndarray, region: Box, core: Box) -> np.ndarray:
@@ -150,8 +174,11 @@ def _save_detections(store: Path, index: int, written: np.ndarray, pixels: np.nd
 
 
 def slide_detections(store: str | Path) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
-    """Every block's detections, in block order: GeoJSON features and one table (the CSV's columns)."""
-    files = sorted((Path(store) / DETECTIONS_FOLDER).glob("block_*.json"))
+    """Every done block's detections, in block order: GeoJSON features and one table (the CSV's columns)."""
+    import zarr
+
+    done = zarr.open_array(store, mode="r").attrs["done"]
+    files = [_block_detections(Path(store), index) for index in done]
     features: list[dict[str, Any]] = []
     columns: dict[str, list[Any]] = {}
     for path in files:
@@ -184,10 +211,11 @@ def _worker_model(path: str) -> CdalModel:
     return load_model(path)
 
 
-def block_events(model: CdalModel, slide: SlideSource | str | Path, index: int, core: Box, halo: int,
+def block_events(model: CdalModel, slide: SlideSource | str | Path, index: int, core: Box, region: Box,
                  image_mpp: float, sampling_steps: int | None, samples: int | None, seed: int, threshold: float,
                  keep_pixels: bool) -> Generator[Progress, None, None]:
-    """Segment one block with its halo: segment_image's events, then 'done' with the BlockSegmentation.
+    """Segment one block's region (its core, or the core's part near tissue, with the halo): segment_image's events,
+    then 'done' with the BlockSegmentation, whose nuclei are owned by `core`.
 
     segment_slide passes the events on as ticks, so a Cancel stops inside a block, not after it.
     """
@@ -195,8 +223,6 @@ def block_events(model: CdalModel, slide: SlideSource | str | Path, index: int, 
 
     source = open_slide(slide) if not isinstance(slide, SlideSource) else slide
     try:
-        y0, y1, x0, x1 = core
-        region = (max(0, y0 - halo), min(source.height, y1 + halo), max(0, x0 - halo), min(source.width, x1 + halo))
         pixels = source.read(*region)
     finally:
         if source is not slide:
@@ -212,13 +238,13 @@ def block_events(model: CdalModel, slide: SlideSource | str | Path, index: int, 
                                                     pixels if keep_pixels else None, result.uncertainty))
 
 
-def segment_block(model: CdalModel | str, slide: SlideSource | str | Path, index: int, core: Box, halo: int,
+def segment_block(model: CdalModel | str, slide: SlideSource | str | Path, index: int, core: Box, region: Box,
                   image_mpp: float, sampling_steps: int | None, samples: int | None, seed: int, threshold: float,
                   keep_pixels: bool) -> BlockSegmentation:
-    """Segment one block with its halo (block_events run to the end); a Dask task when `model` and `slide` are paths."""
+    """Segment one block (block_events run to the end); a Dask task when `model` and `slide` are paths."""
     if isinstance(model, str):
         model = _worker_model(model)
-    return run_to_end(block_events(model, slide, index, core, halo, image_mpp, sampling_steps, samples, seed,
+    return run_to_end(block_events(model, slide, index, core, region, image_mpp, sampling_steps, samples, seed,
                                    threshold, keep_pixels))
 
 
@@ -236,72 +262,100 @@ def _awaited(future: Any, index: int, total: int) -> Generator[Progress, None, B
 def _commit(levels: list[Any], store: Path, block: BlockSegmentation, next_id: int, image_mpp: float,
             detections: bool) -> int:
     """Write a block's owned nuclei under global ids where no earlier nucleus lies (and into the downsampled
-    levels); returns the next free id."""
+    levels), then its detections; returns the next free id. The caller marks the block done after this."""
     owned = block.owned
     lut = np.zeros(owned.size + 1, dtype=np.uint32)
     lut[1:][owned] = np.arange(next_id, next_id + int(owned.sum()), dtype=np.uint32)
     mapped = lut[block.labels]
     ry0, ry1, rx0, rx1 = block.region
     window = np.asarray(levels[0][ry0:ry1, rx0:rx1])
+    window[window >= next_id] = 0  # left by this block's own commit in a run stopped before it was marked done
     free = (window == 0) & (mapped > 0)
     window[free] = mapped[free]
-    levels[0][ry0:ry1, rx0:rx1] = window
-    _update_levels(levels, window, block.region)
+    _write_labels(levels, window, block.region)
     if detections:
         _save_detections(store, block.index, np.where(free, mapped, 0), block.pixels, block.region, image_mpp,
                          block.uncertainty)
     return next_id + int(owned.sum())
 
 
+def _check_detections(store: Path, done: list[int]) -> None:
+    """Each done block's detections file is present and holds JSON (they are gathered at the end of the run)."""
+    for index in done:
+        path = _block_detections(store, index)
+        try:
+            json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{store} is damaged: block {index} is done but its detections "
+                             f"{path.relative_to(store)} are {'missing' if not path.exists() else 'unreadable'} "
+                             f"({type(exc).__name__}); start it afresh with `napari-cdal segment ... --overwrite` "
+                             f"(or delete {store.name})") from exc
+
+
 def segment_slide(model: CdalModel, source: SlideSource, store: str | Path, image_mpp: float,
                   block: int = BLOCK_PX, halo_um: float = HALO_UM, sampling_steps: int | None = None,
                   samples: int | None = None, seed: int = 0, threshold: float = DEFAULT_THRESHOLD,
-                  detections: bool = False, client: Any = None,
-                  pyramid_min: int | None = None) -> Generator[Progress, None, None]:
+                  detections: bool = False, client: Any = None, pyramid_min: int | None = None,
+                  tissue: str = DEFAULT_TISSUE) -> Generator[Progress, None, None]:
     """Segment a slide into a zarr labels store; yields Progress('block', i, n, box) per block, then 'done'.
 
     Ids are global (1..N in block order). Block i is sampled with seed + i, so a run, or a resumed
-    one, repeats exactly, here or on a Dask cluster. With a `client` (dask.distributed) every block
+    one, repeats exactly, here or on a Dask cluster. With `tissue` 'auto' the slide's tissue is
+    found first on a low-resolution view (tissue.detect_tissue, kept in the store) and blocks of
+    glass are skipped; 'all' segments every block. With a `client` (dask.distributed) every block
     not yet done is a task on the cluster (its workers load the model and read the slide from their
     paths); this process writes the results in block order, so a lost worker only means its tasks
     run again elsewhere and nothing is half-written. With `detections`, each block also saves its
     nuclei's polygons and measurements in the store (slide_detections gathers them) before it counts
     as done. The store also keeps the labels halved level by level down to `pyramid_min` pixels
     (default PYRAMID_MIN_PX), updated as each block is written, for a viewer and the TIFF's pyramid.
+    A store left by an earlier run is checked before any block runs (store.check_store).
     """
+    if tissue not in TISSUE_CHOICES:
+        raise ValueError(f"tissue {tissue!r} is not one of {', '.join(TISSUE_CHOICES)}")
     store = Path(store)
     settings = {"block": block, "halo_um": halo_um, "sampling_steps": sampling_steps, "samples": samples,
                 "seed": seed, "threshold": threshold, "image_mpp": image_mpp, "model": Path(model.source).name,
-                "detections": detections}
+                "detections": detections, "tissue": tissue}
     started = time.perf_counter()
-    levels = _open_store(store, (source.height, source.width), settings,
-                         PYRAMID_MIN_PX if pyramid_min is None else pyramid_min)
+    shapes = pyramid_shapes(source.height, source.width, PYRAMID_MIN_PX if pyramid_min is None else pyramid_min)
+    levels = open_store(store, shapes, settings)
     labels = levels[0]
-    done = set(labels.attrs["done"])
-    next_id = int(labels.attrs["next_id"])
+    mask = store_tissue(store, labels, source, image_mpp) if tissue == "auto" else None
     halo = math.ceil(halo_um / image_mpp)
-    cores = block_cores(source.height, source.width, block)
-    common = (halo, image_mpp, sampling_steps, samples, seed, threshold, detections)
+    planned = plan_blocks(source.height, source.width, block, halo, mask)
+    done = set(labels.attrs["done"])
+    check_store(store, levels, level_roots(store, len(levels)), shapes,
+                {index: planned[index].region for index in done})
+    if detections:
+        _check_detections(store, sorted(done))
+    next_id = int(labels.attrs["next_id"])
+    common = (image_mpp, sampling_steps, samples, seed, threshold, detections)
+    to_run = {index for index, part in enumerate(planned) if part.region is not None and index not in done}
     futures = {}
     if client is not None:
-        futures = {index: client.submit(segment_block, str(model.source), str(source.path), index, core, *common,
+        futures = {index: client.submit(segment_block, str(model.source), str(source.path), index,
+                                        planned[index].core, planned[index].region, *common,
                                         key=f"napari-cdal-block-{store.name}-{index}", pure=False)
-                   for index, core in enumerate(cores) if index not in done}
+                   for index in sorted(to_run)}
     try:
-        for index, core in enumerate(cores):
-            if index not in done:
-                result = yield from (_awaited(futures[index], index, len(cores)) if futures else
-                                     ticks_of(block_events(model, source, index, core, *common), index, len(cores)))
+        for index, part in enumerate(planned):
+            if index in to_run:
+                result = yield from (_awaited(futures[index], index, len(planned)) if futures else
+                                     ticks_of(block_events(model, source, index, part.core, part.region, *common),
+                                              index, len(planned)))
                 next_id = _commit(levels, store, result, next_id, image_mpp, detections)
                 done.add(index)
-                labels.attrs.update(done=sorted(done), next_id=next_id)
+                _mark_done(labels, done, next_id)
                 futures.pop(index, None)
-            yield Progress("block", index + 1, len(cores), core)
+            yield Progress("block", index + 1, len(planned), part.core)
     finally:  # a cancelled run leaves no work queued on the cluster
         if futures:
             client.cancel(list(futures.values()))
-    yield Progress("done", len(cores), len(cores),
-                   SlideResult(store, next_id - 1, len(cores), time.perf_counter() - started))
+    skipped = sum(part.region is None for part in planned)
+    yield Progress("done", len(planned), len(planned),
+                   SlideResult(store, next_id - 1, len(planned), time.perf_counter() - started, skipped,
+                               slide_area_mm2(source.height, source.width, image_mpp), mask))
 
 
 def labels_tiff(store: str | Path, path: str | Path, tile: int = 512) -> Path:
@@ -309,6 +363,8 @@ def labels_tiff(store: str | Path, path: str | Path, tile: int = 512) -> Path:
 
     Level 0 is the first page; the store's downsampled levels follow as its SubIFDs (how QuPath,
     OpenSlide-style readers and tifffile find a pyramid), each read from the store a tile at a time.
+    Tiles whose chunks were never written (glass skipped) are left empty (offset and byte count 0,
+    read as zeros, as GDAL's sparse TIFFs), so a slide of mostly glass is written in seconds.
     The pixel size is written in the resolution tags when the run knew it.
     """
     import tifffile
@@ -318,10 +374,16 @@ def labels_tiff(store: str | Path, path: str | Path, tile: int = 512) -> Path:
     levels = store_levels(store)
     mpp = (levels[0].attrs.get("settings") or {}).get("image_mpp")
 
-    def tiles(level: Any) -> Generator[np.ndarray, None, None]:
+    def tiles(level: Any, root: Path) -> Generator[np.ndarray | None, None, None]:
         height, width = level.shape
+        written = {coords for coords in box_chunks((0, height, 0, width), level.chunks)
+                   if chunk_file(root, level, coords).is_file()}
         for y in range(0, height, tile):
             for x in range(0, width, tile):
+                box = (y, min(y + tile, height), x, min(x + tile, width))
+                if (y, x) != (0, 0) and written.isdisjoint(box_chunks(box, level.chunks)):
+                    yield None  # never written (glass): an empty tile, read as 0 (tifffile needs the first one)
+                    continue
                 part = np.zeros((tile, tile), np.uint32)
                 data = np.asarray(level[y:y + tile, x:x + tile])
                 part[:data.shape[0], :data.shape[1]] = data
@@ -329,13 +391,13 @@ def labels_tiff(store: str | Path, path: str | Path, tile: int = 512) -> Path:
 
     def write(tmp: str) -> None:
         with tifffile.TiffWriter(tmp, bigtiff=True) as tif:
-            for k, level in enumerate(levels):
+            for k, (level, root) in enumerate(zip(levels, level_roots(store, len(levels)), strict=True)):
                 options: dict[str, Any] = {"subifds": len(levels) - 1} if k == 0 else {"subfiletype": 1}
                 if mpp:
                     factor = 2**k
                     options.update(resolution=(1e4 / (mpp * factor), 1e4 / (mpp * factor)),
                                    resolutionunit="CENTIMETER")
-                tif.write(tiles(level), shape=tuple(level.shape), dtype=np.uint32, tile=(tile, tile),
+                tif.write(tiles(level, root), shape=tuple(level.shape), dtype=np.uint32, tile=(tile, tile),
                           compression="zlib", photometric="minisblack", **options)
 
     atomic_write(path, write)
