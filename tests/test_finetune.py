@@ -22,7 +22,13 @@ from napari_cdal.engine.segment.image import segment_image
 from napari_cdal.engine.segment.metrics import dice
 from napari_cdal.engine.training import finetune as finetune_module
 from napari_cdal.engine.training.acceptance import judge
-from napari_cdal.engine.training.corrections import CONTEXT_UM, FinetunePair, prepare_pairs, side_by_side
+from napari_cdal.engine.training.corrections import (
+    CONTEXT_UM,
+    FinetunePair,
+    overlap_groups,
+    prepare_pairs,
+    side_by_side,
+)
 from napari_cdal.engine.training.finetune import (
     FinetuneSaveError,
     finetune,
@@ -278,6 +284,23 @@ def test_many_regions_hold_back_whole_regions_scored_in_their_context(source) ->
     assert summary["nuclei"]["truth"] == in_windows, "only the windows are scored, never their context"
     result = run_to_end(finetune(source, [pair], settings, "cpu", 0.5))
     assert result.record["finetune"]["held_back"] == ["review held-back 1", "review held-back 2"]
+
+
+def test_overlapping_regions_are_held_back_together_and_only_their_pixels_scored(source) -> None:
+    # Review's neighbouring items overlap: a held-back region must not share pixels with one that trains
+    assert overlap_groups([(0, 10, 0, 10), (20, 30, 20, 30), (5, 15, 5, 15), (14, 18, 14, 18)]) == [[0, 2, 3], [1]]
+    tile = blob_tile(12, size=256, count=100)
+    pair = [(100, 140, 100, 140), (122, 162, 120, 160)]  # overlap 18 x 20 px
+    boxes = [(8, 48, 20, 60), *pair, (208, 248, 150, 190)]
+    assert all(tile.instances[y0:y1, x0:x1].any() for y0, y1, x0, x1 in boxes)
+    settings = finetune_config(iterations=2, patch_size=64, batch_size=2, holdout_fraction=0.25, validate_every=2)
+    prepared = prepare_pairs([FinetunePair(tile.image, tile.instances, regions=boxes)], source.config, 0.5, settings)
+    assert prepared.regions == [[boxes[0], boxes[3]]], "the middle group, the overlapping pair, is held back whole"
+    (part,) = prepared.holdout
+    y0, y1, x0, x1 = part.window
+    assert (y1 - y0, x1 - x0) == part.scored.shape == (62, 60)
+    assert part.scored.sum() == 2 * 40 * 40 - 18 * 20, "their union is scored, not its bounding box"
+    assert not part.scored[0, -1] and not part.scored[-1, 0]
 
 
 def test_side_by_side_keeps_every_nucleus_apart() -> None:

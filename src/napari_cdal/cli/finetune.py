@@ -85,7 +85,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     save_finetuned(result.model, out)
     print(f"fine-tuned {result.record['steps']} iterations on {len(pairs)} image(s) in "
           f"{result.record['wall_seconds']:.0f} s; model: {out} (source {model.source} unchanged)")
-    advice = {True: "use it", False: "keep the source model, or compare their masks before using it",
-              None: "compare their masks before relying on it"}[result.improved]
-    print(f"check: {result.report()}; {advice}")
+    advice = {True: "; use it", False: "; keep the source model, or compare their masks before using it",
+              None: ""}[result.improved]
+    print(f"check: {result.report()}{advice}")
     return 0

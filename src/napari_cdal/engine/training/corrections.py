@@ -41,13 +41,18 @@ so the check judges the model as Segment runs it, with the tissue around."""
 
 @dataclass
 class HeldBack:
-    """A held-back part of the corrections, scored in its context: the crop the model sees, the window scored."""
+    """A held-back part of the corrections, scored in its context: the crop the model sees, the window scored.
+
+    `scored` (the window's shape) marks the pixels inside the held-back regions: overlapping regions are held
+    back together, and the window is their bounding box.
+    """
 
     name: str
     image: np.ndarray
     instances: np.ndarray
     window: Box
     instance_truth: bool
+    scored: np.ndarray
 
 
 @dataclass
@@ -146,7 +151,7 @@ def _overlaps(a: Box, b: Box) -> bool:
     return a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]
 
 
-def _hold_back_strip(boxes: list[Box], fraction: float, min_side: int) -> tuple[list[Box], list[Box]]:
+def _hold_back_strip(boxes: list[Box], fraction: float, min_side: int) -> tuple[list[Box], list[list[Box]]]:
     """Cut the far end of the largest box (along its longer side) off for validation, when both parts fit.
 
     The strip is `fraction` of the side, but at least `min_side`: a small region gives up a larger
@@ -166,25 +171,50 @@ def _hold_back_strip(boxes: list[Box], fraction: float, min_side: int) -> tuple[
     others = boxes[:k] + boxes[k + 1:]
     if any(_overlaps(hold, other) for other in others):
         return boxes, []
-    return others[:k] + [train] + others[k:], [hold]
+    return others[:k] + [train] + others[k:], [[hold]]
 
 
-def _hold_back_regions(boxes: list[Box], fraction: float, instances: np.ndarray) -> tuple[list[Box], list[Box]]:
-    """Hold back whole regions: `fraction` of them (at least one), spread over the list, each holding a nucleus
-    and overlapping no region that trains."""
-    candidates = [i for i, box in enumerate(boxes)
-                  if _nuclei_in(instances, [box]) and not any(_overlaps(box, other) for j, other in enumerate(boxes)
-                                                               if j != i)]
-    wanted = min(len(candidates), max(1, int(round(len(boxes) * fraction))))
-    if wanted == 0 or wanted >= len(boxes):
+def overlap_groups(boxes: list[Box]) -> list[list[int]]:
+    """The boxes' indices grouped by overlap (chains of overlapping boxes form one group), in list order."""
+    group = list(range(len(boxes)))
+
+    def root(i: int) -> int:
+        while group[i] != i:
+            group[i] = group[group[i]]
+            i = group[i]
+        return i
+
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            if _overlaps(boxes[i], boxes[j]):
+                group[root(j)] = root(i)
+    grouped: dict[int, list[int]] = {}
+    for i in range(len(boxes)):
+        grouped.setdefault(root(i), []).append(i)
+    return sorted(grouped.values())
+
+
+def _hold_back_regions(boxes: list[Box], fraction: float,
+                       instances: np.ndarray) -> tuple[list[Box], list[list[Box]]]:
+    """Hold back whole regions, overlapping ones together: groups spread over the list until `fraction` of the
+    regions (at least one group) is held, each group holding a nucleus, and at least one group left to train."""
+    groups = overlap_groups(boxes)
+    candidates = [g for g in groups if _nuclei_in(instances, [boxes[i] for i in g])]
+    if len(groups) < 2 or not candidates:
         return boxes, []
-    held = {candidates[int((k + 0.5) * len(candidates) / wanted)] for k in range(wanted)}
-    return [b for i, b in enumerate(boxes) if i not in held], [b for i, b in enumerate(boxes) if i in held]
+    wanted = max(1, int(round(len(boxes) * fraction)))
+    held: list[list[int]] = []
+    for count in range(1, min(len(candidates), len(groups) - 1) + 1):
+        held = [candidates[int((m + 0.5) * len(candidates) / count)] for m in range(count)]
+        if sum(map(len, held)) >= wanted:
+            break
+    taken = {i for g in held for i in g}
+    return [b for i, b in enumerate(boxes) if i not in taken], [[boxes[i] for i in g] for g in held]
 
 
 def _hold_back(boxes: list[Box], fraction: float, min_side: int,
-               instances: np.ndarray) -> tuple[list[Box], list[Box]]:
-    """Split the corrected regions into those that train and those held back to check the result."""
+               instances: np.ndarray) -> tuple[list[Box], list[list[Box]]]:
+    """Split the corrected regions into those that train and the groups of them held back to check the result."""
     if fraction <= 0:
         return boxes, []
     if len(boxes) >= MIN_HELD_REGIONS:
@@ -192,14 +222,18 @@ def _hold_back(boxes: list[Box], fraction: float, min_side: int,
     return _hold_back_strip(boxes, fraction, min_side)
 
 
-def _in_context(name: str, image: np.ndarray, instances: np.ndarray, box: Box, context: int,
+def _in_context(name: str, image: np.ndarray, instances: np.ndarray, group: list[Box], context: int,
                 instance_truth: bool) -> HeldBack:
-    """A held-back box with `context` pixels of image round it (clipped to the image)."""
+    """Held-back boxes (overlapping ones) with `context` pixels of image round their bounding box."""
     height, width = instances.shape
-    y0, y1, x0, x1 = box
+    y0, y1 = min(b[0] for b in group), max(b[1] for b in group)
+    x0, x1 = min(b[2] for b in group), max(b[3] for b in group)
     cy0, cy1, cx0, cx1 = max(0, y0 - context), min(height, y1 + context), max(0, x0 - context), min(width, x1 + context)
+    scored = np.zeros((y1 - y0, x1 - x0), bool)
+    for by0, by1, bx0, bx1 in group:
+        scored[by0 - y0:by1 - y0, bx0 - x0:bx1 - x0] = True
     return HeldBack(name, np.rint(image[cy0:cy1, cx0:cx1]).astype(np.uint8), instances[cy0:cy1, cx0:cx1],
-                    (y0 - cy0, y1 - cy0, x0 - cx0, x1 - cx0), instance_truth)
+                    (y0 - cy0, y1 - cy0, x0 - cx0, x1 - cx0), instance_truth, scored)
 
 
 def evaluate_held_back(model: CdalModel, parts: list[HeldBack], image_mpp: float,
@@ -213,8 +247,8 @@ def evaluate_held_back(model: CdalModel, parts: list[HeldBack], image_mpp: float
             model, part.image, image_mpp=image_mpp, seed=seed, keep_steps=False, with_attention=False),
             index, len(parts))
         y0, y1, x0, x1 = part.window
-        predicted.append(result.labels[y0:y1, x0:x1])
-        truth.append(part.instances[y0:y1, x0:x1])
+        predicted.append(np.where(part.scored, result.labels[y0:y1, x0:x1], 0))
+        truth.append(np.where(part.scored, part.instances[y0:y1, x0:x1], 0))
         yield Progress("image", index + 1, len(parts), {"image": part.name})
     pred_canvas, true_canvas = side_by_side(predicted), side_by_side(truth)
     scores = score_segmentation(pred_canvas, true_canvas > 0,
@@ -291,9 +325,9 @@ def prepare_pairs(pairs: list[FinetunePair], config: ModelConfig, image_mpp: flo
                 f"{who}: the corrected regions {boxes} hold no nucleus; fine-tuning needs at least one "
                 "painted nucleus in them (a region of background only can join a region with nuclei)")
         train_boxes, held = _hold_back(boxes, settings.holdout_fraction, min_holdout, instances)
-        if held and _nuclei_in(instances, held) > 0 and _nuclei_in(instances, train_boxes) > 0:
+        if held and any(_nuclei_in(instances, group) for group in held) and _nuclei_in(instances, train_boxes) > 0:
             holdout.extend(_in_context(f"{name} held-back" + (f" {k + 1}" if len(held) > 1 else ""), image,
-                                       instances, box, context, not binary) for k, box in enumerate(held))
+                                       instances, group, context, not binary) for k, group in enumerate(held))
         else:
             train_boxes = boxes
         nuclei += _nuclei_in(instances, train_boxes)
