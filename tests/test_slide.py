@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
-from conftest import blob_tile
+from conftest import TILED, blob_mosaic
 from scipy import ndimage as ndi
 
 from napari_cdal.engine.events import TICK, run_to_end
@@ -20,14 +20,9 @@ BLOCK, HALO_UM, MPP = 96, 10.0, 0.5
 
 @pytest.fixture()
 def mosaic(tmp_path):
-    """A 256 x 256 tiled BigTIFF of four blob tiles at the tiny model's 0.5 µm/px (20000 px per cm)."""
-    top = np.concatenate([blob_tile(31).image, blob_tile(32).image], axis=1)
-    bottom = np.concatenate([blob_tile(33).image, blob_tile(34).image], axis=1)
-    image = np.concatenate([top, bottom], axis=0)
+    """The blob mosaic as a tiled BigTIFF (conftest.blob_mosaic), and its pixels."""
     path = tmp_path / "slide.tif"
-    tifffile.imwrite(path, image, tile=(64, 64), compression="zlib", bigtiff=True,
-                     resolution=(20000, 20000), resolutionunit="CENTIMETER")
-    return path, image
+    return path, blob_mosaic(path, **TILED)
 
 
 def _run(model, path, store, **kw):
