@@ -37,6 +37,56 @@ def test_the_slide_is_read_lazily_with_its_pixel_size(mosaic) -> None:
         np.testing.assert_array_equal(source.read(60, 130, 200, 300), image[60:130, 200:256])
 
 
+def test_a_slide_in_strips_is_read_region_by_region_and_segmented_as_the_tiled_one(trained_tiny, mosaic, tmp_path,
+                                                                                  monkeypatch) -> None:
+    from tifffile.zarr import ZarrTiffStore
+
+    from napari_cdal.engine.slide import source as slide_source
+
+    monkeypatch.setattr(slide_source, "MAX_CHUNK_BYTES", 64 * 2**10)
+    path, image = mosaic
+    strips, mapped = tmp_path / "strips.tif", tmp_path / "mapped.tif"
+    blob_mosaic(strips, compression="zlib", rowsperstrip=8)  # 32 deflate strips of 6 KiB
+    blob_mosaic(mapped)  # uncompressed, in one strip of 192 KiB: over the limit, but mapped from the file
+    decoded: list[str] = []
+    real_get = ZarrTiffStore.get
+
+    async def counted(self, key, *args, **kwargs):
+        decoded.append(key)
+        return await real_get(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(ZarrTiffStore, "get", counted)
+    for slide, decodes in ((strips, 6), (mapped, 0)):
+        with open_slide(slide) as source:
+            decoded.clear()
+            np.testing.assert_array_equal(source.read(100, 140, 20, 60), image[100:140, 20:60])
+            assert len(decoded) == decodes, "rows 100-140 lie in strips 12-17: only those are decoded"
+    tiled = np.asarray(store_levels(_run(trained_tiny[0], path, tmp_path / "tiled.zarr").store)[0][:])
+    assert tiled.max() > 50
+    for slide in (strips, mapped):  # the same pixels, the same tissue and blocks: the same labels
+        result = _run(trained_tiny[0], slide, tmp_path / f"{slide.stem}.zarr")
+        np.testing.assert_array_equal(store_levels(result.store)[0][:], tiled)
+
+
+def test_a_slide_in_one_large_compressed_strip_is_refused_in_one_line_before_the_model_loads(
+        capsys, monkeypatch, tiny_model_file, tmp_path) -> None:
+    from conftest import run
+
+    from napari_cdal.cli import common
+    from napari_cdal.engine.slide import source as slide_source
+
+    monkeypatch.setattr(slide_source, "MAX_CHUNK_BYTES", 64 * 2**10)
+    monkeypatch.setattr("napari_cdal.cli.segment.SLIDE_MIN_PIXELS", 200 * 200)
+    monkeypatch.setattr(common, "load_model", lambda *_: pytest.fail("the model was loaded"))
+    path = tmp_path / "scan.tif"
+    blob_mosaic(path, compression="zlib", rowsperstrip=256)  # the whole image in one deflate strip
+    code, _, err = run(capsys, "segment", path, "--model", tiny_model_file, "--out", tmp_path / "out")
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "holds its 256 x 256 pixels in one compressed strip of 192 KiB decoded" in err
+    assert "re-save it as a tiled pyramidal TIFF, e.g. with `vips tiffsave scan.tif scan_tiled.tif --tile" in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_blocks_cover_the_slide_once() -> None:
     cores = block_cores(250, 130, 96)
     covered = np.zeros((250, 130), int)
