@@ -42,6 +42,14 @@ def segment_block_dying_once(model: str, slide: str, index: int, *args):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def segment_block_killing_every_worker(model: str, slide: str, index: int, *args):
+    """stitch.segment_block, except that every worker process that runs KILLED_BLOCK is killed (a block too large
+    for any worker's memory)."""
+    if index == KILLED_BLOCK:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return stitch.segment_block(model, slide, index, *args)
+
+
 def segment_block_held(model: str, slide: str, index: int, *args):
     """stitch.segment_block, except that every block but the first waits until a file "go" lies beside the slide
     (a minute at most), so a run is surely waiting on the cluster when the test cancels it."""
@@ -136,6 +144,33 @@ def test_a_cancelled_cluster_run_leaves_nothing_queued_and_goes_on_to_the_local_
     assert not set(states) & {"waiting", "queued", "no-worker", "processing"}, "no block left to run or running"
     resumed = run_to_end(_events(model, mosaic, tmp_path / "cluster.zarr", client=client))
     np.testing.assert_array_equal(_labels(resumed.store), _labels(local.store))
+
+
+def test_a_block_that_kills_every_worker_it_runs_on_ends_the_run_in_one_line_keeping_the_blocks_done(
+        tiny_model_file, mosaic, tmp_path, monkeypatch, two_workers):
+    import zarr
+
+    from napari_cdal.engine.method.model import load_model
+
+    client, _ = two_workers
+
+    def allow_failures(count: int) -> int:
+        """Set how many workers may die with one task before the scheduler gives up on it; return the former count."""
+        def swap(dask_scheduler) -> int:
+            former = dask_scheduler.allowed_failures
+            dask_scheduler.allowed_failures = count
+            return former
+
+        return client.run_on_scheduler(swap)
+
+    monkeypatch.setattr(stitch, "segment_block", segment_block_killing_every_worker)
+    former = allow_failures(0)  # the first death ends the task: one worker restarted, not four
+    try:
+        with pytest.raises(stitch.ClusterError, match=f"^block {KILLED_BLOCK} was lost with each worker that ran it"):
+            run_to_end(_events(load_model(tiny_model_file), mosaic, tmp_path / "cluster.zarr", client=client))
+    finally:
+        allow_failures(former)
+    assert zarr.open_array(tmp_path / "cluster.zarr", mode="r").attrs["done"] == list(range(KILLED_BLOCK))
 
 
 def test_segment_workers_and_scheduler_give_the_labels_of_a_local_run(capsys, tiny_model_file, mosaic, tmp_path,
