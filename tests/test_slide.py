@@ -41,13 +41,10 @@ def test_a_slide_in_strips_is_read_region_by_region_and_segmented_as_the_tiled_o
                                                                                   monkeypatch) -> None:
     from tifffile.zarr import ZarrTiffStore
 
-    from napari_cdal.engine.slide import source as slide_source
-
-    monkeypatch.setattr(slide_source, "MAX_CHUNK_BYTES", 64 * 2**10)
     path, image = mosaic
     strips, mapped = tmp_path / "strips.tif", tmp_path / "mapped.tif"
     blob_mosaic(strips, compression="zlib", rowsperstrip=8)  # 32 deflate strips of 6 KiB
-    blob_mosaic(mapped)  # uncompressed, in one strip of 192 KiB: over the limit, but mapped from the file
+    blob_mosaic(mapped)  # uncompressed, in one strip: mapped from the file
     decoded: list[str] = []
     real_get = ZarrTiffStore.get
 
@@ -75,16 +72,20 @@ def test_a_slide_in_one_large_compressed_strip_is_refused_in_one_line_before_the
     from napari_cdal.cli import common
     from napari_cdal.engine.slide import source as slide_source
 
-    monkeypatch.setattr(slide_source, "MAX_CHUNK_BYTES", 64 * 2**10)
-    monkeypatch.setattr("napari_cdal.cli.segment.SLIDE_MIN_PIXELS", 200 * 200)
+    monkeypatch.setattr(slide_source, "MAX_CHUNK_BYTES", 2**20)
+    monkeypatch.setattr("napari_cdal.cli.segment.SLIDE_MIN_PIXELS", 512 * 512)
     monkeypatch.setattr(common, "load_model", lambda *_: pytest.fail("the model was loaded"))
-    path = tmp_path / "scan.tif"
-    blob_mosaic(path, compression="zlib", rowsperstrip=256)  # the whole image in one deflate strip
+    pixels = np.random.default_rng(0).integers(0, 256, (1024, 512, 3), dtype=np.uint8)
+    path, raw = tmp_path / "scan.tif", tmp_path / "raw.tif"
+    tifffile.imwrite(path, pixels, compression="zlib", rowsperstrip=1024)  # one deflate strip of 1.5 MiB
+    tifffile.imwrite(raw, pixels, rowsperstrip=1024)  # the same strip uncompressed: read from the file by region
     code, _, err = run(capsys, "segment", path, "--model", tiny_model_file, "--out", tmp_path / "out")
     assert code == 1 and len(err.strip().splitlines()) == 1
-    assert "holds its 256 x 256 pixels in one compressed strip of 192 KiB decoded" in err
+    assert "holds its 1024 x 512 pixels in one compressed strip of 2 MiB decoded" in err
     assert "re-save it as a tiled pyramidal TIFF, e.g. with `vips tiffsave scan.tif scan_tiled.tif --tile" in err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    with open_slide(raw) as source:
+        np.testing.assert_array_equal(source.read(500, 600, 100, 200), pixels[500:600, 100:200])
 
 
 def test_blocks_cover_the_slide_once() -> None:

@@ -143,10 +143,8 @@ def segment_peak_bytes(height: int, width: int, image_mpp: float, config: ModelC
 
 
 def byte_size(count: int) -> str:
-    """A count of bytes as people read it: GiB from 1 GiB up, MiB from 1 MiB up, else KiB."""
-    if count >= 2**30:
-        return f"{count / 2**30:.1f} GiB"
-    return f"{count / 2**20:.0f} MiB" if count >= 2**20 else f"{count / 2**10:.0f} KiB"
+    """A count of bytes as people read it: GiB from 1 GiB up, else MiB."""
+    return f"{count / 2**30:.1f} GiB" if count >= 2**30 else f"{count / 2**20:.0f} MiB"
 
 
 def check_memory(needed: int, what: str,
