@@ -166,7 +166,7 @@ def test_a_block_that_kills_every_worker_it_runs_on_ends_the_run_in_one_line_kee
     monkeypatch.setattr(stitch, "segment_block", segment_block_killing_every_worker)
     former = allow_failures(0)  # the first death ends the task: one worker restarted, not four
     try:
-        with pytest.raises(stitch.ClusterError, match=f"^block {KILLED_BLOCK} was lost with each worker that ran it"):
+        with pytest.raises(stitch.ClusterError, match=f"^block {KILLED_BLOCK} was lost with every worker that ran it"):
             run_to_end(_events(load_model(tiny_model_file), mosaic, tmp_path / "cluster.zarr", client=client))
     finally:
         allow_failures(former)

@@ -2,7 +2,7 @@
 
 A region is read from the strips or tiles it touches, each decoded whole. Tiles are small; a strip
 is the slide's whole width, and some exporters write the whole image in one (deflate) strip, which
-every block would then decode whole: such a file is refused from its header (largest_chunk_bytes),
+every block would then decode whole: such a file is refused from its header (check_read_by_region),
 with the fix. Uncompressed pixels that lie in one piece are mapped from the file instead, so any
 region of them is read directly, however the file cuts them into strips.
 """

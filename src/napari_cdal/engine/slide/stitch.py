@@ -277,9 +277,9 @@ def _gathered(client: Any, future: Any, index: int, total: int) -> Generator[Pro
     try:
         return future.result()
     except KilledWorker as exc:
-        raise ClusterError(f"block {index} was lost with each worker that ran it (the scheduler tries a few); a "
-                           "worker short of memory dies so: give each more; the blocks done are kept: run the command "
-                           "again to go on") from exc
+        raise ClusterError(f"block {index} was lost with every worker that ran it (distributed gives up after a "
+                           "few); a worker that runs out of memory dies so: give each worker more; the blocks done are "
+                           "kept: run the command again to go on") from exc
 
 
 def _commit(levels: list[Any], store: Path, block: BlockSegmentation, next_id: int, image_mpp: float,
