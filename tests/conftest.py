@@ -84,6 +84,22 @@ def tiny_model_file(trained_tiny, tmp_path_factory) -> Path:
     return path
 
 
+def blob_mosaic(path: Path, **layout: Any) -> np.ndarray:
+    """Write a 256 x 256 mosaic of four blob tiles at the tiny model's 0.5 µm/px (20000 px per cm) as a TIFF laid
+    out as `layout` says (tiles or strips, compression: tifffile.imwrite's options); return its pixels."""
+    import tifffile
+
+    top = np.concatenate([blob_tile(31).image, blob_tile(32).image], axis=1)
+    bottom = np.concatenate([blob_tile(33).image, blob_tile(34).image], axis=1)
+    image = np.concatenate([top, bottom], axis=0)
+    tifffile.imwrite(path, image, resolution=(20000, 20000), resolutionunit="CENTIMETER", **layout)
+    return image
+
+
+TILED = {"tile": (64, 64), "compression": "zlib", "bigtiff": True}
+"""blob_mosaic's layout as a slide: a tiled BigTIFF."""
+
+
 @pytest.fixture()
 def blob_folder(tmp_path) -> Path:
     """A MoNuSeg-layout folder of two blob tiles at 0.5 µm/px (what the tiny model was trained at)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
-from conftest import blob_tile
+from conftest import TILED, blob_mosaic
 from scipy import ndimage as ndi
 
 from napari_cdal.engine.events import TICK, run_to_end
@@ -20,14 +20,9 @@ BLOCK, HALO_UM, MPP = 96, 10.0, 0.5
 
 @pytest.fixture()
 def mosaic(tmp_path):
-    """A 256 x 256 tiled BigTIFF of four blob tiles at the tiny model's 0.5 µm/px (20000 px per cm)."""
-    top = np.concatenate([blob_tile(31).image, blob_tile(32).image], axis=1)
-    bottom = np.concatenate([blob_tile(33).image, blob_tile(34).image], axis=1)
-    image = np.concatenate([top, bottom], axis=0)
+    """The blob mosaic as a tiled BigTIFF (conftest.blob_mosaic), and its pixels."""
     path = tmp_path / "slide.tif"
-    tifffile.imwrite(path, image, tile=(64, 64), compression="zlib", bigtiff=True,
-                     resolution=(20000, 20000), resolutionunit="CENTIMETER")
-    return path, image
+    return path, blob_mosaic(path, **TILED)
 
 
 def _run(model, path, store, **kw):
@@ -40,6 +35,57 @@ def test_the_slide_is_read_lazily_with_its_pixel_size(mosaic) -> None:
     with open_slide(path) as source:
         assert (source.height, source.width) == (256, 256) and source.mpp == pytest.approx(0.5)
         np.testing.assert_array_equal(source.read(60, 130, 200, 300), image[60:130, 200:256])
+
+
+def test_a_slide_in_strips_is_read_region_by_region_and_segmented_as_the_tiled_one(trained_tiny, mosaic, tmp_path,
+                                                                                  monkeypatch) -> None:
+    from tifffile.zarr import ZarrTiffStore
+
+    path, image = mosaic
+    strips, mapped = tmp_path / "strips.tif", tmp_path / "mapped.tif"
+    blob_mosaic(strips, compression="zlib", rowsperstrip=8)  # 32 deflate strips of 6 KiB
+    blob_mosaic(mapped)  # uncompressed, in one strip: mapped from the file
+    decoded: list[str] = []
+    real_get = ZarrTiffStore.get
+
+    async def counted(self, key, *args, **kwargs):
+        decoded.append(key)
+        return await real_get(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(ZarrTiffStore, "get", counted)
+    for slide, decodes in ((strips, 6), (mapped, 0)):
+        with open_slide(slide) as source:
+            decoded.clear()
+            np.testing.assert_array_equal(source.read(100, 140, 20, 60), image[100:140, 20:60])
+            assert len(decoded) == decodes, "rows 100-140 lie in strips 12-17: only those are decoded"
+    tiled = np.asarray(store_levels(_run(trained_tiny[0], path, tmp_path / "tiled.zarr").store)[0][:])
+    assert tiled.max() > 50
+    for slide in (strips, mapped):  # the same pixels, the same tissue and blocks: the same labels
+        result = _run(trained_tiny[0], slide, tmp_path / f"{slide.stem}.zarr")
+        np.testing.assert_array_equal(store_levels(result.store)[0][:], tiled)
+
+
+def test_a_slide_in_one_large_compressed_strip_is_refused_in_one_line_before_the_model_loads(
+        capsys, monkeypatch, tiny_model_file, tmp_path) -> None:
+    from conftest import run
+
+    from napari_cdal.cli import common
+    from napari_cdal.engine.slide import source as slide_source
+
+    monkeypatch.setattr(slide_source, "MAX_CHUNK_BYTES", 2**20)
+    monkeypatch.setattr("napari_cdal.cli.segment.SLIDE_MIN_PIXELS", 512 * 512)
+    monkeypatch.setattr(common, "load_model", lambda *_: pytest.fail("the model was loaded"))
+    pixels = np.random.default_rng(0).integers(0, 256, (1024, 512, 3), dtype=np.uint8)
+    path, raw = tmp_path / "scan.tif", tmp_path / "raw.tif"
+    tifffile.imwrite(path, pixels, compression="zlib", rowsperstrip=1024)  # one deflate strip of 1.5 MiB
+    tifffile.imwrite(raw, pixels, rowsperstrip=1024)  # the same strip uncompressed: read from the file by region
+    code, _, err = run(capsys, "segment", path, "--model", tiny_model_file, "--out", tmp_path / "out")
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "holds its 1024 x 512 pixels in one compressed strip of 2 MiB decoded" in err
+    assert "re-save it as a tiled pyramidal TIFF, e.g. with `vips tiffsave scan.tif scan_tiled.tif --tile" in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    with open_slide(raw) as source:
+        np.testing.assert_array_equal(source.read(500, 600, 100, 200), pixels[500:600, 100:200])
 
 
 def test_blocks_cover_the_slide_once() -> None:
@@ -171,52 +217,3 @@ def test_slide_geojson_and_csv_agree_with_the_stitched_labels(capsys, tiny_model
     ring = np.array(first["geometry"]["coordinates"][0])
     ys, xs = np.nonzero(labels == int(rows[-1]["id"]))
     assert xs.min() <= ring[:, 0].mean() <= xs.max() + 1 and ys.min() <= ring[:, 1].mean() <= ys.max() + 1
-
-
-@pytest.fixture()
-def two_workers():
-    """A real dask.distributed cluster of two worker processes (one thread each), closed afterwards."""
-    distributed = pytest.importorskip("distributed")
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
-    client = distributed.Client(cluster)
-    yield client, cluster
-    client.close()
-    cluster.close()
-
-
-def test_blocks_on_a_dask_cluster_give_the_local_nuclei_even_when_a_worker_dies(trained_tiny, tiny_model_file,
-                                                                                 mosaic, tmp_path, two_workers):
-    import zarr
-
-    from napari_cdal.engine.method.model import load_model
-
-    client, cluster = two_workers
-    model = load_model(tiny_model_file)
-    path, _ = mosaic
-    local = _run(model, path, tmp_path / "local.zarr")
-    with open_slide(path) as source:
-        events = segment_slide(model, source, tmp_path / "cluster.zarr", MPP, block=BLOCK, halo_um=HALO_UM,
-                               client=client)
-        next(events)  # the first block is written: now one worker dies with the rest in flight
-        victim = next(iter(cluster.workers.values()))
-        victim.process.process.kill()
-        result = run_to_end(events)
-    assert zarr.open_array(result.store, mode="r").attrs["done"] == list(range(9))
-    here = np.asarray(zarr.open_array(local.store, mode="r")[:])
-    there = np.asarray(zarr.open_array(result.store, mode="r")[:])
-    assert result.n_nuclei == local.n_nuclei and aggregated_jaccard_index(there, here) > 0.99
-    for ident in np.unique(there[there > 0]):
-        assert ndi.label(there == ident)[1] == 1
-
-
-def test_segment_workers_runs_a_local_cluster(capsys, tiny_model_file, mosaic, tmp_path):
-    pytest.importorskip("distributed")
-    from conftest import files_in, run
-
-    path, _ = mosaic
-    out = tmp_path / "out"
-    code, stdout, err = run(capsys, "segment", path, "--model", tiny_model_file, "--out", out, "--workers", "2",
-                            "--measurements")
-    assert code == 0, err
-    assert " blocks at 0.5 µm/px" in stdout
-    assert files_in(out) == ["slide_labels.tif", "slide_labels.zarr", "slide_nuclei.csv", "slide_tissue.png"]

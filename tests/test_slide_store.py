@@ -7,8 +7,7 @@ import functools
 
 import numpy as np
 import pytest
-import tifffile
-from conftest import blob_tile
+from conftest import TILED, blob_mosaic
 
 from napari_cdal.engine.events import run_to_end
 from napari_cdal.engine.slide import stitch
@@ -22,12 +21,9 @@ KILLED_BLOCK = 4
 
 @pytest.fixture(scope="module")
 def mosaic(tmp_path_factory):
-    """A 256 x 256 tiled BigTIFF of four blob tiles at 0.5 µm/px."""
-    top = np.concatenate([blob_tile(31).image, blob_tile(32).image], axis=1)
-    bottom = np.concatenate([blob_tile(33).image, blob_tile(34).image], axis=1)
+    """The blob mosaic as a tiled BigTIFF (conftest.blob_mosaic)."""
     path = tmp_path_factory.mktemp("store") / "slide.tif"
-    tifffile.imwrite(path, np.concatenate([top, bottom], axis=0), tile=(64, 64), compression="zlib", bigtiff=True,
-                     resolution=(20000, 20000), resolutionunit="CENTIMETER")
+    blob_mosaic(path, **TILED)
     return path
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from napari_cdal.cli import common
 from napari_cdal.cli.common import CliError
-from napari_cdal.engine.slide.source import SLIDE_MIN_PIXELS
+from napari_cdal.engine.slide.source import SLIDE_MIN_PIXELS, SLIDE_SUFFIXES, open_slide
 
 
 def _write_tiff(path: Path, array: Any) -> None:
@@ -87,7 +87,6 @@ def _is_slide(path: Path, size: tuple[int, int], forced: bool) -> bool:
 def _slide_mpp(args: argparse.Namespace, path: Path) -> float:
     """The µm/px a slide is segmented at: --mpp when typed, else the slide's own (its header is read, nothing more)."""
     from napari_cdal.engine.checks import check_mpp
-    from napari_cdal.engine.slide.source import open_slide
 
     with open_slide(path) as source:
         typed = "--mpp" in getattr(args, "typed_options", ())
@@ -112,7 +111,6 @@ def _segment_slide(args: argparse.Namespace, model: Any, path: Path, files: dict
     mask and the nuclei's files."""
     from napari_cdal.engine.events import TICK
     from napari_cdal.engine.io.detections import csv_text, feature_collection_text, write_text
-    from napari_cdal.engine.slide.source import open_slide
     from napari_cdal.engine.slide.stitch import labels_tiff, segment_slide, slide_detections
     from napari_cdal.engine.slide.store import remove_store
     from napari_cdal.engine.slide.tissue import save_tissue_png
@@ -260,6 +258,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         if "review" in outputs[path]:
             raise CliError(f"{path} is segmented as a whole slide, which has no review list (its probability maps "
                            "are not kept); leave out --review, or segment a tile or region of it")
+        if path.suffix.lower() in SLIDE_SUFFIXES:  # a file each block would decode whole is refused from its header
+            open_slide(path).close()
         outputs[path]["store"] = out / f"{path.stem}_labels.zarr"  # resumable: an existing store goes on
         if args.tissue == "auto":
             outputs[path]["tissue"] = out / f"{path.stem}_tissue.png"

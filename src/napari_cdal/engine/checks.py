@@ -142,7 +142,8 @@ def segment_peak_bytes(height: int, width: int, image_mpp: float, config: ModelC
     return int(height * width * (per_image_pixel + per_model_pixel * factor))
 
 
-def _size(count: int) -> str:
+def byte_size(count: int) -> str:
+    """A count of bytes as people read it: GiB from 1 GiB up, else MiB."""
     return f"{count / 2**30:.1f} GiB" if count >= 2**30 else f"{count / 2**20:.0f} MiB"
 
 
@@ -151,4 +152,4 @@ def check_memory(needed: int, what: str,
     """Refuse work whose estimated peak memory exceeds what is free; the message ends with `fix`."""
     free = available_memory()
     if free is not None and needed > MEMORY_HEADROOM * free:
-        raise InputError(f"{what} needs about {_size(needed)} of memory but {_size(free)} are free; {fix}")
+        raise InputError(f"{what} needs about {byte_size(needed)} of memory but {byte_size(free)} are free; {fix}")

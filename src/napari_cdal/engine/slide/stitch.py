@@ -248,15 +248,38 @@ def segment_block(model: CdalModel | str, slide: SlideSource | str | Path, index
                                    threshold, keep_pixels))
 
 
-def _awaited(future: Any, index: int, total: int) -> Generator[Progress, None, BlockSegmentation]:
-    """Wait for a cluster's block, with a tick every TICK_WAIT_S so that a Cancel is seen meanwhile; its result."""
+class ClusterError(ValueError):
+    """A block the cluster could not finish (its workers kept dying, or the cluster cancelled it); the blocks done so
+    far are kept, so running the command again goes on from there."""
+
+
+def _gathered(client: Any, future: Any, index: int, total: int) -> Generator[Progress, None, BlockSegmentation]:
+    """Wait for a block's task on the cluster, with a tick every TICK_WAIT_S (a place for a Cancel), then gather it.
+
+    Only the wait has a timeout, never the gather: a gather cut short by a timeout (what polling
+    `future.result(timeout=...)` does) can leave distributed's client unable to gather again, which
+    ended runs on a loaded machine in "Couldn't gather keys" and an UnboundLocalError. A worker that
+    dies with the task, or with its result, is the scheduler's to handle: it runs the task again
+    elsewhere, and the future is pending meanwhile.
+    """
+    from distributed import KilledWorker, wait
     from distributed import TimeoutError as WaitTimeout
 
-    while True:
+    while not future.done():
         try:
-            return future.result(timeout=TICK_WAIT_S)
+            with client.as_current():  # wait() runs on the current client's loop: this one's
+                wait([future], timeout=TICK_WAIT_S)
         except WaitTimeout:
             yield Progress(TICK, index, total)
+    if future.cancelled():
+        raise ClusterError(f"block {index} was cancelled by the cluster (its scheduler restarted or was lost); "
+                           "the blocks done are kept: run the command again to go on")
+    try:
+        return future.result()
+    except KilledWorker as exc:
+        raise ClusterError(f"block {index} was lost with every worker that ran it (distributed gives up after a "
+                           "few); a worker that runs out of memory dies so: give each worker more; the blocks done are "
+                           "kept: run the command again to go on") from exc
 
 
 def _commit(levels: list[Any], store: Path, block: BlockSegmentation, next_id: int, image_mpp: float,
@@ -333,15 +356,14 @@ def segment_slide(model: CdalModel, source: SlideSource, store: str | Path, imag
     common = (image_mpp, sampling_steps, samples, seed, threshold, detections)
     to_run = {index for index, part in enumerate(planned) if part.region is not None and index not in done}
     futures = {}
-    if client is not None:
+    if client is not None:  # every block at once; keys of their own (pure=False), never an earlier run's
         futures = {index: client.submit(segment_block, str(model.source), str(source.path), index,
-                                        planned[index].core, planned[index].region, *common,
-                                        key=f"napari-cdal-block-{store.name}-{index}", pure=False)
+                                        planned[index].core, planned[index].region, *common, pure=False)
                    for index in sorted(to_run)}
     try:
         for index, part in enumerate(planned):
             if index in to_run:
-                result = yield from (_awaited(futures[index], index, len(planned)) if futures else
+                result = yield from (_gathered(client, futures[index], index, len(planned)) if futures else
                                      ticks_of(block_events(model, source, index, part.core, part.region, *common),
                                               index, len(planned)))
                 next_id = _commit(levels, store, result, next_id, image_mpp, detections)

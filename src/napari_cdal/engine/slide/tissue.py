@@ -78,22 +78,35 @@ def tissue_part(widened: np.ndarray, factor: float, core: Box) -> Box | None:
             max(x0, math.floor((mx0 + cols.min()) * factor)), min(x1, math.ceil((mx0 + cols.max() + 1) * factor)))
 
 
+def _window(level: Any, stride: int) -> tuple[int, int]:
+    """Rows and columns a level is read in for the overview: about OVERVIEW_WINDOW_PX² pixels, whole multiples of
+    `stride`; a level in strips is read whole strips at a time, full width, so each strip is decoded about once."""
+    height, width = level.shape[:2]
+    side = stride * max(1, OVERVIEW_WINDOW_PX // stride)
+    chunks = getattr(level, "chunks", None)
+    if chunks is None or chunks[1] < width:  # tiles, or pixels mapped from the file: any window reads only itself
+        return side, side
+    rows = max(chunks[0], OVERVIEW_WINDOW_PX**2 // width)
+    return stride * -(-rows // stride), width
+
+
 def _pooled(level: Any, stride: int) -> np.ndarray:
     """A level (lazy array, H x W or H x W x C) averaged over stride x stride pixels, read window by window."""
     height, width = level.shape[:2]
     rows, cols = -(-height // stride), -(-width // stride)
     channels = level.shape[2] if len(level.shape) == 3 else 1
     out = np.zeros((rows, cols, channels), np.float32)
-    window = stride * max(1, OVERVIEW_WINDOW_PX // stride)
-    for y in range(0, height, window):
-        for x in range(0, width, window):
-            part = np.asarray(level[y:y + window, x:x + window], np.float32).reshape(
-                min(window, height - y), min(window, width - x), channels)
+    window_rows, window_cols = _window(level, stride)
+    for y in range(0, height, window_rows):
+        for x in range(0, width, window_cols):
+            part = np.asarray(level[y:y + window_rows, x:x + window_cols]).reshape(
+                min(window_rows, height - y), min(window_cols, width - x), channels)
             ph, pw = -(-part.shape[0] // stride), -(-part.shape[1] // stride)
-            padded = np.pad(part, ((0, ph * stride - part.shape[0]), (0, pw * stride - part.shape[1]), (0, 0)),
-                            mode="edge")
+            if part.shape[:2] != (ph * stride, pw * stride):  # the slide's last rows or columns: edge values repeated
+                part = np.pad(part, ((0, ph * stride - part.shape[0]), (0, pw * stride - part.shape[1]), (0, 0)),
+                              mode="edge")
             out[y // stride:y // stride + ph, x // stride:x // stride + pw] = \
-                padded.reshape(ph, stride, pw, stride, channels).mean(axis=(1, 3))
+                part.reshape(ph, stride, pw, stride, channels).mean(axis=(1, 3), dtype=np.float32)
     return out
 
 
