@@ -166,11 +166,15 @@ def test_a_block_that_kills_every_worker_it_runs_on_ends_the_run_in_one_line_kee
     monkeypatch.setattr(stitch, "segment_block", segment_block_killing_every_worker)
     former = allow_failures(0)  # the first death ends the task: one worker restarted, not four
     try:
-        with pytest.raises(stitch.ClusterError, match=f"^block {KILLED_BLOCK} was lost with every worker that ran it"):
+        with pytest.raises(stitch.ClusterError, match="^block [0-9]+ was lost with every worker that ran it") as lost:
             run_to_end(_events(load_model(tiny_model_file), mosaic, tmp_path / "cluster.zarr", client=client))
     finally:
         allow_failures(former)
-    assert zarr.open_array(tmp_path / "cluster.zarr", mode="r").attrs["done"] == list(range(KILLED_BLOCK))
+    # the killed worker may also have held the block before (queued on it while it ran another): that one is
+    # lost too, and the run ends at the first lost block in order, keeping every block before it
+    first_lost = int(str(lost.value).split()[1])
+    assert first_lost <= KILLED_BLOCK
+    assert zarr.open_array(tmp_path / "cluster.zarr", mode="r").attrs["done"] == list(range(first_lost))
 
 
 def test_segment_workers_and_scheduler_give_the_labels_of_a_local_run(capsys, tiny_model_file, mosaic, tmp_path,
