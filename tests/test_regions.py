@@ -45,21 +45,27 @@ def test_bad_regions_are_named_in_one_line(tmp_path) -> None:
         read_regions(tmp_path / "points.geojson", (60, 80))
 
 
-def test_cli_finetune_learns_only_inside_the_regions(capsys, tiny_model_file, tmp_path, monkeypatch) -> None:
+@pytest.fixture()
+def seen(monkeypatch) -> list:
+    """The pairs `napari-cdal finetune` hands the engine, gathered as the fine-tune runs."""
+    pairs: list = []
+    real = finetune_module.finetune
+
+    def watching(model, given, settings, *args, **kwargs):
+        pairs.extend(given)
+        return real(model, given, settings, *args, **kwargs)
+
+    monkeypatch.setattr(finetune_module, "finetune", watching)
+    return pairs
+
+
+def test_cli_finetune_learns_only_inside_the_regions(capsys, tiny_model_file, tmp_path, seen) -> None:
     tile = blob_tile(16)
     tifffile.imwrite(tmp_path / "tile.tif", tile.image)
     Image.fromarray(tile.instances.astype(np.uint16)).save(tmp_path / "mask.png")
     region = np.zeros(tile.instances.shape, np.uint8)
     region[0:64, 0:64] = 1  # the top-left quarter was corrected; the rest of the mask is not truth
     Image.fromarray(region).save(tmp_path / "region.png")
-    seen = []
-    real = finetune_module.finetune
-
-    def watching(model, pairs, settings, *args, **kwargs):
-        seen.extend(pairs)
-        return real(model, pairs, settings, *args, **kwargs)
-
-    monkeypatch.setattr(finetune_module, "finetune", watching)
     out = tmp_path / "tuned.safetensors"
     code, stdout, err = run(capsys, "finetune", tmp_path / "tile.tif", "--masks", tmp_path / "mask.png", "--regions",
                             tmp_path / "region.png", "--model", tiny_model_file, "--out", out, "--iterations", "2",
@@ -100,27 +106,22 @@ def test_a_review_csv_gives_each_item_s_box_widened_by_the_margin(tmp_path) -> N
                                                       51 + margin // 2)
 
 
-def test_a_bad_review_csv_is_refused_in_one_line(tmp_path) -> None:
-    plain = tmp_path / "measurements.csv"
-    plain.write_text("id,y,x\n1,2,3\n")
-    with pytest.raises(ValueError, match="without the box columns y0, y1, x0, x1"):
-        read_regions(plain, (60, 80))
-    elsewhere = tmp_path / "other_review.csv"
-    elsewhere.write_text("rank,y0,y1,x0,x1\n1,500,520,10,30\n")
-    with pytest.raises(ValueError, match="outside the 60 x 80 image: was the CSV written for another image"):
-        read_regions(elsewhere, (60, 80))
-    empty = tmp_path / "empty_review.csv"
-    empty.write_text("rank,y0,y1,x0,x1\n")
-    with pytest.raises(ValueError, match="holds no item"):
-        read_regions(empty, (60, 80))
-    garbled = tmp_path / "garbled_review.csv"
-    garbled.write_text("rank,y0,y1,x0,x1\n1,a,b,c,d\n")
-    with pytest.raises(ValueError, match="is not a review CSV of segment --review"):
-        read_regions(garbled, (60, 80))
+@pytest.mark.parametrize("name, text, message", [
+    ("measurements.csv", "id,y,x\n1,2,3\n", "without the box columns y0, y1, x0, x1"),
+    ("other_review.csv", "rank,y0,y1,x0,x1\n1,500,520,10,30\n",
+     "outside the 60 x 80 image: was the CSV written for another image"),
+    ("empty_review.csv", "rank,y0,y1,x0,x1\n", "holds no item"),
+    ("garbled_review.csv", "rank,y0,y1,x0,x1\n1,a,b,c,d\n", "is not a review CSV of segment --review"),
+])
+def test_a_bad_review_csv_is_refused_in_one_line(tmp_path, name, text, message) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_regions(path, (60, 80))
 
 
 def test_the_loop_is_scripted_with_segment_review_and_finetune_regions(capsys, tiny_model_file, tmp_path,
-                                                                         monkeypatch) -> None:
+                                                                         seen) -> None:
     import csv
 
     from napari_cdal.engine.defaults import REGION_MARGIN_UM
@@ -134,14 +135,6 @@ def test_the_loop_is_scripted_with_segment_review_and_finetune_regions(capsys, t
     rows = list(csv.DictReader((out / "tile_review.csv").read_text().splitlines()))
     # the pathologist corrects those items in the labels (here: the truth) and fine-tunes on their boxes
     Image.fromarray(tile.instances.astype(np.uint16)).save(tmp_path / "corrected.png")
-    seen = []
-    real = finetune_module.finetune
-
-    def watching(model, pairs, settings, *args, **kwargs):
-        seen.extend(pairs)
-        return real(model, pairs, settings, *args, **kwargs)
-
-    monkeypatch.setattr(finetune_module, "finetune", watching)
     code, stdout, err = run(capsys, "finetune", tmp_path / "tile.tif", "--masks", tmp_path / "corrected.png",
                             "--regions", out / "tile_review.csv", "--model", tiny_model_file, "--out",
                             tmp_path / "tuned.safetensors", "--iterations", "2", "--mpp", "0.5", "--threads", "1")
