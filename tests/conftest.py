@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from PIL import Image
 from napari_cdal.engine.config import PRESETS, ModelConfig
 from napari_cdal.engine.events import TICK
 from napari_cdal.engine.method.model import CdalModel
+from napari_cdal.models import CACHE_DIR_ENV
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 # one definition of the blob tiles and the tiny model's training, shared with the script that
@@ -55,10 +57,13 @@ def synthetic_volume(seed: int, shape=(12, 24, 24)) -> tuple[np.ndarray, np.ndar
 
 def pytest_configure(config) -> None:
     """NAPARI_CDAL_TEST_THREADS caps torch's threads: on a 2-core machine that also trains in the
-    background, two threads per process spin against each other and run many times slower."""
+    background, two threads per process spin against each other and run many times slower.
+    The runtimes' cache is a temporary folder of the run unless NAPARI_CDAL_CACHE_DIR names one."""
     threads = os.environ.get("NAPARI_CDAL_TEST_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
+    if not os.environ.get(CACHE_DIR_ENV):  # converted models go to a folder of this run, never the user's cache
+        os.environ[CACHE_DIR_ENV] = tempfile.mkdtemp(prefix="napari-cdal-test-cache-")
 
 
 @dataclass(frozen=True)

@@ -115,7 +115,7 @@ def test_stretch_applied_once_for_training_and_for_segmenting(tmp_path, monkeypa
     model = CdalModel.initialise(same_grid, 0).eval()
     seen = []
 
-    def capture(model, tile, *args):
+    def capture(model, tile, *args, **kwargs):
         seen.append(tile)
         raise StopIteration
 

@@ -28,7 +28,7 @@ KILLED_BLOCK = 4
 """The centre block of the 3 x 3: blocks before it are done, blocks after it are queued or running."""
 
 
-def segment_block_dying_once(model: str, slide: str, index: int, *args):
+def segment_block_dying_once(model: str, slide: str, index: int, *args, **kwargs):
     """stitch.segment_block, except that the worker process running KILLED_BLOCK is killed inside it, once, after
     the block's first event (its pixels read, its segmentation started), as the system kills a process: no cleanup,
     no reply. A file beside the slide remembers that it happened (the task runs again on a worker)."""
@@ -36,21 +36,21 @@ def segment_block_dying_once(model: str, slide: str, index: int, *args):
 
     marker = Path(slide).with_name("a_worker_was_killed")
     if index != KILLED_BLOCK or marker.exists():
-        return stitch.segment_block(model, slide, index, *args)
+        return stitch.segment_block(model, slide, index, *args, **kwargs)
     marker.touch()
     for _ in stitch.block_events(load_model(model), slide, index, *args):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def segment_block_killing_every_worker(model: str, slide: str, index: int, *args):
+def segment_block_killing_every_worker(model: str, slide: str, index: int, *args, **kwargs):
     """stitch.segment_block, except that every worker process that runs KILLED_BLOCK is killed (a block too large
     for any worker's memory)."""
     if index == KILLED_BLOCK:
         os.kill(os.getpid(), signal.SIGKILL)
-    return stitch.segment_block(model, slide, index, *args)
+    return stitch.segment_block(model, slide, index, *args, **kwargs)
 
 
-def segment_block_held(model: str, slide: str, index: int, *args):
+def segment_block_held(model: str, slide: str, index: int, *args, **kwargs):
     """stitch.segment_block, except that every block but the first waits until a file "go" lies beside the slide
     (a minute at most), so a run is surely waiting on the cluster when the test cancels it."""
     gate = Path(slide).with_name("go")
@@ -58,7 +58,7 @@ def segment_block_held(model: str, slide: str, index: int, *args):
         if index == 0 or gate.exists():
             break
         time.sleep(0.05)
-    return stitch.segment_block(model, slide, index, *args)
+    return stitch.segment_block(model, slide, index, *args, **kwargs)
 
 
 @pytest.fixture()

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tifffile
 from skimage.draw import disk
+from synthetic_slide import GLASS, write_sparse_slide  # tools/, on the path through conftest
 
 from napari_cdal.engine.io.images import ImageError, ImageHeader, check_read_whole, plane_size
 from napari_cdal.engine.slide.source import open_slide
@@ -18,7 +19,6 @@ from napari_cdal.engine.slide.stitch import BLOCK_PX, HALO_UM, plan_blocks
 from napari_cdal.engine.slide.tissue import TissueMask, detect_tissue
 
 HEIGHT, WIDTH, MPP, TILE, LEVELS = 80_000, 100_000, 0.25, 512, 8
-GLASS = 240
 ISLANDS = ((21_120, 41_600, 640), (51_840, 72_320, 544))
 """(top, left, side) of each square island of tissue, in level-0 pixels: on the 32-px grid of the 8 µm/px overview,
 each well inside one block (rows 10 and 25, columns 20 and 35 of the 2048-px blocks)."""
@@ -37,45 +37,11 @@ def tissue_island(seed: int, side: int) -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def write_sparse_slide(path: Path, islands: list[tuple[int, int, np.ndarray]]) -> Path:
-    """A pyramidal tiled JPEG BigTIFF of HEIGHT x WIDTH px (levels halved, as SubIFDs) holding `islands` on glass.
-
-    Only tiles touching an island are encoded (the island on glass-white); every other tile is left
-    empty (offset and byte count 0, read as black), as a scanner leaves what it did not scan, so the
-    file stays about a megabyte. tifffile takes the tiles' type from the first, so that one is glass.
-    """
-    def tiles(level: int):
-        factor = 2**level
-        height, width = -(-HEIGHT // factor), -(-WIDTH // factor)
-        placed = [(top // factor, left // factor, image[::factor, ::factor]) for top, left, image in islands]
-        for ty in range(0, height, TILE):
-            for tx in range(0, width, TILE):
-                hits = [(y, x, im) for y, x, im in placed
-                        if y < ty + TILE and y + im.shape[0] > ty and x < tx + TILE and x + im.shape[1] > tx]
-                if not hits and (ty, tx) != (0, 0):
-                    yield None
-                    continue
-                tile = np.full((TILE, TILE, 3), GLASS, np.uint8)
-                for y, x, im in hits:
-                    y0, x0, y1, x1 = max(y, ty), max(x, tx), min(y + im.shape[0], ty + TILE), min(x + im.shape[1],
-                                                                                                  tx + TILE)
-                    tile[y0 - ty:y1 - ty, x0 - tx:x1 - tx] = im[y0 - y:y1 - y, x0 - x:x1 - x]
-                yield tile
-
-    with tifffile.TiffWriter(path, bigtiff=True) as tif:
-        for k in range(LEVELS):
-            options = {"subifds": LEVELS - 1} if k == 0 else {"subfiletype": 1}
-            tif.write(tiles(k), shape=(-(-HEIGHT // 2**k), -(-WIDTH // 2**k), 3), dtype=np.uint8, tile=(TILE, TILE),
-                      photometric="rgb", compression="jpeg", resolution=(1e4 / (MPP * 2**k),) * 2,
-                      resolutionunit="CENTIMETER", **options)
-    return path
-
-
 @pytest.fixture(scope="module")
 def big_slide(tmp_path_factory) -> Path:
     """The real-size slide with its two islands (written once for the module: well under a second)."""
     islands = [(top, left, tissue_island(seed, side)) for seed, (top, left, side) in enumerate(ISLANDS)]
-    return write_sparse_slide(tmp_path_factory.mktemp("slides") / "scan.tif", islands)
+    return write_sparse_slide(tmp_path_factory.mktemp("slides") / "scan.tif", islands, HEIGHT, WIDTH, MPP, TILE, LEVELS)
 
 
 def island_area_mm2() -> float:

@@ -25,19 +25,29 @@ def test_boxes_cover_every_pixel_with_right_sizes(
 ) -> None:
     boxes = tile_boxes(height, width, tile, overlap)
     cover = np.zeros((height, width), dtype=int)
+    sizes = {(y1 - y0, x1 - x0) for y0, y1, x0, x1 in boxes}
+    assert len(sizes) == 1, "every tile has one size"
+    (tile_h, tile_w), = sizes
+    assert tile_h <= min(tile, height) and tile_w <= min(tile, width)
     for y0, y1, x0, x1 in boxes:
         assert 0 <= y0 < y1 <= height and 0 <= x0 < x1 <= width
-        assert y1 - y0 == min(tile, height) and x1 - x0 == min(tile, width)
         cover[y0:y1, x0:x1] += 1
     assert cover.min() >= 1
     assert len(set(boxes)) == len(boxes)
-    ys = sorted({b[0] for b in boxes})
-    stride = tile - overlap
-    assert ys[0] == 0 and max(b[1] for b in boxes) == height
-    for a, b in zip(ys[:-2], ys[1:-1], strict=True):
-        assert b - a == stride  # regular stride, only the last box is shifted back
-    if len(ys) > 1:
-        assert 0 < ys[-1] - ys[-2] <= stride
+    for starts, length, size in ((sorted({b[0] for b in boxes}), height, tile_h),
+                                 (sorted({b[2] for b in boxes}), width, tile_w)):
+        fewest = 1 if length <= tile else -(-(length - overlap) // (tile - overlap))
+        assert len(starts) == fewest
+        assert starts[0] == 0 and starts[-1] + size == length
+        gaps = np.diff(starts)
+        assert all(size - gap >= overlap for gap in gaps)  # neighbours overlap by at least `overlap`
+        assert np.ptp(gaps) <= 1 if len(gaps) else True  # spread evenly
+
+
+def test_even_tiles_compute_fewer_pixels_than_a_fixed_stride() -> None:
+    boxes = tile_boxes(1152, 1152, 512, 64, multiple=16)
+    assert len(boxes) == 9 and {(y1 - y0, x1 - x0) for y0, y1, x0, x1 in boxes} == {(432, 432)}
+    assert 9 * 432 * 432 < 0.72 * 9 * 512 * 512
 
 
 def test_boxes_exact_layout() -> None:
@@ -45,15 +55,16 @@ def test_boxes_exact_layout() -> None:
     assert tile_boxes(5, 6, 8, 2) == [(0, 5, 0, 6)]
     assert tile_boxes(12, 12, 6, 2) == [
         (0, 6, 0, 6),
-        (0, 6, 4, 10),
+        (0, 6, 3, 9),
         (0, 6, 6, 12),
-        (4, 10, 0, 6),
-        (4, 10, 4, 10),
-        (4, 10, 6, 12),
+        (3, 9, 0, 6),
+        (3, 9, 3, 9),
+        (3, 9, 6, 12),
         (6, 12, 0, 6),
-        (6, 12, 4, 10),
+        (6, 12, 3, 9),
         (6, 12, 6, 12),
     ]
+    assert tile_boxes(40, 20, 32, 8, multiple=8) == [(0, 24, 0, 20), (16, 40, 0, 20)]
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MODEL_DIR_ENV = "NAPARI_CDAL_MODEL_DIR"
+CACHE_DIR_ENV = "NAPARI_CDAL_CACHE_DIR"
 MODEL_SUFFIX = ".safetensors"
 TRAINING_STATE_SUFFIX = ".state.safetensors"
 
@@ -50,6 +51,21 @@ def model_dir() -> Path:
     if configured:
         return Path(configured).expanduser()
     return _user_data_dir() / "models"
+
+
+def cache_dir() -> Path:
+    """Where derived files live (a model converted for a faster runtime): $NAPARI_CDAL_CACHE_DIR, else the per-user
+    cache folder. Anything in it can be deleted; it is made again when needed."""
+    configured = os.environ.get(CACHE_DIR_ENV, "").strip()
+    if configured:
+        return Path(configured).expanduser()
+    try:
+        from platformdirs import user_cache_path
+
+        return user_cache_path("napari-cdal", appauthor=False)
+    except ImportError:
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(base) / "napari-cdal"
 
 
 def bundled_model_file() -> Path:

@@ -82,6 +82,24 @@ def load_model_cached(path: str | Path, device: str) -> CdalModel:
     return _cached_model(str(path.resolve()), path.stat().st_mtime_ns, device)
 
 
+@functools.lru_cache(maxsize=2)
+def _cached_sampling_model(path: str, mtime_ns: int, device: str) -> CdalModel:
+    from napari_cdal.engine.defaults import DEFAULT_PRECISION
+    from napari_cdal.engine.method.runtime import with_runtime
+
+    return with_runtime(_cached_model(path, mtime_ns, device), "torch", DEFAULT_PRECISION)
+
+
+def sampling_model_cached(path: str | Path, device: str) -> CdalModel:
+    """The model Segment samples with, made once per (file, time, device): torch at the default precision (bfloat16
+    where the CPU computes it natively), so that a Cancel stops inside a network pass, which OpenVINO cannot; on
+    these CPUs torch's bfloat16 was within 10 % of OpenVINO's time (benchmarks/peer_speed.py)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    return _cached_sampling_model(str(path.resolve()), path.stat().st_mtime_ns, device)
+
+
 def _stoppable(model: CdalModel, cancel: threading.Event | None) -> AbstractContextManager[None]:
     """The model's networks check `cancel` before each block while the run lasts: a Cancel stops a pass at once."""
     from napari_cdal.engine.events import stop_on_cancel
@@ -106,7 +124,7 @@ def run_segmentation(
 
     try:
         device = str(resolve_device(settings.device))
-        model = load_model_cached(settings.model_path, device)
+        model = sampling_model_cached(settings.model_path, device)
         height, width = (box[1] - box[0], box[3] - box[2]) if box is not None else image.shape[:2]
         check_memory(segment_peak_bytes(height, width, settings.image_mpp, model.config, settings.sampling_steps,
                                         settings.samples), f"the image ({height} x {width} px)")
@@ -143,7 +161,7 @@ def run_volume_segmentation(
 
     try:
         device = str(resolve_device(settings.device))
-        model = load_model_cached(settings.model_path, device)
+        model = sampling_model_cached(settings.model_path, device)
         with _stoppable(model, cancel):
             for event in segment_volume(model, np.asarray(volume), settings.sampling_steps, settings.samples,
                                         settings.seed):
@@ -177,7 +195,7 @@ def run_whole_slide(
 
     try:
         device = str(resolve_device(settings.device))
-        model = load_model_cached(settings.model_path, device)
+        model = sampling_model_cached(settings.model_path, device)
         with open_slide(slide) as source, _stoppable(model, cancel):
             for event in segment_slide(model, source, store, settings.image_mpp,
                                        sampling_steps=settings.sampling_steps, samples=settings.samples,

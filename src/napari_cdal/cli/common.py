@@ -23,8 +23,10 @@ def progress(total: int, desc: str, unit: str) -> Any:
 
 
 def check_runtime(args: argparse.Namespace) -> None:
-    """The options every computing command shares, checked before anything is loaded."""
+    """The options every computing command shares, checked before anything is loaded (--fast applied here)."""
     from napari_cdal.engine.checks import check_at_least, check_mpp, check_threshold
+
+    apply_fast(args)
 
     check_at_least(getattr(args, "threads", None), 1, "--threads")
     if getattr(args, "mpp", None) is not None:
@@ -59,6 +61,27 @@ def load_model(path: str | None, device: Any) -> Any:
     from napari_cdal.engine.method.model import load_model
 
     return load_model(path, device)
+
+
+def sampling_model(path: str | None, device: Any, args: argparse.Namespace) -> Any:
+    """The model to sample with: loaded, on --runtime at --precision; a runtime asked for by name that falls back
+    says why on stderr."""
+    from napari_cdal.engine.method.runtime import with_runtime
+
+    model = with_runtime(load_model(path, device), args.runtime, args.precision)
+    if model.runtime.note and args.runtime != "auto":
+        print(f"note: {model.runtime.describe()}", file=sys.stderr)
+    return model
+
+
+def apply_fast(args: argparse.Namespace) -> None:
+    """--fast: FAST_SETTINGS' steps and samples where the user gave none."""
+    from napari_cdal.engine.defaults import FAST_SETTINGS
+
+    if getattr(args, "fast", False):
+        for dest, value in FAST_SETTINGS.items():
+            if getattr(args, dest) is None:
+                setattr(args, dest, value)
 
 
 def model_for(spec: str | None, volumes: bool) -> str | None:

@@ -78,7 +78,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise CliError(f"no images to score: {where} is empty; a tile folder holds images/<id>.tif "
                        "next to masks/<id>.png")
     device = common.setup_torch(args)
-    model = common.load_model(common.model_for(args.model, volumes=volumes), device)
+    model = common.sampling_model(common.model_for(args.model, volumes=volumes), device, args)
     steps = common.check_sampling_steps(model, args)
     if volumes != model.config.is_multiclass:
         kind = "volumes" if volumes else "2-D tiles"
@@ -103,7 +103,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     summary["model"] = str(model.source)
     summary["settings"] = {"sampling_steps": steps,
                            "samples": model.config.default_samples if args.samples is None else args.samples,
-                           "seed": args.seed, "threshold": args.threshold, "mpp": args.mpp}
+                           "seed": args.seed, "threshold": args.threshold, "mpp": args.mpp,
+                           "runtime": model.runtime.describe()}
     if volumes:
         print(_format_class_table(summary["per_image"], summary["mean"], summary["seconds_per_image"],
                                   model.config.class_names))

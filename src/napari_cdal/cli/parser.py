@@ -11,11 +11,16 @@ from napari_cdal.cli.segment import cmd_segment
 from napari_cdal.cli.train import cmd_train
 from napari_cdal.engine.defaults import (
     DEFAULT_IMAGE_MPP,
+    DEFAULT_PRECISION,
+    DEFAULT_RUNTIME,
     DEFAULT_THRESHOLD,
     DEFAULT_TISSUE,
     DEVICE_CHOICES,
+    FAST_SETTINGS,
     FINETUNE_D_LR_RATIO,
     FINETUNE_SETTINGS,
+    PRECISION_CHOICES,
+    RUNTIME_CHOICES,
     TISSUE_CHOICES,
 )
 
@@ -42,6 +47,16 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
                    help=f"the image's µm per pixel (default: {DEFAULT_IMAGE_MPP}, a 40x tile; 0.5 for 20x)")
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                    help=f"how sure the model must be that a pixel is nucleus, 0 to 1 (default: {DEFAULT_THRESHOLD})")
+    p.add_argument("--fast", action="store_true",
+                   help=f"for slides and batches: {FAST_SETTINGS['sampling_steps']} step and "
+                        f"{FAST_SETTINGS['samples']} sample unless --sampling-steps or --samples say otherwise "
+                        "(about 3x faster; no uncertainty map; on validation tiles Dice 0.806 against 0.809)")
+    p.add_argument("--runtime", default=DEFAULT_RUNTIME, choices=RUNTIME_CHOICES,
+                   help=f"what runs the network while sampling: auto (OpenVINO on a CPU where it is installed, "
+                        f"else torch), torch or openvino (default: {DEFAULT_RUNTIME})")
+    p.add_argument("--precision", default=DEFAULT_PRECISION, choices=PRECISION_CHOICES,
+                   help="arithmetic of the network while sampling: auto (bfloat16 where the CPU or GPU computes "
+                        f"it natively, else float32), float32 or bfloat16 (default: {DEFAULT_PRECISION})")
 
 
 def build_parser() -> argparse.ArgumentParser:

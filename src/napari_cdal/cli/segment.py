@@ -271,8 +271,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if args.samples is not None:  # known before the model loads
         _check_uncertainty_has_samples(args, args.samples)
     device = common.setup_torch(args)
-    model = common.load_model(common.model_for(args.model, volumes=bool(volumes) and len(volumes) == len(images)),
-                              device)
+    model = common.sampling_model(common.model_for(args.model, volumes=bool(volumes) and len(volumes) == len(images)),
+                                  device, args)
     _check_model_fits(model, volumes, images)
     if model.config.model_side and slides:  # a model that sees images whole never cuts them into blocks
         if args.slide or on_cluster:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import torch
 
-from napari_cdal.engine.defaults import DEVICE_CHOICES
+from napari_cdal.engine.defaults import DEVICE_CHOICES, PRECISION_CHOICES
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -22,15 +22,20 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 @contextlib.contextmanager
-def autocast(device: torch.device) -> Iterator[None]:
-    """Mixed precision on CUDA only (bf16 where supported, else fp16); the CPU stays float32.
+def autocast(device: torch.device, precision: str = "auto") -> Iterator[None]:
+    """The arithmetic of torch's network passes: `precision` of PRECISION_CHOICES on `device`.
 
-    CPU autocast would change results and gains little on small convolutions, so tests on the
-    CPU see exactly the float32 path.
+    auto is mixed precision on CUDA (bf16 where supported, else fp16) and float32 on the CPU, so
+    tests on the CPU see exactly the float32 path; bfloat16 autocasts on either; float32 never.
     """
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        with torch.autocast("cuda", dtype=dtype):
+    if precision not in PRECISION_CHOICES:
+        raise ValueError(f"precision must be one of {PRECISION_CHOICES}, got {precision!r}")
+    if device.type == "cuda" and precision != "float32":
+        wanted = "bfloat16" if precision == "bfloat16" or torch.cuda.is_bf16_supported() else "float16"
+        with torch.autocast("cuda", dtype=getattr(torch, wanted)):
+            yield
+    elif device.type == "cpu" and precision == "bfloat16":
+        with torch.autocast("cpu", dtype=torch.bfloat16):
             yield
     else:
         yield

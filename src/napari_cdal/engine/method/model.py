@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from napari_cdal.engine.method.networks import Discriminator, Generator
 from napari_cdal.engine.method.pixel_disc import PixelDiscriminator
 from napari_cdal.engine.method.schedule import VPSchedule
 from napari_cdal.models import MODEL_SUFFIX, bundled_models
+
+if TYPE_CHECKING:
+    from napari_cdal.engine.method.runtime import Runtime
 
 BUNDLED_MODEL_NAME = "cdal_monuseg.safetensors"
 
@@ -87,6 +90,8 @@ class CdalModel:
     source: str = ""
     replay: ReplaySet | None = None
     """Patches of its training data that fine-tuning replays (None: the model carries none)."""
+    runtime: Runtime | None = field(default=None, repr=False, compare=False)
+    """How sampling runs G (runtime.with_runtime); None is torch at the device's default precision."""
 
     @property
     def schedule(self) -> VPSchedule:

@@ -14,6 +14,7 @@ from napari_cdal.engine.config import UNCERTAINTY_MEASURES, ModelConfig
 from napari_cdal.engine.device import autocast
 from napari_cdal.engine.events import Progress, then_tick
 from napari_cdal.engine.method.model import CdalModel
+from napari_cdal.engine.method.runtime import Runtime
 from napari_cdal.engine.method.schedule import randn_like
 
 
@@ -54,8 +55,8 @@ class SampleOutput:
     """End of the reverse process: mean probability per label channel and the uncertainty maps.
 
     `probability` is (B, C, H, W); `uncertainty` (B, H, W) is the model's chosen measure (its
-    config's uncertainty_measure); every measure of UNCERTAINTY_MEASURES is in
-    `uncertainty_maps`. With one sample they are all zero.
+    config's uncertainty_measure); `uncertainty_maps` holds every measure asked for (all of
+    UNCERTAINTY_MEASURES unless reverse_process was given fewer). With one sample they are all zero.
     """
 
     probability: torch.Tensor
@@ -81,25 +82,28 @@ def _binary_entropy(p: torch.Tensor) -> torch.Tensor:
     return -(torch.special.xlogy(p, p) + torch.special.xlogy(q, q)) / math.log(2.0)
 
 
-def uncertainty_maps(foreground: torch.Tensor, chain: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Every uncertainty measure (UNCERTAINTY_MEASURES) from the K samples' foreground probabilities.
+def uncertainty_maps(foreground: torch.Tensor, chain: torch.Tensor | None = None,
+                     measures: tuple[str, ...] = UNCERTAINTY_MEASURES) -> dict[str, torch.Tensor]:
+    """The uncertainty `measures` (default: every one of UNCERTAINTY_MEASURES) from the K samples' foregrounds.
 
     `foreground` is the last step's (K, ...); `chain` is every step's (T, K, ...), for the
     `chain_` measures, which treat the x̂_0 of all steps and samples as one ensemble. One sample
-    has no spread: all maps are zero then, since nothing says how sure the model is.
+    has no spread: all maps are zero then, since nothing says how sure the model is. Only the
+    measures asked for are computed (a tile's run needs one).
     """
     if foreground.shape[0] < 2:
         zero = torch.zeros_like(foreground[0])
-        return {name: zero for name in UNCERTAINTY_MEASURES}
+        return {name: zero for name in measures}
     members = foreground if chain is None else chain.flatten(0, 1)
-    total = _binary_entropy(foreground.mean(dim=0))
-    return {
-        "std": foreground.std(dim=0, unbiased=False),
-        "entropy": total,
-        "mutual_information": (total - _binary_entropy(foreground).mean(dim=0)).clamp_min(0.0),
-        "chain_std": members.std(dim=0, unbiased=False),
-        "chain_entropy": _binary_entropy(members.mean(dim=0)),
+    makers = {
+        "std": lambda: foreground.std(dim=0, unbiased=False),
+        "entropy": lambda: _binary_entropy(foreground.mean(dim=0)),
+        "mutual_information": lambda: (_binary_entropy(foreground.mean(dim=0))
+                                       - _binary_entropy(foreground).mean(dim=0)).clamp_min(0.0),
+        "chain_std": lambda: members.std(dim=0, unbiased=False),
+        "chain_entropy": lambda: _binary_entropy(members.mean(dim=0)),
     }
+    return {name: makers[name]() for name in measures}
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -123,6 +127,7 @@ def reverse_process(
     attention_kinds: tuple[str, ...] = (),
     shared_latent: bool = False,
     keep_pairs: bool = False,
+    measures: tuple[str, ...] | None = None,
 ) -> Generator[Progress, None, None]:
     """Sample label maps for a batch of normalised images (B, C, H, W), yielding each reverse step.
 
@@ -137,7 +142,9 @@ def reverse_process(
     `attention_kinds` adds D's other maps (DISC_KINDS of its kind) to each step's output. `shared_latent`
     gives the K samples of an image the same z at each step, so that their spread comes from the
     noise alone (to measure how much of it z makes). `keep_pairs` puts each step's SampledPair in its
-    StepOutput: D learns from exactly what sampling shows it. Sizes are padded internally and cropped back.
+    StepOutput: D learns from exactly what sampling shows it. `measures` names the uncertainty maps to compute
+    (default: every one; the model's own measure always). G runs on the model's runtime (runtime.with_runtime), torch
+    by default. Sizes are padded internally and cropped back.
     """
     config = model.config
     samples = config.default_samples if samples is None else samples
@@ -147,10 +154,11 @@ def reverse_process(
     steps = config.sampling_steps if sampling_steps is None else sampling_steps
     levels = schedule.sampling_levels(steps)
     device = next(model.generator.parameters()).device
-    in_autocast = functools.partial(autocast, device)  # around each network pass
+    runtime = model.runtime or Runtime(model, "auto")
+    in_autocast = functools.partial(autocast, device, runtime.torch_precision)  # around each pass of D
     padded, (height, width) = pad_to_multiple(image.to(device), config.size_multiple)
     batch = padded.shape[0]
-    with autocast(device):
+    with in_autocast():
         features = model.generator.encode_image(padded)
     if batch > 1:
         features = features.repeat_interleave(samples, dim=0)
@@ -174,8 +182,7 @@ def reverse_process(
         z = randn_like(torch.empty(batch if shared_latent else members, config.latent_dim, device=device), rng)
         if shared_latent:
             z = z.repeat_interleave(samples, dim=0)
-        x0 = (yield from then_tick(functools.partial(model.generator, x_k, t, features, z, x0), i, steps,
-                                   in_autocast)).float()
+        x0 = (yield from then_tick(functools.partial(runtime.generator_pass, x_k, t, features, z, x0), i, steps))
         chain.append(foreground_of(per_image(((x0 + 1.0) / 2.0).clamp(0.0, 1.0)), config))
         x_s = schedule.jump_sample(x0, x_k, k, s, rng, config.sampling_noise)
         if config.attention_in_sampling and s > 0:
@@ -197,6 +204,7 @@ def reverse_process(
                                                     x_to_mean=per_image(x_s).mean(dim=0), pair=pair))
         x_k = x_s
     probs = per_image(((x0 + 1.0) / 2.0).clamp(0.0, 1.0))
-    measures = uncertainty_maps(foreground_of(probs, config), torch.stack(chain))
+    wanted = UNCERTAINTY_MEASURES if measures is None else tuple(dict.fromkeys((config.uncertainty_measure, *measures)))
+    maps = uncertainty_maps(foreground_of(probs, config), torch.stack(chain), wanted)
     yield Progress("done", steps, steps,
-                   SampleOutput(probs.mean(dim=0), measures[config.uncertainty_measure], measures))
+                   SampleOutput(probs.mean(dim=0), maps[config.uncertainty_measure], maps))

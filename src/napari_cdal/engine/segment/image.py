@@ -154,7 +154,7 @@ def segment_image(
     on_model_grid = normalise(resample(pixels, (mh, mw)), config)
     n_steps = config.sampling_steps if sampling_steps is None else sampling_steps
     samples = config.default_samples if samples is None else samples
-    boxes = tile_boxes(mh, mw, tile_size, overlap)
+    boxes = tile_boxes(mh, mw, tile_size, overlap, config.size_multiple)
     total = len(boxes) * n_steps
     rng = make_generator(seed)
     wanted = (config.uncertainty_measure, *uncertainty_kinds)
@@ -173,7 +173,8 @@ def segment_image(
         box_size = (image_box[1] - image_box[0], image_box[3] - image_box[2])
         step_maps, chain_maps, att_maps = [], [], []
         last_maps: dict[str, torch.Tensor] = {}
-        for event in reverse_process(model, tile, n_steps, samples, rng, with_attention, attention_kinds):
+        for event in reverse_process(model, tile, n_steps, samples, rng, with_attention, attention_kinds,
+                                     measures=measures_kept):
             if event.stage == TICK:
                 yield Progress(TICK, tile_index * n_steps + event.index, total)
                 continue

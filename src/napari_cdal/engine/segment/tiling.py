@@ -14,34 +14,38 @@ def _check_int(name: str, value: object, minimum: int) -> int:
     return int(value)
 
 
-def _starts(length: int, tile: int, stride: int) -> list[int]:
+def _spans(length: int, tile: int, overlap: int, multiple: int) -> tuple[list[int], int]:
+    """Starts and size of the fewest spans of at most `tile` px covering `length` with neighbours overlapping by at
+    least `overlap` px, all of one size (a multiple of `multiple` where it fits), spread evenly."""
     if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile, stride))
-    starts.append(length - tile)
-    return starts
+        return [0], length
+    count = -(-(length - overlap) // (tile - overlap))
+    size = -(-(length + (count - 1) * overlap) // count)
+    size = min(tile, length, -(-size // multiple) * multiple)
+    return [i * (length - size) // (count - 1) for i in range(count)], size
 
 
-def tile_boxes(height: int, width: int, tile: int, overlap: int) -> list[Box]:
-    """Boxes (y0, y1, x0, x1) of size tile x tile (or the full extent where the image is smaller).
+def tile_boxes(height: int, width: int, tile: int, overlap: int, multiple: int = 1) -> list[Box]:
+    """Boxes (y0, y1, x0, x1) covering the image: the fewest per axis of at most tile x tile px, all of one size.
 
-    Consecutive boxes start ``tile - overlap`` apart; the last one is shifted back to end at the
-    edge, so neighbours overlap by at least ``overlap`` pixels. Row-major order.
+    Neighbours overlap by at least ``overlap`` pixels, spread evenly, so no tile is mostly a copy of
+    its neighbour (a fixed stride with the last box shifted back computed up to 1.5x the pixels).
+    The size is rounded up to a multiple of ``multiple`` where that still fits (the network's, so
+    that no tile is padded), and is the full extent where the image is smaller than a tile.
+    Row-major order.
     """
     height = _check_int("tile_boxes: height", height, 1)
     width = _check_int("tile_boxes: width", width, 1)
     tile = _check_int("tile_boxes: tile", tile, 1)
     overlap = _check_int("tile_boxes: overlap", overlap, 0)
+    multiple = _check_int("tile_boxes: multiple", multiple, 1)
     if overlap >= tile:
         raise ValueError(
             f"tile_boxes: overlap ({overlap}) must be smaller than tile ({tile}); lower the overlap"
         )
-    stride = tile - overlap
-    return [
-        (y0, min(y0 + tile, height), x0, min(x0 + tile, width))
-        for y0 in _starts(height, tile, stride)
-        for x0 in _starts(width, tile, stride)
-    ]
+    ys, tile_h = _spans(height, tile, overlap, multiple)
+    xs, tile_w = _spans(width, tile, overlap, multiple)
+    return [(y0, y0 + tile_h, x0, x0 + tile_w) for y0 in ys for x0 in xs]
 
 
 def _ramp_1d(length: int, ramp: int) -> np.ndarray:

@@ -204,11 +204,14 @@ class BlockSegmentation:
 
 
 @functools.lru_cache(maxsize=2)
-def _worker_model(path: str) -> CdalModel:
-    """A model loaded once per worker process (tasks carry the file's path, never the weights)."""
+def _worker_model(path: str, runtime: tuple[str, str] | None) -> CdalModel:
+    """A model loaded once per worker process, on the runtime the run chose (name, precision; None: the reference);
+    tasks carry the file's path, never the weights."""
     from napari_cdal.engine.method.model import load_model
+    from napari_cdal.engine.method.runtime import with_runtime
 
-    return load_model(path)
+    model = load_model(path)
+    return model if runtime is None else with_runtime(model, *runtime)
 
 
 def block_events(model: CdalModel, slide: SlideSource | str | Path, index: int, core: Box, region: Box,
@@ -240,10 +243,11 @@ def block_events(model: CdalModel, slide: SlideSource | str | Path, index: int, 
 
 def segment_block(model: CdalModel | str, slide: SlideSource | str | Path, index: int, core: Box, region: Box,
                   image_mpp: float, sampling_steps: int | None, samples: int | None, seed: int, threshold: float,
-                  keep_pixels: bool) -> BlockSegmentation:
-    """Segment one block (block_events run to the end); a Dask task when `model` and `slide` are paths."""
+                  keep_pixels: bool, runtime: tuple[str, str] | None = None) -> BlockSegmentation:
+    """Segment one block (block_events run to the end); a Dask task when `model` and `slide` are paths, the model
+    then loaded on `runtime` (its name and precision)."""
     if isinstance(model, str):
-        model = _worker_model(model)
+        model = _worker_model(model, runtime)
     return run_to_end(block_events(model, slide, index, core, region, image_mpp, sampling_steps, samples, seed,
                                    threshold, keep_pixels))
 
@@ -357,8 +361,10 @@ def segment_slide(model: CdalModel, source: SlideSource, store: str | Path, imag
     to_run = {index for index, part in enumerate(planned) if part.region is not None and index not in done}
     futures = {}
     if client is not None:  # every block at once; keys of their own (pure=False), never an earlier run's
+        runtime = (model.runtime.name, model.runtime.precision) if model.runtime else None
         futures = {index: client.submit(segment_block, str(model.source), str(source.path), index,
-                                        planned[index].core, planned[index].region, *common, pure=False)
+                                        planned[index].core, planned[index].region, *common, runtime=runtime,
+                                        pure=False)
                    for index in sorted(to_run)}
     try:
         for index, part in enumerate(planned):
