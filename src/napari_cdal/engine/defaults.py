@@ -17,11 +17,12 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 """Where to compute: auto takes a CUDA GPU when torch sees one, else the CPU."""
 
 RUNTIME_CHOICES = ("auto", "torch", "openvino")
-"""Where sampling runs the generator: auto takes OpenVINO on a CPU where it is installed (benchmarks/runtimes.py:
+"""Where sampling runs the generator: auto takes OpenVINO on a CPU where it is installed (benchmarks/peer_speed.py:
 about 2x torch's speed on a bf16 CPU), else torch; torch is the reference."""
 
 DEFAULT_RUNTIME = "auto"
-"""The runtime segment, evaluate, slides and the widget sample with; training and fine-tuning always use torch."""
+"""The runtime the CLI's segment and evaluate (slides too) sample with; the widget samples in torch, whose passes a
+Cancel can stop, and training and fine-tuning always use torch."""
 
 PRECISION_CHOICES = ("auto", "float32", "bfloat16")
 """The arithmetic of sampling's network passes: auto is bfloat16 where it was measured to keep Dice within 0.002
@@ -32,8 +33,8 @@ DEFAULT_PRECISION = "auto"
 
 FAST_SETTINGS: dict[str, int] = {"sampling_steps": 1, "samples": 1}
 """What --fast (slides and batches) samples with: one step and one sample, so no uncertainty map. On the validation
-tiles (benchmarks/accuracy.py) it scored Dice 0.806 / AJI 0.601 against the defaults' 0.809 / 0.599, at a third
-of the time per tile."""
+tiles (`napari-cdal evaluate --fast --split benchmarks/monuseg_split.json`) it scored Dice 0.807 / AJI 0.603
+against the defaults' 0.809 / 0.599, in less than half the time per tile (benchmarks/peer_speed.py)."""
 
 TISSUE_CHOICES = ("auto", "all")
 """Which blocks of a slide are segmented: auto, those with tissue (found on a low-resolution view); all, every one."""
