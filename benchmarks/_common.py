@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import platform
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,27 @@ def default_data_dir() -> Path:
 def split() -> dict[str, list[str]]:
     data = json.loads(SPLIT_FILE.read_text())
     return {"train": data["train"], "validation": data["validation"]}
+
+
+CUT_GAP_PX = 32
+"""Pixels left out on the corrected side of a tile cut in two, so that no nucleus on the cut is half-seen."""
+
+
+def validation_by_organ(data: Path, split_file: Path) -> dict[str, list[str]]:
+    """The split's validation tile names grouped by organ (the data's manifest.csv), in the split's order."""
+    names = json.loads(Path(split_file).read_text())["validation"]
+    with (Path(data) / "manifest.csv").open(newline="") as handle:
+        organs = {row["id"]: row["organ"] for row in csv.DictReader(handle)}
+    grouped: dict[str, list[str]] = {}
+    for name in names:
+        grouped.setdefault(organs[name], []).append(name)
+    return grouped
+
+
+def crop_columns(tile: Any, x0: int, x1: int, suffix: str) -> Any:
+    """Columns x0:x1 of a Tile, named with `suffix`."""
+    return replace(tile, name=f"{tile.name} {suffix}", image=tile.image[:, x0:x1],
+                   foreground=tile.foreground[:, x0:x1], instances=tile.instances[:, x0:x1])
 
 
 def machine() -> dict[str, Any]:

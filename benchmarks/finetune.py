@@ -14,16 +14,14 @@ of the other organs are scored too, to see what the fine-tune forgot. Scores are
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from _common import display_path
+from _common import CUT_GAP_PX, crop_columns, display_path, validation_by_organ
 
 from napari_cdal.engine.data.tiles import Tile, load_folder
 from napari_cdal.engine.events import run_to_end
@@ -35,8 +33,6 @@ from napari_cdal.engine.training.finetune import finetune, finetune_config
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "monuseg" / "train"
 DATA_MPP = 0.25
-CUT_GAP_PX = 32
-"""Pixels left out on the fine-tune side of the cut, so a nucleus on the cut is not half-seen."""
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
@@ -55,14 +51,10 @@ and the defaults without cDAL's attention gate (no-gate), to see what the gate d
 
 def organ_tiles(data: Path, split: Path, organ: str) -> tuple[list[str], list[str]]:
     """Validation tile names of `organ`, and those of every other organ."""
-    names = json.loads(split.read_text())["validation"]
-    with (data / "manifest.csv").open(newline="") as handle:
-        organs = {row["id"]: row["organ"] for row in csv.DictReader(handle)}
-    chosen = [n for n in names if organs.get(n) == organ]
-    if not chosen:
-        known = sorted({organs[n] for n in names if n in organs})
-        raise SystemExit(f"--organ {organ!r} has no validation tile in {split}; choose one of {known}")
-    return chosen, [n for n in names if n not in chosen]
+    grouped = validation_by_organ(data, split)
+    if organ not in grouped:
+        raise SystemExit(f"--organ {organ!r} has no validation tile in {split}; choose one of {sorted(grouped)}")
+    return grouped[organ], [name for name in json.loads(split.read_text())["validation"] if name not in grouped[organ]]
 
 
 def halves(tile: Tile) -> tuple[FinetunePair, Tile]:
@@ -70,9 +62,7 @@ def halves(tile: Tile) -> tuple[FinetunePair, Tile]:
     height, width = tile.instances.shape
     cut = width // 2
     pair = FinetunePair(tile.image, tile.instances, [(0, height, 0, cut - CUT_GAP_PX)], f"{tile.name} left")
-    right = replace(tile, name=f"{tile.name} right", image=tile.image[:, cut:], foreground=tile.foreground[:, cut:],
-                    instances=tile.instances[:, cut:])
-    return pair, right
+    return pair, crop_columns(tile, cut, width, "right")
 
 
 def score(model: Any, tiles: list[Tile]) -> dict[str, Any]:

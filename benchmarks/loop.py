@@ -28,7 +28,6 @@ Runs already in --json are kept and skipped, so an interrupted benchmark goes on
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import sys
@@ -39,7 +38,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from _common import SPLIT_FILE, default_data_dir, display_path, machine, table
+from _common import (
+    CUT_GAP_PX,
+    SPLIT_FILE,
+    crop_columns,
+    default_data_dir,
+    display_path,
+    machine,
+    table,
+    validation_by_organ,
+)
 
 from napari_cdal.engine.data.tiles import Tile, load_folder
 from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP, FINETUNE_D_LR_RATIO, FINETUNE_SETTINGS, MIN_REGION_UM
@@ -56,27 +64,8 @@ from napari_cdal.engine.training.replay import REPLAY_PATCH_PX, REPLAY_PATCHES, 
 
 MPP = DEFAULT_IMAGE_MPP
 """MoNuSeg tiles are 40x: 0.25 µm/px."""
-CUT_GAP_PX = 32
-"""Pixels left out on the corrected side of a one-tile organ's cut, so no nucleus is half-seen."""
 MODES = ("review", "random", "whole")
 METRICS = ("aji", "dice", "pq")
-
-
-def organ_tiles(data: Path, split: Path) -> dict[str, list[str]]:
-    """The validation tile names of each organ, in the split's order."""
-    names = json.loads(split.read_text())["validation"]
-    with (data / "manifest.csv").open(newline="") as handle:
-        organs = {row["id"]: row["organ"] for row in csv.DictReader(handle)}
-    grouped: dict[str, list[str]] = {}
-    for name in names:
-        grouped.setdefault(organs[name], []).append(name)
-    return grouped
-
-
-def crop(tile: Tile, x0: int, x1: int, suffix: str) -> Tile:
-    """Columns x0:x1 of a tile."""
-    return replace(tile, name=f"{tile.name} {suffix}", image=tile.image[:, x0:x1],
-                   foreground=tile.foreground[:, x0:x1], instances=tile.instances[:, x0:x1])
 
 
 def corrected_and_unseen(tiles: list[Tile]) -> tuple[Tile, list[Tile]]:
@@ -85,7 +74,7 @@ def corrected_and_unseen(tiles: list[Tile]) -> tuple[Tile, list[Tile]]:
         return tiles[0], tiles[1:]
     width = tiles[0].instances.shape[1]
     cut = width // 2
-    return crop(tiles[0], 0, cut - CUT_GAP_PX, "left"), [crop(tiles[0], cut, width, "right")]
+    return crop_columns(tiles[0], 0, cut - CUT_GAP_PX, "left"), [crop_columns(tiles[0], cut, width, "right")]
 
 
 def review_queue(model: CdalModel, tile: Tile, seed: int) -> tuple[np.ndarray, list[ReviewItem], float]:
@@ -198,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         names = json.loads(args.split.read_text())["train"]
         model = replace(model, replay=make_replay_set(load_folder(args.data, names), MPP, model.config,
                                                       REPLAY_PATCHES, REPLAY_PATCH_PX, np.random.default_rng(0)))
-    grouped = organ_tiles(args.data, args.split)
+    grouped = validation_by_organ(args.data, args.split)
     organs = [o for o in args.organs.split(",") if o]
     if unknown := [o for o in organs if o not in grouped]:
         raise SystemExit(f"--organs: {unknown} have no validation tile; choose of {sorted(grouped)}")

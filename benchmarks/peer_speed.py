@@ -7,7 +7,8 @@ PEER_DIR holds the StarDist peer (its model/ and time_stardist.py; see its READM
 Each round times StarDist on the tiles (a subprocess, 2 threads, after a warm-up tile), then
 napari-cdal on the same tiles in each setting (after a warm-up tile), alternating; each tile keeps
 its best time over the rounds. Settings: the defaults (runtime and precision auto), the torch
-runtime in float32 (the reference path), and --fast. Machines drift from hour to hour, so only
+runtime in float32 (the reference path), torch at the default precision (what the widget samples
+with), and --fast. Machines drift from hour to hour, so only
 the ratio measured in one run means anything.
 """
 
@@ -19,22 +20,21 @@ import os
 import statistics
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from _common import default_data_dir, machine, split, table, write_json
+from speed import seconds_per_tile
 
 from napari_cdal.engine.defaults import FAST_SETTINGS
-from napari_cdal.engine.events import run_to_end
 from napari_cdal.engine.io.images import read_image
 from napari_cdal.engine.method.model import load_model
 from napari_cdal.engine.method.runtime import with_runtime
-from napari_cdal.engine.segment.image import segment_image
 
 SETTINGS = {
     "defaults": {"runtime": "auto", "precision": "auto", "sampling_steps": None, "samples": None},
     "torch float32": {"runtime": "torch", "precision": "float32", "sampling_steps": None, "samples": None},
+    "widget": {"runtime": "torch", "precision": "auto", "sampling_steps": None, "samples": None},
     "fast": {"runtime": "auto", "precision": "auto", **FAST_SETTINGS},
 }
 
@@ -50,18 +50,13 @@ def time_stardist(python: str, peer: Path, tiles: list[Path], threads: int) -> d
 
 
 def time_cdal(models: dict, images: dict[str, object]) -> dict[str, dict[str, float]]:
-    """Seconds per tile of segment_image in each setting (after one warm-up tile), keyed by setting then file."""
+    """Seconds per tile of the segment path in each setting (after one warm-up tile), keyed by setting then file."""
     times: dict[str, dict[str, float]] = {}
     for name, setting in SETTINGS.items():
-        model = models[name]
-        kwargs = {"sampling_steps": setting["sampling_steps"], "samples": setting["samples"],
-                  "keep_steps": False, "with_attention": False}
-        run_to_end(segment_image(model, next(iter(images.values())), **kwargs))
-        times[name] = {}
-        for file, pixels in images.items():
-            started = time.perf_counter()
-            run_to_end(segment_image(model, pixels, **kwargs))
-            times[name][file] = time.perf_counter() - started
+        steps, samples = setting["sampling_steps"], setting["samples"]
+        seconds_per_tile(models[name], next(iter(images.values())), steps, samples, 1)
+        times[name] = {file: seconds_per_tile(models[name], pixels, steps, samples, 1)
+                       for file, pixels in images.items()}
     return times
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,13 +28,12 @@ import psutil
 import tifffile
 import torch
 from _common import machine, table, write_json
+from speed import seconds_per_tile
 
 from napari_cdal.engine.defaults import FAST_SETTINGS
-from napari_cdal.engine.events import run_to_end
 from napari_cdal.engine.io.images import read_image
 from napari_cdal.engine.method.model import load_model
 from napari_cdal.engine.method.runtime import with_runtime
-from napari_cdal.engine.segment.image import segment_image
 from napari_cdal.sample_data import SAMPLE_MPP, sample_tile_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
@@ -97,14 +95,9 @@ def tile_rates(threads: int, repeats: int = 3) -> dict[str, float]:
     area = image.shape[0] * image.shape[1] * (SAMPLE_MPP / 1000.0) ** 2
     rates = {}
     for name, flags in SETTINGS.items():
-        kwargs = dict(FAST_SETTINGS) if flags else {}
-        run_to_end(segment_image(model, image, keep_steps=False, with_attention=False, **kwargs))
-        times = []
-        for seed in range(repeats):
-            started = time.perf_counter()
-            run_to_end(segment_image(model, image, seed=seed, keep_steps=False, with_attention=False, **kwargs))
-            times.append(time.perf_counter() - started)
-        rates[name] = area / (statistics.median(times) / 60.0)
+        steps, samples = (FAST_SETTINGS["sampling_steps"], FAST_SETTINGS["samples"]) if flags else (None, None)
+        seconds_per_tile(model, image, steps, samples, 1)  # warm-up
+        rates[name] = area / (seconds_per_tile(model, image, steps, samples, repeats) / 60.0)
     return rates
 
 

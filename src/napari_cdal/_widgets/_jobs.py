@@ -82,22 +82,14 @@ def load_model_cached(path: str | Path, device: str) -> CdalModel:
     return _cached_model(str(path.resolve()), path.stat().st_mtime_ns, device)
 
 
-@functools.lru_cache(maxsize=2)
-def _cached_sampling_model(path: str, mtime_ns: int, device: str) -> CdalModel:
+def sampling_model_cached(path: str | Path, device: str) -> CdalModel:
+    """The model Segment samples with (loaded once per file, time and device): torch at the default precision
+    (bfloat16 where the CPU computes it natively), so that a Cancel stops inside a network pass, which OpenVINO
+    cannot; on these CPUs torch's bfloat16 was within 10 % of OpenVINO's time (benchmarks/peer_speed.py)."""
     from napari_cdal.engine.defaults import DEFAULT_PRECISION
     from napari_cdal.engine.method.runtime import with_runtime
 
-    return with_runtime(_cached_model(path, mtime_ns, device), "torch", DEFAULT_PRECISION)
-
-
-def sampling_model_cached(path: str | Path, device: str) -> CdalModel:
-    """The model Segment samples with, made once per (file, time, device): torch at the default precision (bfloat16
-    where the CPU computes it natively), so that a Cancel stops inside a network pass, which OpenVINO cannot; on
-    these CPUs torch's bfloat16 was within 10 % of OpenVINO's time (benchmarks/peer_speed.py)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
-    return _cached_sampling_model(str(path.resolve()), path.stat().st_mtime_ns, device)
+    return with_runtime(load_model_cached(path, device), "torch", DEFAULT_PRECISION)
 
 
 def _stoppable(model: CdalModel, cancel: threading.Event | None) -> AbstractContextManager[None]:

@@ -44,8 +44,8 @@ class Runtime:
 
     @property
     def torch_precision(self) -> str:
-        """The precision torch's own passes (D's) take under this runtime."""
-        return self.precision if self.name == "torch" else "auto"
+        """The precision torch's own passes (D's) take under this runtime: its own."""
+        return self.precision
 
     def describe(self) -> str:
         """What ran, in words, with the reason for a fallback: 'openvino bfloat16', 'torch auto (…)'."""
@@ -151,6 +151,11 @@ class OpenVinoRuntime(Runtime):
         self._version = _weights_version(model)
         self._lock = threading.Lock()
 
+    @property
+    def torch_precision(self) -> str:
+        """D's passes stay in torch at the device's default (float32 on the CPU): OpenVINO runs G alone."""
+        return "auto"
+
     def generator_pass(self, x_next: torch.Tensor, t: torch.Tensor, features: torch.Tensor, z: torch.Tensor,
                        previous_x0: torch.Tensor) -> torch.Tensor:
         """G's estimate of x̂_0 from OpenVINO, or from torch in float32 if G was trained after conversion."""
@@ -176,6 +181,13 @@ def torch_bf16_native() -> bool:
     return any(probe is not None and probe() for probe in probes)
 
 
+def _torch_runtime(model: CdalModel, precision: str, note: str = "") -> Runtime:
+    """Torch at `precision`, 'auto' made concrete on a CPU: bfloat16 where torch computes it natively, else float32."""
+    if precision == "auto" and next(model.generator.parameters()).device.type == "cpu":
+        precision = "bfloat16" if torch_bf16_native() else "float32"
+    return Runtime(model, precision, note)
+
+
 def choose_runtime(model: CdalModel, runtime: str = DEFAULT_RUNTIME, precision: str = DEFAULT_PRECISION,
                    cache: Path | None = None) -> Runtime:
     """The runtime for sampling with `model` (RUNTIME_CHOICES, PRECISION_CHOICES), falling back to torch with a note.
@@ -186,36 +198,24 @@ def choose_runtime(model: CdalModel, runtime: str = DEFAULT_RUNTIME, precision: 
     """
     _checked(runtime, precision)
     device = next(model.generator.parameters()).device
-    on_cpu = device.type == "cpu"
-    if runtime == "torch" or (runtime == "auto" and not on_cpu):
-        return Runtime(model, _resolved(precision, on_cpu and torch_bf16_native()) if on_cpu else precision)
-    note = ""
-    if not on_cpu:
-        note = f"OpenVINO runs on the CPU only, and the model is on {device.type}"
-    else:
-        try:
-            import openvino  # noqa: F401
-        except ImportError:
-            note = "OpenVINO is not installed: pip install openvino"
-    if note:
-        return Runtime(model, _resolved(precision, on_cpu and torch_bf16_native()) if on_cpu else precision, note)
+    if runtime == "torch" or (runtime == "auto" and device.type != "cpu"):
+        return _torch_runtime(model, precision)
+    if device.type != "cpu":
+        return _torch_runtime(model, precision, f"OpenVINO runs on the CPU only, and the model is on {device.type}")
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return _torch_runtime(model, precision, "OpenVINO is not installed: pip install openvino")
     from napari_cdal.models import cache_dir
 
     try:
-        precision = _resolved(precision, bf16_native())
+        converted_precision = precision if precision != "auto" else "bfloat16" if bf16_native() else "float32"
         graph = _converted_graph(model, (cache or cache_dir()) / "openvino")
-        compiled = _compiled(str(graph), precision, torch.get_num_threads())
+        compiled = _compiled(str(graph), converted_precision, torch.get_num_threads())
     except Exception as exc:  # noqa: BLE001 - any failure of the optional runtime means the reference one
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return Runtime(model, _resolved(precision, torch_bf16_native()), f"OpenVINO failed, so torch: {reason[:160]}")
-    return OpenVinoRuntime(model, precision, compiled)
-
-
-def _resolved(precision: str, bf16_is_native: bool) -> str:
-    """'auto' made concrete on a CPU: bfloat16 where computed natively, float32 elsewhere."""
-    if precision != "auto":
-        return precision
-    return "bfloat16" if bf16_is_native else "float32"
+        return _torch_runtime(model, precision, f"OpenVINO failed, so torch: {reason[:160]}")
+    return OpenVinoRuntime(model, converted_precision, compiled)
 
 
 def with_runtime(model: CdalModel, runtime: str = DEFAULT_RUNTIME, precision: str = DEFAULT_PRECISION,

@@ -95,11 +95,11 @@ def uncertainty_maps(foreground: torch.Tensor, chain: torch.Tensor | None = None
         zero = torch.zeros_like(foreground[0])
         return {name: zero for name in measures}
     members = foreground if chain is None else chain.flatten(0, 1)
+    total = functools.cache(lambda: _binary_entropy(foreground.mean(dim=0)))  # entropy and mutual information's
     makers = {
         "std": lambda: foreground.std(dim=0, unbiased=False),
-        "entropy": lambda: _binary_entropy(foreground.mean(dim=0)),
-        "mutual_information": lambda: (_binary_entropy(foreground.mean(dim=0))
-                                       - _binary_entropy(foreground).mean(dim=0)).clamp_min(0.0),
+        "entropy": total,
+        "mutual_information": lambda: (total() - _binary_entropy(foreground).mean(dim=0)).clamp_min(0.0),
         "chain_std": lambda: members.std(dim=0, unbiased=False),
         "chain_entropy": lambda: _binary_entropy(members.mean(dim=0)),
     }

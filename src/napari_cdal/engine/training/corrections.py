@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from skimage import measure, segmentation
+from skimage import measure
 
 from napari_cdal.engine.config import ModelConfig, TrainConfig
 from napari_cdal.engine.data.tiles import Tile
@@ -17,7 +17,7 @@ from napari_cdal.engine.data.volumes import labels_to_slices, slice_stack, slice
 from napari_cdal.engine.defaults import MIN_REGION_UM
 from napari_cdal.engine.events import Progress, ticks_of
 from napari_cdal.engine.io.images import to_rgb_float
-from napari_cdal.engine.labels import check_labels
+from napari_cdal.engine.labels import check_labels, relabel_sequential
 from napari_cdal.engine.method.model import CdalModel
 from napari_cdal.engine.segment.image import MARKER_SPACING_UM, segment_image
 from napari_cdal.engine.segment.instances import split_binary_mask
@@ -263,9 +263,9 @@ def side_by_side(labels: list[np.ndarray]) -> np.ndarray:
     canvas = np.zeros((height, sum(part.shape[1] for part in labels) + len(labels) - 1), dtype=np.uint32)
     x, offset = 0, 0
     for part in labels:
-        relabelled, _, _ = segmentation.relabel_sequential(part.astype(np.uint32))
+        relabelled, count = relabel_sequential(part)
         canvas[:part.shape[0], x:x + part.shape[1]] = np.where(relabelled > 0, relabelled + offset, 0)
-        offset += int(relabelled.max())
+        offset += count
         x += part.shape[1] + 1
     return canvas
 
