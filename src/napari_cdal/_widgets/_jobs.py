@@ -85,7 +85,7 @@ def load_model_cached(path: str | Path, device: str) -> CdalModel:
 def sampling_model_cached(path: str | Path, device: str) -> CdalModel:
     """The model Segment samples with (loaded once per file, time and device): torch at the default precision
     (bfloat16 where the CPU computes it natively), so that a Cancel stops inside a network pass, which OpenVINO
-    cannot; on these CPUs torch's bfloat16 was within 10 % of OpenVINO's time (benchmarks/peer_speed.py)."""
+    cannot; on these CPUs torch's bfloat16 took 14 % more time than OpenVINO's (benchmarks/peer_speed.py)."""
     from napari_cdal.engine.defaults import DEFAULT_PRECISION
     from napari_cdal.engine.method.runtime import with_runtime
 
