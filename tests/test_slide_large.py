@@ -181,5 +181,5 @@ def test_a_slide_whose_one_block_cannot_fit_in_memory_is_refused_before_any_work
     monkeypatch.setattr(checks, "available_memory", lambda: 2**20)
     code, _, err = run(capsys, "segment", big_slide, "--model", tiny_model_file, "--out", tmp_path / "out")
     assert code == 1 and len(err.strip().splitlines()) == 1
-    assert "scan.tif, one block of 2304 x 2304 px needs about" in err and "close other programs" in err
+    assert "scan.tif, one block of 2176 x 2176 px needs about" in err and "close other programs" in err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

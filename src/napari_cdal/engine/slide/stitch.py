@@ -52,8 +52,10 @@ from napari_cdal.engine.slide.tissue import TissueMask, slide_area_mm2, tissue_p
 BLOCK_PX = 2048
 """Side of a block's core in slide pixels: about 0.5 GB of working memory with its halo."""
 
-HALO_UM = 32.0
-"""Margin read around each block, in µm: wider than any nucleus, so none is cut at a seam."""
+HALO_UM = 16.0
+"""Margin read around each block, in µm: wider than any nucleus, so none is cut at a seam. On the validation tiles
+laid side by side (benchmarks/slide_blocks.py), 16 µm scored as 32 µm did (Dice 0.795 / AJI 0.581 against 0.794 /
+0.576 with 2048-px blocks) and reads 13 % fewer pixels than 32 µm's 27 % more than the block."""
 
 DETECTIONS_FOLDER = "detections"
 """Where in the store each block keeps its nuclei's polygons and measurements."""
