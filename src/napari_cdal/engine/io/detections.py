@@ -31,7 +31,7 @@ def _rings(mask: np.ndarray, row0: int, col0: int) -> list[list[list[float]]]:
         filled = ndimage.binary_fill_holes(parts == part)
         contours = find_contours(filled.astype(np.float32), 0.5)
         outer = max(contours, key=len)
-        ring = [[float(c + col0 + 0.5), float(r + row0 + 0.5)] for r, c in outer]
+        ring = (outer[:, ::-1] + (col0 + 0.5, row0 + 0.5)).tolist()
         if ring[0] != ring[-1]:
             ring.append(ring[0])
         rings.append(ring)

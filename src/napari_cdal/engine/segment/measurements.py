@@ -71,8 +71,10 @@ def nucleus_measurements(labels: np.ndarray, image: np.ndarray | None, image_mpp
     if image is None:
         haematoxylin_od = np.full(len(ids), np.nan)
     else:
-        haematoxylin = rgb2hed(np.clip(np.asarray(image, np.float64) / 255.0, 0.0, 1.0))[..., 0]
-        od_sum = np.bincount(labels.astype(np.int64).ravel(), weights=haematoxylin.ravel(),
+        inside = labels.ravel() > 0  # deconvolved per pixel: only the nuclei's pixels are needed
+        rgb = np.asarray(image).reshape(-1, np.asarray(image).shape[-1])[inside]
+        haematoxylin = rgb2hed(np.clip(np.asarray(rgb, np.float64) / 255.0, 0.0, 1.0))[..., 0]
+        od_sum = np.bincount(labels.ravel()[inside].astype(np.int64), weights=haematoxylin,
                              minlength=len(present) + 1)
         haematoxylin_od = od_sum[1:][present] / area_px
     centroid_y = base["centroid_y"][present] + origin[0]
