@@ -11,7 +11,7 @@ import tifffile
 from conftest import files_in, run
 from skimage.draw import disk
 
-from napari_cdal.engine.io.detections import csv_text, labels_to_geojson
+from napari_cdal.engine.io.detections import csv_text, labels_to_geojson, write_csv_tables, write_feature_collection
 from napari_cdal.engine.segment.measurements import nucleus_measurements
 
 
@@ -59,6 +59,21 @@ def test_csv_has_one_row_per_nucleus_and_empty_cells_for_nan() -> None:
     labels, image = _two_discs()
     rows = list(csv.DictReader(csv_text(nucleus_measurements(labels, image, 0.5)).splitlines()))
     assert [row["id"] for row in rows] == ["1", "2"] and rows[0]["mean_uncertainty"] == ""
+
+
+def test_streamed_files_hold_the_text_of_the_whole(tmp_path) -> None:
+    labels, image = _two_discs()
+    table = nucleus_measurements(labels, image, 0.5)
+    features = labels_to_geojson(labels, table, "detection")["features"]
+    halves = [{name: column[part] for name, column in table.items()} for part in (slice(0, 1), slice(1, None))]
+    write_feature_collection(tmp_path / "nuclei.geojson", [features[:1], [], features[1:]])
+    write_csv_tables(tmp_path / "nuclei.csv", halves)
+    assert (tmp_path / "nuclei.geojson").read_text() == json.dumps({"type": "FeatureCollection", "features": features})
+    assert (tmp_path / "nuclei.csv").read_text() == csv_text(table)
+    write_feature_collection(tmp_path / "none.geojson", [])
+    write_csv_tables(tmp_path / "none.csv", [])
+    assert json.loads((tmp_path / "none.geojson").read_text()) == {"type": "FeatureCollection", "features": []}
+    assert (tmp_path / "none.csv").read_text() == csv_text({})
 
 
 def test_segment_writes_labels_polygons_and_table_with_one_numbering(capsys, tiny_model_file, blob_images, tmp_path):

@@ -110,8 +110,7 @@ def _segment_slide(args: argparse.Namespace, model: Any, path: Path, files: dict
     """One slide through engine.slide: labels into <stem>_labels.zarr (resumable), then a tiled BigTIFF, the tissue
     mask and the nuclei's files."""
     from napari_cdal.engine.events import TICK
-    from napari_cdal.engine.io.detections import csv_text, feature_collection_text, write_text
-    from napari_cdal.engine.slide.stitch import labels_tiff, segment_slide, slide_detections
+    from napari_cdal.engine.slide.stitch import labels_tiff, segment_slide, write_slide_detections
     from napari_cdal.engine.slide.store import remove_store
     from napari_cdal.engine.slide.tissue import save_tissue_png
 
@@ -134,11 +133,7 @@ def _segment_slide(args: argparse.Namespace, model: Any, path: Path, files: dict
     if result.tissue is not None:
         save_tissue_png(result.tissue, files["tissue"])
     if detections:
-        features, table = slide_detections(result.store)
-        if "geojson" in files:
-            write_text(files["geojson"], feature_collection_text(features))
-        if "measurements" in files:
-            write_text(files["measurements"], csv_text(table))
+        write_slide_detections(result.store, files.get("geojson"), files.get("measurements"))
     tissue = ("every block segmented (--tissue all)" if result.tissue_mm2 is None else
               f"{result.skipped} of glass skipped; tissue {result.tissue_mm2:.3g} mm²")
     print(f"{path.name}: {result.n_nuclei} nuclei in {result.blocks} blocks at {mpp:g} µm/px ({tissue} of "

@@ -6,8 +6,9 @@ import csv
 import io
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -81,11 +82,6 @@ def labels_to_geojson(labels: np.ndarray, measurements: dict[str, np.ndarray] | 
     return {"type": "FeatureCollection", "features": features}
 
 
-def feature_collection_text(features: list[dict[str, Any]]) -> str:
-    """GeoJSON features as the text of one FeatureCollection file."""
-    return json.dumps({"type": "FeatureCollection", "features": features})
-
-
 def geojson_text(labels: np.ndarray, measurements: dict[str, np.ndarray] | None = None,
                  object_type: str = "detection", offset: tuple[int, int] = (0, 0)) -> str:
     """labels_to_geojson as the text of a file."""
@@ -95,12 +91,53 @@ def geojson_text(labels: np.ndarray, measurements: dict[str, np.ndarray] | None 
 def csv_text(columns: dict[str, np.ndarray]) -> str:
     """Columns of equal length as CSV text, one row per nucleus, NaN as an empty cell."""
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    names = list(columns)
-    writer.writerow(names)
-    for row in zip(*(np.asarray(columns[name]) for name in names), strict=True):
-        writer.writerow([_cell(value) for value in row])
+    _write_csv(out, [columns])
     return out.getvalue()
+
+
+def _write_csv(out: TextIO, tables: Iterable[dict[str, np.ndarray]]) -> None:
+    """Tables of the same columns as one CSV: the first table's header, then every table's rows in turn."""
+    writer = csv.writer(out, lineterminator="\n")
+    names = None
+    for columns in tables:
+        if names is None:
+            names = list(columns)
+            writer.writerow(names)
+        for row in zip(*(np.asarray(columns[name]) for name in names), strict=True):
+            writer.writerow([_cell(value) for value in row])
+    if names is None:
+        writer.writerow([])
+
+
+def write_csv_tables(path: str | Path, tables: Iterable[dict[str, np.ndarray]]) -> Path:
+    """csv_text of the tables joined, written atomically table by table: a slide's nuclei never all in memory."""
+    from napari_cdal.engine.io.checkpoint import atomic_write
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as out:
+            _write_csv(out, tables)
+
+    atomic_write(path, write)
+    return Path(path)
+
+
+def write_feature_collection(path: str | Path, feature_lists: Iterable[list[dict[str, Any]]]) -> Path:
+    """One GeoJSON FeatureCollection of the lists' features, written atomically list by list (the text json.dumps
+    gives the whole collection), so that a slide's polygons are never all in memory."""
+    from napari_cdal.engine.io.checkpoint import atomic_write
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as out:
+            out.write('{"type": "FeatureCollection", "features": [')
+            first = True
+            for features in feature_lists:
+                for feature in features:
+                    out.write(json.dumps(feature) if first else ", " + json.dumps(feature))
+                    first = False
+            out.write("]}")
+
+    atomic_write(path, write)
+    return Path(path)
 
 
 def _cell(value: Any) -> Any:

@@ -175,22 +175,30 @@ def _save_detections(store: Path, index: int, written: np.ndarray, pixels: np.nd
     write_text(path, json.dumps({"features": features, "rows": rows}))
 
 
-def slide_detections(store: str | Path) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
-    """Every done block's detections, in block order: GeoJSON features and one table (the CSV's columns)."""
+def _done_detections(store: Path) -> Generator[dict[str, Any], None, None]:
+    """Each done block's saved detections ('features', 'rows'), in block order, one block in memory at a time."""
     import zarr
 
-    done = zarr.open_array(store, mode="r").attrs["done"]
-    files = [_block_detections(Path(store), index) for index in done]
-    features: list[dict[str, Any]] = []
-    columns: dict[str, list[Any]] = {}
-    for path in files:
-        part = json.loads(path.read_text())
-        features += part["features"]
-        for name, values in part["rows"].items():
-            columns.setdefault(name, []).extend(values)
-    table = {name: np.array([np.nan if v is None else v for v in values],
-                            dtype=np.int64 if name == "id" else np.float64) for name, values in columns.items()}
-    return features, table
+    for index in zarr.open_array(store, mode="r").attrs["done"]:
+        yield json.loads(_block_detections(store, index).read_text())
+
+
+def _rows_table(rows: dict[str, list[Any]]) -> dict[str, np.ndarray]:
+    """A block's saved rows as the CSV's columns: ids as integers, measurements as floats (None is NaN)."""
+    return {name: np.array([np.nan if v is None else v for v in values], dtype=np.int64 if name == "id" else np.float64)
+            for name, values in rows.items()}
+
+
+def write_slide_detections(store: str | Path, geojson: Path | None = None, table: Path | None = None) -> None:
+    """Every done block's detections, in block order, into a GeoJSON FeatureCollection and/or a CSV table, written
+    block by block: a slide of a million nuclei never holds them all."""
+    from napari_cdal.engine.io.detections import write_csv_tables, write_feature_collection
+
+    store = Path(store)
+    if geojson is not None:
+        write_feature_collection(geojson, (part["features"] for part in _done_detections(store)))
+    if table is not None:
+        write_csv_tables(table, (_rows_table(part["rows"]) for part in _done_detections(store)))
 
 
 @dataclass
@@ -335,7 +343,7 @@ def segment_slide(model: CdalModel, source: SlideSource, store: str | Path, imag
     not yet done is a task on the cluster (its workers load the model and read the slide from their
     paths); this process writes the results in block order, so a lost worker only means its tasks
     run again elsewhere and nothing is half-written. With `detections`, each block also saves its
-    nuclei's polygons and measurements in the store (slide_detections gathers them) before it counts
+    nuclei's polygons and measurements in the store (write_slide_detections writes them out) before it counts
     as done. The store also keeps the labels halved level by level down to `pyramid_min` pixels
     (default PYRAMID_MIN_PX), updated as each block is written, for a viewer and the TIFF's pyramid.
     A store left by an earlier run is checked before any block runs (store.check_store).
