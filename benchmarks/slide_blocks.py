@@ -1,6 +1,7 @@
 """The slide path's block size and halo against accuracy at the seams and time per mm², beside the tile path.
 
-    python benchmarks/slide_blocks.py [--configs 2048:32 4096:16 ...] [--block-test 1024] [--json FILE]
+    python benchmarks/slide_blocks.py [--configs 2048:32 4096:16 ...] [--block-test 1024]
+                                      [--overlaps 64 32 16] [--json FILE]
 
 The 7 validation tiles are laid side by side into one 1000 x 7000 slide (a tiled TIFF at
 0.25 µm/px) with their true nuclei. Each configuration BLOCK:HALO_UM segments it through
@@ -8,7 +9,9 @@ engine.slide.segment_slide (every block, no tissue detection) with the bundled m
 defaults on the CLI's runtime; each tile's window of the stitched labels is scored against its
 truth (Dice, AJI, mean over the tiles). The tile path segments each tile whole. `--block-test`
 adds a run with small blocks, so that seams cut through every tile: what a narrower halo costs
-shows there. Seconds are wall time of the whole segment_slide (its store included).
+shows there. Seconds are wall time of the whole segment_slide (its store included). `--overlaps`
+first segments each validation tile cut into 256-px tiles (model pixels), so that a seam crosses
+each, at each tile overlap: what the overlap costs at the seams.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=["2048:32", "2048:16", "4096:32", "4096:16"],
                         help="BLOCK:HALO_UM pairs")
     parser.add_argument("--block-test", type=int, default=512, help="also run this block size at each halo (0: no)")
+    parser.add_argument("--overlaps", type=int, nargs="*", default=[],
+                        help="tile overlaps (model px) to score with 256-px tiles before the slide runs")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -61,6 +66,12 @@ def main() -> None:
     height = min(tile.image.shape[0] for tile in tiles)
     truths = [tile.instances[:height] for tile in tiles]
     model = with_runtime(load_model(None))
+    seams = []
+    for overlap in args.overlaps:
+        cut = [run_to_end(segment_image(model, tile.image[:height], image_mpp=MPP, keep_steps=False,
+                                        with_attention=False, tile_size=256, overlap=overlap)).labels for tile in tiles]
+        seams.append({"tile_px": 256, "overlap_px": overlap, **scores(np.hstack(cut), truths)})
+        print(seams[-1], flush=True)
     rows = []
     started = time.perf_counter()
     tile_labels = [run_to_end(segment_image(model, tile.image[:height], image_mpp=MPP, keep_steps=False,
@@ -87,9 +98,11 @@ def main() -> None:
             rows.append({"path": "slide", "block": int(block), "halo_um": halo, "seconds": seconds,
                          "mm2_per_min": area / (seconds / 60.0), **scores(labels, truths)})
             print(rows[-1], flush=True)
+    if seams:
+        print(table(seams, ["tile_px", "overlap_px", "dice", "aji"]))
     print(table(rows, ["path", "block", "halo_um", "seconds", "mm2_per_min", "dice", "aji"]))
     write_json(args.json, {"machine": machine(), "threads": args.threads, "area_mm2": area,
-                           "runtime": model.runtime.describe(), "rows": rows})
+                           "runtime": model.runtime.describe(), "seams": seams, "rows": rows})
 
 
 if __name__ == "__main__":
