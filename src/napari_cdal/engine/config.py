@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from napari_cdal.engine.defaults import MAX_COUNT, SEED_RANGE
+
 # Per-channel statistics of MoNuSeg H&E on the 0..255 scale (cDAL.md §5).
 HE_MEAN = (142.07, 98.48, 132.96)
 HE_STD = (65.78, 57.05, 57.78)
@@ -38,6 +40,35 @@ LABEL_ENCODINGS = {
 }
 """What the generator's label channels mean: a nucleus mask (and its cores, the watershed's
 markers), or one-hot classes (`class_names`, background first) whose argmax is the label."""
+
+
+MAX_LEVELS = 8
+"""The most U-Net or discriminator levels a model may have (each halves the image; 8 halve it 256 times)."""
+
+MAX_CHANNEL_MULT = 32
+"""The largest width multiplier of a U-Net level."""
+
+MAX_DEFAULT_SAMPLES = 256
+"""The most samples (K) a model may ask for by default; the bundled models ask for 2 to 8."""
+
+MAX_BETA = 1000.0
+"""The largest noise rate beta of the schedule (VP-SDE papers use 0.1 to 20)."""
+
+MAX_MODEL_MPP = 10_000.0
+"""The coarsest µm per pixel of a model's grid (the volume models' 1000 stands for "the volume's own voxels")."""
+
+MAX_CLASSES = 256
+"""The most classes a model of classes may name (its labels are written as uint8)."""
+
+MODEL_INTEGER_BOUNDS: dict[str, tuple[int, int]] = {
+    "image_channels": (1, 64), "base_width": (1, 512), "blocks_per_level": (1, 16), "encoder_blocks": (0, 16),
+    "time_dim": (2, 4096), "latent_dim": (1, 4096), "latent_width": (1, 4096), "latent_layers": (1, 32),
+    "norm_groups": (1, 512), "disc_width": (1, 512), "disc_levels": (1, MAX_LEVELS),
+    "disc_attention_level": (1, MAX_LEVELS), "diffusion_steps": (1, 1000), "context_slices": (0, 16),
+    "slice_axis": (0, 2), "model_side": (0, 16_384),
+}
+"""Each integer setting of a model and the range it must lie in, checked whenever a config is made (a model file's
+too), so a file cannot claim 10^9 diffusion steps or widths no memory holds: T of 1000 is DDPM's, cDAL's is 4."""
 
 
 @dataclass(frozen=True)
@@ -89,8 +120,29 @@ class ModelConfig:
     for the networks and the maps resized back (model_mpp then plays no part); 0 resamples by µm/px."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.image_channels, int) or self.image_channels < 1:
-            raise ValueError(f"image_channels must be an integer >= 1, got {self.image_channels!r}")
+        for name, (low, high) in MODEL_INTEGER_BOUNDS.items():
+            _check_integer(self, name, low, high)
+        _check_integer(self, "default_samples", 1, MAX_DEFAULT_SAMPLES)
+        if not (isinstance(self.channel_mults, tuple) and 1 <= len(self.channel_mults) <= MAX_LEVELS):
+            raise ValueError(f"ModelConfig.channel_mults must be 1 to {MAX_LEVELS} integers (one per U-Net level), "
+                             f"got {self.channel_mults!r}")
+        for mult in self.channel_mults:
+            if isinstance(mult, bool) or not isinstance(mult, int) or not 1 <= mult <= MAX_CHANNEL_MULT:
+                raise ValueError(f"ModelConfig.channel_mults must hold integers from 1 to {MAX_CHANNEL_MULT}, "
+                                 f"got {self.channel_mults!r}")
+        for name in ("beta_min", "beta_max"):
+            _check_number(self, name, 0.0, MAX_BETA, low_open=True)
+        if not self.beta_min < self.beta_max:
+            raise ValueError(f"ModelConfig.beta_min must be below beta_max, got {self.beta_min} and {self.beta_max}")
+        _check_number(self, "model_mpp", 0.0, MAX_MODEL_MPP, low_open=True)
+        for name in ("image_mean", "image_std"):
+            values = getattr(self, name)
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                       and (name == "image_mean" or v > 0) for v in values):
+                raise ValueError(f"ModelConfig.{name} must hold finite numbers{' above 0' * (name == 'image_std')}, "
+                                 f"got {values!r}")
+        if len(self.class_names) > MAX_CLASSES or not all(isinstance(n, str) for n in self.class_names):
+            raise ValueError(f"ModelConfig.class_names must be at most {MAX_CLASSES} names, got {self.class_names!r}")
         if self.label_encoding == "classes" and len(self.class_names) < 2:
             raise ValueError("label_encoding 'classes' needs class_names, at least two, background first")
         if self.label_encoding != "classes" and self.class_names:
@@ -100,15 +152,9 @@ class ModelConfig:
                 and 0.0 <= self.intensity_percentiles[0] < self.intensity_percentiles[1] <= 100.0):
             raise ValueError("intensity_percentiles must be two numbers 0 <= low < high <= 100, got "
                              f"{self.intensity_percentiles!r}")
-        if not isinstance(self.context_slices, int) or self.context_slices < 0:
-            raise ValueError(f"context_slices must be an integer >= 0, got {self.context_slices!r}")
         if self.context_slices and self.image_channels != 1 + 2 * self.context_slices:
             raise ValueError(f"context_slices {self.context_slices} needs image_channels "
                              f"{1 + 2 * self.context_slices} (the slice and its neighbours), got {self.image_channels}")
-        if isinstance(self.model_side, bool) or not isinstance(self.model_side, int) or self.model_side < 0:
-            raise ValueError(f"model_side must be an integer >= 0 (pixels; 0: by µm/px), got {self.model_side!r}")
-        if self.slice_axis not in (0, 1, 2):
-            raise ValueError(f"slice_axis must be 0, 1 or 2, got {self.slice_axis!r}")
         if self.label_encoding not in LABEL_ENCODINGS:
             raise ValueError(
                 f"label_encoding must be one of {sorted(LABEL_ENCODINGS)}, got {self.label_encoding!r}"
@@ -118,7 +164,8 @@ class ModelConfig:
                              f"{self.image_channels}), got {len(self.image_mean)} and {len(self.image_std)}")
         if not 1 <= self.disc_attention_level <= self.disc_levels:
             raise ValueError("disc_attention_level must lie in 1..disc_levels")
-        if not 0 <= self.default_sampling_steps <= self.diffusion_steps:
+        if isinstance(self.default_sampling_steps, bool) or not isinstance(self.default_sampling_steps, int) or \
+                not 0 <= self.default_sampling_steps <= self.diffusion_steps:
             raise ValueError(f"default_sampling_steps must lie in 0..diffusion_steps ({self.diffusion_steps}), "
                              f"got {self.default_sampling_steps}")
         if self.attention_scaling not in ("none", "minmax"):
@@ -135,8 +182,6 @@ class ModelConfig:
                 f"uncertainty_measure must be one of {UNCERTAINTY_MEASURES}, got {self.uncertainty_measure!r}")
         if not 0.0 <= self.sampling_noise <= 1.0:
             raise ValueError(f"sampling_noise must lie in [0, 1], got {self.sampling_noise}")
-        if self.default_samples < 1:
-            raise ValueError(f"default_samples must be at least 1, got {self.default_samples}")
 
     @property
     def label_channels(self) -> int:
@@ -221,8 +266,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("iterations", "batch_size", "patch_size", "checkpoint_every", "validate_every", "r1_interval"):
             _check_integer(self, name, 1)
-        for name in ("warmup_steps", "seed", "patience"):
+        for name in ("warmup_steps", "patience"):
             _check_integer(self, name, 0)
+        _check_integer(self, "seed", SEED_RANGE[0], SEED_RANGE[1])
         for name in ("lr_g", "lr_d", "lr_min"):
             _check_number(self, name, 0.0, None, low_open=True)
         for name in ("mse_weight", "adversarial_weight", "dice_weight", "bce_weight", "r1_gamma", "d_cutmix_weight"):
@@ -246,11 +292,13 @@ class TrainConfig:
         return _from_dict(cls, data)
 
 
-def _check_integer(config: Any, name: str, least: int) -> None:
-    """Raise a ValueError naming the key unless the field is an integer of at least `least`."""
+def _check_integer(config: Any, name: str, least: int, most: int = MAX_COUNT) -> None:
+    """Raise a ValueError naming the key unless the field is an integer from `least` to `most`."""
     value = getattr(config, name)
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
         raise ValueError(f"{type(config).__name__}.{name} must be an integer >= {least}, got {value!r}")
+    if value > most:
+        raise ValueError(f"{type(config).__name__}.{name} must be an integer from {least} to {most}, got {value!r}")
 
 
 def _check_number(config: Any, name: str, low: float, high: float | None, low_open: bool = False,

@@ -10,6 +10,18 @@ DEFAULT_IMAGE_MPP = 0.25
 MPP_RANGE = (0.05, 5.0)
 """µm per pixel an image may declare: from a 200x scan (0.05) to a 2x overview (5)."""
 
+SEED_RANGE = (0, 2**64 - 1)
+"""The seeds a run takes: what torch's and numpy's generators accept (64 bits, not negative)."""
+
+SEED_RANGE_TEXT = "0 and 2**64-1"
+"""SEED_RANGE as an error message says it."""
+
+MAX_COUNT = 2**31 - 1
+"""The largest count an option or setting may give (iterations, batch size, review items...): a C int."""
+
+MAX_PARALLEL = 1024
+"""The most CPU threads (--threads) or worker processes (--workers) a run may ask for."""
+
 DEFAULT_THRESHOLD = 0.5
 """Foreground probability above which a pixel belongs to a nucleus (benchmarks/accuracy.py --thresholds)."""
 

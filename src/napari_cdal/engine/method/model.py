@@ -21,7 +21,7 @@ from napari_cdal.engine.io.checkpoint import (
 from napari_cdal.engine.method.networks import Discriminator, Generator
 from napari_cdal.engine.method.pixel_disc import PixelDiscriminator
 from napari_cdal.engine.method.schedule import VPSchedule
-from napari_cdal.models import MODEL_SUFFIX, bundled_models
+from napari_cdal.models import BUNDLED_LABEL, MODEL_SUFFIX, list_models, model_dir_problem
 
 if TYPE_CHECKING:
     from napari_cdal.engine.method.runtime import Runtime
@@ -161,17 +161,26 @@ def bundled_model_path() -> Path:
 
 
 def resolve_model_path(spec: str | Path | None) -> Path:
-    """A model given by file or by bundled name (cdal_hippocampus); None is the default bundled model.
+    """A model given by file or by a name `napari-cdal info --list` shows; None is the default bundled model.
 
-    A file that exists wins over a bundled name, so a user's own file is never shadowed.
+    A file that exists wins over a name, so a user's own file is never shadowed; a bundled name
+    (cdal_hippocampus) wins over a model of that name in the user's model folder. A bare name found
+    nowhere is a CheckpointError listing the names there are.
     """
     if spec is None:
         return bundled_model_path()
     path = Path(spec)
-    if path.exists():
-        return path
-    name = path.name[: -len(MODEL_SUFFIX)] if path.name.endswith(MODEL_SUFFIX) else path.name
-    return bundled_models().get(name, path) if str(path) == path.name else path
+    if path.exists() or path.is_symlink() or str(path) != path.name:
+        return path  # a file, or a path with folders: the loader names what is wrong with it
+    name = path.name.removesuffix(BUNDLED_LABEL).removesuffix(MODEL_SUFFIX)
+    entries = list_models()
+    found = next((entry.path for entry in entries if entry.name == name), None)
+    if found is not None:
+        return found
+    problem = model_dir_problem()
+    raise CheckpointError(f"{spec} is neither a model file nor the name of a model; the names are "
+                          f"{', '.join(entry.name for entry in entries)} (napari-cdal info --list)"
+                          + (f"; {problem}" if problem else ""))
 
 
 def is_bundled(path: str | Path) -> bool:
@@ -195,24 +204,51 @@ def save_model(path: str | Path, model: CdalModel, extra_tensors: dict[str, torc
     save_checkpoint(path, tensors, metadata, replace)
 
 
-def model_from_checkpoint(tensors: dict[str, torch.Tensor], meta: dict[str, Any], source: str) -> CdalModel:
-    """Rebuild the networks from the metadata's config and load their weights strictly."""
+def _check_weights(tensors: dict[str, torch.Tensor], config: ModelConfig, source: str) -> None:
+    """Refuse weights that are not what the config builds: every tensor floating point, the names and shapes of
+    the networks the config describes (built on torch's meta device, so nothing is allocated for a false claim)."""
     try:
-        config = ModelConfig.from_dict(meta["model_config"])
-        generator, discriminator = Generator(config), make_discriminator(config)
-    except (KeyError, TypeError, ValueError, ArithmeticError, RuntimeError) as exc:
-        # a config that parses but cannot build networks (e.g. base_width 0) is just as unusable
+        with torch.device("meta"):
+            networks = {"generator": Generator(config), "discriminator": make_discriminator(config)}
+    except (ValueError, ArithmeticError, RuntimeError) as exc:  # a config within its bounds that builds no network
         first = (str(exc).strip().splitlines() or [""])[0]
         raise CheckpointError(f"{source} has no usable model config ({type(exc).__name__}: {first})") from exc
-    model = CdalModel(config, generator, discriminator, meta.get("record", {}), source,
+    for name, module in networks.items():
+        stored = split_prefix(tensors, name)
+        wanted = module.state_dict()
+        for key, value in stored.items():
+            if not value.is_floating_point():
+                raise CheckpointError(f"{source}: {name} weight {key} holds {str(value.dtype).replace('torch.', '')} "
+                                      "values, but every weight is floating point; the file was altered or is not a "
+                                      "napari-cdal model: use the file as it was written")
+        missing = sorted(set(wanted) - set(stored))
+        extra = sorted(set(stored) - set(wanted))
+        wrong = next((key for key in wanted if key in stored and tuple(stored[key].shape) != tuple(wanted[key].shape)),
+                     None)
+        if missing or extra or wrong:
+            problem = (f"{missing[0]} is missing" if missing else f"{extra[0]} is not in the networks it describes"
+                       if extra else f"{wrong} has shape {tuple(stored[wrong].shape)} where its config builds "
+                                     f"{tuple(wanted[wrong].shape)}")
+            raise CheckpointError(f"{source}: {name} weights do not match its config ({problem})")
+
+
+def model_from_checkpoint(tensors: dict[str, torch.Tensor], meta: dict[str, Any], source: str) -> CdalModel:
+    """Rebuild the networks from the metadata's config and load their weights strictly.
+
+    The config is checked against its bounds (ModelConfig) and the weights against the config
+    before any network is built, so a file that claims more than it holds costs no memory.
+    """
+    try:
+        config = ModelConfig.from_dict(meta["model_config"])
+    except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise CheckpointError(f"{source} has no usable model config ({type(exc).__name__}: {first})") from exc
+    _check_weights(tensors, config, source)
+    model = CdalModel(config, Generator(config), make_discriminator(config), meta.get("record", {}), source,
                       ReplaySet.from_tensors(tensors, config, source))
     for name, module in (("generator", model.generator), ("discriminator", model.discriminator)):
         state = {k: v.float() for k, v in split_prefix(tensors, name).items()}
-        try:
-            module.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise CheckpointError(f"{source}: {name} weights do not match its config ({first})") from exc
+        module.load_state_dict(state, strict=True)
         broken = next((key for key, value in state.items() if not torch.isfinite(value).all()), None)
         if broken is not None:
             raise CheckpointError(f"{source} holds NaN or infinite {name} weights ({broken}), so it cannot "
