@@ -10,6 +10,8 @@ MODEL_DIR_ENV = "NAPARI_CDAL_MODEL_DIR"
 CACHE_DIR_ENV = "NAPARI_CDAL_CACHE_DIR"
 MODEL_SUFFIX = ".safetensors"
 TRAINING_STATE_SUFFIX = ".state.safetensors"
+BUNDLED_LABEL = " (bundled)"
+"""What a bundled model's name carries in model lists."""
 
 
 def state_path(model: str | Path) -> Path:
@@ -28,8 +30,8 @@ class ModelEntry:
 
     @property
     def label(self) -> str:
-        """What a dropdown shows."""
-        return f"{self.name} (bundled)" if self.bundled else self.name
+        """What a dropdown and `info --list` show (--model takes it too)."""
+        return f"{self.name}{BUNDLED_LABEL}" if self.bundled else self.name
 
 
 def _user_data_dir() -> Path:
@@ -51,6 +53,26 @@ def model_dir() -> Path:
     if configured:
         return Path(configured).expanduser()
     return _user_data_dir() / "models"
+
+
+def model_dir_problem() -> str | None:
+    """Why the user's model folder cannot hold models (it is a file, a link that loops or points nowhere), or None.
+
+    A folder that does not exist yet is no problem: whoever saves the first model makes it.
+    """
+    folder = model_dir()
+    where = f"{MODEL_DIR_ENV} ({folder})" if os.environ.get(MODEL_DIR_ENV, "").strip() else f"the model folder {folder}"
+    try:
+        folder.stat()
+    except OSError as exc:
+        if folder.is_symlink():
+            return f"{where} is a symbolic link that loops or points nowhere: your models are not found there"
+        if isinstance(exc, FileNotFoundError):
+            return None
+        return f"{where} cannot be read ({exc.strerror or exc}): your models are not found there"
+    if not folder.is_dir():
+        return f"{where} is a file, not a folder: your models are not found or saved there; point it at a folder"
+    return None
 
 
 def cache_dir() -> Path:

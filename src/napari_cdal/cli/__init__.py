@@ -22,6 +22,10 @@ OUT_OF_MEMORY_HINTS = {
 """What frees memory, per command, when a run runs out of it."""
 
 
+OUT_OF_MEMORY_WORDS = ("out of memory", "not enough memory")
+"""What torch's allocators say when memory runs out (CUDA: "out of memory"; the CPU's: "not enough memory")."""
+
+
 def _one_line(exc: BaseException) -> str:
     """An error's message on one line (a library's multi-line text joined)."""
     return " ".join(str(exc).split()) or type(exc).__name__
@@ -48,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "or close other programs", file=sys.stderr)
         return EXIT_BAD_INPUT
     except RuntimeError as exc:  # torch's allocators (CPU and CUDA) raise this, not MemoryError
-        if "out of memory" not in str(exc).lower():
+        if not any(words in str(exc).lower() for words in OUT_OF_MEMORY_WORDS):
             raise
         print(f"napari-cdal {args.command}: error: out of memory ({_one_line(exc)[:120]}); "
               f"{OUT_OF_MEMORY_HINTS.get(args.command, '')}or use --device cpu", file=sys.stderr)

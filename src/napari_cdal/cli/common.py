@@ -24,18 +24,20 @@ def progress(total: int, desc: str, unit: str) -> Any:
 
 def check_runtime(args: argparse.Namespace) -> None:
     """The options every computing command shares, checked before anything is loaded (--fast applied here)."""
-    from napari_cdal.engine.checks import check_at_least, check_mpp, check_threshold
+    from napari_cdal.engine.checks import check_at_least, check_mpp, check_seed, check_threshold
+    from napari_cdal.engine.defaults import MAX_PARALLEL
 
     apply_fast(args)
 
-    check_at_least(getattr(args, "threads", None), 1, "--threads")
+    check_at_least(getattr(args, "threads", None), 1, "--threads", MAX_PARALLEL)
+    check_at_least(getattr(args, "workers", None), 1, "--workers", MAX_PARALLEL)
+    check_seed(getattr(args, "seed", None))
     if getattr(args, "mpp", None) is not None:
         check_mpp(args.mpp)
     if getattr(args, "threshold", None) is not None:
         check_threshold(args.threshold)
     for dest, names in (("sampling_steps", ("--sampling-steps", "--steps")), ("samples", ("--samples",)),
-                        ("workers", ("--workers",)), ("review", ("--review",)),
-                        ("iterations", ("--iterations", "--steps"))):
+                        ("review", ("--review",)), ("iterations", ("--iterations", "--steps"))):
         check_at_least(getattr(args, dest, None), 1, typed(args, *names))
 
 

@@ -23,9 +23,12 @@ def _what_it_segments(config: dict[str, Any]) -> str:
 def list_known_models() -> int:
     """Print the bundled models (usable by name with --model) and the user's model folder."""
     from napari_cdal.engine.io.checkpoint import CheckpointError, read_metadata
-    from napari_cdal.models import list_models, model_dir
+    from napari_cdal.models import list_models, model_dir, model_dir_problem
 
-    print(f"models (give --model a bundled name, or any file; your folder: {model_dir()}):")
+    problem = model_dir_problem()
+    if problem:
+        print(f"warning: {problem}", file=sys.stderr)
+    print(f"models (give --model a name shown here, or any file; your folder: {model_dir()}):")
     for entry in list_models():
         try:
             config = read_metadata(entry.path).get("model_config", {})

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from napari_cdal.engine.checks import InputError, check_input_file
+
 METADATA_KEY = "napari_cdal"
 FORMAT_NAME = "napari-cdal"
 FORMAT_VERSION = 2
@@ -55,7 +57,7 @@ def temp_prefix(path: Path, pid: int | None = None) -> str:
     return f".{path.name}.{HOST}~{os.getpid() if pid is None else pid}."
 
 
-def _writer_alive(pid: int) -> bool | None:
+def writer_alive(pid: int) -> bool | None:
     """Whether a process with this pid runs here; None where that cannot be asked safely (Windows)."""
     if os.name == "nt":  # os.kill there terminates the process instead of probing it
         return None
@@ -88,7 +90,7 @@ def remove_stale_temps(folder: str | Path, target: str | None = None) -> list[Pa
             age = now - candidate.stat().st_mtime
         except OSError:
             continue
-        alive = _writer_alive(int(match.group("pid"))) if match.group("host") == HOST else None
+        alive = writer_alive(int(match.group("pid"))) if match.group("host") == HOST else None
         stale = age > STALE_TEMP_SECONDS if alive is None else not alive
         if stale:
             with contextlib.suppress(OSError):
@@ -174,8 +176,12 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], metadata
 def _header(path: Path) -> dict[str, Any]:
     from safetensors import safe_open
 
-    if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        check_input_file(path, "model file")
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"checkpoint not found: {path}") from exc
+    except InputError as exc:
+        raise CheckpointError(str(exc)) from exc
     try:
         with safe_open(str(path), framework="pt") as handle:
             raw = (handle.metadata() or {}).get(METADATA_KEY)

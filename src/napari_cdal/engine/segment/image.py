@@ -18,16 +18,13 @@ from napari_cdal.engine.method.model import CdalModel
 from napari_cdal.engine.method.sampler import SampleOutput, StepOutput, reverse_process, unit_foreground
 from napari_cdal.engine.segment.instances import instances_from_probability
 from napari_cdal.engine.segment.stain import keep_stained
-from napari_cdal.engine.segment.tiling import TileBlender, tile_boxes
+from napari_cdal.engine.segment.tiling import TILE_PX, TileBlender, tile_boxes
 
 MIN_NUCLEUS_AREA_UM2 = 3.0
 MARKER_SPACING_UM = 2.0
 MAX_HOLE_AREA_UM2 = 4.0
 MIN_CORE_AREA_UM2 = 0.0
 CORE_THRESHOLD = 0.5
-
-TILE_PX = 512
-"""Largest side of one network pass, in model pixels; a larger image is cut into tiles (tiling.tile_boxes)."""
 
 TILE_OVERLAP_PX = 32
 """Least overlap of neighbouring tiles, in model pixels (16 µm), blended over its width. On the validation tiles

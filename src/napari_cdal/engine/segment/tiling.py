@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+TILE_PX = 512
+"""Largest side of one network pass, in model pixels; a larger image is cut into tiles (tile_boxes)."""
+
 Box = tuple[int, int, int, int]
 """A half-open pixel rectangle (y0, y1, x0, x1): tiles, corrected regions, held-back strips."""
 
