@@ -33,6 +33,15 @@ def check_labels(labels: object, name: str = "labels", allow_binary: bool = Fals
     return arr
 
 
+def check_has_nuclei(labels: object, name: str, fix: str) -> np.ndarray:
+    """Refuse labels that hold no nucleus (every pixel background): they teach nothing, and a model trained on them
+    finds none. The one rule of train and fine-tune; `name` is what the labels are (plural), `fix` what to do."""
+    arr = np.asarray(labels)
+    if not arr.any():
+        raise ValueError(f"{name} are empty (no nucleus in them); {fix}")
+    return arr
+
+
 def relabel_sequential(labels: np.ndarray) -> tuple[np.ndarray, int]:
     """Map ids to 1..N in increasing order of the original ids (0 stays 0); return (intp map, N)."""
     flat = labels.ravel()

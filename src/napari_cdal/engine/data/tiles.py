@@ -12,7 +12,7 @@ from skimage import measure, transform
 
 from napari_cdal.engine.io.annotations import xml_to_instances
 from napari_cdal.engine.io.images import IMAGE_SUFFIXES, read_header, read_image, to_rgb_float
-from napari_cdal.engine.labels import check_labels
+from napari_cdal.engine.labels import check_has_nuclei, check_labels
 
 
 @dataclass
@@ -74,7 +74,7 @@ def _tile_image(arr: np.ndarray, path: Path, channels: int) -> np.ndarray:
 
 
 def _read_binary(path: Path) -> np.ndarray:
-    mask = read_image(path)
+    mask = read_image(path, labels=True)
     if mask.ndim == 3:
         if not all(np.array_equal(mask[..., 0], mask[..., c]) for c in range(1, mask.shape[-1])):
             raise ValueError(
@@ -92,7 +92,7 @@ def _read_binary(path: Path) -> np.ndarray:
 
 
 def _read_instances(path: Path) -> np.ndarray:
-    arr = read_image(path)
+    arr = read_image(path, labels=True)
     if arr.ndim != 2:
         raise ValueError(
             f"instance mask {path} has shape {arr.shape}; expected a single-channel HxW label PNG"
@@ -170,6 +170,14 @@ def load_folder(root: str | Path, names: list[str] | None = None, channels: int 
     if names is None:
         names = list_tiles(root)
     return [load_tile(root, name, channels) for name in names]
+
+
+def check_tiles_have_nuclei(root: str | Path, tiles: list[Tile]) -> None:
+    """Refuse tiles whose ground truth holds no nucleus (the rule fine-tuning follows, engine.labels.check_has_nuclei):
+    a run on them saves a model that finds nothing, without a word."""
+    for tile in tiles:
+        check_has_nuclei(tile.instances, f"the masks of tile {tile.name!r} in {Path(root)}",
+                         "check that they are the right files, or leave the tile out of the run with --split")
 
 
 def _is_colour(path: Path, shape: tuple[int, ...]) -> bool:

@@ -106,7 +106,7 @@ def read_regions(path: str | Path, shape: tuple[int, int], image_mpp: float = DE
             raise ValueError(f"regions {path} is not a GeoJSON of polygons ({type(exc).__name__}: {exc})") from exc
         what = "no Polygon or MultiPolygon feature"
     else:
-        mask = read_image(path)
+        mask = read_image(path, labels=True)
         if mask.ndim == 3:
             mask = mask.any(axis=-1)
         if mask.shape[:2] != tuple(shape):

@@ -17,7 +17,7 @@ from napari_cdal.engine.data.volumes import labels_to_slices, slice_stack, slice
 from napari_cdal.engine.defaults import MIN_REGION_UM
 from napari_cdal.engine.events import Progress, ticks_of
 from napari_cdal.engine.io.images import to_rgb_float
-from napari_cdal.engine.labels import check_labels, relabel_sequential
+from napari_cdal.engine.labels import check_has_nuclei, check_labels, relabel_sequential
 from napari_cdal.engine.method.model import CdalModel
 from napari_cdal.engine.segment.image import MARKER_SPACING_UM, segment_image
 from napari_cdal.engine.segment.instances import split_binary_mask
@@ -111,10 +111,8 @@ def _checked_labels(labels: Any, shape: tuple[int, int], who: str) -> np.ndarray
     if arr.shape != shape:
         raise ValueError(f"{who}: labels shape {arr.shape} differs from the image's {shape}; the corrected "
                          "labels must cover the image pixel for pixel")
-    if not arr.any():
-        raise ValueError(f"{who}: labels are empty (no nucleus painted); paint the nuclei of the corrected "
-                         "region, or pick the Labels layer that holds the corrections")
-    return arr
+    return check_has_nuclei(arr, f"{who}: labels", "paint the nuclei of the corrected region, or pick the Labels "
+                            "layer that holds the corrections")
 
 
 def _checked_regions(regions: list[Box] | None, shape: tuple[int, int], who: str) -> list[Box]:

@@ -13,7 +13,14 @@ import torch
 from napari_cdal.engine.checks import check_patch_size
 from napari_cdal.engine.config import ModelConfig, TrainConfig
 from napari_cdal.engine.data.patches import PatchSampler, jitter_kind
-from napari_cdal.engine.data.tiles import Tile, check_image_channels, list_tiles, load_folder, resample_tile
+from napari_cdal.engine.data.tiles import (
+    Tile,
+    check_image_channels,
+    check_tiles_have_nuclei,
+    list_tiles,
+    load_folder,
+    resample_tile,
+)
 from napari_cdal.engine.data.volumes import is_volume_folder, list_volumes, load_volume, training_slices
 from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP
 from napari_cdal.engine.events import TICK, Progress
@@ -154,18 +161,24 @@ def train_run(state: TrainState, data_dir: str | Path, data: RunData, out: str |
     """Train to the state's iterations, saving the state every checkpoint and the best model at `out`.
 
     With validation tiles the model at `out` is the best by validation_score; without, the latest.
-    The patch size and the images' channels are checked here, before the generator starts, so a
-    bad one costs no work.
+    The patch size, the images' channels and the masks (each must hold a nucleus) are checked here,
+    before the generator starts, so bad data costs no work.
     """
     config = state.model.config
     check_patch_size(state.train_config.patch_size, config)
+    tiles = None
     if not config.is_multiclass and not is_volume_folder(data_dir):
         check_image_channels(data_dir, data.train_names + data.validation_names, config.image_channels)
-    return _train(state, data_dir, data, Path(out), device)
+        channels = config.image_channels
+        tiles = (load_folder(data_dir, data.train_names, channels),
+                 load_folder(data_dir, data.validation_names, channels) if data.validation_names else [])
+        check_tiles_have_nuclei(data_dir, tiles[0] + tiles[1])
+    return _train(state, data_dir, data, Path(out), device, tiles)
 
 
-def _train(state: TrainState, data_dir: str | Path, data: RunData, out: Path,
-           device: torch.device) -> Generator[Progress, None, None]:
+def _train(state: TrainState, data_dir: str | Path, data: RunData, out: Path, device: torch.device,
+           tiles: tuple[list[Tile], list[Tile]] | None) -> Generator[Progress, None, None]:
+    """The run's generator; `tiles` are a tile folder's training and validation tiles, read and checked already."""
     config = state.model.config
     if config.is_multiclass:
         if not is_volume_folder(data_dir):
@@ -181,9 +194,8 @@ def _train(state: TrainState, data_dir: str | Path, data: RunData, out: Path,
         if is_volume_folder(data_dir):
             raise ValueError(f"{Path(data_dir) / 'images'} holds volumes; train them with a model of classes "
                              "(e.g. --config hippocampus)")
-        channels = config.image_channels
-        train_tiles = prepare_tiles(load_folder(data_dir, data.train_names, channels), data.data_mpp, config)
-        held = load_folder(data_dir, data.validation_names, channels) if data.validation_names else []
+        train_tiles = prepare_tiles(tiles[0], data.data_mpp, config)
+        held = tiles[1]
         on_validate = make_validation(held, data.data_mpp, out) if held else None
     sample_batch = make_patch_source(train_tiles, state, config)
 
