@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from napari_cdal.engine.checks import InputError, check_input_file
 from napari_cdal.engine.io.checkpoint import atomic_write
 from napari_cdal.engine.io.images import ImageError
 
@@ -14,6 +17,10 @@ VOLUME_SUFFIXES = (".nii.gz", ".nii")
 
 LABEL_FOLDER_PREFIX = "labels"
 """A volume in a folder whose name starts with this (labels, labelsTr, labelsTs: the MSD layout) is labels."""
+
+MAX_AFFINE_CONDITION = 1e12
+"""An affine whose 3 x 3 part has a larger condition number is singular in practice (spacings of 1e-6 mm against 1 mm
+are 1e6)."""
 
 MAX_LABEL_VALUES = 16
 """An integer volume holding at most this many distinct values, all in 0..255, is taken as labels."""
@@ -69,8 +76,10 @@ def as_label_values(data: np.ndarray) -> np.ndarray:
 def _load(path: Path):  # noqa: ANN202 (nibabel's image type)
     import nibabel
 
-    if not path.is_file():
-        raise ImageError(f"{path} does not exist or is not a file")
+    try:
+        check_input_file(path, "volume file")
+    except (FileNotFoundError, InputError) as exc:
+        raise ImageError(str(exc)) from exc
     try:
         image = nibabel.load(str(path))
     except Exception as exc:  # nibabel raises many kinds for a damaged or foreign file
@@ -81,19 +90,51 @@ def _load(path: Path):  # noqa: ANN202 (nibabel's image type)
     return image
 
 
+def check_affine(affine: np.ndarray, name: str) -> None:
+    """Refuse an affine that places no voxel in space (not finite, or its rotation and spacing part singular, e.g. all
+    zero): the labels written with it could not be placed on the scan, and NIfTI cannot store it."""
+    matrix = np.asarray(affine, dtype=np.float64)
+    finite = np.isfinite(matrix).all()
+    if finite and np.linalg.cond(matrix[:3, :3]) < MAX_AFFINE_CONDITION:
+        return
+    what = "holds values that are not finite" if not finite else "is singular (it maps the voxels onto a plane or less)"
+    rows = "; ".join(" ".join(f"{v:g}" for v in row) for row in matrix[:3, :3])
+    raise ImageError(f"{name} has a degenerate affine: its rotation and spacing part [{rows}] {what}, so nothing "
+                     "can be placed on the scan; set a valid orientation in its header first (e.g. nibabel: "
+                     "img.set_sform(np.diag([sx, sy, sz, 1]), code=1) with the voxel spacing) and save it again")
+
+
 def read_volume_header(path: str | Path) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
-    """Shape and voxel spacing from the header alone, to check a volume before any work."""
+    """Shape and voxel spacing from the header alone, to check a volume before any work (a degenerate affine is
+    refused here: the outputs are written with it)."""
     image = _load(Path(path))
+    check_affine(image.affine, str(path))
     zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
     return tuple(int(n) for n in image.shape[:3]), zooms
 
 
+def _memory_refusal(path: Path, image: Any) -> None:
+    """Refuse, before decoding, a volume whose voxels (as float32 or wider) do not fit in the free memory: a
+    compressed file of a few kilobytes can declare gigabytes of voxels."""
+    from napari_cdal.engine.checks import check_memory
+
+    dtype = np.dtype(image.get_data_dtype())
+    shape = tuple(int(n) for n in image.shape)
+    check_memory(math.prod(shape) * max(dtype.itemsize, 4), f"{path} ({' x '.join(map(str, shape))} voxels of {dtype})",
+                 "it is too large to read here: crop it, or read it on a machine with more memory")
+
+
 def read_volume(path: str | Path) -> Volume:
-    """Read a NIfTI volume; NaN voxels or a damaged file give one ImageError line."""
+    """Read a NIfTI volume; NaN voxels or a damaged file give one ImageError line, voxels beyond the free memory
+    an InputError saying so (before anything is decoded)."""
     path = Path(path)
     image = _load(path)
+    _memory_refusal(path, image)
     try:
         data = np.asarray(image.dataobj)
+    except MemoryError as exc:
+        raise ImageError(f"{path} declares {' x '.join(map(str, image.shape))} voxels, more than the free memory "
+                         "holds; crop it, or read it on a machine with more memory") from exc
     except Exception as exc:  # a truncated .gz shows itself only when the voxels are read
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ImageError(f"{path} is truncated or damaged and cannot be decoded ({first})") from exc
@@ -119,9 +160,10 @@ def read_label_volume(path: str | Path, classes: int | None = None) -> Volume:
 
 
 def write_volume(path: str | Path, data: np.ndarray, affine: np.ndarray, replace: bool = True) -> None:
-    """Save a volume as NIfTI (compressed for .nii.gz) with `affine`, atomically."""
+    """Save a volume as NIfTI (compressed for .nii.gz) with `affine`, atomically; a degenerate affine is refused."""
     import nibabel
 
+    check_affine(affine, f"the volume for {path}")
     image = nibabel.Nifti1Image(np.asarray(data), np.asarray(affine, dtype=np.float64))
     image.header.set_data_dtype(np.asarray(data).dtype)
     compressed = str(path).lower().endswith(".gz")

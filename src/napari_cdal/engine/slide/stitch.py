@@ -44,6 +44,8 @@ from napari_cdal.engine.slide.store import (
     level_box,
     level_roots,
     open_store,
+    open_store_array,
+    restart_fix,
     store_levels,
     store_tissue,
 )
@@ -177,10 +179,14 @@ def _save_detections(store: Path, index: int, written: np.ndarray, pixels: np.nd
 
 def _done_detections(store: Path) -> Generator[dict[str, Any], None, None]:
     """Each done block's saved detections ('features', 'rows'), in block order, one block in memory at a time."""
-    import zarr
-
-    for index in zarr.open_array(store, mode="r").attrs["done"]:
-        yield json.loads(_block_detections(store, index).read_text())
+    for index in open_store_array(store, store).attrs["done"]:
+        path = _block_detections(store, index)
+        try:
+            found = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise StoreError(f"{store} is damaged: the detections of block {index}, {path.relative_to(store)}, cannot "
+                             f"be read ({type(exc).__name__}); {restart_fix(Path(store))}") from exc
+        yield found
 
 
 def _rows_table(rows: dict[str, list[Any]]) -> dict[str, np.ndarray]:
@@ -325,8 +331,7 @@ def _check_detections(store: Path, done: list[int]) -> None:
         except (OSError, ValueError) as exc:
             raise StoreError(f"{store} is damaged: block {index} is done but its detections "
                              f"{path.relative_to(store)} are {'missing' if not path.exists() else 'unreadable'} "
-                             f"({type(exc).__name__}); start it afresh with `napari-cdal segment ... --overwrite` "
-                             f"(or delete {store.name})") from exc
+                             f"({type(exc).__name__}); {restart_fix(store)}") from exc
 
 
 def segment_slide(model: CdalModel, source: SlideSource, store: str | Path, image_mpp: float,

@@ -41,13 +41,31 @@ def level_roots(store: str | Path, count: int) -> list[Path]:
     return [Path(store), *(Path(store) / LEVELS_FOLDER / str(k) for k in range(1, count))]
 
 
-def store_levels(store: str | Path, mode: str = "r") -> list[Any]:
-    """The labels store's arrays, level 0 (full resolution) first, then each downsampled level."""
+def restart_fix(store: Path) -> str:
+    """What to do with a damaged store: start it afresh."""
+    return (f"start it afresh with `napari-cdal segment ... --overwrite` (or delete {Path(store).name}); the blocks "
+            "done so far are then segmented again")
+
+
+def open_store_array(store: str | Path, root: str | Path, mode: str = "r") -> Any:
+    """One array of the labels store (a level, the tissue mask); damaged metadata is a StoreError naming the store,
+    the file and the fix, not the JSON parser's words."""
     import zarr
 
-    labels = zarr.open_array(store, mode=mode)
+    try:
+        return zarr.open_array(root, mode=mode)
+    except Exception as exc:  # zarr raises the JSON parser's and its own errors for damaged metadata
+        where = (Path(root) / "zarr.json").relative_to(store)
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise StoreError(f"{store} is damaged: its {where} cannot be read ({type(exc).__name__}: {first}); "
+                         f"{restart_fix(Path(store))}") from exc
+
+
+def store_levels(store: str | Path, mode: str = "r") -> list[Any]:
+    """The labels store's arrays, level 0 (full resolution) first, then each downsampled level."""
+    labels = open_store_array(store, store, mode)
     roots = level_roots(store, len(labels.attrs.get("levels", [None])))
-    levels = [labels, *(zarr.open_array(root, mode=mode) for root in roots[1:])]
+    levels = [labels, *(open_store_array(store, root, mode) for root in roots[1:])]
     return levels if mode == "r" else [level.with_config(WRITE_CONFIG) for level in levels]
 
 
@@ -60,7 +78,7 @@ def open_store(store: Path, shapes: list[tuple[int, int]], settings: dict[str, A
         if not is_labels_store(store):
             raise StoreError(f"{store} is in the way of a labels store and is not one; move it away or choose "
                              "another --out")
-        labels = zarr.open_array(store, mode="r")
+        labels = open_store_array(store, store)
         if tuple(labels.shape) != tuple(shapes[0]) or labels.attrs.get("settings") != settings:
             raise ValueError(f"{store} holds labels of another run (shape {tuple(labels.shape)}, settings "
                              f"{labels.attrs.get('settings')}); move it away, choose another --out, or pass "
@@ -79,7 +97,7 @@ def store_tissue(store: Path, labels: Any, source: SlideSource, image_mpp: float
 
     factor = labels.attrs.get("tissue_factor")
     if factor is not None:
-        return TissueMask(np.asarray(zarr.open_array(store / TISSUE_ARRAY, mode="r")[:]) > 0, factor, image_mpp)
+        return TissueMask(np.asarray(open_store_array(store, store / TISSUE_ARRAY)[:]) > 0, factor, image_mpp)
     tissue = detect_tissue(source, image_mpp)
     saved = zarr.create_array(store / TISSUE_ARRAY, shape=tissue.mask.shape, chunks=tissue.mask.shape,
                               dtype="uint8", fill_value=0, overwrite=True)
@@ -113,8 +131,7 @@ def chunk_file(root: Path, array: Any, coords: tuple[int, int]) -> Path:
 def check_store(store: Path, levels: list[Any], roots: list[Path], shapes: list[tuple[int, int]],
                 regions: dict[int, Box]) -> None:
     """Refuse a store whose levels have the wrong shape or whose done blocks (index: region) miss or garble a chunk."""
-    fix = (f"start it afresh with `napari-cdal segment ... --overwrite` (or delete {store.name}); the blocks done "
-           "so far are then segmented again")
+    fix = restart_fix(store)
     if len(levels) != len(shapes):
         raise StoreError(f"{store} is damaged: it has {len(levels)} levels where {len(shapes)} belong; {fix}")
     for k, (level, shape) in enumerate(zip(levels, shapes, strict=True)):
@@ -155,8 +172,8 @@ def is_labels_store(path: Path) -> bool:
         return False
     try:
         attrs = zarr.open_array(path, mode="r").attrs
-    except Exception:  # not a zarr array: not ours
-        return False
+    except Exception:  # unreadable metadata: ours only when the folders a store of ours has are there
+        return any((path / folder).is_dir() for folder in (LEVELS_FOLDER, TISSUE_ARRAY))
     return "settings" in attrs and "done" in attrs
 
 
