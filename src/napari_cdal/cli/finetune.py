@@ -16,7 +16,7 @@ def _read_mask(path: Path) -> Any:
     """A label image from a file; a grey image saved as RGB(A) becomes its one channel."""
     from napari_cdal.engine.io.images import read_image
 
-    mask = read_image(path)
+    mask = read_image(path, labels=True)
     if mask.ndim == 3 and all((mask[..., c] == mask[..., 0]).all() for c in range(1, min(mask.shape[-1], 3))):
         mask = mask[..., 0]
     return mask
@@ -28,14 +28,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     from napari_cdal.engine.checks import check_output_file
     from napari_cdal.engine.io.images import read_header, read_image
+    from napari_cdal.engine.io.lock import output_lock
     from napari_cdal.engine.io.regions import read_regions
     from napari_cdal.engine.training.corrections import FinetunePair
-    from napari_cdal.engine.training.finetune import (
-        check_new_model_path,
-        finetune,
-        finetune_config,
-        save_finetuned,
-    )
+    from napari_cdal.engine.training.finetune import check_new_model_path, finetune_config
 
     common.check_runtime(args)
     if args.lr is not None and not (math.isfinite(args.lr) and 0 < args.lr <= 1):
@@ -50,7 +46,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                        "in the same order")
     shapes = [read_header(path).shape for path in images]
     for path in masks:
-        read_header(path)
+        read_header(path, labels=True)
     boxes: list[Any] = [None] * len(images)
     if regions is not None:
         for index, (path, shape) in enumerate(zip(regions, shapes, strict=True)):
@@ -64,6 +60,15 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if args.lr is not None:
         overrides.update(lr_g=args.lr, lr_d=args.lr * FINETUNE_D_LR_RATIO)
     settings = finetune_config(**overrides)
+    with output_lock(out):  # one run at a time writes --out
+        check_new_model_path(out)  # again: a run that held the lock may have written it meanwhile
+        return _finetune(args, pairs, settings, out)
+
+
+def _finetune(args: argparse.Namespace, pairs: list[Any], settings: Any, out: Path) -> int:
+    """Fine-tune on the checked pairs and save the new model at --out (locked)."""
+    from napari_cdal.engine.training.finetune import finetune, save_finetuned
+
     device = common.setup_torch(args)
     model = common.load_model(args.model, device)
     bars: list[Any] = []  # opened at the first step, so rejected input leaves only the error line

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -106,9 +107,9 @@ def _check_slide_block_memory(path: Path, mpp: float, model: Any, steps: int, sa
 
 
 def _segment_slide(args: argparse.Namespace, model: Any, path: Path, files: dict[str, Path], mpp: float,
-                   sampling_steps: int, samples: int, client: Any) -> None:
+                   sampling_steps: int, samples: int, client: Any) -> str:
     """One slide through engine.slide: labels into <stem>_labels.zarr (resumable), then a tiled BigTIFF, the tissue
-    mask and the nuclei's files."""
+    mask and the nuclei's files; returns the line that says what was found."""
     from napari_cdal.engine.events import TICK
     from napari_cdal.engine.slide.stitch import labels_tiff, segment_slide, write_slide_detections
     from napari_cdal.engine.slide.store import remove_store
@@ -136,9 +137,8 @@ def _segment_slide(args: argparse.Namespace, model: Any, path: Path, files: dict
         write_slide_detections(result.store, files.get("geojson"), files.get("measurements"))
     tissue = ("every block segmented (--tissue all)" if result.tissue_mm2 is None else
               f"{result.skipped} of glass skipped; tissue {result.tissue_mm2:.3g} mm²")
-    print(f"{path.name}: {result.n_nuclei} nuclei in {result.blocks} blocks at {mpp:g} µm/px ({tissue} of "
-          f"{result.slide_mm2:.3g} mm² slide), {result.seconds:.1f} s -> {files['labels']} "
-          f"(and {files['store'].name})")
+    return (f"{path.name}: {result.n_nuclei} nuclei in {result.blocks} blocks at {mpp:g} µm/px ({tissue} of "
+            f"{result.slide_mm2:.3g} mm² slide), {result.seconds:.1f} s")
 
 
 VOLUME_OUTPUTS = (("labels", True, "_labels.nii.gz"), ("steps", "save_steps", "_steps.nii.gz"),
@@ -169,8 +169,9 @@ def _check_model_fits(model: Any, volumes: list[Path], images: list[Path]) -> No
 
 
 def _segment_volume_file(args: argparse.Namespace, model: Any, path: Path, files: dict[str, Path],
-                         sampling_steps: int, samples: int) -> None:
-    """One NIfTI volume through engine.segment.volume; every output keeps the input's shape and affine."""
+                         sampling_steps: int, samples: int) -> str:
+    """One NIfTI volume through engine.segment.volume; every output keeps the input's shape and affine; returns the
+    line that says what was found."""
     from napari_cdal.engine.events import TICK, run_to_end
     from napari_cdal.engine.io.volumes import read_volume, write_volume
     from napari_cdal.engine.segment.volume import class_voxels, segment_volume
@@ -196,8 +197,7 @@ def _segment_volume_file(args: argparse.Namespace, model: Any, path: Path, files
             "attention": None if result.attention is None else result.attention.transpose(1, 2, 3, 0)}
     for kind, file in files.items():
         write_volume(file, maps[kind], volume.affine)
-    print(f"{path.name}: {class_voxels(result.labels, model.config.class_names)}, {result.seconds:.1f} s "
-          f"-> {files['labels']}")
+    return f"{path.name}: {class_voxels(result.labels, model.config.class_names)}, {result.seconds:.1f} s"
 
 
 def _check_uncertainty_has_samples(args: argparse.Namespace, samples: int) -> None:
@@ -216,6 +216,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         segment_peak_bytes,
     )
     from napari_cdal.engine.io.images import check_read_whole, plane_size, read_header
+    from napari_cdal.engine.io.lock import output_lock
+    from napari_cdal.engine.io.outputs import recover_output_set
     from napari_cdal.engine.io.volumes import is_volume_path, read_volume_header, volume_stem
 
     common.check_runtime(args)
@@ -286,59 +288,119 @@ def cmd_segment(args: argparse.Namespace) -> int:
     for path in slides:
         _check_slide_block_memory(path, slide_mpps[path], model, steps, samples)
     for path in images:
-        if path in slides or path in volumes:
+        if path in slides:
+            continue
+        if path in volumes:
+            _check_volume_memory(path, model, steps, samples, args)
             continue
         check_memory(segment_peak_bytes(*sizes[path], args.mpp, model.config, steps, samples, want_maps,
-                                        args.save_attention), f"{path} ({sizes[path][0]} x {sizes[path][1]} px)")
-    client, cluster = _dask_client(args) if slides else (None, None)
-    try:
-        _segment_all(args, model, images, slide_mpps, outputs, steps, samples, want_maps, client)
-    finally:
-        if client is not None:
-            client.close()
-        if cluster is not None:  # a cluster this command started ends with it
-            cluster.close()
+                                        args.save_attention),
+                     f"{path} ({sizes[path][0]} x {sizes[path][1]} px, {samples} samples)",
+                     "give fewer --samples, or crop it into tiles of a few thousand pixels a side and segment those")
+    with output_lock([files["labels"] for files in outputs.values()]):
+        for files in outputs.values():  # a set a killed run had completed is moved in first
+            recover_output_set(files["labels"])
+        check_new_outputs([file for files in outputs.values() for kind, file in files.items() if kind != "store"],
+                          args.overwrite)
+        client, cluster = _dask_client(args) if slides else (None, None)
+        try:
+            _segment_all(args, model, images, slide_mpps, outputs, steps, samples, want_maps, client)
+        finally:
+            if client is not None:
+                client.close()
+            if cluster is not None:  # a cluster this command started ends with it
+                cluster.close()
     return 0
+
+
+def _check_volume_memory(path: Path, model: Any, steps: int, samples: int, args: argparse.Namespace) -> None:
+    """A volume and its segmentation must fit in the free memory (from its header: nothing is read yet)."""
+    from napari_cdal.engine.checks import check_memory, volume_peak_bytes
+    from napari_cdal.engine.io.volumes import read_volume_header
+    from napari_cdal.engine.segment.volume import SLICES_PER_BATCH
+
+    shape, _ = read_volume_header(path)
+    keep = args.save_steps or args.save_attention
+    check_memory(volume_peak_bytes(shape, model.config, steps, samples, SLICES_PER_BATCH, keep),
+                 f"{path} ({' x '.join(map(str, shape))} voxels, {samples} samples)",
+                 "give fewer --samples, leave out --save-steps/--save-attention, or crop the volume")
+
+
+def _replaced_members(args: argparse.Namespace, out: Path, path: Path, volume: bool) -> list[Path]:
+    """The files an earlier run wrote for this image that this run does not write (--overwrite removes them with
+    the set they belong to: their ids would not match the new labels)."""
+    from napari_cdal.engine.io.volumes import volume_stem
+
+    if not args.overwrite:
+        return []
+    stem = volume_stem(path) if volume else path.stem
+    kinds = VOLUME_OUTPUTS if volume else SEGMENT_OUTPUTS
+    return [out / f"{stem}{suffix}" for _, _, suffix in kinds] + ([] if volume else [out / f"{stem}_tissue.png"])
 
 
 def _segment_all(args: argparse.Namespace, model: Any, images: list[Path], slides: dict[Path, float],
                  outputs: dict[Path, dict[str, Path]], steps: int, samples: int, want_maps: bool,
                  client: Any) -> None:
-    """Each image in turn: a slide through engine.slide (on the cluster if any), a tile in memory."""
-    from napari_cdal.engine.events import TICK, run_to_end
-    from napari_cdal.engine.io.images import ImageError, read_image
+    """Each image in turn: a slide through engine.slide (on the cluster if any), a tile in memory; each image's
+    files are written as one set (io.outputs), so a run stopped half-way leaves the earlier set whole."""
+    from napari_cdal.engine.io.outputs import output_set
     from napari_cdal.engine.io.volumes import is_volume_path
+
+    for path in images:
+        files = {kind: file for kind, file in outputs[path].items() if kind != "store"}
+        replaced = _replaced_members(args, Path(args.out), path, is_volume_path(path))
+        with output_set(files, files["labels"], replaced) as staged:
+            if "store" in outputs[path]:
+                staged["store"] = outputs[path]["store"]
+            if path in slides:
+                said = _segment_slide(args, model, path, staged, slides[path], steps, samples, client)
+            elif is_volume_path(path):
+                said = _segment_volume_file(args, model, path, staged, steps, samples)
+            else:
+                said = _segment_tile(args, model, path, staged, steps, samples, want_maps)
+        gone = [file.name for file in replaced if file not in files.values() and not file.exists()]
+        print(f"{said} -> {files['labels']}" + (f" (and {outputs[path]['store'].name})" if path in slides else ""))
+        if gone:
+            print(f"note: removed {', '.join(gone)} of the earlier run: the new labels' ids are not theirs",
+                  file=sys.stderr)
+
+
+def _segment_tile(args: argparse.Namespace, model: Any, path: Path, files: dict[str, Path], steps: int,
+                  samples: int, want_maps: bool) -> str:
+    """One image read whole: its reading notes said, segmented, its files written; returns the line that says what
+    was found."""
+    from napari_cdal.engine.events import TICK, run_to_end
+    from napari_cdal.engine.io.images import ImageError, check_pixels, read_header, read_image, reading_notes
     from napari_cdal.engine.segment.image import segment_image
 
     errors_for_review = bool(args.review) and model.config.disc_kind == "pixel"  # Review's error map is D's
-    for path in images:
-        if path in slides:
-            _segment_slide(args, model, path, outputs[path], slides[path], steps, samples, client)
-            continue
-        if is_volume_path(path):
-            _segment_volume_file(args, model, path, outputs[path], steps, samples)
-            continue
-        pixels = read_image(path)
-        bars: list[Any] = []  # opened at the first step, so a rejected image leaves only the error line
+    pixels = read_image(path)
+    try:
+        check_pixels(pixels)
+    except ImageError as exc:  # name the file: the check only knows the pixels
+        raise ImageError(f"{path}: {exc}") from exc
+    for note in reading_notes(pixels, model.config.image_channels, read_header(path)):
+        print(f"note: {path.name}: {note}", file=sys.stderr)
+    bars: list[Any] = []  # opened at the first step, so a rejected image leaves only the error line
 
-        def show(event: Any, name: str = path.name, bars: list[Any] = bars) -> None:
-            if event.stage == TICK:
-                return
-            if not bars:
-                bars.append(common.progress(event.total, name, "step"))
-            bars[0].n = event.index
-            bars[0].refresh()
+    def show(event: Any) -> None:
+        if event.stage == TICK:
+            return
+        if not bars:
+            bars.append(common.progress(event.total, path.name, "step"))
+        bars[0].n = event.index
+        bars[0].refresh()
 
-        try:
-            result = run_to_end(segment_image(
-                model, pixels, image_mpp=args.mpp, sampling_steps=steps, samples=samples, seed=args.seed,
-                threshold=args.threshold, keep_steps=want_maps,
-                with_attention=args.save_attention or errors_for_review), show)
-        except ImageError as exc:  # name the file: the engine only knows the pixels
-            raise ImageError(f"{path}: {exc}") from exc
-        finally:
-            for bar in bars:
-                bar.close()
-        _write_outputs(outputs[path], result, pixels, args.mpp, args.review)
-        print(f"{path.name}: {result.n_nuclei} nuclei, mean area {result.mean_area_px():.0f} px, "
-              f"{result.seconds:.1f} s -> {outputs[path]['labels']}")
+    try:
+        result = run_to_end(segment_image(
+            model, pixels, image_mpp=args.mpp, sampling_steps=steps, samples=samples, seed=args.seed,
+            threshold=args.threshold, keep_steps=want_maps,
+            with_attention=args.save_attention or errors_for_review), show)
+    except ImageError as exc:  # name the file: the engine only knows the pixels
+        raise ImageError(f"{path}: {exc}") from exc
+    finally:
+        for bar in bars:
+            bar.close()
+    _write_outputs(files, result, pixels, args.mpp, args.review)
+    return (f"{path.name}: {result.n_nuclei} nuclei, mean area {result.mean_area_px():.0f} px, "
+            f"{result.seconds:.1f} s")

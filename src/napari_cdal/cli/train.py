@@ -74,7 +74,7 @@ def _train_discriminator_only(args: argparse.Namespace, out: Path, split: dict[s
     """--discriminator-only: a pixel D for --init-from's frozen generator, written to --out."""
     import dataclasses
 
-    from napari_cdal.engine.data.tiles import check_image_channels, load_folder
+    from napari_cdal.engine.data.tiles import check_image_channels, check_tiles_have_nuclei, load_folder
     from napari_cdal.engine.method.model import save_model
     from napari_cdal.engine.training.error_disc import ErrorDiscSettings, train_error_discriminator
     from napari_cdal.engine.training.run import prepare_tiles, run_data
@@ -91,6 +91,8 @@ def _train_discriminator_only(args: argparse.Namespace, out: Path, split: dict[s
         raise CliError("--discriminator-only is for H&E nucleus models; this model segments classes or grayscale")
     data = run_data(args.data_dir, split, None, args.mpp)
     check_image_channels(args.data_dir, data.train_names, 3)
+    train_tiles = load_folder(args.data_dir, data.train_names)
+    check_tiles_have_nuclei(args.data_dir, train_tiles)
     changes = common.read_json_object(args.train_config, "--train-config") if args.train_config else {}
     unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(ErrorDiscSettings)})
     if unknown:
@@ -101,7 +103,7 @@ def _train_discriminator_only(args: argparse.Namespace, out: Path, split: dict[s
     settings = dataclasses.replace(settings, **changes)
     if settings.iterations < 1:
         raise CliError(f"{common.typed(args, '--iterations', '--steps')} must be at least 1, got {settings.iterations}")
-    tiles = prepare_tiles(load_folder(args.data_dir, data.train_names), data.data_mpp, model.config)
+    tiles = prepare_tiles(train_tiles, data.data_mpp, model.config)
     bar = common.progress(settings.pool_batches, "segment patches", "batch")
     trained = None
     for event in train_error_discriminator(model, tiles, settings):
@@ -127,18 +129,27 @@ def _train_discriminator_only(args: argparse.Namespace, out: Path, split: dict[s
 def cmd_train(args: argparse.Namespace) -> int:
     """Train cDAL on a MoNuSeg-layout folder; keep the best model (by validation) at --out."""
     from napari_cdal.engine.checks import check_at_least
-    from napari_cdal.engine.method.model import CdalModel
-    from napari_cdal.engine.training.run import new_state, run_data, train_run
-    from napari_cdal.engine.training.state import TrainState
+    from napari_cdal.engine.io.lock import output_lock
 
     common.check_runtime(args)
-    for option in ("batch_size", "checkpoint_every", "validate_every"):
+    for option in ("batch_size", "patch_size", "checkpoint_every", "validate_every"):
         check_at_least(getattr(args, option), 1, "--" + option.replace("_", "-"))
     out = Path(args.out)
     _check_train_out(out, args.resume)
     split = common.read_split(args.split)
-    if args.discriminator_only:
-        return _train_discriminator_only(args, out, split)
+    with output_lock(out):  # one run at a time writes --out and its state
+        _check_train_out(out, args.resume)  # again: a run that held the lock may have written it meanwhile
+        if args.discriminator_only:
+            return _train_discriminator_only(args, out, split)
+        return _train(args, out, split)
+
+
+def _train(args: argparse.Namespace, out: Path, split: dict[str, list[str]]) -> int:
+    """A new or resumed run to --out, its options checked and --out locked."""
+    from napari_cdal.engine.method.model import CdalModel
+    from napari_cdal.engine.training.run import new_state, run_data, train_run
+    from napari_cdal.engine.training.state import TrainState
+
     if args.resume:
         ignored = [option for option in ("--config", "--init-from") if option in args.typed_options]
         if ignored:
