@@ -111,7 +111,7 @@ def run_segmentation(
     from napari_cdal.engine.checks import check_memory, segment_peak_bytes
     from napari_cdal.engine.device import resolve_device
     from napari_cdal.engine.io.checkpoint import CheckpointError
-    from napari_cdal.engine.io.images import ImageError
+    from napari_cdal.engine.io.images import ImageError, check_pixels, reading_notes
     from napari_cdal.engine.segment.image import segment_image
 
     try:
@@ -121,6 +121,8 @@ def run_segmentation(
         check_memory(segment_peak_bytes(height, width, settings.image_mpp, model.config, settings.sampling_steps,
                                         settings.samples), f"the image ({height} x {width} px)")
         pixels = image if box is None else np.asarray(image[box[0]:box[1], box[2]:box[3]])
+        check_pixels(pixels, "the image")
+        notes = reading_notes(pixels, model.config.image_channels)  # what the CLI prints as notes
         with _stoppable(model, cancel):
             for event in segment_image(
                 model,
@@ -132,7 +134,7 @@ def run_segmentation(
                 threshold=settings.threshold,
             ):
                 if event.stage == "done":
-                    return prepare_result(event.payload, settings.image_mpp)
+                    return prepare_result(event.payload, settings.image_mpp, notes)
                 yield event
     except (CheckpointError, ImageError, FileNotFoundError, ValueError) as exc:
         return RunFailure(str(exc))

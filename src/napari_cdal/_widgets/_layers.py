@@ -270,9 +270,11 @@ class ShownResult:
     """The result's review queue, best first (engine.segment.review)."""
     doubt: np.ndarray | None = None
     """The uncertainty as its layer shows it (engine.segment.doubt: nuclei painted, soft borders left out)."""
+    notes: list[str] = field(default_factory=list)
+    """How the image was read and what the model made of it (io.images.reading_notes), shown as notifications."""
 
 
-def prepare_result(result: SegmentationResult, mpp: float) -> ShownResult:
+def prepare_result(result: SegmentationResult, mpp: float, notes: list[str] | None = None) -> ShownResult:
     """A result's per-nucleus table, scaled attention, review queue and doubt map (in the worker: the canvas
     does not freeze; the CLI and slides, which show none of them, never make them)."""
     import pandas as pd
@@ -283,7 +285,7 @@ def prepare_result(result: SegmentationResult, mpp: float) -> ShownResult:
     attention = None if result.attention is None else normalise_planes(result.attention)
     review = review_items(result.labels, result.probability, result.uncertainty, mpp, result.error_map)
     doubt = None if result.uncertainty is None else doubt_map(result.labels, result.uncertainty, mpp)
-    return ShownResult(result, pd.DataFrame(result_features(result, mpp)), attention, review, doubt)
+    return ShownResult(result, pd.DataFrame(result_features(result, mpp)), attention, review, doubt, list(notes or []))
 
 
 def show_result(

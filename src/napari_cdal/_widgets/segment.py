@@ -352,7 +352,7 @@ class SegmentWidget(SlideRun, WorkerRun, Container):
             self._advance(event)
 
     def _on_returned(self, result: SegmentationResult | SlideResult | RunFailure) -> None:
-        from napari.utils.notifications import show_error
+        from napari.utils.notifications import show_error, show_info
 
         with self._handling():
             if self._slide is not None:
@@ -375,6 +375,8 @@ class SegmentWidget(SlideRun, WorkerRun, Container):
             if self._preview is not None:
                 self._preview.end(results=layers.values())
             self._review = ReviewQueue(self._viewer, layers[MASK], result.review)
+            for note in result.notes:  # the CLI's notes: an image read by its own range, grayscale to H&E...
+                show_info(f"Segment: {self._image_layer.name}: {note}")
             result = result.result
             self._on_review_count_changed()
             self.last_result = result
