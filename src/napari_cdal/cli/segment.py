@@ -348,7 +348,8 @@ def _segment_all(args: argparse.Namespace, model: Any, images: list[Path], slide
 
     for path in images:
         files = {kind: file for kind, file in outputs[path].items() if kind != "store"}
-        replaced = _replaced_members(args, Path(args.out), path, is_volume_path(path))
+        replaced = [file for file in _replaced_members(args, Path(args.out), path, is_volume_path(path))
+                    if file.exists() and file not in files.values()]
         with output_set(files, files["labels"], replaced) as staged:
             if "store" in outputs[path]:
                 staged["store"] = outputs[path]["store"]
@@ -358,7 +359,7 @@ def _segment_all(args: argparse.Namespace, model: Any, images: list[Path], slide
                 said = _segment_volume_file(args, model, path, staged, steps, samples)
             else:
                 said = _segment_tile(args, model, path, staged, steps, samples, want_maps)
-        gone = [file.name for file in replaced if file not in files.values() and not file.exists()]
+        gone = [file.name for file in replaced if not file.exists()]
         print(f"{said} -> {files['labels']}" + (f" (and {outputs[path]['store'].name})" if path in slides else ""))
         if gone:
             print(f"note: removed {', '.join(gone)} of the earlier run: the new labels' ids are not theirs",

@@ -105,10 +105,11 @@ def check_affine(affine: np.ndarray, name: str) -> None:
 
 
 def read_volume_header(path: str | Path) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
-    """Shape and voxel spacing from the header alone, to check a volume before any work (a degenerate affine is
-    refused here: the outputs are written with it)."""
+    """Shape and voxel spacing from the header alone, to check a volume before any work: a degenerate affine (the
+    outputs are written with it) and more voxels than the free memory holds are refused here."""
     image = _load(Path(path))
     check_affine(image.affine, str(path))
+    _memory_refusal(Path(path), image)
     zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
     return tuple(int(n) for n in image.shape[:3]), zooms
 
