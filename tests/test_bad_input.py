@@ -831,3 +831,22 @@ def test_model_names_from_the_users_folder_and_a_folder_that_is_a_file(capsys, m
     assert code == 0 and f"warning: {MODEL_DIR_ENV} ({afile}) is a file, not a folder" in err
     code, _, err = run(capsys, "info", "--model", "mine")
     assert code == 1 and "is a file, not a folder" in one_error_line(err, "info")
+
+
+def test_evaluate_and_the_widgets_volume_run_refuse_samples_beyond_memory(capsys, tiny_model_file, blob_folder) -> None:
+    from conftest import TINY_CLASSES
+
+    from napari_cdal._widgets import _jobs
+    from napari_cdal.engine.method.model import CdalModel
+
+    code, _, err = run(capsys, "evaluate", blob_folder, "--model", tiny_model_file, "--samples", "100000",
+                       "--runtime", "torch")
+    line = one_error_line(err, "evaluate")
+    assert code == 1 and "blob-a.tif (128 x 128 px, 100000 samples) needs about" in line and "--samples" in line
+    model = CdalModel.initialise(TINY_CLASSES).eval()
+    settings = _jobs.SegmentSettings("unused", "cpu", 1.0, 1, 10**5, 0, 0.5)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_jobs, "sampling_model_cached", lambda *_: model)
+        failed = finish(_jobs.run_volume_segmentation(np.zeros((4, 16, 16), np.float32), settings))
+    assert isinstance(failed, _jobs.RunFailure) and "the volume (4 x 16 x 16 voxels) needs about" in \
+        failed.message and "lower K" in failed.message

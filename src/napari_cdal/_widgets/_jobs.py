@@ -149,13 +149,19 @@ def run_volume_segmentation(
     """Worker body: load a model of classes, yield segment_volume's per-slice events, return its VolumeResult.
 
     Once `cancel` is set the networks raise RunCancelled."""
+    from napari_cdal.engine.checks import check_memory, volume_peak_bytes
     from napari_cdal.engine.device import resolve_device
     from napari_cdal.engine.io.checkpoint import CheckpointError
-    from napari_cdal.engine.segment.volume import segment_volume
+    from napari_cdal.engine.segment.volume import SLICES_PER_BATCH, segment_volume
 
     try:
         device = str(resolve_device(settings.device))
         model = sampling_model_cached(settings.model_path, device)
+        shape = tuple(np.shape(volume))
+        if len(shape) == 3:  # another shape is segment_volume's to refuse
+            check_memory(volume_peak_bytes(shape, model.config, settings.sampling_steps, settings.samples,
+                                           SLICES_PER_BATCH), f"the volume ({' x '.join(map(str, shape))} voxels)",
+                         "lower K (samples), or segment the volume with `napari-cdal segment`")
         with _stoppable(model, cancel):
             for event in segment_volume(model, np.asarray(volume), settings.sampling_steps, settings.samples,
                                         settings.seed):

@@ -56,6 +56,31 @@ def _check_results_file(path: str | None) -> None:
                        "choose another file name")
 
 
+def _check_evaluate_memory(args: argparse.Namespace, model: Any, names: list[str], volumes: bool, steps: int) -> None:
+    """The largest image or volume, segmented with K samples, must fit in the free memory (from the headers)."""
+    from napari_cdal.engine.checks import check_memory, segment_peak_bytes, volume_peak_bytes
+    from napari_cdal.engine.data.tiles import image_path
+    from napari_cdal.engine.data.volumes import volume_path
+    from napari_cdal.engine.io.images import plane_size, read_header
+    from napari_cdal.engine.io.volumes import read_volume_header
+    from napari_cdal.engine.segment.volume import SLICES_PER_BATCH
+
+    samples = model.config.default_samples if args.samples is None else args.samples
+    fix = "give fewer --samples"
+    for name in names:
+        if volumes:
+            path = volume_path(args.data_dir, name)
+            shape, _ = read_volume_header(path, placed=False)  # nothing is written with its affine
+            needed = volume_peak_bytes(shape, model.config, steps, samples, SLICES_PER_BATCH, keep_steps=False)
+            check_memory(needed, f"{path} ({' x '.join(map(str, shape))} voxels, {samples} samples)", fix)
+        else:
+            path = image_path(args.data_dir, name)
+            height, width = plane_size(read_header(path), str(path))
+            check_memory(segment_peak_bytes(height, width, args.mpp, model.config, steps, samples, False, False),
+                         f"{path} ({height} x {width} px, {samples} samples)",
+                         fix + ", or crop the images into tiles of a few thousand pixels a side")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score a model on a MoNuSeg-layout folder; print the table and write the JSON."""
     from napari_cdal.engine.data.tiles import list_tiles, load_folder
@@ -85,6 +110,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise CliError(f"{args.data_dir} holds {kind}, which {Path(model.source).name} does not segment; "
                        + ("give a volume model, e.g. --model cdal_hippocampus" if volumes
                           else "leave out --model for the bundled H&E model"))
+    _check_evaluate_memory(args, model, names, volumes, steps)
     if volumes:
         classes = model.config.label_channels
         events = evaluate_volumes(model, [load_volume(args.data_dir, name, classes) for name in names],

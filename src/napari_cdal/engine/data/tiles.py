@@ -50,7 +50,9 @@ def list_tiles(root: str | Path) -> list[str]:
     return sorted(found)
 
 
-def _image_path(root: Path, name: str) -> Path:
+def image_path(root: str | Path, name: str) -> Path:
+    """The image file of tile `name` in `root/images` (any of IMAGE_SUFFIXES, either case)."""
+    root = Path(root)
     for suffix in IMAGE_SUFFIXES:
         for candidate in (suffix, suffix.upper()):
             path = root / "images" / f"{name}{candidate}"
@@ -127,22 +129,22 @@ def load_tile(root: str | Path, name: str, channels: int = 3) -> Tile:
     Images are converted as segment converts them (a grayscale one repeated for an RGB model).
     """
     root = Path(root)
-    image_path = _image_path(root, name)
-    image = _tile_image(read_image(image_path), image_path, channels)
+    path = image_path(root, name)
+    image = _tile_image(read_image(path), path, channels)
     shape = image.shape[:2]
 
     mask_path = root / "masks" / f"{name}.png"
     foreground = None
     if mask_path.is_file():
         foreground = _read_binary(mask_path)
-        _check_shape(foreground, mask_path, shape, image_path)
+        _check_shape(foreground, mask_path, shape, path)
 
     inst_path = root / "masks_instance" / f"{name}.png"
     xml_path = root / "annotations" / f"{name}.xml"
     has_truth = True
     if inst_path.is_file():
         instances = _read_instances(inst_path)
-        _check_shape(instances, inst_path, shape, image_path)
+        _check_shape(instances, inst_path, shape, path)
     elif xml_path.is_file():
         instances = xml_to_instances(xml_path, shape)
     elif foreground is not None:
@@ -198,7 +200,7 @@ def check_image_channels(root: str | Path, names: list[str], channels: int) -> N
     """
     root = Path(root)
     for name in names:
-        path = _image_path(root, name)
+        path = image_path(root, name)
         shape = read_header(path).shape
         if channels == 3 and (len(shape) == 2 or shape[-1] == 1):
             raise ValueError(f"{path} is a grayscale image but the model is an RGB (H&E) model; train grayscale "

@@ -47,6 +47,11 @@ def list_volumes(root: str | Path) -> list[str]:
     return sorted(images)
 
 
+def volume_path(root: str | Path, name: str) -> Path:
+    """The image volume `name` of a volume folder (images/<name>.nii.gz or .nii)."""
+    return _files(Path(root) / "images")[name]
+
+
 def load_volume(root: str | Path, name: str, classes: int | None = None) -> LabelledVolume:
     """Read one image volume and its labels, checked to have the same shape."""
     root = Path(root)

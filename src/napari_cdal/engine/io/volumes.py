@@ -104,11 +104,13 @@ def check_affine(affine: np.ndarray, name: str) -> None:
                      "img.set_sform(np.diag([sx, sy, sz, 1]), code=1) with the voxel spacing) and save it again")
 
 
-def read_volume_header(path: str | Path) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
-    """Shape and voxel spacing from the header alone, to check a volume before any work: a degenerate affine (the
-    outputs are written with it) and more voxels than the free memory holds are refused here."""
+def read_volume_header(path: str | Path,
+                       placed: bool = True) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """Shape and voxel spacing from the header alone, to check a volume before any work: more voxels than the free
+    memory holds are refused here, and with `placed` (outputs will be written with its affine) a degenerate affine."""
     image = _load(Path(path))
-    check_affine(image.affine, str(path))
+    if placed:
+        check_affine(image.affine, str(path))
     _memory_refusal(Path(path), image)
     zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
     return tuple(int(n) for n in image.shape[:3]), zooms
