@@ -850,3 +850,16 @@ def test_evaluate_and_the_widgets_volume_run_refuse_samples_beyond_memory(capsys
         failed = finish(_jobs.run_volume_segmentation(np.zeros((4, 16, 16), np.float32), settings))
     assert isinstance(failed, _jobs.RunFailure) and "the volume (4 x 16 x 16 voxels) needs about" in \
         failed.message and "lower K" in failed.message
+
+
+def test_a_lock_naming_no_writer_is_taken_over_after_a_moment(tmp_path) -> None:
+    from napari_cdal.engine.io.lock import UNWRITTEN_LOCK_SECONDS, lock_path, output_lock
+
+    target = tmp_path / "m.safetensors"
+    lock = lock_path(target)
+    lock.write_text("")  # its writer was killed between making it and writing its pid
+    old = time.time() - 2 * UNWRITTEN_LOCK_SECONDS
+    os.utime(lock, (old, old))
+    with output_lock(target) as held:
+        assert held[0].path.read_text().strip().endswith(f"~{os.getpid()}")
+    assert not lock.exists()

@@ -21,8 +21,9 @@ from napari_cdal.engine.io.checkpoint import HOST, OutputError
 
 LOCK_SUFFIX = ".lock"
 
-UNWRITTEN_LOCK_SECONDS = 5.0
-"""An empty lock file (its writer made it and has not yet written its pid) counts as stale after this long."""
+UNWRITTEN_LOCK_SECONDS = 1.0
+"""A lock file naming no writer (empty: its writer was killed between making it and writing its pid, microseconds
+apart; or not a lock of ours) counts as stale after this long, well within LOCK_ATTEMPTS' wait."""
 
 LOCK_ATTEMPTS = 50
 """How often a lock is tried while another process takes over a stale one or is writing its own (50 ms apart)."""
