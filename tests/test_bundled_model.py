@@ -4,7 +4,9 @@ The sample tile (TCGA-B0-5698, kidney) is a validation tile: the bundled model w
 it. The stored figures were measured with the bundled model (seed 0, CPU, float32) when this tile
 became the sample; a change to the networks, sampler, resampling or instance step that moves them
 beyond the tolerances shows here. Re-measure them (and say why in the commit) only when the
-bundled model or the sample tile itself changes.
+bundled model or the sample tile itself changes, or the defaults of segmenting do (issue 23: the K
+samples' views and the confidence rule for small nuclei took 347 nuclei, Dice 0.7888, AJI 0.6039
+to 336, 0.7883, 0.6066).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from napari_cdal.engine.segment.metrics import aggregated_jaccard_index, dice
 from napari_cdal.sample_data import sample_tile_path
 
 TRUTH = Path(__file__).parent / "data" / "TCGA-B0-5698-01Z-00-DX1_instances.png"
-GOLDEN = {"nuclei": 347, "dice": 0.7888, "aji": 0.6039}
+GOLDEN = {"nuclei": 336, "dice": 0.7883, "aji": 0.6066}
 TOLERANCE = {"nuclei": 4, "dice": 0.003, "aji": 0.006}
 
 pytestmark = pytest.mark.skipif(

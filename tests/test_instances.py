@@ -246,3 +246,20 @@ def test_large_tile_is_recovered_exactly() -> None:
     out = instances_from_probability(foreground, core)
     assert int(out.max()) == len(centres)
     assert np.array_equal(out > 0, truth > 0)
+
+
+def test_small_nuclei_stay_only_where_the_model_is_sure() -> None:
+    from napari_cdal.engine.segment.instances import drop_unsure_small
+
+    labels = np.zeros((20, 20), dtype=np.uint32)
+    labels[1:3, 1:3] = 1      # 4 px, unsure: dropped
+    labels[5:7, 5:7] = 2      # 4 px, sure: kept
+    labels[10:16, 10:16] = 3  # 36 px, unsure but large: kept
+    foreground = np.full(labels.shape, 0.6, dtype=np.float32)
+    foreground[5:7, 5:7] = 0.9
+    out = drop_unsure_small(labels, foreground, small_area=10, floor=0.7)
+    assert out.max() == 2
+    assert (out[1:3, 1:3] == 0).all()
+    assert (out[5:7, 5:7] == 1).all() and (out[10:16, 10:16] == 2).all()
+    assert out.dtype == labels.dtype
+    assert drop_unsure_small(labels, foreground, small_area=0, floor=0.7) is labels

@@ -276,3 +276,44 @@ def test_ticks_and_cancel_checks_change_no_result(trained_tiny) -> None:
     with stop_on_cancel(threading.Event(), model.generator, model.discriminator):
         checked = run_to_end(reverse_process(model, image, sampling_steps=4, samples=3, rng=make_generator(5)))
     assert torch.equal(checked.probability, done.probability) and torch.equal(checked.uncertainty, done.uncertainty)
+
+
+@pytest.mark.parametrize("view", range(8))
+def test_each_view_turns_back_to_the_image(view) -> None:
+    from napari_cdal.engine.method.symmetry import RECTANGLE_VIEWS, from_view, to_view
+
+    square = torch.arange(2 * 5 * 5, dtype=torch.float32).reshape(2, 5, 5)
+    seen = to_view(square, view)
+    assert torch.equal(from_view(seen, view), square)
+    assert view == 0 or not torch.equal(seen, square)  # every view but the identity moves the pixels
+    if view < RECTANGLE_VIEWS:
+        assert to_view(torch.zeros(3, 4, 6), view).shape == (3, 4, 6)
+
+
+def test_the_views_are_the_eight_symmetries_of_a_square() -> None:
+    from napari_cdal.engine.method.symmetry import VIEWS, member_views, to_view
+
+    square = torch.arange(9, dtype=torch.float32).reshape(3, 3)
+    seen = {tuple(to_view(square, view).flatten().tolist()) for view in range(len(VIEWS))}
+    assert len(seen) == 8
+    assert member_views(6, 3, 8, 8) == [0, 1, 2, 0, 1, 2]
+    assert member_views(6, 6, 8, 12) == [0, 1, 2, 3, 0, 1]  # a rectangle keeps to the four flips
+
+
+def test_augmented_samples_are_the_plain_samples_of_the_flipped_image_turned_back(trained_tiny) -> None:
+    # sample 1 of an augmented run sees the image mirrored left-right: with the same seed (the same noise drawn in
+    # the same order) it is the plain run's sample 1 on the mirrored image, mirrored back
+    model, _ = trained_tiny
+    image = _normalised(blob_tile(11, size=48), model)
+
+    def estimates(pixels, augment):
+        events = reverse_process(model, pixels, sampling_steps=2, samples=2, rng=make_generator(5),
+                                 with_attention=False, keep_pairs=True, augment=augment)
+        return [e.payload.pair.estimate for e in events if e.stage == "step"][-1]
+
+    augmented = estimates(image, True)
+    plain = estimates(image, False)
+    mirrored = estimates(torch.flip(image, dims=(-1,)), False)
+    torch.testing.assert_close(augmented[0], plain[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(augmented[1], torch.flip(mirrored[1], dims=(-1,)), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(augmented[1], plain[1], atol=1e-3)

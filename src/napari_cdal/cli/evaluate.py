@@ -9,6 +9,7 @@ from typing import Any
 
 from napari_cdal.cli import common
 from napari_cdal.cli.common import CliError
+from napari_cdal.engine.defaults import AUGMENT_SAMPLES
 
 
 def _format_table(rows: list[dict[str, Any]], mean: dict[str, Any], seconds: float | None) -> str:
@@ -130,7 +131,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     summary["settings"] = {"sampling_steps": steps,
                            "samples": model.config.default_samples if args.samples is None else args.samples,
                            "seed": args.seed, "threshold": args.threshold, "mpp": args.mpp,
-                           "runtime": model.runtime.describe()}
+                           "runtime": model.runtime.describe(), "augment": None if volumes else AUGMENT_SAMPLES}
     if volumes:
         print(_format_class_table(summary["per_image"], summary["mean"], summary["seconds_per_image"],
                                   model.config.class_names))

@@ -16,6 +16,7 @@ from napari_cdal.engine.events import Progress, then_tick
 from napari_cdal.engine.method.model import CdalModel
 from napari_cdal.engine.method.runtime import Runtime
 from napari_cdal.engine.method.schedule import randn_like
+from napari_cdal.engine.method.symmetry import apply_views, member_views
 
 
 @dataclass
@@ -128,6 +129,7 @@ def reverse_process(
     shared_latent: bool = False,
     keep_pairs: bool = False,
     measures: tuple[str, ...] | None = None,
+    augment: bool = False,
 ) -> Generator[Progress, None, None]:
     """Sample label maps for a batch of normalised images (B, C, H, W), yielding each reverse step.
 
@@ -143,8 +145,9 @@ def reverse_process(
     gives the K samples of an image the same z at each step, so that their spread comes from the
     noise alone (to measure how much of it z makes). `keep_pairs` puts each step's SampledPair in its
     StepOutput: D learns from exactly what sampling shows it. `measures` names the uncertainty maps to compute
-    (default: every one; the model's own measure always). G runs on the model's runtime (runtime.with_runtime), torch
-    by default. Sizes are padded internally and cropped back.
+    (default: every one; the model's own measure always). With `augment` sample k sees each image in view k
+    (symmetry.VIEWS: flipped or turned) and its maps are turned back before anything leaves. G runs on the
+    model's runtime (runtime.with_runtime), torch by default. Sizes are padded internally and cropped back.
     """
     config = model.config
     samples = config.default_samples if samples is None else samples
@@ -158,22 +161,30 @@ def reverse_process(
     in_autocast = functools.partial(autocast, device, runtime.torch_precision)  # around each pass of D
     padded, (height, width) = pad_to_multiple(image.to(device), config.size_multiple)
     batch = padded.shape[0]
+    members = batch * samples
+    views = member_views(members, samples, *padded.shape[-2:]) if augment else [0] * members
+    one_per_member = any(views)  # each member sees its own view of its image
+    if one_per_member:
+        padded = apply_views(padded.repeat_interleave(samples, dim=0), views)
     with in_autocast():
         features = model.generator.encode_image(padded)
-    if batch > 1:
+    if batch > 1 and not one_per_member:
         features = features.repeat_interleave(samples, dim=0)
     disc_image = None
     if config.disc_image:
-        disc_image = padded.repeat_interleave(samples, dim=0) if batch > 1 else padded
+        disc_image = padded.repeat_interleave(samples, dim=0) if batch > 1 and not one_per_member else padded
     kinds = tuple(dict.fromkeys(((config.attention_display,) if with_attention else ()) + tuple(attention_kinds)))
-    members = batch * samples
     label_shape = (members, config.label_channels, *padded.shape[-2:])
     x_k = randn_like(torch.empty(label_shape, device=device), rng)
     x0 = torch.zeros_like(x_k)
 
+    def on_image(values: torch.Tensor) -> torch.Tensor:
+        """(B*K, ...) in each member's view -> on the image's own grid, cropped back to the input size."""
+        return apply_views(values, views, inverse=True)[..., :height, :width]
+
     def per_image(values: torch.Tensor) -> torch.Tensor:
-        """(B*K, ...) -> (K, B, ...), cropped back to the input size."""
-        values = values[..., :height, :width]
+        """(B*K, ...) -> (K, B, ...), on the image's grid and cropped back to the input size."""
+        values = on_image(values)
         return values.reshape(batch, samples, *values.shape[1:]).transpose(0, 1)
 
     chain = []
@@ -198,7 +209,7 @@ def reverse_process(
         attention = maps.get(config.attention_display) if with_attention else None
         pair = None
         if keep_pairs:
-            pair = SampledPair(x_s[..., :height, :width], x_k[..., :height, :width], k, s, x0[..., :height, :width])
+            pair = SampledPair(on_image(x_s), on_image(x_k), k, s, on_image(x0))
         yield Progress("step", i, steps, StepOutput(i, per_image(x0).mean(dim=0), attention, maps,
                                                     x_from_mean=per_image(x_k).mean(dim=0),
                                                     x_to_mean=per_image(x_s).mean(dim=0), pair=pair))

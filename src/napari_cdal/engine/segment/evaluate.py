@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from napari_cdal.engine.data.tiles import Tile
-from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP, DEFAULT_THRESHOLD
+from napari_cdal.engine.defaults import AUGMENT_SAMPLES, DEFAULT_IMAGE_MPP, DEFAULT_THRESHOLD
 from napari_cdal.engine.events import Progress, ticks_of
 from napari_cdal.engine.method.model import CdalModel
 from napari_cdal.engine.segment.image import segment_image
@@ -36,6 +36,7 @@ def evaluate_tiles(
     seed: int = 0,
     threshold: float = DEFAULT_THRESHOLD,
     count_nuclei: bool = False,
+    augment: bool = AUGMENT_SAMPLES,
 ) -> Generator[Progress, None, None]:
     """Segment each tile and score it; yields Progress('image', i, n, row), then 'done' with the summary.
 
@@ -48,7 +49,7 @@ def evaluate_tiles(
     for index, tile in enumerate(tiles):
         result = yield from ticks_of(segment_image(
             model, tile.image, image_mpp=image_mpp, sampling_steps=sampling_steps, samples=samples, seed=seed,
-            threshold=threshold, keep_steps=False, with_attention=False,
+            threshold=threshold, keep_steps=False, with_attention=False, augment=augment,
         ), index, len(tiles))
         truth_instances = tile.instances if tile.has_instance_truth else None
         scores = score_segmentation(result.labels, tile.foreground, truth_instances)

@@ -17,6 +17,7 @@ from napari_cdal.engine.labels import check_2d, check_labels, relabel_sequential
 __all__ = [
     "CORE_FRACTION",
     "core_targets",
+    "drop_unsure_small",
     "instances_from_probability",
 ]
 
@@ -177,6 +178,23 @@ def instances_from_probability(
 
     relabelled, _ = relabel_sequential(regions)
     return relabelled.astype(np.uint32)
+
+
+def drop_unsure_small(labels: np.ndarray, foreground: np.ndarray, small_area: int, floor: float) -> np.ndarray:
+    """`labels` without the nuclei under `small_area` px whose mean foreground probability is under `floor`, renumbered.
+
+    Specks are where the model is least right: a small nucleus must be a confident one.
+    """
+    n = int(labels.max(initial=0))
+    if n == 0 or small_area <= 0:
+        return labels
+    area = np.bincount(labels.ravel(), minlength=n + 1)
+    sums = np.bincount(labels.ravel(), weights=np.asarray(foreground, np.float64).ravel(), minlength=n + 1)
+    drop = (area < small_area) & (sums < floor * area)
+    drop[0] = False
+    if not drop.any():
+        return labels
+    return relabel_sequential(np.where(drop[labels], 0, labels))[0].astype(labels.dtype)
 
 
 def split_binary_mask(mask: np.ndarray, min_distance: int) -> tuple[np.ndarray, int]:
