@@ -13,9 +13,11 @@ from conftest import (
     click_and_wait,
     count_network_passes,
     hold_in_block,
+    new_napari_session,
+    open_with_file_menu,
     pause_after_first_event,
 )
-from test_widget_segment import PLUGIN, TIMEOUT_MS, click_segment, dock, use_model
+from test_widget_segment import TIMEOUT_MS, click_segment, dock, use_model
 
 from napari_cdal._widgets._layers import TAG
 from napari_cdal._widgets._review import viewer_camera
@@ -44,11 +46,12 @@ def slide(tmp_path):
 
 
 @pytest.fixture()
-def opened(make_napari_viewer, slide, tiny_model_file):
-    """The slide opened through the plugin's reader, with the Segment widget docked on the tiny model."""
-    viewer = make_napari_viewer()
-    (layer,) = viewer.open(slide[0], plugin=PLUGIN)
+def opened(make_napari_viewer, slide, tiny_model_file, monkeypatch):
+    """Segment docked in a new napari session, then the slide opened with File > Open (napari-cdal reads it), on
+    the tiny model."""
+    viewer = new_napari_session(make_napari_viewer())
     widget = dock(viewer)
+    (layer,) = open_with_file_menu(viewer, slide[0], monkeypatch).layers
     use_model(widget, tiny_model_file)
     widget.samples.value = 1
     return viewer, widget, layer

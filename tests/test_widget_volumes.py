@@ -7,7 +7,15 @@ from pathlib import Path
 import nibabel
 import numpy as np
 import pytest
-from conftest import TINY_CLASSES, blob_tile, click_and_wait, pause_after_first_event, synthetic_volume, volume_affine
+from conftest import (
+    TINY_CLASSES,
+    blob_tile,
+    click_and_wait,
+    pause_after_first_event,
+    synthetic_volume,
+    used_before,
+    volume_affine,
+)
 
 from napari_cdal._widgets._layers import TAG
 from napari_cdal._widgets.finetune import FinetuneWidget
@@ -53,8 +61,8 @@ def volume_files(tmp_path) -> tuple[Path, Path]:
 
 
 def test_a_nifti_opens_as_a_3d_image_with_its_spacing_and_affine(make_napari_viewer, volume_files) -> None:
-    viewer = make_napari_viewer()
-    (layer,) = viewer.open(volume_files[0], plugin=PLUGIN)
+    viewer = used_before(make_napari_viewer())
+    (layer,) = viewer.open(volume_files[0], plugin=None)
     assert type(layer).__name__ == "Image" and layer.name == "vol"
     assert layer.data.shape == (12, 24, 24) and tuple(layer.scale) == SPACING
     assert np.allclose(layer.metadata["affine"], volume_affine())
@@ -62,28 +70,28 @@ def test_a_nifti_opens_as_a_3d_image_with_its_spacing_and_affine(make_napari_vie
 
 
 def test_a_label_volume_opens_as_labels(make_napari_viewer, volume_files, tmp_path) -> None:
-    viewer = make_napari_viewer()
-    (labels,) = viewer.open(volume_files[1], plugin=PLUGIN)
+    viewer = used_before(make_napari_viewer())
+    (labels,) = viewer.open(volume_files[1], plugin=None)
     assert type(labels).__name__ == "Labels" and tuple(labels.scale) == SPACING
     assert set(np.unique(labels.data)) == {0, 1, 2}
     elsewhere = tmp_path / "elsewhere" / "mask.nii"  # few small integers, outside a labels folder
     write_volume(elsewhere, np.asarray(labels.data, np.int16), np.eye(4))
-    (mask,) = viewer.open(elsewhere, plugin=PLUGIN)
+    (mask,) = viewer.open(elsewhere, plugin=None)
     assert type(mask).__name__ == "Labels"
     as_floats = tmp_path / "labelsTr" / "vol.nii.gz"  # MSD stores some label volumes as float32
     write_volume(as_floats, np.asarray(labels.data, np.float32), volume_affine())
-    (floats,) = viewer.open(as_floats, plugin=PLUGIN)
+    (floats,) = viewer.open(as_floats, plugin=None)
     assert type(floats).__name__ == "Labels" and floats.data.dtype == np.uint8
     assert np.array_equal(floats.data, labels.data)
     mri = tmp_path / "elsewhere" / "mri.nii.gz"  # integers, but an image's many values
     write_volume(mri, np.arange(12 * 24 * 24, dtype=np.int16).reshape(12, 24, 24), np.eye(4))
-    (image,) = viewer.open(mri, plugin=PLUGIN)
+    (image,) = viewer.open(mri, plugin=None)
     assert type(image).__name__ == "Image"
 
 
 def test_labels_are_saved_as_nifti_with_the_source_affine(make_napari_viewer, volume_files, tmp_path) -> None:
-    viewer = make_napari_viewer()
-    (labels,) = viewer.open(volume_files[1], plugin=PLUGIN)
+    viewer = used_before(make_napari_viewer())
+    (labels,) = viewer.open(volume_files[1], plugin=None)
     labels.paint((5, 10, 10), 2, refresh=True)
     out = tmp_path / "out" / "corrected.nii.gz"
     out.parent.mkdir()
@@ -120,8 +128,9 @@ def dock(viewer, name: str, model_file: Path | None = None):
 
 
 def open_volume(viewer, path: Path):
-    """Open a NIfTI through the plugin's reader and move it off the origin, as a registered volume may be."""
-    (layer,) = viewer.open(path, plugin=PLUGIN)
+    """Open a NIfTI as napari does with no reader named (napari-cdal preferred) and move it off the origin, as a
+    registered volume may be."""
+    (layer,) = viewer.open(path, plugin=None)
     layer.translate = TRANSLATE
     return layer
 
@@ -139,7 +148,7 @@ def test_segment_on_a_volume_gives_aligned_3d_labels_and_4d_stacks(
         bar.append((self.n, self.total))
 
     monkeypatch.setattr(RunProgress, "update", spy)
-    viewer = make_napari_viewer()
+    viewer = used_before(make_napari_viewer())
     image = open_volume(viewer, volume_files[0])
     widget: SegmentWidget = dock(viewer, "Segment", classes_model_file)
     widget.samples.value = 2
@@ -170,7 +179,7 @@ def test_cancel_on_a_volume_leaves_the_layers_as_they_were(
     import napari_cdal.engine.segment.volume as engine_volume
 
     resume = pause_after_first_event(monkeypatch, engine_volume, "segment_volume")
-    viewer = make_napari_viewer()
+    viewer = used_before(make_napari_viewer())
     open_volume(viewer, volume_files[0])
     widget: SegmentWidget = dock(viewer, "Segment", classes_model_file)
     outcomes: list[str] = []
@@ -186,7 +195,7 @@ def test_cancel_on_a_volume_leaves_the_layers_as_they_were(
 def test_a_model_that_does_not_fit_the_layer_is_refused_before_any_work(
     make_napari_viewer, volume_files, classes_model_file, tiny_model_file, errors
 ) -> None:
-    viewer = make_napari_viewer()
+    viewer = used_before(make_napari_viewer())
     open_volume(viewer, volume_files[0])
     widget: SegmentWidget = dock(viewer, "Segment", tiny_model_file)
     widget.segment_button.native.click()
@@ -210,7 +219,7 @@ def test_finetune_learns_from_the_corrected_slices_of_a_volume(
     infos: list[str] = []
     monkeypatch.setattr("napari.utils.notifications.show_info", lambda message: infos.append(str(message)))
     source_bytes = classes_model_file.read_bytes()
-    viewer = make_napari_viewer()
+    viewer = used_before(make_napari_viewer())
     open_volume(viewer, volume_files[0])
     segment: SegmentWidget = dock(viewer, "Segment", classes_model_file)
     assert click_and_wait(qtbot, segment, segment.segment_button) == "done"
@@ -242,7 +251,7 @@ def test_finetune_learns_from_the_corrected_slices_of_a_volume(
 def test_the_sample_volume_is_segmented_by_the_bundled_hippocampus_model(qtbot, make_napari_viewer) -> None:
     from napari_cdal.engine.io.volumes import read_label_volume
 
-    viewer = make_napari_viewer()
+    viewer = used_before(make_napari_viewer())
     (layer,) = viewer.open_sample(PLUGIN, "hippocampus")
     assert type(layer).__name__ == "Image" and layer.data.ndim == 3 and tuple(layer.scale) == (1.0, 1.0, 1.0)
     assert "CC BY-SA 4.0" in layer.metadata["licence"]
