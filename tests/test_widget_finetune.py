@@ -19,7 +19,7 @@ from conftest import (
 )
 from skimage.draw import disk
 
-from napari_cdal._widgets._layers import TAG
+from napari_cdal._widgets._layers import TAG, layer_name
 from napari_cdal._widgets._names import default_model_name, model_name_problem
 from napari_cdal._widgets._pairs import NO_REGIONS, WHOLE_IMAGE, WHOLE_IMAGE_WARNING, layer_boxes
 from napari_cdal._widgets.finetune import FinetuneWidget
@@ -585,7 +585,7 @@ def test_the_places_review_visited_are_the_regions_fine_tune_learns_from(
     segment.review_count.value = 3
     for _ in range(3):
         segment.review_button.native.click()
-    checked = viewer.layers[f"{NAME} checked regions"]
+    checked = viewer.layers[layer_name(NAME, "checked regions")]
     (row,) = finetune.pair_rows
     assert row.regions.value is checked, "Fine-tune takes the places Review visited as the corrected regions"
     mask = row.labels.value

@@ -19,7 +19,7 @@ from conftest import (
 )
 from test_widget_segment import TIMEOUT_MS, click_segment, dock, use_model
 
-from napari_cdal._widgets._layers import TAG
+from napari_cdal._widgets._layers import TAG, layer_name
 from napari_cdal._widgets._review import viewer_camera
 
 pytestmark = pytest.mark.gui
@@ -80,7 +80,7 @@ def test_segment_takes_the_field_of_view_at_full_resolution(qtbot, opened, slide
     y1, x1 = (int(np.ceil(v)) for v in np.array([80.0, 140.0]) + half)
     y0, x0, y1, x1 = max(y0, 0), max(x0, 0), min(y1, 256), min(x1, 256)
     assert click_segment(qtbot, widget) == "done"
-    mask = viewer.layers[f"{layer.name} tiny mask"]
+    mask = viewer.layers[layer_name(layer.name, "mask", "tiny")]
     assert mask.data.shape == (y1 - y0, x1 - x0) and 0 < mask.data.shape[0] <= 101
     assert tuple(mask.scale) == (MPP, MPP) and tuple(mask.translate) == pytest.approx((y0 * MPP, x0 * MPP))
     assert mask.metadata[TAG]["origin"] == [y0, x0]
@@ -96,7 +96,7 @@ def test_segment_takes_a_rectangle_drawn_in_a_shapes_layer(qtbot, opened, slide)
     viewer.layers.selection.active = layer
     widget.region.value = shapes
     assert click_segment(qtbot, widget) == "done"
-    mask = viewer.layers[f"{layer.name} tiny mask"]
+    mask = viewer.layers[layer_name(layer.name, "mask", "tiny")]
     assert mask.data.shape == (60, 100) and tuple(mask.translate) == pytest.approx((10.0, 20.0))
     assert dice(mask.data > 0, slide[2][20:80, 40:140]) > 0.7
 
@@ -134,7 +134,7 @@ def test_whole_slide_fills_a_multiscale_labels_layer_from_its_store_and_resumes(
     outcomes: list[str] = []
     widget.run_finished.connect(outcomes.append)
     widget.slide_button.native.click()
-    name = f"{layer.name} slide labels"
+    name = layer_name(layer.name, "slide labels")
     qtbot.waitUntil(lambda: name in viewer.layers, timeout=TIMEOUT_MS)  # shown while the run goes on
     assert widget.running and not widget.segment_button.enabled and not widget.slide_button.enabled
     widget.cancel_button.native.click()

@@ -17,7 +17,7 @@ from conftest import (
     volume_affine,
 )
 
-from napari_cdal._widgets._layers import TAG
+from napari_cdal._widgets._layers import TAG, layer_name
 from napari_cdal._widgets.finetune import FinetuneWidget
 from napari_cdal._widgets.segment import OTHER_FILE, SegmentWidget
 from napari_cdal.engine.io.volumes import write_volume
@@ -156,8 +156,8 @@ def test_segment_on_a_volume_gives_aligned_3d_labels_and_4d_stacks(
     assert bar[-1] == (12, 12), "the bar counts slices"
     names = [layer.name for layer in viewer.layers]
     kinds = ("steps", "estimates", "attention", "uncertainty", "mask")
-    assert names == ["vol", *(f"vol {MODEL} {kind}" for kind in kinds)]
-    steps, estimates, attention, uncertainty, mask = (viewer.layers[f"vol {MODEL} {kind}"] for kind in kinds)
+    assert names == ["vol", *(layer_name("vol", kind, MODEL) for kind in kinds)]
+    steps, estimates, attention, uncertainty, mask = (viewer.layers[layer_name("vol", kind, MODEL)] for kind in kinds)
     assert type(mask).__name__ == "Labels" and mask.data.dtype == np.uint8 and mask.data.shape == (12, 24, 24)
     assert set(np.unique(mask.data)) <= {0, 1, 2}
     for layer in (mask, uncertainty):
@@ -223,7 +223,7 @@ def test_finetune_learns_from_the_corrected_slices_of_a_volume(
     open_volume(viewer, volume_files[0])
     segment: SegmentWidget = dock(viewer, "Segment", classes_model_file)
     assert click_and_wait(qtbot, segment, segment.segment_button) == "done"
-    mask = viewer.layers[f"vol {MODEL} mask"]
+    mask = viewer.layers[layer_name("vol", "mask", MODEL)]
     for z in (3, 4):  # the user corrects two slices with the brush
         mask.selected_label = 1 + mask.data[z, 10, 10] % 2
         mask.paint((z, 10, 10), mask.selected_label, refresh=True)

@@ -1,8 +1,8 @@
 """The Segment widget's layers: names, grids, edit detection, in-place updates and the live preview.
 
 Every layer the plugin makes carries ``metadata["napari_cdal"] = {"image": <image layer name>,
-"kind": <kind>, "model": <model name>}`` and is named ``<image> <model> <kind>``, so the results of
-two models sit side by side; a mask also carries the fingerprint of the data it was given, so a mask
+"kind": <kind>, "model": <model name>}`` and is named ``<kind> · <image> · <model>`` (layer_name), so the
+results of two models sit side by side; a mask also carries the fingerprint of the data it was given, so a mask
 the user has painted on since is recognised and never overwritten. Adding layers never changes the
 user's selected layer or tool (keep_selection). The stacks share a step axis that counts the steps
 done, so napari's slider position and the coordinate in its status bar agree: the steps stack (the
@@ -48,9 +48,18 @@ STYLES: dict[str, dict[str, Any]] = {
 }
 
 
-def layer_name(image_name: str, kind: str) -> str:
-    """`<image> mask`, `<image> steps`, `<image> attention`, `<image> uncertainty`."""
-    return f"{image_name} {kind}"
+def layer_name(image_name: str, kind: str, model: str | None = None) -> str:
+    """`<kind> · <image> · <model>` (`<kind> · <image>` without a model): 'mask · TCGA-B0-5698 · cdal_monuseg'.
+
+    napari's layer list cuts a long name in its middle, so the kind goes first and the model last, where they stay
+    in view and the layers of two models can be told apart; the list's tooltip shows the whole name.
+    """
+    return " · ".join(part for part in (kind, image_name, model) if part)
+
+
+def preview_name(image_name: str, kind: str, model: str | None = None) -> str:
+    """A run's layer of `kind` while the run goes: `<kind> (running) · <image> · <model>`."""
+    return layer_name(image_name, f"{kind} {PREVIEW_SUFFIX}", model)
 
 
 @contextlib.contextmanager
@@ -212,7 +221,7 @@ def put_image_layer(
     collection for each layer removed, a fifth of a second with torch loaded).
     """
     layer = find_result_layer(viewer, image_name, kind, model)
-    name = layer_name(image_name if model is None else f"{image_name} {model}", kind)
+    name = layer_name(image_name, kind, model)
     tag = {"image": image_name, "kind": kind, **({} if model is None else {"model": model})}
     if layer is None and spare is None:
         return viewer.add_image(data, name=name, contrast_limits=contrast_limits, metadata={TAG: tag}, **grid,
@@ -240,7 +249,7 @@ def put_mask_layer(
     layer = find_result_layer(viewer, image_name, MASK, model)
     tag = {"image": image_name, "kind": MASK, "origin": [int(origin[0]), int(origin[1])],
            **({} if model is None else {"model": model}), **(extra or {})}
-    name = layer_name(image_name if model is None else f"{image_name} {model}", MASK)
+    name = layer_name(image_name, MASK, model)
     if layer is None and spare is None:
         layer = viewer.add_labels(labels, name=name, metadata={TAG: tag}, **grid)
     else:
@@ -415,7 +424,7 @@ class LivePreview:
             self._add_place(kind)
 
     def _preview_name(self, kind: str) -> str:
-        return f"{layer_name(f'{self._image_name} {self._model}', kind)} {PREVIEW_SUFFIX}"
+        return preview_name(self._image_name, kind, self._model)
 
     def _preview_tag(self, kind: str) -> dict[str, Any]:
         return {TAG: {"image": self._image_name, "kind": f"{kind} preview", "model": self._model}}
@@ -446,7 +455,7 @@ class LivePreview:
                                 **{key: getattr(layer, key) for key in grid}}
         layer.data = np.zeros((stack_planes(kind, n_steps), *self._size), np.float32)
         set_changed(layer, grid)
-        layer.name = f"{layer.name} {PREVIEW_SUFFIX}"
+        layer.name = self._preview_name(kind)
         if kind != ESTIMATES:
             layer.visible = True
         return layer

@@ -176,8 +176,8 @@ class SegmentWidget(SlideRun, WorkerRun, Container):
             text="Review next likely error",
             enabled=False,
             tooltip="centre the view on the next place the mask is most likely wrong: a doubtful nucleus, two "
-            "nuclei drawn as one (merge) or a nucleus the mask missed, marked in the '<image> review' layer; "
-            "the mask becomes the active layer with the nucleus (or, for a miss, a new id) ready for the brush",
+            "nuclei drawn as one (merge) or a nucleus the mask missed, marked in the 'review · <image> · <model>' "
+            "layer; the mask becomes the active layer with the nucleus (or, for a miss, a new id) ready for the brush",
         )
         self.progress_bar = progress_bar()
         self.status = status_label()
