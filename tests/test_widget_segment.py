@@ -125,7 +125,7 @@ def test_segment_gives_five_layers_on_the_image_grid(qtbot, viewer_widget) -> No
     assert tuple(steps.scale) == (1.0, *SCALE) and tuple(steps.translate) == (0.0, *TRANSLATE)
     for layer in (estimates, attention):
         assert tuple(layer.scale) == (1.0, *SCALE) and tuple(layer.translate) == (1.0, *TRANSLATE)
-    assert attention.colormap.name == "inferno" and attention.blending == "additive"
+    assert attention.colormap.name == "napari-cdal attention" and attention.blending == "translucent"
     assert steps.axis_labels[0] == estimates.axis_labels[0] == attention.axis_labels[0] == "step"
     assert not steps.visible and not estimates.visible
     for layer in (steps, estimates, attention):
@@ -222,6 +222,93 @@ def test_progress_moves_per_step_and_tile_while_the_ui_keeps_running(
     assert [layer for layer, _ in previews] == [viewer.layers[result_name(kind)] for kind in kinds]
     assert [layer.name for layer in viewer.layers] == [NAME, *(result_name(kind) for kind in kinds)]
     assert viewer.layers[result_name("mask")].visible and viewer.layers[result_name("mask")].data.max() > 0
+
+
+def gate_engine(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """Hold the engine before its first event until `start` is set, and after it until `resume` is set."""
+    import napari_cdal.engine.segment.image as engine_segment
+    from napari_cdal.engine.events import TICK
+
+    start, resume = threading.Event(), threading.Event()
+    real = engine_segment.segment_image
+
+    def gated(*args, **kwargs):
+        start.wait(TIMEOUT_MS / 1000)
+        held = False
+        for event in real(*args, **kwargs):
+            yield event
+            if not held and event.stage != TICK:
+                held = True
+                resume.wait(TIMEOUT_MS / 1000)
+
+    monkeypatch.setattr(engine_segment, "segment_image", gated)
+    return start, resume
+
+
+def test_the_image_stays_in_view_while_segmenting(qtbot, viewer_widget, monkeypatch) -> None:
+    viewer, widget = viewer_widget
+    image = viewer.layers[NAME]
+    for run in ("first", "again"):  # new preview layers, then the earlier run's layers lent to the preview
+        start, resume = gate_engine(monkeypatch)
+        outcomes: list[str] = []
+        widget.run_finished.connect(outcomes.append)
+        widget.segment_button.native.click()
+        running = 5 if run == "first" else 3  # the mask and uncertainty of a first run wait in places of their own
+        qtbot.waitUntil(lambda running=running: sum(PREVIEW_SUFFIX in layer.name for layer in viewer.layers) == running,
+                        timeout=TIMEOUT_MS)
+        qtbot.wait(50)
+        covering = [layer.name for layer in viewer.layers if layer is not image and layer.visible]
+        assert covering == ([] if run == "first" else [result_name("mask")]), "nothing empty over the image"
+        start.set()
+        shown = [viewer.layers[running_name(kind)] for kind in ("steps", "attention")]
+        qtbot.waitUntil(lambda shown=shown: all(layer.visible for layer in shown), timeout=TIMEOUT_MS)
+        for layer in shown:  # an overlay, clear where its map is 0
+            assert layer.blending == "translucent" and layer.colormap.map(np.array([0.0]))[0, 3] == 0, layer.name
+            assert layer.data.any(), f"{layer.name} is shown once it has a plane"
+        assert not viewer.layers[running_name("estimates")].visible, "x̂0 fills in hidden"
+        assert image.visible and image.opacity == 1 and viewer.layers.index(image) == 0
+        resume.set()
+        qtbot.waitUntil(lambda outcomes=outcomes: bool(outcomes), timeout=TIMEOUT_MS)
+        assert outcomes == ["done"]
+        monkeypatch.undo()
+
+
+def relative_luminance(rgb) -> float:
+    """WCAG's relative luminance of an sRGB colour on 0..1."""
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+HAEMATOXYLIN, EOSIN = (0.33, 0.22, 0.55), (0.92, 0.62, 0.80)
+"""The purple of stained nuclei and the pink of stroma on an H&E tile."""
+
+
+def hue_distance(rgb, other) -> float:
+    """Degrees between two colours' hues."""
+    import colorsys
+
+    turn = abs(colorsys.rgb_to_hsv(*rgb)[0] - colorsys.rgb_to_hsv(*other)[0]) % 1
+    return 360 * min(turn, 1 - turn)
+
+
+def test_the_mask_and_the_maps_take_colours_that_stand_out_on_he(qtbot, viewer_widget) -> None:
+    viewer, widget = viewer_widget
+    assert click_segment(qtbot, widget) == "done"
+    mask = viewer.layers[result_name("mask")]
+    colours = np.asarray(mask.colormap.map(np.arange(1, 200)))[:, :3]  # what ids 1..199 are painted in
+    background = mask.colormap.map(np.array([0]))[0]
+    purple = relative_luminance(HAEMATOXYLIN)
+    assert background[3] == 0
+    for rgb in colours:  # none of H&E's dark blue, purple or brown
+        assert (relative_luminance(rgb) + 0.05) / (purple + 0.05) >= 4, rgb
+        assert min(hue_distance(rgb, HAEMATOXYLIN), hue_distance(rgb, EOSIN)) >= 60, rgb
+    assert len({tuple(np.round(rgb, 3)) for rgb in colours[:24]}) == 24, "neighbouring ids differ"
+    for kind in ("attention", "uncertainty"):
+        colormap = viewer.layers[result_name(kind)].colormap
+        top, bottom = colormap.map(np.array([1.0]))[0], colormap.map(np.array([0.0]))[0]
+        assert bottom[3] == 0 and top[3] == 1, f"{kind}: clear at 0, solid at its top"
+        assert (relative_luminance(top[:3]) + 0.05) / (purple + 0.05) >= 4, kind
+        assert min(hue_distance(top[:3], HAEMATOXYLIN), hue_distance(top[:3], EOSIN)) >= 75, kind
 
 
 # ----------------------------------------------------------------------------- re-runs and edits
@@ -396,8 +483,9 @@ def test_a_rerun_previews_in_the_earlier_maps_and_adds_or_removes_no_layer(qtbot
     outcomes: list[str] = []
     widget.run_finished.connect(outcomes.append)
     widget.segment_button.native.click()
-    qtbot.waitUntil(lambda: PREVIEW_SUFFIX in attention.name, timeout=TIMEOUT_MS)  # lent after the estimates
-    assert steps.visible and attention.name == running_name("attention")
+    # the attention is lent after the estimates; the steps are shown once their first plane has come
+    qtbot.waitUntil(lambda: PREVIEW_SUFFIX in attention.name and steps.visible, timeout=TIMEOUT_MS)
+    assert attention.name == running_name("attention")
     assert estimates.name == running_name("estimates") and not estimates.visible, "as the user left it"
     assert not steps.data[2:].any(), "the preview starts empty and has drawn x_T and the first step at most"
     paused_engine.set()
