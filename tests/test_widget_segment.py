@@ -100,6 +100,9 @@ def viewer_widget(make_napari_viewer, tiny_model_file):
 def test_segment_gives_five_layers_on_the_image_grid(qtbot, viewer_widget) -> None:
     viewer, widget = viewer_widget
     assert widget.mpp.value == pytest.approx(0.5)
+    slide_only = (widget.slide_output, widget.tissue_only, widget.slide_button)
+    assert not any(field.native.isVisibleTo(widget.native) for field in slide_only), "a tile is no slide"
+    assert widget.mpp.native.isVisibleTo(widget.native) and widget.contours.native.isVisibleTo(widget.native)
     assert click_segment(qtbot, widget) == "done"
     names = [layer.name for layer in viewer.layers]
     assert names == [

@@ -68,6 +68,8 @@ def test_the_reader_opens_a_lazy_multiscale_layer_at_the_slides_scale(opened) ->
     assert not isinstance(layer.data[0], np.ndarray), "level 0 is read tile by tile, not loaded"
     assert tuple(layer.scale) == (MPP, MPP) and widget.mpp.value == pytest.approx(MPP)
     assert widget.region.value == "field of view", "a slide is segmented where the user looks"
+    for field in (widget.slide_output, widget.tissue_only, widget.slide_button):
+        assert field.native.isVisibleTo(widget.native), "Whole slide's controls come with a multiscale layer"
 
 
 def test_segment_takes_the_field_of_view_at_full_resolution(qtbot, opened, slide) -> None:

@@ -11,6 +11,8 @@ from conftest import (
     TINY_CLASSES,
     blob_tile,
     click_and_wait,
+    new_napari_session,
+    open_with_file_menu,
     pause_after_first_event,
     synthetic_volume,
     used_before,
@@ -247,21 +249,48 @@ def test_finetune_learns_from_the_corrected_slices_of_a_volume(
     assert segment.selected_model_path() == str(new_model), "Segment now uses the new model"
 
 
-@pytest.mark.skipif("cdal_hippocampus" not in bundled_models(), reason="no bundled hippocampus model in this checkout")
-def test_the_sample_volume_is_segmented_by_the_bundled_hippocampus_model(qtbot, make_napari_viewer) -> None:
-    from napari_cdal.engine.io.volumes import read_label_volume
+def shown(widget, field) -> bool:
+    """True when the widget shows `field` (its row is not hidden), whether or not the window is on screen."""
+    return field.native.isVisibleTo(widget.native)
 
-    viewer = used_before(make_napari_viewer())
-    (layer,) = viewer.open_sample(PLUGIN, "hippocampus")
+
+@pytest.mark.skipif("cdal_hippocampus" not in bundled_models(), reason="no bundled hippocampus model in this checkout")
+def test_a_volume_opened_with_file_open_takes_the_volume_model_and_shows_only_its_fields(
+        qtbot, make_napari_viewer, monkeypatch) -> None:
+    from napari_cdal.engine.io.volumes import read_label_volume
+    from napari_cdal.sample_data import sample_volume_path
+
+    viewer = new_napari_session(make_napari_viewer())
+    widget = dock(viewer, "Segment")  # Plugins > napari-cdal > Segment, then File > Open
+    (layer,) = open_with_file_menu(viewer, sample_volume_path(), monkeypatch).layers
     assert type(layer).__name__ == "Image" and layer.data.ndim == 3 and tuple(layer.scale) == (1.0, 1.0, 1.0)
-    assert "CC BY-SA 4.0" in layer.metadata["licence"]
-    widget = dock(viewer, "Segment")
-    widget.image.value = layer
-    widget.model.value = next(choice for choice in widget.model.choices if "cdal_hippocampus" in str(choice))
+    assert [str(unit) for unit in layer.units] == ["millimeter"] * 3 and layer.axis_labels == ("x", "y", "z")
+    assert viewer.dims.axis_labels[0] == "x", "the slider is named after the axis it moves along, not -3"
+    assert widget.image.value is layer
+    assert Path(widget.selected_model_path()).stem == "cdal_hippocampus", "a volume takes the volume model"
+    assert "cdal_hippocampus chosen" in widget.status.value
+    for field in (widget.region, widget.mpp, widget.contours, widget.review_count, widget.review_button,
+                  widget.slide_output, widget.tissue_only, widget.slide_button):
+        assert not shown(widget, field), f"{field.label or field.text} does not apply to an MRI volume"
+    for field in (widget.model, widget.sampling_steps, widget.samples, widget.seed, widget.segment_button):
+        assert shown(widget, field)
     assert click_and_wait(qtbot, widget, widget.segment_button) == "done"
     (mask,) = [item for item in viewer.layers if type(item).__name__ == "Labels"]
-    assert "cdal_hippocampus" in mask.name and mask.data.shape == layer.data.shape
+    assert mask.name == layer_name(layer.name, "mask", "cdal_hippocampus") and mask.data.shape == layer.data.shape
+    assert [str(unit) for unit in mask.units] == ["millimeter"] * 3 and mask.axis_labels == ("x", "y", "z")
+    assert viewer.dims.axis_labels[:2] == ("step", "x")
     truth = read_label_volume(Path(__file__).parent / "data" / "hippocampus_276_labels.nii.gz", 3).data
     for value in (1, 2):  # the bundled model at its defaults, as the golden test measures it
         found, true = np.asarray(mask.data) == value, truth == value
         assert 2 * np.count_nonzero(found & true) / (found.sum() + true.sum()) > 0.85
+    tile = viewer.add_image(blob_tile(3, 64).image, name="tile")
+    widget.image.value = tile
+    assert Path(widget.selected_model_path()).stem == "cdal_monuseg", "a 2-D image takes the H&E model back"
+    assert shown(widget, widget.mpp) and shown(widget, widget.contours) and not shown(widget, widget.slide_button)
+
+
+@pytest.mark.skipif("cdal_hippocampus" not in bundled_models(), reason="no bundled hippocampus model in this checkout")
+def test_the_sample_volume_opens_with_its_licence(make_napari_viewer) -> None:
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open_sample(PLUGIN, "hippocampus")
+    assert "CC BY-SA 4.0" in layer.metadata["licence"] and layer.axis_labels == ("x", "y", "z")

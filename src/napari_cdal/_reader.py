@@ -11,8 +11,9 @@ shows; any other image (a plain tile) exactly as napari's own reader reads it. S
 napari-cdal for an image never refuses it.
 
 Volumes (.nii, .nii.gz) through engine/io/volumes.py (the reader the CLI uses): the voxels in the
-file's axis order, the voxel spacing as the layer's scale, and the file's affine and path in the
-layer's metadata (``affine``, ``source``) for the NIfTI writer. A label volume (whole-number voxels
+file's axis order, the voxel spacing as the layer's scale in the file's units (mm), the axes named
+x, y, z as the file's affine orients them, and the file's affine and path in the layer's metadata
+(``affine``, ``source``) for the NIfTI writer. A label volume (whole-number voxels
 in a ``labels*`` folder, or at most 16 distinct values in 0..255: `is_label_volume`) opens as Labels.
 
 napari's own reader claims all of these files too (and fails on NIfTI), so napari would ask which
@@ -178,15 +179,40 @@ def napari_get_volume_reader(path: str | list[str]) -> Callable[[str | list[str]
     return read_volumes
 
 
+NIFTI_UNITS = {"mm": "mm", "micron": "µm", "meter": "m"}
+"""NIfTI's spatial units as napari (pint) writes them; a file that says none is in mm, NIfTI's usual unit."""
+WORLD_AXES = {"R": "x", "L": "x", "A": "y", "P": "y", "S": "z", "I": "z"}
+"""The world axis each of nibabel's orientation codes runs along (RAS+: x to the right, y forward, z up)."""
+
+
+def volume_axes(path: str | Path, affine: np.ndarray) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The axis labels (x, y, z: where the file's affine points each array axis) and the length units of a NIfTI.
+
+    napari names a layer's axes -3, -2, -1 without them, and counts in pixels without units.
+    """
+    import nibabel
+
+    codes = nibabel.aff2axcodes(affine)
+    labels = tuple(WORLD_AXES.get(code, str(axis)) for axis, code in enumerate(codes))
+    if len(set(labels)) < len(labels):  # an oblique affine can point two axes mostly the same way
+        labels = ("i", "j", "k")
+    unit = nibabel.load(str(path)).header.get_xyzt_units()[0]
+    return labels, (NIFTI_UNITS.get(unit, "mm"),) * 3
+
+
 def read_volume_file(path: str | Path) -> LayerData:
-    """One NIfTI volume as Image (or Labels) layer data: scale = voxel spacing, affine and path in the metadata."""
+    """One NIfTI volume as Image (or Labels) layer data: scale = voxel spacing in the file's units, axes named x, y, z
+    as its affine orients them, affine and path in the metadata."""
     from napari_cdal.engine.io.volumes import as_label_values, is_label_volume, read_volume, volume_stem
 
     volume = read_volume(path)
     labels = is_label_volume(path, volume.data)
+    axis_labels, units = volume_axes(path, volume.affine)
     meta: dict[str, Any] = {
         "name": volume_stem(path),
         "scale": volume.spacing,
+        "units": units,
+        "axis_labels": axis_labels,
         "metadata": {"affine": volume.affine, "source": str(path)},
     }
     return (as_label_values(volume.data), meta, "labels") if labels else (volume.data, meta, "image")

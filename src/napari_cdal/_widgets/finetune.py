@@ -32,7 +32,7 @@ from napari_cdal._widgets._names import default_model_name, free_model_name, mod
 from napari_cdal._widgets._pairs import PairRow, engine_pairs
 from napari_cdal._widgets._region import model_config
 from napari_cdal._widgets._run import WorkerRun
-from napari_cdal._widgets._volume import model_fit_problem
+from napari_cdal._widgets._volume import is_volume_layer, model_fit_problem
 from napari_cdal.engine.defaults import FINETUNE_SETTINGS
 from napari_cdal.models import MODEL_SUFFIX
 
@@ -180,6 +180,7 @@ class FinetuneWidget(WorkerRun, Container):
         self.remove_pair_button.visible = len(self.pairs) > 1
 
     def _on_first_image_changed(self, layer: Image | None) -> None:
+        self.mpp.visible = layer is None or not is_volume_layer(layer)  # a volume is not resampled: no µm/px
         if layer is not None:
             set_mpp_from_layer(self.mpp, layer, self.status)
         self._suggest_name()
