@@ -126,8 +126,7 @@ def _segment_slide(args: argparse.Namespace, model: Any, path: Path, files: dict
             if event.stage == "done":
                 result = event.payload
             elif event.stage != TICK:
-                bar.total, bar.n = event.total, event.index
-                bar.refresh()
+                common.advance(bar, event.index, event.total)
         bar.close()
     labels_tiff(result.store, files["labels"])
     if result.tissue is not None:
@@ -179,10 +178,8 @@ def _segment_volume_file(args: argparse.Namespace, model: Any, path: Path, files
     bar = common.progress(0, path.name, "slice")
 
     def show(event: Any) -> None:
-        if event.stage == TICK:
-            return
-        bar.total, bar.n = event.total, event.index
-        bar.refresh()
+        if event.stage != TICK:
+            common.advance(bar, event.index, event.total)
 
     try:
         result = run_to_end(segment_volume(model, volume.data, sampling_steps, samples, args.seed,
@@ -306,7 +303,7 @@ def _segment_all(args: argparse.Namespace, model: Any, images: list[Path], slide
                  client: Any) -> None:
     """Each image in turn: a slide through engine.slide (on the cluster if any), a tile in memory."""
     from napari_cdal.engine.events import TICK, run_to_end
-    from napari_cdal.engine.io.images import ImageError, read_image
+    from napari_cdal.engine.io.images import ImageError, read_image, to_rgb_float
     from napari_cdal.engine.io.volumes import is_volume_path
     from napari_cdal.engine.segment.image import segment_image
 
@@ -319,15 +316,12 @@ def _segment_all(args: argparse.Namespace, model: Any, images: list[Path], slide
             _segment_volume_file(args, model, path, outputs[path], steps, samples)
             continue
         pixels = read_image(path)
-        bars: list[Any] = []  # opened at the first step, so a rejected image leaves only the error line
+        to_rgb_float(pixels, model.config.image_channels, name=str(path))  # bad pixels: one line, before the bar
+        bar = common.progress(0, path.name, "step")  # at 0 before the work; the steps' count comes with the first
 
-        def show(event: Any, name: str = path.name, bars: list[Any] = bars) -> None:
-            if event.stage == TICK:
-                return
-            if not bars:
-                bars.append(common.progress(event.total, name, "step"))
-            bars[0].n = event.index
-            bars[0].refresh()
+        def show(event: Any, bar: Any = bar) -> None:
+            if event.stage != TICK:
+                common.advance(bar, event.index, event.total)
 
         try:
             result = run_to_end(segment_image(
@@ -337,8 +331,7 @@ def _segment_all(args: argparse.Namespace, model: Any, images: list[Path], slide
         except ImageError as exc:  # name the file: the engine only knows the pixels
             raise ImageError(f"{path}: {exc}") from exc
         finally:
-            for bar in bars:
-                bar.close()
+            bar.close()
         _write_outputs(outputs[path], result, pixels, args.mpp, args.review)
         print(f"{path.name}: {result.n_nuclei} nuclei, mean area {result.mean_area_px():.0f} px, "
               f"{result.seconds:.1f} s -> {outputs[path]['labels']}")
