@@ -1,102 +1,125 @@
 """Seconds to segment an MRI volume in the Segment widget against `napari-cdal segment`, in one run.
 
-    xvfb-run -a python benchmarks/volume_widget.py [--volume VOL.nii.gz] [--repeats 5] [--threads N] [--json FILE]
+    xvfb-run -a python benchmarks/volume_widget.py [--volume VOL.nii.gz] [--repeats 5] [--json FILE]
 
-Each repeat runs the command line in this process (`napari_cdal.cli.main(["segment", VOL, ...])`,
-its wall time: loading the model, segmenting, writing the labels) and then clicks Segment in a
-napari viewer on the same volume (the widget's seconds from click to labels), interleaved so that a
-busy machine slows both alike. The widget's first click, which loads the model, is reported apart.
-Defaults: the bundled sample volume, the bundled volume model at its defaults. Needs a display
-(Xvfb on a headless machine).
+Each scenario runs in a process of its own, since what it measures is the order of imports:
+
+- plugin-first: napari docks the widget before anything has loaded torch (a user's session), so the
+  plugin asks OpenMP to wait passively before torch loads;
+- torch-first: torch is loaded before the plugin (another plugin or a script did it), so OpenMP's
+  threads spin-wait unless the plugin takes one thread for its runs (_widgets/_jobs.py).
+
+In each, every repeat runs the command line in that process (`napari_cdal.cli.main(["segment", VOL,
+...])`, its wall time: loading the model, segmenting, writing the labels) and then clicks Segment
+on the same volume (the widget's seconds from click to labels), interleaved so that a busy machine
+slows both alike. The widget's first click, which loads the model and adds the layers, is reported
+apart. Defaults: the bundled sample volume and the bundled volume model at its defaults, torch's
+own thread count. Needs a display (Xvfb on a headless machine). Prints a table, writes JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-from _common import display_path, machine, table, write_json
-
-from napari_cdal.cli import main as cli_main
-from napari_cdal.engine.defaults import DEFAULT_VOLUME_MODEL
-from napari_cdal.engine.method.model import resolve_model_path
-from napari_cdal.sample_data import sample_volume_path
+SCENARIOS = ("plugin-first", "torch-first")
 
 
-def cli_seconds(volume: Path, out: Path, threads: int | None) -> float:
-    """Wall seconds of one `napari-cdal segment VOL --out OUT --overwrite`, run in this process."""
-    extra = ["--threads", str(threads)] if threads else []
-    started = time.perf_counter()
-    code = cli_main(["segment", str(volume), "--out", str(out), "--overwrite", *extra])
-    seconds = time.perf_counter() - started
-    if code != 0:
-        raise SystemExit(f"napari-cdal segment exited with {code}")
-    return seconds
+def child(volume: Path, repeats: int, scenario: str) -> dict:
+    """One scenario, in this process: import in its order, time both paths, return the seconds."""
+    if scenario == "torch-first":
+        import torch  # noqa: F401  (loaded before the plugin, as another plugin or a script may)
+    import napari_cdal._widgets  # noqa: F401  (napari imports the plugin's widgets when it docks one)
+    from napari_cdal.cli import main as cli_main
 
-
-def widget_click(app, widget) -> float:
-    """Click Segment, wait for the run to end, return the widget's seconds from click to labels."""
-    outcomes: list[str] = []
-    widget.run_finished.connect(outcomes.append)
-    widget.segment_button.native.click()
-    while not outcomes:
-        app.processEvents()
-        time.sleep(0.005)
-    widget.run_finished.disconnect(outcomes.append)
-    if outcomes[0] != "done":
-        raise SystemExit(f"the widget's run ended {outcomes[0]}: {widget.status.value}")
-    return float(widget.last_seconds)
-
-
-def main() -> None:
-    """Time both paths, interleaved; print a table and the ratio; write JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--volume", default=str(sample_volume_path()), help="a .nii or .nii.gz volume")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads for both (default: torch's own, as a user gets)")
-    parser.add_argument("--json", default=None)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     os.environ.setdefault("NAPARI_CDAL_MODEL_DIR", tempfile.mkdtemp(prefix="napari-cdal-models-"))
-
     import napari
     from qtpy.QtWidgets import QApplication
 
-    volume = Path(args.volume)
+    def widget_click() -> float:
+        outcomes: list[str] = []
+        widget.run_finished.connect(outcomes.append)
+        widget.segment_button.native.click()
+        while not outcomes:
+            app.processEvents()
+            time.sleep(0.005)
+        widget.run_finished.disconnect(outcomes.append)
+        if outcomes[0] != "done":
+            raise SystemExit(f"the widget's run ended {outcomes[0]}: {widget.status.value}")
+        return float(widget.last_seconds)
+
+    def cli_seconds() -> float:
+        started = time.perf_counter()
+        if cli_main(["segment", str(volume), "--out", str(out), "--overwrite"]) != 0:
+            raise SystemExit("napari-cdal segment failed")
+        return time.perf_counter() - started
+
     viewer = napari.Viewer(show=True)
     app = QApplication.instance()
-    viewer.open(str(volume), plugin="napari-cdal")
     _, widget = viewer.window.add_plugin_dock_widget("napari-cdal", "Segment")
-    widget.model.value = str(resolve_model_path(DEFAULT_VOLUME_MODEL))  # what the CLI takes for a volume
+    viewer.open(str(volume), plugin="napari-cdal")
     app.processEvents()
-    first_click = widget_click(app, widget)
+    model = Path(widget.selected_model_path()).stem  # the widget takes the volume model by itself
+    first = widget_click()
     out = Path(tempfile.mkdtemp(prefix="napari-cdal-bench-"))
     cli_runs, widget_runs = [], []
-    for _ in range(args.repeats):
-        cli_runs.append(cli_seconds(volume, out, args.threads))
-        widget_runs.append(widget_click(app, widget))
+    for _ in range(repeats):
+        cli_runs.append(cli_seconds())
+        widget_runs.append(widget_click())
     shape = list(widget.image.value.data.shape)
     viewer.close()
-    cli, clicked = statistics.median(cli_runs), statistics.median(widget_runs)
-    rows = [
-        {"path": "napari-cdal segment (wall, with loading and writing)", "median s": round(cli, 3),
-         "runs": " ".join(f"{s:.2f}" for s in cli_runs)},
-        {"path": "Segment widget, click to labels (model loaded)", "median s": round(clicked, 3),
-         "runs": " ".join(f"{s:.2f}" for s in widget_runs)},
-        {"path": "Segment widget, first click (loads the model)", "median s": round(first_click, 3), "runs": ""},
-    ]
-    print(table(rows, ["path", "median s", "runs"]))
-    ratio = round(clicked / cli, 3)
-    print(f"widget / command line: {ratio}x (the aim: at most 1.3x); load average {os.getloadavg()[0]:.2f}")
-    write_json(args.json, {"volume": display_path(volume), "shape": shape,
-                           "rows": rows, "ratio": ratio, "load_average": os.getloadavg(), "machine": machine()})
+    import torch
+
+    return {"scenario": scenario, "model": model, "shape": shape, "cli": cli_runs, "widget": widget_runs,
+            "first_click": first, "torch_threads": torch.get_num_threads(),
+            "openmp_spins": napari_cdal._widgets.OPENMP_SPINS, "load_average": os.getloadavg()[0]}
+
+
+def main() -> None:
+    """Run each scenario in its own process; print a table and the ratios; write JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--volume", default=None, help="a .nii or .nii.gz volume (default: the bundled sample)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--child", choices=SCENARIOS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.volume is None:
+        from napari_cdal.sample_data import sample_volume_path
+
+        args.volume = str(sample_volume_path())
+    if args.child:
+        print(json.dumps(child(Path(args.volume), args.repeats, args.child)))
+        return
+    from _common import display_path, machine, table, write_json
+
+    results = []
+    for scenario in args.scenarios:
+        done = subprocess.run([sys.executable, __file__, "--child", scenario, "--volume", args.volume,
+                               "--repeats", str(args.repeats)], capture_output=True, text=True, check=True)
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    rows = []
+    for result in results:
+        cli, clicked = statistics.median(result["cli"]), statistics.median(result["widget"])
+        result["ratio"] = round(clicked / cli, 3)
+        rows.append({"scenario": result["scenario"], "CLI s (median)": round(cli, 3),
+                     "widget s (median)": round(clicked, 3), "widget / CLI": result["ratio"],
+                     "first click s": round(result["first_click"], 3),
+                     "CLI runs": " ".join(f"{s:.2f}" for s in result["cli"]),
+                     "widget runs": " ".join(f"{s:.2f}" for s in result["widget"]),
+                     "load": round(result["load_average"], 2)})
+    print(f"{display_path(args.volume)}, shape {results[0]['shape']}, model {results[0]['model']} at its defaults")
+    print(table(rows, list(rows[0])))
+    print("CLI: napari-cdal segment's wall time (loading, segmenting, writing); widget: click to labels, model "
+          "loaded; the aim: widget / CLI at most 1.3")
+    write_json(args.json, {"volume": display_path(args.volume), "results": results, "machine": machine()})
 
 
 if __name__ == "__main__":

@@ -175,6 +175,35 @@ def test_segment_on_a_volume_gives_aligned_3d_labels_and_4d_stacks(
     assert not widget.review_button.enabled
 
 
+@pytest.mark.parametrize("spins", [True, False], ids=["torch-loaded-first", "plugin-loaded-first"])
+def test_a_run_takes_one_torch_thread_where_openmp_spin_waits(
+        qtbot, monkeypatch, make_napari_viewer, volume_files, classes_model_file, spins) -> None:
+    # torch loaded before the plugin (another plugin, a script) leaves OpenMP's threads spin-waiting: on a loaded
+    # 2-core machine a volume took 15-20 s instead of 2 (benchmarks/volume_widget.py); with one thread, 2 s
+    import torch
+
+    import napari_cdal._widgets
+    import napari_cdal.engine.segment.volume as engine
+
+    monkeypatch.setattr(napari_cdal._widgets, "OPENMP_SPINS", spins)
+    torch.set_num_threads(2)
+    seen: list[int] = []
+    real = engine.segment_volume
+
+    def watched(*args, **kwargs):
+        for event in real(*args, **kwargs):
+            seen.append(torch.get_num_threads())
+            yield event
+
+    monkeypatch.setattr(engine, "segment_volume", watched)
+    viewer = used_before(make_napari_viewer())
+    open_volume(viewer, volume_files[0])
+    widget = dock(viewer, "Segment", classes_model_file)
+    assert click_and_wait(qtbot, widget, widget.segment_button) == "done"
+    assert seen and set(seen) == ({1} if spins else {2})
+    assert torch.get_num_threads() == 2, "the thread count is given back after the run"
+
+
 def test_cancel_on_a_volume_leaves_the_layers_as_they_were(
     qtbot, monkeypatch, make_napari_viewer, volume_files, classes_model_file
 ) -> None:
