@@ -95,7 +95,8 @@ def sampling_model_cached(path: str | Path, device: str) -> CdalModel:
 
 @contextlib.contextmanager
 def threads_for_the_gui() -> Iterator[None]:
-    """One torch thread while a Segment run lasts where OpenMP spin-waits (OPENMP_SPINS), then the count there was.
+    """One torch thread while a Segment run lasts where OpenMP spin-waits (OPENMP_SPINS), then the count there was
+    (torch's count is the worker thread's own; threads started later take the last one set).
 
     Spinning threads take turns on the cores with napari's GUI thread and any other program: on a loaded 2-core
     machine a volume took 15-20 s instead of 2 s (benchmarks/volume_widget.py, torch loaded first); with one
