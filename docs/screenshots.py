@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
 
+    from napari_cdal._widgets._layers import layer_name
     from napari_cdal._widgets._names import model_stem
     from napari_cdal._widgets._review import viewer_camera
     from napari_cdal._widgets.segment import OTHER_FILE
@@ -97,7 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         widget.model.value = OTHER_FILE
         widget.model_file.value = Path(args.model)
     shoot(viewer, out, "01_sample_and_widget.png")
-    results = f"{SAMPLE_NAME} {model_stem(widget.selected_model_path())}"  # result layers are named after the model
+    model = model_stem(widget.selected_model_path())
+
+    def results(kind: str) -> str:  # result layers are named after their kind, the image and the model
+        return layer_name(SAMPLE_NAME, kind, model)
+
 
     run_and_wait(widget, viewer, out, "02_running.png")
     first_seconds = widget.last_seconds
@@ -106,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     shoot(viewer, out, "03_mask_overlay.png")
 
     widget_seconds = widget.last_seconds
-    mask = viewer.layers[f"{results} mask"]
+    mask = viewer.layers[results("mask")]
     scale = viewer.layers[SAMPLE_NAME].scale
     viewer_camera(viewer).center = (ZOOM_CENTRE_PX[0] * scale[0], ZOOM_CENTRE_PX[1] * scale[1])
     viewer_camera(viewer).zoom = ZOOM
@@ -120,40 +125,40 @@ def main(argv: list[str] | None = None) -> int:
     widget.sampling_steps.value = widget.sampling_steps.max
     run_and_wait(widget, viewer, out, None)
     viewer.reset_view()
-    show_only(viewer, SAMPLE_NAME, f"{results} steps")
-    viewer.layers[f"{results} steps"].opacity = 1.0
+    show_only(viewer, SAMPLE_NAME, results("steps"))
+    viewer.layers[results("steps")].opacity = 1.0
     # the step axis counts the steps done (x_T at 0): x_1, after three of four steps, is the first
     # plane where the nuclei stand out of the noise on a whole tile
-    viewer.dims.set_point(0, viewer.layers[f"{results} steps"].data.shape[0] - 2)
+    viewer.dims.set_point(0, viewer.layers[results("steps")].data.shape[0] - 2)
     shoot(viewer, out, "06_steps_first.png")
-    viewer.dims.set_point(0, viewer.layers[f"{results} steps"].data.shape[0] - 1)  # x_0
+    viewer.dims.set_point(0, viewer.layers[results("steps")].data.shape[0] - 1)  # x_0
     shoot(viewer, out, "07_steps_last.png")
 
-    show_only(viewer, SAMPLE_NAME, f"{results} estimates")
-    viewer.layers[f"{results} estimates"].opacity = 1.0
+    show_only(viewer, SAMPLE_NAME, results("estimates"))
+    viewer.layers[results("estimates")].opacity = 1.0
     shoot(viewer, out, "07b_estimates_last.png")
 
     widget.sampling_steps.value = default_steps
     widget.samples.value = args.samples
     run_and_wait(widget, viewer, out, None)
     # the attention of the last step: D's belief that each pixel of the final mask is wrong
-    show_only(viewer, SAMPLE_NAME, f"{results} attention", f"{results} mask")
-    viewer.dims.set_point(0, viewer.layers[f"{results} attention"].data.shape[0])
+    show_only(viewer, SAMPLE_NAME, results("attention"), results("mask"))
+    viewer.dims.set_point(0, viewer.layers[results("attention")].data.shape[0])
     shoot(viewer, out, "08_attention.png")
-    show_only(viewer, "", f"{results} attention", f"{results} mask")  # alone, the mask's outlines for reference
+    show_only(viewer, "", results("attention"), results("mask"))  # alone, the mask's outlines for reference
     viewer_camera(viewer).center = (ZOOM_CENTRE_PX[0] * scale[0], ZOOM_CENTRE_PX[1] * scale[1])
     viewer_camera(viewer).zoom = ZOOM
     shoot(viewer, out, "08b_attention_alone.png", canvas_only=True)
     viewer.reset_view()
-    show_only(viewer, SAMPLE_NAME, f"{results} uncertainty", f"{results} mask")
-    viewer.layers[f"{results} mask"].opacity = 0.4
+    show_only(viewer, SAMPLE_NAME, results("uncertainty"), results("mask"))
+    viewer.layers[results("mask")].opacity = 0.4
     shoot(viewer, out, "09_uncertainty.png")
     viewer_camera(viewer).center = (ZOOM_CENTRE_PX[0] * scale[0], ZOOM_CENTRE_PX[1] * scale[1])
     viewer_camera(viewer).zoom = ZOOM
     shoot(viewer, out, "10_uncertainty_zoom.png", canvas_only=True)
 
     # Review: the first likely error, centred, marked in the review layer, selected in the mask, ready for the brush
-    viewer.layers[f"{results} mask"].opacity = 0.7
+    viewer.layers[results("mask")].opacity = 0.7
     widget.review_button.native.click()
     settle()
     shoot(viewer, out, "11_review.png")

@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
 
+    from napari_cdal._widgets._layers import layer_name
     from napari_cdal._widgets._names import model_stem
     from napari_cdal._widgets._review import viewer_camera
     from napari_cdal._widgets.segment import OTHER_FILE
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         viewer_camera(viewer).zoom = FIELD_ZOOM * 0.7
         shoot(viewer, out, "12_slide_field_of_view.png")
 
-        viewer.layers[f"{layer.name} {model_stem(widget.selected_model_path())} mask"].visible = False
+        viewer.layers[layer_name(layer.name, "mask", model_stem(widget.selected_model_path()))].visible = False
         widget.slide_output.value = folder / "out"
         wait(widget, widget.slide_button)
         viewer.reset_view()

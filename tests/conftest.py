@@ -28,6 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 # stores the model; the tests import TINY, blob_tile and train_tiny from here
 from build_tiny_model import STORED, TINY, blob_tile, load_tiny, train_tiny  # noqa: F401
 
+# napari keeps its settings (reader preferences among them) in a per-user file: the tests' own, never the user's
+TEST_SETTINGS = Path(tempfile.mkdtemp(prefix="napari-cdal-test-settings-")) / "settings.yaml"
+os.environ.setdefault("NAPARI_CONFIG", str(TEST_SETTINGS))
+
 CLASSES = ("background", "anterior", "posterior")
 TINY_CLASSES = ModelConfig(**{**PRESETS["tiny"], "image_channels": 3, "context_slices": 1,
                               "label_encoding": "classes", "class_names": CLASSES,
@@ -288,3 +292,53 @@ def count_network_passes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
         monkeypatch.setattr(cls, method, counted)
     return calls
+
+
+PLUGIN = "napari-cdal"
+
+
+def new_napari_session(viewer: Any) -> Any:
+    """`viewer` as napari starts on a machine where napari-cdal has never been used: the plugin not yet active and
+    no reader preference (make_napari_viewer has reset napari's settings). Its first use activates it."""
+    from npe2 import PluginManager
+
+    PluginManager.instance().deactivate(PLUGIN)
+    return viewer
+
+
+def used_before(viewer: Any) -> Any:
+    """`viewer` in a later napari session: an earlier one used napari-cdal, which saved its reader preferences."""
+    from napari_cdal._reader import prefer_napari_cdal_readers
+
+    prefer_napari_cdal_readers()
+    return viewer
+
+
+@dataclass
+class Opened:
+    """What File > Open did: the layers it added and the files napari asked a reader for (its Choose reader dialog)."""
+
+    layers: list[Any]
+    asked: list[str]
+
+
+def open_with_file_menu(viewer: Any, path: str | Path, monkeypatch: pytest.MonkeyPatch,
+                        choose: str | None = None) -> Opened:
+    """Open `path` with File > Open File(s)... as a user does: the file dialog answers `path`; napari picks the reader
+    (a preference, or the only one that claims it) or asks in its Choose reader dialog, answered with the reader
+    named `choose` (None: Cancel)."""
+    from napari._qt.dialogs.qt_reader_dialog import QtReaderDialog
+    from qtpy.QtWidgets import QFileDialog
+
+    asked: list[str] = []
+
+    def answer(dialog: Any) -> tuple[str, bool]:
+        asked.append(dialog._current_file)
+        return (choose or "", False)
+
+    monkeypatch.setattr(QFileDialog, "getOpenFileNames", lambda *args, **kwargs: ([str(path)], ""))
+    monkeypatch.setattr(QtReaderDialog, "get_user_choices", answer)
+    before = list(viewer.layers)
+    action = next(action for action in viewer.window.file_menu.actions() if action.text() == "Open File(s)...")
+    action.trigger()
+    return Opened([layer for layer in viewer.layers if layer not in before], asked)

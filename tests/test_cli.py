@@ -76,6 +76,39 @@ def test_segment_saves_steps_attention_uncertainty(capsys, tiny_model_file, blob
     assert dice(steps[-1] > 0.5, labels > 0) > 0.9
 
 
+def test_segment_progress_starts_at_zero_and_counts_the_work(capsys, tiny_model_file, blob_images, tmp_path):
+    import re
+
+    tif, _, _ = blob_images
+    code, _, err = run(capsys, "segment", tif, "--model", tiny_model_file, "--mpp", "0.5", "--out", tmp_path / "out",
+                       "--sampling-steps", "4")
+    assert code == 0, err
+    renders = [part.strip() for part in err.split("\r") if part.strip().startswith("tile.tif:")]
+    assert renders and renders[0].startswith("tile.tif: 0"), f"the bar opens at 0, before any step: {renders}"
+    rates = [float(rate) for render in renders for rate in re.findall(r"([\d.]+)step/s", render)]
+    assert all(rate < 1000 for rate in rates), f"a rate of real steps, not of a bar set at once: {renders}"
+
+
+def test_an_error_during_the_work_starts_on_a_line_of_its_own(capsys, monkeypatch, tiny_model_file, blob_images,
+                                                              tmp_path):
+    import napari_cdal.engine.segment.image as engine
+
+    real = engine.segment_image
+
+    def failing(*args, **kwargs):
+        events = real(*args, **kwargs)
+        yield next(events)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(engine, "segment_image", failing)
+    tif, _, _ = blob_images
+    code, _, err = run(capsys, "segment", tif, "--model", tiny_model_file, "--mpp", "0.5", "--out", tmp_path / "out")
+    assert code == 1
+    last = err.rstrip("\n").split("\n")[-1]
+    assert last.startswith("napari-cdal segment: error: No space left on device"), repr(err)
+    assert "tile.tif:" in err.split("\n")[0], "the bar had been shown: its line ended before the error"
+
+
 def test_uncertainty_of_one_sample_is_refused_before_any_work(capsys, tiny_model_file, blob_images, tmp_path):
     tif, _, _ = blob_images
     out = tmp_path / "out"

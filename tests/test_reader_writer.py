@@ -12,7 +12,7 @@ from npe2 import PluginManager, read, write
 from PIL import Image
 from skimage.draw import disk
 
-from napari_cdal._reader import napari_get_reader, napari_get_slide_reader
+from napari_cdal._reader import PREFERRED_PATTERNS, napari_get_image_reader, napari_get_reader
 from napari_cdal._writer import write_labels_csv, write_labels_geojson, write_labels_tiff
 from napari_cdal.engine.io.detections import labels_to_geojson
 
@@ -222,14 +222,41 @@ def test_a_pyramidal_tiff_reads_as_a_lazy_multiscale_image_at_its_um_per_px(tmp_
         np.testing.assert_array_equal(np.asarray(level[10:40, 20:60]), image[:: 2**k, :: 2**k][10:40, 20:60])
 
 
-def test_plain_tiffs_are_left_to_napari(tmp_path) -> None:
-    tifffile.imwrite(tmp_path / "tile.tif", np.zeros((64, 80, 3), np.uint8))
-    tifffile.imwrite(tmp_path / "tiled.tif", np.zeros((64, 80, 3), np.uint8), tile=(32, 32))
-    (tmp_path / "broken.tif").write_bytes(b"II*\x00garbage")
-    for name in ("tile.tif", "tiled.tif", "broken.tif", "missing.svs", "tile.png"):
-        assert napari_get_slide_reader(str(tmp_path / name)) is None, name
+def test_plain_tiles_read_as_napari_reads_them_so_choosing_napari_cdal_never_refuses_one(tmp_path) -> None:
+    rgb = np.random.default_rng(1).integers(0, 255, (64, 80, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "tile.tif", rgb)
+    tifffile.imwrite(tmp_path / "tiled.tif", rgb, tile=(32, 32))
+    Image.fromarray(rgb).save(tmp_path / "tile.png")
+    Image.fromarray(rgb).save(tmp_path / "tile.jpg", quality=95)
+    for name in ("tile.tif", "tiled.tif", "tile.png", "tile.jpg"):
+        ((ours, _, kind),) = read([str(tmp_path / name)], stack=False, plugin_name=PLUGIN)
+        napari_s = read([str(tmp_path / name)], stack=False, plugin_name="napari")[0][0]
+        assert kind == "image" and np.array_equal(np.asarray(ours), np.asarray(napari_s)), name
+    for name in ("missing.svs", "missing.tif", "notes.txt"):
+        assert napari_get_image_reader(str(tmp_path / name)) is None, name
     pyramid = pyramid_tiff(tmp_path / "pyramid.tiff", np.zeros((64, 64, 3), np.uint8), levels=2)
-    assert napari_get_slide_reader(str(pyramid)) is not None
+    ((levels, meta, _),) = read([str(pyramid)], stack=False, plugin_name=PLUGIN)
+    assert meta["multiscale"] and len(levels) == 2
+
+
+def test_the_manifest_claims_the_patterns_it_prefers_and_prefers_them_when_activated() -> None:
+    from napari.settings import get_settings
+
+    manifest = PluginManager.instance().get_manifest(PLUGIN)
+    claimed = {pattern for reader in manifest.contributions.readers for pattern in reader.filename_patterns}
+    assert set(PREFERRED_PATTERNS) <= claimed and manifest.on_activate == "napari_cdal._reader:on_activate"
+    plugins = get_settings().plugins
+    before = dict(plugins.extension2reader)
+    try:
+        plugins.extension2reader = {"*.png": "napari"}  # a choice the user made stays
+        from napari_cdal._reader import on_activate
+
+        on_activate()
+        chosen = dict(plugins.extension2reader)
+        assert chosen.pop("*.png") == "napari"
+        assert chosen == {pattern: PLUGIN for pattern in PREFERRED_PATTERNS if pattern != "*.png"}
+    finally:
+        plugins.extension2reader = before
 
 
 def test_csv_rows_are_the_nuclei_with_areas_in_um2_and_centroids_in_the_image(tmp_path) -> None:

@@ -62,9 +62,9 @@ def test_the_real_size_slide_is_small_on_disk_and_only_the_pixel_cap_of_images_r
 
 
 def test_the_napari_reader_opens_the_real_size_slide_lazily(big_slide):
-    from napari_cdal._reader import napari_get_slide_reader
+    from napari_cdal._reader import napari_get_image_reader
 
-    reader = napari_get_slide_reader(str(big_slide))
+    reader = napari_get_image_reader(str(big_slide))
     assert reader is not None
     ((levels, meta, kind),) = reader(str(big_slide))
     assert kind == "image" and meta["multiscale"] and meta["scale"] == pytest.approx((MPP, MPP))

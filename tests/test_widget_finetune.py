@@ -19,7 +19,7 @@ from conftest import (
 )
 from skimage.draw import disk
 
-from napari_cdal._widgets._layers import TAG
+from napari_cdal._widgets._layers import TAG, layer_name
 from napari_cdal._widgets._names import default_model_name, model_name_problem
 from napari_cdal._widgets._pairs import NO_REGIONS, WHOLE_IMAGE, WHOLE_IMAGE_WARNING, layer_boxes
 from napari_cdal._widgets.finetune import FinetuneWidget
@@ -186,10 +186,12 @@ def test_finetune_writes_a_new_model_that_segment_selects_and_back_undoes(
     assert finetune.finetune_button.enabled and not finetune.cancel_button.enabled
 
 
-def test_the_progress_bar_counts_the_steps_and_shows_the_loss_in_its_tooltip(
+def test_the_progress_bar_says_what_happens_before_the_first_step_then_counts_the_steps_with_the_loss(
     qtbot, monkeypatch, make_napari_viewer, tiny_model_file, model_folder
 ) -> None:
     from napari_cdal._widgets._run import RunProgress
+    from napari_cdal._widgets.finetune import CHECKING, GETTING_READY
+    from napari_cdal.engine.events import TICK
 
     shown: list[tuple[str, str]] = []  # the bar's text and tooltip after each step
     original = RunProgress.update
@@ -200,14 +202,58 @@ def test_the_progress_bar_counts_the_steps_and_shows_the_loss_in_its_tooltip(
         shown.append((bar.native.text(), bar.tooltip))
 
     monkeypatch.setattr(RunProgress, "update", spy)
+    handled: list[tuple[str, str, str]] = []  # each event's stage, the bar's text and the status, once handled
+    on_step = FinetuneWidget._on_step
+
+    def watched(self, event) -> None:
+        on_step(self, event)
+        if event.stage != TICK:
+            handled.append((event.stage, self.progress_bar.native.text(), self.status.value))
+
+    monkeypatch.setattr(FinetuneWidget, "_on_step", watched)
     viewer = make_napari_viewer()
     add_image(viewer)
     add_corrected_mask(viewer)
     _, finetune = dock_both(viewer, tiny_model_file)
-    assert click_finetune(qtbot, finetune) == "done"
+    outcomes: list[str] = []
+    finetune.run_finished.connect(outcomes.append)
+    finetune.finetune_button.native.click()
+    assert finetune.progress_bar.native.text() == GETTING_READY, "not '0 of N' while nothing is counted yet"
+    qtbot.waitUntil(lambda: bool(outcomes), timeout=TIMEOUT_MS)
+    assert outcomes == ["done"]
+    first_step = next(index for index, (stage, _, _) in enumerate(handled) if stage == "train")
+    assert first_step > 0 and all(text == CHECKING for _, text, _ in handled[:first_step]), handled[:first_step]
+    assert "checking the base model, before the first step, on the held-back part" in handled[0][2]
     assert [text for text, _ in shown] == [f"{i} of {STEPS}" for i in range(1, STEPS + 1)]
     assert all(tip.startswith(f"the generator's loss at step {i}: ") for i, (_, tip) in enumerate(shown, 1))
     assert finetune.progress_bar.value == 0 and "loss" not in finetune.progress_bar.tooltip
+
+
+def test_fine_tune_comes_to_the_front_keeps_the_canvas_width_and_shows_its_labels_whole(
+        qtbot, make_napari_viewer, tiny_model_file) -> None:
+    from qtpy.QtWidgets import QLabel, QTabBar
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1400, 900)
+    add_image(viewer, name="TCGA-B0-5698-01Z-00-DX1")  # long layer names must not widen the dock
+    viewer.add_labels(np.zeros((128, 128), np.uint32), name="mask · TCGA-B0-5698-01Z-00-DX1 · cdal_monuseg")
+    canvas = viewer.window._qt_viewer.canvas.native
+    dock(viewer, "Segment")
+    qtbot.wait(200)
+    beside_segment = canvas.width()
+    finetune = dock(viewer, "Fine-tune")  # Plugins > napari-cdal > Fine-tune
+    window = viewer.window._qt_window
+
+    def front_tab() -> str:
+        bars = [bar for bar in window.findChildren(QTabBar) if bar.count() == 2]  # none until the dock is tabbed
+        return bars[0].tabText(bars[0].currentIndex()) if bars else ""
+
+    qtbot.waitUntil(lambda: front_tab().startswith("Fine-tune"), timeout=5000)
+    qtbot.wait(200)
+    assert canvas.width() == beside_segment > 300, "the shared dock is no wider than Segment made it"
+    for label in finetune.native.findChildren(QLabel):
+        if label.isVisibleTo(finetune.native) and label.text() and not label.wordWrap():
+            assert label.width() >= label.fontMetrics().horizontalAdvance(label.text()), f"{label.text()} is clipped"
 
 
 def test_a_binary_mask_is_split_with_a_visible_note(
@@ -585,7 +631,7 @@ def test_the_places_review_visited_are_the_regions_fine_tune_learns_from(
     segment.review_count.value = 3
     for _ in range(3):
         segment.review_button.native.click()
-    checked = viewer.layers[f"{NAME} checked regions"]
+    checked = viewer.layers[layer_name(NAME, "checked regions")]
     (row,) = finetune.pair_rows
     assert row.regions.value is checked, "Fine-tune takes the places Review visited as the corrected regions"
     mask = row.labels.value

@@ -20,7 +20,7 @@ from conftest import (
     pause_after_first_event,
 )
 
-from napari_cdal._widgets._layers import CONTOUR_WIDTH, PREVIEW_SUFFIX, TAG, image_mpp
+from napari_cdal._widgets._layers import CONTOUR_WIDTH, PREVIEW_SUFFIX, TAG, image_mpp, layer_name, preview_name
 from napari_cdal._widgets._pairs import layer_boxes
 from napari_cdal._widgets._review import KIND_COLOURS, KIND_WORDS, viewer_camera
 from napari_cdal._widgets.segment import OTHER_FILE, SegmentWidget
@@ -32,11 +32,19 @@ pytestmark = pytest.mark.gui
 PLUGIN = "napari-cdal"
 NAME = "blobs"
 MODEL = "tiny"
-LAYER = f"{NAME} {MODEL}"
-"""Result layers are named after the image and the model that made them."""
 KINDS = ("mask", "steps", "estimates", "attention", "uncertainty")
 SCALE, TRANSLATE = (0.5, 0.5), (10.0, 20.0)
 TIMEOUT_MS = 120_000
+
+
+def result_name(kind: str) -> str:
+    """A result layer's name: after its kind, the image and the model that made it."""
+    return layer_name(NAME, kind, MODEL)
+
+
+def running_name(kind: str) -> str:
+    """The name of a run's layer of `kind` while the run goes."""
+    return preview_name(NAME, kind, MODEL)
 
 
 def dock(viewer) -> SegmentWidget:
@@ -92,17 +100,20 @@ def viewer_widget(make_napari_viewer, tiny_model_file):
 def test_segment_gives_five_layers_on_the_image_grid(qtbot, viewer_widget) -> None:
     viewer, widget = viewer_widget
     assert widget.mpp.value == pytest.approx(0.5)
+    slide_only = (widget.slide_output, widget.tissue_only, widget.slide_button)
+    assert not any(field.native.isVisibleTo(widget.native) for field in slide_only), "a tile is no slide"
+    assert widget.mpp.native.isVisibleTo(widget.native) and widget.contours.native.isVisibleTo(widget.native)
     assert click_segment(qtbot, widget) == "done"
     names = [layer.name for layer in viewer.layers]
     assert names == [
         NAME,
-        f"{LAYER} steps",
-        f"{LAYER} estimates",
-        f"{LAYER} attention",
-        f"{LAYER} uncertainty",
-        f"{LAYER} mask",
+        result_name("steps"),
+        result_name("estimates"),
+        result_name("attention"),
+        result_name("uncertainty"),
+        result_name("mask"),
     ]
-    mask, steps, estimates, attention, uncertainty = (viewer.layers[f"{LAYER} {kind}"] for kind in KINDS)
+    mask, steps, estimates, attention, uncertainty = (viewer.layers[result_name(kind)] for kind in KINDS)
     assert (
         type(mask).__name__ == "Labels"
         and mask.data.shape == (128, 128)
@@ -117,7 +128,7 @@ def test_segment_gives_five_layers_on_the_image_grid(qtbot, viewer_widget) -> No
     assert tuple(steps.scale) == (1.0, *SCALE) and tuple(steps.translate) == (0.0, *TRANSLATE)
     for layer in (estimates, attention):
         assert tuple(layer.scale) == (1.0, *SCALE) and tuple(layer.translate) == (1.0, *TRANSLATE)
-    assert attention.colormap.name == "inferno" and attention.blending == "additive"
+    assert attention.colormap.name == "napari-cdal attention" and attention.blending == "translucent"
     assert steps.axis_labels[0] == estimates.axis_labels[0] == attention.axis_labels[0] == "step"
     assert not steps.visible and not estimates.visible
     for layer in (steps, estimates, attention):
@@ -187,7 +198,7 @@ def test_progress_moves_per_step_and_tile_while_the_ui_keeps_running(
     def spy(self, n: int = 1) -> None:
         original_update(self, n)
         seen.append((self.n, self.total))
-        running = viewer.layers[f"{LAYER} steps {PREVIEW_SUFFIX}"].data  # the chain: x_T and a plane per step
+        running = viewer.layers[running_name("steps")].data  # the chain: x_T and a plane per step
         drawn.append(int(running.any(axis=(1, 2)).sum()))
         handled.set()
 
@@ -208,12 +219,99 @@ def test_progress_moves_per_step_and_tile_while_the_ui_keeps_running(
     assert widget.progress_bar.value == 0 and widget.progress_bar.native.format() == "", "empty again after the run"
     assert sum(ticks) >= 5, "the event loop must keep running while the worker computes"
     kinds = ("steps", "estimates", "attention", "mask")  # one sample: no uncertainty
-    assert [name for _, name in previews] == [f"{LAYER} {kind} {PREVIEW_SUFFIX}" for kind in kinds]
+    assert [name for _, name in previews] == [running_name(kind) for kind in kinds]
     assert drawn[0] == 2 and drawn[-1] == 5 and drawn == sorted(drawn), "x_T, then every step drawn live, in order"
     # the run's layers became the result layers: nothing added at the end, nothing left running
-    assert [layer for layer, _ in previews] == [viewer.layers[f"{LAYER} {kind}"] for kind in kinds]
-    assert [layer.name for layer in viewer.layers] == [NAME, *(f"{LAYER} {kind}" for kind in kinds)]
-    assert viewer.layers[f"{LAYER} mask"].visible and viewer.layers[f"{LAYER} mask"].data.max() > 0
+    assert [layer for layer, _ in previews] == [viewer.layers[result_name(kind)] for kind in kinds]
+    assert [layer.name for layer in viewer.layers] == [NAME, *(result_name(kind) for kind in kinds)]
+    assert viewer.layers[result_name("mask")].visible and viewer.layers[result_name("mask")].data.max() > 0
+
+
+def gate_engine(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """Hold the engine before its first event until `start` is set, and after it until `resume` is set."""
+    import napari_cdal.engine.segment.image as engine_segment
+    from napari_cdal.engine.events import TICK
+
+    start, resume = threading.Event(), threading.Event()
+    real = engine_segment.segment_image
+
+    def gated(*args, **kwargs):
+        start.wait(TIMEOUT_MS / 1000)
+        held = False
+        for event in real(*args, **kwargs):
+            yield event
+            if not held and event.stage != TICK:
+                held = True
+                resume.wait(TIMEOUT_MS / 1000)
+
+    monkeypatch.setattr(engine_segment, "segment_image", gated)
+    return start, resume
+
+
+def test_the_image_stays_in_view_while_segmenting(qtbot, viewer_widget, monkeypatch) -> None:
+    viewer, widget = viewer_widget
+    image = viewer.layers[NAME]
+    for run in ("first", "again"):  # new preview layers, then the earlier run's layers lent to the preview
+        start, resume = gate_engine(monkeypatch)
+        outcomes: list[str] = []
+        widget.run_finished.connect(outcomes.append)
+        widget.segment_button.native.click()
+        running = 5 if run == "first" else 3  # the mask and uncertainty of a first run wait in places of their own
+        qtbot.waitUntil(lambda running=running: sum(PREVIEW_SUFFIX in layer.name for layer in viewer.layers) == running,
+                        timeout=TIMEOUT_MS)
+        qtbot.wait(50)
+        covering = [layer.name for layer in viewer.layers if layer is not image and layer.visible]
+        assert covering == ([] if run == "first" else [result_name("mask")]), "nothing empty over the image"
+        start.set()
+        shown = [viewer.layers[running_name(kind)] for kind in ("steps", "attention")]
+        qtbot.waitUntil(lambda shown=shown: all(layer.visible for layer in shown), timeout=TIMEOUT_MS)
+        for layer in shown:  # an overlay, clear where its map is 0
+            assert layer.blending == "translucent" and layer.colormap.map(np.array([0.0]))[0, 3] == 0, layer.name
+            assert layer.data.any(), f"{layer.name} is shown once it has a plane"
+        assert not viewer.layers[running_name("estimates")].visible, "x̂0 fills in hidden"
+        assert image.visible and image.opacity == 1 and viewer.layers.index(image) == 0
+        resume.set()
+        qtbot.waitUntil(lambda outcomes=outcomes: bool(outcomes), timeout=TIMEOUT_MS)
+        assert outcomes == ["done"]
+        monkeypatch.undo()
+
+
+def relative_luminance(rgb) -> float:
+    """WCAG's relative luminance of an sRGB colour on 0..1."""
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+HAEMATOXYLIN, EOSIN = (0.33, 0.22, 0.55), (0.92, 0.62, 0.80)
+"""The purple of stained nuclei and the pink of stroma on an H&E tile."""
+
+
+def hue_distance(rgb, other) -> float:
+    """Degrees between two colours' hues."""
+    import colorsys
+
+    turn = abs(colorsys.rgb_to_hsv(*rgb)[0] - colorsys.rgb_to_hsv(*other)[0]) % 1
+    return 360 * min(turn, 1 - turn)
+
+
+def test_the_mask_and_the_maps_take_colours_that_stand_out_on_he(qtbot, viewer_widget) -> None:
+    viewer, widget = viewer_widget
+    assert click_segment(qtbot, widget) == "done"
+    mask = viewer.layers[result_name("mask")]
+    colours = np.asarray(mask.colormap.map(np.arange(1, 200)))[:, :3]  # what ids 1..199 are painted in
+    background = mask.colormap.map(np.array([0]))[0]
+    purple = relative_luminance(HAEMATOXYLIN)
+    assert background[3] == 0
+    for rgb in colours:  # none of H&E's dark blue, purple or brown
+        assert (relative_luminance(rgb) + 0.05) / (purple + 0.05) >= 4, rgb
+        assert min(hue_distance(rgb, HAEMATOXYLIN), hue_distance(rgb, EOSIN)) >= 60, rgb
+    assert len({tuple(np.round(rgb, 3)) for rgb in colours[:24]}) == 24, "neighbouring ids differ"
+    for kind in ("attention", "uncertainty"):
+        colormap = viewer.layers[result_name(kind)].colormap
+        top, bottom = colormap.map(np.array([1.0]))[0], colormap.map(np.array([0.0]))[0]
+        assert bottom[3] == 0 and top[3] == 1, f"{kind}: clear at 0, solid at its top"
+        assert (relative_luminance(top[:3]) + 0.05) / (purple + 0.05) >= 4, kind
+        assert min(hue_distance(top[:3], HAEMATOXYLIN), hue_distance(top[:3], EOSIN)) >= 75, kind
 
 
 # ----------------------------------------------------------------------------- re-runs and edits
@@ -222,24 +320,24 @@ def test_progress_moves_per_step_and_tile_while_the_ui_keeps_running(
 def test_rerun_updates_in_place_but_keeps_an_edited_mask(qtbot, viewer_widget) -> None:
     viewer, widget = viewer_widget
     assert click_segment(qtbot, widget) == "done"
-    first = {kind: viewer.layers[f"{LAYER} {kind}"] for kind in KINDS}
+    first = {kind: viewer.layers[result_name(kind)] for kind in KINDS}
     first_labels = first["mask"].data.copy()
     assert click_segment(qtbot, widget) == "done"
     assert len(viewer.layers) == 6
-    assert all(viewer.layers[f"{LAYER} {kind}"] is first[kind] for kind in KINDS)
+    assert all(viewer.layers[result_name(kind)] is first[kind] for kind in KINDS)
     assert np.array_equal(first["mask"].data, first_labels), "the same seed repeats the mask"
 
     first["mask"].paint((5, 5), int(first_labels.max()) + 1)
     edited = first["mask"].data.copy()
     widget.seed.value = 1
     assert click_segment(qtbot, widget) == "done"
-    assert [layer.name for layer in viewer.layers][-1] == f"{LAYER} mask [1]"
+    assert [layer.name for layer in viewer.layers][-1] == result_name("mask") + " [1]"
     assert np.array_equal(first["mask"].data, edited), "an edited mask is never overwritten"
     assert all(
-        viewer.layers[f"{LAYER} {kind}"] is first[kind]
+        viewer.layers[result_name(kind)] is first[kind]
         for kind in ("steps", "estimates", "attention", "uncertainty")
     )
-    second_mask = viewer.layers[f"{LAYER} mask [1]"]
+    second_mask = viewer.layers[result_name("mask") + " [1]"]
     assert tuple(second_mask.scale) == SCALE and second_mask.data.dtype == np.uint32
 
     assert click_segment(qtbot, widget) == "done"
@@ -250,10 +348,10 @@ def test_several_samples_give_a_nonzero_uncertainty(qtbot, viewer_widget) -> Non
     viewer, widget = viewer_widget
     widget.samples.value = 3
     assert click_segment(qtbot, widget) == "done"
-    uncertainty = viewer.layers[f"{LAYER} uncertainty"]
+    uncertainty = viewer.layers[result_name("uncertainty")]
     assert uncertainty.data.max() > 0 and uncertainty.contrast_limits[1] == uncertainty.data.max()
     # the layer shows doubt, not borders: each nucleus of the mask is painted with one value, its mean
-    mask = viewer.layers[f"{LAYER} mask"].data
+    mask = viewer.layers[result_name("mask")].data
     for nucleus in np.unique(mask[mask > 0])[:20]:
         assert np.ptp(uncertainty.data[mask == nucleus]) == 0
 
@@ -262,7 +360,7 @@ def test_the_contour_checkbox_switches_the_mask_display(qtbot, viewer_widget) ->
     viewer, widget = viewer_widget
     widget.contours.value = False
     assert click_segment(qtbot, widget) == "done"
-    mask = viewer.layers[f"{LAYER} mask"]
+    mask = viewer.layers[result_name("mask")]
     assert mask.contour == 0
     widget.contours.value = True
     assert mask.contour == CONTOUR_WIDTH
@@ -354,19 +452,20 @@ def test_a_first_run_adds_its_layers_one_per_turn_at_the_start_and_fills_them_at
     widget.segment_button.native.click()
     kinds = ("steps", "estimates", "attention", "uncertainty", "mask")
     qtbot.waitUntil(lambda: len(added) == 5, timeout=TIMEOUT_MS)
-    assert [name for name, _ in added] == [f"{LAYER} {kind} {PREVIEW_SUFFIX}" for kind in kinds]
+    assert [name for name, _ in added] == [running_name(kind) for kind in kinds]
     assert len({turn for _, turn in added}) == 5, "each layer added in its own turn of the event loop"
-    mask = viewer.layers[f"{LAYER} mask {PREVIEW_SUFFIX}"]
+    mask = viewer.layers[running_name("mask")]
     assert not mask.visible and not mask.data.any(), "the new mask's place waits hidden and empty"
-    assert viewer.layers[f"{LAYER} steps {PREVIEW_SUFFIX}"].visible, "the chain is what the preview shows"
-    assert not viewer.layers[f"{LAYER} estimates {PREVIEW_SUFFIX}"].visible, "x̂0 fills in hidden"
+    assert viewer.layers[running_name("steps")].visible, "the chain is what the preview shows"
+    assert not viewer.layers[running_name("estimates")].visible, "x̂0 fills in hidden"
     paused_engine.set()
     qtbot.waitUntil(lambda: bool(outcomes), timeout=TIMEOUT_MS)
     timer.stop()
     assert outcomes == ["done"] and len(added) == 5 and removed == []
-    assert [layer.name for layer in viewer.layers] == [NAME, *(f"{LAYER} {kind}" for kind in kinds)]
-    assert viewer.layers[f"{LAYER} mask"] is mask and mask.visible and mask.data.max() > 0
-    assert not viewer.layers[f"{LAYER} uncertainty"].visible and viewer.layers[f"{LAYER} uncertainty"].data.any()
+    assert [layer.name for layer in viewer.layers] == [NAME, *(result_name(kind) for kind in kinds)]
+    assert viewer.layers[result_name("mask")] is mask and mask.visible and mask.data.max() > 0
+    uncertainty = viewer.layers[result_name("uncertainty")]
+    assert not uncertainty.visible and uncertainty.data.any()
 
 
 def test_a_rerun_previews_in_the_earlier_maps_and_adds_or_removes_no_layer(qtbot, viewer_widget, paused_engine) -> None:
@@ -375,8 +474,8 @@ def test_a_rerun_previews_in_the_earlier_maps_and_adds_or_removes_no_layer(qtbot
     viewer, widget = viewer_widget
     paused_engine.set()
     assert click_segment(qtbot, widget) == "done"
-    steps, attention = viewer.layers[f"{LAYER} steps"], viewer.layers[f"{LAYER} attention"]
-    estimates = viewer.layers[f"{LAYER} estimates"]
+    steps, attention = viewer.layers[result_name("steps")], viewer.layers[result_name("attention")]
+    estimates = viewer.layers[result_name("estimates")]
     attention.visible = True  # the user looks at the attention; the steps and estimates stay hidden
     first_steps = steps.data.copy()
     changes: list[str] = []
@@ -387,15 +486,16 @@ def test_a_rerun_previews_in_the_earlier_maps_and_adds_or_removes_no_layer(qtbot
     outcomes: list[str] = []
     widget.run_finished.connect(outcomes.append)
     widget.segment_button.native.click()
-    qtbot.waitUntil(lambda: attention.name.endswith(PREVIEW_SUFFIX), timeout=TIMEOUT_MS)  # lent after the estimates
-    assert steps.visible and attention.name == f"{LAYER} attention {PREVIEW_SUFFIX}"
-    assert estimates.name == f"{LAYER} estimates {PREVIEW_SUFFIX}" and not estimates.visible, "as the user left it"
+    # the attention is lent after the estimates; the steps are shown once their first plane has come
+    qtbot.waitUntil(lambda: PREVIEW_SUFFIX in attention.name and steps.visible, timeout=TIMEOUT_MS)
+    assert attention.name == running_name("attention")
+    assert estimates.name == running_name("estimates") and not estimates.visible, "as the user left it"
     assert not steps.data[2:].any(), "the preview starts empty and has drawn x_T and the first step at most"
     paused_engine.set()
     qtbot.waitUntil(lambda: bool(outcomes), timeout=TIMEOUT_MS)
     assert outcomes == ["done"] and changes == []
-    assert viewer.layers[f"{LAYER} steps"] is steps and viewer.layers[f"{LAYER} attention"] is attention
-    assert viewer.layers[f"{LAYER} estimates"] is estimates
+    assert viewer.layers[result_name("steps")] is steps and viewer.layers[result_name("attention")] is attention
+    assert viewer.layers[result_name("estimates")] is estimates
     assert not steps.visible and not estimates.visible and attention.visible, "each map's visibility is the user's"
     assert steps.data.shape == first_steps.shape and not np.array_equal(steps.data, first_steps), "the new seed's steps"
 
@@ -431,9 +531,9 @@ def test_grayscale_image_with_an_unset_scale_uses_0_25_and_an_edited_mpp(
     assert widget.mpp.value == pytest.approx(0.25)
     widget.mpp.value = 0.5
     assert click_segment(qtbot, widget) == "done"
-    mask = viewer.layers[f"gray {MODEL} mask"]
+    mask = viewer.layers[layer_name("gray", "mask", MODEL)]
     assert mask.data.shape == (96, 96) and tuple(mask.scale) == (1.0, 1.0)
-    assert viewer.layers[f"gray {MODEL} steps"].data.shape == (5, 96, 96)
+    assert viewer.layers[layer_name("gray", "steps", MODEL)].data.shape == (5, 96, 96)
 
 
 def test_mpp_comes_from_the_layer_scale_in_its_unit(make_napari_viewer) -> None:
@@ -530,7 +630,7 @@ def test_models_in_the_user_folder_are_offered(
     widget.model.value = str(tmp_path / "my-finetuned.safetensors")
     assert widget.sampling_steps.max == 4
     assert click_segment(qtbot, widget) == "done"
-    assert f"{NAME} my-finetuned mask" in viewer.layers
+    assert layer_name(NAME, "mask", "my-finetuned") in viewer.layers
 
 
 def test_device_choices_list_cuda_only_when_there_is_one(make_napari_viewer) -> None:
@@ -620,20 +720,20 @@ def test_plugin_modules_import_without_torch() -> None:
 def test_one_sample_adds_no_uncertainty_layer_and_drops_a_stale_one(qtbot, viewer_widget) -> None:
     viewer, widget = viewer_widget
     assert click_segment(qtbot, widget) == "done"
-    assert f"{LAYER} uncertainty" in [layer.name for layer in viewer.layers]
+    assert result_name("uncertainty") in [layer.name for layer in viewer.layers]
     widget.samples.value = 1
     assert click_segment(qtbot, widget) == "done"
     names = [layer.name for layer in viewer.layers]
-    assert f"{LAYER} uncertainty" not in names and f"{LAYER} mask" in names
-    features = viewer.layers[f"{LAYER} mask"].features
+    assert result_name("uncertainty") not in names and result_name("mask") in names
+    features = viewer.layers[result_name("mask")].features
     assert features["mean_uncertainty"].isna().all()
 
 
 def test_mask_carries_per_nucleus_features(qtbot, viewer_widget) -> None:
     viewer, widget = viewer_widget
     assert click_segment(qtbot, widget) == "done"
-    mask = viewer.layers[f"{LAYER} mask"]
-    uncertainty = viewer.layers[f"{LAYER} uncertainty"].data
+    mask = viewer.layers[result_name("mask")]
+    uncertainty = viewer.layers[result_name("uncertainty")].data
     features = mask.features
     n = int(mask.data.max())
     assert list(features["index"]) == list(range(1, n + 1))
@@ -658,12 +758,12 @@ def test_review_steps_through_the_likeliest_errors_and_marks_them(qtbot, viewer_
     assert not widget.review_button.enabled, "nothing to review before a result"
     assert widget.review_button.text == "Review next likely error"
     assert click_segment(qtbot, widget) == "done"
-    mask = viewer.layers[f"{LAYER} mask"]
+    mask = viewer.layers[result_name("mask")]
     queue = expected_queue(widget)[:3]
     assert len(queue) == 3
     widget.review_count.value = 3
     assert widget.review_button.enabled
-    assert f"{LAYER} review" not in [layer.name for layer in viewer.layers], "no marks before the first click"
+    assert result_name("review") not in [layer.name for layer in viewer.layers], "no marks before the first click"
     viewer.layers.selection.active = viewer.layers[NAME]
     for click in range(4):
         widget.review_button.native.click()
@@ -675,7 +775,7 @@ def test_review_steps_through_the_likeliest_errors_and_marks_them(qtbot, viewer_
         assert mask.selected_label == wanted
         assert widget.status.value.startswith(f"Review {click % 3 + 1} of 3: ")
         assert f"score {item.score:.2f}" in widget.status.value and KIND_WORDS[item.kind] in widget.status.value
-        marks = viewer.layers[f"{LAYER} review"]
+        marks = viewer.layers[result_name("review")]
         np.testing.assert_allclose(marks.data, [[i.y, i.x] for i in queue])
         assert tuple(marks.scale) == SCALE and tuple(marks.translate) == TRANSLATE
         assert tuple(marks.units) == tuple(mask.units), "the marks share the mask's units (napari warns otherwise)"
@@ -683,9 +783,9 @@ def test_review_steps_through_the_likeliest_errors_and_marks_them(qtbot, viewer_
         assert widths[click % 3] == widths.max() > np.delete(widths, click % 3).max(), "the current item stands out"
         np.testing.assert_allclose(np.asarray(marks.border_color)[:, :3], [KIND_COLOURS[i.kind] for i in queue])
     assert viewer_camera(viewer).zoom >= 3.0 / SCALE[0] - 1e-9
-    assert [layer.name for layer in viewer.layers].count(f"{LAYER} review") == 1
+    assert [layer.name for layer in viewer.layers].count(result_name("review")) == 1
     # each place visited is a checked region, once, widened as `finetune --regions` widens a review CSV's boxes
-    checked = viewer.layers[f"{NAME} checked regions"]
+    checked = viewer.layers[layer_name(NAME, "checked regions")]
     mpp = image_mpp(mask)
     widened = [widen_box(i.box, round(REGION_MARGIN_UM / mpp), math.ceil(MIN_REGION_UM / mpp), mask.data.shape)
                for i in queue]
@@ -693,10 +793,10 @@ def test_review_steps_through_the_likeliest_errors_and_marks_them(qtbot, viewer_
     assert viewer.layers.selection.active is mask, "the brush stays ready on the mask"
     widget.seed.value = 5  # a rerun's queue replaces the marks, none current
     assert click_segment(qtbot, widget) == "done"
-    marks = viewer.layers[f"{LAYER} review"]
+    marks = viewer.layers[result_name("review")]
     np.testing.assert_allclose(marks.data, [[i.y, i.x] for i in expected_queue(widget)[:3]])
     assert np.ptp(np.asarray(marks.border_width)) == 0
-    assert [layer.name for layer in viewer.layers].count(f"{LAYER} review") == 1
+    assert [layer.name for layer in viewer.layers].count(result_name("review")) == 1
 
 
 def test_review_readies_a_new_id_for_a_miss_and_the_nucleus_for_a_merge(qtbot, viewer_widget, monkeypatch) -> None:
@@ -718,7 +818,7 @@ def test_review_readies_a_new_id_for_a_miss_and_the_nucleus_for_a_merge(qtbot, v
 
     monkeypatch.setattr(review, "review_items", with_a_miss_and_a_merge)
     assert click_segment(qtbot, widget) == "done"
-    mask = viewer.layers[f"{LAYER} mask"]
+    mask = viewer.layers[result_name("mask")]
     widget.review_count.value = 3
     widget.review_button.native.click()
     free = int(mask.data.max()) + 1
@@ -728,7 +828,7 @@ def test_review_readies_a_new_id_for_a_miss_and_the_nucleus_for_a_merge(qtbot, v
     assert (mask.data == free).any()
     widget.review_button.native.click()
     assert mask.selected_label == merged[-1] and f"likely merge {merged[-1]}" in widget.status.value
-    colours = np.asarray(viewer.layers[f"{LAYER} review"].border_color)[:2, :3]
+    colours = np.asarray(viewer.layers[result_name("review")].border_color)[:2, :3]
     np.testing.assert_allclose(colours, [KIND_COLOURS["miss"], KIND_COLOURS["merge"]])
 
 
@@ -742,6 +842,34 @@ def test_the_sampling_fields_follow_the_models_config_under_its_former_key_names
 
 
 # ----------------------------------------------------------------------------- the user's layers, tool and status
+
+
+NARROW_LIST_PX = 200
+"""The width napari's layer list gives a name when its dock is narrow (the user's round-2 journey cut names there)."""
+
+
+def test_layer_names_keep_the_kind_and_the_model_in_view_in_a_narrow_layer_list(
+        qtbot, make_napari_viewer, tiny_model_file, tmp_path) -> None:
+    from qtpy.QtCore import Qt
+
+    viewer = make_napari_viewer()
+    image = add_blobs(viewer, 64, name="TCGA-B0-5698-01Z-00-DX1")
+    widget = dock(viewer)
+    fine_tuned = tmp_path / "tiny-ft-TCGA-B0-5698-01Z.safetensors"
+    shutil.copy(tiny_model_file, fine_tuned)
+    for model in (tiny_model_file, fine_tuned):
+        use_model(widget, model)
+        assert click_segment(qtbot, widget) == "done"
+    metrics = viewer.window._qt_viewer.layers.fontMetrics()  # napari's list cuts a long name in its middle
+    shown = {layer.name: metrics.elidedText(layer.name, Qt.TextElideMode.ElideMiddle, NARROW_LIST_PX)
+             for layer in viewer.layers if layer is not image}
+    assert len(set(shown.values())) == len(shown) == 8, f"every layer tells itself apart: {sorted(shown.values())}"
+    for name, text in shown.items():
+        kind = viewer.layers[name].metadata[TAG]["kind"]
+        assert text.startswith(kind), (kind, text)
+    assert all(text.endswith("tiny") or text.endswith("01Z") for text in shown.values())
+    mask = viewer.layers[layer_name(image.name, "mask", fine_tuned.stem)]
+    assert mask.name == f"mask · {image.name} · {fine_tuned.stem}", "the whole name: the layer list's tooltip"
 
 
 def test_a_run_keeps_the_users_active_layer_and_tool(qtbot, viewer_widget) -> None:
@@ -764,17 +892,17 @@ def test_a_run_keeps_the_users_active_layer_and_tool(qtbot, viewer_widget) -> No
 def test_results_of_two_models_sit_side_by_side(qtbot, viewer_widget, tmp_path) -> None:
     viewer, widget = viewer_widget
     assert click_segment(qtbot, widget) == "done"
-    first = viewer.layers[f"{LAYER} mask"]
+    first = viewer.layers[result_name("mask")]
     first_labels = first.data.copy()
     other = tmp_path / "other-model.safetensors"
     shutil.copy(widget.model_file.value, other)
     widget.model_file.value = other
     widget.seed.value = 5
     assert click_segment(qtbot, widget) == "done"
-    second = viewer.layers[f"{NAME} other-model mask"]
+    second = viewer.layers[layer_name(NAME, "mask", "other-model")]
     assert second is not first and np.array_equal(first.data, first_labels), "the first model's mask is kept"
     assert second.metadata[TAG]["model"] == "other-model" and first.metadata[TAG]["model"] == MODEL
-    assert {f"{NAME} other-model {kind}" for kind in KINDS} <= {layer.name for layer in viewer.layers}
+    assert {layer_name(NAME, kind, "other-model") for kind in KINDS} <= {layer.name for layer in viewer.layers}
 
 
 def test_the_status_bar_is_cleared_after_a_run_and_a_cancel(qtbot, viewer_widget, paused_engine) -> None:
@@ -839,7 +967,7 @@ def test_the_step_slider_counts_the_steps_done(qtbot, viewer_widget) -> None:
     viewer, widget = viewer_widget
     assert click_segment(qtbot, widget) == "done"
     for kind, first in (("steps", 0.0), ("estimates", 1.0), ("attention", 1.0)):
-        low, high = viewer.layers[f"{LAYER} {kind}"].extent.world[:, 0]
+        low, high = viewer.layers[result_name(kind)].extent.world[:, 0]
         assert (low, high) == (first, 4.0), kind
     assert viewer.dims.range[0].start == pytest.approx(0.0) and viewer.dims.range[0].stop == pytest.approx(4.0)
     assert viewer.dims.range[0].step == pytest.approx(1.0)

@@ -13,11 +13,13 @@ from conftest import (
     click_and_wait,
     count_network_passes,
     hold_in_block,
+    new_napari_session,
+    open_with_file_menu,
     pause_after_first_event,
 )
-from test_widget_segment import PLUGIN, TIMEOUT_MS, click_segment, dock, use_model
+from test_widget_segment import TIMEOUT_MS, click_segment, dock, use_model
 
-from napari_cdal._widgets._layers import TAG
+from napari_cdal._widgets._layers import TAG, layer_name
 from napari_cdal._widgets._review import viewer_camera
 
 pytestmark = pytest.mark.gui
@@ -44,11 +46,12 @@ def slide(tmp_path):
 
 
 @pytest.fixture()
-def opened(make_napari_viewer, slide, tiny_model_file):
-    """The slide opened through the plugin's reader, with the Segment widget docked on the tiny model."""
-    viewer = make_napari_viewer()
-    (layer,) = viewer.open(slide[0], plugin=PLUGIN)
+def opened(make_napari_viewer, slide, tiny_model_file, monkeypatch):
+    """Segment docked in a new napari session, then the slide opened with File > Open (napari-cdal reads it), on
+    the tiny model."""
+    viewer = new_napari_session(make_napari_viewer())
     widget = dock(viewer)
+    (layer,) = open_with_file_menu(viewer, slide[0], monkeypatch).layers
     use_model(widget, tiny_model_file)
     widget.samples.value = 1
     return viewer, widget, layer
@@ -65,6 +68,8 @@ def test_the_reader_opens_a_lazy_multiscale_layer_at_the_slides_scale(opened) ->
     assert not isinstance(layer.data[0], np.ndarray), "level 0 is read tile by tile, not loaded"
     assert tuple(layer.scale) == (MPP, MPP) and widget.mpp.value == pytest.approx(MPP)
     assert widget.region.value == "field of view", "a slide is segmented where the user looks"
+    for field in (widget.slide_output, widget.tissue_only, widget.slide_button):
+        assert field.native.isVisibleTo(widget.native), "Whole slide's controls come with a multiscale layer"
 
 
 def test_segment_takes_the_field_of_view_at_full_resolution(qtbot, opened, slide) -> None:
@@ -77,7 +82,7 @@ def test_segment_takes_the_field_of_view_at_full_resolution(qtbot, opened, slide
     y1, x1 = (int(np.ceil(v)) for v in np.array([80.0, 140.0]) + half)
     y0, x0, y1, x1 = max(y0, 0), max(x0, 0), min(y1, 256), min(x1, 256)
     assert click_segment(qtbot, widget) == "done"
-    mask = viewer.layers[f"{layer.name} tiny mask"]
+    mask = viewer.layers[layer_name(layer.name, "mask", "tiny")]
     assert mask.data.shape == (y1 - y0, x1 - x0) and 0 < mask.data.shape[0] <= 101
     assert tuple(mask.scale) == (MPP, MPP) and tuple(mask.translate) == pytest.approx((y0 * MPP, x0 * MPP))
     assert mask.metadata[TAG]["origin"] == [y0, x0]
@@ -93,7 +98,7 @@ def test_segment_takes_a_rectangle_drawn_in_a_shapes_layer(qtbot, opened, slide)
     viewer.layers.selection.active = layer
     widget.region.value = shapes
     assert click_segment(qtbot, widget) == "done"
-    mask = viewer.layers[f"{layer.name} tiny mask"]
+    mask = viewer.layers[layer_name(layer.name, "mask", "tiny")]
     assert mask.data.shape == (60, 100) and tuple(mask.translate) == pytest.approx((10.0, 20.0))
     assert dice(mask.data > 0, slide[2][20:80, 40:140]) > 0.7
 
@@ -131,7 +136,7 @@ def test_whole_slide_fills_a_multiscale_labels_layer_from_its_store_and_resumes(
     outcomes: list[str] = []
     widget.run_finished.connect(outcomes.append)
     widget.slide_button.native.click()
-    name = f"{layer.name} slide labels"
+    name = layer_name(layer.name, "slide labels")
     qtbot.waitUntil(lambda: name in viewer.layers, timeout=TIMEOUT_MS)  # shown while the run goes on
     assert widget.running and not widget.segment_button.enabled and not widget.slide_button.enabled
     widget.cancel_button.native.click()

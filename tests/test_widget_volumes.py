@@ -7,9 +7,19 @@ from pathlib import Path
 import nibabel
 import numpy as np
 import pytest
-from conftest import TINY_CLASSES, blob_tile, click_and_wait, pause_after_first_event, synthetic_volume, volume_affine
+from conftest import (
+    TINY_CLASSES,
+    blob_tile,
+    click_and_wait,
+    new_napari_session,
+    open_with_file_menu,
+    pause_after_first_event,
+    synthetic_volume,
+    used_before,
+    volume_affine,
+)
 
-from napari_cdal._widgets._layers import TAG
+from napari_cdal._widgets._layers import TAG, layer_name
 from napari_cdal._widgets.finetune import FinetuneWidget
 from napari_cdal._widgets.segment import OTHER_FILE, SegmentWidget
 from napari_cdal.engine.io.volumes import write_volume
@@ -53,8 +63,8 @@ def volume_files(tmp_path) -> tuple[Path, Path]:
 
 
 def test_a_nifti_opens_as_a_3d_image_with_its_spacing_and_affine(make_napari_viewer, volume_files) -> None:
-    viewer = make_napari_viewer()
-    (layer,) = viewer.open(volume_files[0], plugin=PLUGIN)
+    viewer = used_before(make_napari_viewer())
+    (layer,) = viewer.open(volume_files[0], plugin=None)
     assert type(layer).__name__ == "Image" and layer.name == "vol"
     assert layer.data.shape == (12, 24, 24) and tuple(layer.scale) == SPACING
     assert np.allclose(layer.metadata["affine"], volume_affine())
@@ -62,28 +72,28 @@ def test_a_nifti_opens_as_a_3d_image_with_its_spacing_and_affine(make_napari_vie
 
 
 def test_a_label_volume_opens_as_labels(make_napari_viewer, volume_files, tmp_path) -> None:
-    viewer = make_napari_viewer()
-    (labels,) = viewer.open(volume_files[1], plugin=PLUGIN)
+    viewer = used_before(make_napari_viewer())
+    (labels,) = viewer.open(volume_files[1], plugin=None)
     assert type(labels).__name__ == "Labels" and tuple(labels.scale) == SPACING
     assert set(np.unique(labels.data)) == {0, 1, 2}
     elsewhere = tmp_path / "elsewhere" / "mask.nii"  # few small integers, outside a labels folder
     write_volume(elsewhere, np.asarray(labels.data, np.int16), np.eye(4))
-    (mask,) = viewer.open(elsewhere, plugin=PLUGIN)
+    (mask,) = viewer.open(elsewhere, plugin=None)
     assert type(mask).__name__ == "Labels"
     as_floats = tmp_path / "labelsTr" / "vol.nii.gz"  # MSD stores some label volumes as float32
     write_volume(as_floats, np.asarray(labels.data, np.float32), volume_affine())
-    (floats,) = viewer.open(as_floats, plugin=PLUGIN)
+    (floats,) = viewer.open(as_floats, plugin=None)
     assert type(floats).__name__ == "Labels" and floats.data.dtype == np.uint8
     assert np.array_equal(floats.data, labels.data)
     mri = tmp_path / "elsewhere" / "mri.nii.gz"  # integers, but an image's many values
     write_volume(mri, np.arange(12 * 24 * 24, dtype=np.int16).reshape(12, 24, 24), np.eye(4))
-    (image,) = viewer.open(mri, plugin=PLUGIN)
+    (image,) = viewer.open(mri, plugin=None)
     assert type(image).__name__ == "Image"
 
 
 def test_labels_are_saved_as_nifti_with_the_source_affine(make_napari_viewer, volume_files, tmp_path) -> None:
-    viewer = make_napari_viewer()
-    (labels,) = viewer.open(volume_files[1], plugin=PLUGIN)
+    viewer = used_before(make_napari_viewer())
+    (labels,) = viewer.open(volume_files[1], plugin=None)
     labels.paint((5, 10, 10), 2, refresh=True)
     out = tmp_path / "out" / "corrected.nii.gz"
     out.parent.mkdir()
@@ -120,8 +130,9 @@ def dock(viewer, name: str, model_file: Path | None = None):
 
 
 def open_volume(viewer, path: Path):
-    """Open a NIfTI through the plugin's reader and move it off the origin, as a registered volume may be."""
-    (layer,) = viewer.open(path, plugin=PLUGIN)
+    """Open a NIfTI as napari does with no reader named (napari-cdal preferred) and move it off the origin, as a
+    registered volume may be."""
+    (layer,) = viewer.open(path, plugin=None)
     layer.translate = TRANSLATE
     return layer
 
@@ -139,7 +150,7 @@ def test_segment_on_a_volume_gives_aligned_3d_labels_and_4d_stacks(
         bar.append((self.n, self.total))
 
     monkeypatch.setattr(RunProgress, "update", spy)
-    viewer = make_napari_viewer()
+    viewer = used_before(make_napari_viewer())
     image = open_volume(viewer, volume_files[0])
     widget: SegmentWidget = dock(viewer, "Segment", classes_model_file)
     widget.samples.value = 2
@@ -147,8 +158,8 @@ def test_segment_on_a_volume_gives_aligned_3d_labels_and_4d_stacks(
     assert bar[-1] == (12, 12), "the bar counts slices"
     names = [layer.name for layer in viewer.layers]
     kinds = ("steps", "estimates", "attention", "uncertainty", "mask")
-    assert names == ["vol", *(f"vol {MODEL} {kind}" for kind in kinds)]
-    steps, estimates, attention, uncertainty, mask = (viewer.layers[f"vol {MODEL} {kind}"] for kind in kinds)
+    assert names == ["vol", *(layer_name("vol", kind, MODEL) for kind in kinds)]
+    steps, estimates, attention, uncertainty, mask = (viewer.layers[layer_name("vol", kind, MODEL)] for kind in kinds)
     assert type(mask).__name__ == "Labels" and mask.data.dtype == np.uint8 and mask.data.shape == (12, 24, 24)
     assert set(np.unique(mask.data)) <= {0, 1, 2}
     for layer in (mask, uncertainty):
@@ -164,13 +175,51 @@ def test_segment_on_a_volume_gives_aligned_3d_labels_and_4d_stacks(
     assert not widget.review_button.enabled
 
 
+@pytest.mark.parametrize("spins", [True, False], ids=["torch-loaded-first", "plugin-loaded-first"])
+def test_a_run_takes_one_torch_thread_where_openmp_spin_waits(
+        qtbot, monkeypatch, make_napari_viewer, volume_files, classes_model_file, spins) -> None:
+    # torch loaded before the plugin (another plugin, a script) leaves OpenMP's threads spin-waiting: on a loaded
+    # 2-core machine a volume took 15-20 s instead of 2 (benchmarks/volume_widget.py); with one thread, 2 s
+    import torch
+
+    import napari_cdal._widgets
+    import napari_cdal.engine.segment.volume as engine
+
+    monkeypatch.setattr(napari_cdal._widgets, "OPENMP_SPINS", spins)
+    set_to: list[int] = []  # what the run set the worker thread's count to (torch's counts are per thread)
+    real_set = torch.set_num_threads
+
+    def recorded(count: int) -> None:
+        set_to.append(count)
+        real_set(count)
+
+    seen: list[int] = []
+    real = engine.segment_volume
+
+    def watched(*args, **kwargs):
+        for event in real(*args, **kwargs):
+            seen.append(torch.get_num_threads())
+            yield event
+
+    monkeypatch.setattr(engine, "segment_volume", watched)
+    viewer = used_before(make_napari_viewer())
+    open_volume(viewer, volume_files[0])
+    widget = dock(viewer, "Segment", classes_model_file)
+    monkeypatch.setattr(torch, "set_num_threads", recorded)
+    assert click_and_wait(qtbot, widget, widget.segment_button) == "done"
+    if spins:
+        assert set(seen) == {1} and len(set_to) == 2 and set_to[0] == 1, "one thread, then the count given back"
+    else:
+        assert set_to == [], "torch's thread count is left alone where OpenMP waits passively"
+
+
 def test_cancel_on_a_volume_leaves_the_layers_as_they_were(
     qtbot, monkeypatch, make_napari_viewer, volume_files, classes_model_file
 ) -> None:
     import napari_cdal.engine.segment.volume as engine_volume
 
     resume = pause_after_first_event(monkeypatch, engine_volume, "segment_volume")
-    viewer = make_napari_viewer()
+    viewer = used_before(make_napari_viewer())
     open_volume(viewer, volume_files[0])
     widget: SegmentWidget = dock(viewer, "Segment", classes_model_file)
     outcomes: list[str] = []
@@ -186,7 +235,7 @@ def test_cancel_on_a_volume_leaves_the_layers_as_they_were(
 def test_a_model_that_does_not_fit_the_layer_is_refused_before_any_work(
     make_napari_viewer, volume_files, classes_model_file, tiny_model_file, errors
 ) -> None:
-    viewer = make_napari_viewer()
+    viewer = used_before(make_napari_viewer())
     open_volume(viewer, volume_files[0])
     widget: SegmentWidget = dock(viewer, "Segment", tiny_model_file)
     widget.segment_button.native.click()
@@ -210,11 +259,11 @@ def test_finetune_learns_from_the_corrected_slices_of_a_volume(
     infos: list[str] = []
     monkeypatch.setattr("napari.utils.notifications.show_info", lambda message: infos.append(str(message)))
     source_bytes = classes_model_file.read_bytes()
-    viewer = make_napari_viewer()
+    viewer = used_before(make_napari_viewer())
     open_volume(viewer, volume_files[0])
     segment: SegmentWidget = dock(viewer, "Segment", classes_model_file)
     assert click_and_wait(qtbot, segment, segment.segment_button) == "done"
-    mask = viewer.layers[f"vol {MODEL} mask"]
+    mask = viewer.layers[layer_name("vol", "mask", MODEL)]
     for z in (3, 4):  # the user corrects two slices with the brush
         mask.selected_label = 1 + mask.data[z, 10, 10] % 2
         mask.paint((z, 10, 10), mask.selected_label, refresh=True)
@@ -238,21 +287,48 @@ def test_finetune_learns_from_the_corrected_slices_of_a_volume(
     assert segment.selected_model_path() == str(new_model), "Segment now uses the new model"
 
 
-@pytest.mark.skipif("cdal_hippocampus" not in bundled_models(), reason="no bundled hippocampus model in this checkout")
-def test_the_sample_volume_is_segmented_by_the_bundled_hippocampus_model(qtbot, make_napari_viewer) -> None:
-    from napari_cdal.engine.io.volumes import read_label_volume
+def shown(widget, field) -> bool:
+    """True when the widget shows `field` (its row is not hidden), whether or not the window is on screen."""
+    return field.native.isVisibleTo(widget.native)
 
-    viewer = make_napari_viewer()
-    (layer,) = viewer.open_sample(PLUGIN, "hippocampus")
+
+@pytest.mark.skipif("cdal_hippocampus" not in bundled_models(), reason="no bundled hippocampus model in this checkout")
+def test_a_volume_opened_with_file_open_takes_the_volume_model_and_shows_only_its_fields(
+        qtbot, make_napari_viewer, monkeypatch) -> None:
+    from napari_cdal.engine.io.volumes import read_label_volume
+    from napari_cdal.sample_data import sample_volume_path
+
+    viewer = new_napari_session(make_napari_viewer())
+    widget = dock(viewer, "Segment")  # Plugins > napari-cdal > Segment, then File > Open
+    (layer,) = open_with_file_menu(viewer, sample_volume_path(), monkeypatch).layers
     assert type(layer).__name__ == "Image" and layer.data.ndim == 3 and tuple(layer.scale) == (1.0, 1.0, 1.0)
-    assert "CC BY-SA 4.0" in layer.metadata["licence"]
-    widget = dock(viewer, "Segment")
-    widget.image.value = layer
-    widget.model.value = next(choice for choice in widget.model.choices if "cdal_hippocampus" in str(choice))
+    assert [str(unit) for unit in layer.units] == ["millimeter"] * 3 and layer.axis_labels == ("x", "y", "z")
+    assert viewer.dims.axis_labels[0] == "x", "the slider is named after the axis it moves along, not -3"
+    assert widget.image.value is layer
+    assert Path(widget.selected_model_path()).stem == "cdal_hippocampus", "a volume takes the volume model"
+    assert "cdal_hippocampus chosen" in widget.status.value
+    for field in (widget.region, widget.mpp, widget.contours, widget.review_count, widget.review_button,
+                  widget.slide_output, widget.tissue_only, widget.slide_button):
+        assert not shown(widget, field), f"{field.label or field.text} does not apply to an MRI volume"
+    for field in (widget.model, widget.sampling_steps, widget.samples, widget.seed, widget.segment_button):
+        assert shown(widget, field)
     assert click_and_wait(qtbot, widget, widget.segment_button) == "done"
     (mask,) = [item for item in viewer.layers if type(item).__name__ == "Labels"]
-    assert "cdal_hippocampus" in mask.name and mask.data.shape == layer.data.shape
+    assert mask.name == layer_name(layer.name, "mask", "cdal_hippocampus") and mask.data.shape == layer.data.shape
+    assert [str(unit) for unit in mask.units] == ["millimeter"] * 3 and mask.axis_labels == ("x", "y", "z")
+    assert viewer.dims.axis_labels[:2] == ("step", "x")
     truth = read_label_volume(Path(__file__).parent / "data" / "hippocampus_276_labels.nii.gz", 3).data
     for value in (1, 2):  # the bundled model at its defaults, as the golden test measures it
         found, true = np.asarray(mask.data) == value, truth == value
         assert 2 * np.count_nonzero(found & true) / (found.sum() + true.sum()) > 0.85
+    tile = viewer.add_image(blob_tile(3, 64).image, name="tile")
+    widget.image.value = tile
+    assert Path(widget.selected_model_path()).stem == "cdal_monuseg", "a 2-D image takes the H&E model back"
+    assert shown(widget, widget.mpp) and shown(widget, widget.contours) and not shown(widget, widget.slide_button)
+
+
+@pytest.mark.skipif("cdal_hippocampus" not in bundled_models(), reason="no bundled hippocampus model in this checkout")
+def test_the_sample_volume_opens_with_its_licence(make_napari_viewer) -> None:
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open_sample(PLUGIN, "hippocampus")
+    assert "CC BY-SA 4.0" in layer.metadata["licence"] and layer.axis_labels == ("x", "y", "z")

@@ -73,9 +73,12 @@ STATUS_MIN_WIDTH = 260
 
 def status_label() -> Label:
     """The status line at the bottom of a widget (long messages wrap, at least STATUS_MIN_WIDTH wide)."""
+    from qtpy.QtWidgets import QSizePolicy
+
     status = Label(value="")
     status.native.setWordWrap(True)
     status.native.setMinimumWidth(STATUS_MIN_WIDTH)
+    status.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)  # the dock's width
     return status
 
 
@@ -92,9 +95,48 @@ def progress_bar() -> ProgressBar:
 PLUGIN_WIDGET = "napari-cdal widget"
 """The object name of both dock widgets, by which each finds the other's dock to share it as tabs."""
 
+CHOICE_CHARS = 16
+"""How many characters a drop-down is sized for: a long layer or model name is cut in its middle (the whole name in
+the open list) rather than widening the dock, so docking a widget never narrows the canvas."""
+
+
+def keep_narrow(widget: Any) -> None:
+    """Size every drop-down of `widget` for CHOICE_CHARS characters, long names cut in their middle."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QComboBox
+
+    for combo in widget.native.findChildren(QComboBox):
+        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(CHOICE_CHARS)
+        combo.view().setTextElideMode(Qt.TextElideMode.ElideMiddle)
+
+
+def fit_labels(widget: Any) -> None:
+    """Give the field labels of `widget` (nested rows too) one column as wide as the widest in the widget's own font.
+
+    magicgui measures labels in the application's font, and napari's style sheet draws them larger: a narrow dock
+    then clips them ('corrected regior')."""
+    from qtpy.QtWidgets import QLabel
+
+    in_column = [label for label in widget.native.findChildren(QLabel)
+                 if label.minimumWidth() > 0 and not label.wordWrap()]
+    for label in in_column:
+        if not label.text():  # the empty label beside a nested row or the status line: no indent, the full width
+            label.setMinimumWidth(0)
+            label.hide()
+    labels = [label for label in in_column if label.text()]
+    for label in labels:
+        label.ensurePolished()
+    widest = max((label.fontMetrics().horizontalAdvance(label.text()) + 6 for label in labels), default=0)
+    for label in labels:
+        label.setMinimumWidth(widest)
+
 
 def tab_with_sibling(widget: Any) -> None:
-    """Once napari has docked `widget`, put it in one tabbed dock with the other napari-cdal widget, in front."""
+    """Once napari has docked `widget`, put it in one tabbed dock with the other napari-cdal widget, in front.
+
+    Its drop-downs are kept narrow and its labels fitted to napari's font, so the shared dock is no wider than the
+    first widget made it."""
     from qtpy.QtCore import QTimer
 
     widget.native.setObjectName(PLUGIN_WIDGET)
@@ -102,23 +144,42 @@ def tab_with_sibling(widget: Any) -> None:
     QTimer.singleShot(0, lambda: _tabify(reference()))
 
 
-def _tabify(widget: Any) -> None:
-    from qtpy.QtWidgets import QDockWidget, QMainWindow, QWidget
+def _dock_of(widget: Any) -> Any:
+    """The QDockWidget napari put `widget` in, None before it is docked or once it is deleted."""
+    from qtpy.QtWidgets import QDockWidget
 
     try:
         own = widget.native if widget is not None else None
         while own is not None and not isinstance(own, QDockWidget):
             own = own.parentWidget()
     except RuntimeError:  # the widget was deleted before napari docked it
-        return
+        return None
+    return own
+
+
+def _tabify(widget: Any) -> None:
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QDockWidget, QMainWindow, QWidget
+
+    own = _dock_of(widget)
     window = own.parentWidget() if own is not None else None
     if not isinstance(window, QMainWindow):
         return
+    keep_narrow(widget)
+    fit_labels(widget)
+    reference = weakref.ref(widget)
     for dock in window.findChildren(QDockWidget):
         if dock is not own and not dock.isHidden() and dock.findChildren(QWidget, PLUGIN_WIDGET):
             window.tabifyDockWidget(dock, own)
-            own.raise_()
+            # the tab bar is made when the layout is next done: bring the new tab to the front after that
+            QTimer.singleShot(0, lambda: _raise(reference()))
             return
+
+
+def _raise(widget: Any) -> None:
+    own = _dock_of(widget)
+    if own is not None:
+        own.raise_()
 
 
 def image_choices(viewer: napari.viewer.Viewer) -> list[tuple[str, Any]]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +93,30 @@ def sampling_model_cached(path: str | Path, device: str) -> CdalModel:
     return with_runtime(load_model_cached(path, device), "torch", DEFAULT_PRECISION)
 
 
+@contextlib.contextmanager
+def threads_for_the_gui() -> Iterator[None]:
+    """One torch thread while a Segment run lasts where OpenMP spin-waits (OPENMP_SPINS), then the count there was
+    (torch's count is the worker thread's own; threads started later take the last one set).
+
+    Spinning threads take turns on the cores with napari's GUI thread and any other program: on a loaded 2-core
+    machine a volume took 15-20 s instead of 2 s (benchmarks/volume_widget.py, torch loaded first); with one
+    thread there is nothing to wait for. Where the plugin loaded torch itself (waiting passively) nothing changes.
+    """
+    import torch
+
+    from napari_cdal._widgets import OPENMP_SPINS
+
+    if not OPENMP_SPINS:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _stoppable(model: CdalModel, cancel: threading.Event | None) -> AbstractContextManager[None]:
     """The model's networks check `cancel` before each block while the run lasts: a Cancel stops a pass at once."""
     from napari_cdal.engine.events import stop_on_cancel
@@ -123,7 +148,7 @@ def run_segmentation(
         pixels = image if box is None else np.asarray(image[box[0]:box[1], box[2]:box[3]])
         check_pixels(pixels, "the image")
         notes = reading_notes(pixels, model.config.image_channels)  # what the CLI prints as notes
-        with _stoppable(model, cancel):
+        with _stoppable(model, cancel), threads_for_the_gui():
             for event in segment_image(
                 model,
                 pixels,
@@ -162,7 +187,7 @@ def run_volume_segmentation(
             check_memory(volume_peak_bytes(shape, model.config, settings.sampling_steps, settings.samples,
                                            SLICES_PER_BATCH), f"the volume ({' x '.join(map(str, shape))} voxels)",
                          "lower K (samples), or segment the volume with `napari-cdal segment`")
-        with _stoppable(model, cancel):
+        with _stoppable(model, cancel), threads_for_the_gui():
             for event in segment_volume(model, np.asarray(volume), settings.sampling_steps, settings.samples,
                                         settings.seed):
                 if event.stage == "done":

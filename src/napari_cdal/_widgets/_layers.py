@@ -1,8 +1,8 @@
 """The Segment widget's layers: names, grids, edit detection, in-place updates and the live preview.
 
 Every layer the plugin makes carries ``metadata["napari_cdal"] = {"image": <image layer name>,
-"kind": <kind>, "model": <model name>}`` and is named ``<image> <model> <kind>``, so the results of
-two models sit side by side; a mask also carries the fingerprint of the data it was given, so a mask
+"kind": <kind>, "model": <model name>}`` and is named ``<kind> · <image> · <model>`` (layer_name), so the
+results of two models sit side by side; a mask also carries the fingerprint of the data it was given, so a mask
 the user has painted on since is recognised and never overwritten. Adding layers never changes the
 user's selected layer or tool (keep_selection). The stacks share a step axis that counts the steps
 done, so napari's slider position and the coordinate in its status bar agree: the steps stack (the
@@ -40,17 +40,66 @@ CONTOUR_WIDTH = 2
 STACK_START = {STEPS: 0.0, ESTIMATES: 1.0, ATTENTION: 1.0}
 """Where each stack's first plane lies on the step axis (steps done): the chain's x_T comes before any step."""
 
-STYLES: dict[str, dict[str, Any]] = {
-    STEPS: {"colormap": "gray", "opacity": 0.7, "visible": False},
-    ESTIMATES: {"colormap": "gray", "opacity": 0.7, "visible": False},
-    ATTENTION: {"colormap": "inferno", "blending": "additive", "visible": False},
-    UNCERTAINTY: {"colormap": "magma", "blending": "additive", "visible": False},
+OVERLAY_COLOURS: dict[str, tuple[float, float, float]] = {
+    STEPS: (0.3, 1.0, 0.3),
+    ESTIMATES: (0.3, 1.0, 0.3),
+    ATTENTION: (0.0, 1.0, 0.75),
+    UNCERTAINTY: (1.0, 0.95, 0.0),
 }
+"""Each map's colour at its top (1), fading to transparent at 0: green (the nucleus maps), aqua (attention) and yellow
+(uncertainty), the hues opposite H&E's pink eosin and purple haematoxylin, bright where those are dark."""
+
+STYLES: dict[str, dict[str, Any]] = {
+    STEPS: {"opacity": 0.8, "visible": False},
+    ESTIMATES: {"opacity": 0.8, "visible": False},
+    ATTENTION: {"visible": False},
+    UNCERTAINTY: {"visible": False},
+}
+"""How each result map is shown besides its overlay colormap (map_style): hidden until the user shows it."""
 
 
-def layer_name(image_name: str, kind: str) -> str:
-    """`<image> mask`, `<image> steps`, `<image> attention`, `<image> uncertainty`."""
-    return f"{image_name} {kind}"
+def overlay_colormap(kind: str) -> Any:
+    """The map's colormap: transparent at 0, OVERLAY_COLOURS[kind] at 1, so the image stays in view where it is low."""
+    from napari.utils.colormaps import Colormap
+
+    rgb = OVERLAY_COLOURS[kind]
+    return Colormap(colors=[[*rgb, 0.0], [*rgb, 1.0]], controls=[0.0, 1.0], name=f"napari-cdal {kind}")
+
+
+def map_style(kind: str, **overrides: Any) -> dict[str, Any]:
+    """Layer keywords of a map of `kind`: a translucent overlay in its colormap, STYLES[kind], then `overrides`."""
+    return {"colormap": overlay_colormap(kind), "blending": "translucent", **STYLES[kind], **overrides}
+
+
+LABEL_HUES = (60, 150, 90, 185, 40, 120, 75, 170, 50, 135, 105, 160)
+"""Hues (degrees) of the mask's labels, in the order ids take them (neighbouring ids far apart): yellow, green and
+cyan, none of H&E's blue, purple, pink or brown."""
+
+
+def mask_colormap() -> Any:
+    """The labels' colormap: bright yellows, greens and cyans, full and paler, that stay visible on H&E; 0 clear."""
+    import colorsys
+
+    from napari.utils.colormaps import CyclicLabelColormap
+
+    colours = [(0.0, 0.0, 0.0, 0.0)]  # the background
+    for saturation in (1.0, 0.6):
+        colours += [(*colorsys.hsv_to_rgb(hue / 360, saturation, 1.0), 1.0) for hue in LABEL_HUES]
+    return CyclicLabelColormap(colors=np.array(colours, np.float32), name="napari-cdal nuclei")
+
+
+def layer_name(image_name: str, kind: str, model: str | None = None) -> str:
+    """`<kind> · <image> · <model>` (`<kind> · <image>` without a model): 'mask · TCGA-B0-5698 · cdal_monuseg'.
+
+    napari's layer list cuts a long name in its middle, so the kind goes first and the model last, where they stay
+    in view and the layers of two models can be told apart; the list's tooltip shows the whole name.
+    """
+    return " · ".join(part for part in (kind, image_name, model) if part)
+
+
+def preview_name(image_name: str, kind: str, model: str | None = None) -> str:
+    """A run's layer of `kind` while the run goes: `<kind> (running) · <image> · <model>`."""
+    return layer_name(image_name, f"{kind} {PREVIEW_SUFFIX}", model)
 
 
 @contextlib.contextmanager
@@ -212,16 +261,16 @@ def put_image_layer(
     collection for each layer removed, a fifth of a second with torch loaded).
     """
     layer = find_result_layer(viewer, image_name, kind, model)
-    name = layer_name(image_name if model is None else f"{image_name} {model}", kind)
+    name = layer_name(image_name, kind, model)
     tag = {"image": image_name, "kind": kind, **({} if model is None else {"model": model})}
     if layer is None and spare is None:
         return viewer.add_image(data, name=name, contrast_limits=contrast_limits, metadata={TAG: tag}, **grid,
-                                **STYLES[kind])
+                                **map_style(kind))
     if layer is None:
         layer = spare
         layer.name = name
         layer.metadata = {TAG: tag}
-        for key, value in STYLES[kind].items():
+        for key, value in map_style(kind).items():
             setattr(layer, key, value)
     layer.data = data
     set_changed(layer, {**grid, "contrast_limits": contrast_limits})
@@ -240,9 +289,9 @@ def put_mask_layer(
     layer = find_result_layer(viewer, image_name, MASK, model)
     tag = {"image": image_name, "kind": MASK, "origin": [int(origin[0]), int(origin[1])],
            **({} if model is None else {"model": model}), **(extra or {})}
-    name = layer_name(image_name if model is None else f"{image_name} {model}", MASK)
+    name = layer_name(image_name, MASK, model)
     if layer is None and spare is None:
-        layer = viewer.add_labels(labels, name=name, metadata={TAG: tag}, **grid)
+        layer = viewer.add_labels(labels, name=name, metadata={TAG: tag}, colormap=mask_colormap(), **grid)
     else:
         if layer is None:
             layer = spare
@@ -354,12 +403,9 @@ def stack_planes(kind: str, n_steps: int) -> int:
     return n_steps + 1 if kind == STEPS else n_steps
 
 
-PREVIEW_STYLES: dict[str, dict[str, Any]] = {
-    STEPS: {"colormap": "gray"},
-    ESTIMATES: {"colormap": "gray", "visible": False},
-    ATTENTION: {"colormap": "inferno", "blending": "additive"},
-}
-"""How a new `(running)` stack is shown: the chain and the attention; x̂0 fills in hidden, one toggle away."""
+SHOWN_IN_PREVIEW = (STEPS, ATTENTION)
+"""The stacks a run shows as they fill in (the chain and the attention), each once its first plane has come; x̂0
+fills in hidden, one toggle away."""
 
 
 class LivePreview:
@@ -375,6 +421,9 @@ class LivePreview:
     uncertainty layer that is there already is simply updated at the end. Where there is none, a
     new `(running)` layer is added at the start, and becomes the result layer when the run finishes
     (show_result's `spares`). `end()` gives back or takes away whatever did not become a result.
+
+    The image stays in view: every preview is a translucent overlay (map_style), hidden until it has a
+    plane to show (a new or borrowed layer is never an empty, opaque one over the image).
     """
 
     def __init__(self, viewer: napari.Viewer, image: Image, size: tuple[int, int], model: str,
@@ -394,6 +443,8 @@ class LivePreview:
                          *([(UNCERTAINTY, 0)] if uncertainty else []), (MASK, 0)]  # in the order show_result puts them
         self._early: dict[str, list[tuple[int, tuple[int, int, int, int], np.ndarray]]] = {}
         """kind -> planes (index in the stack, box, plane) that came before their stack was added."""
+        self._unshown: set[str] = set()
+        """Kinds of SHOWN_IN_PREVIEW whose layer waits, hidden, for its first plane."""
         self._add_waiting()  # the steps stack now, so every step finds it; the others one turn each
         self._timer = QTimer()
         self._timer.setInterval(0)
@@ -412,12 +463,13 @@ class LivePreview:
             for index, (y0, y1, x0, x1), plane in early:
                 layer.data[index, y0:y1, x0:x1] = plane
             if early:
+                self._show(kind)
                 layer.refresh()
         elif kind not in self.layers and find_result_layer(self._viewer, self._image_name, kind, self._model) is None:
             self._add_place(kind)
 
     def _preview_name(self, kind: str) -> str:
-        return f"{layer_name(f'{self._image_name} {self._model}', kind)} {PREVIEW_SUFFIX}"
+        return preview_name(self._image_name, kind, self._model)
 
     def _preview_tag(self, kind: str) -> dict[str, Any]:
         return {TAG: {"image": self._image_name, "kind": f"{kind} preview", "model": self._model}}
@@ -428,17 +480,18 @@ class LivePreview:
             if kind == MASK:
                 layer = self._viewer.add_labels(np.zeros(self._size, np.uint32), name=self._preview_name(kind),
                                                 metadata=self._preview_tag(kind), visible=False,
-                                                **self._planes.plane())
+                                                colormap=mask_colormap(), **self._planes.plane())
             else:
                 layer = self._viewer.add_image(np.zeros(self._size, np.float32), name=self._preview_name(kind),
                                                metadata=self._preview_tag(kind), contrast_limits=(0.0, 1.0),
-                                               **self._planes.plane(), **STYLES[kind])
+                                               **self._planes.plane(), **map_style(kind))
         self.layers[kind] = layer
 
     def _borrow(self, kind: str, n_steps: int) -> Image | None:
         """The earlier result layer of this kind, emptied for the preview and renamed `(running)`; None if none.
 
-        It is shown, but for the estimates, which keep the visibility the user gave them.
+        It is hidden until its first plane comes, then shown, but for the estimates, which keep the visibility the
+        user gave them.
         """
         layer = find_result_layer(self._viewer, self._image_name, kind, self._model)
         if layer is None:
@@ -448,18 +501,27 @@ class LivePreview:
                                 **{key: getattr(layer, key) for key in grid}}
         layer.data = np.zeros((stack_planes(kind, n_steps), *self._size), np.float32)
         set_changed(layer, grid)
-        layer.name = f"{layer.name} {PREVIEW_SUFFIX}"
-        if kind != ESTIMATES:
-            layer.visible = True
+        layer.name = self._preview_name(kind)
+        if kind in SHOWN_IN_PREVIEW:
+            layer.visible = False
+            self._unshown.add(kind)
         return layer
 
     def _add(self, kind: str, n_steps: int) -> Image:
-        """A new `(running)` stack of this kind."""
+        """A new `(running)` stack of this kind, hidden until its first plane comes."""
+        if kind in SHOWN_IN_PREVIEW:
+            self._unshown.add(kind)
         with keep_selection(self._viewer):
             return self._viewer.add_image(np.zeros((stack_planes(kind, n_steps), *self._size), np.float32),
                                           contrast_limits=(0.0, 1.0), name=self._preview_name(kind),
                                           metadata=self._preview_tag(kind),
-                                          **self._planes.stack(STACK_START[kind]), **PREVIEW_STYLES[kind])
+                                          **self._planes.stack(STACK_START[kind]), **map_style(kind))
+
+    def _show(self, kind: str) -> None:
+        """Show a stack of SHOWN_IN_PREVIEW that has a plane now (once)."""
+        if kind in self._unshown:
+            self._unshown.discard(kind)
+            self.layers[kind].visible = True
 
     def _layer(self, kind: str, n_steps: int) -> Image:
         if kind not in self.layers:
@@ -493,6 +555,7 @@ class LivePreview:
                 continue
             layer = written[kind] = self._layer(kind, step.n_steps)
             layer.data[index, y0:y1, x0:x1] = plane
+            self._show(kind)
         dims, axis = self._viewer.dims, self._viewer.dims.ndim - 3
         if dims.point[axis] != step.step + 1:  # the step axis counts steps done; moving the slider redraws the stacks
             dims.set_point(axis, step.step + 1)
@@ -540,6 +603,7 @@ def show_slide_labels(viewer: napari.Viewer, image: Image, levels: list[Any], st
         return viewer.add_labels(
             levels if len(levels) > 1 else levels[0],
             multiscale=len(levels) > 1,
+            colormap=mask_colormap(),
             name=layer_name(image.name, SLIDE_LABELS),
             metadata={TAG: {"image": image.name, "kind": SLIDE_LABELS, "store": store}},
             **Grid.of(image).plane(),

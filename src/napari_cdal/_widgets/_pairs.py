@@ -61,6 +61,7 @@ class PairRow(Container):
 
     def __init__(self, viewer: napari.viewer.Viewer, number: int) -> None:
         super().__init__(labels=True)
+        self.margins = (0, 0, 0, 0)
         self._viewer = viewer
         self.image = ComboBox(label=f"image {number}", choices=lambda _: image_choices(self._viewer),
                               tooltip="the image whose mask you corrected")

@@ -1,11 +1,11 @@
 """Review of a Segment result: step the camera through the places likeliest wrong, each marked, ready for the brush.
 
 The queue is engine.segment.review's: predicted nuclei, likely merges and likely missed nuclei on
-one score scale. Each item is marked on the canvas in a Points layer `<image> <model> review`
+one score scale. Each item is marked on the canvas in a Points layer `review · <image> · <model>`
 (a square per item, coloured by kind, the current one drawn thicker); a nucleus or merge is
 selected in the mask for the brush, a miss gets a new free id so the brush paints a new nucleus.
 Each item visited adds its box, widened by REGION_MARGIN_UM, as a rectangle to the Shapes layer
-`<image> checked regions`: the corrected regions Fine-tune learns from, as `finetune --regions`
+`checked regions · <image>`: the corrected regions Fine-tune learns from, as `finetune --regions`
 reads a review CSV (delete a rectangle to leave that place out).
 """
 
@@ -173,7 +173,7 @@ class ReviewQueue:
         layer = self.marks_layer()
         if layer is None:
             centres, sizes, colours, widths = self._points()
-            name = layer_name(self._image_name if self._model is None else f"{self._image_name} {self._model}", REVIEW)
+            name = layer_name(self._image_name, REVIEW, self._model)
             tag = {"image": self._image_name, "kind": REVIEW, **({} if self._model is None else {"model": self._model})}
             with keep_selection(self._viewer):
                 self._viewer.add_points(centres, name=name, metadata={TAG: tag}, ndim=2, symbol="square", size=sizes,

@@ -57,6 +57,10 @@ class RunProgress:
         self.n += n
         self._show()
 
+    def say(self, text: str) -> None:
+        """Show what the run is doing in the bar, in place of '<done> of <total>', until it next moves."""
+        self._bar.native.setFormat(text)
+
     def set_description(self, text: str) -> None:
         """A line for the curious, as the bar's tooltip (the fine-tune's loss)."""
         self._bar.tooltip = text

@@ -49,7 +49,7 @@ def model_fit_problem(layer: Image, config: ModelConfig | None, model_name: str)
 
 def show_volume_result(viewer: napari.Viewer, image: Image, result: VolumeResult, model: str,
                        contour: int) -> dict[str, Layer]:
-    """A VolumeResult as `<image> <model> mask|steps|estimates|attention|uncertainty` layers on the volume's grid.
+    """A VolumeResult as `mask|steps|estimates|attention|uncertainty · <image> · <model>` layers on the volume's grid.
 
     The mask is a uint8 Labels layer of classes; it keeps the model's labels (to find the corrected
     slices later) and the volume's affine (for the NIfTI writer). Steps (the chain x_T..x_0),

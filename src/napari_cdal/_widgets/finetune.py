@@ -20,6 +20,8 @@ from napari_cdal._widgets._common import (
     cancel_button,
     device_combo,
     docked_segment_widget,
+    fit_labels,
+    keep_narrow,
     model_file_choices,
     mpp_spin_box,
     progress_bar,
@@ -32,7 +34,7 @@ from napari_cdal._widgets._names import default_model_name, free_model_name, mod
 from napari_cdal._widgets._pairs import PairRow, engine_pairs
 from napari_cdal._widgets._region import model_config
 from napari_cdal._widgets._run import WorkerRun
-from napari_cdal._widgets._volume import model_fit_problem
+from napari_cdal._widgets._volume import is_volume_layer, model_fit_problem
 from napari_cdal.engine.defaults import FINETUNE_SETTINGS
 from napari_cdal.models import MODEL_SUFFIX
 
@@ -47,6 +49,10 @@ if TYPE_CHECKING:
 FOLLOW_SEGMENT = "<segment>"
 DEFAULT_LEARNING_RATE = FINETUNE_SETTINGS["lr_g"]
 INVALID_STYLE = "background-color: #7a2a2a;"
+GETTING_READY = "getting ready…"
+CHECKING = "checking the held-back part…"
+"""What the progress bar says while no learning step is counted: at the start, and while a check scores the part of
+the corrections held back (at the start, then every few dozen steps)."""
 
 
 class FinetuneWidget(WorkerRun, Container):
@@ -72,6 +78,7 @@ class FinetuneWidget(WorkerRun, Container):
         """What the last run told the user about their corrections (a binary mask split, say)."""
 
         self.pairs = Container(labels=False)
+        self.pairs.margins = (0, 0, 0, 0)  # the rows' labels line up with the widget's own, no wider
         self.add_pair_button = PushButton(text="Add another pair",
                                           tooltip="learn from one more corrected image in the same run")
         self.remove_pair_button = PushButton(text="Remove the last pair", visible=False,
@@ -171,6 +178,8 @@ class FinetuneWidget(WorkerRun, Container):
             row.image.changed.connect(self._on_first_image_changed)
             self._on_first_image_changed(row.image.value)
         self.remove_pair_button.visible = len(self.pairs) > 1
+        keep_narrow(row)
+        fit_labels(self)
         return row
 
     def remove_pair(self, *_: Any) -> None:
@@ -180,6 +189,7 @@ class FinetuneWidget(WorkerRun, Container):
         self.remove_pair_button.visible = len(self.pairs) > 1
 
     def _on_first_image_changed(self, layer: Image | None) -> None:
+        self.mpp.visible = layer is None or not is_volume_layer(layer)  # a volume is not resampled: no µm/px
         if layer is not None:
             set_mpp_from_layer(self.mpp, layer, self.status)
         self._suggest_name()
@@ -269,6 +279,7 @@ class FinetuneWidget(WorkerRun, Container):
         warning = f" ⚠ learning from the whole of {', '.join(whole)}" if whole else ""
         self._launch(run_finetune, pairs, settings, status=starting_status(Path(base).stem, pairs) + warning,
                      total=settings.iterations)
+        self._progress.say(GETTING_READY)  # preparing the corrections, then the first check: no step yet
         segment = self._segment()
         if segment is not None:
             segment.hold("waiting: a fine-tune is using the CPU; Segment again when it ends, or Cancel fine-tuning")
@@ -288,7 +299,9 @@ class FinetuneWidget(WorkerRun, Container):
                 self.status.value = "Saving the new model…"
                 return
             if event.stage in ("validate", "validate_done"):
-                self.status.value = "Fine-tuning: checking the model on the held-back part of your corrections…"
+                which = "the base model, before the first step," if self._progress.n == 0 else "the model"
+                self.status.value = f"Fine-tuning: checking {which} on the held-back part of your corrections…"
+                self._progress.say(CHECKING)
                 return
             loss = event.payload.get("g") if isinstance(event.payload, dict) else None
             if loss is not None:  # the loss is for the curious, in the bar's tooltip; the status line stays plain

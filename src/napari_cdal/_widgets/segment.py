@@ -176,8 +176,8 @@ class SegmentWidget(SlideRun, WorkerRun, Container):
             text="Review next likely error",
             enabled=False,
             tooltip="centre the view on the next place the mask is most likely wrong: a doubtful nucleus, two "
-            "nuclei drawn as one (merge) or a nucleus the mask missed, marked in the '<image> review' layer; "
-            "the mask becomes the active layer with the nucleus (or, for a miss, a new id) ready for the brush",
+            "nuclei drawn as one (merge) or a nucleus the mask missed, marked in the 'review · <image> · <model>' "
+            "layer; the mask becomes the active layer with the nucleus (or, for a miss, a new id) ready for the brush",
         )
         self.progress_bar = progress_bar()
         self.status = status_label()
@@ -226,10 +226,41 @@ class SegmentWidget(SlideRun, WorkerRun, Container):
         return [self.segment_button, self.slide_button]
 
     def _on_image_changed(self, layer: Image | None) -> None:
+        self._show_fields_for(layer)
         if layer is not None:
             set_mpp_from_layer(self.mpp, layer, self.status)
             if self.region.value in (WHOLE_IMAGE, FIELD_OF_VIEW, None):  # a chosen rectangle stays chosen
                 self.region.value = FIELD_OF_VIEW if layer.multiscale else WHOLE_IMAGE
+            self._pick_model_for(layer)
+
+    def _show_fields_for(self, layer: Image | None) -> None:
+        """Show only the fields that apply to the layer: no region, µm/px, contours or Review for a volume (an MRI);
+        Whole slide and its output folder only for a multiscale layer (a slide)."""
+        volume = layer is not None and is_volume_layer(layer)
+        slide = layer is not None and bool(layer.multiscale)
+        for field in (self.region, self.mpp, self.contours, self.review_count, self.review_button):
+            field.visible = not volume
+        for field in (self.slide_output, self.tissue_only, self.slide_button):
+            field.visible = slide
+
+    def _pick_model_for(self, layer: Image) -> None:
+        """A volume takes the bundled volume model, and a 2-D image the bundled H&E model, when the chosen model cannot
+        segment it (as `napari-cdal segment` takes the volume model for a volume); a model that fits stays."""
+        from napari_cdal.engine.defaults import DEFAULT_VOLUME_MODEL
+        from napari_cdal.engine.method.model import resolve_model_path
+
+        path = self.selected_model_path()
+        config = model_config(path) if path else None
+        volume = is_volume_layer(layer)
+        if config is None or config.is_multiclass == volume:
+            return
+        wanted = str(resolve_model_path(DEFAULT_VOLUME_MODEL if volume else None))
+        if wanted not in self.model.choices:
+            return
+        self.model.value = wanted
+        kind = "a volume" if volume else "a 2-D image"
+        self.status.value = (f"{model_stem(wanted)} chosen: {layer.name} is {kind}, which {model_stem(path)} "
+                             "does not segment")
 
     def _on_model_changed(self, *_: Any) -> None:
         from napari_cdal.models import bundled_model_file, model_dir

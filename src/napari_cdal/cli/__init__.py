@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 
-from napari_cdal.cli.common import EXIT_BAD_INPUT, CliError
+from napari_cdal.cli.common import EXIT_BAD_INPUT, CliError, end_progress_line
 from napari_cdal.cli.info import open_viewer
 from napari_cdal.cli.parser import build_parser
 from napari_cdal.models import state_path
@@ -31,6 +32,15 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def _run_command(args: argparse.Namespace) -> int:
+    """Run the command; whatever stops it first ends the progress bar's line: its message gets a line of its own."""
+    try:
+        return args.func(args)
+    except BaseException:
+        end_progress_line()
+        raise
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, run, and turn known errors into one line on stderr and exit status 1."""
     parser = build_parser()
@@ -38,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.typed_options = [token.split("=", 1)[0] for token in argv if token.startswith("--")]
     try:
-        return args.func(args)
+        return _run_command(args)
     except (CliError, FileNotFoundError, ValueError) as exc:  # every engine error is a ValueError subclass
         print(f"napari-cdal {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -15,11 +15,38 @@ class CliError(Exception):
     """A user-facing error: printed as one line, exit status 1."""
 
 
+class _ProgressLine:
+    """Whether a progress bar has written to stderr: its line ends in a carriage return, not a newline."""
+
+    written = False
+
+
 def progress(total: int, desc: str, unit: str) -> Any:
-    """A progress bar on stderr that leaves no trace when it closes."""
+    """A progress bar on stderr that leaves no trace when it closes. Open it before the work it counts (at 0, `total`
+    0 while unknown) and move it with `advance`, so that it starts at 0 and its rate is that of the work."""
     from tqdm import tqdm
 
+    _ProgressLine.written = True
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)
+
+
+def advance(bar: Any, done: int, total: int | None = None) -> None:
+    """Move `bar` to `done` events of `total` (given when it is known only now)."""
+    if total is not None and bar.total != total:
+        bar.total = total
+    bar.update(done - bar.n)
+
+
+def end_progress_line() -> None:
+    """Close the progress bars still open, and end the last one's line where stderr is no terminal (a log file, a
+    pipe), where closing a bar cannot wipe its text: what is printed next starts on a fresh line."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+    if _ProgressLine.written and not sys.stderr.isatty():
+        sys.stderr.write("\n")
+    _ProgressLine.written = False
 
 
 def check_runtime(args: argparse.Namespace) -> None:

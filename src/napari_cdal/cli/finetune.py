@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 from typing import Any
@@ -71,22 +72,22 @@ def _finetune(args: argparse.Namespace, pairs: list[Any], settings: Any, out: Pa
 
     device = common.setup_torch(args)
     model = common.load_model(args.model, device)
-    bars: list[Any] = []  # opened at the first step, so rejected input leaves only the error line
+    events = finetune(model, pairs, settings, device, args.mpp)
+    first = next(events)  # bad corrections are refused at the first event: in one line, before the bar opens
+    bar = common.progress(settings.iterations, "finetune", "step")  # at 0 until the first step
     result = None
     try:
-        for event in finetune(model, pairs, settings, device, args.mpp):
+        for event in itertools.chain([first], events):
             if event.stage == "note":
-                print(f"note: {event.payload}", file=sys.stderr)
+                bar.write(f"note: {event.payload}", file=sys.stderr)
             elif event.stage == "train":
-                if not bars:
-                    bars.append(common.progress(event.total, "finetune", "step"))
-                bars[0].n = event.index
-                bars[0].set_postfix({k: f"{v:.3f}" for k, v in event.payload.items() if k in ("mse", "dice", "d")})
+                bar.set_postfix({k: f"{v:.3f}" for k, v in event.payload.items() if k in ("mse", "dice", "d")},
+                                refresh=False)
+                common.advance(bar, event.index, event.total)
             elif event.stage == "done":
                 result = event.payload
     finally:
-        for bar in bars:
-            bar.close()
+        bar.close()
     save_finetuned(result.model, out)
     print(f"fine-tuned {result.record['steps']} iterations on {len(pairs)} image(s) in "
           f"{result.record['wall_seconds']:.0f} s; model: {out} (source {model.source} unchanged)")

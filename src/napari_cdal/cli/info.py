@@ -84,15 +84,20 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def open_viewer(images: Sequence[str | Path], sample: bool) -> Any:
-    """A napari viewer with the images (and/or the sample tile) open and the Segment widget docked."""
+    """A napari viewer with the images (and/or the sample tile) open and the Segment widget docked.
+
+    Each file is opened as File > Open would (napari-cdal being the preferred reader of tiles, slides and volumes)."""
     import napari
+
+    from napari_cdal._reader import prefer_napari_cdal_readers
 
     missing = [str(p) for p in images if not Path(p).exists()]
     if missing:
         raise CliError(f"image file not found: {', '.join(missing)}")
     viewer = napari.Viewer()
+    prefer_napari_cdal_readers()
     for path in images:
-        viewer.open(str(path))
+        viewer.open(str(path), plugin=None)  # napari's reader preferences, not its own reader
     if sample:
         viewer.open_sample("napari-cdal", "monuseg")
     viewer.window.add_plugin_dock_widget("napari-cdal", "Segment")

@@ -127,8 +127,7 @@ def _segment_slide(args: argparse.Namespace, model: Any, path: Path, files: dict
             if event.stage == "done":
                 result = event.payload
             elif event.stage != TICK:
-                bar.total, bar.n = event.total, event.index
-                bar.refresh()
+                common.advance(bar, event.index, event.total)
         bar.close()
     labels_tiff(result.store, files["labels"])
     if result.tissue is not None:
@@ -180,10 +179,8 @@ def _segment_volume_file(args: argparse.Namespace, model: Any, path: Path, files
     bar = common.progress(0, path.name, "slice")
 
     def show(event: Any) -> None:
-        if event.stage == TICK:
-            return
-        bar.total, bar.n = event.total, event.index
-        bar.refresh()
+        if event.stage != TICK:
+            common.advance(bar, event.index, event.total)
 
     try:
         result = run_to_end(segment_volume(model, volume.data, sampling_steps, samples, args.seed,
@@ -382,15 +379,11 @@ def _segment_tile(args: argparse.Namespace, model: Any, path: Path, files: dict[
         raise ImageError(f"{path}: {exc}") from exc
     for note in reading_notes(pixels, model.config.image_channels, read_header(path)):
         print(f"note: {path.name}: {note}", file=sys.stderr)
-    bars: list[Any] = []  # opened at the first step, so a rejected image leaves only the error line
+    bar = common.progress(0, path.name, "step")  # at 0 before the work; the steps' count comes with the first
 
     def show(event: Any) -> None:
-        if event.stage == TICK:
-            return
-        if not bars:
-            bars.append(common.progress(event.total, path.name, "step"))
-        bars[0].n = event.index
-        bars[0].refresh()
+        if event.stage != TICK:
+            common.advance(bar, event.index, event.total)
 
     try:
         result = run_to_end(segment_image(
@@ -400,8 +393,7 @@ def _segment_tile(args: argparse.Namespace, model: Any, path: Path, files: dict[
     except ImageError as exc:  # name the file: the engine only knows the pixels
         raise ImageError(f"{path}: {exc}") from exc
     finally:
-        for bar in bars:
-            bar.close()
+        bar.close()
     _write_outputs(files, result, pixels, args.mpp, args.review)
     return (f"{path.name}: {result.n_nuclei} nuclei, mean area {result.mean_area_px():.0f} px, "
             f"{result.seconds:.1f} s")

@@ -108,14 +108,13 @@ def _train_discriminator_only(args: argparse.Namespace, out: Path, split: dict[s
     trained = None
     for event in train_error_discriminator(model, tiles, settings):
         if event.stage == "pool":
-            bar.n = event.index
-            bar.refresh()
-        elif event.stage == "train":
-            if event.index == 1:
+            common.advance(bar, event.index)
+            if event.index == settings.pool_batches:  # the pool is made: training starts at 0
                 bar.close()
                 bar = common.progress(settings.iterations, "train D", "iteration")
-            bar.n = event.index
-            bar.set_postfix({k: f"{v:.3f}" for k, v in event.payload.items()})
+        elif event.stage == "train":
+            bar.set_postfix({k: f"{v:.3f}" for k, v in event.payload.items()}, refresh=False)
+            common.advance(bar, event.index)
         elif event.stage == "done":
             trained = event.payload
     bar.close()
@@ -183,11 +182,12 @@ def _train(args: argparse.Namespace, out: Path, split: dict[str, list[str]]) -> 
         state = new_state(model, config, args.data_dir, data, device, args.init_from)
     events = train_run(state, args.data_dir, data, out, device)
     bar = common.progress(state.train_config.iterations, "train", "iteration")
-    bar.n = state.step
+    bar.update(state.step)  # a resumed run starts where it stopped
     for event in events:
         if event.stage == "train":
-            bar.n = event.index
-            bar.set_postfix({k: f"{v:.3f}" for k, v in event.payload.items() if k in ("mse", "dice", "d")})
+            bar.set_postfix({k: f"{v:.3f}" for k, v in event.payload.items() if k in ("mse", "dice", "d")},
+                            refresh=False)
+            common.advance(bar, event.index)
         elif event.stage == "validate_done":
             bar.write(f"iteration {state.step}: validation " + ", ".join(
                 f"{k} {v:.3f}" for k, v in event.payload.items() if isinstance(v, float)))
