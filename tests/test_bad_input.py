@@ -41,7 +41,8 @@ def digest(path: Path) -> str:
 def one_error_line(err: str, command: str) -> str:
     """The one line a command printed besides its (carriage-return redrawn) progress bars."""
     chunks = [chunk.strip() for chunk in re.split(r"[\r\n]", err) if chunk.strip()]
-    lines = [chunk for chunk in chunks if not re.search(r"\d+%\||\d\w+ \[\d\d:\d\d", chunk)]  # bars, with a total or not
+    bar = r"\d+%\||\d\w+ \[\d\d:\d\d"  # a progress bar's render, with a total or without one yet
+    lines = [chunk for chunk in chunks if not re.search(bar, chunk)]
     assert len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith(f"napari-cdal {command}: error: "), err
     return lines[0]
