@@ -36,6 +36,8 @@ SCENARIOS = ("plugin-first", "torch-first", "torch-first-spinning")
 
 def child(volume: Path, repeats: int, scenario: str) -> dict:
     """One scenario, in this process: import in its order, time both paths, return the seconds."""
+    # napari's settings of this run (the plugin sets its reader preferences when first used), not the user's
+    os.environ.setdefault("NAPARI_CONFIG", str(Path(tempfile.mkdtemp(prefix="napari-settings-")) / "settings.yaml"))
     if scenario.startswith("torch-first"):
         import torch  # noqa: F401  (loaded before the plugin, as another plugin or a script may)
     import napari_cdal._widgets  # noqa: F401  (napari imports the plugin's widgets when it docks one)

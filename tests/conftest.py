@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -162,6 +163,16 @@ def _keep_torch_threads():
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)
+
+
+PROGRESS_RENDER = re.compile(r"\d+%\||\d+\w* \[\d+:\d+")
+"""A progress bar as tqdm draws it: '40%|████ | 2/5 [...]' with its total, '0step [00:00, ...' at 0 before it."""
+
+
+def message_lines(err: str) -> list[str]:
+    """What a command printed on stderr besides its progress bars (redrawn with carriage returns), line by line."""
+    chunks = [chunk.strip() for chunk in re.split(r"[\r\n]", err) if chunk.strip()]
+    return [chunk for chunk in chunks if not PROGRESS_RENDER.search(chunk)]
 
 
 def run(capsys, *args) -> tuple[int, str, str]:

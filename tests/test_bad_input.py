@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from conftest import TINY, files_in, run
+from conftest import TINY, files_in, message_lines, run
 from PIL import Image
 
 from napari_cdal.cli import state_path
@@ -40,9 +40,7 @@ def digest(path: Path) -> str:
 
 def one_error_line(err: str, command: str) -> str:
     """The one line a command printed besides its (carriage-return redrawn) progress bars."""
-    chunks = [chunk.strip() for chunk in re.split(r"[\r\n]", err) if chunk.strip()]
-    bar = r"\d+%\||\d\w+ \[\d\d:\d\d"  # a progress bar's render, with a total or without one yet
-    lines = [chunk for chunk in chunks if not re.search(bar, chunk)]
+    lines = message_lines(err)
     assert len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith(f"napari-cdal {command}: error: "), err
     return lines[0]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TILED, blob_mosaic
+from conftest import TILED, blob_mosaic, message_lines
 
 from napari_cdal.engine.events import run_to_end
 from napari_cdal.engine.slide import stitch
@@ -154,7 +154,7 @@ def test_a_damaged_store_is_named_with_its_block_and_the_fix_and_overwrite_start
     (out / "slide_labels.tif").unlink()
     (out / "slide_nuclei.geojson").unlink()
     code, _, err = run(capsys, *args)
-    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert code == 1 and len(message_lines(err)) == 1, err
     assert f"is damaged: block {first} (rows" in err and "c/3/1 is " in err and "--overwrite" in err
     assert ("missing" if damage == "deleted" else "unreadable") in err
     code, _, err = run(capsys, *args, "--overwrite")
