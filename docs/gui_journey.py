@@ -76,12 +76,12 @@ def click_and_wait(widget, button, cancel_after: float | None = None) -> tuple[s
 
 
 def engine_segment_seconds(widget, image) -> float:
-    """Seconds the engine alone takes on `image` with the widget's settings (model already loaded)."""
-    from napari_cdal._widgets._jobs import load_model_cached
+    """Seconds the engine alone takes on `image` with the widget's settings and runtime (model already loaded)."""
+    from napari_cdal._widgets._jobs import sampling_model_cached
     from napari_cdal.engine.events import run_to_end
     from napari_cdal.engine.segment.image import segment_image
 
-    model = load_model_cached(widget.selected_model_path(), "cpu")
+    model = sampling_model_cached(widget.selected_model_path(), "cpu")
     started = time.perf_counter()
     run_to_end(segment_image(model, image, image_mpp=float(widget.mpp.value),
                              sampling_steps=int(widget.sampling_steps.value), samples=int(widget.samples.value),
