@@ -31,11 +31,16 @@ CUT_GAP_PX = 32
 """Pixels left out on the corrected side of a tile cut in two, so that no nucleus on the cut is half-seen."""
 
 
+def organs_of(data: Path) -> dict[str, str]:
+    """Each tile's organ, from the data's manifest.csv."""
+    with (Path(data) / "manifest.csv").open(newline="") as handle:
+        return {row["id"]: row["organ"] for row in csv.DictReader(handle)}
+
+
 def validation_by_organ(data: Path, split_file: Path) -> dict[str, list[str]]:
     """The split's validation tile names grouped by organ (the data's manifest.csv), in the split's order."""
     names = json.loads(Path(split_file).read_text())["validation"]
-    with (Path(data) / "manifest.csv").open(newline="") as handle:
-        organs = {row["id"]: row["organ"] for row in csv.DictReader(handle)}
+    organs = organs_of(data)
     grouped: dict[str, list[str]] = {}
     for name in names:
         grouped.setdefault(organs[name], []).append(name)

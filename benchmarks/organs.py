@@ -15,7 +15,6 @@ The difference is what meeting an organ for the first time costs at this budget.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 import subprocess
@@ -23,7 +22,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from _common import SPLIT_FILE, default_data_dir, machine, table, write_json
+from _common import SPLIT_FILE, default_data_dir, machine, organs_of, table, write_json
 
 from napari_cdal.engine.data.tiles import load_folder
 from napari_cdal.engine.events import run_to_end
@@ -34,12 +33,6 @@ from napari_cdal.engine.segment.evaluate import evaluate_tiles
 
 ALL = "all organs"
 SAMPLING = {"sampling_steps": 2, "samples": 2}
-
-
-def organs_of(data: Path) -> dict[str, str]:
-    """Each tile's organ, from the data's manifest.csv."""
-    with (data / "manifest.csv").open(newline="") as handle:
-        return {row["id"]: row["organ"] for row in csv.DictReader(handle)}
 
 
 def arm_split(split: dict[str, list[str]], organs: dict[str, str], left_out: str | None) -> dict[str, list[str]]:

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 from _common import default_data_dir, display_path, machine, split, table, write_json
-from scipy import ndimage as ndi
 
 from napari_cdal.engine.data.tiles import Tile, load_folder
 from napari_cdal.engine.events import run_to_end
@@ -29,6 +28,7 @@ from napari_cdal.engine.io.images import to_rgb_float
 from napari_cdal.engine.method.model import CdalModel, load_model
 from napari_cdal.engine.method.runtime import with_runtime
 from napari_cdal.engine.segment import image as seg
+from napari_cdal.engine.segment import reliability as rel
 from napari_cdal.engine.segment.metrics import score_segmentation
 from napari_cdal.engine.segment.stain import keep_stained
 
@@ -61,24 +61,13 @@ def labels_by_rule(tile: Tile, maps: dict[str, np.ndarray], rule: dict[str, floa
 
 def nucleus_rows(tile: Tile, labels: np.ndarray, maps: dict[str, np.ndarray]) -> list[dict[str, float]]:
     """Per predicted nucleus: area (µm²), best IoU with a true nucleus, mean foreground probability and uncertainty."""
-    n = int(labels.max())
-    if n == 0:
-        return []
-    ids = np.arange(1, n + 1)
-    area = np.bincount(labels.ravel(), minlength=n + 1)
-    truth = tile.instances
-    truth_area = np.bincount(truth.ravel())
-    both = (labels > 0) & (truth > 0)
-    pairs, inter = np.unique(labels[both].astype(np.int64) * (int(truth.max()) + 1) + truth[both], return_counts=True)
-    pred_id, truth_id = np.divmod(pairs, int(truth.max()) + 1)
-    pair_iou = inter / (area[pred_id] + truth_area[truth_id] - inter)
-    best = np.zeros(n + 1)
-    np.maximum.at(best, pred_id, pair_iou)
-    probability = ndi.mean(maps["probability"][0], labels, ids)
-    uncertainty = (ndi.mean(maps["uncertainty"], labels, ids) if maps.get("uncertainty") is not None
-                   else np.zeros(n))
-    return [{"area": float(area[i] * MPP * MPP), "iou": float(best[i]), "probability": float(probability[i - 1]),
-             "uncertainty": float(uncertainty[i - 1])} for i in ids]
+    area = rel.nucleus_areas(labels) * MPP * MPP
+    best = rel.best_match_iou(labels, tile.instances)
+    probability = rel.nucleus_means(labels, maps["probability"][0])
+    uncertainty = (rel.nucleus_means(labels, maps["uncertainty"]) if maps.get("uncertainty") is not None
+                   else np.zeros(area.size))
+    return [{"area": float(a), "iou": float(i), "probability": float(p), "uncertainty": float(u)}
+            for a, i, p, u in zip(area, best, probability, uncertainty, strict=True)]
 
 
 def size_table(rows: list[dict[str, float]]) -> list[dict[str, object]]:
