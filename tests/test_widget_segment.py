@@ -517,6 +517,15 @@ def test_deleting_the_widget_mid_run_stops_the_worker_and_the_preview(
         paused_engine.set()
     assert [layer.name for layer in viewer.layers] == [NAME]
 
+    import gc
+
+    from napari_cdal.engine.events import _CancelCheck
+
+    def no_cancel_check_left() -> bool:  # on the cached model, with its token set, one stopped later runs
+        return not [check for check in gc.get_objects() if isinstance(check, _CancelCheck) and check.on]
+
+    qtbot.waitUntil(no_cancel_check_left, timeout=TIMEOUT_MS)
+
 
 # ----------------------------------------------------------------------------- inputs and errors
 

@@ -229,6 +229,10 @@ class WorkerRun:
         if self._worker is None:
             return
         self._cancel_token.set()
+        # the worker may still be inside the engine's generator: it stops at its next block or event, and once the
+        # worker has left it the generator is closed there, so that its cancel checks come off the shared cached
+        # model; left to the garbage collector, a check with its token set stopped a later run in the same pool thread
+        self._worker.finished.connect(self._events.close)
         self._disconnect_worker()
-        self._events = None  # the worker may still be inside it: it ends at its next block or event, unreferenced
+        self._events = None
         self._drop_run()
