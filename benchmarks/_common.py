@@ -49,8 +49,13 @@ def validation_by_organ(data: Path, split_file: Path) -> dict[str, list[str]]:
 
 def crop_columns(tile: Any, x0: int, x1: int, suffix: str) -> Any:
     """Columns x0:x1 of a Tile, named with `suffix`."""
-    return replace(tile, name=f"{tile.name} {suffix}", image=tile.image[:, x0:x1],
-                   foreground=tile.foreground[:, x0:x1], instances=tile.instances[:, x0:x1])
+    return replace(
+        tile,
+        name=f"{tile.name} {suffix}",
+        image=tile.image[:, x0:x1],
+        foreground=tile.foreground[:, x0:x1],
+        instances=tile.instances[:, x0:x1],
+    )
 
 
 def machine() -> dict[str, Any]:
@@ -81,6 +86,7 @@ def write_json(path: str | None, payload: dict[str, Any]) -> None:
 
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     """A plain fixed-width table (markdown-compatible)."""
+
     def fmt(value: Any) -> str:
         if value is None:
             return "-"
@@ -90,7 +96,9 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
     cells = [[fmt(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)) + " |",
-             "| " + " | ".join("-" * w for w in widths) + " |"]
+    lines = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)) + " |",
+        "| " + " | ".join("-" * w for w in widths) + " |",
+    ]
     lines += ["| " + " | ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) + " |" for row in cells]
     return "\n".join(lines)

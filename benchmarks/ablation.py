@@ -73,15 +73,11 @@ SHORT = {
     "score_map": "score",
     "score_gradient": "grad",
 }
-PIXEL_STRIDE = (
-    3  # every 3rd pixel in y and x enters the pooled pixel AUROC (errors are spatially smooth)
-)
+PIXEL_STRIDE = 3  # every 3rd pixel in y and x enters the pooled pixel AUROC (errors are spatially smooth)
 Z_CROP = 256
 
 
-def train_arm(
-    name: str, steps: int, init_from: Path, out_dir: Path, data: str, threads: int
-) -> Path:
+def train_arm(name: str, steps: int, init_from: Path, out_dir: Path, data: str, threads: int) -> Path:
     """Train (or go on training) one arm; returns its best model's path."""
     arm = ARMS[name]
     out = out_dir / f"{name}.safetensors"
@@ -130,15 +126,14 @@ def discriminator_accuracy(model: CdalModel) -> dict[str, float | None]:
     """D's accuracy on real and on fake pairs, averaged over the last 100 training steps' records."""
     history = [h for h in model.record.get("history", []) if "d_real_acc" in h]
     last = [h for h in history if h["step"] > history[-1]["step"] - 100] if history else []
+
     def mean(key: str) -> float | None:
         return float(np.mean([h[key] for h in last])) if last else None
 
     return {"d_real_acc": mean("d_real_acc"), "d_fake_acc": mean("d_fake_acc")}
 
 
-def latent_share(
-    model: CdalModel, tiles: list[Tile], steps: int, samples: int, seed: int
-) -> float | None:
+def latent_share(model: CdalModel, tiles: list[Tile], steps: int, samples: int, seed: int) -> float | None:
     """1 - (spread with one shared z) / (spread with a z per sample), on a central crop per tile."""
     spread = {False: [], True: []}
     for tile in tiles:
@@ -151,18 +146,14 @@ def latent_share(
         for shared in (False, True):
             rng = torch.Generator().manual_seed(seed)
             out = run_to_end(
-                reverse_process(
-                    model, crop, steps, samples, rng, with_attention=False, shared_latent=shared
-                )
+                reverse_process(model, crop, steps, samples, rng, with_attention=False, shared_latent=shared)
             )
             spread[shared].append(float(out.uncertainty_maps["std"].pow(2).mean()))
     total = float(np.mean(spread[False]))
     return None if total <= 0 else 1.0 - float(np.mean(spread[True])) / total
 
 
-def score_setting(
-    model: CdalModel, tiles: list[Tile], steps: int, samples: int, seed: int
-) -> dict[str, Any]:
+def score_setting(model: CdalModel, tiles: list[Tile], steps: int, samples: int, seed: int) -> dict[str, Any]:
     """Accuracy, per-step Dice and error AUROCs of one sampler setting over the validation tiles."""
     scores, step_dice, counts = [], [], []
     pixel: dict[str, list[np.ndarray]] = {"errors": []}
@@ -201,9 +192,7 @@ def score_setting(
     for key in ("dice", "iou", "aji", "pq"):
         row[key] = float(np.mean([s[key] for s in scores]))
     row["step_dice"] = [float(v) for v in np.mean(step_dice, axis=0)]
-    row["chain_refines"] = bool(
-        all(b >= a - 1e-4 for a, b in zip(row["step_dice"], row["step_dice"][1:], strict=True))
-    )
+    row["chain_refines"] = bool(all(b >= a - 1e-4 for a, b in zip(row["step_dice"], row["step_dice"][1:], strict=True)))
     row["count_ratio"] = float(np.mean([p / max(t, 1) for p, t in counts]))
     row["pixel_auroc"] = {k: rel.auroc(np.concatenate(v), errors) for k, v in pixel.items()}
     row["nucleus_auroc"] = {k: rel.auroc(np.concatenate(v), wrong) for k, v in nucleus.items()}
@@ -211,9 +200,7 @@ def score_setting(
     return row
 
 
-def analyse(
-    model: CdalModel, tiles: list[Tile], samples: int, seed: int, variants: bool
-) -> list[dict[str, Any]]:
+def analyse(model: CdalModel, tiles: list[Tile], samples: int, seed: int, variants: bool) -> list[dict[str, Any]]:
     """Every sampler setting of the ablation for one trained model (`variants`: also the T = 2 sampler variants)."""
     rows = []
     for steps in (1, 2, 4):
@@ -269,14 +256,10 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4, help="K for scoring")
     parser.add_argument("--init-from", default=str(bundled_model_path()))
     parser.add_argument("--data", default=str(default_data_dir()))
-    parser.add_argument(
-        "--out-dir", default=str(Path(tempfile.gettempdir()) / "napari-cdal-ablation")
-    )
+    parser.add_argument("--out-dir", default=str(Path(tempfile.gettempdir()) / "napari-cdal-ablation"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--score-only", action="store_true", help="score the arms' models, train nothing"
-    )
+    parser.add_argument("--score-only", action="store_true", help="score the arms' models, train nothing")
     parser.add_argument(
         "--sampler-variants",
         nargs="*",
@@ -298,11 +281,7 @@ def main() -> None:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tiles = load_folder(args.data, split()["validation"])
-    results = (
-        json.loads(Path(args.json).read_text()).get("arms", {})
-        if args.json and Path(args.json).exists()
-        else {}
-    )
+    results = json.loads(Path(args.json).read_text()).get("arms", {}) if args.json and Path(args.json).exists() else {}
     for arm in args.arms:
         if arm in results and results[arm].get("steps") == args.steps:
             continue
@@ -313,9 +292,7 @@ def main() -> None:
         elif args.score_only:
             path = out_dir / f"{arm}.safetensors"
         else:
-            path = train_arm(
-                arm, args.steps, Path(args.init_from), out_dir, args.data, args.threads
-            )
+            path = train_arm(arm, args.steps, Path(args.init_from), out_dir, args.data, args.threads)
         model = load_model(path)
         variants = args.sampler_variants is None or arm in args.sampler_variants
         rows = analyse(model, tiles, args.samples, args.seed, variants)
@@ -341,9 +318,7 @@ def main() -> None:
             for name, res in results.items()
             for row in res["rows"]
         ]
-        print(
-            table(printed, list(dict.fromkeys(key for row in printed for key in row))), flush=True
-        )
+        print(table(printed, list(dict.fromkeys(key for row in printed for key in row))), flush=True)
         write_json(
             args.json,
             {

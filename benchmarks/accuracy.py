@@ -26,8 +26,13 @@ def main() -> None:
     parser.add_argument("--data", default=str(default_data_dir()))
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--samples", type=int, nargs="+", default=[1, 3, 5])
-    parser.add_argument("--thresholds", type=float, nargs="*", default=[0.4, 0.5, 0.6, 0.7],
-                        help="foreground thresholds swept at the default T, K = 1 (none: skip)")
+    parser.add_argument(
+        "--thresholds",
+        type=float,
+        nargs="*",
+        default=[0.4, 0.5, 0.6, 0.7],
+        help="foreground thresholds swept at the default T, K = 1 (none: skip)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -39,15 +44,31 @@ def main() -> None:
         for samples in args.samples:
             started = time.perf_counter()
             summary = run_to_end(evaluate_tiles(model, tiles, sampling_steps=steps, samples=samples, seed=args.seed))
-            row = {"T": steps, "K": samples, **summary["mean"], "s/tile": summary["seconds_per_image"],
-                   "per_image": summary["per_image"]}
+            row = {
+                "T": steps,
+                "K": samples,
+                **summary["mean"],
+                "s/tile": summary["seconds_per_image"],
+                "per_image": summary["per_image"],
+            }
             rows.append(row)
-            print(f"T={steps} K={samples}: dice {row['dice']:.3f} aji {row['aji']:.3f} "
-                  f"({time.perf_counter() - started:.0f} s)", flush=True)
+            print(
+                f"T={steps} K={samples}: dice {row['dice']:.3f} aji {row['aji']:.3f} "
+                f"({time.perf_counter() - started:.0f} s)",
+                flush=True,
+            )
     print(table(rows, ["T", "K", "dice", "iou", "aji", "pq", "s/tile"]))
     sweep = threshold_sweep(model, tiles, args.thresholds, args.seed) if args.thresholds else []
-    write_json(args.json, {"model": display_path(model.source), "validation_tiles": [t.name for t in tiles],
-                           "machine": machine(), "rows": rows, "threshold_sweep": sweep})
+    write_json(
+        args.json,
+        {
+            "model": display_path(model.source),
+            "validation_tiles": [t.name for t in tiles],
+            "machine": machine(),
+            "rows": rows,
+            "threshold_sweep": sweep,
+        },
+    )
 
 
 def threshold_sweep(model: CdalModel, tiles: list[Tile], thresholds: list[float], seed: int) -> list[dict]:
@@ -58,10 +79,19 @@ def threshold_sweep(model: CdalModel, tiles: list[Tile], thresholds: list[float]
         sweep.append({"threshold": threshold, **summary["mean"], "per_image": summary["per_image"]})
     names = [t.name for t in tiles]
     columns = ["tile"] + [f"{key} @{row['threshold']:g}" for row in sweep for key in ("dice", "aji")]
-    per_tile = [{"tile": name[:12], **{f"{key} @{row['threshold']:g}": image[key]
-                                       for row in sweep for key in ("dice", "aji")
-                                       for image in row["per_image"] if image["image"] == name}}
-                for name in names]
+    per_tile = [
+        {
+            "tile": name[:12],
+            **{
+                f"{key} @{row['threshold']:g}": image[key]
+                for row in sweep
+                for key in ("dice", "aji")
+                for image in row["per_image"]
+                if image["image"] == name
+            },
+        }
+        for name in names
+    ]
     mean = {"tile": "mean", **{f"{key} @{row['threshold']:g}": row[key] for row in sweep for key in ("dice", "aji")}}
     print(f"threshold sweep at T={model.config.sampling_steps}, K=1:")
     print(table(per_tile + [mean], columns))

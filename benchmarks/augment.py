@@ -34,8 +34,11 @@ def measure(model: CdalModel, tiles: list[Tile], samples: int, augment: bool, se
     scores, uncertainty, best = [], [], []
     started = time.perf_counter()
     for tile in tiles:
-        result = run_to_end(segment_image(model, tile.image, samples=samples, seed=seed, keep_steps=False,
-                                          with_attention=False, augment=augment))
+        result = run_to_end(
+            segment_image(
+                model, tile.image, samples=samples, seed=seed, keep_steps=False, with_attention=False, augment=augment
+            )
+        )
         scores.append(score_segmentation(result.labels, tile.foreground, tile.instances))
         uncertainty.append(rel.nucleus_means(result.labels, result.uncertainty))
         best.append(rel.best_match_iou(result.labels, tile.instances))
@@ -65,12 +68,20 @@ def main() -> None:
         tiles = load_folder(args.data, names[part])
         for samples in args.samples:
             for augment in (False, True):
-                rows.append({"tiles": part, "K": samples, "views": "augmented" if augment else "plain",
-                             **measure(model, tiles, samples, augment, args.seed)})
+                rows.append(
+                    {
+                        "tiles": part,
+                        "K": samples,
+                        "views": "augmented" if augment else "plain",
+                        **measure(model, tiles, samples, augment, args.seed),
+                    }
+                )
                 print(table(rows[-1:], list(rows[-1])), flush=True)
     print(table(rows, ["tiles", "K", "views", "dice", "aji", "pq", "AUROC wrong", "AUROC clear", "s/tile"]))
-    write_json(args.json, {"model": display_path(model.source), "runtime": model.runtime.describe(),
-                           "machine": machine(), "rows": rows})
+    write_json(
+        args.json,
+        {"model": display_path(model.source), "runtime": model.runtime.describe(), "machine": machine(), "rows": rows},
+    )
 
 
 if __name__ == "__main__":

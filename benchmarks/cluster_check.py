@@ -55,20 +55,31 @@ def mosaic(path: Path, size: int) -> np.ndarray:
     image = arrange(read_image(sample_tile_path()), size)
     per_cm = 10_000.0 / SAMPLE_MPP
     with tifffile.TiffWriter(path, bigtiff=True) as tif:
-        levels = [image[::2 ** k, ::2 ** k] for k in range(4) if size // 2 ** k >= 256]
-        tif.write(levels[0], tile=(512, 512), compression="jpeg", photometric="rgb", subifds=len(levels) - 1,
-                  resolution=(per_cm, per_cm), resolutionunit="CENTIMETER")
+        levels = [image[:: 2**k, :: 2**k] for k in range(4) if size // 2**k >= 256]
+        tif.write(
+            levels[0],
+            tile=(512, 512),
+            compression="jpeg",
+            photometric="rgb",
+            subifds=len(levels) - 1,
+            resolution=(per_cm, per_cm),
+            resolutionunit="CENTIMETER",
+        )
         for level in levels[1:]:
-            tif.write(np.ascontiguousarray(level), tile=(256, 256), compression="jpeg", photometric="rgb",
-                      subfiletype=1)
+            tif.write(
+                np.ascontiguousarray(level), tile=(256, 256), compression="jpeg", photometric="rgb", subfiletype=1
+            )
     return tifffile.imread(path)
 
 
 def cli(*args: str) -> float:
     """Run napari-cdal in a fresh process; return its wall time."""
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import sys; from napari_cdal.cli import main; sys.exit(main())",
-                    *args], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-c", "import sys; from napari_cdal.cli import main; sys.exit(main())", *args],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return time.perf_counter() - started
 
 
@@ -84,8 +95,16 @@ def main() -> None:
         root = Path(folder)
         slide = root / "slide.tif"
         pixels = mosaic(slide, args.size)
-        slide_seconds = cli("segment", str(slide), "--out", str(root / "cluster"), "--scheduler", args.scheduler,
-                            "--threads", str(args.threads))
+        slide_seconds = cli(
+            "segment",
+            str(slide),
+            "--out",
+            str(root / "cluster"),
+            "--scheduler",
+            args.scheduler,
+            "--threads",
+            str(args.threads),
+        )
         on_cluster = tifffile.imread(root / "cluster" / "slide_labels.tif")
         tiles = root / "tiles"
         tiles.mkdir()
@@ -93,42 +112,53 @@ def main() -> None:
         for y in range(0, args.size, TILE):
             for x in range(0, args.size, TILE):
                 names.append((y, x, tiles / f"tile_{y}_{x}.tif"))
-                tifffile.imwrite(names[-1][2], pixels[y:y + TILE, x:x + TILE])
-        tile_seconds = cli("segment", *[str(p) for _, _, p in names], "--out", str(root / "alone"),
-                           "--threads", str(args.threads))
+                tifffile.imwrite(names[-1][2], pixels[y : y + TILE, x : x + TILE])
+        tile_seconds = cli(
+            "segment", *[str(p) for _, _, p in names], "--out", str(root / "alone"), "--threads", str(args.threads)
+        )
         side_by_side = np.zeros(on_cluster.shape, np.uint32)
         offset = 0
         for y, x, path in names:
             labels = tifffile.imread(root / "alone" / f"{path.stem}_labels.tif").astype(np.uint32)
-            side_by_side[y:y + labels.shape[0], x:x + labels.shape[1]] = np.where(labels > 0, labels + offset, 0)
+            side_by_side[y : y + labels.shape[0], x : x + labels.shape[1]] = np.where(labels > 0, labels + offset, 0)
             offset += int(labels.max())
         side_by_side = relabel_sequential_uint(side_by_side)
         aji = aggregated_jaccard_index(on_cluster, side_by_side)
         interior = np.ones(on_cluster.shape, bool)
         for edge in range(TILE, args.size, TILE):
-            interior[edge - 40:edge + 40, :] = False
-            interior[:, edge - 40:edge + 40] = False
+            interior[edge - 40 : edge + 40, :] = False
+            interior[:, edge - 40 : edge + 40] = False
         aji_inside = aggregated_jaccard_index(np.where(interior, on_cluster, 0), np.where(interior, side_by_side, 0))
     truth = relabel_sequential_uint(arrange(read_image(TRUTH), args.size))
-    row = {"size": args.size, "nuclei_truth": int(truth.max()), "nuclei_cluster": int(on_cluster.max()),
-           "nuclei_tiles": int(side_by_side.max()),
-           "aji_cluster_vs_truth": round(float(aggregated_jaccard_index(on_cluster, truth)), 4),
-           "aji_tiles_vs_truth": round(float(aggregated_jaccard_index(side_by_side, truth)), 4),
-           "dice_cluster_vs_truth": round(float(dice(on_cluster > 0, truth > 0)), 4),
-           "dice_tiles_vs_truth": round(float(dice(side_by_side > 0, truth > 0)), 4),
-           "aji_cluster_vs_tiles": round(float(aji), 4),
-           "aji_cluster_vs_tiles_away_from_borders": round(float(aji_inside), 4),
-           "seconds_cluster": round(slide_seconds, 1), "seconds_tiles": round(tile_seconds, 1)}
+    row = {
+        "size": args.size,
+        "nuclei_truth": int(truth.max()),
+        "nuclei_cluster": int(on_cluster.max()),
+        "nuclei_tiles": int(side_by_side.max()),
+        "aji_cluster_vs_truth": round(float(aggregated_jaccard_index(on_cluster, truth)), 4),
+        "aji_tiles_vs_truth": round(float(aggregated_jaccard_index(side_by_side, truth)), 4),
+        "dice_cluster_vs_truth": round(float(dice(on_cluster > 0, truth > 0)), 4),
+        "dice_tiles_vs_truth": round(float(dice(side_by_side > 0, truth > 0)), 4),
+        "aji_cluster_vs_tiles": round(float(aji), 4),
+        "aji_cluster_vs_tiles_away_from_borders": round(float(aji_inside), 4),
+        "seconds_cluster": round(slide_seconds, 1),
+        "seconds_tiles": round(tile_seconds, 1),
+    }
     print("| | nuclei | AJI vs truth | Dice vs truth |")
     print("| --- | --- | --- | --- |")
     print(f"| truth (mosaic of the annotation) | {row['nuclei_truth']} | | |")
-    print(f"| slide on the cluster | {row['nuclei_cluster']} | {row['aji_cluster_vs_truth']} "
-          f"| {row['dice_cluster_vs_truth']} |")
+    print(
+        f"| slide on the cluster | {row['nuclei_cluster']} | {row['aji_cluster_vs_truth']} "
+        f"| {row['dice_cluster_vs_truth']} |"
+    )
     print(f"| tiles one by one | {row['nuclei_tiles']} | {row['aji_tiles_vs_truth']} | {row['dice_tiles_vs_truth']} |")
-    print(f"cluster against tiles: AJI {row['aji_cluster_vs_tiles']} "
-          f"({row['aji_cluster_vs_tiles_away_from_borders']} 40 px away from the tiles' borders)")
-    write_json(args.json, {"machine": machine(), "scheduler": "dask scheduler + dask worker, started by hand",
-                           "rows": [row]})
+    print(
+        f"cluster against tiles: AJI {row['aji_cluster_vs_tiles']} "
+        f"({row['aji_cluster_vs_tiles_away_from_borders']} 40 px away from the tiles' borders)"
+    )
+    write_json(
+        args.json, {"machine": machine(), "scheduler": "dask scheduler + dask worker, started by hand", "rows": [row]}
+    )
 
 
 if __name__ == "__main__":

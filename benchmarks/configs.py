@@ -37,15 +37,36 @@ def main() -> None:
     for preset in args.presets:
         out = Path(args.out_dir) / f"{preset}.safetensors"
         resume = ["--resume"] if out.with_name(f"{preset}.state.safetensors").exists() else ["--config", preset]
-        code = cli_main(["train", args.data, "--out", str(out), "--split", str(SPLIT_FILE), "--steps", str(args.steps),
-                         "--validate-every", str(args.steps), "--checkpoint-every", "100", *resume])
+        code = cli_main(
+            [
+                "train",
+                args.data,
+                "--out",
+                str(out),
+                "--split",
+                str(SPLIT_FILE),
+                "--steps",
+                str(args.steps),
+                "--validate-every",
+                str(args.steps),
+                "--checkpoint-every",
+                "100",
+                *resume,
+            ]
+        )
         if code != 0:
             raise SystemExit(f"training {preset} failed")
         model = load_model(out)
         summary = run_to_end(evaluate_tiles(model, tiles))
-        rows.append({"preset": preset, "G params (M)": count_parameters(model.generator) / 1e6,
-                     "train s/step": model.record["wall_seconds"] / model.record["steps"],
-                     "s/tile": summary["seconds_per_image"], **summary["mean"]})
+        rows.append(
+            {
+                "preset": preset,
+                "G params (M)": count_parameters(model.generator) / 1e6,
+                "train s/step": model.record["wall_seconds"] / model.record["steps"],
+                "s/tile": summary["seconds_per_image"],
+                **summary["mean"],
+            }
+        )
         print(table(rows, ["preset", "G params (M)", "train s/step", "s/tile", "dice", "aji", "pq"]), flush=True)
     write_json(args.json, {"steps": args.steps, "machine": machine(), "rows": rows})
 

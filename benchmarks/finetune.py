@@ -41,8 +41,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "ema-small-lr": dict(lr_g=1e-4, lr_d=5e-5, ema_decay=0.95, holdout_fraction=0.0),
     "ema-long": dict(lr_g=1e-4, lr_d=5e-5, ema_decay=0.99, holdout_fraction=0.0),
     "held-back": dict(lr_g=1e-4, lr_d=5e-5, ema_decay=0.95, holdout_fraction=0.25, validate_every=25, patience=0),
-    "held-back-long": dict(lr_g=1e-4, lr_d=5e-5, ema_decay=0.99, holdout_fraction=0.25, validate_every=25,
-                           patience=0),
+    "held-back-long": dict(lr_g=1e-4, lr_d=5e-5, ema_decay=0.99, holdout_fraction=0.25, validate_every=25, patience=0),
 }
 """Anti-forgetting guards compared: the train learning rate with raw weights, a small learning rate
 with a short or longer EMA, and keeping the best weights on a held-back strip of the corrections;
@@ -80,11 +79,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="MoNuSeg folder (default: shared data)")
     parser.add_argument("--model", default=None, help="model to fine-tune (default: the bundled one)")
     parser.add_argument("--split", type=Path, default=HERE / "monuseg_split.json")
-    parser.add_argument("--organ", default="breast",
-                        help="organ whose validation tiles are corrected (default: breast)")
+    parser.add_argument(
+        "--organ", default="breast", help="organ whose validation tiles are corrected (default: breast)"
+    )
     parser.add_argument("--variants", default="default", help=f"comma-separated, of {sorted(VARIANTS)}")
-    parser.add_argument("--iterations", "--steps", dest="iterations", type=int, default=None,
-                        help="fine-tune iterations (default: FINETUNE_SETTINGS')")
+    parser.add_argument(
+        "--iterations",
+        "--steps",
+        dest="iterations",
+        type=int,
+        default=None,
+        help="fine-tune iterations (default: FINETUNE_SETTINGS')",
+    )
     parser.add_argument("--seed", type=int, default=None, help="fine-tune seed (default: 0)")
     parser.add_argument("--no-others", action="store_true", help="skip scoring the other organs (forgetting)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -100,9 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     target_names, other_names = organ_tiles(args.data, args.split, args.organ)
     pairs, targets = zip(*(halves(tile) for tile in load_folder(args.data, target_names)), strict=True)
     others = [] if args.no_others else load_folder(args.data, other_names)
-    print(f"model {model.source} (trained {model.record.get('steps', '?')} steps); organ {args.organ}: "
-          f"fine-tune on the left halves of {len(pairs)} tile(s), score their right halves; "
-          f"{len(others)} other-organ tiles for forgetting; torch threads {torch.get_num_threads()}", flush=True)
+    print(
+        f"model {model.source} (trained {model.record.get('steps', '?')} steps); organ {args.organ}: "
+        f"fine-tune on the left halves of {len(pairs)} tile(s), score their right halves; "
+        f"{len(others)} other-organ tiles for forgetting; torch threads {torch.get_num_threads()}",
+        flush=True,
+    )
 
     started = time.perf_counter()
     baseline = {"target": score(model, list(targets)), "others": score(model, others) if others else None}
@@ -114,31 +123,56 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         result = run_to_end(finetune(model, list(pairs), settings, "cpu", DATA_MPP))
         seconds = time.perf_counter() - started
-        after = {"target": score(result.model, list(targets)),
-                 "others": score(result.model, others) if others else None}
-        runs.append({"variant": name, "settings": settings.to_dict(), "finetune_seconds": round(seconds, 1),
-                     "steps_run": result.record["steps"], "best_step": result.best_step,
-                     "kept_start": result.kept_start, "validation": result.record["finetune"]["validation"],
-                     "history": result.record["finetune"]["history"], "scores": after})
+        after = {
+            "target": score(result.model, list(targets)),
+            "others": score(result.model, others) if others else None,
+        }
+        runs.append(
+            {
+                "variant": name,
+                "settings": settings.to_dict(),
+                "finetune_seconds": round(seconds, 1),
+                "steps_run": result.record["steps"],
+                "best_step": result.best_step,
+                "kept_start": result.kept_start,
+                "validation": result.record["finetune"]["validation"],
+                "history": result.record["finetune"]["history"],
+                "scores": after,
+            }
+        )
         print(f"{name}: {result.record['steps']} steps in {seconds:.0f} s (best step {result.best_step})", flush=True)
 
-    lines = [f"{'variant':<16} {'s':>5}  {'target Dice':>15} {'target AJI':>15} {'target PQ':>15}"
-             f"  {'others Dice':>15} {'others AJI':>15}"]
+    lines = [
+        f"{'variant':<16} {'s':>5}  {'target Dice':>15} {'target AJI':>15} {'target PQ':>15}"
+        f"  {'others Dice':>15} {'others AJI':>15}"
+    ]
     base_t, base_o = baseline["target"]["mean"], (baseline["others"] or {}).get("mean", {})
-    lines.append(f"{'start':<16} {'':>5}  {fmt(base_t['dice'], base_t['dice']):>15} "
-                 f"{fmt(base_t['aji'], base_t['aji']):>15} "
-                 f"{fmt(base_t['pq'], base_t['pq']):>15}  {fmt(base_o.get('dice'), base_o.get('dice')):>15} "
-                 f"{fmt(base_o.get('aji'), base_o.get('aji')):>15}")
+    lines.append(
+        f"{'start':<16} {'':>5}  {fmt(base_t['dice'], base_t['dice']):>15} "
+        f"{fmt(base_t['aji'], base_t['aji']):>15} "
+        f"{fmt(base_t['pq'], base_t['pq']):>15}  {fmt(base_o.get('dice'), base_o.get('dice')):>15} "
+        f"{fmt(base_o.get('aji'), base_o.get('aji')):>15}"
+    )
     for run in runs:
         t, o = run["scores"]["target"]["mean"], (run["scores"]["others"] or {}).get("mean", {})
-        lines.append(f"{run['variant']:<16} {run['finetune_seconds']:>5.0f}  {fmt(base_t['dice'], t['dice']):>15} "
-                     f"{fmt(base_t['aji'], t['aji']):>15} {fmt(base_t['pq'], t['pq']):>15}  "
-                     f"{fmt(base_o.get('dice'), o.get('dice')):>15} {fmt(base_o.get('aji'), o.get('aji')):>15}")
+        lines.append(
+            f"{run['variant']:<16} {run['finetune_seconds']:>5.0f}  {fmt(base_t['dice'], t['dice']):>15} "
+            f"{fmt(base_t['aji'], t['aji']):>15} {fmt(base_t['pq'], t['pq']):>15}  "
+            f"{fmt(base_o.get('dice'), o.get('dice')):>15} {fmt(base_o.get('aji'), o.get('aji')):>15}"
+        )
     print("\n".join(lines))
     if args.json:
-        report = {"model": display_path(model.source), "model_steps": model.record.get("steps"), "organ": args.organ,
-                  "finetune_tiles": list(target_names), "other_tiles": other_names, "cut_gap_px": CUT_GAP_PX,
-                  "torch_threads": torch.get_num_threads(), "baseline": baseline, "runs": runs}
+        report = {
+            "model": display_path(model.source),
+            "model_steps": model.record.get("steps"),
+            "organ": args.organ,
+            "finetune_tiles": list(target_names),
+            "other_tiles": other_names,
+            "cut_gap_px": CUT_GAP_PX,
+            "torch_threads": torch.get_num_threads(),
+            "baseline": baseline,
+            "runs": runs,
+        }
         args.json.write_text(json.dumps(report, indent=2))
     return 0
 

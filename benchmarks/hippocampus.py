@@ -55,18 +55,31 @@ def main() -> None:
             continue
         for samples in args.samples:
             started = time.perf_counter()
-            summary = run_to_end(evaluate_volumes(model, volumes, sampling_steps=steps, samples=samples,
-                                                  seed=args.seed))
+            summary = run_to_end(
+                evaluate_volumes(model, volumes, sampling_steps=steps, samples=samples, seed=args.seed)
+            )
             seconds = statistics.median(row["seconds"] for row in summary["per_image"])
-            rows.append({"steps": steps, "K": samples, **summary["mean"], "s/volume": seconds,
-                         "per_image": summary["per_image"]})
-            print(f"steps={steps} K={samples}: dice {summary['mean']['dice']:.4f} "
-                  f"({time.perf_counter() - started:.0f} s)", flush=True)
+            rows.append(
+                {
+                    "steps": steps,
+                    "K": samples,
+                    **summary["mean"],
+                    "s/volume": seconds,
+                    "per_image": summary["per_image"],
+                }
+            )
+            print(
+                f"steps={steps} K={samples}: dice {summary['mean']['dice']:.4f} "
+                f"({time.perf_counter() - started:.0f} s)",
+                flush=True,
+            )
     names_of = model.config.class_names[1:]
     columns = ["steps", "K"] + [f"dice_{n}" for n in names_of] + [f"iou_{n}" for n in names_of] + ["dice", "s/volume"]
     print(table(rows, columns))
-    write_json(args.json, {"model": display_path(model.source), "validation_volumes": names,
-                           "machine": machine(), "rows": rows})
+    write_json(
+        args.json,
+        {"model": display_path(model.source), "validation_volumes": names, "machine": machine(), "rows": rows},
+    )
 
 
 if __name__ == "__main__":

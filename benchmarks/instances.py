@@ -30,9 +30,7 @@ GRID = {
 }
 
 
-def probabilities(
-    model, tiles: list[Tile], steps: int | None, samples: int | None
-) -> list[np.ndarray]:
+def probabilities(model, tiles: list[Tile], steps: int | None, samples: int | None) -> list[np.ndarray]:
     return [
         run_to_end(
             seg.segment_image(

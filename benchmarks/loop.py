@@ -117,26 +117,37 @@ def score(model: CdalModel, tiles: list[Tile], seeds: list[int]) -> dict[str, An
     """Mean AJI, Dice, PQ over the tiles and nuclei right (IoU > 0.5) summed, each averaged over the scoring seeds
     (one tile's AJI moves by up to about 0.015 from one seed to another)."""
     runs = [run_to_end(evaluate_tiles(model, tiles, image_mpp=MPP, seed=seed, count_nuclei=True)) for seed in seeds]
-    return {**{key: float(np.mean([r["mean"][key] for r in runs])) for key in METRICS},
-            "right": float(np.mean([r["nuclei"]["right"] for r in runs])), "truth": runs[0]["nuclei"]["truth"],
-            "per_tile": {row["image"]: {key: float(np.mean([r["per_image"][i][key] for r in runs])) for key in METRICS}
-                         for i, row in enumerate(runs[0]["per_image"])}}
+    return {
+        **{key: float(np.mean([r["mean"][key] for r in runs])) for key in METRICS},
+        "right": float(np.mean([r["nuclei"]["right"] for r in runs])),
+        "truth": runs[0]["nuclei"]["truth"],
+        "per_tile": {
+            row["image"]: {key: float(np.mean([r["per_image"][i][key] for r in runs])) for key in METRICS}
+            for i, row in enumerate(runs[0]["per_image"])
+        },
+    }
 
 
 def gains(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     """after - before, per metric and for nuclei right, and each tile's AJI change (where both have tiles)."""
-    change: dict[str, Any] = {**{key: after[key] - before[key] for key in METRICS},
-                              "right": after["right"] - before["right"]}
+    change: dict[str, Any] = {
+        **{key: after[key] - before[key] for key in METRICS},
+        "right": after["right"] - before["right"],
+    }
     if "per_tile" in before and "per_tile" in after:
-        change["aji_per_tile"] = {name: after["per_tile"][name]["aji"] - row["aji"]
-                                  for name, row in before["per_tile"].items() if name in after["per_tile"]}
+        change["aji_per_tile"] = {
+            name: after["per_tile"][name]["aji"] - row["aji"]
+            for name, row in before["per_tile"].items()
+            if name in after["per_tile"]
+        }
     return change
 
 
 def run_key(organ: str, mode: str, count: int | None, settings: dict[str, Any], draw: int) -> str:
     """A run's identity in the JSON, so a re-run skips what is done."""
-    return json.dumps({"organ": organ, "mode": mode, "count": count, "settings": settings, "draw": draw},
-                      sort_keys=True)
+    return json.dumps(
+        {"organ": organ, "mode": mode, "count": count, "settings": settings, "draw": draw}, sort_keys=True
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,18 +159,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {MODES}")
     parser.add_argument("--counts", default="10,25,50", help="corrected items per run (review and random)")
     parser.add_argument("--draws", type=int, default=1, help="random draws per count (seeds 0..draws-1)")
-    parser.add_argument("--margin-um", type=float, default=None,
-                        help="margin round each corrected item, in µm (default: REGION_MARGIN_UM)")
+    parser.add_argument(
+        "--margin-um",
+        type=float,
+        default=None,
+        help="margin round each corrected item, in µm (default: REGION_MARGIN_UM)",
+    )
     parser.add_argument("--iterations", type=int, default=None, help="fine-tune iterations (default: the widget's)")
     parser.add_argument("--lr", type=float, default=None, help="generator learning rate (default: the widget's)")
-    parser.add_argument("--train-config", default=None,
-                        help="JSON of other FINETUNE_SETTINGS keys to change, e.g. '{\"replay\": 0.25}'")
-    parser.add_argument("--replay", action="store_true",
-                        help="give the model a replay set from the training split first (as tools/bundle_model.py "
-                             "--replay-data does), when it carries none")
+    parser.add_argument(
+        "--train-config", default=None, help="JSON of other FINETUNE_SETTINGS keys to change, e.g. '{\"replay\": 0.25}'"
+    )
+    parser.add_argument(
+        "--replay",
+        action="store_true",
+        help="give the model a replay set from the training split first (as tools/bundle_model.py "
+        "--replay-data does), when it carries none",
+    )
     parser.add_argument("--seed", type=int, default=0, help="segmentation and scoring seed")
-    parser.add_argument("--score-seeds", type=int, default=1,
-                        help="score with this many seeds from --seed on and average (less noise per organ)")
+    parser.add_argument(
+        "--score-seeds",
+        type=int,
+        default=1,
+        help="score with this many seeds from --seed on and average (less noise per organ)",
+    )
     parser.add_argument("--no-others", action="store_true", help="skip scoring the other organs (forgetting)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", type=Path, default=None, help="results file; runs already in it are skipped")
@@ -175,8 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.lr is not None:
         changes.update(lr_g=args.lr, lr_d=args.lr * FINETUNE_D_LR_RATIO)
     settings = finetune_config(**changes)
-    tag = {**changes, "margin_um": margin_um, **({"replay_set": True} if args.replay else {}),
-           **({"score_seeds": args.score_seeds} if args.score_seeds > 1 else {})}
+    tag = {
+        **changes,
+        "margin_um": margin_um,
+        **({"replay_set": True} if args.replay else {}),
+        **({"score_seeds": args.score_seeds} if args.score_seeds > 1 else {}),
+    }
     counts = [int(c) for c in args.counts.split(",") if c]
     modes = [m for m in args.modes.split(",") if m]
     if unknown := [m for m in modes if m not in MODES]:
@@ -185,8 +212,17 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(args.model)
     if args.replay and model.replay is None:
         names = json.loads(args.split.read_text())["train"]
-        model = replace(model, replay=make_replay_set(load_folder(args.data, names), MPP, model.config,
-                                                      REPLAY_PATCHES, REPLAY_PATCH_PX, np.random.default_rng(0)))
+        model = replace(
+            model,
+            replay=make_replay_set(
+                load_folder(args.data, names),
+                MPP,
+                model.config,
+                REPLAY_PATCHES,
+                REPLAY_PATCH_PX,
+                np.random.default_rng(0),
+            ),
+        )
     grouped = validation_by_organ(args.data, args.split)
     organs = [o for o in args.organs.split(",") if o]
     if unknown := [o for o in organs if o not in grouped]:
@@ -196,8 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.json and args.json.is_file():
         report = json.loads(args.json.read_text())
     done = {run["key"] for run in report["runs"]}
-    report.update(model=display_path(model.source), machine=machine(), cut_gap_px=CUT_GAP_PX,
-                  finetune_defaults=FINETUNE_SETTINGS, seed=args.seed)
+    report.update(
+        model=display_path(model.source),
+        machine=machine(),
+        cut_gap_px=CUT_GAP_PX,
+        finetune_defaults=FINETUNE_SETTINGS,
+        seed=args.seed,
+    )
 
     def save() -> None:
         if args.json:
@@ -208,22 +249,29 @@ def main(argv: list[str] | None = None) -> int:
     for organ in organs:
         tiles = load_folder(args.data, grouped[organ])
         corrected, unseen = corrected_and_unseen(tiles)
-        others = [] if args.no_others else load_folder(args.data, [n for o, ns in grouped.items() if o != organ
-                                                                   for n in ns])
+        others = (
+            [] if args.no_others else load_folder(args.data, [n for o, ns in grouped.items() if o != organ for n in ns])
+        )
         base_key = organ if len(seeds) == 1 else f"{organ} seeds {seeds[0]}..{seeds[-1]}"
         baseline = report["baselines"].get(base_key)
         if baseline is None or (others and "per_tile" not in (baseline.get("others") or {})):
             started = time.perf_counter()
-            baseline = {"corrected": corrected.name, "unseen": [t.name for t in unseen],
-                        "target": score(model, unseen, seeds),
-                        "others": score(model, others, seeds) if others else None,
-                        "seconds": round(time.perf_counter() - started, 1)}
+            baseline = {
+                "corrected": corrected.name,
+                "unseen": [t.name for t in unseen],
+                "target": score(model, unseen, seeds),
+                "others": score(model, others, seeds) if others else None,
+                "seconds": round(time.perf_counter() - started, 1),
+            }
             report["baselines"][base_key] = baseline
             save()
         predicted, queue, seconds = review_queue(model, corrected, args.seed)
         margin_px = max(0, round(margin_um / MPP))
-        print(f"{organ}: correcting {corrected.name} ({len(queue)} review items, segmented in {seconds:.1f} s); "
-              f"unseen {baseline['unseen']}; start AJI {baseline['target']['aji']:.3f}", flush=True)
+        print(
+            f"{organ}: correcting {corrected.name} ({len(queue)} review items, segmented in {seconds:.1f} s); "
+            f"unseen {baseline['unseen']}; start AJI {baseline['target']['aji']:.3f}",
+            flush=True,
+        )
         plans: list[tuple[str, int | None, int]] = []
         for mode in modes:
             if mode == "whole":
@@ -239,9 +287,11 @@ def main(argv: list[str] | None = None) -> int:
                 items, boxes, labels = [], None, corrected.instances
             else:
                 rng = np.random.default_rng(draw)
-                chosen = (queue[:count] if mode == "review"
-                          else [queue[i] for i in sorted(rng.choice(len(queue), size=min(count, len(queue)),
-                                                                    replace=False))])
+                chosen = (
+                    queue[:count]
+                    if mode == "review"
+                    else [queue[i] for i in sorted(rng.choice(len(queue), size=min(count, len(queue)), replace=False))]
+                )
                 items = chosen
                 boxes = [item_box(item, corrected.instances, margin_px) for item in chosen]
                 labels = corrected_labels(predicted, corrected.instances, boxes)
@@ -252,35 +302,83 @@ def main(argv: list[str] | None = None) -> int:
             after_target = score(result.model, unseen, seeds)
             after_others = score(result.model, others, seeds) if others else None
             area = corrected.instances.size if boxes is None else covered_pixels(predicted.shape, boxes)
-            run = {"key": key, "organ": organ, "mode": mode, "count": count, "draw": draw, "settings": tag,
-                   "kinds": {k: sum(1 for i in items if i.kind == k) for k in ("nucleus", "merge", "miss")},
-                   "corrected_mm2": round(area * MPP * MPP / 1e6, 5),
-                   "finetune_seconds": round(ft_seconds, 1), "steps": result.record["steps"],
-                   "best_step": result.best_step, "improved": result.improved,
-                   "held_back": {"before": result.before, "after": result.after,
-                                 "noise": result.record["finetune"].get("noise")},
-                   "target": after_target, "target_gain": gains(baseline["target"], after_target),
-                   "others": after_others,
-                   "others_gain": gains(baseline["others"], after_others) if after_others else None}
+            run = {
+                "key": key,
+                "organ": organ,
+                "mode": mode,
+                "count": count,
+                "draw": draw,
+                "settings": tag,
+                "kinds": {k: sum(1 for i in items if i.kind == k) for k in ("nucleus", "merge", "miss")},
+                "corrected_mm2": round(area * MPP * MPP / 1e6, 5),
+                "finetune_seconds": round(ft_seconds, 1),
+                "steps": result.record["steps"],
+                "best_step": result.best_step,
+                "improved": result.improved,
+                "held_back": {
+                    "before": result.before,
+                    "after": result.after,
+                    "noise": result.record["finetune"].get("noise"),
+                },
+                "target": after_target,
+                "target_gain": gains(baseline["target"], after_target),
+                "others": after_others,
+                "others_gain": gains(baseline["others"], after_others) if after_others else None,
+            }
             report["runs"].append(run)
             save()
             gain = run["target_gain"]
-            print(f"  {mode:<6} N={count or '-':<3} draw {draw}: {ft_seconds:.0f} s, best step {result.best_step}, "
-                  f"switch {result.improved}; unseen AJI {gain['aji']:+.4f} Dice {gain['dice']:+.4f} "
-                  f"right {gain['right']:+g}; others AJI "
-                  f"{(run['others_gain'] or {}).get('aji', float('nan')):+.4f}", flush=True)
+            print(
+                f"  {mode:<6} N={count or '-':<3} draw {draw}: {ft_seconds:.0f} s, best step {result.best_step}, "
+                f"switch {result.improved}; unseen AJI {gain['aji']:+.4f} Dice {gain['dice']:+.4f} "
+                f"right {gain['right']:+g}; others AJI "
+                f"{(run['others_gain'] or {}).get('aji', float('nan')):+.4f}",
+                flush=True,
+            )
 
     rows = []
     for run in report["runs"]:
         t, o = run["target_gain"], run["others_gain"] or {}
         worst = min(o.get("aji_per_tile", {}).items(), key=lambda item: item[1], default=(None, None))
-        rows.append({"organ": run["organ"], "mode": run["mode"], "N": run["count"] or "all", "draw": run["draw"],
-                     "settings": json.dumps(run["settings"]), "s": run["finetune_seconds"], "switch": run["improved"],
-                     "AJI+": t["aji"], "Dice+": t["dice"], "PQ+": t["pq"], "right+": t["right"],
-                     "AJI+/item": t["aji"] / run["count"] if run["count"] else None,
-                     "others AJI+": o.get("aji"), "worst other AJI+": worst[1]})
-    print(table(rows, ["organ", "mode", "N", "draw", "settings", "s", "switch", "AJI+", "Dice+", "PQ+", "right+",
-                       "AJI+/item", "others AJI+", "worst other AJI+"]))
+        rows.append(
+            {
+                "organ": run["organ"],
+                "mode": run["mode"],
+                "N": run["count"] or "all",
+                "draw": run["draw"],
+                "settings": json.dumps(run["settings"]),
+                "s": run["finetune_seconds"],
+                "switch": run["improved"],
+                "AJI+": t["aji"],
+                "Dice+": t["dice"],
+                "PQ+": t["pq"],
+                "right+": t["right"],
+                "AJI+/item": t["aji"] / run["count"] if run["count"] else None,
+                "others AJI+": o.get("aji"),
+                "worst other AJI+": worst[1],
+            }
+        )
+    print(
+        table(
+            rows,
+            [
+                "organ",
+                "mode",
+                "N",
+                "draw",
+                "settings",
+                "s",
+                "switch",
+                "AJI+",
+                "Dice+",
+                "PQ+",
+                "right+",
+                "AJI+/item",
+                "others AJI+",
+                "worst other AJI+",
+            ],
+        )
+    )
     save()
     return 0
 

@@ -54,14 +54,26 @@ def main() -> None:
             times[name].append(timed_click(model, image, seed))
     rows = []
     for name, model in models.items():
-        rows.append({"model": f"{name}: {display_path(model.source)} ({model.config.disc_kind} D)",
-                     "maps s (median)": round(statistics.median(t[0] for t in times[name]), 3),
-                     "maps + review s (median)": round(statistics.median(t[1] for t in times[name]), 3)})
+        rows.append(
+            {
+                "model": f"{name}: {display_path(model.source)} ({model.config.disc_kind} D)",
+                "maps s (median)": round(statistics.median(t[0] for t in times[name]), 3),
+                "maps + review s (median)": round(statistics.median(t[1] for t in times[name]), 3),
+            }
+        )
     ratio = {key: round(rows[0][key] / rows[1][key], 3) for key in ("maps s (median)", "maps + review s (median)")}
     rows.append({"model": "ratio model / against", **ratio})
     print(table(rows, list(rows[0])))
-    write_json(args.json, {"machine": machine(), "threads": args.threads, "repeats": args.repeats, "rows": rows,
-                           "all_seconds": {name: times[name] for name in models}})
+    write_json(
+        args.json,
+        {
+            "machine": machine(),
+            "threads": args.threads,
+            "repeats": args.repeats,
+            "rows": rows,
+            "all_seconds": {name: times[name] for name in models},
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -59,10 +59,27 @@ def train_arm(name: str, split: dict[str, list[str]], args: argparse.Namespace) 
     if finished(model, args.iterations):
         return model
     state = Path(f"{model}.state.safetensors")
-    command = [shutil.which("napari-cdal") or str(Path(sys.executable).with_name("napari-cdal")), "train",
-               str(args.data), "--out", str(model), "--config", "medium", "--split", str(split_file),
-               "--iterations", str(args.iterations), "--validate-every", str(args.iterations),
-               "--checkpoint-every", "50", "--threads", str(args.threads), "--seed", "0"]
+    command = [
+        shutil.which("napari-cdal") or str(Path(sys.executable).with_name("napari-cdal")),
+        "train",
+        str(args.data),
+        "--out",
+        str(model),
+        "--config",
+        "medium",
+        "--split",
+        str(split_file),
+        "--iterations",
+        str(args.iterations),
+        "--validate-every",
+        str(args.iterations),
+        "--checkpoint-every",
+        "50",
+        "--threads",
+        str(args.threads),
+        "--seed",
+        "0",
+    ]
     if state.exists():
         command.append("--resume")
     print(f"training {name}: {' '.join(command[1:])}", flush=True)
@@ -101,16 +118,47 @@ def main() -> None:
         unseen = [name for name in split["validation"] if organs[name] == organ]
         also_unseen = [name for name in split["train"] if organs[name] == organ]
         with_it, without = scores(models[ALL], args.data, unseen), scores(models[organ], args.data, unseen)
-        rows.append({"organ": organ, "tiles": len(unseen), **{f"{k} with": v for k, v in with_it.items()},
-                     **{f"{k} without": v for k, v in without.items()},
-                     "AJI cost": with_it["aji"] - without["aji"],
-                     **{f"{k} without, its training tiles": v
-                        for k, v in scores(models[organ], args.data, also_unseen).items()}})
+        rows.append(
+            {
+                "organ": organ,
+                "tiles": len(unseen),
+                **{f"{k} with": v for k, v in with_it.items()},
+                **{f"{k} without": v for k, v in without.items()},
+                "AJI cost": with_it["aji"] - without["aji"],
+                **{
+                    f"{k} without, its training tiles": v
+                    for k, v in scores(models[organ], args.data, also_unseen).items()
+                },
+            }
+        )
         print(table(rows[-1:], list(rows[-1])), flush=True)
-    print(table(rows, ["organ", "tiles", "dice with", "dice without", "aji with", "aji without", "AJI cost",
-                       "pq with", "pq without", "aji without, its training tiles"]))
-    write_json(args.json, {"iterations": args.iterations, "sampling": SAMPLING, "machine": machine(), "rows": rows,
-                           "mean AJI cost": float(np.mean([row["AJI cost"] for row in rows]))})
+    print(
+        table(
+            rows,
+            [
+                "organ",
+                "tiles",
+                "dice with",
+                "dice without",
+                "aji with",
+                "aji without",
+                "AJI cost",
+                "pq with",
+                "pq without",
+                "aji without, its training tiles",
+            ],
+        )
+    )
+    write_json(
+        args.json,
+        {
+            "iterations": args.iterations,
+            "sampling": SAMPLING,
+            "machine": machine(),
+            "rows": rows,
+            "mean AJI cost": float(np.mean([row["AJI cost"] for row in rows])),
+        },
+    )
 
 
 if __name__ == "__main__":

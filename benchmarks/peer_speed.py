@@ -44,8 +44,13 @@ def time_stardist(python: str, peer: Path, tiles: list[Path], threads: int) -> d
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "times.json"
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "CUDA_VISIBLE_DEVICES": ""}
-        subprocess.run([python, str(peer / "time_stardist.py"), str(out), str(peer / "model"),
-                        *map(str, tiles)], check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [python, str(peer / "time_stardist.py"), str(out), str(peer / "model"), *map(str, tiles)],
+            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         return json.loads(out.read_text())
 
 
@@ -55,8 +60,9 @@ def time_cdal(models: dict, images: dict[str, object]) -> dict[str, dict[str, fl
     for name, setting in SETTINGS.items():
         steps, samples = setting["sampling_steps"], setting["samples"]
         seconds_per_tile(models[name], next(iter(images.values())), steps, samples, 1)
-        times[name] = {file: seconds_per_tile(models[name], pixels, steps, samples, 1)
-                       for file, pixels in images.items()}
+        times[name] = {
+            file: seconds_per_tile(models[name], pixels, steps, samples, 1) for file, pixels in images.items()
+        }
     return times
 
 
@@ -79,8 +85,10 @@ def main() -> None:
     models = {name: with_runtime(base, setting["runtime"], setting["precision"]) for name, setting in SETTINGS.items()}
     best: dict[str, dict[str, float]] = {"stardist": {}, **{name: {} for name in SETTINGS}}
     for _ in range(args.rounds):
-        rounds = {"stardist": time_stardist(args.stardist_python, Path(args.peer), tiles, args.threads),
-                  **time_cdal(models, images)}
+        rounds = {
+            "stardist": time_stardist(args.stardist_python, Path(args.peer), tiles, args.threads),
+            **time_cdal(models, images),
+        }
         for name, per_tile in rounds.items():
             for file, seconds in per_tile.items():
                 best[name][file] = min(seconds, best[name].get(file, float("inf")))
@@ -91,15 +99,27 @@ def main() -> None:
             row[f"{name} s"] = best[name][file]
             row[f"{name} ratio"] = best[name][file] / best["stardist"][file]
         rows.append(row)
-    medians = {"tile": "median",
-               **{key: statistics.median(row[key] for row in rows) for key in rows[0] if key != "tile"}}
+    medians = {
+        "tile": "median",
+        **{key: statistics.median(row[key] for row in rows) for key in rows[0] if key != "tile"},
+    }
     columns = ["tile", "stardist s"] + [f"{name} {what}" for name in SETTINGS for what in ("s", "ratio")]
-    print(f"{args.threads} threads, best of {args.rounds} rounds; runtimes: "
-          + ", ".join(f"{name}: {models[name].runtime.describe()}" for name in SETTINGS))
+    print(
+        f"{args.threads} threads, best of {args.rounds} rounds; runtimes: "
+        + ", ".join(f"{name}: {models[name].runtime.describe()}" for name in SETTINGS)
+    )
     print(table(rows + [medians], columns))
-    write_json(args.json, {"machine": machine(), "threads": args.threads, "rounds": args.rounds,
-                           "runtimes": {name: models[name].runtime.describe() for name in SETTINGS},
-                           "rows": rows, "median": medians})
+    write_json(
+        args.json,
+        {
+            "machine": machine(),
+            "threads": args.threads,
+            "rounds": args.rounds,
+            "runtimes": {name: models[name].runtime.describe() for name in SETTINGS},
+            "rows": rows,
+            "median": medians,
+        },
+    )
 
 
 if __name__ == "__main__":

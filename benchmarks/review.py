@@ -86,11 +86,23 @@ def segmented(model: CdalModel, tile: Tile, cache: Path, seed: int) -> dict[str,
     if path.is_file():
         with np.load(path) as stored:
             return dict(stored)
-    result = run_to_end(segment_image(model, tile.image, seed=seed, keep_steps=False, with_attention=False,
-                                      attention_kinds=DISC_KINDS[model.config.disc_kind],
-                                      uncertainty_kinds=UNCERTAINTY_MEASURES))
-    maps = {"labels": result.labels, "probability": result.probability, "seconds": np.float64(result.seconds),
-            "uncertainty_measure": np.array(model.config.uncertainty_measure)}
+    result = run_to_end(
+        segment_image(
+            model,
+            tile.image,
+            seed=seed,
+            keep_steps=False,
+            with_attention=False,
+            attention_kinds=DISC_KINDS[model.config.disc_kind],
+            uncertainty_kinds=UNCERTAINTY_MEASURES,
+        )
+    )
+    maps = {
+        "labels": result.labels,
+        "probability": result.probability,
+        "seconds": np.float64(result.seconds),
+        "uncertainty_measure": np.array(model.config.uncertainty_measure),
+    }
     maps.update({f"unc_{k}": v for k, v in result.uncertainty_maps.items()})
     maps.update({f"att_{k}": v for k, v in result.final_attention_maps.items()})
     cache.mkdir(parents=True, exist_ok=True)
@@ -183,8 +195,9 @@ def reached(boxes: np.ndarray, centres: np.ndarray) -> np.ndarray:
     if len(boxes) == 0 or len(centres) == 0:
         return np.zeros(len(centres), bool)
     y, x = centres[:, None, 0], centres[:, None, 1]
-    return np.any((boxes[None, :, 0] <= y) & (y < boxes[None, :, 1]) & (boxes[None, :, 2] <= x)
-                  & (x < boxes[None, :, 3]), axis=1)
+    return np.any(
+        (boxes[None, :, 0] <= y) & (y < boxes[None, :, 1]) & (boxes[None, :, 2] <= x) & (x < boxes[None, :, 3]), axis=1
+    )
 
 
 @dataclass
@@ -223,13 +236,26 @@ def queue_measures(cases: list[TileCase], order_of: dict[str, list[np.ndarray]])
         row: dict[str, Any] = {"ranking": name}
         for k in FIRST:
             firsts = [order[:k] for order in tile_orders]
-            row[f"precision@{k}"] = float(np.mean(np.concatenate(
-                [case.errors[first] for case, first in zip(cases, firsts, strict=True)])))
-            row[f"non-speck errors@{k}"] = float(np.mean(np.concatenate(
-                [case.errors[first] & (case.candidates.area_um2[first] >= SPECK_UM2)
-                 for case, first in zip(cases, firsts, strict=True)])))
-            row[f"specks@{k}"] = float(np.mean(np.concatenate(
-                [case.candidates.area_um2[first] < SPECK_UM2 for case, first in zip(cases, firsts, strict=True)])))
+            row[f"precision@{k}"] = float(
+                np.mean(np.concatenate([case.errors[first] for case, first in zip(cases, firsts, strict=True)]))
+            )
+            row[f"non-speck errors@{k}"] = float(
+                np.mean(
+                    np.concatenate(
+                        [
+                            case.errors[first] & (case.candidates.area_um2[first] >= SPECK_UM2)
+                            for case, first in zip(cases, firsts, strict=True)
+                        ]
+                    )
+                )
+            )
+            row[f"specks@{k}"] = float(
+                np.mean(
+                    np.concatenate(
+                        [case.candidates.area_um2[first] < SPECK_UM2 for case, first in zip(cases, firsts, strict=True)]
+                    )
+                )
+            )
         missed = reach_all = reach_25 = 0
         kinds: dict[str, list[int]] = {}
         for case, order in zip(cases, tile_orders, strict=True):
@@ -244,8 +270,10 @@ def queue_measures(cases: list[TileCase], order_of: dict[str, list[np.ndarray]])
         row["reach (all items)"] = reach_all / max(missed, 1)
         row["reach@25"] = reach_25 / max(missed, 1)
         row["items"] = int(np.mean([len(order) for order in tile_orders]))
-        row["kinds@25 (errors)"] = ", ".join(f"{kind} {kinds.get(kind, [0, 0])[0]} ({kinds.get(kind, [0, 0])[1]})"
-                                             for kind in ("nucleus", "merge", "miss"))
+        row["kinds@25 (errors)"] = ", ".join(
+            f"{kind} {kinds.get(kind, [0, 0])[0]} ({kinds.get(kind, [0, 0])[1]})"
+            for kind in ("nucleus", "merge", "miss")
+        )
         rows.append(row)
     return rows
 
@@ -324,10 +352,14 @@ def fit_settings(cases: list[TileCase], settings: ReviewSettings) -> ReviewSetti
     """
     weights: dict[str, tuple[float, ...]] = {}
     for is_miss, names, key in ((False, NUCLEUS_FEATURES, "nucleus"), (True, MISS_FEATURES, "miss")):
-        rows = [((case.candidates.kind == "miss") == is_miss) & (case.candidates.area_um2 >= settings.speck_um2)
-                for case in cases]
-        columns = {name: np.concatenate([case.candidates.features[name][kept] for case, kept in
-                                         zip(cases, rows, strict=True)]) for name in names}
+        rows = [
+            ((case.candidates.kind == "miss") == is_miss) & (case.candidates.area_um2 >= settings.speck_um2)
+            for case in cases
+        ]
+        columns = {
+            name: np.concatenate([case.candidates.features[name][kept] for case, kept in zip(cases, rows, strict=True)])
+            for name in names
+        }
         target = np.concatenate([case.errors[kept] for case, kept in zip(cases, rows, strict=True)]).astype(float)
         full = fit_logistic(np.column_stack([columns[name] for name in names]), target)
         kept_names = [name for name in names if name not in UNCERTAINTY_FEATURES]
@@ -335,14 +367,23 @@ def fit_settings(cases: list[TileCase], settings: ReviewSettings) -> ReviewSetti
         without = [next(reduced)] + [0.0 if name in UNCERTAINTY_FEATURES else next(reduced) for name in names]
         weights[f"{key}_weights"] = tuple(round(float(v), 3) for v in full)
         weights[f"{key}_weights_no_uncertainty"] = tuple(round(float(v), 3) for v in without)
-        print(f"{key}: {int(target.sum())} errors of {len(target)} non-speck candidates; weights (intercept, "
-              f"{', '.join(names)}) = {weights[f'{key}_weights']}; without uncertainty "
-              f"{weights[f'{key}_weights_no_uncertainty']}")
+        print(
+            f"{key}: {int(target.sum())} errors of {len(target)} non-speck candidates; weights (intercept, "
+            f"{', '.join(names)}) = {weights[f'{key}_weights']}; without uncertainty "
+            f"{weights[f'{key}_weights_no_uncertainty']}"
+        )
     return replace(settings, **weights)
 
 
-def prepare(model: CdalModel, names: list[str], data: Path, cache: Path, seed: int, settings: ReviewSettings,
-            error_maps: Path | None) -> list[TileCase]:
+def prepare(
+    model: CdalModel,
+    names: list[str],
+    data: Path,
+    cache: Path,
+    seed: int,
+    settings: ReviewSettings,
+    error_maps: Path | None,
+) -> list[TileCase]:
     """Segment (or read from the cache) and compare each tile with instance truth."""
     cases = []
     for name in names:
@@ -357,15 +398,19 @@ def prepare(model: CdalModel, names: list[str], data: Path, cache: Path, seed: i
         candidates = review_candidates(maps["labels"], maps["probability"], uncertainty, MPP, extra, settings)
         truth = compare(maps["labels"], tile.instances, MPP)
         cases.append(TileCase(name, candidates, candidate_errors(candidates, truth), truth, maps, uncertainty, extra))
-        print(f"{name}: {int(maps['labels'].max())} nuclei, {len(candidates)} candidates, "
-              f"{time.perf_counter() - started:.1f} s", flush=True)
+        print(
+            f"{name}: {int(maps['labels'].max())} nuclei, {len(candidates)} candidates, "
+            f"{time.perf_counter() - started:.1f} s",
+            flush=True,
+        )
     return cases
 
 
 def with_settings(case: TileCase, settings: ReviewSettings) -> TileCase:
     """The case's candidates again under other candidate levels."""
-    candidates = review_candidates(case.maps["labels"], case.maps["probability"], case.uncertainty, MPP,
-                                   case.error_map, settings)
+    candidates = review_candidates(
+        case.maps["labels"], case.maps["probability"], case.uncertainty, MPP, case.error_map, settings
+    )
     return replace(case, candidates=candidates, errors=candidate_errors(candidates, case.truth))
 
 
@@ -381,14 +426,26 @@ def evidence(cases: list[TileCase], settings: ReviewSettings) -> dict[str, Any]:
     merge = np.concatenate([case.truth.merge[i] for case, i in zip(cases, ids, strict=True)])
     wrong = np.concatenate([case.truth.best_iou[i] < rel.MATCH_IOU for case, i in zip(cases, ids, strict=True)])
     speck = area < settings.speck_um2
-    rules = {"all nuclei": np.ones(len(area), bool), f"two or more core blobs at {settings.core_level}":
-             pooled("core_blobs") >= 2, f"solidity < {settings.merge_solidity} and > {settings.merge_min_um2:g} µm²":
-             (pooled("solidity") < settings.merge_solidity) & (area > settings.merge_min_um2)}
-    found = {"specks": int(speck.sum()), "specks wrong": float(wrong[speck].mean()) if speck.any() else None,
-             "merge rules": {name: {"nuclei": int(flag.sum()), "merges": float(merge[flag].mean()) if flag.any()
-                                    else None} for name, flag in rules.items()}}
-    print(f"predicted nuclei under {settings.speck_um2:g} µm²: {found['specks']}, of which "
-          f"{found['specks wrong']:.0%} wrong")
+    rules = {
+        "all nuclei": np.ones(len(area), bool),
+        f"two or more core blobs at {settings.core_level}": pooled("core_blobs") >= 2,
+        f"solidity < {settings.merge_solidity} and > {settings.merge_min_um2:g} µm²": (
+            pooled("solidity") < settings.merge_solidity
+        )
+        & (area > settings.merge_min_um2),
+    }
+    found = {
+        "specks": int(speck.sum()),
+        "specks wrong": float(wrong[speck].mean()) if speck.any() else None,
+        "merge rules": {
+            name: {"nuclei": int(flag.sum()), "merges": float(merge[flag].mean()) if flag.any() else None}
+            for name, flag in rules.items()
+        },
+    }
+    print(
+        f"predicted nuclei under {settings.speck_um2:g} µm²: {found['specks']}, of which "
+        f"{found['specks wrong']:.0%} wrong"
+    )
     for name, rule in found["merge rules"].items():
         print(f"{name}: {rule['nuclei']} nuclei, {rule['merges']:.0%} of them hold two true nuclei or more")
     return found
@@ -408,7 +465,7 @@ def choose(cases: list[TileCase], seed: int) -> dict[str, Any]:
             trial = replace(fitted, speck_weight=weight)
             name = f"unc {uncertainty_level} fg {foreground_level} speck x{weight}"
             rows += queue_measures(trial_cases, {name: [orders(case, trial, seed)["review"] for case in trial_cases]})
-        print(table(rows[-len(SPECK_WEIGHTS):], list(rows[0])), flush=True)
+        print(table(rows[-len(SPECK_WEIGHTS) :], list(rows[0])), flush=True)
     print(table(rows, list(rows[0])))
     chosen = fitted_by[(REVIEW_SETTINGS.doubtful_uncertainty, REVIEW_SETTINGS.miss_foreground)]
     if all(case.error_map is not None for case in cases):
@@ -416,9 +473,11 @@ def choose(cases: list[TileCase], seed: int) -> dict[str, Any]:
             trial = replace(chosen, error_map_weight=weight)
             name = f"error map weight {weight}"
             rows += queue_measures(cases, {name: [orders(case, trial, seed)["review"] for case in cases]})
-        print(table(rows[-len(ERROR_MAP_WEIGHTS):], list(rows[0])), flush=True)
-    weights = {key: getattr(chosen, key) for key in ("nucleus_weights", "nucleus_weights_no_uncertainty",
-                                                     "miss_weights", "miss_weights_no_uncertainty")}
+        print(table(rows[-len(ERROR_MAP_WEIGHTS) :], list(rows[0])), flush=True)
+    weights = {
+        key: getattr(chosen, key)
+        for key in ("nucleus_weights", "nucleus_weights_no_uncertainty", "miss_weights", "miss_weights_no_uncertainty")
+    }
     print("fitted at the chosen levels:", weights)
     return {"evidence": found, "fitted": weights, "compared": rows}
 
@@ -446,22 +505,35 @@ def picture(case: TileCase, image: np.ndarray, path: Path, settings: ReviewSetti
     draw = ImageDraw.Draw(sheet)
     for index, row in enumerate(order):
         kind = str(candidates.kind[row])
-        own = labels == candidates.id[row] if kind != "miss" else candidates.regions == 1 + int(
-            np.sum(candidates.kind[:row] == "miss"))
+        own = (
+            labels == candidates.id[row]
+            if kind != "miss"
+            else candidates.regions == 1 + int(np.sum(candidates.kind[:row] == "miss"))
+        )
         y0, y1, x0, x1 = (int(v) for v in candidates.box[row])
         half = max(40, (max(y1 - y0, x1 - x0) * 3) // 4 + 12)
         crop = np.pad(canvas, ((half, half), (half, half), (0, 0)), constant_values=255)
         crop[half:-half, half:-half][find_boundaries(own, mode="inner")] = tuple(
-            round(255 * c) for c in KIND_COLOURS[kind])
+            round(255 * c) for c in KIND_COLOURS[kind]
+        )
         cy, cx = int(candidates.y[row]) + half, int(candidates.x[row]) + half
-        window = Image.fromarray(crop[cy - half:cy + half, cx - half:cx + half]).resize((CROP, CROP), Image.NEAREST)
+        window = Image.fromarray(crop[cy - half : cy + half, cx - half : cx + half]).resize((CROP, CROP), Image.NEAREST)
         at = ((index % columns) * CROP, (index // columns) * (CROP + caption))
         sheet.paste(window, at)
         verdict = "error" if case.errors[row] else "right"
-        draw.text((at[0] + 4, at[1] + CROP + 3), f"{index + 1}. {kind}, {candidates.area_um2[row]:.0f} um2, "
-                  f"{scores[row]:.2f}: {verdict}", fill=(0, 0, 0), font_size=12)
-    draw.text((4, rows * (CROP + caption) + 3), f"{case.name}: the first {len(order)} review items (yellow nucleus, "
-              "magenta merge, cyan miss); green: true outlines, white: predicted", fill=(0, 0, 0), font_size=12)
+        draw.text(
+            (at[0] + 4, at[1] + CROP + 3),
+            f"{index + 1}. {kind}, {candidates.area_um2[row]:.0f} um2, {scores[row]:.2f}: {verdict}",
+            fill=(0, 0, 0),
+            font_size=12,
+        )
+    draw.text(
+        (4, rows * (CROP + caption) + 3),
+        f"{case.name}: the first {len(order)} review items (yellow nucleus, "
+        "magenta merge, cyan miss); green: true outlines, white: predicted",
+        fill=(0, 0, 0),
+        font_size=12,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path)
     print(f"wrote {path}")
@@ -490,19 +562,28 @@ def main() -> None:
     model = load_model(args.model)
     error_maps = Path(args.error_maps) if args.error_maps else None
     cases = prepare(model, names, Path(args.data), Path(args.cache), args.seed, REVIEW_SETTINGS, error_maps)
-    payload: dict[str, Any] = {"subset": args.subset, "tiles": [case.name for case in cases],
-                               "model": Path(model.source).stem, "seed": args.seed, "machine": machine(),
-                               "settings": {k: v for k, v in vars(REVIEW_SETTINGS).items()}}
+    payload: dict[str, Any] = {
+        "subset": args.subset,
+        "tiles": [case.name for case in cases],
+        "model": Path(model.source).stem,
+        "seed": args.seed,
+        "machine": machine(),
+        "settings": {k: v for k, v in vars(REVIEW_SETTINGS).items()},
+    }
     if args.fit:
         payload["fit"] = choose(cases, args.seed)
     aurocs = map_aurocs(cases)
-    print(f"\nerror AUROC on the {args.subset} split ({len(cases)} tiles): all = best IoU < 0.5, "
-          f"clear = best IoU < {CLEAR_IOU} (0.3-0.5 left out)")
+    print(
+        f"\nerror AUROC on the {args.subset} split ({len(cases)} tiles): all = best IoU < 0.5, "
+        f"clear = best IoU < {CLEAR_IOU} (0.3-0.5 left out)"
+    )
     print(table(aurocs, ["map", "pixel all", "pixel clear", "nucleus all", "nucleus clear"]))
     all_orders = [orders(case, REVIEW_SETTINGS, args.seed) for case in cases]
     queue = queue_measures(cases, {name: [o[name] for o in all_orders] for name in all_orders[0]})
-    print(f"\nreview queue on the {args.subset} split: errors among the first items, missed true nuclei "
-          f">= {REACH_UM2:g} µm² reached, specks (< {SPECK_UM2:g} µm²) among the first items")
+    print(
+        f"\nreview queue on the {args.subset} split: errors among the first items, missed true nuclei "
+        f">= {REACH_UM2:g} µm² reached, specks (< {SPECK_UM2:g} µm²) among the first items"
+    )
     print(table(queue, list(queue[0])))
     payload.update(aurocs=aurocs, queue=queue, missed_true_nuclei=int(sum(len(missed_nuclei(c.truth)) for c in cases)))
     if args.picture:

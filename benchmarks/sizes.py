@@ -64,10 +64,13 @@ def nucleus_rows(tile: Tile, labels: np.ndarray, maps: dict[str, np.ndarray]) ->
     area = rel.nucleus_areas(labels) * MPP * MPP
     best = rel.best_match_iou(labels, tile.instances)
     probability = rel.nucleus_means(labels, maps["probability"][0])
-    uncertainty = (rel.nucleus_means(labels, maps["uncertainty"]) if maps.get("uncertainty") is not None
-                   else np.zeros(area.size))
-    return [{"area": float(a), "iou": float(i), "probability": float(p), "uncertainty": float(u)}
-            for a, i, p, u in zip(area, best, probability, uncertainty, strict=True)]
+    uncertainty = (
+        rel.nucleus_means(labels, maps["uncertainty"]) if maps.get("uncertainty") is not None else np.zeros(area.size)
+    )
+    return [
+        {"area": float(a), "iou": float(i), "probability": float(p), "uncertainty": float(u)}
+        for a, i, p, u in zip(area, best, probability, uncertainty, strict=True)
+    ]
 
 
 def size_table(rows: list[dict[str, float]]) -> list[dict[str, object]]:
@@ -77,10 +80,15 @@ def size_table(rows: list[dict[str, float]]) -> list[dict[str, object]]:
         chosen = [r for r in rows if lo <= r["area"] < hi]
         right = sum(r["iou"] > 0.5 for r in chosen)
         clear = sum(r["iou"] < 0.3 for r in chosen)
-        out.append({"µm²": f"{lo:g}-{hi:g}", "nuclei": len(chosen),
-                    "precision": right / len(chosen) if chosen else None,
-                    "clear errors": clear / len(chosen) if chosen else None,
-                    "mean p": float(np.mean([r["probability"] for r in chosen])) if chosen else None})
+        out.append(
+            {
+                "µm²": f"{lo:g}-{hi:g}",
+                "nuclei": len(chosen),
+                "precision": right / len(chosen) if chosen else None,
+                "clear errors": clear / len(chosen) if chosen else None,
+                "mean p": float(np.mean([r["probability"] for r in chosen])) if chosen else None,
+            }
+        )
     return out
 
 
@@ -89,16 +97,22 @@ def score(tiles: list[Tile], maps: list[dict[str, np.ndarray]], rule: dict[str, 
     rows = []
     for tile, tile_maps_ in zip(tiles, maps, strict=True):
         labels = labels_by_rule(tile, tile_maps_, rule)
-        rows.append({**score_segmentation(labels, tile.foreground, tile.instances),
-                     "n/true": int(np.unique(labels).size - 1) / max(1, int(np.unique(tile.instances).size - 1))})
+        rows.append(
+            {
+                **score_segmentation(labels, tile.foreground, tile.instances),
+                "n/true": int(np.unique(labels).size - 1) / max(1, int(np.unique(tile.instances).size - 1)),
+            }
+        )
     return {key: float(np.mean([r[key] for r in rows])) for key in ("dice", "aji", "pq", "n/true")}
 
 
 def rules() -> list[dict[str, float]]:
     """Every rule tried: smallest nuclei alone (no confidence rule), then size-and-confidence rules."""
     found = [{"min_nucleus_um2": size, "small_nucleus_um2": 0.0} for size in MIN_SIZES_UM2]
-    found += [{"min_nucleus_um2": seg.MIN_NUCLEUS_AREA_UM2, "small_nucleus_um2": size, "small_nucleus_floor": floor}
-              for size, floor in itertools.product(CONFIDENCE_SIZES_UM2, CONFIDENCE_FLOORS)]
+    found += [
+        {"min_nucleus_um2": seg.MIN_NUCLEUS_AREA_UM2, "small_nucleus_um2": size, "small_nucleus_floor": floor}
+        for size, floor in itertools.product(CONFIDENCE_SIZES_UM2, CONFIDENCE_FLOORS)
+    ]
     return found
 
 
@@ -118,8 +132,11 @@ def main() -> None:
     before = {"min_nucleus_um2": seg.MIN_NUCLEUS_AREA_UM2, "small_nucleus_um2": 0.0}
     by_size = {}
     for part, tiles in sets.items():
-        nuclei = [row for tile, m in zip(tiles, maps[part], strict=True)
-                  for row in nucleus_rows(tile, labels_by_rule(tile, m, before), m)]
+        nuclei = [
+            row
+            for tile, m in zip(tiles, maps[part], strict=True)
+            for row in nucleus_rows(tile, labels_by_rule(tile, m, before), m)
+        ]
         by_size[part] = size_table(nuclei)
         print(f"{part} tiles, predicted nuclei by size (the instance step without a confidence rule):")
         print(table(by_size[part], ["µm²", "nuclei", "precision", "clear errors", "mean p"]))
@@ -128,14 +145,28 @@ def main() -> None:
     for part, rows in tried.items():
         print(f"rules on the {part} tiles:")
         print(table(rows, columns))
-    chosen = {"min_nucleus_um2": seg.MIN_NUCLEUS_AREA_UM2, "small_nucleus_um2": seg.SMALL_NUCLEUS_UM2,
-              "small_nucleus_floor": seg.SMALL_NUCLEUS_FLOOR}
-    checked = [{"rule": name, **rule, **score(sets[part], maps[part], rule)}
-               for part in sets for name, rule in ((f"{part}: before", before), (f"{part}: the engine's", chosen))]
+    chosen = {
+        "min_nucleus_um2": seg.MIN_NUCLEUS_AREA_UM2,
+        "small_nucleus_um2": seg.SMALL_NUCLEUS_UM2,
+        "small_nucleus_floor": seg.SMALL_NUCLEUS_FLOOR,
+    }
+    checked = [
+        {"rule": name, **rule, **score(sets[part], maps[part], rule)}
+        for part in sets
+        for name, rule in ((f"{part}: before", before), (f"{part}: the engine's", chosen))
+    ]
     print("the engine's rule against none:")
     print(table(checked, ["rule", *columns]))
-    write_json(args.json, {"model": display_path(model.source), "machine": machine(), "by_size": by_size,
-                           "rules": tried, "engine": checked})
+    write_json(
+        args.json,
+        {
+            "model": display_path(model.source),
+            "machine": machine(),
+            "by_size": by_size,
+            "rules": tried,
+            "engine": checked,
+        },
+    )
 
 
 if __name__ == "__main__":

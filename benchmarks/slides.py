@@ -40,8 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 from synthetic_slide import write_sparse_slide  # noqa: E402
 
 SETTINGS = {"defaults": [], "fast": ["--fast"]}
-SUMMARY = re.compile(r"(?P<nuclei>\d+) nuclei in (?P<blocks>\d+) blocks .*?\((?:(?P<skipped>\d+) of glass skipped; )?"
-                     r"tissue (?P<tissue>[\d.]+) mm² of (?P<slide>[\d.]+) mm² slide\)")
+SUMMARY = re.compile(
+    r"(?P<nuclei>\d+) nuclei in (?P<blocks>\d+) blocks .*?\((?:(?P<skipped>\d+) of glass skipped; )?"
+    r"tissue (?P<tissue>[\d.]+) mm² of (?P<slide>[\d.]+) mm² slide\)"
+)
 
 
 def sample_repeated(side: int) -> np.ndarray:
@@ -54,8 +56,16 @@ def sample_repeated(side: int) -> np.ndarray:
 def write_mosaic(path: Path, side: int) -> Path:
     """A side x side tiled BigTIFF of the repeated sample tile, with its µm/px in the tags."""
     per_cm = 10_000.0 / SAMPLE_MPP
-    tifffile.imwrite(path, sample_repeated(side), tile=(512, 512), compression="jpeg", bigtiff=True,
-                     photometric="rgb", resolution=(per_cm, per_cm), resolutionunit="CENTIMETER")
+    tifffile.imwrite(
+        path,
+        sample_repeated(side),
+        tile=(512, 512),
+        compression="jpeg",
+        bigtiff=True,
+        photometric="rgb",
+        resolution=(per_cm, per_cm),
+        resolutionunit="CENTIMETER",
+    )
     return path
 
 
@@ -119,29 +129,81 @@ def main() -> None:
         folder = Path(folder)
         for case in args.cases:
             started = time.perf_counter()
-            slide = (write_real_size(folder / "real_size.tif", args.island_side) if case == "real-size"
-                     else write_mosaic(folder / f"mosaic_{args.mosaic_side}.tif", args.mosaic_side))
-            print(f"{case}: written in {time.perf_counter() - started:.0f} s, "
-                  f"{slide.stat().st_size / 1e6:.1f} MB", flush=True)
+            slide = (
+                write_real_size(folder / "real_size.tif", args.island_side)
+                if case == "real-size"
+                else write_mosaic(folder / f"mosaic_{args.mosaic_side}.tif", args.mosaic_side)
+            )
+            print(
+                f"{case}: written in {time.perf_counter() - started:.0f} s, {slide.stat().st_size / 1e6:.1f} MB",
+                flush=True,
+            )
             for name in args.settings:
-                command = [sys.executable, "-c", "import sys; from napari_cdal.cli import main; sys.exit(main())",
-                           "segment", str(slide), "--slide", "--geojson", "--out", str(folder / f"out_{case}_{name}"),
-                           "--threads", str(args.threads), *SETTINGS[name]]
+                command = [
+                    sys.executable,
+                    "-c",
+                    "import sys; from napari_cdal.cli import main; sys.exit(main())",
+                    "segment",
+                    str(slide),
+                    "--slide",
+                    "--geojson",
+                    "--out",
+                    str(folder / f"out_{case}_{name}"),
+                    "--threads",
+                    str(args.threads),
+                    *SETTINGS[name],
+                ]
                 seconds, peak, out = peak_run(command, folder / "log.txt")
                 found = SUMMARY.search(out)
                 if found is None:
                     raise SystemExit(f"no summary in the output of {' '.join(command)}: {out}")
                 tissue, area = float(found["tissue"]), float(found["slide"])
-                rows.append({"case": case, "setting": name, "seconds": seconds, "peak RSS GiB": peak,
-                             "blocks": int(found["blocks"]), "skipped": int(found["skipped"] or 0),
-                             "nuclei": int(found["nuclei"]), "tissue mm²": tissue, "slide mm²": area,
-                             "tissue mm²/min": tissue / (seconds / 60.0), "slide mm²/min": area / (seconds / 60.0),
-                             "slide / tile time per mm²": tile[name] / (tissue / (seconds / 60.0))})
+                rows.append(
+                    {
+                        "case": case,
+                        "setting": name,
+                        "seconds": seconds,
+                        "peak RSS GiB": peak,
+                        "blocks": int(found["blocks"]),
+                        "skipped": int(found["skipped"] or 0),
+                        "nuclei": int(found["nuclei"]),
+                        "tissue mm²": tissue,
+                        "slide mm²": area,
+                        "tissue mm²/min": tissue / (seconds / 60.0),
+                        "slide mm²/min": area / (seconds / 60.0),
+                        "slide / tile time per mm²": tile[name] / (tissue / (seconds / 60.0)),
+                    }
+                )
                 print(rows[-1], flush=True)
-    print(table(rows, ["case", "setting", "seconds", "peak RSS GiB", "blocks", "skipped", "nuclei", "tissue mm²",
-                       "tissue mm²/min", "slide mm²/min", "slide / tile time per mm²"]))
-    write_json(args.json, {"machine": machine(), "threads": args.threads, "tile_mm2_per_min": tile,
-                           "island_side": args.island_side, "mosaic_side": args.mosaic_side, "rows": rows})
+    print(
+        table(
+            rows,
+            [
+                "case",
+                "setting",
+                "seconds",
+                "peak RSS GiB",
+                "blocks",
+                "skipped",
+                "nuclei",
+                "tissue mm²",
+                "tissue mm²/min",
+                "slide mm²/min",
+                "slide / tile time per mm²",
+            ],
+        )
+    )
+    write_json(
+        args.json,
+        {
+            "machine": machine(),
+            "threads": args.threads,
+            "tile_mm2_per_min": tile,
+            "island_side": args.island_side,
+            "mosaic_side": args.mosaic_side,
+            "rows": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -27,8 +27,9 @@ from napari_cdal.engine.training.step import train_step
 from napari_cdal.sample_data import sample_tile_path
 
 
-def seconds_per_tile(model: CdalModel, image: np.ndarray, steps: int, samples: int, repeats: int,
-                     maps: bool = False) -> float:
+def seconds_per_tile(
+    model: CdalModel, image: np.ndarray, steps: int, samples: int, repeats: int, maps: bool = False
+) -> float:
     """Median wall time of the whole segment path (resampling, sampling, instances) on one tile.
 
     `maps`: also the step and attention stacks the Segment widget shows (the CLI makes them only
@@ -37,8 +38,11 @@ def seconds_per_tile(model: CdalModel, image: np.ndarray, steps: int, samples: i
     times = []
     for seed in range(repeats):
         started = time.perf_counter()
-        run_to_end(segment_image(model, image, sampling_steps=steps, samples=samples, seed=seed,
-                                 keep_steps=maps, with_attention=maps))
+        run_to_end(
+            segment_image(
+                model, image, sampling_steps=steps, samples=samples, seed=seed, keep_steps=maps, with_attention=maps
+            )
+        )
         times.append(time.perf_counter() - started)
     return statistics.median(times)
 
@@ -68,23 +72,36 @@ def main() -> None:
 
     image = read_image(sample_tile_path())
     model = load_model(args.model)
-    rows = [{"T": t, "K": k, "s/tile": seconds_per_tile(model, image, t, k, args.repeats),
-             "s/tile with maps": seconds_per_tile(model, image, t, k, args.repeats, maps=True)}
-            for t in args.steps for k in args.samples]
-    print(f"model {display_path(model.source)} on a {image.shape[1]}x{image.shape[0]} tile, "
-          f"{torch.get_num_threads()} threads")
+    rows = [
+        {
+            "T": t,
+            "K": k,
+            "s/tile": seconds_per_tile(model, image, t, k, args.repeats),
+            "s/tile with maps": seconds_per_tile(model, image, t, k, args.repeats, maps=True),
+        }
+        for t in args.steps
+        for k in args.samples
+    ]
+    print(
+        f"model {display_path(model.source)} on a {image.shape[1]}x{image.shape[0]} tile, "
+        f"{torch.get_num_threads()} threads"
+    )
     print(table(rows, ["T", "K", "s/tile", "s/tile with maps"]))
     presets = []
     if args.presets:
         for name in ("small", "medium", "large"):
             config = ModelConfig(**PRESETS[name])
             untrained = CdalModel.initialise(config).eval()
-            presets.append({
-                "preset": name, "base_width": config.base_width, "channel_mults": str(config.channel_mults),
-                "G params (M)": count_parameters(untrained.generator) / 1e6,
-                "s/tile T4K1": seconds_per_tile(untrained, image, 4, 1, args.repeats),
-                "s/train step": seconds_per_train_step(config, args.repeats),
-            })
+            presets.append(
+                {
+                    "preset": name,
+                    "base_width": config.base_width,
+                    "channel_mults": str(config.channel_mults),
+                    "G params (M)": count_parameters(untrained.generator) / 1e6,
+                    "s/tile T4K1": seconds_per_tile(untrained, image, 4, 1, args.repeats),
+                    "s/train step": seconds_per_train_step(config, args.repeats),
+                }
+            )
         print(table(presets, ["preset", "base_width", "channel_mults", "G params (M)", "s/tile T4K1", "s/train step"]))
     write_json(args.json, {"model": display_path(model.source), "machine": machine(), "rows": rows, "presets": presets})
 

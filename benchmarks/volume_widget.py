@@ -84,9 +84,17 @@ def child(volume: Path, repeats: int, scenario: str) -> dict:
     viewer.close()
     import torch
 
-    return {"scenario": scenario, "model": model, "shape": shape, "cli": cli_runs, "widget": widget_runs,
-            "first_click": first, "torch_threads": torch.get_num_threads(),
-            "one_thread_rule": napari_cdal._widgets.OPENMP_SPINS, "load_average": os.getloadavg()[0]}
+    return {
+        "scenario": scenario,
+        "model": model,
+        "shape": shape,
+        "cli": cli_runs,
+        "widget": widget_runs,
+        "first_click": first,
+        "torch_threads": torch.get_num_threads(),
+        "one_thread_rule": napari_cdal._widgets.OPENMP_SPINS,
+        "load_average": os.getloadavg()[0],
+    }
 
 
 def main() -> None:
@@ -109,8 +117,11 @@ def main() -> None:
 
     results = []
     for scenario in args.scenarios:
-        done = subprocess.run([sys.executable, __file__, "--child", scenario, "--volume", args.volume,
-                               "--repeats", str(args.repeats)], capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, __file__, "--child", scenario, "--volume", args.volume, "--repeats", str(args.repeats)],
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
             raise SystemExit(f"the {scenario} run failed:\n{done.stderr[-3000:]}")
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -118,16 +129,24 @@ def main() -> None:
     for result in results:
         cli, clicked = statistics.median(result["cli"]), statistics.median(result["widget"])
         result["ratio"] = round(clicked / cli, 3)
-        rows.append({"scenario": result["scenario"], "CLI s (median)": round(cli, 3),
-                     "widget s (median)": round(clicked, 3), "widget / CLI": result["ratio"],
-                     "first click s": round(result["first_click"], 3),
-                     "CLI runs": " ".join(f"{s:.2f}" for s in result["cli"]),
-                     "widget runs": " ".join(f"{s:.2f}" for s in result["widget"]),
-                     "load": round(result["load_average"], 2)})
+        rows.append(
+            {
+                "scenario": result["scenario"],
+                "CLI s (median)": round(cli, 3),
+                "widget s (median)": round(clicked, 3),
+                "widget / CLI": result["ratio"],
+                "first click s": round(result["first_click"], 3),
+                "CLI runs": " ".join(f"{s:.2f}" for s in result["cli"]),
+                "widget runs": " ".join(f"{s:.2f}" for s in result["widget"]),
+                "load": round(result["load_average"], 2),
+            }
+        )
     print(f"{display_path(args.volume)}, shape {results[0]['shape']}, model {results[0]['model']} at its defaults")
     print(table(rows, list(rows[0])))
-    print("CLI: napari-cdal segment's wall time (loading, segmenting, writing); widget: click to labels, model "
-          "loaded; the aim: widget / CLI at most 1.3")
+    print(
+        "CLI: napari-cdal segment's wall time (loading, segmenting, writing); widget: click to labels, model "
+        "loaded; the aim: widget / CLI at most 1.3"
+    )
     write_json(args.json, {"volume": display_path(args.volume), "results": results, "machine": machine()})
 
 

@@ -17,8 +17,14 @@ ROOT = Path(__file__).resolve().parents[1]
 ENGINE = ROOT / "src" / "napari_cdal" / "engine"
 OUT = ROOT / "docs" / "images" / "flow.svg"
 
-PACKAGES = [("slide", 360, 40), ("io", 30, 200), ("method", 360, 200), ("segment", 690, 200), ("data", 30, 430),
-            ("training", 690, 430)]
+PACKAGES = [
+    ("slide", 360, 40),
+    ("io", 30, 200),
+    ("method", 360, 200),
+    ("segment", 690, 200),
+    ("data", 30, 430),
+    ("training", 690, 430),
+]
 """Where each engine package's box stands (x, y of its top-left corner)."""
 
 ARROWS = [
@@ -54,12 +60,15 @@ def modules(package: str) -> list[tuple[str, str]]:
 def box(x: float, y: float, title: str, rows: list[tuple[str, str]], fill: str) -> list[str]:
     """An SVG group: a titled rectangle listing module names, each with its job as a tooltip."""
     height = 28 + LINE * max(1, len(rows))
-    parts = [f'<g><rect x="{x}" y="{y}" width="{BOX_WIDTH}" height="{height}" rx="8" fill="{fill}" '
-             'stroke="#333" stroke-width="1.2"/>',
-             f'<text x="{x + 10}" y="{y + 19}" font-weight="bold">{escape(title)}</text>']
+    parts = [
+        f'<g><rect x="{x}" y="{y}" width="{BOX_WIDTH}" height="{height}" rx="8" fill="{fill}" '
+        'stroke="#333" stroke-width="1.2"/>',
+        f'<text x="{x + 10}" y="{y + 19}" font-weight="bold">{escape(title)}</text>',
+    ]
     for index, (name, job) in enumerate(rows):
-        parts.append(f'<text x="{x + 18}" y="{y + 38 + LINE * index}"><title>{escape(job)}</title>'
-                     f'{escape(name)}</text>')
+        parts.append(
+            f'<text x="{x + 18}" y="{y + 38 + LINE * index}"><title>{escape(job)}</title>{escape(name)}</text>'
+        )
     parts.append("</g>")
     return parts
 
@@ -68,23 +77,30 @@ def arrow(start: tuple[float, float], end: tuple[float, float], label: str) -> l
     """A labelled arrow from `start` to `end`."""
     (x0, y0), (x1, y1) = start, end
     mx, my = (x0 + x1) / 2, (y0 + y1) / 2
-    return [f'<line x1="{x0}" y1="{y0}" x2="{x1}" y2="{y1}" stroke="#555" stroke-width="1.5" '
-            'marker-end="url(#head)"/>',
-            f'<text x="{mx}" y="{my - 6}" font-size="11" fill="#444" text-anchor="middle">{escape(label)}</text>']
+    return [
+        f'<line x1="{x0}" y1="{y0}" x2="{x1}" y2="{y1}" stroke="#555" stroke-width="1.5" marker-end="url(#head)"/>',
+        f'<text x="{mx}" y="{my - 6}" font-size="11" fill="#444" text-anchor="middle">{escape(label)}</text>',
+    ]
 
 
 def draw() -> str:
     """The whole picture as SVG text."""
-    parts = ['<svg xmlns="http://www.w3.org/2000/svg" width="980" height="760" font-family="sans-serif" '
-             'font-size="13">',
-             '<defs><marker id="head" markerWidth="10" markerHeight="8" refX="9" refY="4" orient="auto">'
-             '<path d="M0,0 L10,4 L0,8 z" fill="#555"/></marker></defs>',
-             '<rect width="980" height="760" fill="white"/>']
-    parts += box(30, 40, "napari: _widgets/, _reader, _writer",
-                 [("gather parameters, run one generator", ""), ("turn its events into layers", "")],
-                 "#e8f0fe")
-    parts += box(690, 40, "command line: cli/",
-                 [("segment, evaluate, train, finetune", ""), ("info, view", "")], "#e8f0fe")
+    parts = [
+        '<svg xmlns="http://www.w3.org/2000/svg" width="980" height="760" font-family="sans-serif" font-size="13">',
+        '<defs><marker id="head" markerWidth="10" markerHeight="8" refX="9" refY="4" orient="auto">'
+        '<path d="M0,0 L10,4 L0,8 z" fill="#555"/></marker></defs>',
+        '<rect width="980" height="760" fill="white"/>',
+    ]
+    parts += box(
+        30,
+        40,
+        "napari: _widgets/, _reader, _writer",
+        [("gather parameters, run one generator", ""), ("turn its events into layers", "")],
+        "#e8f0fe",
+    )
+    parts += box(
+        690, 40, "command line: cli/", [("segment, evaluate, train, finetune", ""), ("info, view", "")], "#e8f0fe"
+    )
     top = [(path.stem, first_line(path)) for path in sorted(ENGINE.glob("*.py")) if path.stem != "__init__"]
     parts += box(360, 600, "engine/ (shared by all)", top, "#f3f3f3")
     for package, x, y in PACKAGES:

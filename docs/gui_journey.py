@@ -67,8 +67,12 @@ def click_and_wait(widget, button, cancel_after: float | None = None) -> tuple[s
     while not outcomes:
         settle(0.02)
         stepped = widget._progress is not None and widget._progress.n > 0
-        if cancel_after is not None and cancelled_at is None and stepped \
-                and time.perf_counter() - started > cancel_after:
+        if (
+            cancel_after is not None
+            and cancelled_at is None
+            and stepped
+            and time.perf_counter() - started > cancel_after
+        ):
             cancelled_at = time.perf_counter()
             widget.cancel_button.native.click()
     widget.run_finished.disconnect(outcomes.append)
@@ -83,9 +87,17 @@ def engine_segment_seconds(widget, image) -> float:
 
     model = sampling_model_cached(widget.selected_model_path(), "cpu")
     started = time.perf_counter()
-    run_to_end(segment_image(model, image, image_mpp=float(widget.mpp.value),
-                             sampling_steps=int(widget.sampling_steps.value), samples=int(widget.samples.value),
-                             seed=int(widget.seed.value), threshold=float(widget.threshold.value)))
+    run_to_end(
+        segment_image(
+            model,
+            image,
+            image_mpp=float(widget.mpp.value),
+            sampling_steps=int(widget.sampling_steps.value),
+            samples=int(widget.samples.value),
+            seed=int(widget.seed.value),
+            threshold=float(widget.threshold.value),
+        )
+    )
     return time.perf_counter() - started
 
 
@@ -124,8 +136,12 @@ def load_now() -> str:
 
 def table(rows: list[tuple[str, float, float | None]], load: str) -> str:
     """The timings as a markdown table: what, in the widget, the engine alone."""
-    lines = [f"Measured by `docs/gui_journey.py` under Xvfb ({load}).", "",
-             "| step | in the widget (s) | engine alone (s) |", "|---|---:|---:|"]
+    lines = [
+        f"Measured by `docs/gui_journey.py` under Xvfb ({load}).",
+        "",
+        "| step | in the widget (s) | engine alone (s) |",
+        "|---|---:|---:|",
+    ]
     for what, widget_s, engine_s in rows:
         lines.append(f"| {what} | {widget_s:.2f} | {'' if engine_s is None else f'{engine_s:.2f}'} |")
     return "\n".join(lines) + "\n"
@@ -166,14 +182,24 @@ def main(argv: list[str] | None = None) -> int:
     freezes: list[float] = []
     clicks = timed_segment_clicks(segment, pixels, freezes)
     each = {"defaults": clicks}
-    rows.append((f"Segment at the defaults, again: click to mask (median of {REPEATS})",
-                 median(clicks["widget_s"]), median(clicks["engine_s"])))
+    rows.append(
+        (
+            f"Segment at the defaults, again: click to mask (median of {REPEATS})",
+            median(clicks["widget_s"]),
+            median(clicks["engine_s"]),
+        )
+    )
     shoot(viewer, out, "journey_1_segment.png")
 
     segment.sampling_steps.value, segment.samples.value = segment.sampling_steps.max, 4
     clicks = each["more_steps_and_samples"] = timed_segment_clicks(segment, pixels, freezes)
-    rows.append((f"Segment at {segment.sampling_steps.value} steps, 4 samples (median of {REPEATS})",
-                 median(clicks["widget_s"]), median(clicks["engine_s"])))
+    rows.append(
+        (
+            f"Segment at {segment.sampling_steps.value} steps, 4 samples (median of {REPEATS})",
+            median(clicks["widget_s"]),
+            median(clicks["engine_s"]),
+        )
+    )
 
     mask = masks()[-1]  # correct: erase one nucleus, paint one in, like the eraser and the brush
     nucleus = int(mask.data[mask.data > 0][0])
@@ -183,8 +209,14 @@ def main(argv: list[str] | None = None) -> int:
     mask.paint((min(y + 40, pixels.shape[0] - 8), min(x + 40, pixels.shape[1] - 8)), int(mask.data.max()) + 1)
     top, left = max(0, y - 100), max(0, x - 100)
     corners = np.array([[top, left], [top + 260, left + 260]], float) * np.asarray(image.scale[-2:])
-    viewer.add_shapes([corners], shape_type="rectangle", name="checked", edge_color="yellow", face_color="transparent",
-                      units=image.units)
+    viewer.add_shapes(
+        [corners],
+        shape_type="rectangle",
+        name="checked",
+        edge_color="yellow",
+        face_color="transparent",
+        units=image.units,
+    )
     viewer.layers.selection.active = mask
     mask.mode = "paint"
     row = finetune.pair_rows[0]
@@ -208,8 +240,13 @@ def main(argv: list[str] | None = None) -> int:
     with FreezeMeter() as freeze:
         click_and_wait(segment, segment.segment_button)  # its first run: four new layers
     first_freezes.append(freeze.longest)
-    rows.append(("Segment with the new model (its first run, loading it): click to mask", segment.last_seconds,
-                 engine_segment_seconds(segment, pixels)))
+    rows.append(
+        (
+            "Segment with the new model (its first run, loading it): click to mask",
+            segment.last_seconds,
+            engine_segment_seconds(segment, pixels),
+        )
+    )
     print("side by side:", [layer.name for layer in masks()])
     shoot(viewer, out, "journey_4_side_by_side.png")
     if finetune.back_button.enabled:
@@ -222,20 +259,34 @@ def main(argv: list[str] | None = None) -> int:
     shoot(viewer, out, "journey_5_after_cancel.png")
 
     load = load_now()
-    rows.append((f"Fine-tune, {args.iterations} iterations, click to saved", finetune_seconds,
-                 engine_finetune_seconds(finetune)))
+    rows.append(
+        (
+            f"Fine-tune, {args.iterations} iterations, click to saved",
+            finetune_seconds,
+            engine_finetune_seconds(finetune),
+        )
+    )
     rows.append(("Cancel in Segment: click to stopped", segment_cancel or 0.0, None))
     rows.append(("Cancel in Fine-tune: click to stopped", finetune_cancel or 0.0, None))
-    rows.append(("longest canvas freeze: a model's first run on the image (adds its layers)", max(first_freezes),
-                 None))
+    rows.append(("longest canvas freeze: a model's first run on the image (adds its layers)", max(first_freezes), None))
     rows.append(("longest canvas freeze: later runs and the fine-tune", max(freezes), None))
     markdown = table(rows, load)
     (HERE / "journey_timings.md").write_text(markdown, encoding="utf-8")
-    (HERE / "journey_timings.json").write_text(json.dumps(
-        {"load": load, "rows": [{"step": w, "widget_s": round(a, 3), "engine_s": None if b is None else round(b, 3)}
-                                for w, a, b in rows], "each_run": each, "finetune_status": finetune.report},
-                   indent=1),
-        encoding="utf-8")
+    (HERE / "journey_timings.json").write_text(
+        json.dumps(
+            {
+                "load": load,
+                "rows": [
+                    {"step": w, "widget_s": round(a, 3), "engine_s": None if b is None else round(b, 3)}
+                    for w, a, b in rows
+                ],
+                "each_run": each,
+                "finetune_status": finetune.report,
+            },
+            indent=1,
+        ),
+        encoding="utf-8",
+    )
     print(markdown)
     viewer.close()
     return 0

@@ -78,7 +78,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=4, help="K for the uncertainty screenshot")
     args = parser.parse_args(argv)
 
-
     from napari_cdal._widgets._layers import layer_name
     from napari_cdal._widgets._names import model_stem
     from napari_cdal._widgets._review import viewer_camera
@@ -102,7 +101,6 @@ def main(argv: list[str] | None = None) -> int:
 
     def results(kind: str) -> str:  # result layers are named after their kind, the image and the model
         return layer_name(SAMPLE_NAME, kind, model)
-
 
     run_and_wait(widget, viewer, out, "02_running.png")
     first_seconds = widget.last_seconds

@@ -36,8 +36,15 @@ def pyramid_mosaic(path: Path, mpp: float = 0.25) -> Path:
     with tifffile.TiffWriter(path, bigtiff=True) as tif:
         for k in range(3):
             options = {"subifds": 2} if k == 0 else {"subfiletype": 1}
-            tif.write(image[:: 2**k, :: 2**k], tile=(256, 256), photometric="rgb", compression="jpeg",
-                      resolution=(1e4 / (mpp * 2**k),) * 2, resolutionunit="CENTIMETER", **options)
+            tif.write(
+                image[:: 2**k, :: 2**k],
+                tile=(256, 256),
+                photometric="rgb",
+                compression="jpeg",
+                resolution=(1e4 / (mpp * 2**k),) * 2,
+                resolutionunit="CENTIMETER",
+                **options,
+            )
     return path
 
 
@@ -59,7 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="model file (default: the bundled model)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "images"), help="PNG folder")
     args = parser.parse_args(argv)
-
 
     from napari_cdal._widgets._layers import layer_name
     from napari_cdal._widgets._names import model_stem

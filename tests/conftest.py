@@ -34,10 +34,19 @@ TEST_SETTINGS = Path(tempfile.mkdtemp(prefix="napari-cdal-test-settings-")) / "s
 os.environ.setdefault("NAPARI_CONFIG", str(TEST_SETTINGS))
 
 CLASSES = ("background", "anterior", "posterior")
-TINY_CLASSES = ModelConfig(**{**PRESETS["tiny"], "image_channels": 3, "context_slices": 1,
-                              "label_encoding": "classes", "class_names": CLASSES,
-                              "intensity_percentiles": (0.5, 99.5), "image_mean": (128.0,) * 3,
-                              "image_std": (64.0,) * 3, "diffusion_steps": 2})
+TINY_CLASSES = ModelConfig(
+    **{
+        **PRESETS["tiny"],
+        "image_channels": 3,
+        "context_slices": 1,
+        "label_encoding": "classes",
+        "class_names": CLASSES,
+        "intensity_percentiles": (0.5, 99.5),
+        "image_mean": (128.0,) * 3,
+        "image_std": (64.0,) * 3,
+        "diffusion_steps": 2,
+    }
+)
 """A tiny model of classes (2.5D slices, three classes), for volume tests that build their own model."""
 
 
@@ -125,8 +134,7 @@ def blob_folder(tmp_path) -> Path:
     return tmp_path
 
 
-def pause_after_first_event(monkeypatch: pytest.MonkeyPatch, module: ModuleType,
-                            name: str) -> threading.Event:
+def pause_after_first_event(monkeypatch: pytest.MonkeyPatch, module: ModuleType, name: str) -> threading.Event:
     """Make the engine generator `module.name` wait after its first event (ticks aside) until the event is set.
 
     The widgets look the engine function up at run time, so a run started now is surely mid-way
@@ -184,8 +192,16 @@ def run(capsys, *args) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def train_and_evaluate(capsys, tmp_path: Path, data: Path, config: dict[str, Any], split: dict[str, list[str]],
-                       recipe: dict[str, Any], iterations: int, patch_size: int) -> tuple[Path, dict[str, Any]]:
+def train_and_evaluate(
+    capsys,
+    tmp_path: Path,
+    data: Path,
+    config: dict[str, Any],
+    split: dict[str, list[str]],
+    recipe: dict[str, Any],
+    iterations: int,
+    patch_size: int,
+) -> tuple[Path, dict[str, Any]]:
     """`napari-cdal train` a model of `config` on `data` (the split and the training recipe as JSON files), then
     `evaluate` it on the validation subset; the model file and the mean scores."""
     files = {}
@@ -193,12 +209,43 @@ def train_and_evaluate(capsys, tmp_path: Path, data: Path, config: dict[str, Any
         files[name] = tmp_path / f"{name}.json"
         files[name].write_text(json.dumps(content))
     model = tmp_path / "model.safetensors"
-    code, _, err = run(capsys, "train", data, "--out", model, "--config", files["config"], "--split", files["split"],
-                       "--train-config", files["recipe"], "--iterations", iterations, "--batch-size", 8,
-                       "--patch-size", patch_size, "--validate-every", iterations, "--threads", 1)
+    code, _, err = run(
+        capsys,
+        "train",
+        data,
+        "--out",
+        model,
+        "--config",
+        files["config"],
+        "--split",
+        files["split"],
+        "--train-config",
+        files["recipe"],
+        "--iterations",
+        iterations,
+        "--batch-size",
+        8,
+        "--patch-size",
+        patch_size,
+        "--validate-every",
+        iterations,
+        "--threads",
+        1,
+    )
     assert code == 0, err
-    code, _, err = run(capsys, "evaluate", data, "--model", model, "--split", files["split"], "--subset",
-                       "validation", "--json", tmp_path / "scores.json")
+    code, _, err = run(
+        capsys,
+        "evaluate",
+        data,
+        "--model",
+        model,
+        "--split",
+        files["split"],
+        "--subset",
+        "validation",
+        "--json",
+        tmp_path / "scores.json",
+    )
     assert code == 0, err
     return model, json.loads((tmp_path / "scores.json").read_text())["mean"]
 
@@ -233,8 +280,9 @@ class HeldInBlock:
     events_after_hold: int = 0
 
 
-def hold_in_block(monkeypatch: pytest.MonkeyPatch, module: ModuleType, name: str, after: str,
-                  count_calls: list[Any]) -> HeldInBlock:
+def hold_in_block(
+    monkeypatch: pytest.MonkeyPatch, module: ModuleType, name: str, after: str, count_calls: list[Any]
+) -> HeldInBlock:
     """Hold the engine inside the first block of G (a ResBlock) that runs after the engine generator
     `module.name` hands on an event of stage `after`.
 
@@ -333,8 +381,9 @@ class Opened:
     asked: list[str]
 
 
-def open_with_file_menu(viewer: Any, path: str | Path, monkeypatch: pytest.MonkeyPatch,
-                        choose: str | None = None) -> Opened:
+def open_with_file_menu(
+    viewer: Any, path: str | Path, monkeypatch: pytest.MonkeyPatch, choose: str | None = None
+) -> Opened:
     """Open `path` with File > Open File(s)... as a user does: the file dialog answers `path`; napari picks the reader
     (a preference, or the only one that claims it) or asks in its Choose reader dialog, answered with the reader
     named `choose` (None: Cancel)."""

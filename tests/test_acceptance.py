@@ -54,6 +54,7 @@ def test_dice_stands_in_where_no_instance_metric_is_scored() -> None:
 
 def test_the_words_give_the_margins() -> None:
     verdict = judge(scores(), scores(aji=0.70, right=35), {"aji": 0.02, "nuclei_right": 2.0})
-    assert verdict.words() == ("better beyond the noise (two scorings of the old model differ by up to 0.02 AJI "
-                               "and 2 nuclei)")
+    assert verdict.words() == (
+        "better beyond the noise (two scorings of the old model differ by up to 0.02 AJI and 2 nuclei)"
+    )
     assert judge(scores(), scores(), {}).words().startswith("not better beyond the noise")

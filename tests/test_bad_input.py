@@ -49,6 +49,7 @@ def one_error_line(err: str, command: str) -> str:
 @pytest.fixture()
 def no_model_load(monkeypatch):
     """Fail the test if a command gets as far as loading a model: its checks must come first."""
+
     def refuse(*_args, **_kwargs):
         raise AssertionError("the model was loaded before the input was checked")
 
@@ -64,34 +65,41 @@ def dead_pid() -> int:
 
 # --- option ranges, all refused before the model is loaded ---------------------------------------
 
-@pytest.mark.parametrize("option, value, words", [
-    ("--mpp", "inf", "--mpp inf is not a µm per pixel between 0.05 and 5.0"),
-    ("--mpp", "1000", "--mpp 1000.0 is not a µm per pixel"),
-    ("--mpp", "nan", "--mpp nan is not a µm per pixel"),
-    ("--mpp", "0.01", "--mpp 0.01 is not a µm per pixel"),
-    ("--threads", "-2", "--threads -2 must be an integer of at least 1"),
-    ("--threshold", "1.5", "--threshold 1.5 must lie strictly between 0 and 1"),
-    ("--threshold", "0", "--threshold 0.0 must lie strictly between 0 and 1"),
-    ("--steps", "0", "--steps 0 must be an integer of at least 1"),
-    ("--samples", "0", "--samples 0 must be an integer of at least 1"),
-    ("--review", "0", "--review 0 must be an integer of at least 1"),
-    ("--review", "-3", "--review -3 must be an integer of at least 1"),
-])
+
+@pytest.mark.parametrize(
+    "option, value, words",
+    [
+        ("--mpp", "inf", "--mpp inf is not a µm per pixel between 0.05 and 5.0"),
+        ("--mpp", "1000", "--mpp 1000.0 is not a µm per pixel"),
+        ("--mpp", "nan", "--mpp nan is not a µm per pixel"),
+        ("--mpp", "0.01", "--mpp 0.01 is not a µm per pixel"),
+        ("--threads", "-2", "--threads -2 must be an integer of at least 1"),
+        ("--threshold", "1.5", "--threshold 1.5 must lie strictly between 0 and 1"),
+        ("--threshold", "0", "--threshold 0.0 must lie strictly between 0 and 1"),
+        ("--steps", "0", "--steps 0 must be an integer of at least 1"),
+        ("--samples", "0", "--samples 0 must be an integer of at least 1"),
+        ("--review", "0", "--review 0 must be an integer of at least 1"),
+        ("--review", "-3", "--review -3 must be an integer of at least 1"),
+    ],
+)
 def test_segment_options_out_of_range(capsys, no_model_load, blob_images, tmp_path, option, value, words):
     code, _, err = run(capsys, "segment", blob_images[0], "--out", tmp_path / "out", option, value)
     assert code == 1 and words in one_error_line(err, "segment")
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("options, words", [
-    (["--steps", "0"], "--steps 0 must be an integer of at least 1"),
-    (["--checkpoint-every", "0"], "--checkpoint-every 0 must be an integer of at least 1"),
-    (["--validate-every", "0"], "--validate-every 0 must be an integer of at least 1"),
-    (["--batch-size", "0"], "--batch-size 0 must be an integer of at least 1"),
-    (["--patch-size", "7"], "--patch-size 7 must be a positive multiple of 4 for this model; use e.g. 8"),
-    (["--mpp", "nan"], "--mpp nan is not a µm per pixel"),
-    (["--threads", "0"], "--threads 0 must be an integer of at least 1"),
-])
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        (["--steps", "0"], "--steps 0 must be an integer of at least 1"),
+        (["--checkpoint-every", "0"], "--checkpoint-every 0 must be an integer of at least 1"),
+        (["--validate-every", "0"], "--validate-every 0 must be an integer of at least 1"),
+        (["--batch-size", "0"], "--batch-size 0 must be an integer of at least 1"),
+        (["--patch-size", "7"], "--patch-size 7 must be a positive multiple of 4 for this model; use e.g. 8"),
+        (["--mpp", "nan"], "--mpp nan is not a µm per pixel"),
+        (["--threads", "0"], "--threads 0 must be an integer of at least 1"),
+    ],
+)
 def test_train_options_out_of_range(capsys, blob_folder, tmp_path, options, words):
     out = tmp_path / "runs" / "m.safetensors"
     code, _, err = run(capsys, "train", blob_folder, "--config", "tiny", "--out", out, *options)
@@ -102,16 +110,20 @@ def test_train_options_out_of_range(capsys, blob_folder, tmp_path, options, word
 def test_train_config_file_is_checked_too(capsys, blob_folder, tmp_path):
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps({"steps": 0}))
-    code, _, err = run(capsys, "train", blob_folder, "--config", "tiny", "--train-config", recipe,
-                       "--out", tmp_path / "m.safetensors")
+    code, _, err = run(
+        capsys, "train", blob_folder, "--config", "tiny", "--train-config", recipe, "--out", tmp_path / "m.safetensors"
+    )
     assert code == 1 and "TrainConfig.iterations must be an integer >= 1, got 0" in one_error_line(err, "train")
 
 
-@pytest.mark.parametrize("options, words", [
-    (["--lr", "nan"], "--lr nan must be a learning rate in (0, 1]"),
-    (["--steps", "0"], "--steps 0 must be an integer of at least 1"),
-    (["--mpp", "inf"], "--mpp inf is not a µm per pixel"),
-])
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        (["--lr", "nan"], "--lr nan must be a learning rate in (0, 1]"),
+        (["--steps", "0"], "--steps 0 must be an integer of at least 1"),
+        (["--mpp", "inf"], "--mpp inf is not a µm per pixel"),
+    ],
+)
 def test_finetune_options_out_of_range(capsys, no_model_load, blob_images, tmp_path, options, words):
     mask = tmp_path / "mask.png"
     Image.fromarray((blob_images[2].instances > 0).astype(np.uint8)).save(mask)
@@ -123,19 +135,22 @@ def test_finetune_options_out_of_range(capsys, no_model_load, blob_images, tmp_p
 
 # --- never overwrite -----------------------------------------------------------------------------
 
+
 def test_segment_keeps_an_existing_labels_file_unless_overwrite(capsys, tiny_model_file, blob_images, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     corrected = out / "tile_labels.tif"
     tifffile.imwrite(corrected, np.ones((128, 128), np.uint16))  # a mask the user corrected
     before = digest(corrected)
-    code, _, err = run(capsys, "segment", blob_images[0], "--model", tiny_model_file, "--mpp", "0.5",
-                       "--out", out, "--save-steps")
+    code, _, err = run(
+        capsys, "segment", blob_images[0], "--model", tiny_model_file, "--mpp", "0.5", "--out", out, "--save-steps"
+    )
     line = one_error_line(err, "segment")
     assert code == 1 and "tile_labels.tif already exists" in line and "--overwrite" in line
     assert digest(corrected) == before and files_in(out) == ["tile_labels.tif"]
-    code, _, _ = run(capsys, "segment", blob_images[0], "--model", tiny_model_file, "--mpp", "0.5",
-                            "--out", out, "--overwrite")
+    code, _, _ = run(
+        capsys, "segment", blob_images[0], "--model", tiny_model_file, "--mpp", "0.5", "--out", out, "--overwrite"
+    )
     assert code == 0 and digest(corrected) != before
 
 
@@ -196,8 +211,19 @@ def test_evaluate_json_replaces_only_an_earlier_result(capsys, tiny_model_file, 
     assert json.loads(split.read_text()) == {"validation": ["blob-a"]}
     result = tmp_path / "result.json"
     for _ in range(2):  # the second run replaces the first's result
-        code, _, _ = run(capsys, "evaluate", blob_folder, "--model", tiny_model_file, "--mpp", "0.5",
-                         "--split", split, "--json", result)
+        code, _, _ = run(
+            capsys,
+            "evaluate",
+            blob_folder,
+            "--model",
+            tiny_model_file,
+            "--mpp",
+            "0.5",
+            "--split",
+            split,
+            "--json",
+            result,
+        )
         assert code == 0 and "per_image" in json.loads(result.read_text())
 
 
@@ -212,8 +238,10 @@ def test_evaluate_or_train_an_empty_folder_is_an_error(capsys, tmp_path):
 
 # --- faults while writing ------------------------------------------------------------------------
 
-def test_full_disk_in_segment_is_one_line_and_leaves_nothing(capsys, monkeypatch, tiny_model_file, blob_images,
-                                                            tmp_path):
+
+def test_full_disk_in_segment_is_one_line_and_leaves_nothing(
+    capsys, monkeypatch, tiny_model_file, blob_images, tmp_path
+):
     def full(path, *args, **kwargs):
         Path(path).write_bytes(b"half")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -226,27 +254,49 @@ def test_full_disk_in_segment_is_one_line_and_leaves_nothing(capsys, monkeypatch
     assert files_in(out) == []  # no half-written file, no temporary one
 
 
-def test_full_disk_in_finetune_is_one_line_and_leaves_nothing(capsys, monkeypatch, tiny_model_file, blob_images,
-                                                             tmp_path):
+def test_full_disk_in_finetune_is_one_line_and_leaves_nothing(
+    capsys, monkeypatch, tiny_model_file, blob_images, tmp_path
+):
     from safetensors import SafetensorError
 
     def full(*args, **kwargs):
-        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
-                              'message: "No space left on device" })')
+        raise SafetensorError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+        )
 
     monkeypatch.setattr("safetensors.torch.save_file", full)
     mask = tmp_path / "mask.png"
     Image.fromarray(blob_images[2].instances.astype(np.uint16)).save(mask)
     out = tmp_path / "models" / "new.safetensors"
-    code, _, err = run(capsys, "finetune", blob_images[0], "--masks", mask, "--model", tiny_model_file, "--mpp",
-                       "0.5", "--steps", "2", "--out", out, "--threads", "1")
+    code, _, err = run(
+        capsys,
+        "finetune",
+        blob_images[0],
+        "--masks",
+        mask,
+        "--model",
+        tiny_model_file,
+        "--mpp",
+        "0.5",
+        "--steps",
+        "2",
+        "--out",
+        out,
+        "--threads",
+        "1",
+    )
     line = one_error_line(err, "finetune")
     assert code == 1 and "No space left on device" in line and "source model is unchanged" in line
     assert files_in(out.parent) == []
 
 
-@pytest.mark.parametrize("error", [MemoryError(), RuntimeError("DefaultCPUAllocator: not enough memory: you "
-                                                                 "tried to allocate 3 GB. Buy new RAM! out of memory")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        MemoryError(),
+        RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 3 GB. Buy new RAM! out of memory"),
+    ],
+)
 def test_running_out_of_memory_is_one_line(capsys, monkeypatch, tiny_model_file, blob_images, tmp_path, error):
     def exhausted(*args, **kwargs):
         raise error
@@ -257,8 +307,9 @@ def test_running_out_of_memory_is_one_line(capsys, monkeypatch, tiny_model_file,
     assert code == 1 and "out of memory" in line and "--slide" in line
 
 
-def test_an_image_too_large_for_free_memory_is_refused_before_it_is_read(capsys, monkeypatch, tiny_model_file,
-                                                                         blob_images, tmp_path):
+def test_an_image_too_large_for_free_memory_is_refused_before_it_is_read(
+    capsys, monkeypatch, tiny_model_file, blob_images, tmp_path
+):
     monkeypatch.setattr(checks, "available_memory", lambda: 2**10)
 
     def unread(path):
@@ -278,6 +329,7 @@ def test_peak_memory_estimate_grows_with_what_is_kept() -> None:
 
 
 # --- damaged inputs ------------------------------------------------------------------------------
+
 
 def test_truncated_tiff_says_truncated(capsys, no_model_load, tmp_path):
     whole = tmp_path / "whole.tif"
@@ -308,6 +360,7 @@ def test_unsupported_file_type_is_named(capsys, no_model_load, tmp_path):
 
 
 # --- honest results ------------------------------------------------------------------------------
+
 
 def test_bit_depth_from_the_data_not_the_dtype() -> None:
     assert integer_bit_depth(np.array([0, 255], np.uint8)) == 8
@@ -367,13 +420,24 @@ def test_stained_nuclei_stay_and_are_renumbered() -> None:
 def test_blank_tiles_give_no_nuclei_through_the_cli(capsys, tiny_model_file, tmp_path):
     for name, fill in (("white", 255), ("black", 0)):
         tifffile.imwrite(tmp_path / f"{name}.tif", np.full((128, 128, 3), fill, np.uint8))
-    code, out, _ = run(capsys, "segment", tmp_path / "white.tif", tmp_path / "black.tif", "--model",
-                       tiny_model_file, "--mpp", "0.5", "--out", tmp_path / "out")
+    code, out, _ = run(
+        capsys,
+        "segment",
+        tmp_path / "white.tif",
+        tmp_path / "black.tif",
+        "--model",
+        tiny_model_file,
+        "--mpp",
+        "0.5",
+        "--out",
+        tmp_path / "out",
+    )
     assert code == 0 and out.count(": 0 nuclei") == 2
     assert tifffile.imread(tmp_path / "out" / "white_labels.tif").max() == 0
 
 
 # --- interrupted saves ---------------------------------------------------------------------------
+
 
 def test_stale_temporary_files_are_removed_live_ones_kept(monkeypatch, tmp_path):
     dead = dead_pid()
@@ -420,6 +484,7 @@ def test_a_killed_save_leaves_no_model_and_is_cleaned_up(monkeypatch, tmp_path):
 
 # --- round 2 (issue 26): every mode read or refused, models that cannot lie, one writer, whole sets ---------------
 
+
 def finish(generator):
     """Run a worker body (a generator that returns its result) to the end; its return value."""
     try:
@@ -458,8 +523,12 @@ def test_image_modes_are_read_as_their_colours_or_refused(tmp_path) -> None:
     np.testing.assert_array_equal(read_image(tmp_path / "palette.png"), np.asarray(palette.convert("RGB")))
     np.testing.assert_array_equal(read_image(tmp_path / "palette.png", labels=True), np.asarray(palette))  # ids
     colours = np.asarray(palette.getpalette(), np.uint16).reshape(-1, 3)
-    tifffile.imwrite(tmp_path / "palette.tif", np.asarray(palette), photometric="palette",
-                     colormap=np.resize(colours, (256, 3)).T * 257)
+    tifffile.imwrite(
+        tmp_path / "palette.tif",
+        np.asarray(palette),
+        photometric="palette",
+        colormap=np.resize(colours, (256, 3)).T * 257,
+    )
     np.testing.assert_array_equal(read_image(tmp_path / "palette.tif"), np.asarray(palette.convert("RGB")))
     picture.convert("CMYK").save(tmp_path / "cmyk.jpg", quality=100)
     assert np.abs(read_image(tmp_path / "cmyk.jpg").astype(int) - rgb).max() < 40  # not the K-less 3 planes
@@ -504,19 +573,39 @@ def test_floats_cmyk_grey_and_turned_tiles_through_the_cli(capsys, tiny_model_fi
     exif[0x0112] = 6
     Image.fromarray(rgb[:96]).save(folder / "turned.png", exif=exif)
     out = tmp_path / "out"
-    code, said, err = run(capsys, "segment", *sorted(folder.iterdir()), "--model", tiny_model_file, "--mpp", "0.5",
-                          "--runtime", "torch", "--out", out)
+    code, said, err = run(
+        capsys,
+        "segment",
+        *sorted(folder.iterdir()),
+        "--model",
+        tiny_model_file,
+        "--mpp",
+        "0.5",
+        "--runtime",
+        "torch",
+        "--out",
+        out,
+    )
     assert code == 0, err
     reference = tifffile.imread(out / "tile_labels.tif")
     assert reference.max() > 5
     for name in ("float", "cmyk"):  # read as the tile: the same nuclei, not white (float) or grey levels
         np.testing.assert_array_equal(tifffile.imread(out / f"{name}_labels.tif"), reference)
     notes = [line for line in err.splitlines() if line.startswith("note: ")]
-    assert any(re.match(r"note: float.tif: it holds floating-point values from \d+ to 65535, read with 0 as black "
-                        "and 65535 as white", line) for line in notes), err
+    assert any(
+        re.match(
+            r"note: float.tif: it holds floating-point values from \d+ to 65535, read with 0 as black "
+            "and 65535 as white",
+            line,
+        )
+        for line in notes
+    ), err
     assert any(line.startswith("note: grey.png: it is grayscale, but the model segments H&E") for line in notes)
-    assert any("turned.png: its orientation tag (6: turned 90° clockwise) was applied" in line
-               and "96 x 128 px (width x height), not the file's stored 128 x 96" in line for line in notes)
+    assert any(
+        "turned.png: its orientation tag (6: turned 90° clockwise) was applied" in line
+        and "96 x 128 px (width x height), not the file's stored 128 x 96" in line
+        for line in notes
+    )
     assert tifffile.imread(out / "turned_labels.tif").shape == (128, 96)
     assert not any(line.startswith(("note: tile.tif", "note: cmyk.tif: it is")) for line in notes)
 
@@ -530,27 +619,38 @@ def test_the_widget_says_the_same_notes_and_refuses_the_same_models(tiny_model_f
     assert any(note.startswith("it is grayscale, but the model segments H&E") for note in shown.notes)
     lying = tampered_model(tiny_model_file, tmp_path, {"diffusion_steps": 10**9})
     failed = finish(run_segmentation(grey, SegmentSettings(str(lying), "cpu", 0.5, 1, 1, 0, 0.5)))
-    assert isinstance(failed, RunFailure) and "ModelConfig.diffusion_steps must be an integer from 1 to 1000" in \
-        failed.message
+    assert (
+        isinstance(failed, RunFailure)
+        and "ModelConfig.diffusion_steps must be an integer from 1 to 1000" in failed.message
+    )
     many = finish(run_segmentation(grey, SegmentSettings(str(tiny_model_file), "cpu", 0.5, 1, 10**6, 0, 0.5)))
     assert isinstance(many, RunFailure) and "of memory but" in many.message
 
 
-@pytest.mark.parametrize("claim, words", [
-    ({"diffusion_steps": 10**9}, "ModelConfig.diffusion_steps must be an integer from 1 to 1000, got 1000000000"),
-    ({"default_samples": 10**9}, "ModelConfig.default_samples must be an integer from 1 to 256, got 1000000000"),
-    ({"base_width": 10**6}, "ModelConfig.base_width must be an integer from 1 to 512"),
-    ({"channel_mults": [1, 2, 4, 8, 16, 32, 64, 128, 256]}, "ModelConfig.channel_mults must be 1 to 8 integers"),
-    ({"beta_max": float("nan")}, "ModelConfig.beta_max must be a number in (0, 1000]"),
-    ({"base_width": 512}, "generator weights do not match its config (encoder.stem.weight has shape (8, 3, 3, 3) "
-                          "where its config builds (512, 3, 3, 3))"),
-    ("int32", "generator weight"),
-])
+@pytest.mark.parametrize(
+    "claim, words",
+    [
+        ({"diffusion_steps": 10**9}, "ModelConfig.diffusion_steps must be an integer from 1 to 1000, got 1000000000"),
+        ({"default_samples": 10**9}, "ModelConfig.default_samples must be an integer from 1 to 256, got 1000000000"),
+        ({"base_width": 10**6}, "ModelConfig.base_width must be an integer from 1 to 512"),
+        ({"channel_mults": [1, 2, 4, 8, 16, 32, 64, 128, 256]}, "ModelConfig.channel_mults must be 1 to 8 integers"),
+        ({"beta_max": float("nan")}, "ModelConfig.beta_max must be a number in (0, 1000]"),
+        (
+            {"base_width": 512},
+            "generator weights do not match its config (encoder.stem.weight has shape (8, 3, 3, 3) "
+            "where its config builds (512, 3, 3, 3))",
+        ),
+        ("int32", "generator weight"),
+    ],
+)
 def test_a_model_file_that_claims_what_it_is_not_is_refused_at_load(tiny_model_file, tmp_path, claim, words) -> None:
     from napari_cdal.engine.io.checkpoint import CheckpointError
 
-    lying = (tampered_model(tiny_model_file, tmp_path, tensors=relabel_as_int32) if claim == "int32"
-             else tampered_model(tiny_model_file, tmp_path, claim))
+    lying = (
+        tampered_model(tiny_model_file, tmp_path, tensors=relabel_as_int32)
+        if claim == "int32"
+        else tampered_model(tiny_model_file, tmp_path, claim)
+    )
     with pytest.raises(CheckpointError) as info:
         load_model(lying)
     assert words in str(info.value) and "\n" not in str(info.value)
@@ -569,8 +669,19 @@ def test_memory_refusals_count_the_samples(capsys, monkeypatch, tiny_model_file,
     one = checks.segment_peak_bytes(1000, 1000, 0.25, TINY, 2, 1)
     assert checks.segment_peak_bytes(1000, 1000, 0.25, TINY, 2, 101) > one + 100 * 250 * 250 * 600  # K x model px
     out = tmp_path / "out"
-    code, _, err = run(capsys, "segment", blob_images[0], "--model", tiny_model_file, "--samples", "100000",
-                       "--runtime", "torch", "--out", out)
+    code, _, err = run(
+        capsys,
+        "segment",
+        blob_images[0],
+        "--model",
+        tiny_model_file,
+        "--samples",
+        "100000",
+        "--runtime",
+        "torch",
+        "--out",
+        out,
+    )
     line = one_error_line(err, "segment")
     assert code == 1 and "100000 samples) needs about" in line and "of memory but" in line and "--samples" in line
     assert files_in(out) == []
@@ -580,27 +691,33 @@ def test_memory_refusals_count_the_samples(capsys, monkeypatch, tiny_model_file,
     assert code == 1 and "256 samples) needs about" in one_error_line(err, "segment")
 
 
-@pytest.mark.parametrize("command, option, value, words", [
-    ("segment", "--seed", str(2**70), f"--seed {2**70} must be between 0 and 2**64-1"),
-    ("segment", "--seed", "-1", "--seed -1 must be between 0 and 2**64-1"),
-    ("segment", "--threads", "100000", "--threads 100000 must be an integer between 1 and 1024"),
-    ("segment", "--workers", "5000", "--workers 5000 must be an integer between 1 and 1024"),
-    ("segment", "--samples", str(2**40), f"--samples {2**40} must be an integer between 1 and 2147483647"),
-    ("segment", "--review", str(2**70), f"--review {2**70} must be an integer between 1 and 2147483647"),
-    ("train", "--seed", str(2**70), f"--seed {2**70} must be between 0 and 2**64-1"),
-    ("train", "--steps", str(2**40), f"--steps {2**40} must be an integer between 1 and 2147483647"),
-    ("train", "--batch-size", str(2**40), f"--batch-size {2**40} must be an integer between 1 and 2147483647"),
-    ("train", "--patch-size", str(2**40), f"--patch-size {2**40} must be an integer between 1 and 2147483647"),
-    ("finetune", "--seed", str(2**70), f"--seed {2**70} must be between 0 and 2**64-1"),
-    ("evaluate", "--seed", str(2**64), f"--seed {2**64} must be between 0 and 2**64-1"),
-])
-def test_every_range_error_names_the_option_as_typed(capsys, no_model_load, blob_folder, tmp_path, command, option,
-                                                      value, words) -> None:
+@pytest.mark.parametrize(
+    "command, option, value, words",
+    [
+        ("segment", "--seed", str(2**70), f"--seed {2**70} must be between 0 and 2**64-1"),
+        ("segment", "--seed", "-1", "--seed -1 must be between 0 and 2**64-1"),
+        ("segment", "--threads", "100000", "--threads 100000 must be an integer between 1 and 1024"),
+        ("segment", "--workers", "5000", "--workers 5000 must be an integer between 1 and 1024"),
+        ("segment", "--samples", str(2**40), f"--samples {2**40} must be an integer between 1 and 2147483647"),
+        ("segment", "--review", str(2**70), f"--review {2**70} must be an integer between 1 and 2147483647"),
+        ("train", "--seed", str(2**70), f"--seed {2**70} must be between 0 and 2**64-1"),
+        ("train", "--steps", str(2**40), f"--steps {2**40} must be an integer between 1 and 2147483647"),
+        ("train", "--batch-size", str(2**40), f"--batch-size {2**40} must be an integer between 1 and 2147483647"),
+        ("train", "--patch-size", str(2**40), f"--patch-size {2**40} must be an integer between 1 and 2147483647"),
+        ("finetune", "--seed", str(2**70), f"--seed {2**70} must be between 0 and 2**64-1"),
+        ("evaluate", "--seed", str(2**64), f"--seed {2**64} must be between 0 and 2**64-1"),
+    ],
+)
+def test_every_range_error_names_the_option_as_typed(
+    capsys, no_model_load, blob_folder, tmp_path, command, option, value, words
+) -> None:
     image = blob_folder / "images" / "blob-a.tif"
-    inputs = {"segment": [image, "--out", tmp_path / "out"],
-              "train": [blob_folder, "--config", "tiny", "--out", tmp_path / "m.safetensors"],
-              "finetune": [image, "--masks", blob_folder / "masks" / "blob-a.png", "--out", tmp_path / "m.safetensors"],
-              "evaluate": [blob_folder]}[command]
+    inputs = {
+        "segment": [image, "--out", tmp_path / "out"],
+        "train": [blob_folder, "--config", "tiny", "--out", tmp_path / "m.safetensors"],
+        "finetune": [image, "--masks", blob_folder / "masks" / "blob-a.png", "--out", tmp_path / "m.safetensors"],
+        "evaluate": [blob_folder],
+    }[command]
     code, _, err = run(capsys, command, *inputs, option, value)
     assert code == 1 and words in one_error_line(err, command)
     assert not (tmp_path / "out").exists() and not (tmp_path / "m.safetensors").exists()
@@ -628,8 +745,9 @@ def _zero_affine_volume(path: Path) -> None:
     nibabel.save(nibabel.Nifti1Image(np.ones((6, 16, 16), np.float32), None, header=header), str(path))
 
 
-def test_volumes_with_a_degenerate_affine_or_too_many_voxels_are_refused_before_work(capsys, no_model_load,
-                                                                                    tmp_path) -> None:
+def test_volumes_with_a_degenerate_affine_or_too_many_voxels_are_refused_before_work(
+    capsys, no_model_load, tmp_path
+) -> None:
     import gzip
 
     import nibabel
@@ -645,8 +763,11 @@ def test_volumes_with_a_degenerate_affine_or_too_many_voxels_are_refused_before_
     header = nibabel.Nifti1Image(np.zeros((1, 1, 1), np.float32), np.eye(4)).header
     header.set_data_shape((4096, 4096, 4096))  # 256 GiB of float32 declared by a file of a few hundred bytes
     (tmp_path / "bomb.nii.gz").write_bytes(gzip.compress(header.binaryblock + bytes(1004)))
-    with pytest.raises(checks.InputError, match=r"bomb.nii.gz \(4096 x 4096 x 4096 voxels of float32\) needs about "
-                                                r"256.0 GiB of memory but"):
+    with pytest.raises(
+        checks.InputError,
+        match=r"bomb.nii.gz \(4096 x 4096 x 4096 voxels of float32\) needs about "
+        r"256.0 GiB of memory but",
+    ):
         read_volume(tmp_path / "bomb.nii.gz")
 
 
@@ -665,18 +786,21 @@ def test_a_bomb_volume_is_a_memory_refusal_in_segment(capsys, no_model_load, tmp
 
 def _hold_lock(target: Path) -> subprocess.Popen:
     """A child process that holds the output lock of `target` until it is killed (it prints 'locked' first)."""
-    script = ("import sys, time\n"
-              "from napari_cdal.engine.io.lock import output_lock\n"
-              f"with output_lock({str(target)!r}):\n"
-              "    print('locked', flush=True)\n"
-              "    time.sleep(120)\n")
+    script = (
+        "import sys, time\n"
+        "from napari_cdal.engine.io.lock import output_lock\n"
+        f"with output_lock({str(target)!r}):\n"
+        "    print('locked', flush=True)\n"
+        "    time.sleep(120)\n"
+    )
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "locked"
     return child
 
 
-def test_one_writer_at_a_time_and_a_dead_writers_lock_is_taken_over(capsys, tiny_model_file, blob_folder,
-                                                                     tmp_path) -> None:
+def test_one_writer_at_a_time_and_a_dead_writers_lock_is_taken_over(
+    capsys, tiny_model_file, blob_folder, tmp_path
+) -> None:
     from napari_cdal.engine.io.lock import lock_path
 
     model = tmp_path / "runs" / "m.safetensors"
@@ -686,21 +810,30 @@ def test_one_writer_at_a_time_and_a_dead_writers_lock_is_taken_over(capsys, tiny
     try:
         code, _, err = run(capsys, "train", blob_folder, "--config", "tiny", "--steps", "2", "--out", model)
         line = one_error_line(err, "train")
-        assert code == 1 and f"--out {model} is being written by another napari-cdal run (pid {children[0].pid} on " \
-                              "this machine" in line and "nothing was written" in line
+        assert (
+            code == 1
+            and f"--out {model} is being written by another napari-cdal run (pid {children[0].pid} on this machine"
+            in line
+            and "nothing was written" in line
+        )
         code, _, err = run(capsys, "finetune", image, "--masks", blob_folder / "masks" / "blob-a.png", "--out", model)
         assert code == 1 and "is being written by another napari-cdal run" in one_error_line(err, "finetune")
-        code, _, err = run(capsys, "segment", image, "--model", tiny_model_file, "--mpp", "0.5", "--runtime", "torch",
-                           "--out", out)
-        assert code == 1 and f"blob-a_labels.tif is being written by another napari-cdal run (pid {children[1].pid}" \
+        code, _, err = run(
+            capsys, "segment", image, "--model", tiny_model_file, "--mpp", "0.5", "--runtime", "torch", "--out", out
+        )
+        assert (
+            code == 1
+            and f"blob-a_labels.tif is being written by another napari-cdal run (pid {children[1].pid}"
             in one_error_line(err, "segment")
+        )
         assert files_in(out) == [lock_path(out / "blob-a_labels.tif").name] and not model.exists()
     finally:
         for child in children:
             child.kill()
             child.wait()
-    code, _, err = run(capsys, "segment", image, "--model", tiny_model_file, "--mpp", "0.5", "--runtime", "torch",
-                       "--out", out)  # its writer is dead: its lock is taken over
+    code, _, err = run(
+        capsys, "segment", image, "--model", tiny_model_file, "--mpp", "0.5", "--runtime", "torch", "--out", out
+    )  # its writer is dead: its lock is taken over
     assert code == 0, err
     assert files_in(out) == ["blob-a_labels.tif"]  # the lock went with the run
 
@@ -722,13 +855,26 @@ def test_lock_of_another_host_is_kept_and_says_what_to_delete(tmp_path) -> None:
     assert not (tmp_path / "made").exists()  # folders it made and nothing filled are gone with it
 
 
-def test_overwrite_stopped_half_way_leaves_the_earlier_set_whole(capsys, monkeypatch, tiny_model_file, blob_images,
-                                                                  tmp_path) -> None:
+def test_overwrite_stopped_half_way_leaves_the_earlier_set_whole(
+    capsys, monkeypatch, tiny_model_file, blob_images, tmp_path
+) -> None:
     from napari_cdal.engine.io import detections
 
     out = tmp_path / "out"
-    first = ["segment", blob_images[0], "--model", tiny_model_file, "--mpp", "0.5", "--runtime", "torch", "--out", out,
-             "--geojson", "--measurements"]
+    first = [
+        "segment",
+        blob_images[0],
+        "--model",
+        tiny_model_file,
+        "--mpp",
+        "0.5",
+        "--runtime",
+        "torch",
+        "--out",
+        out,
+        "--geojson",
+        "--measurements",
+    ]
     assert run(capsys, *first)[0] == 0
     before = {name: digest(out / name) for name in files_in(out)}
     assert sorted(before) == ["tile_labels.tif", "tile_nuclei.csv", "tile_nuclei.geojson"]
@@ -756,15 +902,17 @@ def test_a_set_killed_while_written_or_while_moved_in_is_never_a_mix(tmp_path) -
     out.mkdir()
     for name in ("a_labels.tif", "a_nuclei.csv"):
         (out / name).write_text("old")
-    script = ("import time\n"
-              "from pathlib import Path\n"
-              "from napari_cdal.engine.io.outputs import output_set\n"
-              f"out = Path({str(out)!r})\n"
-              "files = {'labels': out / 'a_labels.tif', 'table': out / 'a_nuclei.csv'}\n"
-              "with output_set(files, files['labels']) as staged:\n"
-              "    staged['labels'].write_text('new')\n"
-              "    print('half', flush=True)\n"
-              "    time.sleep(120)\n")
+    script = (
+        "import time\n"
+        "from pathlib import Path\n"
+        "from napari_cdal.engine.io.outputs import output_set\n"
+        f"out = Path({str(out)!r})\n"
+        "files = {'labels': out / 'a_labels.tif', 'table': out / 'a_nuclei.csv'}\n"
+        "with output_set(files, files['labels']) as staged:\n"
+        "    staged['labels'].write_text('new')\n"
+        "    print('half', flush=True)\n"
+        "    time.sleep(120)\n"
+    )
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "half"
     child.kill()
@@ -786,8 +934,11 @@ def test_a_damaged_store_json_names_the_store(tmp_path) -> None:
     store = tmp_path / "slide_labels.zarr"
     open_store(store, [(256, 256), (128, 128)], {"run": 1})
     (store / "levels" / "1" / "zarr.json").write_text("")
-    with pytest.raises(StoreError, match=r"slide_labels.zarr is damaged: its levels/1/zarr.json cannot be read "
-                                         r"\(JSONDecodeError: .*--overwrite"):
+    with pytest.raises(
+        StoreError,
+        match=r"slide_labels.zarr is damaged: its levels/1/zarr.json cannot be read "
+        r"\(JSONDecodeError: .*--overwrite",
+    ):
         store_levels(store)
     (store / "zarr.json").write_text("{")
     with pytest.raises(StoreError, match=r"slide_labels.zarr is damaged: its zarr.json cannot be read"):
@@ -806,8 +957,9 @@ def test_symlink_loops_are_not_called_missing(capsys, no_model_load, tmp_path) -
         load_model(tmp_path / "model.safetensors")
 
 
-def test_model_names_from_the_users_folder_and_a_folder_that_is_a_file(capsys, monkeypatch, tiny_model_file,
-                                                                        tmp_path) -> None:
+def test_model_names_from_the_users_folder_and_a_folder_that_is_a_file(
+    capsys, monkeypatch, tiny_model_file, tmp_path
+) -> None:
     from napari_cdal.models import MODEL_DIR_ENV
 
     folder = tmp_path / "models"
@@ -821,8 +973,11 @@ def test_model_names_from_the_users_folder_and_a_folder_that_is_a_file(capsys, m
         assert code == 0, err
     assert "tiny" not in said and "(bundled)" in said
     code, _, err = run(capsys, "info", "--model", "theirs")
-    assert code == 1 and "theirs is neither a model file nor the name of a model; the names are" in \
-        one_error_line(err, "info") and "mine" in err
+    assert (
+        code == 1
+        and "theirs is neither a model file nor the name of a model; the names are" in one_error_line(err, "info")
+        and "mine" in err
+    )
     afile = tmp_path / "afile"
     afile.write_text("not a folder")
     monkeypatch.setenv(MODEL_DIR_ENV, str(afile))
@@ -838,8 +993,9 @@ def test_evaluate_and_the_widgets_volume_run_refuse_samples_beyond_memory(capsys
     from napari_cdal._widgets import _jobs
     from napari_cdal.engine.method.model import CdalModel
 
-    code, _, err = run(capsys, "evaluate", blob_folder, "--model", tiny_model_file, "--samples", "100000",
-                       "--runtime", "torch")
+    code, _, err = run(
+        capsys, "evaluate", blob_folder, "--model", tiny_model_file, "--samples", "100000", "--runtime", "torch"
+    )
     line = one_error_line(err, "evaluate")
     assert code == 1 and "blob-a.tif (128 x 128 px, 100000 samples) needs about" in line and "--samples" in line
     model = CdalModel.initialise(TINY_CLASSES).eval()
@@ -847,8 +1003,11 @@ def test_evaluate_and_the_widgets_volume_run_refuse_samples_beyond_memory(capsys
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_jobs, "sampling_model_cached", lambda *_: model)
         failed = finish(_jobs.run_volume_segmentation(np.zeros((4, 16, 16), np.float32), settings))
-    assert isinstance(failed, _jobs.RunFailure) and "the volume (4 x 16 x 16 voxels) needs about" in \
-        failed.message and "lower K" in failed.message
+    assert (
+        isinstance(failed, _jobs.RunFailure)
+        and "the volume (4 x 16 x 16 voxels) needs about" in failed.message
+        and "lower K" in failed.message
+    )
 
 
 def test_a_lock_naming_no_writer_is_taken_over_after_a_moment(tmp_path) -> None:

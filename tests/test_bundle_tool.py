@@ -37,13 +37,29 @@ def test_bundle_sets_default_sampling_steps_and_keeps_weights(tiny_model_file, t
 
 def test_bundle_sets_the_sampler_defaults(tiny_model_file, tmp_path, monkeypatch):
     out = tmp_path / "bundled.safetensors"
-    run_tool(monkeypatch, str(tiny_model_file), "--default-steps", "2", "--default-samples", "3",
-             "--uncertainty", "chain_entropy", "--attention", "score_map", "--sampling-noise", "0.5",
-             "--out", str(out))
+    run_tool(
+        monkeypatch,
+        str(tiny_model_file),
+        "--default-steps",
+        "2",
+        "--default-samples",
+        "3",
+        "--uncertainty",
+        "chain_entropy",
+        "--attention",
+        "score_map",
+        "--sampling-noise",
+        "0.5",
+        "--out",
+        str(out),
+    )
     config = load_model(out).config
     assert (config.sampling_steps, config.default_samples) == (2, 3)
     assert (config.uncertainty_measure, config.attention_display, config.sampling_noise) == (
-        "chain_entropy", "score_map", 0.5)
+        "chain_entropy",
+        "score_map",
+        0.5,
+    )
     assert load_model(out).record["bundled"]["sampler_defaults"]["default_samples"] == 3
 
 
@@ -87,8 +103,20 @@ def test_bundle_carries_a_replay_set_from_the_training_tiles(tiny_model_file, bl
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"train": names[:1], "validation": names[1:]}))
     monkeypatch.setattr("napari_cdal.engine.training.replay.REPLAY_PATCH_PX", 48)  # the blob tiles are 128 px
-    run_tool(monkeypatch, str(tiny_model_file), "--default-steps", "2", "--replay-data", str(blob_folder),
-             "--replay-split", str(split), "--replay-mpp", "0.5", "--out", str(out))
+    run_tool(
+        monkeypatch,
+        str(tiny_model_file),
+        "--default-steps",
+        "2",
+        "--replay-data",
+        str(blob_folder),
+        "--replay-split",
+        str(split),
+        "--replay-mpp",
+        "0.5",
+        "--out",
+        str(out),
+    )
     bundled = load_model(out)
     assert bundled.replay is not None and bundled.replay.images.shape[:3] == (REPLAY_PATCHES, 48, 48)
     assert bundled.record["replay_set"]["from_tiles"] == names[:1], "only the training tiles, never validation"

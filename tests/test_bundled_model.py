@@ -28,18 +28,14 @@ TRUTH = Path(__file__).parent / "data" / "TCGA-B0-5698-01Z-00-DX1_instances.png"
 GOLDEN = {"nuclei": 336, "dice": 0.7883, "aji": 0.6066}
 TOLERANCE = {"nuclei": 4, "dice": 0.003, "aji": 0.006}
 
-pytestmark = pytest.mark.skipif(
-    not bundled_model_path().is_file(), reason="no bundled model in this checkout"
-)
+pytestmark = pytest.mark.skipif(not bundled_model_path().is_file(), reason="no bundled model in this checkout")
 
 
 @pytest.fixture(scope="module")
 def sample_result():
     model = load_model()
     return run_to_end(
-        segment_image(
-            model, read_image(sample_tile_path()), seed=0, keep_steps=False, with_attention=False
-        )
+        segment_image(model, read_image(sample_tile_path()), seed=0, keep_steps=False, with_attention=False)
     )
 
 
@@ -51,9 +47,7 @@ def test_bundled_model_on_the_sample_tile_matches_its_golden_figures(sample_resu
         "aji": aggregated_jaccard_index(sample_result.labels, truth),
     }
     for key, value in GOLDEN.items():
-        assert abs(measured[key] - value) <= TOLERANCE[key], (
-            f"{key}: measured {measured[key]}, golden {value}"
-        )
+        assert abs(measured[key] - value) <= TOLERANCE[key], f"{key}: measured {measured[key]}, golden {value}"
 
 
 def test_the_same_seed_repeats_the_bundled_model_exactly(sample_result) -> None:

@@ -25,8 +25,9 @@ TRUTH = Path(__file__).parent / "data" / "hippocampus_276_labels.nii.gz"
 GOLDEN = {"dice_anterior": 0.8710, "dice_posterior": 0.8767, "anterior": 1719, "posterior": 1616}
 TOLERANCE = {"dice_anterior": 0.005, "dice_posterior": 0.005, "anterior": 20, "posterior": 20}
 
-pytestmark = pytest.mark.skipif("cdal_hippocampus" not in bundled_models(),
-                                reason="no bundled hippocampus model in this checkout")
+pytestmark = pytest.mark.skipif(
+    "cdal_hippocampus" not in bundled_models(), reason="no bundled hippocampus model in this checkout"
+)
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +40,11 @@ def sample_result():
 def test_bundled_volume_model_on_the_sample_matches_its_golden_figures(sample_result) -> None:
     model, result = sample_result
     truth = read_label_volume(TRUTH, 3).data
-    measured = {**class_scores(result.labels, truth, model.config.class_names),
-                "anterior": int((result.labels == 1).sum()), "posterior": int((result.labels == 2).sum())}
+    measured = {
+        **class_scores(result.labels, truth, model.config.class_names),
+        "anterior": int((result.labels == 1).sum()),
+        "posterior": int((result.labels == 2).sum()),
+    }
     for key, value in GOLDEN.items():
         assert abs(measured[key] - value) <= TOLERANCE[key], f"{key}: measured {measured[key]}, golden {value}"
     assert model.config.sampling_steps == 2 and model.config.default_samples == 4
@@ -48,8 +52,9 @@ def test_bundled_volume_model_on_the_sample_matches_its_golden_figures(sample_re
 
 def test_the_same_seed_repeats_the_bundled_volume_model_exactly(sample_result) -> None:
     model, result = sample_result
-    again = run_to_end(segment_volume(model, read_volume(sample_volume_path()).data, seed=0, keep_steps=False,
-                                      with_attention=False))
+    again = run_to_end(
+        segment_volume(model, read_volume(sample_volume_path()).data, seed=0, keep_steps=False, with_attention=False)
+    )
     assert np.array_equal(result.labels, again.labels)
     assert np.array_equal(result.probability, again.probability)
     assert result.uncertainty is not None and result.uncertainty.shape == result.labels.shape

@@ -55,6 +55,7 @@ def _assert_one_line_naming(exc_info, path):
 
 # --- round trip ---------------------------------------------------------------------------------
 
+
 def test_save_load_round_trip(tmp_path):
     path = tmp_path / "sub" / "ck.safetensors"  # the folder is created
     meta = {"kind": "test", "numbers": [1, 2.5], "nested": {"x": None, "name": "µm"}}
@@ -113,6 +114,7 @@ def test_save_does_not_alias_the_caller_tensors(tmp_path):
 
 # --- atomic writes ------------------------------------------------------------------------------
 
+
 def test_failed_write_keeps_the_previous_file(tmp_path):
     path = tmp_path / "ck.safetensors"
     save_checkpoint(path, _tensors(), {"kind": "first"})
@@ -161,6 +163,7 @@ def test_atomic_write_replaces_content(tmp_path):
 
 
 # --- bad checkpoints ----------------------------------------------------------------------------
+
 
 def test_missing_checkpoint(tmp_path):
     path = tmp_path / "absent.safetensors"
@@ -286,6 +289,7 @@ def test_checkpoint_error_is_a_value_error():
 
 # --- no pickle ----------------------------------------------------------------------------------
 
+
 def test_loading_never_unpickles(model_file, monkeypatch):
     path, model = model_file
 
@@ -302,6 +306,7 @@ def test_loading_never_unpickles(model_file, monkeypatch):
 
 
 # --- bundled model ------------------------------------------------------------------------------
+
 
 def test_bundled_model_loads():
     path = bundled_model_path()

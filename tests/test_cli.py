@@ -28,6 +28,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 # --- segment ------------------------------------------------------------------------------------
 
+
 def test_segment_tiff_and_png(capsys, tiny_model_file, blob_images, tmp_path):
     tif, png, tile = blob_images
     out = tmp_path / "out"
@@ -52,11 +53,30 @@ def test_segment_tiff_and_png(capsys, tiny_model_file, blob_images, tmp_path):
 def test_segment_saves_steps_attention_uncertainty(capsys, tiny_model_file, blob_images, tmp_path):
     tif, _, _ = blob_images
     out = tmp_path / "out"
-    code, _, err = run(capsys, "segment", tif, "--model", tiny_model_file, "--mpp", "0.5", "--out", out,
-                       "--samples", "2", "--save-steps", "--save-attention", "--save-uncertainty")
+    code, _, err = run(
+        capsys,
+        "segment",
+        tif,
+        "--model",
+        tiny_model_file,
+        "--mpp",
+        "0.5",
+        "--out",
+        out,
+        "--samples",
+        "2",
+        "--save-steps",
+        "--save-attention",
+        "--save-uncertainty",
+    )
     assert code == 0, err
-    assert files_in(out) == ["tile_attention.tif", "tile_chain.tif", "tile_labels.tif", "tile_steps.tif",
-                             "tile_uncertainty.tif"]
+    assert files_in(out) == [
+        "tile_attention.tif",
+        "tile_chain.tif",
+        "tile_labels.tif",
+        "tile_steps.tif",
+        "tile_uncertainty.tif",
+    ]
     steps = tifffile.imread(out / "tile_steps.tif")
     chain = tifffile.imread(out / "tile_chain.tif")
     attention = tifffile.imread(out / "tile_attention.tif")
@@ -80,8 +100,19 @@ def test_segment_progress_starts_at_zero_and_counts_the_work(capsys, tiny_model_
     import re
 
     tif, _, _ = blob_images
-    code, _, err = run(capsys, "segment", tif, "--model", tiny_model_file, "--mpp", "0.5", "--out", tmp_path / "out",
-                       "--sampling-steps", "4")
+    code, _, err = run(
+        capsys,
+        "segment",
+        tif,
+        "--model",
+        tiny_model_file,
+        "--mpp",
+        "0.5",
+        "--out",
+        tmp_path / "out",
+        "--sampling-steps",
+        "4",
+    )
     assert code == 0, err
     renders = [part.strip() for part in err.split("\r") if part.strip().startswith("tile.tif:")]
     assert renders and renders[0].startswith("tile.tif: 0"), f"the bar opens at 0, before any step: {renders}"
@@ -89,8 +120,9 @@ def test_segment_progress_starts_at_zero_and_counts_the_work(capsys, tiny_model_
     assert all(rate < 1000 for rate in rates), f"a rate of real steps, not of a bar set at once: {renders}"
 
 
-def test_an_error_during_the_work_starts_on_a_line_of_its_own(capsys, monkeypatch, tiny_model_file, blob_images,
-                                                              tmp_path):
+def test_an_error_during_the_work_starts_on_a_line_of_its_own(
+    capsys, monkeypatch, tiny_model_file, blob_images, tmp_path
+):
     import napari_cdal.engine.segment.image as engine
 
     real = engine.segment_image
@@ -112,8 +144,20 @@ def test_an_error_during_the_work_starts_on_a_line_of_its_own(capsys, monkeypatc
 def test_uncertainty_of_one_sample_is_refused_before_any_work(capsys, tiny_model_file, blob_images, tmp_path):
     tif, _, _ = blob_images
     out = tmp_path / "out"
-    code, _, err = run(capsys, "segment", tif, "--model", tiny_model_file, "--mpp", "0.5", "--out", out,
-                       "--samples", "1", "--save-uncertainty")
+    code, _, err = run(
+        capsys,
+        "segment",
+        tif,
+        "--model",
+        tiny_model_file,
+        "--mpp",
+        "0.5",
+        "--out",
+        out,
+        "--samples",
+        "1",
+        "--save-uncertainty",
+    )
     assert code == 1
     assert "--save-uncertainty needs --samples 2 or more" in err and len(err.strip().splitlines()) == 1
     assert not out.exists() or files_in(out) == []
@@ -122,8 +166,25 @@ def test_uncertainty_of_one_sample_is_refused_before_any_work(capsys, tiny_model
 def test_segment_fewer_steps_more_samples(capsys, tiny_model_file, blob_images, tmp_path):
     tif, _, tile = blob_images
     out = tmp_path / "out"
-    code, _, err = run(capsys, "segment", tif, "--model", tiny_model_file, "--mpp", "0.5", "--out", out,
-                       "--steps", "2", "--samples", "3", "--save-steps", "--save-uncertainty", "--threads", "1")
+    code, _, err = run(
+        capsys,
+        "segment",
+        tif,
+        "--model",
+        tiny_model_file,
+        "--mpp",
+        "0.5",
+        "--out",
+        out,
+        "--steps",
+        "2",
+        "--samples",
+        "3",
+        "--save-steps",
+        "--save-uncertainty",
+        "--threads",
+        "1",
+    )
     assert code == 0, err
     assert tifffile.imread(out / "tile_steps.tif").shape == (2, 128, 128)
     assert tifffile.imread(out / "tile_chain.tif").shape == (3, 128, 128)
@@ -135,8 +196,19 @@ def test_segment_fewer_steps_more_samples(capsys, tiny_model_file, blob_images, 
 def test_segment_too_many_steps(capsys, tiny_model_file, blob_images, tmp_path):
     tif, _, _ = blob_images
     out = tmp_path / "out"
-    code, _, err = run(capsys, "segment", tif, "--model", tiny_model_file, "--mpp", "0.5", "--out", out,
-                       "--steps", str(TINY.diffusion_steps + 1))
+    code, _, err = run(
+        capsys,
+        "segment",
+        tif,
+        "--model",
+        tiny_model_file,
+        "--mpp",
+        "0.5",
+        "--out",
+        out,
+        "--steps",
+        str(TINY.diffusion_steps + 1),
+    )
     assert code == 1
     assert "--steps 5 is more than this model's 4 diffusion steps" in err
     assert files_in(out) == []
@@ -147,8 +219,20 @@ def test_segment_seed_repeats(capsys, tiny_model_file, blob_images, tmp_path):
     outputs = {}
     for name, seed in (("a", 5), ("b", 5), ("c", 6)):
         out = tmp_path / name
-        code, _, err = run(capsys, "segment", tif, "--model", tiny_model_file, "--mpp", "0.5", "--out", out,
-                           "--seed", seed, "--save-steps")
+        code, _, err = run(
+            capsys,
+            "segment",
+            tif,
+            "--model",
+            tiny_model_file,
+            "--mpp",
+            "0.5",
+            "--out",
+            out,
+            "--seed",
+            seed,
+            "--save-steps",
+        )
         assert code == 0, err
         outputs[name] = out
     a, b, c = outputs["a"], outputs["b"], outputs["c"]
@@ -173,10 +257,12 @@ def test_segment_same_stem_twice_is_refused(capsys, tiny_model_file, blob_images
 
 # --- evaluate -----------------------------------------------------------------------------------
 
+
 def test_evaluate_prints_table_and_writes_json(capsys, tiny_model_file, blob_folder, tmp_path):
     report = tmp_path / "report" / "scores.json"
-    code, stdout, err = run(capsys, "evaluate", blob_folder, "--model", tiny_model_file, "--mpp", "0.5",
-                            "--json", report)
+    code, stdout, err = run(
+        capsys, "evaluate", blob_folder, "--model", tiny_model_file, "--mpp", "0.5", "--json", report
+    )
     assert code == 0, err
     lines = stdout.strip().splitlines()
     assert lines[0].split() == ["image", "dice", "iou", "aji", "pq", "nuclei", "seconds"]
@@ -204,8 +290,9 @@ def test_evaluate_without_instance_truth(capsys, tiny_model_file, blob_folder, t
     """Binary masks only: Dice and IoU are scored, AJI and PQ are null."""
     shutil.rmtree(blob_folder / "masks_instance")
     report = tmp_path / "scores.json"
-    code, stdout, err = run(capsys, "evaluate", blob_folder, "--model", tiny_model_file, "--mpp", "0.5",
-                            "--json", report)
+    code, stdout, err = run(
+        capsys, "evaluate", blob_folder, "--model", tiny_model_file, "--mpp", "0.5", "--json", report
+    )
     assert code == 0, err
     summary = json.loads(report.read_text())
     for row in summary["per_image"]:
@@ -220,19 +307,20 @@ def test_evaluate_split_subset(capsys, tiny_model_file, blob_folder, tmp_path):
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"train": ["blob-a"], "validation": ["blob-b"]}))
     report = tmp_path / "scores.json"
-    code, _, err = run(capsys, "evaluate", blob_folder, "--model", tiny_model_file, "--mpp", "0.5",
-                       "--split", split, "--json", report)
+    code, _, err = run(
+        capsys, "evaluate", blob_folder, "--model", tiny_model_file, "--mpp", "0.5", "--split", split, "--json", report
+    )
     assert code == 0, err
     assert [r["image"] for r in json.loads(report.read_text())["per_image"]] == ["blob-b"]
-    code, _, err = run(capsys, "evaluate", blob_folder, "--model", tiny_model_file, "--split", split,
-                       "--subset", "test")
+    code, _, err = run(
+        capsys, "evaluate", blob_folder, "--model", tiny_model_file, "--split", split, "--subset", "test"
+    )
     assert code == 1 and "'test'" in err
 
 
 def test_evaluate_missing_data_dir(capsys, tiny_model_file, tmp_path):
     report = tmp_path / "scores.json"
-    code, stdout, err = run(capsys, "evaluate", tmp_path / "nowhere", "--model", tiny_model_file,
-                            "--json", report)
+    code, stdout, err = run(capsys, "evaluate", tmp_path / "nowhere", "--model", tiny_model_file, "--json", report)
     assert code == 1
     assert "nowhere" in err and "does not exist" in err
     assert len(err.strip().splitlines()) == 1
@@ -241,8 +329,7 @@ def test_evaluate_missing_data_dir(capsys, tiny_model_file, tmp_path):
 
 # --- train --------------------------------------------------------------------------------------
 
-TRAIN_ARGS = ["--config", "tiny", "--checkpoint-every", "2", "--mpp", "0.5", "--patch-size", "64",
-              "--batch-size", "2"]
+TRAIN_ARGS = ["--config", "tiny", "--checkpoint-every", "2", "--mpp", "0.5", "--patch-size", "64", "--batch-size", "2"]
 
 
 def test_train_then_resume(capsys, blob_folder, tmp_path):
@@ -301,14 +388,40 @@ def test_resume_is_bit_identical(capsys, blob_folder, tmp_path):
 def test_train_init_from_a_model(capsys, blob_folder, tiny_model_file, tmp_path):
     """A new run can start from a model's weights; its record says where they came from."""
     model_path = tmp_path / "warm.safetensors"
-    code, _, err = run(capsys, "train", blob_folder, "--out", model_path, "--steps", "2", "--init-from",
-                       tiny_model_file, "--mpp", "0.5", "--patch-size", "64", "--batch-size", "2")
+    code, _, err = run(
+        capsys,
+        "train",
+        blob_folder,
+        "--out",
+        model_path,
+        "--steps",
+        "2",
+        "--init-from",
+        tiny_model_file,
+        "--mpp",
+        "0.5",
+        "--patch-size",
+        "64",
+        "--batch-size",
+        "2",
+    )
     assert code == 0, err
     meta = read_metadata(model_path)
     assert meta["record"]["initialised_from"]["model"] == str(tiny_model_file)
     assert meta["record"]["initialised_from"]["steps"] == 150
-    code, _, err = run(capsys, "train", blob_folder, "--out", tmp_path / "x.safetensors", "--steps", "2",
-                       "--init-from", tiny_model_file, "--config", "tiny")
+    code, _, err = run(
+        capsys,
+        "train",
+        blob_folder,
+        "--out",
+        tmp_path / "x.safetensors",
+        "--steps",
+        "2",
+        "--init-from",
+        tiny_model_file,
+        "--config",
+        "tiny",
+    )
     assert code == 1 and "--init-from" in err
 
 
@@ -321,6 +434,7 @@ def test_train_missing_data_dir(capsys, tmp_path):
 
 # --- info ---------------------------------------------------------------------------------------
 
+
 def test_info(capsys, tiny_model_file, trained_tiny):
     code, stdout, err = run(capsys, "info", "--model", tiny_model_file)
     assert code == 0, err
@@ -330,7 +444,7 @@ def test_info(capsys, tiny_model_file, trained_tiny):
     assert f"  steps: {trained_tiny[1].step}" in stdout  # the training record
     code, stdout, _ = run(capsys, "info", "--model", tiny_model_file, "--json")
     assert code == 0
-    meta = json.loads(stdout[stdout.index("\n{") + 1:])
+    meta = json.loads(stdout[stdout.index("\n{") + 1 :])
     assert meta["model_config"]["base_width"] == 8 and meta["kind"] == "model"
 
 
@@ -343,17 +457,24 @@ def test_installed_entry_point(tiny_model_file):
             pytest.skip("napari-cdal executable not installed")
         exe = Path(found)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    done = subprocess.run([str(exe), "info", "--model", str(tiny_model_file)], capture_output=True, text=True,
-                          env=env, timeout=120)
+    done = subprocess.run(
+        [str(exe), "info", "--model", str(tiny_model_file)], capture_output=True, text=True, env=env, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert "base_width: 8" in done.stdout
-    done = subprocess.run([str(exe), "info", "--model", str(tiny_model_file.with_name("absent.safetensors"))],
-                          capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [str(exe), "info", "--model", str(tiny_model_file.with_name("absent.safetensors"))],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert done.returncode == 1
     assert done.stderr.strip().startswith("napari-cdal info: error: checkpoint not found")
 
 
 # --- bad inputs ---------------------------------------------------------------------------------
+
 
 def _text_tif(folder):
     path = folder / "x.tif"
@@ -507,15 +628,48 @@ def test_non_positive_mpp(capsys, tiny_model_file, blob_images, tmp_path):
 
 # --- help ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "command, options",
     [
-        ("segment", ["--out", "--model", "--steps", "--samples", "--seed", "--mpp", "--threshold",
-                     "--save-steps", "--save-attention", "--save-uncertainty", "--device", "--threads"]),
-        ("evaluate", ["--model", "--steps", "--samples", "--seed", "--mpp", "--json", "--split", "--subset",
-                      "--device"]),
-        ("train", ["--out", "--steps", "--resume", "--config", "--split", "--mpp", "--batch-size",
-                   "--patch-size", "--seed", "--checkpoint-every", "--validate-every", "--device"]),
+        (
+            "segment",
+            [
+                "--out",
+                "--model",
+                "--steps",
+                "--samples",
+                "--seed",
+                "--mpp",
+                "--threshold",
+                "--save-steps",
+                "--save-attention",
+                "--save-uncertainty",
+                "--device",
+                "--threads",
+            ],
+        ),
+        (
+            "evaluate",
+            ["--model", "--steps", "--samples", "--seed", "--mpp", "--json", "--split", "--subset", "--device"],
+        ),
+        (
+            "train",
+            [
+                "--out",
+                "--steps",
+                "--resume",
+                "--config",
+                "--split",
+                "--mpp",
+                "--batch-size",
+                "--patch-size",
+                "--seed",
+                "--checkpoint-every",
+                "--validate-every",
+                "--device",
+            ],
+        ),
         ("info", ["--model", "--json"]),
     ],
 )

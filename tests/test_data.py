@@ -44,13 +44,9 @@ def _square_xml(squares: list[tuple[float, float, float, float]]) -> str:
     """Aperio XML with one Region per (x0, y0, x1, y1) rectangle."""
     regions = []
     for i, (x0, y0, x1, y1) in enumerate(squares, start=1):
-        verts = "".join(
-            f'<Vertex X="{x}" Y="{y}"/>' for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))
-        )
+        verts = "".join(f'<Vertex X="{x}" Y="{y}"/>' for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1)))
         regions.append(f'<Region Id="{i}"><Vertices>{verts}</Vertices></Region>')
-    return (
-        f"<Annotations><Annotation><Regions>{''.join(regions)}</Regions></Annotation></Annotations>"
-    )
+    return f"<Annotations><Annotation><Regions>{''.join(regions)}</Regions></Annotation></Annotations>"
 
 
 def _blobs(shape: tuple[int, int] = (64, 64)) -> np.ndarray:
@@ -68,24 +64,18 @@ def folder(tmp_path: Path) -> Path:
     for sub in ("images", "masks", "masks_instance", "annotations"):
         (tmp_path / sub).mkdir()
     inst = _blobs()
-    tifffile.imwrite(
-        tmp_path / "images" / "a.tif", rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    )
+    tifffile.imwrite(tmp_path / "images" / "a.tif", rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
     Image.fromarray((inst > 0).astype(np.uint8)).save(tmp_path / "masks" / "a.png")
     Image.fromarray(inst).save(tmp_path / "masks_instance" / "a.png")
 
-    Image.fromarray(rng.integers(0, 256, (32, 24), dtype=np.uint8)).save(
-        tmp_path / "images" / "b.png"
-    )
+    Image.fromarray(rng.integers(0, 256, (32, 24), dtype=np.uint8)).save(tmp_path / "images" / "b.png")
     (tmp_path / "annotations" / "b.xml").write_text(TWO_SQUARES_XML)
     mask_b = np.zeros((32, 24), dtype=np.uint8)
     mask_b[2:6, 2:6] = 255
     mask_b[21:24, 11:16] = 255
     Image.fromarray(mask_b).save(tmp_path / "masks" / "b.png")
 
-    tifffile.imwrite(
-        tmp_path / "images" / "c.tif", rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
-    )
+    tifffile.imwrite(tmp_path / "images" / "c.tif", rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
     mask_c = np.zeros((40, 40), dtype=np.uint8)
     mask_c[2:8, 2:8] = 1
     mask_c[20:30, 25:35] = 1
@@ -153,9 +143,7 @@ def test_malformed_xml_names_the_file(tmp_path: Path) -> None:
 
 def test_xml_vertex_without_coordinates_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "novertex.xml"
-    path.write_text(
-        "<Annotations><Region Id='7'><Vertices><Vertex X='1'/></Vertices></Region></Annotations>"
-    )
+    path.write_text("<Annotations><Region Id='7'><Vertices><Vertex X='1'/></Vertices></Region></Annotations>")
     with pytest.raises(ValueError, match="novertex.xml"):
         xml_to_instances(path, (8, 8))
 
@@ -199,9 +187,7 @@ def test_load_tile_from_xml_with_grey_png_and_255_mask(folder: Path) -> None:
     grey = np.asarray(Image.open(folder / "images" / "b.png"))
     for c in range(3):
         np.testing.assert_array_equal(tile.image[..., c], grey)
-    assert (
-        np.count_nonzero(tile.instances == 1) == 16 and np.count_nonzero(tile.instances == 2) == 15
-    )
+    assert np.count_nonzero(tile.instances == 1) == 16 and np.count_nonzero(tile.instances == 2) == 15
     np.testing.assert_array_equal(tile.foreground, tile.instances > 0)
 
 
@@ -297,9 +283,7 @@ def test_resample_halves_with_nearest_ids_and_antialiasing() -> None:
 def test_resample_upsampling_repeats_ids_exactly_and_rounds_size() -> None:
     tile = _tile()
     out = resample_tile(tile, 2.0)
-    np.testing.assert_array_equal(
-        out.instances, np.kron(tile.instances, np.ones((2, 2), np.uint32))
-    )
+    np.testing.assert_array_equal(out.instances, np.kron(tile.instances, np.ones((2, 2), np.uint32)))
     odd = _tile((21, 35))
     assert resample_tile(odd, 0.3).image.shape == (round(21 * 0.3), round(35 * 0.3), 3)
 
@@ -349,17 +333,13 @@ def test_hed_jitter_matches_skimage_formula() -> None:
     # ... which equals rgb2hed/hed2rgb wherever no stain is negative.
     ok = (stains >= 0).all(axis=-1)
     assert ok.sum() > 100
-    np.testing.assert_allclose(
-        out[ok], (hed2rgb(rgb2hed(img / 255.0) * alpha + beta) * 255)[ok], atol=0.05
-    )
+    np.testing.assert_allclose(out[ok], (hed2rgb(rgb2hed(img / 255.0) * alpha + beta) * 255)[ok], atol=0.05)
     assert np.abs(out - img).max() > 1
 
 
 def test_hed_jitter_zero_strength_is_identity() -> None:
     img = _extreme_image()
-    np.testing.assert_allclose(
-        hed_jitter(img, np.random.default_rng(0), strength=0.0), img, atol=0.05
-    )
+    np.testing.assert_allclose(hed_jitter(img, np.random.default_rng(0), strength=0.0), img, atol=0.05)
 
 
 def test_colour_jitter_hue_matches_hsv() -> None:
@@ -376,9 +356,7 @@ def test_colour_jitter_hue_matches_hsv() -> None:
 
 def test_colour_jitter_all_zero_is_identity() -> None:
     img = _extreme_image()
-    np.testing.assert_allclose(
-        colour_jitter(img, np.random.default_rng(0), 0, 0, 0, 0), img, atol=1e-3
-    )
+    np.testing.assert_allclose(colour_jitter(img, np.random.default_rng(0), 0, 0, 0, 0), img, atol=1e-3)
 
 
 def test_colour_jitters_stay_in_range_and_vary() -> None:
@@ -413,9 +391,7 @@ def fg_target(inst: np.ndarray) -> np.ndarray:
 
 def parity_target(inst: np.ndarray) -> np.ndarray:
     """Channel 0: foreground; channel 1: odd instance id. Both in {-1, +1}."""
-    return np.stack([np.where(inst > 0, 1.0, -1.0), np.where(inst % 2 == 1, 1.0, -1.0)]).astype(
-        np.float32
-    )
+    return np.stack([np.where(inst > 0, 1.0, -1.0), np.where(inst % 2 == 1, 1.0, -1.0)]).astype(np.float32)
 
 
 def _blocks_tile(size: int = 96, block: int = 12, seed: int = 0) -> Tile:
@@ -499,9 +475,7 @@ def test_sampler_regions_restrict_patches_and_weights() -> None:
     img = np.full((96, 96, 3), 128, dtype=np.uint8)
     tile = Tile("r", img, inst > 0, inst, True, None)
     other = Tile("o", np.full((96, 96, 3), 200, np.uint8), inst > 0, inst, True, None)
-    sampler = PatchSampler(
-        [tile, other], 24, fg_target, np.random.default_rng(3), regions=[[box], []]
-    )
+    sampler = PatchSampler([tile, other], 24, fg_target, np.random.default_rng(3), regions=[[box], []])
     images, targets, weights = sampler.sample(12)
     for k in range(12):
         w = weights[k, 0]
@@ -511,9 +485,7 @@ def test_sampler_regions_restrict_patches_and_weights() -> None:
         assert 0.3 * 120 < w.sum() <= 24 * 24
     assert np.all(weights.mean(axis=(1, 2, 3)) < 1)
 
-    plain = PatchSampler(
-        [tile, other], 24, fg_target, np.random.default_rng(3), augment=False, regions=[[box], []]
-    )
+    plain = PatchSampler([tile, other], 24, fg_target, np.random.default_rng(3), augment=False, regions=[[box], []])
     images, targets, weights = plain.sample(8)
     assert np.all(images == 128)  # tile 'o' has no region and is never drawn
     assert np.all(weights.sum(axis=(1, 2, 3)) == 120)  # the 12x10 box lies wholly inside each patch
@@ -587,9 +559,7 @@ def test_sampler_rejects_bad_input() -> None:
 def _monuseg_root() -> Path | None:
     env = os.environ.get("NAPARI_CDAL_MONUSEG")
     candidates = [Path(env)] if env else []
-    candidates.append(
-        Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "monuseg" / "train"
-    )
+    candidates.append(Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "monuseg" / "train")
     for path in candidates:
         if (path / "images").is_dir():
             return path

@@ -78,8 +78,21 @@ def test_streamed_files_hold_the_text_of_the_whole(tmp_path) -> None:
 
 def test_segment_writes_labels_polygons_and_table_with_one_numbering(capsys, tiny_model_file, blob_images, tmp_path):
     out = tmp_path / "out"
-    code, _, err = run(capsys, "segment", blob_images[0], "--model", tiny_model_file, "--mpp", "0.5", "--out", out,
-                       "--samples", "2", "--geojson", "--measurements")
+    code, _, err = run(
+        capsys,
+        "segment",
+        blob_images[0],
+        "--model",
+        tiny_model_file,
+        "--mpp",
+        "0.5",
+        "--out",
+        out,
+        "--samples",
+        "2",
+        "--geojson",
+        "--measurements",
+    )
     assert code == 0, err
     assert files_in(out) == ["tile_labels.tif", "tile_nuclei.csv", "tile_nuclei.geojson"]
     labels = tifffile.imread(out / "tile_labels.tif")
@@ -100,7 +113,8 @@ def test_existing_table_is_kept_without_overwrite(capsys, tiny_model_file, blob_
     out = tmp_path / "out"
     out.mkdir()
     (out / "tile_nuclei.csv").write_text("mine")
-    code, _, err = run(capsys, "segment", blob_images[0], "--model", tiny_model_file, "--mpp", "0.5", "--out", out,
-                       "--measurements")
+    code, _, err = run(
+        capsys, "segment", blob_images[0], "--model", tiny_model_file, "--mpp", "0.5", "--out", out, "--measurements"
+    )
     assert code == 1 and "tile_nuclei.csv already exists" in err
     assert (out / "tile_nuclei.csv").read_text() == "mine" and files_in(out) == ["tile_nuclei.csv"]

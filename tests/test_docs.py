@@ -29,7 +29,7 @@ def test_the_readme_lists_the_system_packages_make_installs() -> None:
     import re
 
     makefile = (ROOT / "Makefile").read_text()
-    recipe = makefile[makefile.index("system-deps:"):makefile.index("$(BIN)/napari-cdal:")]
+    recipe = makefile[makefile.index("system-deps:") : makefile.index("$(BIN)/napari-cdal:")]
     packages = re.findall(r"\b(xvfb|lib[\w.-]+\d)\b", recipe.split("install -y -qq", 1)[1])
     readme = (ROOT / "README.md").read_text()
     assert len(packages) >= 10 and all(f" {package}" in readme for package in packages), packages

@@ -58,8 +58,11 @@ def source(tiny_model_file):
 
 
 def weights_of(model) -> dict[str, torch.Tensor]:
-    return {f"{name}.{k}": v.clone() for name, module in (("g", model.generator), ("d", model.discriminator))
-            for k, v in module.state_dict().items()}
+    return {
+        f"{name}.{k}": v.clone()
+        for name, module in (("g", model.generator), ("d", model.discriminator))
+        for k, v in module.state_dict().items()
+    }
 
 
 def sha256(path: Path) -> str:
@@ -77,11 +80,15 @@ def inverted_stain_tile(seed: int, size: int = 128):
 
 # --- the new model -------------------------------------------------------------------------------
 
+
 def test_finetune_makes_a_new_model_and_leaves_the_source_alone(source, tiny_model_file) -> None:
     before, file_hash = weights_of(source), sha256(tiny_model_file)
     tile = blob_tile(8)
-    events = [e for e in finetune(source, [FinetunePair(tile.image, tile.instances, name="blob-8")], QUICK, "cpu", 0.5)
-              if e.stage != TICK]
+    events = [
+        e
+        for e in finetune(source, [FinetunePair(tile.image, tile.instances, name="blob-8")], QUICK, "cpu", 0.5)
+        if e.stage != TICK
+    ]
     assert [e.stage for e in events] == ["train"] * 3 + ["done"]
     assert all(np.isfinite(e.payload["mse"]) for e in events[:-1])
     result = events[-1].payload
@@ -123,6 +130,7 @@ def test_shifted_stain_is_learned_from_one_corrected_tile(source) -> None:
 
 # --- labels and regions --------------------------------------------------------------------------
 
+
 def _two_touching_and_one_apart(size: int = 96) -> tuple[np.ndarray, np.ndarray]:
     """An image and instance truth: two discs that touch (one blob when binary) and one on its own."""
     from skimage.draw import disk
@@ -136,8 +144,9 @@ def _two_touching_and_one_apart(size: int = 96) -> tuple[np.ndarray, np.ndarray]
     return image, truth
 
 
-@pytest.mark.parametrize("as_mask", [lambda inst: inst > 0, lambda inst: np.where(inst > 0, 255, 0).astype(np.uint8)],
-                         ids=["bool", "0-255"])
+@pytest.mark.parametrize(
+    "as_mask", [lambda inst: inst > 0, lambda inst: np.where(inst > 0, 255, 0).astype(np.uint8)], ids=["bool", "0-255"]
+)
 def test_binary_masks_split_touching_nuclei_with_a_note(source, as_mask) -> None:
     image, truth = _two_touching_and_one_apart()
     prepared = prepare_pairs([FinetunePair(image, as_mask(truth), name="x")], source.config, 0.5, QUICK)
@@ -201,8 +210,9 @@ def test_discriminator_sees_no_labels_outside_the_regions(source, monkeypatch) -
     monkeypatch.setattr(finetune_module, "make_patch_source", recording_source)
     tile = blob_tile(11)
     settings = finetune_config(iterations=1, patch_size=64, batch_size=2)
-    run_to_end(finetune(source, [FinetunePair(tile.image, tile.instances, regions=[(0, 128, 0, 64)])],
-                        settings, "cpu", 0.25))
+    run_to_end(
+        finetune(source, [FinetunePair(tile.image, tile.instances, regions=[(0, 128, 0, 64)])], settings, "cpu", 0.25)
+    )
     outside = torch.from_numpy(batches[-1][2] == 0).expand_as(seen[-1])
     assert 0 < outside.float().mean() < 1
     real, fake = seen[-2], seen[-1]  # the D step judges the real pair, then the fake one
@@ -211,6 +221,7 @@ def test_discriminator_sees_no_labels_outside_the_regions(source, monkeypatch) -
 
 
 # --- the held-back guard ---------------------------------------------------------------------------
+
 
 def test_a_small_region_holds_back_a_strip_and_the_result_says_before_and_after(source) -> None:
     # 64 x 48 px at 0.5 µm/px (32 x 24 µm): a quarter would be under 16 µm, so 16 µm (32 px) is held back
@@ -227,10 +238,12 @@ def test_a_small_region_holds_back_a_strip_and_the_result_says_before_and_after(
     assert finetune_record["validation"][0]["step"] == 0  # picked with seed 0, checked with CHECK_SEED
     assert result.verdict == judge(before, after, finetune_record["noise"])
     assert result.improved is result.verdict.improved and finetune_record["improved"] is result.improved
-    assert result.report() == (f"on the part you corrected and we held back: {before['dice']:.2f} → "
-                               f"{after['dice']:.2f} Dice, {before['aji']:.2f} → {after['aji']:.2f} AJI (touching "
-                               f"nuclei told apart), {before['nuclei_right']} → {after['nuclei_right']} "
-                               f"of {before['nuclei_truth']} nuclei right: {result.verdict.words()}")
+    assert result.report() == (
+        f"on the part you corrected and we held back: {before['dice']:.2f} → "
+        f"{after['dice']:.2f} Dice, {before['aji']:.2f} → {after['aji']:.2f} AJI (touching "
+        f"nuclei told apart), {before['nuclei_right']} → {after['nuclei_right']} "
+        f"of {before['nuclei_truth']} nuclei right: {result.verdict.words()}"
+    )
     assert finetune_record["before"] == before
 
 
@@ -240,11 +253,21 @@ def test_without_a_held_back_part_the_report_says_so(source) -> None:
     result = run_to_end(finetune(source, [FinetunePair(tile.image, tile.instances)], settings, "cpu", 0.5))
     assert result.improved is None and result.report().startswith("nothing was held back to check it")
 
+
 def test_held_back_strip_keeps_the_start_when_fine_tuning_hurts(source) -> None:
     # a learning rate far too high wrecks the generator; the held-back strip must keep the start
     tile = blob_tile(12, size=256, count=100)
-    settings = finetune_config(iterations=6, patch_size=64, batch_size=2, lr_g=0.5, lr_d=0.5, warmup_steps=1,
-                              ema_decay=0.0, holdout_fraction=0.25, validate_every=3)
+    settings = finetune_config(
+        iterations=6,
+        patch_size=64,
+        batch_size=2,
+        lr_g=0.5,
+        lr_d=0.5,
+        warmup_steps=1,
+        ema_decay=0.0,
+        holdout_fraction=0.25,
+        validate_every=3,
+    )
     events = list(finetune(source, [FinetunePair(tile.image, tile.instances, name="big")], settings, "cpu", 0.5))
     stages = [e.stage for e in events]
     assert stages.count("validate_done") == 3  # the start, step 3, step 6
@@ -263,7 +286,7 @@ def test_many_regions_hold_back_whole_regions_scored_in_their_context(source) ->
     # six 40 x 40 px boxes at 0.5 µm/px (the tiny model's own): a quarter, rounded, is 2 whole boxes
     tile = blob_tile(12, size=256, count=100)
     boxes = [(y, y + 40, x, x + 40) for y in (8, 108, 208) for x in (20, 150)]
-    boxes = [box for box in boxes if tile.instances[box[0]:box[1], box[2]:box[3]].any()]
+    boxes = [box for box in boxes if tile.instances[box[0] : box[1], box[2] : box[3]].any()]
     assert len(boxes) >= 4
     settings = finetune_config(iterations=2, patch_size=64, batch_size=2, holdout_fraction=0.25, validate_every=2)
     pair = FinetunePair(tile.image, tile.instances, regions=boxes, name="review")
@@ -273,14 +296,22 @@ def test_many_regions_hold_back_whole_regions_scored_in_their_context(source) ->
     context = round(CONTEXT_UM / 0.5)
     for part in held:
         y0, y1, x0, x1 = part.window
-        box = next(b for b in boxes if b[1] - b[0] == y1 - y0 and b[3] - b[2] == x1 - x0
-                   and np.array_equal(part.instances[y0:y1, x0:x1] > 0, tile.instances[b[0]:b[1], b[2]:b[3]] > 0))
+        box = next(
+            b
+            for b in boxes
+            if b[1] - b[0] == y1 - y0
+            and b[3] - b[2] == x1 - x0
+            and np.array_equal(part.instances[y0:y1, x0:x1] > 0, tile.instances[b[0] : b[1], b[2] : b[3]] > 0)
+        )
         assert box not in prepared.regions[0], "a held-back region never trains"
-        assert part.image.shape[:2] == (min(256, box[1] + context) - max(0, box[0] - context),
-                                        min(256, box[3] + context) - max(0, box[2] - context))
+        assert part.image.shape[:2] == (
+            min(256, box[1] + context) - max(0, box[0] - context),
+            min(256, box[3] + context) - max(0, box[2] - context),
+        )
     summary = run_to_end(prepared.evaluation(source))
-    in_windows = sum(np.count_nonzero(np.unique(p.instances[p.window[0]:p.window[1], p.window[2]:p.window[3]]))
-                     for p in held)
+    in_windows = sum(
+        np.count_nonzero(np.unique(p.instances[p.window[0] : p.window[1], p.window[2] : p.window[3]])) for p in held
+    )
     assert summary["nuclei"]["truth"] == in_windows, "only the windows are scored, never their context"
     result = run_to_end(finetune(source, [pair], settings, "cpu", 0.5))
     assert result.record["finetune"]["held_back"] == ["review held-back 1", "review held-back 2"]
@@ -315,24 +346,38 @@ def test_a_fine_tune_that_learns_nothing_keeps_the_old_model(source) -> None:
     # a learning rate of 1e-12 leaves the weights as they were: whatever the checkpoints' scores, the check
     # with the second seed finds no gain beyond the noise, so Segment would keep the old model
     tile = blob_tile(12, size=256, count=100)
-    settings = finetune_config(iterations=4, patch_size=64, batch_size=2, lr_g=1e-12, lr_d=1e-12,
-                               holdout_fraction=0.25, validate_every=2)
+    settings = finetune_config(
+        iterations=4, patch_size=64, batch_size=2, lr_g=1e-12, lr_d=1e-12, holdout_fraction=0.25, validate_every=2
+    )
     result = run_to_end(finetune(source, [FinetunePair(tile.image, tile.instances)], settings, "cpu", 0.5))
     assert result.improved is False and not result.verdict.improved
-    assert all(abs(gain) <= margin for gain, margin in zip(result.verdict.gains.values(),
-                                                            result.verdict.margins.values(), strict=True))
+    assert all(
+        abs(gain) <= margin
+        for gain, margin in zip(result.verdict.gains.values(), result.verdict.margins.values(), strict=True)
+    )
     assert "not better beyond the noise" in result.report()
 
 
 def test_patience_stops_early(source) -> None:
     tile = blob_tile(12, size=256, count=100)
-    settings = finetune_config(iterations=20, patch_size=64, batch_size=2, lr_g=0.5, lr_d=0.5, warmup_steps=1,
-                              ema_decay=0.0, holdout_fraction=0.25, validate_every=2, patience=2)
+    settings = finetune_config(
+        iterations=20,
+        patch_size=64,
+        batch_size=2,
+        lr_g=0.5,
+        lr_d=0.5,
+        warmup_steps=1,
+        ema_decay=0.0,
+        holdout_fraction=0.25,
+        validate_every=2,
+        patience=2,
+    )
     result = run_to_end(finetune(source, [FinetunePair(tile.image, tile.instances)], settings, "cpu", 0.5))
     assert result.stopped_early and result.record["steps"] == 4
 
 
 # --- bad input -------------------------------------------------------------------------------------
+
 
 def _bad_pairs():
     tile = blob_tile(13)
@@ -340,15 +385,21 @@ def _bad_pairs():
     no_nuclei[:, :64] = 0  # nuclei only on the right; the region is the left
     return {
         "empty labels": (FinetunePair(tile.image, np.zeros((128, 128), np.uint16)), ["labels are empty"]),
-        "region without nuclei": (FinetunePair(tile.image, no_nuclei, regions=[(0, 128, 0, 50)]),
-                                  ["hold no nucleus", "(0, 128, 0, 50)"]),
+        "region without nuclei": (
+            FinetunePair(tile.image, no_nuclei, regions=[(0, 128, 0, 50)]),
+            ["hold no nucleus", "(0, 128, 0, 50)"],
+        ),
         "shape mismatch": (FinetunePair(tile.image, tile.instances[:100]), ["(100, 128)", "(128, 128)"]),
-        "region outside": (FinetunePair(tile.image, tile.instances, regions=[(200, 300, 0, 50)]),
-                           ["outside the 128x128 image"]),
+        "region outside": (
+            FinetunePair(tile.image, tile.instances, regions=[(200, 300, 0, 50)]),
+            ["outside the 128x128 image"],
+        ),
         "region empty": (FinetunePair(tile.image, tile.instances, regions=[(50, 50, 0, 50)]), ["is empty"]),
         "no regions": (FinetunePair(tile.image, tile.instances, regions=[]), ["empty list"]),
-        "region too small": (FinetunePair(tile.image, tile.instances, regions=[(0, 10, 0, 128)]),
-                             ["smaller than 8 µm"]),
+        "region too small": (
+            FinetunePair(tile.image, tile.instances, regions=[(0, 10, 0, 128)]),
+            ["smaller than 8 µm"],
+        ),
         "float labels": (FinetunePair(tile.image, tile.instances.astype(np.float32)), ["dtype float32"]),
         "negative ids": (FinetunePair(tile.image, -tile.instances.astype(np.int32)), ["negative"]),
         "empty image": (FinetunePair(np.zeros((0, 0, 3), np.uint8), tile.instances), ["empty"]),
@@ -377,8 +428,10 @@ def test_region_of_background_is_fine_beside_one_with_nuclei(source) -> None:
     assert run_to_end(finetune(source, [pair], QUICK, "cpu", 0.5)).record["steps"] == 3
 
 
-@pytest.mark.parametrize("settings", [dict(iterations=0), dict(lr_g=0.0), dict(ema_decay=1.0),
-                                      dict(holdout_fraction=0.9), dict(batch_size=True)])
+@pytest.mark.parametrize(
+    "settings",
+    [dict(iterations=0), dict(lr_g=0.0), dict(ema_decay=1.0), dict(holdout_fraction=0.9), dict(batch_size=True)],
+)
 def test_bad_settings_name_the_field(settings) -> None:
     name = next(iter(settings))
     with pytest.raises(ValueError, match=f"TrainConfig.{name}"):
@@ -405,8 +458,13 @@ def test_cancelled_run_leaves_nothing(source, tmp_path, monkeypatch) -> None:
     tile = blob_tile(15)
     token = threading.Event()
     with stop_on_cancel(token, source.generator, source.discriminator):
-        events = finetune(source, [FinetunePair(tile.image, tile.instances)],
-                          finetune_config(iterations=50, patch_size=64), "cpu", 0.5)
+        events = finetune(
+            source,
+            [FinetunePair(tile.image, tile.instances)],
+            finetune_config(iterations=50, patch_size=64),
+            "cpu",
+            0.5,
+        )
         stages = [next(events).stage]
         while stages[-1] != "train":
             stages.append(next(events).stage)
@@ -422,6 +480,7 @@ def test_cancelled_run_leaves_nothing(source, tmp_path, monkeypatch) -> None:
 
 
 # --- saving --------------------------------------------------------------------------------------
+
 
 def test_save_refuses_existing_file_and_suggests_a_name(trained_tiny, tmp_path) -> None:
     target = tmp_path / "model.safetensors"
@@ -470,6 +529,7 @@ def test_saved_model_loads_with_its_record(source, tmp_path) -> None:
 
 # --- CLI -----------------------------------------------------------------------------------------
 
+
 def run(capsys, *args):
     code = main([str(a) for a in args])
     captured = capsys.readouterr()
@@ -495,9 +555,29 @@ def test_cli_finetune_writes_a_new_model(capsys, tiny_model_file, corrected_file
     source_hash = sha256(tiny_model_file)
     (img_a, mask_a), (img_b, mask_b) = corrected_files
     out = tmp_path / "tuned.safetensors"
-    code, stdout, err = run(capsys, "finetune", img_a, img_b, "--masks", mask_a, mask_b, "--model", tiny_model_file,
-                            "--out", out, "--steps", "3", "--mpp", "0.5", "--lr", "2e-4", "--seed", "3",
-                            "--threads", "1")
+    code, stdout, err = run(
+        capsys,
+        "finetune",
+        img_a,
+        img_b,
+        "--masks",
+        mask_a,
+        mask_b,
+        "--model",
+        tiny_model_file,
+        "--out",
+        out,
+        "--steps",
+        "3",
+        "--mpp",
+        "0.5",
+        "--lr",
+        "2e-4",
+        "--seed",
+        "3",
+        "--threads",
+        "1",
+    )
     assert code == 0, err
     assert "fine-tuned 3 iterations on 2 image(s)" in stdout and str(out) in stdout
     record = read_metadata(out)["record"]
@@ -509,8 +589,21 @@ def test_cli_finetune_writes_a_new_model(capsys, tiny_model_file, corrected_file
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "tuned.safetensors"]
 
     out_hash = sha256(out)
-    code, _, err = run(capsys, "finetune", img_a, "--masks", mask_a, "--model", tiny_model_file, "--out", out,
-                       "--steps", "2", "--mpp", "0.5")
+    code, _, err = run(
+        capsys,
+        "finetune",
+        img_a,
+        "--masks",
+        mask_a,
+        "--model",
+        tiny_model_file,
+        "--out",
+        out,
+        "--steps",
+        "2",
+        "--mpp",
+        "0.5",
+    )
     assert code == 1 and "already exists" in err and "tuned-2.safetensors" in err
     assert len(err.strip().splitlines()) == 1
     assert sha256(out) == out_hash
@@ -519,8 +612,21 @@ def test_cli_finetune_writes_a_new_model(capsys, tiny_model_file, corrected_file
 def test_cli_refuses_the_source_as_out(capsys, tiny_model_file, corrected_files) -> None:
     source_hash = sha256(tiny_model_file)
     (img, mask), _ = corrected_files
-    code, _, err = run(capsys, "finetune", img, "--masks", mask, "--model", tiny_model_file, "--out",
-                       tiny_model_file, "--steps", "2", "--mpp", "0.5")
+    code, _, err = run(
+        capsys,
+        "finetune",
+        img,
+        "--masks",
+        mask,
+        "--model",
+        tiny_model_file,
+        "--out",
+        tiny_model_file,
+        "--steps",
+        "2",
+        "--mpp",
+        "0.5",
+    )
     assert code == 1 and "already exists" in err
     assert sha256(tiny_model_file) == source_hash
 
@@ -528,8 +634,9 @@ def test_cli_refuses_the_source_as_out(capsys, tiny_model_file, corrected_files)
 def test_cli_count_mismatch(capsys, tiny_model_file, corrected_files, tmp_path) -> None:
     (img_a, mask_a), (img_b, _) = corrected_files
     out = tmp_path / "tuned.safetensors"
-    code, _, err = run(capsys, "finetune", img_a, img_b, "--masks", mask_a, "--model", tiny_model_file,
-                       "--out", out, "--steps", "2")
+    code, _, err = run(
+        capsys, "finetune", img_a, img_b, "--masks", mask_a, "--model", tiny_model_file, "--out", out, "--steps", "2"
+    )
     assert code == 1 and "2 images but 1 --masks" in err
     assert not out.exists()
 
@@ -540,11 +647,27 @@ def test_cli_bad_masks_give_one_line_and_no_file(capsys, tiny_model_file, correc
     Image.fromarray(np.ones((64, 64), np.uint8)).save(small)
     empty = tmp_path / "empty.png"
     Image.fromarray(np.zeros((128, 128), np.uint8)).save(empty)
-    for mask, words in ((small, "differs from the image's"), (empty, "labels are empty"),
-                        (tmp_path / "missing.png", "not found")):
+    for mask, words in (
+        (small, "differs from the image's"),
+        (empty, "labels are empty"),
+        (tmp_path / "missing.png", "not found"),
+    ):
         out = tmp_path / "tuned.safetensors"
-        code, _, err = run(capsys, "finetune", img, "--masks", mask, "--model", tiny_model_file, "--out", out,
-                           "--steps", "2", "--mpp", "0.5")
+        code, _, err = run(
+            capsys,
+            "finetune",
+            img,
+            "--masks",
+            mask,
+            "--model",
+            tiny_model_file,
+            "--out",
+            out,
+            "--steps",
+            "2",
+            "--mpp",
+            "0.5",
+        )
         assert code == 1 and words in err, err
         assert len(err.strip().splitlines()) == 1
         assert not out.exists()

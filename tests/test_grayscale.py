@@ -64,8 +64,10 @@ def _write_pair(root, name: str, seed: int, shape: tuple[int, int], sixteen_bit:
 def _gray_folder(root, count: int = 6) -> dict[str, np.ndarray]:
     for sub in ("images", "masks"):
         (root / sub).mkdir(parents=True)
-    return {f"cxr_{index}": _write_pair(root, f"cxr_{index}", index, SHAPES[index % len(SHAPES)], index % 2 == 0)
-            for index in range(count)}
+    return {
+        f"cxr_{index}": _write_pair(root, f"cxr_{index}", index, SHAPES[index % len(SHAPES)], index % 2 == 0)
+        for index in range(count)
+    }
 
 
 def test_grayscale_preset_sees_images_whole() -> None:
@@ -136,18 +138,21 @@ def test_wrong_kind_of_images_refused_before_training(tmp_path, blob_folder, cap
     from conftest import run
 
     _gray_folder(tmp_path / "gray", 2)
-    code, _, err = run(capsys, "train", tmp_path / "gray", "--out", tmp_path / "a.safetensors", "--config", "tiny",
-                       "--iterations", 1)
+    code, _, err = run(
+        capsys, "train", tmp_path / "gray", "--out", tmp_path / "a.safetensors", "--config", "tiny", "--iterations", 1
+    )
     assert code == 1 and "grayscale image" in err and "--config grayscale" in err and len(err.splitlines()) == 1
     config = tmp_path / "gray.json"
     config.write_text(json.dumps(TINY_GRAY.to_dict()))
-    code, _, err = run(capsys, "train", blob_folder, "--out", tmp_path / "b.safetensors", "--config", config,
-                       "--iterations", 1)
+    code, _, err = run(
+        capsys, "train", blob_folder, "--out", tmp_path / "b.safetensors", "--config", config, "--iterations", 1
+    )
     assert code == 1 and "colour image" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "a.safetensors").exists() and not (tmp_path / "b.safetensors").exists()
     image, _ = _xray(0, (32, 32))
     Image.fromarray(np.repeat((image[..., None] * 255).astype(np.uint8), 3, axis=-1)).save(
-        tmp_path / "gray" / "images" / "cxr_0.png")  # a grayscale film saved as RGB is still grayscale
+        tmp_path / "gray" / "images" / "cxr_0.png"
+    )  # a grayscale film saved as RGB is still grayscale
     (tmp_path / "gray" / "images" / "cxr_0.tif").unlink()
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "gray" / "masks" / "cxr_0.png")
     check_image_channels(tmp_path / "gray", ["cxr_0"], 1)
@@ -166,9 +171,16 @@ def test_tiny_grayscale_model_learns_through_the_cli(tmp_path, capsys) -> None:
     data = tmp_path / "data"
     masks = _gray_folder(data, 6)
     split = {"train": [f"cxr_{i}" for i in range(4)], "validation": ["cxr_4", "cxr_5"]}
-    model, scores = train_and_evaluate(capsys, tmp_path, data, TINY_GRAY.to_dict(), split,
-                                       {"lr_g": 3e-3, "lr_d": 1e-3, "warmup_steps": 10}, iterations=200,
-                                       patch_size=32)
+    model, scores = train_and_evaluate(
+        capsys,
+        tmp_path,
+        data,
+        TINY_GRAY.to_dict(),
+        split,
+        {"lr_g": 3e-3, "lr_d": 1e-3, "warmup_steps": 10},
+        iterations=200,
+        patch_size=32,
+    )
     assert scores["dice"] > 0.8 and scores["iou"] > 0.65, scores
     assert scores["aji"] is None  # masks only: no instance truth to score
     image = data / "images" / "cxr_4.tif"  # 16-bit, 72 x 72: segmented at 48 px and brought back
@@ -190,8 +202,7 @@ def test_a_model_that_sees_images_whole_never_takes_the_slide_path(tmp_path, cap
     save_model(model, CdalModel.initialise(TINY_GRAY, 0))
     image, _ = _xray(0, (40, 48))
     Image.fromarray((image * 255).astype(np.uint8)).save(tmp_path / "film.png")
-    code, _, err = run(capsys, "segment", tmp_path / "film.png", "--model", model, "--out", tmp_path / "out",
-                       "--slide")
+    code, _, err = run(capsys, "segment", tmp_path / "film.png", "--model", model, "--out", tmp_path / "out", "--slide")
     assert code == 1 and "leave out --slide" in err and not (tmp_path / "out" / "film_labels.tif").exists()
     monkeypatch.setattr(segment_cli, "SLIDE_MIN_PIXELS", 100)  # the film is "slide-sized" now
     code, _, err = run(capsys, "segment", tmp_path / "film.png", "--model", model, "--out", tmp_path / "out")

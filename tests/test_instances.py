@@ -252,8 +252,8 @@ def test_small_nuclei_stay_only_where_the_model_is_sure() -> None:
     from napari_cdal.engine.segment.instances import drop_unsure_small
 
     labels = np.zeros((20, 20), dtype=np.uint32)
-    labels[1:3, 1:3] = 1      # 4 px, unsure: dropped
-    labels[5:7, 5:7] = 2      # 4 px, sure: kept
+    labels[1:3, 1:3] = 1  # 4 px, unsure: dropped
+    labels[5:7, 5:7] = 2  # 4 px, sure: kept
     labels[10:16, 10:16] = 3  # 36 px, unsure but large: kept
     foreground = np.full(labels.shape, 0.6, dtype=np.float32)
     foreground[5:7, 5:7] = 0.9

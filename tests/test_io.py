@@ -24,6 +24,7 @@ def _ramp(height=6, width=7, channels=None, dtype=np.uint8):
 
 # --- to_rgb_float: accepted layouts -------------------------------------------------------------
 
+
 def test_grayscale_is_replicated_to_three_channels():
     gray = _ramp()
     out = to_rgb_float(gray)
@@ -92,6 +93,7 @@ def test_one_output_channel_averages_rgb():
 
 # --- to_rgb_float: rejected inputs --------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "image, words",
     [
@@ -128,6 +130,7 @@ def test_image_error_is_a_value_error():
 
 # --- normalise ----------------------------------------------------------------------------------
 
+
 def test_normalise_matches_closed_form():
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (2, 3, 5, 4)).astype(np.float32)
@@ -150,6 +153,7 @@ def test_normalise_of_the_mean_is_zero_and_accepts_tensors():
 
 # --- model_size ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "args, expected",
     [
@@ -171,6 +175,7 @@ def test_model_size_rejects_non_positive_mpp(mpp):
 
 
 # --- read_image ---------------------------------------------------------------------------------
+
 
 def test_read_image_missing_file(tmp_path):
     missing = tmp_path / "nope.tif"

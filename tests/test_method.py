@@ -23,9 +23,7 @@ CPU = torch.device("cpu")
 
 
 def _state(config=TINY, **train) -> TrainState:
-    cfg = TrainConfig(
-        **{"iterations": 10, "batch_size": 2, "patch_size": 32, "warmup_steps": 1, **train}
-    )
+    cfg = TrainConfig(**{"iterations": 10, "batch_size": 2, "patch_size": 32, "warmup_steps": 1, **train})
     return TrainState.create(CdalModel.initialise(config, 3), cfg)
 
 
@@ -68,9 +66,7 @@ def test_r1_runs_on_its_interval_with_its_scaling() -> None:
     plain = train_step(without, images, x0, weights, CPU)
     assert "r1" in on_interval and "r1" not in plain and on_interval["r1"] > 0
     # the D loss gains (gamma / 2) * ||grad||^2 scaled by the interval, nothing else
-    assert on_interval["d"] - plain["d"] == pytest.approx(
-        0.5 * on_interval["r1"] * 10, rel=1e-4, abs=1e-6
-    )
+    assert on_interval["d"] - plain["d"] == pytest.approx(0.5 * on_interval["r1"] * 10, rel=1e-4, abs=1e-6)
     with_r1.step = without.step = 1
     off_interval = train_step(with_r1, images, x0, weights, CPU)
     assert "r1" not in off_interval
@@ -81,9 +77,7 @@ def test_adversarial_gradient_reaches_the_generator_only() -> None:
     strong, faint = _state(adversarial_weight=1.0), _state(adversarial_weight=1e-30)
     for state in (strong, faint):
         train_step(state, images, x0, weights, CPU)
-    for a, b in zip(
-        strong.model.discriminator.parameters(), faint.model.discriminator.parameters(), strict=True
-    ):
+    for a, b in zip(strong.model.discriminator.parameters(), faint.model.discriminator.parameters(), strict=True):
         assert torch.equal(a, b)
     assert any(
         not torch.equal(a, b)
@@ -104,9 +98,7 @@ def test_jump_moments_match_gaussian_conditioning(diffusion_steps: int) -> None:
             c2 = cov / var_k
             c1 = math.sqrt(ac_s) - c2 * math.sqrt(ac_k)
             var = (1.0 - ac_s) - cov * cov / var_k
-            assert schedule.jump_coefficients(k, s) == pytest.approx(
-                (c1, c2, var), rel=1e-9, abs=1e-12
-            )
+            assert schedule.jump_coefficients(k, s) == pytest.approx((c1, c2, var), rel=1e-9, abs=1e-12)
 
 
 def test_jump_moments_match_sampling() -> None:
@@ -115,12 +107,8 @@ def test_jump_moments_match_sampling() -> None:
     g = torch.Generator().manual_seed(0)
     n = 400_000
     ac1, ac4 = float(schedule.alphas_cumprod[1]), float(schedule.alphas_cumprod[4])
-    x1 = math.sqrt(ac1) * 1.0 + math.sqrt(1 - ac1) * torch.randn(
-        n, generator=g, dtype=torch.float64
-    )
-    x4 = math.sqrt(ac4 / ac1) * x1 + math.sqrt(1 - ac4 / ac1) * torch.randn(
-        n, generator=g, dtype=torch.float64
-    )
+    x1 = math.sqrt(ac1) * 1.0 + math.sqrt(1 - ac1) * torch.randn(n, generator=g, dtype=torch.float64)
+    x4 = math.sqrt(ac4 / ac1) * x1 + math.sqrt(1 - ac4 / ac1) * torch.randn(n, generator=g, dtype=torch.float64)
     design = torch.stack([torch.ones(n, dtype=torch.float64), x4], dim=1)
     coef = torch.linalg.lstsq(design, x1[:, None]).solution[:, 0]
     residual = (x1 - design @ coef).var().item()
@@ -167,9 +155,7 @@ def test_latent_changes_a_trained_models_output(trained_tiny) -> None:
 
 
 def test_self_conditioned_sampler_feeds_the_previous_estimate(monkeypatch) -> None:
-    model = with_new_config(
-        CdalModel.initialise(TINY, 0), replace(TINY, self_condition=True)
-    ).eval()
+    model = with_new_config(CdalModel.initialise(TINY, 0), replace(TINY, self_condition=True)).eval()
     seen = []
     real_forward = model.generator.forward
 
@@ -196,9 +182,7 @@ def test_self_conditioned_sampler_feeds_the_previous_estimate(monkeypatch) -> No
 
 def test_new_inputs_start_at_zero_so_an_adapted_model_computes_the_same() -> None:
     source = CdalModel.initialise(TINY, 5).eval()
-    adapted = with_new_config(
-        source, replace(TINY, self_condition=True, disc_image=True), seed=9
-    ).eval()
+    adapted = with_new_config(source, replace(TINY, self_condition=True, disc_image=True), seed=9).eval()
     g = torch.Generator().manual_seed(0)
     x, x_next, image = (torch.randn(2, c, 32, 32, generator=g) for c in (2, 2, 3))
     z, t = torch.randn(2, TINY.latent_dim, generator=g), torch.tensor([0, 1])
@@ -227,9 +211,7 @@ def test_score_map_averages_to_the_score_and_maps_have_the_label_size() -> None:
         torch.tensor([0, 1]),
     )
     with torch.no_grad():
-        assert torch.allclose(
-            D.score_map(x, x_next, t).mean(dim=(1, 2, 3)), D(x, x_next, t), atol=1e-6
-        )
+        assert torch.allclose(D.score_map(x, x_next, t).mean(dim=(1, 2, 3)), D(x, x_next, t), atol=1e-6)
         for kind in ("channel_mean", "score_map", "score_gradient"):
             assert D.suspicion(kind, x, x_next, t).shape == (2, 1, 32, 32)
     # the gradient map is zero where x_t cannot change D: nowhere here, so it has mass
@@ -241,9 +223,7 @@ def test_uncertainty_measures_closed_forms() -> None:
     half = torch.full((4, 2, 2), 0.5)
     split = torch.tensor([0.0, 1.0, 0.0, 1.0]).view(4, 1, 1).expand(4, 2, 2)
     sure = torch.ones(4, 2, 2)
-    maps = {
-        name: uncertainty_maps(p) for name, p in (("half", half), ("split", split), ("sure", sure))
-    }
+    maps = {name: uncertainty_maps(p) for name, p in (("half", half), ("split", split), ("sure", sure))}
     # every sample says 0.5: entropy 1 bit, no disagreement
     assert torch.allclose(maps["half"]["entropy"], torch.ones(2, 2), atol=1e-4)
     assert torch.allclose(maps["half"]["mutual_information"], torch.zeros(2, 2), atol=1e-4)

@@ -20,9 +20,7 @@ def _touch(path: Path, mtime: float) -> Path:
 
 @pytest.fixture()
 def no_bundled(monkeypatch, tmp_path) -> None:
-    monkeypatch.setattr(
-        models, "bundled_model_file", lambda: tmp_path / "absent" / "cdal_monuseg.safetensors"
-    )
+    monkeypatch.setattr(models, "bundled_model_file", lambda: tmp_path / "absent" / "cdal_monuseg.safetensors")
 
 
 def test_model_dir_comes_from_the_environment(monkeypatch, tmp_path) -> None:

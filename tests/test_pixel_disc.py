@@ -65,8 +65,9 @@ def test_config_ties_the_maps_to_the_discriminators_kind() -> None:
 
 def test_a_pixel_model_round_trips_through_its_checkpoint(trained_tiny, tmp_path) -> None:
     model, _ = trained_tiny
-    settings = ErrorDiscSettings(iterations=2, pool_batches=1, pool_batch_size=1, patch_size=32, crop_size=32,
-                                 batch_size=2)
+    settings = ErrorDiscSettings(
+        iterations=2, pool_batches=1, pool_batch_size=1, patch_size=32, crop_size=32, batch_size=2
+    )
     tiles = [blob_tile(5)]
     trained = run_to_end(train_error_discriminator(model, tiles, settings))
     path = tmp_path / "pixel.safetensors"
@@ -79,15 +80,24 @@ def test_a_pixel_model_round_trips_through_its_checkpoint(trained_tiny, tmp_path
     t = torch.tensor([0, 1])
     assert torch.equal(loaded.discriminator.score_map(x, x, t, image), trained.discriminator.score_map(x, x, t, image))
     # the generator is the one it was trained for, untouched
-    for (name, before), after in zip(model.generator.state_dict().items(), loaded.generator.state_dict().values(),
-                                     strict=True):
+    for (name, before), after in zip(
+        model.generator.state_dict().items(), loaded.generator.state_dict().values(), strict=True
+    ):
         assert torch.equal(before, after), name
 
 
 def test_d_learns_where_the_generators_estimates_are_wrong(trained_tiny) -> None:
     model, _ = trained_tiny
-    settings = ErrorDiscSettings(iterations=100, pool_batches=2, pool_batch_size=2, patch_size=48, crop_size=48,
-                                 batch_size=4, lr=3e-3, border_weight=1.0)  # the blobs' errors are all borders
+    settings = ErrorDiscSettings(
+        iterations=100,
+        pool_batches=2,
+        pool_batch_size=2,
+        patch_size=48,
+        crop_size=48,
+        batch_size=4,
+        lr=3e-3,
+        border_weight=1.0,
+    )  # the blobs' errors are all borders
     tiles = [blob_tile(5), blob_tile(6)]
     untrained = run_to_end(train_error_discriminator(model, tiles, dataclasses.replace(settings, iterations=1)))
     trained = run_to_end(train_error_discriminator(model, tiles, settings))
@@ -97,8 +107,12 @@ def test_d_learns_where_the_generators_estimates_are_wrong(trained_tiny) -> None
         image = torch.from_numpy(np.ascontiguousarray(tile.image.transpose(2, 0, 1)))[None].float()
         from napari_cdal.engine.method.grid import normalise
 
-        events = reverse_process(candidate, normalise(image, candidate.config), rng=torch.Generator().manual_seed(3),
-                                 attention_kinds=("error_probability",))
+        events = reverse_process(
+            candidate,
+            normalise(image, candidate.config),
+            rng=torch.Generator().manual_seed(3),
+            attention_kinds=("error_probability",),
+        )
         last_step = [e.payload for e in events if e.stage == "step"][-1]
         wrong_map = last_step.attention_maps["error_probability"][0].numpy()
         estimate = last_step.x0_mean[0, 0].numpy() > 0
@@ -113,10 +127,18 @@ def test_a_fine_tuning_step_trains_the_pixel_d_on_the_per_pixel_target(trained_t
     from napari_cdal.engine.config import TrainConfig
 
     model, _ = trained_tiny
-    pixel = run_to_end(train_error_discriminator(model, [blob_tile(5)], ErrorDiscSettings(
-        iterations=1, pool_batches=1, pool_batch_size=1, patch_size=32, crop_size=32, batch_size=1)))
-    state = TrainState.create(pixel, TrainConfig(iterations=2, batch_size=2, patch_size=32, r1_interval=1,
-                                                 d_cutmix_weight=0.5))
+    pixel = run_to_end(
+        train_error_discriminator(
+            model,
+            [blob_tile(5)],
+            ErrorDiscSettings(
+                iterations=1, pool_batches=1, pool_batch_size=1, patch_size=32, crop_size=32, batch_size=1
+            ),
+        )
+    )
+    state = TrainState.create(
+        pixel, TrainConfig(iterations=2, batch_size=2, patch_size=32, r1_interval=1, d_cutmix_weight=0.5)
+    )
     images = torch.randn(2, 3, 32, 32)
     x0 = torch.where(torch.rand(2, TINY.label_channels, 32, 32) > 0.5, 1.0, -1.0)
     weights = torch.ones(2, 1, 32, 32)
@@ -143,16 +165,29 @@ def test_doubt_paints_each_nucleus_with_its_mean_and_leaves_out_the_soft_borders
     assert doubt[20, 5] == pytest.approx(0.7)
 
 
-def test_cli_trains_a_pixel_discriminator_for_a_frozen_generator(capsys, blob_folder, tiny_model_file,
-                                                                 tmp_path) -> None:
+def test_cli_trains_a_pixel_discriminator_for_a_frozen_generator(
+    capsys, blob_folder, tiny_model_file, tmp_path
+) -> None:
     from conftest import run
 
     tiny = str(tiny_model_file)
     settings = tmp_path / "d.json"
     settings.write_text('{"pool_batches": 1, "pool_batch_size": 2, "patch_size": 32, "crop_size": 32, "batch_size": 2}')
     out = tmp_path / "with_d.safetensors"
-    code, printed, _ = run(capsys, "train", str(blob_folder), "--init-from", tiny, "--discriminator-only",
-                           "--iterations", "3", "--train-config", str(settings), "--out", str(out))
+    code, printed, _ = run(
+        capsys,
+        "train",
+        str(blob_folder),
+        "--init-from",
+        tiny,
+        "--discriminator-only",
+        "--iterations",
+        "3",
+        "--train-config",
+        str(settings),
+        "--out",
+        str(out),
+    )
     assert code == 0 and "pixel discriminator 3 iterations on 2 patches" in printed
     model = load_model(out)
     assert model.config.disc_kind == "pixel" and model.record["error_discriminator"]["iterations"] == 3
@@ -161,8 +196,18 @@ def test_cli_trains_a_pixel_discriminator_for_a_frozen_generator(capsys, blob_fo
     code, _, err = run(capsys, "train", str(blob_folder), "--discriminator-only", "--out", tmp_path / "b.safetensors")
     assert code == 1 and "give the model with --init-from" in err
     settings.write_text('{"pool_size": 3}')
-    code, _, err = run(capsys, "train", str(blob_folder), "--init-from", tiny, "--discriminator-only",
-                       "--train-config", str(settings), "--out", str(tmp_path / "c.safetensors"))
+    code, _, err = run(
+        capsys,
+        "train",
+        str(blob_folder),
+        "--init-from",
+        tiny,
+        "--discriminator-only",
+        "--train-config",
+        str(settings),
+        "--out",
+        str(tmp_path / "c.safetensors"),
+    )
     assert code == 1 and "pool_size is no setting" in err and not (tmp_path / "c.safetensors").exists()
 
 
@@ -190,8 +235,9 @@ def test_without_the_gate_a_training_step_never_asks_d_for_attention(trained_tin
 
     model = copy.deepcopy(trained_tiny[0])
     calls = []
-    monkeypatch.setattr(type(model.discriminator), "attention",
-                        lambda self, *a, **k: calls.append(1) or torch.tensor(1.0))
+    monkeypatch.setattr(
+        type(model.discriminator), "attention", lambda self, *a, **k: calls.append(1) or torch.tensor(1.0)
+    )
     images = torch.randn(2, 3, 32, 32)
     x0 = torch.where(torch.rand(2, TINY.label_channels, 32, 32) > 0.5, 1.0, -1.0)
     weights = torch.ones(2, 1, 32, 32)

@@ -25,9 +25,7 @@ def discovered_plugins() -> None:
     PluginManager.instance().discover()
 
 
-def _aperio_xml(
-    path: Path, squares: list[tuple[int, int, int]], mpp: str | None = "0.252100"
-) -> Path:
+def _aperio_xml(path: Path, squares: list[tuple[int, int, int]], mpp: str | None = "0.252100") -> Path:
     """Write an ImageScope XML with one square Region (x, y, side) per nucleus."""
     regions = []
     for index, (x, y, side) in enumerate(squares, start=1):
@@ -205,8 +203,15 @@ def pyramid_tiff(path: Path, image: np.ndarray, levels: int = 3, mpp: float = 0.
     with tifffile.TiffWriter(path, bigtiff=True) as tif:
         for k in range(levels):
             options = {"subifds": levels - 1} if k == 0 else {"subfiletype": 1}
-            tif.write(image[:: 2**k, :: 2**k], tile=(32, 32), photometric="rgb", compression="zlib",
-                      resolution=(1e4 / (mpp * 2**k),) * 2, resolutionunit="CENTIMETER", **options)
+            tif.write(
+                image[:: 2**k, :: 2**k],
+                tile=(32, 32),
+                photometric="rgb",
+                compression="zlib",
+                resolution=(1e4 / (mpp * 2**k),) * 2,
+                resolutionunit="CENTIMETER",
+                **options,
+            )
     return path
 
 

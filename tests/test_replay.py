@@ -53,8 +53,12 @@ def test_the_replay_set_travels_in_the_model_file_and_through_a_fine_tune(source
 def test_a_batch_shares_corrections_and_replay_as_told() -> None:
     def source_of(value: float):
         def sample(batch: int):
-            return (np.full((batch, 3, 8, 8), value, np.float32), np.full((batch, 2, 8, 8), value, np.float32),
-                    np.full((batch, 1, 8, 8), value, np.float32))
+            return (
+                np.full((batch, 3, 8, 8), value, np.float32),
+                np.full((batch, 2, 8, 8), value, np.float32),
+                np.full((batch, 1, 8, 8), value, np.float32),
+            )
+
         return sample
 
     for share, batch, count in ((0.25, 4, 1), (0.5, 4, 2), (0.01, 4, 1), (0.9, 4, 3), (0.5, 1, 0)):
@@ -74,12 +78,15 @@ def test_replay_tiles_have_instance_truth() -> None:
     assert [t.has_instance_truth for t in tiles] == [True, True] and tiles[1].foreground.sum() == 16
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda t: t.pop("replay.instances"), "holds \\['images'\\], not images and instances"),
-    (lambda t: t.update({"replay.images": t["replay.images"].float()}), "not uint8 images and int32 instances"),
-    (lambda t: t.update({"replay.instances": t["replay.instances"][:, :8]}), "expected \\(N, P, P, 3\\)"),
-    (lambda t: t.update({"replay.instances": -t["replay.instances"] - 1}), "negative instance ids"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda t: t.pop("replay.instances"), "holds \\['images'\\], not images and instances"),
+        (lambda t: t.update({"replay.images": t["replay.images"].float()}), "not uint8 images and int32 instances"),
+        (lambda t: t.update({"replay.instances": t["replay.instances"][:, :8]}), "expected \\(N, P, P, 3\\)"),
+        (lambda t: t.update({"replay.instances": -t["replay.instances"] - 1}), "negative instance ids"),
+    ],
+)
 def test_a_model_file_cannot_lie_about_its_replay_set(source, tmp_path, change, message) -> None:
     replay = make_replay_set([blob_tile(1)], 0.5, source.config, 2, 32, np.random.default_rng(0))
     path = tmp_path / "model.safetensors"

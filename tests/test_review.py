@@ -28,7 +28,7 @@ SIZE = 160
 
 def disk(centre: tuple[float, float], radius: float, shape: tuple[int, int] = (SIZE, SIZE)) -> np.ndarray:
     """A filled disk as a boolean mask."""
-    y, x = np.ogrid[:shape[0], :shape[1]]
+    y, x = np.ogrid[: shape[0], : shape[1]]
     return (y - centre[0]) ** 2 + (x - centre[1]) ** 2 <= radius**2
 
 
@@ -100,23 +100,34 @@ def test_an_error_map_flags_a_miss_and_raises_a_nucleus() -> None:
     quiet = disk((140, 130), 10)
     error_map = np.zeros(labels.shape, np.float32)
     error_map[quiet] = 0.9  # a place nothing else doubts
-    before = {item.id: item.score for item in review_items(labels, probability, uncertainty, MPP, error_map)
-              if item.kind != "miss"}
-    assert any(item.kind == "miss" and quiet[round(item.y), round(item.x)]
-               for item in review_items(labels, probability, uncertainty, MPP, error_map))
+    before = {
+        item.id: item.score
+        for item in review_items(labels, probability, uncertainty, MPP, error_map)
+        if item.kind != "miss"
+    }
+    assert any(
+        item.kind == "miss" and quiet[round(item.y), round(item.x)]
+        for item in review_items(labels, probability, uncertainty, MPP, error_map)
+    )
     error_map[labels == 2] = 1.0
-    after = {item.id: item.score for item in review_items(labels, probability, uncertainty, MPP, error_map)
-             if item.kind != "miss"}
+    after = {
+        item.id: item.score
+        for item in review_items(labels, probability, uncertainty, MPP, error_map)
+        if item.kind != "miss"
+    }
     assert after[2] > before[2] and after[1] == pytest.approx(before[1])
-    assert not any(quiet[round(item.y), round(item.x)]
-                   for item in review_items(labels, probability, uncertainty, MPP) if item.kind == "miss")
+    assert not any(
+        quiet[round(item.y), round(item.x)]
+        for item in review_items(labels, probability, uncertainty, MPP)
+        if item.kind == "miss"
+    )
 
 
 def small_and_large(speck_side: int = 10, side: int = 24) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A speck (id 1, 6.25 µm²) and a nucleus (id 2, 36 µm²) of the same maps inside: equal features but area."""
     labels = np.zeros((64, 64), np.int32)
-    labels[4:4 + speck_side, 4:4 + speck_side] = 1
-    labels[30:30 + side, 30:30 + side] = 2
+    labels[4 : 4 + speck_side, 4 : 4 + speck_side] = 1
+    labels[30 : 30 + side, 30 : 30 + side] = 2
     probability = np.stack([np.where(labels > 0, 0.9, 0.0), np.where(labels > 0, 0.9, 0.0)]).astype(np.float32)
     uncertainty = np.where(labels > 0, 0.6, 0.0).astype(np.float32)
     return labels, probability, uncertainty
@@ -161,10 +172,12 @@ def test_the_table_holds_the_csv_columns_and_count_cuts_the_queue() -> None:
 
 
 def test_weights_match_their_features() -> None:
-    for weights, names in ((REVIEW_SETTINGS.nucleus_weights, NUCLEUS_FEATURES),
-                           (REVIEW_SETTINGS.nucleus_weights_no_uncertainty, NUCLEUS_FEATURES),
-                           (REVIEW_SETTINGS.miss_weights, MISS_FEATURES),
-                           (REVIEW_SETTINGS.miss_weights_no_uncertainty, MISS_FEATURES)):
+    for weights, names in (
+        (REVIEW_SETTINGS.nucleus_weights, NUCLEUS_FEATURES),
+        (REVIEW_SETTINGS.nucleus_weights_no_uncertainty, NUCLEUS_FEATURES),
+        (REVIEW_SETTINGS.miss_weights, MISS_FEATURES),
+        (REVIEW_SETTINGS.miss_weights_no_uncertainty, MISS_FEATURES),
+    ):
         assert len(weights) == len(names) + 1
 
 
@@ -177,6 +190,7 @@ def test_mismatched_maps_are_refused() -> None:
 
 
 # --- segment --review ----------------------------------------------------------------------------
+
 
 def test_segment_review_csv_agrees_with_the_labels(capsys, tiny_model_file, blob_images, tmp_path) -> None:
     tif, _, _ = blob_images

@@ -152,12 +152,16 @@ def test_cli_runtime_options_and_fast(tiny_model_file, tmp_path):
     Image.fromarray(tile.image).save(folder / "images" / "t.tif")
     Image.fromarray(tile.foreground.astype(np.uint8) * 255).save(folder / "masks" / "t.png")
     scored = {}
-    for name, extra in (("torch", ["--runtime", "torch", "--precision", "float32"]),
-                        ("openvino", ["--runtime", "openvino", "--precision", "float32"]),
-                        ("fast", ["--fast"])):
+    for name, extra in (
+        ("torch", ["--runtime", "torch", "--precision", "float32"]),
+        ("openvino", ["--runtime", "openvino", "--precision", "float32"]),
+        ("fast", ["--fast"]),
+    ):
         out = tmp_path / f"{name}.json"
-        assert main(["evaluate", str(folder), "--model", str(tiny_model_file), "--mpp", "0.5",
-                     "--json", str(out), *extra]) == 0
+        assert (
+            main(["evaluate", str(folder), "--model", str(tiny_model_file), "--mpp", "0.5", "--json", str(out), *extra])
+            == 0
+        )
         scored[name] = json.loads(out.read_text())
     assert scored["torch"]["settings"]["runtime"] == "torch float32"
     assert scored["openvino"]["settings"]["runtime"] == "openvino float32"

@@ -22,8 +22,11 @@ def _normalised(tile, model):
 def test_reverse_process_yields_every_step_then_the_maps(trained_tiny, steps) -> None:
     model, _ = trained_tiny
     image = _normalised(blob_tile(9, size=60), model)  # 60 is not a multiple of 4: padded inside
-    events = [e for e in reverse_process(model, image, sampling_steps=steps, samples=3, rng=make_generator(0))
-              if e.stage != TICK]
+    events = [
+        e
+        for e in reverse_process(model, image, sampling_steps=steps, samples=3, rng=make_generator(0))
+        if e.stage != TICK
+    ]
     assert [e.stage for e in events] == ["step"] * steps + ["done"]
     assert [e.index for e in events[:-1]] == list(range(steps))
     for event in events[:-1]:
@@ -42,8 +45,11 @@ def test_the_chain_starts_at_the_seeds_noise_and_ends_at_the_last_estimate(train
     model, _ = trained_tiny
     config, samples = model.config, 3
     image = _normalised(blob_tile(9, size=64), model)  # 64: a multiple of the model's, nothing padded
-    steps = [e.payload for e in reverse_process(model, image, sampling_steps=2, samples=samples,
-                                                  rng=make_generator(7)) if e.stage == "step"]
+    steps = [
+        e.payload
+        for e in reverse_process(model, image, sampling_steps=2, samples=samples, rng=make_generator(7))
+        if e.stage == "step"
+    ]
     noise = torch.randn(samples, config.label_channels, 64, 64, generator=make_generator(7))
     assert steps[0].x_from_mean.shape == (1, config.label_channels, 64, 64)
     assert torch.allclose(steps[0].x_from_mean[0], noise.mean(dim=0))
@@ -63,8 +69,9 @@ def test_image_encoder_runs_once_per_image(trained_tiny, monkeypatch) -> None:
     calls = []
     original = model.generator.encode_image
     monkeypatch.setattr(model.generator, "encode_image", lambda x: calls.append(1) or original(x))
-    list(reverse_process(model, _normalised(blob_tile(9, 32), model), sampling_steps=4, samples=5,
-                         rng=make_generator(0)))
+    list(
+        reverse_process(model, _normalised(blob_tile(9, 32), model), sampling_steps=4, samples=5, rng=make_generator(0))
+    )
     assert len(calls) == 1
 
 
@@ -98,8 +105,17 @@ def test_the_chain_stack_runs_from_the_noise_to_the_mask(trained_tiny, steps) ->
     # Tiled with overlap like the other maps: x_T (the drawn noise, mapped to [0, 1]: mean 0.5, wide
     # spread), one plane per step, the last the final estimate's mapping.
     model, _ = trained_tiny
-    events = list(segment_image(model, blob_tile(18, size=100).image, image_mpp=0.5, sampling_steps=steps,
-                                samples=2, tile_size=64, overlap=16))
+    events = list(
+        segment_image(
+            model,
+            blob_tile(18, size=100).image,
+            image_mpp=0.5,
+            sampling_steps=steps,
+            samples=2,
+            tile_size=64,
+            overlap=16,
+        )
+    )
     result = events[-1].payload
     assert result.chain.shape == (steps + 1, 100, 100) and result.chain.dtype == np.float32
     assert result.steps.shape == (steps, 100, 100)
@@ -142,8 +158,9 @@ def test_resampling_returns_to_the_input_grid(trained_tiny) -> None:
 
 def test_progress_events_count_tiles_and_steps(trained_tiny) -> None:
     model, _ = trained_tiny
-    events = list(segment_image(model, blob_tile(15, size=100).image, image_mpp=0.5, sampling_steps=2, tile_size=64,
-                                overlap=16))
+    events = list(
+        segment_image(model, blob_tile(15, size=100).image, image_mpp=0.5, sampling_steps=2, tile_size=64, overlap=16)
+    )
     steps = [e for e in events if e.stage == "step"]
     assert len(steps) == 4 * 2
     assert [e.index for e in steps] == list(range(1, 9))
@@ -185,12 +202,13 @@ def test_runs_without_step_maps_send_no_live_maps(trained_tiny) -> None:
 def test_ticks_come_after_every_network_pass_and_carry_no_payload(trained_tiny) -> None:
     # a tick after G's pass and after each of D's: as many before each step's event, none after 'done'.
     model, _ = trained_tiny
-    events = list(reverse_process(model, _normalised(blob_tile(9, 32), model), sampling_steps=2, samples=2,
-                                  rng=make_generator(0)))
+    events = list(
+        reverse_process(model, _normalised(blob_tile(9, 32), model), sampling_steps=2, samples=2, rng=make_generator(0))
+    )
     stages = [e.stage for e in events]
     first_step, second_step = (i for i, stage in enumerate(stages) if stage == "step")
     assert stages[-1] == "done" and stages[0] == TICK
-    assert stages[first_step + 1:second_step].count(TICK) == first_step >= 2  # every step: as many ticks
+    assert stages[first_step + 1 : second_step].count(TICK) == first_step >= 2  # every step: as many ticks
     ticks = [e for e in events if e.stage == TICK]
     assert all(e.payload is None and e.total == 2 for e in ticks)
     assert {e.index for e in ticks[:first_step]} == {0} and {e.index for e in ticks[first_step:]} == {1}
@@ -225,8 +243,9 @@ def test_closing_at_a_tick_stops_between_network_passes(trained_tiny, monkeypatc
     model, _ = trained_tiny
     count = _number_blocks(model, monkeypatch)
     ran = _count_blocks(monkeypatch)
-    events = reverse_process(model, _normalised(blob_tile(9, 32), model), sampling_steps=4, samples=2,
-                             rng=make_generator(0))
+    events = reverse_process(
+        model, _normalised(blob_tile(9, 32), model), sampling_steps=4, samples=2, rng=make_generator(0)
+    )
     assert next(events).stage == TICK
     assert ran == list(range(count))  # the first tick comes after G's whole first pass, block by block
     events.close()
@@ -307,8 +326,16 @@ def test_augmented_samples_are_the_plain_samples_of_the_flipped_image_turned_bac
     image = _normalised(blob_tile(11, size=48), model)
 
     def estimates(pixels, augment):
-        events = reverse_process(model, pixels, sampling_steps=2, samples=2, rng=make_generator(5),
-                                 with_attention=False, keep_pairs=True, augment=augment)
+        events = reverse_process(
+            model,
+            pixels,
+            sampling_steps=2,
+            samples=2,
+            rng=make_generator(5),
+            with_attention=False,
+            keep_pairs=True,
+            augment=augment,
+        )
         return [e.payload.pair.estimate for e in events if e.stage == "step"][-1]
 
     augmented = estimates(image, True)

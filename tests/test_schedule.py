@@ -36,8 +36,9 @@ def test_posterior_coefficients_are_the_closed_form(steps: int) -> None:
 def test_last_reverse_step_returns_x0_without_noise() -> None:
     s = VPSchedule(4)
     x0 = torch.rand(3, 1, 5, 5) * 2 - 1
-    out = s.posterior_sample(x0, torch.randn_like(x0), torch.zeros(3, dtype=torch.long),
-                             torch.Generator().manual_seed(0))
+    out = s.posterior_sample(
+        x0, torch.randn_like(x0), torch.zeros(3, dtype=torch.long), torch.Generator().manual_seed(0)
+    )
     assert torch.allclose(out, x0)
 
 

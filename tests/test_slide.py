@@ -37,8 +37,9 @@ def test_the_slide_is_read_lazily_with_its_pixel_size(mosaic) -> None:
         np.testing.assert_array_equal(source.read(60, 130, 200, 300), image[60:130, 200:256])
 
 
-def test_a_slide_in_strips_is_read_region_by_region_and_segmented_as_the_tiled_one(trained_tiny, mosaic, tmp_path,
-                                                                                  monkeypatch) -> None:
+def test_a_slide_in_strips_is_read_region_by_region_and_segmented_as_the_tiled_one(
+    trained_tiny, mosaic, tmp_path, monkeypatch
+) -> None:
     from tifffile.zarr import ZarrTiffStore
 
     path, image = mosaic
@@ -66,7 +67,8 @@ def test_a_slide_in_strips_is_read_region_by_region_and_segmented_as_the_tiled_o
 
 
 def test_a_slide_in_one_large_compressed_strip_is_refused_in_one_line_before_the_model_loads(
-        capsys, monkeypatch, tiny_model_file, tmp_path) -> None:
+    capsys, monkeypatch, tiny_model_file, tmp_path
+) -> None:
     from conftest import run
 
     from napari_cdal.cli import common
@@ -133,8 +135,9 @@ def test_an_interrupted_run_goes_on_where_it_stopped(trained_tiny, mosaic, tmp_p
         events.close()  # stopped inside the fifth block: a Cancel need not wait for a block to end
     assert zarr.open_array(tmp_path / "resumed.zarr", mode="r").attrs["done"] == [0, 1, 2, 3]
     resumed = _run(model, path, tmp_path / "resumed.zarr")
-    np.testing.assert_array_equal(zarr.open_array(resumed.store, mode="r")[:],
-                                  zarr.open_array(straight.store, mode="r")[:])
+    np.testing.assert_array_equal(
+        zarr.open_array(resumed.store, mode="r")[:], zarr.open_array(straight.store, mode="r")[:]
+    )
     with pytest.raises(ValueError, match="holds labels of another run"):
         _run(model, path, tmp_path / "resumed.zarr", seed=5)
 
@@ -146,7 +149,7 @@ def test_labels_come_out_as_a_tiled_pyramidal_bigtiff(trained_tiny, mosaic, tmp_
     assert [tuple(level.shape) for level in levels] == [(256, 256), (128, 128), (64, 64), (32, 32)]
     full = np.asarray(levels[0][:])
     for k, level in enumerate(levels):  # every level is level 0 taken every 2^k-th pixel, filled as blocks came
-        np.testing.assert_array_equal(level[:], full[::2**k, ::2**k])
+        np.testing.assert_array_equal(level[:], full[:: 2**k, :: 2**k])
     tiff = labels_tiff(result.store, tmp_path / "slide_labels.tif", tile=64)
     with tifffile.TiffFile(tiff) as tif:
         series = tif.series[0]
@@ -154,7 +157,7 @@ def test_labels_come_out_as_a_tiled_pyramidal_bigtiff(trained_tiny, mosaic, tmp_
         assert len(tif.pages[0].subifds) == 3, "the pyramid's levels are SubIFDs of level 0"
         for k, level in enumerate(series.levels):
             assert level.keyframe.is_tiled
-            np.testing.assert_array_equal(level.asarray(), full[::2**k, ::2**k])
+            np.testing.assert_array_equal(level.asarray(), full[:: 2**k, :: 2**k])
     with open_slide(tiff) as labels:  # the resolution tags carry the run's µm/px
         assert labels.mpp == pytest.approx(MPP)
 
@@ -181,8 +184,9 @@ def test_slide_flag_takes_any_image_through_the_slide_path(capsys, tiny_model_fi
     from conftest import files_in, run
 
     out = tmp_path / "out"
-    code, stdout, err = run(capsys, "segment", blob_images[0], "--model", tiny_model_file, "--mpp", "0.5", "--out",
-                            out, "--slide")
+    code, stdout, err = run(
+        capsys, "segment", blob_images[0], "--model", tiny_model_file, "--mpp", "0.5", "--out", out, "--slide"
+    )
     assert code == 0, err
     assert " blocks at 0.5 µm/px" in stdout
     assert files_in(out) == ["tile_labels.tif", "tile_labels.zarr", "tile_tissue.png"]
@@ -196,11 +200,28 @@ def test_slide_geojson_and_csv_agree_with_the_stitched_labels(capsys, tiny_model
 
     path, _ = mosaic
     out = tmp_path / "out"
-    code, _, err = run(capsys, "segment", path, "--model", tiny_model_file, "--out", out, "--slide", "--samples",
-                       "2", "--geojson", "--measurements")
+    code, _, err = run(
+        capsys,
+        "segment",
+        path,
+        "--model",
+        tiny_model_file,
+        "--out",
+        out,
+        "--slide",
+        "--samples",
+        "2",
+        "--geojson",
+        "--measurements",
+    )
     assert code == 0, err
-    assert files_in(out) == ["slide_labels.tif", "slide_labels.zarr", "slide_nuclei.csv", "slide_nuclei.geojson",
-                             "slide_tissue.png"]
+    assert files_in(out) == [
+        "slide_labels.tif",
+        "slide_labels.zarr",
+        "slide_nuclei.csv",
+        "slide_nuclei.geojson",
+        "slide_tissue.png",
+    ]
     labels = tifffile.imread(out / "slide_labels.tif")
     present = set(np.unique(labels[labels > 0]).tolist())
     rows = list(csv.DictReader((out / "slide_nuclei.csv").read_text().splitlines()))

@@ -74,8 +74,9 @@ def busy_cpu():
 def two_workers():
     """A real cluster of two worker processes, one thread each (one torch thread, as --workers gives them), shared by
     the module's tests."""
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                       env={"OMP_NUM_THREADS": "1"})
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, env={"OMP_NUM_THREADS": "1"}
+    )
     client = distributed.Client(cluster)
     yield client, cluster
     client.close()
@@ -100,7 +101,8 @@ def _labels(store) -> np.ndarray:
 
 
 def test_a_worker_killed_inside_a_block_on_a_loaded_machine_leaves_the_labels_of_a_local_run(
-        tiny_model_file, mosaic, tmp_path, monkeypatch, busy_cpu, two_workers):
+    tiny_model_file, mosaic, tmp_path, monkeypatch, busy_cpu, two_workers
+):
     from napari_cdal.engine.method.model import load_model
 
     client, _ = two_workers
@@ -111,8 +113,10 @@ def test_a_worker_killed_inside_a_block_on_a_loaded_machine_leaves_the_labels_of
     monkeypatch.setattr(stitch, "TICK_WAIT_S", 0.001)  # many short waits: none may cut a gather short
     pids = set(client.run(os.getpid).values())
     stages = []
-    result = run_to_end(_events(model, mosaic, tmp_path / "cluster.zarr", detections=True, client=client),
-                        lambda event: stages.append(event.stage))
+    result = run_to_end(
+        _events(model, mosaic, tmp_path / "cluster.zarr", detections=True, client=client),
+        lambda event: stages.append(event.stage),
+    )
     assert (tmp_path / "a_worker_was_killed").exists()
     assert not pids <= set(client.run(os.getpid).values()), "a worker process died (its nanny started another)"
     assert TICK in stages, "waiting on the cluster ticks: a place for a Cancel"
@@ -127,7 +131,8 @@ def test_a_worker_killed_inside_a_block_on_a_loaded_machine_leaves_the_labels_of
 
 
 def test_a_cancelled_cluster_run_leaves_nothing_queued_and_goes_on_to_the_local_labels(
-        tiny_model_file, mosaic, tmp_path, monkeypatch, two_workers):
+    tiny_model_file, mosaic, tmp_path, monkeypatch, two_workers
+):
     import zarr
 
     from napari_cdal.engine.method.model import load_model
@@ -152,7 +157,8 @@ def test_a_cancelled_cluster_run_leaves_nothing_queued_and_goes_on_to_the_local_
 
 
 def test_a_block_that_kills_every_worker_it_runs_on_ends_the_run_in_one_line_keeping_the_blocks_done(
-        tiny_model_file, mosaic, tmp_path, monkeypatch, two_workers):
+    tiny_model_file, mosaic, tmp_path, monkeypatch, two_workers
+):
     import zarr
 
     from napari_cdal.engine.method.model import load_model
@@ -161,6 +167,7 @@ def test_a_block_that_kills_every_worker_it_runs_on_ends_the_run_in_one_line_kee
 
     def allow_failures(count: int) -> int:
         """Set how many workers may die with one task before the scheduler gives up on it; return the former count."""
+
         def swap(dask_scheduler) -> int:
             former = dask_scheduler.allowed_failures
             dask_scheduler.allowed_failures = count
@@ -182,19 +189,33 @@ def test_a_block_that_kills_every_worker_it_runs_on_ends_the_run_in_one_line_kee
     assert zarr.open_array(tmp_path / "cluster.zarr", mode="r").attrs["done"] == list(range(first_lost))
 
 
-def test_segment_workers_and_scheduler_give_the_labels_of_a_local_run(capsys, tiny_model_file, mosaic, tmp_path,
-                                                                       two_workers):
+def test_segment_workers_and_scheduler_give_the_labels_of_a_local_run(
+    capsys, tiny_model_file, mosaic, tmp_path, two_workers
+):
     from conftest import files_in, run
 
     _, cluster = two_workers
-    code, _, err = run(capsys, "segment", mosaic, "--model", tiny_model_file, "--out", tmp_path / "local",
-                       "--slide", "--threads", "1")
+    code, _, err = run(
+        capsys, "segment", mosaic, "--model", tiny_model_file, "--out", tmp_path / "local", "--slide", "--threads", "1"
+    )
     assert code == 0, err
     local = tifffile.imread(tmp_path / "local" / "slide_labels.tif")
     for flag, value in (("--workers", "2"), ("--scheduler", cluster.scheduler_address)):
         out = tmp_path / flag.strip("-")
-        code, stdout, err = run(capsys, "segment", mosaic, "--model", tiny_model_file, "--out", out, flag, value,
-                                "--threads", "1", "--measurements")
+        code, stdout, err = run(
+            capsys,
+            "segment",
+            mosaic,
+            "--model",
+            tiny_model_file,
+            "--out",
+            out,
+            flag,
+            value,
+            "--threads",
+            "1",
+            "--measurements",
+        )
         assert code == 0, err
         assert " blocks at 0.5 µm/px" in stdout
         assert files_in(out) == ["slide_labels.tif", "slide_labels.zarr", "slide_nuclei.csv", "slide_tissue.png"]

@@ -79,7 +79,7 @@ def test_tissue_is_found_on_a_low_resolution_level_and_only_its_blocks_are_plann
     assert tissue.area_mm2() == pytest.approx(island_area_mm2(), rel=0.03)
     expected = np.zeros_like(tissue.mask)
     for top, left, side in ISLANDS:
-        expected[top // 32:(top + side) // 32, left // 32:(left + side) // 32] = True
+        expected[top // 32 : (top + side) // 32, left // 32 : (left + side) // 32] = True
     assert (tissue.mask != expected).sum() <= 0.03 * expected.sum(), "the islands, not the glass round them"
     halo = int(np.ceil(HALO_UM / MPP))
     planned = plan_blocks(HEIGHT, WIDTH, BLOCK_PX, halo, tissue)
@@ -99,8 +99,9 @@ def test_a_slide_of_glass_only_or_of_tissue_only_is_not_split_in_two(tmp_path):
     tissue = tissue_island(5, 512)
     for name, image, share in (("glass", glass, 0.0), ("tissue", tissue, 1.0)):
         path = tmp_path / f"{name}.tif"
-        tifffile.imwrite(path, image, tile=(128, 128), photometric="rgb", resolution=(4e4, 4e4),
-                         resolutionunit="CENTIMETER")
+        tifffile.imwrite(
+            path, image, tile=(128, 128), photometric="rgb", resolution=(4e4, 4e4), resolutionunit="CENTIMETER"
+        )
         with open_slide(path) as source:
             found = detect_tissue(source, MPP)
         assert found.area_mm2() == pytest.approx(share * slide_area_mm2(512, 512, MPP), abs=1e-4), name
@@ -111,11 +112,17 @@ def test_a_real_size_slide_is_segmented_only_where_tissue_is(capsys, tiny_model_
     from PIL import Image
 
     out = tmp_path / "out"
-    code, stdout, err = run(capsys, "segment", big_slide, "--model", tiny_model_file, "--out", out, "--geojson",
-                            "--measurements")
+    code, stdout, err = run(
+        capsys, "segment", big_slide, "--model", tiny_model_file, "--out", out, "--geojson", "--measurements"
+    )
     assert code == 0, err
-    assert files_in(out) == ["scan_labels.tif", "scan_labels.zarr", "scan_nuclei.csv", "scan_nuclei.geojson",
-                             "scan_tissue.png"]
+    assert files_in(out) == [
+        "scan_labels.tif",
+        "scan_labels.zarr",
+        "scan_nuclei.csv",
+        "scan_nuclei.geojson",
+        "scan_tissue.png",
+    ]
     assert "in 1960 blocks at 0.25 µm/px (1958 of glass skipped; tissue 0.04" in stdout
     assert "of 500 mm² slide)" in stdout
     with Image.open(out / "scan_tissue.png") as png:
@@ -151,13 +158,15 @@ def test_tissue_all_segments_every_block_and_auto_only_those_near_tissue(trained
     image = np.full((512, 512, 3), GLASS, np.uint8)
     image[96:224, 96:224] = tissue_island(7, 256)[::2, ::2]  # 64 x 64 µm at 0.5 µm/px, over four 128-px blocks
     path = tmp_path / "glass.tif"
-    tifffile.imwrite(path, image, tile=(128, 128), photometric="rgb", resolution=(2e4, 2e4),
-                     resolutionunit="CENTIMETER")
+    tifffile.imwrite(
+        path, image, tile=(128, 128), photometric="rgb", resolution=(2e4, 2e4), resolutionunit="CENTIMETER"
+    )
     results = {}
     with open_slide(path) as source:
         for choice in ("auto", "all"):
-            results[choice] = run_to_end(segment_slide(trained_tiny[0], source, tmp_path / f"{choice}.zarr", 0.5,
-                                                       block=128, tissue=choice))
+            results[choice] = run_to_end(
+                segment_slide(trained_tiny[0], source, tmp_path / f"{choice}.zarr", 0.5, block=128, tissue=choice)
+            )
     auto, every = results["auto"], results["all"]
     assert (auto.blocks, auto.skipped, every.blocks, every.skipped) == (16, 12, 16, 0)
     assert every.tissue is None and every.tissue_mm2 is None and every.slide_mm2 == pytest.approx(0.065536)
@@ -172,8 +181,9 @@ def test_a_grey_slide_is_all_tissue(tmp_path):
         assert detect_tissue(source, MPP).mask.all(), "no stain colour to tell tissue by: nothing is skipped"
 
 
-def test_a_slide_whose_one_block_cannot_fit_in_memory_is_refused_before_any_work(capsys, monkeypatch,
-                                                                                 tiny_model_file, big_slide, tmp_path):
+def test_a_slide_whose_one_block_cannot_fit_in_memory_is_refused_before_any_work(
+    capsys, monkeypatch, tiny_model_file, big_slide, tmp_path
+):
     from conftest import run
 
     from napari_cdal.engine import checks

@@ -32,8 +32,11 @@ def mosaic(tmp_path_factory):
 
 def _run(model, path, store, **kw):
     with open_slide(path) as source:
-        return run_to_end(stitch.segment_slide(model, source, store, MPP, block=BLOCK, halo_um=HALO_UM,
-                                               detections=True, pyramid_min=64, **kw))
+        return run_to_end(
+            stitch.segment_slide(
+                model, source, store, MPP, block=BLOCK, halo_um=HALO_UM, detections=True, pyramid_min=64, **kw
+            )
+        )
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +66,13 @@ def _killed_at(point: str, monkeypatch):
     """Make the commit of block KILLED_BLOCK raise at `point`, with what comes before it in the commit written.
 
     Each writer runs once per block, in block order, so its call number is the block's index."""
+
     class Killed(RuntimeError):
         pass
 
-    real = {name: getattr(stitch, name) for name in ("_write_labels", "_update_levels", "_save_detections",
-                                                     "_mark_done")}
+    real = {
+        name: getattr(stitch, name) for name in ("_write_labels", "_update_levels", "_save_detections", "_mark_done")
+    }
     calls = dict.fromkeys(real, -1)
 
     def reached(name: str) -> bool:
@@ -77,7 +82,7 @@ def _killed_at(point: str, monkeypatch):
     def write_labels(levels, window, region):
         if reached("_write_labels") and point == "level 0, half written":
             half = window.shape[0] // 2
-            levels[0][region[0]:region[0] + half, region[2]:region[3]] = window[:half]
+            levels[0][region[0] : region[0] + half, region[2] : region[3]] = window[:half]
             raise Killed(point)
         real["_write_labels"](levels, window, region)
 
@@ -100,16 +105,29 @@ def _killed_at(point: str, monkeypatch):
             raise Killed(point)
         real["_mark_done"](labels, done, next_id)
 
-    for name, replacement in (("_write_labels", write_labels), ("_update_levels", update_levels),
-                              ("_save_detections", save_detections), ("_mark_done", mark_done)):
+    for name, replacement in (
+        ("_write_labels", write_labels),
+        ("_update_levels", update_levels),
+        ("_save_detections", save_detections),
+        ("_mark_done", mark_done),
+    ):
         monkeypatch.setattr(stitch, name, replacement)
     return Killed
 
 
-@pytest.mark.parametrize("point", ["level 0, half written", "pyramid, one level written", "before the detections",
-                                   "after the detections", "before the done mark"])
+@pytest.mark.parametrize(
+    "point",
+    [
+        "level 0, half written",
+        "pyramid, one level written",
+        "before the detections",
+        "after the detections",
+        "before the done mark",
+    ],
+)
 def test_a_run_killed_at_any_point_of_a_commit_resumes_to_complete_consistent_labels_and_detections(
-        trained_tiny, mosaic, straight, tmp_path, monkeypatch, point):
+    trained_tiny, mosaic, straight, tmp_path, monkeypatch, point
+):
     import zarr
 
     model = trained_tiny[0]
@@ -126,12 +144,13 @@ def test_a_run_killed_at_any_point_of_a_commit_resumes_to_complete_consistent_la
     levels = store_levels(store)
     assert len(levels) == 4
     for k, level in enumerate(levels):
-        np.testing.assert_array_equal(level[:], labels[::2**k, ::2**k])
+        np.testing.assert_array_equal(level[:], labels[:: 2**k, :: 2**k])
 
 
 @pytest.mark.parametrize("damage", ["deleted", "garbage"])
 def test_a_damaged_store_is_named_with_its_block_and_the_fix_and_overwrite_starts_afresh(
-        capsys, tiny_model_file, mosaic, straight, tmp_path, monkeypatch, damage):
+    capsys, tiny_model_file, mosaic, straight, tmp_path, monkeypatch, damage
+):
     from conftest import run
 
     monkeypatch.setattr("napari_cdal.engine.slide.store.CHUNK_PX", 64)  # 4 x 4 chunks: each block touches a few

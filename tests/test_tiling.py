@@ -20,22 +20,22 @@ CASES = [
 
 
 @pytest.mark.parametrize("height,width,tile,overlap", CASES)
-def test_boxes_cover_every_pixel_with_right_sizes(
-    height: int, width: int, tile: int, overlap: int
-) -> None:
+def test_boxes_cover_every_pixel_with_right_sizes(height: int, width: int, tile: int, overlap: int) -> None:
     boxes = tile_boxes(height, width, tile, overlap)
     cover = np.zeros((height, width), dtype=int)
     sizes = {(y1 - y0, x1 - x0) for y0, y1, x0, x1 in boxes}
     assert len(sizes) == 1, "every tile has one size"
-    (tile_h, tile_w), = sizes
+    ((tile_h, tile_w),) = sizes
     assert tile_h <= min(tile, height) and tile_w <= min(tile, width)
     for y0, y1, x0, x1 in boxes:
         assert 0 <= y0 < y1 <= height and 0 <= x0 < x1 <= width
         cover[y0:y1, x0:x1] += 1
     assert cover.min() >= 1
     assert len(set(boxes)) == len(boxes)
-    for starts, length, size in ((sorted({b[0] for b in boxes}), height, tile_h),
-                                 (sorted({b[2] for b in boxes}), width, tile_w)):
+    for starts, length, size in (
+        (sorted({b[0] for b in boxes}), height, tile_h),
+        (sorted({b[2] for b in boxes}), width, tile_w),
+    ):
         fewest = 1 if length <= tile else -(-(length - overlap) // (tile - overlap))
         assert len(starts) == fewest
         assert starts[0] == 0 and starts[-1] + size == length
@@ -123,16 +123,10 @@ def test_constant_field_is_reproduced_exactly() -> None:
     np.testing.assert_array_equal(out, field)
 
 
-@pytest.mark.parametrize(
-    "height,width,tile,overlap", [(200, 173, 64, 16), (50, 300, 128, 64), (20, 30, 64, 8)]
-)
-def test_identity_model_reproduces_smooth_field(
-    height: int, width: int, tile: int, overlap: int
-) -> None:
+@pytest.mark.parametrize("height,width,tile,overlap", [(200, 173, 64, 16), (50, 300, 128, 64), (20, 30, 64, 8)])
+def test_identity_model_reproduces_smooth_field(height: int, width: int, tile: int, overlap: int) -> None:
     rng = np.random.default_rng(0)
-    field = ndimage.gaussian_filter(rng.normal(size=(2, height, width)), (0, 4, 4)).astype(
-        np.float32
-    )
+    field = ndimage.gaussian_filter(rng.normal(size=(2, height, width)), (0, 4, 4)).astype(np.float32)
     out = _run(field, tile, overlap)
     np.testing.assert_allclose(out, field, atol=1e-6, rtol=0)
 

@@ -46,7 +46,8 @@ def test_stored_record_has_the_scripts_settings(trained_tiny) -> None:
     record = run.record
     assert model.config == TINY, f"the stored model's config is not the tiny preset; {REBUILD}"
     assert TrainConfig.from_dict(record["train_config"]) == tiny_train_config(), (
-        f"the stored model was trained with other settings; {REBUILD}")
+        f"the stored model was trained with other settings; {REBUILD}"
+    )
     assert record["train_config"]["seed"] == SEED
     assert run.step == record["steps"] == STEPS
     assert record["built_by"]["script"] == SCRIPT
@@ -63,10 +64,12 @@ def test_script_repeats_the_stored_first_steps(trained_tiny, one_thread) -> None
         for name in then:
             assert np.isclose(now[name], then[name], rtol=RTOL, atol=1e-6), (
                 f"step {step} {name}: {now[name]:.6g} now, {then[name]:.6g} stored: the training "
-                f"code or the networks changed; {REBUILD}")
+                f"code or the networks changed; {REBUILD}"
+            )
     first = trained_tiny[1].record["history"][0]
-    assert all(np.isclose(again[0][k], first[k], rtol=RTOL, atol=1e-5)
-               for k in first if k != "step"), f"step 1 differs from the stored history; {REBUILD}"
+    assert all(np.isclose(again[0][k], first[k], rtol=RTOL, atol=1e-5) for k in first if k != "step"), (
+        f"step 1 differs from the stored history; {REBUILD}"
+    )
 
 
 def test_a_checkpoint_that_no_longer_fits_says_to_rebuild(tmp_path) -> None:

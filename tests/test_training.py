@@ -58,8 +58,11 @@ def test_resume_repeats_the_run_bit_for_bit(tmp_path) -> None:
     _, straight = train_tiny(steps=6, seed=4)
     _, first = train_tiny(steps=3, seed=4)
     first.save(tmp_path / "state.safetensors")
-    resumed = TrainState.load(tmp_path / "state.safetensors", torch.device("cpu"),
-                              TrainConfig.from_dict({**first.train_config.to_dict(), "iterations": 6}))
+    resumed = TrainState.load(
+        tmp_path / "state.safetensors",
+        torch.device("cpu"),
+        TrainConfig.from_dict({**first.train_config.to_dict(), "iterations": 6}),
+    )
     # go on with the same data stream: the sampler draws from the restored numpy RNG
     from napari_cdal.engine.data.patches import PatchSampler
 
@@ -86,9 +89,11 @@ def test_weights_mask_the_losses() -> None:
     other[..., 8:] = 1.0 - other[..., 8:]
     for p in (prob, other):
         assert _weighted_mean((p - target).pow(2), weights) == pytest.approx(
-            ((prob - target).pow(2)[..., :8]).mean().item(), rel=1e-6)
+            ((prob - target).pow(2)[..., :8]).mean().item(), rel=1e-6
+        )
     assert soft_dice_loss(prob, (target + 1) / 2, weights) == pytest.approx(
-        soft_dice_loss(other, (target + 1) / 2, weights).item(), rel=1e-6)
+        soft_dice_loss(other, (target + 1) / 2, weights).item(), rel=1e-6
+    )
 
 
 def test_soft_dice_loss_closed_form() -> None:

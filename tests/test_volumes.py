@@ -136,6 +136,7 @@ def _replace_generator(model: CdalModel, forward) -> None:
 
 def _image_follows_model(model: CdalModel) -> None:
     """Replace G by a function of the image alone, so a batch must give each image its own answer."""
+
     def forward(x_next, t, features, z, previous=None):
         return torch.tanh(features.mean(dim=1, keepdim=True)).expand_as(x_next).contiguous()
 
@@ -149,8 +150,9 @@ def test_batched_sampling_gives_each_image_its_own_result() -> None:
     together = run_to_end(reverse_process(model, images, samples=2, rng=torch.Generator().manual_seed(1)))
     assert together.probability.shape == (3, 3, 20, 28) and together.uncertainty.shape == (3, 20, 28)
     for index in range(3):
-        alone = run_to_end(reverse_process(model, images[index:index + 1], samples=2,
-                                           rng=torch.Generator().manual_seed(1)))
+        alone = run_to_end(
+            reverse_process(model, images[index : index + 1], samples=2, rng=torch.Generator().manual_seed(1))
+        )
         assert torch.allclose(together.probability[index], alone.probability[0], atol=1e-6)
     assert not torch.allclose(together.probability[0], together.probability[1])
     assert torch.allclose(foreground_of(together.probability, TINY_CLASSES), 1 - together.probability[:, 0])
@@ -223,13 +225,29 @@ def test_tiny_model_of_classes_learns_synthetic_volumes_through_the_cli(tmp_path
     from conftest import run, train_and_evaluate
 
     data = _volume_folder(tmp_path / "data", 3)
-    model, scores = train_and_evaluate(capsys, tmp_path, data, TINY_CLASSES.to_dict(),
-                                       {"train": ["vol_0", "vol_1"], "validation": ["vol_2"]},
-                                       {"flips": False, "lr_g": 3e-3, "lr_d": 1e-3, "warmup_steps": 10},
-                                       iterations=300, patch_size=24)
+    model, scores = train_and_evaluate(
+        capsys,
+        tmp_path,
+        data,
+        TINY_CLASSES.to_dict(),
+        {"train": ["vol_0", "vol_1"], "validation": ["vol_2"]},
+        {"flips": False, "lr_g": 3e-3, "lr_d": 1e-3, "warmup_steps": 10},
+        iterations=300,
+        patch_size=24,
+    )
     assert scores["dice_anterior"] > 0.8 and scores["dice_posterior"] > 0.8, scores
-    code, out, err = run(capsys, "segment", data / "images" / "vol_2.nii.gz", "--model", model,
-                         "--out", tmp_path / "out", "--samples", 2, "--save-uncertainty")
+    code, out, err = run(
+        capsys,
+        "segment",
+        data / "images" / "vol_2.nii.gz",
+        "--model",
+        model,
+        "--out",
+        tmp_path / "out",
+        "--samples",
+        2,
+        "--save-uncertainty",
+    )
     assert code == 0, err
     written = nibabel.load(str(tmp_path / "out" / "vol_2_labels.nii.gz"))
     assert written.shape == (12, 24, 24) and written.get_data_dtype() == np.uint8
@@ -247,8 +265,18 @@ def test_save_steps_writes_the_estimates_and_the_chain_of_a_volume(tmp_path, cap
     model = tmp_path / "classes.safetensors"
     save_model(model, CdalModel.initialise(TINY_CLASSES, 0))
     data = _volume_folder(tmp_path / "data", 1)
-    code, _, err = run(capsys, "segment", data / "images" / "vol_0.nii.gz", "--model", model,
-                       "--out", tmp_path / "out", "--sampling-steps", 2, "--save-steps")
+    code, _, err = run(
+        capsys,
+        "segment",
+        data / "images" / "vol_0.nii.gz",
+        "--model",
+        model,
+        "--out",
+        tmp_path / "out",
+        "--sampling-steps",
+        2,
+        "--save-steps",
+    )
     assert code == 0, err
     steps = nibabel.load(str(tmp_path / "out" / "vol_0_steps.nii.gz"))
     chain = nibabel.load(str(tmp_path / "out" / "vol_0_chain.nii.gz"))
@@ -263,8 +291,9 @@ def test_a_volume_with_an_h_and_e_model_is_refused_with_a_hint(tmp_path, capsys,
     from conftest import run
 
     data = _volume_folder(tmp_path / "data", 1)
-    code, _, err = run(capsys, "segment", data / "images" / "vol_0.nii.gz", "--model", tiny_model_file,
-                       "--out", tmp_path / "out")
+    code, _, err = run(
+        capsys, "segment", data / "images" / "vol_0.nii.gz", "--model", tiny_model_file, "--out", tmp_path / "out"
+    )
     assert code == 1 and "cdal_hippocampus" in err and not (tmp_path / "out" / "vol_0_labels.nii.gz").exists()
 
 

@@ -54,17 +54,13 @@ def model_folder(tmp_path, monkeypatch) -> Path:
 def errors(monkeypatch) -> list[str]:
     """Messages the widgets send to napari's error notifications."""
     shown: list[str] = []
-    monkeypatch.setattr(
-        "napari.utils.notifications.show_error", lambda message: shown.append(str(message))
-    )
+    monkeypatch.setattr("napari.utils.notifications.show_error", lambda message: shown.append(str(message)))
     return shown
 
 
 def add_image(viewer, name: str = NAME, size: int = 128):
     """A synthetic H&E-like tile at the tiny model's 0.5 µm/px, placed off the origin."""
-    return viewer.add_image(
-        blob_tile(3, size).image, name=name, scale=SCALE, translate=TRANSLATE, units=("µm", "µm")
-    )
+    return viewer.add_image(blob_tile(3, size).image, name=name, scale=SCALE, translate=TRANSLATE, units=("µm", "µm"))
 
 
 def add_corrected_mask(viewer, image_name: str = NAME, size: int = 128):
@@ -122,8 +118,9 @@ def improved(monkeypatch):
     from napari_cdal.engine.training import finetune as finetune_module
 
     def decide(value: bool) -> None:
-        monkeypatch.setattr(finetune_module, "judge", lambda *args: dataclasses.replace(
-            acceptance.judge(*args), improved=value))
+        monkeypatch.setattr(
+            finetune_module, "judge", lambda *args: dataclasses.replace(acceptance.judge(*args), improved=value)
+        )
 
     decide(True)
     return decide
@@ -230,7 +227,8 @@ def test_the_progress_bar_says_what_happens_before_the_first_step_then_counts_th
 
 
 def test_fine_tune_comes_to_the_front_keeps_the_canvas_width_and_shows_its_labels_whole(
-        qtbot, make_napari_viewer, tiny_model_file) -> None:
+    qtbot, make_napari_viewer, tiny_model_file
+) -> None:
     from qtpy.QtWidgets import QLabel, QTabBar
 
     viewer = make_napari_viewer(show=True)
@@ -262,9 +260,7 @@ def test_a_binary_mask_is_split_with_a_visible_note(
     from napari_cdal.engine.io.checkpoint import read_metadata
 
     infos: list[str] = []
-    monkeypatch.setattr(
-        "napari.utils.notifications.show_info", lambda message: infos.append(str(message))
-    )
+    monkeypatch.setattr("napari.utils.notifications.show_info", lambda message: infos.append(str(message)))
     viewer = make_napari_viewer()
     add_image(viewer)
     binary = np.zeros((128, 128), np.uint8)
@@ -332,7 +328,8 @@ def test_names_are_checked_and_suggested(tmp_path) -> None:
     assert "name" in model_name_problem("", tmp_path)
     assert default_model_name("cdal_monuseg", "my tile/1") == "cdal_monuseg-ft-my_tile_1"
     assert default_model_name("cdal_monuseg-ft-TCGA-AR-A1AK-01Z-00-DX1-2", "TCGA-AR-A1AK-01Z-00-DX1") == (
-        "cdal_monuseg-ft-TCGA-AR-A1AK-01Z-00"), "a fine-tuned base does not snowball; the image is cut short"
+        "cdal_monuseg-ft-TCGA-AR-A1AK-01Z-00"
+    ), "a fine-tuned base does not snowball; the image is cut short"
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -462,9 +459,7 @@ def test_cancel_stops_cleanly_and_writes_nothing(
     finetune.run_finished.connect(outcomes.append)
     finetune.finetune_button.native.click()
     qtbot.waitUntil(lambda: finetune.status.value.startswith("Fine-tuning"), timeout=TIMEOUT_MS)
-    assert (
-        finetune.running and not finetune.finetune_button.enabled and finetune.cancel_button.enabled
-    )
+    assert finetune.running and not finetune.finetune_button.enabled and finetune.cancel_button.enabled
     finetune.cancel_button.native.click()
     paused_finetune.set()
     qtbot.waitUntil(lambda: bool(outcomes), timeout=TIMEOUT_MS)
@@ -473,11 +468,7 @@ def test_cancel_stops_cleanly_and_writes_nothing(
     assert model_files(model_folder) == []
     assert sha256(tiny_model_file) == original_hash
     assert segment.selected_model_path() == str(tiny_model_file)
-    assert (
-        finetune.finetune_button.enabled
-        and not finetune.cancel_button.enabled
-        and not finetune.running
-    )
+    assert finetune.finetune_button.enabled and not finetune.cancel_button.enabled and not finetune.running
 
 
 def test_cancel_takes_effect_inside_a_network_pass_of_a_training_step(
@@ -637,8 +628,9 @@ def test_the_places_review_visited_are_the_regions_fine_tune_learns_from(
     mask = row.labels.value
     mask.paint((10, 10), mask.selected_label)  # a correction with the brush, where Review left it
     items = segment._review.items
-    boxes = [widen_box(i.box, round(REGION_MARGIN_UM / 0.5), math.ceil(MIN_REGION_UM / 0.5), mask.data.shape)
-             for i in items]
+    boxes = [
+        widen_box(i.box, round(REGION_MARGIN_UM / 0.5), math.ceil(MIN_REGION_UM / 0.5), mask.data.shape) for i in items
+    ]
     assert layer_boxes(checked, image) == boxes
     assert [pair.regions for pair in finetune.gather_pairs()] == [boxes]
     assert click_finetune(qtbot, finetune) == "done"

@@ -26,7 +26,8 @@ def files(tmp_path):
 
 
 def test_after_docking_segment_file_open_reads_tiles_volumes_and_slides_without_asking(
-        make_napari_viewer, monkeypatch, files) -> None:
+    make_napari_viewer, monkeypatch, files
+) -> None:
     folder, tile = files
     viewer = new_napari_session(make_napari_viewer())
     viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")  # Plugins > napari-cdal > Segment
@@ -45,7 +46,8 @@ def test_after_docking_segment_file_open_reads_tiles_volumes_and_slides_without_
 
 
 def test_in_a_new_session_napari_asks_once_and_napari_cdal_reads_the_volume(
-        make_napari_viewer, monkeypatch, files) -> None:
+    make_napari_viewer, monkeypatch, files
+) -> None:
     folder, _ = files
     viewer = new_napari_session(make_napari_viewer())
     opened = open_with_file_menu(viewer, folder / "vol.nii.gz", monkeypatch, choose=PLUGIN)

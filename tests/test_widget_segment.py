@@ -55,9 +55,7 @@ def dock(viewer) -> SegmentWidget:
 
 def add_blobs(viewer, size: int = 128, name: str = NAME):
     """A synthetic H&E-like tile at the tiny model's 0.5 µm/px, placed off the origin."""
-    return viewer.add_image(
-        blob_tile(3, size).image, name=name, scale=SCALE, translate=TRANSLATE, units=("µm", "µm")
-    )
+    return viewer.add_image(blob_tile(3, size).image, name=name, scale=SCALE, translate=TRANSLATE, units=("µm", "µm"))
 
 
 def use_model(widget: SegmentWidget, path: Path) -> None:
@@ -78,9 +76,7 @@ def result_layers(viewer) -> list:
 def errors(monkeypatch) -> list[str]:
     """Messages the widget sends to napari's error notifications."""
     shown: list[str] = []
-    monkeypatch.setattr(
-        "napari.utils.notifications.show_error", lambda message: shown.append(str(message))
-    )
+    monkeypatch.setattr("napari.utils.notifications.show_error", lambda message: shown.append(str(message)))
     return shown
 
 
@@ -114,11 +110,7 @@ def test_segment_gives_five_layers_on_the_image_grid(qtbot, viewer_widget) -> No
         result_name("mask"),
     ]
     mask, steps, estimates, attention, uncertainty = (viewer.layers[result_name(kind)] for kind in KINDS)
-    assert (
-        type(mask).__name__ == "Labels"
-        and mask.data.shape == (128, 128)
-        and mask.data.dtype == np.uint32
-    )
+    assert type(mask).__name__ == "Labels" and mask.data.shape == (128, 128) and mask.data.dtype == np.uint32
     assert steps.data.shape == (5, 128, 128), "the chain: x_T, then the x_t of each of the 4 steps"
     assert estimates.data.shape == attention.data.shape == (4, 128, 128)
     assert steps.data.dtype == estimates.data.dtype == attention.data.dtype == uncertainty.data.dtype == np.float32
@@ -257,8 +249,10 @@ def test_the_image_stays_in_view_while_segmenting(qtbot, viewer_widget, monkeypa
         widget.run_finished.connect(outcomes.append)
         widget.segment_button.native.click()
         running = 5 if run == "first" else 3  # the mask and uncertainty of a first run wait in places of their own
-        qtbot.waitUntil(lambda running=running: sum(PREVIEW_SUFFIX in layer.name for layer in viewer.layers) == running,
-                        timeout=TIMEOUT_MS)
+        qtbot.waitUntil(
+            lambda running=running: sum(PREVIEW_SUFFIX in layer.name for layer in viewer.layers) == running,
+            timeout=TIMEOUT_MS,
+        )
         qtbot.wait(50)
         covering = [layer.name for layer in viewer.layers if layer is not image and layer.visible]
         assert covering == ([] if run == "first" else [result_name("mask")]), "nothing empty over the image"
@@ -334,8 +328,7 @@ def test_rerun_updates_in_place_but_keeps_an_edited_mask(qtbot, viewer_widget) -
     assert [layer.name for layer in viewer.layers][-1] == result_name("mask") + " [1]"
     assert np.array_equal(first["mask"].data, edited), "an edited mask is never overwritten"
     assert all(
-        viewer.layers[result_name(kind)] is first[kind]
-        for kind in ("steps", "estimates", "attention", "uncertainty")
+        viewer.layers[result_name(kind)] is first[kind] for kind in ("steps", "estimates", "attention", "uncertainty")
     )
     second_mask = viewer.layers[result_name("mask") + " [1]"]
     assert tuple(second_mask.scale) == SCALE and second_mask.data.dtype == np.uint32
@@ -381,9 +374,7 @@ def cancel_mid_run(qtbot, viewer, widget: SegmentWidget, resume: threading.Event
     outcomes: list[str] = []
     widget.run_finished.connect(outcomes.append)
     widget.segment_button.native.click()
-    qtbot.waitUntil(
-        lambda: any(PREVIEW_SUFFIX in layer.name for layer in viewer.layers), timeout=TIMEOUT_MS
-    )
+    qtbot.waitUntil(lambda: any(PREVIEW_SUFFIX in layer.name for layer in viewer.layers), timeout=TIMEOUT_MS)
     assert widget.running and not widget.segment_button.enabled and widget.cancel_button.enabled
     widget.cancel_button.native.click()
     resume.set()
@@ -420,8 +411,9 @@ def test_cancel_leaves_the_previous_result_as_it_was(qtbot, viewer_widget, pause
     viewer, widget = viewer_widget
     paused_engine.set()
     assert click_segment(qtbot, widget) == "done"
-    before = [(layer.name, layer, np.array(layer.data), layer.visible, np.array(layer.translate))
-              for layer in viewer.layers]
+    before = [
+        (layer.name, layer, np.array(layer.data), layer.visible, np.array(layer.translate)) for layer in viewer.layers
+    ]
     paused_engine.clear()
     widget.seed.value = 7
     assert cancel_mid_run(qtbot, viewer, widget, paused_engine) == "cancelled"
@@ -577,9 +569,7 @@ def test_bad_image_layers_are_refused_with_a_notification(
     viewer = make_napari_viewer()
     rng = np.random.default_rng(0)
     if kind == "rgba":
-        layer = viewer.add_image(
-            rng.integers(0, 255, (32, 32, 4), dtype=np.uint8), rgb=True, name="bad"
-        )
+        layer = viewer.add_image(rng.integers(0, 255, (32, 32, 4), dtype=np.uint8), rgb=True, name="bad")
         expected = "RGBA"
     else:
         layer = viewer.add_image(rng.integers(0, 255, (5, 32, 32), dtype=np.uint8), name="bad")
@@ -592,9 +582,7 @@ def test_bad_image_layers_are_refused_with_a_notification(
     assert not widget.running and len(viewer.layers) == 1
 
 
-def test_missing_and_corrupt_model_files_are_reported(
-    qtbot, viewer_widget, errors, tmp_path
-) -> None:
+def test_missing_and_corrupt_model_files_are_reported(qtbot, viewer_widget, errors, tmp_path) -> None:
     viewer, widget = viewer_widget
     widget.model_file.value = tmp_path / "nowhere.safetensors"
     widget.segment_button.native.click()
@@ -608,9 +596,7 @@ def test_missing_and_corrupt_model_files_are_reported(
     assert widget.status.value.startswith("Failed")
 
 
-def test_without_a_bundled_model_the_widget_says_what_to_do(
-    make_napari_viewer, monkeypatch, tmp_path, errors
-) -> None:
+def test_without_a_bundled_model_the_widget_says_what_to_do(make_napari_viewer, monkeypatch, tmp_path, errors) -> None:
     from napari_cdal import models
 
     monkeypatch.setattr(models, "bundled_model_file", lambda: tmp_path / "absent.safetensors")
@@ -619,9 +605,7 @@ def test_without_a_bundled_model_the_widget_says_what_to_do(
     add_blobs(viewer)
     widget = dock(viewer)
     assert widget.model.choices == (OTHER_FILE,)
-    assert (
-        "No bundled model" in widget.status.value and str(tmp_path / "empty") in widget.status.value
-    )
+    assert "No bundled model" in widget.status.value and str(tmp_path / "empty") in widget.status.value
     widget.segment_button.native.click()
     assert "no model chosen" in errors[-1] and len(viewer.layers) == 1
 
@@ -677,14 +661,10 @@ def test_an_aperio_xml_opens_as_labels(make_napari_viewer, tmp_path) -> None:
     )
     viewer = make_napari_viewer()
     (layer,) = viewer.open(tmp_path / "tile.xml", plugin=PLUGIN)
-    assert (
-        type(layer).__name__ == "Labels" and layer.data.shape == (40, 50) and layer.data.max() == 1
-    )
+    assert type(layer).__name__ == "Labels" and layer.data.shape == (40, 50) and layer.data.max() == 1
 
 
-def test_view_command_opens_the_sample_with_the_widget_docked(
-    make_napari_viewer, monkeypatch
-) -> None:
+def test_view_command_opens_the_sample_with_the_widget_docked(make_napari_viewer, monkeypatch) -> None:
     import napari
 
     from napari_cdal.cli import main
@@ -796,8 +776,9 @@ def test_review_steps_through_the_likeliest_errors_and_marks_them(qtbot, viewer_
     # each place visited is a checked region, once, widened as `finetune --regions` widens a review CSV's boxes
     checked = viewer.layers[layer_name(NAME, "checked regions")]
     mpp = image_mpp(mask)
-    widened = [widen_box(i.box, round(REGION_MARGIN_UM / mpp), math.ceil(MIN_REGION_UM / mpp), mask.data.shape)
-               for i in queue]
+    widened = [
+        widen_box(i.box, round(REGION_MARGIN_UM / mpp), math.ceil(MIN_REGION_UM / mpp), mask.data.shape) for i in queue
+    ]
     assert layer_boxes(checked, viewer.layers[NAME]) == widened and checked.shape_type == ["rectangle"] * 3
     assert viewer.layers.selection.active is mask, "the brush stays ready on the mask"
     widget.seed.value = 5  # a rerun's queue replaces the marks, none current
@@ -858,7 +839,8 @@ NARROW_LIST_PX = 200
 
 
 def test_layer_names_keep_the_kind_and_the_model_in_view_in_a_narrow_layer_list(
-        qtbot, make_napari_viewer, tiny_model_file, tmp_path) -> None:
+    qtbot, make_napari_viewer, tiny_model_file, tmp_path
+) -> None:
     from qtpy.QtCore import Qt
 
     viewer = make_napari_viewer()
@@ -870,8 +852,11 @@ def test_layer_names_keep_the_kind_and_the_model_in_view_in_a_narrow_layer_list(
         use_model(widget, model)
         assert click_segment(qtbot, widget) == "done"
     metrics = viewer.window._qt_viewer.layers.fontMetrics()  # napari's list cuts a long name in its middle
-    shown = {layer.name: metrics.elidedText(layer.name, Qt.TextElideMode.ElideMiddle, NARROW_LIST_PX)
-             for layer in viewer.layers if layer is not image}
+    shown = {
+        layer.name: metrics.elidedText(layer.name, Qt.TextElideMode.ElideMiddle, NARROW_LIST_PX)
+        for layer in viewer.layers
+        if layer is not image
+    }
     assert len(set(shown.values())) == len(shown) == 8, f"every layer tells itself apart: {sorted(shown.values())}"
     for name, text in shown.items():
         kind = viewer.layers[name].metadata[TAG]["kind"]
@@ -883,8 +868,9 @@ def test_layer_names_keep_the_kind_and_the_model_in_view_in_a_narrow_layer_list(
 
 def test_a_run_keeps_the_users_active_layer_and_tool(qtbot, viewer_widget) -> None:
     viewer, widget = viewer_widget
-    painted = viewer.add_labels(np.zeros((128, 128), np.uint32), name="my corrections", scale=SCALE,
-                                translate=TRANSLATE)
+    painted = viewer.add_labels(
+        np.zeros((128, 128), np.uint32), name="my corrections", scale=SCALE, translate=TRANSLATE
+    )
     painted.mode = "paint"
     viewer.layers.selection.active = painted
     actives: list = []
@@ -950,8 +936,9 @@ def test_sampling_steps_and_samples_are_kept_when_switching_model(
     short = tmp_path / "short.safetensors"  # a model of 2 diffusion steps
     shutil.copy(tiny_model_file, short)
     real = segment_module.model_steps
-    monkeypatch.setattr(segment_module, "model_steps",
-                        lambda path: (2, 2, 1) if Path(path).name == short.name else real(path))
+    monkeypatch.setattr(
+        segment_module, "model_steps", lambda path: (2, 2, 1) if Path(path).name == short.name else real(path)
+    )
     viewer = make_napari_viewer()
     add_blobs(viewer)
     widget = dock(viewer)

@@ -31,17 +31,26 @@ MPP = 0.5
 def slide(tmp_path):
     """A 256 x 256 pyramidal tiled TIFF of four blob tiles at 0.5 µm/px (levels 256, 128, 64) and its nuclei."""
     tiles = [blob_tile(seed) for seed in (41, 42, 43, 44)]
-    image = np.concatenate([np.concatenate([t.image for t in tiles[:2]], 1),
-                            np.concatenate([t.image for t in tiles[2:]], 1)], 0)
-    foreground = np.concatenate([np.concatenate([t.foreground for t in tiles[:2]], 1),
-                                 np.concatenate([t.foreground for t in tiles[2:]], 1)], 0)
+    image = np.concatenate(
+        [np.concatenate([t.image for t in tiles[:2]], 1), np.concatenate([t.image for t in tiles[2:]], 1)], 0
+    )
+    foreground = np.concatenate(
+        [np.concatenate([t.foreground for t in tiles[:2]], 1), np.concatenate([t.foreground for t in tiles[2:]], 1)], 0
+    )
     path = tmp_path / "slides" / "slide.tif"
     path.parent.mkdir()
     with tifffile.TiffWriter(path, bigtiff=True) as tif:
         for k in range(3):
             options = {"subifds": 2} if k == 0 else {"subfiletype": 1}
-            tif.write(image[:: 2**k, :: 2**k], tile=(32, 32), photometric="rgb", compression="zlib",
-                      resolution=(1e4 / (MPP * 2**k),) * 2, resolutionunit="CENTIMETER", **options)
+            tif.write(
+                image[:: 2**k, :: 2**k],
+                tile=(32, 32),
+                photometric="rgb",
+                compression="zlib",
+                resolution=(1e4 / (MPP * 2**k),) * 2,
+                resolutionunit="CENTIMETER",
+                **options,
+            )
     return path, image, foreground > 0
 
 
@@ -93,8 +102,9 @@ def test_segment_takes_the_field_of_view_at_full_resolution(qtbot, opened, slide
 
 def test_segment_takes_a_rectangle_drawn_in_a_shapes_layer(qtbot, opened, slide) -> None:
     viewer, widget, layer = opened
-    shapes = viewer.add_shapes([np.array([[10.0, 20.0], [10.0, 70.0], [40.0, 70.0], [40.0, 20.0]])],
-                               shape_type="rectangle", name="roi")  # µm: pixels 20..80 x 40..140
+    shapes = viewer.add_shapes(
+        [np.array([[10.0, 20.0], [10.0, 70.0], [40.0, 70.0], [40.0, 20.0]])], shape_type="rectangle", name="roi"
+    )  # µm: pixels 20..80 x 40..140
     viewer.layers.selection.active = layer
     widget.region.value = shapes
     assert click_segment(qtbot, widget) == "done"
@@ -153,16 +163,22 @@ def test_whole_slide_fills_a_multiscale_labels_layer_from_its_store_and_resumes(
     # goes on from the blocks already done
     assert click_and_wait(qtbot, widget, widget.slide_button, TIMEOUT_MS) == "done"
     assert viewer.layers[name] is labels and zarr.open_array(store, mode="r").attrs["done"] == [0, 1, 2, 3]
-    assert labels.multiscale and [tuple(level.shape) for level in labels.data] == [(256, 256), (128, 128), (64, 64),
-                                                                                      (32, 32)]
+    assert labels.multiscale and [tuple(level.shape) for level in labels.data] == [
+        (256, 256),
+        (128, 128),
+        (64, 64),
+        (32, 32),
+    ]
     assert tuple(labels.scale) == (MPP, MPP) and tuple(labels.translate) == tuple(layer.translate)
     full = np.asarray(labels.data[0][:])
     assert full.max() == widget.last_slide.n_nuclei > 10
     assert dice(full > 0, slide[2]) > 0.7
     np.testing.assert_array_equal(np.asarray(labels.data[1][:]), full[::2, ::2])
     np.testing.assert_array_equal(tifffile.imread(out / "slide_labels.tif"), full)
-    assert f"{widget.last_slide.n_nuclei} nuclei in 4 blocks (0 of glass skipped; tissue 0.0164 of 0.0164 mm²)" \
-        in widget.status.value, "the slide is all tissue"
+    assert (
+        f"{widget.last_slide.n_nuclei} nuclei in 4 blocks (0 of glass skipped; tissue 0.0164 of 0.0164 mm²)"
+        in widget.status.value
+    ), "the slide is all tissue"
     assert widget.tissue_only.value and (out / "slide_tissue.png").is_file()
 
     before = (out / "slide_labels.tif").stat().st_mtime_ns

@@ -103,8 +103,9 @@ def test_labels_are_saved_as_nifti_with_the_source_affine(make_napari_viewer, vo
     assert saved.get_data_dtype() == np.uint8 and np.allclose(saved.affine, volume_affine())
     assert np.array_equal(np.asarray(saved.dataobj), labels.data)
 
-    plain = viewer.add_labels(np.ones((3, 4, 5), np.int32), name="drawn", scale=(2.0, 3.0, 4.0),
-                              translate=(1.0, 0.0, -1.0))
+    plain = viewer.add_labels(
+        np.ones((3, 4, 5), np.int32), name="drawn", scale=(2.0, 3.0, 4.0), translate=(1.0, 0.0, -1.0)
+    )
     viewer.layers.selection = {plain}
     out = tmp_path / "out" / "drawn.nii"
     assert viewer.layers.save(str(out), selected=True, plugin=PLUGIN) == [str(out)]
@@ -177,7 +178,8 @@ def test_segment_on_a_volume_gives_aligned_3d_labels_and_4d_stacks(
 
 @pytest.mark.parametrize("spins", [True, False], ids=["torch-loaded-first", "plugin-loaded-first"])
 def test_a_run_takes_one_torch_thread_where_openmp_spin_waits(
-        qtbot, monkeypatch, make_napari_viewer, volume_files, classes_model_file, spins) -> None:
+    qtbot, monkeypatch, make_napari_viewer, volume_files, classes_model_file, spins
+) -> None:
     # torch loaded before the plugin (another plugin, a script) leaves OpenMP's threads spin-waiting: on a loaded
     # 2-core machine a volume took 15-20 s instead of 2 (benchmarks/volume_widget.py); with one thread, 2 s
     import torch
@@ -279,8 +281,9 @@ def test_finetune_learns_from_the_corrected_slices_of_a_volume(
     assert sorted(p.name for p in models.iterdir()) == [new_model.name]
     assert classes_model_file.read_bytes() == source_bytes, "the base model is never replaced"
     assert np.array_equal(mask.data, corrected), "the user's Labels layer is only read"
-    assert any("2 corrected slice(s) along axis 0 (where the labels differ from the model's result): 3, 4" in i
-               for i in infos)
+    assert any(
+        "2 corrected slice(s) along axis 0 (where the labels differ from the model's result): 3, 4" in i for i in infos
+    )
     record = read_metadata(new_model)["record"]
     assert record["finetune"]["slices"] == 2 and record["finetune"]["images"] == ["vol"]
     assert record["finetuned_from"]["model"] == classes_model_file.name and record["steps"] == 2
@@ -294,7 +297,8 @@ def shown(widget, field) -> bool:
 
 @pytest.mark.skipif("cdal_hippocampus" not in bundled_models(), reason="no bundled hippocampus model in this checkout")
 def test_a_volume_opened_with_file_open_takes_the_volume_model_and_shows_only_its_fields(
-        qtbot, make_napari_viewer, monkeypatch) -> None:
+    qtbot, make_napari_viewer, monkeypatch
+) -> None:
     from napari_cdal.engine.io.volumes import read_label_volume
     from napari_cdal.sample_data import sample_volume_path
 
@@ -307,8 +311,16 @@ def test_a_volume_opened_with_file_open_takes_the_volume_model_and_shows_only_it
     assert widget.image.value is layer
     assert Path(widget.selected_model_path()).stem == "cdal_hippocampus", "a volume takes the volume model"
     assert "cdal_hippocampus chosen" in widget.status.value
-    for field in (widget.region, widget.mpp, widget.contours, widget.review_count, widget.review_button,
-                  widget.slide_output, widget.tissue_only, widget.slide_button):
+    for field in (
+        widget.region,
+        widget.mpp,
+        widget.contours,
+        widget.review_count,
+        widget.review_button,
+        widget.slide_output,
+        widget.tissue_only,
+        widget.slide_button,
+    ):
         assert not shown(widget, field), f"{field.label or field.text} does not apply to an MRI volume"
     for field in (widget.model, widget.sampling_steps, widget.samples, widget.seed, widget.segment_button):
         assert shown(widget, field)

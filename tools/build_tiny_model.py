@@ -41,9 +41,18 @@ REBUILD = f"rebuild it with `python {SCRIPT}`"
 
 def tiny_train_config(steps: int = STEPS, seed: int = SEED) -> TrainConfig:
     """The training settings of the stored tiny model (tests may vary `steps` and `seed`)."""
-    return TrainConfig(iterations=steps, batch_size=4, patch_size=64, warmup_steps=10, lr_g=2e-3,
-                       lr_d=1e-3, ema_decay=0.9, checkpoint_every=10_000, validate_every=10_000,
-                       seed=seed)
+    return TrainConfig(
+        iterations=steps,
+        batch_size=4,
+        patch_size=64,
+        warmup_steps=10,
+        lr_g=2e-3,
+        lr_d=1e-3,
+        ema_decay=0.9,
+        checkpoint_every=10_000,
+        validate_every=10_000,
+        seed=seed,
+    )
 
 
 def blob_tile(seed: int, size: int = 128, count: int = 25, name: str = "blobs") -> Tile:
@@ -61,18 +70,19 @@ def blob_tile(seed: int, size: int = 128, count: int = 25, name: str = "blobs") 
     return Tile(name, np.clip(image, 0, 255).astype(np.uint8), instances > 0, instances, True, None)
 
 
-def start_tiny(steps: int = STEPS,
-               seed: int = SEED) -> tuple[TrainState, Generator[Progress, None, None]]:
+def start_tiny(steps: int = STEPS, seed: int = SEED) -> tuple[TrainState, Generator[Progress, None, None]]:
     """A fresh training state of the tiny config and the loop that trains it on the blob tiles."""
     cfg = tiny_train_config(steps, seed)
     state = TrainState.create(CdalModel.initialise(TINY, seed), cfg)
-    sampler = PatchSampler([blob_tile(s) for s in TRAIN_TILE_SEEDS], cfg.patch_size,
-                           lambda inst: encode_targets(inst, TINY), state.np_rng)
+    sampler = PatchSampler(
+        [blob_tile(s) for s in TRAIN_TILE_SEEDS], cfg.patch_size, lambda inst: encode_targets(inst, TINY), state.np_rng
+    )
     return state, training_loop(state, sampler.sample, torch.device("cpu"))
 
 
-def train_tiny(steps: int = STEPS, seed: int = SEED,
-               step_losses: list[dict[str, float]] | None = None) -> tuple[CdalModel, TrainState]:
+def train_tiny(
+    steps: int = STEPS, seed: int = SEED, step_losses: list[dict[str, float]] | None = None
+) -> tuple[CdalModel, TrainState]:
     """Train the tiny config on the blob tiles; `step_losses` gets each step's losses."""
     state, events = start_tiny(steps, seed)
     for event in events:
@@ -111,8 +121,12 @@ def build(out: Path = STORED) -> CdalModel:
     step_losses: list[dict[str, float]] = []
     model, _ = train_tiny(step_losses=step_losses)
     model.record["step_losses"] = step_losses
-    model.record["built_by"] = {"script": SCRIPT, "torch": torch.__version__, "torch_threads": 1,
-                                "train_tile_seeds": list(TRAIN_TILE_SEEDS)}
+    model.record["built_by"] = {
+        "script": SCRIPT,
+        "torch": torch.__version__,
+        "torch_threads": 1,
+        "train_tile_seeds": list(TRAIN_TILE_SEEDS),
+    }
     save_model(out, model)
     return model
 
@@ -125,9 +139,11 @@ def main() -> None:
     started = time.perf_counter()
     model = build(args.out)
     last = model.record["history"][-1]
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KiB) after "
-          f"{model.record['steps']} steps in {time.perf_counter() - started:.1f} s; "
-          f"last step mse {last['mse']:.4f}, dice {last['dice']:.4f}")
+    print(
+        f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KiB) after "
+        f"{model.record['steps']} steps in {time.perf_counter() - started:.1f} s; "
+        f"last step mse {last['mse']:.4f}, dice {last['dice']:.4f}"
+    )
 
 
 if __name__ == "__main__":

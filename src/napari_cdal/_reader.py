@@ -157,8 +157,7 @@ def read_plain_image(path: str | Path) -> list[LayerData]:
 
     layers = read([str(path)], stack=False, plugin_name=NAPARI_BUILTINS)
     # napari's reader may leave out the keywords and the layer type: (data,), (data, kwargs) or all three
-    return [(layer[0], layer[1] if len(layer) > 1 else {}, layer[2] if len(layer) > 2 else "image")
-            for layer in layers]
+    return [(layer[0], layer[1] if len(layer) > 1 else {}, layer[2] if len(layer) > 2 else "image") for layer in layers]
 
 
 def read_images(path: str | list[str]) -> list[LayerData]:

@@ -21,8 +21,9 @@ def write_labels_tiff(path: str, data: Any, attributes: dict[str, Any]) -> list[
     from napari_cdal.engine.io.checkpoint import atomic_write
     from napari_cdal.engine.labels import check_labels, relabel_sequential_uint
 
-    labels = relabel_sequential_uint(check_labels(_full_resolution(data, attributes),
-                                                  f"cannot write {path}: the layer"))
+    labels = relabel_sequential_uint(
+        check_labels(_full_resolution(data, attributes), f"cannot write {path}: the layer")
+    )
     atomic_write(
         path,
         lambda tmp: tifffile.imwrite(tmp, labels, compression="zlib", photometric="minisblack"),
@@ -71,8 +72,9 @@ def write_labels_csv(path: str, data: Any, attributes: dict[str, Any]) -> list[s
     table = nucleus_measurements(labels, None, mpp, origin=_origin(attributes))
     features = attributes.get("features")
     if features is not None and {"index", "mean_uncertainty"} <= set(getattr(features, "columns", ())):
-        known = dict(zip(np.asarray(features["index"]).tolist(), np.asarray(features["mean_uncertainty"], float),
-                         strict=True))
+        known = dict(
+            zip(np.asarray(features["index"]).tolist(), np.asarray(features["mean_uncertainty"], float), strict=True)
+        )
         table["mean_uncertainty"] = np.array([known.get(int(i), np.nan) for i in table["id"]])
     return [str(write_text(path, csv_text(table)))]
 
@@ -99,8 +101,10 @@ def write_labels_nifti(path: str, data: Any, attributes: dict[str, Any]) -> list
 
     labels = _full_resolution(data, attributes)
     if labels.ndim != 3:
-        raise ValueError(f"cannot write {path}: a NIfTI label volume needs a 3-D Labels layer, got shape "
-                         f"{labels.shape}; save a 2-D layer as an instance TIFF")
+        raise ValueError(
+            f"cannot write {path}: a NIfTI label volume needs a 3-D Labels layer, got shape "
+            f"{labels.shape}; save a 2-D layer as an instance TIFF"
+        )
     if not np.issubdtype(labels.dtype, np.integer) or (labels.size and labels.min() < 0):
         raise ValueError(f"cannot write {path}: the layer holds values that are not labels 0, 1, 2, ...")
     top = int(labels.max()) if labels.size else 0

@@ -33,8 +33,11 @@ def device_choices() -> list[tuple[str, str]]:
 
 def device_combo() -> ComboBox:
     """The device field of both widgets: auto (a GPU when there is one), cpu, cuda."""
-    return ComboBox(label="device", choices=device_choices(),
-                    tooltip="where the model runs: auto takes the GPU when there is one, else the CPU")
+    return ComboBox(
+        label="device",
+        choices=device_choices(),
+        tooltip="where the model runs: auto takes the GPU when there is one, else the CPU",
+    )
 
 
 def cancel_button(what: str, tooltip: str) -> PushButton:
@@ -63,8 +66,10 @@ def set_mpp_from_layer(spin: FloatSpinBox, layer: Image, status: Label) -> None:
         spin.value = value
         return
     spin.value = DEFAULT_IMAGE_MPP
-    status.value = (f"{layer.name}'s scale says {value:g} µm/px, outside {low:g}-{high:g}: "
-                    f"check its scale, or set µm/px here (now {DEFAULT_IMAGE_MPP:g})")
+    status.value = (
+        f"{layer.name}'s scale says {value:g} µm/px, outside {low:g}-{high:g}: "
+        f"check its scale, or set µm/px here (now {DEFAULT_IMAGE_MPP:g})"
+    )
 
 
 STATUS_MIN_WIDTH = 260
@@ -118,8 +123,9 @@ def fit_labels(widget: Any) -> None:
     then clips them ('corrected regior')."""
     from qtpy.QtWidgets import QLabel
 
-    in_column = [label for label in widget.native.findChildren(QLabel)
-                 if label.minimumWidth() > 0 and not label.wordWrap()]
+    in_column = [
+        label for label in widget.native.findChildren(QLabel) if label.minimumWidth() > 0 and not label.wordWrap()
+    ]
     for label in in_column:
         if not label.text():  # the empty label beside a nested row or the status line: no indent, the full width
             label.setMinimumWidth(0)
@@ -226,6 +232,9 @@ def docked_segment_widget(viewer: napari.viewer.Viewer) -> SegmentWidget | None:
     """The Segment widget docked in `viewer` (the latest one when there are several), else None."""
     # napari hands each plugin widget its own proxy of the viewer: compare what the proxies wrap
     target = getattr(viewer, "__wrapped__", viewer)
-    docked = [(made, widget) for widget, made in list(_SEGMENT_WIDGETS.items())
-              if getattr(widget._viewer, "__wrapped__", widget._viewer) is target]
+    docked = [
+        (made, widget)
+        for widget, made in list(_SEGMENT_WIDGETS.items())
+        if getattr(widget._viewer, "__wrapped__", widget._viewer) is target
+    ]
     return max(docked, key=lambda entry: entry[0], default=(0, None))[1]

@@ -143,9 +143,13 @@ def run_segmentation(
         device = str(resolve_device(settings.device))
         model = sampling_model_cached(settings.model_path, device)
         height, width = (box[1] - box[0], box[3] - box[2]) if box is not None else image.shape[:2]
-        check_memory(segment_peak_bytes(height, width, settings.image_mpp, model.config, settings.sampling_steps,
-                                        settings.samples), f"the image ({height} x {width} px)")
-        pixels = image if box is None else np.asarray(image[box[0]:box[1], box[2]:box[3]])
+        check_memory(
+            segment_peak_bytes(
+                height, width, settings.image_mpp, model.config, settings.sampling_steps, settings.samples
+            ),
+            f"the image ({height} x {width} px)",
+        )
+        pixels = image if box is None else np.asarray(image[box[0] : box[1], box[2] : box[3]])
         check_pixels(pixels, "the image")
         notes = reading_notes(pixels, model.config.image_channels)  # what the CLI prints as notes
         with _stoppable(model, cancel), threads_for_the_gui():
@@ -184,12 +188,15 @@ def run_volume_segmentation(
         model = sampling_model_cached(settings.model_path, device)
         shape = tuple(np.shape(volume))
         if len(shape) == 3:  # another shape is segment_volume's to refuse
-            check_memory(volume_peak_bytes(shape, model.config, settings.sampling_steps, settings.samples,
-                                           SLICES_PER_BATCH), f"the volume ({' x '.join(map(str, shape))} voxels)",
-                         "lower K (samples), or segment the volume with `napari-cdal segment`")
+            check_memory(
+                volume_peak_bytes(shape, model.config, settings.sampling_steps, settings.samples, SLICES_PER_BATCH),
+                f"the volume ({' x '.join(map(str, shape))} voxels)",
+                "lower K (samples), or segment the volume with `napari-cdal segment`",
+            )
         with _stoppable(model, cancel), threads_for_the_gui():
-            for event in segment_volume(model, np.asarray(volume), settings.sampling_steps, settings.samples,
-                                        settings.seed):
+            for event in segment_volume(
+                model, np.asarray(volume), settings.sampling_steps, settings.samples, settings.seed
+            ):
                 if event.stage == "done":
                     return event.payload
                 yield event
@@ -201,7 +208,11 @@ def run_volume_segmentation(
 
 
 def run_whole_slide(
-    slide: Path, store: Path, tiff: Path, settings: SegmentSettings, tissue: str,
+    slide: Path,
+    store: Path,
+    tiff: Path,
+    settings: SegmentSettings,
+    tissue: str,
     cancel: threading.Event | None = None,
 ) -> Generator[Progress, None, SlideResult | RunFailure]:
     """Worker body: segment a slide block by block into its zarr store (resuming one), then its pyramidal TIFF.
@@ -222,9 +233,17 @@ def run_whole_slide(
         device = str(resolve_device(settings.device))
         model = sampling_model_cached(settings.model_path, device)
         with open_slide(slide) as source, _stoppable(model, cancel):
-            for event in segment_slide(model, source, store, settings.image_mpp,
-                                       sampling_steps=settings.sampling_steps, samples=settings.samples,
-                                       seed=settings.seed, threshold=settings.threshold, tissue=tissue):
+            for event in segment_slide(
+                model,
+                source,
+                store,
+                settings.image_mpp,
+                sampling_steps=settings.sampling_steps,
+                samples=settings.samples,
+                seed=settings.seed,
+                threshold=settings.threshold,
+                tissue=tissue,
+            ):
                 if event.stage == "done":
                     if not tiff.exists():
                         labels_tiff(store, tiff)
@@ -246,7 +265,8 @@ def tissue_png_path(tiff: Path) -> Path:
 
 
 def run_finetune(
-    pairs: list[FinetunePair] | list[VolumeCorrection], settings: FinetuneSettings,
+    pairs: list[FinetunePair] | list[VolumeCorrection],
+    settings: FinetuneSettings,
     cancel: threading.Event | None = None,
 ) -> Generator[Progress, None, Finetuned | RunFailure]:
     """Worker body: load the base model, fine-tune it, save it as a new file with its check (or say why not).
@@ -271,8 +291,7 @@ def run_finetune(
                 if event.stage == "done":
                     yield Progress("save", event.index, event.total)  # a last chance to cancel
                     result = event.payload
-                    return Finetuned(save_finetuned(result.model, settings.output), result.report(),
-                                     result.improved)
+                    return Finetuned(save_finetuned(result.model, settings.output), result.report(), result.improved)
                 yield event
     except (CheckpointError, FileNotFoundError, ValueError, OSError) as exc:
         return RunFailure(str(exc))

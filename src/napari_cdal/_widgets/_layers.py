@@ -264,8 +264,9 @@ def put_image_layer(
     name = layer_name(image_name, kind, model)
     tag = {"image": image_name, "kind": kind, **({} if model is None else {"model": model})}
     if layer is None and spare is None:
-        return viewer.add_image(data, name=name, contrast_limits=contrast_limits, metadata={TAG: tag}, **grid,
-                                **map_style(kind))
+        return viewer.add_image(
+            data, name=name, contrast_limits=contrast_limits, metadata={TAG: tag}, **grid, **map_style(kind)
+        )
     if layer is None:
         layer = spare
         layer.name = name
@@ -278,17 +279,29 @@ def put_image_layer(
 
 
 def put_mask_layer(
-    viewer: napari.Viewer, image_name: str, labels: np.ndarray, grid: dict[str, Any], contour: int,
-    features: pd.DataFrame | dict[str, np.ndarray] | None = None, origin: tuple[int, int] = (0, 0),
-    model: str | None = None, extra: dict[str, Any] | None = None, spare: Labels | None = None,
+    viewer: napari.Viewer,
+    image_name: str,
+    labels: np.ndarray,
+    grid: dict[str, Any],
+    contour: int,
+    features: pd.DataFrame | dict[str, np.ndarray] | None = None,
+    origin: tuple[int, int] = (0, 0),
+    model: str | None = None,
+    extra: dict[str, Any] | None = None,
+    spare: Labels | None = None,
 ) -> Labels:
     """Add the mask of (image[, model]) with its tag (and `extra` in it), or update an unedited one in place.
 
     With no such mask, `spare` (the run's hidden `(running)` mask place, on the same grid) becomes it.
     """
     layer = find_result_layer(viewer, image_name, MASK, model)
-    tag = {"image": image_name, "kind": MASK, "origin": [int(origin[0]), int(origin[1])],
-           **({} if model is None else {"model": model}), **(extra or {})}
+    tag = {
+        "image": image_name,
+        "kind": MASK,
+        "origin": [int(origin[0]), int(origin[1])],
+        **({} if model is None else {"model": model}),
+        **(extra or {}),
+    }
     name = layer_name(image_name, MASK, model)
     if layer is None and spare is None:
         layer = viewer.add_labels(labels, name=name, metadata={TAG: tag}, colormap=mask_colormap(), **grid)
@@ -338,8 +351,13 @@ def prepare_result(result: SegmentationResult, mpp: float, notes: list[str] | No
 
 
 def show_result(
-    viewer: napari.Viewer, image: Image, shown: ShownResult, contour: int, model: str,
-    origin: tuple[int, int] = (0, 0), spares: dict[str, Image] | None = None,
+    viewer: napari.Viewer,
+    image: Image,
+    shown: ShownResult,
+    contour: int,
+    model: str,
+    origin: tuple[int, int] = (0, 0),
+    spares: dict[str, Image] | None = None,
 ) -> dict[str, Layer]:
     """Put a result into the layers named after `image` and `model` (updated in place where possible).
 
@@ -351,17 +369,35 @@ def show_result(
     result = shown.result
     grid = Grid.of(image).shifted(origin)
     with keep_selection(viewer):
-        layers = put_map_layers(viewer, image.name, grid, result.chain, result.steps, shown.attention,
-                                shown.doubt, model, spares)
+        layers = put_map_layers(
+            viewer, image.name, grid, result.chain, result.steps, shown.attention, shown.doubt, model, spares
+        )
         labels = np.ascontiguousarray(result.labels, dtype=np.uint32)
-        layers[MASK] = put_mask_layer(viewer, image.name, labels, grid.plane(), contour, shown.features, origin,
-                                      model, spare=(spares or {}).get(MASK))
+        layers[MASK] = put_mask_layer(
+            viewer,
+            image.name,
+            labels,
+            grid.plane(),
+            contour,
+            shown.features,
+            origin,
+            model,
+            spare=(spares or {}).get(MASK),
+        )
     return layers
 
 
-def put_map_layers(viewer: napari.Viewer, image_name: str, grid: Grid, chain: np.ndarray | None,
-                   estimates: np.ndarray | None, attention: np.ndarray | None, uncertainty: np.ndarray | None,
-                   model: str, spares: dict[str, Image] | None = None) -> dict[str, Layer]:
+def put_map_layers(
+    viewer: napari.Viewer,
+    image_name: str,
+    grid: Grid,
+    chain: np.ndarray | None,
+    estimates: np.ndarray | None,
+    attention: np.ndarray | None,
+    uncertainty: np.ndarray | None,
+    model: str,
+    spares: dict[str, Image] | None = None,
+) -> dict[str, Layer]:
     """The steps (the chain x_T..x_0), estimates (x̂0 per step) and attention stacks and the uncertainty map of a run.
 
     The chain and the estimates are the engine's `chain` and `steps`, on [0, 1]; the attention is
@@ -373,13 +409,22 @@ def put_map_layers(viewer: napari.Viewer, image_name: str, grid: Grid, chain: np
     layers: dict[str, Layer] = {}
     for kind, stack in ((STEPS, chain), (ESTIMATES, estimates), (ATTENTION, attention)):
         if stack is not None:
-            layers[kind] = put_image_layer(viewer, image_name, kind, np.asarray(stack, np.float32),
-                                           grid.stack(STACK_START[kind]), (0.0, 1.0), model, spares.get(kind))
+            layers[kind] = put_image_layer(
+                viewer,
+                image_name,
+                kind,
+                np.asarray(stack, np.float32),
+                grid.stack(STACK_START[kind]),
+                (0.0, 1.0),
+                model,
+                spares.get(kind),
+            )
     if uncertainty is not None:
         uncertainty = np.asarray(uncertainty, np.float32)
         top = max(float(uncertainty.max()), 1e-6)
-        layers[UNCERTAINTY] = put_image_layer(viewer, image_name, UNCERTAINTY, uncertainty, grid.plane(), (0.0, top),
-                                              model, spares.get(UNCERTAINTY))
+        layers[UNCERTAINTY] = put_image_layer(
+            viewer, image_name, UNCERTAINTY, uncertainty, grid.plane(), (0.0, top), model, spares.get(UNCERTAINTY)
+        )
     else:
         stale = find_result_layer(viewer, image_name, UNCERTAINTY, model)
         if stale is not None:
@@ -426,8 +471,16 @@ class LivePreview:
     plane to show (a new or borrowed layer is never an empty, opaque one over the image).
     """
 
-    def __init__(self, viewer: napari.Viewer, image: Image, size: tuple[int, int], model: str,
-                 origin: tuple[int, int] = (0, 0), n_steps: int = 1, uncertainty: bool = False) -> None:
+    def __init__(
+        self,
+        viewer: napari.Viewer,
+        image: Image,
+        size: tuple[int, int],
+        model: str,
+        origin: tuple[int, int] = (0, 0),
+        n_steps: int = 1,
+        uncertainty: bool = False,
+    ) -> None:
         from qtpy.QtCore import QTimer
 
         self._viewer = viewer
@@ -439,8 +492,13 @@ class LivePreview:
         self._borrowed: dict[str, dict[str, Any]] = {}
         """kind -> the borrowed result layer's data, name, visibility and grid before the run."""
         self.layers: dict[str, Layer] = {}
-        self._waiting = [(STEPS, n_steps), (ESTIMATES, n_steps), (ATTENTION, n_steps),
-                         *([(UNCERTAINTY, 0)] if uncertainty else []), (MASK, 0)]  # in the order show_result puts them
+        self._waiting = [
+            (STEPS, n_steps),
+            (ESTIMATES, n_steps),
+            (ATTENTION, n_steps),
+            *([(UNCERTAINTY, 0)] if uncertainty else []),
+            (MASK, 0),
+        ]  # in the order show_result puts them
         self._early: dict[str, list[tuple[int, tuple[int, int, int, int], np.ndarray]]] = {}
         """kind -> planes (index in the stack, box, plane) that came before their stack was added."""
         self._unshown: set[str] = set()
@@ -478,13 +536,23 @@ class LivePreview:
         """A hidden, empty `(running)` layer where the run's new mask or uncertainty will go."""
         with keep_selection(self._viewer):
             if kind == MASK:
-                layer = self._viewer.add_labels(np.zeros(self._size, np.uint32), name=self._preview_name(kind),
-                                                metadata=self._preview_tag(kind), visible=False,
-                                                colormap=mask_colormap(), **self._planes.plane())
+                layer = self._viewer.add_labels(
+                    np.zeros(self._size, np.uint32),
+                    name=self._preview_name(kind),
+                    metadata=self._preview_tag(kind),
+                    visible=False,
+                    colormap=mask_colormap(),
+                    **self._planes.plane(),
+                )
             else:
-                layer = self._viewer.add_image(np.zeros(self._size, np.float32), name=self._preview_name(kind),
-                                               metadata=self._preview_tag(kind), contrast_limits=(0.0, 1.0),
-                                               **self._planes.plane(), **map_style(kind))
+                layer = self._viewer.add_image(
+                    np.zeros(self._size, np.float32),
+                    name=self._preview_name(kind),
+                    metadata=self._preview_tag(kind),
+                    contrast_limits=(0.0, 1.0),
+                    **self._planes.plane(),
+                    **map_style(kind),
+                )
         self.layers[kind] = layer
 
     def _borrow(self, kind: str, n_steps: int) -> Image | None:
@@ -497,8 +565,12 @@ class LivePreview:
         if layer is None:
             return None
         grid = self._planes.stack(STACK_START[kind])
-        self._borrowed[kind] = {"data": layer.data, "name": layer.name, "visible": layer.visible,
-                                **{key: getattr(layer, key) for key in grid}}
+        self._borrowed[kind] = {
+            "data": layer.data,
+            "name": layer.name,
+            "visible": layer.visible,
+            **{key: getattr(layer, key) for key in grid},
+        }
         layer.data = np.zeros((stack_planes(kind, n_steps), *self._size), np.float32)
         set_changed(layer, grid)
         layer.name = self._preview_name(kind)
@@ -512,10 +584,14 @@ class LivePreview:
         if kind in SHOWN_IN_PREVIEW:
             self._unshown.add(kind)
         with keep_selection(self._viewer):
-            return self._viewer.add_image(np.zeros((stack_planes(kind, n_steps), *self._size), np.float32),
-                                          contrast_limits=(0.0, 1.0), name=self._preview_name(kind),
-                                          metadata=self._preview_tag(kind),
-                                          **self._planes.stack(STACK_START[kind]), **map_style(kind))
+            return self._viewer.add_image(
+                np.zeros((stack_planes(kind, n_steps), *self._size), np.float32),
+                contrast_limits=(0.0, 1.0),
+                name=self._preview_name(kind),
+                metadata=self._preview_tag(kind),
+                **self._planes.stack(STACK_START[kind]),
+                **map_style(kind),
+            )
 
     def _show(self, kind: str) -> None:
         """Show a stack of SHOWN_IN_PREVIEW that has a plane now (once)."""
@@ -534,16 +610,22 @@ class LivePreview:
 
     def spares(self) -> dict[str, Layer]:
         """The `(running)` layers this run added (not borrowed) that are still in the viewer, by kind."""
-        return {kind: layer for kind, layer in self.layers.items()
-                if kind not in self._borrowed and layer in self._viewer.layers}
+        return {
+            kind: layer
+            for kind, layer in self.layers.items()
+            if kind not in self._borrowed and layer in self._viewer.layers
+        }
 
     def update(self, step: StepUpdate) -> None:
         """Write one tile's step into the preview (x_T too at the first step) and move the step slider there."""
         if self._removed:
             return
         y0, y1, x0, x1 = step.box
-        planes = [(STEPS, 0, step.chain_start), (STEPS, step.step + 1, step.chain),
-                  (ESTIMATES, step.step, step.foreground)]
+        planes = [
+            (STEPS, 0, step.chain_start),
+            (STEPS, step.step + 1, step.chain),
+            (ESTIMATES, step.step, step.foreground),
+        ]
         if step.attention is not None:
             planes.append((ATTENTION, step.step, normalise_planes(step.attention[None])[0]))
         written: dict[str, Layer] = {}

@@ -28,10 +28,14 @@ if TYPE_CHECKING:
 WHOLE_IMAGE = "whole image"
 NO_REGIONS = "no regions"
 WHOLE_IMAGE_LABEL = "whole image (every nucleus counts as checked)"
-WHOLE_IMAGE_WARNING = ("⚠ the whole mask is learned as truth, the nuclei you did not check too: "
-                       "draw rectangles around what you corrected instead")
-NO_REGIONS_FIX = ("draw a rectangle around what you corrected in a Shapes layer (it is chosen here), or choose "
-                  f"'{WHOLE_IMAGE_LABEL}' if you checked every nucleus of the mask")
+WHOLE_IMAGE_WARNING = (
+    "⚠ the whole mask is learned as truth, the nuclei you did not check too: "
+    "draw rectangles around what you corrected instead"
+)
+NO_REGIONS_FIX = (
+    "draw a rectangle around what you corrected in a Shapes layer (it is chosen here), or choose "
+    f"'{WHOLE_IMAGE_LABEL}' if you checked every nucleus of the mask"
+)
 
 
 def _real(layer: Any) -> Any:
@@ -43,12 +47,7 @@ def layer_boxes(regions: Shapes, image: Image) -> list[tuple[int, int, int, int]
     """Each shape's bounding box as (y0, y1, x0, x1) in `image`'s pixels (half-open)."""
     boxes = []
     for vertices in regions.data:
-        corners = np.array(
-            [
-                image.world_to_data(regions.data_to_world(vertex))[-2:]
-                for vertex in np.asarray(vertices)
-            ]
-        )
+        corners = np.array([image.world_to_data(regions.data_to_world(vertex))[-2:] for vertex in np.asarray(vertices)])
         low, high = corners.min(axis=0), corners.max(axis=0)
         y0, x0 = (math.floor(v + 0.5) for v in low)
         y1, x1 = (math.ceil(v + 0.5) for v in high)
@@ -63,8 +62,11 @@ class PairRow(Container):
         super().__init__(labels=True)
         self.margins = (0, 0, 0, 0)
         self._viewer = viewer
-        self.image = ComboBox(label=f"image {number}", choices=lambda _: image_choices(self._viewer),
-                              tooltip="the image whose mask you corrected")
+        self.image = ComboBox(
+            label=f"image {number}",
+            choices=lambda _: image_choices(self._viewer),
+            tooltip="the image whose mask you corrected",
+        )
         self.labels = ComboBox(
             label="corrected labels",
             choices=lambda _: self._labels_choices(),
@@ -162,8 +164,10 @@ def engine_pairs(rows: list[PairRow]) -> list[FinetunePair] | list[VolumeCorrect
             )
         if is_volume_layer(image):
             if regions not in (WHOLE_IMAGE, NO_REGIONS):
-                raise ValueError(f"pair {number}: {image.name!r} is a volume, whose corrected slices are found from "
-                                 f"the labels; choose '{WHOLE_IMAGE_LABEL}' as corrected regions")
+                raise ValueError(
+                    f"pair {number}: {image.name!r} is a volume, whose corrected slices are found from "
+                    f"the labels; choose '{WHOLE_IMAGE_LABEL}' as corrected regions"
+                )
             pairs.append(VolumeCorrection(np.asarray(image.data), name=image.name, **correction_of(image, labels)))
             continue
         first = rows[0].image.value

@@ -108,13 +108,18 @@ def check_region(layer: Image, box: Box, settings: SegmentSettings, region: Any,
 
     data = layer.data[0] if layer.multiscale else layer.data
     if len(data.shape) > (3 if layer.rgb else 2):
-        raise InputError(f"layer {layer.name!r} is a stack of shape {tuple(data.shape)}; the Segment widget "
-                         "takes one 2-D image: add a single plane as its own layer (e.g. layer.data[0])")
+        raise InputError(
+            f"layer {layer.name!r} is a stack of shape {tuple(data.shape)}; the Segment widget "
+            "takes one 2-D image: add a single plane as its own layer (e.g. layer.data[0])"
+        )
     if config is not None:
         height, width = box[1] - box[0], box[3] - box[2]
         where = {WHOLE_IMAGE: "the image", FIELD_OF_VIEW: "the field of view"}.get(region, "the rectangle")
-        check_memory(segment_peak_bytes(height, width, settings.image_mpp, config, settings.sampling_steps,
-                                        settings.samples), f"{where} ({height} x {width} px)", REGION_FIX)
+        check_memory(
+            segment_peak_bytes(height, width, settings.image_mpp, config, settings.sampling_steps, settings.samples),
+            f"{where} ({height} x {width} px)",
+            REGION_FIX,
+        )
 
 
 def slide_paths(layer: Image, chosen_folder: str) -> tuple[Path, Path, Path]:
@@ -127,8 +132,10 @@ def slide_paths(layer: Image, chosen_folder: str) -> tuple[Path, Path, Path]:
 
     source = getattr(layer.source, "path", None)
     if not source or Path(source).suffix.lower() not in SLIDE_SUFFIXES or not Path(source).is_file():
-        raise InputError(f"{layer.name} was not opened from a slide file ({', '.join(SLIDE_SUFFIXES)}): open "
-                         "the slide with File > Open, or run `napari-cdal segment SLIDE --out DIR`")
+        raise InputError(
+            f"{layer.name} was not opened from a slide file ({', '.join(SLIDE_SUFFIXES)}): open "
+            "the slide with File > Open, or run `napari-cdal segment SLIDE --out DIR`"
+        )
     slide = Path(source)
     folder = check_output_folder(slide.parent if chosen_folder in ("", ".") else Path(chosen_folder), "slide output")
     store, tiff = folder / f"{slide.stem}_labels.zarr", folder / f"{slide.stem}_labels.tif"

@@ -116,8 +116,10 @@ class ReviewQueue:
         camera.zoom = max(camera.zoom, REVIEW_SCREEN_PX_PER_PIXEL / float(self._scale.min()))
         self._show_marks()
         self._add_checked_region(item)
-        head = (f"Review {self.position + 1} of {len(self.items)}: {KIND_WORDS[item.kind]}"
-                f"{'' if item.kind == 'miss' else f' {item.id}'}, score {item.score:.2f}, {item.area_um2:.0f} µm²")
+        head = (
+            f"Review {self.position + 1} of {len(self.items)}: {KIND_WORDS[item.kind]}"
+            f"{'' if item.kind == 'miss' else f' {item.id}'}, score {item.score:.2f}, {item.area_um2:.0f} µm²"
+        )
         if self._mask not in viewer.layers:
             return f"{head} (its mask layer is gone)"
         if item.kind == "miss":
@@ -126,8 +128,11 @@ class ReviewQueue:
             tail = f"the brush paints it as new nucleus {free}"
         else:
             self._mask.selected_label = item.id
-            tail = ("it is selected in the mask: split it with the brush and a new id" if item.kind == "merge"
-                    else "it is selected in the mask, ready for the brush")
+            tail = (
+                "it is selected in the mask: split it with the brush and a new id"
+                if item.kind == "merge"
+                else "it is selected in the mask, ready for the brush"
+            )
         viewer.layers.selection.active = self._mask
         return f"{head}; {tail}"
 
@@ -150,17 +155,25 @@ class ReviewQueue:
         if layer is None:
             tag = {"image": self._image_name, "kind": CHECKED}
             with keep_selection(self._viewer):
-                self._viewer.add_shapes([rectangle], shape_type="rectangle", name=layer_name(self._image_name, CHECKED),
-                                        metadata={TAG: tag}, edge_color=[CHECKED_COLOUR], face_color="transparent",
-                                        edge_width=2.0 * float(self._scale.min()), **Grid.of(self._mask).plane())
+                self._viewer.add_shapes(
+                    [rectangle],
+                    shape_type="rectangle",
+                    name=layer_name(self._image_name, CHECKED),
+                    metadata={TAG: tag},
+                    edge_color=[CHECKED_COLOUR],
+                    face_color="transparent",
+                    edge_width=2.0 * float(self._scale.min()),
+                    **Grid.of(self._mask).plane(),
+                )
             return
         layer.add_rectangles([rectangle], edge_color=[CHECKED_COLOUR], face_color="transparent")
 
     def _points(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(centres, sizes, border colours, border widths) of the marks, the current item highlighted."""
         centres = np.array([[item.y, item.x] for item in self.items], float).reshape(-1, 2)
-        sizes = np.array([MARK_MARGIN * max(item.box[1] - item.box[0], item.box[3] - item.box[2], 4)
-                          for item in self.items], float)
+        sizes = np.array(
+            [MARK_MARGIN * max(item.box[1] - item.box[0], item.box[3] - item.box[2], 4) for item in self.items], float
+        )
         colours = np.array([(*KIND_COLOURS[item.kind], MARK_ALPHA) for item in self.items], float).reshape(-1, 4)
         widths = np.full(len(self.items), MARK_WIDTH)
         if self.current is not None:
@@ -176,9 +189,19 @@ class ReviewQueue:
             name = layer_name(self._image_name, REVIEW, self._model)
             tag = {"image": self._image_name, "kind": REVIEW, **({} if self._model is None else {"model": self._model})}
             with keep_selection(self._viewer):
-                self._viewer.add_points(centres, name=name, metadata={TAG: tag}, ndim=2, symbol="square", size=sizes,
-                                        face_color="transparent", border_color=colours, border_width=widths,
-                                        border_width_is_relative=True, **Grid.of(self._mask).plane())
+                self._viewer.add_points(
+                    centres,
+                    name=name,
+                    metadata={TAG: tag},
+                    ndim=2,
+                    symbol="square",
+                    size=sizes,
+                    face_color="transparent",
+                    border_color=colours,
+                    border_width=widths,
+                    border_width_is_relative=True,
+                    **Grid.of(self._mask).plane(),
+                )
             return
         self._mark(layer)
 

@@ -149,8 +149,12 @@ class WorkerRun:
 
     def _connections(self) -> list[tuple[Any, Any]]:
         worker = self._worker
-        return [(worker.yielded, self._on_step), (worker.returned, self._on_returned),
-                (worker.errored, self._on_errored), (worker.finished, self._on_finished)]
+        return [
+            (worker.yielded, self._on_step),
+            (worker.returned, self._on_returned),
+            (worker.errored, self._on_errored),
+            (worker.finished, self._on_finished),
+        ]
 
     def _connect_worker(self) -> None:
         for signal, slot in self._connections():

@@ -47,9 +47,16 @@ class SlideRun:
         self._last_kind = "slide"
         resumed = " (resuming)" if store.exists() else ""
         tissue = "auto" if self.tissue_only.value else "all"
-        self._launch(run_whole_slide, slide, store, tiff, self._settings, tissue,
-                     status=f"Whole slide: segmenting {slide.name} into {store}{resumed}…",
-                     total=0)
+        self._launch(
+            run_whole_slide,
+            slide,
+            store,
+            tiff,
+            self._settings,
+            tissue,
+            status=f"Whole slide: segmenting {slide.name} into {store}{resumed}…",
+            total=0,
+        )
 
     def _on_slide_step(self, event: Progress) -> None:
         self._show_slide_labels()
@@ -82,8 +89,13 @@ class SlideRun:
         self.last_seconds = time.perf_counter() - self._clicked_at
         tiff = self._slide["tiff"]
         written = f"kept the existing {tiff.name}" if self._slide["tiff_existed"] else f"wrote {tiff.name}"
-        area = (f"every block segmented, {result.slide_mm2:.3g} mm²" if result.tissue_mm2 is None else
-                f"{result.skipped} of glass skipped; tissue {result.tissue_mm2:.3g} of {result.slide_mm2:.3g} mm²")
-        self.status.value = (f"Whole slide: {result.n_nuclei} nuclei in {result.blocks} blocks ({area}), "
-                             f"{self.last_seconds:.1f} s; labels in {Path(result.store).name}, {written} "
-                             "(in the slide output folder)")
+        area = (
+            f"every block segmented, {result.slide_mm2:.3g} mm²"
+            if result.tissue_mm2 is None
+            else f"{result.skipped} of glass skipped; tissue {result.tissue_mm2:.3g} of {result.slide_mm2:.3g} mm²"
+        )
+        self.status.value = (
+            f"Whole slide: {result.n_nuclei} nuclei in {result.blocks} blocks ({area}), "
+            f"{self.last_seconds:.1f} s; labels in {Path(result.store).name}, {written} "
+            "(in the slide output folder)"
+        )

@@ -38,17 +38,22 @@ def model_fit_problem(layer: Image, config: ModelConfig | None, model_name: str)
         return None
     shape = tuple(layer.data.shape)
     if config.is_multiclass and not is_volume_layer(layer):
-        return (f"{model_name} segments 3-D volumes, and layer {layer.name!r} has shape {shape}: open a .nii or "
-                ".nii.gz volume, or choose an H&E model")
+        return (
+            f"{model_name} segments 3-D volumes, and layer {layer.name!r} has shape {shape}: open a .nii or "
+            ".nii.gz volume, or choose an H&E model"
+        )
     if not config.is_multiclass and is_volume_layer(layer):
-        return (f"layer {layer.name!r} is a stack or volume of shape {shape}, but {model_name} segments 2-D "
-                "images: choose a model of classes (e.g. cdal_hippocampus) for a volume, or add a single plane "
-                "as its own layer (e.g. layer.data[0])")
+        return (
+            f"layer {layer.name!r} is a stack or volume of shape {shape}, but {model_name} segments 2-D "
+            "images: choose a model of classes (e.g. cdal_hippocampus) for a volume, or add a single plane "
+            "as its own layer (e.g. layer.data[0])"
+        )
     return None
 
 
-def show_volume_result(viewer: napari.Viewer, image: Image, result: VolumeResult, model: str,
-                       contour: int) -> dict[str, Layer]:
+def show_volume_result(
+    viewer: napari.Viewer, image: Image, result: VolumeResult, model: str, contour: int
+) -> dict[str, Layer]:
     """A VolumeResult as `mask|steps|estimates|attention|uncertainty · <image> · <model>` layers on the volume's grid.
 
     The mask is a uint8 Labels layer of classes; it keeps the model's labels (to find the corrected
@@ -60,14 +65,14 @@ def show_volume_result(viewer: napari.Viewer, image: Image, result: VolumeResult
         return _put_volume_layers(viewer, image, result, model, contour)
 
 
-def _put_volume_layers(viewer: napari.Viewer, image: Image, result: VolumeResult, model: str,
-                       contour: int) -> dict[str, Layer]:
+def _put_volume_layers(
+    viewer: napari.Viewer, image: Image, result: VolumeResult, model: str, contour: int
+) -> dict[str, Layer]:
     grid = Grid.of(image, axes=3)
     attention = None if result.attention is None else normalise_planes(result.attention)
     layers = put_map_layers(viewer, image.name, grid, result.chain, result.steps, attention, result.uncertainty, model)
     labels = np.ascontiguousarray(result.labels, dtype=np.uint8)
-    mask = put_mask_layer(viewer, image.name, labels, grid.plane(), contour, model=model,
-                          extra={RESULT: labels.copy()})
+    mask = put_mask_layer(viewer, image.name, labels, grid.plane(), contour, model=model, extra={RESULT: labels.copy()})
     affine = image.metadata.get("affine")
     if affine is not None:
         mask.metadata["affine"] = np.asarray(affine)

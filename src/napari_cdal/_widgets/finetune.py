@@ -79,17 +79,20 @@ class FinetuneWidget(WorkerRun, Container):
 
         self.pairs = Container(labels=False)
         self.pairs.margins = (0, 0, 0, 0)  # the rows' labels line up with the widget's own, no wider
-        self.add_pair_button = PushButton(text="Add another pair",
-                                          tooltip="learn from one more corrected image in the same run")
-        self.remove_pair_button = PushButton(text="Remove the last pair", visible=False,
-                                             tooltip="forget the last pair (the first stays)")
-        self.base_model = ComboBox(label="base model", choices=lambda _: self._model_choices(),
-                                   tooltip="the model to start from: the one Segment uses, or one of your models; "
-                                   "it is only read, never changed")
-        self.device = device_combo()
-        self.mpp = mpp_spin_box(
-            "the images' µm per pixel: from the first image's scale, else 0.25 (40x)"
+        self.add_pair_button = PushButton(
+            text="Add another pair", tooltip="learn from one more corrected image in the same run"
         )
+        self.remove_pair_button = PushButton(
+            text="Remove the last pair", visible=False, tooltip="forget the last pair (the first stays)"
+        )
+        self.base_model = ComboBox(
+            label="base model",
+            choices=lambda _: self._model_choices(),
+            tooltip="the model to start from: the one Segment uses, or one of your models; "
+            "it is only read, never changed",
+        )
+        self.device = device_combo()
+        self.mpp = mpp_spin_box("the images' µm per pixel: from the first image's scale, else 0.25 (40x)")
         self.iterations = SpinBox(
             label="iterations",
             min=1,
@@ -109,12 +112,17 @@ class FinetuneWidget(WorkerRun, Container):
         )
         self.name = LineEdit(label="new model name", tooltip="the new model's file name in your model folder")
         self.finetune_button = PushButton(
-            text="Fine-tune", tooltip="teach the base model your corrections and save it as a new model; "
-            "at the end it is checked on a held-back part of them")
+            text="Fine-tune",
+            tooltip="teach the base model your corrections and save it as a new model; "
+            "at the end it is checked on a held-back part of them",
+        )
         self.cancel_button = cancel_button("fine-tuning", "stop fine-tuning within about a second; no model is written")
         self._run_button = self.finetune_button
-        self.back_button = PushButton(text="Back to previous model", enabled=False,
-                                      tooltip="let Segment use the model it used before the last fine-tune")
+        self.back_button = PushButton(
+            text="Back to previous model",
+            enabled=False,
+            tooltip="let Segment use the model it used before the last fine-tune",
+        )
         self.progress_bar = progress_bar()
         self.status = status_label()
         self.extend(
@@ -237,9 +245,7 @@ class FinetuneWidget(WorkerRun, Container):
             return
         base = self.base_model_path()
         if base is None:
-            show_error(
-                "Fine-tune: no base model; choose one, or a model file in the Segment widget"
-            )
+            show_error("Fine-tune: no base model; choose one, or a model file in the Segment widget")
             return
         if not Path(base).is_file():
             show_error(f"Fine-tune: model file not found: {base}")
@@ -255,8 +261,11 @@ class FinetuneWidget(WorkerRun, Container):
             show_error(f"Fine-tune: {exc}")
             return
         config = model_config(base)
-        problems = [model_fit_problem(row.image.value, config, Path(base).stem) for row in self.pair_rows
-                    if row.image.value is not None]
+        problems = [
+            model_fit_problem(row.image.value, config, Path(base).stem)
+            for row in self.pair_rows
+            if row.image.value is not None
+        ]
         if any(problems):
             show_error(f"Fine-tune: {next(p for p in problems if p)}")
             return
@@ -277,8 +286,13 @@ class FinetuneWidget(WorkerRun, Container):
         self._clicked_at = time.perf_counter()
         whole = [row.image.value.name for row in self.pair_rows if row.learns_whole_image]
         warning = f" ⚠ learning from the whole of {', '.join(whole)}" if whole else ""
-        self._launch(run_finetune, pairs, settings, status=starting_status(Path(base).stem, pairs) + warning,
-                     total=settings.iterations)
+        self._launch(
+            run_finetune,
+            pairs,
+            settings,
+            status=starting_status(Path(base).stem, pairs) + warning,
+            total=settings.iterations,
+        )
         self._progress.say(GETTING_READY)  # preparing the corrections, then the first check: no step yet
         segment = self._segment()
         if segment is not None:
@@ -286,8 +300,11 @@ class FinetuneWidget(WorkerRun, Container):
 
     def _on_step(self, event: Progress) -> None:
         with self._handling():
-            if self._outcome or self._progress is None or event.stage not in (
-                    "note", "train", "save", "validate", "validate_done"):
+            if (
+                self._outcome
+                or self._progress is None
+                or event.stage not in ("note", "train", "save", "validate", "validate_done")
+            ):
                 return
             if event.stage == "note":
                 from napari.utils.notifications import show_info
@@ -337,9 +354,11 @@ class FinetuneWidget(WorkerRun, Container):
             self.status.value = f"Saved {path.name} in {path.parent}. {check} Dock Segment to use it"
             return
         if result.improved is False:
-            self.status.value = (f"{check} So Segment keeps "
-                                 f"{model_stem(segment.selected_model_path())}; {path.name} is saved in "
-                                 f"{path.parent} if you want to try it")
+            self.status.value = (
+                f"{check} So Segment keeps "
+                f"{model_stem(segment.selected_model_path())}; {path.name} is saved in "
+                f"{path.parent} if you want to try it"
+            )
             return
         self._previous_model = segment.selected_model_path()
         segment.refresh_models(select=path)
@@ -384,6 +403,9 @@ def starting_status(model: str, pairs: list[Any]) -> str:
     volumes = [pair for pair in pairs if isinstance(pair, VolumeCorrection)]
     if not volumes:
         return f"Fine-tuning {model} on {len(pairs)} pair(s)…"
-    rule = ("the slices where the labels differ from Segment's result" if all(v.reference is not None for v in volumes)
-            else "every slice holding a label (no Segment result kept for these labels)")
+    rule = (
+        "the slices where the labels differ from Segment's result"
+        if all(v.reference is not None for v in volumes)
+        else "every slice holding a label (no Segment result kept for these labels)"
+    )
     return f"Fine-tuning {model} on the corrected slices of {', '.join(v.name for v in volumes)}: {rule}…"

@@ -114,40 +114,70 @@ class SegmentWidget(SlideRun, WorkerRun, Container):
         register_segment_widget(self)
         tab_with_sibling(self)
 
-        self.image = ComboBox(label="image", choices=lambda _: image_choices(self._viewer),
-                              tooltip="the image layer to segment (an H&E tile or slide, or a 3-D volume)")
+        self.image = ComboBox(
+            label="image",
+            choices=lambda _: image_choices(self._viewer),
+            tooltip="the image layer to segment (an H&E tile or slide, or a 3-D volume)",
+        )
         self.region = ComboBox(
             label="region",
             choices=lambda _: region_choices(self._viewer),
             tooltip="what Segment segments, at full resolution: the whole image, what the canvas shows, or "
             "a rectangle drawn in a Shapes layer (the selected one, else the last)",
         )
-        self.model = ComboBox(label="model", choices=lambda _: self._model_choices(),
-                              tooltip="the trained model that draws the nuclei: the bundled one, your fine-tuned "
-                              "ones (in the model folder), or 'other file…'; result layers are named after it")
-        self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors",
-                                   tooltip="a .safetensors model file (with 'other file…' as the model)")
+        self.model = ComboBox(
+            label="model",
+            choices=lambda _: self._model_choices(),
+            tooltip="the trained model that draws the nuclei: the bundled one, your fine-tuned "
+            "ones (in the model folder), or 'other file…'; result layers are named after it",
+        )
+        self.model_file = FileEdit(
+            label="model file",
+            mode="r",
+            filter="*.safetensors",
+            tooltip="a .safetensors model file (with 'other file…' as the model)",
+        )
         self.device = device_combo()
         self.sampling_steps = SpinBox(
-            label="sampling steps", min=1, max=DEFAULT_STEPS, value=DEFAULT_STEPS,
+            label="sampling steps",
+            min=1,
+            max=DEFAULT_STEPS,
+            value=DEFAULT_STEPS,
             tooltip="in how many denoising steps the mask forms, 1 up to the model's diffusion steps T; "
             "fewer is faster, more can be sharper. The step slider counts the steps done: the 'steps' layer "
             "shows the chain as sampled, from the noise x_T (0) to the mask x_0 (the last): the foreground "
             "channel, averaged over the samples and mapped from -1..1 to 0..1; 'estimates' shows x̂0, the model's "
-            "guess of the finished mask, made at each step (1 on)")
+            "guess of the finished mask, made at each step (1 on)",
+        )
         self.samples = SpinBox(
-            label="samples (for uncertainty)", min=1, max=64, value=1,
+            label="samples (for uncertainty)",
+            min=1,
+            max=64,
+            value=1,
             tooltip="how many times the mask is drawn and averaged; with 2 or more, where the draws disagree "
-            "becomes the 'uncertainty' layer. Each sample costs about one more run's time")
-        self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=0,
-                            tooltip="the starting noise: the same seed repeats a run exactly")
-        self.threshold = FloatSpinBox(label="threshold", min=0.01, max=0.99, step=0.05, value=0.5,
-                                      tooltip="how sure the model must be (0..1) to call a pixel nucleus; "
-                                      "lower finds more and larger nuclei")
+            "becomes the 'uncertainty' layer. Each sample costs about one more run's time",
+        )
+        self.seed = SpinBox(
+            label="seed",
+            min=0,
+            max=2**31 - 1,
+            value=0,
+            tooltip="the starting noise: the same seed repeats a run exactly",
+        )
+        self.threshold = FloatSpinBox(
+            label="threshold",
+            min=0.01,
+            max=0.99,
+            step=0.05,
+            value=0.5,
+            tooltip="how sure the model must be (0..1) to call a pixel nucleus; lower finds more and larger nuclei",
+        )
         self.mpp = mpp_spin_box("the image's µm per pixel: from the layer's scale, else 0.25 (40x)")
-        self.contours = CheckBox(text="show nuclei as contours", value=True,
-                                 tooltip="draw each nucleus as an outline (on) or filled (off); "
-                                 "painting works the same either way")
+        self.contours = CheckBox(
+            text="show nuclei as contours",
+            value=True,
+            tooltip="draw each nucleus as an outline (on) or filled (off); painting works the same either way",
+        )
         self.segment_button = PushButton(text="Segment", tooltip=SEGMENT_TIP)
         self.slide_output = FileEdit(
             label="slide output",
@@ -156,7 +186,8 @@ class SegmentWidget(SlideRun, WorkerRun, Container):
             "empty: the slide's own folder",
         )
         self.tissue_only = CheckBox(
-            text="tissue only", value=DEFAULT_TISSUE == "auto",
+            text="tissue only",
+            value=DEFAULT_TISSUE == "auto",
             tooltip="Whole slide segments only the blocks with tissue, found on a low-resolution view (glass is "
             "skipped; the mask is written as <slide>_tissue.png); off: every block, glass too",
         )
@@ -165,13 +196,20 @@ class SegmentWidget(SlideRun, WorkerRun, Container):
             tooltip="segment the slide file behind the image block by block in the background, "
             "showing the labels as they fill in; a second run resumes an unfinished one",
         )
-        self.cancel_button = cancel_button("segmenting", "stop Segment or Whole slide within about a second; the "
-                                           "result layers stay as they were (a whole slide keeps its finished blocks, "
-                                           "the block it was on is left out)")
+        self.cancel_button = cancel_button(
+            "segmenting",
+            "stop Segment or Whole slide within about a second; the "
+            "result layers stay as they were (a whole slide keeps its finished blocks, "
+            "the block it was on is left out)",
+        )
         self._run_button = self.segment_button
-        self.review_count = SpinBox(label="review", min=1, max=1000, value=10,
-                                    tooltip="how many of the likely errors 'Review next' steps through, most "
-                                    "likely first")
+        self.review_count = SpinBox(
+            label="review",
+            min=1,
+            max=1000,
+            value=10,
+            tooltip="how many of the likely errors 'Review next' steps through, most likely first",
+        )
         self.review_button = PushButton(
             text="Review next likely error",
             enabled=False,
@@ -182,10 +220,30 @@ class SegmentWidget(SlideRun, WorkerRun, Container):
         self.progress_bar = progress_bar()
         self.status = status_label()
         self._review: ReviewQueue | None = None
-        self.extend([self.image, self.region, self.model, self.model_file, self.device, self.sampling_steps,
-                     self.samples, self.seed, self.threshold, self.mpp, self.contours, self.segment_button,
-                     self.slide_output, self.tissue_only, self.slide_button, self.cancel_button, self.review_count,
-                     self.review_button, self.progress_bar, self.status])
+        self.extend(
+            [
+                self.image,
+                self.region,
+                self.model,
+                self.model_file,
+                self.device,
+                self.sampling_steps,
+                self.samples,
+                self.seed,
+                self.threshold,
+                self.mpp,
+                self.contours,
+                self.segment_button,
+                self.slide_output,
+                self.tissue_only,
+                self.slide_button,
+                self.cancel_button,
+                self.review_count,
+                self.review_button,
+                self.progress_bar,
+                self.status,
+            ]
+        )
 
         self._model_defaults: tuple[int, int] | None = None
         self.image.changed.connect(self._on_image_changed)
@@ -259,8 +317,9 @@ class SegmentWidget(SlideRun, WorkerRun, Container):
             return
         self.model.value = wanted
         kind = "a volume" if volume else "a 2-D image"
-        self.status.value = (f"{model_stem(wanted)} chosen: {layer.name} is {kind}, which {model_stem(path)} "
-                             "does not segment")
+        self.status.value = (
+            f"{model_stem(wanted)} chosen: {layer.name} is {kind}, which {model_stem(path)} does not segment"
+        )
 
     def _on_model_changed(self, *_: Any) -> None:
         from napari_cdal.models import bundled_model_file, model_dir
@@ -272,22 +331,25 @@ class SegmentWidget(SlideRun, WorkerRun, Container):
             self._fit_sampling_fields(*steps, model_stem(path))
         if not bundled_model_file().is_file() and not self._worker:
             self.status.value = (
-                "No bundled model in this installation: pick a model file, "
-                f"or put .safetensors models in {model_dir()}"
+                f"No bundled model in this installation: pick a model file, or put .safetensors models in {model_dir()}"
             )
 
     def _fit_sampling_fields(self, diffusion_steps: int, default_steps: int, default_samples: int, name: str) -> None:
         """Take the model's defaults while the fields hold the last model's; keep the user's values, clamped to T."""
-        wanted, untouched = self.sampling_steps.value, self._model_defaults in (
-            None, (self.sampling_steps.value, self.samples.value))
+        wanted, untouched = (
+            self.sampling_steps.value,
+            self._model_defaults in (None, (self.sampling_steps.value, self.samples.value)),
+        )
         self._model_defaults = (default_steps, default_samples)
         self.sampling_steps.max = diffusion_steps
         if untouched:
             self.sampling_steps.value, self.samples.value = default_steps, default_samples
         elif wanted > diffusion_steps:
             self.sampling_steps.value = diffusion_steps
-            self.status.value = (f"sampling steps lowered from {wanted} to {diffusion_steps}: {name} has "
-                                 f"{diffusion_steps} diffusion steps")
+            self.status.value = (
+                f"sampling steps lowered from {wanted} to {diffusion_steps}: {name} has "
+                f"{diffusion_steps} diffusion steps"
+            )
 
     def _on_contours_changed(self, show: bool) -> None:
         layer = self.image.value
@@ -314,8 +376,15 @@ class SegmentWidget(SlideRun, WorkerRun, Container):
         return layer, model_path
 
     def _settings_now(self, model_path: str) -> SegmentSettings:
-        return SegmentSettings(model_path, self.device.value, float(self.mpp.value), int(self.sampling_steps.value),
-                               int(self.samples.value), int(self.seed.value), float(self.threshold.value))
+        return SegmentSettings(
+            model_path,
+            self.device.value,
+            float(self.mpp.value),
+            int(self.sampling_steps.value),
+            int(self.samples.value),
+            int(self.seed.value),
+            float(self.threshold.value),
+        )
 
     def start(self, *_: Any) -> None:
         """Check the inputs and start segmenting the chosen region in a worker thread (errors go to a notification)."""
@@ -355,17 +424,24 @@ class SegmentWidget(SlideRun, WorkerRun, Container):
         self._settings = settings
         self._origin = (0, 0) if box is None else (box[0], box[2])
         self._last_kind = "segment"
-        self._preview = LivePreview(self._viewer, layer, size, model_stem(model_path), self._origin,
-                                    settings.sampling_steps, settings.samples > 1)
-        self._launch(run_segmentation, image, settings, box, status=f"Segmenting {layer.name}…",
-                     total=0)
+        self._preview = LivePreview(
+            self._viewer,
+            layer,
+            size,
+            model_stem(model_path),
+            self._origin,
+            settings.sampling_steps,
+            settings.samples > 1,
+        )
+        self._launch(run_segmentation, image, settings, box, status=f"Segmenting {layer.name}…", total=0)
 
     def _start_volume(self, layer: Image, settings: SegmentSettings) -> None:
         """Segment the whole volume slice by slice in a worker (the region does not apply)."""
         self._clicked_at = time.perf_counter()
         self._image_layer, self._settings, self._origin, self._last_kind = layer, settings, (0, 0), "volume"
-        self._launch(run_volume_segmentation, layer.data, settings, status=f"Segmenting the volume {layer.name}…",
-                     total=0)
+        self._launch(
+            run_volume_segmentation, layer.data, settings, status=f"Segmenting the volume {layer.name}…", total=0
+        )
 
     def _on_step(self, event: Progress) -> None:
         with self._handling():
@@ -401,8 +477,15 @@ class SegmentWidget(SlideRun, WorkerRun, Container):
                 self._show_volume(result)
                 return
             spares = self._preview.spares() if self._preview is not None else {}
-            layers = show_result(self._viewer, self._image_layer, result, CONTOUR_WIDTH if self.contours.value else 0,
-                                 model_stem(self._settings.model_path), self._origin, spares)
+            layers = show_result(
+                self._viewer,
+                self._image_layer,
+                result,
+                CONTOUR_WIDTH if self.contours.value else 0,
+                model_stem(self._settings.model_path),
+                self._origin,
+                spares,
+            )
             if self._preview is not None:
                 self._preview.end(results=layers.values())
             self._review = ReviewQueue(self._viewer, layers[MASK], result.review)

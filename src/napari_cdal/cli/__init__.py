@@ -54,18 +54,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except OSError as exc:  # a read or write the checks could not foresee (a disk filling up meanwhile)
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"napari-cdal {args.command}: error: {where}{exc.strerror or exc}; files already written are "
-              "complete", file=sys.stderr)
+        print(
+            f"napari-cdal {args.command}: error: {where}{exc.strerror or exc}; files already written are complete",
+            file=sys.stderr,
+        )
         return EXIT_BAD_INPUT
     except MemoryError:
-        print(f"napari-cdal {args.command}: error: out of memory; {OUT_OF_MEMORY_HINTS.get(args.command, '')}"
-              "or close other programs", file=sys.stderr)
+        print(
+            f"napari-cdal {args.command}: error: out of memory; {OUT_OF_MEMORY_HINTS.get(args.command, '')}"
+            "or close other programs",
+            file=sys.stderr,
+        )
         return EXIT_BAD_INPUT
     except RuntimeError as exc:  # torch's allocators (CPU and CUDA) raise this, not MemoryError
         if not any(words in str(exc).lower() for words in OUT_OF_MEMORY_WORDS):
             raise
-        print(f"napari-cdal {args.command}: error: out of memory ({_one_line(exc)[:120]}); "
-              f"{OUT_OF_MEMORY_HINTS.get(args.command, '')}or use --device cpu", file=sys.stderr)
+        print(
+            f"napari-cdal {args.command}: error: out of memory ({_one_line(exc)[:120]}); "
+            f"{OUT_OF_MEMORY_HINTS.get(args.command, '')}or use --device cpu",
+            file=sys.stderr,
+        )
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"napari-cdal {args.command}: interrupted; files already written are complete", file=sys.stderr)

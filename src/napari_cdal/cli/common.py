@@ -63,8 +63,12 @@ def check_runtime(args: argparse.Namespace) -> None:
         check_mpp(args.mpp)
     if getattr(args, "threshold", None) is not None:
         check_threshold(args.threshold)
-    for dest, names in (("sampling_steps", ("--sampling-steps", "--steps")), ("samples", ("--samples",)),
-                        ("review", ("--review",)), ("iterations", ("--iterations", "--steps"))):
+    for dest, names in (
+        ("sampling_steps", ("--sampling-steps", "--steps")),
+        ("samples", ("--samples",)),
+        ("review", ("--review",)),
+        ("iterations", ("--iterations", "--steps")),
+    ):
         check_at_least(getattr(args, dest, None), 1, typed(args, *names))
 
 
@@ -125,9 +129,11 @@ def check_sampling_steps(model: Any, args: argparse.Namespace) -> int:
     if args.sampling_steps is None:
         return model.config.sampling_steps
     if args.sampling_steps > model.config.diffusion_steps:
-        raise CliError(f"{typed(args, '--sampling-steps', '--steps')} {args.sampling_steps} is more than this "
-                       f"model's {model.config.diffusion_steps} diffusion steps; give 1 to "
-                       f"{model.config.diffusion_steps}")
+        raise CliError(
+            f"{typed(args, '--sampling-steps', '--steps')} {args.sampling_steps} is more than this "
+            f"model's {model.config.diffusion_steps} diffusion steps; give 1 to "
+            f"{model.config.diffusion_steps}"
+        )
     return args.sampling_steps
 
 
@@ -146,6 +152,7 @@ def read_split(path: str | None) -> dict[str, list[str]]:
     """The name lists of a --split file (none without one)."""
     if path is None:
         return {}
-    split = read_json_object(path, "split file",
-                              'a JSON object of name lists, e.g. {"train": [...], "validation": [...]}')
+    split = read_json_object(
+        path, "split file", 'a JSON object of name lists, e.g. {"train": [...], "validation": [...]}'
+    )
     return {key: value for key, value in split.items() if isinstance(value, list)}

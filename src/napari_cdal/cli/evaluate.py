@@ -19,23 +19,31 @@ def _format_table(rows: list[dict[str, Any]], mean: dict[str, Any], seconds: flo
     width = max([len("image")] + [len(r["image"]) for r in rows])
     lines = [f"{'image':<{width}}   dice    iou    aji     pq  nuclei  seconds"]
     for r in rows:
-        lines.append(f"{r['image']:<{width}} " + " ".join(cell(r[k]) for k in ("dice", "iou", "aji", "pq"))
-                     + f"  {r['nuclei']:6d}  {r['seconds']:7.1f}")
-    lines.append(f"{'mean':<{width}} " + " ".join(cell(mean[k]) for k in ("dice", "iou", "aji", "pq"))
-                 + f"          {seconds or 0:7.1f}")
+        lines.append(
+            f"{r['image']:<{width}} "
+            + " ".join(cell(r[k]) for k in ("dice", "iou", "aji", "pq"))
+            + f"  {r['nuclei']:6d}  {r['seconds']:7.1f}"
+        )
+    lines.append(
+        f"{'mean':<{width}} "
+        + " ".join(cell(mean[k]) for k in ("dice", "iou", "aji", "pq"))
+        + f"          {seconds or 0:7.1f}"
+    )
     return "\n".join(lines)
 
 
-def _format_class_table(rows: list[dict[str, Any]], mean: dict[str, Any], seconds: float | None,
-                        class_names: tuple[str, ...]) -> str:
+def _format_class_table(
+    rows: list[dict[str, Any]], mean: dict[str, Any], seconds: float | None, class_names: tuple[str, ...]
+) -> str:
     """Per-volume Dice and IoU of each class, then the means."""
     keys = [f"{kind}_{name}" for kind in ("dice", "iou") for name in class_names[1:]]
     width = max([len("volume")] + [len(r["image"]) for r in rows])
     head = "".join(f" {key:>{max(8, len(key))}}" for key in keys)
     lines = [f"{'volume':<{width}}{head}  seconds"]
     for label, values, secs in [(r["image"], r, r["seconds"]) for r in rows] + [("mean", mean, seconds or 0.0)]:
-        lines.append(f"{label:<{width}}" + "".join(f" {values[key]:>{max(8, len(key))}.3f}" for key in keys)
-                     + f"  {secs:7.1f}")
+        lines.append(
+            f"{label:<{width}}" + "".join(f" {values[key]:>{max(8, len(key))}.3f}" for key in keys) + f"  {secs:7.1f}"
+        )
     return "\n".join(lines)
 
 
@@ -53,8 +61,9 @@ def _check_results_file(path: str | None) -> None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         earlier = None
     if not (isinstance(earlier, dict) and {"per_image", "mean"} <= set(earlier)):
-        raise CliError(f"--json {target} exists and is not an earlier evaluate result; it is kept: "
-                       "choose another file name")
+        raise CliError(
+            f"--json {target} exists and is not an earlier evaluate result; it is kept: choose another file name"
+        )
 
 
 def _check_evaluate_memory(args: argparse.Namespace, model: Any, names: list[str], volumes: bool, steps: int) -> None:
@@ -77,9 +86,11 @@ def _check_evaluate_memory(args: argparse.Namespace, model: Any, names: list[str
         else:
             path = image_path(args.data_dir, name)
             height, width = plane_size(read_header(path), str(path))
-            check_memory(segment_peak_bytes(height, width, args.mpp, model.config, steps, samples, False, False),
-                         f"{path} ({height} x {width} px, {samples} samples)",
-                         fix + ", or crop the images into tiles of a few thousand pixels a side")
+            check_memory(
+                segment_peak_bytes(height, width, args.mpp, model.config, steps, samples, False, False),
+                f"{path} ({height} x {width} px, {samples} samples)",
+                fix + ", or crop the images into tiles of a few thousand pixels a side",
+            )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -101,25 +112,42 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         names = list_volumes(args.data_dir) if volumes else list_tiles(args.data_dir)
     if not names:
         where = f"the {args.subset!r} list of {args.split}" if split else f"{Path(args.data_dir) / 'images'}"
-        raise CliError(f"no images to score: {where} is empty; a tile folder holds images/<id>.tif "
-                       "next to masks/<id>.png")
+        raise CliError(
+            f"no images to score: {where} is empty; a tile folder holds images/<id>.tif next to masks/<id>.png"
+        )
     device = common.setup_torch(args)
     model = common.sampling_model(common.model_for(args.model, volumes=volumes), device, args)
     steps = common.check_sampling_steps(model, args)
     if volumes != model.config.is_multiclass:
         kind = "volumes" if volumes else "2-D tiles"
-        raise CliError(f"{args.data_dir} holds {kind}, which {Path(model.source).name} does not segment; "
-                       + ("give a volume model, e.g. --model cdal_hippocampus" if volumes
-                          else "leave out --model for the bundled H&E model"))
+        raise CliError(
+            f"{args.data_dir} holds {kind}, which {Path(model.source).name} does not segment; "
+            + (
+                "give a volume model, e.g. --model cdal_hippocampus"
+                if volumes
+                else "leave out --model for the bundled H&E model"
+            )
+        )
     _check_evaluate_memory(args, model, names, volumes, steps)
     if volumes:
         classes = model.config.label_channels
-        events = evaluate_volumes(model, [load_volume(args.data_dir, name, classes) for name in names],
-                                  sampling_steps=steps, samples=args.samples, seed=args.seed)
+        events = evaluate_volumes(
+            model,
+            [load_volume(args.data_dir, name, classes) for name in names],
+            sampling_steps=steps,
+            samples=args.samples,
+            seed=args.seed,
+        )
     else:
-        events = evaluate_tiles(model, load_folder(args.data_dir, names, model.config.image_channels),
-                                image_mpp=args.mpp, sampling_steps=steps, samples=args.samples, seed=args.seed,
-                                threshold=args.threshold)
+        events = evaluate_tiles(
+            model,
+            load_folder(args.data_dir, names, model.config.image_channels),
+            image_mpp=args.mpp,
+            sampling_steps=steps,
+            samples=args.samples,
+            seed=args.seed,
+            threshold=args.threshold,
+        )
     summary = None
     with common.progress(len(names), "evaluate", "volume" if volumes else "image") as bar:
         for event in events:
@@ -128,13 +156,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             else:
                 summary = event.payload
     summary["model"] = str(model.source)
-    summary["settings"] = {"sampling_steps": steps,
-                           "samples": model.config.default_samples if args.samples is None else args.samples,
-                           "seed": args.seed, "threshold": args.threshold, "mpp": args.mpp,
-                           "runtime": model.runtime.describe(), "augment": None if volumes else AUGMENT_SAMPLES}
+    summary["settings"] = {
+        "sampling_steps": steps,
+        "samples": model.config.default_samples if args.samples is None else args.samples,
+        "seed": args.seed,
+        "threshold": args.threshold,
+        "mpp": args.mpp,
+        "runtime": model.runtime.describe(),
+        "augment": None if volumes else AUGMENT_SAMPLES,
+    }
     if volumes:
-        print(_format_class_table(summary["per_image"], summary["mean"], summary["seconds_per_image"],
-                                  model.config.class_names))
+        print(
+            _format_class_table(
+                summary["per_image"], summary["mean"], summary["seconds_per_image"], model.config.class_names
+            )
+        )
     else:
         print(_format_table(summary["per_image"], summary["mean"], summary["seconds_per_image"]))
     if args.json:

@@ -43,8 +43,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     out = check_new_model_path(check_output_file(args.out))
     regions = [Path(p) for p in args.regions] if args.regions else None
     if regions is not None and len(regions) != len(images):
-        raise CliError(f"got {len(images)} images but {len(regions)} --regions; give one region file per image, "
-                       "in the same order")
+        raise CliError(
+            f"got {len(images)} images but {len(regions)} --regions; give one region file per image, in the same order"
+        )
     shapes = [read_header(path).shape for path in images]
     for path in masks:
         read_header(path, labels=True)
@@ -55,8 +56,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                 boxes[index] = read_regions(path, shape[:2], args.mpp)
             except ValueError as exc:
                 raise CliError(str(exc)) from exc
-    pairs = [FinetunePair(read_image(image), _read_mask(mask), box, f"{image.name} with {mask.name}")
-             for image, mask, box in zip(images, masks, boxes, strict=True)]
+    pairs = [
+        FinetunePair(read_image(image), _read_mask(mask), box, f"{image.name} with {mask.name}")
+        for image, mask, box in zip(images, masks, boxes, strict=True)
+    ]
     overrides = {key: getattr(args, key) for key in ("iterations", "seed") if getattr(args, key) is not None}
     if args.lr is not None:
         overrides.update(lr_g=args.lr, lr_d=args.lr * FINETUNE_D_LR_RATIO)
@@ -81,17 +84,21 @@ def _finetune(args: argparse.Namespace, pairs: list[Any], settings: Any, out: Pa
             if event.stage == "note":
                 bar.write(f"note: {event.payload}", file=sys.stderr)
             elif event.stage == "train":
-                bar.set_postfix({k: f"{v:.3f}" for k, v in event.payload.items() if k in ("mse", "dice", "d")},
-                                refresh=False)
+                bar.set_postfix(
+                    {k: f"{v:.3f}" for k, v in event.payload.items() if k in ("mse", "dice", "d")}, refresh=False
+                )
                 common.advance(bar, event.index, event.total)
             elif event.stage == "done":
                 result = event.payload
     finally:
         bar.close()
     save_finetuned(result.model, out)
-    print(f"fine-tuned {result.record['steps']} iterations on {len(pairs)} image(s) in "
-          f"{result.record['wall_seconds']:.0f} s; model: {out} (source {model.source} unchanged)")
-    advice = {True: "; use it", False: "; keep the source model, or compare their masks before using it",
-              None: ""}[result.improved]
+    print(
+        f"fine-tuned {result.record['steps']} iterations on {len(pairs)} image(s) in "
+        f"{result.record['wall_seconds']:.0f} s; model: {out} (source {model.source} unchanged)"
+    )
+    advice = {True: "; use it", False: "; keep the source model, or compare their masks before using it", None: ""}[
+        result.improved
+    ]
     print(f"check: {result.report()}{advice}")
     return 0

@@ -65,18 +65,35 @@ def cmd_info(args: argparse.Namespace) -> int:
     for key, value in config.items():
         print(f"  {key}: {value}")
     print("training record:")
-    for key in ("data", "steps", "wall_seconds", "device", "train_config", "train_tiles",
-                "validation_tiles", "initialised_from", "best", "finetuned_from", "bundled"):
+    for key in (
+        "data",
+        "steps",
+        "wall_seconds",
+        "device",
+        "train_config",
+        "train_tiles",
+        "validation_tiles",
+        "initialised_from",
+        "best",
+        "finetuned_from",
+        "bundled",
+    ):
         if key in record:
             print(f"  {key}: {record[key]}")
     if "error_discriminator" in record:  # the tiles are the run's training tiles, printed above
         made = {k: v for k, v in record["error_discriminator"].items() if k != "tiles"}
         print(f"  error_discriminator: {made}")
     if record.get("validation"):
-        print("  validation: " + "; ".join(
-            f"step {v['step']}: " + ", ".join(f"{key} {value:.3f}" for key, value in v.items()
-                                                if key != "step" and isinstance(value, float))
-            for v in record["validation"]))
+        print(
+            "  validation: "
+            + "; ".join(
+                f"step {v['step']}: "
+                + ", ".join(
+                    f"{key} {value:.3f}" for key, value in v.items() if key != "step" and isinstance(value, float)
+                )
+                for v in record["validation"]
+            )
+        )
     print(f"torch {torch.__version__}; CUDA available: {torch.cuda.is_available()}")
     if args.json:
         print(json.dumps(meta, indent=2))
@@ -111,9 +128,12 @@ def cmd_view(args: argparse.Namespace) -> int:
     import napari
 
     if sys.platform.startswith("linux") and not any(
-            os.environ.get(name) for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")):
-        raise CliError("no display to open napari on ($DISPLAY is not set): run it on a desktop, "
-                       "or under a virtual one with xvfb-run")
+        os.environ.get(name) for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")
+    ):
+        raise CliError(
+            "no display to open napari on ($DISPLAY is not set): run it on a desktop, "
+            "or under a virtual one with xvfb-run"
+        )
     open_viewer(args.images, args.sample)
     napari.run()
     return 0

@@ -21,12 +21,16 @@ def _write_tiff(path: Path, array: Any) -> None:
     atomic_write(path, lambda tmp: tifffile.imwrite(tmp, array, compression="zlib", photometric="minisblack"))
 
 
-SEGMENT_OUTPUTS = (("labels", True, "_labels.tif"), ("steps", "save_steps", "_steps.tif"),
-                   ("chain", "save_steps", "_chain.tif"),
-                   ("attention", "save_attention", "_attention.tif"),
-                   ("uncertainty", "save_uncertainty", "_uncertainty.tif"),
-                   ("geojson", "geojson", "_nuclei.geojson"), ("measurements", "measurements", "_nuclei.csv"),
-                   ("review", "review", "_review.csv"))
+SEGMENT_OUTPUTS = (
+    ("labels", True, "_labels.tif"),
+    ("steps", "save_steps", "_steps.tif"),
+    ("chain", "save_steps", "_chain.tif"),
+    ("attention", "save_attention", "_attention.tif"),
+    ("uncertainty", "save_uncertainty", "_uncertainty.tif"),
+    ("geojson", "geojson", "_nuclei.geojson"),
+    ("measurements", "measurements", "_nuclei.csv"),
+    ("review", "review", "_review.csv"),
+)
 """What segment writes per image: <stem><suffix>, always or when the flag is given.
 
 --save-steps writes x̂0 per step as _steps.tif (its meaning kept: scripts read it) and the chain as
@@ -34,12 +38,14 @@ sampled, x_T to x_0 (one plane more), as _chain.tif."""
 
 
 def _segment_outputs(args: argparse.Namespace, out: Path, stem: str) -> dict[str, Path]:
-    return {kind: out / f"{stem}{suffix}" for kind, flag, suffix in SEGMENT_OUTPUTS
-            if flag is True or getattr(args, flag)}
+    return {
+        kind: out / f"{stem}{suffix}" for kind, flag, suffix in SEGMENT_OUTPUTS if flag is True or getattr(args, flag)
+    }
 
 
-def _write_outputs(files: dict[str, Path], result: Any, pixels: Any, image_mpp: float,
-                   review: int | None = None) -> None:
+def _write_outputs(
+    files: dict[str, Path], result: Any, pixels: Any, image_mpp: float, review: int | None = None
+) -> None:
     """Every asked-for file of one image; the labels, polygons and tables share one numbering 1..N."""
     from napari_cdal.engine.io.detections import csv_text, geojson_text, write_text
     from napari_cdal.engine.io.images import to_rgb_float
@@ -51,16 +57,22 @@ def _write_outputs(files: dict[str, Path], result: Any, pixels: Any, image_mpp: 
     table = None
     if "geojson" in files or "measurements" in files:
         table = nucleus_measurements(labels, to_rgb_float(pixels, 3), image_mpp, result.uncertainty)
-    maps = {"labels": labels, "steps": result.steps, "chain": result.chain, "attention": result.attention,
-            "uncertainty": result.uncertainty}
+    maps = {
+        "labels": labels,
+        "steps": result.steps,
+        "chain": result.chain,
+        "attention": result.attention,
+        "uncertainty": result.uncertainty,
+    }
     for kind, file in files.items():
         if kind == "geojson":
             write_text(file, geojson_text(labels, table, object_type="detection"))
         elif kind == "measurements":
             write_text(file, csv_text(table))
         elif kind == "review":
-            items = review_items(labels, result.probability, result.uncertainty, image_mpp, result.error_map,
-                                 count=review)
+            items = review_items(
+                labels, result.probability, result.uncertainty, image_mpp, result.error_map, count=review
+            )
             write_text(file, csv_text(review_table(items)))
         else:
             _write_tiff(file, maps[kind])
@@ -76,8 +88,13 @@ def _dask_client(args: argparse.Namespace) -> tuple[Any, Any]:
         return Client(args.scheduler, timeout="20s"), None
     # one torch thread per worker process: more spin against each other when the processes fill the cores
     threads = str(args.threads or 1)
-    cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                           env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})
+    cluster = LocalCluster(
+        n_workers=args.workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads},
+    )
     return Client(cluster), cluster
 
 
@@ -102,12 +119,23 @@ def _check_slide_block_memory(path: Path, mpp: float, model: Any, steps: int, sa
     from napari_cdal.engine.slide.stitch import BLOCK_PX, HALO_UM
 
     side = BLOCK_PX + 2 * math.ceil(HALO_UM / mpp)
-    check_memory(segment_peak_bytes(side, side, mpp, model.config, steps, samples, False, False),
-                 f"{path}, one block of {side} x {side} px", "close other programs, or give fewer --samples")
+    check_memory(
+        segment_peak_bytes(side, side, mpp, model.config, steps, samples, False, False),
+        f"{path}, one block of {side} x {side} px",
+        "close other programs, or give fewer --samples",
+    )
 
 
-def _segment_slide(args: argparse.Namespace, model: Any, path: Path, files: dict[str, Path], mpp: float,
-                   sampling_steps: int, samples: int, client: Any) -> str:
+def _segment_slide(
+    args: argparse.Namespace,
+    model: Any,
+    path: Path,
+    files: dict[str, Path],
+    mpp: float,
+    sampling_steps: int,
+    samples: int,
+    client: Any,
+) -> str:
     """One slide through engine.slide: labels into <stem>_labels.zarr (resumable), then a tiled BigTIFF, the tissue
     mask and the nuclei's files; returns the line that says what was found."""
     from napari_cdal.engine.events import TICK
@@ -121,9 +149,19 @@ def _segment_slide(args: argparse.Namespace, model: Any, path: Path, files: dict
         bar = common.progress(0, path.name, "block")
         result = None
         detections = "geojson" in files or "measurements" in files
-        for event in segment_slide(model, source, files["store"], mpp, sampling_steps=sampling_steps,
-                                   samples=samples, seed=args.seed, threshold=args.threshold,
-                                   detections=detections, client=client, tissue=args.tissue):
+        for event in segment_slide(
+            model,
+            source,
+            files["store"],
+            mpp,
+            sampling_steps=sampling_steps,
+            samples=samples,
+            seed=args.seed,
+            threshold=args.threshold,
+            detections=detections,
+            client=client,
+            tissue=args.tissue,
+        ):
             if event.stage == "done":
                 result = event.payload
             elif event.stage != TICK:
@@ -134,41 +172,57 @@ def _segment_slide(args: argparse.Namespace, model: Any, path: Path, files: dict
         save_tissue_png(result.tissue, files["tissue"])
     if detections:
         write_slide_detections(result.store, files.get("geojson"), files.get("measurements"))
-    tissue = ("every block segmented (--tissue all)" if result.tissue_mm2 is None else
-              f"{result.skipped} of glass skipped; tissue {result.tissue_mm2:.3g} mm²")
-    return (f"{path.name}: {result.n_nuclei} nuclei in {result.blocks} blocks at {mpp:g} µm/px ({tissue} of "
-            f"{result.slide_mm2:.3g} mm² slide), {result.seconds:.1f} s")
+    tissue = (
+        "every block segmented (--tissue all)"
+        if result.tissue_mm2 is None
+        else f"{result.skipped} of glass skipped; tissue {result.tissue_mm2:.3g} mm²"
+    )
+    return (
+        f"{path.name}: {result.n_nuclei} nuclei in {result.blocks} blocks at {mpp:g} µm/px ({tissue} of "
+        f"{result.slide_mm2:.3g} mm² slide), {result.seconds:.1f} s"
+    )
 
 
-VOLUME_OUTPUTS = (("labels", True, "_labels.nii.gz"), ("steps", "save_steps", "_steps.nii.gz"),
-                  ("chain", "save_steps", "_chain.nii.gz"),
-                  ("attention", "save_attention", "_attention.nii.gz"),
-                  ("uncertainty", "save_uncertainty", "_uncertainty.nii.gz"))
+VOLUME_OUTPUTS = (
+    ("labels", True, "_labels.nii.gz"),
+    ("steps", "save_steps", "_steps.nii.gz"),
+    ("chain", "save_steps", "_chain.nii.gz"),
+    ("attention", "save_attention", "_attention.nii.gz"),
+    ("uncertainty", "save_uncertainty", "_uncertainty.nii.gz"),
+)
 """What segment writes per volume, NIfTI with the input's affine: <stem><suffix>, always or when asked."""
 
 
 def _volume_outputs(args: argparse.Namespace, out: Path, stem: str) -> dict[str, Path]:
     if args.geojson or args.measurements or args.review:
-        raise CliError("--geojson, --measurements and --review describe nuclei of 2-D images; a volume gets "
-                       "<stem>_labels.nii.gz (and, when asked, its step, attention and uncertainty maps)")
-    return {kind: out / f"{stem}{suffix}" for kind, flag, suffix in VOLUME_OUTPUTS
-            if flag is True or getattr(args, flag)}
+        raise CliError(
+            "--geojson, --measurements and --review describe nuclei of 2-D images; a volume gets "
+            "<stem>_labels.nii.gz (and, when asked, its step, attention and uncertainty maps)"
+        )
+    return {
+        kind: out / f"{stem}{suffix}" for kind, flag, suffix in VOLUME_OUTPUTS if flag is True or getattr(args, flag)
+    }
 
 
 def _check_model_fits(model: Any, volumes: list[Path], images: list[Path]) -> None:
     """A volume needs a model of classes and a 2-D image a nucleus model: say which, before any work."""
     name = Path(model.source).name
     if volumes and not model.config.is_multiclass:
-        raise CliError(f"{volumes[0]} is a volume, but {name} segments 2-D images; give a volume model, "
-                       "e.g. --model cdal_hippocampus (napari-cdal info --list)")
+        raise CliError(
+            f"{volumes[0]} is a volume, but {name} segments 2-D images; give a volume model, "
+            "e.g. --model cdal_hippocampus (napari-cdal info --list)"
+        )
     if model.config.is_multiclass and len(images) > len(volumes):
         flat = next(path for path in images if path not in volumes)
-        raise CliError(f"{name} segments volumes (.nii/.nii.gz), not the 2-D image {flat}; leave out --model "
-                       "for the bundled H&E model")
+        raise CliError(
+            f"{name} segments volumes (.nii/.nii.gz), not the 2-D image {flat}; leave out --model "
+            "for the bundled H&E model"
+        )
 
 
-def _segment_volume_file(args: argparse.Namespace, model: Any, path: Path, files: dict[str, Path],
-                         sampling_steps: int, samples: int) -> str:
+def _segment_volume_file(
+    args: argparse.Namespace, model: Any, path: Path, files: dict[str, Path], sampling_steps: int, samples: int
+) -> str:
     """One NIfTI volume through engine.segment.volume; every output keeps the input's shape and affine; returns the
     line that says what was found."""
     from napari_cdal.engine.events import TICK, run_to_end
@@ -183,15 +237,27 @@ def _segment_volume_file(args: argparse.Namespace, model: Any, path: Path, files
             common.advance(bar, event.index, event.total)
 
     try:
-        result = run_to_end(segment_volume(model, volume.data, sampling_steps, samples, args.seed,
-                                           keep_steps=args.save_steps or args.save_attention,
-                                           with_attention=args.save_attention), show)
+        result = run_to_end(
+            segment_volume(
+                model,
+                volume.data,
+                sampling_steps,
+                samples,
+                args.seed,
+                keep_steps=args.save_steps or args.save_attention,
+                with_attention=args.save_attention,
+            ),
+            show,
+        )
     finally:
         bar.close()
-    maps = {"labels": result.labels, "uncertainty": result.uncertainty,
-            "steps": None if result.steps is None else result.steps.transpose(1, 2, 3, 0),
-            "chain": None if result.chain is None else result.chain.transpose(1, 2, 3, 0),
-            "attention": None if result.attention is None else result.attention.transpose(1, 2, 3, 0)}
+    maps = {
+        "labels": result.labels,
+        "uncertainty": result.uncertainty,
+        "steps": None if result.steps is None else result.steps.transpose(1, 2, 3, 0),
+        "chain": None if result.chain is None else result.chain.transpose(1, 2, 3, 0),
+        "attention": None if result.attention is None else result.attention.transpose(1, 2, 3, 0),
+    }
     for kind, file in files.items():
         write_volume(file, maps[kind], volume.affine)
     return f"{path.name}: {class_voxels(result.labels, model.config.class_names)}, {result.seconds:.1f} s"
@@ -200,8 +266,9 @@ def _segment_volume_file(args: argparse.Namespace, model: Any, path: Path, files
 def _check_uncertainty_has_samples(args: argparse.Namespace, samples: int) -> None:
     """--save-uncertainty is refused with fewer than two samples: one sample has no spread."""
     if args.save_uncertainty and samples < 2:
-        raise CliError(f"--save-uncertainty needs --samples 2 or more (got {samples}): "
-                       "one sample has no spread to measure")
+        raise CliError(
+            f"--save-uncertainty needs --samples 2 or more (got {samples}): one sample has no spread to measure"
+        )
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -239,19 +306,30 @@ def cmd_segment(args: argparse.Namespace) -> int:
         else:
             sizes[path] = plane_size(read_header(path), str(path))
     out = check_output_folder(args.out)
-    outputs = {path: _volume_outputs(args, out, volume_stem(path)) if path in volumes
-               else _segment_outputs(args, out, path.stem) for path in images}
+    outputs = {
+        path: _volume_outputs(args, out, volume_stem(path))
+        if path in volumes
+        else _segment_outputs(args, out, path.stem)
+        for path in images
+    }
     on_cluster = bool(args.workers or args.scheduler)
     slides = [path for path in images if path not in volumes and _is_slide(path, sizes[path], args.slide or on_cluster)]
     for path in slides:
-        extra = ["--" + flag.replace("_", "-") for kind, flag, _ in SEGMENT_OUTPUTS if kind in outputs[path]
-                 and kind in ("steps", "attention", "uncertainty")]
+        extra = [
+            "--" + flag.replace("_", "-")
+            for kind, flag, _ in SEGMENT_OUTPUTS
+            if kind in outputs[path] and kind in ("steps", "attention", "uncertainty")
+        ]
         if extra:
-            raise CliError(f"{path} is segmented as a whole slide, which writes labels, GeoJSON and CSV but no "
-                           f"per-pixel maps; leave out {' '.join(extra)}")
+            raise CliError(
+                f"{path} is segmented as a whole slide, which writes labels, GeoJSON and CSV but no "
+                f"per-pixel maps; leave out {' '.join(extra)}"
+            )
         if "review" in outputs[path]:
-            raise CliError(f"{path} is segmented as a whole slide, which has no review list (its probability maps "
-                           "are not kept); leave out --review, or segment a tile or region of it")
+            raise CliError(
+                f"{path} is segmented as a whole slide, which has no review list (its probability maps "
+                "are not kept); leave out --review, or segment a tile or region of it"
+            )
         if path.suffix.lower() in SLIDE_SUFFIXES:  # a file each block would decode whole is refused from its header
             open_slide(path).close()
         outputs[path]["store"] = out / f"{path.stem}_labels.zarr"  # resumable: an existing store goes on
@@ -260,18 +338,22 @@ def cmd_segment(args: argparse.Namespace) -> int:
     for path in images:  # read whole: a slide's size has no cap, it is read block by block
         if path not in slides and path not in volumes:
             check_read_whole(*sizes[path], str(path))
-    check_new_outputs([file for files in outputs.values() for kind, file in files.items() if kind != "store"],
-                      args.overwrite)
+    check_new_outputs(
+        [file for files in outputs.values() for kind, file in files.items() if kind != "store"], args.overwrite
+    )
     if args.samples is not None:  # known before the model loads
         _check_uncertainty_has_samples(args, args.samples)
     device = common.setup_torch(args)
-    model = common.sampling_model(common.model_for(args.model, volumes=bool(volumes) and len(volumes) == len(images)),
-                                  device, args)
+    model = common.sampling_model(
+        common.model_for(args.model, volumes=bool(volumes) and len(volumes) == len(images)), device, args
+    )
     _check_model_fits(model, volumes, images)
     if model.config.model_side and slides:  # a model that sees images whole never cuts them into blocks
         if args.slide or on_cluster:
-            raise CliError(f"{Path(model.source).name} sees each image whole at {model.config.model_side} px on its "
-                           "longer side; leave out --slide, --workers and --scheduler")
+            raise CliError(
+                f"{Path(model.source).name} sees each image whole at {model.config.model_side} px on its "
+                "longer side; leave out --slide, --workers and --scheduler"
+            )
         for path in slides:
             del outputs[path]["store"]
             outputs[path].pop("tissue", None)
@@ -290,15 +372,17 @@ def cmd_segment(args: argparse.Namespace) -> int:
         if path in volumes:
             _check_volume_memory(path, model, steps, samples, args)
             continue
-        check_memory(segment_peak_bytes(*sizes[path], args.mpp, model.config, steps, samples, want_maps,
-                                        args.save_attention),
-                     f"{path} ({sizes[path][0]} x {sizes[path][1]} px, {samples} samples)",
-                     "give fewer --samples, or crop it into tiles of a few thousand pixels a side and segment those")
+        check_memory(
+            segment_peak_bytes(*sizes[path], args.mpp, model.config, steps, samples, want_maps, args.save_attention),
+            f"{path} ({sizes[path][0]} x {sizes[path][1]} px, {samples} samples)",
+            "give fewer --samples, or crop it into tiles of a few thousand pixels a side and segment those",
+        )
     with output_lock([files["labels"] for files in outputs.values()]):
         for files in outputs.values():  # a set a killed run had completed is moved in first
             recover_output_set(files["labels"])
-        check_new_outputs([file for files in outputs.values() for kind, file in files.items() if kind != "store"],
-                          args.overwrite)
+        check_new_outputs(
+            [file for files in outputs.values() for kind, file in files.items() if kind != "store"], args.overwrite
+        )
         client, cluster = _dask_client(args) if slides else (None, None)
         try:
             _segment_all(args, model, images, slide_mpps, outputs, steps, samples, want_maps, client)
@@ -318,9 +402,11 @@ def _check_volume_memory(path: Path, model: Any, steps: int, samples: int, args:
 
     shape, _ = read_volume_header(path)
     keep = args.save_steps or args.save_attention
-    check_memory(volume_peak_bytes(shape, model.config, steps, samples, SLICES_PER_BATCH, keep),
-                 f"{path} ({' x '.join(map(str, shape))} voxels, {samples} samples)",
-                 "give fewer --samples, leave out --save-steps/--save-attention, or crop the volume")
+    check_memory(
+        volume_peak_bytes(shape, model.config, steps, samples, SLICES_PER_BATCH, keep),
+        f"{path} ({' x '.join(map(str, shape))} voxels, {samples} samples)",
+        "give fewer --samples, leave out --save-steps/--save-attention, or crop the volume",
+    )
 
 
 def _replaced_members(args: argparse.Namespace, out: Path, path: Path, volume: bool) -> list[Path]:
@@ -335,9 +421,17 @@ def _replaced_members(args: argparse.Namespace, out: Path, path: Path, volume: b
     return [out / f"{stem}{suffix}" for _, _, suffix in kinds] + ([] if volume else [out / f"{stem}_tissue.png"])
 
 
-def _segment_all(args: argparse.Namespace, model: Any, images: list[Path], slides: dict[Path, float],
-                 outputs: dict[Path, dict[str, Path]], steps: int, samples: int, want_maps: bool,
-                 client: Any) -> None:
+def _segment_all(
+    args: argparse.Namespace,
+    model: Any,
+    images: list[Path],
+    slides: dict[Path, float],
+    outputs: dict[Path, dict[str, Path]],
+    steps: int,
+    samples: int,
+    want_maps: bool,
+    client: Any,
+) -> None:
     """Each image in turn: a slide through engine.slide (on the cluster if any), a tile in memory; each image's
     files are written as one set (io.outputs), so a run stopped half-way leaves the earlier set whole."""
     from napari_cdal.engine.io.outputs import output_set
@@ -345,8 +439,11 @@ def _segment_all(args: argparse.Namespace, model: Any, images: list[Path], slide
 
     for path in images:
         files = {kind: file for kind, file in outputs[path].items() if kind != "store"}
-        replaced = [file for file in _replaced_members(args, Path(args.out), path, is_volume_path(path))
-                    if file.exists() and file not in files.values()]
+        replaced = [
+            file
+            for file in _replaced_members(args, Path(args.out), path, is_volume_path(path))
+            if file.exists() and file not in files.values()
+        ]
         with output_set(files, files["labels"], replaced) as staged:
             if "store" in outputs[path]:
                 staged["store"] = outputs[path]["store"]
@@ -359,12 +456,15 @@ def _segment_all(args: argparse.Namespace, model: Any, images: list[Path], slide
         gone = [file.name for file in replaced if not file.exists()]
         print(f"{said} -> {files['labels']}" + (f" (and {outputs[path]['store'].name})" if path in slides else ""))
         if gone:
-            print(f"note: removed {', '.join(gone)} of the earlier run: the new labels' ids are not theirs",
-                  file=sys.stderr)
+            print(
+                f"note: removed {', '.join(gone)} of the earlier run: the new labels' ids are not theirs",
+                file=sys.stderr,
+            )
 
 
-def _segment_tile(args: argparse.Namespace, model: Any, path: Path, files: dict[str, Path], steps: int,
-                  samples: int, want_maps: bool) -> str:
+def _segment_tile(
+    args: argparse.Namespace, model: Any, path: Path, files: dict[str, Path], steps: int, samples: int, want_maps: bool
+) -> str:
     """One image read whole: its reading notes said, segmented, its files written; returns the line that says what
     was found."""
     from napari_cdal.engine.events import TICK, run_to_end
@@ -386,14 +486,23 @@ def _segment_tile(args: argparse.Namespace, model: Any, path: Path, files: dict[
             common.advance(bar, event.index, event.total)
 
     try:
-        result = run_to_end(segment_image(
-            model, pixels, image_mpp=args.mpp, sampling_steps=steps, samples=samples, seed=args.seed,
-            threshold=args.threshold, keep_steps=want_maps,
-            with_attention=args.save_attention or errors_for_review), show)
+        result = run_to_end(
+            segment_image(
+                model,
+                pixels,
+                image_mpp=args.mpp,
+                sampling_steps=steps,
+                samples=samples,
+                seed=args.seed,
+                threshold=args.threshold,
+                keep_steps=want_maps,
+                with_attention=args.save_attention or errors_for_review,
+            ),
+            show,
+        )
     except ImageError as exc:  # name the file: the engine only knows the pixels
         raise ImageError(f"{path}: {exc}") from exc
     finally:
         bar.close()
     _write_outputs(files, result, pixels, args.mpp, args.review)
-    return (f"{path.name}: {result.n_nuclei} nuclei, mean area {result.mean_area_px():.0f} px, "
-            f"{result.seconds:.1f} s")
+    return f"{path.name}: {result.n_nuclei} nuclei, mean area {result.mean_area_px():.0f} px, {result.seconds:.1f} s"

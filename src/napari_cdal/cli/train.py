@@ -60,8 +60,10 @@ def _check_train_out(out: Path, resume: bool) -> None:
 
     check_output_file(out)
     if is_bundled(out) or is_bundled(state_path(out)):
-        raise CliError(f"--out {out} is inside the package's bundled weights, which are never replaced; "
-                       "choose a file of your own, e.g. runs/cdal.safetensors")
+        raise CliError(
+            f"--out {out} is inside the package's bundled weights, which are never replaced; "
+            "choose a file of your own, e.g. runs/cdal.safetensors"
+        )
     if resume:
         return
     taken = [path for path in (out, state_path(out)) if path.exists()]
@@ -81,8 +83,11 @@ def _train_discriminator_only(args: argparse.Namespace, out: Path, split: dict[s
 
     if not args.init_from:
         raise CliError("--discriminator-only trains a discriminator for a generator: give the model with --init-from")
-    refused = [option for option in ("--resume", "--config", "--batch-size", "--patch-size", "--checkpoint-every",
-                                     "--validate-every") if option in args.typed_options]
+    refused = [
+        option
+        for option in ("--resume", "--config", "--batch-size", "--patch-size", "--checkpoint-every", "--validate-every")
+        if option in args.typed_options
+    ]
     if refused:
         raise CliError(f"{refused[0]} does not apply to --discriminator-only (the generator is kept as it is)")
     device = common.setup_torch(args)
@@ -96,8 +101,10 @@ def _train_discriminator_only(args: argparse.Namespace, out: Path, split: dict[s
     changes = common.read_json_object(args.train_config, "--train-config") if args.train_config else {}
     unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(ErrorDiscSettings)})
     if unknown:
-        raise CliError(f"--train-config: {', '.join(unknown)} is no setting of the discriminator's training; it has "
-                       f"{', '.join(f.name for f in dataclasses.fields(ErrorDiscSettings))}")
+        raise CliError(
+            f"--train-config: {', '.join(unknown)} is no setting of the discriminator's training; it has "
+            f"{', '.join(f.name for f in dataclasses.fields(ErrorDiscSettings))}"
+        )
     settings = dataclasses.replace(ErrorDiscSettings(), **changes)
     changes = {key: value for key, value in (("iterations", args.iterations), ("seed", args.seed)) if value is not None}
     settings = dataclasses.replace(settings, **changes)
@@ -120,8 +127,10 @@ def _train_discriminator_only(args: argparse.Namespace, out: Path, split: dict[s
     bar.close()
     save_model(out, trained, replace=False)
     record = trained.record["error_discriminator"]
-    print(f"trained the pixel discriminator {settings.iterations} iterations on {record['patches']} patches in "
-          f"{record['wall_seconds'] / 60:.1f} min; model: {out}")
+    print(
+        f"trained the pixel discriminator {settings.iterations} iterations on {record['patches']} patches in "
+        f"{record['wall_seconds'] / 60:.1f} min; model: {out}"
+    )
     return 0
 
 
@@ -152,8 +161,10 @@ def _train(args: argparse.Namespace, out: Path, split: dict[str, list[str]]) -> 
     if args.resume:
         ignored = [option for option in ("--config", "--init-from") if option in args.typed_options]
         if ignored:
-            raise CliError(f"{' and '.join(ignored)} cannot change a run that goes on with --resume; start a new "
-                           "run with another --out")
+            raise CliError(
+                f"{' and '.join(ignored)} cannot change a run that goes on with --resume; start a new "
+                "run with another --out"
+            )
         if not state_path(out).exists():
             raise CliError(f"--resume given but no training state at {state_path(out)}")
         device = common.setup_torch(args)
@@ -162,10 +173,20 @@ def _train(args: argparse.Namespace, out: Path, split: dict[str, list[str]]) -> 
         if wanted <= state.step:
             done = "is already at iteration" if args.iterations is not None else "has finished its"
             unit = "" if args.iterations is not None else " iterations"
-            raise CliError(f"the run at {state_path(out)} {done} {state.step}{unit}; give "
-                           f"{common.typed(args, '--iterations', '--steps')} more than {state.step} to go on")
-        changes = ("--iterations", "--steps", "--batch-size", "--patch-size", "--seed", "--checkpoint-every",
-                   "--validate-every", "--train-config")
+            raise CliError(
+                f"the run at {state_path(out)} {done} {state.step}{unit}; give "
+                f"{common.typed(args, '--iterations', '--steps')} more than {state.step} to go on"
+            )
+        changes = (
+            "--iterations",
+            "--steps",
+            "--batch-size",
+            "--patch-size",
+            "--seed",
+            "--checkpoint-every",
+            "--validate-every",
+            "--train-config",
+        )
         if any(option in args.typed_options for option in changes):  # told to change how the run goes on
             state = TrainState.load(state_path(out), device, _train_config(args, state.train_config.to_dict()))
         data = run_data(args.data_dir, split, state.record, args.mpp)
@@ -185,12 +206,15 @@ def _train(args: argparse.Namespace, out: Path, split: dict[str, list[str]]) -> 
     bar.update(state.step)  # a resumed run starts where it stopped
     for event in events:
         if event.stage == "train":
-            bar.set_postfix({k: f"{v:.3f}" for k, v in event.payload.items() if k in ("mse", "dice", "d")},
-                            refresh=False)
+            bar.set_postfix(
+                {k: f"{v:.3f}" for k, v in event.payload.items() if k in ("mse", "dice", "d")}, refresh=False
+            )
             common.advance(bar, event.index)
         elif event.stage == "validate_done":
-            bar.write(f"iteration {state.step}: validation " + ", ".join(
-                f"{k} {v:.3f}" for k, v in event.payload.items() if isinstance(v, float)))
+            bar.write(
+                f"iteration {state.step}: validation "
+                + ", ".join(f"{k} {v:.3f}" for k, v in event.payload.items() if isinstance(v, float))
+            )
     bar.close()
     print(f"trained {state.step} iterations in {state.record['wall_seconds'] / 60:.1f} min; model: {out}")
     return 0

@@ -43,17 +43,21 @@ def check_input_file(path: str | Path, what: str = "file") -> Path:
         info = path.stat()
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise InputError(f"{path} is a symbolic link that loops back on itself (through {_link_chain(path)}); "
-                             f"point it at the {what}") from exc
+            raise InputError(
+                f"{path} is a symbolic link that loops back on itself (through {_link_chain(path)}); "
+                f"point it at the {what}"
+            ) from exc
         if exc.errno == errno.ENOENT and path.is_symlink():
-            raise InputError(f"{path} is a symbolic link to {os.readlink(path)}, which does not exist; point it at "
-                             f"the {what}") from exc
+            raise InputError(
+                f"{path} is a symbolic link to {os.readlink(path)}, which does not exist; point it at the {what}"
+            ) from exc
         if exc.errno in (errno.ENOENT, errno.ENOTDIR):
             raise FileNotFoundError(f"{what} not found: {path}") from exc
         raise InputError(f"cannot open {path}: {exc.strerror or exc}") from exc
     if stat.S_ISDIR(info.st_mode):
-        raise InputError(f"{path} is a folder, not an {what}" if what[0] in "aeiou" else
-                         f"{path} is a folder, not a {what}")
+        raise InputError(
+            f"{path} is a folder, not an {what}" if what[0] in "aeiou" else f"{path} is a folder, not a {what}"
+        )
     if not os.access(path, os.R_OK):
         raise InputError(f"cannot read {path}: permission denied")
     return path
@@ -79,8 +83,9 @@ def check_mpp(value: float, option: str = "--mpp") -> float:
     """A finite µm/px within MPP_RANGE."""
     low, high = MPP_RANGE
     if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
-        raise InputError(f"{option} {value} is not a µm per pixel between {low} and {high}; "
-                         "a 40x tile is 0.25, a 20x tile 0.5")
+        raise InputError(
+            f"{option} {value} is not a µm per pixel between {low} and {high}; a 40x tile is 0.25, a 20x tile 0.5"
+        )
     return float(value)
 
 
@@ -117,8 +122,9 @@ def check_patch_size(value: int, config: ModelConfig, option: str = "--patch-siz
     multiple = config.size_multiple
     if isinstance(value, bool) or not isinstance(value, int) or value < multiple or value % multiple:
         nearest = max(multiple, round(value / multiple) * multiple) if isinstance(value, int) else 256
-        raise InputError(f"{option} {value} must be a positive multiple of {multiple} for this model; "
-                         f"use e.g. {nearest}")
+        raise InputError(
+            f"{option} {value} must be a positive multiple of {multiple} for this model; use e.g. {nearest}"
+        )
     return value
 
 
@@ -138,8 +144,9 @@ def check_output_folder(folder: str | Path, option: str = "--out") -> Path:
         _probe_write(existing)
     except OSError as exc:
         where = "" if existing == folder else f" (it would be made in {existing})"
-        raise InputError(f"{option} {folder} is not writable{where}: {exc.strerror or exc}; "
-                         "choose a folder you can write to") from exc
+        raise InputError(
+            f"{option} {folder} is not writable{where}: {exc.strerror or exc}; choose a folder you can write to"
+        ) from exc
     return folder
 
 
@@ -168,8 +175,9 @@ def check_new_outputs(paths: Iterable[Path], overwrite: bool = False) -> None:
             existing.append(path)
     if existing and not overwrite:
         more = f" and {len(existing) - 1} more already exist" if len(existing) > 1 else " already exists"
-        raise InputError(f"{existing[0]}{more}; nothing was written: choose another --out, "
-                         "or pass --overwrite to replace them")
+        raise InputError(
+            f"{existing[0]}{more}; nothing was written: choose another --out, or pass --overwrite to replace them"
+        )
 
 
 def available_memory() -> int | None:
@@ -199,12 +207,22 @@ def sample_pixel_bytes(config: ModelConfig, sampling_steps: int) -> int:
 def network_peak_bytes(config: ModelConfig, pass_pixels: int, sampling_steps: int, samples: int) -> int:
     """An upper estimate of one network pass's memory: `samples` (K) samples of `pass_pixels` model pixels each, and
     the image encoder's features (once per pass)."""
-    return int(pass_pixels * (samples * sample_pixel_bytes(config, sampling_steps)
-                              + 4 * (config.image_channels + config.base_width)))
+    return int(
+        pass_pixels
+        * (samples * sample_pixel_bytes(config, sampling_steps) + 4 * (config.image_channels + config.base_width))
+    )
 
 
-def segment_peak_bytes(height: int, width: int, image_mpp: float, config: ModelConfig, sampling_steps: int,
-                       samples: int, keep_steps: bool = True, with_attention: bool = True) -> int:
+def segment_peak_bytes(
+    height: int,
+    width: int,
+    image_mpp: float,
+    config: ModelConfig,
+    sampling_steps: int,
+    samples: int,
+    keep_steps: bool = True,
+    with_attention: bool = True,
+) -> int:
     """An upper estimate of segment_image's peak memory for an image of that size, in bytes.
 
     Per input pixel: the image as float32, the probability maps (with the uncertainty and D's last
@@ -220,12 +238,21 @@ def segment_peak_bytes(height: int, width: int, image_mpp: float, config: ModelC
     per_model_pixel = 4 * (config.image_channels * 2 + maps + stacks + 2)
     model_pixels = height * width * factor
     pass_pixels = min(model_pixels, (TILE_PX + config.size_multiple) ** 2)
-    return int(height * width * per_image_pixel + model_pixels * per_model_pixel
-               + network_peak_bytes(config, int(pass_pixels), sampling_steps, samples))
+    return int(
+        height * width * per_image_pixel
+        + model_pixels * per_model_pixel
+        + network_peak_bytes(config, int(pass_pixels), sampling_steps, samples)
+    )
 
 
-def volume_peak_bytes(shape: tuple[int, int, int], config: ModelConfig, sampling_steps: int, samples: int,
-                      slices_per_batch: int, keep_steps: bool = True) -> int:
+def volume_peak_bytes(
+    shape: tuple[int, int, int],
+    config: ModelConfig,
+    sampling_steps: int,
+    samples: int,
+    slices_per_batch: int,
+    keep_steps: bool = True,
+) -> int:
     """An upper estimate of segment_volume's peak memory for a volume of `shape`, in bytes.
 
     Per voxel: the volume as float32, its slices with their neighbours (image_channels planes), the
@@ -246,8 +273,9 @@ def byte_size(count: int) -> str:
     return f"{count / 2**30:.1f} GiB" if count >= 2**30 else f"{count / 2**20:.0f} MiB"
 
 
-def check_memory(needed: int, what: str,
-                 fix: str = "crop it into tiles of a few thousand pixels a side and segment those") -> None:
+def check_memory(
+    needed: int, what: str, fix: str = "crop it into tiles of a few thousand pixels a side and segment those"
+) -> None:
     """Refuse work whose estimated peak memory exceeds what is free; the message ends with `fix`."""
     free = available_memory()
     if free is not None and needed > MEMORY_HEADROOM * free:

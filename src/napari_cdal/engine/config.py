@@ -61,11 +61,22 @@ MAX_CLASSES = 256
 """The most classes a model of classes may name (its labels are written as uint8)."""
 
 MODEL_INTEGER_BOUNDS: dict[str, tuple[int, int]] = {
-    "image_channels": (1, 64), "base_width": (1, 512), "blocks_per_level": (1, 16), "encoder_blocks": (0, 16),
-    "time_dim": (2, 4096), "latent_dim": (1, 4096), "latent_width": (1, 4096), "latent_layers": (1, 32),
-    "norm_groups": (1, 512), "disc_width": (1, 512), "disc_levels": (1, MAX_LEVELS),
-    "disc_attention_level": (1, MAX_LEVELS), "diffusion_steps": (1, 1000), "context_slices": (0, 16),
-    "slice_axis": (0, 2), "model_side": (0, 16_384),
+    "image_channels": (1, 64),
+    "base_width": (1, 512),
+    "blocks_per_level": (1, 16),
+    "encoder_blocks": (0, 16),
+    "time_dim": (2, 4096),
+    "latent_dim": (1, 4096),
+    "latent_width": (1, 4096),
+    "latent_layers": (1, 32),
+    "norm_groups": (1, 512),
+    "disc_width": (1, 512),
+    "disc_levels": (1, MAX_LEVELS),
+    "disc_attention_level": (1, MAX_LEVELS),
+    "diffusion_steps": (1, 1000),
+    "context_slices": (0, 16),
+    "slice_axis": (0, 2),
+    "model_side": (0, 16_384),
 }
 """Each integer setting of a model and the range it must lie in, checked whenever a config is made (a model file's
 too), so a file cannot claim 10^9 diffusion steps or widths no memory holds: T of 1000 is DDPM's, cDAL's is 4."""
@@ -124,12 +135,16 @@ class ModelConfig:
             _check_integer(self, name, low, high)
         _check_integer(self, "default_samples", 1, MAX_DEFAULT_SAMPLES)
         if not (isinstance(self.channel_mults, tuple) and 1 <= len(self.channel_mults) <= MAX_LEVELS):
-            raise ValueError(f"ModelConfig.channel_mults must be 1 to {MAX_LEVELS} integers (one per U-Net level), "
-                             f"got {self.channel_mults!r}")
+            raise ValueError(
+                f"ModelConfig.channel_mults must be 1 to {MAX_LEVELS} integers (one per U-Net level), "
+                f"got {self.channel_mults!r}"
+            )
         for mult in self.channel_mults:
             if isinstance(mult, bool) or not isinstance(mult, int) or not 1 <= mult <= MAX_CHANNEL_MULT:
-                raise ValueError(f"ModelConfig.channel_mults must hold integers from 1 to {MAX_CHANNEL_MULT}, "
-                                 f"got {self.channel_mults!r}")
+                raise ValueError(
+                    f"ModelConfig.channel_mults must hold integers from 1 to {MAX_CHANNEL_MULT}, "
+                    f"got {self.channel_mults!r}"
+                )
         for name in ("beta_min", "beta_max"):
             _check_number(self, name, 0.0, MAX_BETA, low_open=True)
         if not self.beta_min < self.beta_max:
@@ -137,10 +152,16 @@ class ModelConfig:
         _check_number(self, "model_mpp", 0.0, MAX_MODEL_MPP, low_open=True)
         for name in ("image_mean", "image_std"):
             values = getattr(self, name)
-            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                       and (name == "image_mean" or v > 0) for v in values):
-                raise ValueError(f"ModelConfig.{name} must hold finite numbers{' above 0' * (name == 'image_std')}, "
-                                 f"got {values!r}")
+            if not all(
+                isinstance(v, (int, float))
+                and not isinstance(v, bool)
+                and math.isfinite(v)
+                and (name == "image_mean" or v > 0)
+                for v in values
+            ):
+                raise ValueError(
+                    f"ModelConfig.{name} must hold finite numbers{' above 0' * (name == 'image_std')}, got {values!r}"
+                )
         if len(self.class_names) > MAX_CLASSES or not all(isinstance(n, str) for n in self.class_names):
             raise ValueError(f"ModelConfig.class_names must be at most {MAX_CLASSES} names, got {self.class_names!r}")
         if self.label_encoding == "classes" and len(self.class_names) < 2:
@@ -148,38 +169,50 @@ class ModelConfig:
         if self.label_encoding != "classes" and self.class_names:
             raise ValueError("class_names belong to label_encoding 'classes'")
         if self.intensity_percentiles and not (
-                len(self.intensity_percentiles) == 2
-                and 0.0 <= self.intensity_percentiles[0] < self.intensity_percentiles[1] <= 100.0):
-            raise ValueError("intensity_percentiles must be two numbers 0 <= low < high <= 100, got "
-                             f"{self.intensity_percentiles!r}")
-        if self.context_slices and self.image_channels != 1 + 2 * self.context_slices:
-            raise ValueError(f"context_slices {self.context_slices} needs image_channels "
-                             f"{1 + 2 * self.context_slices} (the slice and its neighbours), got {self.image_channels}")
-        if self.label_encoding not in LABEL_ENCODINGS:
+            len(self.intensity_percentiles) == 2
+            and 0.0 <= self.intensity_percentiles[0] < self.intensity_percentiles[1] <= 100.0
+        ):
             raise ValueError(
-                f"label_encoding must be one of {sorted(LABEL_ENCODINGS)}, got {self.label_encoding!r}"
+                f"intensity_percentiles must be two numbers 0 <= low < high <= 100, got {self.intensity_percentiles!r}"
             )
+        if self.context_slices and self.image_channels != 1 + 2 * self.context_slices:
+            raise ValueError(
+                f"context_slices {self.context_slices} needs image_channels "
+                f"{1 + 2 * self.context_slices} (the slice and its neighbours), got {self.image_channels}"
+            )
+        if self.label_encoding not in LABEL_ENCODINGS:
+            raise ValueError(f"label_encoding must be one of {sorted(LABEL_ENCODINGS)}, got {self.label_encoding!r}")
         if len(self.image_mean) != self.image_channels or len(self.image_std) != self.image_channels:
-            raise ValueError(f"image_mean and image_std need one value per image channel (image_channels "
-                             f"{self.image_channels}), got {len(self.image_mean)} and {len(self.image_std)}")
+            raise ValueError(
+                f"image_mean and image_std need one value per image channel (image_channels "
+                f"{self.image_channels}), got {len(self.image_mean)} and {len(self.image_std)}"
+            )
         if not 1 <= self.disc_attention_level <= self.disc_levels:
             raise ValueError("disc_attention_level must lie in 1..disc_levels")
-        if isinstance(self.default_sampling_steps, bool) or not isinstance(self.default_sampling_steps, int) or \
-                not 0 <= self.default_sampling_steps <= self.diffusion_steps:
-            raise ValueError(f"default_sampling_steps must lie in 0..diffusion_steps ({self.diffusion_steps}), "
-                             f"got {self.default_sampling_steps}")
+        if (
+            isinstance(self.default_sampling_steps, bool)
+            or not isinstance(self.default_sampling_steps, int)
+            or not 0 <= self.default_sampling_steps <= self.diffusion_steps
+        ):
+            raise ValueError(
+                f"default_sampling_steps must lie in 0..diffusion_steps ({self.diffusion_steps}), "
+                f"got {self.default_sampling_steps}"
+            )
         if self.attention_scaling not in ("none", "minmax"):
             raise ValueError(f"attention_scaling must be 'none' or 'minmax', got {self.attention_scaling!r}")
         if self.disc_kind not in DISC_KINDS:
             raise ValueError(f"disc_kind must be one of {sorted(DISC_KINDS)}, got {self.disc_kind!r}")
         if self.attention_display not in DISC_KINDS[self.disc_kind]:
-            raise ValueError(f"attention_display must be one of {DISC_KINDS[self.disc_kind]} for the "
-                             f"{self.disc_kind} discriminator, got {self.attention_display!r}")
+            raise ValueError(
+                f"attention_display must be one of {DISC_KINDS[self.disc_kind]} for the "
+                f"{self.disc_kind} discriminator, got {self.attention_display!r}"
+            )
         if self.disc_kind == "pixel" and not self.disc_image:
             raise ValueError("the pixel discriminator judges a mask against its image: it needs disc_image true")
         if self.uncertainty_measure not in UNCERTAINTY_MEASURES:
             raise ValueError(
-                f"uncertainty_measure must be one of {UNCERTAINTY_MEASURES}, got {self.uncertainty_measure!r}")
+                f"uncertainty_measure must be one of {UNCERTAINTY_MEASURES}, got {self.uncertainty_measure!r}"
+            )
         if not 0.0 <= self.sampling_noise <= 1.0:
             raise ValueError(f"sampling_noise must lie in [0, 1], got {self.sampling_noise}")
 
@@ -278,8 +311,9 @@ class TrainConfig:
         _check_number(self, "ema_decay", 0.0, 1.0, high_open=True)
         _check_number(self, "holdout_fraction", 0.0, 0.5)
         _check_number(self, "replay_share", 0.0, 1.0, high_open=True)
-        if len(self.adam_betas) != 2 or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0
-                                                 for b in self.adam_betas):
+        if len(self.adam_betas) != 2 or not all(
+            isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in self.adam_betas
+        ):
             raise ValueError(f"TrainConfig.adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -301,8 +335,9 @@ def _check_integer(config: Any, name: str, least: int, most: int = MAX_COUNT) ->
         raise ValueError(f"{type(config).__name__}.{name} must be an integer from {least} to {most}, got {value!r}")
 
 
-def _check_number(config: Any, name: str, low: float, high: float | None, low_open: bool = False,
-                  high_open: bool = False) -> None:
+def _check_number(
+    config: Any, name: str, low: float, high: float | None, low_open: bool = False, high_open: bool = False
+) -> None:
     """Raise a ValueError naming the key unless the field is a finite number in the given range."""
     value = getattr(config, name)
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -328,8 +363,9 @@ def _from_dict(cls: type, data: dict[str, Any]) -> Any:
     renamed = FORMER_NAMES.get(cls.__name__, {})
     both = sorted(old for old, new in renamed.items() if old in data and new in data)
     if both:
-        raise ValueError(f"{cls.__name__} keys {both} are former names of {[renamed[k] for k in both]}; "
-                         "give one of each")
+        raise ValueError(
+            f"{cls.__name__} keys {both} are former names of {[renamed[k] for k in both]}; give one of each"
+        )
     data = {renamed.get(key, key): value for key, value in data.items()}
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(names))
@@ -343,19 +379,49 @@ def _from_dict(cls: type, data: dict[str, Any]) -> Any:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(base_width=8, channel_mults=(1, 2), encoder_blocks=1, time_dim=32,
-                 latent_width=32, latent_layers=2, norm_groups=4, disc_width=8, disc_levels=2,
-                 disc_attention_level=1),
+    "tiny": dict(
+        base_width=8,
+        channel_mults=(1, 2),
+        encoder_blocks=1,
+        time_dim=32,
+        latent_width=32,
+        latent_layers=2,
+        norm_groups=4,
+        disc_width=8,
+        disc_levels=2,
+        disc_attention_level=1,
+    ),
     "small": dict(base_width=16, channel_mults=(1, 2, 2, 4)),
     "medium": dict(base_width=16, channel_mults=(1, 2, 4, 8)),
     "large": dict(base_width=32, channel_mults=(1, 2, 2, 4)),
-    "hippocampus": dict(image_channels=3, context_slices=1, slice_axis=0, label_encoding="classes",
-                        class_names=("background", "anterior", "posterior"), intensity_percentiles=(0.5, 99.5),
-                        image_mean=(133.5,) * 3, image_std=(64.7,) * 3, base_width=16, channel_mults=(1, 2, 4),
-                        disc_levels=3, disc_attention_level=2, model_mpp=1000.0, uncertainty_measure="chain_entropy"),
-    "grayscale": dict(image_channels=1, label_encoding="foreground", diffusion_steps=2,
-                      intensity_percentiles=(0.5, 99.5), image_mean=(127.5,), image_std=(73.6,), model_side=256,
-                      base_width=16, channel_mults=(1, 2, 2, 4), default_samples=8),
+    "hippocampus": dict(
+        image_channels=3,
+        context_slices=1,
+        slice_axis=0,
+        label_encoding="classes",
+        class_names=("background", "anterior", "posterior"),
+        intensity_percentiles=(0.5, 99.5),
+        image_mean=(133.5,) * 3,
+        image_std=(64.7,) * 3,
+        base_width=16,
+        channel_mults=(1, 2, 4),
+        disc_levels=3,
+        disc_attention_level=2,
+        model_mpp=1000.0,
+        uncertainty_measure="chain_entropy",
+    ),
+    "grayscale": dict(
+        image_channels=1,
+        label_encoding="foreground",
+        diffusion_steps=2,
+        intensity_percentiles=(0.5, 99.5),
+        image_mean=(127.5,),
+        image_std=(73.6,),
+        model_side=256,
+        base_width=16,
+        channel_mults=(1, 2, 2, 4),
+        default_samples=8,
+    ),
 }
 """Model sizes for H&E nuclei (small to large); the MSD hippocampus MRI model: 2.5D slices (one
 neighbour each side) cut along the first axis, which keeps the head-to-tail axis in the plane,

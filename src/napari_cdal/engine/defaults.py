@@ -78,8 +78,16 @@ FINETUNE_D_LR_RATIO = 0.5
 """The discriminator's learning rate as a share of the generator's when fine-tuning."""
 
 FINETUNE_SETTINGS: dict[str, Any] = {
-    "iterations": 150, "batch_size": 4, "patch_size": 128, "lr_g": 1e-4, "lr_d": 1e-4 * FINETUNE_D_LR_RATIO,
-    "lr_min": 1e-6, "warmup_steps": 10, "ema_decay": 0.99, "holdout_fraction": 0.25, "validate_every": 50,
+    "iterations": 150,
+    "batch_size": 4,
+    "patch_size": 128,
+    "lr_g": 1e-4,
+    "lr_d": 1e-4 * FINETUNE_D_LR_RATIO,
+    "lr_min": 1e-6,
+    "warmup_steps": 10,
+    "ema_decay": 0.99,
+    "holdout_fraction": 0.25,
+    "validate_every": 50,
     "patience": 2,
 }
 """How fine-tuning differs from training from scratch; chosen by AJI gained per minute with benchmarks/loop.py

@@ -57,9 +57,12 @@ def ticks_of(events: Generator[Progress, None, Any], index: int, total: int) -> 
         yield Progress(TICK, index, total)
 
 
-def then_tick(compute: Callable[[], Result], index: int, total: int,
-              around: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
-              ) -> Generator[Progress, None, Result]:
+def then_tick(
+    compute: Callable[[], Result],
+    index: int,
+    total: int,
+    around: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
+) -> Generator[Progress, None, Result]:
     """Run `compute()` (a whole network pass, say) inside `around`, then yield Progress('tick', index, total);
     returns its result.
 

@@ -28,8 +28,9 @@ def check_labels(labels: object, name: str = "labels", allow_binary: bool = Fals
             ".astype(np.int32)"
         )
     if arr.size and np.issubdtype(arr.dtype, np.signedinteger) and int(arr.min()) < 0:
-        raise ValueError(f"{name} contains negative ids (min {int(arr.min())}); labels must be >= 0 "
-                         "with 0 = background")
+        raise ValueError(
+            f"{name} contains negative ids (min {int(arr.min())}); labels must be >= 0 with 0 = background"
+        )
     return arr
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 SAMPLE_NAME = "TCGA-B0-5698-01Z-00-DX1"
 SAMPLE_MPP = 0.25
-LICENCE_LINE = ("MoNuSeg 2018 tile TCGA-B0-5698 (kidney; Kumar et al. 2017), CC BY-NC-SA 4.0; "
-                "a validation tile, not trained on")
+LICENCE_LINE = (
+    "MoNuSeg 2018 tile TCGA-B0-5698 (kidney; Kumar et al. 2017), CC BY-NC-SA 4.0; a validation tile, not trained on"
+)
 
 
 def sample_tile_path() -> Path:
@@ -20,8 +21,10 @@ def sample_tile_path() -> Path:
 
 
 VOLUME_SAMPLE_NAME = "hippocampus_276"
-VOLUME_LICENCE_LINE = ("MSD Task04 hippocampus volume 276 (Simpson et al. 2019; Antonelli et al. 2022), "
-                       "CC BY-SA 4.0; a validation volume, not trained on")
+VOLUME_LICENCE_LINE = (
+    "MSD Task04 hippocampus volume 276 (Simpson et al. 2019; Antonelli et al. 2022), "
+    "CC BY-SA 4.0; a validation volume, not trained on"
+)
 
 
 def sample_volume_path() -> Path:

@@ -17,9 +17,7 @@ _RGB_FROM_HED_T = np.ascontiguousarray(rgb_from_hed.T, dtype=np.float32)
 def _check_image(image: np.ndarray, who: str) -> None:
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[-1] != 3:
         shape = getattr(image, "shape", None)
-        raise ValueError(
-            f"{who}: image must be an HxWx3 array on the 0..255 scale, got shape {shape}"
-        )
+        raise ValueError(f"{who}: image must be an HxWx3 array on the 0..255 scale, got shape {shape}")
 
 
 def _hed_jitter_cf(x: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
@@ -132,8 +130,9 @@ def colour_jitter(
     return np.ascontiguousarray(np.moveaxis(out.reshape(3, h, w), 0, -1))
 
 
-def intensity_jitter_cf(x: np.ndarray, rng: np.random.Generator, brightness: float = 0.15,
-                        contrast: float = 0.15, gamma: float = 0.2) -> np.ndarray:
+def intensity_jitter_cf(
+    x: np.ndarray, rng: np.random.Generator, brightness: float = 0.15, contrast: float = 0.15, gamma: float = 0.2
+) -> np.ndarray:
     """One brightness, contrast and gamma change for every channel of a (C, N) float32 array on 0..255.
 
     MRI and X-ray intensities have no stain to vary; scanners differ in gain, contrast and the

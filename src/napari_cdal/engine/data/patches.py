@@ -66,18 +66,10 @@ class PatchSampler:
     ) -> None:
         if not tiles:
             raise ValueError("PatchSampler: tiles is empty; pass at least one Tile")
-        if (
-            isinstance(patch_size, bool)
-            or not isinstance(patch_size, (int, np.integer))
-            or patch_size < 1
-        ):
-            raise ValueError(
-                f"PatchSampler: patch_size must be an integer >= 1, got {patch_size!r}"
-            )
+        if isinstance(patch_size, bool) or not isinstance(patch_size, (int, np.integer)) or patch_size < 1:
+            raise ValueError(f"PatchSampler: patch_size must be an integer >= 1, got {patch_size!r}")
         if not callable(targets):
-            raise ValueError(
-                f"PatchSampler: targets must be a function instances -> (C,H,W), got {targets!r}"
-            )
+            raise ValueError(f"PatchSampler: targets must be a function instances -> (C,H,W), got {targets!r}")
         if not isinstance(rng, np.random.Generator):
             raise ValueError(
                 f"PatchSampler: rng must be a numpy Generator, got {type(rng).__name__}; "
@@ -127,9 +119,7 @@ class PatchSampler:
                 checked = []
                 for box in boxes:
                     if len(box) != 4:
-                        raise ValueError(
-                            f"PatchSampler: region {box!r} of tile {i} is not (y0, y1, x0, x1)"
-                        )
+                        raise ValueError(f"PatchSampler: region {box!r} of tile {i} is not (y0, y1, x0, x1)")
                     y0, y1, x0, x1 = (int(v) for v in box)
                     if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
                         raise ValueError(
@@ -142,9 +132,7 @@ class PatchSampler:
         self._entries = [(i, box) for i, boxes in enumerate(self._boxes) for box in boxes]
         if not self._entries:
             raise ValueError("PatchSampler: regions lists no box at all; give at least one box")
-        areas = np.array(
-            [(b[1] - b[0]) * (b[3] - b[2]) for _, b in self._entries], dtype=np.float64
-        )
+        areas = np.array([(b[1] - b[0]) * (b[3] - b[2]) for _, b in self._entries], dtype=np.float64)
         self._probs = areas / areas.sum()
         half = (self.patch_size - 1) / 2.0
         self._grid = np.arange(self.patch_size, dtype=np.float64) - half
@@ -192,12 +180,8 @@ class PatchSampler:
             coords[0] = cy + a[0, 0] * g[:, None] + a[0, 1] * g[None, :]
             coords[1] = cx + a[1, 0] * g[:, None] + a[1, 1] * g[None, :]
             for c, channel in enumerate(self._channels[i]):
-                ndimage.map_coordinates(
-                    channel, coords, output=images[k, c], order=1, mode="reflect"
-                )
-            ndimage.map_coordinates(
-                self._instances[i], coords, output=inst, order=0, mode="reflect"
-            )
+                ndimage.map_coordinates(channel, coords, output=images[k, c], order=1, mode="reflect")
+            ndimage.map_coordinates(self._instances[i], coords, output=inst, order=0, mode="reflect")
 
             rr = np.floor(coords[0] + 0.5)
             cc = np.floor(coords[1] + 0.5)
@@ -208,10 +192,7 @@ class PatchSampler:
 
             t = np.asarray(self.targets(inst.copy()))
             if t.ndim != 3 or t.shape[1:] != (p, p):
-                raise ValueError(
-                    f"PatchSampler: targets function returned shape {t.shape}; "
-                    f"expected (C, {p}, {p})"
-                )
+                raise ValueError(f"PatchSampler: targets function returned shape {t.shape}; expected (C, {p}, {p})")
             if targets is None:
                 targets = np.empty((batch, t.shape[0], p, p), dtype=np.float32)
             elif t.shape[0] != targets.shape[1]:

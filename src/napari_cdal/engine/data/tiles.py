@@ -43,8 +43,7 @@ def list_tiles(root: str | Path) -> list[str]:
         if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
             if path.stem in found:
                 raise ValueError(
-                    f"two images share the id {path.stem!r}: {found[path.stem]} and {path}; "
-                    "keep only one of them"
+                    f"two images share the id {path.stem!r}: {found[path.stem]} and {path}; keep only one of them"
                 )
             found[path.stem] = path
     return sorted(found)
@@ -58,9 +57,7 @@ def image_path(root: str | Path, name: str) -> Path:
             path = root / "images" / f"{name}{candidate}"
             if path.is_file():
                 return path
-    raise FileNotFoundError(
-        f"no image for tile {name!r} in {root / 'images'} (looked for {name}.tif, .tiff, .png)"
-    )
+    raise FileNotFoundError(f"no image for tile {name!r} in {root / 'images'} (looked for {name}.tif, .tiff, .png)")
 
 
 def _tile_image(arr: np.ndarray, path: Path, channels: int) -> np.ndarray:
@@ -87,8 +84,7 @@ def _read_binary(path: Path) -> np.ndarray:
     values = np.unique(mask)
     if not (set(values.tolist()) <= {0, 1} or set(values.tolist()) <= {0, 255}):
         raise ValueError(
-            f"mask {path} holds values {values[:8].tolist()}; a binary mask must hold only "
-            "{0,1} or {0,255}"
+            f"mask {path} holds values {values[:8].tolist()}; a binary mask must hold only {{0,1}} or {{0,255}}"
         )
     return mask > 0
 
@@ -96,9 +92,7 @@ def _read_binary(path: Path) -> np.ndarray:
 def _read_instances(path: Path) -> np.ndarray:
     arr = read_image(path, labels=True)
     if arr.ndim != 2:
-        raise ValueError(
-            f"instance mask {path} has shape {arr.shape}; expected a single-channel HxW label PNG"
-        )
+        raise ValueError(f"instance mask {path} has shape {arr.shape}; expected a single-channel HxW label PNG")
     return check_labels(arr, f"instance mask {path}", allow_binary=True).astype(np.uint32)
 
 
@@ -178,8 +172,11 @@ def check_tiles_have_nuclei(root: str | Path, tiles: list[Tile]) -> None:
     """Refuse tiles whose ground truth holds no nucleus (the rule fine-tuning follows, engine.labels.check_has_nuclei):
     a run on them saves a model that finds nothing, without a word."""
     for tile in tiles:
-        check_has_nuclei(tile.instances, f"the masks of tile {tile.name!r} in {Path(root)}",
-                         "check that they are the right files, or leave the tile out of the run with --split")
+        check_has_nuclei(
+            tile.instances,
+            f"the masks of tile {tile.name!r} in {Path(root)}",
+            "check that they are the right files, or leave the tile out of the run with --split",
+        )
 
 
 def _is_colour(path: Path, shape: tuple[int, ...]) -> bool:
@@ -203,11 +200,15 @@ def check_image_channels(root: str | Path, names: list[str], channels: int) -> N
         path = image_path(root, name)
         shape = read_header(path).shape
         if channels == 3 and (len(shape) == 2 or shape[-1] == 1):
-            raise ValueError(f"{path} is a grayscale image but the model is an RGB (H&E) model; train grayscale "
-                             "images with --config grayscale (or a JSON config with image_channels 1)")
+            raise ValueError(
+                f"{path} is a grayscale image but the model is an RGB (H&E) model; train grayscale "
+                "images with --config grayscale (or a JSON config with image_channels 1)"
+            )
         if channels == 1 and _is_colour(path, shape):
-            raise ValueError(f"{path} is a colour image but the model is a grayscale one; train colour (H&E) "
-                             "images with an RGB preset (e.g. --config medium), or save them as grayscale")
+            raise ValueError(
+                f"{path} is a colour image but the model is a grayscale one; train colour (H&E) "
+                "images with an RGB preset (e.g. --config medium), or save them as grayscale"
+            )
 
 
 def resample_tile(tile: Tile, factor: float) -> Tile:
@@ -218,8 +219,7 @@ def resample_tile(tile: Tile, factor: float) -> Tile:
     out_shape = (int(round(h * factor)), int(round(w * factor)))
     if min(out_shape) < 1:
         raise ValueError(
-            f"resample_tile: factor {factor} shrinks tile {tile.name!r} ({h}x{w}) to {out_shape}; "
-            "use a larger factor"
+            f"resample_tile: factor {factor} shrinks tile {tile.name!r} ({h}x{w}) to {out_shape}; use a larger factor"
         )
     if out_shape == (h, w):
         return replace(tile)
@@ -228,14 +228,12 @@ def resample_tile(tile: Tile, factor: float) -> Tile:
         tile.image, out_shape + tile.image.shape[2:], order=1, anti_aliasing=anti_alias, preserve_range=True
     )
     image = np.clip(np.rint(image) if tile.image.dtype == np.uint8 else image, 0, 255).astype(tile.image.dtype)
-    instances = transform.resize(
-        tile.instances, out_shape, order=0, anti_aliasing=False, preserve_range=True
-    ).astype(tile.instances.dtype)
+    instances = transform.resize(tile.instances, out_shape, order=0, anti_aliasing=False, preserve_range=True).astype(
+        tile.instances.dtype
+    )
     if tile.has_instance_truth:
         foreground = instances > 0
     else:
-        soft = transform.resize(
-            tile.foreground.astype(np.float32), out_shape, order=1, anti_aliasing=anti_alias
-        )
+        soft = transform.resize(tile.foreground.astype(np.float32), out_shape, order=1, anti_aliasing=anti_alias)
         foreground = soft >= 0.5
     return replace(tile, image=image, foreground=foreground, instances=instances)

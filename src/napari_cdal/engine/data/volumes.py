@@ -42,8 +42,10 @@ def list_volumes(root: str | Path) -> list[str]:
     labels = _files(root / "labels") if (root / "labels").is_dir() else {}
     missing = sorted(set(images) - set(labels))
     if missing:
-        raise FileNotFoundError(f"{len(missing)} volumes have no label volume in {root / 'labels'} "
-                                f"(first: {missing[0]}); a volume folder needs labels/<id>.nii.gz for each image")
+        raise FileNotFoundError(
+            f"{len(missing)} volumes have no label volume in {root / 'labels'} "
+            f"(first: {missing[0]}); a volume folder needs labels/<id>.nii.gz for each image"
+        )
     return sorted(images)
 
 
@@ -60,8 +62,10 @@ def load_volume(root: str | Path, name: str, classes: int | None = None) -> Labe
     image = read_volume(image_path)
     labels = read_label_volume(label_path, classes)
     if labels.data.shape != image.data.shape:
-        raise ValueError(f"{label_path} has shape {labels.data.shape} but {image_path} is {image.data.shape}; "
-                         "labels must match their volume voxel for voxel")
+        raise ValueError(
+            f"{label_path} has shape {labels.data.shape} but {image_path} is {image.data.shape}; "
+            "labels must match their volume voxel for voxel"
+        )
     return LabelledVolume(name, image.data.astype(np.float32), labels.data, image.affine)
 
 
@@ -98,15 +102,21 @@ def slice_tiles(name: str, images: np.ndarray, labels: np.ndarray, indices: list
     tiles = []
     for index in range(images.shape[0]) if indices is None else indices:
         classes = labels[index].astype(np.uint32)
-        tiles.append(Tile(f"{name}[{index}]", np.ascontiguousarray(images[index].transpose(1, 2, 0)),
-                          classes > 0, classes, has_instance_truth=False))
+        tiles.append(
+            Tile(
+                f"{name}[{index}]",
+                np.ascontiguousarray(images[index].transpose(1, 2, 0)),
+                classes > 0,
+                classes,
+                has_instance_truth=False,
+            )
+        )
     return tiles
 
 
 def volume_tiles(volume: LabelledVolume, config: ModelConfig, indices: list[int] | None = None) -> list[Tile]:
     """The slices `indices` (all when None) of one volume as training tiles, named <volume>[<index>]."""
-    return slice_tiles(volume.name, slice_stack(volume.image, config), labels_to_slices(volume.labels, config),
-                       indices)
+    return slice_tiles(volume.name, slice_stack(volume.image, config), labels_to_slices(volume.labels, config), indices)
 
 
 def training_slices(volumes: list[LabelledVolume], config: ModelConfig) -> list[Tile]:

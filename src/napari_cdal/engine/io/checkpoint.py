@@ -80,8 +80,11 @@ def remove_stale_temps(folder: str | Path, target: str | None = None) -> list[Pa
     folder = Path(folder)
     removed = []
     try:
-        candidates = [(p, m) for p in folder.iterdir() if (m := _TEMP_NAME.match(p.name))
-                      and (target is None or m.group("target") == target)]
+        candidates = [
+            (p, m)
+            for p in folder.iterdir()
+            if (m := _TEMP_NAME.match(p.name)) and (target is None or m.group("target") == target)
+        ]
     except OSError:
         return removed
     now = time.time()
@@ -162,8 +165,9 @@ def _save_safetensors(flat: dict[str, torch.Tensor], tmp: str, header: dict[str,
         raise OSError(code, os.strerror(code) if code == errno.ENOSPC else text) from exc
 
 
-def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any],
-                    replace: bool = True) -> None:
+def save_checkpoint(
+    path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any], replace: bool = True
+) -> None:
     """Write tensors and metadata to one safetensors file, atomically (replace=False: never over a file)."""
     from napari_cdal import __version__
 
@@ -222,7 +226,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
 def split_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The entries under `prefix.`, with the prefix removed (a module's state dict)."""
     start = prefix + "."
-    return {k[len(start):]: v for k, v in tensors.items() if k.startswith(start)}
+    return {k[len(start) :]: v for k, v in tensors.items() if k.startswith(start)}
 
 
 def with_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -39,8 +39,12 @@ def _rings(mask: np.ndarray, row0: int, col0: int) -> list[list[list[float]]]:
     return rings
 
 
-def labels_to_geojson(labels: np.ndarray, measurements: dict[str, np.ndarray] | None = None,
-                      object_type: str = "annotation", offset: tuple[int, int] = (0, 0)) -> dict[str, Any]:
+def labels_to_geojson(
+    labels: np.ndarray,
+    measurements: dict[str, np.ndarray] | None = None,
+    object_type: str = "annotation",
+    offset: tuple[int, int] = (0, 0),
+) -> dict[str, Any]:
     """A GeoJSON FeatureCollection with one Polygon (MultiPolygon if split) per nonzero id.
 
     `object_type` is QuPath's: "detection" (light, for thousands of nuclei) or "annotation".
@@ -52,8 +56,9 @@ def labels_to_geojson(labels: np.ndarray, measurements: dict[str, np.ndarray] | 
 
     labels = check_labels(labels, "labels_to_geojson")
     if labels.ndim != 2:
-        raise ValueError(f"GeoJSON polygons need a 2-D label image, got shape {labels.shape}; "
-                         "write one plane at a time")
+        raise ValueError(
+            f"GeoJSON polygons need a 2-D label image, got shape {labels.shape}; write one plane at a time"
+        )
     ids = np.unique(labels)
     ids = ids[ids != 0]
     sequential = np.searchsorted(ids, labels) + 1
@@ -62,8 +67,11 @@ def labels_to_geojson(labels: np.ndarray, measurements: dict[str, np.ndarray] | 
     if measurements is not None:
         names = [name for name in measurements if name != "id"]
         for index, ident in enumerate(np.asarray(measurements["id"])):
-            rows[int(ident)] = {name: float(measurements[name][index]) for name in names
-                                if math.isfinite(float(measurements[name][index]))}
+            rows[int(ident)] = {
+                name: float(measurements[name][index])
+                for name in names
+                if math.isfinite(float(measurements[name][index]))
+            }
     features = []
     for index, box in enumerate(ndimage.find_objects(sequential)):
         if box is None:
@@ -82,8 +90,12 @@ def labels_to_geojson(labels: np.ndarray, measurements: dict[str, np.ndarray] | 
     return {"type": "FeatureCollection", "features": features}
 
 
-def geojson_text(labels: np.ndarray, measurements: dict[str, np.ndarray] | None = None,
-                 object_type: str = "detection", offset: tuple[int, int] = (0, 0)) -> str:
+def geojson_text(
+    labels: np.ndarray,
+    measurements: dict[str, np.ndarray] | None = None,
+    object_type: str = "detection",
+    offset: tuple[int, int] = (0, 0),
+) -> str:
     """labels_to_geojson as the text of a file."""
     return json.dumps(labels_to_geojson(labels, measurements, object_type, offset))
 

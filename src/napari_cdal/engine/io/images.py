@@ -28,8 +28,24 @@ BIT_DEPTHS = (8, 10, 12, 14, 16, 24, 32)
 
 
 PIL_IMAGE_MODES = {
-    "1": "L", "L": "", "I": "", "F": "", "I;16": "", "I;16B": "", "I;16L": "", "I;16N": "", "RGB": "", "RGBA": "",
-    "P": "RGB", "PA": "RGBA", "LA": "RGBA", "RGBa": "RGBA", "RGBX": "RGB", "CMYK": "RGB", "YCbCr": "RGB", "HSV": "RGB",
+    "1": "L",
+    "L": "",
+    "I": "",
+    "F": "",
+    "I;16": "",
+    "I;16B": "",
+    "I;16L": "",
+    "I;16N": "",
+    "RGB": "",
+    "RGBA": "",
+    "P": "RGB",
+    "PA": "RGBA",
+    "LA": "RGBA",
+    "RGBa": "RGBA",
+    "RGBX": "RGB",
+    "CMYK": "RGB",
+    "YCbCr": "RGB",
+    "HSV": "RGB",
 }
 """Each Pillow mode an image is read in and the mode its pixels are converted to ("" as stored): a palette becomes
 its colours, CMYK inks RGB, grey with alpha RGBA (an opaque alpha is dropped later), bilevel 0 and 255.
@@ -45,9 +61,15 @@ palette (its colours), CMYK inks (SEPARATED, converted to RGB) and JPEG-compress
 TIFF_LABEL_PHOTOMETRICS = ("MINISBLACK", "MINISWHITE", "PALETTE", "RGB")
 """The TIFF colour spaces a label image is read in, as stored (a palette's indices are the ids)."""
 
-EXIF_ORIENTATIONS = {2: "mirrored left to right", 3: "turned 180°", 4: "mirrored top to bottom",
-                     5: "mirrored along its diagonal", 6: "turned 90° clockwise",
-                     7: "mirrored along its other diagonal", 8: "turned 90° anticlockwise"}
+EXIF_ORIENTATIONS = {
+    2: "mirrored left to right",
+    3: "turned 180°",
+    4: "mirrored top to bottom",
+    5: "mirrored along its diagonal",
+    6: "turned 90° clockwise",
+    7: "mirrored along its other diagonal",
+    8: "turned 90° anticlockwise",
+}
 """What an EXIF (or TIFF) orientation tag asks a viewer to do to the stored pixels before showing them."""
 
 
@@ -111,10 +133,14 @@ def _orientation(value: object) -> int:
 
 def _refuse_colour(path: Path, space: str, labels: bool) -> ImageError:
     if labels:
-        return ImageError(f"{path} stores its pixels as {space}, which is no label image (ids as grey values, palette "
-                          "indices or RGB); save the ids as a grayscale PNG or TIFF")
-    return ImageError(f"{path} stores its pixels as {space}, which this tool does not read (it reads grey, RGB, "
-                      "palette, CMYK, 16-bit and float images); save it as RGB or grayscale, e.g. as PNG")
+        return ImageError(
+            f"{path} stores its pixels as {space}, which is no label image (ids as grey values, palette "
+            "indices or RGB); save the ids as a grayscale PNG or TIFF"
+        )
+    return ImageError(
+        f"{path} stores its pixels as {space}, which this tool does not read (it reads grey, RGB, "
+        "palette, CMYK, 16-bit and float images); save it as RGB or grayscale, e.g. as PNG"
+    )
 
 
 def _tiff_header(path: Path, labels: bool) -> ImageHeader:
@@ -124,12 +150,18 @@ def _tiff_header(path: Path, labels: bool) -> ImageHeader:
         series = tif.series[0] if tif.series else None
         if series is None or not series.shape or 0 in series.shape:
             raise ImageError(f"{path} is truncated or damaged: its header describes no image")
-        ends = [offset + count for page in series.pages if page is not None
-                for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True)]
+        ends = [
+            offset + count
+            for page in series.pages
+            if page is not None
+            for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True)
+        ]
         size = path.stat().st_size
         if ends and max(ends) > size:
-            raise ImageError(f"{path} is truncated: its header promises {_shape(tuple(series.shape))} "
-                             f"pixels in {max(ends)} bytes, the file has {size}")
+            raise ImageError(
+                f"{path} is truncated: its header promises {_shape(tuple(series.shape))} "
+                f"pixels in {max(ends)} bytes, the file has {size}"
+            )
         shape, dtype = tuple(series.shape), np.dtype(series.dtype)
         page = tif.pages[0]
         if tuple(page.shape) != shape:  # a stack of pages: refused as a stack later, whatever its colours
@@ -152,12 +184,13 @@ def _tiff_header(path: Path, labels: bool) -> ImageHeader:
                 raise _refuse_colour(path, f"TIFF MINISWHITE of {dtype}", labels)
             stored = "MINISWHITE"
         elif not labels and photometric == "SEPARATED":
-            if page.samplesperpixel != 4 or not np.issubdtype(dtype, np.unsignedinteger) or \
-                    getattr(page, "inkset", 1) not in (1, None):
-                raise _refuse_colour(path, f"TIFF SEPARATED ink with {page.samplesperpixel} samples of {dtype}",
-                                     labels)
-            height, width = (shape[1], shape[2]) if shape[0] == 4 and len(shape) == 3 and shape[-1] != 4 \
-                else shape[:2]
+            if (
+                page.samplesperpixel != 4
+                or not np.issubdtype(dtype, np.unsignedinteger)
+                or getattr(page, "inkset", 1) not in (1, None)
+            ):
+                raise _refuse_colour(path, f"TIFF SEPARATED ink with {page.samplesperpixel} samples of {dtype}", labels)
+            height, width = (shape[1], shape[2]) if shape[0] == 4 and len(shape) == 3 and shape[-1] != 4 else shape[:2]
             stored, shape = "CMYK", (height, width, 3)
         return ImageHeader(_oriented(shape, orientation), dtype, stored, orientation, shape)
 
@@ -178,10 +211,22 @@ def _pil_header(path: Path, labels: bool) -> ImageHeader:
         target = "RGBA"
     out = target or mode
     bands = Image.getmodebands(out)
-    dtype = np.dtype(np.uint16 if out.startswith("I;16") else np.int32 if out == "I"
-                     else np.float32 if out == "F" else bool if out == "1" else np.uint8)
-    stored = {"P": "palette", "PA": "palette", "CMYK": "CMYK", "YCbCr": "YCbCr", "HSV": "HSV"}.get(mode, "") \
-        if target else ""
+    dtype = np.dtype(
+        np.uint16
+        if out.startswith("I;16")
+        else np.int32
+        if out == "I"
+        else np.float32
+        if out == "F"
+        else bool
+        if out == "1"
+        else np.uint8
+    )
+    stored = (
+        {"P": "palette", "PA": "palette", "CMYK": "CMYK", "YCbCr": "YCbCr", "HSV": "HSV"}.get(mode, "")
+        if target
+        else ""
+    )
     shape = (height, width) if bands == 1 else (height, width, bands)
     return ImageHeader(_oriented(shape, orientation), dtype, stored, orientation, shape)
 
@@ -197,8 +242,10 @@ def _parse_header(path: Path, verify: bool, labels: bool = False) -> ImageHeader
         raise
     except Exception as exc:  # any parser error means "not an image we can read"
         if type(exc).__name__ == "DecompressionBombError":  # Pillow's refusal of a huge PNG/JPEG, before reading it
-            raise ImageError(f"{path} declares more pixels than a PNG or JPEG is read with ({_first_line(exc)}); "
-                             "save it as a tiled TIFF, which is segmented block by block as a slide") from exc
+            raise ImageError(
+                f"{path} declares more pixels than a PNG or JPEG is read with ({_first_line(exc)}); "
+                "save it as a tiled TIFF, which is segmented block by block as a slide"
+            ) from exc
         raise ImageError(f"cannot read {path} as an image ({type(exc).__name__}: {_first_line(exc)})") from exc
     if verify:
         from PIL import Image
@@ -219,8 +266,10 @@ def plane_size(header: ImageHeader, name: str = "image") -> tuple[int, int]:
     if len(shape) == 3 and shape[-1] not in (1, 3, 4):
         raise ImageError(f"{name} has shape {shape}: {shape[-1]} channels; expected 1 (grayscale) or 3 (RGB)")
     if len(shape) not in (2, 3):
-        raise ImageError(f"{name} has shape {shape}; expected a 2-D image (H x W, or H x W x 3 for RGB). "
-                         "For a stack, segment one plane at a time")
+        raise ImageError(
+            f"{name} has shape {shape}; expected a 2-D image (H x W, or H x W x 3 for RGB). "
+            "For a stack, segment one plane at a time"
+        )
     height, width = shape[:2]
     if height == 0 or width == 0:
         raise ImageError(f"{name} is empty (shape {header.shape})")
@@ -230,8 +279,10 @@ def plane_size(header: ImageHeader, name: str = "image") -> tuple[int, int]:
 def check_read_whole(height: int, width: int, name: str = "image") -> None:
     """Refuse an image too large to hold in memory at once (MAX_PIXELS); slides are read block by block instead."""
     if height * width > MAX_PIXELS:
-        raise ImageError(f"{name} has {height}x{width} pixels, more than this tool reads at once; crop it, or "
-                         "save it as a tiled TIFF, which is segmented block by block as a slide")
+        raise ImageError(
+            f"{name} has {height}x{width} pixels, more than this tool reads at once; crop it, or "
+            "save it as a tiled TIFF, which is segmented block by block as a slide"
+        )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -240,9 +291,15 @@ def _first_line(exc: BaseException) -> str:
 
 def orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
     """Stored pixels as viewers show them, by an EXIF/TIFF orientation tag (1 to 8; Pillow's exif_transpose)."""
-    turned = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-              5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1), 7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
-              8: lambda a: np.rot90(a, 1)}
+    turned = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.swapaxes(0, 1),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
+        8: lambda a: np.rot90(a, 1),
+    }
     return np.ascontiguousarray(turned[orientation](pixels)) if orientation in turned else pixels
 
 
@@ -301,11 +358,15 @@ def read_image(path: str | Path, labels: bool = False) -> np.ndarray:
             pixels = _pil_pixels(path, header, labels)
         pixels = orient(pixels, header.orientation)
     except Exception as exc:  # a decoder error past a good header: the file is cut off or damaged
-        raise ImageError(f"{path} is truncated or damaged: its header promises {_shape(header.shape)} pixels "
-                         f"but they cannot be decoded ({type(exc).__name__}: {_first_line(exc)})") from exc
+        raise ImageError(
+            f"{path} is truncated or damaged: its header promises {_shape(header.shape)} pixels "
+            f"but they cannot be decoded ({type(exc).__name__}: {_first_line(exc)})"
+        ) from exc
     if pixels.size == 0 or pixels.shape != header.shape:
-        raise ImageError(f"{path} is truncated or damaged: its header promises {_shape(header.shape)} pixels, "
-                         f"the file holds {_shape(pixels.shape)}")
+        raise ImageError(
+            f"{path} is truncated or damaged: its header promises {_shape(header.shape)} pixels, "
+            f"the file holds {_shape(pixels.shape)}"
+        )
     return pixels
 
 
@@ -364,25 +425,40 @@ def reading_notes(pixels: np.ndarray, channels: int, header: ImageHeader | None 
     notes = []
     if header is not None and header.orientation != 1:
         stored = header.stored_shape
-        notes.append(f"its orientation tag ({header.orientation}: {EXIF_ORIENTATIONS[header.orientation]}) was "
-                     f"applied: it is segmented upright as image viewers show it, so the labels and every other "
-                     f"output are on that grid, {header.shape[1]} x {header.shape[0]} px (width x height), not the "
-                     f"file's stored {stored[1]} x {stored[0]}")
+        notes.append(
+            f"its orientation tag ({header.orientation}: {EXIF_ORIENTATIONS[header.orientation]}) was "
+            f"applied: it is segmented upright as image viewers show it, so the labels and every other "
+            f"output are on that grid, {header.shape[1]} x {header.shape[0]} px (width x height), not the "
+            f"file's stored {stored[1]} x {stored[0]}"
+        )
     if header is not None and header.stored in ("CMYK", "HSV", "YCbCr"):
-        notes.append(f"its {header.stored} pixels were converted to RGB without a colour profile, so its colours are "
-                     "approximate; for exact colours save it as RGB")
+        notes.append(
+            f"its {header.stored} pixels were converted to RGB without a colour profile, so its colours are "
+            "approximate; for exact colours save it as RGB"
+        )
     arr = np.asarray(pixels)
     if np.issubdtype(arr.dtype, np.floating) and arr.size and np.isfinite(arr).all():
         low, high = float_span(arr)
         if (low, high) not in ((0.0, 1.0), (0.0, 255.0)):
-            notes.append(f"it holds floating-point values from {float(arr.min()):g} to {float(arr.max()):g}, read with "
-                         f"{low:g} as black and {high:g} as white")
-    grey = arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] == 1) or (
-        arr.ndim == 3 and arr.shape[-1] in (3, 4) and np.array_equal(arr[..., 0], arr[..., 1])
-        and np.array_equal(arr[..., 0], arr[..., 2]))
+            notes.append(
+                f"it holds floating-point values from {float(arr.min()):g} to {float(arr.max()):g}, read with "
+                f"{low:g} as black and {high:g} as white"
+            )
+    grey = (
+        arr.ndim == 2
+        or (arr.ndim == 3 and arr.shape[-1] == 1)
+        or (
+            arr.ndim == 3
+            and arr.shape[-1] in (3, 4)
+            and np.array_equal(arr[..., 0], arr[..., 1])
+            and np.array_equal(arr[..., 0], arr[..., 2])
+        )
+    )
     if channels == 3 and grey:
-        notes.append("it is grayscale, but the model segments H&E colour images: without the stain's colours expect "
-                     "missed or false nuclei; for grayscale images train a grayscale model (train --config grayscale)")
+        notes.append(
+            "it is grayscale, but the model segments H&E colour images: without the stain's colours expect "
+            "missed or false nuclei; for grayscale images train a grayscale model (train --config grayscale)"
+        )
     elif channels == 1 and not grey:
         notes.append("it is in colour, but the model segments grayscale images: its colour channels are averaged")
     return notes
@@ -421,8 +497,7 @@ def check_pixels(image: np.ndarray, name: str = "image") -> np.ndarray:
     return arr
 
 
-def to_rgb_float(image: np.ndarray, channels: int = 3, name: str = "image",
-                 bit_depth: int | None = None) -> np.ndarray:
+def to_rgb_float(image: np.ndarray, channels: int = 3, name: str = "image", bit_depth: int | None = None) -> np.ndarray:
     """Check an image (check_pixels) and return it as float32 H x W x channels on the 0..255 scale.
 
     Accepts H x W (grayscale), H x W x 1/3/4 (RGBA drops an opaque alpha) and channel-first

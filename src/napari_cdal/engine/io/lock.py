@@ -121,9 +121,11 @@ def acquire(target: str | Path, option: str = "--out") -> HeldLock:
             where = "this machine" if host == HOST else host
             since = time.strftime("%H:%M", time.localtime(time.time() - _age(lock)))
             _remove_empty(made)
-            raise LockError(f"{option} {target} is being written by another napari-cdal run (pid {pid} on {where}, "
-                            f"since {since}); nothing was written: wait for that run to end or choose another "
-                            f"{option} (if no such run is going on, delete {lock})") from None
+            raise LockError(
+                f"{option} {target} is being written by another napari-cdal run (pid {pid} on {where}, "
+                f"since {since}); nothing was written: wait for that run to end or choose another "
+                f"{option} (if no such run is going on, delete {lock})"
+            ) from None
         except OSError as exc:
             _remove_empty(made)
             raise OutputError(lock, exc.strerror or str(exc)) from exc

@@ -27,7 +27,6 @@ GEOJSON_SUFFIXES = (".geojson", ".json")
 REVIEW_SUFFIX = ".csv"
 
 
-
 def mask_boxes(mask: np.ndarray) -> list[Box]:
     """The bounding box (y0, y1, x0, x1), half-open, of each 8-connected non-zero part of a 2-D mask."""
     parts, count = ndi.label(np.asarray(mask) != 0, structure=np.ones((3, 3), bool))
@@ -65,15 +64,25 @@ def review_boxes(path: str | Path, shape: tuple[int, int], image_mpp: float) -> 
         reader = csv.DictReader(handle)
         missing = [column for column in REVIEW_BOX_COLUMNS if column not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"regions {path} is a CSV without the box columns {', '.join(missing)}; give the "
-                             "review CSV that segment --review writes (its items' boxes are the regions)")
+            raise ValueError(
+                f"regions {path} is a CSV without the box columns {', '.join(missing)}; give the "
+                "review CSV that segment --review writes (its items' boxes are the regions)"
+            )
         rows = [tuple(int(float(row[column])) for column in REVIEW_BOX_COLUMNS) for row in reader]
     margin, least = round(REGION_MARGIN_UM / image_mpp), math.ceil(MIN_REGION_UM / image_mpp)
     for row in rows:
-        if row[0] >= row[1] or row[2] >= row[3] or row[1] <= 0 or row[3] <= 0 or row[0] >= shape[0] \
-                or row[2] >= shape[1]:
-            raise ValueError(f"regions {path} has the box {row} (y0, y1, x0, x1), which is empty or outside the "
-                             f"{shape[0]} x {shape[1]} image: was the CSV written for another image?")
+        if (
+            row[0] >= row[1]
+            or row[2] >= row[3]
+            or row[1] <= 0
+            or row[3] <= 0
+            or row[0] >= shape[0]
+            or row[2] >= shape[1]
+        ):
+            raise ValueError(
+                f"regions {path} has the box {row} (y0, y1, x0, x1), which is empty or outside the "
+                f"{shape[0]} x {shape[1]} image: was the CSV written for another image?"
+            )
     return [widen_box(row, margin, least, shape) for row in rows]
 
 
@@ -94,8 +103,9 @@ def read_regions(path: str | Path, shape: tuple[int, int], image_mpp: float = DE
         except (UnicodeDecodeError, csv.Error, ValueError) as exc:
             if str(exc).startswith(f"regions {path}"):
                 raise
-            raise ValueError(f"regions {path} is not a review CSV of segment --review ({type(exc).__name__}: "
-                             f"{exc})") from exc
+            raise ValueError(
+                f"regions {path} is not a review CSV of segment --review ({type(exc).__name__}: {exc})"
+            ) from exc
         what = "no item"
     elif path.suffix.lower() in GEOJSON_SUFFIXES:
         if not path.is_file():
@@ -110,8 +120,10 @@ def read_regions(path: str | Path, shape: tuple[int, int], image_mpp: float = DE
         if mask.ndim == 3:
             mask = mask.any(axis=-1)
         if mask.shape[:2] != tuple(shape):
-            raise ValueError(f"regions {path} is {mask.shape[0]} x {mask.shape[1]} px but its image is "
-                             f"{shape[0]} x {shape[1]}; the region mask must cover the image pixel for pixel")
+            raise ValueError(
+                f"regions {path} is {mask.shape[0]} x {mask.shape[1]} px but its image is "
+                f"{shape[0]} x {shape[1]}; the region mask must cover the image pixel for pixel"
+            )
         boxes = mask_boxes(mask)
         what = "no non-zero pixel"
     if not boxes:

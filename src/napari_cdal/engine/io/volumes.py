@@ -99,13 +99,16 @@ def check_affine(affine: np.ndarray, name: str) -> None:
         return
     what = "holds values that are not finite" if not finite else "is singular (it maps the voxels onto a plane or less)"
     rows = "; ".join(" ".join(f"{v:g}" for v in row) for row in matrix[:3, :3])
-    raise ImageError(f"{name} has a degenerate affine: its rotation and spacing part [{rows}] {what}, so nothing "
-                     "can be placed on the scan; set a valid orientation in its header first (e.g. nibabel: "
-                     "img.set_sform(np.diag([sx, sy, sz, 1]), code=1) with the voxel spacing) and save it again")
+    raise ImageError(
+        f"{name} has a degenerate affine: its rotation and spacing part [{rows}] {what}, so nothing "
+        "can be placed on the scan; set a valid orientation in its header first (e.g. nibabel: "
+        "img.set_sform(np.diag([sx, sy, sz, 1]), code=1) with the voxel spacing) and save it again"
+    )
 
 
-def read_volume_header(path: str | Path,
-                       placed: bool = True) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+def read_volume_header(
+    path: str | Path, placed: bool = True
+) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
     """Shape and voxel spacing from the header alone, to check a volume before any work: more voxels than the free
     memory holds are refused here, and with `placed` (outputs will be written with its affine) a degenerate affine."""
     image = _load(Path(path))
@@ -123,8 +126,11 @@ def _memory_refusal(path: Path, image: Any) -> None:
 
     dtype = np.dtype(image.get_data_dtype())
     shape = tuple(int(n) for n in image.shape)
-    check_memory(math.prod(shape) * max(dtype.itemsize, 4), f"{path} ({' x '.join(map(str, shape))} voxels of {dtype})",
-                 "it is too large to read here: crop it, or read it on a machine with more memory")
+    check_memory(
+        math.prod(shape) * max(dtype.itemsize, 4),
+        f"{path} ({' x '.join(map(str, shape))} voxels of {dtype})",
+        "it is too large to read here: crop it, or read it on a machine with more memory",
+    )
 
 
 def read_volume(path: str | Path) -> Volume:
@@ -136,8 +142,10 @@ def read_volume(path: str | Path) -> Volume:
     try:
         data = np.asarray(image.dataobj)
     except MemoryError as exc:
-        raise ImageError(f"{path} declares {' x '.join(map(str, image.shape))} voxels, more than the free memory "
-                         "holds; crop it, or read it on a machine with more memory") from exc
+        raise ImageError(
+            f"{path} declares {' x '.join(map(str, image.shape))} voxels, more than the free memory "
+            "holds; crop it, or read it on a machine with more memory"
+        ) from exc
     except Exception as exc:  # a truncated .gz shows itself only when the voxels are read
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ImageError(f"{path} is truncated or damaged and cannot be decoded ({first})") from exc
@@ -156,8 +164,9 @@ def read_label_volume(path: str | Path, classes: int | None = None) -> Volume:
         raise ImageError(f"label volume {path} holds values that are not class numbers 0, 1, 2, ...")
     top = int(data.max()) if data.size else 0
     if classes is not None and top >= classes:
-        raise ImageError(f"label volume {path} holds class {top}, but the model knows {classes} classes "
-                         f"(0..{classes - 1})")
+        raise ImageError(
+            f"label volume {path} holds class {top}, but the model knows {classes} classes (0..{classes - 1})"
+        )
     volume.data = data.astype(np.uint8)
     return volume
 

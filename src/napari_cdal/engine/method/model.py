@@ -51,8 +51,10 @@ class ReplaySet:
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The set as checkpoint tensors under REPLAY_PREFIX."""
-        return {f"{REPLAY_PREFIX}.images": torch.from_numpy(np.ascontiguousarray(self.images, np.uint8)),
-                f"{REPLAY_PREFIX}.instances": torch.from_numpy(np.ascontiguousarray(self.instances, np.int32))}
+        return {
+            f"{REPLAY_PREFIX}.images": torch.from_numpy(np.ascontiguousarray(self.images, np.uint8)),
+            f"{REPLAY_PREFIX}.instances": torch.from_numpy(np.ascontiguousarray(self.instances, np.int32)),
+        }
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], config: ModelConfig, source: str) -> ReplaySet | None:
@@ -66,10 +68,16 @@ class ReplaySet:
             problem = f"holds {sorted(found)}, not images and instances"
         elif images.dtype != torch.uint8 or instances.dtype != torch.int32:
             problem = f"is {images.dtype} and {instances.dtype}, not uint8 images and int32 instances"
-        elif (images.ndim != 4 or images.shape[-1] != config.image_channels
-              or tuple(instances.shape) != tuple(images.shape[:3]) or images.shape[1] != images.shape[2]):
-            problem = (f"has images {tuple(images.shape)} and instances {tuple(instances.shape)}; expected "
-                       f"(N, P, P, {config.image_channels}) and (N, P, P)")
+        elif (
+            images.ndim != 4
+            or images.shape[-1] != config.image_channels
+            or tuple(instances.shape) != tuple(images.shape[:3])
+            or images.shape[1] != images.shape[2]
+        ):
+            problem = (
+                f"has images {tuple(images.shape)} and instances {tuple(instances.shape)}; expected "
+                f"(N, P, P, {config.image_channels}) and (N, P, P)"
+            )
         elif not 0 < images.shape[0] <= MAX_REPLAY_PATCHES:
             problem = f"holds {images.shape[0]} patches, not 1..{MAX_REPLAY_PATCHES}"
         elif bool((instances < 0).any()):
@@ -145,10 +153,15 @@ def with_new_config(source: CdalModel, config: ModelConfig, seed: int = 0) -> Cd
                 continue
             if before.shape == value.shape:
                 new[key] = before.clone()
-            elif (before.ndim == 4 and value.ndim == 4 and before.shape[0] == value.shape[0]
-                  and before.shape[2:] == value.shape[2:] and before.shape[1] < value.shape[1]):
+            elif (
+                before.ndim == 4
+                and value.ndim == 4
+                and before.shape[0] == value.shape[0]
+                and before.shape[2:] == value.shape[2:]
+                and before.shape[1] < value.shape[1]
+            ):
                 grown = torch.zeros_like(value)
-                grown[:, :before.shape[1]] = before
+                grown[:, : before.shape[1]] = before
                 new[key] = grown
         getattr(target, name).load_state_dict(new)
     target.record = {"adapted_from": {"model": source.source, "steps": source.record.get("steps")}}
@@ -178,9 +191,10 @@ def resolve_model_path(spec: str | Path | None) -> Path:
     if found is not None:
         return found
     problem = model_dir_problem()
-    raise CheckpointError(f"{spec} is neither a model file nor the name of a model; the names are "
-                          f"{', '.join(entry.name for entry in entries)} (napari-cdal info --list)"
-                          + (f"; {problem}" if problem else ""))
+    raise CheckpointError(
+        f"{spec} is neither a model file nor the name of a model; the names are "
+        f"{', '.join(entry.name for entry in entries)} (napari-cdal info --list)" + (f"; {problem}" if problem else "")
+    )
 
 
 def is_bundled(path: str | Path) -> bool:
@@ -191,8 +205,13 @@ def is_bundled(path: str | Path) -> bool:
         return False
 
 
-def save_model(path: str | Path, model: CdalModel, extra_tensors: dict[str, torch.Tensor] | None = None,
-               extra_metadata: dict[str, Any] | None = None, replace: bool = True) -> None:
+def save_model(
+    path: str | Path,
+    model: CdalModel,
+    extra_tensors: dict[str, torch.Tensor] | None = None,
+    extra_metadata: dict[str, Any] | None = None,
+    replace: bool = True,
+) -> None:
     """Write a model (and optionally training state) as one checkpoint, atomically (replace=False: only a new file)."""
     tensors = with_prefix(model.generator.state_dict(), "generator")
     tensors.update(with_prefix(model.discriminator.state_dict(), "discriminator"))
@@ -218,17 +237,25 @@ def _check_weights(tensors: dict[str, torch.Tensor], config: ModelConfig, source
         wanted = module.state_dict()
         for key, value in stored.items():
             if not value.is_floating_point():
-                raise CheckpointError(f"{source}: {name} weight {key} holds {str(value.dtype).replace('torch.', '')} "
-                                      "values, but every weight is floating point; the file was altered or is not a "
-                                      "napari-cdal model: use the file as it was written")
+                raise CheckpointError(
+                    f"{source}: {name} weight {key} holds {str(value.dtype).replace('torch.', '')} "
+                    "values, but every weight is floating point; the file was altered or is not a "
+                    "napari-cdal model: use the file as it was written"
+                )
         missing = sorted(set(wanted) - set(stored))
         extra = sorted(set(stored) - set(wanted))
-        wrong = next((key for key in wanted if key in stored and tuple(stored[key].shape) != tuple(wanted[key].shape)),
-                     None)
+        wrong = next(
+            (key for key in wanted if key in stored and tuple(stored[key].shape) != tuple(wanted[key].shape)), None
+        )
         if missing or extra or wrong:
-            problem = (f"{missing[0]} is missing" if missing else f"{extra[0]} is not in the networks it describes"
-                       if extra else f"{wrong} has shape {tuple(stored[wrong].shape)} where its config builds "
-                                     f"{tuple(wanted[wrong].shape)}")
+            problem = (
+                f"{missing[0]} is missing"
+                if missing
+                else f"{extra[0]} is not in the networks it describes"
+                if extra
+                else f"{wrong} has shape {tuple(stored[wrong].shape)} where its config builds "
+                f"{tuple(wanted[wrong].shape)}"
+            )
             raise CheckpointError(f"{source}: {name} weights do not match its config ({problem})")
 
 
@@ -244,15 +271,23 @@ def model_from_checkpoint(tensors: dict[str, torch.Tensor], meta: dict[str, Any]
         first = (str(exc).strip().splitlines() or [""])[0]
         raise CheckpointError(f"{source} has no usable model config ({type(exc).__name__}: {first})") from exc
     _check_weights(tensors, config, source)
-    model = CdalModel(config, Generator(config), make_discriminator(config), meta.get("record", {}), source,
-                      ReplaySet.from_tensors(tensors, config, source))
+    model = CdalModel(
+        config,
+        Generator(config),
+        make_discriminator(config),
+        meta.get("record", {}),
+        source,
+        ReplaySet.from_tensors(tensors, config, source),
+    )
     for name, module in (("generator", model.generator), ("discriminator", model.discriminator)):
         state = {k: v.float() for k, v in split_prefix(tensors, name).items()}
         module.load_state_dict(state, strict=True)
         broken = next((key for key, value in state.items() if not torch.isfinite(value).all()), None)
         if broken is not None:
-            raise CheckpointError(f"{source} holds NaN or infinite {name} weights ({broken}), so it cannot "
-                                  "segment; the training that wrote it diverged: use an earlier checkpoint")
+            raise CheckpointError(
+                f"{source} holds NaN or infinite {name} weights ({broken}), so it cannot "
+                "segment; the training that wrote it diverged: use an earlier checkpoint"
+            )
     return model.eval()
 
 

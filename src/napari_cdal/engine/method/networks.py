@@ -98,9 +98,11 @@ class PlainResBlock(nn.Module):
     def __init__(self, channels: int, groups: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.GroupNorm(_groups(channels, groups), channels), nn.SiLU(),
+            nn.GroupNorm(_groups(channels, groups), channels),
+            nn.SiLU(),
             nn.Conv2d(channels, channels, 3, padding=1),
-            nn.GroupNorm(_groups(channels, groups), channels), nn.SiLU(),
+            nn.GroupNorm(_groups(channels, groups), channels),
+            nn.SiLU(),
             nn.Conv2d(channels, channels, 3, padding=1),
         )
 
@@ -248,10 +250,14 @@ class Discriminator(nn.Module):
         for level in range(c.disc_levels):
             width = c.disc_width * min(2 ** (level + 1), 8)
             self.time_proj.append(nn.Linear(c.time_dim, cur))
-            self.blocks.append(nn.Sequential(
-                nn.Conv2d(cur, width, 3, padding=1), nn.LeakyReLU(0.2),
-                nn.Conv2d(width, width, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
-            ))
+            self.blocks.append(
+                nn.Sequential(
+                    nn.Conv2d(cur, width, 3, padding=1),
+                    nn.LeakyReLU(0.2),
+                    nn.Conv2d(width, width, 3, stride=2, padding=1),
+                    nn.LeakyReLU(0.2),
+                )
+            )
             cur = width
         self.stddev = MinibatchStddev()
         self.final = nn.Sequential(nn.Conv2d(cur + 1, cur, 3, padding=1), nn.LeakyReLU(0.2))

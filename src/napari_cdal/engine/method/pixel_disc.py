@@ -31,7 +31,7 @@ class PixelDiscriminator(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        widths = [c.disc_width * min(2 ** level, 4) for level in range(c.disc_levels + 1)]
+        widths = [c.disc_width * min(2**level, 4) for level in range(c.disc_levels + 1)]
         self.time = TimeEmbedding(c.time_dim)
         self.stem = _conv(2 * c.label_channels + c.image_channels, widths[0])
         self.time_proj = nn.ModuleList([nn.Linear(c.time_dim, w) for w in widths[:-1]])

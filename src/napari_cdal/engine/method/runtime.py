@@ -51,8 +51,9 @@ class Runtime:
         """What ran, in words, with the reason for a fallback: 'openvino bfloat16', 'torch auto (…)'."""
         return f"{self.name} {self.precision}" + (f" ({self.note})" if self.note else "")
 
-    def generator_pass(self, x_next: torch.Tensor, t: torch.Tensor, features: torch.Tensor, z: torch.Tensor,
-                       previous_x0: torch.Tensor) -> torch.Tensor:
+    def generator_pass(
+        self, x_next: torch.Tensor, t: torch.Tensor, features: torch.Tensor, z: torch.Tensor, previous_x0: torch.Tensor
+    ) -> torch.Tensor:
         """G's estimate of x̂_0 in float32, on the model's device."""
         device = next(self.model.generator.parameters()).device
         with autocast(device, self.precision):
@@ -67,8 +68,14 @@ class _GeneratorForExport(nn.Module):
         self.generator = generator
         self.self_condition = self_condition
 
-    def forward(self, x_next: torch.Tensor, t: torch.Tensor, features: torch.Tensor, z: torch.Tensor,
-                previous_x0: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x_next: torch.Tensor,
+        t: torch.Tensor,
+        features: torch.Tensor,
+        z: torch.Tensor,
+        previous_x0: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         features = features.expand(x_next.shape[0], -1, -1, -1)
         return self.generator(x_next, t, features, z, previous_x0 if self.self_condition else None)
 
@@ -98,8 +105,12 @@ def _converted_graph(model: CdalModel, folder: Path) -> Path:
         return graph
     config = model.config
     generator = model.generator
-    example = (torch.zeros(2, config.label_channels, 64, 64), torch.zeros(2, dtype=torch.long),
-               torch.zeros(1, config.base_width, 64, 64), torch.zeros(2, config.latent_dim))
+    example = (
+        torch.zeros(2, config.label_channels, 64, 64),
+        torch.zeros(2, dtype=torch.long),
+        torch.zeros(1, config.base_width, 64, 64),
+        torch.zeros(2, config.latent_dim),
+    )
     if config.self_condition:
         example += (torch.zeros(2, config.label_channels, 64, 64),)
     wrapper = _GeneratorForExport(generator, config.self_condition).eval()
@@ -136,8 +147,11 @@ def bf16_native() -> bool:
 def _compiled(graph: str, precision: str, threads: int) -> Any:
     """A compiled graph, kept per process: a second run of the same model starts at once."""
     hint = "bf16" if precision == "bfloat16" else "f32"
-    return _openvino_core().compile_model(graph, "CPU", {
-        "INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+    return _openvino_core().compile_model(
+        graph,
+        "CPU",
+        {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"},
+    )
 
 
 class OpenVinoRuntime(Runtime):
@@ -156,8 +170,9 @@ class OpenVinoRuntime(Runtime):
         """D's passes stay in torch at the device's default (float32 on the CPU): OpenVINO runs G alone."""
         return "auto"
 
-    def generator_pass(self, x_next: torch.Tensor, t: torch.Tensor, features: torch.Tensor, z: torch.Tensor,
-                       previous_x0: torch.Tensor) -> torch.Tensor:
+    def generator_pass(
+        self, x_next: torch.Tensor, t: torch.Tensor, features: torch.Tensor, z: torch.Tensor, previous_x0: torch.Tensor
+    ) -> torch.Tensor:
         """G's estimate of x̂_0 from OpenVINO, or from torch in float32 if G was trained after conversion."""
         if _weights_version(self.model) != self._version:
             return Runtime(self.model, "float32").generator_pass(x_next, t, features, z, previous_x0)
@@ -188,8 +203,9 @@ def _torch_runtime(model: CdalModel, precision: str, note: str = "") -> Runtime:
     return Runtime(model, precision, note)
 
 
-def choose_runtime(model: CdalModel, runtime: str = DEFAULT_RUNTIME, precision: str = DEFAULT_PRECISION,
-                   cache: Path | None = None) -> Runtime:
+def choose_runtime(
+    model: CdalModel, runtime: str = DEFAULT_RUNTIME, precision: str = DEFAULT_PRECISION, cache: Path | None = None
+) -> Runtime:
     """The runtime for sampling with `model` (RUNTIME_CHOICES, PRECISION_CHOICES), falling back to torch with a note.
 
     OpenVINO runs on the CPU only: on a GPU, auto is torch. On a CPU, precision auto becomes
@@ -218,7 +234,8 @@ def choose_runtime(model: CdalModel, runtime: str = DEFAULT_RUNTIME, precision: 
     return OpenVinoRuntime(model, converted_precision, compiled)
 
 
-def with_runtime(model: CdalModel, runtime: str = DEFAULT_RUNTIME, precision: str = DEFAULT_PRECISION,
-                 cache: Path | None = None) -> CdalModel:
+def with_runtime(
+    model: CdalModel, runtime: str = DEFAULT_RUNTIME, precision: str = DEFAULT_PRECISION, cache: Path | None = None
+) -> CdalModel:
     """`model` (same networks, not copied) whose sampling runs on the chosen runtime; see choose_runtime."""
     return replace(model, runtime=choose_runtime(model, runtime, precision, cache))

@@ -83,8 +83,9 @@ def _binary_entropy(p: torch.Tensor) -> torch.Tensor:
     return -(torch.special.xlogy(p, p) + torch.special.xlogy(q, q)) / math.log(2.0)
 
 
-def uncertainty_maps(foreground: torch.Tensor, chain: torch.Tensor | None = None,
-                     measures: tuple[str, ...] = UNCERTAINTY_MEASURES) -> dict[str, torch.Tensor]:
+def uncertainty_maps(
+    foreground: torch.Tensor, chain: torch.Tensor | None = None, measures: tuple[str, ...] = UNCERTAINTY_MEASURES
+) -> dict[str, torch.Tensor]:
     """The uncertainty `measures` (default: every one of UNCERTAINTY_MEASURES) from the K samples' foregrounds.
 
     `foreground` is the last step's (K, ...); `chain` is every step's (T, K, ...), for the
@@ -193,29 +194,48 @@ def reverse_process(
         z = randn_like(torch.empty(batch if shared_latent else members, config.latent_dim, device=device), rng)
         if shared_latent:
             z = z.repeat_interleave(samples, dim=0)
-        x0 = (yield from then_tick(functools.partial(runtime.generator_pass, x_k, t, features, z, x0), i, steps))
+        x0 = yield from then_tick(functools.partial(runtime.generator_pass, x_k, t, features, z, x0), i, steps)
         chain.append(foreground_of(per_image(((x0 + 1.0) / 2.0).clamp(0.0, 1.0)), config))
         x_s = schedule.jump_sample(x0, x_k, k, s, rng, config.sampling_noise)
         if config.attention_in_sampling and s > 0:
-            gate = (yield from then_tick(functools.partial(model.discriminator.attention, x_s, x_k, t, disc_image),
-                                         i, steps, in_autocast)).float()
+            gate = (
+                yield from then_tick(
+                    functools.partial(model.discriminator.attention, x_s, x_k, t, disc_image), i, steps, in_autocast
+                )
+            ).float()
             c1 = schedule.jump_coefficients(k, s, config.sampling_noise)[0]
             x_s = x_s - c1 * (1.0 - gate) * x0
         maps = {}
         for kind in kinds:
-            found = (yield from then_tick(functools.partial(model.discriminator.suspicion, kind, x_s, x_k, t,
-                                                            disc_image), i, steps, in_autocast)).float()
+            found = (
+                yield from then_tick(
+                    functools.partial(model.discriminator.suspicion, kind, x_s, x_k, t, disc_image),
+                    i,
+                    steps,
+                    in_autocast,
+                )
+            ).float()
             maps[kind] = per_image(found).mean(dim=0)[:, 0]
         attention = maps.get(config.attention_display) if with_attention else None
         pair = None
         if keep_pairs:
             pair = SampledPair(on_image(x_s), on_image(x_k), k, s, on_image(x0))
-        yield Progress("step", i, steps, StepOutput(i, per_image(x0).mean(dim=0), attention, maps,
-                                                    x_from_mean=per_image(x_k).mean(dim=0),
-                                                    x_to_mean=per_image(x_s).mean(dim=0), pair=pair))
+        yield Progress(
+            "step",
+            i,
+            steps,
+            StepOutput(
+                i,
+                per_image(x0).mean(dim=0),
+                attention,
+                maps,
+                x_from_mean=per_image(x_k).mean(dim=0),
+                x_to_mean=per_image(x_s).mean(dim=0),
+                pair=pair,
+            ),
+        )
         x_k = x_s
     probs = per_image(((x0 + 1.0) / 2.0).clamp(0.0, 1.0))
     wanted = UNCERTAINTY_MEASURES if measures is None else tuple(dict.fromkeys((config.uncertainty_measure, *measures)))
     maps = uncertainty_maps(foreground_of(probs, config), torch.stack(chain), wanted)
-    yield Progress("done", steps, steps,
-                   SampleOutput(probs.mean(dim=0), maps[config.uncertainty_measure], maps))
+    yield Progress("done", steps, steps, SampleOutput(probs.mean(dim=0), maps[config.uncertainty_measure], maps))

@@ -65,16 +65,12 @@ class VPSchedule:
         out = values.to(like.device)[t.to(like.device)].to(like.dtype)
         return out.view(-1, *([1] * (like.ndim - 1)))
 
-    def q_sample(
-        self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
-    ) -> torch.Tensor:
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Draw x_t ~ q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I) for a batch of t."""
         ac = self._gather(self.alphas_cumprod, t, x0)
         return ac.sqrt() * x0 + (1.0 - ac).sqrt() * noise
 
-    def forward_step(
-        self, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
-    ) -> torch.Tensor:
+    def forward_step(self, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """One forward step: x_{t+1} = sqrt(alpha_{t+1}) x_t + sqrt(beta_{t+1}) noise."""
         beta = self._gather(self.betas, t + 1, x_t)
         return (1.0 - beta).sqrt() * x_t + beta.sqrt() * noise

@@ -10,8 +10,14 @@ from __future__ import annotations
 import torch
 
 VIEWS: tuple[tuple[int, bool], ...] = (
-    (0, False), (0, True), (2, True), (2, False),  # the identity, and the flips a rectangle keeps its shape under
-    (1, False), (3, False), (1, True), (3, True),  # quarter turns and transposes: squares only
+    (0, False),
+    (0, True),
+    (2, True),
+    (2, False),  # the identity, and the flips a rectangle keeps its shape under
+    (1, False),
+    (3, False),
+    (1, True),
+    (3, True),  # quarter turns and transposes: squares only
 )
 """Each view as (quarter turns, mirrored first): the identity, left-right, up-down, half turn, then the four that
 swap height and width. Sample k takes view k (modulo the views the tile's shape allows)."""

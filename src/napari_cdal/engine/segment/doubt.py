@@ -32,4 +32,5 @@ def doubt_map(labels: np.ndarray, uncertainty: np.ndarray, image_mpp: float) -> 
     ring_px = BORDER_RING_UM / image_mpp
     beyond = ndi.distance_transform_edt(~inside) > ring_px if inside.any() else np.ones(labels.shape, bool)
     return np.where(inside, nucleus_mean_map(labels, uncertainty), np.where(beyond, uncertainty, 0.0)).astype(
-        np.float32)
+        np.float32
+    )

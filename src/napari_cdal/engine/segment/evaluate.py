@@ -47,10 +47,22 @@ def evaluate_tiles(
     """
     rows, right, truth = [], 0, 0
     for index, tile in enumerate(tiles):
-        result = yield from ticks_of(segment_image(
-            model, tile.image, image_mpp=image_mpp, sampling_steps=sampling_steps, samples=samples, seed=seed,
-            threshold=threshold, keep_steps=False, with_attention=False, augment=augment,
-        ), index, len(tiles))
+        result = yield from ticks_of(
+            segment_image(
+                model,
+                tile.image,
+                image_mpp=image_mpp,
+                sampling_steps=sampling_steps,
+                samples=samples,
+                seed=seed,
+                threshold=threshold,
+                keep_steps=False,
+                with_attention=False,
+                augment=augment,
+            ),
+            index,
+            len(tiles),
+        )
         truth_instances = tile.instances if tile.has_instance_truth else None
         scores = score_segmentation(result.labels, tile.foreground, truth_instances)
         if count_nuclei:

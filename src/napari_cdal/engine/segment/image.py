@@ -105,22 +105,35 @@ def _to_image_grid(values: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     return out.cpu().numpy().astype(np.float32)
 
 
-def _box_on_image(box: tuple[int, int, int, int], scale_y: float, scale_x: float,
-                  size: tuple[int, int]) -> tuple[int, int, int, int]:
+def _box_on_image(
+    box: tuple[int, int, int, int], scale_y: float, scale_x: float, size: tuple[int, int]
+) -> tuple[int, int, int, int]:
     y0, y1, x0, x1 = box
-    return (round(y0 * scale_y), min(size[0], round(y1 * scale_y)),
-            round(x0 * scale_x), min(size[1], round(x1 * scale_x)))
+    return (
+        round(y0 * scale_y),
+        min(size[0], round(y1 * scale_y)),
+        round(x0 * scale_x),
+        min(size[1], round(x1 * scale_x)),
+    )
 
 
-def probability_to_labels(probability: np.ndarray, image_mpp: float, threshold: float = DEFAULT_THRESHOLD,
-                          min_nucleus_um2: float = MIN_NUCLEUS_AREA_UM2, min_core_um2: float = MIN_CORE_AREA_UM2,
-                          core_threshold: float = CORE_THRESHOLD, small_nucleus_um2: float = SMALL_NUCLEUS_UM2,
-                          small_nucleus_floor: float = SMALL_NUCLEUS_FLOOR) -> np.ndarray:
+def probability_to_labels(
+    probability: np.ndarray,
+    image_mpp: float,
+    threshold: float = DEFAULT_THRESHOLD,
+    min_nucleus_um2: float = MIN_NUCLEUS_AREA_UM2,
+    min_core_um2: float = MIN_CORE_AREA_UM2,
+    core_threshold: float = CORE_THRESHOLD,
+    small_nucleus_um2: float = SMALL_NUCLEUS_UM2,
+    small_nucleus_floor: float = SMALL_NUCLEUS_FLOOR,
+) -> np.ndarray:
     """Instance ids from (C, H, W) probability maps, with size limits given in µm and scaled to pixels."""
     area_px = 1.0 / (image_mpp * image_mpp)
     core = probability[1] if probability.shape[0] > 1 else None
     labels = instances_from_probability(
-        probability[0], core, threshold=threshold,
+        probability[0],
+        core,
+        threshold=threshold,
         min_area=max(1, round(min_nucleus_um2 * area_px)),
         min_distance=max(1, round(MARKER_SPACING_UM / image_mpp)),
         max_hole_area=max(1, round(MAX_HOLE_AREA_UM2 * area_px)),
@@ -191,8 +204,9 @@ def segment_image(
         box_size = (image_box[1] - image_box[0], image_box[3] - image_box[2])
         step_maps, chain_maps, att_maps = [], [], []
         last_maps: dict[str, torch.Tensor] = {}
-        for event in reverse_process(model, tile, n_steps, samples, rng, with_attention, attention_kinds,
-                                     measures=measures_kept, augment=augment):
+        for event in reverse_process(
+            model, tile, n_steps, samples, rng, with_attention, attention_kinds, measures=measures_kept, augment=augment
+        ):
             if event.stage == TICK:
                 yield Progress(TICK, tile_index * n_steps + event.index, total)
                 continue
@@ -219,8 +233,9 @@ def segment_image(
                 if step.attention is not None:
                     att_maps.append(step.attention[0].cpu().numpy())
                     live_att = _to_image_grid(step.attention[:1], box_size)[0]
-            update = StepUpdate(tile_index, len(boxes), step.step, n_steps, image_box, live_fg, live_att,
-                                live_chain, live_start)
+            update = StepUpdate(
+                tile_index, len(boxes), step.step, n_steps, image_box, live_fg, live_att, live_chain, live_start
+            )
             yield Progress("step", tile_index * n_steps + step.step + 1, total, update)
         if blend_steps is not None:
             blend_steps.add(box, np.stack(step_maps))
@@ -230,15 +245,25 @@ def segment_image(
     maps = _to_image_grid(torch.from_numpy(blend_prob.result()), (height, width))
     n_labels = config.label_channels
     probability = maps[:n_labels]
-    measures = dict(zip(measures_kept, maps[n_labels:n_labels + len(measures_kept)], strict=True))
-    final_attention = dict(zip(final_kinds, maps[n_labels + len(measures_kept):], strict=True))
+    measures = dict(zip(measures_kept, maps[n_labels : n_labels + len(measures_kept)], strict=True))
+    final_attention = dict(zip(final_kinds, maps[n_labels + len(measures_kept) :], strict=True))
     uncertainty = measures.get(config.uncertainty_measure)
     labels = probability_to_labels(probability, image_mpp, threshold)
     if config.image_channels == 3:
         labels = keep_stained(labels, rgb, image_mpp)
     steps_stack, chain_stack, att_stack = (
         None if blender is None else _to_image_grid(torch.from_numpy(blender.result()), (height, width))
-        for blender in (blend_steps, blend_chain, blend_att))
-    result = SegmentationResult(labels, probability, uncertainty, steps_stack, att_stack,
-                                time.perf_counter() - start, measures, final_attention, chain_stack)
+        for blender in (blend_steps, blend_chain, blend_att)
+    )
+    result = SegmentationResult(
+        labels,
+        probability,
+        uncertainty,
+        steps_stack,
+        att_stack,
+        time.perf_counter() - start,
+        measures,
+        final_attention,
+        chain_stack,
+    )
     yield Progress("done", total, total, result)

@@ -130,9 +130,7 @@ def instances_from_probability(
                 "pass the two channels predicted for the same tile"
             )
     if not 0.0 < float(threshold) < 1.0:
-        raise ValueError(
-            f"threshold must lie strictly between 0 and 1, got {threshold}; use e.g. 0.5"
-        )
+        raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold}; use e.g. 0.5")
     if int(min_area) != min_area or min_area < 0:
         raise ValueError(f"min_area must be an integer >= 0 (pixels), got {min_area}; use e.g. 8")
     if int(min_distance) != min_distance or min_distance < 1:
@@ -146,9 +144,7 @@ def instances_from_probability(
     if not 0.0 < float(core_threshold) < 1.0:
         raise ValueError(f"core_threshold must lie strictly between 0 and 1, got {core_threshold}")
     if int(max_hole_area) != max_hole_area or max_hole_area < 0:
-        raise ValueError(
-            f"max_hole_area must be an integer >= 0 (pixels), got {max_hole_area}; use e.g. 16"
-        )
+        raise ValueError(f"max_hole_area must be an integer >= 0 (pixels), got {max_hole_area}; use e.g. 16")
 
     mask = _fill_small_holes(fg > threshold, int(max_hole_area))
     components, n_components = ndi.label(mask, structure=_CROSS)
@@ -204,8 +200,9 @@ def split_binary_mask(mask: np.ndarray, min_distance: int) -> tuple[np.ndarray, 
     mask pixel keeps a label (no size limit, no hole filling): the mask is someone's drawing.
     """
     foreground = np.asarray(mask) > 0
-    labels = instances_from_probability(foreground.astype(np.float32), None, 0.5, 1,
-                                        min_distance=min_distance, max_hole_area=0)
+    labels = instances_from_probability(
+        foreground.astype(np.float32), None, 0.5, 1, min_distance=min_distance, max_hole_area=0
+    )
     blobs, n_blobs = ndi.label(foreground, structure=_CROSS)
     if n_blobs == 0:
         return labels, 0

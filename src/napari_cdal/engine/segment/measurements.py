@@ -27,15 +27,11 @@ def nucleus_features(
     def mean_of(values: np.ndarray | None) -> np.ndarray:
         if values is None:
             return np.full(n, np.nan)
-        sums = np.bincount(flat, weights=np.asarray(values, np.float64).ravel(), minlength=n + 1)[
-            1:
-        ]
+        sums = np.bincount(flat, weights=np.asarray(values, np.float64).ravel(), minlength=n + 1)[1:]
         return np.where(present, sums / np.maximum(area_px, 1), np.nan)
 
     with np.errstate(invalid="ignore", divide="ignore"):  # ids with no pixel get NaN, not a warning
-        centroids = (
-            np.array(ndi.center_of_mass(np.ones(labels.shape), labels, ids)) if n else np.zeros((0, 2))
-        )
+        centroids = np.array(ndi.center_of_mass(np.ones(labels.shape), labels, ids)) if n else np.zeros((0, 2))
     return {
         "index": ids,
         "centroid_y": centroids[:, 0] if n else np.zeros(0),
@@ -46,9 +42,13 @@ def nucleus_features(
     }
 
 
-def nucleus_measurements(labels: np.ndarray, image: np.ndarray | None, image_mpp: float,
-                         uncertainty: np.ndarray | None = None,
-                         origin: tuple[int, int] = (0, 0)) -> dict[str, np.ndarray]:
+def nucleus_measurements(
+    labels: np.ndarray,
+    image: np.ndarray | None,
+    image_mpp: float,
+    uncertainty: np.ndarray | None = None,
+    origin: tuple[int, int] = (0, 0),
+) -> dict[str, np.ndarray]:
     """The table QuPath and a spreadsheet get: one row per nucleus id, in µm where a size is meant.
 
     Columns: id, centroid (px and µm), area µm², perimeter µm, eccentricity, solidity, mean
@@ -74,8 +74,7 @@ def nucleus_measurements(labels: np.ndarray, image: np.ndarray | None, image_mpp
         inside = labels.ravel() > 0  # deconvolved per pixel: only the nuclei's pixels are needed
         rgb = np.asarray(image).reshape(-1, np.asarray(image).shape[-1])[inside]
         haematoxylin = rgb2hed(np.clip(np.asarray(rgb, np.float64) / 255.0, 0.0, 1.0))[..., 0]
-        od_sum = np.bincount(labels.ravel()[inside].astype(np.int64), weights=haematoxylin,
-                             minlength=len(present) + 1)
+        od_sum = np.bincount(labels.ravel()[inside].astype(np.int64), weights=haematoxylin, minlength=len(present) + 1)
         haematoxylin_od = od_sum[1:][present] / area_px
     centroid_y = base["centroid_y"][present] + origin[0]
     centroid_x = base["centroid_x"][present] + origin[1]
@@ -92,4 +91,3 @@ def nucleus_measurements(labels: np.ndarray, image: np.ndarray | None, image_mpp
         "mean_hematoxylin_od": haematoxylin_od,
         "mean_uncertainty": base["mean_uncertainty"][present],
     }
-

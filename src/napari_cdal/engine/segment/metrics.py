@@ -20,9 +20,7 @@ __all__ = [
 ]
 
 
-def _check_pair(
-    pred: object, truth: object, pred_name: str, truth_name: str
-) -> tuple[np.ndarray, np.ndarray]:
+def _check_pair(pred: object, truth: object, pred_name: str, truth_name: str) -> tuple[np.ndarray, np.ndarray]:
     """Return both inputs as 2-D numeric ndarrays of one shape, raising ValueError otherwise."""
     arrays = []
     for array, name in ((pred, pred_name), (truth, truth_name)):
@@ -103,18 +101,11 @@ def aggregated_jaccard_index(pred_labels: np.ndarray, truth_labels: np.ndarray) 
     used = np.zeros(n_p + 1, dtype=bool)
     used[matched_p] = True
     numerator = int(matched_inter.sum())
-    denominator = (
-        int(t_area[1:].sum())
-        + int(p_area[matched_p].sum())
-        - numerator
-        + int(p_area[1:][~used[1:]].sum())
-    )
+    denominator = int(t_area[1:].sum()) + int(p_area[matched_p].sum()) - numerator + int(p_area[1:][~used[1:]].sum())
     return numerator / denominator
 
 
-def panoptic_quality(
-    pred_labels: np.ndarray, truth_labels: np.ndarray, iou_threshold: float = 0.5
-) -> dict[str, float]:
+def panoptic_quality(pred_labels: np.ndarray, truth_labels: np.ndarray, iou_threshold: float = 0.5) -> dict[str, float]:
     """Panoptic quality (Kirillov et al. 2019) as keys ``pq``, ``dq``, ``sq``; 1.0 if both empty.
 
     A match is a (truth, pred) pair with IoU > iou_threshold; thresholds >= 0.5 make matches unique.

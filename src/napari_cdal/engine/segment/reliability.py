@@ -105,9 +105,7 @@ def nucleus_means(labels: np.ndarray, values: np.ndarray) -> np.ndarray:
     n = int(labels.max(initial=0))
     if n == 0:
         return np.zeros(0)
-    sums = np.bincount(
-        labels.ravel(), weights=np.asarray(values, dtype=np.float64).ravel(), minlength=n + 1
-    )
+    sums = np.bincount(labels.ravel(), weights=np.asarray(values, dtype=np.float64).ravel(), minlength=n + 1)
     area = np.bincount(labels.ravel(), minlength=n + 1)
     return sums[1:] / np.maximum(area[1:], 1)
 
@@ -115,6 +113,4 @@ def nucleus_means(labels: np.ndarray, values: np.ndarray) -> np.ndarray:
 def nucleus_areas(labels: np.ndarray) -> np.ndarray:
     """Pixel area of each nucleus 1..N of `labels`."""
     labels = np.asarray(labels).astype(np.int64)
-    return np.bincount(labels.ravel(), minlength=int(labels.max(initial=0)) + 1)[1:].astype(
-        np.float64
-    )
+    return np.bincount(labels.ravel(), minlength=int(labels.max(initial=0)) + 1)[1:].astype(np.float64)

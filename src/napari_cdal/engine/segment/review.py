@@ -22,8 +22,17 @@ REVIEW_BOX_COLUMNS = ("y0", "y1", "x0", "x1")
 KINDS = ("nucleus", "miss", "merge")
 """The kinds of review item; ties of score go to the earlier kind."""
 
-NUCLEUS_FEATURES = ("log_area", "log_area_sq", "uncertainty", "doubtful_share", "outline_uncertainty",
-                    "foreground", "solidity", "core_blobs", "core_max")
+NUCLEUS_FEATURES = (
+    "log_area",
+    "log_area_sq",
+    "uncertainty",
+    "doubtful_share",
+    "outline_uncertainty",
+    "foreground",
+    "solidity",
+    "core_blobs",
+    "core_max",
+)
 """The features of a predicted nucleus (merges too), in the order of its weights after the intercept."""
 
 MISS_FEATURES = ("log_area", "uncertainty", "foreground", "foreground_max")
@@ -92,11 +101,20 @@ class ReviewSettings:
     it. With the bundled model's pixel D, on the 19 training tiles (`benchmarks/review.py --subset train
     --fit`), errors in the first 10 / 25: w = 0 0.653 / 0.602, 0.25 0.658 / 0.600, 0.5 0.653 / 0.579,
     0.75 0.595 / 0.547, 1 0.495 / 0.446."""
-    nucleus_weights: tuple[float, ...] = (12.136, -2.944, 0.423, 13.392, -5.962, 1.371, 6.554, -12.859, 1.277,
-                                          -7.508)
+    nucleus_weights: tuple[float, ...] = (12.136, -2.944, 0.423, 13.392, -5.962, 1.371, 6.554, -12.859, 1.277, -7.508)
     """A predicted nucleus's chance of being wrong or a merge (fitted on 8686 non-speck nuclei, 1477 errors)."""
-    nucleus_weights_no_uncertainty: tuple[float, ...] = (34.228, -1.888, 0.349, 0.0, 0.0, 0.0, -14.763, -13.593,
-                                                         1.299, -8.615)
+    nucleus_weights_no_uncertainty: tuple[float, ...] = (
+        34.228,
+        -1.888,
+        0.349,
+        0.0,
+        0.0,
+        0.0,
+        -14.763,
+        -13.593,
+        1.299,
+        -8.615,
+    )
     miss_weights: tuple[float, ...] = (-3.489, 0.135, 3.539, -2.292, 0.83)
     """A candidate miss's chance of covering a missed true nucleus (fitted on 380 non-speck regions, 151 hits;
     the candidates include those the pixel D's error map adds)."""
@@ -158,7 +176,7 @@ def _means(labels: np.ndarray, n: int, values: np.ndarray | None, area: np.ndarr
     """The mean of `values` over each id 1..n of `labels` (NaN for all when there are no values)."""
     if values is None:
         return np.full(n, np.nan)
-    sums = np.bincount(labels.ravel(), weights=np.asarray(values, np.float64).ravel(), minlength=n + 1)[1:n + 1]
+    sums = np.bincount(labels.ravel(), weights=np.asarray(values, np.float64).ravel(), minlength=n + 1)[1 : n + 1]
     return sums / np.maximum(area, 1)
 
 
@@ -187,18 +205,24 @@ def _core_blobs(labels: np.ndarray, n: int, core: np.ndarray | None, level: floa
     blobs, count = ndi.label((np.asarray(core) >= level) & (labels > 0))
     inside = blobs > 0
     pairs, sizes = np.unique(labels[inside].astype(np.int64) * (count + 1) + blobs[inside], return_counts=True)
-    return np.bincount(pairs[sizes >= least_px] // (count + 1), minlength=n + 1)[1:n + 1].astype(np.float64)
+    return np.bincount(pairs[sizes >= least_px] // (count + 1), minlength=n + 1)[1 : n + 1].astype(np.float64)
 
 
 def _disk(radius: float) -> np.ndarray:
     """A disk-shaped footprint of `radius` pixels (rounded)."""
     r = max(0, int(round(radius)))
-    y, x = np.ogrid[-r:r + 1, -r:r + 1]
+    y, x = np.ogrid[-r : r + 1, -r : r + 1]
     return x * x + y * y <= r * r
 
 
-def _miss_regions(labels: np.ndarray, foreground: np.ndarray, uncertainty: np.ndarray | None,
-                  error_map: np.ndarray | None, image_mpp: float, settings: ReviewSettings) -> np.ndarray:
+def _miss_regions(
+    labels: np.ndarray,
+    foreground: np.ndarray,
+    uncertainty: np.ndarray | None,
+    error_map: np.ndarray | None,
+    image_mpp: float,
+    settings: ReviewSettings,
+) -> np.ndarray:
     """Doubtful regions outside the predicted nuclei, of a nucleus's size: labels 1..M."""
     doubtful = foreground >= settings.miss_foreground
     if uncertainty is not None:
@@ -218,9 +242,14 @@ def _miss_regions(labels: np.ndarray, foreground: np.ndarray, uncertainty: np.nd
     return renumber[regions]
 
 
-def review_candidates(labels: np.ndarray, probability: np.ndarray, uncertainty: np.ndarray | None,
-                      image_mpp: float, error_map: np.ndarray | None = None,
-                      settings: ReviewSettings = REVIEW_SETTINGS) -> Candidates:
+def review_candidates(
+    labels: np.ndarray,
+    probability: np.ndarray,
+    uncertainty: np.ndarray | None,
+    image_mpp: float,
+    error_map: np.ndarray | None = None,
+    settings: ReviewSettings = REVIEW_SETTINGS,
+) -> Candidates:
     """Every predicted nucleus (a merge where it looks like two) and every candidate miss, with features.
 
     `probability` is (C, H, W): channel 0 foreground, channel 1 nucleus core when present;
@@ -237,7 +266,7 @@ def review_candidates(labels: np.ndarray, probability: np.ndarray, uncertainty: 
     core = probability[1] if probability.shape[0] > 1 else None
     pixel_um2 = image_mpp * image_mpp
     n = int(labels.max(initial=0))
-    area_px = np.bincount(labels.ravel(), minlength=n + 1)[1:n + 1].astype(np.float64)
+    area_px = np.bincount(labels.ravel(), minlength=n + 1)[1 : n + 1].astype(np.float64)
     present = area_px > 0
     ids = np.arange(1, n + 1)[present]
     blobs = _core_blobs(labels, n, core, settings.core_level, max(1, round(settings.core_blob_um2 / pixel_um2)))
@@ -258,7 +287,7 @@ def review_candidates(labels: np.ndarray, probability: np.ndarray, uncertainty: 
     log_area = np.log(np.maximum(both(area_um2, region_px * pixel_um2), 1e-3))
     doubtful = None if uncertainty is None else np.asarray(uncertainty) >= settings.doubtful_uncertainty
     ring = ndi.grey_dilation(labels, footprint=_disk(max(1.0, settings.outline_um / image_mpp))) * (labels == 0)
-    ring_px = np.bincount(ring.ravel(), minlength=n + 1)[1:n + 1].astype(np.float64)
+    ring_px = np.bincount(ring.ravel(), minlength=n + 1)[1 : n + 1].astype(np.float64)
     core_max = _maxima(labels, n, core) if core is not None else np.zeros(n)
     features = {
         "log_area": log_area,
@@ -272,8 +301,11 @@ def review_candidates(labels: np.ndarray, probability: np.ndarray, uncertainty: 
         "core_blobs": both(blobs, np.zeros(m)),
         "core_max": both(core_max, np.zeros(m)),
     }
-    error = (None if error_map is None
-             else both(_means(labels, n, error_map, area_px), _means(regions, m, error_map, region_px)))
+    error = (
+        None
+        if error_map is None
+        else both(_means(labels, n, error_map, area_px), _means(regions, m, error_map, region_px))
+    )
     kind = np.array(["merge" if flag else "nucleus" for flag in merge[present]] + ["miss"] * m, dtype=object)
     return Candidates(
         kind=kind,
@@ -313,25 +345,39 @@ def score_candidates(candidates: Candidates, settings: ReviewSettings = REVIEW_S
     return np.where(candidates.area_um2 < settings.speck_um2, settings.speck_weight * score, score)
 
 
-def rank_candidates(candidates: Candidates, scores: np.ndarray,
-                    settings: ReviewSettings = REVIEW_SETTINGS) -> np.ndarray:
+def rank_candidates(
+    candidates: Candidates, scores: np.ndarray, settings: ReviewSettings = REVIEW_SETTINGS
+) -> np.ndarray:
     """Row order of the queue: higher score first; at equal score non-specks, then by kind, then id, then place."""
     speck = candidates.area_um2 < settings.speck_um2
     kind_order = np.array([KINDS.index(kind) for kind in candidates.kind], np.int64)
     return np.lexsort((candidates.x, candidates.y, candidates.id, kind_order, speck, -np.asarray(scores)))
 
 
-def review_items(labels: np.ndarray, probability: np.ndarray, uncertainty: np.ndarray | None, image_mpp: float,
-                 error_map: np.ndarray | None = None, settings: ReviewSettings = REVIEW_SETTINGS,
-                 count: int | None = None) -> list[ReviewItem]:
+def review_items(
+    labels: np.ndarray,
+    probability: np.ndarray,
+    uncertainty: np.ndarray | None,
+    image_mpp: float,
+    error_map: np.ndarray | None = None,
+    settings: ReviewSettings = REVIEW_SETTINGS,
+    count: int | None = None,
+) -> list[ReviewItem]:
     """The review queue of one result, best first (the first `count`, all when None)."""
     candidates = review_candidates(labels, probability, uncertainty, image_mpp, error_map, settings)
     scores = score_candidates(candidates, settings)
     order = rank_candidates(candidates, scores, settings)[:count]
     return [
-        ReviewItem(rank + 1, str(candidates.kind[row]), int(candidates.id[row]), float(candidates.y[row]),
-                   float(candidates.x[row]), float(candidates.area_um2[row]), float(scores[row]),
-                   tuple(int(v) for v in candidates.box[row]))
+        ReviewItem(
+            rank + 1,
+            str(candidates.kind[row]),
+            int(candidates.id[row]),
+            float(candidates.y[row]),
+            float(candidates.x[row]),
+            float(candidates.area_um2[row]),
+            float(scores[row]),
+            tuple(int(v) for v in candidates.box[row]),
+        )
         for rank, row in enumerate(order)
     ]
 

@@ -43,9 +43,7 @@ def tile_boxes(height: int, width: int, tile: int, overlap: int, multiple: int =
     overlap = _check_int("tile_boxes: overlap", overlap, 0)
     multiple = _check_int("tile_boxes: multiple", multiple, 1)
     if overlap >= tile:
-        raise ValueError(
-            f"tile_boxes: overlap ({overlap}) must be smaller than tile ({tile}); lower the overlap"
-        )
+        raise ValueError(f"tile_boxes: overlap ({overlap}) must be smaller than tile ({tile}); lower the overlap")
     ys, tile_h = _spans(height, tile, overlap, multiple)
     xs, tile_w = _spans(width, tile, overlap, multiple)
     return [(y0, y0 + tile_h, x0, x0 + tile_w) for y0 in ys for x0 in xs]

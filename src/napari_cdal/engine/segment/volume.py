@@ -76,12 +76,15 @@ def segment_volume(
     start = time.perf_counter()
     config = model.config
     if not config.is_multiclass:
-        raise ValueError(f"{model.source or 'this model'} segments 2-D images, not volumes; "
-                         "use a model of classes (e.g. cdal_hippocampus)")
+        raise ValueError(
+            f"{model.source or 'this model'} segments 2-D images, not volumes; "
+            "use a model of classes (e.g. cdal_hippocampus)"
+        )
     volume = check_volume(volume)
     stack = slice_stack(volume, config)
-    maps = yield from _sample_slices(model, stack, sampling_steps, samples, seed, keep_steps, with_attention,
-                                     slices_per_batch)
+    maps = yield from _sample_slices(
+        model, stack, sampling_steps, samples, seed, keep_steps, with_attention, slices_per_batch
+    )
     probability, uncertainty, steps, attention, chain = maps
     probability_volume = slices_to_volume(probability.transpose(1, 0, 2, 3), config).astype(np.float32)
     labels = np.argmax(probability_volume, axis=0).astype(np.uint8)
@@ -148,11 +151,13 @@ def _sample_slices(
             chain.append(np.stack(batch_chain))
             if batch_attention:
                 attention.append(np.stack(batch_attention))
-    return (np.concatenate(probability),
-            np.concatenate(uncertainty) if samples > 1 else None,
-            np.concatenate(steps, axis=1) if steps else None,
-            np.concatenate(attention, axis=1) if attention else None,
-            np.concatenate(chain, axis=1) if chain else None)
+    return (
+        np.concatenate(probability),
+        np.concatenate(uncertainty) if samples > 1 else None,
+        np.concatenate(steps, axis=1) if steps else None,
+        np.concatenate(attention, axis=1) if attention else None,
+        np.concatenate(chain, axis=1) if chain else None,
+    )
 
 
 def evaluate_slices(
@@ -170,7 +175,8 @@ def evaluate_slices(
     for index, (name, stack, labels) in enumerate(items):
         start = time.perf_counter()
         probability, *_ = yield from ticks_of(
-            _sample_slices(model, stack, None, None, seed, False, False, SLICES_PER_BATCH), index, len(items))
+            _sample_slices(model, stack, None, None, seed, False, False, SLICES_PER_BATCH), index, len(items)
+        )
         predicted = np.argmax(probability, axis=1).astype(np.uint8)
         rows.append({"image": name, **class_scores(predicted, labels, names), "seconds": time.perf_counter() - start})
         yield Progress("image", index + 1, len(items), rows[-1])
@@ -220,8 +226,11 @@ def evaluate_volumes(
     names = model.config.class_names
     rows = []
     for index, volume in enumerate(volumes):
-        result = yield from ticks_of(segment_volume(model, volume.image, sampling_steps, samples, seed,
-                                                     keep_steps=False, with_attention=False), index, len(volumes))
+        result = yield from ticks_of(
+            segment_volume(model, volume.image, sampling_steps, samples, seed, keep_steps=False, with_attention=False),
+            index,
+            len(volumes),
+        )
         row = {"image": volume.name, **class_scores(result.labels, volume.labels, names), "seconds": result.seconds}
         rows.append(row)
         yield Progress("image", index + 1, len(volumes), row)

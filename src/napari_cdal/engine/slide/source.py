@@ -29,8 +29,10 @@ MAX_CHUNK_BYTES = 256 * 2**20
 a larger one (a 36,000² image in one deflate strip: 3.6 GiB) would cost each block that much memory and time, over
 and over; a block's own segmentation takes about 0.5 GB."""
 
-RESAVE_HINT = ("re-save it as a tiled pyramidal TIFF, e.g. with `vips tiffsave {name} {stem}_tiled.tif --tile "
-               "--pyramid --compression jpeg` or QuPath's export")
+RESAVE_HINT = (
+    "re-save it as a tiled pyramidal TIFF, e.g. with `vips tiffsave {name} {stem}_tiled.tif --tile "
+    "--pyramid --compression jpeg` or QuPath's export"
+)
 """How to make any image a slide this tool reads region by region."""
 
 
@@ -123,11 +125,16 @@ def check_read_by_region(path: Path, series: Any) -> None:
     size = largest_chunk_bytes(page)
     if level.dataoffset is not None or size <= MAX_CHUNK_BYTES:
         return
-    pieces = ("one compressed strip of" if len(page.dataoffsets) == 1 else
-              f"compressed {'tiles' if page.is_tiled else 'strips'} of up to")
-    raise ImageError(f"{path} holds its {page.imagelength} x {page.imagewidth} pixels in {pieces} {byte_size(size)} "
-                     f"decoded, too large to decode whole for every block (the most is {byte_size(MAX_CHUNK_BYTES)}); "
-                     + RESAVE_HINT.format(name=path.name, stem=path.stem))
+    pieces = (
+        "one compressed strip of"
+        if len(page.dataoffsets) == 1
+        else f"compressed {'tiles' if page.is_tiled else 'strips'} of up to"
+    )
+    raise ImageError(
+        f"{path} holds its {page.imagelength} x {page.imagewidth} pixels in {pieces} {byte_size(size)} "
+        f"decoded, too large to decode whole for every block (the most is {byte_size(MAX_CHUNK_BYTES)}); "
+        + RESAVE_HINT.format(name=path.name, stem=path.stem)
+    )
 
 
 def open_slide(path: str | Path) -> SlideSource:
@@ -138,8 +145,10 @@ def open_slide(path: str | Path) -> SlideSource:
     if not path.is_file():
         raise FileNotFoundError(f"slide file not found: {path}")
     if path.suffix.lower() not in SLIDE_SUFFIXES:
-        raise ImageError(f"{path} cannot be read region by region as a slide ({', '.join(SLIDE_SUFFIXES)} can); "
-                         + RESAVE_HINT.format(name=path.name, stem=path.stem))
+        raise ImageError(
+            f"{path} cannot be read region by region as a slide ({', '.join(SLIDE_SUFFIXES)} can); "
+            + RESAVE_HINT.format(name=path.name, stem=path.stem)
+        )
     try:
         tif = tifffile.TiffFile(path)
         series = tif.series[0]

@@ -90,8 +90,11 @@ class SlideResult:
 
 def block_cores(height: int, width: int, block: int) -> list[Box]:
     """The blocks' own parts (y0, y1, x0, x1), row by row, covering the slide once."""
-    return [(y, min(y + block, height), x, min(x + block, width))
-            for y in range(0, height, block) for x in range(0, width, block)]
+    return [
+        (y, min(y + block, height), x, min(x + block, width))
+        for y in range(0, height, block)
+        for x in range(0, width, block)
+    ]
 
 
 def pyramid_shapes(height: int, width: int, smallest: int = PYRAMID_MIN_PX) -> list[tuple[int, int]]:
@@ -118,8 +121,16 @@ def plan_blocks(height: int, width: int, block: int, halo: int, tissue: TissueMa
     planned = []
     for core in block_cores(height, width, block):
         part = core if widened is None else tissue_part(widened, tissue.factor, core)
-        region = None if part is None else (max(0, part[0] - halo), min(height, part[1] + halo),
-                                            max(0, part[2] - halo), min(width, part[3] + halo))
+        region = (
+            None
+            if part is None
+            else (
+                max(0, part[0] - halo),
+                min(height, part[1] + halo),
+                max(0, part[2] - halo),
+                min(width, part[3] + halo),
+            )
+        )
         planned.append(PlannedBlock(core, region))
     return planned
 
@@ -137,7 +148,7 @@ def _update_levels(levels: list[Any], window: np.ndarray, region: Box) -> None:
         factor = 2**k
         y0, y1, x0, x1 = level_box(region, k)
         if y1 > y0 and x1 > x0:
-            level[y0:y1, x0:x1] = window[y0 * factor - region[0]::factor, x0 * factor - region[2]::factor]
+            level[y0:y1, x0:x1] = window[y0 * factor - region[0] :: factor, x0 * factor - region[2] :: factor]
 
 
 def _mark_done(labels: Any, done: set[int], next_id: int) -> None:
@@ -161,8 +172,15 @@ def _block_detections(store: Path, index: int) -> Path:
     return store / DETECTIONS_FOLDER / f"block_{index:06d}.json"
 
 
-def _save_detections(store: Path, index: int, written: np.ndarray, pixels: np.ndarray, region: Box,
-                     image_mpp: float, uncertainty: np.ndarray | None) -> None:
+def _save_detections(
+    store: Path,
+    index: int,
+    written: np.ndarray,
+    pixels: np.ndarray,
+    region: Box,
+    image_mpp: float,
+    uncertainty: np.ndarray | None,
+) -> None:
     """The polygons and measurements of the nuclei one block wrote, in slide coordinates, atomically."""
     from napari_cdal.engine.io.detections import labels_to_geojson, write_text
     from napari_cdal.engine.io.images import to_rgb_float
@@ -170,8 +188,10 @@ def _save_detections(store: Path, index: int, written: np.ndarray, pixels: np.nd
 
     table = nucleus_measurements(written, to_rgb_float(pixels, 3), image_mpp, uncertainty, (region[0], region[2]))
     features = labels_to_geojson(written, table, "detection", offset=(region[0], region[2]))["features"]
-    rows = {name: [None if isinstance(v, float) and math.isnan(v) else v for v in np.asarray(column).tolist()]
-            for name, column in table.items()}
+    rows = {
+        name: [None if isinstance(v, float) and math.isnan(v) else v for v in np.asarray(column).tolist()]
+        for name, column in table.items()
+    }
     path = _block_detections(store, index)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text(path, json.dumps({"features": features, "rows": rows}))
@@ -184,15 +204,19 @@ def _done_detections(store: Path) -> Generator[dict[str, Any], None, None]:
         try:
             found = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise StoreError(f"{store} is damaged: the detections of block {index}, {path.relative_to(store)}, cannot "
-                             f"be read ({type(exc).__name__}); {restart_fix(Path(store))}") from exc
+            raise StoreError(
+                f"{store} is damaged: the detections of block {index}, {path.relative_to(store)}, cannot "
+                f"be read ({type(exc).__name__}); {restart_fix(Path(store))}"
+            ) from exc
         yield found
 
 
 def _rows_table(rows: dict[str, list[Any]]) -> dict[str, np.ndarray]:
     """A block's saved rows as the CSV's columns: ids as integers, measurements as floats (None is NaN)."""
-    return {name: np.array([np.nan if v is None else v for v in values], dtype=np.int64 if name == "id" else np.float64)
-            for name, values in rows.items()}
+    return {
+        name: np.array([np.nan if v is None else v for v in values], dtype=np.int64 if name == "id" else np.float64)
+        for name, values in rows.items()
+    }
 
 
 def write_slide_detections(store: str | Path, geojson: Path | None = None, table: Path | None = None) -> None:
@@ -230,9 +254,19 @@ def _worker_model(path: str, runtime: tuple[str, str] | None) -> CdalModel:
     return model if runtime is None else with_runtime(model, *runtime)
 
 
-def block_events(model: CdalModel, slide: SlideSource | str | Path, index: int, core: Box, region: Box,
-                 image_mpp: float, sampling_steps: int | None, samples: int | None, seed: int, threshold: float,
-                 keep_pixels: bool) -> Generator[Progress, None, None]:
+def block_events(
+    model: CdalModel,
+    slide: SlideSource | str | Path,
+    index: int,
+    core: Box,
+    region: Box,
+    image_mpp: float,
+    sampling_steps: int | None,
+    samples: int | None,
+    seed: int,
+    threshold: float,
+    keep_pixels: bool,
+) -> Generator[Progress, None, None]:
     """Segment one block's region (its core, or the core's part near tissue, with the halo): segment_image's events,
     then 'done' with the BlockSegmentation, whose nuclei are owned by `core`.
 
@@ -247,25 +281,59 @@ def block_events(model: CdalModel, slide: SlideSource | str | Path, index: int, 
         if source is not slide:
             source.close()
     result = None
-    for event in segment_image(model, pixels, image_mpp=image_mpp, sampling_steps=sampling_steps, samples=samples,
-                               seed=seed + index, threshold=threshold, keep_steps=False, with_attention=False):
+    for event in segment_image(
+        model,
+        pixels,
+        image_mpp=image_mpp,
+        sampling_steps=sampling_steps,
+        samples=samples,
+        seed=seed + index,
+        threshold=threshold,
+        keep_steps=False,
+        with_attention=False,
+    ):
         if event.stage == "done":
             result = event.payload
         else:
             yield event
-    yield Progress("done", 1, 1, BlockSegmentation(index, region, result.labels, _owned(result.labels, region, core),
-                                                    pixels if keep_pixels else None, result.uncertainty))
+    yield Progress(
+        "done",
+        1,
+        1,
+        BlockSegmentation(
+            index,
+            region,
+            result.labels,
+            _owned(result.labels, region, core),
+            pixels if keep_pixels else None,
+            result.uncertainty,
+        ),
+    )
 
 
-def segment_block(model: CdalModel | str, slide: SlideSource | str | Path, index: int, core: Box, region: Box,
-                  image_mpp: float, sampling_steps: int | None, samples: int | None, seed: int, threshold: float,
-                  keep_pixels: bool, runtime: tuple[str, str] | None = None) -> BlockSegmentation:
+def segment_block(
+    model: CdalModel | str,
+    slide: SlideSource | str | Path,
+    index: int,
+    core: Box,
+    region: Box,
+    image_mpp: float,
+    sampling_steps: int | None,
+    samples: int | None,
+    seed: int,
+    threshold: float,
+    keep_pixels: bool,
+    runtime: tuple[str, str] | None = None,
+) -> BlockSegmentation:
     """Segment one block (block_events run to the end); a Dask task when `model` and `slide` are paths, the model
     then loaded on `runtime` (its name and precision)."""
     if isinstance(model, str):
         model = _worker_model(model, runtime)
-    return run_to_end(block_events(model, slide, index, core, region, image_mpp, sampling_steps, samples, seed,
-                                   threshold, keep_pixels))
+    return run_to_end(
+        block_events(
+            model, slide, index, core, region, image_mpp, sampling_steps, samples, seed, threshold, keep_pixels
+        )
+    )
 
 
 class ClusterError(ValueError):
@@ -292,18 +360,23 @@ def _gathered(client: Any, future: Any, index: int, total: int) -> Generator[Pro
         except WaitTimeout:
             yield Progress(TICK, index, total)
     if future.cancelled():
-        raise ClusterError(f"block {index} was cancelled by the cluster (its scheduler restarted or was lost); "
-                           "the blocks done are kept: run the command again to go on")
+        raise ClusterError(
+            f"block {index} was cancelled by the cluster (its scheduler restarted or was lost); "
+            "the blocks done are kept: run the command again to go on"
+        )
     try:
         return future.result()
     except KilledWorker as exc:
-        raise ClusterError(f"block {index} was lost with every worker that ran it (distributed gives up after a "
-                           "few); a worker that runs out of memory dies so: give each worker more; the blocks done are "
-                           "kept: run the command again to go on") from exc
+        raise ClusterError(
+            f"block {index} was lost with every worker that ran it (distributed gives up after a "
+            "few); a worker that runs out of memory dies so: give each worker more; the blocks done are "
+            "kept: run the command again to go on"
+        ) from exc
 
 
-def _commit(levels: list[Any], store: Path, block: BlockSegmentation, next_id: int, image_mpp: float,
-            detections: bool) -> int:
+def _commit(
+    levels: list[Any], store: Path, block: BlockSegmentation, next_id: int, image_mpp: float, detections: bool
+) -> int:
     """Write a block's owned nuclei under global ids where no earlier nucleus lies (and into the downsampled
     levels), then its detections; returns the next free id. The caller marks the block done after this."""
     owned = block.owned
@@ -317,8 +390,9 @@ def _commit(levels: list[Any], store: Path, block: BlockSegmentation, next_id: i
     window[free] = mapped[free]
     _write_labels(levels, window, block.region)
     if detections:
-        _save_detections(store, block.index, np.where(free, mapped, 0), block.pixels, block.region, image_mpp,
-                         block.uncertainty)
+        _save_detections(
+            store, block.index, np.where(free, mapped, 0), block.pixels, block.region, image_mpp, block.uncertainty
+        )
     return next_id + int(owned.sum())
 
 
@@ -329,16 +403,29 @@ def _check_detections(store: Path, done: list[int]) -> None:
         try:
             json.loads(path.read_text())
         except (OSError, ValueError) as exc:
-            raise StoreError(f"{store} is damaged: block {index} is done but its detections "
-                             f"{path.relative_to(store)} are {'missing' if not path.exists() else 'unreadable'} "
-                             f"({type(exc).__name__}); {restart_fix(store)}") from exc
+            raise StoreError(
+                f"{store} is damaged: block {index} is done but its detections "
+                f"{path.relative_to(store)} are {'missing' if not path.exists() else 'unreadable'} "
+                f"({type(exc).__name__}); {restart_fix(store)}"
+            ) from exc
 
 
-def segment_slide(model: CdalModel, source: SlideSource, store: str | Path, image_mpp: float,
-                  block: int = BLOCK_PX, halo_um: float = HALO_UM, sampling_steps: int | None = None,
-                  samples: int | None = None, seed: int = 0, threshold: float = DEFAULT_THRESHOLD,
-                  detections: bool = False, client: Any = None, pyramid_min: int | None = None,
-                  tissue: str = DEFAULT_TISSUE) -> Generator[Progress, None, None]:
+def segment_slide(
+    model: CdalModel,
+    source: SlideSource,
+    store: str | Path,
+    image_mpp: float,
+    block: int = BLOCK_PX,
+    halo_um: float = HALO_UM,
+    sampling_steps: int | None = None,
+    samples: int | None = None,
+    seed: int = 0,
+    threshold: float = DEFAULT_THRESHOLD,
+    detections: bool = False,
+    client: Any = None,
+    pyramid_min: int | None = None,
+    tissue: str = DEFAULT_TISSUE,
+) -> Generator[Progress, None, None]:
     """Segment a slide into a zarr labels store; yields Progress('block', i, n, box) per block, then 'done'.
 
     Ids are global (1..N in block order). Block i is sampled with seed + i, so a run, or a resumed
@@ -356,9 +443,18 @@ def segment_slide(model: CdalModel, source: SlideSource, store: str | Path, imag
     if tissue not in TISSUE_CHOICES:
         raise ValueError(f"tissue {tissue!r} is not one of {', '.join(TISSUE_CHOICES)}")
     store = Path(store)
-    settings = {"block": block, "halo_um": halo_um, "sampling_steps": sampling_steps, "samples": samples,
-                "seed": seed, "threshold": threshold, "image_mpp": image_mpp, "model": Path(model.source).name,
-                "detections": detections, "tissue": tissue}
+    settings = {
+        "block": block,
+        "halo_um": halo_um,
+        "sampling_steps": sampling_steps,
+        "samples": samples,
+        "seed": seed,
+        "threshold": threshold,
+        "image_mpp": image_mpp,
+        "model": Path(model.source).name,
+        "detections": detections,
+        "tissue": tissue,
+    }
     started = time.perf_counter()
     shapes = pyramid_shapes(source.height, source.width, PYRAMID_MIN_PX if pyramid_min is None else pyramid_min)
     levels = open_store(store, shapes, settings)
@@ -367,8 +463,9 @@ def segment_slide(model: CdalModel, source: SlideSource, store: str | Path, imag
     halo = math.ceil(halo_um / image_mpp)
     planned = plan_blocks(source.height, source.width, block, halo, mask)
     done = set(labels.attrs["done"])
-    check_store(store, levels, level_roots(store, len(levels)), shapes,
-                {index: planned[index].region for index in done})
+    check_store(
+        store, levels, level_roots(store, len(levels)), shapes, {index: planned[index].region for index in done}
+    )
     if detections:
         _check_detections(store, sorted(done))
     next_id = int(labels.attrs["next_id"])
@@ -377,16 +474,30 @@ def segment_slide(model: CdalModel, source: SlideSource, store: str | Path, imag
     futures = {}
     if client is not None:  # every block at once; keys of their own (pure=False), never an earlier run's
         runtime = (model.runtime.name, model.runtime.precision) if model.runtime else None
-        futures = {index: client.submit(segment_block, str(model.source), str(source.path), index,
-                                        planned[index].core, planned[index].region, *common, runtime=runtime,
-                                        pure=False)
-                   for index in sorted(to_run)}
+        futures = {
+            index: client.submit(
+                segment_block,
+                str(model.source),
+                str(source.path),
+                index,
+                planned[index].core,
+                planned[index].region,
+                *common,
+                runtime=runtime,
+                pure=False,
+            )
+            for index in sorted(to_run)
+        }
     try:
         for index, part in enumerate(planned):
             if index in to_run:
-                result = yield from (_gathered(client, futures[index], index, len(planned)) if futures else
-                                     ticks_of(block_events(model, source, index, part.core, part.region, *common),
-                                              index, len(planned)))
+                result = yield from (
+                    _gathered(client, futures[index], index, len(planned))
+                    if futures
+                    else ticks_of(
+                        block_events(model, source, index, part.core, part.region, *common), index, len(planned)
+                    )
+                )
                 next_id = _commit(levels, store, result, next_id, image_mpp, detections)
                 done.add(index)
                 _mark_done(labels, done, next_id)
@@ -396,9 +507,20 @@ def segment_slide(model: CdalModel, source: SlideSource, store: str | Path, imag
         if futures:
             client.cancel(list(futures.values()))
     skipped = sum(part.region is None for part in planned)
-    yield Progress("done", len(planned), len(planned),
-                   SlideResult(store, next_id - 1, len(planned), time.perf_counter() - started, skipped,
-                               slide_area_mm2(source.height, source.width, image_mpp), mask))
+    yield Progress(
+        "done",
+        len(planned),
+        len(planned),
+        SlideResult(
+            store,
+            next_id - 1,
+            len(planned),
+            time.perf_counter() - started,
+            skipped,
+            slide_area_mm2(source.height, source.width, image_mpp),
+            mask,
+        ),
+    )
 
 
 def labels_tiff(store: str | Path, path: str | Path, tile: int = 512) -> Path:
@@ -419,8 +541,11 @@ def labels_tiff(store: str | Path, path: str | Path, tile: int = 512) -> Path:
 
     def tiles(level: Any, root: Path) -> Generator[np.ndarray | None, None, None]:
         height, width = level.shape
-        written = {coords for coords in box_chunks((0, height, 0, width), level.chunks)
-                   if chunk_file(root, level, coords).is_file()}
+        written = {
+            coords
+            for coords in box_chunks((0, height, 0, width), level.chunks)
+            if chunk_file(root, level, coords).is_file()
+        }
         for y in range(0, height, tile):
             for x in range(0, width, tile):
                 box = (y, min(y + tile, height), x, min(x + tile, width))
@@ -428,8 +553,8 @@ def labels_tiff(store: str | Path, path: str | Path, tile: int = 512) -> Path:
                     yield None  # never written (glass): an empty tile, read as 0 (tifffile needs the first one)
                     continue
                 part = np.zeros((tile, tile), np.uint32)
-                data = np.asarray(level[y:y + tile, x:x + tile])
-                part[:data.shape[0], :data.shape[1]] = data
+                data = np.asarray(level[y : y + tile, x : x + tile])
+                part[: data.shape[0], : data.shape[1]] = data
                 yield part
 
     def write(tmp: str) -> None:
@@ -438,10 +563,16 @@ def labels_tiff(store: str | Path, path: str | Path, tile: int = 512) -> Path:
                 options: dict[str, Any] = {"subifds": len(levels) - 1} if k == 0 else {"subfiletype": 1}
                 if mpp:
                     factor = 2**k
-                    options.update(resolution=(1e4 / (mpp * factor), 1e4 / (mpp * factor)),
-                                   resolutionunit="CENTIMETER")
-                tif.write(tiles(level, root), shape=tuple(level.shape), dtype=np.uint32, tile=(tile, tile),
-                          compression="zlib", photometric="minisblack", **options)
+                    options.update(resolution=(1e4 / (mpp * factor), 1e4 / (mpp * factor)), resolutionunit="CENTIMETER")
+                tif.write(
+                    tiles(level, root),
+                    shape=tuple(level.shape),
+                    dtype=np.uint32,
+                    tile=(tile, tile),
+                    compression="zlib",
+                    photometric="minisblack",
+                    **options,
+                )
 
     atomic_write(path, write)
     return Path(path)

@@ -43,8 +43,10 @@ def level_roots(store: str | Path, count: int) -> list[Path]:
 
 def restart_fix(store: Path) -> str:
     """What to do with a damaged store: start it afresh."""
-    return (f"start it afresh with `napari-cdal segment ... --overwrite` (or delete {Path(store).name}); the blocks "
-            "done so far are then segmented again")
+    return (
+        f"start it afresh with `napari-cdal segment ... --overwrite` (or delete {Path(store).name}); the blocks "
+        "done so far are then segmented again"
+    )
 
 
 def open_store_array(store: str | Path, root: str | Path, mode: str = "r") -> Any:
@@ -57,8 +59,10 @@ def open_store_array(store: str | Path, root: str | Path, mode: str = "r") -> An
     except Exception as exc:  # zarr raises the JSON parser's and its own errors for damaged metadata
         where = (Path(root) / "zarr.json").relative_to(store)
         first = (str(exc).strip().splitlines() or [""])[0]
-        raise StoreError(f"{store} is damaged: its {where} cannot be read ({type(exc).__name__}: {first}); "
-                         f"{restart_fix(Path(store))}") from exc
+        raise StoreError(
+            f"{store} is damaged: its {where} cannot be read ({type(exc).__name__}: {first}); "
+            f"{restart_fix(Path(store))}"
+        ) from exc
 
 
 def store_levels(store: str | Path, mode: str = "r") -> list[Any]:
@@ -76,17 +80,23 @@ def open_store(store: Path, shapes: list[tuple[int, int]], settings: dict[str, A
 
     if store.exists():
         if not is_labels_store(store):
-            raise StoreError(f"{store} is in the way of a labels store and is not one; move it away or choose "
-                             "another --out")
+            raise StoreError(
+                f"{store} is in the way of a labels store and is not one; move it away or choose another --out"
+            )
         labels = open_store_array(store, store)
         if tuple(labels.shape) != tuple(shapes[0]) or labels.attrs.get("settings") != settings:
-            raise ValueError(f"{store} holds labels of another run (shape {tuple(labels.shape)}, settings "
-                             f"{labels.attrs.get('settings')}); move it away, choose another --out, or pass "
-                             "--overwrite to start it afresh")
+            raise ValueError(
+                f"{store} holds labels of another run (shape {tuple(labels.shape)}, settings "
+                f"{labels.attrs.get('settings')}); move it away, choose another --out, or pass "
+                "--overwrite to start it afresh"
+            )
         return store_levels(store, "r+")
-    levels = [zarr.create_array(root, shape=level, chunks=(CHUNK_PX, CHUNK_PX), dtype="uint32", fill_value=0,
-                                config=WRITE_CONFIG)
-              for root, level in zip(level_roots(store, len(shapes)), shapes, strict=True)]
+    levels = [
+        zarr.create_array(
+            root, shape=level, chunks=(CHUNK_PX, CHUNK_PX), dtype="uint32", fill_value=0, config=WRITE_CONFIG
+        )
+        for root, level in zip(level_roots(store, len(shapes)), shapes, strict=True)
+    ]
     levels[0].attrs.update(settings=settings, done=[], next_id=1, levels=[list(level) for level in shapes])
     return levels
 
@@ -99,8 +109,14 @@ def store_tissue(store: Path, labels: Any, source: SlideSource, image_mpp: float
     if factor is not None:
         return TissueMask(np.asarray(open_store_array(store, store / TISSUE_ARRAY)[:]) > 0, factor, image_mpp)
     tissue = detect_tissue(source, image_mpp)
-    saved = zarr.create_array(store / TISSUE_ARRAY, shape=tissue.mask.shape, chunks=tissue.mask.shape,
-                              dtype="uint8", fill_value=0, overwrite=True)
+    saved = zarr.create_array(
+        store / TISSUE_ARRAY,
+        shape=tissue.mask.shape,
+        chunks=tissue.mask.shape,
+        dtype="uint8",
+        fill_value=0,
+        overwrite=True,
+    )
     saved[:] = tissue.mask.astype(np.uint8)
     labels.attrs.update(tissue_factor=tissue.factor)
     return tissue
@@ -128,8 +144,9 @@ def chunk_file(root: Path, array: Any, coords: tuple[int, int]) -> Path:
     return root / array.metadata.encode_chunk_key(coords)
 
 
-def check_store(store: Path, levels: list[Any], roots: list[Path], shapes: list[tuple[int, int]],
-                regions: dict[int, Box]) -> None:
+def check_store(
+    store: Path, levels: list[Any], roots: list[Path], shapes: list[tuple[int, int]], regions: dict[int, Box]
+) -> None:
     """Refuse a store whose levels have the wrong shape or whose done blocks (index: region) miss or garble a chunk."""
     fix = restart_fix(store)
     if len(levels) != len(shapes):
@@ -147,9 +164,11 @@ def check_store(store: Path, levels: list[Any], roots: list[Path], shapes: list[
                 problem = _chunk_problem(level, root, coords)
                 if problem:
                     y0, y1, x0, x1 = regions[index]
-                    raise StoreError(f"{store} is damaged: block {index} (rows {y0}-{y1}, columns {x0}-{x1}) is "
-                                     f"done but its chunk {chunk_file(root, level, coords).relative_to(store)} is "
-                                     f"{problem}; {fix}")
+                    raise StoreError(
+                        f"{store} is damaged: block {index} (rows {y0}-{y1}, columns {x0}-{x1}) is "
+                        f"done but its chunk {chunk_file(root, level, coords).relative_to(store)} is "
+                        f"{problem}; {fix}"
+                    )
 
 
 def _chunk_problem(level: Any, root: Path, coords: tuple[int, int]) -> str:
@@ -158,7 +177,7 @@ def _chunk_problem(level: Any, root: Path, coords: tuple[int, int]) -> str:
         return "missing"
     (rows, cols), (cy, cx) = level.chunks, coords
     try:
-        level[cy * rows:(cy + 1) * rows, cx * cols:(cx + 1) * cols]
+        level[cy * rows : (cy + 1) * rows, cx * cols : (cx + 1) * cols]
     except Exception as exc:  # any decoder's error: the bytes are not a chunk
         return f"unreadable ({type(exc).__name__})"
     return ""

@@ -74,8 +74,12 @@ def tissue_part(widened: np.ndarray, factor: float, core: Box) -> Box | None:
     rows, cols = np.nonzero(widened[my0:my1, mx0:mx1])
     if rows.size == 0:
         return None
-    return (max(y0, math.floor((my0 + rows.min()) * factor)), min(y1, math.ceil((my0 + rows.max() + 1) * factor)),
-            max(x0, math.floor((mx0 + cols.min()) * factor)), min(x1, math.ceil((mx0 + cols.max() + 1) * factor)))
+    return (
+        max(y0, math.floor((my0 + rows.min()) * factor)),
+        min(y1, math.ceil((my0 + rows.max() + 1) * factor)),
+        max(x0, math.floor((mx0 + cols.min()) * factor)),
+        min(x1, math.ceil((mx0 + cols.max() + 1) * factor)),
+    )
 
 
 def _window(level: Any, stride: int) -> tuple[int, int]:
@@ -99,14 +103,17 @@ def _pooled(level: Any, stride: int) -> np.ndarray:
     window_rows, window_cols = _window(level, stride)
     for y in range(0, height, window_rows):
         for x in range(0, width, window_cols):
-            part = np.asarray(level[y:y + window_rows, x:x + window_cols]).reshape(
-                min(window_rows, height - y), min(window_cols, width - x), channels)
+            part = np.asarray(level[y : y + window_rows, x : x + window_cols]).reshape(
+                min(window_rows, height - y), min(window_cols, width - x), channels
+            )
             ph, pw = -(-part.shape[0] // stride), -(-part.shape[1] // stride)
             if part.shape[:2] != (ph * stride, pw * stride):  # the slide's last rows or columns: edge values repeated
-                part = np.pad(part, ((0, ph * stride - part.shape[0]), (0, pw * stride - part.shape[1]), (0, 0)),
-                              mode="edge")
-            out[y // stride:y // stride + ph, x // stride:x // stride + pw] = \
-                part.reshape(ph, stride, pw, stride, channels).mean(axis=(1, 3), dtype=np.float32)
+                part = np.pad(
+                    part, ((0, ph * stride - part.shape[0]), (0, pw * stride - part.shape[1]), (0, 0)), mode="edge"
+                )
+            out[y // stride : y // stride + ph, x // stride : x // stride + pw] = part.reshape(
+                ph, stride, pw, stride, channels
+            ).mean(axis=(1, 3), dtype=np.float32)
     return out
 
 

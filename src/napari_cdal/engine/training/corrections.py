@@ -109,10 +109,15 @@ def _checked_labels(labels: Any, shape: tuple[int, int], who: str) -> np.ndarray
         raise ValueError(f"{who}: labels must be a 2-D label image (H x W), got shape {arr.shape}")
     check_labels(arr, f"{who}: labels", allow_binary=True)
     if arr.shape != shape:
-        raise ValueError(f"{who}: labels shape {arr.shape} differs from the image's {shape}; the corrected "
-                         "labels must cover the image pixel for pixel")
-    return check_has_nuclei(arr, f"{who}: labels", "paint the nuclei of the corrected region, or pick the Labels "
-                            "layer that holds the corrections")
+        raise ValueError(
+            f"{who}: labels shape {arr.shape} differs from the image's {shape}; the corrected "
+            "labels must cover the image pixel for pixel"
+        )
+    return check_has_nuclei(
+        arr,
+        f"{who}: labels",
+        "paint the nuclei of the corrected region, or pick the Labels layer that holds the corrections",
+    )
 
 
 def _checked_regions(regions: list[Box] | None, shape: tuple[int, int], who: str) -> list[Box]:
@@ -120,8 +125,9 @@ def _checked_regions(regions: list[Box] | None, shape: tuple[int, int], who: str
     if regions is None:
         return [(0, height, 0, width)]
     if len(regions) == 0:
-        raise ValueError(f"{who}: regions is an empty list; pass None for the whole image or at least "
-                         "one (y0, y1, x0, x1) box")
+        raise ValueError(
+            f"{who}: regions is an empty list; pass None for the whole image or at least one (y0, y1, x0, x1) box"
+        )
     boxes = []
     for box in regions:
         if len(box) != 4:
@@ -131,8 +137,10 @@ def _checked_regions(regions: list[Box] | None, shape: tuple[int, int], who: str
             raise ValueError(f"{who}: region {tuple(box)!r} is empty; a box needs y0 < y1 and x0 < x1")
         clipped = (max(0, y0), min(height, y1), max(0, x0), min(width, x1))
         if clipped[0] >= clipped[1] or clipped[2] >= clipped[3]:
-            raise ValueError(f"{who}: region {tuple(box)!r} lies outside the {height}x{width} image; boxes "
-                             f"are (y0, y1, x0, x1) in image pixels within 0..{height} and 0..{width}")
+            raise ValueError(
+                f"{who}: region {tuple(box)!r} lies outside the {height}x{width} image; boxes "
+                f"are (y0, y1, x0, x1) in image pixels within 0..{height} and 0..{width}"
+            )
         boxes.append(clipped)
     return boxes
 
@@ -166,7 +174,7 @@ def _hold_back_strip(boxes: list[Box], fraction: float, min_side: int) -> tuple[
         train, hold = (y0, y1 - held, x0, x1), (y1 - held, y1, x0, x1)
     else:
         train, hold = (y0, y1, x0, x1 - held), (y0, y1, x1 - held, x1)
-    others = boxes[:k] + boxes[k + 1:]
+    others = boxes[:k] + boxes[k + 1 :]
     if any(_overlaps(hold, other) for other in others):
         return boxes, []
     return others[:k] + [train] + others[k:], [[hold]]
@@ -192,8 +200,7 @@ def overlap_groups(boxes: list[Box]) -> list[list[int]]:
     return sorted(grouped.values())
 
 
-def _hold_back_regions(boxes: list[Box], fraction: float,
-                       instances: np.ndarray) -> tuple[list[Box], list[list[Box]]]:
+def _hold_back_regions(boxes: list[Box], fraction: float, instances: np.ndarray) -> tuple[list[Box], list[list[Box]]]:
     """Hold back whole regions, overlapping ones together: groups spread over the list until `fraction` of the
     regions (at least one group) is held, each group holding a nucleus, and at least one group left to train."""
     groups = overlap_groups(boxes)
@@ -210,8 +217,9 @@ def _hold_back_regions(boxes: list[Box], fraction: float,
     return [b for i, b in enumerate(boxes) if i not in taken], [[boxes[i] for i in g] for g in held]
 
 
-def _hold_back(boxes: list[Box], fraction: float, min_side: int,
-               instances: np.ndarray) -> tuple[list[Box], list[list[Box]]]:
+def _hold_back(
+    boxes: list[Box], fraction: float, min_side: int, instances: np.ndarray
+) -> tuple[list[Box], list[list[Box]]]:
     """Split the corrected regions into those that train and the groups of them held back to check the result."""
     if fraction <= 0:
         return boxes, []
@@ -220,8 +228,9 @@ def _hold_back(boxes: list[Box], fraction: float, min_side: int,
     return _hold_back_strip(boxes, fraction, min_side)
 
 
-def _in_context(name: str, image: np.ndarray, instances: np.ndarray, group: list[Box], context: int,
-                instance_truth: bool) -> HeldBack:
+def _in_context(
+    name: str, image: np.ndarray, instances: np.ndarray, group: list[Box], context: int, instance_truth: bool
+) -> HeldBack:
     """Held-back boxes (overlapping ones) with `context` pixels of image round their bounding box."""
     height, width = instances.shape
     y0, y1 = min(b[0] for b in group), max(b[1] for b in group)
@@ -229,28 +238,38 @@ def _in_context(name: str, image: np.ndarray, instances: np.ndarray, group: list
     cy0, cy1, cx0, cx1 = max(0, y0 - context), min(height, y1 + context), max(0, x0 - context), min(width, x1 + context)
     scored = np.zeros((y1 - y0, x1 - x0), bool)
     for by0, by1, bx0, bx1 in group:
-        scored[by0 - y0:by1 - y0, bx0 - x0:bx1 - x0] = True
-    return HeldBack(name, np.rint(image[cy0:cy1, cx0:cx1]).astype(np.uint8), instances[cy0:cy1, cx0:cx1],
-                    (y0 - cy0, y1 - cy0, x0 - cx0, x1 - cx0), instance_truth, scored)
+        scored[by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0] = True
+    return HeldBack(
+        name,
+        np.rint(image[cy0:cy1, cx0:cx1]).astype(np.uint8),
+        instances[cy0:cy1, cx0:cx1],
+        (y0 - cy0, y1 - cy0, x0 - cx0, x1 - cx0),
+        instance_truth,
+        scored,
+    )
 
 
-def evaluate_held_back(model: CdalModel, parts: list[HeldBack], image_mpp: float,
-                       seed: int = 0) -> Generator[Progress, None, None]:
+def evaluate_held_back(
+    model: CdalModel, parts: list[HeldBack], image_mpp: float, seed: int = 0
+) -> Generator[Progress, None, None]:
     """Segment each held-back part in its context and score the windows together (as one image, so a small
     window weighs by its nuclei); yields Progress('image', i, n), ticks between, then 'done' with the summary
     (`mean` as evaluate_tiles', `nuclei` right and truth)."""
     predicted, truth = [], []
     for index, part in enumerate(parts):
-        result = yield from ticks_of(segment_image(
-            model, part.image, image_mpp=image_mpp, seed=seed, keep_steps=False, with_attention=False),
-            index, len(parts))
+        result = yield from ticks_of(
+            segment_image(model, part.image, image_mpp=image_mpp, seed=seed, keep_steps=False, with_attention=False),
+            index,
+            len(parts),
+        )
         y0, y1, x0, x1 = part.window
         predicted.append(np.where(part.scored, result.labels[y0:y1, x0:x1], 0))
         truth.append(np.where(part.scored, part.instances[y0:y1, x0:x1], 0))
         yield Progress("image", index + 1, len(parts), {"image": part.name})
     pred_canvas, true_canvas = side_by_side(predicted), side_by_side(truth)
-    scores = score_segmentation(pred_canvas, true_canvas > 0,
-                                true_canvas if all(part.instance_truth for part in parts) else None)
+    scores = score_segmentation(
+        pred_canvas, true_canvas > 0, true_canvas if all(part.instance_truth for part in parts) else None
+    )
     right, total = matched_nuclei(pred_canvas, true_canvas)
     yield Progress("done", len(parts), len(parts), {"mean": scores, "nuclei": {"right": right, "truth": total}})
 
@@ -262,7 +281,7 @@ def side_by_side(labels: list[np.ndarray]) -> np.ndarray:
     x, offset = 0, 0
     for part in labels:
         relabelled, count = relabel_sequential(part)
-        canvas[:part.shape[0], x:x + part.shape[1]] = np.where(relabelled > 0, relabelled + offset, 0)
+        canvas[: part.shape[0], x : x + part.shape[1]] = np.where(relabelled > 0, relabelled + offset, 0)
         offset += count
         x += part.shape[1] + 1
     return canvas
@@ -272,8 +291,9 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def prepare_pairs(pairs: list[FinetunePair], config: ModelConfig, image_mpp: float,
-                  settings: TrainConfig) -> PreparedPairs:
+def prepare_pairs(
+    pairs: list[FinetunePair], config: ModelConfig, image_mpp: float, settings: TrainConfig
+) -> PreparedPairs:
     """Check every pair and bring it to the model's µm/px; raises ValueError naming the pair and the fix.
 
     Binary masks become instances by the distance-map watershed (with a note when it split touching
@@ -282,8 +302,10 @@ def prepare_pairs(pairs: list[FinetunePair], config: ModelConfig, image_mpp: flo
     if not pairs:
         raise ValueError("pairs is empty; give at least one (image, corrected labels) pair")
     if config.model_side:
-        raise ValueError(f"fine-tuning works on models that resample by µm/px; this one sees each image whole at "
-                         f"{config.model_side} px: train it again with napari-cdal train on the corrected masks")
+        raise ValueError(
+            f"fine-tuning works on models that resample by µm/px; this one sees each image whole at "
+            f"{config.model_side} px: train it again with napari-cdal train on the corrected masks"
+        )
     if not (isinstance(image_mpp, (int, float)) and math.isfinite(image_mpp) and image_mpp > 0):
         raise ValueError(f"image_mpp must be a number > 0 (µm per pixel of the images), got {image_mpp!r}")
     factor = image_mpp / config.model_mpp
@@ -296,8 +318,10 @@ def prepare_pairs(pairs: list[FinetunePair], config: ModelConfig, image_mpp: flo
     for index, pair in enumerate(pairs):
         who = f"pair {index}" + (f" ({pair.name})" if pair.name else "")
         if isinstance(pair, VolumeCorrection):
-            raise ValueError(f"{who} is a volume, but this model segments 2-D images; fine-tune a model of "
-                             "classes (e.g. cdal_hippocampus) on volumes")
+            raise ValueError(
+                f"{who} is a volume, but this model segments 2-D images; fine-tune a model of "
+                "classes (e.g. cdal_hippocampus) on volumes"
+            )
         name = pair.name or f"pair-{index}"
         image = to_rgb_float(pair.image, 3, name=f"{who}: image")
         shape = image.shape[:2]
@@ -307,25 +331,38 @@ def prepare_pairs(pairs: list[FinetunePair], config: ModelConfig, image_mpp: flo
             if min(box[1] - box[0], box[3] - box[2]) < min_region:
                 raise ValueError(
                     f"{who}: region {box} is {box[1] - box[0]}x{box[3] - box[2]} px, smaller than "
-                    f"{MIN_REGION_UM:g} µm ({min_region} px at {image_mpp:g} µm/px) on a side; draw a larger box")
+                    f"{MIN_REGION_UM:g} µm ({min_region} px at {image_mpp:g} µm/px) on a side; draw a larger box"
+                )
         binary = np.unique(labels[labels > 0]).size <= 1
         if binary:
             instances, split = split_binary_mask(labels, max(1, round(MARKER_SPACING_UM / image_mpp)))
             if split:
-                notes.append(f"{who}: the mask is binary (one value for all nuclei), so {split} blob(s) of "
-                             f"touching nuclei were split by a distance-map watershed into {int(instances.max())} "
-                             "nuclei in all; paint each nucleus its own id to decide the split yourself")
+                notes.append(
+                    f"{who}: the mask is binary (one value for all nuclei), so {split} blob(s) of "
+                    f"touching nuclei were split by a distance-map watershed into {int(instances.max())} "
+                    "nuclei in all; paint each nucleus its own id to decide the split yourself"
+                )
         else:
             instances = measure.label(labels, background=0, connectivity=1).astype(np.uint32)
         found = _nuclei_in(instances, boxes)
         if found == 0:
             raise ValueError(
                 f"{who}: the corrected regions {boxes} hold no nucleus; fine-tuning needs at least one "
-                "painted nucleus in them (a region of background only can join a region with nuclei)")
+                "painted nucleus in them (a region of background only can join a region with nuclei)"
+            )
         train_boxes, held = _hold_back(boxes, settings.holdout_fraction, min_holdout, instances)
         if held and any(_nuclei_in(instances, group) for group in held) and _nuclei_in(instances, train_boxes) > 0:
-            holdout.extend(_in_context(f"{name} held-back" + (f" {k + 1}" if len(held) > 1 else ""), image,
-                                       instances, group, context, not binary) for k, group in enumerate(held))
+            holdout.extend(
+                _in_context(
+                    f"{name} held-back" + (f" {k + 1}" if len(held) > 1 else ""),
+                    image,
+                    instances,
+                    group,
+                    context,
+                    not binary,
+                )
+                for k, group in enumerate(held)
+            )
         else:
             train_boxes = boxes
         nuclei += _nuclei_in(instances, train_boxes)
@@ -337,9 +374,17 @@ def prepare_pairs(pairs: list[FinetunePair], config: ModelConfig, image_mpp: flo
     scaled = []
     for tile, boxes in zip(tiles, regions, strict=True):
         height, width = tile.instances.shape
-        scaled.append([(max(0, math.floor(y0 * factor)), min(height, max(1, math.ceil(y1 * factor))),
-                        max(0, math.floor(x0 * factor)), min(width, max(1, math.ceil(x1 * factor))))
-                       for y0, y1, x0, x1 in boxes])
+        scaled.append(
+            [
+                (
+                    max(0, math.floor(y0 * factor)),
+                    min(height, max(1, math.ceil(y1 * factor))),
+                    max(0, math.floor(x0 * factor)),
+                    min(width, max(1, math.ceil(x1 * factor))),
+                )
+                for y0, y1, x0, x1 in boxes
+            ]
+        )
     multiple = config.size_multiple
     largest = max(max(tile.instances.shape) for tile in tiles)
     patch = min(_round_up(settings.patch_size, multiple), _round_up(largest, multiple))
@@ -359,11 +404,15 @@ def corrected_slices(labels: np.ndarray, reference: np.ndarray | None, axis: int
 def _checked_class_labels(item: VolumeCorrection, shape: tuple[int, ...], classes: int, who: str) -> np.ndarray:
     labels = np.asarray(item.labels)
     if labels.shape != shape:
-        raise ValueError(f"{who}: labels shape {labels.shape} differs from the volume's {shape}; the corrected "
-                         "labels must cover the volume voxel for voxel")
+        raise ValueError(
+            f"{who}: labels shape {labels.shape} differs from the volume's {shape}; the corrected "
+            "labels must cover the volume voxel for voxel"
+        )
     if not np.issubdtype(labels.dtype, np.integer) or (labels.size and (labels.min() < 0 or labels.max() >= classes)):
-        raise ValueError(f"{who}: labels must be class values 0..{classes - 1} (the model's classes), got values "
-                         f"{labels.min()}..{labels.max()} of dtype {labels.dtype}")
+        raise ValueError(
+            f"{who}: labels must be class values 0..{classes - 1} (the model's classes), got values "
+            f"{labels.min()}..{labels.max()} of dtype {labels.dtype}"
+        )
     if item.reference is not None and np.shape(item.reference) != shape:
         raise ValueError(f"{who}: the model's result has shape {np.shape(item.reference)}, not the volume's {shape}")
     return labels.astype(np.uint8)
@@ -383,28 +432,36 @@ def prepare_volumes(corrections: list[VolumeCorrection], config: ModelConfig, se
     for index, item in enumerate(corrections):
         who = f"volume {index}" + (f" ({getattr(item, 'name', '')})" if getattr(item, "name", "") else "")
         if not isinstance(item, VolumeCorrection):
-            raise ValueError(f"{who} is a 2-D image, but this model segments volumes; fine-tune an H&E model on it, "
-                             "or give a VolumeCorrection (volume, corrected class labels)")
+            raise ValueError(
+                f"{who} is a 2-D image, but this model segments volumes; fine-tune an H&E model on it, "
+                "or give a VolumeCorrection (volume, corrected class labels)"
+            )
         name = item.name or f"volume-{index}"
         image = check_volume(item.image, f"{who}: image")
         labels = _checked_class_labels(item, image.shape, classes, who)
         chosen = corrected_slices(labels, item.reference, axis)
-        rule = ("where the labels differ from the model's result" if item.reference is not None
-                else "every slice holding a label, as no model result was given")
+        rule = (
+            "where the labels differ from the model's result"
+            if item.reference is not None
+            else "every slice holding a label, as no model result was given"
+        )
         if not chosen:
-            raise ValueError(f"{who}: no slice along axis {axis} holds a correction ({rule}); paint the "
-                             "corrections into the labels first")
+            raise ValueError(
+                f"{who}: no slice along axis {axis} holds a correction ({rule}); paint the "
+                "corrections into the labels first"
+            )
         held = int(round(len(chosen) * settings.holdout_fraction))
         held = held if 1 <= held < len(chosen) else 0
-        train, back = chosen[:len(chosen) - held], chosen[len(chosen) - held:]
+        train, back = chosen[: len(chosen) - held], chosen[len(chosen) - held :]
         images, label_slices = slice_stack(image, config), labels_to_slices(labels, config)  # once per volume
         tiles.extend(slice_tiles(name, images, label_slices, train))
         if back:
             holdout.extend(slice_tiles(name, images, label_slices, back))
             held_items.append((name, images[back], label_slices[back]))
         kept = f"; {held} held back to pick the best weights" if held else ""
-        notes.append(f"{who}: {len(chosen)} corrected slice(s) along axis {axis} ({rule}): "
-                     f"{', '.join(map(str, chosen))}{kept}")
+        notes.append(
+            f"{who}: {len(chosen)} corrected slice(s) along axis {axis} ({rule}): {', '.join(map(str, chosen))}{kept}"
+        )
         names.append(name)
     multiple = config.size_multiple
     largest = max(max(tile.instances.shape) for tile in tiles)

@@ -79,14 +79,21 @@ def error_disc_config(config: ModelConfig) -> ModelConfig:
     return dataclasses.replace(config, **ERROR_DISC_CHANGES)
 
 
-def sample_pool(model: CdalModel, tiles: list[Tile], settings: ErrorDiscSettings
-                ) -> Generator[Progress, None, PairPool]:
+def sample_pool(
+    model: CdalModel, tiles: list[Tile], settings: ErrorDiscSettings
+) -> Generator[Progress, None, PairPool]:
     """Segment augmented training patches with the frozen G as sampling does; yields ('pool', i, n) per batch."""
     config = model.config
     rng = np.random.default_rng(settings.seed)
     torch_rng = torch.Generator().manual_seed(settings.seed)
-    sampler = PatchSampler(tiles, settings.patch_size, lambda inst: encode_targets(inst, config), rng,
-                           augment=True, hed_strength=settings.hed_strength)
+    sampler = PatchSampler(
+        tiles,
+        settings.patch_size,
+        lambda inst: encode_targets(inst, config),
+        rng,
+        augment=True,
+        hed_strength=settings.hed_strength,
+    )
     images, truths, steps = [], [], []
     device = next(model.generator.parameters()).device
     for batch in range(settings.pool_batches):
@@ -95,8 +102,9 @@ def sample_pool(model: CdalModel, tiles: list[Tile], settings: ErrorDiscSettings
         for i in np.flatnonzero(degraded):
             pixels[i] = degrade_cf(pixels[i], rng)
         pairs = []
-        for event in reverse_process(model, normalise(pixels, config).to(device), rng=torch_rng,
-                                     with_attention=False, keep_pairs=True):
+        for event in reverse_process(
+            model, normalise(pixels, config).to(device), rng=torch_rng, with_attention=False, keep_pairs=True
+        ):
             if event.stage == "step":
                 pairs.append(event.payload.pair)
             yield Progress(TICK, batch, settings.pool_batches)
@@ -104,8 +112,10 @@ def sample_pool(model: CdalModel, tiles: list[Tile], settings: ErrorDiscSettings
         truths.append(torch.from_numpy(targets).to(torch.int8))
         steps.append([(p.k, p.s, *(grouped(v, len(pixels)) for v in (p.x_s, p.x_k, p.estimate))) for p in pairs])
         yield Progress("pool", batch + 1, settings.pool_batches)
-    joined = [(*per_step[0][:2], *(torch.cat([step[j] for step in per_step]) for j in (2, 3, 4)))
-              for per_step in zip(*steps, strict=True)]
+    joined = [
+        (*per_step[0][:2], *(torch.cat([step[j] for step in per_step]) for j in (2, 3, 4)))
+        for per_step in zip(*steps, strict=True)
+    ]
     return PairPool(torch.cat(images), torch.cat(truths), joined)
 
 
@@ -131,8 +141,14 @@ def loss_weights(target: torch.Tensor, truth: torch.Tensor, settings: ErrorDiscS
     return weight
 
 
-def _draw_batch(pool: PairPool, config: ModelConfig, settings: ErrorDiscSettings, schedule: VPSchedule,
-                rng: np.random.Generator, torch_rng: torch.Generator) -> tuple[torch.Tensor, ...]:
+def _draw_batch(
+    pool: PairPool,
+    config: ModelConfig,
+    settings: ErrorDiscSettings,
+    schedule: VPSchedule,
+    rng: np.random.Generator,
+    torch_rng: torch.Generator,
+) -> tuple[torch.Tensor, ...]:
     """A batch of crops: the image, the truth, the fake pair's x_s and x_k, its estimate, the real x_s, t."""
     n, samples = pool.steps[0][2].shape[:2]
     crop, size = settings.crop_size, pool.images.shape[-1]
@@ -144,20 +160,30 @@ def _draw_batch(pool: PairPool, config: ModelConfig, settings: ErrorDiscSettings
         k, s, x_s, x_k, estimate = pool.steps[step]
 
         def view(values: torch.Tensor, turns: int = turns, flip: bool = flip, y: int = y, x: int = x) -> torch.Tensor:
-            values = torch.rot90(values[..., y:y + crop, x:x + crop].float(), turns, (-2, -1))
+            values = torch.rot90(values[..., y : y + crop, x : x + crop].float(), turns, (-2, -1))
             return values.flip(-1) if flip else values
 
         truth, fake_next = view(pool.truths[patch]), view(x_k[patch, sample])
         # the truth as this step would have drawn it from the same x_k: q(x_s | x_k, x_0), itself at s = 0
         real = schedule.jump_sample(truth[None], fake_next[None], k, s, torch_rng, config.sampling_noise)[0]
-        rows.append((view(pool.images[patch]), truth, view(x_s[patch, sample]), fake_next,
-                     view(estimate[patch, sample]), real, torch.tensor(k - 1)))
+        rows.append(
+            (
+                view(pool.images[patch]),
+                truth,
+                view(x_s[patch, sample]),
+                fake_next,
+                view(estimate[patch, sample]),
+                real,
+                torch.tensor(k - 1),
+            )
+        )
     image, *rest = (torch.stack(column) for column in zip(*rows, strict=True))
     return (normalise(image, config), *rest)
 
 
-def train_error_discriminator(model: CdalModel, tiles: list[Tile], settings: ErrorDiscSettings | None = None
-                              ) -> Generator[Progress, None, None]:
+def train_error_discriminator(
+    model: CdalModel, tiles: list[Tile], settings: ErrorDiscSettings | None = None
+) -> Generator[Progress, None, None]:
     """Train a pixel D for `model`'s frozen generator on `tiles` (on the model's grid).
 
     Yields ('pool', i, n) while G segments the pool, ('train', i, n, losses) per iteration, ticks in
@@ -182,7 +208,8 @@ def train_error_discriminator(model: CdalModel, tiles: list[Tile], settings: Err
         for group in optimiser.param_groups:
             group["lr"] = settings.lr * 0.5 * (1.0 + math.cos(math.pi * iteration / settings.iterations))
         image, truth, fake, x_next, estimate, real, t = (
-            v.to(device) for v in _draw_batch(pool, config, settings, schedule, rng, torch_rng))
+            v.to(device) for v in _draw_batch(pool, config, settings, schedule, rng, torch_rng)
+        )
         target = pixel_targets(estimate, truth)
         weight = loss_weights(target, truth, settings)
         box = cutmix_boxes(len(t), truth.shape[-2:], torch_rng).to(device)
@@ -190,17 +217,25 @@ def train_error_discriminator(model: CdalModel, tiles: list[Tile], settings: Err
         loss_fake = F.binary_cross_entropy_with_logits(disc.score_map(fake, x_next, t, image), target, weight=weight)
         logits_real = disc.score_map(real, x_next, t, image)
         loss_real = F.binary_cross_entropy_with_logits(logits_real, torch.ones_like(logits_real))
-        loss_mix = F.binary_cross_entropy_with_logits(disc.score_map(mixed, x_next, t, image),
-                                                      box + (1.0 - box) * target, weight=weight)
+        loss_mix = F.binary_cross_entropy_with_logits(
+            disc.score_map(mixed, x_next, t, image), box + (1.0 - box) * target, weight=weight
+        )
         loss = loss_fake + 0.5 * (loss_real + loss_mix)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-        yield Progress("train", iteration + 1, settings.iterations,
-                       {"fake": loss_fake.item(), "real": loss_real.item(), "cutmix": loss_mix.item()})
+        yield Progress(
+            "train",
+            iteration + 1,
+            settings.iterations,
+            {"fake": loss_fake.item(), "real": loss_real.item(), "cutmix": loss_mix.item()},
+        )
     disc.eval()
     trained = CdalModel(config, model.generator, disc, dict(model.record), model.source, model.replay)
     trained.record["error_discriminator"] = {
-        **dataclasses.asdict(settings), "patches": int(pool.images.shape[0]), "tiles": [tile.name for tile in tiles],
-        "wall_seconds": round(time.perf_counter() - started, 1)}
+        **dataclasses.asdict(settings),
+        "patches": int(pool.images.shape[0]),
+        "tiles": [tile.name for tile in tiles],
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
     yield Progress("done", settings.iterations, settings.iterations, trained)

@@ -25,8 +25,16 @@ from napari_cdal.engine.training.replay import replay_tiles, with_replay
 from napari_cdal.engine.training.run import make_patch_source, scored, validation_hook
 from napari_cdal.engine.training.state import TrainState
 
-SOURCE_LOSS_SETTINGS = ("adam_betas", "mse_weight", "adversarial_weight", "dice_weight", "bce_weight",
-                        "r1_gamma", "r1_interval", "flips")
+SOURCE_LOSS_SETTINGS = (
+    "adam_betas",
+    "mse_weight",
+    "adversarial_weight",
+    "dice_weight",
+    "bce_weight",
+    "r1_gamma",
+    "r1_interval",
+    "flips",
+)
 """Settings taken over from the source model's training, so fine-tuning optimises the same losses (and
 flips images only when the source did: a hippocampus model tells anterior from posterior by orientation)."""
 
@@ -72,14 +80,18 @@ class FinetuneResult:
         The AJI and the nuclei right are there because the acceptance rule weighs them (acceptance.judge),
         and the verdict follows: better beyond the noise, or not."""
         if self.before is None or self.after is None:
-            return ("nothing was held back to check it (the corrected regions are too small or too few): "
-                    "compare its masks with the old model's before relying on it")
+            return (
+                "nothing was held back to check it (the corrected regions are too small or too few): "
+                "compare its masks with the old model's before relying on it"
+            )
         words = f"{self.before['dice']:.2f} → {self.after['dice']:.2f} Dice"
         if self.before.get("aji") is not None and self.after.get("aji") is not None:
             words += f", {self.before['aji']:.2f} → {self.after['aji']:.2f} AJI (touching nuclei told apart)"
         if "nuclei_truth" in self.before:
-            words += (f", {self.before['nuclei_right']} → {self.after['nuclei_right']} of "
-                      f"{self.before['nuclei_truth']} nuclei right")
+            words += (
+                f", {self.before['nuclei_right']} → {self.after['nuclei_right']} of "
+                f"{self.before['nuclei_truth']} nuclei right"
+            )
         verdict = f": {self.verdict.words()}" if self.verdict is not None else ""
         return f"on the part you corrected and we held back: {words}{verdict}"
 
@@ -94,8 +106,13 @@ def finetune_train_config(source: CdalModel, settings: TrainConfig, patch_size: 
     losses = {key: base[key] for key in SOURCE_LOSS_SETTINGS if key in base}
     losses = {key: tuple(value) if isinstance(value, list) else value for key, value in losses.items()}
     return dataclasses.replace(
-        settings, **losses, patch_size=patch_size, lr_min=min(settings.lr_min, settings.lr_g, settings.lr_d),
-        warmup_steps=min(settings.warmup_steps, settings.iterations), checkpoint_every=settings.iterations + 1)
+        settings,
+        **losses,
+        patch_size=patch_size,
+        lr_min=min(settings.lr_min, settings.lr_g, settings.lr_d),
+        warmup_steps=min(settings.warmup_steps, settings.iterations),
+        checkpoint_every=settings.iterations + 1,
+    )
 
 
 def source_summary(model: CdalModel) -> dict[str, Any]:
@@ -109,9 +126,13 @@ def _patience_spent(validation: list[dict[str, Any]], best_step: int, patience: 
     return patience > 0 and sum(1 for row in validation if row["step"] > best_step) >= patience
 
 
-def finetune(model: CdalModel, pairs: list[FinetunePair] | list[VolumeCorrection], config: TrainConfig | None = None,
-             device: torch.device | str = "cpu",
-             image_mpp: float = DEFAULT_IMAGE_MPP) -> Generator[Progress, None, None]:
+def finetune(
+    model: CdalModel,
+    pairs: list[FinetunePair] | list[VolumeCorrection],
+    config: TrainConfig | None = None,
+    device: torch.device | str = "cpu",
+    image_mpp: float = DEFAULT_IMAGE_MPP,
+) -> Generator[Progress, None, None]:
     """Fine-tune a copy of `model` on corrected pairs; yields events, the last one 'done' with a FinetuneResult.
 
     A model of classes takes VolumeCorrections (their corrected slices, prepare_volumes; `image_mpp`
@@ -128,12 +149,16 @@ def finetune(model: CdalModel, pairs: list[FinetunePair] | list[VolumeCorrection
     device = torch.device(device)
     started = time.perf_counter()
     volumes = model.config.is_multiclass
-    prepared = (prepare_volumes(pairs, model.config, settings) if volumes
-                else prepare_pairs(pairs, model.config, image_mpp, settings))
+    prepared = (
+        prepare_volumes(pairs, model.config, settings)
+        if volumes
+        else prepare_pairs(pairs, model.config, image_mpp, settings)
+    )
     for index, note in enumerate(prepared.notes):
         yield Progress("note", index + 1, len(prepared.notes), note)
-    working = CdalModel(model.config, copy.deepcopy(model.generator), copy.deepcopy(model.discriminator),
-                        {}, model.source, model.replay).to(device)
+    working = CdalModel(
+        model.config, copy.deepcopy(model.generator), copy.deepcopy(model.discriminator), {}, model.source, model.replay
+    ).to(device)
     train_config = finetune_train_config(model, settings, prepared.patch_size)
     state = TrainState.create(working, train_config)
     sample_batch = make_patch_source(prepared.tiles, state, model.config, prepared.regions)
@@ -160,7 +185,8 @@ def finetune(model: CdalModel, pairs: list[FinetunePair] | list[VolumeCorrection
                 break
             yield event
             if event.stage == "validate_done" and _patience_spent(
-                    state.record["validation"], best["step"], settings.patience):
+                state.record["validation"], best["step"], settings.patience
+            ):
                 stopped_early = state.step < train_config.iterations
                 break
     finally:
@@ -178,8 +204,11 @@ def finetune(model: CdalModel, pairs: list[FinetunePair] | list[VolumeCorrection
         "finetune": {
             "images": prepared.names,
             "pairs": len(prepared.names),
-            **({"slices": len(prepared.tiles) + len(prepared.holdout), "slice_axis": model.config.slice_axis}
-               if volumes else {"nuclei": prepared.nuclei, "image_mpp": image_mpp}),
+            **(
+                {"slices": len(prepared.tiles) + len(prepared.holdout), "slice_axis": model.config.slice_axis}
+                if volumes
+                else {"nuclei": prepared.nuclei, "image_mpp": image_mpp}
+            ),
             "patch_size": prepared.patch_size,
             "replayed_per_batch": replayed,
             "settings": settings.to_dict(),
@@ -196,11 +225,15 @@ def finetune(model: CdalModel, pairs: list[FinetunePair] | list[VolumeCorrection
     if start_check is not None:
         noise = noise_of(state.record["validation"][0], start_check)
         before = {"step": 0, **start_check}
-        after = before if best_step == 0 else {"step": best_step,
-                                               **(yield from scored(prepared.evaluation, final, CHECK_SEED))}
+        after = (
+            before
+            if best_step == 0
+            else {"step": best_step, **(yield from scored(prepared.evaluation, final, CHECK_SEED))}
+        )
         verdict = judge(before, after, noise)
-        record["finetune"].update(check_seed=CHECK_SEED, noise=noise, gains=verdict.gains, margins=verdict.margins,
-                                  improved=verdict.improved)
+        record["finetune"].update(
+            check_seed=CHECK_SEED, noise=noise, gains=verdict.gains, margins=verdict.margins, improved=verdict.improved
+        )
     record["finetune"].update(before=before, after=after)
     final = CdalModel(final.config, final.generator, final.discriminator, record, "", model.replay).eval()
     result = FinetuneResult(final, record, stopped_early, best_step, best_step == 0, before, after, verdict)
@@ -223,11 +256,15 @@ def check_new_model_path(path: str | Path) -> Path:
     """`path` if a fine-tuned model may be written there: a new file, outside the bundled weights."""
     path = Path(path)
     if is_bundled(path):
-        raise FinetuneSaveError(f"path {path} is the bundled model, which is never replaced; save the "
-                                "fine-tuned model under a new name, e.g. cdal_finetuned.safetensors")
+        raise FinetuneSaveError(
+            f"path {path} is the bundled model, which is never replaced; save the "
+            "fine-tuned model under a new name, e.g. cdal_finetuned.safetensors"
+        )
     if path.exists():
-        raise FinetuneSaveError(f"path {path} already exists and a fine-tuned model never replaces a file; "
-                                f"choose a new name, e.g. {suggest_new_name(path)}")
+        raise FinetuneSaveError(
+            f"path {path} already exists and a fine-tuned model never replaces a file; "
+            f"choose a new name, e.g. {suggest_new_name(path)}"
+        )
     return path
 
 
@@ -237,11 +274,14 @@ def save_finetuned(model: CdalModel, path: str | Path) -> Path:
     try:
         save_model(path, model, replace=False)
     except FileExistsError as exc:
-        raise FinetuneSaveError(f"path {path} appeared while saving and is kept; choose a new name, e.g. "
-                                f"{suggest_new_name(path)}") from exc
+        raise FinetuneSaveError(
+            f"path {path} appeared while saving and is kept; choose a new name, e.g. {suggest_new_name(path)}"
+        ) from exc
     except OutputError as exc:
         reason = exc.reason
-        raise FinetuneSaveError(f"could not write the fine-tuned model to {path} ({reason}); nothing was "
-                                "written and the source model is unchanged: free some disk space or "
-                                "choose another folder") from exc
+        raise FinetuneSaveError(
+            f"could not write the fine-tuned model to {path} ({reason}); nothing was "
+            "written and the source model is unchanged: free some disk space or "
+            "choose another folder"
+        ) from exc
     return path

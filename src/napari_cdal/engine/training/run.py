@@ -49,12 +49,21 @@ def prepare_tiles(tiles: list[Tile], data_mpp: float, config: ModelConfig) -> li
     return prepared
 
 
-def make_patch_source(tiles: list[Tile], state: TrainState, config: ModelConfig,
-                      regions: list | None = None) -> Callable[[int], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def make_patch_source(
+    tiles: list[Tile], state: TrainState, config: ModelConfig, regions: list | None = None
+) -> Callable[[int], tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Augmented patch batches drawn with the state's own RNG, so a resumed run repeats exactly."""
     cfg = state.train_config
-    sampler = PatchSampler(tiles, cfg.patch_size, lambda inst: encode_targets(inst, config), state.np_rng,
-                           augment=cfg.augment, regions=regions, jitter=jitter_kind(config), flips=cfg.flips)
+    sampler = PatchSampler(
+        tiles,
+        cfg.patch_size,
+        lambda inst: encode_targets(inst, config),
+        state.np_rng,
+        augment=cfg.augment,
+        regions=regions,
+        jitter=jitter_kind(config),
+        flips=cfg.flips,
+    )
     return sampler.sample
 
 
@@ -72,15 +81,19 @@ Evaluation = Callable[..., Generator[Progress, None, None]]
 holding `mean` (and `nuclei`: right and truth, where counted)."""
 
 
-def make_validation(tiles: list[Tile], data_mpp: float, out: str | Path | None = None,
-                    on_best: Callable[[TrainState], None] | None = None
-                    ) -> Callable[[TrainState], Generator[Progress, None, None]]:
+def make_validation(
+    tiles: list[Tile],
+    data_mpp: float,
+    out: str | Path | None = None,
+    on_best: Callable[[TrainState], None] | None = None,
+) -> Callable[[TrainState], Generator[Progress, None, None]]:
     """A validation hook: score the EMA model on full-resolution tiles, keep the best.
 
     The best is written to `out` (train) and/or handed to `on_best` (fine-tune keeps it in memory).
     """
-    return validation_hook(lambda model, seed=0: evaluate_tiles(model, tiles, image_mpp=data_mpp, seed=seed), out,
-                           on_best)
+    return validation_hook(
+        lambda model, seed=0: evaluate_tiles(model, tiles, image_mpp=data_mpp, seed=seed), out, on_best
+    )
 
 
 def scored(evaluate: Evaluation, model: CdalModel, seed: int = 0) -> Generator[Progress, None, dict[str, Any]]:
@@ -99,9 +112,9 @@ def scored(evaluate: Evaluation, model: CdalModel, seed: int = 0) -> Generator[P
     return metrics
 
 
-def validation_hook(evaluate: Evaluation, out: str | Path | None = None,
-                    on_best: Callable[[TrainState], None] | None = None
-                    ) -> Callable[[TrainState], Generator[Progress, None, None]]:
+def validation_hook(
+    evaluate: Evaluation, out: str | Path | None = None, on_best: Callable[[TrainState], None] | None = None
+) -> Callable[[TrainState], Generator[Progress, None, None]]:
     """A validation hook around any evaluation: score the EMA model, record it, keep the best."""
 
     def on_validate(state: TrainState) -> Generator[Progress, None, None]:
@@ -128,8 +141,12 @@ class RunData:
     data_mpp: float
 
 
-def run_data(data_dir: str | Path, split: dict[str, list[str]], record: dict[str, Any] | None = None,
-             data_mpp: float | None = None) -> RunData:
+def run_data(
+    data_dir: str | Path,
+    split: dict[str, list[str]],
+    record: dict[str, Any] | None = None,
+    data_mpp: float | None = None,
+) -> RunData:
     """The split's tiles, else (resuming) the ones the run recorded, else every tile; the same for µm/px.
 
     A resumed run goes on with its recorded data unless told otherwise, so that it repeats exactly.
@@ -144,20 +161,34 @@ def run_data(data_dir: str | Path, split: dict[str, list[str]], record: dict[str
     return RunData(list(train), list(validation), mpp)
 
 
-def new_state(model: CdalModel, config: TrainConfig, data_dir: str | Path, data: RunData, device: torch.device,
-              init_from: str | Path | None = None) -> TrainState:
+def new_state(
+    model: CdalModel,
+    config: TrainConfig,
+    data_dir: str | Path,
+    data: RunData,
+    device: torch.device,
+    init_from: str | Path | None = None,
+) -> TrainState:
     """A fresh run's state, its record saying what it trains on and where its weights came from."""
     state = TrainState.create(model, config)
-    state.record.update({"data": Path(data_dir).name, "train_tiles": data.train_names,
-                         "validation_tiles": data.validation_names, "data_mpp": data.data_mpp,
-                         "device": str(device), "best": None})
+    state.record.update(
+        {
+            "data": Path(data_dir).name,
+            "train_tiles": data.train_names,
+            "validation_tiles": data.validation_names,
+            "data_mpp": data.data_mpp,
+            "device": str(device),
+            "best": None,
+        }
+    )
     if init_from is not None:
         state.record["initialised_from"] = {"model": str(init_from), "steps": model.record.get("steps")}
     return state
 
 
-def train_run(state: TrainState, data_dir: str | Path, data: RunData, out: str | Path,
-              device: torch.device) -> Generator[Progress, None, None]:
+def train_run(
+    state: TrainState, data_dir: str | Path, data: RunData, out: str | Path, device: torch.device
+) -> Generator[Progress, None, None]:
     """Train to the state's iterations, saving the state every checkpoint and the best model at `out`.
 
     With validation tiles the model at `out` is the best by validation_score; without, the latest.
@@ -170,30 +201,43 @@ def train_run(state: TrainState, data_dir: str | Path, data: RunData, out: str |
     if not config.is_multiclass and not is_volume_folder(data_dir):
         check_image_channels(data_dir, data.train_names + data.validation_names, config.image_channels)
         channels = config.image_channels
-        tiles = (load_folder(data_dir, data.train_names, channels),
-                 load_folder(data_dir, data.validation_names, channels) if data.validation_names else [])
+        tiles = (
+            load_folder(data_dir, data.train_names, channels),
+            load_folder(data_dir, data.validation_names, channels) if data.validation_names else [],
+        )
         check_tiles_have_nuclei(data_dir, tiles[0] + tiles[1])
     return _train(state, data_dir, data, Path(out), device, tiles)
 
 
-def _train(state: TrainState, data_dir: str | Path, data: RunData, out: Path, device: torch.device,
-           tiles: tuple[list[Tile], list[Tile]] | None) -> Generator[Progress, None, None]:
+def _train(
+    state: TrainState,
+    data_dir: str | Path,
+    data: RunData,
+    out: Path,
+    device: torch.device,
+    tiles: tuple[list[Tile], list[Tile]] | None,
+) -> Generator[Progress, None, None]:
     """The run's generator; `tiles` are a tile folder's training and validation tiles, read and checked already."""
     config = state.model.config
     if config.is_multiclass:
         if not is_volume_folder(data_dir):
-            raise ValueError(f"a model of classes trains on volumes: {Path(data_dir) / 'images'} holds no "
-                             ".nii.gz; for H&E tiles use a nucleus preset (e.g. --config medium)")
+            raise ValueError(
+                f"a model of classes trains on volumes: {Path(data_dir) / 'images'} holds no "
+                ".nii.gz; for H&E tiles use a nucleus preset (e.g. --config medium)"
+            )
         classes = config.label_channels
         volumes = [load_volume(data_dir, name, classes) for name in data.train_names]
         train_tiles = training_slices(volumes, config)
         held = [load_volume(data_dir, name, classes) for name in data.validation_names]
-        on_validate = (validation_hook(lambda model, seed=0: evaluate_volumes(model, held, seed=seed), out)
-                       if held else None)
+        on_validate = (
+            validation_hook(lambda model, seed=0: evaluate_volumes(model, held, seed=seed), out) if held else None
+        )
     else:
         if is_volume_folder(data_dir):
-            raise ValueError(f"{Path(data_dir) / 'images'} holds volumes; train them with a model of classes "
-                             "(e.g. --config hippocampus)")
+            raise ValueError(
+                f"{Path(data_dir) / 'images'} holds volumes; train them with a model of classes "
+                "(e.g. --config hippocampus)"
+            )
         train_tiles = prepare_tiles(tiles[0], data.data_mpp, config)
         held = tiles[1]
         on_validate = make_validation(held, data.data_mpp, out) if held else None

@@ -64,8 +64,17 @@ class TrainState:
         optim_d = torch.optim.Adam(model.discriminator.parameters(), lr=cfg.lr_d, betas=cfg.adam_betas)
         torch_rng = torch.Generator().manual_seed(cfg.seed)
         record = {"history": [], "validation": [], "wall_seconds": 0.0}
-        return cls(model, EMA(model.generator, cfg.ema_decay), optim_g, optim_d, cfg,
-                   np.random.default_rng(cfg.seed), torch_rng, 0, record)
+        return cls(
+            model,
+            EMA(model.generator, cfg.ema_decay),
+            optim_g,
+            optim_d,
+            cfg,
+            np.random.default_rng(cfg.seed),
+            torch_rng,
+            0,
+            record,
+        )
 
     def exported_model(self) -> CdalModel:
         """The model to ship: EMA generator weights, current discriminator, the training record."""
@@ -73,8 +82,13 @@ class TrainState:
         record.update(self.record)
         record["steps"] = self.step
         record["train_config"] = self.train_config.to_dict()
-        return CdalModel(self.model.config, copy.deepcopy(self.ema.module).eval(),
-                         copy.deepcopy(self.model.discriminator).eval(), record, replay=self.model.replay)
+        return CdalModel(
+            self.model.config,
+            copy.deepcopy(self.ema.module).eval(),
+            copy.deepcopy(self.model.discriminator).eval(),
+            record,
+            replay=self.model.replay,
+        )
 
     def save(self, path: str | Path) -> None:
         """Write the whole training state (for --resume) as one checkpoint."""
@@ -128,8 +142,9 @@ def _optimizer_groups(opt: torch.optim.Optimizer) -> list[dict[str, Any]]:
     return [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in groups]
 
 
-def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], prefix: str,
-                    groups: list[dict[str, Any]]) -> None:
+def _load_optimizer(
+    opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], prefix: str, groups: list[dict[str, Any]]
+) -> None:
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in split_prefix(tensors, prefix).items():
         index, name = key.split(".", 1)

@@ -55,14 +55,21 @@ def cutmix_boxes(batch: int, size: tuple[int, int], rng: torch.Generator) -> tor
     for i, (fh, fw, fy, fx, flip) in enumerate(draws.tolist()):
         h, w = max(1, round((0.25 + 0.5 * fh) * height)), max(1, round((0.25 + 0.5 * fw) * width))
         y, x = round(fy * (height - h)), round(fx * (width - w))
-        box[i, :, y:y + h, x:x + w] = 1.0
+        box[i, :, y : y + h, x : x + w] = 1.0
         if flip < 0.5:
             box[i] = 1.0 - box[i]
     return box
 
 
-def own_chain_input(G: GeneratorNetwork, schedule: VPSchedule, x_next: torch.Tensor, t: torch.Tensor,
-                    features: torch.Tensor, rate: float, rng: torch.Generator) -> torch.Tensor:
+def own_chain_input(
+    G: GeneratorNetwork,
+    schedule: VPSchedule,
+    x_next: torch.Tensor,
+    t: torch.Tensor,
+    features: torch.Tensor,
+    rate: float,
+    rng: torch.Generator,
+) -> torch.Tensor:
     """G's input x_{t+1}, made for a share `rate` of the batch the way sampling makes it.
 
     At inference every step after the first starts from G's own first estimate, not from the true
@@ -88,8 +95,15 @@ def own_chain_input(G: GeneratorNetwork, schedule: VPSchedule, x_next: torch.Ten
     return made
 
 
-def self_condition_input(G: GeneratorNetwork, x_next: torch.Tensor, t: torch.Tensor, features: torch.Tensor,
-                         z: torch.Tensor, rate: float, rng: torch.Generator) -> torch.Tensor | None:
+def self_condition_input(
+    G: GeneratorNetwork,
+    x_next: torch.Tensor,
+    t: torch.Tensor,
+    features: torch.Tensor,
+    z: torch.Tensor,
+    rate: float,
+    rng: torch.Generator,
+) -> torch.Tensor | None:
     """The previous-estimate input of a self-conditioned G (Chen et al. 2023, "Analog Bits").
 
     For a share `rate` of the batch it is G's own x̂_0 from a first pass without gradient, for
@@ -106,22 +120,33 @@ def self_condition_input(G: GeneratorNetwork, x_next: torch.Tensor, t: torch.Ten
     return previous
 
 
-def _pixel_d_loss(D: PixelDiscriminator, real: torch.Tensor, fake: torch.Tensor, x_next: torch.Tensor,
-                  t: torch.Tensor, image: torch.Tensor | None, estimate: torch.Tensor, x0: torch.Tensor,
-                  weights: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _pixel_d_loss(
+    D: PixelDiscriminator,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    x_next: torch.Tensor,
+    t: torch.Tensor,
+    image: torch.Tensor | None,
+    estimate: torch.Tensor,
+    x0: torch.Tensor,
+    weights: torch.Tensor,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The pixel D's loss (GCT's flaw detector): real pairs real everywhere, a fake pair fake where G's estimate
     is wrong; only where the labels are truth (weights > 0). Returns it with D's mean scores of the pairs."""
     with autocast(device):
         logits_real = D.score_map(real, x_next, t, image).float()
         logits_fake = D.score_map(fake, x_next, t, image).float()
     known = weights.expand_as(logits_real)
-    loss = (F.binary_cross_entropy_with_logits(logits_real, torch.ones_like(logits_real), weight=known)
-            + F.binary_cross_entropy_with_logits(logits_fake, pixel_targets(estimate, x0), weight=known))
+    loss = F.binary_cross_entropy_with_logits(
+        logits_real, torch.ones_like(logits_real), weight=known
+    ) + F.binary_cross_entropy_with_logits(logits_fake, pixel_targets(estimate, x0), weight=known)
     return loss, logits_real.mean(dim=(1, 2, 3)), logits_fake.mean(dim=(1, 2, 3))
 
 
-def train_step(state: TrainState, images: torch.Tensor, x0: torch.Tensor, weights: torch.Tensor,
-               device: torch.device) -> dict[str, float]:
+def train_step(
+    state: TrainState, images: torch.Tensor, x0: torch.Tensor, weights: torch.Tensor, device: torch.device
+) -> dict[str, float]:
     """One cDAL step: attention-modulated G update, then D update with lazy R1 (cDAL.md §4); returns the losses.
 
     A run stopped inside it by its cancel token (events.stop_on_cancel) may leave G updated and D
@@ -182,8 +207,9 @@ def train_step(state: TrainState, images: torch.Tensor, x0: torch.Tensor, weight
     lazy_r1 = cfg.r1_gamma > 0 and state.step % cfg.r1_interval == 0
     real.requires_grad_(lazy_r1)
     if per_pixel:
-        loss_d, d_real, d_fake = _pixel_d_loss(D, real, fake, x_next_att, t, disc_image, x0_pred.detach(), x0,
-                                               weights, device)
+        loss_d, d_real, d_fake = _pixel_d_loss(
+            D, real, fake, x_next_att, t, disc_image, x0_pred.detach(), x0, weights, device
+        )
     else:
         with autocast(device):
             d_real = D(real, x_next_att, t, disc_image).float()
