@@ -30,6 +30,7 @@ from napari_cdal.engine.io.checkpoint import read_metadata
 from napari_cdal.engine.method.model import load_model
 from napari_cdal.engine.method.runtime import with_runtime
 from napari_cdal.engine.segment.evaluate import evaluate_tiles
+from napari_cdal.models import state_path
 
 ALL = "all organs"
 SAMPLING = {"sampling_steps": 2, "samples": 2}
@@ -58,7 +59,7 @@ def train_arm(name: str, split: dict[str, list[str]], args: argparse.Namespace) 
     model = folder / f"{slug}.safetensors"
     if finished(model, args.iterations):
         return model
-    state = Path(f"{model}.state.safetensors")
+    state = state_path(model)
     command = [
         shutil.which("napari-cdal") or str(Path(sys.executable).with_name("napari-cdal")),
         "train",
