@@ -81,8 +81,8 @@ def train_arm(name: str, split: dict[str, list[str]], args: argparse.Namespace) 
         "--seed",
         "0",
     ]
-    if state.exists():
-        command.append("--resume")
+    if state.exists():  # the run goes on as it was started: its model config and split are in the state
+        command = [*command[:5], "--resume", "--threads", str(args.threads)]
     print(f"training {name}: {' '.join(command[1:])}", flush=True)
     subprocess.run(command, check=True)
     return model
