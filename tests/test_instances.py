@@ -8,6 +8,7 @@ from scipy import ndimage as ndi
 
 from napari_cdal.engine.labels import relabel_sequential_uint
 from napari_cdal.engine.segment.instances import (
+    border_distance,
     core_targets,
     instances_from_probability,
 )
@@ -263,3 +264,27 @@ def test_small_nuclei_stay_only_where_the_model_is_sure() -> None:
     assert (out[5:7, 5:7] == 1).all() and (out[10:16, 10:16] == 2).all()
     assert out.dtype == labels.dtype
     assert drop_unsure_small(labels, foreground, small_area=0, floor=0.7) is labels
+
+
+def test_border_distance_hand_computed_squares() -> None:
+    # 7x7 square: interior distances 1, 2, 3 from its rim inwards, 0 on the rim; largest 3.
+    labels = np.zeros((10, 10), dtype=np.uint16)
+    labels[1:8, 1:8] = 3
+    labels[9, 9] = 5  # a single pixel has no interior: 1 throughout
+    distance = border_distance(labels)
+    assert distance.dtype == np.float32
+    assert distance[4, 4] == 1.0 and distance[1, 4] == 0.0 and distance[0, 0] == 0.0
+    assert np.isclose(distance[2, 4], 1 / 3) and np.isclose(distance[3, 4], 2 / 3)
+    assert distance[9, 9] == 1.0
+    assert np.array_equal(core_targets(labels), (labels > 0) & (distance >= 0.5))
+
+
+def test_touching_discs_split_along_a_distance_map_where_the_cores_merge() -> None:
+    truth = _touching_discs()
+    merged_cores = ndi.binary_dilation(core_targets(truth), iterations=4) & (truth > 0)
+    assert ndi.label(merged_cores, structure=_EIGHT)[1] == 1
+    joined = instances_from_probability((truth > 0).astype(float), merged_cores.astype(float), 0.5, 1)
+    assert joined.max() == 1
+    distance = border_distance(truth)
+    split = instances_from_probability((truth > 0).astype(float), distance, 0.5, 1, core_threshold=0.5, centre=distance)
+    _assert_matches(split, truth, 0.9)

@@ -7,6 +7,7 @@ import copy
 import math
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY
@@ -16,8 +17,9 @@ from napari_cdal.engine.events import run_to_end
 from napari_cdal.engine.method.model import CdalModel, with_new_config
 from napari_cdal.engine.method.sampler import reverse_process, uncertainty_maps
 from napari_cdal.engine.method.schedule import VPSchedule
+from napari_cdal.engine.segment.instances import border_distance
 from napari_cdal.engine.training.state import TrainState
-from napari_cdal.engine.training.step import train_step
+from napari_cdal.engine.training.step import encode_targets, train_step
 
 CPU = torch.device("cpu")
 
@@ -348,3 +350,35 @@ def test_nucleus_features() -> None:
     assert features["centroid_x"].tolist() == [0.5, 5.5, 7.0]
     assert features["mean_uncertainty"].tolist() == pytest.approx([0.5, 0.1, 0.9])
     assert np.isnan(features["mean_attention"]).all()
+
+
+@pytest.mark.parametrize("disc_kind", ["trunk", "pixel"])
+def test_a_distance_channel_added_leaves_the_old_channels_as_they_were(disc_kind: str) -> None:
+    display = {"trunk": "channel_mean", "pixel": "error_probability"}[disc_kind]
+    config = replace(TINY, disc_kind=disc_kind, disc_image=True, attention_display=display)
+    source = CdalModel.initialise(config, 5).eval()
+    adapted = with_new_config(source, replace(source.config, label_encoding="foreground_core_distance"), seed=9).eval()
+    assert adapted.config.label_channels == 3
+    g = torch.Generator().manual_seed(0)
+    x, x_next, image = (torch.randn(2, c, 32, 32, generator=g) for c in (2, 2, 3))
+    x3, next3 = (torch.cat([v, torch.randn(2, 1, 32, 32, generator=g)], dim=1) for v in (x, x_next))
+    z, t = torch.randn(2, TINY.latent_dim, generator=g), torch.tensor([0, 1])
+    with torch.no_grad():
+        before = source.generator(x_next, t, source.generator.encode_image(image), z)
+        after = adapted.generator(next3, t, adapted.generator.encode_image(image), z)
+        assert torch.allclose(after[:, :2], before, atol=1e-6)
+        assert torch.allclose(after[:, 2], before[:, 1], atol=1e-6)  # the distance starts as the core
+        assert torch.allclose(
+            adapted.discriminator(x3, next3, t, image), source.discriminator(x, x_next, t, image), atol=1e-6
+        )
+
+
+def test_distance_targets_follow_foreground_and_core() -> None:
+    labels = torch.zeros(12, 12, dtype=torch.int32).numpy()
+    labels[1:8, 1:8] = 2
+    labels[8:11, 2:11] = 7
+    three = encode_targets(labels, replace(TINY, label_encoding="foreground_core_distance"))
+    two = encode_targets(labels, TINY)
+    assert three.shape == (3, 12, 12) and np.array_equal(three[:2], two)
+    assert np.allclose(three[2], 2 * border_distance(labels) - 1)
+    assert three[2].min() == -1.0 and three[2].max() == 1.0

@@ -36,10 +36,12 @@ and every sample as one ensemble."""
 LABEL_ENCODINGS = {
     "foreground": ("foreground",),
     "foreground_core": ("foreground", "core"),
+    "foreground_core_distance": ("foreground", "core", "distance"),
     "classes": (),
 }
-"""What the generator's label channels mean: a nucleus mask (and its cores, the watershed's
-markers), or one-hot classes (`class_names`, background first) whose argmax is the label."""
+"""What the generator's label channels mean: a nucleus mask (and its cores, the watershed's markers, and
+each pixel's distance to its nucleus's border over the largest, where to split), or one-hot classes
+(`class_names`, background first) whose argmax is the label."""
 
 
 MAX_LEVELS = 8

@@ -135,15 +135,52 @@ def make_discriminator(config: ModelConfig) -> Discriminator | PixelDiscriminato
     return PixelDiscriminator(config) if config.disc_kind == "pixel" else Discriminator(config)
 
 
+def _grown_inputs(before: torch.Tensor, after: torch.Tensor, old_labels: int, new_labels: int) -> torch.Tensor | None:
+    """A convolution's weights with more input channels: old channels kept in place, new ones at zero.
+
+    Where the label channels grew (old_labels -> new_labels), each block of label channels at the
+    front (x_t, x_{t+1}, a previous estimate) gains its new channels at its end, and the inputs
+    after the blocks (the image) move back; otherwise the new inputs are appended. None when the
+    shapes do not fit either way.
+    """
+    if before.ndim != 4 or before.shape[0] != after.shape[0] or before.shape[2:] != after.shape[2:]:
+        return None
+    old_in, new_in = before.shape[1], after.shape[1]
+    if old_in >= new_in:
+        return None
+    grown = torch.zeros_like(after)
+    gained = new_labels - old_labels
+    blocks = (new_in - old_in) // gained if gained > 0 and (new_in - old_in) % gained == 0 else 0
+    if blocks == 0 or blocks * old_labels > old_in:
+        grown[:, :old_in] = before
+        return grown
+    for block in range(blocks):
+        grown[:, block * new_labels : block * new_labels + old_labels] = before[
+            :, block * old_labels : (block + 1) * old_labels
+        ]
+    grown[:, blocks * new_labels :] = before[:, blocks * old_labels :]
+    return grown
+
+
+def _grown_outputs(before: torch.Tensor, after: torch.Tensor, gained: int) -> torch.Tensor | None:
+    """An output layer with `gained` more label channels: old ones kept, each new one a copy of the last old one."""
+    if gained <= 0 or before.shape[0] + gained != after.shape[0] or before.shape[1:] != after.shape[1:]:
+        return None
+    return torch.cat([before, before[-1:].expand(gained, *before.shape[1:])]).clone()
+
+
 def with_new_config(source: CdalModel, config: ModelConfig, seed: int = 0) -> CdalModel:
     """A model of `config` that starts from `source`'s weights wherever they still fit.
 
     Tensors of the same shape are copied. A convolution that gained input channels (a
-    self-conditioning or image input added) keeps its old weights for the old channels and starts
-    the new ones at zero, so the new model first computes exactly what the old one did. Anything
-    else keeps its fresh, seeded initialisation.
+    self-conditioning or image input added, or label channels) keeps its old weights for the old
+    channels and starts the new ones at zero, so the old outputs are first computed exactly as
+    before. G's output gaining label channels (a distance channel beside foreground and core)
+    starts each new one as a copy of the last old one. Anything else keeps its fresh, seeded
+    initialisation.
     """
     target = CdalModel.initialise(config, seed)
+    old_labels, new_labels = source.config.label_channels, config.label_channels
     for name in ("generator", "discriminator"):
         old = getattr(source, name).state_dict()
         new = getattr(target, name).state_dict()
@@ -153,15 +190,11 @@ def with_new_config(source: CdalModel, config: ModelConfig, seed: int = 0) -> Cd
                 continue
             if before.shape == value.shape:
                 new[key] = before.clone()
-            elif (
-                before.ndim == 4
-                and value.ndim == 4
-                and before.shape[0] == value.shape[0]
-                and before.shape[2:] == value.shape[2:]
-                and before.shape[1] < value.shape[1]
-            ):
-                grown = torch.zeros_like(value)
-                grown[:, : before.shape[1]] = before
+                continue
+            grown = _grown_inputs(before, value, old_labels, new_labels)
+            if grown is None and name == "generator":
+                grown = _grown_outputs(before, value, new_labels - old_labels)
+            if grown is not None:
                 new[key] = grown
         getattr(target, name).load_state_dict(new)
     target.record = {"adapted_from": {"model": source.source, "steps": source.record.get("steps")}}

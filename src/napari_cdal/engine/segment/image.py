@@ -25,6 +25,9 @@ MARKER_SPACING_UM = 2.0
 MAX_HOLE_AREA_UM2 = 4.0
 MIN_CORE_AREA_UM2 = 0.0
 CORE_THRESHOLD = 0.5
+CENTRE_THRESHOLD = 0.5
+"""With a distance-to-border channel (label encoding "foreground_core_distance"): the relative distance a
+marker's pixels need, on [0, 1]."""
 SMALL_NUCLEUS_UM2 = 10.0
 """A nucleus smaller than this (µm²) is kept only if the model is sure of it (SMALL_NUCLEUS_FLOOR). On the validation
 tiles fewer than half of the predicted nuclei under 10 µm² match a true one (7 % under 5 µm², 35 % at 5-10), and
@@ -130,9 +133,13 @@ def probability_to_labels(
     """Instance ids from (C, H, W) probability maps, with size limits given in µm and scaled to pixels."""
     area_px = 1.0 / (image_mpp * image_mpp)
     core = probability[1] if probability.shape[0] > 1 else None
+    centre = probability[2] if probability.shape[0] > 2 else None
+    if centre is not None:  # a model of distances to the border: its peaks are the markers, its slopes the flood's
+        core, core_threshold = centre, CENTRE_THRESHOLD
     labels = instances_from_probability(
         probability[0],
         core,
+        centre=centre,
         threshold=threshold,
         min_area=max(1, round(min_nucleus_um2 * area_px)),
         min_distance=max(1, round(MARKER_SPACING_UM / image_mpp)),

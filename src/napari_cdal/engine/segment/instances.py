@@ -16,6 +16,7 @@ from napari_cdal.engine.labels import check_2d, check_labels, relabel_sequential
 
 __all__ = [
     "CORE_FRACTION",
+    "border_distance",
     "core_targets",
     "drop_unsure_small",
     "instances_from_probability",
@@ -42,6 +43,32 @@ def _check_probability(array: object, name: str) -> np.ndarray:
     return arr
 
 
+def _border_distances(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel of a label image: its distance to its nucleus's border, and that nucleus's largest such distance."""
+    compact, n = relabel_sequential(labels)
+    if n == 0:
+        return np.zeros(labels.shape), np.zeros(labels.shape)
+    interior = (compact > 0) & ~find_boundaries(compact, connectivity=1, mode="inner")
+    distance = ndi.distance_transform_edt(interior)
+    largest = np.zeros(n + 1, dtype=np.float64)
+    largest[1:] = ndi.maximum(distance, labels=compact, index=np.arange(1, n + 1))
+    return distance, largest[compact]
+
+
+def border_distance(instance_labels: np.ndarray) -> np.ndarray:
+    """Per pixel, its distance to its nucleus's border over that nucleus's largest one: 0 outside, [0, 1] inside.
+
+    The third training target channel (label encoding "foreground_core_distance"): it peaks once per
+    nucleus and falls to 0 at every border, also where two nuclei touch, so it marks where to split.
+    Border pixels are at 0; nuclei too thin to have an interior (1-2 px) are 1 throughout.
+    """
+    labels = check_2d(instance_labels, "instance_labels")
+    check_labels(labels, "instance_labels")
+    distance, largest = _border_distances(labels)
+    relative = np.divide(distance, largest, out=np.ones_like(distance), where=largest > 0)
+    return np.where(labels > 0, relative, 0.0).astype(np.float32)
+
+
 def core_targets(instance_labels: np.ndarray) -> np.ndarray:
     """Bool core mask of an instance label image: the second training target channel.
 
@@ -50,15 +77,8 @@ def core_targets(instance_labels: np.ndarray) -> np.ndarray:
     """
     labels = check_2d(instance_labels, "instance_labels")
     check_labels(labels, "instance_labels")
-    compact, n = relabel_sequential(labels)
-    if n == 0:
-        return np.zeros(labels.shape, dtype=bool)
-    inside = compact > 0
-    interior = inside & ~find_boundaries(compact, connectivity=1, mode="inner")
-    distance = ndi.distance_transform_edt(interior)
-    largest = np.zeros(n + 1, dtype=np.float64)
-    largest[1:] = ndi.maximum(distance, labels=compact, index=np.arange(1, n + 1))
-    return inside & (distance >= CORE_FRACTION * largest[compact])
+    distance, largest = _border_distances(labels)
+    return (labels > 0) & (distance >= CORE_FRACTION * largest)
 
 
 def _fill_small_holes(mask: np.ndarray, max_hole_area: int) -> np.ndarray:
@@ -113,13 +133,16 @@ def instances_from_probability(
     max_hole_area: int = 16,
     min_core_area: int = 0,
     core_threshold: float | None = None,
+    centre: np.ndarray | None = None,
 ) -> np.ndarray:
     """Turn nucleus (and optional core) probability maps into a uint32 label image, ids 1..N.
 
     Markers are core components above ``core_threshold`` (default: ``threshold``) of at least
     ``min_core_area`` px (or distance-map maxima at least ``min_distance`` px apart); a watershed
     splits touching nuclei. Mask components under ``min_area`` px are dropped as noise, smaller
-    watershed fragments are merged into a neighbour, so no other mask pixel is lost.
+    watershed fragments are merged into a neighbour, so no other mask pixel is lost. The flood
+    climbs down ``centre`` (a predicted distance to the border, on [0, 1]) where given, else the
+    smoothed distance to the thresholded mask's border.
     """
     fg = _check_probability(foreground, "foreground")
     if core is not None:
@@ -129,6 +152,8 @@ def instances_from_probability(
                 f"core must have the shape of foreground {fg.shape}, got {core_map.shape}; "
                 "pass the two channels predicted for the same tile"
             )
+    if centre is not None and _check_probability(centre, "centre").shape != fg.shape:
+        raise ValueError(f"centre must have the shape of foreground {fg.shape}, got {np.shape(centre)}")
     if not 0.0 < float(threshold) < 1.0:
         raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold}; use e.g. 0.5")
     if int(min_area) != min_area or min_area < 0:
@@ -154,7 +179,9 @@ def instances_from_probability(
     if not mask.any():
         return np.zeros(fg.shape, dtype=np.uint32)
 
-    smooth = ndi.gaussian_filter(ndi.distance_transform_edt(mask), sigma=_SMOOTH_SIGMA)
+    smooth = ndi.gaussian_filter(
+        ndi.distance_transform_edt(mask) if centre is None else np.asarray(centre, np.float64), sigma=_SMOOTH_SIGMA
+    )
     if core is not None:
         markers, n_markers = ndi.label((core_map > core_threshold) & mask, structure=_SQUARE)
         if min_core_area > 1 and n_markers:

@@ -11,12 +11,12 @@ from napari_cdal.engine.device import autocast
 from napari_cdal.engine.method.networks import Generator as GeneratorNetwork
 from napari_cdal.engine.method.pixel_disc import PixelDiscriminator, pixel_targets
 from napari_cdal.engine.method.schedule import VPSchedule, randn_like
-from napari_cdal.engine.segment.instances import core_targets
+from napari_cdal.engine.segment.instances import border_distance, core_targets
 from napari_cdal.engine.training.state import TrainState, learning_rate
 
 
 def encode_targets(instances: np.ndarray, config: ModelConfig) -> np.ndarray:
-    """Instance ids -> (C, H, W) float32 label maps in {-1, +1}: foreground, then nucleus cores.
+    """Instance ids -> (C, H, W) float32 label maps on [-1, +1]: foreground, nucleus cores, then distance to the border.
 
     For a model of classes the ids are class values and the maps their one-hot (cDAL.md §5).
     """
@@ -24,9 +24,12 @@ def encode_targets(instances: np.ndarray, config: ModelConfig) -> np.ndarray:
         classes = np.arange(config.label_channels).reshape(-1, 1, 1)
         return np.where(instances[None] == classes, 1.0, -1.0).astype(np.float32)
     maps = [instances > 0]
-    if config.label_encoding == "foreground_core":
+    if config.label_encoding in ("foreground_core", "foreground_core_distance"):
         maps.append(core_targets(instances))
-    return np.where(np.stack(maps), 1.0, -1.0).astype(np.float32)
+    encoded = np.where(np.stack(maps), 1.0, -1.0).astype(np.float32)
+    if config.label_encoding == "foreground_core_distance":
+        encoded = np.concatenate([encoded, 2.0 * border_distance(instances)[None] - 1.0])
+    return encoded
 
 
 def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
