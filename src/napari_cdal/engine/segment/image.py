@@ -133,8 +133,8 @@ def probability_to_labels(
     """Instance ids from (C, H, W) probability maps, with size limits given in µm and scaled to pixels."""
     area_px = 1.0 / (image_mpp * image_mpp)
     core = probability[1] if probability.shape[0] > 1 else None
-    centre = probability[2] if probability.shape[0] > 2 else None
-    if centre is not None:  # a model of distances to the border: its peaks are the markers, its slopes the flood's
+    centre = probability[2] if probability.shape[0] > 2 else core
+    if probability.shape[0] > 2:  # a model of distances to the border: its peaks are the markers
         core, core_threshold = centre, CENTRE_THRESHOLD
     labels = instances_from_probability(
         probability[0],

@@ -141,8 +141,9 @@ def instances_from_probability(
     ``min_core_area`` px (or distance-map maxima at least ``min_distance`` px apart); a watershed
     splits touching nuclei. Mask components under ``min_area`` px are dropped as noise, smaller
     watershed fragments are merged into a neighbour, so no other mask pixel is lost. The flood
-    climbs down ``centre`` (a predicted distance to the border, on [0, 1]) where given, else the
-    smoothed distance to the thresholded mask's border.
+    climbs down ``centre`` (a map on [0, 1] that peaks inside nuclei: the core probability or a
+    predicted distance to the border) where given, with the smoothed distance to the thresholded
+    mask's border breaking its ties; else down that distance alone.
     """
     fg = _check_probability(foreground, "foreground")
     if core is not None:
@@ -179,9 +180,7 @@ def instances_from_probability(
     if not mask.any():
         return np.zeros(fg.shape, dtype=np.uint32)
 
-    smooth = ndi.gaussian_filter(
-        ndi.distance_transform_edt(mask) if centre is None else np.asarray(centre, np.float64), sigma=_SMOOTH_SIGMA
-    )
+    smooth = ndi.gaussian_filter(ndi.distance_transform_edt(mask), sigma=_SMOOTH_SIGMA)
     if core is not None:
         markers, n_markers = ndi.label((core_map > core_threshold) & mask, structure=_SQUARE)
         if min_core_area > 1 and n_markers:
@@ -189,6 +188,8 @@ def instances_from_probability(
     else:
         markers = _distance_markers(smooth, mask, int(min_distance))
     landscape = -smooth
+    if centre is not None:  # the centre map decides; the distance to the mask's border only breaks its ties
+        landscape = landscape - ndi.gaussian_filter(np.asarray(centre, np.float64), _SMOOTH_SIGMA) * (smooth.max() + 1)
     regions = _flood(landscape, markers, mask)
 
     area = np.bincount(regions.ravel())
