@@ -6,7 +6,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -24,10 +23,10 @@ from napari_cdal.engine.events import TICK
 from napari_cdal.engine.method.model import CdalModel
 from napari_cdal.models import CACHE_DIR_ENV
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-# one definition of the blob tiles and the tiny model's training, shared with the script that
-# stores the model; the tests import TINY, blob_tile and train_tiny from here
-from build_tiny_model import STORED, TINY, blob_tile, load_tiny, train_tiny  # noqa: F401
+# one definition of the blob tiles and the tiny model's training, shared with the script that stores
+# the model (tools/ is a package, the repository root is on pytest's pythonpath: pyproject.toml);
+# the tests import TINY, blob_tile and train_tiny from here
+from tools.build_tiny_model import STORED, TINY, blob_tile, load_tiny, train_tiny  # noqa: F401
 
 # napari keeps its settings (reader preferences among them) in a per-user file: the tests' own, never the user's
 TEST_SETTINGS = Path(tempfile.mkdtemp(prefix="napari-cdal-test-settings-")) / "settings.yaml"

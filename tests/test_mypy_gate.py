@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from tools import mypy_gate
 from tools.mypy_gate import STRICT_FLAGS, compare, lowered_baseline, module_files, parse_errors, strict_modules
 
