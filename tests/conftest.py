@@ -81,7 +81,10 @@ def pytest_configure(config) -> None:
 
 @dataclass(frozen=True)
 class StoredRun:
-    """What the tests read of the stored tiny model's training run: its step count and record."""
+    """What the tests read of the stored tiny model's training run: its step count and record.
+
+    `step` counts the 'train' events the build saw (one per step, each with its losses: the record's
+    step_losses), not the record's own "steps", so a test can hold one against the other."""
 
     step: int
     record: dict[str, Any]
@@ -91,7 +94,7 @@ class StoredRun:
 def trained_tiny() -> tuple[CdalModel, StoredRun]:
     """The tiny model tools/build_tiny_model.py trained, loaded from tests/data, and its run."""
     model = load_tiny()
-    return model, StoredRun(model.record["steps"], model.record)
+    return model, StoredRun(len(model.record["step_losses"]), model.record)
 
 
 @pytest.fixture(scope="session")
