@@ -1,7 +1,8 @@
 # Two entry points for a fresh machine: `make demo` (set up, segment the bundled sample tile with
 # the bundled model, then open it in napari with the Segment widget docked when there is a display)
 # and `make test` (set up, `make lint`, run the whole test suite under a virtual X server).
-# `make lint`: ruff's lint rules, ruff's formatting (checked, never rewritten) and mypy held to its baseline.
+# `make lint`: ruff's lint rules, ruff's formatting (checked, never rewritten), mypy held to its baseline and the
+# napari plugin checks (the manifest validates; no Qt binding depended on or imported). pre-commit runs the same.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -38,6 +39,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python tools/mypy_gate.py
+	$(BIN)/python tools/napari_plugin_checks.py
 
 test: lint
 	$(BIN)/python -m pytest
