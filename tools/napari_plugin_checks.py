@@ -51,14 +51,15 @@ def dependency_problems(pyproject: dict[str, Any]) -> list[str]:
 
 def binding_imports(root: Path = ROOT / "src") -> list[str]:
     """Imports of a Qt binding anywhere in the package's modules."""
-    found = []
+    found: list[str] = []
     for path in sorted(root.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = []
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
                 names = [node.module]
+            else:
+                continue
             for name in names:
                 if name.split(".")[0] in BINDINGS:
                     where = path.relative_to(root.parent) if root.parent in path.parents else path
