@@ -1,11 +1,13 @@
 # Two entry points for a fresh machine: `make demo` (set up, segment the bundled sample tile with
 # the bundled model, then open it in napari with the Segment widget docked when there is a display)
-# and `make test` (set up, lint with ruff, run the whole test suite under a virtual X server).
+# and `make test` (set up, `make lint`, run the whole test suite under a virtual X server).
+# `make lint`: ruff's lint rules, ruff's formatting (checked, never rewritten), mypy held to its baseline and the
+# napari plugin checks (the manifest validates; no Qt binding depended on or imported). pre-commit runs the same.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup system-deps demo test
+.PHONY: setup system-deps demo lint test
 
 # napari needs a real GL context (Xvfb) and Qt's xcb libraries in headless tests and screenshots.
 system-deps:
@@ -33,6 +35,11 @@ demo: setup
 	@if [ -n "$$DISPLAY" ]; then $(BIN)/napari-cdal view --sample; \
 	else echo "no display (\$$DISPLAY unset): skipping 'napari-cdal view --sample'"; fi
 
-test: setup
+lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python tools/mypy_gate.py
+	$(BIN)/python tools/napari_plugin_checks.py
+
+test: lint
 	$(BIN)/python -m pytest

@@ -6,7 +6,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -24,10 +23,10 @@ from napari_cdal.engine.events import TICK
 from napari_cdal.engine.method.model import CdalModel
 from napari_cdal.models import CACHE_DIR_ENV
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-# one definition of the blob tiles and the tiny model's training, shared with the script that
-# stores the model; the tests import TINY, blob_tile and train_tiny from here
-from build_tiny_model import STORED, TINY, blob_tile, load_tiny, train_tiny  # noqa: F401
+# one definition of the blob tiles and the tiny model's training, shared with the script that stores
+# the model (tools/ is a package, the repository root is on pytest's pythonpath: pyproject.toml);
+# the tests import TINY, blob_tile and train_tiny from here
+from tools.build_tiny_model import STORED, TINY, blob_tile, load_tiny, train_tiny  # noqa: F401
 
 # napari keeps its settings (reader preferences among them) in a per-user file: the tests' own, never the user's
 TEST_SETTINGS = Path(tempfile.mkdtemp(prefix="napari-cdal-test-settings-")) / "settings.yaml"
@@ -82,7 +81,10 @@ def pytest_configure(config) -> None:
 
 @dataclass(frozen=True)
 class StoredRun:
-    """What the tests read of the stored tiny model's training run: its step count and record."""
+    """What the tests read of the stored tiny model's training run: its step count and record.
+
+    `step` counts the 'train' events the build saw (one per step, each with its losses: the record's
+    step_losses), not the record's own "steps", so a test can hold one against the other."""
 
     step: int
     record: dict[str, Any]
@@ -92,7 +94,7 @@ class StoredRun:
 def trained_tiny() -> tuple[CdalModel, StoredRun]:
     """The tiny model tools/build_tiny_model.py trained, loaded from tests/data, and its run."""
     model = load_tiny()
-    return model, StoredRun(model.record["steps"], model.record)
+    return model, StoredRun(len(model.record["step_losses"]), model.record)
 
 
 @pytest.fixture(scope="session")

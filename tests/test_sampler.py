@@ -280,21 +280,51 @@ def test_the_cancel_token_stops_a_run_between_two_blocks(trained_tiny, monkeypat
     assert run_to_end(reverse_process(model, image, sampling_steps=1, samples=2, rng=make_generator(0))) is not None
 
 
-def test_ticks_and_cancel_checks_change_no_result(trained_tiny) -> None:
-    # consuming every tick or none gives the same bits, and so do the cancel token's checks on every
-    # module while the token is not set
+def _reference_sampling(model, image, steps: int, samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cDAL's reverse process for one image written out plainly, as the sampler's reference: G's forward and the
+    jump between noise levels (schedule.jump_coefficients), nothing else (no ticks, no cancel checks, no D, no
+    runtime), drawing from one seeded generator in the sampler's order: x_T, then each step's z and its jump's
+    noise. The mean probability per channel (C, H, W) and the foreground's spread over the K samples (H, W)."""
+    config, schedule = model.config, model.schedule
+    assert config.sampling_noise == 1.0 and not config.attention_in_sampling, "the reference leaves those out"
+    rng = make_generator(seed)
+    with torch.no_grad():
+        features = model.generator.encode_image(image)
+        x_k = torch.randn(samples, config.label_channels, *image.shape[-2:], generator=rng)
+        x0 = torch.zeros_like(x_k)
+        levels = schedule.sampling_levels(steps)
+        for k, s in zip(levels[:-1], levels[1:], strict=True):
+            t = torch.full((samples,), k - 1, dtype=torch.long)
+            z = torch.randn(samples, config.latent_dim, generator=rng)
+            x0 = model.generator(x_k, t, features, z, x0)
+            if s == 0:
+                x_k = x0
+            else:
+                c1, c2, var = schedule.jump_coefficients(k, s)
+                x_k = c1 * x0 + c2 * x_k + var**0.5 * torch.randn(x0.shape, generator=rng)
+    probability = ((x_k + 1.0) / 2.0).clamp(0.0, 1.0)
+    return probability.mean(dim=0), probability[:, 0].std(dim=0, unbiased=False)
+
+
+@pytest.mark.parametrize("steps", [2, 4])
+def test_sampling_is_the_reverse_process_written_out_with_or_without_cancel_checks(trained_tiny, steps) -> None:
+    # the sampler (ticks after every pass, D's passes for the attention) gives the reference's bits, and so it does
+    # with the cancel token's checks on every module while the token is not set
     import threading
 
     from napari_cdal.engine.events import stop_on_cancel
 
     model, _ = trained_tiny
-    image = _normalised(blob_tile(10, 48), model)
-    every = list(reverse_process(model, image, sampling_steps=4, samples=3, rng=make_generator(5)))
-    done = run_to_end(reverse_process(model, image, sampling_steps=4, samples=3, rng=make_generator(5)))
-    assert torch.equal(every[-1].payload.probability, done.probability)
+    assert model.config.uncertainty_measure == "std" and not model.config.is_multiclass
+    image = _normalised(blob_tile(10, 48), model)  # 48: a multiple of the model's, nothing padded
+    probability, spread = _reference_sampling(model, image, steps, samples=3, seed=5)
+    assert float(spread.max()) > 0.01, "three samples that differ: the comparison sees each one's noise"
+    done = run_to_end(reverse_process(model, image, sampling_steps=steps, samples=3, rng=make_generator(5)))
     with stop_on_cancel(threading.Event(), model.generator, model.discriminator):
-        checked = run_to_end(reverse_process(model, image, sampling_steps=4, samples=3, rng=make_generator(5)))
-    assert torch.equal(checked.probability, done.probability) and torch.equal(checked.uncertainty, done.uncertainty)
+        checked = run_to_end(reverse_process(model, image, sampling_steps=steps, samples=3, rng=make_generator(5)))
+    for result in (done, checked):
+        torch.testing.assert_close(result.probability[0], probability, rtol=0, atol=1e-6)
+        torch.testing.assert_close(result.uncertainty[0], spread, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("view", range(8))

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import tifffile
 from skimage.draw import disk
-from synthetic_slide import GLASS, write_sparse_slide  # tools/, on the path through conftest
 
 from napari_cdal.engine.io.images import ImageError, ImageHeader, check_read_whole, plane_size
 from napari_cdal.engine.slide.source import open_slide
 from napari_cdal.engine.slide.stitch import BLOCK_PX, HALO_UM, plan_blocks
 from napari_cdal.engine.slide.tissue import TissueMask, detect_tissue
+
+from tools.synthetic_slide import GLASS, write_sparse_slide
 
 HEIGHT, WIDTH, MPP, TILE, LEVELS = 80_000, 100_000, 0.25, 512, 8
 ISLANDS = ((21_120, 41_600, 640), (51_840, 72_320, 544))

@@ -11,7 +11,12 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import torch
-from build_tiny_model import (
+
+from napari_cdal.engine.config import TrainConfig
+from napari_cdal.engine.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from napari_cdal.engine.method.model import CdalModel, save_model
+
+from tools.build_tiny_model import (
     REBUILD,
     SCRIPT,
     SEED,
@@ -23,10 +28,6 @@ from build_tiny_model import (
     load_tiny,
     tiny_train_config,
 )
-
-from napari_cdal.engine.config import TrainConfig
-from napari_cdal.engine.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from napari_cdal.engine.method.model import CdalModel, save_model
 
 CHECKED_STEPS = 10
 RTOL = 1e-3

@@ -13,6 +13,8 @@ from napari_cdal.engine.segment.metrics import dice
 from napari_cdal.engine.training.state import EMA, TrainState, learning_rate
 from napari_cdal.engine.training.step import _weighted_mean, encode_targets, soft_dice_loss
 
+from tools.build_tiny_model import STEPS, start_tiny
+
 
 def test_tiny_model_learns_blobs(trained_tiny) -> None:
     model, state = trained_tiny
@@ -23,7 +25,22 @@ def test_tiny_model_learns_blobs(trained_tiny) -> None:
     tile = blob_tile(21)
     result = run_to_end(segment_image(model, tile.image, image_mpp=0.5))
     assert dice(result.labels, tile.foreground) > 0.9
-    assert state.step == 150 and model.record["steps"] == 150
+    # three counts kept apart: the build's 'train' events, the state's step counter, the configured iterations
+    assert state.step == STEPS == TrainConfig.from_dict(model.record["train_config"]).iterations
+    assert model.record["steps"] == STEPS
+    assert [entry["step"] for entry in history] == [1, 50, 100, 150]
+
+
+def test_each_iteration_updates_g_and_d_once_and_is_counted_once() -> None:
+    # the step counter, the 'train' events and the record against the optimisers' own updates
+    state, events = start_tiny(steps=3, seed=4)
+    updates = {"G": 0, "D": 0}
+    for name, optimiser in (("G", state.optim_g), ("D", state.optim_d)):
+        optimiser.register_step_post_hook(lambda *_, name=name: updates.__setitem__(name, updates[name] + 1))
+    train = [(event.index, event.total) for event in events if event.stage == "train"]
+    assert updates == {"G": 3, "D": 3}
+    assert train == [(1, 3), (2, 3), (3, 3)]
+    assert state.step == 3 and state.exported_model().record["steps"] == 3
 
 
 def test_encode_targets_channels() -> None:
