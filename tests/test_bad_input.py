@@ -19,6 +19,7 @@ import torch
 from conftest import TINY, files_in, message_lines, run
 from PIL import Image
 
+from napari_cdal.catalog import list_models
 from napari_cdal.cli import state_path
 from napari_cdal.engine import checks
 from napari_cdal.engine.io import checkpoint
@@ -31,7 +32,6 @@ from napari_cdal.engine.io.checkpoint import (
 from napari_cdal.engine.io.images import integer_bit_depth, to_rgb_float
 from napari_cdal.engine.method.model import bundled_model_path, load_model
 from napari_cdal.engine.segment.stain import keep_stained, stained_nuclei
-from napari_cdal.models import list_models
 
 
 def digest(path: Path) -> str:
@@ -960,7 +960,7 @@ def test_symlink_loops_are_not_called_missing(capsys, no_model_load, tmp_path) -
 def test_model_names_from_the_users_folder_and_a_folder_that_is_a_file(
     capsys, monkeypatch, tiny_model_file, tmp_path
 ) -> None:
-    from napari_cdal.models import MODEL_DIR_ENV
+    from napari_cdal.catalog import MODEL_DIR_ENV
 
     folder = tmp_path / "models"
     folder.mkdir()

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from napari_cdal.catalog import state_path
 from napari_cdal.cli import common
 from napari_cdal.cli.common import CliError
-from napari_cdal.models import state_path
 
 
 def _train_config(args: argparse.Namespace, base: dict[str, Any] | None = None) -> Any:

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from napari_cdal.catalog import (
+    BUNDLED_LABEL,
+    MODEL_SUFFIX,
+    bundled_model_path,
+    list_models,
+    model_dir_problem,
+)
 from napari_cdal.engine.config import ModelConfig
 from napari_cdal.engine.io.checkpoint import (
     CheckpointError,
@@ -21,12 +27,9 @@ from napari_cdal.engine.io.checkpoint import (
 from napari_cdal.engine.method.networks import Discriminator, Generator
 from napari_cdal.engine.method.pixel_disc import PixelDiscriminator
 from napari_cdal.engine.method.schedule import VPSchedule
-from napari_cdal.models import BUNDLED_LABEL, MODEL_SUFFIX, list_models, model_dir_problem
 
 if TYPE_CHECKING:
     from napari_cdal.engine.method.runtime import Runtime
-
-BUNDLED_MODEL_NAME = "cdal_monuseg.safetensors"
 
 REPLAY_PREFIX = "replay"
 """The checkpoint's tensors of a replay set: replay.images and replay.instances."""
@@ -166,11 +169,6 @@ def with_new_config(source: CdalModel, config: ModelConfig, seed: int = 0) -> Cd
         getattr(target, name).load_state_dict(new)
     target.record = {"adapted_from": {"model": source.source, "steps": source.record.get("steps")}}
     return target
-
-
-def bundled_model_path() -> Path:
-    """The default model shipped inside the package (H&E nuclei)."""
-    return Path(str(resources.files("napari_cdal") / "weights" / BUNDLED_MODEL_NAME))
 
 
 def resolve_model_path(spec: str | Path | None) -> Path:

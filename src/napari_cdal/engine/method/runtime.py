@@ -222,7 +222,7 @@ def choose_runtime(
         import openvino  # noqa: F401
     except ImportError:
         return _torch_runtime(model, precision, "OpenVINO is not installed: pip install openvino")
-    from napari_cdal.models import cache_dir
+    from napari_cdal.catalog import cache_dir
 
     try:
         converted_precision = precision if precision != "auto" else "bfloat16" if bf16_native() else "float32"

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_cdal.catalog import state_path
 from napari_cdal.engine.checks import check_patch_size
 from napari_cdal.engine.config import ModelConfig, TrainConfig
 from napari_cdal.engine.data.patches import PatchSampler, jitter_kind
@@ -31,7 +32,6 @@ from napari_cdal.engine.segment.volume import evaluate_volumes
 from napari_cdal.engine.training.loop import training_loop
 from napari_cdal.engine.training.state import TrainState
 from napari_cdal.engine.training.step import encode_targets
-from napari_cdal.models import state_path
 
 
 def prepare_tiles(tiles: list[Tile], data_mpp: float, config: ModelConfig) -> list[Tile]:
