@@ -37,8 +37,9 @@ from napari_cdal.engine.config import DISC_KINDS, UNCERTAINTY_MEASURES
 from napari_cdal.engine.data.tiles import Tile, load_folder
 from napari_cdal.engine.events import run_to_end
 from napari_cdal.engine.io.images import to_rgb_float
-from napari_cdal.engine.method.grid import model_size, normalise, resample
+from napari_cdal.engine.method.intensity import normalise
 from napari_cdal.engine.method.model import CdalModel, bundled_model_path, load_model
+from napari_cdal.engine.method.resampling import model_size, resample
 from napari_cdal.engine.method.sampler import reverse_process
 from napari_cdal.engine.segment import reliability as rel
 from napari_cdal.engine.segment.image import segment_image

@@ -16,8 +16,9 @@ from napari_cdal.engine.config import PRESETS, ModelConfig
 from napari_cdal.engine.data.tiles import check_image_channels, load_folder, load_tile
 from napari_cdal.engine.events import run_to_end
 from napari_cdal.engine.io.images import integer_bit_depth
-from napari_cdal.engine.method.grid import model_grid, normalise
+from napari_cdal.engine.method.intensity import normalise
 from napari_cdal.engine.method.model import CdalModel
+from napari_cdal.engine.method.resampling import model_grid
 from napari_cdal.engine.segment import image as segment_module
 from napari_cdal.engine.segment.evaluate import evaluate_tiles
 from napari_cdal.engine.segment.image import segment_image

@@ -26,7 +26,7 @@ from napari_cdal.engine.data.volumes import (
 from napari_cdal.engine.events import TICK, run_to_end
 from napari_cdal.engine.io.images import ImageError
 from napari_cdal.engine.io.volumes import read_label_volume, read_volume, volume_stem, write_volume
-from napari_cdal.engine.method.grid import stretch_intensity
+from napari_cdal.engine.method.intensity import stretch_intensity
 from napari_cdal.engine.method.model import CdalModel
 from napari_cdal.engine.method.sampler import foreground_of, reverse_process
 from napari_cdal.engine.segment.volume import class_scores, evaluate_volumes, segment_volume, summarise_volumes

@@ -13,8 +13,9 @@ from napari_cdal.engine.defaults import AUGMENT_SAMPLES, DEFAULT_IMAGE_MPP, DEFA
 from napari_cdal.engine.device import make_generator
 from napari_cdal.engine.events import TICK, Progress
 from napari_cdal.engine.io.images import to_rgb_float
-from napari_cdal.engine.method.grid import model_grid, normalise, resample, stretch_intensity
+from napari_cdal.engine.method.intensity import normalise, stretch_intensity
 from napari_cdal.engine.method.model import CdalModel
+from napari_cdal.engine.method.resampling import model_grid, resample
 from napari_cdal.engine.method.sampler import SampleOutput, StepOutput, reverse_process, unit_foreground
 from napari_cdal.engine.segment.instances import drop_unsure_small, instances_from_probability
 from napari_cdal.engine.segment.stain import keep_stained

@@ -13,7 +13,7 @@ import torch
 from napari_cdal.engine.data.volumes import LabelledVolume, slice_stack, slices_to_volume
 from napari_cdal.engine.device import make_generator
 from napari_cdal.engine.events import TICK, Progress, ticks_of
-from napari_cdal.engine.method.grid import normalise
+from napari_cdal.engine.method.intensity import normalise
 from napari_cdal.engine.method.model import CdalModel
 from napari_cdal.engine.method.sampler import SampleOutput, StepOutput, reverse_process, unit_foreground
 

@@ -26,7 +26,7 @@ from napari_cdal.engine.data.augment import degrade_cf
 from napari_cdal.engine.data.patches import PatchSampler
 from napari_cdal.engine.data.tiles import Tile
 from napari_cdal.engine.events import TICK, Progress
-from napari_cdal.engine.method.grid import normalise
+from napari_cdal.engine.method.intensity import normalise
 from napari_cdal.engine.method.model import CdalModel
 from napari_cdal.engine.method.pixel_disc import PixelDiscriminator, pixel_targets
 from napari_cdal.engine.method.sampler import reverse_process

@@ -25,7 +25,7 @@ from napari_cdal.engine.data.tiles import (
 from napari_cdal.engine.data.volumes import is_volume_folder, list_volumes, load_volume, training_slices
 from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP
 from napari_cdal.engine.events import TICK, Progress
-from napari_cdal.engine.method.grid import stretch_intensity
+from napari_cdal.engine.method.intensity import stretch_intensity
 from napari_cdal.engine.method.model import CdalModel, save_model
 from napari_cdal.engine.segment.evaluate import evaluate_tiles
 from napari_cdal.engine.segment.volume import evaluate_volumes
