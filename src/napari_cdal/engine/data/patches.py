@@ -10,7 +10,7 @@ import numpy as np
 from scipy import ndimage
 
 from napari_cdal.engine.config import ModelConfig
-from napari_cdal.engine.data.augment import _check_range, _colour_jitter_cf, _hed_jitter_cf, intensity_jitter_cf
+from napari_cdal.engine.data.augment import check_range, colour_jitter_cf, hed_jitter_cf, intensity_jitter_cf
 from napari_cdal.engine.data.tiles import Tile
 from napari_cdal.engine.segment.tiling import Box
 
@@ -75,7 +75,7 @@ class PatchSampler:
                 f"PatchSampler: rng must be a numpy Generator, got {type(rng).__name__}; "
                 "use np.random.default_rng(seed)"
             )
-        _check_range("PatchSampler: hed_strength", hed_strength, 1.0)
+        check_range("PatchSampler: hed_strength", hed_strength, 1.0)
         if jitter not in ("stain", "intensity"):
             raise ValueError(f"PatchSampler: jitter must be 'stain' or 'intensity', got {jitter!r}")
         self.jitter = jitter
@@ -207,7 +207,7 @@ class PatchSampler:
             elif self.augment:
                 x = images[k].reshape(3, -1)
                 if self.hed_strength > 0:
-                    x = _hed_jitter_cf(x, self.rng, self.hed_strength)
-                x = _colour_jitter_cf(x, self.rng, 0.2, 0.2, 0.2, 0.03)
+                    x = hed_jitter_cf(x, self.rng, self.hed_strength)
+                x = colour_jitter_cf(x, self.rng)
                 images[k] = x.reshape(3, p, p)
         return images, cast(np.ndarray, targets), weights
