@@ -37,6 +37,7 @@ from napari_cdal.engine.config import DISC_KINDS, UNCERTAINTY_MEASURES
 from napari_cdal.engine.data.tiles import Tile, load_folder
 from napari_cdal.engine.events import run_to_end
 from napari_cdal.engine.io.images import to_rgb_float
+from napari_cdal.engine.labels import nucleus_areas, nucleus_means
 from napari_cdal.engine.method.intensity import normalise
 from napari_cdal.engine.method.model import CdalModel, bundled_model_path, load_model
 from napari_cdal.engine.method.resampling import model_size, resample
@@ -186,8 +187,8 @@ def score_setting(model: CdalModel, tiles: list[Tile], steps: int, samples: int,
         nucleus["wrong"].append(rel.wrong_nuclei(labels, tile.instances))
         for key, values in maps.items():
             pixel.setdefault(key, []).append(values[sub].ravel())
-            nucleus.setdefault(key, []).append(rel.nucleus_means(labels, values))
-        nucleus.setdefault("base_small", []).append(-rel.nucleus_areas(labels))
+            nucleus.setdefault(key, []).append(nucleus_means(labels, values))
+        nucleus.setdefault("base_small", []).append(-nucleus_areas(labels))
     errors, wrong = np.concatenate(pixel.pop("errors")), np.concatenate(nucleus.pop("wrong"))
     row: dict[str, Any] = {"T": steps, "K": samples}
     for key in ("dice", "iou", "aji", "pq"):

@@ -25,6 +25,7 @@ from _common import default_data_dir, display_path, machine, split, table, write
 from napari_cdal.engine.data.tiles import Tile, load_folder
 from napari_cdal.engine.events import run_to_end
 from napari_cdal.engine.io.images import to_rgb_float
+from napari_cdal.engine.labels import nucleus_areas, nucleus_means
 from napari_cdal.engine.method.model import CdalModel, load_model
 from napari_cdal.engine.method.runtime import with_runtime
 from napari_cdal.engine.segment import image as seg
@@ -61,11 +62,11 @@ def labels_by_rule(tile: Tile, maps: dict[str, np.ndarray], rule: dict[str, floa
 
 def nucleus_rows(tile: Tile, labels: np.ndarray, maps: dict[str, np.ndarray]) -> list[dict[str, float]]:
     """Per predicted nucleus: area (µm²), best IoU with a true nucleus, mean foreground probability and uncertainty."""
-    area = rel.nucleus_areas(labels) * MPP * MPP
+    area = nucleus_areas(labels) * MPP * MPP
     best = rel.best_match_iou(labels, tile.instances)
-    probability = rel.nucleus_means(labels, maps["probability"][0])
+    probability = nucleus_means(labels, maps["probability"][0])
     uncertainty = (
-        rel.nucleus_means(labels, maps["uncertainty"]) if maps.get("uncertainty") is not None else np.zeros(area.size)
+        nucleus_means(labels, maps["uncertainty"]) if maps.get("uncertainty") is not None else np.zeros(area.size)
     )
     return [
         {"area": float(a), "iou": float(i), "probability": float(p), "uncertainty": float(u)}
