@@ -683,6 +683,54 @@ def test_help(capsys, command, options):
         assert option in text, option
 
 
+def _help_defaults(capsys, monkeypatch, command: str) -> dict[str, str]:
+    """Each option of `command --help` that quotes a default, and what it quotes: the text after its last
+    "(default: " up to the end of its help, without the closing parenthesis (wide columns: one line an option)."""
+    import re
+
+    monkeypatch.setenv("COLUMNS", "1000")
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    found = {}
+    for entry in re.split(r"\n  (?=-)", text.split("options:", 1)[1]):
+        if "(default: " in entry:
+            found[entry.split()[0].rstrip(",")] = entry.rsplit("(default: ", 1)[1].strip().removesuffix(")")
+    return found
+
+
+def test_help_quotes_the_defaults_the_runs_take(capsys, monkeypatch):
+    from napari_cdal.catalog import bundled_model_path
+    from napari_cdal.cli.parser import build_parser
+    from napari_cdal.engine.config import TrainConfig
+    from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP, DEFAULT_THRESHOLD
+    from napari_cdal.engine.training.finetune import finetune_config
+
+    train, finetune = TrainConfig(), finetune_config()
+    quoted = _help_defaults(capsys, monkeypatch, "train")
+    for option, value in {
+        "--iterations": train.iterations,
+        "--batch-size": train.batch_size,
+        "--patch-size": train.patch_size,
+        "--seed": train.seed,
+        "--checkpoint-every": train.checkpoint_every,
+        "--validate-every": train.validate_every,
+    }.items():
+        assert quoted[option] == str(value), option
+    quoted = _help_defaults(capsys, monkeypatch, "finetune")
+    assert quoted["--iterations"] == str(finetune.iterations) and quoted["--seed"] == str(finetune.seed)
+    assert float(quoted["--lr"]) == finetune.lr_g and quoted["--mpp"].startswith(f"{DEFAULT_IMAGE_MPP},")
+    quoted = _help_defaults(capsys, monkeypatch, "segment")
+    assert float(quoted["--threshold"]) == DEFAULT_THRESHOLD and quoted["--mpp"].startswith(f"{DEFAULT_IMAGE_MPP},")
+    assert quoted["--seed"] == str(build_parser().parse_args(["segment", "--out", "o"]).seed)
+    if bundled_model_path().is_file():  # the bundled model's own sampling defaults, read from its file
+        from napari_cdal.engine.method.model import load_model
+
+        config = load_model().config
+        assert quoted["--sampling-steps"].endswith(f"the bundled model: {config.sampling_steps}")
+        assert quoted["--samples"].endswith(f"bundled: {config.default_samples}")
+
+
 def test_top_level_help_lists_commands(capsys):
     with pytest.raises(SystemExit) as info:
         main(["--help"])

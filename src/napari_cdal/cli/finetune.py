@@ -10,6 +10,7 @@ from typing import Any
 
 from napari_cdal.cli import common
 from napari_cdal.cli.common import CliError
+from napari_cdal.engine.config import FINETUNE_CONFIG
 from napari_cdal.engine.defaults import FINETUNE_D_LR_RATIO
 
 
@@ -36,7 +37,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     common.check_runtime(args)
     if args.lr is not None and not (math.isfinite(args.lr) and 0 < args.lr <= 1):
-        raise CliError(f"--lr {args.lr} must be a learning rate in (0, 1]; the default is 0.0001")
+        raise CliError(f"--lr {args.lr} must be a learning rate in (0, 1]; the default is {FINETUNE_CONFIG.lr_g:g}")
     images, masks = [Path(p) for p in args.images], [Path(p) for p in args.masks]
     if len(images) != len(masks):
         raise CliError(f"got {len(images)} images but {len(masks)} --masks; give one mask per image, in the same order")

@@ -73,7 +73,7 @@ def _check_train_out(out: Path, resume: bool) -> None:
 
 
 def _train_discriminator_only(args: argparse.Namespace, out: Path, split: dict[str, list[str]]) -> int:
-    """--discriminator-only: a pixel D for --init-from's frozen generator, written to --out."""
+    """--discriminator-only: a pixel D for --init-from's frozen G, written to --out."""
     import dataclasses
 
     from napari_cdal.engine.data.tiles import check_image_channels, check_tiles_have_nuclei, load_folder
@@ -82,14 +82,16 @@ def _train_discriminator_only(args: argparse.Namespace, out: Path, split: dict[s
     from napari_cdal.engine.training.run import prepare_tiles, run_data
 
     if not args.init_from:
-        raise CliError("--discriminator-only trains a discriminator for a generator: give the model with --init-from")
+        raise CliError(
+            "--discriminator-only trains a discriminator for a generator network: give the model with --init-from"
+        )
     refused = [
         option
         for option in ("--resume", "--config", "--batch-size", "--patch-size", "--checkpoint-every", "--validate-every")
         if option in args.typed_options
     ]
     if refused:
-        raise CliError(f"{refused[0]} does not apply to --discriminator-only (the generator is kept as it is)")
+        raise CliError(f"{refused[0]} does not apply to --discriminator-only (the generator network is kept as it is)")
     device = common.setup_torch(args)
     model = common.load_model(args.init_from, device)
     if model.config.is_multiclass or model.config.image_channels != 3:

@@ -15,12 +15,13 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from napari_cdal.engine.checks import InputError, check_input_file
 from napari_cdal.engine.io.owner import OWNER_PATTERN, owner_gone, owner_mark
+
+if TYPE_CHECKING:
+    import torch
 
 METADATA_KEY = "napari_cdal"
 FORMAT_NAME = "napari-cdal"
@@ -171,7 +172,7 @@ def _header(path: Path) -> dict[str, Any]:
     except InputError as exc:
         raise CheckpointError(str(exc)) from exc
     try:
-        with safe_open(str(path), framework="pt") as handle:
+        with safe_open(str(path), framework="np") as handle:  # the header only: no torch needed
             raw = (handle.metadata() or {}).get(METADATA_KEY)
     except Exception as exc:
         raise CheckpointError(f"{path} is not a readable safetensors checkpoint ({exc})") from exc

@@ -9,8 +9,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from napari_cdal.engine.defaults import AUGMENT_SAMPLES, DEFAULT_IMAGE_MPP, DEFAULT_THRESHOLD
-from napari_cdal.engine.device import make_generator
+from napari_cdal.engine.defaults import (
+    AUGMENT_SAMPLES,
+    CORE_THRESHOLD,
+    DEFAULT_IMAGE_MPP,
+    DEFAULT_THRESHOLD,
+    MARKER_SPACING_UM,
+    MAX_HOLE_AREA_UM2,
+    MIN_CORE_AREA_UM2,
+    MIN_NUCLEUS_AREA_UM2,
+    SMALL_NUCLEUS_FLOOR,
+    SMALL_NUCLEUS_UM2,
+)
+from napari_cdal.engine.device import make_rng
 from napari_cdal.engine.events import TICK, Progress
 from napari_cdal.engine.io.images import to_rgb_float
 from napari_cdal.engine.method.intensity import normalise, stretch_intensity
@@ -20,20 +31,6 @@ from napari_cdal.engine.method.sampler import SampleOutput, StepOutput, reverse_
 from napari_cdal.engine.segment.instances import drop_unsure_small, instances_from_probability
 from napari_cdal.engine.segment.stain import keep_stained
 from napari_cdal.engine.segment.tiling import TILE_PX, TileBlender, tile_boxes
-
-MIN_NUCLEUS_AREA_UM2 = 3.0
-MARKER_SPACING_UM = 2.0
-MAX_HOLE_AREA_UM2 = 4.0
-MIN_CORE_AREA_UM2 = 0.0
-CORE_THRESHOLD = 0.5
-SMALL_NUCLEUS_UM2 = 10.0
-"""A nucleus smaller than this (µm²) is kept only if the model is sure of it (SMALL_NUCLEUS_FLOOR). On the validation
-tiles fewer than half of the predicted nuclei under 10 µm² match a true one (7 % under 5 µm², 35 % at 5-10), and
-more than half from 10 µm² up (56 % at 10-15, 78 % at 15-20): benchmarks/sizes.py."""
-SMALL_NUCLEUS_FLOOR = 0.7
-"""Mean foreground probability a nucleus under SMALL_NUCLEUS_UM2 needs. benchmarks/sizes.py, without the rule and with
-it: PQ 0.590 / 0.593 on the training tiles and 0.568 / 0.573 on validation, AJI 0.616 / 0.615 and 0.600 / 0.599,
-predicted per true nucleus 0.981 / 0.962 on validation. A smallest nucleus of 8 µm² or more costs AJI on both."""
 
 TILE_OVERLAP_PX = 32
 """Least overlap of neighbouring tiles, in model pixels (16 µm), blended over its width. On the validation tiles
@@ -188,7 +185,7 @@ def segment_image(
     samples = config.default_samples if samples is None else samples
     boxes = tile_boxes(mh, mw, tile_size, overlap, config.size_multiple)
     total = len(boxes) * n_steps
-    rng = make_generator(seed)
+    rng = make_rng(seed)
     wanted = (config.uncertainty_measure, *uncertainty_kinds)
     measures_kept = tuple(dict.fromkeys(wanted)) if samples > 1 else ()
     final_kinds = tuple(dict.fromkeys(((config.attention_display,) if with_attention else ()) + tuple(attention_kinds)))

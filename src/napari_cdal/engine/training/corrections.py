@@ -14,12 +14,12 @@ from skimage import measure
 from napari_cdal.engine.config import ModelConfig, TrainConfig
 from napari_cdal.engine.data.tiles import Tile
 from napari_cdal.engine.data.volumes import labels_to_slices, slice_stack, slice_tiles
-from napari_cdal.engine.defaults import MIN_REGION_UM
+from napari_cdal.engine.defaults import MARKER_SPACING_UM, MIN_REGION_UM
 from napari_cdal.engine.events import Progress, ticks_of
 from napari_cdal.engine.io.images import to_rgb_float
 from napari_cdal.engine.labels import check_has_nuclei, check_labels, relabel_sequential
 from napari_cdal.engine.method.model import CdalModel
-from napari_cdal.engine.segment.image import MARKER_SPACING_UM, segment_image
+from napari_cdal.engine.segment.image import segment_image
 from napari_cdal.engine.segment.instances import split_binary_mask
 from napari_cdal.engine.segment.metrics import matched_nuclei, score_segmentation
 from napari_cdal.engine.segment.tiling import Box

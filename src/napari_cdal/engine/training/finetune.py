@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from napari_cdal.engine.config import TrainConfig
-from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP, FINETUNE_SETTINGS
+from napari_cdal.engine.config import FINETUNE_CONFIG, TrainConfig
+from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP
 from napari_cdal.engine.events import Progress
 from napari_cdal.engine.io.checkpoint import OutputError
 from napari_cdal.engine.method.model import CdalModel, is_bundled, save_model
@@ -43,13 +43,13 @@ SOURCE_SUMMARY_KEYS = ("data", "steps", "wall_seconds", "best", "finetuned_from"
 
 
 def finetune_config(**changes: Any) -> TrainConfig:
-    """Fine-tuning's settings: a TrainConfig of FINETUNE_SETTINGS with `changes` (any TrainConfig key).
+    """Fine-tuning's settings: config.FINETUNE_CONFIG with `changes` (any TrainConfig key, former names too).
 
     At run time the loss weights (SOURCE_LOSS_SETTINGS) come from the source model's own training,
     so that fine-tuning optimises what it was trained for; the patch size is capped by the corrected
     regions and the warm-up by the iterations (finetune_train_config).
     """
-    return TrainConfig.from_dict({**FINETUNE_SETTINGS, **changes})
+    return TrainConfig.from_dict({**FINETUNE_CONFIG.to_dict(), **changes})
 
 
 @dataclass
