@@ -151,7 +151,7 @@ def degrade_cf(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """What a scanner or a lab does to a slide, on one (C, H, W) float32 image on 0..255: each of blur,
     noise, gamma and contrast with probability one half.
 
-    The error discriminator learns from the generator's mistakes on such patches, which it did not fit.
+    The error discriminator learns from G's mistakes on such patches, which it did not fit.
     """
     from scipy import ndimage
 

@@ -1,4 +1,4 @@
-"""A loaded cDAL model: config, generator (EMA weights), discriminator, schedule and record."""
+"""A loaded cDAL model: config, G (the generator network, EMA weights), D, schedule and record."""
 
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ class CdalModel:
     def initialise(cls, config: ModelConfig, seed: int = 0) -> CdalModel:
         """A model with fresh random weights that depend on `seed` alone.
 
-        torch's layers draw their initial weights from the global generator and take no other;
+        torch's layers draw their initial weights from the global random generator and take no other;
         fork_rng gives them one seeded here and puts the caller's global state back afterwards.
         """
         with torch.random.fork_rng(devices=[]):

@@ -1,4 +1,4 @@
-"""cDAL's networks: the conditional U-Net generator and the time-conditioned discriminator (cDAL.md §3-4)."""
+"""cDAL's networks: the conditional U-Net generator network G and the time-conditioned discriminator (cDAL.md §3-4)."""
 
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ class PlainResBlock(nn.Module):
 
 
 class ImageEncoder(nn.Module):
-    """Full-resolution image features added to the generator's stem; independent of t and z."""
+    """Full-resolution image features added to G's stem; independent of t and z."""
 
     def __init__(self, image_channels: int, width: int, blocks: int, groups: int) -> None:
         super().__init__()
@@ -262,7 +262,7 @@ class Discriminator(nn.Module):
         self.stddev = MinibatchStddev()
         self.final = nn.Sequential(nn.Conv2d(cur + 1, cur, 3, padding=1), nn.LeakyReLU(0.2))
         self.head = nn.Linear(cur, 1)
-        self.to(memory_format=torch.channels_last)  # as the generator: about 1.5x faster on the CPU
+        self.to(memory_format=torch.channels_last)  # as G: about 1.5x faster on the CPU
 
     def _inputs(self, x_t: torch.Tensor, x_next: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:
         return pair_inputs(x_t, x_next, image, self.config.disc_image)

@@ -1,7 +1,7 @@
-"""Where sampling runs the generator's passes: torch (the reference) or OpenVINO (about 2x faster on a bf16 CPU).
+"""Where sampling runs G's passes (the generator network): torch (the reference) or OpenVINO (2x faster on a bf16 CPU).
 
-The generator is the cost of segmenting (benchmarks/peer_speed.py). OpenVINO runs the same weights,
-converted once per model and kept in the cache folder (models.cache_dir), so only the first run of
+G is the cost of segmenting (benchmarks/peer_speed.py). OpenVINO runs the same weights,
+converted once per model and kept in the cache folder (catalog.cache_dir), so only the first run of
 a model pays the conversion. Anything that fails on the way (OpenVINO not installed, a conversion
 error) falls back to torch, and the runtime says why. Training and fine-tuning always use torch.
 """

@@ -134,7 +134,7 @@ def reverse_process(
 ) -> Generator[Progress, None, None]:
     """Sample label maps for a batch of normalised images (B, C, H, W), yielding each reverse step.
 
-    The image encoder runs once; the K samples of all B images go through the generator as one
+    The image encoder runs once; the K samples of all B images go through G as one
     batch, each with a fresh latent z at every step. With self-conditioning each step also sees
     the previous step's x̂_0; with attention_in_sampling the next level is drawn from A ⊙ x̂_0, as
     in training. Yields Progress('step', i, steps, StepOutput) per step (with the chain's x_k and

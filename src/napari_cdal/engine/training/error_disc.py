@@ -1,12 +1,12 @@
-"""Train the pixel discriminator on the frozen generator's own sampled estimates, so its map finds the mask's errors.
+"""Train the pixel discriminator on frozen G's own sampled estimates, so its map finds the mask's errors.
 
-On its training tiles the generator errs less, and differently, than on tissue it has not seen. So D
+On its training tiles G (the generator network) errs less, and differently, than on tissue it has not seen. So D
 is shown G's estimates on training patches made unlike what G fitted (half of them degraded as a
 scanner or a lab degrades a slide: blur, noise, gamma, contrast, strong stain jitter), sampled
 exactly as segmenting samples them (`reverse_process` with keep_pairs). A fake pair's pixel is fake
 where G's estimate is wrong (`pixel_targets`, GCT's flaw detector); a real pair (the truth, drawn
 as the step would have drawn it) is real everywhere; CutMix pastes real into fake (U-Net GAN).
-The generator is left as it was, so the masks, Dice and AJI do not change.
+G is left as it was, so the masks, Dice and AJI do not change.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class PairPool:
 
 
 def error_disc_config(config: ModelConfig) -> ModelConfig:
-    """The config of a model whose discriminator is the pixel D, its generator unchanged."""
+    """The config of a model whose discriminator is the pixel D, its G unchanged."""
     return dataclasses.replace(config, **ERROR_DISC_CHANGES)
 
 
@@ -184,10 +184,10 @@ def _draw_batch(
 def train_error_discriminator(
     model: CdalModel, tiles: list[Tile], settings: ErrorDiscSettings | None = None
 ) -> Generator[Progress, None, None]:
-    """Train a pixel D for `model`'s frozen generator on `tiles` (on the model's grid).
+    """Train a pixel D for `model`'s frozen G on `tiles` (on the model's grid).
 
     Yields ('pool', i, n) while G segments the pool, ('train', i, n, losses) per iteration, ticks in
-    between, then ('done', n, n, model) with a new CdalModel: the same generator, the pixel D, and
+    between, then ('done', n, n, model) with a new CdalModel: the same G, the pixel D, and
     the config's attention display its error probability.
     """
     settings = settings or ErrorDiscSettings()

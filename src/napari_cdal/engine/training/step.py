@@ -1,4 +1,4 @@
-"""One cDAL training step: targets, losses, and the generator and discriminator updates."""
+"""One cDAL training step: targets, losses, and the updates of G (the generator network) and D."""
 
 from __future__ import annotations
 
