@@ -33,7 +33,7 @@ import torch
 from _common import SPLIT_FILE, default_data_dir, display_path, machine, split, table, write_json
 
 from napari_cdal.cli import main as cli_main
-from napari_cdal.engine.config import DISC_KINDS, UNCERTAINTY_MEASURES
+from napari_cdal.engine.config import DISC_KINDS, UNCERTAINTY_MEASURES, iterations_done
 from napari_cdal.engine.data.tiles import Tile, load_folder
 from napari_cdal.engine.events import run_to_end
 from napari_cdal.engine.io.images import to_rgb_float
@@ -84,7 +84,7 @@ def train_arm(name: str, steps: int, init_from: Path, out_dir: Path, data: str, 
     arm = ARMS[name]
     out = out_dir / f"{name}.safetensors"
     state = out.with_name(f"{name}.state.safetensors")
-    if out.exists() and load_model(out).record.get("steps", 0) >= steps and not state.exists():
+    if out.exists() and (iterations_done(load_model(out).record) or 0) >= steps and not state.exists():
         return out
     if out.exists() and not state.exists():  # a shorter arm of an earlier call: this script's own file
         print(f"{out.name}: trained fewer than {steps} iterations; training it again from the start")

@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
                 "kinds": {k: sum(1 for i in items if i.kind == k) for k in ("nucleus", "merge", "miss")},
                 "corrected_mm2": round(area * MPP * MPP / 1e6, 5),
                 "finetune_seconds": round(ft_seconds, 1),
-                "steps": result.record["steps"],
+                "iterations": result.record["iterations"],
                 "best_step": result.best_step,
                 "improved": result.improved,
                 "held_back": {

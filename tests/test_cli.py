@@ -342,7 +342,7 @@ def test_train_then_resume(capsys, blob_folder, tmp_path):
     assert files_in(model_path.parent) == ["m.safetensors", "m.state.safetensors"]
     model_meta, state_meta = read_metadata(model_path), read_metadata(state)
     assert model_meta["kind"] == "model" and state_meta["kind"] == "training_state"
-    assert model_meta["record"]["steps"] == 4 and state_meta["step"] == 4
+    assert model_meta["record"]["iterations"] == 4 and state_meta["step"] == 4
     assert model_meta["model_config"]["base_width"] == 8  # the tiny preset
     assert model_meta["record"]["data_mpp"] == 0.5
     assert model_meta["record"]["train_tiles"] == ["blob-a", "blob-b"]
@@ -353,7 +353,7 @@ def test_train_then_resume(capsys, blob_folder, tmp_path):
     assert "trained 6 iterations" in stdout
     assert read_metadata(state)["step"] == 6
     record = read_metadata(model_path)["record"]
-    assert record["steps"] == 6
+    assert record["iterations"] == 6
     assert record["data_mpp"] == 0.5  # kept from the first run
     assert record["train_config"]["batch_size"] == 2 and record["train_config"]["iterations"] == 6
 
@@ -372,7 +372,7 @@ def test_resume_is_bit_identical(capsys, blob_folder, tmp_path):
     straight, split = tmp_path / "straight" / "m.safetensors", tmp_path / "split" / "m.safetensors"
     assert run(capsys, "train", blob_folder, "--out", straight, "--steps", "4", *TRAIN_ARGS)[0] == 0
     assert run(capsys, "train", blob_folder, "--out", split, "--steps", "2", *TRAIN_ARGS)[0] == 0
-    assert read_metadata(split)["record"]["steps"] == 2
+    assert read_metadata(split)["record"]["iterations"] == 2
     # resume names neither --mpp nor the patch settings: they come from the saved state
     code, _, err = run(capsys, "train", blob_folder, "--out", split, "--resume", "--steps", "4")
     assert code == 0, err
@@ -408,7 +408,7 @@ def test_train_init_from_a_model(capsys, blob_folder, tiny_model_file, tmp_path)
     assert code == 0, err
     meta = read_metadata(model_path)
     assert meta["record"]["initialised_from"]["model"] == str(tiny_model_file)
-    assert meta["record"]["initialised_from"]["steps"] == 150
+    assert meta["record"]["initialised_from"]["iterations"] == 150
     code, _, err = run(
         capsys,
         "train",
@@ -441,7 +441,7 @@ def test_info(capsys, tiny_model_file, trained_tiny):
     assert f"model: {tiny_model_file}" in stdout
     assert "  base_width: 8" in stdout
     assert f"  diffusion_steps: {TINY.diffusion_steps}" in stdout
-    assert f"  steps: {trained_tiny[1].step}" in stdout  # the training record
+    assert f"  iterations: {trained_tiny[1].step}" in stdout  # the training record, written as "steps" before
     code, stdout, _ = run(capsys, "info", "--model", tiny_model_file, "--json")
     assert code == 0
     meta = json.loads(stdout[stdout.index("\n{") + 1 :])

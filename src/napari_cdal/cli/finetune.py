@@ -95,7 +95,7 @@ def _finetune(args: argparse.Namespace, pairs: list[Any], settings: Any, out: Pa
         bar.close()
     save_finetuned(result.model, out)
     print(
-        f"fine-tuned {result.record['steps']} iterations on {len(pairs)} image(s) in "
+        f"fine-tuned {result.record['iterations']} iterations on {len(pairs)} image(s) in "
         f"{result.record['wall_seconds']:.0f} s; model: {out} (source {model.source} unchanged)"
     )
     advice = {True: "; use it", False: "; keep the source model, or compare their masks before using it", None: ""}[

@@ -46,13 +46,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
     from napari_cdal.catalog import bundled_models
-    from napari_cdal.engine.config import ModelConfig
+    from napari_cdal.engine.config import ModelConfig, current_record
     from napari_cdal.engine.io.checkpoint import read_metadata
     from napari_cdal.engine.method.model import resolve_model_path
 
     path = resolve_model_path(args.model)
     meta = read_metadata(path)
-    record = meta.get("record", {})
+    record = current_record(meta.get("record", {}))  # a record written before reads under today's names
     bundled = path in bundled_models().values()
     print(f"model: {path}{' (bundled)' if bundled else ''}")
     print(f"kind: {meta.get('kind')}, written by napari-cdal {meta.get('package_version')}")
@@ -67,7 +67,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print("training record:")
     for key in (
         "data",
-        "steps",
+        "iterations",
         "wall_seconds",
         "device",
         "train_config",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,9 +27,12 @@ __all__ = [
     "HE_STD",
     "LABEL_ENCODINGS",
     "PRESETS",
+    "RECORD_FORMER_NAMES",
     "TRAIN_DEFAULTS",
     "UNCERTAINTY_MEASURES",
     "ModelConfig",
+    "current_record",
+    "iterations_done",
     "TrainConfig",
 ]
 
@@ -224,6 +228,29 @@ FORMER_NAMES = {
 }
 """Keys of configs written by earlier versions, and what they are called now: "steps" meant three
 things (training iterations, sampling steps, the model's T) and now each has its own name."""
+
+
+RECORD_FORMER_NAMES = {"steps": "iterations"}
+"""Keys of training records written by earlier versions, and what they are called now: a record's "steps"
+counted the iterations done."""
+
+
+def current_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A training record under today's key names, in it and in the records it holds (where a model came from):
+    one written by an earlier version reads like a new one. The record given is not changed."""
+    renamed: dict[str, Any] = {}
+    for key, value in record.items():
+        new = RECORD_FORMER_NAMES.get(key, key)
+        if new != key and new in record:
+            continue  # both names: today's wins
+        renamed[new] = current_record(value) if isinstance(value, Mapping) else value
+    return renamed
+
+
+def iterations_done(record: Mapping[str, Any]) -> int | None:
+    """How many training iterations a record says were done (None: it does not say), whichever version wrote it."""
+    value = current_record(record).get("iterations")
+    return None if value is None else int(value)
 
 
 def _from_dict(cls: type, data: dict[str, Any]) -> Any:

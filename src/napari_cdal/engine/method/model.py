@@ -16,7 +16,7 @@ from napari_cdal.catalog import (
     list_models,
     model_dir_problem,
 )
-from napari_cdal.engine.config import ModelConfig
+from napari_cdal.engine.config import ModelConfig, iterations_done
 from napari_cdal.engine.io.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -167,7 +167,7 @@ def with_new_config(source: CdalModel, config: ModelConfig, seed: int = 0) -> Cd
                 grown[:, : before.shape[1]] = before
                 new[key] = grown
         getattr(target, name).load_state_dict(new)
-    target.record = {"adapted_from": {"model": source.source, "steps": source.record.get("steps")}}
+    target.record = {"adapted_from": {"model": source.source, "iterations": iterations_done(source.record)}}
     return target
 
 

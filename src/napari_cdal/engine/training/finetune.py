@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from napari_cdal.engine.config import FINETUNE_CONFIG, TrainConfig
+from napari_cdal.engine.config import FINETUNE_CONFIG, TrainConfig, current_record
 from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP
 from napari_cdal.engine.events import Progress
 from napari_cdal.engine.io.checkpoint import OutputError
@@ -39,7 +39,7 @@ SOURCE_LOSS_SETTINGS = (
 flips images only when the source did: a hippocampus model tells anterior from posterior by orientation)."""
 
 
-SOURCE_SUMMARY_KEYS = ("data", "steps", "wall_seconds", "best", "finetuned_from")
+SOURCE_SUMMARY_KEYS = ("data", "iterations", "wall_seconds", "best", "finetuned_from")
 
 
 def finetune_config(**changes: Any) -> TrainConfig:
@@ -118,7 +118,8 @@ def finetune_train_config(source: CdalModel, settings: TrainConfig, patch_size: 
 def source_summary(model: CdalModel) -> dict[str, Any]:
     """Where a fine-tuned model came from: the source file's name and its record's headline."""
     summary: dict[str, Any] = {"model": Path(model.source).name if model.source else "(in memory)"}
-    summary.update({key: model.record[key] for key in SOURCE_SUMMARY_KEYS if key in model.record})
+    record = current_record(model.record)
+    summary.update({key: record[key] for key in SOURCE_SUMMARY_KEYS if key in record})
     return summary
 
 
@@ -198,7 +199,7 @@ def finetune(
     record = {
         "finetuned_from": source_summary(model),
         "data": f"fine-tune corrections ({len(prepared.names)} {kind}{'s' if len(prepared.names) != 1 else ''})",
-        "steps": state.step,
+        "iterations": state.step,
         "wall_seconds": round(time.perf_counter() - started, 2),
         "train_config": train_config.to_dict(),
         "finetune": {

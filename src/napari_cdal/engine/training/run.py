@@ -12,7 +12,7 @@ import torch
 
 from napari_cdal.catalog import state_path
 from napari_cdal.engine.checks import check_patch_size
-from napari_cdal.engine.config import ModelConfig, TrainConfig
+from napari_cdal.engine.config import ModelConfig, TrainConfig, iterations_done
 from napari_cdal.engine.data.patches import PatchSampler, jitter_kind
 from napari_cdal.engine.data.tiles import (
     Tile,
@@ -182,7 +182,7 @@ def new_state(
         }
     )
     if init_from is not None:
-        state.record["initialised_from"] = {"model": str(init_from), "steps": model.record.get("steps")}
+        state.record["initialised_from"] = {"model": str(init_from), "iterations": iterations_done(model.record)}
     return state
 
 

@@ -80,7 +80,8 @@ class TrainState:
         """The model to ship: G's EMA weights, current discriminator, the training record."""
         record = dict(self.model.record)
         record.update(self.record)
-        record["steps"] = self.step
+        record.pop("steps", None)  # a former name of "iterations", in a record this run started from
+        record["iterations"] = self.step
         record["train_config"] = self.train_config.to_dict()
         return CdalModel(
             self.model.config,
