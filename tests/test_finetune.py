@@ -22,13 +22,7 @@ from napari_cdal.engine.segment.image import segment_image
 from napari_cdal.engine.segment.metrics import dice
 from napari_cdal.engine.training import finetune as finetune_module
 from napari_cdal.engine.training.acceptance import judge
-from napari_cdal.engine.training.corrections import (
-    CONTEXT_UM,
-    FinetunePair,
-    overlap_groups,
-    prepare_pairs,
-    side_by_side,
-)
+from napari_cdal.engine.training.corrections import FinetunePair, prepare_pairs
 from napari_cdal.engine.training.finetune import (
     FinetuneSaveError,
     finetune,
@@ -36,6 +30,7 @@ from napari_cdal.engine.training.finetune import (
     save_finetuned,
     suggest_new_name,
 )
+from napari_cdal.engine.training.holdout import CONTEXT_UM, overlap_groups, side_by_side
 from napari_cdal.engine.training.run import make_patch_source
 from napari_cdal.engine.training.state import TrainState
 

@@ -20,7 +20,7 @@ from scipy import ndimage as ndi
 from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP, MIN_REGION_UM, REGION_MARGIN_UM
 from napari_cdal.engine.io.annotations import read_geojson
 from napari_cdal.engine.segment.review import REVIEW_BOX_COLUMNS
-from napari_cdal.engine.segment.tiling import Box
+from napari_cdal.engine.segment.windows import Box
 
 GEOJSON_SUFFIXES = (".geojson", ".json")
 
