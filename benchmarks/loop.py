@@ -57,7 +57,7 @@ from napari_cdal.engine.method.model import CdalModel, load_model
 from napari_cdal.engine.segment.evaluate import evaluate_tiles
 from napari_cdal.engine.segment.image import segment_image
 from napari_cdal.engine.segment.review import ReviewItem, review_items
-from napari_cdal.engine.segment.tiling import Box
+from napari_cdal.engine.segment.windows import Box
 from napari_cdal.engine.training.corrections import FinetunePair
 from napari_cdal.engine.training.finetune import finetune, finetune_config
 from napari_cdal.engine.training.replay import REPLAY_PATCH_PX, REPLAY_PATCHES, make_replay_set

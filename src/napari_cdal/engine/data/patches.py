@@ -12,7 +12,7 @@ from scipy import ndimage
 from napari_cdal.engine.config import ModelConfig
 from napari_cdal.engine.data.augment import check_range, colour_jitter_cf, hed_jitter_cf, intensity_jitter_cf
 from napari_cdal.engine.data.tiles import Tile
-from napari_cdal.engine.segment.tiling import Box
+from napari_cdal.engine.segment.windows import Box
 
 _DIHEDRAL = [
     np.array(m, dtype=np.float64)
