@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from napari_cdal.cli.evaluate import cmd_evaluate
 from napari_cdal.cli.finetune import cmd_finetune
+from napari_cdal.cli.help_defaults import BUNDLED_SAMPLES, BUNDLED_SAMPLING_STEPS, sub_parser
 from napari_cdal.cli.info import cmd_info, cmd_view
 from napari_cdal.cli.segment import cmd_segment
 from napari_cdal.cli.train import cmd_train
@@ -25,41 +25,6 @@ from napari_cdal.engine.defaults import (
     RUNTIME_CHOICES,
     TISSUE_CHOICES,
 )
-
-BUNDLED_SAMPLING_STEPS = "{bundled sampling steps}"
-BUNDLED_SAMPLES = "{bundled samples}"
-"""Stand-ins in help texts for the bundled model's own sampling defaults (its config's sampling_steps and
-default_samples), read from the model file's header only when help is shown (HelpFormatter)."""
-
-
-def bundled_sampling_defaults() -> dict[str, str]:
-    """The stand-ins' values for the default bundled model, from its config; '?' when its file cannot be read."""
-    from napari_cdal.catalog import bundled_model_path
-    from napari_cdal.engine.config import ModelConfig
-    from napari_cdal.engine.io.checkpoint import CheckpointError, read_metadata
-
-    try:
-        config = ModelConfig.from_dict(read_metadata(bundled_model_path())["model_config"])
-    except (CheckpointError, KeyError, TypeError, ValueError):
-        return {BUNDLED_SAMPLING_STEPS: "?", BUNDLED_SAMPLES: "?"}
-    return {BUNDLED_SAMPLING_STEPS: str(config.sampling_steps), BUNDLED_SAMPLES: str(config.default_samples)}
-
-
-class HelpFormatter(argparse.HelpFormatter):
-    """argparse's formatter, filling in the bundled model's sampling defaults where a help text names them."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = super()._get_help_string(action)
-        if text and (BUNDLED_SAMPLING_STEPS in text or BUNDLED_SAMPLES in text):
-            for stand_in, value in bundled_sampling_defaults().items():
-                text = text.replace(stand_in, value)
-        return text
-
-
-def _sub_parser(sub: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
-    """One sub-command's parser, its help formatted by HelpFormatter."""
-    parser: argparse.ArgumentParser = sub.add_parser(name, formatter_class=HelpFormatter, **kwargs)
-    return parser
 
 
 def _add_runtime(p: argparse.ArgumentParser) -> None:
@@ -149,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"napari-cdal {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = _sub_parser(
+    p = sub_parser(
         sub,
         "segment",
         help="segment images into nuclei: one id per nucleus",
@@ -237,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime(p)
     p.set_defaults(func=cmd_segment)
 
-    p = _sub_parser(
+    p = sub_parser(
         sub,
         "evaluate",
         help="score a model on a folder with ground truth (Dice, IoU, AJI, PQ; for volumes Dice and IoU per class)",
@@ -256,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = _sub_parser(sub, "train", help="train a model on a MoNuSeg-layout folder or a folder of NIfTI volumes")
+    p = sub_parser(sub, "train", help="train a model on a MoNuSeg-layout folder or a folder of NIfTI volumes")
     p.add_argument(
         "data_dir",
         help="folder with images/ and masks/ (MoNuSeg layout), or images/*.nii.gz with "
@@ -335,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime(p)
     p.set_defaults(func=cmd_train)
 
-    p = _sub_parser(sub, "finetune", help="fine-tune a model on images with corrected masks")
+    p = sub_parser(sub, "finetune", help="fine-tune a model on images with corrected masks")
     p.add_argument("images", nargs="+", help="image files (TIFF, PNG, JPEG)")
     p.add_argument(
         "--masks",
@@ -388,13 +353,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime(p)
     p.set_defaults(func=cmd_finetune)
 
-    p = _sub_parser(sub, "info", help="print a model's settings and training record, or list the models")
+    p = sub_parser(sub, "info", help="print a model's settings and training record, or list the models")
     p.add_argument("--model", default=None, help="model file or bundled name; default: the bundled H&E model")
     p.add_argument("--list", action="store_true", help="list the bundled models (by name) and your own")
     p.add_argument("--json", action="store_true", help="also print the whole metadata as JSON")
     p.set_defaults(func=cmd_info)
 
-    p = _sub_parser(sub, "view", help="open napari with the Segment widget docked")
+    p = sub_parser(sub, "view", help="open napari with the Segment widget docked")
     p.add_argument("images", nargs="*", help="image files to open")
     p.add_argument("--sample", action="store_true", help="also open the bundled MoNuSeg sample tile")
     p.set_defaults(func=cmd_view)

@@ -15,13 +15,13 @@ from napari_cdal.engine.config_rules import (
     check_model_config,
     check_train_config,
 )
-from napari_cdal.engine.defaults import FINETUNE_D_LR_RATIO
 
 __all__ = [
     "ATTENTION_MAPS",
     "DISC_KINDS",
     "FINETUNE_CHANGES",
     "FINETUNE_CONFIG",
+    "FINETUNE_D_LR_RATIO",
     "FORMER_NAMES",
     "HE_MEAN",
     "HE_STD",
@@ -184,6 +184,9 @@ class TrainConfig:
         """Settings from JSON; former key names are accepted, unknown keys named."""
         return _from_dict(cls, data)
 
+
+FINETUNE_D_LR_RATIO = 0.5
+"""The discriminator's learning rate as a share of G's (the generator network's) when fine-tuning."""
 
 TRAIN_DEFAULTS = TrainConfig()
 """Training from scratch (`napari-cdal train`): the defaults the command line's help quotes."""

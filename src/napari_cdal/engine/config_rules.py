@@ -5,10 +5,14 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from napari_cdal.engine.defaults import MAX_COUNT, SEED_RANGE
-
 if TYPE_CHECKING:
     from napari_cdal.engine.config import ModelConfig, TrainConfig
+
+SEED_RANGE = (0, 2**64 - 1)
+"""The seeds a run takes: what torch's and numpy's generators accept (64 bits, not negative)."""
+
+MAX_COUNT = 2**31 - 1
+"""The largest count an option or setting may give (iterations, batch size, review items...): a C int."""
 
 ATTENTION_MAPS = ("channel_mean", "score_map", "score_gradient", "error_probability")
 """What the attention layer can show: cDAL's channel mean of D's middle block; D's score per place

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from napari_cdal.engine.config import FINETUNE_CHANGES, FINETUNE_CONFIG
+from napari_cdal.engine.config import FINETUNE_D_LR_RATIO as FINETUNE_D_LR_RATIO
+from napari_cdal.engine.config_rules import MAX_COUNT as MAX_COUNT
+from napari_cdal.engine.config_rules import SEED_RANGE as SEED_RANGE
+
 DEFAULT_IMAGE_MPP = 0.25
 """µm per pixel assumed for an image that does not say: a 40x H&E tile (MoNuSeg's)."""
 
 MPP_RANGE = (0.05, 5.0)
 """µm per pixel an image may declare: from a 200x scan (0.05) to a 2x overview (5)."""
 
-SEED_RANGE = (0, 2**64 - 1)
-"""The seeds a run takes: what torch's and numpy's generators accept (64 bits, not negative)."""
-
 SEED_RANGE_TEXT = "0 and 2**64-1"
 """SEED_RANGE as an error message says it."""
-
-MAX_COUNT = 2**31 - 1
-"""The largest count an option or setting may give (iterations, batch size, review items...): a C int."""
 
 MAX_PARALLEL = 1024
 """The most CPU threads (--threads) or worker processes (--workers) a run may ask for."""
@@ -74,18 +73,10 @@ REGION_MARGIN_UM = 4.0
 learned from too. benchmarks/loop.py, 25 Review items on breast: 4 µm gained +0.023 and +0.026 AJI
 on unseen tissue (two fine-tune seeds) where 2 µm gained +0.015, and 6 µm no more than 4 µm."""
 
-FINETUNE_D_LR_RATIO = 0.5
-"""The discriminator's learning rate as a share of G's (the generator network's) when fine-tuning."""
-
-
-def __getattr__(name: str) -> Any:
-    """FINETUNE_SETTINGS, made when first asked for: fine-tuning's settings are the TrainConfig value
-    config.FINETUNE_CONFIG, and this dict of the keys where it differs from training is kept for scripts."""
-    if name == "FINETUNE_SETTINGS":
-        from napari_cdal.engine.config import FINETUNE_CHANGES, FINETUNE_CONFIG
-
-        return {key: getattr(FINETUNE_CONFIG, key) for key in FINETUNE_CHANGES}
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+FINETUNE_SETTINGS: dict[str, Any] = {key: getattr(FINETUNE_CONFIG, key) for key in FINETUNE_CHANGES}
+"""Former form of fine-tuning's settings, kept for scripts: the keys fine-tuning sets of the TrainConfig value
+config.FINETUNE_CONFIG, where they live (with FINETUNE_D_LR_RATIO, the bounds MAX_COUNT and SEED_RANGE in
+config_rules.py)."""
 
 
 MIN_NUCLEUS_AREA_UM2 = 3.0
