@@ -54,7 +54,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if regions is not None:
         for index, (path, shape) in enumerate(zip(regions, shapes, strict=True)):
             try:
-                boxes[index] = read_regions(path, shape[:2], args.mpp)
+                boxes[index] = read_regions(path, (shape[0], shape[1]), args.mpp)
             except ValueError as exc:
                 raise CliError(str(exc)) from exc
     pairs = [
@@ -72,14 +72,14 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def _finetune(args: argparse.Namespace, pairs: list[Any], settings: Any, out: Path) -> int:
     """Fine-tune on the checked pairs and save the new model at --out (locked)."""
-    from napari_cdal.engine.training.finetune import finetune, save_finetuned
+    from napari_cdal.engine.training.finetune import FinetuneResult, finetune, save_finetuned
 
     device = common.setup_torch(args)
     model = common.load_model(args.model, device)
     events = finetune(model, pairs, settings, device, args.mpp)
     first = next(events)  # bad corrections are refused at the first event: in one line, before the bar opens
     bar = common.progress(settings.iterations, "finetune", "step")  # at 0 until the first step
-    result = None
+    done: FinetuneResult | None = None
     try:
         for event in itertools.chain([first], events):
             if event.stage == "note":
@@ -90,9 +90,10 @@ def _finetune(args: argparse.Namespace, pairs: list[Any], settings: Any, out: Pa
                 )
                 common.advance(bar, event.index, event.total)
             elif event.stage == "done":
-                result = event.payload
+                done = event.payload
     finally:
         bar.close()
+    result = common.finished(done, "fine-tuning")
     save_finetuned(result.model, out)
     print(
         f"fine-tuned {result.record['iterations']} iterations on {len(pairs)} image(s) in "

@@ -104,7 +104,7 @@ def open_viewer(images: Sequence[str | Path], sample: bool) -> Any:
     """A napari viewer with the images (and/or the sample tile) open and the Segment widget docked.
 
     Each file is opened as File > Open would (napari-cdal being the preferred reader of tiles, slides and volumes)."""
-    import napari
+    import napari  # type: ignore[import-untyped]
 
     from napari_cdal._reader import prefer_napari_cdal_readers
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from napari_cdal.cli import common
 from napari_cdal.cli.common import CliError
@@ -25,6 +25,9 @@ from napari_cdal.cli.segment_volumes import (
 )
 from napari_cdal.engine.slide.source import SLIDE_SUFFIXES, open_slide
 
+if TYPE_CHECKING:
+    import numpy as np
+
 
 def _write_tiff(path: Path, array: Any) -> None:
     import tifffile
@@ -35,8 +38,8 @@ def _write_tiff(path: Path, array: Any) -> None:
     atomic_write(path, lambda tmp: tifffile.imwrite(tmp, array, compression="zlib", photometric="minisblack"))
 
 
-SEGMENT_OUTPUTS = (
-    ("labels", True, "_labels.tif"),
+SEGMENT_OUTPUTS: tuple[tuple[str, str, str], ...] = (
+    ("labels", "", "_labels.tif"),
     ("steps", "save_steps", "_steps.tif"),
     ("chain", "save_steps", "_chain.tif"),
     ("attention", "save_attention", "_attention.tif"),
@@ -45,16 +48,14 @@ SEGMENT_OUTPUTS = (
     ("measurements", "measurements", "_nuclei.csv"),
     ("review", "review", "_review.csv"),
 )
-"""What segment writes per image: <stem><suffix>, always or when the flag is given.
+"""What segment writes per image: <stem><suffix>, always (no flag) or when the flag is given.
 
 --save-steps writes x̂0 per step as _steps.tif (its meaning kept: scripts read it) and the chain as
 sampled, x_T to x_0 (one plane more), as _chain.tif."""
 
 
 def _segment_outputs(args: argparse.Namespace, out: Path, stem: str) -> dict[str, Path]:
-    return {
-        kind: out / f"{stem}{suffix}" for kind, flag, suffix in SEGMENT_OUTPUTS if flag is True or getattr(args, flag)
-    }
+    return {kind: out / f"{stem}{suffix}" for kind, flag, suffix in SEGMENT_OUTPUTS if not flag or getattr(args, flag)}
 
 
 def _write_outputs(
@@ -68,7 +69,7 @@ def _write_outputs(
     from napari_cdal.engine.segment.review import review_items, review_table
 
     labels = relabel_sequential_uint(result.labels)
-    table = None
+    table: dict[str, np.ndarray] = {}  # measured only when a file shows it
     if "geojson" in files or "measurements" in files:
         table = nucleus_measurements(labels, to_rgb_float(pixels, 3), image_mpp, result.uncertainty)
     maps = {

@@ -73,7 +73,7 @@ def segment_slide_file(
     """One slide through engine.slide: labels into <stem>_labels.zarr (resumable), then a tiled BigTIFF, the tissue
     mask and the nuclei's files; returns the line that says what was found."""
     from napari_cdal.engine.events import TICK
-    from napari_cdal.engine.slide.stitch import labels_tiff, segment_slide, write_slide_detections
+    from napari_cdal.engine.slide.stitch import SlideResult, labels_tiff, segment_slide, write_slide_detections
     from napari_cdal.engine.slide.store import remove_store
     from napari_cdal.engine.slide.tissue import save_tissue_png
 
@@ -81,7 +81,7 @@ def segment_slide_file(
         remove_store(files["store"])
     with open_slide(path) as source:
         bar = common.progress(0, path.name, "block")
-        result = None
+        found: SlideResult | None = None
         detections = "geojson" in files or "measurements" in files
         for event in segment_slide(
             model,
@@ -97,10 +97,11 @@ def segment_slide_file(
             tissue=args.tissue,
         ):
             if event.stage == "done":
-                result = event.payload
+                found = event.payload
             elif event.stage != TICK:
                 common.advance(bar, event.index, event.total)
         bar.close()
+    result = common.finished(found, f"segmenting {path.name}")
     labels_tiff(result.store, files["labels"])
     if result.tissue is not None:
         save_tissue_png(result.tissue, files["tissue"])

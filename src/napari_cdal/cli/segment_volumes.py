@@ -10,14 +10,14 @@ from typing import Any
 from napari_cdal.cli import common
 from napari_cdal.cli.common import CliError
 
-VOLUME_OUTPUTS = (
-    ("labels", True, "_labels.nii.gz"),
+VOLUME_OUTPUTS: tuple[tuple[str, str, str], ...] = (
+    ("labels", "", "_labels.nii.gz"),
     ("steps", "save_steps", "_steps.nii.gz"),
     ("chain", "save_steps", "_chain.nii.gz"),
     ("attention", "save_attention", "_attention.nii.gz"),
     ("uncertainty", "save_uncertainty", "_uncertainty.nii.gz"),
 )
-"""What segment writes per volume, NIfTI with the input's affine: <stem><suffix>, always or when asked."""
+"""What segment writes per volume, NIfTI with the input's affine: <stem><suffix>, always (no flag) or when asked."""
 
 
 def volume_outputs(args: argparse.Namespace, out: Path, stem: str) -> dict[str, Path]:
@@ -26,9 +26,7 @@ def volume_outputs(args: argparse.Namespace, out: Path, stem: str) -> dict[str, 
             "--geojson, --measurements and --review describe nuclei of 2-D images; a volume gets "
             "<stem>_labels.nii.gz (and, when asked, its step, attention and uncertainty maps)"
         )
-    return {
-        kind: out / f"{stem}{suffix}" for kind, flag, suffix in VOLUME_OUTPUTS if flag is True or getattr(args, flag)
-    }
+    return {kind: out / f"{stem}{suffix}" for kind, flag, suffix in VOLUME_OUTPUTS if not flag or getattr(args, flag)}
 
 
 def check_model_fits(model: Any, volumes: list[Path], images: list[Path]) -> None:

@@ -77,7 +77,7 @@ def _train_discriminator_only(args: argparse.Namespace, out: Path, split: dict[s
     import dataclasses
 
     from napari_cdal.engine.data.tiles import check_image_channels, check_tiles_have_nuclei, load_folder
-    from napari_cdal.engine.method.model import save_model
+    from napari_cdal.engine.method.model import CdalModel, save_model
     from napari_cdal.engine.training.error_disc import ErrorDiscSettings, train_error_discriminator
     from napari_cdal.engine.training.run import prepare_tiles, run_data
 
@@ -114,7 +114,7 @@ def _train_discriminator_only(args: argparse.Namespace, out: Path, split: dict[s
         raise CliError(f"{common.typed(args, '--iterations', '--steps')} must be at least 1, got {settings.iterations}")
     tiles = prepare_tiles(train_tiles, data.data_mpp, model.config)
     bar = common.progress(settings.pool_batches, "segment patches", "batch")
-    trained = None
+    done: CdalModel | None = None
     for event in train_error_discriminator(model, tiles, settings):
         if event.stage == "pool":
             common.advance(bar, event.index)
@@ -125,8 +125,9 @@ def _train_discriminator_only(args: argparse.Namespace, out: Path, split: dict[s
             bar.set_postfix({k: f"{v:.3f}" for k, v in event.payload.items()}, refresh=False)
             common.advance(bar, event.index)
         elif event.stage == "done":
-            trained = event.payload
+            done = event.payload
     bar.close()
+    trained = common.finished(done, "training the pixel discriminator")
     save_model(out, trained, replace=False)
     record = trained.record["error_discriminator"]
     print(

@@ -153,7 +153,7 @@ def degrade_cf(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
     The error discriminator learns from G's mistakes on such patches, which it did not fit.
     """
-    from scipy import ndimage
+    from scipy import ndimage  # type: ignore[import-untyped]
 
     out = np.asarray(image, dtype=np.float32).copy()
     if rng.random() < 0.5:

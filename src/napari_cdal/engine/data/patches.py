@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import cast
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage  # type: ignore[import-untyped]
 
 from napari_cdal.engine.config import ModelConfig
 from napari_cdal.engine.data.augment import check_range, colour_jitter_cf, hed_jitter_cf, intensity_jitter_cf
@@ -154,10 +154,10 @@ class PatchSampler:
             p = self.patch_size
             a, b = (lo, hi - p) if hi - lo >= p else (hi - p, lo)
             return int(self.rng.integers(a, b + 1)) + (p - 1) / 2.0
-        a, b = lo - 0.5 + extent, hi - 0.5 - extent
-        if a > b:
-            a, b = b, a
-        return float(self.rng.uniform(a, b))
+        low, high = lo - 0.5 + extent, hi - 0.5 - extent
+        if low > high:
+            low, high = high, low
+        return float(self.rng.uniform(low, high))
 
     def sample(self, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Return images (B,channels,P,P) float32 0..255, targets (B,C,P,P), weights (B,1,P,P) in {0,1}."""

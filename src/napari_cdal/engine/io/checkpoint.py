@@ -63,7 +63,7 @@ def remove_stale_temps(folder: str | Path, target: str | None = None) -> list[Pa
     that cannot be asked, once older than STALE_TEMP_SECONDS. Returns the files removed.
     """
     folder = Path(folder)
-    removed = []
+    removed: list[Path] = []
     try:
         candidates = [
             (p, m)

@@ -23,7 +23,7 @@ def _rings(mask: np.ndarray, row0: int, col0: int) -> list[list[list[float]]]:
     Coordinates follow QuPath's convention: pixel (row r, column c) covers x in [c, c + 1] and
     y in [r, r + 1] of the full-resolution grid; `row0`/`col0` place the padded crop in the image.
     """
-    from scipy import ndimage
+    from scipy import ndimage  # type: ignore[import-untyped]
     from skimage.measure import find_contours
 
     parts, n_parts = ndimage.label(mask, structure=ndimage.generate_binary_structure(2, 1))

@@ -165,6 +165,8 @@ def _tiff_header(path: Path, labels: bool) -> ImageHeader:
             )
         shape, dtype = tuple(series.shape), np.dtype(series.dtype)
         page = tif.pages[0]
+        if not isinstance(page, tifffile.TiffPage):  # tifffile reads the first page whole, never as a frame
+            raise ImageError(f"{path}: its first page cannot be read")
         if tuple(page.shape) != shape:  # a stack of pages: refused as a stack later, whatever its colours
             return ImageHeader(shape, dtype, stored_shape=shape)
         photometric = tifffile.PHOTOMETRIC(page.photometric).name

@@ -78,6 +78,8 @@ def _tiff_pixels(path: Path, header: ImageHeader) -> np.ndarray:
     with quiet_tifffile(), tifffile.TiffFile(path) as tif:
         pixels = np.asarray(tif.asarray())
         page = tif.pages[0]
+        if not isinstance(page, tifffile.TiffPage):  # read_header read this page: never a frame
+            raise ImageError(f"{path}: its first page cannot be read")
         if header.stored == "palette":
             colormap = np.asarray(page.colormap)
             colours = colormap[:, pixels].transpose(1, 2, 0)  # an index beyond the palette: damaged
@@ -94,7 +96,8 @@ def _tiff_pixels(path: Path, header: ImageHeader) -> np.ndarray:
 def _pil_pixels(path: Path, header: ImageHeader, labels: bool) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(path) as im:
+    with Image.open(path) as opened:
+        im: Image.Image = opened
         target = "" if labels else PIL_IMAGE_MODES[im.mode]
         if target:
             im = im.convert("RGBA" if im.mode == "P" and "transparency" in im.info else target)

@@ -65,11 +65,11 @@ class ReplaySet:
         found = split_prefix(tensors, REPLAY_PREFIX)
         if not found:
             return None
-        images, instances = found.get("images"), found.get("instances")
-        problem = None
         if set(found) != {"images", "instances"}:
-            problem = f"holds {sorted(found)}, not images and instances"
-        elif images.dtype != torch.uint8 or instances.dtype != torch.int32:
+            raise CheckpointError(f"{source}: its replay set holds {sorted(found)}, not images and instances")
+        images, instances = found["images"], found["instances"]
+        problem = None
+        if images.dtype != torch.uint8 or instances.dtype != torch.int32:
             problem = f"is {images.dtype} and {instances.dtype}, not uint8 images and int32 instances"
         elif (
             images.ndim != 4
@@ -245,16 +245,17 @@ def _check_weights(tensors: dict[str, torch.Tensor], config: ModelConfig, source
         wrong = next(
             (key for key in wanted if key in stored and tuple(stored[key].shape) != tuple(wanted[key].shape)), None
         )
-        if missing or extra or wrong:
+        if missing:
+            problem = f"{missing[0]} is missing"
+        elif extra:
+            problem = f"{extra[0]} is not in the networks it describes"
+        elif wrong is not None:
             problem = (
-                f"{missing[0]} is missing"
-                if missing
-                else f"{extra[0]} is not in the networks it describes"
-                if extra
-                else f"{wrong} has shape {tuple(stored[wrong].shape)} where its config builds "
-                f"{tuple(wanted[wrong].shape)}"
+                f"{wrong} has shape {tuple(stored[wrong].shape)} where its config builds {tuple(wanted[wrong].shape)}"
             )
-            raise CheckpointError(f"{source}: {name} weights do not match its config ({problem})")
+        else:
+            continue
+        raise CheckpointError(f"{source}: {name} weights do not match its config ({problem})")
 
 
 def model_from_checkpoint(tensors: dict[str, torch.Tensor], meta: dict[str, Any], source: str) -> CdalModel:

@@ -44,7 +44,7 @@ class PixelDiscriminator(nn.Module):
             for deep, skip in zip(reversed(widths[1:]), reversed(widths[:-1]), strict=True)
         )
         self.head = nn.Conv2d(widths[0], 1, 1)
-        self.to(memory_format=torch.channels_last)  # as G: faster convolutions on the CPU
+        self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # as G: faster convolutions
 
     def score_map(
         self, x_t: torch.Tensor, x_next: torch.Tensor, t: torch.Tensor, image: torch.Tensor | None = None

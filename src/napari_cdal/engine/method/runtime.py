@@ -97,7 +97,7 @@ def _weights_version(model: CdalModel) -> tuple[int, ...]:
 
 def _converted_graph(model: CdalModel, folder: Path) -> Path:
     """G converted to OpenVINO's format in `folder`/<digest>/, converting once; the folder appears whole or not."""
-    import openvino as ov
+    import openvino as ov  # type: ignore[import-untyped]
 
     target = folder / generator_digest(model)
     graph = target / "generator.xml"
@@ -105,7 +105,7 @@ def _converted_graph(model: CdalModel, folder: Path) -> Path:
         return graph
     config = model.config
     generator = model.generator
-    example = (
+    example: tuple[torch.Tensor, ...] = (
         torch.zeros(2, config.label_channels, 64, 64),
         torch.zeros(2, dtype=torch.long),
         torch.zeros(1, config.base_width, 64, 64),

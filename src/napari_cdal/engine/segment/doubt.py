@@ -10,7 +10,7 @@ misses) rather than the width of an edge.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage as ndi
+from scipy import ndimage as ndi  # type: ignore[import-untyped]
 
 from napari_cdal.engine.labels import nucleus_means
 

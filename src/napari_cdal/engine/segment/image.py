@@ -256,7 +256,7 @@ def segment_image(
                 window_index, len(boxes), step.step, n_steps, image_box, live_fg, live_att, live_chain, live_start
             )
             yield Progress("step", window_index * n_steps + step.step + 1, total, update)
-        if blend_steps is not None:
+        if blend_steps is not None and blend_chain is not None:  # both kept with keep_steps
             blend_steps.add(box, np.stack(step_maps))
             blend_chain.add(box, np.stack(chain_maps))
         if blend_att is not None and att_maps:

@@ -9,7 +9,7 @@ a predicted core map are good watershed markers for splitting touching nuclei.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage as ndi
+from scipy import ndimage as ndi  # type: ignore[import-untyped]
 from skimage.segmentation import find_boundaries, watershed
 
 from napari_cdal.engine.labels import check_2d, check_labels, label_areas, label_sums, relabel_sequential

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage as ndi
-from scipy.stats import rankdata
+from scipy import ndimage as ndi  # type: ignore[import-untyped]
+from scipy.stats import rankdata  # type: ignore[import-untyped]
 from skimage.segmentation import find_boundaries
 
 MATCH_IOU = 0.5

@@ -14,9 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage as ndi
+from scipy import ndimage as ndi  # type: ignore[import-untyped]
 
 from napari_cdal.engine.labels import label_sums
+from napari_cdal.engine.segment.windows import as_box
 
 REVIEW_BOX_COLUMNS = ("y0", "y1", "x0", "x1")
 """The review CSV's columns of an item's box: the corrected region `finetune --regions` reads from it."""
@@ -377,7 +378,7 @@ def review_items(
             float(candidates.x[row]),
             float(candidates.area_um2[row]),
             float(scores[row]),
-            tuple(int(v) for v in candidates.box[row]),
+            as_box(candidates.box[row]),
         )
         for rank, row in enumerate(order)
     ]

@@ -10,7 +10,7 @@ blue-purple: on the 30 MoNuSeg training tiles no annotated nucleus has a mean sa
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage as ndi
+from scipy import ndimage as ndi  # type: ignore[import-untyped]
 
 from napari_cdal.engine.labels import nucleus_means, relabel_sequential
 

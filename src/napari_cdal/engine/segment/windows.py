@@ -5,6 +5,8 @@ A window is one network pass's part of an image; a tile is an image of a data se
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 WINDOW_PX = 512
@@ -12,6 +14,12 @@ WINDOW_PX = 512
 
 Box = tuple[int, int, int, int]
 """A half-open pixel rectangle (y0, y1, x0, x1): windows, corrected regions, held-back strips, slide blocks."""
+
+
+def as_box(values: Iterable[float]) -> Box:
+    """Four numbers (an array's row, a CSV's columns) as a Box of integers; a ValueError unless there are four."""
+    y0, y1, x0, x1 = (int(v) for v in values)
+    return (y0, y1, x0, x1)
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:

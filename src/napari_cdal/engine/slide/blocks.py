@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage as ndi
+from scipy import ndimage as ndi  # type: ignore[import-untyped]
 
 from napari_cdal.engine.events import Progress, run_to_end
 from napari_cdal.engine.method.model import CdalModel
-from napari_cdal.engine.segment.image import segment_image
+from napari_cdal.engine.segment.image import SegmentationResult, segment_image
 from napari_cdal.engine.segment.windows import Box
 from napari_cdal.engine.slide.source import SlideSource
 from napari_cdal.engine.slide.tissue import TissueMask, tissue_part
@@ -50,7 +50,7 @@ def plan_blocks(height: int, width: int, block: int, halo: int, tissue: TissueMa
     widened = None if tissue is None else tissue.widened()
     planned = []
     for core in block_cores(height, width, block):
-        part = core if widened is None else tissue_part(widened, tissue.factor, core)
+        part = core if tissue is None or widened is None else tissue_part(widened, tissue.factor, core)
         region = (
             None
             if part is None
@@ -129,7 +129,7 @@ def block_events(
     finally:
         if source is not slide:
             source.close()
-    result = None
+    result: SegmentationResult | None = None
     for event in segment_image(
         model,
         pixels,
@@ -145,6 +145,8 @@ def block_events(
             result = event.payload
         else:
             yield event
+    if result is None:
+        raise ValueError(f"block {index}: segment_image ended without its result")
     yield Progress(
         "done",
         1,

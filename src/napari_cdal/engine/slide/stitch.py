@@ -168,6 +168,8 @@ def _commit(
     window[free] = mapped[free]
     _write_labels(levels, window, block.region)
     if detections:
+        if block.pixels is None:  # a run with detections keeps every block's pixels (BlockSettings.keep_pixels)
+            raise ValueError(f"block {block.index} came back without its pixels, which its detections are measured on")
         save_block_detections(
             store, block.index, np.where(free, mapped, 0), block.pixels, block.region, image_mpp, block.uncertainty
         )
@@ -254,7 +256,7 @@ def segment_slide(
         }
     try:
         for index, part in enumerate(planned):
-            if index in to_run:
+            if index in to_run and part.region is not None:  # to_run holds blocks with a region only
                 result = yield from (
                     _gathered(client, futures[index], index, len(planned))
                     if futures

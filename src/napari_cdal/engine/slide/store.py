@@ -11,13 +11,16 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from napari_cdal.engine.segment.windows import Box
 from napari_cdal.engine.slide.source import SlideSource
 from napari_cdal.engine.slide.tissue import TissueMask, detect_tissue
+
+if TYPE_CHECKING:
+    from zarr.core.array_spec import ArrayConfigParams
 
 CHUNK_PX = 1024
 """Side of a chunk of the labels store."""
@@ -28,7 +31,7 @@ LEVELS_FOLDER = "levels"
 TISSUE_ARRAY = "tissue"
 """Where in the store the tissue mask lies (1 = tissue), so that a resumed run skips the same blocks."""
 
-WRITE_CONFIG = {"write_empty_chunks": True}
+WRITE_CONFIG: ArrayConfigParams = {"write_empty_chunks": True}
 """How the store's arrays are written: a chunk of zeros is stored too, so a missing chunk is always damage."""
 
 

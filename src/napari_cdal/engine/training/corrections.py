@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,7 +129,7 @@ def _round_up(value: int, multiple: int) -> int:
 
 
 def prepare_pairs(
-    pairs: list[FinetunePair], config: ModelConfig, image_mpp: float, settings: TrainConfig
+    pairs: Sequence[FinetunePair | VolumeCorrection], config: ModelConfig, image_mpp: float, settings: TrainConfig
 ) -> PreparedPairs:
     """Check every pair and bring it to the model's µm/px; raises ValueError naming the pair and the fix.
 
@@ -149,7 +149,10 @@ def prepare_pairs(
     min_region = max(1, math.ceil(MIN_REGION_UM / image_mpp))
     min_holdout = max(1, math.ceil(MIN_HOLDOUT_UM / image_mpp))
     context = math.ceil(CONTEXT_UM / image_mpp)
-    tiles, regions, holdout, names = [], [], [], []
+    tiles: list[Tile] = []
+    regions: list[list[Box]] = []
+    holdout: list[HeldBack] = []
+    names: list[str] = []
     notes: list[str] = []
     nuclei = 0
     for index, pair in enumerate(pairs):
@@ -255,7 +258,9 @@ def _checked_class_labels(item: VolumeCorrection, shape: tuple[int, ...], classe
     return labels.astype(np.uint8)
 
 
-def prepare_volumes(corrections: list[VolumeCorrection], config: ModelConfig, settings: TrainConfig) -> PreparedPairs:
+def prepare_volumes(
+    corrections: Sequence[FinetunePair | VolumeCorrection], config: ModelConfig, settings: TrainConfig
+) -> PreparedPairs:
     """Check every corrected volume and cut its corrected slices into training tiles; ValueError naming the fix.
 
     The corrected slices (corrected_slices, along the model's slice_axis) become whole-slice

@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Generator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,7 +40,11 @@ OUTLINE_PX = 2
 MAX_ERROR_WEIGHT = 20.0
 """The most a wrong pixel weighs against a right one when errors are balanced (a nearly right patch)."""
 
-ERROR_DISC_CHANGES = {"disc_kind": "pixel", "disc_image": True, "attention_display": "error_probability"}
+ERROR_DISC_CHANGES: dict[str, Any] = {
+    "disc_kind": "pixel",
+    "disc_image": True,
+    "attention_display": "error_probability",
+}
 """The config keys a model's discriminator takes when it becomes the error-finding pixel D."""
 
 

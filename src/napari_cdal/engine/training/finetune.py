@@ -173,11 +173,12 @@ def finetune(
     def keep_best(current: TrainState) -> None:
         best.update(step=current.step, model=current.exported_model())
 
-    on_validate = validation_hook(prepared.evaluation, on_best=keep_best) if prepared.evaluation else None
+    evaluation = prepared.evaluation
+    on_validate = validation_hook(evaluation, on_best=keep_best) if evaluation else None
     start_check: dict[str, Any] | None = None
-    if on_validate is not None:
+    if on_validate is not None and evaluation is not None:
         yield from on_validate(state)  # step 0: the starting weights are a candidate too
-        start_check = yield from scored(prepared.evaluation, state.exported_model(), CHECK_SEED)
+        start_check = yield from scored(evaluation, state.exported_model(), CHECK_SEED)
     stopped_early = False
     loop = training_loop(state, sample_batch, device, None, on_validate)
     try:
@@ -196,7 +197,7 @@ def finetune(
     final = best["model"] if best else state.exported_model()
     best_step = best.get("step")
     kind = "volume" if volumes else "image"
-    record = {
+    record: dict[str, Any] = {
         "finetuned_from": source_summary(model),
         "data": f"fine-tune corrections ({len(prepared.names)} {kind}{'s' if len(prepared.names) != 1 else ''})",
         "iterations": state.step,
@@ -223,14 +224,10 @@ def finetune(
         },
     }
     before = after = verdict = None
-    if start_check is not None:
+    if start_check is not None and evaluation is not None:
         noise = noise_of(state.record["validation"][0], start_check)
         before = {"step": 0, **start_check}
-        after = (
-            before
-            if best_step == 0
-            else {"step": best_step, **(yield from scored(prepared.evaluation, final, CHECK_SEED))}
-        )
+        after = before if best_step == 0 else {"step": best_step, **(yield from scored(evaluation, final, CHECK_SEED))}
         verdict = judge(before, after, noise)
         record["finetune"].update(
             check_seed=CHECK_SEED, noise=noise, gains=verdict.gains, margins=verdict.margins, improved=verdict.improved

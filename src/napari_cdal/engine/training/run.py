@@ -44,7 +44,8 @@ def prepare_tiles(tiles: list[Tile], data_mpp: float, config: ModelConfig) -> li
     for tile in tiles:
         if config.intensity_percentiles:
             tile = replace(tile, image=stretch_intensity(tile.image, config))
-        factor = config.grid_factor(*tile.image.shape[:2], data_mpp)
+        height, width = tile.image.shape[:2]
+        factor = config.grid_factor(height, width, data_mpp)
         prepared.append(tile if abs(factor - 1.0) < 1e-9 else resample_tile(tile, factor))
     return prepared
 
@@ -98,7 +99,7 @@ def make_validation(
 
 def scored(evaluate: Evaluation, model: CdalModel, seed: int = 0) -> Generator[Progress, None, dict[str, Any]]:
     """Run an evaluation as 'validate' events (ticks pass through); return its metrics, with nuclei_* and `score`."""
-    summary = None
+    summary: dict[str, Any] | None = None
     for event in evaluate(model, seed=seed):
         if event.stage == "done":
             summary = event.payload
@@ -106,6 +107,8 @@ def scored(evaluate: Evaluation, model: CdalModel, seed: int = 0) -> Generator[P
             yield event
         else:
             yield Progress("validate", event.index, event.total, event.payload)
+    if summary is None:
+        raise ValueError("the evaluation ended without its summary (no 'done' event)")
     metrics = {k: v for k, v in summary["mean"].items() if v is not None}
     metrics.update({f"nuclei_{k}": v for k, v in summary.get("nuclei", {}).items()})
     metrics["score"] = validation_score(summary["mean"])
@@ -228,24 +231,25 @@ def _train(
         classes = config.label_channels
         volumes = [load_volume(data_dir, name, classes) for name in data.train_names]
         train_tiles = training_slices(volumes, config)
-        held = [load_volume(data_dir, name, classes) for name in data.validation_names]
+        held_volumes = [load_volume(data_dir, name, classes) for name in data.validation_names]
         on_validate = (
-            validation_hook(lambda model, seed=0: evaluate_volumes(model, held, seed=seed), out) if held else None
+            validation_hook(lambda model, seed=0: evaluate_volumes(model, held_volumes, seed=seed), out)
+            if held_volumes
+            else None
         )
     else:
-        if is_volume_folder(data_dir):
+        if is_volume_folder(data_dir) or tiles is None:  # train_run read no tiles only from a volume folder
             raise ValueError(
                 f"{Path(data_dir) / 'images'} holds volumes; train them with a model of classes "
                 "(e.g. --config hippocampus)"
             )
         train_tiles = prepare_tiles(tiles[0], data.data_mpp, config)
-        held = tiles[1]
-        on_validate = make_validation(held, data.data_mpp, out) if held else None
+        on_validate = make_validation(tiles[1], data.data_mpp, out) if tiles[1] else None
     sample_batch = make_patch_source(train_tiles, state, config)
 
     def on_checkpoint(current: TrainState) -> None:
         current.save(state_path(out))
-        if not held:
+        if on_validate is None:  # nothing held back to pick the best by: the latest is the model
             save_model(out, current.exported_model())
 
     yield from training_loop(state, sample_batch, device, on_checkpoint, on_validate)
