@@ -33,12 +33,14 @@ import torch
 from _common import SPLIT_FILE, default_data_dir, display_path, machine, split, table, write_json
 
 from napari_cdal.cli import main as cli_main
-from napari_cdal.engine.config import DISC_KINDS, UNCERTAINTY_MEASURES
+from napari_cdal.engine.config import DISC_KINDS, UNCERTAINTY_MEASURES, iterations_done
 from napari_cdal.engine.data.tiles import Tile, load_folder
 from napari_cdal.engine.events import run_to_end
 from napari_cdal.engine.io.images import to_rgb_float
-from napari_cdal.engine.method.grid import model_size, normalise, resample
+from napari_cdal.engine.labels import nucleus_areas, nucleus_means
+from napari_cdal.engine.method.intensity import normalise
 from napari_cdal.engine.method.model import CdalModel, bundled_model_path, load_model
+from napari_cdal.engine.method.resampling import model_size, resample
 from napari_cdal.engine.method.sampler import reverse_process
 from napari_cdal.engine.segment import reliability as rel
 from napari_cdal.engine.segment.image import segment_image
@@ -82,7 +84,7 @@ def train_arm(name: str, steps: int, init_from: Path, out_dir: Path, data: str, 
     arm = ARMS[name]
     out = out_dir / f"{name}.safetensors"
     state = out.with_name(f"{name}.state.safetensors")
-    if out.exists() and load_model(out).record.get("steps", 0) >= steps and not state.exists():
+    if out.exists() and (iterations_done(load_model(out).record) or 0) >= steps and not state.exists():
         return out
     if out.exists() and not state.exists():  # a shorter arm of an earlier call: this script's own file
         print(f"{out.name}: trained fewer than {steps} iterations; training it again from the start")
@@ -185,8 +187,8 @@ def score_setting(model: CdalModel, tiles: list[Tile], steps: int, samples: int,
         nucleus["wrong"].append(rel.wrong_nuclei(labels, tile.instances))
         for key, values in maps.items():
             pixel.setdefault(key, []).append(values[sub].ravel())
-            nucleus.setdefault(key, []).append(rel.nucleus_means(labels, values))
-        nucleus.setdefault("base_small", []).append(-rel.nucleus_areas(labels))
+            nucleus.setdefault(key, []).append(nucleus_means(labels, values))
+        nucleus.setdefault("base_small", []).append(-nucleus_areas(labels))
     errors, wrong = np.concatenate(pixel.pop("errors")), np.concatenate(nucleus.pop("wrong"))
     row: dict[str, Any] = {"T": steps, "K": samples}
     for key in ("dice", "iou", "aji", "pq"):

@@ -22,6 +22,7 @@ from _common import default_data_dir, display_path, machine, split, table, write
 
 from napari_cdal.engine.data.tiles import Tile, load_folder
 from napari_cdal.engine.events import run_to_end
+from napari_cdal.engine.labels import nucleus_means
 from napari_cdal.engine.method.model import CdalModel, load_model
 from napari_cdal.engine.method.runtime import with_runtime
 from napari_cdal.engine.segment import reliability as rel
@@ -40,7 +41,7 @@ def measure(model: CdalModel, tiles: list[Tile], samples: int, augment: bool, se
             )
         )
         scores.append(score_segmentation(result.labels, tile.foreground, tile.instances))
-        uncertainty.append(rel.nucleus_means(result.labels, result.uncertainty))
+        uncertainty.append(nucleus_means(result.labels, result.uncertainty))
         best.append(rel.best_match_iou(result.labels, tile.instances))
     uncertainty, best = np.concatenate(uncertainty), np.concatenate(best)
     return {

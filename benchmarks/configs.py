@@ -16,6 +16,7 @@ from pathlib import Path
 from _common import SPLIT_FILE, default_data_dir, machine, split, table, write_json
 
 from napari_cdal.cli import main as cli_main
+from napari_cdal.engine.config import iterations_done
 from napari_cdal.engine.data.tiles import load_folder
 from napari_cdal.engine.events import run_to_end
 from napari_cdal.engine.method.model import load_model
@@ -62,7 +63,7 @@ def main() -> None:
             {
                 "preset": preset,
                 "G params (M)": count_parameters(model.generator) / 1e6,
-                "train s/step": model.record["wall_seconds"] / model.record["steps"],
+                "train s/step": model.record["wall_seconds"] / iterations_done(model.record),
                 "s/tile": summary["seconds_per_image"],
                 **summary["mean"],
             }

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from _common import CUT_GAP_PX, crop_columns, display_path, validation_by_organ
 
+from napari_cdal.engine.config import iterations_done
 from napari_cdal.engine.data.tiles import Tile, load_folder
 from napari_cdal.engine.events import run_to_end
 from napari_cdal.engine.method.model import load_model
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     pairs, targets = zip(*(halves(tile) for tile in load_folder(args.data, target_names)), strict=True)
     others = [] if args.no_others else load_folder(args.data, other_names)
     print(
-        f"model {model.source} (trained {model.record.get('steps', '?')} steps); organ {args.organ}: "
+        f"model {model.source} (trained {iterations_done(model.record) or '?'} iterations); organ {args.organ}: "
         f"fine-tune on the left halves of {len(pairs)} tile(s), score their right halves; "
         f"{len(others)} other-organ tiles for forgetting; torch threads {torch.get_num_threads()}",
         flush=True,
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                 "variant": name,
                 "settings": settings.to_dict(),
                 "finetune_seconds": round(seconds, 1),
-                "steps_run": result.record["steps"],
+                "steps_run": result.record["iterations"],
                 "best_step": result.best_step,
                 "kept_start": result.kept_start,
                 "validation": result.record["finetune"]["validation"],
@@ -140,7 +141,10 @@ def main(argv: list[str] | None = None) -> int:
                 "scores": after,
             }
         )
-        print(f"{name}: {result.record['steps']} steps in {seconds:.0f} s (best step {result.best_step})", flush=True)
+        print(
+            f"{name}: {result.record['iterations']} iterations in {seconds:.0f} s (best step {result.best_step})",
+            flush=True,
+        )
 
     lines = [
         f"{'variant':<16} {'s':>5}  {'target Dice':>15} {'target AJI':>15} {'target PQ':>15}"
@@ -164,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         report = {
             "model": display_path(model.source),
-            "model_steps": model.record.get("steps"),
+            "model_steps": iterations_done(model.record),
             "organ": args.organ,
             "finetune_tiles": list(target_names),
             "other_tiles": other_names,

@@ -17,6 +17,7 @@ import itertools
 import numpy as np
 from _common import default_data_dir, display_path, machine, split, table, write_json
 
+from napari_cdal.engine import defaults
 from napari_cdal.engine.data.tiles import Tile, load_folder
 from napari_cdal.engine.events import run_to_end
 from napari_cdal.engine.method.model import load_model
@@ -71,9 +72,9 @@ def main() -> None:
     )
     train_maps = probabilities(model, train, args.steps, args.samples)
     current = {
-        "min_nucleus_um2": seg.MIN_NUCLEUS_AREA_UM2,
-        "min_core_um2": seg.MIN_CORE_AREA_UM2,
-        "core_threshold": seg.CORE_THRESHOLD,
+        "min_nucleus_um2": defaults.MIN_NUCLEUS_AREA_UM2,
+        "min_core_um2": defaults.MIN_CORE_AREA_UM2,
+        "core_threshold": defaults.CORE_THRESHOLD,
     }
     rows = []
     for values in itertools.product(*GRID.values()):

@@ -57,7 +57,7 @@ from napari_cdal.engine.method.model import CdalModel, load_model
 from napari_cdal.engine.segment.evaluate import evaluate_tiles
 from napari_cdal.engine.segment.image import segment_image
 from napari_cdal.engine.segment.review import ReviewItem, review_items
-from napari_cdal.engine.segment.tiling import Box
+from napari_cdal.engine.segment.windows import Box
 from napari_cdal.engine.training.corrections import FinetunePair
 from napari_cdal.engine.training.finetune import finetune, finetune_config
 from napari_cdal.engine.training.replay import REPLAY_PATCH_PX, REPLAY_PATCHES, make_replay_set
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
                 "kinds": {k: sum(1 for i in items if i.kind == k) for k in ("nucleus", "merge", "miss")},
                 "corrected_mm2": round(area * MPP * MPP / 1e6, 5),
                 "finetune_seconds": round(ft_seconds, 1),
-                "steps": result.record["steps"],
+                "iterations": result.record["iterations"],
                 "best_step": result.best_step,
                 "improved": result.improved,
                 "held_back": {

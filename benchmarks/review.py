@@ -41,6 +41,7 @@ from napari_cdal.engine.config import DISC_KINDS, UNCERTAINTY_MEASURES
 from napari_cdal.engine.data.tiles import Tile, load_tile
 from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP
 from napari_cdal.engine.events import run_to_end
+from napari_cdal.engine.labels import nucleus_areas, nucleus_means
 from napari_cdal.engine.method.model import CdalModel, load_model
 from napari_cdal.engine.segment import reliability as rel
 from napari_cdal.engine.segment.image import segment_image
@@ -306,8 +307,8 @@ def map_aurocs(cases: list[TileCase]) -> list[dict[str, Any]]:
         maps["outline nearness (baseline)"] = rel.outline_nearness(labels)
         for key, values in maps.items():
             pixel.setdefault(key, []).append(values[sub].ravel())
-            nucleus.setdefault(key, []).append(rel.nucleus_means(labels, values))
-        nucleus.setdefault("small size (baseline)", []).append(-rel.nucleus_areas(labels))
+            nucleus.setdefault(key, []).append(nucleus_means(labels, values))
+        nucleus.setdefault("small size (baseline)", []).append(-nucleus_areas(labels))
         nuclei = case.candidates.kind != "miss"
         score = np.zeros(int(labels.max()))
         score[case.candidates.id[nuclei] - 1] = score_candidates(case.candidates)[nuclei]

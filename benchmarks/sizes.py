@@ -10,7 +10,7 @@ precision and share of clear errors, on the training and the validation tiles. T
 both: a smallest nucleus (µm²) alone, and size-and-confidence rules (a nucleus under a size is kept
 only if its mean foreground probability reaches a floor). The model has fitted its training tiles,
 small nuclei included, so they favour keeping everything; a rule is taken only where neither split
-loses AJI. Last, the engine's rule (segment.image.SMALL_NUCLEUS_UM2, SMALL_NUCLEUS_FLOOR) against none.
+loses AJI. Last, the engine's rule (defaults.SMALL_NUCLEUS_UM2, SMALL_NUCLEUS_FLOOR) against none.
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ from pathlib import Path
 import numpy as np
 from _common import default_data_dir, display_path, machine, split, table, write_json
 
+from napari_cdal.engine import defaults
 from napari_cdal.engine.data.tiles import Tile, load_folder
 from napari_cdal.engine.events import run_to_end
 from napari_cdal.engine.io.images import to_rgb_float
+from napari_cdal.engine.labels import nucleus_areas, nucleus_means
 from napari_cdal.engine.method.model import CdalModel, load_model
 from napari_cdal.engine.method.runtime import with_runtime
 from napari_cdal.engine.segment import image as seg
@@ -61,11 +63,11 @@ def labels_by_rule(tile: Tile, maps: dict[str, np.ndarray], rule: dict[str, floa
 
 def nucleus_rows(tile: Tile, labels: np.ndarray, maps: dict[str, np.ndarray]) -> list[dict[str, float]]:
     """Per predicted nucleus: area (µm²), best IoU with a true nucleus, mean foreground probability and uncertainty."""
-    area = rel.nucleus_areas(labels) * MPP * MPP
+    area = nucleus_areas(labels) * MPP * MPP
     best = rel.best_match_iou(labels, tile.instances)
-    probability = rel.nucleus_means(labels, maps["probability"][0])
+    probability = nucleus_means(labels, maps["probability"][0])
     uncertainty = (
-        rel.nucleus_means(labels, maps["uncertainty"]) if maps.get("uncertainty") is not None else np.zeros(area.size)
+        nucleus_means(labels, maps["uncertainty"]) if maps.get("uncertainty") is not None else np.zeros(area.size)
     )
     return [
         {"area": float(a), "iou": float(i), "probability": float(p), "uncertainty": float(u)}
@@ -110,7 +112,7 @@ def rules() -> list[dict[str, float]]:
     """Every rule tried: smallest nuclei alone (no confidence rule), then size-and-confidence rules."""
     found = [{"min_nucleus_um2": size, "small_nucleus_um2": 0.0} for size in MIN_SIZES_UM2]
     found += [
-        {"min_nucleus_um2": seg.MIN_NUCLEUS_AREA_UM2, "small_nucleus_um2": size, "small_nucleus_floor": floor}
+        {"min_nucleus_um2": defaults.MIN_NUCLEUS_AREA_UM2, "small_nucleus_um2": size, "small_nucleus_floor": floor}
         for size, floor in itertools.product(CONFIDENCE_SIZES_UM2, CONFIDENCE_FLOORS)
     ]
     return found
@@ -129,7 +131,7 @@ def main() -> None:
     names = split()
     sets = {part: load_folder(args.data, names[part]) for part in ("train", "validation")}
     maps = {part: [tile_maps(model, tile, cache) for tile in tiles] for part, tiles in sets.items()}
-    before = {"min_nucleus_um2": seg.MIN_NUCLEUS_AREA_UM2, "small_nucleus_um2": 0.0}
+    before = {"min_nucleus_um2": defaults.MIN_NUCLEUS_AREA_UM2, "small_nucleus_um2": 0.0}
     by_size = {}
     for part, tiles in sets.items():
         nuclei = [
@@ -146,9 +148,9 @@ def main() -> None:
         print(f"rules on the {part} tiles:")
         print(table(rows, columns))
     chosen = {
-        "min_nucleus_um2": seg.MIN_NUCLEUS_AREA_UM2,
-        "small_nucleus_um2": seg.SMALL_NUCLEUS_UM2,
-        "small_nucleus_floor": seg.SMALL_NUCLEUS_FLOOR,
+        "min_nucleus_um2": defaults.MIN_NUCLEUS_AREA_UM2,
+        "small_nucleus_um2": defaults.SMALL_NUCLEUS_UM2,
+        "small_nucleus_floor": defaults.SMALL_NUCLEUS_FLOOR,
     }
     checked = [
         {"rule": name, **rule, **score(sets[part], maps[part], rule)}

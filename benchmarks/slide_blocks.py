@@ -82,7 +82,7 @@ def main() -> None:
                     image_mpp=MPP,
                     keep_steps=False,
                     with_attention=False,
-                    tile_size=256,
+                    window_px=256,
                     overlap=overlap,
                 )
             ).labels

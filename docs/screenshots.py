@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from napari_cdal._widgets._names import model_stem
     from napari_cdal._widgets._review import viewer_camera
     from napari_cdal._widgets.segment import OTHER_FILE
-    from napari_cdal.models import bundled_model_file
+    from napari_cdal.catalog import bundled_model_file
     from napari_cdal.sample_data import SAMPLE_NAME
 
     if args.model is None and not bundled_model_file().is_file():

@@ -18,10 +18,10 @@ import pytest
 import torch
 from PIL import Image
 
+from napari_cdal.catalog import CACHE_DIR_ENV
 from napari_cdal.engine.config import PRESETS, ModelConfig
 from napari_cdal.engine.events import TICK
 from napari_cdal.engine.method.model import CdalModel
-from napari_cdal.models import CACHE_DIR_ENV
 
 # one definition of the blob tiles and the tiny model's training, shared with the script that stores
 # the model (tools/ is a package, the repository root is on pytest's pythonpath: pyproject.toml);
@@ -84,7 +84,7 @@ class StoredRun:
     """What the tests read of the stored tiny model's training run: its step count and record.
 
     `step` counts the 'train' events the build saw (one per step, each with its losses: the record's
-    step_losses), not the record's own "steps", so a test can hold one against the other."""
+    step_losses), not the record's own iteration count, so a test can hold one against the other."""
 
     step: int
     record: dict[str, Any]

@@ -19,9 +19,10 @@ import torch
 from conftest import TINY, files_in, message_lines, run
 from PIL import Image
 
+from napari_cdal.catalog import list_models
 from napari_cdal.cli import state_path
 from napari_cdal.engine import checks
-from napari_cdal.engine.io import checkpoint
+from napari_cdal.engine.io import checkpoint, owner
 from napari_cdal.engine.io.checkpoint import (
     atomic_write,
     load_checkpoint,
@@ -31,7 +32,6 @@ from napari_cdal.engine.io.checkpoint import (
 from napari_cdal.engine.io.images import integer_bit_depth, to_rgb_float
 from napari_cdal.engine.method.model import bundled_model_path, load_model
 from napari_cdal.engine.segment.stain import keep_stained, stained_nuclei
-from napari_cdal.models import list_models
 
 
 def digest(path: Path) -> str:
@@ -441,7 +441,7 @@ def test_blank_tiles_give_no_nuclei_through_the_cli(capsys, tiny_model_file, tmp
 
 def test_stale_temporary_files_are_removed_live_ones_kept(monkeypatch, tmp_path):
     dead = dead_pid()
-    monkeypatch.setattr(checkpoint, "writer_alive", lambda pid: pid != dead)  # no reuse of the dead pid
+    monkeypatch.setattr(owner, "writer_alive", lambda pid: pid != dead)  # no reuse of the dead pid
     stale = tmp_path / f"{checkpoint.temp_prefix(Path('new.safetensors'), dead)}abc123.tmp"
     live = tmp_path / f"{checkpoint.temp_prefix(Path('other.safetensors'))}def456.tmp"
     elsewhere = tmp_path / f".far.safetensors.otherhost~{dead}.xyz789.tmp"  # another machine's writer
@@ -472,7 +472,7 @@ def test_a_killed_save_leaves_no_model_and_is_cleaned_up(monkeypatch, tmp_path):
     assert child.stdout.readline().strip() == "writing"
     child.kill()
     child.wait()
-    monkeypatch.setattr(checkpoint, "writer_alive", lambda pid: pid != child.pid)  # no reuse of its pid
+    monkeypatch.setattr(owner, "writer_alive", lambda pid: pid != child.pid)  # no reuse of its pid
     left = list(target.parent.iterdir())
     assert not target.exists() and len(left) == 1 and left[0].name.endswith(".tmp")
     assert [entry.path for entry in list_models(target.parent) if not entry.bundled] == []
@@ -960,7 +960,7 @@ def test_symlink_loops_are_not_called_missing(capsys, no_model_load, tmp_path) -
 def test_model_names_from_the_users_folder_and_a_folder_that_is_a_file(
     capsys, monkeypatch, tiny_model_file, tmp_path
 ) -> None:
-    from napari_cdal.models import MODEL_DIR_ENV
+    from napari_cdal.catalog import MODEL_DIR_ENV
 
     folder = tmp_path / "models"
     folder.mkdir()

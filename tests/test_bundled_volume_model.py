@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from napari_cdal.catalog import bundled_models
 from napari_cdal.engine.events import run_to_end
 from napari_cdal.engine.io.volumes import read_label_volume, read_volume
 from napari_cdal.engine.method.model import load_model
 from napari_cdal.engine.segment.volume import class_scores, segment_volume
-from napari_cdal.models import bundled_models
 from napari_cdal.sample_data import sample_volume_path
 
 TRUTH = Path(__file__).parent / "data" / "hippocampus_276_labels.nii.gz"

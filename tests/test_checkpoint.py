@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import napari_cdal
-from napari_cdal.engine.config import PRESETS, ModelConfig
+from napari_cdal.engine.config import PRESETS, ModelConfig, current_record, iterations_done
 from napari_cdal.engine.io.checkpoint import (
     FORMAT_VERSION,
     METADATA_KEY,
@@ -316,3 +316,16 @@ def test_bundled_model_loads():
     assert model.source == str(path)
     assert model.config == ModelConfig.from_dict(read_metadata(path)["model_config"])
     assert not model.generator.training
+
+
+def test_a_record_written_before_reads_under_todays_names() -> None:
+    old = {"steps": 150, "finetuned_from": {"model": "a.safetensors", "steps": 4000}, "validation": [{"step": 50}]}
+    assert current_record(old) == {
+        "iterations": 150,
+        "finetuned_from": {"model": "a.safetensors", "iterations": 4000},
+        "validation": [{"step": 50}],
+    }
+    assert old["steps"] == 150 and "iterations" not in old  # the record given is left as it was
+    assert iterations_done(old) == iterations_done({"iterations": 150}) == 150
+    assert iterations_done({"data": "blobs"}) is None
+    assert current_record({"steps": 1, "iterations": 2}) == {"iterations": 2}

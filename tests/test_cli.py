@@ -342,7 +342,7 @@ def test_train_then_resume(capsys, blob_folder, tmp_path):
     assert files_in(model_path.parent) == ["m.safetensors", "m.state.safetensors"]
     model_meta, state_meta = read_metadata(model_path), read_metadata(state)
     assert model_meta["kind"] == "model" and state_meta["kind"] == "training_state"
-    assert model_meta["record"]["steps"] == 4 and state_meta["step"] == 4
+    assert model_meta["record"]["iterations"] == 4 and state_meta["step"] == 4
     assert model_meta["model_config"]["base_width"] == 8  # the tiny preset
     assert model_meta["record"]["data_mpp"] == 0.5
     assert model_meta["record"]["train_tiles"] == ["blob-a", "blob-b"]
@@ -353,7 +353,7 @@ def test_train_then_resume(capsys, blob_folder, tmp_path):
     assert "trained 6 iterations" in stdout
     assert read_metadata(state)["step"] == 6
     record = read_metadata(model_path)["record"]
-    assert record["steps"] == 6
+    assert record["iterations"] == 6
     assert record["data_mpp"] == 0.5  # kept from the first run
     assert record["train_config"]["batch_size"] == 2 and record["train_config"]["iterations"] == 6
 
@@ -372,7 +372,7 @@ def test_resume_is_bit_identical(capsys, blob_folder, tmp_path):
     straight, split = tmp_path / "straight" / "m.safetensors", tmp_path / "split" / "m.safetensors"
     assert run(capsys, "train", blob_folder, "--out", straight, "--steps", "4", *TRAIN_ARGS)[0] == 0
     assert run(capsys, "train", blob_folder, "--out", split, "--steps", "2", *TRAIN_ARGS)[0] == 0
-    assert read_metadata(split)["record"]["steps"] == 2
+    assert read_metadata(split)["record"]["iterations"] == 2
     # resume names neither --mpp nor the patch settings: they come from the saved state
     code, _, err = run(capsys, "train", blob_folder, "--out", split, "--resume", "--steps", "4")
     assert code == 0, err
@@ -408,7 +408,7 @@ def test_train_init_from_a_model(capsys, blob_folder, tiny_model_file, tmp_path)
     assert code == 0, err
     meta = read_metadata(model_path)
     assert meta["record"]["initialised_from"]["model"] == str(tiny_model_file)
-    assert meta["record"]["initialised_from"]["steps"] == 150
+    assert meta["record"]["initialised_from"]["iterations"] == 150
     code, _, err = run(
         capsys,
         "train",
@@ -441,7 +441,7 @@ def test_info(capsys, tiny_model_file, trained_tiny):
     assert f"model: {tiny_model_file}" in stdout
     assert "  base_width: 8" in stdout
     assert f"  diffusion_steps: {TINY.diffusion_steps}" in stdout
-    assert f"  steps: {trained_tiny[1].step}" in stdout  # the training record
+    assert f"  iterations: {trained_tiny[1].step}" in stdout  # the training record, written as "steps" before
     code, stdout, _ = run(capsys, "info", "--model", tiny_model_file, "--json")
     assert code == 0
     meta = json.loads(stdout[stdout.index("\n{") + 1 :])
@@ -681,6 +681,54 @@ def test_help(capsys, command, options):
     assert text.startswith(f"usage: napari-cdal {command}")
     for option in options:
         assert option in text, option
+
+
+def _help_defaults(capsys, monkeypatch, command: str) -> dict[str, str]:
+    """Each option of `command --help` that quotes a default, and what it quotes: the text after its last
+    "(default: " up to the end of its help, without the closing parenthesis (wide columns: one line an option)."""
+    import re
+
+    monkeypatch.setenv("COLUMNS", "1000")
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    found = {}
+    for entry in re.split(r"\n  (?=-)", text.split("options:", 1)[1]):
+        if "(default: " in entry:
+            found[entry.split()[0].rstrip(",")] = entry.rsplit("(default: ", 1)[1].strip().removesuffix(")")
+    return found
+
+
+def test_help_quotes_the_defaults_the_runs_take(capsys, monkeypatch):
+    from napari_cdal.catalog import bundled_model_path
+    from napari_cdal.cli.parser import build_parser
+    from napari_cdal.engine.config import TrainConfig
+    from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP, DEFAULT_THRESHOLD
+    from napari_cdal.engine.training.finetune import finetune_config
+
+    train, finetune = TrainConfig(), finetune_config()
+    quoted = _help_defaults(capsys, monkeypatch, "train")
+    for option, value in {
+        "--iterations": train.iterations,
+        "--batch-size": train.batch_size,
+        "--patch-size": train.patch_size,
+        "--seed": train.seed,
+        "--checkpoint-every": train.checkpoint_every,
+        "--validate-every": train.validate_every,
+    }.items():
+        assert quoted[option] == str(value), option
+    quoted = _help_defaults(capsys, monkeypatch, "finetune")
+    assert quoted["--iterations"] == str(finetune.iterations) and quoted["--seed"] == str(finetune.seed)
+    assert float(quoted["--lr"]) == finetune.lr_g and quoted["--mpp"].startswith(f"{DEFAULT_IMAGE_MPP},")
+    quoted = _help_defaults(capsys, monkeypatch, "segment")
+    assert float(quoted["--threshold"]) == DEFAULT_THRESHOLD and quoted["--mpp"].startswith(f"{DEFAULT_IMAGE_MPP},")
+    assert quoted["--seed"] == str(build_parser().parse_args(["segment", "--out", "o"]).seed)
+    if bundled_model_path().is_file():  # the bundled model's own sampling defaults, read from its file
+        from napari_cdal.engine.method.model import load_model
+
+        config = load_model().config
+        assert quoted["--sampling-steps"].endswith(f"the bundled model: {config.sampling_steps}")
+        assert quoted["--samples"].endswith(f"bundled: {config.default_samples}")
 
 
 def test_top_level_help_lists_commands(capsys):

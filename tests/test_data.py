@@ -447,8 +447,8 @@ def test_sampler_without_augment_returns_exact_crops() -> None:
 
 def test_sampler_targets_follow_warped_instances(monkeypatch: pytest.MonkeyPatch) -> None:
     # Switch colour changes off so the warped image still encodes the instance parity exactly.
-    monkeypatch.setattr(patches, "_hed_jitter_cf", lambda x, rng, s: x)
-    monkeypatch.setattr(patches, "_colour_jitter_cf", lambda x, rng, *args: x)
+    monkeypatch.setattr(patches, "hed_jitter_cf", lambda x, rng, s: x)
+    monkeypatch.setattr(patches, "colour_jitter_cf", lambda x, rng, *args: x)
     sampler = PatchSampler([_blocks_tile()], 40, parity_target, np.random.default_rng(7))
     images, targets, _ = sampler.sample(6)
     fractional = np.abs(images - np.round(images)).max()

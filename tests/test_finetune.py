@@ -14,7 +14,7 @@ from conftest import blob_tile
 from PIL import Image
 
 from napari_cdal.cli import main
-from napari_cdal.engine.config import TrainConfig
+from napari_cdal.engine.config import TrainConfig, iterations_done
 from napari_cdal.engine.events import TICK, run_to_end
 from napari_cdal.engine.io.checkpoint import read_metadata
 from napari_cdal.engine.method.model import bundled_model_path, load_model
@@ -22,13 +22,7 @@ from napari_cdal.engine.segment.image import segment_image
 from napari_cdal.engine.segment.metrics import dice
 from napari_cdal.engine.training import finetune as finetune_module
 from napari_cdal.engine.training.acceptance import judge
-from napari_cdal.engine.training.corrections import (
-    CONTEXT_UM,
-    FinetunePair,
-    overlap_groups,
-    prepare_pairs,
-    side_by_side,
-)
+from napari_cdal.engine.training.corrections import FinetunePair, prepare_pairs
 from napari_cdal.engine.training.finetune import (
     FinetuneSaveError,
     finetune,
@@ -36,6 +30,7 @@ from napari_cdal.engine.training.finetune import (
     save_finetuned,
     suggest_new_name,
 )
+from napari_cdal.engine.training.holdout import CONTEXT_UM, overlap_groups, side_by_side
 from napari_cdal.engine.training.run import make_patch_source
 from napari_cdal.engine.training.state import TrainState
 
@@ -94,8 +89,8 @@ def test_finetune_makes_a_new_model_and_leaves_the_source_alone(source, tiny_mod
     result = events[-1].payload
     record = result.model.record
     assert record["finetuned_from"]["model"] == tiny_model_file.name
-    assert record["finetuned_from"]["steps"] == source.record["steps"]
-    assert record["steps"] == 3 and record["wall_seconds"] > 0
+    assert record["finetuned_from"]["iterations"] == iterations_done(source.record)
+    assert record["iterations"] == 3 and record["wall_seconds"] > 0
     assert record["finetune"]["pairs"] == 1 and record["finetune"]["images"] == ["blob-8"]
     assert record["finetune"]["nuclei"] == len(np.unique(tile.instances)) - 1
     assert record["finetune"]["settings"]["lr_g"] == QUICK.lr_g
@@ -161,7 +156,7 @@ def test_binary_masks_split_touching_nuclei_with_a_note(source, as_mask) -> None
     events = list(finetune(source, [FinetunePair(image, as_mask(truth), name="x")], QUICK, "cpu", 0.5))
     assert events[0].stage == "note" and events[0].payload == prepared.notes[0]
     assert events[-1].payload.record["finetune"]["notes"] == prepared.notes
-    assert events[-1].payload.record["steps"] == 3
+    assert events[-1].payload.record["iterations"] == 3
 
 
 def test_instance_masks_and_separate_blobs_need_no_note(source) -> None:
@@ -373,7 +368,7 @@ def test_patience_stops_early(source) -> None:
         patience=2,
     )
     result = run_to_end(finetune(source, [FinetunePair(tile.image, tile.instances)], settings, "cpu", 0.5))
-    assert result.stopped_early and result.record["steps"] == 4
+    assert result.stopped_early and result.record["iterations"] == 4
 
 
 # --- bad input -------------------------------------------------------------------------------------
@@ -425,7 +420,7 @@ def test_region_of_background_is_fine_beside_one_with_nuclei(source) -> None:
     labels = tile.instances.copy()
     labels[:, :64] = 0
     pair = FinetunePair(tile.image, labels, regions=[(0, 128, 0, 50), (0, 128, 64, 128)])
-    assert run_to_end(finetune(source, [pair], QUICK, "cpu", 0.5)).record["steps"] == 3
+    assert run_to_end(finetune(source, [pair], QUICK, "cpu", 0.5)).record["iterations"] == 3
 
 
 @pytest.mark.parametrize(

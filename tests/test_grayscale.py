@@ -16,8 +16,9 @@ from napari_cdal.engine.config import PRESETS, ModelConfig
 from napari_cdal.engine.data.tiles import check_image_channels, load_folder, load_tile
 from napari_cdal.engine.events import run_to_end
 from napari_cdal.engine.io.images import integer_bit_depth
-from napari_cdal.engine.method.grid import model_grid, normalise
+from napari_cdal.engine.method.intensity import normalise
 from napari_cdal.engine.method.model import CdalModel
+from napari_cdal.engine.method.resampling import model_grid
 from napari_cdal.engine.segment import image as segment_module
 from napari_cdal.engine.segment.evaluate import evaluate_tiles
 from napari_cdal.engine.segment.image import segment_image
@@ -195,7 +196,7 @@ def test_tiny_grayscale_model_learns_through_the_cli(tmp_path, capsys) -> None:
 def test_a_model_that_sees_images_whole_never_takes_the_slide_path(tmp_path, capsys, monkeypatch) -> None:
     from conftest import run
 
-    from napari_cdal.cli import segment as segment_cli
+    from napari_cdal.cli import segment_slides
     from napari_cdal.engine.method.model import save_model
 
     model = tmp_path / "gray.safetensors"
@@ -204,7 +205,7 @@ def test_a_model_that_sees_images_whole_never_takes_the_slide_path(tmp_path, cap
     Image.fromarray((image * 255).astype(np.uint8)).save(tmp_path / "film.png")
     code, _, err = run(capsys, "segment", tmp_path / "film.png", "--model", model, "--out", tmp_path / "out", "--slide")
     assert code == 1 and "leave out --slide" in err and not (tmp_path / "out" / "film_labels.tif").exists()
-    monkeypatch.setattr(segment_cli, "SLIDE_MIN_PIXELS", 100)  # the film is "slide-sized" now
+    monkeypatch.setattr(segment_slides, "SLIDE_MIN_PIXELS", 100)  # the film is "slide-sized" now
     code, _, err = run(capsys, "segment", tmp_path / "film.png", "--model", model, "--out", tmp_path / "out")
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["film_labels.tif"]  # whole, no zarr store

@@ -1,4 +1,4 @@
-"""Tests for engine.io.images and engine.method.grid: image checks, scaling to 0..255, normalisation, resolution."""
+"""Tests for engine.io.images, method.intensity and method.resampling: image checks, 0..255, normalising, µm/px."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from PIL import Image
 
 from napari_cdal.engine.config import PRESETS, ModelConfig
 from napari_cdal.engine.io.images import ImageError, read_image, to_rgb_float
-from napari_cdal.engine.method.grid import model_size, normalise
+from napari_cdal.engine.method.intensity import normalise
+from napari_cdal.engine.method.resampling import model_size
 
 TINY = ModelConfig(**PRESETS["tiny"])
 

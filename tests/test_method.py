@@ -313,6 +313,7 @@ def test_own_chain_input_is_made_from_the_generators_first_estimate(monkeypatch)
 def test_error_auroc_closed_forms_and_nucleus_matching() -> None:
     import numpy as np
 
+    from napari_cdal.engine.labels import nucleus_areas, nucleus_means
     from napari_cdal.engine.segment import reliability as rel
 
     assert rel.auroc(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1])) == 1.0
@@ -329,8 +330,8 @@ def test_error_auroc_closed_forms_and_nucleus_matching() -> None:
     pred[6:9, 6:7] = 2  # a third of nucleus 2: IoU 1/3, wrong
     pred[0, 9] = 3  # nothing there: wrong
     assert rel.wrong_nuclei(pred, truth).tolist() == [False, True, True]
-    assert rel.nucleus_areas(pred).tolist() == [16.0, 3.0, 1.0]
-    assert rel.nucleus_means(pred, np.where(pred == 2, 1.0, 0.0)).tolist() == [0.0, 1.0, 0.0]
+    assert nucleus_areas(pred).tolist() == [16.0, 3.0, 1.0]
+    assert nucleus_means(pred, np.where(pred == 2, 1.0, 0.0)).tolist() == [0.0, 1.0, 0.0]
 
 
 def test_nucleus_features() -> None:

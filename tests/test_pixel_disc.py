@@ -105,7 +105,7 @@ def test_d_learns_where_the_generators_estimates_are_wrong(trained_tiny) -> None
     for name, candidate in (("untrained", untrained), ("trained", trained)):
         tile = blob_tile(7)  # a tile neither pool saw
         image = torch.from_numpy(np.ascontiguousarray(tile.image.transpose(2, 0, 1)))[None].float()
-        from napari_cdal.engine.method.grid import normalise
+        from napari_cdal.engine.method.intensity import normalise
 
         events = reverse_process(
             candidate,

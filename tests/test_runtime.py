@@ -21,13 +21,13 @@ pytest.importorskip("openvino")
 
 
 def _inputs(model: CdalModel, batch: int, height: int, width: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    gen = torch.Generator().manual_seed(seed)
+    rng = torch.Generator().manual_seed(seed)
     config = model.config
-    x = torch.randn(batch, config.label_channels, height, width, generator=gen)
+    x = torch.randn(batch, config.label_channels, height, width, generator=rng)
     t = torch.full((batch,), config.diffusion_steps - 1, dtype=torch.long)
     with torch.no_grad():
-        features = model.generator.encode_image(torch.randn(1, config.image_channels, height, width, generator=gen))
-    z = torch.randn(batch, config.latent_dim, generator=gen)
+        features = model.generator.encode_image(torch.randn(1, config.image_channels, height, width, generator=rng))
+    z = torch.randn(batch, config.latent_dim, generator=rng)
     return x, t, features, z, torch.zeros_like(x)
 
 

@@ -44,10 +44,10 @@ def test_last_reverse_step_returns_x0_without_noise() -> None:
 
 def test_q_sample_has_the_closed_form_moments() -> None:
     s = VPSchedule(4)
-    gen = torch.Generator().manual_seed(0)
+    rng = torch.Generator().manual_seed(0)
     x0 = torch.ones(200_000, 1, 1, 1)
     t = torch.full((200_000,), 1)
-    x_t = s.q_sample(x0, t, torch.randn(x0.shape, generator=gen))
+    x_t = s.q_sample(x0, t, torch.randn(x0.shape, generator=rng))
     ac = s.alphas_cumprod[1].item()
     assert x_t.mean().item() == pytest.approx(math.sqrt(ac), abs=0.01)
     assert x_t.var().item() == pytest.approx(1 - ac, abs=0.01)
@@ -56,10 +56,10 @@ def test_q_sample_has_the_closed_form_moments() -> None:
 def test_training_pair_follows_one_forward_step() -> None:
     # x_{t+1} | x_t has mean sqrt(alpha_{t+1}) x_t and variance beta_{t+1}: regress to check.
     s = VPSchedule(4)
-    gen = torch.Generator().manual_seed(1)
+    rng = torch.Generator().manual_seed(1)
     x0 = torch.ones(100_000, 1, 1, 1)
     t = torch.full((100_000,), 0)
-    x_t, x_next = s.training_pair(x0, t, gen)
+    x_t, x_next = s.training_pair(x0, t, rng)
     resid = x_next - math.sqrt(s.alphas[1].item()) * x_t
     assert resid.mean().item() == pytest.approx(0.0, abs=0.01)
     assert resid.var().item() == pytest.approx(s.betas[1].item(), abs=0.01)

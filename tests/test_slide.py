@@ -11,8 +11,9 @@ from scipy import ndimage as ndi
 from napari_cdal.engine.events import TICK, run_to_end
 from napari_cdal.engine.segment.image import segment_image
 from napari_cdal.engine.segment.metrics import aggregated_jaccard_index
+from napari_cdal.engine.slide.blocks import block_cores
 from napari_cdal.engine.slide.source import open_slide
-from napari_cdal.engine.slide.stitch import block_cores, labels_tiff, segment_slide
+from napari_cdal.engine.slide.stitch import labels_tiff, segment_slide
 from napari_cdal.engine.slide.store import store_levels
 
 BLOCK, HALO_UM, MPP = 96, 10.0, 0.5
@@ -75,7 +76,7 @@ def test_a_slide_in_one_large_compressed_strip_is_refused_in_one_line_before_the
     from napari_cdal.engine.slide import source as slide_source
 
     monkeypatch.setattr(slide_source, "MAX_CHUNK_BYTES", 2**20)
-    monkeypatch.setattr("napari_cdal.cli.segment.SLIDE_MIN_PIXELS", 512 * 512)
+    monkeypatch.setattr("napari_cdal.cli.segment_slides.SLIDE_MIN_PIXELS", 512 * 512)
     monkeypatch.setattr(common, "load_model", lambda *_: pytest.fail("the model was loaded"))
     pixels = np.random.default_rng(0).integers(0, 256, (1024, 512, 3), dtype=np.uint8)
     path, raw = tmp_path / "scan.tif", tmp_path / "raw.tif"
@@ -165,7 +166,7 @@ def test_labels_come_out_as_a_tiled_pyramidal_bigtiff(trained_tiny, mosaic, tmp_
 def test_segment_takes_large_images_through_the_slide_path(capsys, monkeypatch, tiny_model_file, mosaic, tmp_path):
     from conftest import files_in, run
 
-    monkeypatch.setattr("napari_cdal.cli.segment.SLIDE_MIN_PIXELS", 200 * 200)
+    monkeypatch.setattr("napari_cdal.cli.segment_slides.SLIDE_MIN_PIXELS", 200 * 200)
     path, _ = mosaic
     out = tmp_path / "out"
     code, stdout, err = run(capsys, "segment", path, "--model", tiny_model_file, "--out", out)

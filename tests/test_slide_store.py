@@ -14,6 +14,7 @@ from conftest import TILED, blob_mosaic, message_lines
 
 from napari_cdal.engine.events import run_to_end
 from napari_cdal.engine.slide import stitch
+from napari_cdal.engine.slide.block_detections import block_detections_path
 from napari_cdal.engine.slide.source import open_slide
 from napari_cdal.engine.slide.store import StoreError, box_chunks, chunk_file, level_roots, remove_store, store_levels
 
@@ -71,7 +72,8 @@ def _killed_at(point: str, monkeypatch):
         pass
 
     real = {
-        name: getattr(stitch, name) for name in ("_write_labels", "_update_levels", "_save_detections", "_mark_done")
+        name: getattr(stitch, name)
+        for name in ("_write_labels", "_update_levels", "save_block_detections", "_mark_done")
     }
     calls = dict.fromkeys(real, -1)
 
@@ -93,10 +95,10 @@ def _killed_at(point: str, monkeypatch):
         real["_update_levels"](levels, window, region)
 
     def save_detections(*args):
-        now = reached("_save_detections")
+        now = reached("save_block_detections")
         if now and point == "before the detections":
             raise Killed(point)
-        real["_save_detections"](*args)
+        real["save_block_detections"](*args)
         if now and point == "after the detections":
             raise Killed(point)
 
@@ -108,7 +110,7 @@ def _killed_at(point: str, monkeypatch):
     for name, replacement in (
         ("_write_labels", write_labels),
         ("_update_levels", update_levels),
-        ("_save_detections", save_detections),
+        ("save_block_detections", save_detections),
         ("_mark_done", mark_done),
     ):
         monkeypatch.setattr(stitch, name, replacement)
@@ -184,7 +186,7 @@ def test_a_damaged_store_is_named_with_its_block_and_the_fix_and_overwrite_start
 def test_resume_refuses_a_done_block_whose_detections_are_gone(trained_tiny, mosaic, tmp_path):
     store = tmp_path / "labels.zarr"
     _run(trained_tiny[0], mosaic, store)
-    (store / stitch.DETECTIONS_FOLDER / "block_000002.json").unlink()
+    block_detections_path(store, 2).unlink()
     with pytest.raises(StoreError, match=r"block 2 is done but its detections .* are missing.*--overwrite"):
         _run(trained_tiny[0], mosaic, store)
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import CLASSES, TINY_CLASSES, synthetic_volume, volume_affine
 
+from napari_cdal.catalog import bundled_models
 from napari_cdal.engine.config import ModelConfig
 from napari_cdal.engine.data.volumes import (
     LabelledVolume,
@@ -25,12 +26,11 @@ from napari_cdal.engine.data.volumes import (
 from napari_cdal.engine.events import TICK, run_to_end
 from napari_cdal.engine.io.images import ImageError
 from napari_cdal.engine.io.volumes import read_label_volume, read_volume, volume_stem, write_volume
-from napari_cdal.engine.method.grid import stretch_intensity
+from napari_cdal.engine.method.intensity import stretch_intensity
 from napari_cdal.engine.method.model import CdalModel
 from napari_cdal.engine.method.sampler import foreground_of, reverse_process
 from napari_cdal.engine.segment.volume import class_scores, evaluate_volumes, segment_volume, summarise_volumes
 from napari_cdal.engine.training.step import encode_targets
-from napari_cdal.models import bundled_models
 
 
 def test_config_of_classes_is_checked() -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_cdal.engine.config import ATTENTION_MAPS, UNCERTAINTY_MEASURES
+from napari_cdal.engine.config import ATTENTION_MAPS, UNCERTAINTY_MEASURES, iterations_done
 from napari_cdal.engine.data.tiles import load_folder
 from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP
 from napari_cdal.engine.method.model import bundled_model_path, load_model, save_model
@@ -112,7 +112,7 @@ def main() -> None:
     if "bundled" in model.record:  # re-bundled: keep what the earlier defaults were and why
         model.record.setdefault("bundled_before", []).append(model.record["bundled"])
     model.record["bundled"] = {
-        "from_step": model.record.get("steps"),
+        "from_step": iterations_done(model.record),
         "default_sampling_steps": args.default_sampling_steps,
         "sampler_defaults": changes,
         "defaults_chosen_by": args.reason,
@@ -133,7 +133,7 @@ def main() -> None:
     save_model(args.out, model)
     size = Path(args.out).stat().st_size
     print(
-        f"bundled step {model.record.get('steps')} as {args.out} ({size / 2**20:.1f} MB), "
+        f"bundled iteration {iterations_done(model.record)} as {args.out} ({size / 2**20:.1f} MB), "
         + ", ".join(f"{key} = {value}" for key, value in changes.items())
     )
 

@@ -6,10 +6,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from napari_cdal.catalog import state_path
 from napari_cdal.cli.common import EXIT_BAD_INPUT, CliError, end_progress_line
 from napari_cdal.cli.info import open_viewer
 from napari_cdal.cli.parser import build_parser
-from napari_cdal.models import state_path
 
 __all__ = ["CliError", "build_parser", "main", "open_viewer", "state_path"]
 

@@ -6,7 +6,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+Result = TypeVar("Result")
 
 EXIT_BAD_INPUT = 1
 
@@ -102,8 +104,9 @@ def sampling_model(path: str | None, device: Any, args: argparse.Namespace) -> A
     from napari_cdal.engine.method.runtime import with_runtime
 
     model = with_runtime(load_model(path, device), args.runtime, args.precision)
-    if model.runtime.note and args.runtime != "auto":
-        print(f"note: {model.runtime.describe()}", file=sys.stderr)
+    runtime = model.runtime  # with_runtime always sets one
+    if runtime is not None and runtime.note and args.runtime != "auto":
+        print(f"note: {runtime.describe()}", file=sys.stderr)
     return model
 
 
@@ -156,3 +159,10 @@ def read_split(path: str | None) -> dict[str, list[str]]:
         path, "split file", 'a JSON object of name lists, e.g. {"train": [...], "validation": [...]}'
     )
     return {key: value for key, value in split.items() if isinstance(value, list)}
+
+
+def finished(result: Result | None, what: str) -> Result:
+    """The 'done' payload a run's events ended with; a RuntimeError naming `what` when they ended without one."""
+    if result is None:
+        raise RuntimeError(f"{what} ended without its result")
+    return result

@@ -148,13 +148,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             seed=args.seed,
             threshold=args.threshold,
         )
-    summary = None
+    done: dict[str, Any] | None = None
     with common.progress(len(names), "evaluate", "volume" if volumes else "image") as bar:
         for event in events:
             if event.stage == "image":
                 bar.update(1)
             else:
-                summary = event.payload
+                done = event.payload
+    summary = common.finished(done, "evaluating")
     summary["model"] = str(model.source)
     summary["settings"] = {
         "sampling_steps": steps,

@@ -10,6 +10,7 @@ from typing import Any
 
 from napari_cdal.cli import common
 from napari_cdal.cli.common import CliError
+from napari_cdal.engine.config import FINETUNE_CONFIG
 from napari_cdal.engine.defaults import FINETUNE_D_LR_RATIO
 
 
@@ -36,7 +37,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     common.check_runtime(args)
     if args.lr is not None and not (math.isfinite(args.lr) and 0 < args.lr <= 1):
-        raise CliError(f"--lr {args.lr} must be a learning rate in (0, 1]; the default is 0.0001")
+        raise CliError(f"--lr {args.lr} must be a learning rate in (0, 1]; the default is {FINETUNE_CONFIG.lr_g:g}")
     images, masks = [Path(p) for p in args.images], [Path(p) for p in args.masks]
     if len(images) != len(masks):
         raise CliError(f"got {len(images)} images but {len(masks)} --masks; give one mask per image, in the same order")
@@ -53,7 +54,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if regions is not None:
         for index, (path, shape) in enumerate(zip(regions, shapes, strict=True)):
             try:
-                boxes[index] = read_regions(path, shape[:2], args.mpp)
+                boxes[index] = read_regions(path, (shape[0], shape[1]), args.mpp)
             except ValueError as exc:
                 raise CliError(str(exc)) from exc
     pairs = [
@@ -71,14 +72,14 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def _finetune(args: argparse.Namespace, pairs: list[Any], settings: Any, out: Path) -> int:
     """Fine-tune on the checked pairs and save the new model at --out (locked)."""
-    from napari_cdal.engine.training.finetune import finetune, save_finetuned
+    from napari_cdal.engine.training.finetune import FinetuneResult, finetune, save_finetuned
 
     device = common.setup_torch(args)
     model = common.load_model(args.model, device)
     events = finetune(model, pairs, settings, device, args.mpp)
     first = next(events)  # bad corrections are refused at the first event: in one line, before the bar opens
     bar = common.progress(settings.iterations, "finetune", "step")  # at 0 until the first step
-    result = None
+    done: FinetuneResult | None = None
     try:
         for event in itertools.chain([first], events):
             if event.stage == "note":
@@ -89,12 +90,13 @@ def _finetune(args: argparse.Namespace, pairs: list[Any], settings: Any, out: Pa
                 )
                 common.advance(bar, event.index, event.total)
             elif event.stage == "done":
-                result = event.payload
+                done = event.payload
     finally:
         bar.close()
+    result = common.finished(done, "fine-tuning")
     save_finetuned(result.model, out)
     print(
-        f"fine-tuned {result.record['steps']} iterations on {len(pairs)} image(s) in "
+        f"fine-tuned {result.record['iterations']} iterations on {len(pairs)} image(s) in "
         f"{result.record['wall_seconds']:.0f} s; model: {out} (source {model.source} unchanged)"
     )
     advice = {True: "; use it", False: "; keep the source model, or compare their masks before using it", None: ""}[

@@ -22,8 +22,8 @@ def _what_it_segments(config: dict[str, Any]) -> str:
 
 def list_known_models() -> int:
     """Print the bundled models (usable by name with --model) and the user's model folder."""
+    from napari_cdal.catalog import list_models, model_dir, model_dir_problem
     from napari_cdal.engine.io.checkpoint import CheckpointError, read_metadata
-    from napari_cdal.models import list_models, model_dir, model_dir_problem
 
     problem = model_dir_problem()
     if problem:
@@ -45,14 +45,14 @@ def cmd_info(args: argparse.Namespace) -> int:
         return list_known_models()
     import torch
 
-    from napari_cdal.engine.config import ModelConfig
+    from napari_cdal.catalog import bundled_models
+    from napari_cdal.engine.config import ModelConfig, current_record
     from napari_cdal.engine.io.checkpoint import read_metadata
     from napari_cdal.engine.method.model import resolve_model_path
-    from napari_cdal.models import bundled_models
 
     path = resolve_model_path(args.model)
     meta = read_metadata(path)
-    record = meta.get("record", {})
+    record = current_record(meta.get("record", {}))  # a record written before reads under today's names
     bundled = path in bundled_models().values()
     print(f"model: {path}{' (bundled)' if bundled else ''}")
     print(f"kind: {meta.get('kind')}, written by napari-cdal {meta.get('package_version')}")
@@ -67,7 +67,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print("training record:")
     for key in (
         "data",
-        "steps",
+        "iterations",
         "wall_seconds",
         "device",
         "train_config",

@@ -6,19 +6,21 @@ import argparse
 
 from napari_cdal.cli.evaluate import cmd_evaluate
 from napari_cdal.cli.finetune import cmd_finetune
+from napari_cdal.cli.help_defaults import BUNDLED_SAMPLES, BUNDLED_SAMPLING_STEPS, sub_parser
 from napari_cdal.cli.info import cmd_info, cmd_view
 from napari_cdal.cli.segment import cmd_segment
 from napari_cdal.cli.train import cmd_train
+from napari_cdal.engine.config import FINETUNE_CONFIG, TRAIN_DEFAULTS
 from napari_cdal.engine.defaults import (
     DEFAULT_IMAGE_MPP,
     DEFAULT_PRECISION,
     DEFAULT_RUNTIME,
+    DEFAULT_SEED,
     DEFAULT_THRESHOLD,
     DEFAULT_TISSUE,
     DEVICE_CHOICES,
     FAST_SETTINGS,
     FINETUNE_D_LR_RATIO,
-    FINETUNE_SETTINGS,
     PRECISION_CHOICES,
     RUNTIME_CHOICES,
     TISSUE_CHOICES,
@@ -54,16 +56,21 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="denoising steps the mask forms in, at most the model's diffusion steps T; fewer is "
-        "faster (default: the model's own choice; the bundled model: 2)",
+        f"faster (default: the model's own choice; the bundled model: {BUNDLED_SAMPLING_STEPS})",
     )
     p.add_argument(
         "--samples",
         type=int,
         default=None,
         help="how many masks to draw and average (K), each from another random latent code; 2 or "
-        "more also give an uncertainty map, where they disagree (default: the model's; bundled: 2)",
+        f"more also give an uncertainty map, where they disagree (default: the model's; bundled: {BUNDLED_SAMPLES})",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed repeats a run exactly (default: 0)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        help=f"random seed; the same seed repeats a run exactly (default: {DEFAULT_SEED})",
+    )
     p.add_argument(
         "--mpp",
         type=float,
@@ -107,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"napari-cdal {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser(
+    p = sub_parser(
+        sub,
         "segment",
         help="segment images into nuclei: one id per nucleus",
         description="Segment each image; write <stem>_labels.tif (0 = background, one id per "
@@ -194,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime(p)
     p.set_defaults(func=cmd_segment)
 
-    p = sub.add_parser(
+    p = sub_parser(
+        sub,
         "evaluate",
         help="score a model on a folder with ground truth (Dice, IoU, AJI, PQ; for volumes Dice and IoU per class)",
     )
@@ -212,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("train", help="train a model on a MoNuSeg-layout folder or a folder of NIfTI volumes")
+    p = sub_parser(sub, "train", help="train a model on a MoNuSeg-layout folder or a folder of NIfTI volumes")
     p.add_argument(
         "data_dir",
         help="folder with images/ and masks/ (MoNuSeg layout), or images/*.nii.gz with "
@@ -227,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="iterations",
         type=int,
         default=None,
-        help="training iterations in all, each one batch of patches (default: 4000)",
+        help=f"training iterations in all, each one batch of patches (default: {TRAIN_DEFAULTS.iterations})",
     )
     p.add_argument(
         "--resume",
@@ -252,8 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--discriminator-only",
         action="store_true",
-        help="keep --init-from's generator as it is and train it a new pixel discriminator, which "
-        "learns where that generator's masks are wrong (the attention layer and Review then use it); "
+        help="keep --init-from's generator network (G) as it is and train it a new pixel discriminator, which "
+        "learns where that G's masks are wrong (the attention layer and Review then use it); "
         "--iterations and --seed apply, --train-config takes its own settings "
         "(engine/training/error_disc.ErrorDiscSettings)",
     )
@@ -264,27 +273,34 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"µm per pixel of the data (default: {DEFAULT_IMAGE_MPP}; with --resume, the recorded one)",
     )
-    p.add_argument("--batch-size", type=int, default=None, help="patches per iteration (default: 4)")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help=f"patches per iteration (default: {TRAIN_DEFAULTS.batch_size})"
+    )
     p.add_argument(
         "--patch-size",
         type=int,
         default=None,
-        help="side of a training patch in model pixels, a multiple of the model's size multiple (default: 256)",
+        help="side of a training patch in model pixels, a multiple of the model's size multiple "
+        f"(default: {TRAIN_DEFAULTS.patch_size})",
     )
-    p.add_argument("--seed", type=int, default=None, help="random seed of the run (default: 0)")
+    p.add_argument("--seed", type=int, default=None, help=f"random seed of the run (default: {TRAIN_DEFAULTS.seed})")
     p.add_argument(
-        "--checkpoint-every", type=int, default=None, help="save the resumable state every N iterations (default: 200)"
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        help=f"save the resumable state every N iterations (default: {TRAIN_DEFAULTS.checkpoint_every})",
     )
     p.add_argument(
         "--validate-every",
         type=int,
         default=None,
-        help="score the validation tiles every N iterations and keep the best model (default: 500)",
+        help="score the validation tiles every N iterations and keep the best model "
+        f"(default: {TRAIN_DEFAULTS.validate_every})",
     )
     _add_runtime(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("finetune", help="fine-tune a model on images with corrected masks")
+    p = sub_parser(sub, "finetune", help="fine-tune a model on images with corrected masks")
     p.add_argument("images", nargs="+", help="image files (TIFF, PNG, JPEG)")
     p.add_argument(
         "--masks",
@@ -313,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="iterations",
         type=int,
         default=None,
-        help=f"training iterations (default: {FINETUNE_SETTINGS['iterations']})",
+        help=f"training iterations (default: {FINETUNE_CONFIG.iterations})",
     )
     p.add_argument(
         "--mpp",
@@ -325,20 +341,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--lr",
         type=float,
         default=None,
-        help=f"generator learning rate; the discriminator gets {FINETUNE_D_LR_RATIO:g} of it "
-        f"(default: {FINETUNE_SETTINGS['lr_g']:g})",
+        help=f"learning rate of G, the generator network; the discriminator gets {FINETUNE_D_LR_RATIO:g} of it "
+        f"(default: {FINETUNE_CONFIG.lr_g:g})",
     )
-    p.add_argument("--seed", type=int, default=None, help="random seed; the same seed repeats a run (default: 0)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help=f"random seed; the same seed repeats a run (default: {FINETUNE_CONFIG.seed})",
+    )
     _add_runtime(p)
     p.set_defaults(func=cmd_finetune)
 
-    p = sub.add_parser("info", help="print a model's settings and training record, or list the models")
+    p = sub_parser(sub, "info", help="print a model's settings and training record, or list the models")
     p.add_argument("--model", default=None, help="model file or bundled name; default: the bundled H&E model")
     p.add_argument("--list", action="store_true", help="list the bundled models (by name) and your own")
     p.add_argument("--json", action="store_true", help="also print the whole metadata as JSON")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("view", help="open napari with the Segment widget docked")
+    p = sub_parser(sub, "view", help="open napari with the Segment widget docked")
     p.add_argument("images", nargs="*", help="image files to open")
     p.add_argument("--sample", action="store_true", help="also open the bundled MoNuSeg sample tile")
     p.set_defaults(func=cmd_view)

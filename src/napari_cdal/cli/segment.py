@@ -5,11 +5,28 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from napari_cdal.cli import common
 from napari_cdal.cli.common import CliError
-from napari_cdal.engine.slide.source import SLIDE_MIN_PIXELS, SLIDE_SUFFIXES, open_slide
+from napari_cdal.cli.segment_slides import (
+    check_slide_block_memory,
+    dask_client,
+    is_slide,
+    segment_slide_file,
+    slide_mpp,
+)
+from napari_cdal.cli.segment_volumes import (
+    VOLUME_OUTPUTS,
+    check_model_fits,
+    check_volume_memory,
+    segment_volume_file,
+    volume_outputs,
+)
+from napari_cdal.engine.slide.source import SLIDE_SUFFIXES, open_slide
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def _write_tiff(path: Path, array: Any) -> None:
@@ -21,8 +38,8 @@ def _write_tiff(path: Path, array: Any) -> None:
     atomic_write(path, lambda tmp: tifffile.imwrite(tmp, array, compression="zlib", photometric="minisblack"))
 
 
-SEGMENT_OUTPUTS = (
-    ("labels", True, "_labels.tif"),
+SEGMENT_OUTPUTS: tuple[tuple[str, str, str], ...] = (
+    ("labels", "", "_labels.tif"),
     ("steps", "save_steps", "_steps.tif"),
     ("chain", "save_steps", "_chain.tif"),
     ("attention", "save_attention", "_attention.tif"),
@@ -31,16 +48,14 @@ SEGMENT_OUTPUTS = (
     ("measurements", "measurements", "_nuclei.csv"),
     ("review", "review", "_review.csv"),
 )
-"""What segment writes per image: <stem><suffix>, always or when the flag is given.
+"""What segment writes per image: <stem><suffix>, always (no flag) or when the flag is given.
 
 --save-steps writes x̂0 per step as _steps.tif (its meaning kept: scripts read it) and the chain as
 sampled, x_T to x_0 (one plane more), as _chain.tif."""
 
 
 def _segment_outputs(args: argparse.Namespace, out: Path, stem: str) -> dict[str, Path]:
-    return {
-        kind: out / f"{stem}{suffix}" for kind, flag, suffix in SEGMENT_OUTPUTS if flag is True or getattr(args, flag)
-    }
+    return {kind: out / f"{stem}{suffix}" for kind, flag, suffix in SEGMENT_OUTPUTS if not flag or getattr(args, flag)}
 
 
 def _write_outputs(
@@ -54,7 +69,7 @@ def _write_outputs(
     from napari_cdal.engine.segment.review import review_items, review_table
 
     labels = relabel_sequential_uint(result.labels)
-    table = None
+    table: dict[str, np.ndarray] = {}  # measured only when a file shows it
     if "geojson" in files or "measurements" in files:
         table = nucleus_measurements(labels, to_rgb_float(pixels, 3), image_mpp, result.uncertainty)
     maps = {
@@ -76,191 +91,6 @@ def _write_outputs(
             write_text(file, csv_text(review_table(items)))
         else:
             _write_tiff(file, maps[kind])
-
-
-def _dask_client(args: argparse.Namespace) -> tuple[Any, Any]:
-    """(client, the local cluster it runs on or None): --scheduler's cluster, or one of --workers processes."""
-    if not args.scheduler and not args.workers:
-        return None, None
-    from distributed import Client, LocalCluster
-
-    if args.scheduler:
-        return Client(args.scheduler, timeout="20s"), None
-    # one torch thread per worker process: more spin against each other when the processes fill the cores
-    threads = str(args.threads or 1)
-    cluster = LocalCluster(
-        n_workers=args.workers,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads},
-    )
-    return Client(cluster), cluster
-
-
-def _is_slide(path: Path, size: tuple[int, int], forced: bool) -> bool:
-    return forced or path.suffix.lower() in (".svs", ".ndpi") or size[0] * size[1] >= SLIDE_MIN_PIXELS
-
-
-def _slide_mpp(args: argparse.Namespace, path: Path) -> float:
-    """The µm/px a slide is segmented at: --mpp when typed, else the slide's own (its header is read, nothing more)."""
-    from napari_cdal.engine.checks import check_mpp
-
-    with open_slide(path) as source:
-        typed = "--mpp" in getattr(args, "typed_options", ())
-        return args.mpp if typed or source.mpp is None else check_mpp(source.mpp, f"{path.name}'s µm/px")
-
-
-def _check_slide_block_memory(path: Path, mpp: float, model: Any, steps: int, samples: int) -> None:
-    """One block with its halo must fit in memory (the slide's size does not matter: blocks are read one by one)."""
-    import math
-
-    from napari_cdal.engine.checks import check_memory, segment_peak_bytes
-    from napari_cdal.engine.slide.stitch import BLOCK_PX, HALO_UM
-
-    side = BLOCK_PX + 2 * math.ceil(HALO_UM / mpp)
-    check_memory(
-        segment_peak_bytes(side, side, mpp, model.config, steps, samples, False, False),
-        f"{path}, one block of {side} x {side} px",
-        "close other programs, or give fewer --samples",
-    )
-
-
-def _segment_slide(
-    args: argparse.Namespace,
-    model: Any,
-    path: Path,
-    files: dict[str, Path],
-    mpp: float,
-    sampling_steps: int,
-    samples: int,
-    client: Any,
-) -> str:
-    """One slide through engine.slide: labels into <stem>_labels.zarr (resumable), then a tiled BigTIFF, the tissue
-    mask and the nuclei's files; returns the line that says what was found."""
-    from napari_cdal.engine.events import TICK
-    from napari_cdal.engine.slide.stitch import labels_tiff, segment_slide, write_slide_detections
-    from napari_cdal.engine.slide.store import remove_store
-    from napari_cdal.engine.slide.tissue import save_tissue_png
-
-    if args.overwrite and files["store"].exists():
-        remove_store(files["store"])
-    with open_slide(path) as source:
-        bar = common.progress(0, path.name, "block")
-        result = None
-        detections = "geojson" in files or "measurements" in files
-        for event in segment_slide(
-            model,
-            source,
-            files["store"],
-            mpp,
-            sampling_steps=sampling_steps,
-            samples=samples,
-            seed=args.seed,
-            threshold=args.threshold,
-            detections=detections,
-            client=client,
-            tissue=args.tissue,
-        ):
-            if event.stage == "done":
-                result = event.payload
-            elif event.stage != TICK:
-                common.advance(bar, event.index, event.total)
-        bar.close()
-    labels_tiff(result.store, files["labels"])
-    if result.tissue is not None:
-        save_tissue_png(result.tissue, files["tissue"])
-    if detections:
-        write_slide_detections(result.store, files.get("geojson"), files.get("measurements"))
-    tissue = (
-        "every block segmented (--tissue all)"
-        if result.tissue_mm2 is None
-        else f"{result.skipped} of glass skipped; tissue {result.tissue_mm2:.3g} mm²"
-    )
-    return (
-        f"{path.name}: {result.n_nuclei} nuclei in {result.blocks} blocks at {mpp:g} µm/px ({tissue} of "
-        f"{result.slide_mm2:.3g} mm² slide), {result.seconds:.1f} s"
-    )
-
-
-VOLUME_OUTPUTS = (
-    ("labels", True, "_labels.nii.gz"),
-    ("steps", "save_steps", "_steps.nii.gz"),
-    ("chain", "save_steps", "_chain.nii.gz"),
-    ("attention", "save_attention", "_attention.nii.gz"),
-    ("uncertainty", "save_uncertainty", "_uncertainty.nii.gz"),
-)
-"""What segment writes per volume, NIfTI with the input's affine: <stem><suffix>, always or when asked."""
-
-
-def _volume_outputs(args: argparse.Namespace, out: Path, stem: str) -> dict[str, Path]:
-    if args.geojson or args.measurements or args.review:
-        raise CliError(
-            "--geojson, --measurements and --review describe nuclei of 2-D images; a volume gets "
-            "<stem>_labels.nii.gz (and, when asked, its step, attention and uncertainty maps)"
-        )
-    return {
-        kind: out / f"{stem}{suffix}" for kind, flag, suffix in VOLUME_OUTPUTS if flag is True or getattr(args, flag)
-    }
-
-
-def _check_model_fits(model: Any, volumes: list[Path], images: list[Path]) -> None:
-    """A volume needs a model of classes and a 2-D image a nucleus model: say which, before any work."""
-    name = Path(model.source).name
-    if volumes and not model.config.is_multiclass:
-        raise CliError(
-            f"{volumes[0]} is a volume, but {name} segments 2-D images; give a volume model, "
-            "e.g. --model cdal_hippocampus (napari-cdal info --list)"
-        )
-    if model.config.is_multiclass and len(images) > len(volumes):
-        flat = next(path for path in images if path not in volumes)
-        raise CliError(
-            f"{name} segments volumes (.nii/.nii.gz), not the 2-D image {flat}; leave out --model "
-            "for the bundled H&E model"
-        )
-
-
-def _segment_volume_file(
-    args: argparse.Namespace, model: Any, path: Path, files: dict[str, Path], sampling_steps: int, samples: int
-) -> str:
-    """One NIfTI volume through engine.segment.volume; every output keeps the input's shape and affine; returns the
-    line that says what was found."""
-    from napari_cdal.engine.events import TICK, run_to_end
-    from napari_cdal.engine.io.volumes import read_volume, write_volume
-    from napari_cdal.engine.segment.volume import class_voxels, segment_volume
-
-    volume = read_volume(path)
-    bar = common.progress(0, path.name, "slice")
-
-    def show(event: Any) -> None:
-        if event.stage != TICK:
-            common.advance(bar, event.index, event.total)
-
-    try:
-        result = run_to_end(
-            segment_volume(
-                model,
-                volume.data,
-                sampling_steps,
-                samples,
-                args.seed,
-                keep_steps=args.save_steps or args.save_attention,
-                with_attention=args.save_attention,
-            ),
-            show,
-        )
-    finally:
-        bar.close()
-    maps = {
-        "labels": result.labels,
-        "uncertainty": result.uncertainty,
-        "steps": None if result.steps is None else result.steps.transpose(1, 2, 3, 0),
-        "chain": None if result.chain is None else result.chain.transpose(1, 2, 3, 0),
-        "attention": None if result.attention is None else result.attention.transpose(1, 2, 3, 0),
-    }
-    for kind, file in files.items():
-        write_volume(file, maps[kind], volume.affine)
-    return f"{path.name}: {class_voxels(result.labels, model.config.class_names)}, {result.seconds:.1f} s"
 
 
 def _check_uncertainty_has_samples(args: argparse.Namespace, samples: int) -> None:
@@ -307,13 +137,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
             sizes[path] = plane_size(read_header(path), str(path))
     out = check_output_folder(args.out)
     outputs = {
-        path: _volume_outputs(args, out, volume_stem(path))
+        path: volume_outputs(args, out, volume_stem(path))
         if path in volumes
         else _segment_outputs(args, out, path.stem)
         for path in images
     }
     on_cluster = bool(args.workers or args.scheduler)
-    slides = [path for path in images if path not in volumes and _is_slide(path, sizes[path], args.slide or on_cluster)]
+    slides = [path for path in images if path not in volumes and is_slide(path, sizes[path], args.slide or on_cluster)]
     for path in slides:
         extra = [
             "--" + flag.replace("_", "-")
@@ -347,7 +177,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     model = common.sampling_model(
         common.model_for(args.model, volumes=bool(volumes) and len(volumes) == len(images)), device, args
     )
-    _check_model_fits(model, volumes, images)
+    check_model_fits(model, volumes, images)
     if model.config.model_side and slides:  # a model that sees images whole never cuts them into blocks
         if args.slide or on_cluster:
             raise CliError(
@@ -363,14 +193,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
     samples = model.config.default_samples if args.samples is None else args.samples
     _check_uncertainty_has_samples(args, samples)
     want_maps = args.save_steps or args.save_attention
-    slide_mpps = {path: _slide_mpp(args, path) for path in slides}  # an unreadable slide is named before any work
+    slide_mpps = {path: slide_mpp(args, path) for path in slides}  # an unreadable slide is named before any work
     for path in slides:
-        _check_slide_block_memory(path, slide_mpps[path], model, steps, samples)
+        check_slide_block_memory(path, slide_mpps[path], model, steps, samples)
     for path in images:
         if path in slides:
             continue
         if path in volumes:
-            _check_volume_memory(path, model, steps, samples, args)
+            check_volume_memory(path, model, steps, samples, args)
             continue
         check_memory(
             segment_peak_bytes(*sizes[path], args.mpp, model.config, steps, samples, want_maps, args.save_attention),
@@ -383,7 +213,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         check_new_outputs(
             [file for files in outputs.values() for kind, file in files.items() if kind != "store"], args.overwrite
         )
-        client, cluster = _dask_client(args) if slides else (None, None)
+        client, cluster = dask_client(args) if slides else (None, None)
         try:
             _segment_all(args, model, images, slide_mpps, outputs, steps, samples, want_maps, client)
         finally:
@@ -392,21 +222,6 @@ def cmd_segment(args: argparse.Namespace) -> int:
             if cluster is not None:  # a cluster this command started ends with it
                 cluster.close()
     return 0
-
-
-def _check_volume_memory(path: Path, model: Any, steps: int, samples: int, args: argparse.Namespace) -> None:
-    """A volume and its segmentation must fit in the free memory (from its header: nothing is read yet)."""
-    from napari_cdal.engine.checks import check_memory, volume_peak_bytes
-    from napari_cdal.engine.io.volumes import read_volume_header
-    from napari_cdal.engine.segment.volume import SLICES_PER_BATCH
-
-    shape, _ = read_volume_header(path)
-    keep = args.save_steps or args.save_attention
-    check_memory(
-        volume_peak_bytes(shape, model.config, steps, samples, SLICES_PER_BATCH, keep),
-        f"{path} ({' x '.join(map(str, shape))} voxels, {samples} samples)",
-        "give fewer --samples, leave out --save-steps/--save-attention, or crop the volume",
-    )
 
 
 def _replaced_members(args: argparse.Namespace, out: Path, path: Path, volume: bool) -> list[Path]:
@@ -448,9 +263,9 @@ def _segment_all(
             if "store" in outputs[path]:
                 staged["store"] = outputs[path]["store"]
             if path in slides:
-                said = _segment_slide(args, model, path, staged, slides[path], steps, samples, client)
+                said = segment_slide_file(args, model, path, staged, slides[path], steps, samples, client)
             elif is_volume_path(path):
-                said = _segment_volume_file(args, model, path, staged, steps, samples)
+                said = segment_volume_file(args, model, path, staged, steps, samples)
             else:
                 said = _segment_tile(args, model, path, staged, steps, samples, want_maps)
         gone = [file.name for file in replaced if not file.exists()]

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from napari_cdal.catalog import state_path
 from napari_cdal.cli import common
 from napari_cdal.cli.common import CliError
-from napari_cdal.models import state_path
 
 
 def _train_config(args: argparse.Namespace, base: dict[str, Any] | None = None) -> Any:
@@ -73,23 +73,25 @@ def _check_train_out(out: Path, resume: bool) -> None:
 
 
 def _train_discriminator_only(args: argparse.Namespace, out: Path, split: dict[str, list[str]]) -> int:
-    """--discriminator-only: a pixel D for --init-from's frozen generator, written to --out."""
+    """--discriminator-only: a pixel D for --init-from's frozen G, written to --out."""
     import dataclasses
 
     from napari_cdal.engine.data.tiles import check_image_channels, check_tiles_have_nuclei, load_folder
-    from napari_cdal.engine.method.model import save_model
+    from napari_cdal.engine.method.model import CdalModel, save_model
     from napari_cdal.engine.training.error_disc import ErrorDiscSettings, train_error_discriminator
     from napari_cdal.engine.training.run import prepare_tiles, run_data
 
     if not args.init_from:
-        raise CliError("--discriminator-only trains a discriminator for a generator: give the model with --init-from")
+        raise CliError(
+            "--discriminator-only trains a discriminator for a generator network: give the model with --init-from"
+        )
     refused = [
         option
         for option in ("--resume", "--config", "--batch-size", "--patch-size", "--checkpoint-every", "--validate-every")
         if option in args.typed_options
     ]
     if refused:
-        raise CliError(f"{refused[0]} does not apply to --discriminator-only (the generator is kept as it is)")
+        raise CliError(f"{refused[0]} does not apply to --discriminator-only (the generator network is kept as it is)")
     device = common.setup_torch(args)
     model = common.load_model(args.init_from, device)
     if model.config.is_multiclass or model.config.image_channels != 3:
@@ -112,7 +114,7 @@ def _train_discriminator_only(args: argparse.Namespace, out: Path, split: dict[s
         raise CliError(f"{common.typed(args, '--iterations', '--steps')} must be at least 1, got {settings.iterations}")
     tiles = prepare_tiles(train_tiles, data.data_mpp, model.config)
     bar = common.progress(settings.pool_batches, "segment patches", "batch")
-    trained = None
+    done: CdalModel | None = None
     for event in train_error_discriminator(model, tiles, settings):
         if event.stage == "pool":
             common.advance(bar, event.index)
@@ -123,8 +125,9 @@ def _train_discriminator_only(args: argparse.Namespace, out: Path, split: dict[s
             bar.set_postfix({k: f"{v:.3f}" for k, v in event.payload.items()}, refresh=False)
             common.advance(bar, event.index)
         elif event.stage == "done":
-            trained = event.payload
+            done = event.payload
     bar.close()
+    trained = common.finished(done, "training the pixel discriminator")
     save_model(out, trained, replace=False)
     record = trained.record["error_discriminator"]
     print(

@@ -16,11 +16,11 @@ from pathlib import Path
 
 from napari_cdal.engine.config import ModelConfig
 from napari_cdal.engine.defaults import MAX_COUNT, MPP_RANGE, SEED_RANGE, SEED_RANGE_TEXT
-from napari_cdal.engine.segment.tiling import TILE_PX
+from napari_cdal.engine.segment.windows import WINDOW_PX
 
 ACTIVATION_COPIES = 6
 """Working tensors of a network's full-resolution width alive at once in one pass, beside the U-Net's skips; an
-upper estimate: peak memory measured per sample and model pixel of a 512-px tile (ru_maxrss, K = 4) was 866 bytes for
+upper estimate: peak memory measured per sample and model pixel of a 512-px window (ru_maxrss, K = 4) was 866 bytes for
 the bundled H&E model, 527 for the tiny test model and 1,220 for the hippocampus model, which this gives as 1,320, 688
 and 1,336."""
 
@@ -228,7 +228,7 @@ def segment_peak_bytes(
     Per input pixel: the image as float32, the probability maps (with the uncertainty and D's last
     map), the labels, and the x̂0, chain (one plane more: x_T) and attention stacks
     when kept; per model-grid pixel the same maps on the model's grid; and the network passes,
-    one tile (at most TILE_PX a side) at a time with its K samples in one batch, which grow with
+    one window (at most WINDOW_PX a side) at a time with its K samples in one batch, which grow with
     K and the model's widths (network_peak_bytes).
     """
     factor = config.grid_factor(height, width, image_mpp) ** 2
@@ -237,7 +237,7 @@ def segment_peak_bytes(
     per_image_pixel = 4 * (config.image_channels + maps + 2 * stacks) + 8 + POSTPROCESS_BYTES_PER_PIXEL
     per_model_pixel = 4 * (config.image_channels * 2 + maps + stacks + 2)
     model_pixels = height * width * factor
-    pass_pixels = min(model_pixels, (TILE_PX + config.size_multiple) ** 2)
+    pass_pixels = min(model_pixels, (WINDOW_PX + config.size_multiple) ** 2)
     return int(
         height * width * per_image_pixel
         + model_pixels * per_model_pixel

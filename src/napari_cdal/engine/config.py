@@ -3,85 +3,42 @@
 from __future__ import annotations
 
 import dataclasses
-import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from napari_cdal.engine.defaults import MAX_COUNT, SEED_RANGE
+from napari_cdal.engine.config_rules import (
+    ATTENTION_MAPS,
+    DISC_KINDS,
+    LABEL_ENCODINGS,
+    UNCERTAINTY_MEASURES,
+    check_model_config,
+    check_train_config,
+)
+
+__all__ = [
+    "ATTENTION_MAPS",
+    "DISC_KINDS",
+    "FINETUNE_CHANGES",
+    "FINETUNE_CONFIG",
+    "FINETUNE_D_LR_RATIO",
+    "FORMER_NAMES",
+    "HE_MEAN",
+    "HE_STD",
+    "LABEL_ENCODINGS",
+    "PRESETS",
+    "RECORD_FORMER_NAMES",
+    "TRAIN_DEFAULTS",
+    "UNCERTAINTY_MEASURES",
+    "ModelConfig",
+    "current_record",
+    "iterations_done",
+    "TrainConfig",
+]
 
 # Per-channel statistics of MoNuSeg H&E on the 0..255 scale (cDAL.md §5).
 HE_MEAN = (142.07, 98.48, 132.96)
 HE_STD = (65.78, 57.05, 57.78)
-
-ATTENTION_MAPS = ("channel_mean", "score_map", "score_gradient", "error_probability")
-"""What the attention layer can show: cDAL's channel mean of D's middle block; D's score per place
-(its linear head applied before the spatial mean; minus the logit per pixel for the pixel D); the
-size of the gradient of D's realism loss with respect to the mask (where D would change the mask);
-the pixel D's belief that the mask is wrong at each pixel."""
-
-DISC_KINDS = {
-    "trunk": ("channel_mean", "score_map", "score_gradient"),
-    "pixel": ("error_probability", "score_map"),
-}
-"""The discriminator's layouts and the attention maps each can give: cDAL's convolutional trunk with
-one score per pair (`networks.Discriminator`), or an encoder-decoder with a real/fake logit per pixel
-that also sees the image, trained to find where the mask is wrong (`pixel_disc.PixelDiscriminator`)."""
-
-UNCERTAINTY_MEASURES = ("std", "entropy", "mutual_information", "chain_std", "chain_entropy")
-"""Per-pixel uncertainty from the K samples: the spread of their foreground probabilities, the
-binary entropy of their mean (total predictive uncertainty), or that entropy less the samples'
-mean entropy (their disagreement); the chain_ measures take the x̂_0 of every step of the chain
-and every sample as one ensemble."""
-
-LABEL_ENCODINGS = {
-    "foreground": ("foreground",),
-    "foreground_core": ("foreground", "core"),
-    "foreground_core_distance": ("foreground", "core", "distance"),
-    "classes": (),
-}
-"""What the generator's label channels mean: a nucleus mask (and its cores, the watershed's markers, and
-each pixel's distance to its nucleus's border over the largest, where to split), or one-hot classes
-(`class_names`, background first) whose argmax is the label."""
-
-
-MAX_LEVELS = 8
-"""The most U-Net or discriminator levels a model may have (each halves the image; 8 halve it 256 times)."""
-
-MAX_CHANNEL_MULT = 32
-"""The largest width multiplier of a U-Net level."""
-
-MAX_DEFAULT_SAMPLES = 256
-"""The most samples (K) a model may ask for by default; the bundled models ask for 2 to 8."""
-
-MAX_BETA = 1000.0
-"""The largest noise rate beta of the schedule (VP-SDE papers use 0.1 to 20)."""
-
-MAX_MODEL_MPP = 10_000.0
-"""The coarsest µm per pixel of a model's grid (the volume models' 1000 stands for "the volume's own voxels")."""
-
-MAX_CLASSES = 256
-"""The most classes a model of classes may name (its labels are written as uint8)."""
-
-MODEL_INTEGER_BOUNDS: dict[str, tuple[int, int]] = {
-    "image_channels": (1, 64),
-    "base_width": (1, 512),
-    "blocks_per_level": (1, 16),
-    "encoder_blocks": (0, 16),
-    "time_dim": (2, 4096),
-    "latent_dim": (1, 4096),
-    "latent_width": (1, 4096),
-    "latent_layers": (1, 32),
-    "norm_groups": (1, 512),
-    "disc_width": (1, 512),
-    "disc_levels": (1, MAX_LEVELS),
-    "disc_attention_level": (1, MAX_LEVELS),
-    "diffusion_steps": (1, 1000),
-    "context_slices": (0, 16),
-    "slice_axis": (0, 2),
-    "model_side": (0, 16_384),
-}
-"""Each integer setting of a model and the range it must lie in, checked whenever a config is made (a model file's
-too), so a file cannot claim 10^9 diffusion steps or widths no memory holds: T of 1000 is DDPM's, cDAL's is 4."""
 
 
 @dataclass(frozen=True)
@@ -133,94 +90,11 @@ class ModelConfig:
     for the networks and the maps resized back (model_mpp then plays no part); 0 resamples by µm/px."""
 
     def __post_init__(self) -> None:
-        for name, (low, high) in MODEL_INTEGER_BOUNDS.items():
-            _check_integer(self, name, low, high)
-        _check_integer(self, "default_samples", 1, MAX_DEFAULT_SAMPLES)
-        if not (isinstance(self.channel_mults, tuple) and 1 <= len(self.channel_mults) <= MAX_LEVELS):
-            raise ValueError(
-                f"ModelConfig.channel_mults must be 1 to {MAX_LEVELS} integers (one per U-Net level), "
-                f"got {self.channel_mults!r}"
-            )
-        for mult in self.channel_mults:
-            if isinstance(mult, bool) or not isinstance(mult, int) or not 1 <= mult <= MAX_CHANNEL_MULT:
-                raise ValueError(
-                    f"ModelConfig.channel_mults must hold integers from 1 to {MAX_CHANNEL_MULT}, "
-                    f"got {self.channel_mults!r}"
-                )
-        for name in ("beta_min", "beta_max"):
-            _check_number(self, name, 0.0, MAX_BETA, low_open=True)
-        if not self.beta_min < self.beta_max:
-            raise ValueError(f"ModelConfig.beta_min must be below beta_max, got {self.beta_min} and {self.beta_max}")
-        _check_number(self, "model_mpp", 0.0, MAX_MODEL_MPP, low_open=True)
-        for name in ("image_mean", "image_std"):
-            values = getattr(self, name)
-            if not all(
-                isinstance(v, (int, float))
-                and not isinstance(v, bool)
-                and math.isfinite(v)
-                and (name == "image_mean" or v > 0)
-                for v in values
-            ):
-                raise ValueError(
-                    f"ModelConfig.{name} must hold finite numbers{' above 0' * (name == 'image_std')}, got {values!r}"
-                )
-        if len(self.class_names) > MAX_CLASSES or not all(isinstance(n, str) for n in self.class_names):
-            raise ValueError(f"ModelConfig.class_names must be at most {MAX_CLASSES} names, got {self.class_names!r}")
-        if self.label_encoding == "classes" and len(self.class_names) < 2:
-            raise ValueError("label_encoding 'classes' needs class_names, at least two, background first")
-        if self.label_encoding != "classes" and self.class_names:
-            raise ValueError("class_names belong to label_encoding 'classes'")
-        if self.intensity_percentiles and not (
-            len(self.intensity_percentiles) == 2
-            and 0.0 <= self.intensity_percentiles[0] < self.intensity_percentiles[1] <= 100.0
-        ):
-            raise ValueError(
-                f"intensity_percentiles must be two numbers 0 <= low < high <= 100, got {self.intensity_percentiles!r}"
-            )
-        if self.context_slices and self.image_channels != 1 + 2 * self.context_slices:
-            raise ValueError(
-                f"context_slices {self.context_slices} needs image_channels "
-                f"{1 + 2 * self.context_slices} (the slice and its neighbours), got {self.image_channels}"
-            )
-        if self.label_encoding not in LABEL_ENCODINGS:
-            raise ValueError(f"label_encoding must be one of {sorted(LABEL_ENCODINGS)}, got {self.label_encoding!r}")
-        if len(self.image_mean) != self.image_channels or len(self.image_std) != self.image_channels:
-            raise ValueError(
-                f"image_mean and image_std need one value per image channel (image_channels "
-                f"{self.image_channels}), got {len(self.image_mean)} and {len(self.image_std)}"
-            )
-        if not 1 <= self.disc_attention_level <= self.disc_levels:
-            raise ValueError("disc_attention_level must lie in 1..disc_levels")
-        if (
-            isinstance(self.default_sampling_steps, bool)
-            or not isinstance(self.default_sampling_steps, int)
-            or not 0 <= self.default_sampling_steps <= self.diffusion_steps
-        ):
-            raise ValueError(
-                f"default_sampling_steps must lie in 0..diffusion_steps ({self.diffusion_steps}), "
-                f"got {self.default_sampling_steps}"
-            )
-        if self.attention_scaling not in ("none", "minmax"):
-            raise ValueError(f"attention_scaling must be 'none' or 'minmax', got {self.attention_scaling!r}")
-        if self.disc_kind not in DISC_KINDS:
-            raise ValueError(f"disc_kind must be one of {sorted(DISC_KINDS)}, got {self.disc_kind!r}")
-        if self.attention_display not in DISC_KINDS[self.disc_kind]:
-            raise ValueError(
-                f"attention_display must be one of {DISC_KINDS[self.disc_kind]} for the "
-                f"{self.disc_kind} discriminator, got {self.attention_display!r}"
-            )
-        if self.disc_kind == "pixel" and not self.disc_image:
-            raise ValueError("the pixel discriminator judges a mask against its image: it needs disc_image true")
-        if self.uncertainty_measure not in UNCERTAINTY_MEASURES:
-            raise ValueError(
-                f"uncertainty_measure must be one of {UNCERTAINTY_MEASURES}, got {self.uncertainty_measure!r}"
-            )
-        if not 0.0 <= self.sampling_noise <= 1.0:
-            raise ValueError(f"sampling_noise must lie in [0, 1], got {self.sampling_noise}")
+        check_model_config(self)
 
     @property
     def label_channels(self) -> int:
-        """Number of label maps the generator denoises (one per class)."""
+        """Number of label maps G (the generator network) denoises (one per class)."""
         if self.label_encoding == "classes":
             return len(self.class_names)
         return len(LABEL_ENCODINGS[self.label_encoding])
@@ -237,7 +111,7 @@ class ModelConfig:
 
     @property
     def generator_input_channels(self) -> int:
-        """Label channels, doubled when the generator also sees its previous x̂_0 (self-conditioning)."""
+        """Label channels, doubled when G also sees its previous x̂_0 (self-conditioning)."""
         return self.label_channels * (2 if self.self_condition else 1)
 
     @property
@@ -299,24 +173,7 @@ class TrainConfig:
     """cDAL's gate in G's step: x_{t+1} drawn from A ⊙ x_0, A from D (False: from x_0 itself, to measure the gate)."""
 
     def __post_init__(self) -> None:
-        for name in ("iterations", "batch_size", "patch_size", "checkpoint_every", "validate_every", "r1_interval"):
-            _check_integer(self, name, 1)
-        for name in ("warmup_steps", "patience"):
-            _check_integer(self, name, 0)
-        _check_integer(self, "seed", SEED_RANGE[0], SEED_RANGE[1])
-        for name in ("lr_g", "lr_d", "lr_min"):
-            _check_number(self, name, 0.0, None, low_open=True)
-        for name in ("mse_weight", "adversarial_weight", "dice_weight", "bce_weight", "r1_gamma", "d_cutmix_weight"):
-            _check_number(self, name, 0.0, None)
-        for name in ("self_condition_rate", "own_chain_rate"):
-            _check_number(self, name, 0.0, 1.0)
-        _check_number(self, "ema_decay", 0.0, 1.0, high_open=True)
-        _check_number(self, "holdout_fraction", 0.0, 0.5)
-        _check_number(self, "replay_share", 0.0, 1.0, high_open=True)
-        if len(self.adam_betas) != 2 or not all(
-            isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in self.adam_betas
-        ):
-            raise ValueError(f"TrainConfig.adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}")
+        check_train_config(self)
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as JSON-ready values, as stored in every checkpoint."""
@@ -328,28 +185,44 @@ class TrainConfig:
         return _from_dict(cls, data)
 
 
-def _check_integer(config: Any, name: str, least: int, most: int = MAX_COUNT) -> None:
-    """Raise a ValueError naming the key unless the field is an integer from `least` to `most`."""
-    value = getattr(config, name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ValueError(f"{type(config).__name__}.{name} must be an integer >= {least}, got {value!r}")
-    if value > most:
-        raise ValueError(f"{type(config).__name__}.{name} must be an integer from {least} to {most}, got {value!r}")
+FINETUNE_D_LR_RATIO = 0.5
+"""The discriminator's learning rate as a share of G's (the generator network's) when fine-tuning."""
 
+TRAIN_DEFAULTS = TrainConfig()
+"""Training from scratch (`napari-cdal train`): the defaults the command line's help quotes."""
 
-def _check_number(
-    config: Any, name: str, low: float, high: float | None, low_open: bool = False, high_open: bool = False
-) -> None:
-    """Raise a ValueError naming the key unless the field is a finite number in the given range."""
-    value = getattr(config, name)
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low)
-    if high is not None:
-        ok = ok and (value < high if high_open else value <= high)
-    if not ok:
-        upper = "inf)" if high is None else f"{high:g}" + (")" if high_open else "]")
-        span = f"{'(' if low_open else '['}{low:g}, {upper}"
-        raise ValueError(f"{type(config).__name__}.{name} must be a number in {span}, got {value!r}")
+FINETUNE_CONFIG = TrainConfig(
+    iterations=150,
+    batch_size=4,
+    patch_size=128,
+    lr_g=1e-4,
+    lr_d=1e-4 * FINETUNE_D_LR_RATIO,
+    lr_min=1e-6,
+    warmup_steps=10,
+    ema_decay=0.99,
+    holdout_fraction=0.25,
+    validate_every=50,
+    patience=2,
+)
+"""Fine-tuning's settings (`finetune_config` changes them): how it differs from training from scratch, chosen by AJI
+gained per minute with benchmarks/loop.py (25 Review items on a breast tile, scored on another; the model card's
+sweep) on a 2-core CPU: 2e-4 or 300 iterations gained less, nothing held back (the last weights) lost AJI. Replay
+(replay_share) stays 0: measured, it did not lower forgetting."""
+
+FINETUNE_CHANGES = (
+    "iterations",
+    "batch_size",
+    "patch_size",
+    "lr_g",
+    "lr_d",
+    "lr_min",
+    "warmup_steps",
+    "ema_decay",
+    "holdout_fraction",
+    "validate_every",
+    "patience",
+)
+"""The settings fine-tuning sets for itself (the rest are TrainConfig's defaults): defaults.FINETUNE_SETTINGS's keys."""
 
 
 FORMER_NAMES = {
@@ -358,6 +231,29 @@ FORMER_NAMES = {
 }
 """Keys of configs written by earlier versions, and what they are called now: "steps" meant three
 things (training iterations, sampling steps, the model's T) and now each has its own name."""
+
+
+RECORD_FORMER_NAMES = {"steps": "iterations"}
+"""Keys of training records written by earlier versions, and what they are called now: a record's "steps"
+counted the iterations done."""
+
+
+def current_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A training record under today's key names, in it and in the records it holds (where a model came from):
+    one written by an earlier version reads like a new one. The record given is not changed."""
+    renamed: dict[str, Any] = {}
+    for key, value in record.items():
+        new = RECORD_FORMER_NAMES.get(key, key)
+        if new != key and new in record:
+            continue  # both names: today's wins
+        renamed[new] = current_record(value) if isinstance(value, Mapping) else value
+    return renamed
+
+
+def iterations_done(record: Mapping[str, Any]) -> int | None:
+    """How many training iterations a record says were done (None: it does not say), whichever version wrote it."""
+    value = current_record(record).get("iterations")
+    return None if value is None else int(value)
 
 
 def _from_dict(cls: type, data: dict[str, Any]) -> Any:

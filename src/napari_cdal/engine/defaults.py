@@ -4,20 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from napari_cdal.engine.config import FINETUNE_CHANGES, FINETUNE_CONFIG
+from napari_cdal.engine.config import FINETUNE_D_LR_RATIO as FINETUNE_D_LR_RATIO
+from napari_cdal.engine.config_rules import MAX_COUNT as MAX_COUNT
+from napari_cdal.engine.config_rules import SEED_RANGE as SEED_RANGE
+
 DEFAULT_IMAGE_MPP = 0.25
 """µm per pixel assumed for an image that does not say: a 40x H&E tile (MoNuSeg's)."""
 
 MPP_RANGE = (0.05, 5.0)
 """µm per pixel an image may declare: from a 200x scan (0.05) to a 2x overview (5)."""
 
-SEED_RANGE = (0, 2**64 - 1)
-"""The seeds a run takes: what torch's and numpy's generators accept (64 bits, not negative)."""
-
 SEED_RANGE_TEXT = "0 and 2**64-1"
 """SEED_RANGE as an error message says it."""
-
-MAX_COUNT = 2**31 - 1
-"""The largest count an option or setting may give (iterations, batch size, review items...): a C int."""
 
 MAX_PARALLEL = 1024
 """The most CPU threads (--threads) or worker processes (--workers) a run may ask for."""
@@ -29,8 +28,8 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 """Where to compute: auto takes a CUDA GPU when torch sees one, else the CPU."""
 
 RUNTIME_CHOICES = ("auto", "torch", "openvino")
-"""Where sampling runs the generator: auto takes OpenVINO on a CPU where it is installed (benchmarks/peer_speed.py:
-about 2x torch's speed on a bf16 CPU), else torch; torch is the reference."""
+"""Where sampling runs G, the generator network: auto takes OpenVINO on a CPU where it is installed
+(benchmarks/peer_speed.py: about 2x torch's speed on a bf16 CPU), else torch; torch is the reference."""
 
 DEFAULT_RUNTIME = "auto"
 """The runtime the CLI's segment and evaluate (slides too) sample with; the widget samples in torch, whose passes a
@@ -74,23 +73,33 @@ REGION_MARGIN_UM = 4.0
 learned from too. benchmarks/loop.py, 25 Review items on breast: 4 µm gained +0.023 and +0.026 AJI
 on unseen tissue (two fine-tune seeds) where 2 µm gained +0.015, and 6 µm no more than 4 µm."""
 
-FINETUNE_D_LR_RATIO = 0.5
-"""The discriminator's learning rate as a share of the generator's when fine-tuning."""
+FINETUNE_SETTINGS: dict[str, Any] = {key: getattr(FINETUNE_CONFIG, key) for key in FINETUNE_CHANGES}
+"""Former form of fine-tuning's settings, kept for scripts: the keys fine-tuning sets of the TrainConfig value
+config.FINETUNE_CONFIG, where they live (with FINETUNE_D_LR_RATIO, the bounds MAX_COUNT and SEED_RANGE in
+config_rules.py)."""
 
-FINETUNE_SETTINGS: dict[str, Any] = {
-    "iterations": 150,
-    "batch_size": 4,
-    "patch_size": 128,
-    "lr_g": 1e-4,
-    "lr_d": 1e-4 * FINETUNE_D_LR_RATIO,
-    "lr_min": 1e-6,
-    "warmup_steps": 10,
-    "ema_decay": 0.99,
-    "holdout_fraction": 0.25,
-    "validate_every": 50,
-    "patience": 2,
-}
-"""How fine-tuning differs from training from scratch; chosen by AJI gained per minute with benchmarks/loop.py
-(25 Review items on a breast tile, scored on another; the model card's sweep) on a 2-core CPU: 2e-4 or 300
-iterations gained less, nothing held back (the last weights) lost AJI. Replay (replay_share) stays 0: measured,
-it did not lower forgetting."""
+
+MIN_NUCLEUS_AREA_UM2 = 3.0
+"""The instance step (segment/image.probability_to_labels) and its sizes, in µm: the smallest nucleus kept."""
+MARKER_SPACING_UM = 2.0
+"""Least distance between two watershed markers found on the distance map (the binary-only models), in µm."""
+MAX_HOLE_AREA_UM2 = 4.0
+"""Holes inside a nucleus up to this area (µm²) are filled."""
+MIN_CORE_AREA_UM2 = 0.0
+"""Smallest core blob (µm²) that seeds a nucleus of its own (0: every one)."""
+CORE_THRESHOLD = 0.5
+"""Core probability above which a pixel belongs to a nucleus's core, the watershed's marker."""
+CENTRE_THRESHOLD = 0.5
+"""With a distance-to-border channel (label encoding "foreground_core_distance"): the relative distance a
+marker's pixels need, on [0, 1]."""
+SMALL_NUCLEUS_UM2 = 10.0
+"""A nucleus smaller than this (µm²) is kept only if the model is sure of it (SMALL_NUCLEUS_FLOOR). On the validation
+tiles fewer than half of the predicted nuclei under 10 µm² match a true one (7 % under 5 µm², 35 % at 5-10), and
+more than half from 10 µm² up (56 % at 10-15, 78 % at 15-20): benchmarks/sizes.py."""
+SMALL_NUCLEUS_FLOOR = 0.7
+"""Mean foreground probability a nucleus under SMALL_NUCLEUS_UM2 needs. benchmarks/sizes.py, without the rule and with
+it: PQ 0.590 / 0.593 on the training tiles and 0.568 / 0.573 on validation, AJI 0.616 / 0.615 and 0.600 / 0.599,
+predicted per true nucleus 0.981 / 0.962 on validation. A smallest nucleus of 8 µm² or more costs AJI on both."""
+
+DEFAULT_SEED = 0
+"""The seed segment and evaluate sample with when none is given (training and fine-tuning take TrainConfig.seed)."""

@@ -41,11 +41,15 @@ def autocast(device: torch.device, precision: str = "auto") -> Iterator[None]:
         yield
 
 
-def make_generator(seed: int | None) -> torch.Generator:
-    """A CPU random generator: noise is drawn on the CPU so a seed repeats on any device."""
-    gen = torch.Generator(device="cpu")
+def make_rng(seed: int | None) -> torch.Generator:
+    """A CPU torch.Generator, an rng (None: seeded afresh): noise drawn on the CPU repeats on any device."""
+    rng = torch.Generator(device="cpu")
     if seed is None:
-        gen.seed()
+        rng.seed()
     else:
-        gen.manual_seed(int(seed))
-    return gen
+        rng.manual_seed(int(seed))
+    return rng
+
+
+make_generator = make_rng
+"""Former name of make_rng ("generator" is G, the generator network), kept for scripts."""

@@ -6,7 +6,8 @@ import contextlib
 import threading
 from collections.abc import Callable, Generator, Iterator
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from torch import nn
@@ -20,7 +21,8 @@ stops between passes. `index` and `total` repeat the progress so far; progress d
 Inside a pass a run stops by its cancel token instead (stop_on_cancel)."""
 
 
-class Progress(NamedTuple):
+@dataclass(frozen=True)
+class Progress:
     """One event: `stage` names the work, `index` of `total` is done, `payload` carries data."""
 
     stage: str

@@ -1,4 +1,4 @@
-"""Label and map images: the one check of 2-D maps, of ids (integers, none negative), and the renumbering to 1..N."""
+"""Label images: the one check of 2-D maps and of ids, the renumbering to 1..N, per-label areas, sums and means."""
 
 from __future__ import annotations
 
@@ -69,3 +69,30 @@ def relabel_sequential_uint(labels: np.ndarray) -> np.ndarray:
     """
     mapped, n = relabel_sequential(check_labels(labels))
     return mapped.astype(np.uint16 if n < 65535 else np.uint32)
+
+
+def label_areas(labels: np.ndarray, n: int | None = None) -> np.ndarray:
+    """Pixels of each id 0..n of `labels` (index = id, 0 the background; `n` defaults to the largest id)."""
+    flat = np.asarray(labels).astype(np.int64, copy=False).ravel()
+    return np.bincount(flat, minlength=(int(flat.max(initial=0)) if n is None else n) + 1)
+
+
+def label_sums(labels: np.ndarray, values: np.ndarray, n: int | None = None) -> np.ndarray:
+    """The float64 sum of `values` over each id 0..n of `labels` (index = id; `n` defaults to the largest id)."""
+    flat = np.asarray(labels).astype(np.int64, copy=False).ravel()
+    weights = np.asarray(values, dtype=np.float64).ravel()
+    return np.bincount(flat, weights=weights, minlength=(int(flat.max(initial=0)) if n is None else n) + 1)
+
+
+def nucleus_areas(labels: np.ndarray) -> np.ndarray:
+    """Pixel area of each nucleus 1..N of `labels`, as float64."""
+    return label_areas(labels)[1:].astype(np.float64)
+
+
+def nucleus_means(labels: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Mean of `values` over each nucleus 1..N of `labels` (0 for an id with no pixel)."""
+    n = int(np.asarray(labels).max(initial=0))
+    if n == 0:
+        return np.zeros(0)
+    means: np.ndarray = label_sums(labels, values, n)[1:] / np.maximum(label_areas(labels, n)[1:], 1)
+    return means

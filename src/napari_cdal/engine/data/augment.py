@@ -20,7 +20,7 @@ def _check_image(image: np.ndarray, who: str) -> None:
         raise ValueError(f"{who}: image must be an HxWx3 array on the 0..255 scale, got shape {shape}")
 
 
-def _hed_jitter_cf(x: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+def hed_jitter_cf(x: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
     """HED jitter on a (3, N) float32 array on 0..255; returns a new (3, N) float32 array."""
     alpha = rng.uniform(1 - strength, 1 + strength, 3).astype(np.float32)
     beta = rng.uniform(-strength, strength, 3).astype(np.float32)
@@ -58,13 +58,13 @@ def _rgb_hue_shift_cf(x: np.ndarray, shift: float) -> np.ndarray:
 _GRAY = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-def _colour_jitter_cf(
+def colour_jitter_cf(
     x: np.ndarray,
     rng: np.random.Generator,
-    brightness: float,
-    contrast: float,
-    saturation: float,
-    hue: float,
+    brightness: float = 0.2,
+    contrast: float = 0.2,
+    saturation: float = 0.2,
+    hue: float = 0.03,
 ) -> np.ndarray:
     """Brightness, contrast, saturation then HSV hue jitter on a (3, N) float32 array (0..255)."""
     fb = np.float32(rng.uniform(1 - brightness, 1 + brightness))
@@ -85,7 +85,8 @@ def _colour_jitter_cf(
     return x
 
 
-def _check_range(name: str, value: float, upper: float) -> None:
+def check_range(name: str, value: float, upper: float) -> None:
+    """Raise a ValueError naming `name` unless `value` is a number in [0, upper] (a jitter's strength)."""
     if not (isinstance(value, (int, float)) and 0 <= value <= upper):
         raise ValueError(f"{name} must be a number in [0, {upper}], got {value!r}")
 
@@ -97,10 +98,10 @@ def hed_jitter(image: np.ndarray, rng: np.random.Generator, strength: float = 0.
     ~10% of real H&E pixels by up to 100 levels), so strength 0 is the identity. HxWx3, 0..255.
     """
     _check_image(image, "hed_jitter")
-    _check_range("hed_jitter: strength", strength, 1.0)
+    check_range("hed_jitter: strength", strength, 1.0)
     h, w, _ = image.shape
     x = np.ascontiguousarray(np.moveaxis(image, -1, 0), dtype=np.float32).reshape(3, -1)
-    out = _hed_jitter_cf(x, rng, strength)
+    out = hed_jitter_cf(x, rng, strength)
     return np.ascontiguousarray(np.moveaxis(out.reshape(3, h, w), 0, -1))
 
 
@@ -122,11 +123,11 @@ def colour_jitter(
         ("contrast", contrast),
         ("saturation", saturation),
     ):
-        _check_range(f"colour_jitter: {arg}", value, 1.0)
-    _check_range("colour_jitter: hue", hue, 0.5)
+        check_range(f"colour_jitter: {arg}", value, 1.0)
+    check_range("colour_jitter: hue", hue, 0.5)
     h, w, _ = image.shape
     x = np.ascontiguousarray(np.moveaxis(image, -1, 0), dtype=np.float32).reshape(3, -1)
-    out = _colour_jitter_cf(x, rng, brightness, contrast, saturation, hue)
+    out = colour_jitter_cf(x, rng, brightness, contrast, saturation, hue)
     return np.ascontiguousarray(np.moveaxis(out.reshape(3, h, w), 0, -1))
 
 
@@ -150,7 +151,7 @@ def degrade_cf(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """What a scanner or a lab does to a slide, on one (C, H, W) float32 image on 0..255: each of blur,
     noise, gamma and contrast with probability one half.
 
-    The error discriminator learns from the generator's mistakes on such patches, which it did not fit.
+    The error discriminator learns from G's mistakes on such patches, which it did not fit.
     """
     from scipy import ndimage
 

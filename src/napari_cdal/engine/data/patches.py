@@ -10,9 +10,9 @@ import numpy as np
 from scipy import ndimage
 
 from napari_cdal.engine.config import ModelConfig
-from napari_cdal.engine.data.augment import _check_range, _colour_jitter_cf, _hed_jitter_cf, intensity_jitter_cf
+from napari_cdal.engine.data.augment import check_range, colour_jitter_cf, hed_jitter_cf, intensity_jitter_cf
 from napari_cdal.engine.data.tiles import Tile
-from napari_cdal.engine.segment.tiling import Box
+from napari_cdal.engine.segment.windows import Box
 
 _DIHEDRAL = [
     np.array(m, dtype=np.float64)
@@ -75,7 +75,7 @@ class PatchSampler:
                 f"PatchSampler: rng must be a numpy Generator, got {type(rng).__name__}; "
                 "use np.random.default_rng(seed)"
             )
-        _check_range("PatchSampler: hed_strength", hed_strength, 1.0)
+        check_range("PatchSampler: hed_strength", hed_strength, 1.0)
         if jitter not in ("stain", "intensity"):
             raise ValueError(f"PatchSampler: jitter must be 'stain' or 'intensity', got {jitter!r}")
         self.jitter = jitter
@@ -154,10 +154,10 @@ class PatchSampler:
             p = self.patch_size
             a, b = (lo, hi - p) if hi - lo >= p else (hi - p, lo)
             return int(self.rng.integers(a, b + 1)) + (p - 1) / 2.0
-        a, b = lo - 0.5 + extent, hi - 0.5 - extent
-        if a > b:
-            a, b = b, a
-        return float(self.rng.uniform(a, b))
+        low, high = lo - 0.5 + extent, hi - 0.5 - extent
+        if low > high:
+            low, high = high, low
+        return float(self.rng.uniform(low, high))
 
     def sample(self, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Return images (B,channels,P,P) float32 0..255, targets (B,C,P,P), weights (B,1,P,P) in {0,1}."""
@@ -207,7 +207,7 @@ class PatchSampler:
             elif self.augment:
                 x = images[k].reshape(3, -1)
                 if self.hed_strength > 0:
-                    x = _hed_jitter_cf(x, self.rng, self.hed_strength)
-                x = _colour_jitter_cf(x, self.rng, 0.2, 0.2, 0.2, 0.03)
+                    x = hed_jitter_cf(x, self.rng, self.hed_strength)
+                x = colour_jitter_cf(x, self.rng)
                 images[k] = x.reshape(3, p, p)
         return images, cast(np.ndarray, targets), weights

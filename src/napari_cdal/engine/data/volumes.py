@@ -10,7 +10,7 @@ import numpy as np
 from napari_cdal.engine.config import ModelConfig
 from napari_cdal.engine.data.tiles import Tile
 from napari_cdal.engine.io.volumes import VOLUME_SUFFIXES, read_label_volume, read_volume, volume_stem
-from napari_cdal.engine.method.grid import stretch_intensity
+from napari_cdal.engine.method.intensity import stretch_intensity
 
 
 @dataclass

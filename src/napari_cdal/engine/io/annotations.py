@@ -53,7 +53,7 @@ def read_xml(path: str | Path) -> Annotation:
         raise ValueError(
             f"annotation file {path} has root element <{root.tag}>, expected <Annotations> (Aperio/ImageScope XML)"
         )
-    nuclei = []
+    nuclei: list[tuple[int | None, list[list[np.ndarray]]]] = []
     for index, region in enumerate(root.iter("Region"), start=1):
         points = []
         for vertex in region.iter("Vertex"):

@@ -12,15 +12,16 @@ import errno
 import json
 import os
 import re
-import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from napari_cdal.engine.checks import InputError, check_input_file
+from napari_cdal.engine.io.owner import OWNER_PATTERN, owner_gone, owner_mark
+
+if TYPE_CHECKING:
+    import torch
 
 METADATA_KEY = "napari_cdal"
 FORMAT_NAME = "napari-cdal"
@@ -45,29 +46,13 @@ TEMP_SUFFIX = ".tmp"
 STALE_TEMP_SECONDS = 3600.0
 """A temporary file whose writer cannot be told alive or dead counts as left over after this long."""
 
-HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
-"""This machine's name as temporary files carry it: a pid means something only on its own host."""
-
-_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<host>[A-Za-z0-9-]+)~(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$")
+_TEMP_NAME = re.compile(rf"^\.(?P<target>.+)\.{OWNER_PATTERN}\.[A-Za-z0-9_]+\.tmp$")
 _CLEANED: set[tuple[str, str | None]] = set()
 
 
 def temp_prefix(path: Path, pid: int | None = None) -> str:
     """Temporary files of `path` are hidden, end in .tmp (never *.safetensors) and carry the writer's host and pid."""
-    return f".{path.name}.{HOST}~{os.getpid() if pid is None else pid}."
-
-
-def writer_alive(pid: int) -> bool | None:
-    """Whether a process with this pid runs here; None where that cannot be asked safely (Windows)."""
-    if os.name == "nt":  # os.kill there terminates the process instead of probing it
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
+    return f".{path.name}.{owner_mark(pid)}."
 
 
 def remove_stale_temps(folder: str | Path, target: str | None = None) -> list[Path]:
@@ -78,7 +63,7 @@ def remove_stale_temps(folder: str | Path, target: str | None = None) -> list[Pa
     that cannot be asked, once older than STALE_TEMP_SECONDS. Returns the files removed.
     """
     folder = Path(folder)
-    removed = []
+    removed: list[Path] = []
     try:
         candidates = [
             (p, m)
@@ -93,8 +78,8 @@ def remove_stale_temps(folder: str | Path, target: str | None = None) -> list[Pa
             age = now - candidate.stat().st_mtime
         except OSError:
             continue
-        alive = writer_alive(int(match.group("pid"))) if match.group("host") == HOST else None
-        stale = age > STALE_TEMP_SECONDS if alive is None else not alive
+        gone = owner_gone(match.group("host"), int(match.group("pid")))
+        stale = age > STALE_TEMP_SECONDS if gone is None else gone
         if stale:
             with contextlib.suppress(OSError):
                 candidate.unlink()
@@ -187,7 +172,7 @@ def _header(path: Path) -> dict[str, Any]:
     except InputError as exc:
         raise CheckpointError(str(exc)) from exc
     try:
-        with safe_open(str(path), framework="pt") as handle:
+        with safe_open(str(path), framework="np") as handle:  # the header only: no torch needed
             raw = (handle.metadata() or {}).get(METADATA_KEY)
     except Exception as exc:
         raise CheckpointError(f"{path} is not a readable safetensors checkpoint ({exc})") from exc

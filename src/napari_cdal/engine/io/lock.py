@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from napari_cdal.engine.io import checkpoint
-from napari_cdal.engine.io.checkpoint import HOST, OutputError
+from napari_cdal.engine.io.checkpoint import OutputError
+from napari_cdal.engine.io.owner import HOST, owner_gone, owner_mark, read_owner
 
 LOCK_SUFFIX = ".lock"
 
@@ -41,12 +41,7 @@ def lock_path(target: str | Path) -> Path:
 
 def _owner(lock: Path) -> tuple[str, int] | None:
     """The (host, pid) a lock file names, or None while it is empty or unreadable."""
-    try:
-        text = lock.read_text().strip()
-    except OSError:
-        return None
-    host, _, pid = text.rpartition("~")
-    return (host, int(pid)) if host and pid.isdigit() else None
+    return read_owner(_text(lock))
 
 
 def _age(lock: Path) -> float:
@@ -58,7 +53,7 @@ def _age(lock: Path) -> float:
 
 def _take_over(lock: Path, stale: str) -> None:
     """Remove a stale lock whose text is `stale`, so that only one of several processes doing the same succeeds."""
-    aside = lock.with_name(f"{lock.name}.{HOST}~{os.getpid()}.stale")
+    aside = lock.with_name(f"{lock.name}.{owner_mark()}.stale")
     try:
         os.rename(lock, aside)  # atomic: of two processes taking it over, one moves it
     except FileNotFoundError:
@@ -97,7 +92,7 @@ def acquire(target: str | Path, option: str = "--out") -> HeldLock:
     """
     target = Path(target)
     lock = lock_path(target)
-    mine = f"{HOST}~{os.getpid()}\n"
+    mine = f"{owner_mark()}\n"
     try:
         made = _make_folders(lock.parent)
     except OSError as exc:
@@ -114,8 +109,7 @@ def acquire(target: str | Path, option: str = "--out") -> HeldLock:
                     time.sleep(0.05)
                 continue
             host, pid = owner
-            alive = checkpoint.writer_alive(pid) if host == HOST else None
-            if alive is False:
+            if owner_gone(host, pid) is True:
                 _take_over(lock, _text(lock))
                 continue
             where = "this machine" if host == HOST else host
@@ -153,7 +147,7 @@ def _remove_empty(folders: tuple[Path, ...]) -> None:
 def release(lock: HeldLock) -> None:
     """Remove a lock this process holds (one taken over meanwhile by another run is left to it), and the folders
     made for it that stayed empty."""
-    if _text(lock.path) == f"{HOST}~{os.getpid()}\n":
+    if _text(lock.path) == f"{owner_mark()}\n":
         lock.path.unlink(missing_ok=True)
     _remove_empty(lock.made)
 

@@ -24,20 +24,20 @@ import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from napari_cdal.engine.io import checkpoint
-from napari_cdal.engine.io.checkpoint import HOST, OutputError
+from napari_cdal.engine.io.checkpoint import OutputError
+from napari_cdal.engine.io.owner import OWNER_PATTERN, owner_gone, owner_mark
 
 SET_SUFFIX = ".set"
 REMOVED_LIST = ".removed.json"
 """In a committed set's folder: the names of the old set's files that go when the new set comes in."""
 
-_STAGING_NAME = re.compile(r"^\.(?P<key>.+)\.(?P<host>[A-Za-z0-9-]+)~(?P<pid>\d+)\.set$")
+_STAGING_NAME = re.compile(rf"^\.(?P<key>.+)\.{OWNER_PATTERN}\.set$")
 HELD_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 def staging_folder(key: Path, pid: int | None = None) -> Path:
     """Where this process writes the set of `key` (its main file, e.g. <stem>_labels.tif)."""
-    return key.with_name(f".{key.name}.{HOST}~{os.getpid() if pid is None else pid}{SET_SUFFIX}")
+    return key.with_name(f".{key.name}.{owner_mark(pid)}{SET_SUFFIX}")
 
 
 def committed_folder(key: Path) -> Path:
@@ -80,8 +80,7 @@ def recover_output_set(key: Path) -> list[Path]:
     for entry in entries:
         match = _STAGING_NAME.match(entry.name)
         if match and match.group("key") == key.name and entry.is_dir():
-            gone = match.group("host") == HOST and checkpoint.writer_alive(int(match.group("pid"))) is False
-            if gone:
+            if owner_gone(match.group("host"), int(match.group("pid"))) is True:
                 shutil.rmtree(entry, ignore_errors=True)
     return moved
 

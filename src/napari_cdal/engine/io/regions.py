@@ -20,7 +20,7 @@ from scipy import ndimage as ndi
 from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP, MIN_REGION_UM, REGION_MARGIN_UM
 from napari_cdal.engine.io.annotations import read_geojson
 from napari_cdal.engine.segment.review import REVIEW_BOX_COLUMNS
-from napari_cdal.engine.segment.tiling import Box
+from napari_cdal.engine.segment.windows import Box, as_box
 
 GEOJSON_SUFFIXES = (".geojson", ".json")
 
@@ -68,7 +68,7 @@ def review_boxes(path: str | Path, shape: tuple[int, int], image_mpp: float) -> 
                 f"regions {path} is a CSV without the box columns {', '.join(missing)}; give the "
                 "review CSV that segment --review writes (its items' boxes are the regions)"
             )
-        rows = [tuple(int(float(row[column])) for column in REVIEW_BOX_COLUMNS) for row in reader]
+        rows = [as_box(int(float(row[column])) for column in REVIEW_BOX_COLUMNS) for row in reader]
     margin, least = round(REGION_MARGIN_UM / image_mpp), math.ceil(MIN_REGION_UM / image_mpp)
     for row in rows:
         if (
@@ -118,7 +118,7 @@ def read_regions(path: str | Path, shape: tuple[int, int], image_mpp: float = DE
     else:
         mask = read_image(path, labels=True)
         if mask.ndim == 3:
-            mask = mask.any(axis=-1)
+            mask = np.asarray(mask.any(axis=-1))
         if mask.shape[:2] != tuple(shape):
             raise ValueError(
                 f"regions {path} is {mask.shape[0]} x {mask.shape[1]} px but its image is "

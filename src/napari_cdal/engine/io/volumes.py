@@ -5,13 +5,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from napari_cdal.engine.checks import InputError, check_input_file
 from napari_cdal.engine.io.checkpoint import atomic_write
 from napari_cdal.engine.io.images import ImageError
+
+if TYPE_CHECKING:
+    from nibabel.spatialimages import SpatialImage
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii")
 
@@ -73,8 +76,9 @@ def as_label_values(data: np.ndarray) -> np.ndarray:
     return data.astype(np.uint8 if fits else np.int64)
 
 
-def _load(path: Path):  # noqa: ANN202 (nibabel's image type)
+def _load(path: Path) -> SpatialImage:
     import nibabel
+    from nibabel.spatialimages import SpatialImage
 
     try:
         check_input_file(path, "volume file")
@@ -85,6 +89,8 @@ def _load(path: Path):  # noqa: ANN202 (nibabel's image type)
     except Exception as exc:  # nibabel raises many kinds for a damaged or foreign file
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ImageError(f"{path} is not a readable NIfTI volume ({first})") from exc
+    if not isinstance(image, SpatialImage):  # a file nibabel reads as something else than voxels in space
+        raise ImageError(f"{path} is not a NIfTI volume (nibabel reads it as {type(image).__name__})")
     if len(image.shape) != 3 and not (len(image.shape) == 4 and image.shape[3] == 1):
         raise ImageError(f"{path} has shape {image.shape}; expected a 3-D volume")
     return image
@@ -115,8 +121,18 @@ def read_volume_header(
     if placed:
         check_affine(image.affine, str(path))
     _memory_refusal(Path(path), image)
-    zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
-    return tuple(int(n) for n in image.shape[:3]), zooms
+    return _shape3(image.shape), _zooms3(image)
+
+
+def _shape3(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """A volume's first three sides (a 4-D file's last side is 1)."""
+    return int(shape[0]), int(shape[1]), int(shape[2])
+
+
+def _zooms3(image: SpatialImage) -> tuple[float, float, float]:
+    """The voxel spacing along the first three axes, as the header gives it."""
+    zooms = image.header.get_zooms()
+    return float(zooms[0]), float(zooms[1]), float(zooms[2])
 
 
 def _memory_refusal(path: Path, image: Any) -> None:
@@ -152,8 +168,7 @@ def read_volume(path: str | Path) -> Volume:
     data = data.reshape(data.shape[:3])
     if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
         raise ImageError(f"{path} contains NaN or infinite voxels")
-    zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
-    return Volume(data, zooms, np.asarray(image.affine, dtype=np.float64))
+    return Volume(data, _zooms3(image), np.asarray(image.affine, dtype=np.float64))
 
 
 def read_label_volume(path: str | Path, classes: int | None = None) -> Volume:

@@ -1,16 +1,22 @@
-"""A loaded cDAL model: config, generator (EMA weights), discriminator, schedule and record."""
+"""A loaded cDAL model: config, G (the generator network, EMA weights), D, schedule and record."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from napari_cdal.engine.config import ModelConfig
+from napari_cdal.catalog import (
+    BUNDLED_LABEL,
+    MODEL_SUFFIX,
+    bundled_model_path,
+    list_models,
+    model_dir_problem,
+)
+from napari_cdal.engine.config import ModelConfig, iterations_done
 from napari_cdal.engine.io.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -21,12 +27,9 @@ from napari_cdal.engine.io.checkpoint import (
 from napari_cdal.engine.method.networks import Discriminator, Generator
 from napari_cdal.engine.method.pixel_disc import PixelDiscriminator
 from napari_cdal.engine.method.schedule import VPSchedule
-from napari_cdal.models import BUNDLED_LABEL, MODEL_SUFFIX, list_models, model_dir_problem
 
 if TYPE_CHECKING:
     from napari_cdal.engine.method.runtime import Runtime
-
-BUNDLED_MODEL_NAME = "cdal_monuseg.safetensors"
 
 REPLAY_PREFIX = "replay"
 """The checkpoint's tensors of a replay set: replay.images and replay.instances."""
@@ -62,11 +65,11 @@ class ReplaySet:
         found = split_prefix(tensors, REPLAY_PREFIX)
         if not found:
             return None
-        images, instances = found.get("images"), found.get("instances")
-        problem = None
         if set(found) != {"images", "instances"}:
-            problem = f"holds {sorted(found)}, not images and instances"
-        elif images.dtype != torch.uint8 or instances.dtype != torch.int32:
+            raise CheckpointError(f"{source}: its replay set holds {sorted(found)}, not images and instances")
+        images, instances = found["images"], found["instances"]
+        problem = None
+        if images.dtype != torch.uint8 or instances.dtype != torch.int32:
             problem = f"is {images.dtype} and {instances.dtype}, not uint8 images and int32 instances"
         elif (
             images.ndim != 4
@@ -110,7 +113,7 @@ class CdalModel:
     def initialise(cls, config: ModelConfig, seed: int = 0) -> CdalModel:
         """A model with fresh random weights that depend on `seed` alone.
 
-        torch's layers draw their initial weights from the global generator and take no other;
+        torch's layers draw their initial weights from the global random generator and take no other;
         fork_rng gives them one seeded here and puts the caller's global state back afterwards.
         """
         with torch.random.fork_rng(devices=[]):
@@ -197,13 +200,8 @@ def with_new_config(source: CdalModel, config: ModelConfig, seed: int = 0) -> Cd
             if grown is not None:
                 new[key] = grown
         getattr(target, name).load_state_dict(new)
-    target.record = {"adapted_from": {"model": source.source, "steps": source.record.get("steps")}}
+    target.record = {"adapted_from": {"model": source.source, "iterations": iterations_done(source.record)}}
     return target
-
-
-def bundled_model_path() -> Path:
-    """The default model shipped inside the package (H&E nuclei)."""
-    return Path(str(resources.files("napari_cdal") / "weights" / BUNDLED_MODEL_NAME))
 
 
 def resolve_model_path(spec: str | Path | None) -> Path:
@@ -280,16 +278,17 @@ def _check_weights(tensors: dict[str, torch.Tensor], config: ModelConfig, source
         wrong = next(
             (key for key in wanted if key in stored and tuple(stored[key].shape) != tuple(wanted[key].shape)), None
         )
-        if missing or extra or wrong:
+        if missing:
+            problem = f"{missing[0]} is missing"
+        elif extra:
+            problem = f"{extra[0]} is not in the networks it describes"
+        elif wrong is not None:
             problem = (
-                f"{missing[0]} is missing"
-                if missing
-                else f"{extra[0]} is not in the networks it describes"
-                if extra
-                else f"{wrong} has shape {tuple(stored[wrong].shape)} where its config builds "
-                f"{tuple(wanted[wrong].shape)}"
+                f"{wrong} has shape {tuple(stored[wrong].shape)} where its config builds {tuple(wanted[wrong].shape)}"
             )
-            raise CheckpointError(f"{source}: {name} weights do not match its config ({problem})")
+        else:
+            continue
+        raise CheckpointError(f"{source}: {name} weights do not match its config ({problem})")
 
 
 def model_from_checkpoint(tensors: dict[str, torch.Tensor], meta: dict[str, Any], source: str) -> CdalModel:

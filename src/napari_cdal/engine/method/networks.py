@@ -1,8 +1,9 @@
-"""cDAL's networks: the conditional U-Net generator and the time-conditioned discriminator (cDAL.md §3-4)."""
+"""cDAL's networks: the conditional U-Net generator network G and the time-conditioned discriminator (cDAL.md §3-4)."""
 
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -111,7 +112,7 @@ class PlainResBlock(nn.Module):
 
 
 class ImageEncoder(nn.Module):
-    """Full-resolution image features added to the generator's stem; independent of t and z."""
+    """Full-resolution image features added to G's stem; independent of t and z."""
 
     def __init__(self, image_channels: int, width: int, blocks: int, groups: int) -> None:
         super().__init__()
@@ -165,7 +166,7 @@ class Generator(nn.Module):
         self.out_norm = nn.GroupNorm(_groups(cur, c.norm_groups), cur)
         self.out = nn.Conv2d(cur, c.label_channels, 3, padding=1)
         # channels-last convolutions run about 1.4x faster on the CPU (benchmarks/speed.py)
-        self.to(memory_format=torch.channels_last)
+        self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch stubs lack memory_format
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """Image features, computed once per image and reused for every step and sample."""
@@ -193,7 +194,7 @@ class Generator(nn.Module):
         h = self.stem(x_next) + image_features
         skips = []
         for level, blocks in enumerate(self.down):
-            for blk in blocks:
+            for blk in cast(nn.ModuleList, blocks):  # each level's blocks (built in __init__)
                 h = blk(h, t_emb, z_emb)
             skips.append(h)
             if level < len(self.downsample):
@@ -202,7 +203,7 @@ class Generator(nn.Module):
             h = blk(h, t_emb, z_emb)
         for i, blocks in enumerate(self.up):
             level = len(self.down) - 1 - i
-            for j, blk in enumerate(blocks):
+            for j, blk in enumerate(cast(nn.ModuleList, blocks)):
                 if j == 0:
                     h = torch.cat([h, skips[level]], dim=1)
                 h = blk(h, t_emb, z_emb)
@@ -262,7 +263,7 @@ class Discriminator(nn.Module):
         self.stddev = MinibatchStddev()
         self.final = nn.Sequential(nn.Conv2d(cur + 1, cur, 3, padding=1), nn.LeakyReLU(0.2))
         self.head = nn.Linear(cur, 1)
-        self.to(memory_format=torch.channels_last)  # as the generator: about 1.5x faster on the CPU
+        self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # as G: 1.5x faster on the CPU
 
     def _inputs(self, x_t: torch.Tensor, x_next: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:
         return pair_inputs(x_t, x_next, image, self.config.disc_image)

@@ -4,7 +4,7 @@ The trunk discriminator of cDAL.md §3 ends in one score per pair; its finest ma
 nucleus. This one (`disc_kind = "pixel"`) keeps the U-Net GAN layout (Schönfeld et al., CVPR 2020):
 an encoder, a decoder with skips back to the label's resolution, and a real/fake logit per pixel.
 It sees the image beside the pair (x_t, x_{t+1}) and is trained as GCT's flaw detector (Ke et al.,
-ECCV 2020): a fake pair's pixel is fake where the generator's estimate disagrees with the truth and
+ECCV 2020): a fake pair's pixel is fake where G's estimate disagrees with the truth and
 real elsewhere (`pixel_targets`), so its map is the belief that each pixel of the mask is wrong.
 """
 
@@ -44,7 +44,7 @@ class PixelDiscriminator(nn.Module):
             for deep, skip in zip(reversed(widths[1:]), reversed(widths[:-1]), strict=True)
         )
         self.head = nn.Conv2d(widths[0], 1, 1)
-        self.to(memory_format=torch.channels_last)  # as the generator: faster convolutions on the CPU
+        self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # as G: faster convolutions
 
     def score_map(
         self, x_t: torch.Tensor, x_next: torch.Tensor, t: torch.Tensor, image: torch.Tensor | None = None
@@ -75,7 +75,7 @@ class PixelDiscriminator(nn.Module):
         """cDAL's gate A in [0, 1] per pixel: D's belief that the mask is right there (sigmoid of the logit).
 
         A ⊙ x_0 keeps the label's signal where D trusts it and takes it away where D finds it wrong,
-        so the generator has to find those places from the image.
+        so G has to find those places from the image.
         """
         return torch.sigmoid(self.score_map(x_t, x_next, t, image))
 

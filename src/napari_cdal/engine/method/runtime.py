@@ -1,7 +1,7 @@
-"""Where sampling runs the generator's passes: torch (the reference) or OpenVINO (about 2x faster on a bf16 CPU).
+"""Where sampling runs G's passes (the generator network): torch (the reference) or OpenVINO (2x faster on a bf16 CPU).
 
-The generator is the cost of segmenting (benchmarks/peer_speed.py). OpenVINO runs the same weights,
-converted once per model and kept in the cache folder (models.cache_dir), so only the first run of
+G is the cost of segmenting (benchmarks/peer_speed.py). OpenVINO runs the same weights,
+converted once per model and kept in the cache folder (catalog.cache_dir), so only the first run of
 a model pays the conversion. Anything that fails on the way (OpenVINO not installed, a conversion
 error) falls back to torch, and the runtime says why. Training and fine-tuning always use torch.
 """
@@ -105,7 +105,7 @@ def _converted_graph(model: CdalModel, folder: Path) -> Path:
         return graph
     config = model.config
     generator = model.generator
-    example = (
+    example: tuple[torch.Tensor, ...] = (
         torch.zeros(2, config.label_channels, 64, 64),
         torch.zeros(2, dtype=torch.long),
         torch.zeros(1, config.base_width, 64, 64),
@@ -222,7 +222,7 @@ def choose_runtime(
         import openvino  # noqa: F401
     except ImportError:
         return _torch_runtime(model, precision, "OpenVINO is not installed: pip install openvino")
-    from napari_cdal.models import cache_dir
+    from napari_cdal.catalog import cache_dir
 
     try:
         converted_precision = precision if precision != "auto" else "bfloat16" if bf16_native() else "float32"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 
 import torch
@@ -33,9 +33,9 @@ class StepOutput:
     step: int
     x0_mean: torch.Tensor
     attention: torch.Tensor | None
+    x_from_mean: torch.Tensor
+    x_to_mean: torch.Tensor
     attention_maps: dict[str, torch.Tensor] = field(default_factory=dict)
-    x_from_mean: torch.Tensor | None = None
-    x_to_mean: torch.Tensor | None = None
     pair: SampledPair | None = None
 
 
@@ -98,7 +98,7 @@ def uncertainty_maps(
         return {name: zero for name in measures}
     members = foreground if chain is None else chain.flatten(0, 1)
     total = functools.cache(lambda: _binary_entropy(foreground.mean(dim=0)))  # entropy and mutual information's
-    makers = {
+    makers: dict[str, Callable[[], torch.Tensor]] = {
         "std": lambda: foreground.std(dim=0, unbiased=False),
         "entropy": total,
         "mutual_information": lambda: (total() - _binary_entropy(foreground).mean(dim=0)).clamp_min(0.0),
@@ -134,7 +134,7 @@ def reverse_process(
 ) -> Generator[Progress, None, None]:
     """Sample label maps for a batch of normalised images (B, C, H, W), yielding each reverse step.
 
-    The image encoder runs once; the K samples of all B images go through the generator as one
+    The image encoder runs once; the K samples of all B images go through G as one
     batch, each with a fresh latent z at every step. With self-conditioning each step also sees
     the previous step's x̂_0; with attention_in_sampling the next level is drawn from A ⊙ x̂_0, as
     in training. Yields Progress('step', i, steps, StepOutput) per step (with the chain's x_k and
@@ -228,9 +228,9 @@ def reverse_process(
                 i,
                 per_image(x0).mean(dim=0),
                 attention,
-                maps,
                 x_from_mean=per_image(x_k).mean(dim=0),
                 x_to_mean=per_image(x_s).mean(dim=0),
+                attention_maps=maps,
                 pair=pair,
             ),
         )

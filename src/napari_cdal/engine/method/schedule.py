@@ -25,7 +25,7 @@ class VPSchedule:
     """T-step VP schedule: betas, cumulative alphas, closed-form q(x_t | x_0) and its posterior.
 
     Step indices follow the paper: x_0 is the clean label, x_T is (almost) pure noise, and the
-    generator is asked for x_0 from x_{t+1} with t in 0..T-1.
+    generator network G is asked for x_0 from x_{t+1} with t in 0..T-1.
     """
 
     def __init__(
@@ -76,11 +76,11 @@ class VPSchedule:
         return (1.0 - beta).sqrt() * x_t + beta.sqrt() * noise
 
     def training_pair(
-        self, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None
+        self, x0: torch.Tensor, t: torch.Tensor, rng: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """A pair (x_t, x_{t+1}) drawn from the forward process, t in 0..T-1 per sample."""
-        noise_a = randn_like(x0, generator)
-        noise_b = randn_like(x0, generator)
+        noise_a = randn_like(x0, rng)
+        noise_b = randn_like(x0, rng)
         x_t = self.q_sample(x0, t, noise_a)
         return x_t, self.forward_step(x_t, t, noise_b)
 
@@ -115,11 +115,11 @@ class VPSchedule:
         x0: torch.Tensor,
         x_next: torch.Tensor,
         t: torch.Tensor,
-        generator: torch.Generator | None = None,
+        rng: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Sample x_t from the posterior; where t == 0 the result is x_0 itself (no noise)."""
         post = self.posterior(x0, x_next, t)
-        noise = randn_like(x0, generator)
+        noise = randn_like(x0, rng)
         return post.mean + post.variance.sqrt() * noise
 
     def jump_sample(
@@ -128,18 +128,18 @@ class VPSchedule:
         x_k: torch.Tensor,
         k: int,
         s: int,
-        generator: torch.Generator | None = None,
+        rng: torch.Generator | None = None,
         noise_scale: float = 1.0,
     ) -> torch.Tensor:
         """Draw x_s for one pair of levels (see jump_coefficients); s == 0 returns x_0 itself."""
         if s == 0:
             return x0
         c1, c2, var = self.jump_coefficients(k, s, noise_scale)
-        noise = randn_like(x0, generator) if var > 0 else torch.zeros_like(x0)
+        noise = randn_like(x0, rng) if var > 0 else torch.zeros_like(x0)
         return c1 * x0 + c2 * x_k + var**0.5 * noise
 
     def sampling_levels(self, sampling_steps: int) -> list[int]:
-        """The noise levels visited when sampling with `sampling_steps` <= T generator calls, ending at 0.
+        """The noise levels visited when sampling with `sampling_steps` <= T passes of G, ending at 0.
 
         T = 4 with 4 steps visits [4, 3, 2, 1, 0]; with 2 steps [4, 2, 0]; with 1 step [4, 0].
         """
@@ -150,12 +150,12 @@ class VPSchedule:
         return levels
 
 
-def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Standard normal noise shaped like x, drawn from `generator` on the generator's device.
+def randn_like(x: torch.Tensor, rng: torch.Generator | None) -> torch.Tensor:
+    """Standard normal noise shaped like x, drawn from `rng` (a torch.Generator) on the rng's device.
 
-    Drawing on the generator's device and moving keeps CPU-seeded runs identical whatever
+    Drawing on the rng's device and moving keeps CPU-seeded runs identical whatever
     device the model runs on.
     """
-    gen_device = generator.device if generator is not None else x.device
-    noise = torch.randn(x.shape, generator=generator, device=gen_device, dtype=torch.float32)
+    rng_device = rng.device if rng is not None else x.device
+    noise = torch.randn(x.shape, generator=rng, device=rng_device, dtype=torch.float32)
     return noise.to(device=x.device, dtype=x.dtype)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from napari_cdal.engine.segment.reliability import nucleus_means
+from napari_cdal.engine.labels import nucleus_means
 
 BORDER_RING_UM = 1.5
 """Outside the nuclei, the spread within this distance of a predicted outline is a soft edge and left out."""

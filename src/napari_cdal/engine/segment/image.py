@@ -1,4 +1,4 @@
-"""Whole-image segmentation: resample to the model's µm/px, tile, sample, blend, split nuclei, resample back."""
+"""Whole-image segmentation: resample to the model's µm/px, cut into windows, sample, blend, split nuclei, resample."""
 
 from __future__ import annotations
 
@@ -9,52 +9,48 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from napari_cdal.engine.defaults import AUGMENT_SAMPLES, DEFAULT_IMAGE_MPP, DEFAULT_THRESHOLD
-from napari_cdal.engine.device import make_generator
+from napari_cdal.engine.defaults import (
+    AUGMENT_SAMPLES,
+    CENTRE_THRESHOLD,
+    CORE_THRESHOLD,
+    DEFAULT_IMAGE_MPP,
+    DEFAULT_THRESHOLD,
+    MARKER_SPACING_UM,
+    MAX_HOLE_AREA_UM2,
+    MIN_CORE_AREA_UM2,
+    MIN_NUCLEUS_AREA_UM2,
+    SMALL_NUCLEUS_FLOOR,
+    SMALL_NUCLEUS_UM2,
+)
+from napari_cdal.engine.device import make_rng
 from napari_cdal.engine.events import TICK, Progress
 from napari_cdal.engine.io.images import to_rgb_float
-from napari_cdal.engine.method.grid import model_grid, normalise, resample, stretch_intensity
+from napari_cdal.engine.method.intensity import normalise, stretch_intensity
 from napari_cdal.engine.method.model import CdalModel
+from napari_cdal.engine.method.resampling import model_grid, resample
 from napari_cdal.engine.method.sampler import SampleOutput, StepOutput, reverse_process, unit_foreground
 from napari_cdal.engine.segment.instances import drop_unsure_small, instances_from_probability
 from napari_cdal.engine.segment.stain import keep_stained
-from napari_cdal.engine.segment.tiling import TILE_PX, TileBlender, tile_boxes
+from napari_cdal.engine.segment.windows import WINDOW_PX, WindowBlender, window_boxes
 
-MIN_NUCLEUS_AREA_UM2 = 3.0
-MARKER_SPACING_UM = 2.0
-MAX_HOLE_AREA_UM2 = 4.0
-MIN_CORE_AREA_UM2 = 0.0
-CORE_THRESHOLD = 0.5
-CENTRE_THRESHOLD = 0.5
-"""With a distance-to-border channel (label encoding "foreground_core_distance"): the relative distance a
-marker's pixels need, on [0, 1]."""
-SMALL_NUCLEUS_UM2 = 10.0
-"""A nucleus smaller than this (µm²) is kept only if the model is sure of it (SMALL_NUCLEUS_FLOOR). On the validation
-tiles fewer than half of the predicted nuclei under 10 µm² match a true one (7 % under 5 µm², 35 % at 5-10), and
-more than half from 10 µm² up (56 % at 10-15, 78 % at 15-20): benchmarks/sizes.py."""
-SMALL_NUCLEUS_FLOOR = 0.7
-"""Mean foreground probability a nucleus under SMALL_NUCLEUS_UM2 needs. benchmarks/sizes.py, without the rule and with
-it: PQ 0.590 / 0.593 on the training tiles and 0.568 / 0.573 on validation, AJI 0.616 / 0.615 and 0.600 / 0.599,
-predicted per true nucleus 0.981 / 0.962 on validation. A smallest nucleus of 8 µm² or more costs AJI on both."""
-
-TILE_OVERLAP_PX = 32
-"""Least overlap of neighbouring tiles, in model pixels (16 µm), blended over its width. On the validation tiles
-cut into 256-px tiles, so that a seam crosses each (benchmarks/slide_blocks.py --overlaps 64 32 16), overlaps of
+WINDOW_OVERLAP_PX = 32
+"""Least overlap of neighbouring windows, in model pixels (16 µm), blended over its width. On the validation tiles
+cut into 256-px windows, so that a seam crosses each (benchmarks/slide_blocks.py --overlaps 64 32 16), overlaps of
 64, 32 and 16 px scored Dice 0.808 / 0.811 / 0.812 and AJI 0.597 / 0.599 / 0.600 against 0.809 / 0.599 uncut:
 32 costs nothing at the seams and half the doubled pixels of 64."""
 
 
 @dataclass
 class StepUpdate:
-    """A live view of one reverse step on one tile, on the input image's pixel grid.
+    """A live view of one reverse step on one window of the image, on the input image's pixel grid.
 
     `foreground` is the step's x̂0, `chain` the x_s it drew and `chain_start` the noise x_T it began
     from (the first step only), each the foreground on [0, 1], as the result's stacks hold them.
     The maps are None when the run keeps no step maps (keep_steps=False): nobody shows them then.
     """
 
-    tile: int
-    n_tiles: int
+    window: int
+    n_windows: int
     step: int
     n_steps: int
     box: tuple[int, int, int, int]
@@ -62,6 +58,16 @@ class StepUpdate:
     attention: np.ndarray | None
     chain: np.ndarray | None = None
     chain_start: np.ndarray | None = None
+
+    @property
+    def tile(self) -> int:
+        """Former name of `window` (a tile is a data set's image), kept for scripts."""
+        return self.window
+
+    @property
+    def n_tiles(self) -> int:
+        """Former name of `n_windows`, kept for scripts."""
+        return self.n_windows
 
 
 @dataclass
@@ -158,15 +164,17 @@ def segment_image(
     samples: int | None = None,
     seed: int | None = 0,
     threshold: float = DEFAULT_THRESHOLD,
-    tile_size: int = TILE_PX,
-    overlap: int = TILE_OVERLAP_PX,
+    window_px: int = WINDOW_PX,
+    overlap: int = WINDOW_OVERLAP_PX,
     keep_steps: bool = True,
     with_attention: bool = True,
     attention_kinds: tuple[str, ...] = (),
     uncertainty_kinds: tuple[str, ...] = (),
     augment: bool = AUGMENT_SAMPLES,
+    *,
+    tile_size: int | None = None,
 ) -> Generator[Progress, None, None]:
-    """Segment one image; yields Progress('step', i, n, StepUpdate) per tile and step, then 'done'.
+    """Segment one image; yields Progress('step', i, n, StepUpdate) per window and step, then 'done'.
 
     Between them come the sampler's ticks, Progress('tick', steps done, n), places to stop and no more.
 
@@ -175,11 +183,12 @@ def segment_image(
 
     The final event's payload is a SegmentationResult on the input's pixel grid; its uncertainty
     is None with one sample (no spread to measure). `keep_steps` keeps x̂0 per step (`steps`) and
-    the chain x_T..x_0 (`chain`), blended across tiles as the probability is. `attention_kinds`
+    the chain x_T..x_0 (`chain`), blended across windows as the probability is. `attention_kinds`
     adds D's maps of the last step by kind, `uncertainty_kinds` other uncertainty measures
     (UNCERTAINTY_MEASURES) than the model's (for benchmarks); only what is asked for is blended and
-    resampled. `augment` gives each of the K samples its own view of a tile (defaults.AUGMENT_SAMPLES). Closing
-    the generator between events cancels the run and leaves nothing behind.
+    resampled. `augment` gives each of the K samples its own view of a window (defaults.AUGMENT_SAMPLES).
+    Windows are at most `window_px` on a side (`tile_size` is its former name). Closing the generator between
+    events cancels the run and leaves nothing behind.
     """
     start = time.perf_counter()
     config = model.config
@@ -192,30 +201,38 @@ def segment_image(
     on_model_grid = normalise(resample(pixels, (mh, mw)), config)
     n_steps = config.sampling_steps if sampling_steps is None else sampling_steps
     samples = config.default_samples if samples is None else samples
-    boxes = tile_boxes(mh, mw, tile_size, overlap, config.size_multiple)
+    boxes = window_boxes(mh, mw, window_px if tile_size is None else tile_size, overlap, config.size_multiple)
     total = len(boxes) * n_steps
-    rng = make_generator(seed)
+    rng = make_rng(seed)
     wanted = (config.uncertainty_measure, *uncertainty_kinds)
     measures_kept = tuple(dict.fromkeys(wanted)) if samples > 1 else ()
     final_kinds = tuple(dict.fromkeys(((config.attention_display,) if with_attention else ()) + tuple(attention_kinds)))
     planes_kept = config.label_channels + len(measures_kept) + len(final_kinds)
-    blend_prob = TileBlender(planes_kept, mh, mw, overlap)
-    blend_steps = TileBlender(n_steps, mh, mw, overlap) if keep_steps else None
-    blend_chain = TileBlender(n_steps + 1, mh, mw, overlap) if keep_steps else None  # x_T, then each step's x_s
-    blend_att = TileBlender(n_steps, mh, mw, overlap) if keep_steps and with_attention else None
+    blend_prob = WindowBlender(planes_kept, mh, mw, overlap)
+    blend_steps = WindowBlender(n_steps, mh, mw, overlap) if keep_steps else None
+    blend_chain = WindowBlender(n_steps + 1, mh, mw, overlap) if keep_steps else None  # x_T, then each step's x_s
+    blend_att = WindowBlender(n_steps, mh, mw, overlap) if keep_steps and with_attention else None
     scale_y, scale_x = height / mh, width / mw
-    for tile_index, box in enumerate(boxes):
+    for window_index, box in enumerate(boxes):
         y0, y1, x0, x1 = box
-        tile = on_model_grid[:, :, y0:y1, x0:x1].to(device)
+        window = on_model_grid[:, :, y0:y1, x0:x1].to(device)
         image_box = _box_on_image(box, scale_y, scale_x, (height, width))
         box_size = (image_box[1] - image_box[0], image_box[3] - image_box[2])
         step_maps, chain_maps, att_maps = [], [], []
         last_maps: dict[str, torch.Tensor] = {}
         for event in reverse_process(
-            model, tile, n_steps, samples, rng, with_attention, attention_kinds, measures=measures_kept, augment=augment
+            model,
+            window,
+            n_steps,
+            samples,
+            rng,
+            with_attention,
+            attention_kinds,
+            measures=measures_kept,
+            augment=augment,
         ):
             if event.stage == TICK:
-                yield Progress(TICK, tile_index * n_steps + event.index, total)
+                yield Progress(TICK, window_index * n_steps + event.index, total)
                 continue
             if event.stage == "done":
                 out: SampleOutput = event.payload
@@ -241,10 +258,10 @@ def segment_image(
                     att_maps.append(step.attention[0].cpu().numpy())
                     live_att = _to_image_grid(step.attention[:1], box_size)[0]
             update = StepUpdate(
-                tile_index, len(boxes), step.step, n_steps, image_box, live_fg, live_att, live_chain, live_start
+                window_index, len(boxes), step.step, n_steps, image_box, live_fg, live_att, live_chain, live_start
             )
-            yield Progress("step", tile_index * n_steps + step.step + 1, total, update)
-        if blend_steps is not None:
+            yield Progress("step", window_index * n_steps + step.step + 1, total, update)
+        if blend_steps is not None and blend_chain is not None:  # both kept with keep_steps
             blend_steps.add(box, np.stack(step_maps))
             blend_chain.add(box, np.stack(chain_maps))
         if blend_att is not None and att_maps:

@@ -12,7 +12,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries, watershed
 
-from napari_cdal.engine.labels import check_2d, check_labels, relabel_sequential
+from napari_cdal.engine.labels import check_2d, check_labels, label_areas, label_sums, relabel_sequential
 
 __all__ = [
     "CORE_FRACTION",
@@ -88,7 +88,7 @@ def _fill_small_holes(mask: np.ndarray, max_hole_area: int) -> np.ndarray:
     holes, n = ndi.label(~mask, structure=_CROSS)
     if n == 0:
         return mask
-    area = np.bincount(holes.ravel(), minlength=n + 1)
+    area = label_areas(holes, n)
     edge = np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]]))
     fill = area <= max_hole_area
     fill[0] = False
@@ -98,7 +98,7 @@ def _fill_small_holes(mask: np.ndarray, max_hole_area: int) -> np.ndarray:
 
 def _drop_small(labels: np.ndarray, n: int, min_area: int) -> np.ndarray:
     """Zero every object of ``labels`` (ids 1..n) smaller than ``min_area`` pixels."""
-    area = np.bincount(labels.ravel(), minlength=n + 1)
+    area = label_areas(labels, n)
     keep = area >= min_area
     keep[0] = False
     return np.where(keep[labels], labels, 0)
@@ -212,8 +212,8 @@ def drop_unsure_small(labels: np.ndarray, foreground: np.ndarray, small_area: in
     n = int(labels.max(initial=0))
     if n == 0 or small_area <= 0:
         return labels
-    area = np.bincount(labels.ravel(), minlength=n + 1)
-    sums = np.bincount(labels.ravel(), weights=np.asarray(foreground, np.float64).ravel(), minlength=n + 1)
+    area = label_areas(labels, n)
+    sums = label_sums(labels, foreground, n)
     drop = (area < small_area) & (sums < floor * area)
     drop[0] = False
     if not drop.any():

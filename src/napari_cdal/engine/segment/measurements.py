@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_cdal.engine.labels import label_areas, label_sums
+
 
 def nucleus_features(
     labels: np.ndarray,
@@ -21,13 +23,13 @@ def nucleus_features(
     n = int(labels.max(initial=0))
     ids = np.arange(1, n + 1)
     flat = labels.astype(np.int64).ravel()
-    area_px = np.bincount(flat, minlength=n + 1)[1:].astype(np.float64)
+    area_px = label_areas(flat, n)[1:].astype(np.float64)
     present = area_px > 0
 
     def mean_of(values: np.ndarray | None) -> np.ndarray:
         if values is None:
             return np.full(n, np.nan)
-        sums = np.bincount(flat, weights=np.asarray(values, np.float64).ravel(), minlength=n + 1)[1:]
+        sums = label_sums(flat, values, n)[1:]
         return np.where(present, sums / np.maximum(area_px, 1), np.nan)
 
     with np.errstate(invalid="ignore", divide="ignore"):  # ids with no pixel get NaN, not a warning

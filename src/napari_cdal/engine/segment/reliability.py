@@ -97,20 +97,3 @@ def clear_error_auroc(scores: np.ndarray, best_iou: np.ndarray) -> float | None:
     scores, best_iou = np.asarray(scores), np.asarray(best_iou)
     kept = (best_iou < CLEAR_ERROR_IOU) | (best_iou >= MATCH_IOU)
     return auroc(scores[kept], best_iou[kept] < CLEAR_ERROR_IOU)
-
-
-def nucleus_means(labels: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Mean of `values` over each nucleus 1..N of `labels`."""
-    labels = np.asarray(labels).astype(np.int64)
-    n = int(labels.max(initial=0))
-    if n == 0:
-        return np.zeros(0)
-    sums = np.bincount(labels.ravel(), weights=np.asarray(values, dtype=np.float64).ravel(), minlength=n + 1)
-    area = np.bincount(labels.ravel(), minlength=n + 1)
-    return sums[1:] / np.maximum(area[1:], 1)
-
-
-def nucleus_areas(labels: np.ndarray) -> np.ndarray:
-    """Pixel area of each nucleus 1..N of `labels`."""
-    labels = np.asarray(labels).astype(np.int64)
-    return np.bincount(labels.ravel(), minlength=int(labels.max(initial=0)) + 1)[1:].astype(np.float64)

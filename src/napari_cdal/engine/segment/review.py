@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_cdal.engine.labels import label_sums
+from napari_cdal.engine.segment.windows import as_box
+
 REVIEW_BOX_COLUMNS = ("y0", "y1", "x0", "x1")
 """The review CSV's columns of an item's box: the corrected region `finetune --regions` reads from it."""
 
@@ -176,8 +179,7 @@ def _means(labels: np.ndarray, n: int, values: np.ndarray | None, area: np.ndarr
     """The mean of `values` over each id 1..n of `labels` (NaN for all when there are no values)."""
     if values is None:
         return np.full(n, np.nan)
-    sums = np.bincount(labels.ravel(), weights=np.asarray(values, np.float64).ravel(), minlength=n + 1)[1 : n + 1]
-    return sums / np.maximum(area, 1)
+    return label_sums(labels, values, n)[1 : n + 1] / np.maximum(area, 1)
 
 
 def _maxima(labels: np.ndarray, n: int, values: np.ndarray) -> np.ndarray:
@@ -376,7 +378,7 @@ def review_items(
             float(candidates.x[row]),
             float(candidates.area_um2[row]),
             float(scores[row]),
-            tuple(int(v) for v in candidates.box[row]),
+            as_box(candidates.box[row]),
         )
         for rank, row in enumerate(order)
     ]

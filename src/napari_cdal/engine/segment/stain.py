@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from napari_cdal.engine.labels import relabel_sequential
+from napari_cdal.engine.labels import nucleus_means, relabel_sequential
 
 MIN_NUCLEUS_SATURATION = 0.05
 """Mean HSV saturation a nucleus needs (lowest of any annotated MoNuSeg nucleus: 0.118)."""
@@ -27,10 +27,6 @@ BLUR_UM = 1.0
 """Blur before measuring, in µm, so that scanner noise does not count as stain."""
 
 
-def _nucleus_means(values: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
-    return np.asarray(ndi.mean(values, labels, np.arange(1, n + 1)), dtype=np.float64)
-
-
 def stained_nuclei(labels: np.ndarray, rgb: np.ndarray, image_mpp: float) -> np.ndarray:
     """Per id 1..N of `labels`, whether that nucleus lies on stained tissue of `rgb` (H x W x 3, 0..255)."""
     n = int(labels.max()) if labels.size else 0
@@ -41,12 +37,12 @@ def stained_nuclei(labels: np.ndarray, rgb: np.ndarray, image_mpp: float) -> np.
     # array, at a third of the time on a slide's block (numpy reduces a last axis of 3 slowly)
     red, green, blue = (ndi.gaussian_filter(np.asarray(rgb[..., c], np.float32), sigma) for c in range(3))
     brightest = np.maximum(np.maximum(red, green), blue)
-    keep = _nucleus_means(brightest, labels, n) >= MIN_NUCLEUS_BRIGHTNESS
+    keep = nucleus_means(labels, brightest) >= MIN_NUCLEUS_BRIGHTNESS
     grey = np.array_equal(rgb[..., 1], rgb[..., 0]) and np.array_equal(rgb[..., 2], rgb[..., 0])
     if grey:  # no colour to judge by: only a flat image is refused outright
         return keep & (float(red.std()) >= MIN_GREY_CONTRAST)
     saturation = (brightest - np.minimum(np.minimum(red, green), blue)) / np.maximum(brightest, 1.0)
-    return keep & (_nucleus_means(saturation, labels, n) >= MIN_NUCLEUS_SATURATION)
+    return keep & (nucleus_means(labels, saturation) >= MIN_NUCLEUS_SATURATION)
 
 
 def keep_stained(labels: np.ndarray, rgb: np.ndarray, image_mpp: float) -> np.ndarray:

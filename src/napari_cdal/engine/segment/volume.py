@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 from napari_cdal.engine.data.volumes import LabelledVolume, slice_stack, slices_to_volume
-from napari_cdal.engine.device import make_generator
+from napari_cdal.engine.device import make_rng
 from napari_cdal.engine.events import TICK, Progress, ticks_of
-from napari_cdal.engine.method.grid import normalise
+from napari_cdal.engine.method.intensity import normalise
 from napari_cdal.engine.method.model import CdalModel
 from napari_cdal.engine.method.sampler import SampleOutput, StepOutput, reverse_process, unit_foreground
 
@@ -121,7 +121,7 @@ def _sample_slices(
     n_steps = config.sampling_steps if sampling_steps is None else sampling_steps
     samples = config.default_samples if samples is None else samples
     device = next(model.generator.parameters()).device
-    rng = make_generator(seed)
+    rng = make_rng(seed)
     probability, uncertainty, steps, attention, chain = [], [], [], [], []
     for first in range(0, count, slices_per_batch):
         last = min(count, first + slices_per_batch)

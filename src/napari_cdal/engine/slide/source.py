@@ -184,6 +184,8 @@ def is_slide_file(path: str | Path) -> bool:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             page = series.pages[0]
+            if not isinstance(page, tifffile.TiffPage):  # no first page to judge by: not a slide
+                return False
             large = page.is_tiled and int(page.imagelength) * int(page.imagewidth) >= SLIDE_MIN_PIXELS
             return len(series.levels) > 1 or large
     except Exception:  # not a TIFF tifffile can parse: let another reader say why

@@ -11,13 +11,16 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_cdal.engine.segment.tiling import Box
+from napari_cdal.engine.segment.windows import Box
 from napari_cdal.engine.slide.source import SlideSource
 from napari_cdal.engine.slide.tissue import TissueMask, detect_tissue
+
+if TYPE_CHECKING:
+    from zarr.core.array_spec import ArrayConfigParams
 
 CHUNK_PX = 1024
 """Side of a chunk of the labels store."""
@@ -28,8 +31,21 @@ LEVELS_FOLDER = "levels"
 TISSUE_ARRAY = "tissue"
 """Where in the store the tissue mask lies (1 = tissue), so that a resumed run skips the same blocks."""
 
-WRITE_CONFIG = {"write_empty_chunks": True}
+WRITE_CONFIG: ArrayConfigParams = {"write_empty_chunks": True}
 """How the store's arrays are written: a chunk of zeros is stored too, so a missing chunk is always damage."""
+
+
+PYRAMID_MIN_PX = 1024
+"""Levels are halved until the last one is smaller than this on its longer side."""
+
+
+def pyramid_shapes(height: int, width: int, smallest: int = PYRAMID_MIN_PX) -> list[tuple[int, int]]:
+    """The shapes of level 0 and of each level halved from it, until one is under `smallest` on its longer side."""
+    shapes = [(height, width)]
+    while max(shapes[-1]) >= smallest:
+        factor = 2 ** len(shapes)
+        shapes.append((-(-height // factor), -(-width // factor)))
+    return shapes
 
 
 class StoreError(ValueError):

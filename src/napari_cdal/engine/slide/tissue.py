@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from napari_cdal.engine.segment.tiling import Box
+from napari_cdal.engine.segment.windows import Box
 from napari_cdal.engine.slide.source import SlideSource
 
 TISSUE_MPP = 8.0

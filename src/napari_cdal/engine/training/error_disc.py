@@ -1,12 +1,12 @@
-"""Train the pixel discriminator on the frozen generator's own sampled estimates, so its map finds the mask's errors.
+"""Train the pixel discriminator on frozen G's own sampled estimates, so its map finds the mask's errors.
 
-On its training tiles the generator errs less, and differently, than on tissue it has not seen. So D
+On its training tiles G (the generator network) errs less, and differently, than on tissue it has not seen. So D
 is shown G's estimates on training patches made unlike what G fitted (half of them degraded as a
 scanner or a lab degrades a slide: blur, noise, gamma, contrast, strong stain jitter), sampled
 exactly as segmenting samples them (`reverse_process` with keep_pairs). A fake pair's pixel is fake
 where G's estimate is wrong (`pixel_targets`, GCT's flaw detector); a real pair (the truth, drawn
 as the step would have drawn it) is real everywhere; CutMix pastes real into fake (U-Net GAN).
-The generator is left as it was, so the masks, Dice and AJI do not change.
+G is left as it was, so the masks, Dice and AJI do not change.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Generator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ from napari_cdal.engine.data.augment import degrade_cf
 from napari_cdal.engine.data.patches import PatchSampler
 from napari_cdal.engine.data.tiles import Tile
 from napari_cdal.engine.events import TICK, Progress
-from napari_cdal.engine.method.grid import normalise
+from napari_cdal.engine.method.intensity import normalise
 from napari_cdal.engine.method.model import CdalModel
 from napari_cdal.engine.method.pixel_disc import PixelDiscriminator, pixel_targets
 from napari_cdal.engine.method.sampler import reverse_process
@@ -39,7 +40,11 @@ OUTLINE_PX = 2
 MAX_ERROR_WEIGHT = 20.0
 """The most a wrong pixel weighs against a right one when errors are balanced (a nearly right patch)."""
 
-ERROR_DISC_CHANGES = {"disc_kind": "pixel", "disc_image": True, "attention_display": "error_probability"}
+ERROR_DISC_CHANGES: dict[str, Any] = {
+    "disc_kind": "pixel",
+    "disc_image": True,
+    "attention_display": "error_probability",
+}
 """The config keys a model's discriminator takes when it becomes the error-finding pixel D."""
 
 
@@ -75,7 +80,7 @@ class PairPool:
 
 
 def error_disc_config(config: ModelConfig) -> ModelConfig:
-    """The config of a model whose discriminator is the pixel D, its generator unchanged."""
+    """The config of a model whose discriminator is the pixel D, its G unchanged."""
     return dataclasses.replace(config, **ERROR_DISC_CHANGES)
 
 
@@ -184,10 +189,10 @@ def _draw_batch(
 def train_error_discriminator(
     model: CdalModel, tiles: list[Tile], settings: ErrorDiscSettings | None = None
 ) -> Generator[Progress, None, None]:
-    """Train a pixel D for `model`'s frozen generator on `tiles` (on the model's grid).
+    """Train a pixel D for `model`'s frozen G on `tiles` (on the model's grid).
 
     Yields ('pool', i, n) while G segments the pool, ('train', i, n, losses) per iteration, ticks in
-    between, then ('done', n, n, model) with a new CdalModel: the same generator, the pixel D, and
+    between, then ('done', n, n, model) with a new CdalModel: the same G, the pixel D, and
     the config's attention display its error probability.
     """
     settings = settings or ErrorDiscSettings()

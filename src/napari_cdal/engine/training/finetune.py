@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from napari_cdal.engine.config import TrainConfig
-from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP, FINETUNE_SETTINGS
+from napari_cdal.engine.config import FINETUNE_CONFIG, TrainConfig, current_record
+from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP
 from napari_cdal.engine.events import Progress
 from napari_cdal.engine.io.checkpoint import OutputError
 from napari_cdal.engine.method.model import CdalModel, is_bundled, save_model
@@ -39,17 +39,17 @@ SOURCE_LOSS_SETTINGS = (
 flips images only when the source did: a hippocampus model tells anterior from posterior by orientation)."""
 
 
-SOURCE_SUMMARY_KEYS = ("data", "steps", "wall_seconds", "best", "finetuned_from")
+SOURCE_SUMMARY_KEYS = ("data", "iterations", "wall_seconds", "best", "finetuned_from")
 
 
 def finetune_config(**changes: Any) -> TrainConfig:
-    """Fine-tuning's settings: a TrainConfig of FINETUNE_SETTINGS with `changes` (any TrainConfig key).
+    """Fine-tuning's settings: config.FINETUNE_CONFIG with `changes` (any TrainConfig key, former names too).
 
     At run time the loss weights (SOURCE_LOSS_SETTINGS) come from the source model's own training,
     so that fine-tuning optimises what it was trained for; the patch size is capped by the corrected
     regions and the warm-up by the iterations (finetune_train_config).
     """
-    return TrainConfig.from_dict({**FINETUNE_SETTINGS, **changes})
+    return TrainConfig.from_dict({**FINETUNE_CONFIG.to_dict(), **changes})
 
 
 @dataclass
@@ -118,7 +118,8 @@ def finetune_train_config(source: CdalModel, settings: TrainConfig, patch_size: 
 def source_summary(model: CdalModel) -> dict[str, Any]:
     """Where a fine-tuned model came from: the source file's name and its record's headline."""
     summary: dict[str, Any] = {"model": Path(model.source).name if model.source else "(in memory)"}
-    summary.update({key: model.record[key] for key in SOURCE_SUMMARY_KEYS if key in model.record})
+    record = current_record(model.record)
+    summary.update({key: record[key] for key in SOURCE_SUMMARY_KEYS if key in record})
     return summary
 
 
@@ -172,11 +173,12 @@ def finetune(
     def keep_best(current: TrainState) -> None:
         best.update(step=current.step, model=current.exported_model())
 
-    on_validate = validation_hook(prepared.evaluation, on_best=keep_best) if prepared.evaluation else None
+    evaluation = prepared.evaluation
+    on_validate = validation_hook(evaluation, on_best=keep_best) if evaluation else None
     start_check: dict[str, Any] | None = None
-    if on_validate is not None:
+    if on_validate is not None and evaluation is not None:
         yield from on_validate(state)  # step 0: the starting weights are a candidate too
-        start_check = yield from scored(prepared.evaluation, state.exported_model(), CHECK_SEED)
+        start_check = yield from scored(evaluation, state.exported_model(), CHECK_SEED)
     stopped_early = False
     loop = training_loop(state, sample_batch, device, None, on_validate)
     try:
@@ -195,10 +197,10 @@ def finetune(
     final = best["model"] if best else state.exported_model()
     best_step = best.get("step")
     kind = "volume" if volumes else "image"
-    record = {
+    record: dict[str, Any] = {
         "finetuned_from": source_summary(model),
         "data": f"fine-tune corrections ({len(prepared.names)} {kind}{'s' if len(prepared.names) != 1 else ''})",
-        "steps": state.step,
+        "iterations": state.step,
         "wall_seconds": round(time.perf_counter() - started, 2),
         "train_config": train_config.to_dict(),
         "finetune": {
@@ -222,14 +224,10 @@ def finetune(
         },
     }
     before = after = verdict = None
-    if start_check is not None:
+    if start_check is not None and evaluation is not None:
         noise = noise_of(state.record["validation"][0], start_check)
         before = {"step": 0, **start_check}
-        after = (
-            before
-            if best_step == 0
-            else {"step": best_step, **(yield from scored(prepared.evaluation, final, CHECK_SEED))}
-        )
+        after = before if best_step == 0 else {"step": best_step, **(yield from scored(evaluation, final, CHECK_SEED))}
         verdict = judge(before, after, noise)
         record["finetune"].update(
             check_seed=CHECK_SEED, noise=noise, gains=verdict.gains, margins=verdict.margins, improved=verdict.improved

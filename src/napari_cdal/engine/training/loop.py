@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from napari_cdal.engine.events import Progress
-from napari_cdal.engine.method.grid import normalise
+from napari_cdal.engine.method.intensity import normalise
 from napari_cdal.engine.training.state import TrainState
 from napari_cdal.engine.training.step import train_step
 

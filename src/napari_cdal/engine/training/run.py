@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_cdal.catalog import state_path
 from napari_cdal.engine.checks import check_patch_size
-from napari_cdal.engine.config import ModelConfig, TrainConfig
+from napari_cdal.engine.config import ModelConfig, TrainConfig, iterations_done
 from napari_cdal.engine.data.patches import PatchSampler, jitter_kind
 from napari_cdal.engine.data.tiles import (
     Tile,
@@ -24,14 +25,13 @@ from napari_cdal.engine.data.tiles import (
 from napari_cdal.engine.data.volumes import is_volume_folder, list_volumes, load_volume, training_slices
 from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP
 from napari_cdal.engine.events import TICK, Progress
-from napari_cdal.engine.method.grid import stretch_intensity
+from napari_cdal.engine.method.intensity import stretch_intensity
 from napari_cdal.engine.method.model import CdalModel, save_model
 from napari_cdal.engine.segment.evaluate import evaluate_tiles
 from napari_cdal.engine.segment.volume import evaluate_volumes
 from napari_cdal.engine.training.loop import training_loop
 from napari_cdal.engine.training.state import TrainState
 from napari_cdal.engine.training.step import encode_targets
-from napari_cdal.models import state_path
 
 
 def prepare_tiles(tiles: list[Tile], data_mpp: float, config: ModelConfig) -> list[Tile]:
@@ -44,7 +44,8 @@ def prepare_tiles(tiles: list[Tile], data_mpp: float, config: ModelConfig) -> li
     for tile in tiles:
         if config.intensity_percentiles:
             tile = replace(tile, image=stretch_intensity(tile.image, config))
-        factor = config.grid_factor(*tile.image.shape[:2], data_mpp)
+        height, width = tile.image.shape[:2]
+        factor = config.grid_factor(height, width, data_mpp)
         prepared.append(tile if abs(factor - 1.0) < 1e-9 else resample_tile(tile, factor))
     return prepared
 
@@ -98,7 +99,7 @@ def make_validation(
 
 def scored(evaluate: Evaluation, model: CdalModel, seed: int = 0) -> Generator[Progress, None, dict[str, Any]]:
     """Run an evaluation as 'validate' events (ticks pass through); return its metrics, with nuclei_* and `score`."""
-    summary = None
+    summary: dict[str, Any] | None = None
     for event in evaluate(model, seed=seed):
         if event.stage == "done":
             summary = event.payload
@@ -106,6 +107,8 @@ def scored(evaluate: Evaluation, model: CdalModel, seed: int = 0) -> Generator[P
             yield event
         else:
             yield Progress("validate", event.index, event.total, event.payload)
+    if summary is None:
+        raise ValueError("the evaluation ended without its summary (no 'done' event)")
     metrics = {k: v for k, v in summary["mean"].items() if v is not None}
     metrics.update({f"nuclei_{k}": v for k, v in summary.get("nuclei", {}).items()})
     metrics["score"] = validation_score(summary["mean"])
@@ -182,7 +185,7 @@ def new_state(
         }
     )
     if init_from is not None:
-        state.record["initialised_from"] = {"model": str(init_from), "steps": model.record.get("steps")}
+        state.record["initialised_from"] = {"model": str(init_from), "iterations": iterations_done(model.record)}
     return state
 
 
@@ -228,24 +231,25 @@ def _train(
         classes = config.label_channels
         volumes = [load_volume(data_dir, name, classes) for name in data.train_names]
         train_tiles = training_slices(volumes, config)
-        held = [load_volume(data_dir, name, classes) for name in data.validation_names]
+        held_volumes = [load_volume(data_dir, name, classes) for name in data.validation_names]
         on_validate = (
-            validation_hook(lambda model, seed=0: evaluate_volumes(model, held, seed=seed), out) if held else None
+            validation_hook(lambda model, seed=0: evaluate_volumes(model, held_volumes, seed=seed), out)
+            if held_volumes
+            else None
         )
     else:
-        if is_volume_folder(data_dir):
+        if is_volume_folder(data_dir) or tiles is None:  # train_run read no tiles only from a volume folder
             raise ValueError(
                 f"{Path(data_dir) / 'images'} holds volumes; train them with a model of classes "
                 "(e.g. --config hippocampus)"
             )
         train_tiles = prepare_tiles(tiles[0], data.data_mpp, config)
-        held = tiles[1]
-        on_validate = make_validation(held, data.data_mpp, out) if held else None
+        on_validate = make_validation(tiles[1], data.data_mpp, out) if tiles[1] else None
     sample_batch = make_patch_source(train_tiles, state, config)
 
     def on_checkpoint(current: TrainState) -> None:
         current.save(state_path(out))
-        if not held:
+        if on_validate is None:  # nothing held back to pick the best by: the latest is the model
             save_model(out, current.exported_model())
 
     yield from training_loop(state, sample_batch, device, on_checkpoint, on_validate)

@@ -18,7 +18,7 @@ from napari_cdal.engine.method.networks import Generator as GeneratorNetwork
 
 
 class EMA:
-    """Exponential moving average of the generator's weights; the EMA copy is what gets shipped."""
+    """Exponential moving average of G's weights (the generator network); the EMA copy is what gets shipped."""
 
     def __init__(self, module: GeneratorNetwork, decay: float) -> None:
         self.decay = decay
@@ -77,10 +77,11 @@ class TrainState:
         )
 
     def exported_model(self) -> CdalModel:
-        """The model to ship: EMA generator weights, current discriminator, the training record."""
+        """The model to ship: G's EMA weights, current discriminator, the training record."""
         record = dict(self.model.record)
         record.update(self.record)
-        record["steps"] = self.step
+        record.pop("steps", None)  # a former name of "iterations", in a record this run started from
+        record["iterations"] = self.step
         record["train_config"] = self.train_config.to_dict()
         return CdalModel(
             self.model.config,

@@ -1,6 +1,8 @@
-"""One cDAL training step: targets, losses, and the generator and discriminator updates."""
+"""One cDAL training step: targets, losses, and the updates of G (the generator network) and D."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -46,7 +48,7 @@ def soft_dice_loss(prob: torch.Tensor, target: torch.Tensor, weights: torch.Tens
     return (1.0 - (2.0 * inter + 1.0) / (denom + 1.0)).mean()
 
 
-def cutmix_boxes(batch: int, size: tuple[int, int], rng: torch.Generator) -> torch.Tensor:
+def cutmix_boxes(batch: int, size: Sequence[int], rng: torch.Generator) -> torch.Tensor:
     """(B, 1, H, W) masks, 1 inside one random box per sample (each side 25-75 %), inverted half the time.
 
     D learns to tell, place by place, which parts of a mixed real/fake mask are real: its score
@@ -189,7 +191,7 @@ def train_step(
         bce = _weighted_mean(F.binary_cross_entropy(prob.clamp(1e-5, 1 - 1e-5), target, reduction="none"), weights)
         loss_g = loss_g + cfg.bce_weight * bce
         losses["bce"] = bce.item()
-    per_pixel = model.config.disc_kind == "pixel"
+    per_pixel = isinstance(D, PixelDiscriminator)  # disc_kind "pixel" (make_discriminator)
     if cfg.adversarial_weight > 0:
         fake = schedule.posterior_sample(x0_pred, x_next_att, t, rng)
         with autocast(device):
@@ -209,7 +211,7 @@ def train_step(
     real = torch.where(weights > 0, real, fake)
     lazy_r1 = cfg.r1_gamma > 0 and state.step % cfg.r1_interval == 0
     real.requires_grad_(lazy_r1)
-    if per_pixel:
+    if isinstance(D, PixelDiscriminator):  # per_pixel
         loss_d, d_real, d_fake = _pixel_d_loss(
             D, real, fake, x_next_att, t, disc_image, x0_pred.detach(), x0, weights, device
         )
@@ -223,7 +225,7 @@ def train_step(
         mixed = box * real.detach() + (1.0 - box) * fake
         with autocast(device):
             logits = D.score_map(mixed, x_next_att, t, disc_image).float()
-        mixed_target = F.adaptive_avg_pool2d(box, logits.shape[-2:])
+        mixed_target = F.adaptive_avg_pool2d(box, (logits.shape[-2], logits.shape[-1]))
         if per_pixel:  # the fake part is fake only where G's estimate is wrong
             mixed_target = box + (1.0 - box) * pixel_targets(x0_pred.detach(), x0)
         cutmix = F.binary_cross_entropy_with_logits(logits, mixed_target)

@@ -1,4 +1,4 @@
-"""Tests for napari_cdal.engine.segment.tiling: box layout, blend windows and seamless blending."""
+"""Tests for napari_cdal.engine.segment.windows: box layout, blend weights and seamless blending."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_cdal.engine.segment.tiling import TileBlender, blend_window, tile_boxes
+from napari_cdal.engine.segment.windows import WindowBlender, blend_window, window_boxes
 
 CASES = [
     (100, 100, 32, 8),
@@ -19,24 +19,24 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("height,width,tile,overlap", CASES)
-def test_boxes_cover_every_pixel_with_right_sizes(height: int, width: int, tile: int, overlap: int) -> None:
-    boxes = tile_boxes(height, width, tile, overlap)
+@pytest.mark.parametrize("height,width,window,overlap", CASES)
+def test_boxes_cover_every_pixel_with_right_sizes(height: int, width: int, window: int, overlap: int) -> None:
+    boxes = window_boxes(height, width, window, overlap)
     cover = np.zeros((height, width), dtype=int)
     sizes = {(y1 - y0, x1 - x0) for y0, y1, x0, x1 in boxes}
-    assert len(sizes) == 1, "every tile has one size"
-    ((tile_h, tile_w),) = sizes
-    assert tile_h <= min(tile, height) and tile_w <= min(tile, width)
+    assert len(sizes) == 1, "every window has one size"
+    ((window_h, window_w),) = sizes
+    assert window_h <= min(window, height) and window_w <= min(window, width)
     for y0, y1, x0, x1 in boxes:
         assert 0 <= y0 < y1 <= height and 0 <= x0 < x1 <= width
         cover[y0:y1, x0:x1] += 1
     assert cover.min() >= 1
     assert len(set(boxes)) == len(boxes)
     for starts, length, size in (
-        (sorted({b[0] for b in boxes}), height, tile_h),
-        (sorted({b[2] for b in boxes}), width, tile_w),
+        (sorted({b[0] for b in boxes}), height, window_h),
+        (sorted({b[2] for b in boxes}), width, window_w),
     ):
-        fewest = 1 if length <= tile else -(-(length - overlap) // (tile - overlap))
+        fewest = 1 if length <= window else -(-(length - overlap) // (window - overlap))
         assert len(starts) == fewest
         assert starts[0] == 0 and starts[-1] + size == length
         gaps = np.diff(starts)
@@ -44,16 +44,16 @@ def test_boxes_cover_every_pixel_with_right_sizes(height: int, width: int, tile:
         assert np.ptp(gaps) <= 1 if len(gaps) else True  # spread evenly
 
 
-def test_even_tiles_compute_fewer_pixels_than_a_fixed_stride() -> None:
-    boxes = tile_boxes(1152, 1152, 512, 64, multiple=16)
+def test_even_windows_compute_fewer_pixels_than_a_fixed_stride() -> None:
+    boxes = window_boxes(1152, 1152, 512, 64, multiple=16)
     assert len(boxes) == 9 and {(y1 - y0, x1 - x0) for y0, y1, x0, x1 in boxes} == {(432, 432)}
     assert 9 * 432 * 432 < 0.72 * 9 * 512 * 512
 
 
 def test_boxes_exact_layout() -> None:
-    assert tile_boxes(10, 4, 4, 1) == [(0, 4, 0, 4), (3, 7, 0, 4), (6, 10, 0, 4)]
-    assert tile_boxes(5, 6, 8, 2) == [(0, 5, 0, 6)]
-    assert tile_boxes(12, 12, 6, 2) == [
+    assert window_boxes(10, 4, 4, 1) == [(0, 4, 0, 4), (3, 7, 0, 4), (6, 10, 0, 4)]
+    assert window_boxes(5, 6, 8, 2) == [(0, 5, 0, 6)]
+    assert window_boxes(12, 12, 6, 2) == [
         (0, 6, 0, 6),
         (0, 6, 3, 9),
         (0, 6, 6, 12),
@@ -64,7 +64,7 @@ def test_boxes_exact_layout() -> None:
         (6, 12, 3, 9),
         (6, 12, 6, 12),
     ]
-    assert tile_boxes(40, 20, 32, 8, multiple=8) == [(0, 24, 0, 20), (16, 40, 0, 20)]
+    assert window_boxes(40, 20, 32, 8, multiple=8) == [(0, 24, 0, 20), (16, 40, 0, 20)]
 
 
 @pytest.mark.parametrize(
@@ -74,13 +74,13 @@ def test_boxes_exact_layout() -> None:
         ((10, 10, 8, 9), "overlap"),
         ((10, 10, 8, -1), "overlap"),
         ((0, 10, 8, 2), "height"),
-        ((10, 10, 0, 0), "tile"),
+        ((10, 10, 0, 0), "window"),
         ((10, 10.5, 8, 2), "width"),
     ],
 )
 def test_boxes_reject_bad_arguments(args: tuple, word: str) -> None:
     with pytest.raises(ValueError, match=word):
-        tile_boxes(*args)
+        window_boxes(*args)
 
 
 def test_blend_window_shape_and_profile() -> None:
@@ -107,10 +107,10 @@ def test_blend_window_no_overlap_and_tiny_sizes() -> None:
     assert small.shape == (3, 1) and small.min() > 0
 
 
-def _run(field: np.ndarray, tile: int, overlap: int, model=lambda x: x) -> np.ndarray:
+def _run(field: np.ndarray, window: int, overlap: int, model=lambda x: x) -> np.ndarray:
     c, h, w = field.shape
-    blender = TileBlender(c, h, w, overlap)
-    for y0, y1, x0, x1 in tile_boxes(h, w, tile, overlap):
+    blender = WindowBlender(c, h, w, overlap)
+    for y0, y1, x0, x1 in window_boxes(h, w, window, overlap):
         blender.add((y0, y1, x0, x1), model(field[:, y0:y1, x0:x1]))
     return blender.result()
 
@@ -123,25 +123,25 @@ def test_constant_field_is_reproduced_exactly() -> None:
     np.testing.assert_array_equal(out, field)
 
 
-@pytest.mark.parametrize("height,width,tile,overlap", [(200, 173, 64, 16), (50, 300, 128, 64), (20, 30, 64, 8)])
-def test_identity_model_reproduces_smooth_field(height: int, width: int, tile: int, overlap: int) -> None:
+@pytest.mark.parametrize("height,width,window,overlap", [(200, 173, 64, 16), (50, 300, 128, 64), (20, 30, 64, 8)])
+def test_identity_model_reproduces_smooth_field(height: int, width: int, window: int, overlap: int) -> None:
     rng = np.random.default_rng(0)
     field = ndimage.gaussian_filter(rng.normal(size=(2, height, width)), (0, 4, 4)).astype(np.float32)
-    out = _run(field, tile, overlap)
+    out = _run(field, window, overlap)
     np.testing.assert_allclose(out, field, atol=1e-6, rtol=0)
 
 
 def test_differing_predictions_blend_without_seam() -> None:
-    height, width, tile, overlap = 32, 96, 64, 32
-    boxes = tile_boxes(height, width, tile, overlap)
+    height, width, window, overlap = 32, 96, 64, 32
+    boxes = window_boxes(height, width, window, overlap)
     assert boxes == [(0, 32, 0, 64), (0, 32, 32, 96)]
-    blender = TileBlender(1, height, width, overlap)
+    blender = WindowBlender(1, height, width, overlap)
     blender.add(boxes[0], np.zeros((1, 32, 64), np.float32))
     blender.add(boxes[1], np.ones((1, 32, 64), np.float32))
     out = blender.result()[0]
     assert np.all(out >= 0) and np.all(out <= 1)
-    np.testing.assert_array_equal(out[:, :32], 0)  # only the first tile
-    np.testing.assert_array_equal(out[:, 64:], 1)  # only the second tile
+    np.testing.assert_array_equal(out[:, :32], 0)  # only the first window
+    np.testing.assert_array_equal(out[:, 64:], 1)  # only the second window
     row = out[16].astype(np.float64)
     steps = np.diff(row)
     assert np.all(steps >= -1e-7)  # monotone
@@ -152,11 +152,11 @@ def test_differing_predictions_blend_without_seam() -> None:
 
 def test_result_needs_full_coverage() -> None:
     field = np.arange(2 * 40 * 50, dtype=np.float32).reshape(2, 40, 50)
-    boxes = tile_boxes(40, 50, 32, 8)
-    blender = TileBlender(2, 40, 50, 8)
+    boxes = window_boxes(40, 50, 32, 8)
+    blender = WindowBlender(2, 40, 50, 8)
     y0, y1, x0, x1 = boxes[0]
     blender.add(boxes[0], field[:, y0:y1, x0:x1])
-    with pytest.raises(ValueError, match="covered by no tile"):
+    with pytest.raises(ValueError, match="covered by no window"):
         blender.result()
     for y0, y1, x0, x1 in boxes[1:]:
         blender.add((y0, y1, x0, x1), field[:, y0:y1, x0:x1])
@@ -164,10 +164,20 @@ def test_result_needs_full_coverage() -> None:
 
 
 def test_blender_rejects_bad_input() -> None:
-    blender = TileBlender(2, 40, 50, 8)
+    blender = WindowBlender(2, 40, 50, 8)
     with pytest.raises(ValueError, match="shape"):
         blender.add((0, 32, 0, 32), np.zeros((1, 32, 32)))
     with pytest.raises(ValueError, match="outside"):
         blender.add((10, 42, 0, 32), np.zeros((2, 32, 32)))
     with pytest.raises(ValueError, match="channels"):
-        TileBlender(0, 40, 50, 8)
+        WindowBlender(0, 40, 50, 8)
+
+
+def test_the_former_names_of_windows_still_import() -> None:
+    from napari_cdal.engine.segment import tiling, windows
+
+    assert (tiling.TILE_PX, tiling.tile_boxes, tiling.TileBlender) == (
+        windows.WINDOW_PX,
+        windows.window_boxes,
+        windows.WindowBlender,
+    )
