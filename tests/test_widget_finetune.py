@@ -19,11 +19,12 @@ from conftest import (
 )
 from skimage.draw import disk
 
-from napari_cdal._widgets._layers import TAG, layer_name
+from napari_cdal._widgets._layers import layer_name
 from napari_cdal._widgets._names import default_model_name, model_name_problem
 from napari_cdal._widgets._pairs import NO_REGIONS, WHOLE_IMAGE, WHOLE_IMAGE_WARNING, layer_boxes
 from napari_cdal._widgets.finetune import FinetuneWidget
 from napari_cdal._widgets.segment import OTHER_FILE, SegmentWidget
+from napari_cdal.layer_metadata import TAG
 
 pytestmark = pytest.mark.gui
 
@@ -186,8 +187,8 @@ def test_finetune_writes_a_new_model_that_segment_selects_and_back_undoes(
 def test_the_progress_bar_says_what_happens_before_the_first_step_then_counts_the_steps_with_the_loss(
     qtbot, monkeypatch, make_napari_viewer, tiny_model_file, model_folder
 ) -> None:
-    from napari_cdal._widgets._run import RunProgress
-    from napari_cdal._widgets.finetune import CHECKING, GETTING_READY
+    from napari_cdal._widgets._finetune_run import CHECKING, GETTING_READY, FinetuneRun
+    from napari_cdal._widgets._worker import RunProgress
     from napari_cdal.engine.events import TICK
 
     shown: list[tuple[str, str]] = []  # the bar's text and tooltip after each step
@@ -200,14 +201,14 @@ def test_the_progress_bar_says_what_happens_before_the_first_step_then_counts_th
 
     monkeypatch.setattr(RunProgress, "update", spy)
     handled: list[tuple[str, str, str]] = []  # each event's stage, the bar's text and the status, once handled
-    on_step = FinetuneWidget._on_step
+    on_event = FinetuneRun.on_event
 
     def watched(self, event) -> None:
-        on_step(self, event)
+        on_event(self, event)
         if event.stage != TICK:
-            handled.append((event.stage, self.progress_bar.native.text(), self.status.value))
+            handled.append((event.stage, self.widget.progress_bar.native.text(), self.widget.status.value))
 
-    monkeypatch.setattr(FinetuneWidget, "_on_step", watched)
+    monkeypatch.setattr(FinetuneRun, "on_event", watched)
     viewer = make_napari_viewer()
     add_image(viewer)
     add_corrected_mask(viewer)
@@ -576,7 +577,7 @@ def test_both_widgets_share_one_tabbed_dock_each_with_one_named_cancel(
 ) -> None:
     from magicgui.widgets import Container, Label, PushButton
 
-    from napari_cdal._widgets._common import STATUS_MIN_WIDTH
+    from napari_cdal._widgets._fields import STATUS_MIN_WIDTH
 
     viewer = make_napari_viewer()
     add_image(viewer)

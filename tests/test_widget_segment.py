@@ -20,12 +20,13 @@ from conftest import (
     pause_after_first_event,
 )
 
-from napari_cdal._widgets._layers import CONTOUR_WIDTH, PREVIEW_SUFFIX, TAG, image_mpp, layer_name, preview_name
+from napari_cdal._widgets._layers import CONTOUR_WIDTH, PREVIEW_SUFFIX, layer_name, preview_name
 from napari_cdal._widgets._pairs import layer_boxes
 from napari_cdal._widgets._review import KIND_COLOURS, KIND_WORDS, viewer_camera
 from napari_cdal._widgets.segment import OTHER_FILE, SegmentWidget
 from napari_cdal.engine.defaults import MIN_REGION_UM, REGION_MARGIN_UM
 from napari_cdal.engine.io.regions import widen_box
+from napari_cdal.layer_metadata import TAG, image_mpp
 
 pytestmark = pytest.mark.gui
 
@@ -167,7 +168,7 @@ def test_progress_moves_per_step_and_tile_while_the_ui_keeps_running(
     from napari.utils import progress as napari_progress
     from qtpy.QtCore import QTimer
 
-    from napari_cdal._widgets._run import RunProgress
+    from napari_cdal._widgets._worker import RunProgress
 
     handled = one_event_at_a_time(monkeypatch)
     napari_bars: list[str] = []  # napari's progress turns a spinner in its status bar, redrawing the window all run
@@ -501,7 +502,7 @@ def test_deleting_the_widget_mid_run_stops_the_worker_and_the_preview(
     use_model(widget, tiny_model_file)
     widget.segment_button.native.click()
     qtbot.waitUntil(lambda: len(viewer.layers) > 1, timeout=TIMEOUT_MS)
-    worker = widget._worker
+    worker = widget.run.worker
     with qtbot.waitSignal(worker.finished, timeout=TIMEOUT_MS):
         viewer.window.remove_dock_widget(dock_widget)
         widget.native.deleteLater()  # what closing the window does to its docked widgets

@@ -19,10 +19,11 @@ from conftest import (
     volume_affine,
 )
 
-from napari_cdal._widgets._layers import TAG, layer_name
+from napari_cdal._widgets._layers import layer_name
 from napari_cdal._widgets.finetune import FinetuneWidget
 from napari_cdal._widgets.segment import OTHER_FILE, SegmentWidget
 from napari_cdal.engine.io.volumes import write_volume
+from napari_cdal.layer_metadata import TAG
 from napari_cdal.models import bundled_models
 
 pytestmark = pytest.mark.gui
@@ -141,7 +142,7 @@ def open_volume(viewer, path: Path):
 def test_segment_on_a_volume_gives_aligned_3d_labels_and_4d_stacks(
     qtbot, monkeypatch, make_napari_viewer, volume_files, classes_model_file
 ) -> None:
-    from napari_cdal._widgets._run import RunProgress
+    from napari_cdal._widgets._worker import RunProgress
 
     bar: list[tuple[int, int]] = []
     original = RunProgress.update
@@ -184,10 +185,10 @@ def test_a_run_takes_one_torch_thread_where_openmp_spin_waits(
     # 2-core machine a volume took 15-20 s instead of 2 (benchmarks/volume_widget.py); with one thread, 2 s
     import torch
 
-    import napari_cdal._widgets
+    import napari_cdal._widgets._model_cache as model_cache
     import napari_cdal.engine.segment.volume as engine
 
-    monkeypatch.setattr(napari_cdal._widgets, "OPENMP_SPINS", spins)
+    monkeypatch.setattr(model_cache, "OPENMP_SPINS", spins)
     set_to: list[int] = []  # what the run set the worker thread's count to (torch's counts are per thread)
     real_set = torch.set_num_threads
 

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import ComboBox, Container, Label
 
-from napari_cdal._widgets._common import image_choices, image_pixels
-from napari_cdal._widgets._layers import MASK, TAG, image_mpp, is_edited
-from napari_cdal._widgets._volume import correction_of, is_volume_layer
+from napari_cdal._widgets._inputs import image_choices, image_pixels, is_volume_layer
+from napari_cdal._widgets._layers import MASK, RESULT, is_edited
+from napari_cdal.layer_metadata import image_mpp, tag_of
 
 if TYPE_CHECKING:
-    import napari
-    from napari.layers import Image, Labels, Shapes
+    import napari  # type: ignore[import-untyped]
+    from napari.layers import Image, Labels, Shapes  # type: ignore[import-untyped]
 
     from napari_cdal.engine.training.corrections import FinetunePair, VolumeCorrection
 
@@ -138,13 +138,20 @@ class PairRow(Container):
             layer
             for layer in reversed(list(self._viewer.layers))
             if layer in self.labels.choices
-            and (layer.metadata.get(TAG) or {}).get("image") == image.name
-            and (layer.metadata.get(TAG) or {}).get("kind") == MASK
+            and tag_of(layer.metadata).get("image") == image.name
+            and tag_of(layer.metadata).get("kind") == MASK
         ]
         edited = [layer for layer in masks if is_edited(layer)]
         named = [layer for layer in self.labels.choices if layer.name == f"{image.name} {MASK}"]
         candidates = edited + masks + named
         return candidates[0] if candidates else None
+
+
+def correction_of(image: Image, labels: Labels) -> dict[str, Any]:
+    """What the engine needs of a corrected volume: labels (copied) and the model's result when the mask keeps it."""
+    tag = tag_of(labels.metadata)
+    reference = tag.get(RESULT) if tag.get("image") == image.name else None
+    return {"labels": np.array(labels.data, copy=True), "reference": reference}
 
 
 def engine_pairs(rows: list[PairRow]) -> list[FinetunePair] | list[VolumeCorrection]:

@@ -15,17 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_cdal._widgets._layers import (
-    TAG,
-    Grid,
-    find_result_layer,
-    image_mpp,
-    keep_selection,
-    layer_name,
-    set_changed,
-)
+from napari_cdal._widgets._layers import Grid, find_result_layer, keep_selection, layer_name, set_changed
 from napari_cdal.engine.defaults import MIN_REGION_UM, REGION_MARGIN_UM
 from napari_cdal.engine.io.regions import widen_box
+from napari_cdal.layer_metadata import TAG, image_mpp, tag_of
 
 if TYPE_CHECKING:
     from napari_cdal.engine.segment.review import ReviewItem
@@ -74,7 +67,7 @@ class ReviewQueue:
         self._viewer = viewer
         self._mask = mask
         self._all = list(items)
-        tag = mask.metadata.get(TAG) or {}
+        tag = tag_of(mask.metadata)
         self._image_name, self._model = str(tag.get("image", mask.name)), tag.get("model")
         self._scale = np.asarray(mask.scale[-2:], float)
         self._translate = np.asarray(mask.translate[-2:], float)

@@ -94,3 +94,10 @@ FINETUNE_SETTINGS: dict[str, Any] = {
 (25 Review items on a breast tile, scored on another; the model card's sweep) on a 2-core CPU: 2e-4 or 300
 iterations gained less, nothing held back (the last weights) lost AJI. Replay (replay_share) stays 0: measured,
 it did not lower forgetting."""
+
+DEFAULT_SEED = 0
+"""The seed a run starts from when none is given (the Segment widget's field starts at it): the same seed repeats a
+run exactly."""
+
+REVIEW_COUNT = 10
+"""How many of the likely errors the Segment widget's Review steps through until the user asks for more or fewer."""
