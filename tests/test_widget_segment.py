@@ -20,7 +20,7 @@ from conftest import (
     pause_after_first_event,
 )
 
-from napari_cdal._widgets._layers import CONTOUR_WIDTH, PREVIEW_SUFFIX, layer_name, preview_name
+from napari_cdal._widgets._layers import CONTOUR_WIDTH, PREVIEW_SUFFIX, kind_title, layer_name, preview_name
 from napari_cdal._widgets._pairs import layer_boxes
 from napari_cdal._widgets._review import KIND_COLOURS, KIND_WORDS, viewer_camera
 from napari_cdal._widgets.segment import OTHER_FILE, SegmentWidget
@@ -36,16 +36,18 @@ MODEL = "tiny"
 KINDS = ("mask", "steps", "estimates", "attention", "uncertainty")
 SCALE, TRANSLATE = (0.5, 0.5), (10.0, 20.0)
 TIMEOUT_MS = 120_000
+ATTENTION_MAP = "channel_mean"
+"""The tiny model's attention_display (tests/data): cDAL's channel mean of D's features."""
 
 
 def result_name(kind: str) -> str:
-    """A result layer's name: after its kind, the image and the model that made it."""
-    return layer_name(NAME, kind, MODEL)
+    """A result layer's name: after its kind (the attention's with the map it shows), the image and the model."""
+    return layer_name(NAME, kind_title(kind, ATTENTION_MAP), MODEL)
 
 
 def running_name(kind: str) -> str:
     """The name of a run's layer of `kind` while the run goes."""
-    return preview_name(NAME, kind, MODEL)
+    return preview_name(NAME, kind_title(kind, ATTENTION_MAP), MODEL)
 
 
 def dock(viewer) -> SegmentWidget:
@@ -122,6 +124,7 @@ def test_segment_gives_five_layers_on_the_image_grid(qtbot, viewer_widget) -> No
     for layer in (estimates, attention):
         assert tuple(layer.scale) == (1.0, *SCALE) and tuple(layer.translate) == (1.0, *TRANSLATE)
     assert attention.colormap.name == "napari-cdal attention" and attention.blending == "translucent"
+    assert attention.name == f"attention: channel mean · {NAME} · {MODEL}", "the name says which map it shows"
     assert steps.axis_labels[0] == estimates.axis_labels[0] == attention.axis_labels[0] == "step"
     assert not steps.visible and not estimates.visible
     for layer in (steps, estimates, attention):
@@ -307,6 +310,9 @@ def test_the_mask_and_the_maps_take_colours_that_stand_out_on_he(qtbot, viewer_w
         assert bottom[3] == 0 and top[3] == 1, f"{kind}: clear at 0, solid at its top"
         assert (relative_luminance(top[:3]) + 0.05) / (purple + 0.05) >= 4, kind
         assert min(hue_distance(top[:3], HAEMATOXYLIN), hue_distance(top[:3], EOSIN)) >= 75, kind
+    yellow = viewer.layers[result_name("uncertainty")].colormap.map(np.array([1.0]))[0, :3]
+    others = [*colours[:24], *KIND_COLOURS.values()]  # every label hue, the review's marks
+    assert min(hue_distance(rgb, yellow) for rgb in others) >= 25, "yellow is the uncertainty's alone"
 
 
 # ----------------------------------------------------------------------------- re-runs and edits
@@ -898,7 +904,8 @@ def test_results_of_two_models_sit_side_by_side(qtbot, viewer_widget, tmp_path) 
     second = viewer.layers[layer_name(NAME, "mask", "other-model")]
     assert second is not first and np.array_equal(first.data, first_labels), "the first model's mask is kept"
     assert second.metadata[TAG]["model"] == "other-model" and first.metadata[TAG]["model"] == MODEL
-    assert {layer_name(NAME, kind, "other-model") for kind in KINDS} <= {layer.name for layer in viewer.layers}
+    names = {layer_name(NAME, kind_title(kind, ATTENTION_MAP), "other-model") for kind in KINDS}
+    assert names <= {layer.name for layer in viewer.layers}
 
 
 def test_the_status_bar_is_cleared_after_a_run_and_a_cancel(qtbot, viewer_widget, paused_engine) -> None:

@@ -19,7 +19,7 @@ from conftest import (
     volume_affine,
 )
 
-from napari_cdal._widgets._layers import layer_name
+from napari_cdal._widgets._layers import kind_title, layer_name
 from napari_cdal._widgets.finetune import FinetuneWidget
 from napari_cdal._widgets.segment import OTHER_FILE, SegmentWidget
 from napari_cdal.engine.io.volumes import write_volume
@@ -160,8 +160,9 @@ def test_segment_on_a_volume_gives_aligned_3d_labels_and_4d_stacks(
     assert bar[-1] == (12, 12), "the bar counts slices"
     names = [layer.name for layer in viewer.layers]
     kinds = ("steps", "estimates", "attention", "uncertainty", "mask")
-    assert names == ["vol", *(layer_name("vol", kind, MODEL) for kind in kinds)]
-    steps, estimates, attention, uncertainty, mask = (viewer.layers[layer_name("vol", kind, MODEL)] for kind in kinds)
+    titles = [kind_title(kind, "channel_mean") for kind in kinds]  # the tiny model's attention_display
+    assert names == ["vol", *(layer_name("vol", title, MODEL) for title in titles)]
+    steps, estimates, attention, uncertainty, mask = (viewer.layers[layer_name("vol", t, MODEL)] for t in titles)
     assert type(mask).__name__ == "Labels" and mask.data.dtype == np.uint8 and mask.data.shape == (12, 24, 24)
     assert set(np.unique(mask.data)) <= {0, 1, 2}
     for layer in (mask, uncertainty):

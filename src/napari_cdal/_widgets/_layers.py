@@ -46,7 +46,8 @@ OVERLAY_COLOURS: dict[str, tuple[float, float, float]] = {
     UNCERTAINTY: (1.0, 0.95, 0.0),
 }
 """Each map's colour at its top (1), fading to transparent at 0: green (the nucleus maps), aqua (attention) and yellow
-(uncertainty), the hues opposite H&E's pink eosin and purple haematoxylin, bright where those are dark."""
+(uncertainty, the one yellow of the plugin), the hues opposite H&E's pink eosin and purple haematoxylin, bright where
+those are dark."""
 
 STYLES: dict[str, dict[str, Any]] = {
     STEPS: {"opacity": 0.8, "visible": False},
@@ -70,13 +71,13 @@ def map_style(kind: str, **overrides: Any) -> dict[str, Any]:
     return {"colormap": overlay_colormap(kind), "blending": "translucent", **STYLES[kind], **overrides}
 
 
-LABEL_HUES = (60, 150, 90, 185, 40, 120, 75, 170, 50, 135, 105, 160)
-"""Hues (degrees) of the mask's labels, in the order ids take them (neighbouring ids far apart): yellow, green and
-cyan, none of H&E's blue, purple, pink or brown."""
+LABEL_HUES = (85, 145, 115, 175, 95, 155, 125, 185, 105, 165, 135, 195)
+"""Hues (degrees) of the mask's labels, in the order ids take them (neighbouring ids far apart): lime, green and
+cyan, none of H&E's blue, purple, pink or brown, and no yellow (the uncertainty's colour alone)."""
 
 
 def mask_colormap() -> Any:
-    """The labels' colormap: bright yellows, greens and cyans, full and paler, that stay visible on H&E; 0 clear."""
+    """The labels' colormap: bright limes, greens and cyans, full and paler, that stay visible on H&E; 0 clear."""
     import colorsys
 
     from napari.utils.colormaps import CyclicLabelColormap
@@ -94,6 +95,14 @@ def layer_name(image_name: str, kind: str, model: str | None = None) -> str:
     in view and the layers of two models can be told apart; the list's tooltip shows the whole name.
     """
     return " · ".join(part for part in (kind, image_name, model) if part)
+
+
+def kind_title(kind: str, attention_map: str | None = None) -> str:
+    """A layer's kind as its name says it: the attention says which of the discriminator's maps it shows (the model's
+    `attention_display`: 'attention: error probability', 'attention: channel mean'); any other kind, its own word."""
+    if kind == ATTENTION and attention_map:
+        return f"{ATTENTION}: {attention_map.replace('_', ' ')}"
+    return kind
 
 
 def preview_name(image_name: str, kind: str, model: str | None = None) -> str:
@@ -244,15 +253,17 @@ def put_image_layer(
     contrast_limits: tuple[float, float],
     model: str | None = None,
     spare: Image | None = None,
+    title: str | None = None,
 ) -> Image:
     """Add the result image layer of (image, kind[, model]), or update the one there in place.
 
     With no such layer, `spare` (the run's preview layer of this kind, on the same grid) becomes it:
     renamed, tagged and styled, so nothing is added, and nothing removed (napari runs a full garbage
-    collection for each layer removed, a fifth of a second with torch loaded).
+    collection for each layer removed, a fifth of a second with torch loaded). A new layer's name says the kind
+    as `title` does (kind_title), the kind itself without one.
     """
     layer = find_result_layer(viewer, image_name, kind, model)
-    name = layer_name(image_name, kind, model)
+    name = layer_name(image_name, title or kind, model)
     tag = {"image": image_name, "kind": kind, **({} if model is None else {"model": model})}
     if layer is None and spare is None:
         return viewer.add_image(
@@ -319,12 +330,14 @@ def put_map_layers(
     attention: np.ndarray | None,
     uncertainty: np.ndarray | None,
     model: str,
-    spares: dict[str, Image] | None = None,
+    spares: dict[str, Layer] | None = None,
+    attention_map: str | None = None,
 ) -> dict[str, Layer]:
     """The steps (the chain x_T..x_0), estimates (x̂0 per step) and attention stacks and the uncertainty map of a run.
 
     The chain and the estimates are the engine's `chain` and `steps`, on [0, 1]; the attention is
-    already scaled per plane. Shared by tiles and volumes; `spares` are preview layers by kind that
+    already scaled per plane, and its layer's name says which map it is (`attention_map`, the model's
+    attention_display). Shared by tiles and volumes; `spares` are preview layers by kind that
     may become the stacks (see put_image_layer). With no uncertainty (one sample) an older
     uncertainty layer of the same image and model is removed, since it would not belong to the new mask.
     """
@@ -341,6 +354,7 @@ def put_map_layers(
                 (0.0, 1.0),
                 model,
                 spares.get(kind),
+                kind_title(kind, attention_map),
             )
     if uncertainty is not None:
         uncertainty = np.asarray(uncertainty, np.float32)

@@ -22,6 +22,7 @@ from napari_cdal._widgets._layers import (
     Grid,
     find_result_layer,
     keep_selection,
+    kind_title,
     map_style,
     mask_colormap,
     normalise_planes,
@@ -74,12 +75,16 @@ class LivePreview:
         origin: tuple[int, int] = (0, 0),
         n_steps: int = 1,
         uncertainty: bool = False,
+        attention_map: str | None = None,
     ) -> None:
+        """A preview of `image`'s part of `size` at `origin`, of `n_steps` steps (with an uncertainty with two samples
+        or more); `attention_map`, the model's attention_display, names the attention layer (kind_title)."""
         from qtpy.QtCore import QTimer
 
         self._viewer = viewer
         self._image_name = image.name
         self._model = model
+        self._attention_map = attention_map
         self._planes = Grid.of(image).shifted(origin)
         self._size = size
         self._removed = False
@@ -121,7 +126,7 @@ class LivePreview:
             self._add_place(kind)
 
     def _preview_name(self, kind: str) -> str:
-        return preview_name(self._image_name, kind, self._model)
+        return preview_name(self._image_name, kind_title(kind, self._attention_map), self._model)
 
     def _preview_tag(self, kind: str) -> dict[str, Any]:
         return {TAG: {"image": self._image_name, "kind": f"{kind} preview", "model": self._model}}

@@ -29,8 +29,9 @@ REVIEW_SCREEN_PX_PER_PIXEL = 3.0
 REVIEW = "review"
 """The kind (and name suffix) of the layer marking the review's items."""
 
-KIND_COLOURS = {"nucleus": (1.0, 0.84, 0.0), "merge": (1.0, 0.25, 1.0), "miss": (0.0, 0.9, 1.0)}
-"""How each kind of item is marked: yellow nuclei, magenta merges, cyan misses (RGB, 0..1)."""
+KIND_COLOURS = {"nucleus": (1.0, 0.5, 0.0), "merge": (1.0, 0.25, 1.0), "miss": (0.0, 0.9, 1.0)}
+"""How each kind of item is marked: orange nuclei, magenta merges, cyan misses (RGB, 0..1); yellow is the
+uncertainty's alone, so a mark is never read as doubt."""
 
 MARK_MARGIN = 1.3
 """A mark's square is this many times the item's longer side."""

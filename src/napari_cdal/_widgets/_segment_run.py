@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from napari.layers import Image, Layer  # type: ignore[import-untyped]
 
+    from napari_cdal.engine.config import ModelConfig
     from napari_cdal.engine.events import Progress
     from napari_cdal.engine.segment.image import SegmentationResult
     from napari_cdal.engine.segment.review import ReviewItem
@@ -159,19 +160,30 @@ def show_result(
     model: str,
     origin: tuple[int, int] = (0, 0),
     spares: dict[str, Layer] | None = None,
+    attention_map: str | None = None,
 ) -> dict[str, Layer]:
     """Put a result into the layers named after `image` and `model` (updated in place where possible).
 
     `origin` is where the segmented part starts in the image's full-resolution pixels (row, column):
     the layers are translated there, and the mask's metadata keeps it for the writers. `spares` are
     the run's preview layers by kind, taken over where no result layer of their kind exists. The
-    user's selected layer and tool stay as they were.
+    attention layer's name says which map it is (`attention_map`). The user's selected layer and tool stay as
+    they were.
     """
     result = shown.result
     grid = Grid.of(image).shifted(origin)
     with keep_selection(viewer):
         layers = put_map_layers(
-            viewer, image.name, grid, result.chain, result.steps, shown.attention, shown.doubt, model, spares
+            viewer,
+            image.name,
+            grid,
+            result.chain,
+            result.steps,
+            shown.attention,
+            shown.doubt,
+            model,
+            spares,
+            attention_map,
         )
         labels = np.ascontiguousarray(result.labels, dtype=np.uint32)
         layers[MASK] = put_mask_layer(
@@ -198,15 +210,22 @@ class SegmentRun(Run[ShownResult]):
     widget: SegmentHost
 
     def __init__(
-        self, widget: SegmentHost, layer: Image, settings: SegmentSettings, image: Any, box: Box | None
+        self,
+        widget: SegmentHost,
+        layer: Image,
+        settings: SegmentSettings,
+        image: Any,
+        box: Box | None,
+        config: ModelConfig | None = None,
     ) -> None:
-        """Segment `image` (the layer's pixels), or its `box` (y0, y1, x0, x1) read in the worker; the preview's
-        first layer is added now."""
+        """Segment `image` (the layer's pixels), or its `box` (y0, y1, x0, x1) read in the worker, with the model of
+        `config` (its header, read at the click); the preview's first layer is added now."""
         super().__init__(widget)
         self.layer = layer
         self.settings = settings
         self._image = image
         self._box = box
+        self.attention_map = config.attention_display if config is not None else None
         self.origin = (0, 0) if box is None else (box[0], box[2])
         size = image.shape[:2] if box is None else (box[1] - box[0], box[3] - box[2])
         self.preview: LivePreview | None = LivePreview(
@@ -217,6 +236,7 @@ class SegmentRun(Run[ShownResult]):
             self.origin,
             settings.sampling_steps,
             settings.samples > 1,
+            self.attention_map,
         )
 
     def events(self, cancel: threading.Event) -> Generator[Progress, None, ShownResult | RunFailure]:
@@ -244,6 +264,7 @@ class SegmentRun(Run[ShownResult]):
             model_stem(self.settings.model_path),
             self.origin,
             spares,
+            self.attention_map,
         )
         if self.preview is not None:
             self.preview.end(results=layers.values())

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_cdal._widgets._inputs import model_config
 from napari_cdal._widgets._layers import (
     MASK,
     RESULT,
@@ -29,6 +28,7 @@ if TYPE_CHECKING:
     import napari  # type: ignore[import-untyped]
     from napari.layers import Image, Layer  # type: ignore[import-untyped]
 
+    from napari_cdal.engine.config import ModelConfig
     from napari_cdal.engine.events import Progress
     from napari_cdal.engine.segment.volume import VolumeResult
 
@@ -70,25 +70,33 @@ def run_volume_segmentation(
 
 
 def show_volume_result(
-    viewer: napari.Viewer, image: Image, result: VolumeResult, model: str, contour: int
+    viewer: napari.Viewer,
+    image: Image,
+    result: VolumeResult,
+    model: str,
+    contour: int,
+    attention_map: str | None = None,
 ) -> dict[str, Layer]:
     """A VolumeResult as `mask|steps|estimates|attention|uncertainty · <image> · <model>` layers on the volume's grid.
 
     The mask is a uint8 Labels layer of classes; it keeps the model's labels (to find the corrected
     slices later) and the volume's affine (for the NIfTI writer). Steps (the chain x_T..x_0),
     estimates (x̂0) and attention are (step, z, y, x) stacks; uncertainty (z, y, x) comes with two
-    or more samples.
+    or more samples; the attention's name says which map it is (`attention_map`).
     """
     with keep_selection(viewer):
-        return _put_volume_layers(viewer, image, result, model, contour)
+        return _put_volume_layers(viewer, image, result, model, contour, attention_map)
 
 
 def _put_volume_layers(
-    viewer: napari.Viewer, image: Image, result: VolumeResult, model: str, contour: int
+    viewer: napari.Viewer, image: Image, result: VolumeResult, model: str, contour: int, attention_map: str | None
 ) -> dict[str, Layer]:
     grid = Grid.of(image, axes=3)
     attention = None if result.attention is None else normalise_planes(result.attention)
-    layers = put_map_layers(viewer, image.name, grid, result.chain, result.steps, attention, result.uncertainty, model)
+    chain, steps, uncertainty = result.chain, result.steps, result.uncertainty
+    layers = put_map_layers(
+        viewer, image.name, grid, chain, steps, attention, uncertainty, model, attention_map=attention_map
+    )
     labels = np.ascontiguousarray(result.labels, dtype=np.uint8)
     mask = put_mask_layer(viewer, image.name, labels, grid.plane(), contour, model=model, extra={RESULT: labels.copy()})
     affine = image.metadata.get("affine")
@@ -107,10 +115,14 @@ class VolumeRun(Run["VolumeResult"]):
     cancelled_note = "Cancelled: layers unchanged"
     widget: SegmentHost
 
-    def __init__(self, widget: SegmentHost, layer: Image, settings: SegmentSettings) -> None:
+    def __init__(
+        self, widget: SegmentHost, layer: Image, settings: SegmentSettings, config: ModelConfig | None = None
+    ) -> None:
+        """Segment the layer's voxels with the model of `config` (its header, read at the click)."""
         super().__init__(widget)
         self.layer = layer
         self.settings = settings
+        self.config = config
         self._volume = layer.data
 
     def events(self, cancel: threading.Event) -> Generator[Progress, None, VolumeResult | RunFailure]:
@@ -128,9 +140,10 @@ class VolumeRun(Run["VolumeResult"]):
 
         widget = self.widget
         model = model_stem(self.settings.model_path)
-        show_volume_result(widget.viewer, self.layer, result, model, widget.contour_width())
+        config = self.config
+        attention_map = config.attention_display if config is not None else None
+        show_volume_result(widget.viewer, self.layer, result, model, widget.contour_width(), attention_map)
         widget.show_review(None)
         widget.last_result, widget.last_seconds = result, time.perf_counter() - self.clicked_at
-        config = model_config(self.settings.model_path)
         found = class_voxels(result.labels, config.class_names if config is not None else ())
         widget.status.value = f"{model}: {found}; {widget.last_seconds:.1f} s from click to labels"

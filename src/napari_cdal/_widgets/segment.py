@@ -302,14 +302,15 @@ class SegmentWidget(RunWidget):
             show_error(f"Segment: {problem}")
             return
         if is_volume_layer(layer):  # the whole volume, slice by slice (the region does not apply)
-            self.launch(VolumeRun(self, layer, settings), f"Segmenting the volume {layer.name}…", total=0)
+            self.launch(VolumeRun(self, layer, settings, config), f"Segmenting the volume {layer.name}…", total=0)
             return
         try:  # a region is read in the worker, only the part asked for
             image, box = region_to_segment(self._viewer, layer, self.region.value, settings, config)
         except (ImageError, InputError) as exc:
             show_error(f"Segment: {exc}")
             return
-        self.launch(SegmentRun(self, layer, settings, image, box), f"Segmenting {layer.name}…", total=0)
+        run = SegmentRun(self, layer, settings, image, box, config)
+        self.launch(run, f"Segmenting {layer.name}…", total=0)
 
     def start_slide(self, *_: Any) -> None:
         """Segment the whole slide behind the image layer in a worker, its labels filling in as blocks finish."""
