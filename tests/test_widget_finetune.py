@@ -164,7 +164,7 @@ def test_finetune_writes_a_new_model_that_segment_selects_and_back_undoes(
     assert meta["record"]["finetune"]["images"] == [NAME] and meta["record"]["steps"] == STEPS
     assert meta["record"]["finetuned_from"]["model"] == tiny_model_file.name
     assert segment.model.value == str(new_model), "Segment now uses the new model"
-    assert name in [label for label, _ in segment.model._widget._mgui_get_choices()]
+    assert str(new_model) in segment.model.choices and segment.model.get_choice(name) == str(new_model)
     assert str(new_model) in finetune.base_model.choices
     assert sha256(tiny_model_file) == original_hash, "the base model file is untouched"
     assert np.array_equal(labels.data, corrected), "the user's Labels layer is only read"
@@ -227,6 +227,23 @@ def test_the_progress_bar_says_what_happens_before_the_first_step_then_counts_th
     assert finetune.progress_bar.value == 0 and "loss" not in finetune.progress_bar.tooltip
 
 
+def fitted_and_laid_out(qtbot, widget) -> None:
+    """Wait until the plugin has fitted a docked widget (a turn after napari docks it, its drop-downs are narrowed),
+    then deliver every layout request Qt still holds: the window's geometry is final, however busy the machine."""
+    from qtpy.QtCore import QEvent
+    from qtpy.QtWidgets import QApplication, QComboBox
+
+    from napari_cdal._widgets._fields import CHOICE_CHARS
+
+    def fitted() -> bool:
+        combos = widget.native.findChildren(QComboBox)
+        return bool(combos) and all(combo.minimumContentsLength() == CHOICE_CHARS for combo in combos)
+
+    qtbot.waitUntil(fitted, timeout=TIMEOUT_MS)
+    for _ in range(10):  # a layout done may ask its parent's for another: one round per level of the window
+        QApplication.sendPostedEvents(None, QEvent.Type.LayoutRequest)
+
+
 def test_fine_tune_comes_to_the_front_keeps_the_canvas_width_and_shows_its_labels_whole(
     qtbot, make_napari_viewer, tiny_model_file
 ) -> None:
@@ -237,8 +254,7 @@ def test_fine_tune_comes_to_the_front_keeps_the_canvas_width_and_shows_its_label
     add_image(viewer, name="TCGA-B0-5698-01Z-00-DX1")  # long layer names must not widen the dock
     viewer.add_labels(np.zeros((128, 128), np.uint32), name="mask · TCGA-B0-5698-01Z-00-DX1 · cdal_monuseg")
     canvas = viewer.window._qt_viewer.canvas.native
-    dock(viewer, "Segment")
-    qtbot.wait(200)
+    fitted_and_laid_out(qtbot, dock(viewer, "Segment"))
     beside_segment = canvas.width()
     finetune = dock(viewer, "Fine-tune")  # Plugins > napari-cdal > Fine-tune
     window = viewer.window._qt_window
@@ -247,8 +263,8 @@ def test_fine_tune_comes_to_the_front_keeps_the_canvas_width_and_shows_its_label
         bars = [bar for bar in window.findChildren(QTabBar) if bar.count() == 2]  # none until the dock is tabbed
         return bars[0].tabText(bars[0].currentIndex()) if bars else ""
 
-    qtbot.waitUntil(lambda: front_tab().startswith("Fine-tune"), timeout=5000)
-    qtbot.wait(200)
+    qtbot.waitUntil(lambda: front_tab().startswith("Fine-tune"), timeout=TIMEOUT_MS)
+    fitted_and_laid_out(qtbot, finetune)
     assert canvas.width() == beside_segment > 300, "the shared dock is no wider than Segment made it"
     for label in finetune.native.findChildren(QLabel):
         if label.isVisibleTo(finetune.native) and label.text() and not label.wordWrap():
@@ -584,7 +600,7 @@ def test_both_widgets_share_one_tabbed_dock_each_with_one_named_cancel(
     segment_dock, segment = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
     finetune_dock, finetune = viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune")
     window = viewer.window._qt_window
-    qtbot.waitUntil(lambda: segment_dock in window.tabifiedDockWidgets(finetune_dock), timeout=5000)
+    qtbot.waitUntil(lambda: segment_dock in window.tabifiedDockWidgets(finetune_dock), timeout=TIMEOUT_MS)
     for widget, cancel in ((segment, "Cancel segmenting"), (finetune, "Cancel fine-tuning")):
         buttons = [w.text for w in widget if isinstance(w, PushButton)]
         assert [text for text in buttons if text.startswith("Cancel")] == [cancel]

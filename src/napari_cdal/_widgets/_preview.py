@@ -108,6 +108,11 @@ class LivePreview:
         self._timer.timeout.connect(self._add_waiting)
         self._timer.start()
 
+    @property
+    def started(self) -> bool:
+        """True once the preview has made every layer it makes at the start (the last one a turn after the click)."""
+        return not self._waiting
+
     def _add_waiting(self) -> None:
         """Make the next waiting layer (one per turn of the event loop, so none freezes the canvas long)."""
         if self._removed or not self._waiting:
