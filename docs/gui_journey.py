@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     viewer.layers.selection.active = mask
     mask.mode = "paint"
     row = finetune.pair_rows[0]
-    row.labels.value = mask
+    row.corrected_labels.value = mask
     finetune.iterations.value = args.iterations
     finetune_dock.raise_()  # the user turns to the Fine-tune tab
     settle()
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     settle()
 
     _, segment_cancel = click_and_wait(segment, segment.segment_button, cancel_after=0.0)
-    finetune.name.value = f"{base}-journey-cancelled"
+    finetune.model_name.value = f"{base}-journey-cancelled"
     _, finetune_cancel = click_and_wait(finetune, finetune.finetune_button, cancel_after=0.0)
     shoot(viewer, out, "journey_5_after_cancel.png")
 

@@ -148,13 +148,13 @@ def test_finetune_writes_a_new_model_that_segment_selects_and_back_undoes(
     add_regions(viewer, [(0, 64, 60, 128)])
     segment, finetune = dock_both(viewer, tiny_model_file)
     (row,) = finetune.pair_rows
-    assert row.image.value is image and row.labels.value is labels
+    assert row.image.value is image and row.corrected_labels.value is labels
     row.regions.value = viewer.layers["checked"]
     assert finetune.mpp.value == pytest.approx(0.5)
     assert finetune.base_model_path() == str(tiny_model_file)
-    assert finetune.name.value == f"tiny-ft-{NAME}"
+    assert finetune.model_name.value == f"tiny-ft-{NAME}"
 
-    name = finetune.name.value
+    name = finetune.model_name.value
     assert click_finetune(qtbot, finetune) == "done"
 
     new_model = model_folder / f"{name}.safetensors"
@@ -174,13 +174,13 @@ def test_finetune_writes_a_new_model_that_segment_selects_and_back_undoes(
     before, after = meta["record"]["finetune"]["before"], meta["record"]["finetune"]["after"]
     assert before["step"] == 0 and before["nuclei_truth"] > 0, "a small region has a held-back part too"
     assert f"{before['dice']:.2f} → {after['dice']:.2f} Dice" in finetune.report
-    assert finetune.name.value == f"tiny-ft-{NAME}-2", "the next suggestion: short, no snowballing suffixes"
+    assert finetune.model_name.value == f"tiny-ft-{NAME}-2", "the next suggestion: short, no snowballing suffixes"
 
     assert finetune.back_button.enabled
     finetune.back_button.native.click()
     assert segment.selected_model_path() == str(tiny_model_file)
     assert not finetune.back_button.enabled
-    assert finetune.name.value == f"tiny-ft-{NAME}-2", "refreshed after Back, still short"
+    assert finetune.model_name.value == f"tiny-ft-{NAME}-2", "refreshed after Back, still short"
     assert finetune.finetune_button.enabled and not finetune.cancel_button.enabled
 
 
@@ -285,8 +285,8 @@ def test_a_binary_mask_is_split_with_a_visible_note(
         binary[disk(centre, 10, shape=binary.shape)] = 1
     labels = viewer.add_labels(binary.copy(), name=f"{NAME} mask", scale=SCALE, translate=TRANSLATE)
     _, finetune = dock_both(viewer, tiny_model_file)
-    assert finetune.pair_rows[0].labels.value is labels
-    name = finetune.name.value
+    assert finetune.pair_rows[0].corrected_labels.value is labels
+    name = finetune.model_name.value
     assert click_finetune(qtbot, finetune) == "done"
     assert len(finetune.notes) == 1 and "binary" in finetune.notes[0]
     assert "split by a distance-map watershed into 3 nuclei" in finetune.notes[0]
@@ -315,10 +315,10 @@ def test_two_pairs_without_segment_docked_use_the_model_dropdown(
     finetune.iterations.value = STEPS
     assert "<segment>" not in finetune.base_model.choices
     finetune.base_model.value = str(base)
-    finetune.name.value = "mine"
+    finetune.model_name.value = "mine"
     row = finetune.add_pair()
     row.image.value = second
-    assert row.labels.value is viewer.layers["other mask"] and row.regions.value == NO_REGIONS
+    assert row.corrected_labels.value is viewer.layers["other mask"] and row.regions.value == NO_REGIONS
     learn_from_whole_images(finetune)
     assert click_finetune(qtbot, finetune) == "done"
     assert read_metadata(model_folder / "mine.safetensors")["record"]["finetune"]["images"] == [
@@ -361,11 +361,11 @@ def test_a_name_that_exists_or_has_a_separator_is_refused(
     add_image(viewer)
     add_corrected_mask(viewer)
     _, finetune = dock_both(viewer, tiny_model_file)
-    finetune.name.value = "taken"
-    assert "already exists" in finetune.name.tooltip
+    finetune.model_name.value = "taken"
+    assert "already exists" in finetune.model_name.tooltip
     finetune.finetune_button.native.click()
     assert "already exists" in errors[-1] and not finetune.running
-    finetune.name.value = "sub/name"
+    finetune.model_name.value = "sub/name"
     finetune.finetune_button.native.click()
     assert "plain file name" in errors[-1] and not finetune.running
     assert model_files(model_folder) == ["taken.safetensors"]
@@ -545,7 +545,7 @@ def test_corrected_regions_follow_the_shapes_layers_and_whole_image_is_a_warned_
     assert not row.warning.native.isHidden() and row.warning.value == WHOLE_IMAGE_WARNING
     viewer.layers.selection.active = second
     assert row.regions.value == WHOLE_IMAGE, "an explicit whole-image choice stays"
-    assert all(tip for tip in (row.image.tooltip, row.labels.tooltip, row.regions.tooltip))
+    assert all(tip for tip in (row.image.tooltip, row.corrected_labels.tooltip, row.regions.tooltip))
 
 
 def test_a_model_that_does_not_score_better_is_saved_but_not_selected(
@@ -557,7 +557,7 @@ def test_a_model_that_does_not_score_better_is_saved_but_not_selected(
     add_corrected_mask(viewer)
     add_regions(viewer, [(0, 128, 0, 128)])
     segment, finetune = dock_both(viewer, tiny_model_file)
-    name = finetune.name.value
+    name = finetune.model_name.value
     assert click_finetune(qtbot, finetune) == "done"
     assert (model_folder / f"{name}.safetensors").is_file()
     assert segment.selected_model_path() == str(tiny_model_file), "the old model stays selected"
@@ -642,7 +642,7 @@ def test_the_places_review_visited_are_the_regions_fine_tune_learns_from(
     checked = viewer.layers[layer_name(NAME, "checked regions")]
     (row,) = finetune.pair_rows
     assert row.regions.value is checked, "Fine-tune takes the places Review visited as the corrected regions"
-    mask = row.labels.value
+    mask = row.corrected_labels.value
     mask.paint((10, 10), mask.selected_label)  # a correction with the brush, where Review left it
     items = segment._review.items
     boxes = [

@@ -275,8 +275,8 @@ def test_finetune_learns_from_the_corrected_slices_of_a_volume(
     finetune: FinetuneWidget = dock(viewer, "Fine-tune")
     finetune.iterations.value = 2
     (row,) = finetune.pair_rows
-    assert row.image.value is viewer.layers["vol"] and row.labels.value is mask
-    name = finetune.name.value
+    assert row.image.value is viewer.layers["vol"] and row.corrected_labels.value is mask
+    name = finetune.model_name.value
     assert click_and_wait(qtbot, finetune, finetune.finetune_button) == "done"
 
     new_model = models / f"{name}.safetensors"

@@ -25,7 +25,7 @@ from napari_cdal.layer_metadata import TAG, tag_of
 
 if TYPE_CHECKING:
     import napari  # type: ignore[import-untyped]
-    import pandas as pd
+    import pandas as pd  # type: ignore[import-untyped]
     from napari.layers import Image, Labels, Layer  # type: ignore[import-untyped]
 
 MASK, STEPS, ESTIMATES, ATTENTION, UNCERTAINTY = "mask", "steps", "estimates", "attention", "uncertainty"
@@ -60,7 +60,7 @@ STYLES: dict[str, dict[str, Any]] = {
 
 def overlay_colormap(kind: str) -> Any:
     """The map's colormap: transparent at 0, OVERLAY_COLOURS[kind] at 1, so the image stays in view where it is low."""
-    from napari.utils.colormaps import Colormap
+    from napari.utils.colormaps import Colormap  # type: ignore[import-untyped]
 
     rgb = OVERLAY_COLOURS[kind]
     return Colormap(colors=[[*rgb, 0.0], [*rgb, 1.0]], controls=[0.0, 1.0], name=f"napari-cdal {kind}")
@@ -163,7 +163,7 @@ def fingerprint(data: Any) -> str:
 
 def is_edited(layer: Labels) -> bool:
     """True when a plugin-made mask's data no longer matches what the plugin wrote into it."""
-    return layer.metadata.get(TAG, {}).get("fingerprint") != fingerprint(layer.data)
+    return bool(tag_of(layer.metadata).get("fingerprint") != fingerprint(layer.data))
 
 
 def normalise_planes(stack: np.ndarray) -> np.ndarray:
@@ -176,12 +176,13 @@ def normalise_planes(stack: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Grid:
-    """Where an image layer's pixels sit: scale, translate, units and labels of its last two axes."""
+    """Where an image layer's pixels sit: scale, translate, units and labels of its last axes (two; three for a
+    volume)."""
 
-    scale: tuple[float, float]
-    translate: tuple[float, float]
-    units: tuple[Any, Any] | None
-    axis_labels: tuple[str, str] | None
+    scale: tuple[float, ...]
+    translate: tuple[float, ...]
+    units: tuple[Any, ...] | None
+    axis_labels: tuple[str, ...] | None
 
     @classmethod
     def of(cls, layer: Layer, axes: int = 2) -> Grid:
@@ -265,11 +266,11 @@ def put_image_layer(
     layer = find_result_layer(viewer, image_name, kind, model)
     name = layer_name(image_name, title or kind, model)
     tag = {"image": image_name, "kind": kind, **({} if model is None else {"model": model})}
-    if layer is None and spare is None:
-        return viewer.add_image(
-            data, name=name, contrast_limits=contrast_limits, metadata={TAG: tag}, **grid, **map_style(kind)
-        )
     if layer is None:
+        if spare is None:
+            return viewer.add_image(
+                data, name=name, contrast_limits=contrast_limits, metadata={TAG: tag}, **grid, **map_style(kind)
+            )
         layer = spare
         layer.name = name
         layer.metadata = {TAG: tag}
@@ -305,12 +306,12 @@ def put_mask_layer(
         **(extra or {}),
     }
     name = layer_name(image_name, MASK, model)
-    if layer is None and spare is None:
+    if layer is None and spare is not None:
+        layer = spare
+        layer.name, layer.visible = name, True
+    if layer is None:
         layer = viewer.add_labels(labels, name=name, metadata={TAG: tag}, colormap=mask_colormap(), **grid)
     else:
-        if layer is None:
-            layer = spare
-            layer.name, layer.visible = name, True
         layer.data = labels
         set_changed(layer, grid)
     if features is not None:

@@ -82,10 +82,10 @@ def region_box(viewer: napari.viewer.Viewer, layer: Image, region: Any) -> Box:
         box = view_box(viewer, layer)
         where = "the field of view"
     else:
-        box = rectangle_box(region, layer)
-        if box is None:
+        rectangle = rectangle_box(region, layer)
+        if rectangle is None:
             raise InputError(f"{region.name} holds no rectangle: draw one with its rectangle tool")
-        where = f"the rectangle in {region.name}"
+        box, where = rectangle, f"the rectangle in {region.name}"
     if box[1] <= box[0] or box[3] <= box[2]:
         raise InputError(f"{where} shows none of {layer.name}: pan or zoom to the image")
     return box

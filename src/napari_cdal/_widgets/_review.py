@@ -143,7 +143,8 @@ class ReviewQueue:
             return
         self._checked.add(item.rank)
         mpp = image_mpp(self._mask)
-        shape = tuple(int(n) for n in self._mask.data.shape[-2:])
+        height, width = (int(n) for n in self._mask.data.shape[-2:])
+        shape = (height, width)
         y0, y1, x0, x1 = widen_box(item.box, round(REGION_MARGIN_UM / mpp), int(np.ceil(MIN_REGION_UM / mpp)), shape)
         rectangle = np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], float) - 0.5  # pixel edges, not centres
         if layer is None:

@@ -24,7 +24,7 @@ from napari_cdal._widgets._worker import NO_RESULT, Run, RunFailure, RunHost
 
 if TYPE_CHECKING:
     import napari  # type: ignore[import-untyped]
-    import pandas as pd
+    import pandas as pd  # type: ignore[import-untyped]
     from napari.layers import Image, Layer  # type: ignore[import-untyped]
 
     from napari_cdal.engine.config import ModelConfig

@@ -159,7 +159,7 @@ class SlideRun(Run["SlideResult"]):
 
     def _show_labels(self) -> None:
         """Show the store's labels over the slide (the first time), or let napari read the new blocks."""
-        from napari_cdal.engine.slide.stitch import store_levels
+        from napari_cdal.engine.slide.store import store_levels
 
         viewer = self.widget.viewer
         if self.labels_layer is None or self.labels_layer not in viewer.layers:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from magicgui.widgets import Container, Label, ProgressBar, PushButton
+from magicgui.widgets.bases import Widget
 from psygnal import Signal
 
 from napari_cdal._widgets._fields import IDLE_PROGRESS_TIP
@@ -295,7 +296,7 @@ class Run(Generic[R]):
         self.widget.run_ended(self, outcome)
 
 
-class RunWidget(Container):
+class RunWidget(Container[Widget]):
     """A dock widget that runs one job at a time: the buttons that start it, Cancel, its bar and status line.
 
     A subclass makes `progress_bar`, `status` and `cancel_button`, says which buttons start a run

@@ -59,7 +59,7 @@ class FinetuneWidget(RunWidget):
         self.notes: list[str] = []
         """What the last run told the user about their corrections (a binary mask split, say)."""
 
-        self.pairs = Container(labels=False)
+        self.pairs: Container[PairRow] = Container(labels=False)
         self.pairs.margins = (0, 0, 0, 0)  # the rows' labels line up with the widget's own, no wider
         self.add_pair_button = PushButton(
             text="Add another pair", tooltip="learn from one more corrected image in the same run"
@@ -92,7 +92,7 @@ class FinetuneWidget(RunWidget):
             tooltip="how far each learning step moves the model's weights: larger learns your corrections "
             "faster but may forget what the model knew; the default is a cautious 0.0001",
         )
-        self.name = LineEdit(label="new model name", tooltip="the new model's file name in your model folder")
+        self.model_name = LineEdit(label="new model name", tooltip="the new model's file name in your model folder")
         self.finetune_button = PushButton(
             text="Fine-tune",
             tooltip="teach the base model your corrections and save it as a new model; "
@@ -116,7 +116,7 @@ class FinetuneWidget(RunWidget):
                 self.mpp,
                 self.iterations,
                 self.learning_rate,
-                self.name,
+                self.model_name,
                 self.finetune_button,
                 self.cancel_button,
                 self.back_button,
@@ -129,7 +129,7 @@ class FinetuneWidget(RunWidget):
         self.add_pair_button.changed.connect(self.add_pair)
         self.remove_pair_button.changed.connect(self.remove_pair)
         self.base_model.changed.connect(self._suggest_name)
-        self.name.changed.connect(self._check_name)
+        self.model_name.changed.connect(self._check_name)
         self.finetune_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
         self.back_button.changed.connect(self.back_to_previous_model)
@@ -185,13 +185,14 @@ class FinetuneWidget(RunWidget):
 
     def base_model_path(self) -> str | None:
         """The base model's file: the chosen one, or the Segment widget's when following it."""
-        if self.base_model.value != FOLLOW_SEGMENT:
-            return self.base_model.value
+        chosen = self.base_model.value
+        if chosen != FOLLOW_SEGMENT:
+            return None if chosen is None else str(chosen)
         segment = self._segment()
         return segment.selected_model_path() if segment is not None else None
 
     def _suggest_name(self, *_: Any) -> None:
-        if self.name.value and self.name.value != self._auto_name:
+        if self.model_name.value and self.model_name.value != self._auto_name:
             return
         from napari_cdal.models import model_dir
 
@@ -199,14 +200,14 @@ class FinetuneWidget(RunWidget):
         name = default_model_name(model_stem(self.base_model_path()), image.name if image is not None else "")
         candidate = free_model_name(name, model_dir())
         self._auto_name = candidate
-        self.name.value = candidate
+        self.model_name.value = candidate
 
     def _check_name(self, *_: Any) -> str | None:
         from napari_cdal.models import model_dir
 
-        problem = model_name_problem(self.name.value.strip(), model_dir())
-        self.name.native.setStyleSheet(INVALID_STYLE if problem else "")
-        self.name.tooltip = problem or f"saved as <name>{MODEL_SUFFIX} in {model_dir()}"
+        problem = model_name_problem(self.model_name.value.strip(), model_dir())
+        self.model_name.native.setStyleSheet(INVALID_STYLE if problem else "")
+        self.model_name.tooltip = problem or f"saved as <name>{MODEL_SUFFIX} in {model_dir()}"
         return problem
 
     # ------------------------------------------------------------------ the run
@@ -221,7 +222,7 @@ class FinetuneWidget(RunWidget):
 
     def start(self, *_: Any) -> None:
         """Check the inputs and start fine-tuning in a worker thread (errors: a notification)."""
-        from napari.utils.notifications import show_error
+        from napari.utils.notifications import show_error  # type: ignore[import-untyped]
 
         from napari_cdal.engine.checks import check_output_folder
         from napari_cdal.models import model_dir
@@ -235,7 +236,7 @@ class FinetuneWidget(RunWidget):
         if not Path(base).is_file():
             show_error(f"Fine-tune: model file not found: {base}")
             return
-        name = self.name.value.strip().removesuffix(MODEL_SUFFIX)
+        name = self.model_name.value.strip().removesuffix(MODEL_SUFFIX)
         problem = model_name_problem(name, model_dir())
         if problem:
             show_error(f"Fine-tune: {problem}")
@@ -324,5 +325,5 @@ class FinetuneWidget(RunWidget):
             segment.hold(None)
         if outcome == "done":
             self._auto_name = ""
-            self.name.value = ""
+            self.model_name.value = ""
             self._suggest_name()

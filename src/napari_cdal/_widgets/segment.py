@@ -154,8 +154,9 @@ class SegmentWidget(RunWidget):
 
     def selected_model_path(self) -> str | None:
         """The chosen model file, or None when 'other file…' is chosen and no file is given."""
-        if self.model.value != OTHER_FILE:
-            return str(self.model.value)
+        chosen = self.model.value
+        if chosen != OTHER_FILE:
+            return None if chosen is None else str(chosen)
         chosen = str(self.model_file.value)
         return chosen if chosen not in ("", ".") else None
 
@@ -193,8 +194,8 @@ class SegmentWidget(RunWidget):
         slide = layer is not None and bool(layer.multiscale)
         for field in (self.region, self.mpp, self.contours, self.review_count, self.review_button):
             field.visible = not volume
-        for field in (self.slide_output, self.tissue_only, self.slide_button):
-            field.visible = slide
+        for slide_field in (self.slide_output, self.tissue_only, self.slide_button):
+            slide_field.visible = slide
 
     def _pick_model_for(self, layer: Image) -> None:
         """A volume takes the bundled volume model, and a 2-D image the bundled H&E model, when the chosen model cannot
@@ -329,7 +330,7 @@ class SegmentWidget(RunWidget):
         except InputError as exc:
             show_error(f"Whole slide: {exc}")
             return
-        slide, store, _ = paths
+        slide, store = paths[0], paths[1]
         resumed = " (resuming)" if store.exists() else ""
         run = SlideRun(self, layer, self._settings_now(model_path), paths, "auto" if self.tissue_only.value else "all")
         self.launch(run, f"Whole slide: segmenting {slide.name} into {store}{resumed}…", total=0)
