@@ -20,7 +20,7 @@ from napari_cdal._widgets._model_cache import sampling_model_cached, stoppable, 
 from napari_cdal._widgets._names import model_stem
 from napari_cdal._widgets._preview import LivePreview
 from napari_cdal._widgets._review import ReviewQueue
-from napari_cdal._widgets._worker import NO_RESULT, Run, RunFailure, RunHost
+from napari_cdal._widgets._worker import NO_RESULT, R, Run, RunFailure, RunHost
 
 if TYPE_CHECKING:
     import napari  # type: ignore[import-untyped]
@@ -200,14 +200,23 @@ def show_result(
     return layers
 
 
-class SegmentRun(Run[ShownResult]):
-    """Segment on a region of a 2-D image: the live preview as steps arrive, then the result layers and Review."""
+class SegmentWidgetRun(Run[R]):
+    """A run the Segment widget starts (a region, a volume, a slide): of an image layer, with its settings."""
 
     what = "Segment"
     unchanged_note = "layers unchanged"
     failed_note = "Failed: layers unchanged"
     cancelled_note = "Cancelled: layers unchanged"
     widget: SegmentHost
+
+    def __init__(self, widget: SegmentHost, layer: Image, settings: SegmentSettings) -> None:
+        super().__init__(widget)
+        self.layer = layer
+        self.settings = settings
+
+
+class SegmentRun(SegmentWidgetRun[ShownResult]):
+    """Segment on a region of a 2-D image: the live preview as steps arrive, then the result layers and Review."""
 
     def __init__(
         self,
@@ -220,9 +229,7 @@ class SegmentRun(Run[ShownResult]):
     ) -> None:
         """Segment `image` (the layer's pixels), or its `box` (y0, y1, x0, x1) read in the worker, with the model of
         `config` (its header, read at the click); the preview's first layer is added now."""
-        super().__init__(widget)
-        self.layer = layer
-        self.settings = settings
+        super().__init__(widget, layer, settings)
         self._image = image
         self._box = box
         self.attention_map = config.attention_display if config is not None else None

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from napari_cdal._widgets._layers import SLIDE_LABELS, Grid, keep_selection, layer_name, mask_colormap
 from napari_cdal._widgets._model_cache import sampling_model_cached, stoppable
-from napari_cdal._widgets._segment_run import SegmentHost, SegmentSettings
-from napari_cdal._widgets._worker import NO_RESULT, Run, RunFailure
+from napari_cdal._widgets._segment_run import SegmentHost, SegmentSettings, SegmentWidgetRun
+from napari_cdal._widgets._worker import NO_RESULT, RunFailure
 from napari_cdal.layer_metadata import TAG, tag_of
 
 if TYPE_CHECKING:
@@ -121,14 +121,12 @@ def show_slide_labels(viewer: napari.Viewer, image: Image, levels: list[Any], st
         )
 
 
-class SlideRun(Run["SlideResult"]):
+class SlideRun(SegmentWidgetRun["SlideResult"]):
     """Whole slide: the store's labels shown (then refreshed) as blocks finish, and the run summed up at its end."""
 
     what = "Whole slide"
-    unchanged_note = "layers unchanged"
     failed_note = "Failed: the store keeps the blocks already written"
     cancelled_note = "Cancelled: the store keeps the finished blocks; Whole slide again resumes there"
-    widget: SegmentHost
 
     def __init__(
         self,
@@ -139,9 +137,7 @@ class SlideRun(Run["SlideResult"]):
         tissue: str,
     ) -> None:
         """Segment the slide of `paths` (slide, store, TIFF: slide_paths) into its store; `tissue` 'auto' or 'all'."""
-        super().__init__(widget)
-        self.layer = layer
-        self.settings = settings
+        super().__init__(widget, layer, settings)
         self.slide, self.store, self.tiff = paths
         self.tissue = tissue
         self.tiff_existed = self.tiff.exists()

@@ -21,8 +21,8 @@ from napari_cdal._widgets._layers import (
 )
 from napari_cdal._widgets._model_cache import sampling_model_cached, stoppable, threads_for_the_gui
 from napari_cdal._widgets._names import model_stem
-from napari_cdal._widgets._segment_run import SegmentHost, SegmentSettings
-from napari_cdal._widgets._worker import NO_RESULT, Run, RunFailure
+from napari_cdal._widgets._segment_run import SegmentHost, SegmentSettings, SegmentWidgetRun
+from napari_cdal._widgets._worker import NO_RESULT, RunFailure
 
 if TYPE_CHECKING:
     import napari  # type: ignore[import-untyped]
@@ -106,22 +106,14 @@ def _put_volume_layers(
     return layers
 
 
-class VolumeRun(Run["VolumeResult"]):
+class VolumeRun(SegmentWidgetRun["VolumeResult"]):
     """Segment on a whole volume (the region does not apply): the bar counts slices; the result, layers."""
-
-    what = "Segment"
-    unchanged_note = "layers unchanged"
-    failed_note = "Failed: layers unchanged"
-    cancelled_note = "Cancelled: layers unchanged"
-    widget: SegmentHost
 
     def __init__(
         self, widget: SegmentHost, layer: Image, settings: SegmentSettings, config: ModelConfig | None = None
     ) -> None:
         """Segment the layer's voxels with the model of `config` (its header, read at the click)."""
-        super().__init__(widget)
-        self.layer = layer
-        self.settings = settings
+        super().__init__(widget, layer, settings)
         self.config = config
         self._volume = layer.data
 
