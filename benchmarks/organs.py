@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from _common import SPLIT_FILE, default_data_dir, machine, organs_of, table, write_json
 
+from napari_cdal.catalog import state_path
 from napari_cdal.engine.config import iterations_done
 from napari_cdal.engine.data.tiles import load_folder
 from napari_cdal.engine.events import run_to_end
@@ -31,7 +32,6 @@ from napari_cdal.engine.io.checkpoint import read_metadata
 from napari_cdal.engine.method.model import load_model
 from napari_cdal.engine.method.runtime import with_runtime
 from napari_cdal.engine.segment.evaluate import evaluate_tiles
-from napari_cdal.catalog import state_path
 
 ALL = "all organs"
 SAMPLING = {"sampling_steps": 2, "samples": 2}

@@ -7,7 +7,7 @@ Each scenario runs in a process of its own, since what it measures is the order 
 - plugin-first: napari docks the widget before anything has loaded torch (a user's session), so the
   plugin asks OpenMP to wait passively before torch loads;
 - torch-first: torch is loaded before the plugin (another plugin or a script did it), so OpenMP's
-  threads spin-wait, and the plugin takes one thread for its runs (_widgets/_jobs.py);
+  threads spin-wait, and the plugin takes one thread for its runs (_widgets/_model_cache.py);
 - torch-first-spinning: the same without that rule (torch's own thread count, spinning), as the
   widget ran before it: pass it with --scenarios to see what the rule saves.
 
@@ -40,10 +40,11 @@ def child(volume: Path, repeats: int, scenario: str) -> dict:
     os.environ.setdefault("NAPARI_CONFIG", str(Path(tempfile.mkdtemp(prefix="napari-settings-")) / "settings.yaml"))
     if scenario.startswith("torch-first"):
         import torch  # noqa: F401  (loaded before the plugin, as another plugin or a script may)
-    import napari_cdal._widgets  # noqa: F401  (napari imports the plugin's widgets when it docks one)
+    from napari_cdal._widgets import _model_cache
 
+    _model_cache.ask_passive_openmp()  # what docking a widget does first (its device field is the first torch)
     if scenario == "torch-first-spinning":
-        napari_cdal._widgets.OPENMP_SPINS = False  # the rule off: runs keep torch's threads, which spin
+        _model_cache.OPENMP_SPINS = False  # the rule off: runs keep torch's threads, which spin
     from napari_cdal.cli import main as cli_main
 
     os.environ.setdefault("NAPARI_CDAL_MODEL_DIR", tempfile.mkdtemp(prefix="napari-cdal-models-"))
@@ -92,7 +93,7 @@ def child(volume: Path, repeats: int, scenario: str) -> dict:
         "widget": widget_runs,
         "first_click": first,
         "torch_threads": torch.get_num_threads(),
-        "one_thread_rule": napari_cdal._widgets.OPENMP_SPINS,
+        "one_thread_rule": _model_cache.OPENMP_SPINS,
         "load_average": os.getloadavg()[0],
     }
 

@@ -81,7 +81,7 @@ def click_and_wait(widget, button, cancel_after: float | None = None) -> tuple[s
 
 def engine_segment_seconds(widget, image) -> float:
     """Seconds the engine alone takes on `image` with the widget's settings and runtime (model already loaded)."""
-    from napari_cdal._widgets._jobs import sampling_model_cached
+    from napari_cdal._widgets._model_cache import sampling_model_cached
     from napari_cdal.engine.events import run_to_end
     from napari_cdal.engine.segment.image import segment_image
 
@@ -103,7 +103,7 @@ def engine_segment_seconds(widget, image) -> float:
 
 def engine_finetune_seconds(finetune) -> float:
     """Seconds the engine's finetune alone takes on the widget's pairs and settings."""
-    from napari_cdal._widgets._jobs import load_model_cached
+    from napari_cdal._widgets._model_cache import load_model_cached
     from napari_cdal.engine.defaults import FINETUNE_D_LR_RATIO
     from napari_cdal.engine.events import run_to_end
     from napari_cdal.engine.training.finetune import finetune as engine_finetune
@@ -156,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
 
-    from napari_cdal._widgets._layers import MASK, TAG
+    from napari_cdal._widgets._layers import MASK
     from napari_cdal._widgets._names import model_stem
+    from napari_cdal.layer_metadata import TAG
     from napari_cdal.sample_data import SAMPLE_NAME
 
     out = Path(args.out)
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     viewer.layers.selection.active = mask
     mask.mode = "paint"
     row = finetune.pair_rows[0]
-    row.labels.value = mask
+    row.corrected_labels.value = mask
     finetune.iterations.value = args.iterations
     finetune_dock.raise_()  # the user turns to the Fine-tune tab
     settle()
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     settle()
 
     _, segment_cancel = click_and_wait(segment, segment.segment_button, cancel_after=0.0)
-    finetune.name.value = f"{base}-journey-cancelled"
+    finetune.model_name.value = f"{base}-journey-cancelled"
     _, finetune_cancel = click_and_wait(finetune, finetune.finetune_button, cancel_after=0.0)
     shoot(viewer, out, "journey_5_after_cancel.png")
 

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=4, help="K for the uncertainty screenshot")
     args = parser.parse_args(argv)
 
-    from napari_cdal._widgets._layers import layer_name
+    from napari_cdal._widgets._layers import find_result_layer
     from napari_cdal._widgets._names import model_stem
     from napari_cdal._widgets._review import viewer_camera
     from napari_cdal._widgets.segment import OTHER_FILE
@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     shoot(viewer, out, "01_sample_and_widget.png")
     model = model_stem(widget.selected_model_path())
 
-    def results(kind: str) -> str:  # result layers are named after their kind, the image and the model
-        return layer_name(SAMPLE_NAME, kind, model)
+    def results(kind: str) -> str:  # result layers are found by their tag: their kind, the image and the model
+        return find_result_layer(viewer, SAMPLE_NAME, kind, model).name
 
     run_and_wait(widget, viewer, out, "02_running.png")
     first_seconds = widget.last_seconds

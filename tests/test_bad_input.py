@@ -611,7 +611,8 @@ def test_floats_cmyk_grey_and_turned_tiles_through_the_cli(capsys, tiny_model_fi
 
 
 def test_the_widget_says_the_same_notes_and_refuses_the_same_models(tiny_model_file, tmp_path) -> None:
-    from napari_cdal._widgets._jobs import RunFailure, SegmentSettings, run_segmentation
+    from napari_cdal._widgets._segment_run import SegmentSettings, run_segmentation
+    from napari_cdal._widgets._worker import RunFailure
 
     settings = SegmentSettings(str(tiny_model_file), "cpu", 0.5, 1, 1, 0, 0.5)
     grey = blob_tile_image(7)[..., 1]
@@ -990,7 +991,9 @@ def test_model_names_from_the_users_folder_and_a_folder_that_is_a_file(
 def test_evaluate_and_the_widgets_volume_run_refuse_samples_beyond_memory(capsys, tiny_model_file, blob_folder) -> None:
     from conftest import TINY_CLASSES
 
-    from napari_cdal._widgets import _jobs
+    from napari_cdal._widgets import _volume_run
+    from napari_cdal._widgets._segment_run import SegmentSettings
+    from napari_cdal._widgets._worker import RunFailure
     from napari_cdal.engine.method.model import CdalModel
 
     code, _, err = run(
@@ -999,12 +1002,12 @@ def test_evaluate_and_the_widgets_volume_run_refuse_samples_beyond_memory(capsys
     line = one_error_line(err, "evaluate")
     assert code == 1 and "blob-a.tif (128 x 128 px, 100000 samples) needs about" in line and "--samples" in line
     model = CdalModel.initialise(TINY_CLASSES).eval()
-    settings = _jobs.SegmentSettings("unused", "cpu", 1.0, 1, 10**5, 0, 0.5)
+    settings = SegmentSettings("unused", "cpu", 1.0, 1, 10**5, 0, 0.5)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_jobs, "sampling_model_cached", lambda *_: model)
-        failed = finish(_jobs.run_volume_segmentation(np.zeros((4, 16, 16), np.float32), settings))
+        patch.setattr(_volume_run, "sampling_model_cached", lambda *_: model)
+        failed = finish(_volume_run.run_volume_segmentation(np.zeros((4, 16, 16), np.float32), settings))
     assert (
-        isinstance(failed, _jobs.RunFailure)
+        isinstance(failed, RunFailure)
         and "the volume (4 x 16 x 16 voxels) needs about" in failed.message
         and "lower K" in failed.message
     )

@@ -19,11 +19,12 @@ from conftest import (
 )
 from skimage.draw import disk
 
-from napari_cdal._widgets._layers import TAG, layer_name
+from napari_cdal._widgets._layers import layer_name
 from napari_cdal._widgets._names import default_model_name, model_name_problem
 from napari_cdal._widgets._pairs import NO_REGIONS, WHOLE_IMAGE, WHOLE_IMAGE_WARNING, layer_boxes
 from napari_cdal._widgets.finetune import FinetuneWidget
 from napari_cdal._widgets.segment import OTHER_FILE, SegmentWidget
+from napari_cdal.layer_metadata import TAG
 
 pytestmark = pytest.mark.gui
 
@@ -147,13 +148,13 @@ def test_finetune_writes_a_new_model_that_segment_selects_and_back_undoes(
     add_regions(viewer, [(0, 64, 60, 128)])
     segment, finetune = dock_both(viewer, tiny_model_file)
     (row,) = finetune.pair_rows
-    assert row.image.value is image and row.labels.value is labels
+    assert row.image.value is image and row.corrected_labels.value is labels
     row.regions.value = viewer.layers["checked"]
     assert finetune.mpp.value == pytest.approx(0.5)
     assert finetune.base_model_path() == str(tiny_model_file)
-    assert finetune.name.value == f"tiny-ft-{NAME}"
+    assert finetune.model_name.value == f"tiny-ft-{NAME}"
 
-    name = finetune.name.value
+    name = finetune.model_name.value
     assert click_finetune(qtbot, finetune) == "done"
 
     new_model = model_folder / f"{name}.safetensors"
@@ -163,7 +164,7 @@ def test_finetune_writes_a_new_model_that_segment_selects_and_back_undoes(
     assert meta["record"]["finetune"]["images"] == [NAME] and meta["record"]["steps"] == STEPS
     assert meta["record"]["finetuned_from"]["model"] == tiny_model_file.name
     assert segment.model.value == str(new_model), "Segment now uses the new model"
-    assert name in [label for label, _ in segment.model._widget._mgui_get_choices()]
+    assert str(new_model) in segment.model.choices and segment.model.get_choice(name) == str(new_model)
     assert str(new_model) in finetune.base_model.choices
     assert sha256(tiny_model_file) == original_hash, "the base model file is untouched"
     assert np.array_equal(labels.data, corrected), "the user's Labels layer is only read"
@@ -173,21 +174,21 @@ def test_finetune_writes_a_new_model_that_segment_selects_and_back_undoes(
     before, after = meta["record"]["finetune"]["before"], meta["record"]["finetune"]["after"]
     assert before["step"] == 0 and before["nuclei_truth"] > 0, "a small region has a held-back part too"
     assert f"{before['dice']:.2f} → {after['dice']:.2f} Dice" in finetune.report
-    assert finetune.name.value == f"tiny-ft-{NAME}-2", "the next suggestion: short, no snowballing suffixes"
+    assert finetune.model_name.value == f"tiny-ft-{NAME}-2", "the next suggestion: short, no snowballing suffixes"
 
     assert finetune.back_button.enabled
     finetune.back_button.native.click()
     assert segment.selected_model_path() == str(tiny_model_file)
     assert not finetune.back_button.enabled
-    assert finetune.name.value == f"tiny-ft-{NAME}-2", "refreshed after Back, still short"
+    assert finetune.model_name.value == f"tiny-ft-{NAME}-2", "refreshed after Back, still short"
     assert finetune.finetune_button.enabled and not finetune.cancel_button.enabled
 
 
 def test_the_progress_bar_says_what_happens_before_the_first_step_then_counts_the_steps_with_the_loss(
     qtbot, monkeypatch, make_napari_viewer, tiny_model_file, model_folder
 ) -> None:
-    from napari_cdal._widgets._run import RunProgress
-    from napari_cdal._widgets.finetune import CHECKING, GETTING_READY
+    from napari_cdal._widgets._finetune_run import CHECKING, GETTING_READY, FinetuneRun
+    from napari_cdal._widgets._worker import RunProgress
     from napari_cdal.engine.events import TICK
 
     shown: list[tuple[str, str]] = []  # the bar's text and tooltip after each step
@@ -200,14 +201,14 @@ def test_the_progress_bar_says_what_happens_before_the_first_step_then_counts_th
 
     monkeypatch.setattr(RunProgress, "update", spy)
     handled: list[tuple[str, str, str]] = []  # each event's stage, the bar's text and the status, once handled
-    on_step = FinetuneWidget._on_step
+    on_event = FinetuneRun.on_event
 
     def watched(self, event) -> None:
-        on_step(self, event)
+        on_event(self, event)
         if event.stage != TICK:
-            handled.append((event.stage, self.progress_bar.native.text(), self.status.value))
+            handled.append((event.stage, self.widget.progress_bar.native.text(), self.widget.status.value))
 
-    monkeypatch.setattr(FinetuneWidget, "_on_step", watched)
+    monkeypatch.setattr(FinetuneRun, "on_event", watched)
     viewer = make_napari_viewer()
     add_image(viewer)
     add_corrected_mask(viewer)
@@ -226,6 +227,23 @@ def test_the_progress_bar_says_what_happens_before_the_first_step_then_counts_th
     assert finetune.progress_bar.value == 0 and "loss" not in finetune.progress_bar.tooltip
 
 
+def fitted_and_laid_out(qtbot, widget) -> None:
+    """Wait until the plugin has fitted a docked widget (a turn after napari docks it, its drop-downs are narrowed),
+    then deliver every layout request Qt still holds: the window's geometry is final, however busy the machine."""
+    from qtpy.QtCore import QEvent
+    from qtpy.QtWidgets import QApplication, QComboBox
+
+    from napari_cdal._widgets._fields import CHOICE_CHARS
+
+    def fitted() -> bool:
+        combos = widget.native.findChildren(QComboBox)
+        return bool(combos) and all(combo.minimumContentsLength() == CHOICE_CHARS for combo in combos)
+
+    qtbot.waitUntil(fitted, timeout=TIMEOUT_MS)
+    for _ in range(10):  # a layout done may ask its parent's for another: one round per level of the window
+        QApplication.sendPostedEvents(None, QEvent.Type.LayoutRequest)
+
+
 def test_fine_tune_comes_to_the_front_keeps_the_canvas_width_and_shows_its_labels_whole(
     qtbot, make_napari_viewer, tiny_model_file
 ) -> None:
@@ -236,8 +254,7 @@ def test_fine_tune_comes_to_the_front_keeps_the_canvas_width_and_shows_its_label
     add_image(viewer, name="TCGA-B0-5698-01Z-00-DX1")  # long layer names must not widen the dock
     viewer.add_labels(np.zeros((128, 128), np.uint32), name="mask · TCGA-B0-5698-01Z-00-DX1 · cdal_monuseg")
     canvas = viewer.window._qt_viewer.canvas.native
-    dock(viewer, "Segment")
-    qtbot.wait(200)
+    fitted_and_laid_out(qtbot, dock(viewer, "Segment"))
     beside_segment = canvas.width()
     finetune = dock(viewer, "Fine-tune")  # Plugins > napari-cdal > Fine-tune
     window = viewer.window._qt_window
@@ -246,8 +263,8 @@ def test_fine_tune_comes_to_the_front_keeps_the_canvas_width_and_shows_its_label
         bars = [bar for bar in window.findChildren(QTabBar) if bar.count() == 2]  # none until the dock is tabbed
         return bars[0].tabText(bars[0].currentIndex()) if bars else ""
 
-    qtbot.waitUntil(lambda: front_tab().startswith("Fine-tune"), timeout=5000)
-    qtbot.wait(200)
+    qtbot.waitUntil(lambda: front_tab().startswith("Fine-tune"), timeout=TIMEOUT_MS)
+    fitted_and_laid_out(qtbot, finetune)
     assert canvas.width() == beside_segment > 300, "the shared dock is no wider than Segment made it"
     for label in finetune.native.findChildren(QLabel):
         if label.isVisibleTo(finetune.native) and label.text() and not label.wordWrap():
@@ -268,8 +285,8 @@ def test_a_binary_mask_is_split_with_a_visible_note(
         binary[disk(centre, 10, shape=binary.shape)] = 1
     labels = viewer.add_labels(binary.copy(), name=f"{NAME} mask", scale=SCALE, translate=TRANSLATE)
     _, finetune = dock_both(viewer, tiny_model_file)
-    assert finetune.pair_rows[0].labels.value is labels
-    name = finetune.name.value
+    assert finetune.pair_rows[0].corrected_labels.value is labels
+    name = finetune.model_name.value
     assert click_finetune(qtbot, finetune) == "done"
     assert len(finetune.notes) == 1 and "binary" in finetune.notes[0]
     assert "split by a distance-map watershed into 3 nuclei" in finetune.notes[0]
@@ -298,10 +315,10 @@ def test_two_pairs_without_segment_docked_use_the_model_dropdown(
     finetune.iterations.value = STEPS
     assert "<segment>" not in finetune.base_model.choices
     finetune.base_model.value = str(base)
-    finetune.name.value = "mine"
+    finetune.model_name.value = "mine"
     row = finetune.add_pair()
     row.image.value = second
-    assert row.labels.value is viewer.layers["other mask"] and row.regions.value == NO_REGIONS
+    assert row.corrected_labels.value is viewer.layers["other mask"] and row.regions.value == NO_REGIONS
     learn_from_whole_images(finetune)
     assert click_finetune(qtbot, finetune) == "done"
     assert read_metadata(model_folder / "mine.safetensors")["record"]["finetune"]["images"] == [
@@ -344,11 +361,11 @@ def test_a_name_that_exists_or_has_a_separator_is_refused(
     add_image(viewer)
     add_corrected_mask(viewer)
     _, finetune = dock_both(viewer, tiny_model_file)
-    finetune.name.value = "taken"
-    assert "already exists" in finetune.name.tooltip
+    finetune.model_name.value = "taken"
+    assert "already exists" in finetune.model_name.tooltip
     finetune.finetune_button.native.click()
     assert "already exists" in errors[-1] and not finetune.running
-    finetune.name.value = "sub/name"
+    finetune.model_name.value = "sub/name"
     finetune.finetune_button.native.click()
     assert "plain file name" in errors[-1] and not finetune.running
     assert model_files(model_folder) == ["taken.safetensors"]
@@ -528,7 +545,7 @@ def test_corrected_regions_follow_the_shapes_layers_and_whole_image_is_a_warned_
     assert not row.warning.native.isHidden() and row.warning.value == WHOLE_IMAGE_WARNING
     viewer.layers.selection.active = second
     assert row.regions.value == WHOLE_IMAGE, "an explicit whole-image choice stays"
-    assert all(tip for tip in (row.image.tooltip, row.labels.tooltip, row.regions.tooltip))
+    assert all(tip for tip in (row.image.tooltip, row.corrected_labels.tooltip, row.regions.tooltip))
 
 
 def test_a_model_that_does_not_score_better_is_saved_but_not_selected(
@@ -540,7 +557,7 @@ def test_a_model_that_does_not_score_better_is_saved_but_not_selected(
     add_corrected_mask(viewer)
     add_regions(viewer, [(0, 128, 0, 128)])
     segment, finetune = dock_both(viewer, tiny_model_file)
-    name = finetune.name.value
+    name = finetune.model_name.value
     assert click_finetune(qtbot, finetune) == "done"
     assert (model_folder / f"{name}.safetensors").is_file()
     assert segment.selected_model_path() == str(tiny_model_file), "the old model stays selected"
@@ -576,14 +593,14 @@ def test_both_widgets_share_one_tabbed_dock_each_with_one_named_cancel(
 ) -> None:
     from magicgui.widgets import Container, Label, PushButton
 
-    from napari_cdal._widgets._common import STATUS_MIN_WIDTH
+    from napari_cdal._widgets._fields import STATUS_MIN_WIDTH
 
     viewer = make_napari_viewer()
     add_image(viewer)
     segment_dock, segment = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
     finetune_dock, finetune = viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune")
     window = viewer.window._qt_window
-    qtbot.waitUntil(lambda: segment_dock in window.tabifiedDockWidgets(finetune_dock), timeout=5000)
+    qtbot.waitUntil(lambda: segment_dock in window.tabifiedDockWidgets(finetune_dock), timeout=TIMEOUT_MS)
     for widget, cancel in ((segment, "Cancel segmenting"), (finetune, "Cancel fine-tuning")):
         buttons = [w.text for w in widget if isinstance(w, PushButton)]
         assert [text for text in buttons if text.startswith("Cancel")] == [cancel]
@@ -625,7 +642,7 @@ def test_the_places_review_visited_are_the_regions_fine_tune_learns_from(
     checked = viewer.layers[layer_name(NAME, "checked regions")]
     (row,) = finetune.pair_rows
     assert row.regions.value is checked, "Fine-tune takes the places Review visited as the corrected regions"
-    mask = row.labels.value
+    mask = row.corrected_labels.value
     mask.paint((10, 10), mask.selected_label)  # a correction with the brush, where Review left it
     items = segment._review.items
     boxes = [

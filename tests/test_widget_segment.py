@@ -20,12 +20,13 @@ from conftest import (
     pause_after_first_event,
 )
 
-from napari_cdal._widgets._layers import CONTOUR_WIDTH, PREVIEW_SUFFIX, TAG, image_mpp, layer_name, preview_name
+from napari_cdal._widgets._layers import CONTOUR_WIDTH, PREVIEW_SUFFIX, kind_title, layer_name, preview_name
 from napari_cdal._widgets._pairs import layer_boxes
 from napari_cdal._widgets._review import KIND_COLOURS, KIND_WORDS, viewer_camera
 from napari_cdal._widgets.segment import OTHER_FILE, SegmentWidget
 from napari_cdal.engine.defaults import MIN_REGION_UM, REGION_MARGIN_UM
 from napari_cdal.engine.io.regions import widen_box
+from napari_cdal.layer_metadata import TAG, image_mpp
 
 pytestmark = pytest.mark.gui
 
@@ -35,16 +36,18 @@ MODEL = "tiny"
 KINDS = ("mask", "steps", "estimates", "attention", "uncertainty")
 SCALE, TRANSLATE = (0.5, 0.5), (10.0, 20.0)
 TIMEOUT_MS = 120_000
+ATTENTION_MAP = "channel_mean"
+"""The tiny model's attention_display (tests/data): cDAL's channel mean of D's features."""
 
 
 def result_name(kind: str) -> str:
-    """A result layer's name: after its kind, the image and the model that made it."""
-    return layer_name(NAME, kind, MODEL)
+    """A result layer's name: after its kind (the attention's with the map it shows), the image and the model."""
+    return layer_name(NAME, kind_title(kind, ATTENTION_MAP), MODEL)
 
 
 def running_name(kind: str) -> str:
     """The name of a run's layer of `kind` while the run goes."""
-    return preview_name(NAME, kind, MODEL)
+    return preview_name(NAME, kind_title(kind, ATTENTION_MAP), MODEL)
 
 
 def dock(viewer) -> SegmentWidget:
@@ -121,6 +124,7 @@ def test_segment_gives_five_layers_on_the_image_grid(qtbot, viewer_widget) -> No
     for layer in (estimates, attention):
         assert tuple(layer.scale) == (1.0, *SCALE) and tuple(layer.translate) == (1.0, *TRANSLATE)
     assert attention.colormap.name == "napari-cdal attention" and attention.blending == "translucent"
+    assert attention.name == f"attention: channel mean · {NAME} · {MODEL}", "the name says which map it shows"
     assert steps.axis_labels[0] == estimates.axis_labels[0] == attention.axis_labels[0] == "step"
     assert not steps.visible and not estimates.visible
     for layer in (steps, estimates, attention):
@@ -161,13 +165,46 @@ def one_event_at_a_time(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     return handled
 
 
+def answered_inside_passes(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Inside each pass of G (in the worker, mid-computation), ask the GUI thread's event loop to answer a signal
+    and wait for the answer; the returned list says, per pass, whether the GUI thread answered it."""
+    from qtpy.QtCore import QObject, Signal, Slot
+
+    from napari_cdal.engine.method.networks import Generator
+
+    class Answerer(QObject):  # made here, in the GUI thread: a signal from the worker is queued to its event loop
+        ping = Signal()
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.answered = threading.Event()
+            self.ping.connect(self.answer)
+
+        @Slot()
+        def answer(self) -> None:
+            if threading.current_thread() is threading.main_thread():
+                self.answered.set()
+
+    answerer = Answerer()
+    answers: list[bool] = []
+    real_forward = Generator.forward
+
+    def asking(self, *args):
+        answerer.answered.clear()
+        answerer.ping.emit()
+        answers.append(answerer.answered.wait(TIMEOUT_MS / 1000))
+        return real_forward(self, *args)
+
+    monkeypatch.setattr(Generator, "forward", asking)  # which keeps the answerer alive as long as the patch
+    return answers
+
+
 def test_progress_moves_per_step_and_tile_while_the_ui_keeps_running(
     qtbot, monkeypatch, make_napari_viewer, tiny_model_file
 ) -> None:
     from napari.utils import progress as napari_progress
-    from qtpy.QtCore import QTimer
 
-    from napari_cdal._widgets._run import RunProgress
+    from napari_cdal._widgets._worker import RunProgress
 
     handled = one_event_at_a_time(monkeypatch)
     napari_bars: list[str] = []  # napari's progress turns a spinner in its status bar, redrawing the window all run
@@ -199,17 +236,12 @@ def test_progress_moves_per_step_and_tile_while_the_ui_keeps_running(
     viewer.layers.events.inserted.connect(
         lambda event: previews.append((event.value, event.value.name)) if PREVIEW_SUFFIX in event.value.name else None
     )
-    ticks: list[bool] = []
-    timer = QTimer()
-    timer.setInterval(20)
-    timer.timeout.connect(lambda: ticks.append(widget.running))
-    timer.start()
+    answers = answered_inside_passes(monkeypatch)
     assert click_segment(qtbot, widget) == "done"
-    timer.stop()
     assert seen == [(i, 16) for i in range(1, 17)]  # 4 tiles x 4 steps
     assert napari_bars == [], "the widget's own bar, not napari's"
     assert widget.progress_bar.value == 0 and widget.progress_bar.native.format() == "", "empty again after the run"
-    assert sum(ticks) >= 5, "the event loop must keep running while the worker computes"
+    assert len(answers) >= 16 and all(answers), "the event loop must keep running while the worker computes"
     kinds = ("steps", "estimates", "attention", "mask")  # one sample: no uncertainty
     assert [name for _, name in previews] == [running_name(kind) for kind in kinds]
     assert drawn[0] == 2 and drawn[-1] == 5 and drawn == sorted(drawn), "x_T, then every step drawn live, in order"
@@ -249,11 +281,8 @@ def test_the_image_stays_in_view_while_segmenting(qtbot, viewer_widget, monkeypa
         widget.run_finished.connect(outcomes.append)
         widget.segment_button.native.click()
         running = 5 if run == "first" else 3  # the mask and uncertainty of a first run wait in places of their own
-        qtbot.waitUntil(
-            lambda running=running: sum(PREVIEW_SUFFIX in layer.name for layer in viewer.layers) == running,
-            timeout=TIMEOUT_MS,
-        )
-        qtbot.wait(50)
+        qtbot.waitUntil(lambda: widget.run.preview.started, timeout=TIMEOUT_MS)  # nothing more is added now
+        assert sum(PREVIEW_SUFFIX in layer.name for layer in viewer.layers) == running
         covering = [layer.name for layer in viewer.layers if layer is not image and layer.visible]
         assert covering == ([] if run == "first" else [result_name("mask")]), "nothing empty over the image"
         start.set()
@@ -306,6 +335,9 @@ def test_the_mask_and_the_maps_take_colours_that_stand_out_on_he(qtbot, viewer_w
         assert bottom[3] == 0 and top[3] == 1, f"{kind}: clear at 0, solid at its top"
         assert (relative_luminance(top[:3]) + 0.05) / (purple + 0.05) >= 4, kind
         assert min(hue_distance(top[:3], HAEMATOXYLIN), hue_distance(top[:3], EOSIN)) >= 75, kind
+    yellow = viewer.layers[result_name("uncertainty")].colormap.map(np.array([1.0]))[0, :3]
+    others = [*colours[:24], *KIND_COLOURS.values()]  # every label hue, the review's marks
+    assert min(hue_distance(rgb, yellow) for rgb in others) >= 25, "yellow is the uncertainty's alone"
 
 
 # ----------------------------------------------------------------------------- re-runs and edits
@@ -424,35 +456,41 @@ def test_cancel_leaves_the_previous_result_as_it_was(qtbot, viewer_widget, pause
 
 
 def test_a_first_run_adds_its_layers_one_per_turn_at_the_start_and_fills_them_at_the_end(
-    qtbot, viewer_widget, paused_engine
+    qtbot, viewer_widget, paused_engine, monkeypatch
 ) -> None:
-    from qtpy.QtCore import QTimer
+    from napari_cdal._widgets._preview import LivePreview
 
     viewer, widget = viewer_widget
     widget.samples.value = 2
-    turns = [0]  # a zero-interval timer counts the turns of the event loop
-    timer = QTimer()
-    timer.setInterval(0)
-    timer.timeout.connect(lambda: turns.__setitem__(0, turns[0] + 1))
-    timer.start()
-    added: list[tuple[str, int]] = []
+    calls: list[bool] = []  # each call that adds the preview's layers: whether it came within the click
+    clicking = [False]
+    real_add = LivePreview._add_waiting
+
+    def counted(self) -> None:  # the click calls it once, then the preview's zero-interval timer, once per turn
+        calls.append(clicking[0])
+        real_add(self)
+
+    monkeypatch.setattr(LivePreview, "_add_waiting", counted)
+    added: list[tuple[str, int]] = []  # each layer added and the call that added it
     removed: list[str] = []
-    viewer.layers.events.inserted.connect(lambda event: added.append((event.value.name, turns[0])))
+    viewer.layers.events.inserted.connect(lambda event: added.append((event.value.name, len(calls))))
     viewer.layers.events.removed.connect(lambda event: removed.append(event.value.name))
     outcomes: list[str] = []
     widget.run_finished.connect(outcomes.append)
+    clicking[0] = True
     widget.segment_button.native.click()
+    clicking[0] = False
     kinds = ("steps", "estimates", "attention", "uncertainty", "mask")
     qtbot.waitUntil(lambda: len(added) == 5, timeout=TIMEOUT_MS)
     assert [name for name, _ in added] == [running_name(kind) for kind in kinds]
-    assert len({turn for _, turn in added}) == 5, "each layer added in its own turn of the event loop"
+    assert [call for _, call in added] == [1, 2, 3, 4, 5], "each layer added by a call of its own"
+    assert calls[:5] == [True, False, False, False, False], "the steps stack with the click, then one per turn"
     mask = viewer.layers[running_name("mask")]
     assert not mask.visible and not mask.data.any(), "the new mask's place waits hidden and empty"
     assert viewer.layers[running_name("steps")].visible, "the chain is what the preview shows"
     assert not viewer.layers[running_name("estimates")].visible, "x̂0 fills in hidden"
     paused_engine.set()
     qtbot.waitUntil(lambda: bool(outcomes), timeout=TIMEOUT_MS)
-    timer.stop()
     assert outcomes == ["done"] and len(added) == 5 and removed == []
     assert [layer.name for layer in viewer.layers] == [NAME, *(result_name(kind) for kind in kinds)]
     assert viewer.layers[result_name("mask")] is mask and mask.visible and mask.data.max() > 0
@@ -501,7 +539,7 @@ def test_deleting_the_widget_mid_run_stops_the_worker_and_the_preview(
     use_model(widget, tiny_model_file)
     widget.segment_button.native.click()
     qtbot.waitUntil(lambda: len(viewer.layers) > 1, timeout=TIMEOUT_MS)
-    worker = widget._worker
+    worker = widget.run.worker
     with qtbot.waitSignal(worker.finished, timeout=TIMEOUT_MS):
         viewer.window.remove_dock_widget(dock_widget)
         widget.native.deleteLater()  # what closing the window does to its docked widgets
@@ -618,8 +656,9 @@ def test_models_in_the_user_folder_are_offered(
     viewer = make_napari_viewer()
     add_blobs(viewer)
     widget = dock(viewer)
-    labels = [label for label, _ in widget.model._widget._mgui_get_choices()]
-    assert "my-finetuned" in labels and labels[-1] == "other file…"
+    mine = str(tmp_path / "my-finetuned.safetensors")
+    assert mine in widget.model.choices and widget.model.choices[-1] == OTHER_FILE
+    assert widget.model.get_choice("my-finetuned") == mine and widget.model.get_choice("other file…") == OTHER_FILE
     widget.model.value = str(tmp_path / "my-finetuned.safetensors")
     assert widget.sampling_steps.max == 4
     assert click_segment(qtbot, widget) == "done"
@@ -822,13 +861,20 @@ def test_review_readies_a_new_id_for_a_miss_and_the_nucleus_for_a_merge(qtbot, v
     np.testing.assert_allclose(colours, [KIND_COLOURS["miss"], KIND_COLOURS["merge"]])
 
 
-def test_the_sampling_fields_follow_the_models_config_under_its_former_key_names() -> None:
-    from napari_cdal._widgets.segment import model_steps
-    from napari_cdal.engine.method.model import bundled_model_path
+def test_the_sampling_fields_follow_the_models_config_under_its_former_key_names(tiny_model_file, tmp_path) -> None:
+    from napari_cdal._widgets._segment_fields import model_steps
+    from napari_cdal.engine.config import FORMER_NAMES, ModelConfig
+    from napari_cdal.engine.io.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 
-    if not bundled_model_path().is_file():
-        pytest.skip("no bundled model in this checkout")
-    assert model_steps(str(bundled_model_path())) == (4, 2, 2)  # T = 4, sampled in 2 steps, K = 2
+    tensors, meta = load_checkpoint(tiny_model_file)
+    current = {**ModelConfig.from_dict(meta["model_config"]).to_dict(), "default_samples": 3}
+    current.update(diffusion_steps=4, default_sampling_steps=2)  # T = 4, sampled in 2 steps, K = 3
+    former = {new: old for old, new in FORMER_NAMES["ModelConfig"].items()}  # written by an earlier version
+    old_file = tmp_path / "former-keys.safetensors"
+    save_checkpoint(old_file, tensors, {**meta, "model_config": {former.get(k, k): v for k, v in current.items()}})
+    written = read_metadata(old_file)["model_config"]
+    assert {"num_steps", "sampling_steps"} <= set(written) and "diffusion_steps" not in written
+    assert model_steps(str(old_file)) == (4, 2, 3)
 
 
 # ----------------------------------------------------------------------------- the user's layers, tool and status
@@ -897,7 +943,8 @@ def test_results_of_two_models_sit_side_by_side(qtbot, viewer_widget, tmp_path) 
     second = viewer.layers[layer_name(NAME, "mask", "other-model")]
     assert second is not first and np.array_equal(first.data, first_labels), "the first model's mask is kept"
     assert second.metadata[TAG]["model"] == "other-model" and first.metadata[TAG]["model"] == MODEL
-    assert {layer_name(NAME, kind, "other-model") for kind in KINDS} <= {layer.name for layer in viewer.layers}
+    names = {layer_name(NAME, kind_title(kind, ATTENTION_MAP), "other-model") for kind in KINDS}
+    assert names <= {layer.name for layer in viewer.layers}
 
 
 def test_the_status_bar_is_cleared_after_a_run_and_a_cancel(qtbot, viewer_widget, paused_engine) -> None:

@@ -19,8 +19,9 @@ from conftest import (
 )
 from test_widget_segment import TIMEOUT_MS, click_segment, dock, use_model
 
-from napari_cdal._widgets._layers import TAG, layer_name
+from napari_cdal._widgets._layers import layer_name
 from napari_cdal._widgets._review import viewer_camera
+from napari_cdal.layer_metadata import TAG
 
 pytestmark = pytest.mark.gui
 

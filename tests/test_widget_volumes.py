@@ -19,10 +19,11 @@ from conftest import (
     volume_affine,
 )
 
-from napari_cdal._widgets._layers import TAG, layer_name
+from napari_cdal._widgets._layers import kind_title, layer_name
 from napari_cdal._widgets.finetune import FinetuneWidget
 from napari_cdal._widgets.segment import OTHER_FILE, SegmentWidget
 from napari_cdal.engine.io.volumes import write_volume
+from napari_cdal.layer_metadata import TAG
 from napari_cdal.models import bundled_models
 
 pytestmark = pytest.mark.gui
@@ -141,7 +142,7 @@ def open_volume(viewer, path: Path):
 def test_segment_on_a_volume_gives_aligned_3d_labels_and_4d_stacks(
     qtbot, monkeypatch, make_napari_viewer, volume_files, classes_model_file
 ) -> None:
-    from napari_cdal._widgets._run import RunProgress
+    from napari_cdal._widgets._worker import RunProgress
 
     bar: list[tuple[int, int]] = []
     original = RunProgress.update
@@ -159,8 +160,9 @@ def test_segment_on_a_volume_gives_aligned_3d_labels_and_4d_stacks(
     assert bar[-1] == (12, 12), "the bar counts slices"
     names = [layer.name for layer in viewer.layers]
     kinds = ("steps", "estimates", "attention", "uncertainty", "mask")
-    assert names == ["vol", *(layer_name("vol", kind, MODEL) for kind in kinds)]
-    steps, estimates, attention, uncertainty, mask = (viewer.layers[layer_name("vol", kind, MODEL)] for kind in kinds)
+    titles = [kind_title(kind, "channel_mean") for kind in kinds]  # the tiny model's attention_display
+    assert names == ["vol", *(layer_name("vol", title, MODEL) for title in titles)]
+    steps, estimates, attention, uncertainty, mask = (viewer.layers[layer_name("vol", t, MODEL)] for t in titles)
     assert type(mask).__name__ == "Labels" and mask.data.dtype == np.uint8 and mask.data.shape == (12, 24, 24)
     assert set(np.unique(mask.data)) <= {0, 1, 2}
     for layer in (mask, uncertainty):
@@ -184,10 +186,10 @@ def test_a_run_takes_one_torch_thread_where_openmp_spin_waits(
     # 2-core machine a volume took 15-20 s instead of 2 (benchmarks/volume_widget.py); with one thread, 2 s
     import torch
 
-    import napari_cdal._widgets
+    import napari_cdal._widgets._model_cache as model_cache
     import napari_cdal.engine.segment.volume as engine
 
-    monkeypatch.setattr(napari_cdal._widgets, "OPENMP_SPINS", spins)
+    monkeypatch.setattr(model_cache, "OPENMP_SPINS", spins)
     set_to: list[int] = []  # what the run set the worker thread's count to (torch's counts are per thread)
     real_set = torch.set_num_threads
 
@@ -273,8 +275,8 @@ def test_finetune_learns_from_the_corrected_slices_of_a_volume(
     finetune: FinetuneWidget = dock(viewer, "Fine-tune")
     finetune.iterations.value = 2
     (row,) = finetune.pair_rows
-    assert row.image.value is viewer.layers["vol"] and row.labels.value is mask
-    name = finetune.name.value
+    assert row.image.value is viewer.layers["vol"] and row.corrected_labels.value is mask
+    name = finetune.model_name.value
     assert click_and_wait(qtbot, finetune, finetune.finetune_button) == "done"
 
     new_model = models / f"{name}.safetensors"

@@ -27,11 +27,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
-LayerData = tuple[np.ndarray, dict[str, Any], str]
+LayerData = tuple[Any, dict[str, Any], str]
+"""A layer as napari's readers give it: its data (an array napari can read, or a list of them for a multiscale
+layer), its keywords and its type."""
 
 PLUGIN = "napari-cdal"
 NAPARI_BUILTINS = "napari"
@@ -49,7 +51,7 @@ def prefer_napari_cdal_readers() -> list[str]:
     Returns the patterns it set. The choice is napari's reader preference (`plugins.extension2reader`),
     saved with napari's settings and shown in Preferences > Plugins, as napari's "Remember this choice" saves it.
     """
-    from napari.settings import get_settings
+    from napari.settings import get_settings  # type: ignore[import-untyped]
 
     plugins = get_settings().plugins
     chosen = dict(plugins.extension2reader)
@@ -157,7 +159,10 @@ def read_plain_image(path: str | Path) -> list[LayerData]:
 
     layers = read([str(path)], stack=False, plugin_name=NAPARI_BUILTINS)
     # napari's reader may leave out the keywords and the layer type: (data,), (data, kwargs) or all three
-    return [(layer[0], layer[1] if len(layer) > 1 else {}, layer[2] if len(layer) > 2 else "image") for layer in layers]
+    return [
+        (layer[0], dict(layer[1]) if len(layer) > 1 else {}, str(layer[2]) if len(layer) > 2 else "image")
+        for layer in layers
+    ]
 
 
 def read_images(path: str | list[str]) -> list[LayerData]:
@@ -191,11 +196,16 @@ def volume_axes(path: str | Path, affine: np.ndarray) -> tuple[tuple[str, ...], 
     """
     import nibabel
 
-    codes = nibabel.aff2axcodes(affine)
+    axis_codes = cast(Callable[[np.ndarray], tuple[str, ...]], nibabel.aff2axcodes)  # nibabel is untyped
+    codes = axis_codes(affine)
     labels = tuple(WORLD_AXES.get(code, str(axis)) for axis, code in enumerate(codes))
     if len(set(labels)) < len(labels):  # an oblique affine can point two axes mostly the same way
         labels = ("i", "j", "k")
-    unit = nibabel.load(str(path)).header.get_xyzt_units()[0]
+    header = nibabel.load(str(path)).header
+    if isinstance(header, nibabel.Nifti1Header):  # NIfTI-2's header too
+        unit = cast(Callable[[], tuple[str, str]], header.get_xyzt_units)()[0]
+    else:
+        unit = "mm"
     return labels, (NIFTI_UNITS.get(unit, "mm"),) * 3
 
 

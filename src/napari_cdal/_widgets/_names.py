@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from napari_cdal.models import MODEL_SUFFIX
+from napari_cdal.catalog import MODEL_SUFFIX
 
 
 def model_name_problem(name: str, folder: Path) -> str | None:

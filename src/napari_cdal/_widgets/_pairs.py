@@ -14,14 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, Label
+from magicgui.widgets.bases import Widget
 
-from napari_cdal._widgets._common import image_choices, image_pixels
-from napari_cdal._widgets._layers import MASK, TAG, image_mpp, is_edited
-from napari_cdal._widgets._volume import correction_of, is_volume_layer
+from napari_cdal._widgets._inputs import image_choices, image_pixels, is_volume_layer
+from napari_cdal._widgets._layers import MASK, RESULT, is_edited
+from napari_cdal.layer_metadata import image_mpp, tag_of
 
 if TYPE_CHECKING:
-    import napari
-    from napari.layers import Image, Labels, Shapes
+    import napari  # type: ignore[import-untyped]
+    from napari.layers import Image, Labels, Shapes  # type: ignore[import-untyped]
 
     from napari_cdal.engine.training.corrections import FinetunePair, VolumeCorrection
 
@@ -55,7 +56,7 @@ def layer_boxes(regions: Shapes, image: Image) -> list[tuple[int, int, int, int]
     return boxes
 
 
-class PairRow(Container):
+class PairRow(Container[Widget]):
     """One (image, corrected labels, corrected regions) choice."""
 
     def __init__(self, viewer: napari.viewer.Viewer, number: int) -> None:
@@ -67,7 +68,7 @@ class PairRow(Container):
             choices=lambda _: image_choices(self._viewer),
             tooltip="the image whose mask you corrected",
         )
-        self.labels = ComboBox(
+        self.corrected_labels = ComboBox(
             label="corrected labels",
             choices=lambda _: self._labels_choices(),
             tooltip="the Labels layer holding your corrected nuclei (0 = background)",
@@ -80,7 +81,7 @@ class PairRow(Container):
         )
         self.warning = Label(value=WHOLE_IMAGE_WARNING, visible=False)
         self.warning.native.setWordWrap(True)
-        self.extend([self.image, self.labels, self.regions, self.warning])
+        self.extend([self.image, self.corrected_labels, self.regions, self.warning])
         self.image.changed.connect(self._on_image_changed)
         self.regions.changed.connect(self._on_regions_changed)
         viewer.layers.events.inserted.connect(self.follow_shapes)
@@ -128,7 +129,7 @@ class PairRow(Container):
     def _on_image_changed(self, layer: Image | None) -> None:
         mask = self.mask_of(layer)
         if mask is not None:
-            self.labels.value = mask
+            self.corrected_labels.value = mask
 
     def mask_of(self, image: Image | None) -> Labels | None:
         """The image's mask from Segment (an edited one first, top-most first), else None."""
@@ -137,14 +138,22 @@ class PairRow(Container):
         masks = [
             layer
             for layer in reversed(list(self._viewer.layers))
-            if layer in self.labels.choices
-            and (layer.metadata.get(TAG) or {}).get("image") == image.name
-            and (layer.metadata.get(TAG) or {}).get("kind") == MASK
+            if layer in self.corrected_labels.choices
+            and tag_of(layer.metadata).get("image") == image.name
+            and tag_of(layer.metadata).get("kind") == MASK
         ]
         edited = [layer for layer in masks if is_edited(layer)]
-        named = [layer for layer in self.labels.choices if layer.name == f"{image.name} {MASK}"]
+        choices = [layer for layer in self.corrected_labels.choices if layer is not None]
+        named = [layer for layer in choices if layer.name == f"{image.name} {MASK}"]
         candidates = edited + masks + named
         return candidates[0] if candidates else None
+
+
+def correction_of(image: Image, labels: Labels) -> dict[str, Any]:
+    """What the engine needs of a corrected volume: labels (copied) and the model's result when the mask keeps it."""
+    tag = tag_of(labels.metadata)
+    reference = tag.get(RESULT) if tag.get("image") == image.name else None
+    return {"labels": np.array(labels.data, copy=True), "reference": reference}
 
 
 def engine_pairs(rows: list[PairRow]) -> list[FinetunePair] | list[VolumeCorrection]:
@@ -152,9 +161,10 @@ def engine_pairs(rows: list[PairRow]) -> list[FinetunePair] | list[VolumeCorrect
     from napari_cdal.engine.io.images import ImageError
     from napari_cdal.engine.training.corrections import FinetunePair, VolumeCorrection
 
-    pairs = []
+    volumes: list[VolumeCorrection] = []
+    tiles: list[FinetunePair] = []
     for number, row in enumerate(rows, start=1):
-        image, labels, regions = row.image.value, row.labels.value, row.regions.value
+        image, labels, regions = row.image.value, row.corrected_labels.value, row.regions.value
         if image is None:
             raise ValueError(f"pair {number}: choose an image (open one first)")
         if labels is None:
@@ -168,7 +178,7 @@ def engine_pairs(rows: list[PairRow]) -> list[FinetunePair] | list[VolumeCorrect
                     f"pair {number}: {image.name!r} is a volume, whose corrected slices are found from "
                     f"the labels; choose '{WHOLE_IMAGE_LABEL}' as corrected regions"
                 )
-            pairs.append(VolumeCorrection(np.asarray(image.data), name=image.name, **correction_of(image, labels)))
+            volumes.append(VolumeCorrection(np.asarray(image.data), name=image.name, **correction_of(image, labels)))
             continue
         first = rows[0].image.value
         if not np.isclose(image_mpp(image), image_mpp(first)):
@@ -193,5 +203,7 @@ def engine_pairs(rows: list[PairRow]) -> list[FinetunePair] | list[VolumeCorrect
                     "draw one "
                     f"around each corrected region, or choose '{WHOLE_IMAGE_LABEL}'"
                 )
-        pairs.append(FinetunePair(pixels, np.array(data, copy=True), boxes, image.name))
-    return pairs
+        tiles.append(FinetunePair(pixels, np.array(data, copy=True), boxes, image.name))
+    if volumes and tiles:  # a model segments one or the other (the widget checks each image against the model first)
+        raise ValueError("the pairs mix volumes and 2-D images: fine-tune a model on one kind at a time")
+    return volumes or tiles

@@ -1,19 +1,19 @@
-"""What the Segment widget runs on: a region of an image layer (whole, field of view, rectangle) or its slide file."""
+"""What Segment runs on: a region of an image layer (the whole image, the field of view, a rectangle), in pixels."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_cdal._widgets._inputs import image_pixels
 from napari_cdal._widgets._review import viewer_camera
 
 if TYPE_CHECKING:
-    import napari
-    from napari.layers import Image, Shapes
+    import napari  # type: ignore[import-untyped]
+    from napari.layers import Image, Shapes  # type: ignore[import-untyped]
 
-    from napari_cdal._widgets._jobs import SegmentSettings
+    from napari_cdal._widgets._segment_run import SegmentSettings
     from napari_cdal.engine.config import ModelConfig
     from napari_cdal.engine.segment.tiling import Box
 
@@ -82,24 +82,13 @@ def region_box(viewer: napari.viewer.Viewer, layer: Image, region: Any) -> Box:
         box = view_box(viewer, layer)
         where = "the field of view"
     else:
-        box = rectangle_box(region, layer)
-        if box is None:
+        rectangle = rectangle_box(region, layer)
+        if rectangle is None:
             raise InputError(f"{region.name} holds no rectangle: draw one with its rectangle tool")
-        where = f"the rectangle in {region.name}"
+        box, where = rectangle, f"the rectangle in {region.name}"
     if box[1] <= box[0] or box[3] <= box[2]:
         raise InputError(f"{where} shows none of {layer.name}: pan or zoom to the image")
     return box
-
-
-def model_config(path: str) -> ModelConfig | None:
-    """A model file's config, read from its header without loading its weights; None when unreadable."""
-    from napari_cdal.engine.config import ModelConfig
-    from napari_cdal.engine.io.checkpoint import read_metadata
-
-    try:  # through ModelConfig, so files written under former key names read the same
-        return ModelConfig.from_dict(read_metadata(path)["model_config"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
 
 
 def check_region(layer: Image, box: Box, settings: SegmentSettings, region: Any, config: ModelConfig | None) -> None:
@@ -122,23 +111,13 @@ def check_region(layer: Image, box: Box, settings: SegmentSettings, region: Any,
         )
 
 
-def slide_paths(layer: Image, chosen_folder: str) -> tuple[Path, Path, Path]:
-    """(the slide file behind `layer`, its labels store, its labels TIFF); InputError when there is none.
-
-    The store and TIFF go into `chosen_folder`, or beside the slide when it is empty.
-    """
-    from napari_cdal.engine.checks import InputError, check_output_folder
-    from napari_cdal.engine.slide.source import SLIDE_SUFFIXES
-
-    source = getattr(layer.source, "path", None)
-    if not source or Path(source).suffix.lower() not in SLIDE_SUFFIXES or not Path(source).is_file():
-        raise InputError(
-            f"{layer.name} was not opened from a slide file ({', '.join(SLIDE_SUFFIXES)}): open "
-            "the slide with File > Open, or run `napari-cdal segment SLIDE --out DIR`"
-        )
-    slide = Path(source)
-    folder = check_output_folder(slide.parent if chosen_folder in ("", ".") else Path(chosen_folder), "slide output")
-    store, tiff = folder / f"{slide.stem}_labels.zarr", folder / f"{slide.stem}_labels.tif"
-    if store.exists() and not store.is_dir():
-        raise InputError(f"{store} is a file, not a labels store; move it or choose another slide output")
-    return slide, store, tiff
+def region_to_segment(
+    viewer: napari.viewer.Viewer, layer: Image, region: Any, settings: SegmentSettings, config: ModelConfig | None
+) -> tuple[Any, Box | None]:
+    """What Segment reads of `region`: (the pixels, None) for the whole of a plain image, else (the layer's lazy
+    full-resolution data, the region's box), read in the worker; ImageError or InputError when it cannot be run."""
+    if region == WHOLE_IMAGE and not layer.multiscale:
+        return image_pixels(layer), None
+    box = region_box(viewer, layer, region)
+    check_region(layer, box, settings, region, config)
+    return (layer.data[0] if layer.multiscale else layer.data), box

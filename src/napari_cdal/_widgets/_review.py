@@ -15,17 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_cdal._widgets._layers import (
-    TAG,
-    Grid,
-    find_result_layer,
-    image_mpp,
-    keep_selection,
-    layer_name,
-    set_changed,
-)
+from napari_cdal._widgets._layers import Grid, find_result_layer, keep_selection, layer_name, set_changed
 from napari_cdal.engine.defaults import MIN_REGION_UM, REGION_MARGIN_UM
 from napari_cdal.engine.io.regions import widen_box
+from napari_cdal.layer_metadata import TAG, image_mpp, tag_of
 
 if TYPE_CHECKING:
     from napari_cdal.engine.segment.review import ReviewItem
@@ -36,8 +29,9 @@ REVIEW_SCREEN_PX_PER_PIXEL = 3.0
 REVIEW = "review"
 """The kind (and name suffix) of the layer marking the review's items."""
 
-KIND_COLOURS = {"nucleus": (1.0, 0.84, 0.0), "merge": (1.0, 0.25, 1.0), "miss": (0.0, 0.9, 1.0)}
-"""How each kind of item is marked: yellow nuclei, magenta merges, cyan misses (RGB, 0..1)."""
+KIND_COLOURS = {"nucleus": (1.0, 0.5, 0.0), "merge": (1.0, 0.25, 1.0), "miss": (0.0, 0.9, 1.0)}
+"""How each kind of item is marked: orange nuclei, magenta merges, cyan misses (RGB, 0..1); yellow is the
+uncertainty's alone, so a mark is never read as doubt."""
 
 MARK_MARGIN = 1.3
 """A mark's square is this many times the item's longer side."""
@@ -74,7 +68,7 @@ class ReviewQueue:
         self._viewer = viewer
         self._mask = mask
         self._all = list(items)
-        tag = mask.metadata.get(TAG) or {}
+        tag = tag_of(mask.metadata)
         self._image_name, self._model = str(tag.get("image", mask.name)), tag.get("model")
         self._scale = np.asarray(mask.scale[-2:], float)
         self._translate = np.asarray(mask.translate[-2:], float)
@@ -149,7 +143,8 @@ class ReviewQueue:
             return
         self._checked.add(item.rank)
         mpp = image_mpp(self._mask)
-        shape = tuple(int(n) for n in self._mask.data.shape[-2:])
+        height, width = (int(n) for n in self._mask.data.shape[-2:])
+        shape = (height, width)
         y0, y1, x0, x1 = widen_box(item.box, round(REGION_MARGIN_UM / mpp), int(np.ceil(MIN_REGION_UM / mpp)), shape)
         rectangle = np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], float) - 0.5  # pixel edges, not centres
         if layer is None:

@@ -1,83 +1,65 @@
 """The Fine-tune dock widget: teaches a model the user's corrected masks in a napari thread_worker.
 
-The widget only gathers (image, corrected Labels[, Shapes of corrected regions]) pairs and settings;
-engine.training.finetune does the work. The new model is written atomically into the user's model folder
-at the end of the run, so a cancel or an error leaves no file and every existing model untouched. The run
-ends with the engine's before → after check on the held-back part of the corrections; Segment switches
-to the new model only when it scored better there. While it runs, Segment waits (the CPU is taken).
+The widget only gathers (image, corrected Labels[, Shapes of corrected regions]) pairs and settings and starts a
+FinetuneRun (_finetune_run.py), which runs engine.training.finetune. The new model is written atomically into the
+user's model folder at the end of the run, so a cancel or an error leaves no file and every existing model
+untouched. The run ends with the engine's before → after check on the held-back part of the corrections; Segment
+switches to the new model only when it scored better there. While it runs, Segment waits (the CPU is taken).
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, LineEdit, PushButton, SpinBox
-from psygnal import Signal
 
-from napari_cdal._widgets._common import (
+from napari_cdal._widgets._docked import DockedSegment, docked_segment_widget
+from napari_cdal._widgets._fields import (
     cancel_button,
     device_combo,
-    docked_segment_widget,
     fit_labels,
     keep_narrow,
-    model_file_choices,
     mpp_spin_box,
     progress_bar,
     set_mpp_from_layer,
     status_label,
     tab_with_sibling,
 )
-from napari_cdal._widgets._jobs import Finetuned, FinetuneSettings, RunFailure, run_finetune
+from napari_cdal._widgets._finetune_run import Finetuned, FinetuneRun, FinetuneSettings, starting_status
+from napari_cdal._widgets._inputs import is_volume_layer, model_config, model_file_choices, model_fit_problem
 from napari_cdal._widgets._names import default_model_name, free_model_name, model_name_problem, model_stem
 from napari_cdal._widgets._pairs import PairRow, engine_pairs
-from napari_cdal._widgets._region import model_config
-from napari_cdal._widgets._run import WorkerRun
-from napari_cdal._widgets._volume import is_volume_layer, model_fit_problem
-from napari_cdal.engine.defaults import FINETUNE_SETTINGS
-from napari_cdal.models import MODEL_SUFFIX
+from napari_cdal._widgets._worker import RunWidget
+from napari_cdal.catalog import MODEL_SUFFIX
+from napari_cdal.engine.config import FINETUNE_CONFIG
 
 if TYPE_CHECKING:
-    import napari
-    from napari.layers import Image
+    import napari  # type: ignore[import-untyped]
+    from napari.layers import Image  # type: ignore[import-untyped]
 
-    from napari_cdal._widgets.segment import SegmentWidget
-    from napari_cdal.engine.events import Progress
-    from napari_cdal.engine.training.corrections import FinetunePair
+    from napari_cdal.engine.training.corrections import FinetunePair, VolumeCorrection
 
 FOLLOW_SEGMENT = "<segment>"
-DEFAULT_LEARNING_RATE = FINETUNE_SETTINGS["lr_g"]
+DEFAULT_ITERATIONS: int = FINETUNE_CONFIG.iterations
+DEFAULT_LEARNING_RATE: float = FINETUNE_CONFIG.lr_g
 INVALID_STYLE = "background-color: #7a2a2a;"
-GETTING_READY = "getting ready…"
-CHECKING = "checking the held-back part…"
-"""What the progress bar says while no learning step is counted: at the start, and while a check scores the part of
-the corrections held back (at the start, then every few dozen steps)."""
 
 
-class FinetuneWidget(WorkerRun, Container):
+class FinetuneWidget(RunWidget):
     """Dock widget: corrected pairs, base model, settings, new name; Fine-tune, Cancel, Back."""
 
-    unchanged_note = "no model written"
-    cancelled_note = "Cancelled: no model written, the models are unchanged"
-
-    run_finished = Signal(str)
-
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
-        super().__init__(labels=True)
-        self._viewer = napari_viewer
+        super().__init__(napari_viewer)
         self._auto_name = ""
         self._previous_model: str | None = None
         self.saved_model: Path | None = None
         self.report = ""
-        self.last_seconds: float | None = None
-        """Seconds from the click on Fine-tune to the saved model, of the last run."""
-        self._clicked_at = 0.0
         """The last run's check on the held-back corrections, in plain words."""
         self.notes: list[str] = []
         """What the last run told the user about their corrections (a binary mask split, say)."""
 
-        self.pairs = Container(labels=False)
+        self.pairs: Container[PairRow] = Container(labels=False)
         self.pairs.margins = (0, 0, 0, 0)  # the rows' labels line up with the widget's own, no wider
         self.add_pair_button = PushButton(
             text="Add another pair", tooltip="learn from one more corrected image in the same run"
@@ -97,7 +79,7 @@ class FinetuneWidget(WorkerRun, Container):
             label="iterations",
             min=1,
             max=10_000,
-            value=FINETUNE_SETTINGS["iterations"],
+            value=DEFAULT_ITERATIONS,
             tooltip="how many learning steps: each learns from a few patches cut from the corrected regions; "
             "more learn more of your corrections and take longer",
         )
@@ -110,14 +92,13 @@ class FinetuneWidget(WorkerRun, Container):
             tooltip="how far each learning step moves the model's weights: larger learns your corrections "
             "faster but may forget what the model knew; the default is a cautious 0.0001",
         )
-        self.name = LineEdit(label="new model name", tooltip="the new model's file name in your model folder")
+        self.model_name = LineEdit(label="new model name", tooltip="the new model's file name in your model folder")
         self.finetune_button = PushButton(
             text="Fine-tune",
             tooltip="teach the base model your corrections and save it as a new model; "
             "at the end it is checked on a held-back part of them",
         )
         self.cancel_button = cancel_button("fine-tuning", "stop fine-tuning within about a second; no model is written")
-        self._run_button = self.finetune_button
         self.back_button = PushButton(
             text="Back to previous model",
             enabled=False,
@@ -135,7 +116,7 @@ class FinetuneWidget(WorkerRun, Container):
                 self.mpp,
                 self.iterations,
                 self.learning_rate,
-                self.name,
+                self.model_name,
                 self.finetune_button,
                 self.cancel_button,
                 self.back_button,
@@ -148,11 +129,11 @@ class FinetuneWidget(WorkerRun, Container):
         self.add_pair_button.changed.connect(self.add_pair)
         self.remove_pair_button.changed.connect(self.remove_pair)
         self.base_model.changed.connect(self._suggest_name)
-        self.name.changed.connect(self._check_name)
+        self.model_name.changed.connect(self._check_name)
         self.finetune_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
         self.back_button.changed.connect(self.back_to_previous_model)
-        self._follow_viewer(napari_viewer)
+        self._follow_viewer()
         segment = self._segment()
         if segment is not None:  # the suggested name follows the model Segment uses
             segment.model.changed.connect(self._suggest_name)
@@ -166,7 +147,7 @@ class FinetuneWidget(WorkerRun, Container):
         following = [("as chosen in Segment", FOLLOW_SEGMENT)] if self._segment() is not None else []
         return following + model_file_choices()
 
-    def _segment(self) -> SegmentWidget | None:
+    def _segment(self) -> DockedSegment | None:
         return docked_segment_widget(self._viewer)
 
     @property
@@ -204,42 +185,47 @@ class FinetuneWidget(WorkerRun, Container):
 
     def base_model_path(self) -> str | None:
         """The base model's file: the chosen one, or the Segment widget's when following it."""
-        if self.base_model.value != FOLLOW_SEGMENT:
-            return self.base_model.value
+        chosen = self.base_model.value
+        if chosen != FOLLOW_SEGMENT:
+            return None if chosen is None else str(chosen)
         segment = self._segment()
         return segment.selected_model_path() if segment is not None else None
 
     def _suggest_name(self, *_: Any) -> None:
-        if self.name.value and self.name.value != self._auto_name:
+        if self.model_name.value and self.model_name.value != self._auto_name:
             return
-        from napari_cdal.models import model_dir
+        from napari_cdal.catalog import model_dir
 
         image = self.pair_rows[0].image.value if self.pairs else None
         name = default_model_name(model_stem(self.base_model_path()), image.name if image is not None else "")
         candidate = free_model_name(name, model_dir())
         self._auto_name = candidate
-        self.name.value = candidate
+        self.model_name.value = candidate
 
     def _check_name(self, *_: Any) -> str | None:
-        from napari_cdal.models import model_dir
+        from napari_cdal.catalog import model_dir
 
-        problem = model_name_problem(self.name.value.strip(), model_dir())
-        self.name.native.setStyleSheet(INVALID_STYLE if problem else "")
-        self.name.tooltip = problem or f"saved as <name>{MODEL_SUFFIX} in {model_dir()}"
+        problem = model_name_problem(self.model_name.value.strip(), model_dir())
+        self.model_name.native.setStyleSheet(INVALID_STYLE if problem else "")
+        self.model_name.tooltip = problem or f"saved as <name>{MODEL_SUFFIX} in {model_dir()}"
         return problem
 
     # ------------------------------------------------------------------ the run
 
-    def gather_pairs(self) -> list[FinetunePair]:
+    def start_buttons(self) -> list[PushButton]:
+        """Fine-tune."""
+        return [self.finetune_button]
+
+    def gather_pairs(self) -> list[FinetunePair] | list[VolumeCorrection]:
         """The rows as engine pairs (labels copied, regions in image pixels); ValueError if bad."""
         return engine_pairs(self.pair_rows)
 
     def start(self, *_: Any) -> None:
         """Check the inputs and start fine-tuning in a worker thread (errors: a notification)."""
-        from napari.utils.notifications import show_error
+        from napari.utils.notifications import show_error  # type: ignore[import-untyped]
 
+        from napari_cdal.catalog import model_dir
         from napari_cdal.engine.checks import check_output_folder
-        from napari_cdal.models import model_dir
 
         if self.running:
             return
@@ -250,7 +236,7 @@ class FinetuneWidget(WorkerRun, Container):
         if not Path(base).is_file():
             show_error(f"Fine-tune: model file not found: {base}")
             return
-        name = self.name.value.strip().removesuffix(MODEL_SUFFIX)
+        name = self.model_name.value.strip().removesuffix(MODEL_SUFFIX)
         problem = model_name_problem(name, model_dir())
         if problem:
             show_error(f"Fine-tune: {problem}")
@@ -283,68 +269,15 @@ class FinetuneWidget(WorkerRun, Container):
             float(self.learning_rate.value),
         )
         self.notes = []
-        self._clicked_at = time.perf_counter()
         whole = [row.image.value.name for row in self.pair_rows if row.learns_whole_image]
         warning = f" ⚠ learning from the whole of {', '.join(whole)}" if whole else ""
-        self._launch(
-            run_finetune,
-            pairs,
-            settings,
-            status=starting_status(Path(base).stem, pairs) + warning,
-            total=settings.iterations,
-        )
-        self._progress.say(GETTING_READY)  # preparing the corrections, then the first check: no step yet
+        status = starting_status(Path(base).stem, pairs) + warning
+        self.launch(FinetuneRun(self, pairs, settings), status, total=settings.iterations)
         segment = self._segment()
         if segment is not None:
             segment.hold("waiting: a fine-tune is using the CPU; Segment again when it ends, or Cancel fine-tuning")
 
-    def _on_step(self, event: Progress) -> None:
-        with self._handling():
-            if (
-                self._outcome
-                or self._progress is None
-                or event.stage not in ("note", "train", "save", "validate", "validate_done")
-            ):
-                return
-            if event.stage == "note":
-                from napari.utils.notifications import show_info
-
-                self.notes.append(event.payload)
-                show_info(f"Fine-tune: {event.payload}")
-                return
-            if event.stage == "save":
-                self.status.value = "Saving the new model…"
-                return
-            if event.stage in ("validate", "validate_done"):
-                which = "the base model, before the first step," if self._progress.n == 0 else "the model"
-                self.status.value = f"Fine-tuning: checking {which} on the held-back part of your corrections…"
-                self._progress.say(CHECKING)
-                return
-            loss = event.payload.get("g") if isinstance(event.payload, dict) else None
-            if loss is not None:  # the loss is for the curious, in the bar's tooltip; the status line stays plain
-                self._progress.set_description(f"the generator's loss at step {event.index}: {loss:.4f}")
-            self.status.value = f"Fine-tuning: step {event.index} of {event.total}"
-            self._advance(event)
-
-    def _on_returned(self, result: Finetuned | RunFailure) -> None:
-        from napari.utils.notifications import show_error
-
-        with self._handling():
-            if isinstance(result, RunFailure):
-                self._outcome = "failed"
-                self.status.value = "Failed: no model written, the models are unchanged"
-                show_error(f"Fine-tune: {result.message}")
-                return
-            late = self._outcome == "cancelled"
-            self._outcome = "done"
-            self.saved_model = result.path
-            self.last_seconds = time.perf_counter() - self._clicked_at
-            self.report = result.report
-            self._use_new_model(result)
-            if late:
-                self.status.value = f"The run had ended before Cancel: {self.status.value}"
-
-    def _use_new_model(self, result: Finetuned) -> None:
+    def use_new_model(self, result: Finetuned) -> None:
         """Offer the new model; Segment switches to it only when the acceptance rule finds it better beyond noise."""
         path = result.path
         self.base_model.reset_choices()
@@ -385,27 +318,12 @@ class FinetuneWidget(WorkerRun, Container):
             segment.hold(None)
         super()._abandon_run()
 
-    def _after_run(self, outcome: str) -> None:
+    def after_run(self, outcome: str) -> None:
         """Give Segment back the CPU; after a new model, suggest a fresh name for the next one."""
         segment = self._segment()
         if segment is not None:
             segment.hold(None)
         if outcome == "done":
             self._auto_name = ""
-            self.name.value = ""
+            self.model_name.value = ""
             self._suggest_name()
-
-
-def starting_status(model: str, pairs: list[Any]) -> str:
-    """What a run starts on: the pairs, or for volumes which slices count as corrected (the engine's rule)."""
-    from napari_cdal.engine.training.corrections import VolumeCorrection
-
-    volumes = [pair for pair in pairs if isinstance(pair, VolumeCorrection)]
-    if not volumes:
-        return f"Fine-tuning {model} on {len(pairs)} pair(s)…"
-    rule = (
-        "the slices where the labels differ from Segment's result"
-        if all(v.reference is not None for v in volumes)
-        else "every slice holding a label (no Segment result kept for these labels)"
-    )
-    return f"Fine-tuning {model} on the corrected slices of {', '.join(v.name for v in volumes)}: {rule}…"

@@ -103,3 +103,6 @@ predicted per true nucleus 0.981 / 0.962 on validation. A smallest nucleus of 8 
 
 DEFAULT_SEED = 0
 """The seed segment and evaluate sample with when none is given (training and fine-tuning take TrainConfig.seed)."""
+
+REVIEW_COUNT = 10
+"""How many of the likely errors the Segment widget's Review steps through until the user asks for more or fewer."""

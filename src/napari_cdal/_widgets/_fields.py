@@ -1,28 +1,26 @@
-"""What both dock widgets share: the device and µm/px fields, layer and model choices, and the docked Segment widget."""
+"""The fields and parts both dock widgets are made of (device, µm/px, Cancel, progress bar, status line) and the one
+tabbed dock they share, sized so that docking them never widens it."""
 
 from __future__ import annotations
 
-import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from magicgui.widgets import ComboBox, FloatSpinBox, Label, ProgressBar, PushButton
 
-from napari_cdal._widgets._layers import DEFAULT_IMAGE_MPP, TAG, image_mpp
+from napari_cdal._widgets._inputs import is_volume_layer
+from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP, MPP_RANGE
+from napari_cdal.layer_metadata import image_mpp
 
 if TYPE_CHECKING:
-    import napari
-    from napari.layers import Image
-
-    from napari_cdal._widgets.segment import SegmentWidget
-
-_SEGMENT_WIDGETS: weakref.WeakKeyDictionary[SegmentWidget, int] = weakref.WeakKeyDictionary()
-"""Each live Segment widget and when it was made (the Fine-tune widget follows the latest in its viewer)."""
+    from napari.layers import Image  # type: ignore[import-untyped]
 
 
 def device_choices() -> list[tuple[str, str]]:
     """auto (labelled with what it picks), cpu, and cuda (with the GPU's name) when there is one."""
+    from napari_cdal._widgets._model_cache import ask_passive_openmp
+
+    ask_passive_openmp()  # the plugin's first torch: OpenMP's waiting is chosen before it loads
     import torch
 
     if torch.cuda.is_available():
@@ -47,17 +45,12 @@ def cancel_button(what: str, tooltip: str) -> PushButton:
 
 def mpp_spin_box(tooltip: str) -> FloatSpinBox:
     """The µm/px field of both widgets: 0.25 (a 40x tile) until a layer's scale says otherwise."""
-    from napari_cdal.engine.defaults import MPP_RANGE
-
     low, high = MPP_RANGE
     return FloatSpinBox(label="µm/px", min=low, max=high, step=0.01, value=DEFAULT_IMAGE_MPP, tooltip=tooltip)
 
 
 def set_mpp_from_layer(spin: FloatSpinBox, layer: Image, status: Label) -> None:
     """Fill the µm/px field from a layer's scale; a scale outside what the field takes is said, not clamped."""
-    from napari_cdal._widgets._volume import is_volume_layer
-    from napari_cdal.engine.defaults import MPP_RANGE
-
     if is_volume_layer(layer):  # a volume's scale is its voxel spacing, which no model of classes resamples
         return
     value = image_mpp(layer)
@@ -186,55 +179,3 @@ def _raise(widget: Any) -> None:
     own = _dock_of(widget)
     if own is not None:
         own.raise_()
-
-
-def image_choices(viewer: napari.viewer.Viewer) -> list[tuple[str, Any]]:
-    """The viewer's image layers to choose from (not the ones this plugin made)."""
-    from napari.layers import Image
-
-    return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, Image) and TAG not in layer.metadata]
-
-
-def model_file_choices() -> list[tuple[str, str]]:
-    """The models in the model folder (the bundled one first) as (label, file path)."""
-    from napari_cdal.models import list_models
-
-    return [(entry.label, str(entry.path)) for entry in list_models()]
-
-
-def image_pixels(layer: Image) -> np.ndarray:
-    """The layer's pixels as one 2-D RGB or grayscale image; a clear ImageError otherwise."""
-    from napari_cdal.engine.io.images import ImageError, to_rgb_float
-
-    data = layer.data[0] if layer.multiscale else layer.data
-    pixels = np.asarray(data)
-    plane_ndim = 3 if layer.rgb else 2
-    if pixels.ndim > plane_ndim:
-        raise ImageError(
-            f"layer {layer.name!r} is a stack of shape {pixels.shape}; the Segment widget "
-            "takes one 2-D image: add a single plane as its own layer (e.g. layer.data[0])"
-        )
-    to_rgb_float(pixels, name=f"layer {layer.name!r}")
-    return pixels
-
-
-def register_segment_widget(widget: SegmentWidget) -> None:
-    """Let other widgets find this Segment widget (until it is forgotten or garbage)."""
-    _SEGMENT_WIDGETS[widget] = time.monotonic_ns()
-
-
-def forget_segment_widget(widget: SegmentWidget) -> None:
-    """The Segment widget's dock is closed: other widgets stop following it."""
-    _SEGMENT_WIDGETS.pop(widget, None)
-
-
-def docked_segment_widget(viewer: napari.viewer.Viewer) -> SegmentWidget | None:
-    """The Segment widget docked in `viewer` (the latest one when there are several), else None."""
-    # napari hands each plugin widget its own proxy of the viewer: compare what the proxies wrap
-    target = getattr(viewer, "__wrapped__", viewer)
-    docked = [
-        (made, widget)
-        for widget, made in list(_SEGMENT_WIDGETS.items())
-        if getattr(widget._viewer, "__wrapped__", widget._viewer) is target
-    ]
-    return max(docked, key=lambda entry: entry[0], default=(0, None))[1]
