@@ -24,6 +24,7 @@ from napari_cdal._widgets._names import default_model_name, model_name_problem
 from napari_cdal._widgets._pairs import NO_REGIONS, WHOLE_IMAGE, WHOLE_IMAGE_WARNING, layer_boxes
 from napari_cdal._widgets.finetune import FinetuneWidget
 from napari_cdal._widgets.segment import OTHER_FILE, SegmentWidget
+from napari_cdal.engine.config import iterations_done
 from napari_cdal.layer_metadata import TAG
 
 pytestmark = pytest.mark.gui
@@ -161,7 +162,7 @@ def test_finetune_writes_a_new_model_that_segment_selects_and_back_undoes(
     assert model_files(model_folder) == [new_model.name]
     assert finetune.saved_model == new_model
     meta = read_metadata(new_model)
-    assert meta["record"]["finetune"]["images"] == [NAME] and meta["record"]["steps"] == STEPS
+    assert meta["record"]["finetune"]["images"] == [NAME] and iterations_done(meta["record"]) == STEPS
     assert meta["record"]["finetuned_from"]["model"] == tiny_model_file.name
     assert segment.model.value == str(new_model), "Segment now uses the new model"
     assert str(new_model) in segment.model.choices and segment.model.get_choice(name) == str(new_model)

@@ -22,6 +22,7 @@ from conftest import (
 from napari_cdal._widgets._layers import kind_title, layer_name
 from napari_cdal._widgets.finetune import FinetuneWidget
 from napari_cdal._widgets.segment import OTHER_FILE, SegmentWidget
+from napari_cdal.engine.config import iterations_done
 from napari_cdal.engine.io.volumes import write_volume
 from napari_cdal.layer_metadata import TAG
 from napari_cdal.models import bundled_models
@@ -288,7 +289,7 @@ def test_finetune_learns_from_the_corrected_slices_of_a_volume(
     )
     record = read_metadata(new_model)["record"]
     assert record["finetune"]["slices"] == 2 and record["finetune"]["images"] == ["vol"]
-    assert record["finetuned_from"]["model"] == classes_model_file.name and record["steps"] == 2
+    assert record["finetuned_from"]["model"] == classes_model_file.name and iterations_done(record) == 2
     assert segment.selected_model_path() == str(new_model), "Segment now uses the new model"
 
 

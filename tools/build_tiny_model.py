@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from skimage.draw import disk
 
-from napari_cdal.engine.config import PRESETS, ModelConfig, TrainConfig
+from napari_cdal.engine.config import PRESETS, ModelConfig, TrainConfig, iterations_done
 from napari_cdal.engine.data.patches import PatchSampler
 from napari_cdal.engine.data.tiles import Tile
 from napari_cdal.engine.events import Progress
@@ -141,7 +141,7 @@ def main() -> None:
     last = model.record["history"][-1]
     print(
         f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KiB) after "
-        f"{model.record['steps']} steps in {time.perf_counter() - started:.1f} s; "
+        f"{iterations_done(model.record)} iterations in {time.perf_counter() - started:.1f} s; "
         f"last step mse {last['mse']:.4f}, dice {last['dice']:.4f}"
     )
 

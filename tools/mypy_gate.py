@@ -24,16 +24,12 @@ import json
 import re
 import subprocess
 import sys
+import tomllib
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # Python 3.10: mypy depends on tomli there
-    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = ROOT / "tools" / "mypy_baseline.json"

@@ -19,13 +19,9 @@ import ast
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # Python 3.10: mypy, in the testing extra, depends on tomli there
-    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT / "napari.yaml"
