@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import runpy
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from napari_cdal.engine.method.model import load_model
+from napari_cdal.engine.method.model import load_model, save_model, with_new_config
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "bundle_model.py"
 
@@ -121,3 +122,33 @@ def test_bundle_carries_a_replay_set_from_the_training_tiles(tiny_model_file, bl
     assert bundled.replay is not None and bundled.replay.images.shape[:3] == (REPLAY_PATCHES, 48, 48)
     assert bundled.record["replay_set"]["from_tiles"] == names[:1], "only the training tiles, never validation"
     assert bundled.record["replay_set"]["patch_px"] == 48
+
+
+def test_bundle_takes_the_discriminator_of_another_model_grown_to_its_channels(tiny_model_file, tmp_path, monkeypatch):
+    before = load_model(tiny_model_file)
+    config = replace(before.config, label_encoding="foreground_core_distance")
+    tuned = with_new_config(before, config, seed=3)
+    with torch.no_grad():
+        for tensor in tuned.discriminator.parameters():
+            tensor.add_(1.0)  # a D trained on: not the one to ship
+    tuned_file, out = tmp_path / "tuned.safetensors", tmp_path / "bundled.safetensors"
+    save_model(tuned_file, tuned)
+
+    run_tool(
+        monkeypatch,
+        str(tuned_file),
+        "--default-steps",
+        "1",
+        "--discriminator-from",
+        str(tiny_model_file),
+        "--out",
+        str(out),
+    )
+
+    bundled = load_model(out)
+    grown = with_new_config(before, config).discriminator.state_dict()
+    for name, tensor in bundled.discriminator.state_dict().items():
+        assert torch.equal(tensor, grown[name]), name
+    for name, tensor in tuned.generator.state_dict().items():
+        assert torch.equal(tensor, bundled.generator.state_dict()[name]), name
+    assert bundled.record["discriminator_from"]["model"] == tiny_model_file.name

@@ -24,7 +24,7 @@ import numpy as np
 from napari_cdal.engine.config import ATTENTION_MAPS, UNCERTAINTY_MEASURES, iterations_done
 from napari_cdal.engine.data.tiles import load_folder
 from napari_cdal.engine.defaults import DEFAULT_IMAGE_MPP
-from napari_cdal.engine.method.model import bundled_model_path, load_model, save_model
+from napari_cdal.engine.method.model import bundled_model_path, load_model, save_model, with_new_config
 from napari_cdal.engine.training.replay import REPLAY_PATCH_PX, REPLAY_PATCHES, make_replay_set
 
 MAX_BYTES = 25 * 1024 * 1024
@@ -82,11 +82,24 @@ def main() -> None:
         help="JSON whose 'train' list names the tiles to cut it from (default: every tile)",
     )
     parser.add_argument("--replay-mpp", type=float, default=DEFAULT_IMAGE_MPP, help="the tiles' µm per pixel")
+    parser.add_argument(
+        "--discriminator-from",
+        default=None,
+        help="take the discriminator (the attention layer's map) from this model instead, its inputs grown to the "
+        "model's label channels as with_new_config grows them (a D trained for the generator before a fine-tune)",
+    )
     parser.add_argument("--reason", default="benchmarks/accuracy.py and benchmarks/ablation.py; see docs/model_card.md")
     parser.add_argument("--out", default=str(bundled_model_path()))
     args = parser.parse_args()
 
     model = load_model(args.model)
+    if args.discriminator_from:
+        source = load_model(args.discriminator_from)
+        model.discriminator = with_new_config(source, model.config).discriminator
+        model.record["discriminator_from"] = {
+            "model": Path(args.discriminator_from).name,
+            "iterations": iterations_done(source.record),
+        }
     weight_bytes = sum(
         t.numel() * t.element_size()
         for module in (model.generator, model.discriminator)
