@@ -73,11 +73,3 @@ def test_the_default_folder_is_the_environment_one(no_bundled, monkeypatch, tmp_
     monkeypatch.setenv("NAPARI_CDAL_MODEL_DIR", str(tmp_path))
     _touch(tmp_path / "mine.safetensors", 1_000_000)
     assert [e.name for e in list_models()] == ["mine"]
-
-
-def test_the_former_module_name_is_the_catalog_itself(monkeypatch) -> None:
-    import napari_cdal.models as former
-
-    assert former is models
-    monkeypatch.setattr(former, "model_dir", lambda: "elsewhere")
-    assert models.model_dir() == "elsewhere"

@@ -5,9 +5,9 @@ import pytest
 import torch
 from conftest import blob_tile
 
-from napari_cdal.engine.device import make_generator
+from napari_cdal.engine.device import make_rng
 from napari_cdal.engine.events import TICK, run_to_end
-from napari_cdal.engine.method.grid import normalise
+from napari_cdal.engine.method.intensity import normalise
 from napari_cdal.engine.method.sampler import reverse_process
 from napari_cdal.engine.segment.image import segment_image
 from napari_cdal.engine.segment.metrics import dice
@@ -23,9 +23,7 @@ def test_reverse_process_yields_every_step_then_the_maps(trained_tiny, steps) ->
     model, _ = trained_tiny
     image = _normalised(blob_tile(9, size=60), model)  # 60 is not a multiple of 4: padded inside
     events = [
-        e
-        for e in reverse_process(model, image, sampling_steps=steps, samples=3, rng=make_generator(0))
-        if e.stage != TICK
+        e for e in reverse_process(model, image, sampling_steps=steps, samples=3, rng=make_rng(0)) if e.stage != TICK
     ]
     assert [e.stage for e in events] == ["step"] * steps + ["done"]
     assert [e.index for e in events[:-1]] == list(range(steps))
@@ -47,10 +45,10 @@ def test_the_chain_starts_at_the_seeds_noise_and_ends_at_the_last_estimate(train
     image = _normalised(blob_tile(9, size=64), model)  # 64: a multiple of the model's, nothing padded
     steps = [
         e.payload
-        for e in reverse_process(model, image, sampling_steps=2, samples=samples, rng=make_generator(7))
+        for e in reverse_process(model, image, sampling_steps=2, samples=samples, rng=make_rng(7))
         if e.stage == "step"
     ]
-    noise = torch.randn(samples, config.label_channels, 64, 64, generator=make_generator(7))
+    noise = torch.randn(samples, config.label_channels, 64, 64, generator=make_rng(7))
     assert steps[0].x_from_mean.shape == (1, config.label_channels, 64, 64)
     assert torch.allclose(steps[0].x_from_mean[0], noise.mean(dim=0))
     assert torch.equal(steps[1].x_from_mean, steps[0].x_to_mean)
@@ -60,7 +58,7 @@ def test_the_chain_starts_at_the_seeds_noise_and_ends_at_the_last_estimate(train
 
 def test_one_sample_has_no_spread(trained_tiny) -> None:
     model, _ = trained_tiny
-    events = list(reverse_process(model, _normalised(blob_tile(9, 32), model), samples=1, rng=make_generator(0)))
+    events = list(reverse_process(model, _normalised(blob_tile(9, 32), model), samples=1, rng=make_rng(0)))
     assert torch.count_nonzero(events[-1].payload.uncertainty) == 0
 
 
@@ -69,9 +67,7 @@ def test_image_encoder_runs_once_per_image(trained_tiny, monkeypatch) -> None:
     calls = []
     original = model.generator.encode_image
     monkeypatch.setattr(model.generator, "encode_image", lambda x: calls.append(1) or original(x))
-    list(
-        reverse_process(model, _normalised(blob_tile(9, 32), model), sampling_steps=4, samples=5, rng=make_generator(0))
-    )
+    list(reverse_process(model, _normalised(blob_tile(9, 32), model), sampling_steps=4, samples=5, rng=make_rng(0)))
     assert len(calls) == 1
 
 
@@ -112,7 +108,7 @@ def test_the_chain_stack_runs_from_the_noise_to_the_mask(trained_tiny, steps) ->
             image_mpp=0.5,
             sampling_steps=steps,
             samples=2,
-            tile_size=64,
+            window_px=64,
             overlap=16,
         )
     )
@@ -135,10 +131,10 @@ def test_tiles_reproduce_the_whole_image_result(trained_tiny) -> None:
     # The same image segmented whole and in 64-px tiles with overlap agrees nearly everywhere.
     model, _ = trained_tiny
     tile = blob_tile(13, size=160)
-    whole = run_to_end(segment_image(model, tile.image, image_mpp=0.5, tile_size=256, overlap=32))
-    tiled_events = list(segment_image(model, tile.image, image_mpp=0.5, tile_size=64, overlap=24))
+    whole = run_to_end(segment_image(model, tile.image, image_mpp=0.5, window_px=256, overlap=32))
+    tiled_events = list(segment_image(model, tile.image, image_mpp=0.5, window_px=64, overlap=24))
     tiled = tiled_events[-1].payload
-    n_tiles = len({e.payload.tile for e in tiled_events if e.stage == "step"})
+    n_tiles = len({e.payload.window for e in tiled_events if e.stage == "step"})
     assert n_tiles == 16  # 160 px, tile 64, stride 40: starts 0, 40, 80, 96 on each axis
     assert dice(whole.labels, tiled.labels) > 0.97
     assert np.abs(whole.probability - tiled.probability).mean() < 0.03
@@ -159,7 +155,7 @@ def test_resampling_returns_to_the_input_grid(trained_tiny) -> None:
 def test_progress_events_count_tiles_and_steps(trained_tiny) -> None:
     model, _ = trained_tiny
     events = list(
-        segment_image(model, blob_tile(15, size=100).image, image_mpp=0.5, sampling_steps=2, tile_size=64, overlap=16)
+        segment_image(model, blob_tile(15, size=100).image, image_mpp=0.5, sampling_steps=2, window_px=64, overlap=16)
     )
     steps = [e for e in events if e.stage == "step"]
     assert len(steps) == 4 * 2
@@ -203,7 +199,7 @@ def test_ticks_come_after_every_network_pass_and_carry_no_payload(trained_tiny) 
     # a tick after G's pass and after each of D's: as many before each step's event, none after 'done'.
     model, _ = trained_tiny
     events = list(
-        reverse_process(model, _normalised(blob_tile(9, 32), model), sampling_steps=2, samples=2, rng=make_generator(0))
+        reverse_process(model, _normalised(blob_tile(9, 32), model), sampling_steps=2, samples=2, rng=make_rng(0))
     )
     stages = [e.stage for e in events]
     first_step, second_step = (i for i, stage in enumerate(stages) if stage == "step")
@@ -243,9 +239,7 @@ def test_closing_at_a_tick_stops_between_network_passes(trained_tiny, monkeypatc
     model, _ = trained_tiny
     count = _number_blocks(model, monkeypatch)
     ran = _count_blocks(monkeypatch)
-    events = reverse_process(
-        model, _normalised(blob_tile(9, 32), model), sampling_steps=4, samples=2, rng=make_generator(0)
-    )
+    events = reverse_process(model, _normalised(blob_tile(9, 32), model), sampling_steps=4, samples=2, rng=make_rng(0))
     assert next(events).stage == TICK
     assert ran == list(range(count))  # the first tick comes after G's whole first pass, block by block
     events.close()
@@ -273,11 +267,11 @@ def test_the_cancel_token_stops_a_run_between_two_blocks(trained_tiny, monkeypat
     image = _normalised(blob_tile(9, 32), model)
     try:
         with stop_on_cancel(token, model.generator, model.discriminator), pytest.raises(RunCancelled):
-            run_to_end(reverse_process(model, image, sampling_steps=4, samples=2, rng=make_generator(0)))
+            run_to_end(reverse_process(model, image, sampling_steps=4, samples=2, rng=make_rng(0)))
     finally:
         setter.remove()
     assert token.is_set() and ran == list(range(count)) + [0, 1, 2]
-    assert run_to_end(reverse_process(model, image, sampling_steps=1, samples=2, rng=make_generator(0))) is not None
+    assert run_to_end(reverse_process(model, image, sampling_steps=1, samples=2, rng=make_rng(0))) is not None
 
 
 def _reference_sampling(model, image, steps: int, samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -287,7 +281,7 @@ def _reference_sampling(model, image, steps: int, samples: int, seed: int) -> tu
     noise. The mean probability per channel (C, H, W) and the foreground's spread over the K samples (H, W)."""
     config, schedule = model.config, model.schedule
     assert config.sampling_noise == 1.0 and not config.attention_in_sampling, "the reference leaves those out"
-    rng = make_generator(seed)
+    rng = make_rng(seed)
     with torch.no_grad():
         features = model.generator.encode_image(image)
         x_k = torch.randn(samples, config.label_channels, *image.shape[-2:], generator=rng)
@@ -319,9 +313,9 @@ def test_sampling_is_the_reverse_process_written_out_with_or_without_cancel_chec
     image = _normalised(blob_tile(10, 48), model)  # 48: a multiple of the model's, nothing padded
     probability, spread = _reference_sampling(model, image, steps, samples=3, seed=5)
     assert float(spread.max()) > 0.01, "three samples that differ: the comparison sees each one's noise"
-    done = run_to_end(reverse_process(model, image, sampling_steps=steps, samples=3, rng=make_generator(5)))
+    done = run_to_end(reverse_process(model, image, sampling_steps=steps, samples=3, rng=make_rng(5)))
     with stop_on_cancel(threading.Event(), model.generator, model.discriminator):
-        checked = run_to_end(reverse_process(model, image, sampling_steps=steps, samples=3, rng=make_generator(5)))
+        checked = run_to_end(reverse_process(model, image, sampling_steps=steps, samples=3, rng=make_rng(5)))
     for result in (done, checked):
         torch.testing.assert_close(result.probability[0], probability, rtol=0, atol=1e-6)
         torch.testing.assert_close(result.uncertainty[0], spread, rtol=0, atol=1e-6)
@@ -361,7 +355,7 @@ def test_augmented_samples_are_the_plain_samples_of_the_flipped_image_turned_bac
             pixels,
             sampling_steps=2,
             samples=2,
-            rng=make_generator(5),
+            rng=make_rng(5),
             with_attention=False,
             keep_pairs=True,
             augment=augment,

@@ -7,6 +7,7 @@ import pytest
 
 from napari_cdal._widgets._inputs import model_config
 from napari_cdal._widgets.segment import OTHER_FILE
+from napari_cdal.catalog import bundled_model_file
 from napari_cdal.engine.config import ModelConfig
 from napari_cdal.engine.defaults import (
     DEFAULT_IMAGE_MPP,
@@ -16,7 +17,6 @@ from napari_cdal.engine.defaults import (
     MPP_RANGE,
     REVIEW_COUNT,
 )
-from napari_cdal.models import bundled_model_file
 
 pytestmark = pytest.mark.gui
 
@@ -50,9 +50,9 @@ def test_segment_starts_at_the_bundled_models_sampling_and_the_engines_defaults(
 
 
 def test_without_any_model_segment_starts_at_model_configs_defaults(make_napari_viewer, monkeypatch, tmp_path) -> None:
-    from napari_cdal import models
+    from napari_cdal import catalog
 
-    monkeypatch.setattr(models, "bundled_model_file", lambda: tmp_path / "absent.safetensors")
+    monkeypatch.setattr(catalog, "bundled_model_file", lambda: tmp_path / "absent.safetensors")
     monkeypatch.setenv("NAPARI_CDAL_MODEL_DIR", str(tmp_path / "empty"))
     widget = dock(make_napari_viewer(), "Segment")
     assert widget.model.choices == (OTHER_FILE,)

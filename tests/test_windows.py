@@ -171,13 +171,3 @@ def test_blender_rejects_bad_input() -> None:
         blender.add((10, 42, 0, 32), np.zeros((2, 32, 32)))
     with pytest.raises(ValueError, match="channels"):
         WindowBlender(0, 40, 50, 8)
-
-
-def test_the_former_names_of_windows_still_import() -> None:
-    from napari_cdal.engine.segment import tiling, windows
-
-    assert (tiling.TILE_PX, tiling.tile_boxes, tiling.TileBlender) == (
-        windows.WINDOW_PX,
-        windows.window_boxes,
-        windows.WindowBlender,
-    )

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
     from napari_cdal._widgets._segment_run import SegmentSettings
     from napari_cdal.engine.config import ModelConfig
-    from napari_cdal.engine.segment.tiling import Box
+    from napari_cdal.engine.segment.windows import Box
 
 WHOLE_IMAGE = "whole image"
 FIELD_OF_VIEW = "field of view"

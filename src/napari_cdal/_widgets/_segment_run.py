@@ -31,8 +31,8 @@ if TYPE_CHECKING:
     from napari_cdal.engine.events import Progress
     from napari_cdal.engine.segment.image import SegmentationResult
     from napari_cdal.engine.segment.review import ReviewItem
-    from napari_cdal.engine.segment.tiling import Box
     from napari_cdal.engine.segment.volume import VolumeResult
+    from napari_cdal.engine.segment.windows import Box
     from napari_cdal.engine.slide.stitch import SlideResult
 
 

@@ -49,7 +49,3 @@ def make_rng(seed: int | None) -> torch.Generator:
     else:
         rng.manual_seed(int(seed))
     return rng
-
-
-make_generator = make_rng
-"""Former name of make_rng ("generator" is G, the generator network), kept for scripts."""

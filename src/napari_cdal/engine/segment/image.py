@@ -59,16 +59,6 @@ class StepUpdate:
     chain: np.ndarray | None = None
     chain_start: np.ndarray | None = None
 
-    @property
-    def tile(self) -> int:
-        """Former name of `window` (a tile is a data set's image), kept for scripts."""
-        return self.window
-
-    @property
-    def n_tiles(self) -> int:
-        """Former name of `n_windows`, kept for scripts."""
-        return self.n_windows
-
 
 @dataclass
 class SegmentationResult:
@@ -171,8 +161,6 @@ def segment_image(
     attention_kinds: tuple[str, ...] = (),
     uncertainty_kinds: tuple[str, ...] = (),
     augment: bool = AUGMENT_SAMPLES,
-    *,
-    tile_size: int | None = None,
 ) -> Generator[Progress, None, None]:
     """Segment one image; yields Progress('step', i, n, StepUpdate) per window and step, then 'done'.
 
@@ -187,7 +175,7 @@ def segment_image(
     adds D's maps of the last step by kind, `uncertainty_kinds` other uncertainty measures
     (UNCERTAINTY_MEASURES) than the model's (for benchmarks); only what is asked for is blended and
     resampled. `augment` gives each of the K samples its own view of a window (defaults.AUGMENT_SAMPLES).
-    Windows are at most `window_px` on a side (`tile_size` is its former name). Closing the generator between
+    Windows are at most `window_px` on a side. Closing the generator between
     events cancels the run and leaves nothing behind.
     """
     start = time.perf_counter()
@@ -201,7 +189,7 @@ def segment_image(
     on_model_grid = normalise(resample(pixels, (mh, mw)), config)
     n_steps = config.sampling_steps if sampling_steps is None else sampling_steps
     samples = config.default_samples if samples is None else samples
-    boxes = window_boxes(mh, mw, window_px if tile_size is None else tile_size, overlap, config.size_multiple)
+    boxes = window_boxes(mh, mw, window_px, overlap, config.size_multiple)
     total = len(boxes) * n_steps
     rng = make_rng(seed)
     wanted = (config.uncertainty_measure, *uncertainty_kinds)
