@@ -6,7 +6,7 @@ became the sample; a change to the networks, sampler, resampling or instance ste
 beyond the tolerances shows here. Re-measure them (and say why in the commit) only when the
 bundled model or the sample tile itself changes, or the defaults of segmenting do (issue 23: the K
 samples' views and the confidence rule for small nuclei took 347 nuclei, Dice 0.7888, AJI 0.6039
-to 336, 0.7883, 0.6066).
+to 336, 0.7883, 0.6066; the flood down the core and the model with a distance channel to 341, 0.7830, 0.5985).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from napari_cdal.engine.segment.metrics import aggregated_jaccard_index, dice
 from napari_cdal.sample_data import sample_tile_path
 
 TRUTH = Path(__file__).parent / "data" / "TCGA-B0-5698-01Z-00-DX1_instances.png"
-GOLDEN = {"nuclei": 336, "dice": 0.7883, "aji": 0.6066}
+GOLDEN = {"nuclei": 341, "dice": 0.7830, "aji": 0.5985}
 TOLERANCE = {"nuclei": 4, "dice": 0.003, "aji": 0.006}
 
 pytestmark = pytest.mark.skipif(not bundled_model_path().is_file(), reason="no bundled model in this checkout")

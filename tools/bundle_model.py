@@ -99,6 +99,7 @@ def main() -> None:
         model.record["discriminator_from"] = {
             "model": Path(args.discriminator_from).name,
             "iterations": iterations_done(source.record),
+            "error_discriminator": source.record.get("error_discriminator"),
         }
     weight_bytes = sum(
         t.numel() * t.element_size()

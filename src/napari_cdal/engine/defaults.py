@@ -89,9 +89,6 @@ MIN_CORE_AREA_UM2 = 0.0
 """Smallest core blob (µm²) that seeds a nucleus of its own (0: every one)."""
 CORE_THRESHOLD = 0.5
 """Core probability above which a pixel belongs to a nucleus's core, the watershed's marker."""
-CENTRE_THRESHOLD = 0.5
-"""With a distance-to-border channel (label encoding "foreground_core_distance"): the relative distance a
-marker's pixels need, on [0, 1]."""
 SMALL_NUCLEUS_UM2 = 10.0
 """A nucleus smaller than this (µm²) is kept only if the model is sure of it (SMALL_NUCLEUS_FLOOR). On the validation
 tiles fewer than half of the predicted nuclei under 10 µm² match a true one (7 % under 5 µm², 35 % at 5-10), and

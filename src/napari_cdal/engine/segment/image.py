@@ -11,7 +11,6 @@ import torch
 
 from napari_cdal.engine.defaults import (
     AUGMENT_SAMPLES,
-    CENTRE_THRESHOLD,
     CORE_THRESHOLD,
     DEFAULT_IMAGE_MPP,
     DEFAULT_THRESHOLD,
@@ -129,9 +128,7 @@ def probability_to_labels(
     """Instance ids from (C, H, W) probability maps, with size limits given in µm and scaled to pixels."""
     area_px = 1.0 / (image_mpp * image_mpp)
     core = probability[1] if probability.shape[0] > 1 else None
-    centre = probability[2] if probability.shape[0] > 2 else core
-    if probability.shape[0] > 2:  # a model of distances to the border: its peaks are the markers
-        core, core_threshold = centre, CENTRE_THRESHOLD
+    centre = probability[2] if probability.shape[0] > 2 else core  # a predicted distance to the border, else the core
     labels = instances_from_probability(
         probability[0],
         core,
