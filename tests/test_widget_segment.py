@@ -635,9 +635,9 @@ def test_missing_and_corrupt_model_files_are_reported(qtbot, viewer_widget, erro
 
 
 def test_without_a_bundled_model_the_widget_says_what_to_do(make_napari_viewer, monkeypatch, tmp_path, errors) -> None:
-    from napari_cdal import models
+    from napari_cdal import catalog
 
-    monkeypatch.setattr(models, "bundled_model_file", lambda: tmp_path / "absent.safetensors")
+    monkeypatch.setattr(catalog, "bundled_model_file", lambda: tmp_path / "absent.safetensors")
     monkeypatch.setenv("NAPARI_CDAL_MODEL_DIR", str(tmp_path / "empty"))
     viewer = make_napari_viewer()
     add_blobs(viewer)
@@ -737,7 +737,7 @@ def test_view_command_without_a_display_says_so(capsys, monkeypatch) -> None:
 def test_plugin_modules_import_without_torch() -> None:
     code = (
         "import sys, napari_cdal._widgets.segment, napari_cdal._reader, napari_cdal._writer, "
-        "napari_cdal.models; sys.exit('torch' in sys.modules)"
+        "napari_cdal.catalog; sys.exit('torch' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 

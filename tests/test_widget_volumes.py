@@ -22,10 +22,10 @@ from conftest import (
 from napari_cdal._widgets._layers import kind_title, layer_name
 from napari_cdal._widgets.finetune import FinetuneWidget
 from napari_cdal._widgets.segment import OTHER_FILE, SegmentWidget
+from napari_cdal.catalog import bundled_models
 from napari_cdal.engine.config import iterations_done
 from napari_cdal.engine.io.volumes import write_volume
 from napari_cdal.layer_metadata import TAG
-from napari_cdal.models import bundled_models
 
 pytestmark = pytest.mark.gui
 
