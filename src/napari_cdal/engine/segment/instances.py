@@ -17,6 +17,7 @@ from napari_cdal.engine.labels import check_2d, check_labels, label_areas, label
 __all__ = [
     "CORE_FRACTION",
     "border_distance",
+    "core_and_border_distance",
     "core_targets",
     "drop_unsure_small",
     "instances_from_probability",
@@ -55,30 +56,31 @@ def _border_distances(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return distance, largest[compact]
 
 
-def border_distance(instance_labels: np.ndarray) -> np.ndarray:
-    """Per pixel, its distance to its nucleus's border over that nucleus's largest one: 0 outside, [0, 1] inside.
+def core_and_border_distance(instance_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The core mask and the relative distance to the border of a label image, from one distance transform.
 
-    The third training target channel (label encoding "foreground_core_distance"): it peaks once per
+    Core = pixels whose distance to their nucleus border is >= CORE_FRACTION x that nucleus's largest
+    one (the second training target channel); the relative distance is that distance over the largest,
+    0 outside, [0, 1] inside (the third, label encoding "foreground_core_distance"): it peaks once per
     nucleus and falls to 0 at every border, also where two nuclei touch, so it marks where to split.
-    Border pixels are at 0; nuclei too thin to have an interior (1-2 px) are 1 throughout.
+    Nuclei too thin to have an interior (1-2 px) are core, and at 1, throughout.
     """
     labels = check_2d(instance_labels, "instance_labels")
     check_labels(labels, "instance_labels")
     distance, largest = _border_distances(labels)
+    inside = labels > 0
     relative = np.divide(distance, largest, out=np.ones_like(distance), where=largest > 0)
-    return np.where(labels > 0, relative, 0.0).astype(np.float32)
+    return inside & (distance >= CORE_FRACTION * largest), np.where(inside, relative, 0.0).astype(np.float32)
+
+
+def border_distance(instance_labels: np.ndarray) -> np.ndarray:
+    """Per pixel, its distance to its nucleus's border over that nucleus's largest one (core_and_border_distance)."""
+    return core_and_border_distance(instance_labels)[1]
 
 
 def core_targets(instance_labels: np.ndarray) -> np.ndarray:
-    """Bool core mask of an instance label image: the second training target channel.
-
-    Core = pixels whose distance to their nucleus border is >= CORE_FRACTION x that nucleus's
-    largest one; nuclei too thin to have an interior (1-2 px) keep all their pixels as core.
-    """
-    labels = check_2d(instance_labels, "instance_labels")
-    check_labels(labels, "instance_labels")
-    distance, largest = _border_distances(labels)
-    return (labels > 0) & (distance >= CORE_FRACTION * largest)
+    """Bool core mask of an instance label image, the watershed's markers to learn (core_and_border_distance)."""
+    return core_and_border_distance(instance_labels)[0]
 
 
 def _fill_small_holes(mask: np.ndarray, max_hole_area: int) -> np.ndarray:

@@ -13,7 +13,7 @@ from napari_cdal.engine.device import autocast
 from napari_cdal.engine.method.networks import Generator as GeneratorNetwork
 from napari_cdal.engine.method.pixel_disc import PixelDiscriminator, pixel_targets
 from napari_cdal.engine.method.schedule import VPSchedule, randn_like
-from napari_cdal.engine.segment.instances import border_distance, core_targets
+from napari_cdal.engine.segment.instances import core_and_border_distance
 from napari_cdal.engine.training.state import TrainState, learning_rate
 
 
@@ -25,13 +25,14 @@ def encode_targets(instances: np.ndarray, config: ModelConfig) -> np.ndarray:
     if config.is_multiclass:
         classes = np.arange(config.label_channels).reshape(-1, 1, 1)
         return np.where(instances[None] == classes, 1.0, -1.0).astype(np.float32)
-    maps = [instances > 0]
-    if config.label_encoding in ("foreground_core", "foreground_core_distance"):
-        maps.append(core_targets(instances))
-    encoded = np.where(np.stack(maps), 1.0, -1.0).astype(np.float32)
+    foreground = np.where(instances > 0, 1.0, -1.0).astype(np.float32)[None]
+    if config.label_encoding == "foreground":
+        return foreground
+    core, distance = core_and_border_distance(instances)
+    maps: list[np.ndarray] = [foreground, np.where(core, 1.0, -1.0).astype(np.float32)[None]]
     if config.label_encoding == "foreground_core_distance":
-        encoded = np.concatenate([encoded, 2.0 * border_distance(instances)[None] - 1.0])
-    return encoded
+        maps.append(2.0 * distance[None] - 1.0)
+    return np.concatenate(maps)
 
 
 def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
