@@ -194,7 +194,7 @@ def instances_from_probability(
         landscape = landscape - ndi.gaussian_filter(np.asarray(centre, np.float64), _SMOOTH_SIGMA) * (smooth.max() + 1)
     regions = _flood(landscape, markers, mask)
 
-    area = np.bincount(regions.ravel())
+    area = label_areas(regions)
     small = area < min_area
     small[0] = False
     n_markers = int(markers.max())

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
-from napari_cdal.engine.labels import label_sums
+from napari_cdal.engine.labels import label_areas, label_sums
 from napari_cdal.engine.segment.windows import as_box
 
 REVIEW_BOX_COLUMNS = ("y0", "y1", "x0", "x1")
@@ -237,7 +237,7 @@ def _miss_regions(
     if radius >= 1:
         doubtful = ndi.binary_opening(doubtful, _disk(radius))
     regions, count = ndi.label(doubtful)
-    area = np.bincount(regions.ravel(), minlength=count + 1)[1:] * image_mpp * image_mpp
+    area = label_areas(regions, count)[1:] * image_mpp * image_mpp
     keep = (area >= settings.miss_min_um2) & (area <= settings.miss_max_um2)
     renumber = np.zeros(count + 1, np.int64)
     renumber[1:][keep] = np.arange(1, int(keep.sum()) + 1)
@@ -268,7 +268,7 @@ def review_candidates(
     core = probability[1] if probability.shape[0] > 1 else None
     pixel_um2 = image_mpp * image_mpp
     n = int(labels.max(initial=0))
-    area_px = np.bincount(labels.ravel(), minlength=n + 1)[1 : n + 1].astype(np.float64)
+    area_px = label_areas(labels, n)[1 : n + 1].astype(np.float64)
     present = area_px > 0
     ids = np.arange(1, n + 1)[present]
     blobs = _core_blobs(labels, n, core, settings.core_level, max(1, round(settings.core_blob_um2 / pixel_um2)))
@@ -279,7 +279,7 @@ def review_candidates(
         centres = np.array(ndi.center_of_mass(np.ones(labels.shape), labels, ids)).reshape(-1, 2)
     regions = _miss_regions(labels, foreground, uncertainty, error_map, image_mpp, settings)
     m = int(regions.max(initial=0))
-    region_px = np.bincount(regions.ravel(), minlength=m + 1)[1:].astype(np.float64)
+    region_px = label_areas(regions, m)[1:].astype(np.float64)
     region_centres = np.array(ndi.center_of_mass(np.ones(labels.shape), regions, np.arange(1, m + 1))).reshape(-1, 2)
     region_fg_max = _maxima(regions, m, foreground)
 
@@ -289,7 +289,7 @@ def review_candidates(
     log_area = np.log(np.maximum(both(area_um2, region_px * pixel_um2), 1e-3))
     doubtful = None if uncertainty is None else np.asarray(uncertainty) >= settings.doubtful_uncertainty
     ring = ndi.grey_dilation(labels, footprint=_disk(max(1.0, settings.outline_um / image_mpp))) * (labels == 0)
-    ring_px = np.bincount(ring.ravel(), minlength=n + 1)[1 : n + 1].astype(np.float64)
+    ring_px = label_areas(ring, n)[1 : n + 1].astype(np.float64)
     core_max = _maxima(labels, n, core) if core is not None else np.zeros(n)
     features = {
         "log_area": log_area,
